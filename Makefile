@@ -1,0 +1,27 @@
+# Every target creates its own virtual environment when it is missing.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: test demo lint typecheck clean venv
+
+$(BIN)/updaterd: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+venv: $(BIN)/updaterd
+
+test: venv
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+demo: venv
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh
+
+lint: venv
+	$(BIN)/ruff check daemon ctl tests
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) demo-run build dist *.egg-info

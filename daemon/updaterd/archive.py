@@ -1,0 +1,324 @@
+"""Safe extraction of release archives into a fresh, empty staging folder.
+
+tarfile's `data` filter is the floor, not the whole answer: every member is also checked here
+(name, type, mode, size, duplicates, case clashes, links). Regular files are written with
+O_EXCL|O_NOFOLLOW; symlinks are created last, after every target path is known, and only when
+they are relative, stay inside the release and do not pass through another link. Any refusal
+raises ArchiveError naming the member; the caller removes the staging folder.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import stat
+import tarfile
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, BinaryIO, Literal
+
+import zstandard
+
+from updaterd.errors import ArchiveError
+
+Kind = Literal["tar.gz", "tar.xz", "tar.zst", "tar.bz2", "tar", "zip", "raw"]
+_SUFFIXES: list[tuple[str, Kind]] = [
+    (".tar.gz", "tar.gz"), (".tgz", "tar.gz"), (".tar.xz", "tar.xz"), (".txz", "tar.xz"),
+    (".tar.zst", "tar.zst"), (".tzst", "tar.zst"), (".tar.bz2", "tar.bz2"), (".tbz2", "tar.bz2"),
+    (".tar", "tar"), (".zip", "zip"),
+]
+_CHUNK = 1 << 20
+MAX_COMPONENT = 255
+MAX_PATH = 4096
+
+
+@dataclass(frozen=True)
+class ExtractLimits:
+    """Caps that stop an archive bomb mid-stream."""
+
+    max_members: int
+    max_total: int
+    max_file: int
+
+
+def kind_of(file_name: str) -> Kind:
+    """The archive kind from the artifact's file name; anything else is a raw executable."""
+    lower = file_name.lower()
+    for suffix, kind in _SUFFIXES:
+        if lower.endswith(suffix):
+            return kind
+    return "raw"
+
+
+def check_name(name: str) -> tuple[str, ...]:
+    """The path components of a member name, or ArchiveError saying what is wrong with it."""
+    try:
+        encoded = name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ArchiveError(f"member {name!r}: name is not valid UTF-8") from None
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise ArchiveError(f"member {name!r}: name contains NUL or control characters")
+    if "\\" in name:
+        raise ArchiveError(f"member {name!r}: name contains a backslash")
+    if name.startswith("/"):
+        raise ArchiveError(f"member {name!r}: absolute path")
+    if len(name) >= 2 and name[1] == ":" and name[0].isalpha():
+        raise ArchiveError(f"member {name!r}: drive-letter path")
+    if len(encoded) > MAX_PATH:
+        raise ArchiveError(f"member {name[:64]!r}...: path longer than {MAX_PATH} bytes")
+    trimmed = name
+    while trimmed.startswith("./"):
+        trimmed = trimmed[2:]
+    trimmed = trimmed.rstrip("/")
+    if trimmed in ("", "."):
+        return ()
+    parts = tuple(trimmed.split("/"))
+    for part in parts:
+        if part in ("", ".", ".."):
+            raise ArchiveError(f"member {name!r}: path contains {part or 'an empty component'!r}")
+        if len(part.encode("utf-8")) > MAX_COMPONENT:
+            raise ArchiveError(f"member {name[:64]!r}: a component is longer than 255 bytes")
+    return parts
+
+
+@dataclass
+class _Tree:
+    """What has been written so far, to catch duplicates, case clashes and link tricks."""
+
+    root: Path
+    limits: ExtractLimits
+    entries: dict[str, str] = field(default_factory=dict)  # path -> "dir" | "file" | "link"
+    folded: dict[str, str] = field(default_factory=dict)
+    links: dict[str, str] = field(default_factory=dict)  # symlink path -> target
+    members: int = 0
+    total: int = 0
+
+    def claim(self, member: str, parts: tuple[str, ...], kind: str) -> str:
+        key = "/".join(parts)
+        self.members += 1
+        if self.members > self.limits.max_members:
+            raise ArchiveError(f"member {member!r}: more than {self.limits.max_members} members")
+        for i in range(1, len(parts)):
+            parent = "/".join(parts[:i])
+            seen = self.entries.get(parent)
+            if seen == "link":
+                raise ArchiveError(f"member {member!r}: its path goes through the link {parent!r}")
+            if seen == "file":
+                raise ArchiveError(f"member {member!r}: its parent {parent!r} is a file")
+        previous = self.entries.get(key)
+        if previous is not None and not (previous == "dir" == kind):
+            raise ArchiveError(f"member {member!r}: duplicate name")
+        other = self.folded.get(key.casefold())
+        if other is not None and other != key:
+            raise ArchiveError(f"member {member!r}: name differs only in case from {other!r}")
+        self.entries[key] = kind
+        self.folded[key.casefold()] = key
+        return key
+
+    def add_size(self, member: str, size: int) -> None:
+        if size > self.limits.max_file:
+            raise ArchiveError(f"member {member!r}: {size} bytes is over the per-file limit "
+                               f"of {self.limits.max_file}")
+        self.total += size
+        if self.total > self.limits.max_total:
+            raise ArchiveError(f"member {member!r}: archive expands past the limit of "
+                               f"{self.limits.max_total} bytes")
+
+    def make_dirs(self, parts: tuple[str, ...]) -> Path:
+        path = self.root
+        for i, part in enumerate(parts):
+            path = path / part
+            key = "/".join(parts[: i + 1])
+            if key not in self.entries:
+                self.entries[key] = "dir"
+                self.folded[key.casefold()] = key
+            if not path.is_dir():
+                os.mkdir(path, 0o755)
+        return path
+
+    def write_file(self, member: str, parts: tuple[str, ...], data: IO[bytes] | None,
+                   executable: bool, size: int) -> None:
+        self.make_dirs(parts[:-1])
+        mode = 0o755 if executable else 0o644
+        fd = os.open(self.root.joinpath(*parts),
+                     os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+        written = 0
+        with os.fdopen(fd, "wb") as out:
+            while data is not None:
+                chunk = data.read(_CHUNK)
+                if not chunk:
+                    break
+                written += len(chunk)
+                if written > size:
+                    raise ArchiveError(f"member {member!r}: more data than its declared size")
+                out.write(chunk)
+        if written != size:
+            raise ArchiveError(f"member {member!r}: truncated ({written} of {size} bytes)")
+        os.chmod(self.root.joinpath(*parts), mode)  # umask must not drop the exec bits
+
+    def hard_link(self, member: str, parts: tuple[str, ...], target: str) -> None:
+        target_parts = check_name(target)
+        key = "/".join(target_parts)
+        if self.entries.get(key) != "file":
+            raise ArchiveError(f"member {member!r}: hard link to {target!r}, which is not a "
+                               "regular file earlier in the archive")
+        self.make_dirs(parts[:-1])
+        os.link(self.root.joinpath(*target_parts), self.root.joinpath(*parts),
+                follow_symlinks=False)
+
+    def add_link(self, member: str, key: str, target: str) -> None:
+        if not target or "\0" in target or target.startswith("/"):
+            raise ArchiveError(f"member {member!r}: symlink to {target!r} is absolute or empty")
+        if any(ord(c) < 32 for c in target) or "\\" in target:
+            raise ArchiveError(f"member {member!r}: symlink target has control characters")
+        self.links[key] = target
+
+    def create_links(self) -> None:
+        """Check every link against the whole tree, then create them."""
+        for key, target in self.links.items():
+            resolved = posixpath.normpath(posixpath.join(posixpath.dirname(key), target))
+            if resolved == "." or resolved == ".." or resolved.startswith("../"):
+                raise ArchiveError(f"member {key!r}: symlink to {target!r} leaves the release")
+            walked = posixpath.dirname(key).split("/") if posixpath.dirname(key) else []
+            for part in target.split("/"):
+                if part in ("", "."):
+                    continue
+                if part == "..":
+                    walked.pop()
+                    continue
+                walked.append(part)
+                if "/".join(walked) in self.links:
+                    raise ArchiveError(f"member {key!r}: symlink to {target!r} goes through "
+                                       "another symlink")
+        for key, target in self.links.items():
+            parts = tuple(key.split("/"))
+            self.make_dirs(parts[:-1])
+            os.symlink(target, self.root.joinpath(*parts))
+
+
+_TAR_MODES: dict[Kind, Literal["r|gz", "r|xz", "r|bz2"]] = {
+    "tar.gz": "r|gz", "tar.xz": "r|xz", "tar.bz2": "r|bz2"}
+
+
+def _check_mode(member: str, mode: int) -> None:
+    if mode & (stat.S_ISUID | stat.S_ISGID):
+        raise ArchiveError(f"member {member!r}: setuid or setgid bit set")
+
+
+def _extract_tar(f: BinaryIO, kind: Kind, tree: _Tree) -> None:
+    if not hasattr(tarfile, "data_filter"):
+        raise ArchiveError("this Python has no tarfile.data_filter; refusing to extract")
+    source: IO[bytes] = f
+    if kind == "tar.zst":
+        source = zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True)
+    try:
+        mode = _TAR_MODES.get(kind)
+        with (tarfile.open(fileobj=source, mode=mode) if mode
+              else tarfile.open(fileobj=source, mode="r|")) as tf:
+            for member in tf:
+                _extract_tar_member(tf, member, tree)
+    except (tarfile.TarError, EOFError, zstandard.ZstdError, OSError) as e:
+        if isinstance(e, OSError) and e.errno is not None:
+            raise
+        raise ArchiveError(f"corrupt or truncated archive: {e}") from None
+
+
+def _extract_tar_member(tf: tarfile.TarFile, member: tarfile.TarInfo, tree: _Tree) -> None:
+    name = member.name
+    parts = check_name(name)
+    try:
+        tarfile.data_filter(member, str(tree.root))
+    except tarfile.FilterError as e:
+        raise ArchiveError(f"member {name!r}: refused by tarfile's data filter: {e}") from None
+    if not parts:
+        return
+    if member.isdir():
+        tree.claim(name, parts, "dir")
+        tree.make_dirs(parts)
+    elif member.isreg():
+        _check_mode(name, member.mode)
+        tree.claim(name, parts, "file")
+        tree.add_size(name, member.size)
+        tree.write_file(name, parts, tf.extractfile(member), bool(member.mode & 0o111),
+                        member.size)
+    elif member.issym():
+        tree.add_link(name, tree.claim(name, parts, "link"), member.linkname)
+    elif member.islnk():
+        tree.claim(name, parts, "file")
+        tree.hard_link(name, parts, member.linkname)
+    else:
+        raise ArchiveError(f"member {name!r}: device, fifo or other special file")
+
+
+def _extract_zip(f: BinaryIO, tree: _Tree) -> None:
+    try:
+        zf = zipfile.ZipFile(f)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise ArchiveError(f"corrupt zip archive: {e}") from None
+    with zf:
+        for info in zf.infolist():
+            name = info.filename
+            parts = check_name(name)
+            mode = info.external_attr >> 16
+            kind = stat.S_IFMT(mode)
+            if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
+                raise ArchiveError(f"member {name!r}: zip entry is a link or special file")
+            _check_mode(name, mode)
+            if not parts:
+                continue
+            if info.is_dir():
+                tree.claim(name, parts, "dir")
+                tree.make_dirs(parts)
+                continue
+            tree.claim(name, parts, "file")
+            tree.add_size(name, info.file_size)
+            try:
+                with zf.open(info) as data:
+                    tree.write_file(name, parts, data, bool(mode & 0o111), info.file_size)
+            except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError) as e:
+                raise ArchiveError(f"member {name!r}: corrupt zip entry: {e}") from None
+
+
+def extract(f: BinaryIO, kind: Kind, staging: Path, limits: ExtractLimits,
+            raw_name: str) -> Path:
+    """Extract into `staging/tree` (staging must be empty); returns the release root.
+
+    A single top-level folder is stripped: the root is then that folder.
+    """
+    if any(staging.iterdir()):
+        raise ArchiveError(f"staging folder {staging} is not empty; refusing to extract into it")
+    root = staging / "tree"
+    os.mkdir(root, 0o755)
+    tree = _Tree(root=root, limits=limits)
+    if kind == "raw":
+        parts = check_name(raw_name)
+        if len(parts) != 1:
+            raise ArchiveError(f"executable name {raw_name!r} must be a plain file name")
+        size = os.fstat(f.fileno()).st_size
+        tree.claim(raw_name, parts, "file")
+        tree.add_size(raw_name, size)
+        tree.write_file(raw_name, parts, f, True, size)
+        return root
+    if kind == "zip":
+        _extract_zip(f, tree)
+    else:
+        _extract_tar(f, kind, tree)
+    tree.create_links()
+    return single_top_folder(root)
+
+
+def single_top_folder(root: Path) -> Path:
+    entries = list(root.iterdir())
+    if len(entries) == 1 and entries[0].is_dir() and not entries[0].is_symlink():
+        return entries[0]
+    return root
+
+
+def executables(root: Path) -> Iterator[Path]:
+    """The executables a release offers: files in its `bin/`, else top-level executable files."""
+    folder = root / "bin" if (root / "bin").is_dir() and not (root / "bin").is_symlink() else root
+    for entry in sorted(folder.iterdir()):
+        if entry.is_file() and os.access(entry, os.X_OK):
+            yield entry

@@ -1,0 +1,125 @@
+"""The `updaterd` command line: argument parsing only; the work is in the modules it calls."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import trio
+
+from updaterctl._version import __version__
+from updaterd import config as config_mod
+from updaterd.errors import ConfigError, LockHeld, UpdaterError
+
+log = logging.getLogger("updaterd")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="updaterd",
+        description="Keep applications up to date from signed release feeds, safely.")
+    p.add_argument("--version", action="version", version=f"updaterd {__version__}")
+    p.add_argument("--config", default=config_mod.DEFAULT_CONFIG, metavar="PATH",
+                   help=f"configuration file (default {config_mod.DEFAULT_CONFIG})")
+    p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    p.add_argument("--once", action="store_true",
+                   help="one check-and-update pass over every app, then exit")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("check-config", help="validate the configuration and exit")
+    k = sub.add_parser("keygen", help="write a minisign key pair PREFIX.pub / PREFIX.key")
+    k.add_argument("--out", required=True, metavar="PREFIX")
+    k.add_argument("--force", action="store_true", help="overwrite an existing key pair")
+    pub = sub.add_parser("publish", help="add a release to a signed feed folder")
+    pub.add_argument("--feed", required=True, metavar="DIR")
+    pub.add_argument("--key", required=True, metavar="PREFIX.key")
+    pub.add_argument("--app", required=True)
+    pub.add_argument("--version", required=True, dest="release_version", metavar="V")
+    pub.add_argument("--channel", default="stable")
+    pub.add_argument("--notes-file", metavar="F")
+    pub.add_argument("--expires", default="30d", metavar="DURATION")
+    pub.add_argument("--rollout", type=int, default=100, metavar="N")
+    pub.add_argument("--platform", metavar="P")
+    pub.add_argument("artifacts", nargs="*", metavar="ARTIFACT")
+    rb = sub.add_parser("rollback", help="offline: switch APP back to a kept release")
+    rb.add_argument("app")
+    rb.add_argument("--to", metavar="V")
+    up = sub.add_parser("update", help="offline: update APP now (optionally to --version V)")
+    up.add_argument("app")
+    up.add_argument("--version", dest="to_version", metavar="V")
+    return p
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="updaterd: %(message)s", stream=sys.stderr)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
+
+
+def _load(path: str) -> config_mod.Config:
+    return config_mod.load(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return _dispatch(args)
+    except ConfigError as e:
+        for line in e.problems:
+            print(line, file=sys.stderr)
+        return EXIT_USAGE
+    except LockHeld as e:
+        print(f"updaterd: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except UpdaterError as e:
+        print(f"updaterd: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "keygen":
+        from updaterd.publish import keygen
+
+        pub, key = keygen(args.out, force=args.force)
+        print(f"wrote {pub} and {key}")
+        return EXIT_OK
+    if args.command == "publish":
+        from updaterd.publish import publish
+
+        notes = Path(args.notes_file).read_text() if args.notes_file else ""
+        m = publish(feed_dir=Path(args.feed), key_path=Path(args.key), app=args.app,
+                    version=args.release_version, artifacts=[Path(a) for a in args.artifacts],
+                    channel=args.channel, notes=notes, expires=args.expires,
+                    rollout=args.rollout, platform=args.platform)
+        print(f"published {args.app} {args.release_version} to {args.feed} (serial {m.serial})")
+        return EXIT_OK
+    cfg = _load(args.config)
+    if args.command == "check-config":
+        print(f"{args.config}: OK ({len(cfg.apps)} apps)")
+        return EXIT_OK
+    from updaterd.engine import Engine
+    from updaterd.lock import ProcessLock
+
+    engine = Engine(cfg)
+    with ProcessLock(Path(cfg.daemon.lock_file)):
+        if args.command == "rollback":
+            r = trio.run(engine.rollback, args.app, args.to)
+            print(f"{args.app}: rolled back from {r.from_version} to {r.to_version}")
+            return EXIT_OK
+        if args.command == "update":
+            u = trio.run(engine.update, args.app, args.to_version)
+            print(f"{args.app}: {u.result} ({u.from_version} -> {u.to_version})"
+                  + (f": {u.reason}" if u.reason else ""))
+            return EXIT_OK if u.result in ("installed", "up_to_date") else EXIT_FAILED
+        if args.once:
+            failures = trio.run(engine.run_once)
+            return EXIT_OK if failures == 0 else EXIT_FAILED
+    print("updaterd: the long-running daemon is not built yet; use --once", file=sys.stderr)
+    return EXIT_USAGE

@@ -1,0 +1,277 @@
+"""The TOML configuration as msgspec Structs, validated with errors that name file and key.
+
+Validation walks the raw TOML table field by field against the Struct definitions, so that one
+run reports every problem (one line each) instead of stopping at the first.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar, get_type_hints
+from urllib.parse import urlsplit
+
+import msgspec
+from msgspec import Meta, Struct
+
+from updaterd.errors import ConfigError
+from updaterd.units import DURATION_PATTERN, RATE_PATTERN, SIZE_PATTERN, parse_duration, parse_size
+from updaterd.urlpolicy import is_loopback
+
+DEFAULT_CONFIG = "/etc/updaterd/updaterd.toml"
+
+Duration = Annotated[str, Meta(pattern=DURATION_PATTERN)]
+Size = Annotated[str, Meta(pattern=SIZE_PATTERN)]
+Rate = Annotated[str, Meta(pattern=RATE_PATTERN)]
+AppName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+Mode = Annotated[str, Meta(pattern=r"^0?[0-7]{3}$")]
+
+
+class Limits(Struct, forbid_unknown_fields=True, kw_only=True):
+    """Every bound updaterd enforces, in one place; `[limits]` in the file overrides them."""
+
+    max_manifest_size: Size = "4MiB"
+    max_archive_members: Annotated[int, Meta(ge=1)] = 200_000
+    max_extracted_size: Size = "8GiB"
+    max_file_size: Size = "4GiB"
+    connect_timeout: Duration = "15s"
+    read_timeout: Duration = "60s"
+    min_speed: Size = "1KiB"  # per second, averaged over min_speed_window
+    min_speed_window: Duration = "60s"
+    retries: Annotated[int, Meta(ge=0, le=100)] = 5
+    backoff_base: Duration = "1s"
+    backoff_cap: Duration = "60s"
+    retry_after_cap: Duration = "15m"
+    max_redirects: Annotated[int, Meta(ge=0, le=20)] = 5
+    download_deadline: Duration = "6h"
+    history_length: Annotated[int, Meta(ge=1)] = 200
+
+
+class DaemonConfig(Struct, forbid_unknown_fields=True, kw_only=True):
+    """The `[daemon]` table."""
+
+    socket: str = "/run/updaterd/updaterd.sock"
+    socket_mode: Mode = "0660"
+    admin_group: str = "updaterd"
+    state_dir: str = "/var/lib/updaterd"
+    cache_dir: str = "/var/cache/updaterd"
+    lock_file: str = "/run/updaterd/updaterd.lock"
+    max_parallel_downloads: Annotated[int, Meta(ge=1, le=64)] = 2
+    host_id: str | None = None  # for rollout; default /etc/machine-id
+    platform: str | None = None  # default linux-<machine>
+
+
+class AppConfig(Struct, forbid_unknown_fields=True, kw_only=True):
+    """One `[apps.NAME]` table."""
+
+    source: Literal["manifest", "github", "directory"]
+    # manifest
+    url: str | None = None
+    # directory
+    path: str | None = None
+    public_keys: list[str] = []
+    channel: str = "stable"
+    # github
+    repo: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")] | None = None
+    api_url: str = "https://api.github.com"
+    token_env: str | None = None
+    token_file: str | None = None
+    asset: str | None = None
+    checksums: str | None = None
+    signature: str | None = None
+    prerelease: bool = False
+    # every source
+    install: Literal["releases", "inplace"] = "releases"
+    prefix: str | None = None
+    target: str | None = None
+    executable: str | None = None
+    check_interval: Duration = "4h"
+    jitter: Duration = "10m"
+    auto_update: bool = True
+    retain: Annotated[int, Meta(ge=0, le=100)] = 3
+    pin: str | None = None
+    health_check: list[str] = []
+    health_timeout: Duration = "30s"
+    restart: list[str] = []
+    max_inhibit: Duration = "1h"
+    verify: Literal["required", "skip"] = "required"
+    health_url: str | None = None
+    window: str | None = None
+    max_rate: Rate | None = None
+    proxy: str | None = None
+    allow_insecure: bool = False
+
+
+class Config(Struct, forbid_unknown_fields=True, kw_only=True):
+    """The whole file."""
+
+    daemon: DaemonConfig = msgspec.field(default_factory=DaemonConfig)
+    limits: Limits = msgspec.field(default_factory=Limits)
+    apps: dict[AppName, AppConfig] = {}
+    path: str = ""  # where it was read from; set by load(), not a key in the file
+
+
+S = TypeVar("S", bound=Struct)
+
+_FILE_KEYS = {"daemon": DaemonConfig, "limits": Limits}
+
+
+def _describe(err: msgspec.ValidationError) -> str:
+    text = str(err)
+    return re.sub(r"\s*- at `\$[^`]*`$", "", text)
+
+
+def _check_table(raw: Any, cls: type[S], where: str, problems: list[str]) -> S | None:
+    """Validate `raw` against `cls` key by key, appending one problem per bad key."""
+    if not isinstance(raw, dict):
+        problems.append(f"{where}: expected a table, got {type(raw).__name__}")
+        return None
+    hints = get_type_hints(cls, include_extras=True)
+    fields = {f.name: f for f in msgspec.structs.fields(cls)}
+    ok = True
+    for key, value in raw.items():
+        if key not in fields or (key == "path" and cls is Config):
+            problems.append(f"{where}.{key}: unknown key")
+            ok = False
+            continue
+        try:
+            msgspec.convert(value, hints[key], strict=True)
+        except msgspec.ValidationError as e:
+            problems.append(f"{where}.{key}: {_describe(e)}")
+            ok = False
+    for name, f in fields.items():
+        if f.required and name not in raw:
+            problems.append(f"{where}.{name}: required key is missing")
+            ok = False
+    if not ok:
+        return None
+    try:
+        return msgspec.convert(raw, cls, strict=True)
+    except msgspec.ValidationError as e:  # pragma: no cover - per-key checks catch these first
+        problems.append(f"{where}: {_describe(e)}")
+        return None
+
+
+def _check_app(name: str, app: AppConfig, where: str, problems: list[str]) -> None:
+    """The rules that span several keys or need more than a type."""
+
+    def bad(key: str, why: str) -> None:
+        problems.append(f"{where}.{key}: {why}")
+
+    for key in ("check_interval", "jitter", "health_timeout", "max_inhibit"):
+        try:
+            parse_duration(getattr(app, key))
+        except ValueError as e:
+            bad(key, str(e))
+    for key in ("asset", "checksums"):
+        pattern = getattr(app, key)
+        if pattern is not None:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                bad(key, f"bad regular expression {pattern!r}: {e}")
+    if app.pin is not None:
+        from updaterd.versions import parse_pin
+
+        try:
+            parse_pin(app.pin)
+        except ValueError as e:
+            bad("pin", str(e))
+    if app.source == "manifest":
+        if not app.url:
+            bad("url", "required when source = \"manifest\"")
+        else:
+            parts = urlsplit(app.url)
+            if parts.scheme == "http":
+                if not (app.allow_insecure and is_loopback(parts.hostname or "")):
+                    bad("url", "plain http:// is allowed only to loopback, "
+                        "with allow_insecure = true")
+            elif parts.scheme not in ("https", "file"):
+                bad("url", f"scheme {parts.scheme!r} is not supported (https:// or file://)")
+            if parts.scheme in ("http", "https") and not app.public_keys and app.verify != "skip":
+                bad("public_keys", "a feed fetched over the network needs public_keys "
+                    "(or verify = \"skip\", which is unsafe)")
+    if app.source == "directory" and not app.path:
+        bad("path", "required when source = \"directory\"")
+    if app.source == "github" and not app.repo:
+        bad("repo", "required when source = \"github\"")
+    if app.install == "releases" and not app.prefix:
+        bad("prefix", "required when install = \"releases\"")
+    if app.install == "inplace" and not app.target:
+        bad("target", "required when install = \"inplace\"")
+    for key in ("prefix", "target", "path"):
+        value = getattr(app, key)
+        if value is not None and not value.startswith("/"):
+            bad(key, f"must be an absolute path, got {value!r}")
+    if app.executable is not None and ("/" in app.executable or app.executable in ("", ".", "..")):
+        bad("executable", f"must be a plain file name, got {app.executable!r}")
+    if app.health_check and not app.health_check[0]:
+        bad("health_check", "the command is empty")
+    from updaterd.minisign import PublicKey
+
+    for i, key in enumerate(app.public_keys):
+        try:
+            PublicKey.parse(key)
+        except ValueError as e:
+            bad(f"public_keys[{i}]", str(e))
+
+
+def parse(text: str, path: str) -> Config:
+    """Decode and validate configuration text; raises ConfigError with one line per problem."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([f"{path}: not valid TOML: {e}"]) from None
+    problems: list[str] = []
+    for key in raw:
+        if key not in ("daemon", "limits", "apps"):
+            problems.append(f"{path}: {key}: unknown key")
+    daemon = _check_table(raw.get("daemon", {}), DaemonConfig, f"{path}: daemon", problems)
+    limits = _check_table(raw.get("limits", {}), Limits, f"{path}: limits", problems)
+    if limits is not None:
+        for f in msgspec.structs.fields(Limits):
+            value = getattr(limits, f.name)
+            if isinstance(value, str):
+                try:
+                    (parse_duration if f.type == Duration else parse_size)(value)
+                except ValueError as e:
+                    problems.append(f"{path}: limits.{f.name}: {e}")
+    apps: dict[str, AppConfig] = {}
+    raw_apps = raw.get("apps", {})
+    if not isinstance(raw_apps, dict):
+        problems.append(f"{path}: apps: expected a table of apps")
+        raw_apps = {}
+    for name, table in raw_apps.items():
+        at = f"{path}: apps.{name}"
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
+            problems.append(f"{at}: bad app name (letters, digits, '.', '_', '-'; at most 64)")
+            continue
+        app = _check_table(table, AppConfig, at, problems)
+        if app is not None:
+            _check_app(name, app, at, problems)
+            apps[name] = app
+    if problems:
+        raise ConfigError(problems)
+    assert daemon is not None and limits is not None
+    return Config(daemon=daemon, limits=limits, apps=apps, path=path)
+
+
+def load(path: str | Path) -> Config:
+    """Read and validate the configuration file at `path`."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError([f"{p}: cannot read: {e}"]) from None
+    return parse(text, str(p))
+
+
+def documented_keys() -> dict[str, list[str]]:
+    """Every key the decoder accepts, per table; used by the docs tests."""
+    return {
+        "daemon": [f.name for f in msgspec.structs.fields(DaemonConfig)],
+        "limits": [f.name for f in msgspec.structs.fields(Limits)],
+        "apps.NAME": [f.name for f in msgspec.structs.fields(AppConfig)],
+    }
+

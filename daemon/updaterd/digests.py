@@ -1,0 +1,72 @@
+"""SHA-256 and BLAKE3 computed together in one pass over the bytes as they arrive."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+
+import blake3
+
+from updaterd.errors import DigestMismatch
+
+_READ = 1 << 20
+
+
+class Digests:
+    """Both digests of one stream of bytes."""
+
+    def __init__(self) -> None:
+        self._sha256 = hashlib.sha256()
+        self._blake3 = blake3.blake3()
+        self.size = 0
+
+    def update(self, chunk: bytes | memoryview) -> None:
+        self._sha256.update(chunk)
+        self._blake3.update(chunk)
+        self.size += len(chunk)
+
+    def update_from_fd(self, fd: int, length: int) -> None:
+        """Hash the first `length` bytes of an open file (used to resume a partial download)."""
+        os.lseek(fd, 0, os.SEEK_SET)
+        left = length
+        while left:
+            chunk = os.read(fd, min(_READ, left))
+            if not chunk:
+                raise OSError(f"file shorter than {length} bytes")
+            self.update(chunk)
+            left -= len(chunk)
+
+    @property
+    def sha256(self) -> str:
+        return self._sha256.hexdigest()
+
+    @property
+    def blake3(self) -> str:
+        return self._blake3.hexdigest()
+
+    def check(self, what: str, size: int, sha256: str | None, blake3_hex: str | None) -> None:
+        """Raise DigestMismatch naming `what` unless size and every listed digest match."""
+        if sha256 is None and blake3_hex is None:
+            raise DigestMismatch(f"{what}: no digest to check against")
+        if self.size != size:
+            raise DigestMismatch(f"{what}: size {self.size} differs from the signed {size}")
+        if sha256 is not None and not hmac.compare_digest(self.sha256, sha256):
+            raise DigestMismatch(f"{what}: SHA-256 mismatch (got {self.sha256})")
+        if blake3_hex is not None and not hmac.compare_digest(self.blake3, blake3_hex):
+            raise DigestMismatch(f"{what}: BLAKE3 mismatch (got {self.blake3})")
+
+
+def of_file(path: str, chunk: int = _READ) -> Digests:
+    """Both digests of a file on disk."""
+    d = Digests()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        while True:
+            data = os.read(fd, chunk)
+            if not data:
+                break
+            d.update(data)
+    finally:
+        os.close(fd)
+    return d

@@ -1,0 +1,382 @@
+"""HTTP with httpx on trio: small conditional fetches (feeds) and verified artifact downloads.
+
+Artifact bytes are written to `<cache>/<name>.part` and hashed (SHA-256 and BLAKE3) as they
+arrive; a partial file is resumed with Range + If-Range; the finished file is checked against the
+signed size and digests, renamed into place, and handed on as the same open file descriptor so
+that what is extracted is exactly what was verified. Redirects are followed by hand so that each
+hop passes the URL policy, and credentials never cross to another host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import logging
+import os
+import random
+import re
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import BinaryIO
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+import msgspec
+import trio
+
+from updaterctl._version import __version__
+from updaterd import failpoints, urlpolicy
+from updaterd.config import Limits
+from updaterd.digests import Digests
+from updaterd.errors import DigestMismatch, DownloadError
+from updaterd.units import parse_duration, parse_size
+
+log = logging.getLogger("updaterd.download")
+RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+
+
+class Retryable(DownloadError):
+    """A failure worth another attempt (network error, 5xx, 429, a short body)."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What the trusted feed promises about an artifact."""
+
+    size: int
+    sha256: str | None
+    blake3: str | None
+
+
+@dataclass(frozen=True)
+class Small:
+    """A small fetched document (a manifest), or a 304 Not Modified."""
+
+    not_modified: bool
+    body: bytes
+    etag: str | None
+    last_modified: str | None
+
+
+class _PartMeta(msgspec.Struct):
+    """Beside a partial download: which artifact it belongs to, and the server's validator."""
+
+    url: str
+    size: int
+    sha256: str | None
+    blake3: str | None
+    etag: str | None = None
+    last_modified: str | None = None
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Retry-After as seconds, from either of its two forms; None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    base = now if now is not None else time.time()
+    return max(when.timestamp() - base, 0.0)
+
+
+ProgressFn = Callable[[int, int], None]
+
+
+class Fetcher:
+    """One HTTP client with updaterd's timeouts, retries and URL policy."""
+
+    def __init__(self, limits: Limits, *, allow_insecure: bool = False,
+                 proxy: str | None = None, rng: random.Random | None = None) -> None:
+        self.limits = limits
+        self.allow_insecure = allow_insecure
+        self.rng = rng or random.Random()
+        connect = parse_duration(limits.connect_timeout)
+        read = parse_duration(limits.read_timeout)
+        self.client = httpx.AsyncClient(
+            timeout=httpx.Timeout(connect=connect, read=read, write=read, pool=connect),
+            follow_redirects=False,
+            headers={"User-Agent": f"updaterd/{__version__}", "Accept-Encoding": "identity"},
+            proxy=proxy,
+            trust_env=proxy is None,
+        )
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _open(self, url: str, headers: dict[str, str]) -> AsyncIterator[httpx.Response]:
+        """GET with redirects followed by hand, each hop checked; yields the streaming response."""
+        hops = 0
+        origin = urlsplit(url).hostname
+        while True:
+            urlpolicy.check(url, self.allow_insecure)
+            try:
+                request = self.client.build_request("GET", url, headers=headers)
+                response = await self.client.send(request, stream=True)
+            except httpx.TransportError as e:
+                raise Retryable(f"{url}: {type(e).__name__}: {e or 'network error'}") from None
+            if response.status_code not in REDIRECT_STATUS:
+                break
+            location = response.headers.get("location", "")
+            await response.aclose()
+            hops += 1
+            if hops > self.limits.max_redirects:
+                raise DownloadError(f"{url}: more than {self.limits.max_redirects} redirects")
+            if not location or any(c in location for c in "\r\n"):
+                raise DownloadError(f"{url}: redirect with a bad Location header")
+            target = urljoin(url, location)
+            if urlsplit(url).scheme == "https" and urlsplit(target).scheme != "https":
+                raise DownloadError(f"{url}: refusing redirect from https to {target}")
+            if urlsplit(target).hostname != origin:
+                headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+            url = target
+        try:
+            yield response
+        finally:
+            await response.aclose()
+
+    async def _retrying(self, what: str, attempt_fn: Callable[[int], object]) -> object:
+        """Run `attempt_fn` with exponential backoff and full jitter on Retryable failures."""
+        base = parse_duration(self.limits.backoff_base)
+        cap = parse_duration(self.limits.backoff_cap)
+        after_cap = parse_duration(self.limits.retry_after_cap)
+        attempt = 0
+        while True:
+            try:
+                return await attempt_fn(attempt)  # type: ignore[misc]
+            except Retryable as e:
+                if attempt >= self.limits.retries:
+                    raise DownloadError(f"{e} (gave up after {attempt + 1} attempts)") from None
+                delay = self.rng.uniform(0, min(cap, base * 2**attempt))
+                if e.retry_after is not None:
+                    delay = min(e.retry_after, after_cap)
+                log.info("%s: %s; retrying in %.1fs", what, e, delay)
+                await trio.sleep(delay)
+                attempt += 1
+
+    @staticmethod
+    def _status_error(url: str, response: httpx.Response) -> DownloadError:
+        status = response.status_code
+        if status in RETRY_STATUS:
+            return Retryable(f"{url}: HTTP {status}",
+                             parse_retry_after(response.headers.get("retry-after")))
+        return DownloadError(f"{url}: HTTP {status}")
+
+    # -- small documents ---------------------------------------------------------------------
+
+    async def fetch_small(self, url: str, *, max_bytes: int, etag: str | None = None,
+                          last_modified: str | None = None) -> Small:
+        """GET a document of at most `max_bytes`, conditionally when validators are given."""
+        headers = {}
+        if etag:
+            headers["If-None-Match"] = etag
+        if last_modified:
+            headers["If-Modified-Since"] = last_modified
+
+        async def attempt(_n: int) -> Small:
+            async with self._open(url, headers) as r:
+                if r.status_code == 304:
+                    return Small(True, b"", etag, last_modified)
+                if r.status_code != 200:
+                    raise self._status_error(url, r)
+                declared = r.headers.get("content-length")
+                if declared and declared.isdigit() and int(declared) > max_bytes:
+                    raise DownloadError(f"{url}: {declared} bytes is over the limit {max_bytes}")
+                body = bytearray()
+                try:
+                    async for chunk in r.aiter_raw():
+                        body += chunk
+                        if len(body) > max_bytes:
+                            raise DownloadError(f"{url}: more than {max_bytes} bytes; aborted")
+                except httpx.TransportError as e:
+                    raise Retryable(f"{url}: {type(e).__name__}: {e}") from None
+                return Small(False, bytes(body), r.headers.get("etag"),
+                             r.headers.get("last-modified"))
+
+        result = await self._retrying(url, attempt)
+        assert isinstance(result, Small)
+        return result
+
+    # -- artifacts ---------------------------------------------------------------------------
+
+    async def download(self, url: str, dest: Path, expected: Expected,
+                       progress: ProgressFn | None = None) -> BinaryIO:
+        """Download to `dest` (resuming `dest.part`), verify, and return it open for reading.
+
+        The returned file is the very descriptor that was hashed; the caller closes it.
+        """
+        if dest.exists():
+            f = await trio.to_thread.run_sync(_open_verified, dest, expected)
+            if f is not None:
+                return f
+        deadline = parse_duration(self.limits.download_deadline)
+        with trio.move_on_after(deadline) as scope:
+            result = await self._retrying(url, lambda n: self._attempt(url, dest, expected,
+                                                                        progress, n))
+        if scope.cancelled_caught:
+            raise DownloadError(f"{url}: not finished within {self.limits.download_deadline}")
+        assert not isinstance(result, type(None))
+        return result  # type: ignore[return-value]
+
+    async def _attempt(self, url: str, dest: Path, expected: Expected,
+                       progress: ProgressFn | None, attempt: int) -> BinaryIO:
+        part = dest.with_name(dest.name + ".part")
+        meta_path = dest.with_name(dest.name + ".part.json")
+        meta = _load_meta(meta_path)
+        wanted = _PartMeta(url=url, size=expected.size, sha256=expected.sha256,
+                           blake3=expected.blake3)
+        fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        keep_fd = False
+        try:
+            offset = os.fstat(fd).st_size
+            same = meta is not None and (meta.size, meta.sha256, meta.blake3) == (
+                wanted.size, wanted.sha256, wanted.blake3)
+            validator = (meta.etag or meta.last_modified) if meta and same else None
+            if offset and (not same or offset > expected.size or not validator):
+                log.info("%s: discarding partial download of %d bytes", dest.name, offset)
+                os.ftruncate(fd, 0)
+                offset = 0
+            digests = Digests()
+            if offset:
+                await trio.to_thread.run_sync(digests.update_from_fd, fd, offset)
+            headers = {}
+            if offset and validator:
+                headers = {"Range": f"bytes={offset}-", "If-Range": validator}
+            async with self._open(url, headers) as r:
+                if r.status_code == 416 and offset == expected.size:
+                    pass  # the partial is already whole; checked below
+                elif r.status_code == 206 and offset:
+                    if not _content_range_ok(r.headers.get("content-range"), offset,
+                                             expected.size):
+                        os.ftruncate(fd, 0)
+                        raise Retryable(f"{url}: wrong Content-Range "
+                                        f"{r.headers.get('content-range')!r}; partial discarded")
+                elif r.status_code == 200:
+                    if offset:
+                        log.info("%s: server ignored the range; starting over", dest.name)
+                        os.ftruncate(fd, 0)
+                        offset = 0
+                        digests = Digests()
+                else:
+                    raise self._status_error(url, r)
+                wanted.etag = r.headers.get("etag")
+                wanted.last_modified = r.headers.get("last-modified")
+                _save_meta(meta_path, wanted)
+                if r.status_code != 416:
+                    declared = r.headers.get("content-length")
+                    if declared and declared.isdigit() and offset + int(declared) > expected.size:
+                        raise DigestMismatch(f"{url}: server announces {offset + int(declared)} "
+                                             f"bytes, more than the signed {expected.size}")
+                    os.lseek(fd, offset, os.SEEK_SET)
+                    await self._receive(url, r, fd, digests, expected, progress)
+            if digests.size < expected.size:
+                raise Retryable(f"{url}: connection closed at {digests.size} of "
+                                f"{expected.size} bytes")
+            try:
+                digests.check(dest.name, expected.size, expected.sha256, expected.blake3)
+            except DigestMismatch:
+                os.ftruncate(fd, 0)
+                _remove(meta_path)
+                if offset and attempt == 0:
+                    raise Retryable(f"{url}: resumed file failed verification; "
+                                    "starting over") from None
+                raise
+            await trio.to_thread.run_sync(os.fsync, fd)
+            os.replace(part, dest)
+            _remove(meta_path)
+            failpoints.hit("download.after_verify")
+            os.lseek(fd, 0, os.SEEK_SET)
+            keep_fd = True
+            return os.fdopen(fd, "rb")
+        finally:
+            if not keep_fd:
+                os.close(fd)
+
+    async def _receive(self, url: str, r: httpx.Response, fd: int, digests: Digests,
+                       expected: Expected, progress: ProgressFn | None) -> None:
+        """Stream the body into `fd`, hashing as it arrives; enforce length and minimum speed."""
+        window = parse_duration(self.limits.min_speed_window)
+        min_bytes = parse_size(self.limits.min_speed) * window
+        window_start, window_bytes = trio.current_time(), 0
+        try:
+            async for chunk in r.aiter_raw():
+                if digests.size + len(chunk) > expected.size:
+                    raise DigestMismatch(f"{url}: more bytes than the signed {expected.size}; "
+                                         "aborted")
+                digests.update(chunk)
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view):]
+                window_bytes += len(chunk)
+                now = trio.current_time()
+                if now - window_start >= window:
+                    if window_bytes < min_bytes:
+                        raise Retryable(f"{url}: slower than {self.limits.min_speed}/s "
+                                        f"over {self.limits.min_speed_window}")
+                    window_start, window_bytes = now, 0
+                if progress is not None:
+                    progress(digests.size, expected.size)
+        except httpx.TransportError as e:
+            raise Retryable(f"{url}: {type(e).__name__}: {e or 'connection lost'}") from None
+
+
+def _content_range_ok(value: str | None, offset: int, size: int) -> bool:
+    m = _CONTENT_RANGE.match(value or "")
+    if not m:
+        return False
+    start, end, total = int(m.group(1)), int(m.group(2)), m.group(3)
+    return start == offset and end == size - 1 and total in ("*", str(size))
+
+
+def _load_meta(path: Path) -> _PartMeta | None:
+    try:
+        return msgspec.json.decode(path.read_bytes(), type=_PartMeta)
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
+def _save_meta(path: Path, meta: _PartMeta) -> None:
+    path.write_bytes(msgspec.json.encode(meta))
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def _open_verified(path: Path, expected: Expected) -> BinaryIO | None:
+    """Open a cached file once, hash it, and return that descriptor if it matches."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    digests = Digests()
+    try:
+        digests.update_from_fd(fd, os.fstat(fd).st_size)
+        digests.check(path.name, expected.size, expected.sha256, expected.blake3)
+    except (DigestMismatch, OSError):
+        os.close(fd)
+        log.info("%s: cached copy does not verify; downloading again", path.name)
+        _remove(path)
+        return None
+    os.lseek(fd, 0, os.SEEK_SET)
+    return os.fdopen(fd, "rb")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)

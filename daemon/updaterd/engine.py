@@ -1,0 +1,222 @@
+"""The update engine as a library: check, update, rollback and recover, per app.
+
+Both `updaterd --once` and the daemon drive this class; it owns no lock and no sockets.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import socket
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from updaterctl.protocol import CheckResult, Event, RollbackResult, UpdateResult
+from updaterd import state, versions
+from updaterd.config import AppConfig, Config
+from updaterd.download import Fetcher
+from updaterd.errors import FeedError, PolicyError, UpdaterError
+from updaterd.feed import Artifact, Release, TrustedFeed
+from updaterd.layout import Layout
+from updaterd.sources import Source, make_source
+from updaterd.transaction import AppRun, install, recover, roll_back
+
+log = logging.getLogger("updaterd.engine")
+ANY_PLATFORM = frozenset({"any", "noarch"})
+
+
+class NoSuchVersion(PolicyError):
+    """The feed or the disk has no such version."""
+
+
+class UnknownApp(UpdaterError):
+    """The configuration names no such app."""
+
+
+def host_platform() -> str:
+    """`linux-x86_64`-style name of this host."""
+    return f"{platform.system().lower()}-{platform.machine()}"
+
+
+def host_id() -> str:
+    """The identity used for phased rollout: /etc/machine-id, else the host name."""
+    try:
+        text = Path("/etc/machine-id").read_text().strip()
+        if text:
+            return text
+    except OSError:
+        pass
+    return socket.gethostname()
+
+
+def _log_event(event: Event) -> None:
+    if event.kind == "phase" and event.message:
+        log.info("%s: %s: %s", event.app, event.phase, event.message)
+
+
+class Engine:
+    """The whole update flow for every configured app."""
+
+    def __init__(self, config: Config, emit: Callable[[Event], None] = _log_event) -> None:
+        self.config = config
+        self.emit = emit
+        self.platform = config.daemon.platform or host_platform()
+        self.host_id = config.daemon.host_id or host_id()
+
+    def _cfg(self, app: str) -> AppConfig:
+        try:
+            return self.config.apps[app]
+        except KeyError:
+            raise UnknownApp(f"no app named {app!r} in {self.config.path}") from None
+
+    def open_app(self, app: str) -> AppRun:
+        cfg = self._cfg(app)
+        state_dir = Path(self.config.daemon.state_dir)
+        assert cfg.prefix is not None, "inplace installs arrive with their own issue"
+        return AppRun(name=app, cfg=cfg, config=self.config, layout=Layout(Path(cfg.prefix)),
+                      state_folder=state.app_dir(state_dir, app),
+                      cache=Path(self.config.daemon.cache_dir) / app,
+                      state=state.load(state_dir, app), emit=self.emit)
+
+    @asynccontextmanager
+    async def _source(self, run: AppRun) -> AsyncIterator[Source]:
+        fetcher = Fetcher(self.config.limits, allow_insecure=run.cfg.allow_insecure,
+                          proxy=run.cfg.proxy)
+        try:
+            yield make_source(run.name, run.cfg, self.config.limits, fetcher, run.state_folder)
+        finally:
+            await fetcher.aclose()
+
+    def _policy(self, run: AppRun) -> versions.Policy:
+        return versions.Policy(app=run.name, host_id=self.host_id, channel=run.cfg.channel,
+                               pin=run.cfg.pin, skipped=frozenset(run.state.skipped),
+                               blocked=frozenset(run.state.blocked))
+
+    async def _refresh(self, run: AppRun, source: Source) -> tuple[TrustedFeed, CheckResult]:
+        """Fetch and verify the feed, persist what it proved, decide what is available."""
+        cycle_start = time.time()
+        run.phase("checking")
+        try:
+            trusted = await source.fetch(run.state, run.cache, cycle_start)
+        except UpdaterError as e:
+            run.state.last_check = cycle_start
+            run.state.consecutive_failures += 1
+            run.state.last_error = str(e)
+            run.save()
+            raise
+        manifest = trusted.manifest
+        offers = [versions.Offer(r.version, r.channel, r.rollout) for r in manifest.releases
+                  if self._artifact(r) is not None]
+        choice = versions.choose(offers, run.state.installed, self._policy(run))
+        run.state.serial = manifest.serial
+        run.state.manifest_digest = trusted.digest
+        run.state.available = choice.version
+        run.state.last_check = cycle_start
+        run.state.last_success = cycle_start
+        run.state.consecutive_failures = 0
+        run.state.last_error = None
+        run.save()
+        run.phase("idle", f"available: {choice.version or 'nothing new'}")
+        return trusted, CheckResult(current=run.state.installed, available=choice.version,
+                                    checked_at=cycle_start, passed_over=choice.passed_over)
+
+    def _artifact(self, release: Release) -> Artifact | None:
+        for a in release.artifacts:
+            if a.platform == self.platform:
+                return a
+        for a in release.artifacts:
+            if a.platform in ANY_PLATFORM:
+                return a
+        return None
+
+    # -- the verbs ---------------------------------------------------------------------------
+
+    async def recover(self, app: str) -> None:
+        """Finish or undo what a crash left for `app`."""
+        await recover(self.open_app(app))
+
+    async def check(self, app: str) -> CheckResult:
+        """Fetch the feed and report what an automatic update would install."""
+        run = self.open_app(app)
+        await recover(run)
+        async with self._source(run) as source:
+            _, result = await self._refresh(run, source)
+        return result
+
+    async def update(self, app: str, version: str | None = None) -> UpdateResult:
+        """Install the available version, or `version` on purpose (even older or blocked)."""
+        run = self.open_app(app)
+        await recover(run)
+        before = run.state.installed
+        async with self._source(run) as source:
+            trusted, result = await self._refresh(run, source)
+            if version is not None:
+                release = trusted.manifest.release(version, run.cfg.channel) or \
+                    trusted.manifest.release(version)
+                if release is None:
+                    raise NoSuchVersion(f"{app}: the feed has no version {version!r}")
+            else:
+                if result.available is None:
+                    return UpdateResult(from_version=before, to_version=before,
+                                        result="up_to_date")
+                release = trusted.manifest.release(result.available, run.cfg.channel)
+                assert release is not None
+            if release.version == before:
+                return UpdateResult(from_version=before, to_version=before, result="up_to_date")
+            artifact = self._artifact(release)
+            if artifact is None:
+                raise FeedError(f"{app} {release.version}: no artifact for {self.platform}")
+            try:
+                outcome = await install(run, source, release, artifact)
+            except UpdaterError as e:
+                run.state.last_error = f"{release.version}: {e}"
+                run.remember("failed", release.version, before, str(e))
+                run.save()
+                raise
+        reason = run.state.last_error or "" if outcome == "rolled_back" else ""
+        return UpdateResult(from_version=before, to_version=run.state.installed,
+                            result=outcome, reason=reason)  # type: ignore[arg-type]
+
+    async def rollback(self, app: str, to: str | None = None) -> RollbackResult:
+        """Go back to the previous (or a named) kept release; the version left is skipped."""
+        run = self.open_app(app)
+        await recover(run)
+        current = run.state.installed
+        target = to or run.state.previous
+        if current is None:
+            raise NoSuchVersion(f"{app}: nothing is installed")
+        if target is None:
+            raise NoSuchVersion(f"{app}: no previous version is kept")
+        if target == current:
+            raise NoSuchVersion(f"{app}: {target} is already the current version")
+        if target not in run.layout.versions_on_disk():
+            raise NoSuchVersion(f"{app}: version {target} is not kept in "
+                                f"{run.layout.releases}")
+        await roll_back(run, from_version=current, to_version=target, block=False,
+                        reason="rolled back by the operator")
+        return RollbackResult(from_version=current, to_version=target)
+
+    async def run_once(self) -> int:
+        """One pass over every app: recover, check, and update where `auto_update` is on.
+
+        Returns the number of apps that failed.
+        """
+        failures = 0
+        for app, cfg in self.config.apps.items():
+            try:
+                if cfg.auto_update:
+                    result = await self.update(app)
+                    log.info("%s: %s (%s -> %s)%s", app, result.result, result.from_version,
+                             result.to_version, f": {result.reason}" if result.reason else "")
+                    if result.result == "rolled_back":
+                        failures += 1
+                else:
+                    check = await self.check(app)
+                    log.info("%s: current %s, available %s (auto_update is off)", app,
+                             check.current, check.available)
+            except UpdaterError as e:
+                failures += 1
+                log.error("%s: %s", app, e)
+        return failures

@@ -1,0 +1,58 @@
+"""The one exception tree of updaterd: each message names the thing and the reason."""
+
+
+class UpdaterError(Exception):
+    """Base of every error updaterd raises on purpose."""
+
+
+class ConfigError(UpdaterError):
+    """The configuration file is missing or invalid; `problems` holds one line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class StateError(UpdaterError):
+    """The state of an app cannot be read or written."""
+
+
+class SignatureError(UpdaterError):
+    """A key or a signature is malformed or does not verify."""
+
+
+class FeedError(UpdaterError):
+    """A release feed was refused: signature, expiry, serial, schema or content."""
+
+
+class PolicyError(UpdaterError):
+    """A requested version is not allowed (unknown, pinned out, downgrade without force)."""
+
+
+class DownloadError(UpdaterError):
+    """Fetching a feed or an artifact failed for good (retries exhausted or not retryable)."""
+
+
+class DigestMismatch(DownloadError):
+    """The bytes received do not match the size or digests from the trusted feed."""
+
+
+class ArchiveError(UpdaterError):
+    """An archive was refused; the message names the member and the reason."""
+
+
+class LayoutError(UpdaterError):
+    """The install prefix is unusable (not writable, another filesystem, broken links)."""
+
+
+class HealthCheckFailed(UpdaterError):
+    """The restart command or the health check of a new version failed."""
+
+
+class LockHeld(UpdaterError):
+    """Another updaterd process holds the lock file."""
+
+    def __init__(self, path: str, pid: int | None) -> None:
+        holder = f"pid {pid}" if pid else "another process"
+        super().__init__(f"{path} is held by {holder}: another updaterd is running")
+        self.pid = pid

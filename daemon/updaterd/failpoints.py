@@ -1,0 +1,64 @@
+"""Named crash points for tests: inert unless UPDATERD_FAILPOINTS names them.
+
+`UPDATERD_FAILPOINTS="switch.after_rename=kill,stage.after_extract=exit"`: `kill` sends SIGKILL to
+this process (like a power cut for the process, no cleanup); `exit` calls os._exit(99);
+`raise` raises a FailpointError (tests of error paths).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+ENV = "UPDATERD_FAILPOINTS"
+
+# Every failpoint of the update and rollback transactions, in the order they are reached.
+ALL = (
+    "download.after_verify",
+    "stage.after_extract",
+    "stage.after_fsync",
+    "release.after_rename",
+    "journal.after_write",
+    "switch.after_temp_link",
+    "switch.after_rename",
+    "switch.after_bin_links",
+    "restart.after",
+    "health.after",
+    "commit.before_state",
+    "state.after_tmp_write",
+    "commit.after_state",
+    "rollback.after_journal",
+    "rollback.after_temp_link",
+    "rollback.after_rename",
+    "rollback.after_restart",
+    "rollback.after_state",
+)
+
+
+class FailpointError(RuntimeError):
+    """Raised by a failpoint whose action is `raise`."""
+
+
+def _parse(text: str) -> dict[str, str]:
+    actions = {}
+    for item in text.split(","):
+        name, _, action = item.strip().partition("=")
+        if name:
+            actions[name] = action or "exit"
+    return actions
+
+
+def hit(name: str) -> None:
+    """Do what the environment asks at this point; nothing when it names no failpoint here."""
+    spec = os.environ.get(ENV)
+    if not spec:
+        return
+    action = _parse(spec).get(name)
+    if action is None:
+        return
+    if action == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif action == "exit":
+        os._exit(99)
+    elif action == "raise":
+        raise FailpointError(f"failpoint {name}")

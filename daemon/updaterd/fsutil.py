@@ -1,0 +1,101 @@
+"""Crash-safe disk writes: every durable write and every symlink swap goes through here.
+
+The order is always: write a temp file, fsync it, rename(2) it over the target, fsync the folder.
+A crash at any instant leaves either the old or the new content, never a torn one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from pathlib import Path
+
+from updaterd import failpoints
+
+TMP_MARK = ".updaterd-tmp-"
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the entries of a folder (renames, new names) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def temp_name(target: Path) -> Path:
+    """A fresh sibling name that `clean_temp_files` recognises as a leftover."""
+    return target.with_name(f"{TMP_MARK}{target.name}.{secrets.token_hex(4)}")
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o644, failpoint: str = "") -> None:
+    """Replace `path` with `data` durably; refuses to write through a symlink."""
+    tmp = temp_name(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    os.close(fd)
+    if failpoint:
+        failpoints.hit(failpoint)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+def replace_symlink(link: Path, target: str, failpoint: str = "") -> None:
+    """Point `link` at `target` with one rename of a fresh symlink: readers never see it missing."""
+    tmp = temp_name(link)
+    os.symlink(target, tmp)
+    if failpoint:
+        failpoints.hit(failpoint + ".after_temp_link")
+    os.replace(tmp, link)
+    if failpoint:
+        failpoints.hit(failpoint + ".after_rename")
+    fsync_dir(link.parent)
+
+
+def fsync_tree(root: Path) -> None:
+    """fsync every file and folder below `root`, children before parents."""
+    for dirpath, _dirnames, filenames in os.walk(root, topdown=False):
+        for name in filenames:
+            p = os.path.join(dirpath, name)
+            if os.path.islink(p):
+                continue
+            fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(dirpath))
+
+
+def clean_temp_files(folder: Path) -> list[Path]:
+    """Remove temp files and links left in `folder` by a crash; returns what was removed."""
+    removed = []
+    with contextlib.suppress(FileNotFoundError):
+        for entry in folder.iterdir():
+            if entry.name.startswith(TMP_MARK) and (entry.is_symlink() or entry.is_file()):
+                entry.unlink()
+                removed.append(entry)
+    return removed
+
+
+def ensure_private_dir(path: Path, mode: int = 0o700) -> None:
+    """Create a folder (and parents) if missing; refuse a symlink in its place."""
+    if path.is_symlink():
+        raise OSError(f"{path} is a symbolic link; refusing to use it")
+    path.mkdir(parents=True, exist_ok=True, mode=mode)

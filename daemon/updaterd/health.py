@@ -1,0 +1,53 @@
+"""Restart commands and health checks: run with a timeout, the whole process group killed."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import trio
+
+from updaterd.errors import HealthCheckFailed
+
+_TAIL = 2048
+
+
+def resolve(argv: list[str], release: Path) -> list[str]:
+    """A relative first word with a '/' (`bin/app`) resolves inside the release."""
+    first = argv[0]
+    if "/" in first and not first.startswith("/"):
+        return [str(release / first), *argv[1:]]
+    return list(argv)
+
+
+async def run(what: str, argv: list[str], *, cwd: Path, timeout: float,
+              env: Mapping[str, str]) -> None:
+    """Run `argv`; raise HealthCheckFailed naming `what` on failure, signal or timeout."""
+    full_env = {**os.environ, **env}
+    with tempfile.TemporaryFile() as out:
+
+        async def kill_group(p: trio.Process) -> None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+
+        try:
+            with trio.move_on_after(timeout) as scope:
+                result = await trio.run_process(
+                    argv, cwd=str(cwd), env=full_env, stdin=subprocess.DEVNULL, stdout=out,
+                    stderr=subprocess.STDOUT, check=False, start_new_session=True,
+                    deliver_cancel=kill_group)
+        except OSError as e:
+            raise HealthCheckFailed(f"{what}: cannot run {argv[0]!r}: {e.strerror}") from None
+        if scope.cancelled_caught:
+            raise HealthCheckFailed(f"{what}: no answer within {timeout:g}s; process group killed")
+        if result.returncode != 0:
+            out.seek(max(out.seek(0, os.SEEK_END) - _TAIL, 0))
+            tail = out.read().decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
+            how = (f"killed by signal {-result.returncode}" if result.returncode < 0
+                   else f"exit status {result.returncode}")
+            raise HealthCheckFailed(f"{what}: {how}" + (f": {tail[0]}" if tail[0] else ""))

@@ -1,0 +1,167 @@
+"""The `releases` install layout under a prefix, and every change made to it.
+
+  <prefix>/releases/<version>/   complete, verified, never written after it is switched to
+  <prefix>/current -> releases/<version>
+  <prefix>/bin/<name> -> ../current/<path>
+  <prefix>/.staging/             fresh mkdtemp folders, empty when idle
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from updaterd import archive, fsutil, versions
+from updaterd.errors import LayoutError
+
+log = logging.getLogger("updaterd.layout")
+
+
+class Layout:
+    """Paths and operations of one app's prefix."""
+
+    def __init__(self, prefix: Path) -> None:
+        self.prefix = prefix
+        self.releases = prefix / "releases"
+        self.current = prefix / "current"
+        self.bin = prefix / "bin"
+        self.staging = prefix / ".staging"
+
+    def release(self, version: str) -> Path:
+        if not versions.is_safe_name(version):
+            raise LayoutError(f"version {version!r} cannot name a release folder")
+        return self.releases / version
+
+    def preflight(self) -> None:
+        """Create the folders and prove they are writable and on one filesystem."""
+        for folder in (self.prefix, self.releases, self.bin):
+            if folder.is_symlink():
+                raise LayoutError(f"{folder} is a symbolic link; refusing to use it")
+            try:
+                folder.mkdir(parents=True, exist_ok=True, mode=0o755)
+            except OSError as e:
+                raise LayoutError(f"cannot create {folder}: {e.strerror}") from None
+        fsutil.ensure_private_dir(self.staging)
+        for folder in (self.prefix, self.releases, self.bin, self.staging):
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise LayoutError(f"{folder} is not writable")
+        if os.stat(self.staging).st_dev != os.stat(self.releases).st_dev:
+            raise LayoutError(f"{self.staging} and {self.releases} are on different filesystems")
+
+    def installed(self) -> str | None:
+        """The version `current` points at, or None when there is no (valid) link."""
+        try:
+            target = os.readlink(self.current)
+        except (FileNotFoundError, OSError):
+            return None
+        head, _, name = target.rpartition("/")
+        if head != "releases" or not versions.is_safe_name(name):
+            return None
+        return name if (self.releases / name).is_dir() else None
+
+    def new_staging(self) -> Path:
+        """A fresh private folder inside `.staging` (mode 0700)."""
+        return Path(tempfile.mkdtemp(prefix="stage-", dir=self.staging))
+
+    def install(self, root: Path, version: str) -> Path:
+        """Move a staged, fsynced tree to `releases/<version>` with one rename."""
+        dest = self.release(version)
+        if dest.exists() or dest.is_symlink():
+            if self.installed() == version:
+                raise LayoutError(f"{version} is the current release; it is never replaced")
+            log.info("replacing the earlier, unused copy of %s", dest)
+            remove_tree(dest)
+        os.chmod(root, 0o755)
+        os.rename(root, dest)
+        fsutil.fsync_dir(self.releases)
+        return dest
+
+    def switch(self, version: str, failpoint: str) -> None:
+        """Point `current` at `releases/<version>` (one rename), then refresh `bin/` links."""
+        if not self.release(version).is_dir():
+            raise LayoutError(f"release folder for {version} is missing")
+        fsutil.replace_symlink(self.current, f"releases/{version}", failpoint=failpoint)
+        self.refresh_bin_links(version)
+
+    def unswitch(self) -> None:
+        """Remove `current` (a failed first install has nothing to go back to)."""
+        with contextlib.suppress(FileNotFoundError):
+            self.current.unlink()
+        fsutil.fsync_dir(self.prefix)
+        self.refresh_bin_links(None)
+
+    def refresh_bin_links(self, version: str | None) -> None:
+        """bin/<name> -> ../current/<path> for every executable of the release; stale ones go."""
+        wanted: dict[str, str] = {}
+        if version is not None:
+            root = self.release(version)
+            for exe in archive.executables(root):
+                wanted[exe.name] = "../current/" + exe.relative_to(root).as_posix()
+        for entry in self.bin.iterdir():
+            if entry.is_symlink() and os.readlink(entry).startswith("../current/") \
+                    and entry.name not in wanted:
+                entry.unlink()
+        for name, target in wanted.items():
+            link = self.bin / name
+            if link.is_symlink() and os.readlink(link) == target:
+                continue
+            if link.exists() and not link.is_symlink():
+                log.warning("%s is not a link made by updaterd; leaving it alone", link)
+                continue
+            fsutil.replace_symlink(link, target)
+        fsutil.fsync_dir(self.bin)
+
+    def versions_on_disk(self) -> list[str]:
+        try:
+            return sorted(p.name for p in self.releases.iterdir()
+                          if p.is_dir() and not p.is_symlink())
+        except FileNotFoundError:
+            return []
+
+    def prune(self, current: str | None, previous: str | None, retain: int) -> list[str]:
+        """Keep `retain` releases besides the current one; never remove current or previous."""
+        protected = {v for v in (current, previous) if v}
+        others = [v for v in self.versions_on_disk() if v not in protected]
+        try:
+            others.sort(key=versions.key, reverse=True)
+        except ValueError:
+            others.sort(reverse=True)
+        spare = max(retain - len(protected - {current}), 0)
+        removed = others[spare:]
+        for v in removed:
+            remove_tree(self.releases / v)
+        return removed
+
+    def clean_leftovers(self) -> list[str]:
+        """What a crash leaves: staging folders and temp links. Returns what was removed."""
+        removed = []
+        if self.staging.is_dir():
+            for entry in self.staging.iterdir():
+                remove_tree(entry)
+                removed.append(str(entry))
+        for folder in (self.prefix, self.bin, self.releases):
+            removed += [str(p) for p in fsutil.clean_temp_files(folder)]
+        return removed
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a folder (or a file or link) that updaterd owns; tolerant of 0000 modes."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+        return
+
+    def make_writable(func: object, p: str, exc: object) -> None:
+        parent = os.path.dirname(p)
+        os.chmod(parent, 0o755)
+        if os.path.isdir(p) and not os.path.islink(p):
+            os.chmod(p, 0o755)
+            shutil.rmtree(p)
+        else:
+            os.unlink(p)
+
+    shutil.rmtree(path, onerror=make_writable)
+

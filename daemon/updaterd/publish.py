@@ -1,0 +1,107 @@
+"""`updaterd keygen` and `updaterd publish`: write a signed feed into a folder.
+
+Publishing copies the artifacts in, computes sizes and digests, raises the serial and rewrites
+and re-signs the manifest atomically (the signature first, then the manifest, so a reader that
+sees the new manifest finds a signature for it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import msgspec
+
+from updaterd import digests, feed, fsutil, minisign, versions
+from updaterd.engine import host_platform
+from updaterd.errors import FeedError, SignatureError, UpdaterError
+from updaterd.feed import Artifact, Manifest, Release
+from updaterd.units import parse_duration
+
+_PLATFORM_IN_NAME = re.compile(
+    r"(linux|darwin|windows|freebsd)[-_](x86_64|aarch64|arm64|armv7l?|i686|riscv64|ppc64le|s390x)")
+
+
+def keygen(out_prefix: str, force: bool = False) -> tuple[Path, Path]:
+    """Write PREFIX.pub and PREFIX.key (unencrypted minisign formats); returns both paths."""
+    pub, key = Path(out_prefix + ".pub"), Path(out_prefix + ".key")
+    for p in (pub, key):
+        if p.exists() and not force:
+            raise UpdaterError(f"{p} exists; refusing to overwrite a key")
+    secret = minisign.SecretKey.generate()
+    fsutil.atomic_write(key, secret.to_file().encode(), mode=0o600)
+    fsutil.atomic_write(pub, secret.public.to_file().encode(), mode=0o644)
+    return pub, key
+
+
+def platform_of(file_name: str, explicit: str | None) -> str:
+    if explicit:
+        return explicit
+    m = _PLATFORM_IN_NAME.search(file_name)
+    return f"{m.group(1)}-{m.group(2)}" if m else host_platform()
+
+
+def publish(*, feed_dir: Path, key_path: Path, app: str, version: str,
+            artifacts: list[Path], channel: str = "stable", notes: str = "",
+            expires: str = "30d", rollout: int = 100, platform: str | None = None,
+            now: datetime | None = None) -> Manifest:
+    """Add (or replace) `version` in the feed at `feed_dir`, re-sign it; returns the manifest."""
+    try:
+        versions.parse(version)
+    except ValueError as e:
+        raise FeedError(str(e)) from None
+    if not versions.is_safe_name(version):
+        raise FeedError(f"version {version!r} is not a safe name")
+    if not 0 <= rollout <= 100:
+        raise FeedError("--rollout must be between 0 and 100")
+    try:
+        secret = minisign.SecretKey.parse(key_path.read_text())
+    except OSError as e:
+        raise SignatureError(f"cannot read {key_path}: {e.strerror}") from None
+    now = now or datetime.now(UTC)
+    feed_dir.mkdir(parents=True, exist_ok=True)
+    manifest_path = feed_dir / feed.MANIFEST
+    if manifest_path.exists():
+        try:
+            manifest = msgspec.json.decode(manifest_path.read_bytes(), type=Manifest)
+        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            raise FeedError(f"{manifest_path}: cannot read the existing feed: {e}") from None
+        if manifest.app != app:
+            raise FeedError(f"{manifest_path} is the feed of {manifest.app!r}, not {app!r}")
+        manifest.serial += 1
+    else:
+        manifest = Manifest(schema=1, app=app, serial=1, expires=now, releases=[])
+    manifest.expires = (now + timedelta(seconds=parse_duration(expires))).replace(microsecond=0)
+    entries = []
+    for path in artifacts:
+        name = path.name
+        if not feed.SAFE_FILE_NAME.fullmatch(name):
+            raise FeedError(f"artifact name {name!r} is not a safe file name")
+        d = digests.of_file(str(path))
+        target = feed_dir / name
+        if path.resolve() != target.resolve():
+            tmp = fsutil.temp_name(target)
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, target)
+        entries.append(Artifact(platform=platform_of(name, platform), url=name, size=d.size,
+                                sha256=d.sha256, blake3=d.blake3))
+    release = Release(version=version, published=now.replace(microsecond=0), channel=channel,
+                      notes=notes, rollout=rollout, artifacts=entries)
+    old = manifest.release(version, channel)
+    if old is not None and not artifacts:
+        release.artifacts = old.artifacts
+    manifest.releases = [r for r in manifest.releases
+                         if not (r.version == version and r.channel == channel)]
+    manifest.releases.append(release)
+    with contextlib.suppress(ValueError):
+        manifest.releases.sort(key=lambda r: versions.key(r.version))
+    raw = feed.encode(manifest)
+    comment = f"timestamp:{int(now.timestamp())}\tfile:{feed.MANIFEST}\tapp:{app}" \
+              f"\tserial:{manifest.serial}"
+    fsutil.atomic_write(feed_dir / feed.SIGNATURE, secret.sign(raw, comment).encode())
+    fsutil.atomic_write(manifest_path, raw)
+    return manifest

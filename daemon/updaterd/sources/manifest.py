@@ -1,0 +1,57 @@
+"""`source = "manifest"`: a signed feed on any static web host, fetched conditionally."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import BinaryIO
+from urllib.parse import urljoin
+
+from updaterd.config import AppConfig, Limits
+from updaterd.download import Expected, Fetcher, ProgressFn
+from updaterd.errors import FeedError
+from updaterd.feed import Artifact, TrustedFeed
+from updaterd.sources import trust
+from updaterd.state import AppState
+from updaterd.units import parse_size
+
+
+class ManifestSource:
+    """A feed at `url`, its signature at `url + ".minisig"`, artifacts relative to it."""
+
+    def __init__(self, app: str, cfg: AppConfig, limits: Limits, fetcher: Fetcher,
+                 state_folder: Path) -> None:
+        assert cfg.url is not None
+        self.app, self.cfg, self.limits, self.fetcher = app, cfg, limits, fetcher
+        self.url = cfg.url
+        self.state_folder = state_folder
+
+    async def fetch(self, state: AppState, cache: Path, cycle_start_ts: float) -> TrustedFeed:
+        cap = parse_size(self.limits.max_manifest_size)
+        cached = trust.load_copy(self.state_folder)
+        use_validators = cached is not None and state.serial is not None
+        doc = await self.fetcher.fetch_small(
+            self.url, max_bytes=cap,
+            etag=state.etag if use_validators else None,
+            last_modified=state.last_modified if use_validators else None)
+        if doc.not_modified:
+            assert cached is not None
+            raw, sig = cached
+            return trust.verify(self.app, self.cfg, state, raw, sig, cycle_start_ts, True)
+        sig = None
+        if self.cfg.public_keys and self.cfg.verify == "required":
+            sig_doc = await self.fetcher.fetch_small(self.url + ".minisig", max_bytes=8192)
+            sig = sig_doc.body
+        trusted = trust.verify(self.app, self.cfg, state, doc.body, sig, cycle_start_ts, True)
+        trust.keep_copy(self.state_folder, doc.body, sig)
+        state.etag, state.last_modified = doc.etag, doc.last_modified
+        return trusted
+
+    def describe(self, artifact: Artifact) -> str:
+        return urljoin(self.url, artifact.url)
+
+    async def download(self, artifact: Artifact, dest: Path, expected: Expected,
+                       progress: ProgressFn | None) -> BinaryIO:
+        url = urljoin(self.url, artifact.url)
+        if not url.startswith(("https://", "http://")):
+            raise FeedError(f"artifact URL {url!r} is not http(s)")
+        return await self.fetcher.download(url, dest, expected, progress)

@@ -1,0 +1,55 @@
+"""The trust step shared by every feed source: verify, then keep a copy for 304 answers."""
+
+from __future__ import annotations
+
+import contextlib
+from datetime import UTC, datetime
+from pathlib import Path
+
+from updaterd import feed, fsutil, minisign
+from updaterd.config import AppConfig
+from updaterd.state import AppState
+
+CACHED = "feed.json"
+CACHED_SIG = "feed.json.minisig"
+
+
+def keys_of(cfg: AppConfig) -> list[minisign.PublicKey]:
+    return [minisign.PublicKey.parse(k) for k in cfg.public_keys]
+
+
+def verify(app: str, cfg: AppConfig, state: AppState, raw: bytes, sig: bytes | None,
+           cycle_start_ts: float, require_signature: bool) -> feed.TrustedFeed:
+    """Run every feed check against the stored high-water mark (nothing is stored here)."""
+    return feed.verify_manifest(
+        raw, sig,
+        keys=keys_of(cfg) if cfg.verify == "required" else [],
+        app=app,
+        stored_serial=state.serial,
+        stored_digest=state.manifest_digest,
+        cycle_start=datetime.fromtimestamp(cycle_start_ts, UTC),
+        require_signature=require_signature and cfg.verify == "required",
+    )
+
+
+def keep_copy(folder: Path, raw: bytes, sig: bytes | None) -> None:
+    """Keep the verified manifest, so that a 304 can be answered from a re-verified copy."""
+    fsutil.ensure_private_dir(folder, 0o755)
+    fsutil.atomic_write(folder / CACHED, raw)
+    if sig is not None:
+        fsutil.atomic_write(folder / CACHED_SIG, sig)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            (folder / CACHED_SIG).unlink()
+
+
+def load_copy(folder: Path) -> tuple[bytes, bytes | None] | None:
+    try:
+        raw = (folder / CACHED).read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        sig: bytes | None = (folder / CACHED_SIG).read_bytes()
+    except FileNotFoundError:
+        sig = None
+    return raw, sig

@@ -1,0 +1,117 @@
+"""Per-app state: one msgspec Struct in `<state_dir>/<app>/state.json`, written atomically.
+
+A corrupt file is moved aside with a warning (never a crash); the serial high-water mark is then
+recovered from the moved file when it can be read, so a broken state never resets it to zero.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+from msgspec import Struct
+
+from updaterd import fsutil
+from updaterd.errors import StateError
+
+log = logging.getLogger("updaterd.state")
+SCHEMA = 1
+
+
+class Transaction(Struct, kw_only=True):
+    """The journal of a switch in progress: written before the switch, cleared at the end."""
+
+    kind: Literal["update", "rollback"]
+    from_version: str | None
+    to_version: str
+    started_at: float
+    reason: str = ""
+    block: bool = False  # rollback: block the version left (it failed its checks)
+
+
+class HistoryEntry(Struct, kw_only=True):
+    """One line of what happened to the app."""
+
+    at: float
+    action: Literal["installed", "rolled_back", "blocked", "failed", "interrupted"]
+    version: str
+    from_version: str | None = None
+    reason: str = ""
+
+
+class AppState(Struct, kw_only=True):
+    """Everything updaterd remembers about one app between runs."""
+
+    schema: int = SCHEMA
+    installed: str | None = None
+    previous: str | None = None
+    available: str | None = None
+    etag: str | None = None
+    last_modified: str | None = None
+    last_check: float | None = None
+    last_success: float | None = None
+    consecutive_failures: int = 0
+    last_error: str | None = None
+    skipped: list[str] = []
+    blocked: list[str] = []
+    paused: bool = False
+    serial: int | None = None
+    manifest_digest: str | None = None
+    pending: Transaction | None = None
+    history: list[HistoryEntry] = []
+    release_digests: dict[str, str] = {}  # version -> blake3 of the artifact it came from
+
+
+def app_dir(state_dir: Path, app: str) -> Path:
+    return state_dir / app
+
+
+def load(state_dir: Path, app: str) -> AppState:
+    """The stored state, or a fresh one; a corrupt file is moved aside with a warning."""
+    path = app_dir(state_dir, app) / "state.json"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return AppState()
+    except OSError as e:
+        raise StateError(f"{app}: cannot open {path}: {e}") from None
+    with os.fdopen(fd, "rb") as f:
+        data = f.read()
+    try:
+        state = msgspec.json.decode(data, type=AppState)
+        if state.schema != SCHEMA:
+            raise msgspec.ValidationError(f"unknown state schema {state.schema}")
+        return state
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        aside = path.with_name(f"state.json.corrupt-{stamp}")
+        os.replace(path, aside)
+        fsutil.fsync_dir(path.parent)
+        log.warning("%s: state file %s is corrupt (%s); moved to %s", app, path, e, aside)
+        fresh = AppState(last_error=f"state file was corrupt and moved to {aside.name}")
+        m = re.search(rb'"serial"\s*:\s*(\d{1,19})', data)
+        if m:
+            fresh.serial = int(m.group(1))
+        return fresh
+
+
+def save(state_dir: Path, app: str, state: AppState) -> None:
+    """Write the state durably (temp file, fsync, rename, fsync of the folder)."""
+    folder = app_dir(state_dir, app)
+    fsutil.ensure_private_dir(folder, 0o755)
+    data = msgspec.json.format(msgspec.json.encode(state), indent=1) + b"\n"
+    try:
+        fsutil.atomic_write(folder / "state.json", data, failpoint="state.after_tmp_write")
+    except OSError as e:
+        raise StateError(f"{app}: cannot write state: {e}") from None
+
+
+def record(state: AppState, entry: HistoryEntry, limit: int) -> None:
+    """Append to the history, keeping the newest `limit` entries."""
+    state.history.append(entry)
+    del state.history[:-limit]

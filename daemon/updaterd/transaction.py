@@ -1,0 +1,270 @@
+"""The update and rollback transactions, step by step, journaled, with failpoints.
+
+check -> download -> verify -> stage -> switch -> restart -> health -> commit, or rollback.
+Until the switch nothing the application sees changes. The journal (`state.pending`) is written
+before the switch; `recover` finishes or undoes whatever a crash left, so that after a crash at
+any instant the app is on exactly one complete version and the state agrees with the disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import trio
+
+from updaterctl.protocol import Event, Phase
+from updaterd import archive, failpoints, fsutil, health, state
+from updaterd.config import AppConfig, Config
+from updaterd.download import Expected
+from updaterd.errors import HealthCheckFailed, LayoutError, UpdaterError
+from updaterd.feed import Artifact, Release
+from updaterd.layout import Layout, remove_tree
+from updaterd.sources import Source
+from updaterd.state import AppState, HistoryEntry, Transaction
+from updaterd.units import parse_duration, parse_size
+
+log = logging.getLogger("updaterd.transaction")
+Emit = Callable[[Event], None]
+
+@dataclass
+class AppRun:
+    """One app's configuration, paths and loaded state for the length of an operation."""
+
+    name: str
+    cfg: AppConfig
+    config: Config
+    layout: Layout
+    state_folder: Path
+    cache: Path
+    state: AppState
+    emit: Emit
+
+    def save(self) -> None:
+        state.save(self.state_folder.parent, self.name, self.state)
+
+    def phase(self, phase: Phase, message: str = "", version: str | None = None) -> None:
+        self.emit(Event(app=self.name, kind="phase", phase=phase, message=message,
+                        version=version, at=time.time()))
+
+    def remember(self, action: str, version: str, from_version: str | None = None,
+                 reason: str = "") -> None:
+        entry = HistoryEntry(at=time.time(), action=action, version=version,  # type: ignore[arg-type]
+                             from_version=from_version, reason=reason)
+        state.record(self.state, entry, self.config.limits.history_length)
+
+def _extract_limits(run: AppRun) -> archive.ExtractLimits:
+    lim = run.config.limits
+    return archive.ExtractLimits(max_members=lim.max_archive_members,
+                                 max_total=parse_size(lim.max_extracted_size),
+                                 max_file=parse_size(lim.max_file_size))
+
+def _env(run: AppRun, version: str | None, previous: str | None) -> dict[str, str]:
+    env = {"UPDATERD_APP": run.name, "UPDATERD_VERSION": version or "",
+           "UPDATERD_PREVIOUS_VERSION": previous or ""}
+    if version:
+        env["UPDATERD_RELEASE_DIR"] = str(run.layout.release(version))
+    return env
+
+def _check_free_space(run: AppRun, artifact: Artifact) -> None:
+    """Refuse before downloading when the cache or the prefix cannot hold the release."""
+    for folder, need in ((run.cache, artifact.size), (run.layout.prefix, artifact.size)):
+        st = os.statvfs(folder)
+        free = st.f_bavail * st.f_frsize
+        if free < need:
+            raise LayoutError(f"{folder} has {free} bytes free; {need} are needed")
+
+async def _stage(run: AppRun, f: BinaryIO, artifact: Artifact, version: str) -> Path:
+    """Extract into a fresh staging folder, fsync, and move it to releases/<version>."""
+    staging = run.layout.new_staging()
+    try:
+        name = artifact.url.rsplit("/", 1)[-1]
+        kind = archive.kind_of(name)
+        raw_name = run.cfg.executable or run.name
+        root = await trio.to_thread.run_sync(
+            archive.extract, f, kind, staging, _extract_limits(run), raw_name)
+        failpoints.hit("stage.after_extract")
+        await trio.to_thread.run_sync(fsutil.fsync_tree, root)
+        failpoints.hit("stage.after_fsync")
+        dest = run.layout.install(root, version)
+        failpoints.hit("release.after_rename")
+        return dest
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(remove_tree, staging)
+
+async def install(run: AppRun, source: Source, release: Release, artifact: Artifact) -> str:
+    """Install `release` and switch to it; returns "installed" or "rolled_back"."""
+    version = release.version
+    from_version = run.state.installed
+    run.layout.preflight()
+    fsutil.ensure_private_dir(run.cache)
+    _check_free_space(run, artifact)
+    run.phase("downloading", source.describe(artifact), version)
+    expected = Expected(artifact.size, artifact.sha256, artifact.blake3)
+    dest = run.cache / artifact.url.rsplit("/", 1)[-1]
+    last = [0.0]
+
+    def progress(done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - last[0] >= 0.25 or done == total:
+            last[0] = now
+            run.emit(Event(app=run.name, kind="progress", phase="downloading", version=version,
+                           done=done, total=total, at=time.time()))
+
+    f = await source.download(artifact, dest, expected, progress)
+    try:
+        run.phase("staging", version=version)
+        await _stage(run, f, artifact, version)
+    finally:
+        f.close()
+    run.state.release_digests[version] = artifact.blake3 or artifact.sha256 or ""
+    # From here on the disk changes what the app sees: journal first, and never be torn.
+    with trio.CancelScope(shield=True):
+        run.state.pending = Transaction(kind="update", from_version=from_version,
+                                        to_version=version, started_at=time.time())
+        run.save()
+        failpoints.hit("journal.after_write")
+        run.phase("switching", version=version)
+        run.layout.switch(version, failpoint="switch")
+        failpoints.hit("switch.after_bin_links")
+        outcome = await finish_update(run, from_version, version)
+    with contextlib.suppress(FileNotFoundError):
+        dest.unlink()
+    return outcome
+
+async def finish_update(run: AppRun, from_version: str | None, version: str) -> str:
+    """After the switch: restart, health check, then commit or roll back."""
+    timeout = parse_duration(run.cfg.health_timeout)
+    env = _env(run, version, from_version)
+    release_dir = run.layout.release(version)
+    try:
+        if run.cfg.restart:
+            run.phase("restarting", version=version)
+            await health.run("restart", run.cfg.restart, cwd=release_dir, timeout=timeout, env=env)
+        failpoints.hit("restart.after")
+        if run.cfg.health_check:
+            run.phase("health_check", version=version)
+            await health.run("health check", health.resolve(run.cfg.health_check, release_dir),
+                             cwd=release_dir, timeout=timeout, env=env)
+        failpoints.hit("health.after")
+    except HealthCheckFailed as e:
+        log.warning("%s %s: %s; rolling back to %s", run.name, version, e,
+                    from_version or "nothing")
+        await roll_back(run, from_version=version, to_version=from_version, block=True,
+                        reason=str(e))
+        return "rolled_back"
+    run.phase("committing", version=version)
+    failpoints.hit("commit.before_state")
+    run.state.installed = version
+    run.state.previous = from_version
+    run.state.pending = None
+    if run.state.available == version:
+        run.state.available = None
+    run.state.last_error = None
+    run.remember("installed", version, from_version)
+    run.save()
+    failpoints.hit("commit.after_state")
+    prune(run)
+    run.phase("idle", f"{version} installed", version)
+    return "installed"
+
+async def roll_back(run: AppRun, *, from_version: str, to_version: str | None, block: bool,
+                    reason: str) -> None:
+    """Journal, switch back, restart; block the version left when it failed its checks."""
+    run.phase("rolling_back", reason, from_version)
+    run.state.pending = Transaction(kind="rollback", from_version=from_version,
+                                    to_version=to_version or "", started_at=time.time(),
+                                    reason=reason, block=block)
+    run.save()
+    failpoints.hit("rollback.after_journal")
+    await complete_rollback(run, run.state.pending)
+
+async def complete_rollback(run: AppRun, tx: Transaction) -> None:
+    """The idempotent part of a rollback; `recover` calls it again after a crash."""
+    to_version = tx.to_version or None
+    if to_version is not None:
+        run.layout.switch(to_version, failpoint="rollback")
+    else:
+        run.layout.unswitch()
+    if to_version is not None and run.cfg.restart:
+        timeout = parse_duration(run.cfg.health_timeout)
+        try:
+            await health.run("restart", run.cfg.restart, cwd=run.layout.release(to_version),
+                             timeout=timeout, env=_env(run, to_version, tx.from_version))
+        except HealthCheckFailed as e:
+            log.error("%s: restart after rolling back to %s failed: %s", run.name, to_version, e)
+    failpoints.hit("rollback.after_restart")
+    left = tx.from_version
+    run.state.installed = to_version
+    run.state.pending = None
+    if tx.block and left is not None:
+        if left not in run.state.blocked:
+            run.state.blocked.append(left)
+        run.state.last_error = f"{left} failed: {tx.reason}"
+        run.remember("blocked", left, to_version, tx.reason)
+    else:
+        run.state.previous = left
+        if left is not None and left not in run.state.skipped:
+            run.state.skipped.append(left)
+        run.remember("rolled_back", to_version or "", left, tx.reason)
+    run.save()
+    failpoints.hit("rollback.after_state")
+    if tx.block and left is not None and left not in (to_version, run.state.previous):
+        with contextlib.suppress(OSError, LayoutError):
+            remove_tree(run.layout.release(left))
+    run.phase("idle", f"rolled back to {to_version or 'nothing'}", to_version)
+
+def prune(run: AppRun) -> None:
+    removed = run.layout.prune(run.state.installed, run.state.previous, run.cfg.retain)
+    for v in removed:
+        run.state.release_digests.pop(v, None)
+    if removed:
+        log.info("%s: removed old releases %s", run.name, ", ".join(removed))
+        run.save()
+
+async def recover(run: AppRun) -> None:
+    """Clean what a crash left and finish or undo a journaled transaction."""
+    for leftover in run.layout.clean_leftovers():
+        log.info("%s: removed leftover %s", run.name, leftover)
+    fsutil.clean_temp_files(run.state_folder)
+    if run.cache.is_dir():
+        fsutil.clean_temp_files(run.cache)
+    tx = run.state.pending
+    on_disk = run.layout.installed()
+    if tx is None:
+        if run.state.installed != on_disk:
+            log.warning("%s: state says %s but %s is current; following the disk", run.name,
+                        run.state.installed, on_disk)
+            run.state.installed = on_disk
+            run.save()
+        return
+    log.warning("%s: finishing an interrupted %s %s -> %s", run.name, tx.kind,
+                tx.from_version, tx.to_version)
+    with trio.CancelScope(shield=True):
+        if tx.kind == "rollback":
+            await complete_rollback(run, tx)
+        elif on_disk == tx.to_version:
+            run.layout.refresh_bin_links(tx.to_version)
+            await finish_update(run, tx.from_version, tx.to_version)
+        else:
+            if on_disk != tx.from_version:
+                if tx.from_version is not None:
+                    run.layout.switch(tx.from_version, failpoint="")
+                else:
+                    run.layout.unswitch()
+            else:
+                run.layout.refresh_bin_links(on_disk)
+            run.state.installed = tx.from_version
+            run.state.pending = None
+            run.remember("interrupted", tx.to_version, tx.from_version,
+                         "interrupted before the switch")
+            run.save()
+
+__all__ = ["AppRun", "UpdaterError", "install", "recover", "roll_back"]

@@ -1,0 +1,150 @@
+"""Version parsing and the pure policy that picks what to install (no I/O here).
+
+Versions are semantic versions; a leading `v` is ignored. `pin` is a comma-separated list of
+comparisons (`>=1.4,<2`), where a partial version such as `2` means `2.0.0`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import operator
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import semver
+
+_PIN_PART = re.compile(r"^\s*(>=|<=|==|!=|>|<|=)?\s*(v?[0-9][0-9A-Za-z.+-]*)\s*$")
+_OPS: dict[str, Callable[[semver.Version, semver.Version], bool]] = {
+    ">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt,
+    "==": operator.eq, "=": operator.eq, "!=": operator.ne,
+}
+# What a version may look like anywhere it becomes part of a path (release folder names).
+SAFE_VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+_-]{0,127}$")
+
+
+def parse(text: str) -> semver.Version:
+    """'v1.2.3' -> Version(1, 2, 3); raises ValueError naming the text."""
+    candidate = text[1:] if text[:1] in ("v", "V") else text
+    try:
+        return semver.Version.parse(candidate)
+    except (ValueError, TypeError):
+        raise ValueError(f"{text!r} is not a semantic version") from None
+
+
+def is_safe_name(version: str) -> bool:
+    """True when `version` can name a folder: no '/', '..', NUL, leading dot, at most 128 bytes."""
+    return bool(SAFE_VERSION.fullmatch(version)) and ".." not in version
+
+
+def key(text: str) -> semver.Version:
+    """Sort key for version strings."""
+    return parse(text)
+
+
+Pin = list[tuple[Callable[[semver.Version, semver.Version], bool], semver.Version]]
+
+
+def parse_pin(text: str) -> Pin:
+    """'>=1.4,<2' -> comparisons; raises ValueError naming the bad part."""
+    parts: Pin = []
+    for piece in text.split(","):
+        m = _PIN_PART.match(piece)
+        if not m:
+            raise ValueError(f"bad version constraint {piece.strip()!r} in pin {text!r}")
+        op, ver = m.group(1) or "==", m.group(2).lstrip("vV")
+        try:
+            v = semver.Version.parse(ver, optional_minor_and_patch=True)
+        except ValueError:
+            raise ValueError(f"bad version {ver!r} in pin {text!r}") from None
+        parts.append((_OPS[op], v))
+    return parts
+
+
+def pin_allows(pin: str | None, version: str) -> bool:
+    if pin is None:
+        return True
+    v = parse(version)
+    return all(op(v, bound) for op, bound in parse_pin(pin))
+
+
+def rollout_bucket(host_id: str, app: str, version: str) -> int:
+    """A stable number in [0, 100) for this host, app and version: the rollout lottery."""
+    digest = hashlib.sha256(f"{host_id}\0{app}\0{version}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % 100
+
+
+@dataclass(frozen=True)
+class Offer:
+    """One release as the policy sees it."""
+
+    version: str
+    channel: str
+    rollout: int = 100
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Everything that limits which version an automatic update may pick."""
+
+    app: str
+    host_id: str
+    channel: str = "stable"
+    pin: str | None = None
+    skipped: frozenset[str] = frozenset()
+    blocked: frozenset[str] = frozenset()
+
+
+@dataclass
+class Choice:
+    """The decision: the version to install (or None) and why newer offers were passed over."""
+
+    version: str | None
+    passed_over: dict[str, str] = field(default_factory=dict)
+
+
+def choose(offers: Iterable[Offer], installed: str | None, policy: Policy) -> Choice:
+    """The newest offer an automatic update may install, never older than `installed`."""
+    current = parse(installed) if installed else None
+    choice = Choice(version=None)
+    best: semver.Version | None = None
+    for offer in offers:
+        try:
+            v = parse(offer.version)
+        except ValueError:
+            choice.passed_over[offer.version] = "not a semantic version"
+            continue
+        if offer.channel != policy.channel:
+            continue
+        if current is not None and v <= current:
+            continue
+        reason = _refusal(offer, policy)
+        if reason:
+            choice.passed_over[offer.version] = reason
+            continue
+        if best is None or v > best:
+            best, choice.version = v, offer.version
+    if best is not None:
+        choice.passed_over = {k: r for k, r in choice.passed_over.items()
+                              if _parses_above(k, best)}
+    return choice
+
+
+def _parses_above(text: str, best: semver.Version) -> bool:
+    try:
+        return parse(text) > best
+    except ValueError:
+        return False
+
+
+def _refusal(offer: Offer, policy: Policy) -> str:
+    if offer.version in policy.blocked:
+        return "blocked after a failed health check"
+    if offer.version in policy.skipped:
+        return "skipped by the operator"
+    if not pin_allows(policy.pin, offer.version):
+        return f"outside pin {policy.pin!r}"
+    if offer.rollout < 100 and rollout_bucket(policy.host_id, policy.app, offer.version) >= \
+            offer.rollout:
+        return f"offered to {offer.rollout}% of hosts, not this one yet"
+    return ""
