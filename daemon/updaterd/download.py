@@ -245,6 +245,7 @@ class Fetcher:
                            blake3=expected.blake3)
         fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         keep_fd = False
+        offset = 0
         try:
             offset = os.fstat(fd).st_size
             same = meta is not None and (meta.size, meta.sha256, meta.blake3) == (
@@ -290,15 +291,7 @@ class Fetcher:
             if digests.size < expected.size:
                 raise Retryable(f"{url}: connection closed at {digests.size} of "
                                 f"{expected.size} bytes")
-            try:
-                digests.check(dest.name, expected.size, expected.sha256, expected.blake3)
-            except DigestMismatch:
-                os.ftruncate(fd, 0)
-                _remove(meta_path)
-                if offset and attempt == 0:
-                    raise Retryable(f"{url}: resumed file failed verification; "
-                                    "starting over") from None
-                raise
+            digests.check(dest.name, expected.size, expected.sha256, expected.blake3)
             await trio.to_thread.run_sync(os.fsync, fd)
             os.replace(part, dest)
             _remove(meta_path)
@@ -306,6 +299,14 @@ class Fetcher:
             os.lseek(fd, 0, os.SEEK_SET)
             keep_fd = True
             return os.fdopen(fd, "rb")
+        except DigestMismatch:
+            # Nothing that failed verification is kept; a resumed file gets one fresh try.
+            _remove(part)
+            _remove(meta_path)
+            if offset and attempt == 0:
+                raise Retryable(f"{url}: resumed file failed verification; "
+                                "starting over") from None
+            raise
         finally:
             if not keep_fd:
                 os.close(fd)

@@ -1,0 +1,145 @@
+"""Builders shared by the tests: sample releases, feeds, configs, and the real updaterd command."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zstandard
+
+from updaterd.publish import keygen, publish
+
+BIN = Path(sys.executable).parent
+
+
+def app_script(version: str, healthy: bool = True) -> bytes:
+    body = f'echo "hello {version}"\n' if healthy else f'echo "broken {version}" >&2\nexit 1\n'
+    return f"#!/bin/sh\n{body}".encode()
+
+
+def release_files(version: str, healthy: bool = True) -> dict[str, tuple[bytes, int]]:
+    """The files of a sample release: path -> (content, mode)."""
+    return {
+        "bin/hello": (app_script(version, healthy), 0o755),
+        "share/VERSION": (f"{version}\n".encode(), 0o644),
+        "share/data.bin": (os.urandom(2048), 0o644),
+    }
+
+
+def make_tar(path: Path, files: dict[str, tuple[bytes, int]], top: str | None = None) -> Path:
+    """A .tar.gz/.tar.xz/.tar.bz2/.tar.zst/.tar of `files`, under folder `top` when given."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for name, (data, mode) in files.items():
+            info = tarfile.TarInfo(f"{top}/{name}" if top else name)
+            info.size, info.mode = len(data), mode
+            tf.addfile(info, io.BytesIO(data))
+    raw = buf.getvalue()
+    name = path.name
+    if name.endswith(".tar.gz"):
+        import gzip
+        raw = gzip.compress(raw)
+    elif name.endswith(".tar.xz"):
+        import lzma
+        raw = lzma.compress(raw)
+    elif name.endswith(".tar.bz2"):
+        import bz2
+        raw = bz2.compress(raw)
+    elif name.endswith(".tar.zst"):
+        raw = zstandard.ZstdCompressor().compress(raw)
+    path.write_bytes(raw)
+    return path
+
+
+def make_zip(path: Path, files: dict[str, tuple[bytes, int]], top: str | None = None) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, (data, mode) in files.items():
+            info = zipfile.ZipInfo(f"{top}/{name}" if top else name)
+            info.external_attr = (0o100000 | mode) << 16
+            zf.writestr(info, data)
+    return path
+
+
+@dataclass
+class Feed:
+    """A feed folder with its own key, published through updaterd's own publish()."""
+
+    folder: Path
+    work: Path
+    app: str = "hello"
+    pub: str = ""
+    key: Path = field(default_factory=Path)
+
+    def __post_init__(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.work.mkdir(parents=True, exist_ok=True)
+        pub, self.key = keygen(str(self.work / "feed"), force=True)
+        self.pub = pub.read_text().splitlines()[1]
+
+    def release(self, version: str, healthy: bool = True, fmt: str = "tar.gz",
+                **kw: Any) -> Path:
+        """Build a sample release artifact and publish it."""
+        name = f"hello-{version}-linux-x86_64.{fmt}"
+        art = self.work / name
+        files = release_files(version, healthy)
+        if fmt == "zip":
+            make_zip(art, files, top=f"hello-{version}")
+        else:
+            make_tar(art, files, top=f"hello-{version}")
+        self.publish(version, [art], **kw)
+        return art
+
+    def publish(self, version: str, artifacts: list[Path], **kw: Any) -> None:
+        kw.setdefault("platform", "linux-x86_64")
+        publish(feed_dir=self.folder, key_path=self.key, app=self.app, version=version,
+                artifacts=artifacts, **kw)
+
+    def manifest(self) -> dict[str, Any]:
+        return json.loads((self.folder / "manifest.json").read_text())
+
+    def resign(self) -> None:
+        """Sign the manifest as it is now (for tests that edit it on purpose)."""
+        from updaterd import minisign
+        secret = minisign.SecretKey.parse(self.key.read_text())
+        raw = (self.folder / "manifest.json").read_bytes()
+        (self.folder / "manifest.json.minisig").write_text(secret.sign(raw, "test"))
+
+
+def toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    raise TypeError(v)
+
+
+def write_config(path: Path, daemon: dict[str, Any], apps: dict[str, dict[str, Any]],
+                 limits: dict[str, Any] | None = None) -> Path:
+    lines = ["[daemon]"] + [f"{k} = {toml_value(v)}" for k, v in daemon.items()]
+    if limits:
+        lines += ["", "[limits]"] + [f"{k} = {toml_value(v)}" for k, v in limits.items()]
+    for name, table in apps.items():
+        lines += ["", f"[apps.{name}]"] + [f"{k} = {toml_value(v)}" for k, v in table.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run_updaterd(*args: str | Path, env: dict[str, str] | None = None,
+                 timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """The real `updaterd` console script of this environment."""
+    full_env = {k: v for k, v in os.environ.items() if k != "UPDATERD_FAILPOINTS"}
+    full_env.update(env or {})
+    return subprocess.run([str(BIN / "updaterd"), *map(str, args)], capture_output=True,
+                          text=True, env=full_env, timeout=timeout, check=False)

@@ -1,0 +1,127 @@
+"""A small ASGI file server for fault injection, run under hypercorn on 127.0.0.1.
+
+GET /<mode>/<file> serves FAULT_ROOT/<file> with ETag and Range support, misbehaving as <mode>:
+  plain      correct behaviour
+  drop       first request: headers and half the body, then the connection is cut
+  fail500    first request: HTTP 500
+  r429       first request: HTTP 429 with Retry-After: 1
+  bigger     Content-Length larger than the file
+  longer     the file and 1 KiB more, chunked (no Content-Length)
+  slow       one byte every 0.5 s
+  norange    ignores Range (always 200 and the whole file)
+  badrange   answers a Range with 206 and a wrong Content-Range
+  etagflip   a new ETag on every request
+  to-http    redirects to http://127.0.0.1/... (used behind https tests)
+  redirect   redirects to /plain/<file>
+Every request is appended to FAULT_LOG as one JSON line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import trio
+
+ROOT = Path(os.environ.get("FAULT_ROOT", "."))
+LOG = os.environ.get("FAULT_LOG")
+seen: Counter[str] = Counter()
+
+
+def _log(entry: dict[str, Any]) -> None:
+    if LOG:
+        with open(LOG, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+
+
+async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+    parts = scope["path"].lstrip("/").split("/", 1)
+    mode, name = (parts + [""])[:2]
+    key = f"{mode}/{name}"
+    seen[key] += 1
+    first = seen[key] == 1
+    entry = {"path": scope["path"], "mode": mode, "range": headers.get("range"),
+             "if_range": headers.get("if-range"), "inm": headers.get("if-none-match"),
+             "accept_encoding": headers.get("accept-encoding"), "status": 0, "sent": 0}
+
+    async def respond(status: int, hdrs: list[tuple[str, str]], body: bytes = b"",
+                      more: bool = False) -> None:
+        entry["status"] = status
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(k.encode(), v.encode()) for k, v in hdrs]})
+        entry["sent"] += len(body)
+        await send({"type": "http.response.body", "body": body, "more_body": more})
+
+    try:
+        path = ROOT / name
+        if mode == "redirect":
+            await respond(302, [("location", f"/plain/{name}"), ("content-length", "0")])
+            return
+        if mode == "to-http":
+            await respond(302, [("location", f"http://127.0.0.1:9/{name}"),
+                                ("content-length", "0")])
+            return
+        if not name or not path.is_file():
+            await respond(404, [("content-length", "0")])
+            return
+        data = path.read_bytes()
+        etag = '"' + hashlib.sha256(data).hexdigest()[:16] + '"'
+        if mode == "etagflip":
+            etag = f'"{seen[key]}"'
+        if mode == "fail500" and first:
+            await respond(500, [("content-length", "0")])
+            return
+        if mode == "r429" and first:
+            await respond(429, [("retry-after", "1"), ("content-length", "0")])
+            return
+        if headers.get("if-none-match") == etag:
+            await respond(304, [("etag", etag)])
+            return
+        start = 0
+        rng = headers.get("range")
+        if_range = headers.get("if-range")
+        if rng and mode not in ("norange",) and (if_range is None or if_range == etag):
+            start = int(rng.split("=")[1].split("-")[0])
+            if start >= len(data):
+                await respond(416, [("content-range", f"bytes */{len(data)}"),
+                                    ("content-length", "0")])
+                return
+        body = data[start:]
+        base = [("etag", etag), ("accept-ranges", "bytes")]
+        status = 206 if start else 200
+        if start:
+            cr = f"bytes {start}-{len(data) - 1}/{len(data)}"
+            if mode == "badrange":
+                cr = f"bytes 0-{len(data) - 1}/{len(data)}"
+            base.append(("content-range", cr))
+        if mode == "bigger":
+            await respond(status, [*base, ("content-length", str(len(body) + 4096))], body)
+            return
+        if mode == "longer":
+            await respond(status, base, body, more=True)
+            await send({"type": "http.response.body", "body": b"\0" * 1024, "more_body": False})
+            entry["sent"] += 1024
+            return
+        if mode == "slow":
+            await respond(status, [*base, ("content-length", str(len(body)))], b"", more=True)
+            for i in range(len(body)):
+                await trio.sleep(0.5)
+                await send({"type": "http.response.body", "body": body[i:i + 1],
+                            "more_body": i + 1 < len(body)})
+                entry["sent"] += 1
+            return
+        if mode == "drop" and first:
+            half = len(body) // 2
+            await respond(status, [*base, ("content-length", str(len(body)))], body[:half],
+                          more=True)
+            raise ConnectionAbortedError("dropping the connection on purpose")
+        await respond(status, [*base, ("content-length", str(len(body)))], body)
+    finally:
+        _log(entry)

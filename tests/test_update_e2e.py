@@ -1,0 +1,239 @@
+"""End to end: the real `updaterd` command against signed feeds served by nginx on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from tests.conftest import Host, Nginx
+from tests.helpers import Feed, run_updaterd
+
+
+def configure(host: Host, nginx: Nginx, feed: Feed, **kw: object) -> None:
+    host.configure(source="manifest", url=nginx.url(f"{feed.folder.name}/manifest.json"),
+                   public_keys=[feed.pub], allow_insecure=True, **kw)
+
+
+def once(host: Host) -> subprocess.CompletedProcess[str]:
+    return run_updaterd("--config", host.config, "--once")
+
+
+def hello(host: Host) -> str:
+    out = subprocess.run([str(host.prefix / "bin" / "hello")], capture_output=True, text=True,
+                         check=True)
+    return out.stdout.strip()
+
+
+def assert_clean(host: Host) -> None:
+    """No staging leftovers, no temp files, no pending transaction."""
+    staging = host.prefix / ".staging"
+    assert not staging.exists() or not any(staging.iterdir())
+    assert not [p for p in host.prefix.iterdir() if p.name.startswith(".updaterd-tmp")]
+    assert host.state()["pending"] is None
+
+
+def test_first_install_then_update(host: Host, nginx: Nginx, served_feed: Feed) -> None:
+    served_feed.release("1.0.0")
+    configure(host, nginx, served_feed)
+    r = once(host)
+    assert r.returncode == 0, r.stderr
+    assert host.current() == "1.0.0"
+    assert hello(host) == "hello 1.0.0"
+    served_feed.release("1.1.0")
+    r = once(host)
+    assert r.returncode == 0, r.stderr
+    assert hello(host) == "hello 1.1.0"
+    state = host.state()
+    assert (state["installed"], state["previous"]) == ("1.1.0", "1.0.0")
+    assert state["serial"] == 2
+    assert sorted(os.listdir(host.prefix / "releases")) == ["1.0.0", "1.1.0"]
+    assert_clean(host)
+
+
+@pytest.mark.parametrize("fmt", ["tar.gz", "tar.xz", "tar.zst", "tar.bz2", "zip"])
+def test_every_archive_format_installs(host: Host, nginx: Nginx, served_feed: Feed,
+                                       fmt: str) -> None:
+    served_feed.release("2.0.0", fmt=fmt)
+    configure(host, nginx, served_feed)
+    assert once(host).returncode == 0
+    assert hello(host) == "hello 2.0.0"
+    assert (host.prefix / "current" / "share" / "VERSION").read_text() == "2.0.0\n"
+
+
+def test_raw_executable_installs_under_configured_name(host: Host, nginx: Nginx,
+                                                       served_feed: Feed) -> None:
+    from tests.helpers import app_script
+
+    art = served_feed.work / "hello-3.0.0-linux-x86_64"
+    art.write_bytes(app_script("3.0.0"))
+    served_feed.publish("3.0.0", [art])
+    configure(host, nginx, served_feed, executable="hello", health_check=["./hello"])
+    r = once(host)
+    assert r.returncode == 0, r.stderr
+    exe = host.prefix / "current" / "hello"
+    assert os.access(exe, os.X_OK)
+    assert hello(host) == "hello 3.0.0"
+
+
+def test_failed_health_check_rolls_back_and_blocks(host: Host, nginx: Nginx,
+                                                   served_feed: Feed) -> None:
+    served_feed.release("1.0.0")
+    configure(host, nginx, served_feed)
+    assert once(host).returncode == 0
+    served_feed.release("1.1.0", healthy=False)
+    r = once(host)
+    assert r.returncode == 1
+    assert "rolled_back" in r.stderr
+    assert host.current() == "1.0.0"
+    assert hello(host) == "hello 1.0.0"
+    state = host.state()
+    assert state["installed"] == "1.0.0"
+    assert state["blocked"] == ["1.1.0"]
+    assert [h["action"] for h in state["history"]] == ["installed", "blocked"]
+    assert not (host.prefix / "releases" / "1.1.0").exists()
+    assert_clean(host)
+    # a blocked version is never installed again by itself
+    r = once(host)
+    assert r.returncode == 0 and host.current() == "1.0.0"
+    assert "up_to_date" in r.stderr
+
+
+def test_blocked_version_can_be_installed_on_purpose(host: Host, nginx: Nginx,
+                                                     served_feed: Feed) -> None:
+    served_feed.release("1.0.0")
+    served_feed.release("1.1.0")
+    configure(host, nginx, served_feed)
+    host_state = host.state_dir / "hello"
+    host_state.mkdir(parents=True)
+    (host_state / "state.json").write_text('{"schema": 1, "blocked": ["1.1.0"]}')
+    assert once(host).returncode == 0
+    assert host.current() == "1.0.0"
+    r = run_updaterd("--config", host.config, "update", "hello", "--version", "1.1.0")
+    assert r.returncode == 0, r.stderr
+    assert host.current() == "1.1.0"
+
+
+def test_tampered_artifact_is_refused_and_nothing_installed(host: Host, nginx: Nginx,
+                                                            served_feed: Feed) -> None:
+    art = served_feed.release("1.0.0")
+    data = bytearray((served_feed.folder / art.name).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (served_feed.folder / art.name).write_bytes(bytes(data))
+    configure(host, nginx, served_feed)
+    r = once(host)
+    assert r.returncode == 1
+    assert "mismatch" in r.stderr
+    assert host.current() is None
+    assert not any((host.prefix / "releases").iterdir())
+    assert not any((host.base / "cache" / "hello").iterdir())
+
+
+def test_bad_signature_is_refused(host: Host, nginx: Nginx, served_feed: Feed) -> None:
+    served_feed.release("1.0.0")
+    raw = (served_feed.folder / "manifest.json").read_bytes()
+    (served_feed.folder / "manifest.json").write_bytes(raw.replace(b'"1.0.0"', b'"1.0.1"'))
+    configure(host, nginx, served_feed)
+    r = once(host)
+    assert r.returncode == 1
+    assert "signature" in r.stderr
+    assert host.current() is None
+    assert host.state()["serial"] is None
+
+
+def test_unknown_key_is_refused(host: Host, nginx: Nginx, served_feed: Feed,
+                                tmp_path: object) -> None:
+    served_feed.release("1.0.0")
+    other = Feed(folder=served_feed.work / "other", work=served_feed.work / "otherkey")
+    configure(host, nginx, served_feed)
+    host.configure(source="manifest",
+                   url=nginx.url(f"{served_feed.folder.name}/manifest.json"),
+                   public_keys=[other.pub], allow_insecure=True)
+    r = once(host)
+    assert r.returncode == 1 and "unknown key" in r.stderr
+    assert host.current() is None
+
+
+def test_expired_manifest_is_refused(host: Host, nginx: Nginx, served_feed: Feed) -> None:
+    served_feed.release("1.0.0", now=datetime.now(UTC) - timedelta(days=40))
+    configure(host, nginx, served_feed)
+    r = once(host)
+    assert r.returncode == 1 and "expired" in r.stderr
+    assert host.current() is None
+
+
+def test_lower_serial_is_refused(host: Host, nginx: Nginx, served_feed: Feed) -> None:
+    served_feed.release("1.0.0")
+    old = served_feed.work / "old"
+    old.mkdir()
+    for name in ("manifest.json", "manifest.json.minisig"):
+        shutil.copy(served_feed.folder / name, old / name)
+    served_feed.release("1.1.0")
+    configure(host, nginx, served_feed)
+    assert once(host).returncode == 0
+    assert host.state()["serial"] == 2
+    for name in ("manifest.json", "manifest.json.minisig"):  # a stale mirror or an attacker
+        shutil.copy(old / name, served_feed.folder / name)
+    r = once(host)
+    assert r.returncode == 1 and "below 2" in r.stderr
+    assert host.state()["serial"] == 2
+    assert host.current() == "1.1.0"
+
+
+def test_not_modified_check_downloads_no_body(host: Host, nginx: Nginx,
+                                              served_feed: Feed) -> None:
+    served_feed.release("1.0.0")
+    configure(host, nginx, served_feed)
+    assert once(host).returncode == 0
+    first_check = host.state()["last_check"]
+    mark = len(nginx.requests())
+    assert once(host).returncode == 0
+    manifest_uri = f"/{served_feed.folder.name}/manifest.json"
+    later = [r for r in nginx.requests()[mark:] if r["uri"] == manifest_uri]
+    assert [(r["status"], r["bytes"]) for r in later] == [(304, 0)]
+    assert host.state()["last_check"] > first_check
+
+
+def test_manual_rollback_goes_back_and_skips(host: Host, nginx: Nginx,
+                                             served_feed: Feed) -> None:
+    served_feed.release("1.0.0")
+    configure(host, nginx, served_feed)
+    assert once(host).returncode == 0
+    served_feed.release("1.1.0")
+    assert once(host).returncode == 0
+    r = run_updaterd("--config", host.config, "rollback", "hello")
+    assert r.returncode == 0, r.stderr
+    assert hello(host) == "hello 1.0.0"
+    state = host.state()
+    assert state["installed"] == "1.0.0" and "1.1.0" in state["skipped"]
+    assert once(host).returncode == 0
+    assert host.current() == "1.0.0", "a version rolled back from is not reinstalled by itself"
+    r = run_updaterd("--config", host.config, "rollback", "hello", "--to", "9.9.9")
+    assert r.returncode == 1 and "not kept" in r.stderr
+
+
+def test_retain_prunes_old_releases_but_keeps_previous(host: Host, nginx: Nginx,
+                                                       served_feed: Feed) -> None:
+    configure(host, nginx, served_feed, retain=1)
+    for v in ("1.0.0", "1.1.0", "1.2.0", "1.3.0"):
+        served_feed.release(v)
+        assert once(host).returncode == 0
+    assert sorted(os.listdir(host.prefix / "releases")) == ["1.2.0", "1.3.0"]
+
+
+def test_second_instance_is_refused_while_lock_held(host: Host, nginx: Nginx,
+                                                    served_feed: Feed) -> None:
+    import fcntl
+
+    served_feed.release("1.0.0")
+    configure(host, nginx, served_feed)
+    lock = host.base / "updaterd.lock"
+    with open(lock, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.write("4242\n")
+        f.flush()
+        r = once(host)
+    assert r.returncode == 1 and "pid 4242" in r.stderr
