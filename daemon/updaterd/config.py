@@ -123,34 +123,33 @@ def _describe(err: msgspec.ValidationError) -> str:
 
 
 def _check_table(raw: Any, cls: type[S], where: str, problems: list[str]) -> S | None:
-    """Validate `raw` against `cls` key by key, appending one problem per bad key."""
+    """Validate `raw` against `cls` key by key, appending one problem per bad key.
+
+    Bad keys fall back to their defaults so that the cross-key rules can still run on the
+    rest; None only when a required key is missing or the table is not a table.
+    """
     if not isinstance(raw, dict):
         problems.append(f"{where}: expected a table, got {type(raw).__name__}")
         return None
     hints = get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in msgspec.structs.fields(cls)}
-    ok = True
+    good = {}
     for key, value in raw.items():
         if key not in fields or (key == "path" and cls is Config):
             problems.append(f"{where}.{key}: unknown key")
-            ok = False
             continue
         try:
             msgspec.convert(value, hints[key], strict=True)
         except msgspec.ValidationError as e:
             problems.append(f"{where}.{key}: {_describe(e)}")
-            ok = False
-    for name, f in fields.items():
-        if f.required and name not in raw:
-            problems.append(f"{where}.{name}: required key is missing")
-            ok = False
-    if not ok:
+            continue
+        good[key] = value
+    missing = [name for name, f in fields.items() if f.required and name not in raw]
+    for name in missing:
+        problems.append(f"{where}.{name}: required key is missing")
+    if missing or any(f.required and name not in good for name, f in fields.items()):
         return None
-    try:
-        return msgspec.convert(raw, cls, strict=True)
-    except msgspec.ValidationError as e:  # pragma: no cover - per-key checks catch these first
-        problems.append(f"{where}: {_describe(e)}")
-        return None
+    return msgspec.convert(good, cls, strict=True)
 
 
 def _check_app(name: str, app: AppConfig, where: str, problems: list[str]) -> None:

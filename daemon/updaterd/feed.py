@@ -146,7 +146,7 @@ def check_release(release: Release) -> None:
         if a.sha256 is None and a.blake3 is None:
             raise FeedError(f"artifact {a.url!r} of {release.version} lists no known digest")
         name = a.url.rsplit("/", 1)[-1]
-        if not SAFE_FILE_NAME.fullmatch(name):
+        if ".." in a.url.split("?")[0].split("/") or not SAFE_FILE_NAME.fullmatch(name):
             raise FeedError(f"artifact name {name!r} of {release.version} is not a safe name")
 
 

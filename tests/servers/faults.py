@@ -43,7 +43,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         return
     headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
     parts = scope["path"].lstrip("/").split("/", 1)
-    mode, name = (parts + [""])[:2]
+    mode, name = [*parts, ""][:2]
     key = f"{mode}/{name}"
     seen[key] += 1
     first = seen[key] == 1

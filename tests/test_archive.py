@@ -1,0 +1,336 @@
+"""Safe extraction: good archives of every format, and every malicious case refused with
+nothing written outside the staging folder (RELIABILITY.md group B)."""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import tarfile
+import tempfile
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from tests.helpers import make_tar, make_zip
+from updaterd import archive
+from updaterd.errors import ArchiveError
+
+LIMITS = archive.ExtractLimits(max_members=1000, max_total=10 << 20, max_file=5 << 20)
+
+
+class Box:
+    """A folder that must stay untouched, holding fresh staging folders (as the engine does)."""
+
+    def __init__(self, outside: Path) -> None:
+        self.outside = outside
+        outside.mkdir()
+        (outside / "bystander").write_text("untouched")
+
+    def staging(self) -> Path:
+        return Path(tempfile.mkdtemp(prefix="stage-", dir=self.outside))
+
+    def snapshot(self) -> set[str]:
+        found = set()
+        for dirpath, dirnames, filenames in os.walk(self.outside):
+            for n in dirnames + filenames:
+                p = os.path.join(dirpath, n)
+                if "/stage-" not in p:
+                    found.add(p)
+        return found
+
+
+@pytest.fixture
+def box(tmp_path: Path) -> Box:
+    return Box(tmp_path / "outside")
+
+
+def extract_bytes(data: bytes, kind: archive.Kind, staging: Path,
+                  limits: archive.ExtractLimits = LIMITS) -> Path:
+    f = io.BytesIO(data)
+    f.fileno = lambda: (_ for _ in ()).throw(OSError())  # type: ignore[method-assign]
+    return archive.extract(f, kind, staging, limits, "app")  # type: ignore[arg-type]
+
+
+def tar_bytes(members: list[tuple[tarfile.TarInfo, bytes | None]], compress: str = "") -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for info, data in members:
+            if data is not None:
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+            else:
+                tf.addfile(info)
+    raw = buf.getvalue()
+    if compress == "gz":
+        import gzip
+        raw = gzip.compress(raw)
+    return raw
+
+
+def member(name: str, kind: bytes = tarfile.REGTYPE, mode: int = 0o644,
+           linkname: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.linkname = kind, mode, linkname
+    return info
+
+
+def refused(members: list[tuple[tarfile.TarInfo, bytes | None]], box: Box,
+            match: str) -> None:
+    before = box.snapshot()
+    with pytest.raises(ArchiveError, match=match):
+        extract_bytes(tar_bytes(members), "tar", box.staging())
+    assert box.snapshot() == before
+
+
+FILES = {"bin/app": (b"#!/bin/sh\necho hi\n", 0o755), "lib/data.txt": (b"data\n", 0o644)}
+
+
+@pytest.mark.parametrize("suffix", ["tar.gz", "tar.xz", "tar.zst", "tar.bz2", "tar", "zip"])
+def test_each_format_extracts_with_top_folder_stripped_and_exec_bits(
+        tmp_path: Path, box: Box, suffix: str) -> None:
+    art = tmp_path / f"app.{suffix}"
+    (make_zip if suffix == "zip" else make_tar)(art, FILES, top="app-1.0")
+    staging = box.staging()
+    with open(art, "rb") as f:
+        root = archive.extract(f, archive.kind_of(art.name), staging, LIMITS, "app")
+    assert root.name == "app-1.0"
+    assert (root / "lib" / "data.txt").read_bytes() == b"data\n"
+    assert os.access(root / "bin" / "app", os.X_OK)
+    assert not os.access(root / "lib" / "data.txt", os.X_OK)
+
+
+def test_several_roots_are_kept_as_they_are(box: Box) -> None:
+    staging = box.staging()
+    root = extract_bytes(tar_bytes([(member("a"), b"1"), (member("b/c"), b"2")]), "tar", staging)
+    assert sorted(p.name for p in root.iterdir()) == ["a", "b"]
+
+
+def test_relative_symlink_inside_release_is_allowed(box: Box) -> None:
+    staging = box.staging()
+    root = extract_bytes(tar_bytes([
+        (member("lib/libfoo.so.1"), b"elf"),
+        (member("lib/libfoo.so", tarfile.SYMTYPE, linkname="libfoo.so.1"), None),
+        (member("bin/x", tarfile.LNKTYPE, linkname="lib/libfoo.so.1"), None),
+    ]), "tar", staging)
+    assert os.readlink(root / "lib" / "libfoo.so") == "libfoo.so.1"
+    assert (root / "bin" / "x").read_bytes() == b"elf"
+
+
+def test_b28_dotdot_path(box: Box) -> None:
+    refused([(member("../../etc/passwd"), b"x")], box, "'..'|data filter")
+
+
+def test_b29_absolute_path_rejected_not_stripped(box: Box) -> None:
+    refused([(member("/etc/cron.d/x"), b"x")], box, "absolute")
+
+
+def test_b30_inner_dotdot(box: Box) -> None:
+    refused([(member("a/../../x"), b"x")], box, r"'\.\.'|data filter")
+
+
+def test_b31_symlink_then_file_through_it(box: Box) -> None:
+    refused([(member("x", tarfile.SYMTYPE, linkname="/etc"), None),
+             (member("x/passwd"), b"root")], box, "symlink|absolute|data filter")
+    refused([(member("x", tarfile.SYMTYPE, linkname="sub"), None),
+             (member("x/passwd"), b"root")], box, "goes through the link")
+
+
+def test_b32_symlink_to_parents(box: Box) -> None:
+    refused([(member("x", tarfile.SYMTYPE, linkname="../../.."), None)], box,
+            "leaves the release|data filter")
+
+
+def test_b33_symlink_chain_out(box: Box) -> None:
+    refused([(member("a", tarfile.SYMTYPE, linkname="b"), None),
+             (member("b", tarfile.SYMTYPE, linkname=".."), None)], box,
+            "leaves the release|data filter")
+    refused([(member("d/e/f/s2", tarfile.SYMTYPE, linkname="../../x"), None),
+             (member("s1", tarfile.SYMTYPE, linkname="d/e/f/s2/../../.."), None)], box,
+            "through another symlink|leaves")
+
+
+def test_b34_hard_link_outside(box: Box) -> None:
+    refused([(member("x", tarfile.LNKTYPE, linkname="/etc/shadow"), None)], box,
+            "hard link|absolute|data filter")
+    refused([(member("x", tarfile.LNKTYPE, linkname="../out"), None)], box,
+            r"hard link|'\.\.'|data filter")
+
+
+def test_b35_hard_link_to_symlink(box: Box) -> None:
+    refused([(member("target"), b"x"), (member("s", tarfile.SYMTYPE, linkname="target"), None),
+             (member("h", tarfile.LNKTYPE, linkname="s"), None)], box, "not a regular file")
+
+
+def test_b36_empty_or_root_symlink(box: Box) -> None:
+    refused([(member("e", tarfile.SYMTYPE, linkname=""), None)], box, "absolute or empty")
+    refused([(member("r", tarfile.SYMTYPE, linkname="."), None)], box, "leaves the release")
+
+
+def test_b37_non_empty_staging_is_refused(box: Box) -> None:
+    staging = box.staging()
+    (staging / "planted").write_text("x")
+    with pytest.raises(ArchiveError, match="not empty"):
+        extract_bytes(tar_bytes([(member("a"), b"1")]), "tar", staging)
+
+
+@pytest.mark.parametrize("kind", [tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.FIFOTYPE])
+def test_b38_device_and_fifo(box: Box, kind: bytes) -> None:
+    refused([(member("dev", kind), None)], box,
+            "special file|data filter")
+
+
+@pytest.mark.parametrize("mode", [0o4755, 0o2755])
+def test_b39_setuid_setgid_refused(box: Box, mode: int) -> None:
+    refused([(member("bin/su", mode=mode), b"x")], box, "setuid or setgid")
+
+
+def test_b39_b40_world_writable_and_odd_modes_normalised(box: Box) -> None:
+    staging = box.staging()
+    root = extract_bytes(tar_bytes([(member("d", tarfile.DIRTYPE, mode=0o000), None),
+                                    (member("d/f", mode=0o777), b"x"),
+                                    (member("g", mode=0o1666), b"y")]), "tar", staging)
+    assert stat.S_IMODE((root / "d").stat().st_mode) == 0o755
+    assert stat.S_IMODE((root / "d" / "f").stat().st_mode) == 0o755
+    assert stat.S_IMODE((root / "g").stat().st_mode) == 0o644
+
+
+def test_b41_duplicates_and_file_replaced_by_symlink(box: Box) -> None:
+    refused([(member("a"), b"1"), (member("a"), b"2")], box, "duplicate")
+    refused([(member("a"), b"1"), (member("a", tarfile.SYMTYPE, linkname="b"), None)], box,
+            "duplicate")
+
+
+def test_b42_case_collision(box: Box) -> None:
+    refused([(member("Bin/app"), b"1"), (member("bin/app"), b"2")], box, "case")
+
+
+@pytest.mark.parametrize(("name", "why"), [
+    ("a\\b", "backslash"), ("a\x01b", "control"), ("a\x7fb", "control"),
+    ("a/" + "x" * 256, "longer than 255"), ("y/" * 2100, "longer than 4096")])
+def test_b43_bad_names_in_archive(box: Box, name: str, why: str) -> None:
+    refused([(member(name), b"1")], box, why)
+
+
+def test_b43_nul_in_name() -> None:
+    with pytest.raises(ArchiveError, match="NUL"):
+        archive.check_name("a\0b")
+
+
+def test_b43_invalid_utf8_name() -> None:
+    with pytest.raises(ArchiveError, match="UTF-8"):
+        archive.check_name(b"caf\xe9".decode("utf-8", "surrogateescape"))
+
+
+def test_b44_pax_path_override_escaping(box: Box) -> None:
+    info = member("harmless")
+    info.pax_headers = {"path": "../../escape"}
+    refused([(info, b"x")], box, r"'\.\.'|data filter")
+    link = member("l", tarfile.SYMTYPE, linkname="ok")
+    link.pax_headers = {"linkpath": "../../../etc"}
+    refused([(link, None)], box, "leaves|data filter")
+
+
+def test_b45_caps_abort_mid_stream(box: Box) -> None:
+    staging = box.staging()
+    small = archive.ExtractLimits(max_members=3, max_total=100, max_file=60)
+    with pytest.raises(ArchiveError, match="more than 3 members"):
+        extract_bytes(tar_bytes([(member(f"f{i}"), b"x") for i in range(5)]), "tar", staging,
+                      small)
+    staging = box.staging()
+    with pytest.raises(ArchiveError, match="per-file limit"):
+        extract_bytes(tar_bytes([(member("big"), b"x" * 61)]), "tar", staging, small)
+    staging = box.staging()
+    with pytest.raises(ArchiveError, match="expands past"):
+        extract_bytes(tar_bytes([(member("a"), b"x" * 50), (member("b"), b"x" * 51)]), "tar",
+                      staging, small)
+
+
+def _zero_bomb(compress: Callable[[bytes], bytes], size: int) -> bytes:
+    """A tar header for one `size`-byte file of zeros, compressed in streaming pieces."""
+    info = tarfile.TarInfo("zeros")
+    info.size = size
+    header = info.tobuf(format=tarfile.PAX_FORMAT)
+    return compress(header + bytes(min(size, 1 << 20)))  # the body is cut: the cap hits first
+
+
+@pytest.mark.parametrize("kind", ["tar.gz", "tar.xz", "tar.zst"])
+def test_b46_huge_declared_member_aborted_at_cap(box: Box, kind: str) -> None:
+    import gzip
+    import lzma
+    comp = {"tar.gz": gzip.compress, "tar.xz": lzma.compress,
+            "tar.zst": zstandard.ZstdCompressor().compress}[kind]
+    staging = box.staging()
+    with pytest.raises(ArchiveError, match="per-file limit"):
+        extract_bytes(_zero_bomb(comp, 10 << 30), kind, staging)  # type: ignore[arg-type]
+
+
+def test_b48_zip_bad_names(box: Box, tmp_path: Path) -> None:
+    staging = box.staging()
+    for bad in ["../evil", "/abs", "C:\\win", "C:/win"]:
+        z = tmp_path / "bad.zip"
+        with zipfile.ZipFile(z, "w") as zf:
+            zf.writestr(bad, b"x")
+        with open(z, "rb") as f, pytest.raises(ArchiveError):
+            archive.extract(f, "zip", staging, LIMITS, "app")
+        staging = box.staging()
+
+
+def test_b49_zip_symlink_and_setuid_refused(box: Box, tmp_path: Path) -> None:
+    staging = box.staging()
+    for mode, match in ((0o120777, "link"), (0o104755, "setuid")):
+        z = tmp_path / "l.zip"
+        with zipfile.ZipFile(z, "w") as zf:
+            info = zipfile.ZipInfo("x")
+            info.external_attr = mode << 16
+            zf.writestr(info, b"/etc/passwd")
+        with open(z, "rb") as f, pytest.raises(ArchiveError, match=match):
+            archive.extract(f, "zip", staging, LIMITS, "app")
+        staging = box.staging()
+
+
+def test_b50_zip_local_header_name_differs(box: Box, tmp_path: Path) -> None:
+    z = tmp_path / "m.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        zf.writestr("good.txt", b"x")
+    data = z.read_bytes().replace(b"good.txt", b"evil.txt", 1)  # local header only
+    z.write_bytes(data)
+    staging = box.staging()
+    with open(z, "rb") as f, pytest.raises(ArchiveError, match=r"differ|corrupt"):
+        archive.extract(f, "zip", staging, LIMITS, "app")
+
+
+@pytest.mark.parametrize("cut", ["truncated", "corrupt"])
+def test_b51_truncated_or_corrupt_stream(box: Box, cut: str) -> None:
+    data = tar_bytes([(member("a"), os.urandom(4000))], compress="gz")
+    data = data[: len(data) // 2] if cut == "truncated" else data[:20] + b"\xff" * 40 + data[60:]
+    staging = box.staging()
+    with pytest.raises(ArchiveError):
+        extract_bytes(data, "tar.gz", staging)
+
+
+def test_b54_missing_data_filter_refuses(box: Box,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(tarfile, "data_filter")
+    staging = box.staging()
+    with pytest.raises(ArchiveError, match="data_filter"):
+        extract_bytes(tar_bytes([(member("a"), b"1")]), "tar", staging)
+
+
+def test_b53_raw_binary_named_from_config(box: Box, tmp_path: Path) -> None:
+    raw = tmp_path / "download"
+    raw.write_bytes(b"\x7fELF...")
+    staging = box.staging()
+    with open(raw, "rb") as f:
+        root = archive.extract(f, "raw", staging, LIMITS, "tool")
+    assert [p.name for p in root.iterdir()] == ["tool"]
+    assert os.access(root / "tool", os.X_OK)
+
+
+def test_kind_of() -> None:
+    assert archive.kind_of("x-1.0.TAR.ZST") == "tar.zst"
+    assert archive.kind_of("x.tgz") == "tar.gz"
+    assert archive.kind_of("tool-linux-x86_64") == "raw"

@@ -1,0 +1,103 @@
+"""Configuration: msgspec validation with one line per problem naming file and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import run_updaterd
+from updaterd import config
+from updaterd.errors import ConfigError
+
+GOOD = """
+[daemon]
+state_dir = "/var/lib/updaterd"
+
+[apps.demo]
+source = "directory"
+path = "/srv/feed"
+prefix = "/opt/demo"
+check_interval = "4h"
+jitter = "10m"
+retain = 3
+pin = ">=1.4,<2"
+health_check = ["bin/demo", "--version"]
+max_rate = "20MiB/s"
+"""
+
+
+def test_good_config_decodes() -> None:
+    cfg = config.parse(GOOD, "u.toml")
+    app = cfg.apps["demo"]
+    assert app.retain == 3 and app.health_check == ["bin/demo", "--version"]
+    assert cfg.daemon.max_parallel_downloads == 2
+
+
+def problems(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as e:
+        config.parse(text, "u.toml")
+    return e.value.problems
+
+
+def test_every_problem_reported_one_line_each_with_file_and_key() -> None:
+    bad = """
+[daemon]
+sockit = "/x"
+max_parallel_downloads = "two"
+
+[apps.demo]
+source = "github"
+asset = "(unclosed"
+check_interval = "often"
+retain = -1
+install = "releases"
+"""
+    lines = problems(bad)
+    assert "u.toml: daemon.sockit: unknown key" in lines
+    assert any(ln.startswith("u.toml: daemon.max_parallel_downloads: Expected `int`")
+               for ln in lines)
+    assert any(ln.startswith("u.toml: apps.demo.asset: bad regular expression") for ln in lines)
+    assert any(ln.startswith("u.toml: apps.demo.check_interval:") for ln in lines)
+    assert any(ln.startswith("u.toml: apps.demo.retain:") for ln in lines)
+
+
+def test_cross_key_rules() -> None:
+    lines = problems('[apps.a]\nsource = "manifest"\nurl = "http://example.com/m.json"\n'
+                     'prefix = "relative/path"\n')
+    assert any("apps.a.url: plain http:// is allowed only to loopback" in ln for ln in lines)
+    assert any("apps.a.prefix: must be an absolute path" in ln for ln in lines)
+    assert any("apps.a.public_keys: a feed fetched over the network needs" in ln
+               for ln in lines)
+    lines = problems('[apps.a]\nprefix = "/opt/a"\n')
+    assert lines == ["u.toml: apps.a.source: required key is missing"]
+
+
+def test_bad_pin_and_bad_key() -> None:
+    lines = problems('[apps.a]\nsource = "directory"\npath = "/f"\nprefix = "/p"\n'
+                     'pin = ">=x"\npublic_keys = ["nope"]\n')
+    assert any("apps.a.pin:" in ln for ln in lines)
+    assert any("apps.a.public_keys[0]: not a minisign" in ln for ln in lines)
+
+
+def test_not_toml() -> None:
+    assert problems("[apps\n")[0].startswith("u.toml: not valid TOML")
+
+
+def test_check_config_command_exits_2_with_problems(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('[apps.a]\nsource = "nowhere"\n')
+    r = run_updaterd("--config", cfg, "check-config")
+    assert r.returncode == 2
+    assert f"{cfg}: apps.a.source:" in r.stderr
+    good = tmp_path / "good.toml"
+    good.write_text(GOOD)
+    r = run_updaterd("--config", good, "check-config")
+    assert r.returncode == 0, r.stderr
+
+
+def test_refuses_to_start_on_bad_config(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("[daemon]\nbogus = 1\n")
+    r = run_updaterd("--config", cfg, "--once")
+    assert r.returncode == 2 and "daemon.bogus: unknown key" in r.stderr

@@ -1,0 +1,140 @@
+"""minisign interoperability with the real `minisign` tool, both directions, and fail-closed
+verification of malformed or tampered signatures."""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from updaterd import minisign
+from updaterd.errors import SignatureError
+from updaterd.publish import keygen
+
+
+def tool(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["minisign", *map(str, args)], capture_output=True, text=True,
+                          check=check, stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture
+def ours(tmp_path: Path) -> tuple[Path, Path]:
+    return keygen(str(tmp_path / "ours"))
+
+
+@pytest.fixture
+def theirs(tmp_path: Path) -> tuple[Path, Path]:
+    pub, key = tmp_path / "theirs.pub", tmp_path / "theirs.key"
+    tool("-G", "-W", "-p", pub, "-s", key)
+    return pub, key
+
+
+@pytest.mark.parametrize("prehashed", [True, False], ids=["prehashed", "legacy"])
+def test_minisign_tool_verifies_our_signature(tmp_path: Path, ours: tuple[Path, Path],
+                                              prehashed: bool) -> None:
+    pub, key = ours
+    data = tmp_path / "file.bin"
+    data.write_bytes(b"release bytes\n" * 100)
+    secret = minisign.SecretKey.parse(key.read_text())
+    sig = tmp_path / "file.bin.minisig"
+    sig.write_text(secret.sign(data.read_bytes(), "timestamp:1\tfile:file.bin",
+                               prehashed=prehashed))
+    out = tool("-V", "-p", pub, "-m", data, "-x", sig)
+    assert "Trusted comment: timestamp:1\tfile:file.bin" in out.stdout
+    if prehashed:
+        tool("-V", "-H", "-p", pub, "-m", data, "-x", sig)
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["prehashed", "legacy"])
+def test_we_verify_minisign_tool_signature(tmp_path: Path, theirs: tuple[Path, Path],
+                                           legacy: bool) -> None:
+    pub, key = theirs
+    data = tmp_path / "manifest.json"
+    data.write_bytes(b'{"hello": "world"}\n')
+    tool("-S", *(["-l"] if legacy else []), "-s", key, "-m", data, "-t", "made by minisign")
+    sig_blob = base64.b64decode((tmp_path / "manifest.json.minisig").read_text().splitlines()[1])
+    assert sig_blob[:2] == (b"Ed" if legacy else b"ED")
+    verified = minisign.verify(data.read_bytes(), (tmp_path / "manifest.json.minisig").read_bytes(),
+                               [minisign.PublicKey.parse(pub.read_text())])
+    assert verified.trusted_comment == "made by minisign"
+
+
+def test_minisign_tool_signs_with_our_secret_key(tmp_path: Path, ours: tuple[Path, Path]) -> None:
+    pub, key = ours
+    data = tmp_path / "x.txt"
+    data.write_text("x\n")
+    tool("-S", "-W", "-s", key, "-m", data)
+    minisign.verify(data.read_bytes(), (tmp_path / "x.txt.minisig").read_bytes(),
+                    [minisign.PublicKey.parse(pub.read_text())])
+
+
+def test_we_sign_with_minisign_tool_key(tmp_path: Path, theirs: tuple[Path, Path]) -> None:
+    pub, key = theirs
+    secret = minisign.SecretKey.parse(key.read_text())
+    data = tmp_path / "y.txt"
+    data.write_text("y\n")
+    (tmp_path / "y.txt.minisig").write_text(secret.sign(data.read_bytes(), "by updaterd"))
+    tool("-V", "-p", pub, "-m", data)
+
+
+def test_encrypted_secret_key_gets_a_clear_error(tmp_path: Path) -> None:
+    pub, key = tmp_path / "enc.pub", tmp_path / "enc.key"
+    subprocess.run(["minisign", "-G", "-p", str(pub), "-s", str(key)], input="pw\npw\n",
+                   text=True, capture_output=True, check=True)
+    with pytest.raises(SignatureError, match="password-protected"):
+        minisign.SecretKey.parse(key.read_text())
+
+
+@pytest.fixture
+def signed(ours: tuple[Path, Path]) -> tuple[bytes, str, list[minisign.PublicKey]]:
+    pub, key = ours
+    data = b'{"serial": 1}\n'
+    sig = minisign.SecretKey.parse(key.read_text()).sign(data, "trusted")
+    return data, sig, [minisign.PublicKey.parse(pub.read_text())]
+
+
+def test_a02_one_byte_changed_is_rejected(signed: tuple[bytes, str, list[minisign.PublicKey]]) \
+        -> None:
+    data, sig, keys = signed
+    with pytest.raises(SignatureError, match="does not verify"):
+        minisign.verify(data[:-2] + b"2\n", sig.encode(), keys)
+
+
+def test_a04_tampered_trusted_comment_is_rejected(
+        signed: tuple[bytes, str, list[minisign.PublicKey]]) -> None:
+    data, sig, keys = signed
+    with pytest.raises(SignatureError):
+        minisign.verify(data, sig.replace("trusted comment: trusted",
+                                          "trusted comment: evil").encode(), keys)
+
+
+def test_a01_unknown_key_is_rejected(tmp_path: Path,
+                                     signed: tuple[bytes, str, list[minisign.PublicKey]]) -> None:
+    data, sig, _ = signed
+    other, _ = keygen(str(tmp_path / "other"))
+    with pytest.raises(SignatureError, match="unknown key"):
+        minisign.verify(data, sig.encode(), [minisign.PublicKey.parse(other.read_text())])
+
+
+@pytest.mark.parametrize("mangle", [
+    lambda s: "",
+    lambda s: "untrusted comment: x\n",
+    lambda s: s.replace(s.splitlines()[1], s.splitlines()[1][:-8] + "!!!!!!!!"),
+    lambda s: s.replace(s.splitlines()[3], "AAAA"),
+    lambda s: s + "extra line\n",
+    lambda s: s.replace("trusted comment:", "trusted-comment:"),
+], ids=["empty", "comment-only", "bad-base64", "short-global-sig", "trailing", "no-trusted"])
+def test_a03_f122_malformed_signature_fails_closed(
+        signed: tuple[bytes, str, list[minisign.PublicKey]], mangle: object) -> None:
+    data, sig, keys = signed
+    with pytest.raises(SignatureError):
+        minisign.verify(data, mangle(sig).encode(), keys)  # type: ignore[operator]
+
+
+def test_public_key_parse_errors_are_specific() -> None:
+    with pytest.raises(ValueError, match="bad base64"):
+        minisign.PublicKey.parse("RW!!")
+    with pytest.raises(ValueError, match="wrong length"):
+        minisign.PublicKey.parse(base64.b64encode(b"Ed" + bytes(10)).decode())
