@@ -102,7 +102,8 @@ class Fetcher:
     """One HTTP client with updaterd's timeouts, retries and URL policy."""
 
     def __init__(self, limits: Limits, *, allow_insecure: bool = False,
-                 proxy: str | None = None, rng: random.Random | None = None) -> None:
+                 proxy: str | None = None, rng: random.Random | None = None,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.limits = limits
         self.allow_insecure = allow_insecure
         self.rng = rng or random.Random()
@@ -114,6 +115,7 @@ class Fetcher:
             headers={"User-Agent": f"updaterd/{__version__}", "Accept-Encoding": "identity"},
             proxy=proxy,
             trust_env=proxy is None,
+            transport=transport,
         )
 
     async def aclose(self) -> None:

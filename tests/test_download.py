@@ -1,0 +1,312 @@
+"""Downloads against a real misbehaving server (hypercorn on 127.0.0.1): retries, resume,
+length enforcement, timeouts; and the URL and redirect policy."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from tests.conftest import FaultServer
+from updaterd.config import Limits
+from updaterd.digests import Digests
+from updaterd.download import Expected, Fetcher, parse_retry_after
+from updaterd.errors import DigestMismatch, DownloadError
+
+FAST = Limits(backoff_base="10ms", backoff_cap="50ms", retries=3)
+SIZE = 3 << 20
+
+
+@pytest.fixture
+def artifact(fault_server: FaultServer) -> tuple[str, bytes, Expected]:
+    data = os.urandom(SIZE)
+    (fault_server.root / "art.tar.gz").write_bytes(data)
+    d = Digests()
+    d.update(data)
+    return "art.tar.gz", data, Expected(SIZE, d.sha256, d.blake3)
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> Path:
+    (tmp_path / "cache").mkdir()
+    return tmp_path / "cache"
+
+
+def fetch(url: str, dest: Path, expected: Expected, limits: Limits = FAST) -> bytes:
+    async def go() -> bytes:
+        fetcher = Fetcher(limits, allow_insecure=True)
+        try:
+            f = await fetcher.download(url, dest, expected)
+            with f:
+                return f.read()
+        finally:
+            await fetcher.aclose()
+
+    return trio.run(go)
+
+
+def served(fault: FaultServer, mode: str) -> list[dict[str, Any]]:
+    return [r for r in fault.requests() if r["mode"] == mode]
+
+
+def test_d81_d89_dropped_connection_resumes_with_range_and_downloads_only_the_rest(
+        fault_server: FaultServer, artifact: tuple[str, bytes, Expected], cache: Path) -> None:
+    name, data, expected = artifact
+    got = fetch(fault_server.url("drop", name), cache / name, expected)
+    assert got == data
+    first, second = served(fault_server, "drop")
+    assert first["range"] is None and 0 < first["sent"] < SIZE
+    assert second["range"] == f"bytes={first['sent']}-" or second["range"].startswith("bytes=")
+    assert second["if_range"], "resume must be conditional (If-Range)"
+    assert first["sent"] + second["sent"] <= SIZE + 65536, "only the rest is downloaded again"
+    assert second["status"] == 206
+    assert not (cache / f"{name}.part").exists()
+
+
+def test_d75_500_then_success_is_retried(fault_server: FaultServer,
+                                         artifact: tuple[str, bytes, Expected],
+                                         cache: Path) -> None:
+    name, data, expected = artifact
+    assert fetch(fault_server.url("fail500", name), cache / name, expected) == data
+    assert [r["status"] for r in served(fault_server, "fail500")] == [500, 200]
+
+
+def test_d74_429_retry_after_is_honoured(fault_server: FaultServer,
+                                         artifact: tuple[str, bytes, Expected],
+                                         cache: Path) -> None:
+    name, data, expected = artifact
+    start = time.monotonic()
+    assert fetch(fault_server.url("r429", name), cache / name, expected) == data
+    assert time.monotonic() - start >= 0.9, "Retry-After: 1 was not waited for"
+    assert [r["status"] for r in served(fault_server, "r429")] == [429, 200]
+
+
+def test_d75_404_is_not_retried(fault_server: FaultServer, cache: Path) -> None:
+    with pytest.raises(DownloadError, match="HTTP 404"):
+        fetch(fault_server.url("plain", "missing"), cache / "missing", Expected(1, "0" * 64,
+                                                                                  None))
+    assert len(served(fault_server, "plain")) == 1
+
+
+def test_d88_content_length_above_signed_aborts_before_body(
+        fault_server: FaultServer, artifact: tuple[str, bytes, Expected], cache: Path) -> None:
+    name, _, expected = artifact
+    with pytest.raises(DigestMismatch, match="announces"):
+        fetch(fault_server.url("bigger", name), cache / name, expected)
+    assert not list(cache.iterdir()), "nothing that failed verification is kept"
+
+
+def test_d15_d90_longer_body_aborted_at_signed_length(
+        fault_server: FaultServer, artifact: tuple[str, bytes, Expected], cache: Path) -> None:
+    name, _, expected = artifact
+    with pytest.raises(DigestMismatch, match="more bytes than the signed"):
+        fetch(fault_server.url("longer", name), cache / name, expected)
+    assert not list(cache.iterdir())
+
+
+def test_d80_slow_body_aborted_by_minimum_speed(fault_server: FaultServer,
+                                                cache: Path) -> None:
+    (fault_server.root / "small.bin").write_bytes(b"x" * 64)
+    d = Digests()
+    d.update(b"x" * 64)
+    slow = Limits(retries=0, min_speed="100B", min_speed_window="1s")
+    start = time.monotonic()
+    with pytest.raises(DownloadError, match="slower than"):
+        fetch(fault_server.url("slow", "small.bin"), cache / "small.bin",
+              Expected(64, d.sha256, None), slow)
+    assert time.monotonic() - start < 10
+
+
+def test_d79_silence_after_headers_hits_read_timeout(fault_server: FaultServer,
+                                                     cache: Path) -> None:
+    (fault_server.root / "s.bin").write_bytes(b"xy")
+    d = Digests()
+    d.update(b"xy")
+    limits = Limits(retries=0, read_timeout="200ms")
+    with pytest.raises(DownloadError, match="ReadTimeout"):
+        fetch(fault_server.url("slow", "s.bin"), cache / "s.bin",
+              Expected(2, d.sha256, None), limits)
+
+
+def plant_partial(dest: Path, data: bytes, expected: Expected, url: str, etag: str) -> None:
+    half = len(data) // 2
+    dest.with_name(dest.name + ".part").write_bytes(data[:half])
+    dest.with_name(dest.name + ".part.json").write_text(json.dumps({
+        "url": url, "size": expected.size, "sha256": expected.sha256, "blake3": expected.blake3,
+        "etag": etag, "last_modified": None}))
+
+
+def server_etag(data: bytes) -> str:
+    return '"' + hashlib.sha256(data).hexdigest()[:16] + '"'
+
+
+def test_d82_range_ignored_restarts_from_zero(fault_server: FaultServer,
+                                              artifact: tuple[str, bytes, Expected],
+                                              cache: Path) -> None:
+    name, data, expected = artifact
+    url = fault_server.url("norange", name)
+    plant_partial(cache / name, data, expected, url, server_etag(data))
+    assert fetch(url, cache / name, expected) == data
+    (req,) = served(fault_server, "norange")
+    assert req["range"] and req["status"] == 200
+
+
+def test_d83_wrong_content_range_discards_partial(fault_server: FaultServer,
+                                                  artifact: tuple[str, bytes, Expected],
+                                                  cache: Path) -> None:
+    name, data, expected = artifact
+    url = fault_server.url("badrange", name)
+    plant_partial(cache / name, data, expected, url, server_etag(data))
+    assert fetch(url, cache / name, expected) == data
+    assert [(bool(r["range"]), r["status"]) for r in served(fault_server, "badrange")] == [
+        (True, 206), (False, 200)]
+
+
+def test_d84_changed_etag_discards_partial(fault_server: FaultServer,
+                                           artifact: tuple[str, bytes, Expected],
+                                           cache: Path) -> None:
+    name, data, expected = artifact
+    url = fault_server.url("plain", name)
+    plant_partial(cache / name, data, expected, url, '"an-old-etag"')
+    assert fetch(url, cache / name, expected) == data
+    (req,) = served(fault_server, "plain")
+    assert req["if_range"] == '"an-old-etag"' and req["status"] == 200
+
+
+def test_d86_corrupt_partial_gets_one_full_retry(fault_server: FaultServer,
+                                                 artifact: tuple[str, bytes, Expected],
+                                                 cache: Path) -> None:
+    name, data, expected = artifact
+    url = fault_server.url("plain", name)
+    corrupt = bytes(len(data) // 2) + data[len(data) // 2:]
+    plant_partial(cache / name, corrupt, expected, url, server_etag(data))
+    assert fetch(url, cache / name, expected) == data
+    assert [r["status"] for r in served(fault_server, "plain")] == [206, 200]
+
+
+def test_d87_partial_longer_than_signed_is_deleted(fault_server: FaultServer,
+                                                   artifact: tuple[str, bytes, Expected],
+                                                   cache: Path) -> None:
+    name, data, expected = artifact
+    url = fault_server.url("plain", name)
+    plant_partial(cache / name, data + data + data, expected, url, server_etag(data))
+    assert fetch(url, cache / name, expected) == data
+    (req,) = served(fault_server, "plain")
+    assert req["range"] is None
+
+
+def test_d91_identity_encoding_requested(fault_server: FaultServer,
+                                         artifact: tuple[str, bytes, Expected],
+                                         cache: Path) -> None:
+    name, _, expected = artifact
+    fetch(fault_server.url("plain", name), cache / name, expected)
+    assert served(fault_server, "plain")[0]["accept_encoding"] == "identity"
+
+
+def test_redirect_followed_within_policy(fault_server: FaultServer,
+                                         artifact: tuple[str, bytes, Expected],
+                                         cache: Path) -> None:
+    name, data, expected = artifact
+    assert fetch(fault_server.url("redirect", name), cache / name, expected) == data
+
+
+def test_conditional_small_fetch_gets_304_without_body(fault_server: FaultServer) -> None:
+    (fault_server.root / "m.json").write_bytes(b"{}")
+
+    async def go() -> tuple[Any, Any]:
+        fetcher = Fetcher(FAST, allow_insecure=True)
+        url = fault_server.url("plain", "m.json")
+        first = await fetcher.fetch_small(url, max_bytes=100)
+        second = await fetcher.fetch_small(url, max_bytes=100, etag=first.etag)
+        await fetcher.aclose()
+        return first, second
+
+    first, second = trio.run(go)
+    assert first.body == b"{}" and not first.not_modified
+    assert second.not_modified and second.body == b""
+
+
+def test_a13_oversized_manifest_aborted(fault_server: FaultServer) -> None:
+    (fault_server.root / "big.json").write_bytes(b" " * 5000)
+
+    async def go() -> None:
+        fetcher = Fetcher(FAST, allow_insecure=True)
+        try:
+            await fetcher.fetch_small(fault_server.url("plain", "big.json"), max_bytes=1000)
+        finally:
+            await fetcher.aclose()
+
+    with pytest.raises(DownloadError, match="over the limit|more than"):
+        trio.run(go)
+
+
+# -- policy, with httpx.MockTransport (unit level: no https server here) ----------------------
+
+def mock_fetch(handler: Any, url: str) -> Any:
+    async def go() -> Any:
+        fetcher = Fetcher(FAST, transport=httpx.MockTransport(handler))
+        try:
+            return await fetcher.fetch_small(url, max_bytes=100)
+        finally:
+            await fetcher.aclose()
+
+    return trio.run(go)
+
+
+def test_d92_https_to_http_redirect_refused() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(302, headers={"location": "http://127.0.0.1/x"})
+
+    with pytest.raises(DownloadError, match="from https to"):
+        mock_fetch(handler, "https://updates.example.com/m.json")
+
+
+def test_d93_too_many_redirects_refused() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(302, headers={"location": "/again"})
+
+    with pytest.raises(DownloadError, match="more than 5 redirects"):
+        mock_fetch(handler, "https://updates.example.com/m.json")
+
+
+def test_d95_authorization_not_forwarded_across_hosts() -> None:
+    seen: list[tuple[str, str | None]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append((request.url.host, request.headers.get("authorization")))
+        if request.url.host == "api.example.com":
+            return httpx.Response(302, headers={"location": "https://storage.example.net/b"})
+        return httpx.Response(200, content=b"ok")
+
+    async def go() -> None:
+        fetcher = Fetcher(FAST, transport=httpx.MockTransport(handler))
+        async with fetcher._open("https://api.example.com/a", {"Authorization": "token s3"}):
+            pass
+        await fetcher.aclose()
+
+    trio.run(go)
+    assert seen == [("api.example.com", "token s3"), ("storage.example.net", None)]
+
+
+@pytest.mark.parametrize("url", [
+    "http://updates.example.com/m.json", "ftp://x/y", "https://user:pw@example.com/m.json",
+    "https://169.254.169.254/latest", "https://metadata.google.internal/x",
+    "https://[fe80::1]/x", "https://example.com/a\r\nb"])
+def test_d21_url_policy_refuses(url: str) -> None:
+    from updaterd import urlpolicy
+
+    with pytest.raises(DownloadError, match="refusing"):
+        urlpolicy.check(url, allow_insecure=True)
+
+
+def test_retry_after_both_forms() -> None:
+    assert parse_retry_after("7") == 7.0
+    assert parse_retry_after("Thu, 01 Jan 1970 00:01:40 GMT", now=40.0) == 60.0
+    assert parse_retry_after("soon") is None
