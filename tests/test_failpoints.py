@@ -1,0 +1,83 @@
+"""Crash safety: kill -9 at every failpoint of the update and rollback transactions, then show
+that the app was on exactly one complete version at the crash, and that the next run leaves
+state and disk in agreement with no leftovers (RELIABILITY.md rows 56, 61, 66, 73)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Host, Nginx
+from tests.helpers import Feed, run_updaterd
+from updaterd import failpoints
+
+UPDATE_POINTS = [fp for fp in failpoints.ALL if not fp.startswith("rollback.")]
+ROLLBACK_POINTS = [fp for fp in failpoints.ALL if fp.startswith("rollback.")]
+
+
+def release_is_complete(host: Host, version: str) -> bool:
+    root = host.prefix / "releases" / version
+    if (root / "share" / "VERSION").read_text() != f"{version}\n":
+        return False
+    out = subprocess.run([str(root / "bin" / "hello")], capture_output=True, text=True)
+    return f" {version}" in (out.stdout + out.stderr)
+
+
+def assert_consistent(host: Host, expected: str) -> None:
+    assert host.current() == expected
+    assert release_is_complete(host, expected)
+    state = host.state()
+    assert state["installed"] == expected and state["pending"] is None
+    assert os.readlink(host.prefix / "bin" / "hello") == "../current/bin/hello"
+    staging = host.prefix / ".staging"
+    assert not staging.exists() or not any(staging.iterdir())
+    for folder in (host.prefix, host.prefix / "bin", host.prefix / "releases",
+                   host.state_dir / "hello", host.base / "cache" / "hello"):
+        assert not [p for p in folder.iterdir() if p.name.startswith(".updaterd-tmp")], folder
+
+
+def crash_at(host: Host, failpoint: str) -> None:
+    r = run_updaterd("--config", host.config, "--once",
+                     env={"UPDATERD_FAILPOINTS": f"{failpoint}=kill"})
+    assert r.returncode == -signal.SIGKILL, f"{failpoint} was not reached: {r.stderr}"
+
+
+def prepare(host: Host, nginx: Nginx, feed: Feed, healthy: bool) -> None:
+    restarts = host.base / "restarts.log"
+    host.configure(source="manifest", url=nginx.url(f"{feed.folder.name}/manifest.json"),
+                   public_keys=[feed.pub], allow_insecure=True,
+                   restart=["sh", "-c", f'echo "$UPDATERD_VERSION" >> {restarts}'])
+    feed.release("1.0.0")
+    assert run_updaterd("--config", host.config, "--once").returncode == 0
+    feed.release("1.1.0", healthy=healthy)
+
+
+@pytest.mark.parametrize("failpoint", UPDATE_POINTS)
+def test_c56_kill_at_each_update_step_leaves_one_complete_version(
+        host: Host, nginx: Nginx, served_feed: Feed, failpoint: str) -> None:
+    prepare(host, nginx, served_feed, healthy=True)
+    crash_at(host, failpoint)
+    at_crash = host.current()
+    assert at_crash in ("1.0.0", "1.1.0")
+    assert release_is_complete(host, at_crash)
+    r = run_updaterd("--config", host.config, "--once")
+    assert r.returncode == 0, r.stderr
+    assert_consistent(host, "1.1.0")
+
+
+@pytest.mark.parametrize("failpoint", ROLLBACK_POINTS)
+def test_c66_kill_during_rollback_is_finished_from_the_journal(
+        host: Host, nginx: Nginx, served_feed: Feed, failpoint: str) -> None:
+    prepare(host, nginx, served_feed, healthy=False)
+    crash_at(host, failpoint)
+    at_crash = host.current()
+    assert at_crash in ("1.0.0", "1.1.0")
+    run_updaterd("--config", host.config, "--once")
+    assert_consistent(host, "1.0.0")
+    assert host.state()["blocked"] == ["1.1.0"]
+    restarts = (host.base / "restarts.log").read_text().split()
+    assert restarts[-1] == "1.0.0", "the old version was restarted after the rollback"
