@@ -104,7 +104,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "check-config":
         print(f"{args.config}: OK ({len(cfg.apps)} apps)")
         return EXIT_OK
-    from updaterd.engine import Engine
+    from updaterd.engine import Engine, describe
     from updaterd.lock import ProcessLock
 
     engine = Engine(cfg)
@@ -115,8 +115,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             return EXIT_OK
         if args.command == "update":
             u = trio.run(engine.update, args.app, args.to_version)
-            print(f"{args.app}: {u.result} ({u.from_version} -> {u.to_version})"
-                  + (f": {u.reason}" if u.reason else ""))
+            print(describe(args.app, u))
             return EXIT_OK if u.result in ("installed", "up_to_date") else EXIT_FAILED
         if args.once:
             failures = trio.run(engine.run_once)

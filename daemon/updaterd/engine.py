@@ -53,7 +53,17 @@ def host_id() -> str:
 
 def _log_event(event: Event) -> None:
     if event.kind == "phase" and event.message:
-        log.info("%s: %s: %s", event.app, event.phase, event.message)
+        log.info("%s: %s", event.app, event.message)
+
+
+def describe(app: str, result: UpdateResult) -> str:
+    """One line for a person: what an update did."""
+    if result.result == "installed":
+        return f"{app}: installed {result.to_version} (was {result.from_version or 'nothing'})"
+    if result.result == "up_to_date":
+        return f"{app}: up to date at {result.from_version or 'nothing'}"
+    return (f"{app}: {result.to_version} was rolled back, still on "
+            f"{result.from_version or 'nothing'}: {result.reason}")
 
 
 class Engine:
@@ -118,7 +128,8 @@ class Engine:
         run.state.consecutive_failures = 0
         run.state.last_error = None
         run.save()
-        run.phase("idle", f"available: {choice.version or 'nothing new'}")
+        run.phase("idle", f"feed serial {manifest.serial}: "
+                  f"{choice.version + ' is available' if choice.version else 'nothing new'}")
         return trusted, CheckResult(current=run.state.installed, available=choice.version,
                                     checked_at=cycle_start, passed_over=choice.passed_over)
 
@@ -176,7 +187,7 @@ class Engine:
                 run.save()
                 raise
         reason = run.state.last_error or "" if outcome == "rolled_back" else ""
-        return UpdateResult(from_version=before, to_version=run.state.installed,
+        return UpdateResult(from_version=before, to_version=release.version,
                             result=outcome, reason=reason)  # type: ignore[arg-type]
 
     async def rollback(self, app: str, to: str | None = None) -> RollbackResult:
@@ -208,8 +219,7 @@ class Engine:
             try:
                 if cfg.auto_update:
                     result = await self.update(app)
-                    log.info("%s: %s (%s -> %s)%s", app, result.result, result.from_version,
-                             result.to_version, f": {result.reason}" if result.reason else "")
+                    log.info("%s", describe(app, result))
                     if result.result == "rolled_back":
                         failures += 1
                 else:
