@@ -243,7 +243,7 @@ def test_a13_oversized_manifest_aborted(fault_server: FaultServer) -> None:
         finally:
             await fetcher.aclose()
 
-    with pytest.raises(DownloadError, match="over the limit|more than"):
+    with pytest.raises(DownloadError, match=r"over the limit|more than"):
         trio.run(go)
 
 

@@ -6,10 +6,11 @@ import os
 import shutil
 import subprocess
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import Host, Nginx
+from tests.conftest import FaultServer, Host, Nginx
 from tests.helpers import Feed, run_updaterd
 
 
@@ -237,3 +238,19 @@ def test_second_instance_is_refused_while_lock_held(host: Host, nginx: Nginx,
         f.flush()
         r = once(host)
     assert r.returncode == 1 and "pid 4242" in r.stderr
+
+
+def test_update_survives_dropped_connection_and_resumes(host: Host, fault_server: FaultServer,
+                                                        tmp_path: Path) -> None:
+    """The real updaterd against the fault server: manifest, signature and artifact each lose
+    their first connection mid-body; the update still succeeds and the artifact is resumed."""
+    feed = Feed(folder=fault_server.root, work=tmp_path / "work")
+    art = feed.release("1.0.0")
+    host.configure(source="manifest", url=fault_server.url("drop", "manifest.json"),
+                   public_keys=[feed.pub], allow_insecure=True)
+    r = once(host)
+    assert r.returncode == 0, r.stderr
+    assert hello(host) == "hello 1.0.0"
+    artifact_requests = [q for q in fault_server.requests() if q["path"].endswith(art.name)]
+    assert [q["status"] for q in artifact_requests] == [200, 206]
+    assert artifact_requests[1]["range"] == f"bytes={artifact_requests[0]['sent']}-"
