@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: test demo lint typecheck clean venv
+.PHONY: test demo bench lint clean venv
 
 $(BIN)/updaterd: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -19,8 +19,11 @@ test: venv
 demo: venv
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh
 
+bench: venv
+	$(BIN)/python -m bench.download $(BENCH_ARGS)
+
 lint: venv
-	$(BIN)/ruff check daemon ctl tests
+	$(BIN)/ruff check daemon ctl tests bench
 	$(BIN)/mypy
 
 clean:

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,90 +14,13 @@ from typing import Any
 import pytest
 
 from tests.helpers import Feed, write_config
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{what} did not listen on {port}")
-
-
-@dataclass
-class Nginx:
-    """A static file server whose root is `root`; `url(path)` for a file under it."""
-
-    root: Path
-    port: int
-    access_log: Path
-
-    def url(self, rel: str) -> str:
-        return f"http://127.0.0.1:{self.port}/{rel}"
-
-    def requests(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.access_log.read_text().splitlines()]
+from tests.servers.nginx import Nginx, free_port, running_nginx, wait_for_port
 
 
 @pytest.fixture(scope="session")
 def nginx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nginx]:
-    if shutil.which("nginx") is None:
-        pytest.fail("nginx is not installed (.ci/run installs nginx-light)")
-    base = tmp_path_factory.mktemp("nginx")
-    root = base / "www"
-    root.mkdir()
-    port = free_port()
-    log = base / "access.log"
-    for d in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
-        (base / d).mkdir()
-    conf = base / "nginx.conf"
-    conf.write_text(f"""
-user root;
-daemon off;
-worker_processes 1;
-pid {base}/nginx.pid;
-error_log {base}/error.log;
-events {{ worker_connections 256; }}
-http {{
-    types {{ application/json json; }}
-    default_type application/octet-stream;
-    log_format t escape=json '{{"method":"$request_method","uri":"$uri","status":$status,'
-        '"bytes":$body_bytes_sent,"range":"$http_range","inm":"$http_if_none_match"}}';
-    access_log {log} t;
-    client_body_temp_path {base}/body;
-    proxy_temp_path {base}/proxy;
-    fastcgi_temp_path {base}/fastcgi;
-    uwsgi_temp_path {base}/uwsgi;
-    scgi_temp_path {base}/scgi;
-    server {{
-        listen 127.0.0.1:{port};
-        root {root};
-        etag on;
-    }}
-}}
-""")
-    proc = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(base)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for_port(port, proc, "nginx")
-        yield Nginx(root=root, port=port, access_log=log)
-    finally:
-        proc.send_signal(signal.SIGQUIT)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    with running_nginx(tmp_path_factory.mktemp("nginx")) as server:
+        yield server
 
 
 @dataclass

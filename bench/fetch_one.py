@@ -1,0 +1,30 @@
+"""Download one artifact with updaterd's downloader (digests on the way); print peak RSS.
+
+Usage: python -m bench.fetch_one URL DEST SIZE SHA256 BLAKE3
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+from pathlib import Path
+
+import trio
+
+from updaterd.config import Limits
+from updaterd.download import Expected, Fetcher
+
+
+async def main(url: str, dest: str, size: int, sha256: str, blake3: str) -> None:
+    fetcher = Fetcher(Limits(), allow_insecure=True)
+    try:
+        f = await fetcher.download(url, Path(dest), Expected(size, sha256, blake3))
+        f.close()
+    finally:
+        await fetcher.aclose()
+
+
+if __name__ == "__main__":
+    url, dest, size, sha, b3 = sys.argv[1:6]
+    trio.run(main, url, dest, int(size), sha, b3)
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
