@@ -1,25 +1,346 @@
-"""The `updaterctl` command. The daemon and its socket arrive with the daemon issue; until then
-every command reports that updaterd cannot be reached (exit 3)."""
+"""The `updaterctl` command: a thin client of updaterd's control socket.
+
+Exit codes: 0 done, 1 the operation failed, 2 usage error, 3 the daemon cannot be reached,
+4 not permitted.
+"""
 
 from __future__ import annotations
 
 import argparse
+import getpass
+import os
+import select
+import subprocess
 import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
 
 from updaterctl._version import __version__
-from updaterctl.protocol import DEFAULT_SOCKET
+from updaterctl.client import Client, Connection, DaemonUnreachable, RemoteError
+from updaterctl.protocol import DEFAULT_SOCKET, Event, StatusResult, UpdateResult
 
-EXIT_UNREACHABLE = 3
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_NOT_PERMITTED = 0, 1, 2, 3, 4
+COMMANDS = ("status", "check", "update", "rollback", "list-backups", "history", "skip", "unskip",
+            "pause", "resume", "watch", "inhibit", "reload", "metrics")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="updaterctl", description="Control and query updaterd over its socket.",
+        epilog="exit codes: 0 done, 1 failed, 2 usage error, 3 daemon unreachable, "
+               "4 not permitted")
+    p.add_argument("--version", action="version", version=f"updaterctl {__version__}")
+    p.add_argument("--socket", default=os.environ.get("UPDATERD_SOCKET", DEFAULT_SOCKET),
+                   metavar="PATH", help=f"control socket (default {DEFAULT_SOCKET})")
+    p.add_argument("--json", action="store_true", help="print the RPC result as JSON")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    s = sub.add_parser("status", help="daemon and apps: versions, phase, checks, errors")
+    s.add_argument("app", nargs="?")
+    s = sub.add_parser("check", help="check the feed now")
+    s.add_argument("app", nargs="?", help="default: every app")
+    s.add_argument("--force", action="store_true", help="fetch the whole feed (no ETag)")
+    s = sub.add_parser("update", help="install the available (or a given) version now")
+    s.add_argument("app")
+    s.add_argument("--version", dest="to_version", metavar="V",
+                   help="this version, on purpose (even older, skipped or blocked)")
+    s.add_argument("--no-wait", action="store_true", help="return once the update started")
+    s = sub.add_parser("rollback", help="go back to the previous or a kept version")
+    s.add_argument("app")
+    s.add_argument("--to", metavar="V")
+    s = sub.add_parser("list-backups", help="the versions kept on disk")
+    s.add_argument("app")
+    s = sub.add_parser("history", help="what was installed, rolled back, blocked")
+    s.add_argument("app")
+    s.add_argument("--limit", type=int)
+    for name, text in (("skip", "never install VERSION by itself"),
+                       ("unskip", "allow VERSION again (also lifts a block)")):
+        s = sub.add_parser(name, help=text)
+        s.add_argument("app")
+        s.add_argument("app_version", metavar="VERSION")
+    for name, text in (("pause", "stop checking APP"), ("resume", "check APP again")):
+        s = sub.add_parser(name, help=text)
+        s.add_argument("app")
+    s = sub.add_parser("watch", help="stream events until interrupted")
+    s.add_argument("app", nargs="?")
+    s = sub.add_parser("inhibit", help="hold back switch and restart of APP while CMD runs")
+    s.add_argument("app")
+    s.add_argument("--why", required=True, metavar="TEXT")
+    s.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD...")
+    sub.add_parser("reload", help="re-read the configuration")
+    sub.add_parser("metrics", help="Prometheus text exposition")
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="updaterctl", description="Control and query updaterd.")
-    p.add_argument("--version", action="version", version=f"updaterctl {__version__}")
-    p.add_argument("--socket", default=DEFAULT_SOCKET, metavar="PATH")
-    p.add_argument("--json", action="store_true", help="print the RPC result as JSON")
-    p.add_argument("command", nargs="?", help="status, check, update, rollback, ...")
-    p.add_argument("args", nargs=argparse.REMAINDER)
-    args = p.parse_args(argv)
-    print(f"updaterctl: cannot reach updaterd at {args.socket}: the daemon is not built yet",
-          file=sys.stderr)
-    return EXIT_UNREACHABLE
+    args = parser().parse_args(argv)
+    try:
+        return COMMAND_FUNCS[args.command](args)
+    except DaemonUnreachable as e:
+        print(f"updaterctl: {e}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except RemoteError as e:
+        print(f"updaterctl: {e.message}", file=sys.stderr)
+        if args.json and e.data is not None:
+            print(msgspec.json.encode({"code": e.code, "message": e.message,
+                                       "data": e.data}).decode())
+        return EXIT_NOT_PERMITTED if e.not_permitted else EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+def emit_json(value: Any) -> None:
+    print(msgspec.json.format(msgspec.json.encode(value), indent=2).decode())
+
+
+def ago(t: float | None) -> str:
+    """'3m ago' for a past time, 'in 3h' for a future one."""
+    if t is None:
+        return "never"
+    d = time.time() - t
+    span = f"{int(abs(d))}s"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if abs(d) >= size:
+            span = f"{int(abs(d) // size)}{unit}"
+            break
+    return f"{span} ago" if d >= 0 else f"in {span}"
+
+
+def table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                     for r in rows)
+
+
+def human_size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with Client(args.socket) as c:
+        result = c.status(args.app)
+    if args.json:
+        emit_json(result)
+        return EXIT_OK
+    print_status(result)
+    return EXIT_OK
+
+
+def print_status(result: StatusResult) -> None:
+    d = result.daemon
+    print(f"updaterd {d.version}, pid {d.pid}, up since {ago(d.started_at)}, config {d.config}")
+    if not result.apps:
+        print("no apps configured")
+        return
+    rows = [["APP", "CURRENT", "AVAILABLE", "PHASE", "LAST CHECK", "NEXT CHECK"]]
+    for a in result.apps:
+        phase: str = a.phase
+        if a.progress and a.progress.total:
+            phase += f" {100 * a.progress.done // a.progress.total}%"
+        rows.append([a.name, a.current or "-", a.available or "-", phase, ago(a.last_check),
+                     "paused" if a.paused else ago(a.next_check)])
+    print(table(rows))
+    for a in result.apps:
+        for line in ([f"error: {a.last_error}"] if a.last_error else []) + a.notes + \
+                ([f"blocked: {', '.join(a.blocked)}"] if a.blocked else []):
+            print(f"  {a.name}: {line}")
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    with Client(args.socket) as c:
+        apps = [args.app] if args.app else [a.name for a in c.status().apps]
+        results = {app: c.check(app, args.force) for app in apps}
+    if args.json:
+        emit_json(results if not args.app else results[args.app])
+        return EXIT_OK
+    for app, r in results.items():
+        if r.available:
+            print(f"{app}: {r.available} is available (current {r.current or 'nothing'})")
+        else:
+            print(f"{app}: up to date at {r.current or 'nothing'}")
+        for v, why in r.passed_over.items():
+            print(f"  {v}: {why}")
+    return EXIT_OK
+
+
+def _progress_line(event: Event, started: float) -> str:
+    if event.kind == "progress" and event.done is not None and event.total:
+        elapsed = max(time.monotonic() - started, 1e-3)
+        rate = event.done / elapsed
+        eta = (event.total - event.done) / rate if rate else 0
+        return (f"downloading {event.version}  {human_size(event.done)} / "
+                f"{human_size(event.total)}  {human_size(rate)}/s  ETA {eta:.0f}s")
+    return f"{event.phase.replace('_', ' ')} {event.version or ''} {event.message}".strip()
+
+
+def cmd_update(args: argparse.Namespace) -> int:
+    params = {"app": args.app, "version": args.to_version}
+    live = sys.stdout.isatty() and not args.json
+    watch = Connection(args.socket) if live or args.no_wait else None
+    try:
+        if watch is not None:
+            watch.reply(watch.send("subscribe", {"apps": [args.app]}))
+        conn = Connection(args.socket)
+        rid = conn.send("update", params)
+        if args.no_wait:
+            assert watch is not None
+            _wait_for_start(conn, watch)
+            print(f"{args.app}: update started")
+            return EXIT_OK
+        if watch is not None:
+            _show_progress(conn, watch)
+        result = msgspec.json.decode(conn.reply(rid), type=UpdateResult)
+    finally:
+        if watch is not None:
+            watch.close()
+    if args.json:
+        emit_json(result)
+    elif result.result == "installed":
+        print(f"{args.app}: installed {result.to_version} (was {result.from_version or 'nothing'})")
+    else:
+        print(f"{args.app}: up to date at {result.from_version or 'nothing'}")
+    return EXIT_OK
+
+
+def _wait_for_start(conn: Connection, watch: Connection) -> None:
+    """Return at the first event of the update, or raise the error the daemon answered."""
+    ready, _, _ = select.select([conn.sock, watch.sock], [], [], 30)
+    if conn.sock in ready:
+        env = conn.read()
+        if env.error is not None:
+            raise RemoteError(int(env.error.get("code", 0)), str(env.error.get("message")),
+                              env.error.get("data"))
+
+
+def _show_progress(conn: Connection, watch: Connection) -> None:
+    """Print a live line from the events until the update's reply is ready to read."""
+    started = time.monotonic()
+    while True:
+        ready, _, _ = select.select([conn.sock, watch.sock], [], [])
+        if watch.sock in ready:
+            env = watch.read()
+            if env.params is not None:
+                event = msgspec.json.decode(env.params, type=Event)
+                if event.kind in ("phase", "progress"):
+                    sys.stdout.write("\r\033[K" + _progress_line(event, started))
+                    sys.stdout.flush()
+        if conn.sock in ready:
+            sys.stdout.write("\r\033[K")
+            return
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    with Client(args.socket) as c:
+        r = c.rollback(args.app, args.to)
+    if args.json:
+        emit_json(r)
+    else:
+        print(f"{args.app}: rolled back from {r.from_version} to {r.to_version}")
+    return EXIT_OK
+
+
+def cmd_list_backups(args: argparse.Namespace) -> int:
+    with Client(args.socket) as c:
+        backups = c.list_backups(args.app)
+    if args.json:
+        emit_json(backups)
+        return EXIT_OK
+    rows = [["VERSION", "CURRENT", "INSTALLED", "SIZE", "PATH"]]
+    for b in backups:
+        rows.append([b.version, "*" if b.current else "", ago(b.installed_at),
+                     human_size(b.size), b.path])
+    print(table(rows))
+    return EXIT_OK
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    with Client(args.socket) as c:
+        items = c.history(args.app, args.limit)
+    if args.json:
+        emit_json(items)
+        return EXIT_OK
+    rows = [["WHEN", "ACTION", "VERSION", "FROM", "REASON"]]
+    for h in items:
+        rows.append([time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(h.at)), h.action,
+                     h.version or "-", h.from_version or "-", h.reason])
+    print(table(rows))
+    return EXIT_OK
+
+
+def _simple(method: str, done: Callable[[argparse.Namespace], str]) -> Callable[
+        [argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        params = {"app": getattr(args, "app", None),
+                  "version": getattr(args, "app_version", None)}
+        with Client(args.socket) as c:
+            result: Any = c.call(method, {k: v for k, v in params.items() if v is not None})
+        if args.json:
+            emit_json(result)
+        else:
+            print(done(args))
+        return EXIT_OK
+    return run
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    c = Client(args.socket)
+    try:
+        for event in c.subscribe([args.app] if args.app else None):
+            if args.json:
+                print(msgspec.json.encode(event).decode(), flush=True)
+                continue
+            when = time.strftime("%H:%M:%S", time.localtime(event.at or time.time()))
+            if event.kind == "progress":
+                text = f"{event.phase} {human_size(event.done or 0)} / " \
+                       f"{human_size(event.total or 0)}"
+            else:
+                text = f"{event.kind} {event.phase}: {event.message}" if event.kind == "phase" \
+                    else f"{event.kind}: {event.message}"
+            print(f"{when} {event.app}: {text}", flush=True)
+    finally:
+        c.close()
+    return EXIT_OK
+
+
+def cmd_inhibit(args: argparse.Namespace) -> int:
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not cmd:
+        print("updaterctl: inhibit needs a command after --", file=sys.stderr)
+        return EXIT_USAGE
+    with Client(args.socket) as c:
+        hold = c.inhibit(args.app, f"{getpass.getuser()}: {cmd[0]}", args.why)
+    try:
+        return subprocess.call(cmd)
+    finally:
+        hold.close()
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    with Client(args.socket) as c:
+        text = c.metrics()
+    if args.json:
+        emit_json(text)
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+COMMAND_FUNCS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "status": cmd_status, "check": cmd_check, "update": cmd_update, "rollback": cmd_rollback,
+    "list-backups": cmd_list_backups, "history": cmd_history,
+    "skip": _simple("skip", lambda a: f"{a.app}: {a.app_version} will not be installed by itself"),
+    "unskip": _simple("unskip", lambda a: f"{a.app}: {a.app_version} is allowed again"),
+    "pause": _simple("pause", lambda a: f"{a.app}: paused"),
+    "resume": _simple("resume", lambda a: f"{a.app}: resumed"),
+    "reload": _simple("reload", lambda a: "configuration reloaded"),
+    "watch": cmd_watch, "inhibit": cmd_inhibit, "metrics": cmd_metrics,
+}
+assert set(COMMAND_FUNCS) == set(COMMANDS)

@@ -1,21 +1,26 @@
-"""The wire protocol shared by updaterd and its clients: result Structs, events, error codes.
+"""The wire protocol shared by updaterd and its clients: JSON-RPC 2.0 envelopes, the params and
+results of every method, events, and error codes.
 
-Kept free of trio and httpx so that any local program can import it cheaply.
+Kept free of trio and httpx so that any local program can import it cheaply. Framing: one JSON
+object (or batch array) per line, UTF-8, at most MAX_MESSAGE bytes.
 """
 
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
-from msgspec import Struct
+from msgspec import UNSET, Struct, UnsetType
 
 DEFAULT_SOCKET = "/run/updaterd/updaterd.sock"
+MAX_MESSAGE = 1 << 20
 
 Phase = Literal["idle", "checking", "downloading", "verifying", "staging", "switching",
-                "restarting", "health_check", "committing", "rolling_back"]
+                "waiting_inhibitors", "restarting", "health_check", "committing",
+                "rolling_back"]
 Outcome = Literal["installed", "up_to_date", "rolled_back", "failed"]
+RequestId = int | str | None
 
 
 class ErrorCode(IntEnum):
@@ -33,17 +38,135 @@ class ErrorCode(IntEnum):
     UPDATE_FAILED = 5
 
 
+# -- envelopes ---------------------------------------------------------------------------------
+
+class Request(Struct, forbid_unknown_fields=True):
+    """A call; without an `id` it is a notification and gets no reply."""
+
+    jsonrpc: str
+    method: str
+    params: dict[str, Any] | list[Any] | UnsetType = UNSET
+    id: int | str | UnsetType | None = UNSET
+
+
+class ErrorObject(Struct, omit_defaults=True):
+    code: int
+    message: str
+    data: Any = None
+
+
+class Response(Struct, kw_only=True):
+    """A reply; exactly one of `result` and `error` is set (UNSET fields are not encoded)."""
+
+    jsonrpc: str = "2.0"
+    id: RequestId
+    result: Any = UNSET
+    error: ErrorObject | UnsetType = UNSET
+
+
+# -- events ------------------------------------------------------------------------------------
+
 class Event(Struct, kw_only=True, omit_defaults=True):
-    """One thing that happened to an app: a phase change, progress, or a result."""
+    """One thing that happened to an app: a phase change, progress, a result, or a notice."""
 
     app: str
-    kind: Literal["phase", "progress", "result", "error"]
+    kind: Literal["phase", "progress", "result", "error", "notice"]
     phase: Phase = "idle"
     message: str = ""
     version: str | None = None
     done: int | None = None
     total: int | None = None
     at: float = 0.0
+
+
+class Notification(Struct, kw_only=True):
+    jsonrpc: str = "2.0"
+    method: str = "event"
+    params: Event
+
+
+# -- params ------------------------------------------------------------------------------------
+
+class NoParams(Struct, forbid_unknown_fields=True):
+    pass
+
+
+class StatusParams(Struct, forbid_unknown_fields=True):
+    app: str | None = None
+
+
+class AppParams(Struct, forbid_unknown_fields=True):
+    app: str
+
+
+class CheckParams(Struct, forbid_unknown_fields=True):
+    app: str
+    force: bool = False
+
+
+class UpdateParams(Struct, forbid_unknown_fields=True):
+    app: str
+    version: str | None = None
+
+
+class RollbackParams(Struct, forbid_unknown_fields=True):
+    app: str
+    to: str | None = None
+
+
+class HistoryParams(Struct, forbid_unknown_fields=True):
+    app: str
+    limit: int | None = None
+
+
+class VersionParams(Struct, forbid_unknown_fields=True):
+    app: str
+    version: str
+
+
+class SubscribeParams(Struct, forbid_unknown_fields=True):
+    apps: list[str] | None = None
+
+
+class InhibitParams(Struct, forbid_unknown_fields=True):
+    app: str
+    who: str
+    why: str
+
+
+# -- results -----------------------------------------------------------------------------------
+
+class DaemonInfo(Struct, kw_only=True):
+    version: str
+    pid: int
+    started_at: float
+    config: str
+
+
+class Progress(Struct, kw_only=True):
+    done: int
+    total: int
+
+
+class AppStatus(Struct, kw_only=True):
+    name: str
+    current: str | None
+    available: str | None
+    phase: Phase
+    progress: Progress | None = None
+    last_check: float | None = None
+    next_check: float | None = None
+    last_error: str | None = None
+    paused: bool = False
+    auto_update: bool = True
+    blocked: list[str] = []
+    skipped: list[str] = []
+    notes: list[str] = []  # why an available version is not being installed, for people
+
+
+class StatusResult(Struct, kw_only=True):
+    daemon: DaemonInfo
+    apps: list[AppStatus]
 
 
 class CheckResult(Struct, kw_only=True):
@@ -63,3 +186,43 @@ class UpdateResult(Struct, kw_only=True):
 class RollbackResult(Struct, kw_only=True):
     from_version: str | None = msgspec.field(name="from")
     to_version: str | None = msgspec.field(name="to")
+
+
+class Backup(Struct, kw_only=True):
+    version: str
+    path: str
+    installed_at: float | None
+    size: int
+    current: bool
+
+
+class HistoryItem(Struct, kw_only=True):
+    at: float
+    action: str
+    version: str
+    from_version: str | None = msgspec.field(default=None, name="from")
+    reason: str = ""
+
+
+class Ok(Struct):
+    ok: bool = True
+
+
+class InhibitResult(Struct):
+    inhibited: bool = True
+
+
+class SubscribeResult(Struct):
+    subscribed: bool = True
+
+
+# Which params each method takes; the daemon and the client both read this table.
+PARAMS: dict[str, type[Struct]] = {
+    "status": StatusParams, "check": CheckParams, "update": UpdateParams,
+    "rollback": RollbackParams, "list_backups": AppParams, "history": HistoryParams,
+    "skip": VersionParams, "unskip": VersionParams, "pause": AppParams, "resume": AppParams,
+    "subscribe": SubscribeParams, "inhibit": InhibitParams, "reload": NoParams,
+    "metrics": NoParams,
+}
+# Methods anyone who can connect may call; the rest need root or the admin group.
+READ_METHODS = frozenset({"status", "list_backups", "history", "subscribe", "metrics"})

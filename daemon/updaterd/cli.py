@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import trio
 from updaterctl._version import __version__
 from updaterd import config as config_mod
 from updaterd.errors import ConfigError, LockHeld, UpdaterError
+from updaterd.lock import ProcessLock
 
 log = logging.getLogger("updaterd")
 
@@ -28,6 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     p.add_argument("--once", action="store_true",
                    help="one check-and-update pass over every app, then exit")
+    p.add_argument("--daemonize", action="store_true",
+                   help="detach the classic way (for hosts without systemd); needs --pidfile")
+    p.add_argument("--pidfile", metavar="PATH", help="with --daemonize: where to write the pid")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("check-config", help="validate the configuration and exit")
     k = sub.add_parser("keygen", help="write a minisign key pair PREFIX.pub / PREFIX.key")
@@ -104,21 +109,66 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "check-config":
         print(f"{args.config}: OK ({len(cfg.apps)} apps)")
         return EXIT_OK
+    if args.daemonize:
+        if not args.pidfile:
+            print("updaterd: --daemonize needs --pidfile PATH", file=sys.stderr)
+            return EXIT_USAGE
+        return _daemonize(cfg, args)
+    lock = ProcessLock(Path(cfg.daemon.lock_file))
+    with lock:
+        if args.command in ("rollback", "update") or args.once:
+            return _offline(cfg, args)
+        from updaterd.service import serve
+
+        serve(cfg, args.config)
+    return EXIT_OK
+
+
+def _offline(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    """One-shot work without the daemon: `--once`, `update`, `rollback`."""
     from updaterd.engine import Engine, describe
-    from updaterd.lock import ProcessLock
 
     engine = Engine(cfg)
-    with ProcessLock(Path(cfg.daemon.lock_file)):
-        if args.command == "rollback":
-            r = trio.run(engine.rollback, args.app, args.to)
-            print(f"{args.app}: rolled back from {r.from_version} to {r.to_version}")
-            return EXIT_OK
-        if args.command == "update":
-            u = trio.run(engine.update, args.app, args.to_version)
-            print(describe(args.app, u))
-            return EXIT_OK if u.result in ("installed", "up_to_date") else EXIT_FAILED
-        if args.once:
-            failures = trio.run(engine.run_once)
-            return EXIT_OK if failures == 0 else EXIT_FAILED
-    print("updaterd: the long-running daemon is not built yet; use --once", file=sys.stderr)
-    return EXIT_USAGE
+    if args.command == "rollback":
+        r = trio.run(engine.rollback, args.app, args.to)
+        print(f"{args.app}: rolled back from {r.from_version} to {r.to_version}")
+        return EXIT_OK
+    if args.command == "update":
+        u = trio.run(engine.update, args.app, args.to_version)
+        print(describe(args.app, u))
+        return EXIT_OK if u.result in ("installed", "up_to_date") else EXIT_FAILED
+    failures = trio.run(engine.run_once)
+    return EXIT_OK if failures == 0 else EXIT_FAILED
+
+
+def _daemonize(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    """Detach with python-daemon, then run as usual; the lock is probed first so that a
+    second instance still says so on the terminal."""
+    import logging.handlers
+
+    # python-daemon's package is `daemon`; mypy also sees this repository's `daemon/` folder as a
+    # namespace package of that name (the regular package wins at run time).
+    from daemon import DaemonContext  # type: ignore[attr-defined]
+
+    from updaterd import fsutil
+    from updaterd.service import serve
+
+    lock = ProcessLock(Path(cfg.daemon.lock_file))
+    with lock:
+        pass
+    pidfile = Path(args.pidfile).absolute()
+    with DaemonContext(working_directory="/", umask=0o022):
+        root = logging.getLogger()
+        for h in list(root.handlers):
+            root.removeHandler(h)
+        if Path("/dev/log").exists():
+            handler: logging.Handler = logging.handlers.SysLogHandler(address="/dev/log")
+            handler.setFormatter(logging.Formatter("updaterd[%(process)d]: %(message)s"))
+            root.addHandler(handler)
+        with lock:
+            fsutil.atomic_write(pidfile, f"{os.getpid()}\n".encode())
+            try:
+                serve(cfg, str(Path(args.config).absolute()))
+            finally:
+                pidfile.unlink(missing_ok=True)
+    return EXIT_OK

@@ -9,9 +9,11 @@ import logging
 import platform
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+
+import trio
 
 from updaterctl.protocol import CheckResult, Event, RollbackResult, UpdateResult
 from updaterd import state, versions
@@ -21,7 +23,7 @@ from updaterd.errors import FeedError, PolicyError, UpdaterError
 from updaterd.feed import Artifact, Release, TrustedFeed
 from updaterd.layout import Layout
 from updaterd.sources import Source, make_source
-from updaterd.transaction import AppRun, install, recover, roll_back
+from updaterd.transaction import AppRun, Hooks, download, install, recover, roll_back
 
 log = logging.getLogger("updaterd.engine")
 ANY_PLATFORM = frozenset({"any", "noarch"})
@@ -69,9 +71,12 @@ def describe(app: str, result: UpdateResult) -> str:
 class Engine:
     """The whole update flow for every configured app."""
 
-    def __init__(self, config: Config, emit: Callable[[Event], None] = _log_event) -> None:
+    def __init__(self, config: Config, emit: Callable[[Event], None] = _log_event, *,
+                 before_switch: Callable[[str], Awaitable[None]] | None = None) -> None:
         self.config = config
         self.emit = emit
+        self.before_switch = before_switch
+        self.download_limiter = trio.CapacityLimiter(config.daemon.max_parallel_downloads)
         self.platform = config.daemon.platform or host_platform()
         self.host_id = config.daemon.host_id or host_id()
 
@@ -84,11 +89,21 @@ class Engine:
     def open_app(self, app: str) -> AppRun:
         cfg = self._cfg(app)
         state_dir = Path(self.config.daemon.state_dir)
-        assert cfg.prefix is not None, "inplace installs arrive with their own issue"
+        if cfg.prefix is None:
+            raise UpdaterError(f"{app}: install = \"{cfg.install}\" is not available yet")
+        hooks = Hooks(download_limiter=self.download_limiter)
+        if self.before_switch is not None:
+            hook = self.before_switch
+            hooks.before_switch = lambda: hook(app)
         return AppRun(name=app, cfg=cfg, config=self.config, layout=Layout(Path(cfg.prefix)),
                       state_folder=state.app_dir(state_dir, app),
                       cache=Path(self.config.daemon.cache_dir) / app,
-                      state=state.load(state_dir, app), emit=self.emit)
+                      state=state.load(state_dir, app), emit=self.emit, hooks=hooks)
+
+    def load_state(self, app: str) -> state.AppState:
+        """The stored state of `app` (for status and history)."""
+        self._cfg(app)
+        return state.load(Path(self.config.daemon.state_dir), app)
 
     @asynccontextmanager
     async def _source(self, run: AppRun) -> AsyncIterator[Source]:
@@ -112,9 +127,7 @@ class Engine:
             trusted = await source.fetch(run.state, run.cache, cycle_start)
         except UpdaterError as e:
             run.state.last_check = cycle_start
-            run.state.consecutive_failures += 1
-            run.state.last_error = str(e)
-            run.save()
+            self._failed(run, str(e))
             raise
         manifest = trusted.manifest
         offers = [versions.Offer(r.version, r.channel, r.rollout) for r in manifest.releases
@@ -123,9 +136,8 @@ class Engine:
         run.state.serial = manifest.serial
         run.state.manifest_digest = trusted.digest
         run.state.available = choice.version
+        run.state.passed_over = choice.passed_over
         run.state.last_check = cycle_start
-        run.state.last_success = cycle_start
-        run.state.consecutive_failures = 0
         run.state.last_error = None
         run.save()
         run.phase("idle", f"feed serial {manifest.serial}: "
@@ -148,12 +160,51 @@ class Engine:
         """Finish or undo what a crash left for `app`."""
         await recover(self.open_app(app))
 
-    async def check(self, app: str) -> CheckResult:
-        """Fetch the feed and report what an automatic update would install."""
+    async def check(self, app: str, force: bool = False) -> CheckResult:
+        """Fetch the feed and report what an automatic update would install.
+
+        `force` drops the stored validators so that the whole feed is fetched again.
+        """
+        run = self.open_app(app)
+        await recover(run)
+        if force:
+            run.state.etag = run.state.last_modified = None
+        async with self._source(run) as source:
+            _, result = await self._refresh(run, source)
+        self._succeeded(run)
+        return result
+
+    @staticmethod
+    def _succeeded(run: AppRun) -> None:
+        run.state.consecutive_failures = 0
+        run.state.last_success = time.time()
+        run.save()
+
+    @staticmethod
+    def _failed(run: AppRun, error: str) -> None:
+        run.state.consecutive_failures += 1
+        run.state.last_error = error
+        run.save()
+
+    async def prefetch(self, app: str) -> CheckResult:
+        """Check, and download and verify the available version without installing it."""
         run = self.open_app(app)
         await recover(run)
         async with self._source(run) as source:
-            _, result = await self._refresh(run, source)
+            trusted, result = await self._refresh(run, source)
+            if result.available is not None:
+                release = trusted.manifest.release(result.available, run.cfg.channel)
+                artifact = self._artifact(release) if release else None
+                if release is not None and artifact is not None:
+                    try:
+                        f = await download(run, source, release, artifact)
+                    except UpdaterError as e:
+                        self._failed(run, f"{release.version}: {e}")
+                        raise
+                    f.close()
+                    run.phase("idle", f"{release.version} downloaded; waiting for "
+                                      "`updaterctl update`", release.version)
+        self._succeeded(run)
         return result
 
     async def update(self, app: str, version: str | None = None) -> UpdateResult:
@@ -170,11 +221,13 @@ class Engine:
                     raise NoSuchVersion(f"{app}: the feed has no version {version!r}")
             else:
                 if result.available is None:
+                    self._succeeded(run)
                     return UpdateResult(from_version=before, to_version=before,
                                         result="up_to_date")
                 release = trusted.manifest.release(result.available, run.cfg.channel)
                 assert release is not None
             if release.version == before:
+                self._succeeded(run)
                 return UpdateResult(from_version=before, to_version=before, result="up_to_date")
             artifact = self._artifact(release)
             if artifact is None:
@@ -182,13 +235,18 @@ class Engine:
             try:
                 outcome = await install(run, source, release, artifact)
             except UpdaterError as e:
-                run.state.last_error = f"{release.version}: {e}"
                 run.remember("failed", release.version, before, str(e))
-                run.save()
+                self._failed(run, f"{release.version}: {e}")
+                self.emit(Event(app=app, kind="error", message=str(e), version=release.version,
+                                at=time.time()))
                 raise
+        self._succeeded(run)
         reason = run.state.last_error or "" if outcome == "rolled_back" else ""
-        return UpdateResult(from_version=before, to_version=release.version,
+        done = UpdateResult(from_version=before, to_version=release.version,
                             result=outcome, reason=reason)  # type: ignore[arg-type]
+        self.emit(Event(app=app, kind="result", message=describe(app, done),
+                        version=release.version, at=time.time()))
+        return done
 
     async def rollback(self, app: str, to: str | None = None) -> RollbackResult:
         """Go back to the previous (or a named) kept release; the version left is skipped."""
@@ -217,6 +275,9 @@ class Engine:
         failures = 0
         for app, cfg in self.config.apps.items():
             try:
+                if self.load_state(app).paused:
+                    log.info("%s: paused; skipped", app)
+                    continue
                 if cfg.auto_update:
                     result = await self.update(app)
                     log.info("%s", describe(app, result))

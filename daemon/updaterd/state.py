@@ -65,6 +65,7 @@ class AppState(Struct, kw_only=True):
     pending: Transaction | None = None
     history: list[HistoryEntry] = []
     release_digests: dict[str, str] = {}  # version -> blake3 of the artifact it came from
+    passed_over: dict[str, str] = {}  # newer versions the last check did not pick, and why
 
 
 def app_dir(state_dir: Path, app: str) -> Path:

@@ -12,8 +12,8 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -33,6 +33,18 @@ from updaterd.units import parse_duration, parse_size
 log = logging.getLogger("updaterd.transaction")
 Emit = Callable[[Event], None]
 
+
+async def _no_wait() -> None:
+    return None
+
+
+@dataclass
+class Hooks:
+    """What the daemon plugs into a transaction: inhibitors and the download limit."""
+
+    before_switch: Callable[[], Awaitable[None]] = _no_wait
+    download_limiter: trio.CapacityLimiter | None = None
+
 @dataclass
 class AppRun:
     """One app's configuration, paths and loaded state for the length of an operation."""
@@ -45,6 +57,7 @@ class AppRun:
     cache: Path
     state: AppState
     emit: Emit
+    hooks: Hooks = field(default_factory=Hooks)
 
     def save(self) -> None:
         state.save(self.state_folder.parent, self.name, self.state)
@@ -99,10 +112,10 @@ async def _stage(run: AppRun, f: BinaryIO, artifact: Artifact, version: str) -> 
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(remove_tree, staging)
 
-async def install(run: AppRun, source: Source, release: Release, artifact: Artifact) -> str:
-    """Install `release` and switch to it; returns "installed" or "rolled_back"."""
+async def download(run: AppRun, source: Source, release: Release,
+                   artifact: Artifact) -> BinaryIO:
+    """Fetch and verify the artifact into the cache; returns the verified file, open."""
     version = release.version
-    from_version = run.state.installed
     run.layout.preflight()
     fsutil.ensure_private_dir(run.cache)
     _check_free_space(run, artifact)
@@ -118,13 +131,26 @@ async def install(run: AppRun, source: Source, release: Release, artifact: Artif
             run.emit(Event(app=run.name, kind="progress", phase="downloading", version=version,
                            done=done, total=total, at=time.time()))
 
-    f = await source.download(artifact, dest, expected, progress)
+    limiter = run.hooks.download_limiter
+    if limiter is None:
+        return await source.download(artifact, dest, expected, progress)
+    async with limiter:
+        return await source.download(artifact, dest, expected, progress)
+
+
+async def install(run: AppRun, source: Source, release: Release, artifact: Artifact) -> str:
+    """Install `release` and switch to it; returns "installed" or "rolled_back"."""
+    version = release.version
+    from_version = run.state.installed
+    f = await download(run, source, release, artifact)
     try:
         run.phase("staging", version=version)
         await _stage(run, f, artifact, version)
     finally:
         f.close()
     run.state.release_digests[version] = artifact.blake3 or artifact.sha256 or ""
+    # Inhibitors hold back the switch and restart; nothing has changed yet if we are stopped here.
+    await run.hooks.before_switch()
     # From here on the disk changes what the app sees: journal first, and never be torn.
     with trio.CancelScope(shield=True):
         run.state.pending = Transaction(kind="update", from_version=from_version,
@@ -136,8 +162,9 @@ async def install(run: AppRun, source: Source, release: Release, artifact: Artif
         failpoints.hit("switch.after_bin_links")
         outcome = await finish_update(run, from_version, version)
     with contextlib.suppress(FileNotFoundError):
-        dest.unlink()
+        (run.cache / artifact.url.rsplit("/", 1)[-1]).unlink()
     return outcome
+
 
 async def finish_update(run: AppRun, from_version: str | None, version: str) -> str:
     """After the switch: restart, health check, then commit or roll back."""

@@ -1,0 +1,247 @@
+"""What each control-socket method does, over the engine and the daemon's workers.
+
+Authorization and framing happen in rpc.py; here every method gets typed params and returns a
+protocol Struct, or raises RpcError with one of the codes of SPEC section 7.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import trio
+
+from updaterctl._version import __version__
+from updaterctl.protocol import (
+    AppParams,
+    AppStatus,
+    Backup,
+    CheckParams,
+    CheckResult,
+    DaemonInfo,
+    ErrorCode,
+    HistoryItem,
+    HistoryParams,
+    InhibitParams,
+    InhibitResult,
+    NoParams,
+    Notification,
+    Ok,
+    Progress,
+    RollbackParams,
+    RollbackResult,
+    StatusParams,
+    StatusResult,
+    SubscribeParams,
+    SubscribeResult,
+    UpdateParams,
+    UpdateResult,
+    VersionParams,
+)
+from updaterd import metrics
+from updaterd.engine import NoSuchVersion, UnknownApp
+from updaterd.errors import ConfigError, PolicyError, UpdaterError
+from updaterd.layout import Layout
+from updaterd.rpc import CONFIG_INVALID, Connection, Handler, RpcError
+
+if TYPE_CHECKING:
+    from updaterd.service import AppWorker, Daemon
+
+
+def _tree_size(path: str) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for name in files:
+            with suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+    return total
+
+
+class ControlApi:
+    """The methods of the control socket."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    def handlers(self) -> dict[str, Handler]:
+        return {
+            "status": self.status, "check": self.check, "update": self.update,
+            "rollback": self.rollback, "list_backups": self.list_backups,
+            "history": self.history, "skip": self.skip, "unskip": self.unskip,
+            "pause": self.pause, "resume": self.resume, "subscribe": self.subscribe,
+            "inhibit": self.inhibit, "reload": self.reload, "metrics": self.metrics,
+        }
+
+    def _worker(self, app: str) -> AppWorker:
+        worker = self.daemon.workers.get(app)
+        if worker is None:
+            raise RpcError(ErrorCode.UNKNOWN_APP, f"unknown app: {app}")
+        return worker
+
+    @asynccontextmanager
+    async def _engine_errors(self, worker: AppWorker) -> AsyncIterator[None]:
+        try:
+            yield
+        except UnknownApp as e:
+            raise RpcError(ErrorCode.UNKNOWN_APP, str(e)) from None
+        except (NoSuchVersion, PolicyError) as e:
+            raise RpcError(ErrorCode.NO_SUCH_VERSION, str(e)) from None
+        except UpdaterError as e:
+            raise RpcError(ErrorCode.UPDATE_FAILED, str(e),
+                           {"phase": worker.phase, "reason": str(e)}) from None
+
+    @asynccontextmanager
+    async def _exclusive(self, worker: AppWorker) -> AsyncIterator[None]:
+        """Changes that must not wait behind a running operation answer `busy` instead."""
+        if worker.lock.locked():
+            raise RpcError(ErrorCode.BUSY, f"{worker.name} is busy ({worker.phase})")
+        async with worker.lock:
+            yield
+
+    # -- read ----------------------------------------------------------------------------
+
+    async def status(self, p: StatusParams, conn: Connection) -> StatusResult:
+        names = [p.app] if p.app else list(self.daemon.workers)
+        apps = [self.app_status(self._worker(n)) for n in names]
+        d = self.daemon
+        return StatusResult(daemon=DaemonInfo(version=__version__, pid=os.getpid(),
+                                              started_at=d.started_at, config=d.config_path),
+                            apps=apps)
+
+    def app_status(self, w: AppWorker) -> AppStatus:
+        st = w.state()
+        cfg = w.config()
+        notes = []
+        if st.paused:
+            notes.append("paused: `updaterctl resume` to go on")
+        if st.available and not cfg.auto_update:
+            notes.append(f"{st.available} is available; auto_update is off: "
+                         "`updaterctl update` installs it")
+        notes += [f"{v}: {why}" for v, why in st.passed_over.items()]
+        if w.phase == "waiting_inhibitors":
+            notes.append(w.message)
+        return AppStatus(
+            name=w.name, current=st.installed, available=st.available, phase=w.phase,
+            progress=Progress(done=w.progress[0], total=w.progress[1]) if w.progress else None,
+            last_check=st.last_check, next_check=w.schedule.next_check,
+            last_error=st.last_error, paused=st.paused, auto_update=cfg.auto_update,
+            blocked=st.blocked, skipped=st.skipped, notes=notes)
+
+    async def list_backups(self, p: AppParams, conn: Connection) -> list[Backup]:
+        w = self._worker(p.app)
+        cfg, st = w.config(), w.state()
+        if cfg.prefix is None:
+            return []
+        layout = Layout(Path(cfg.prefix))
+        installed_at: dict[str, float] = {}
+        for h in st.history:
+            if h.action == "installed":
+                installed_at[h.version] = h.at
+        backups = []
+        for v in layout.versions_on_disk():
+            path = str(layout.release(v))
+            size = await trio.to_thread.run_sync(_tree_size, path)
+            backups.append(Backup(version=v, path=path, installed_at=installed_at.get(v),
+                                  size=size, current=v == st.installed))
+        return backups
+
+    async def history(self, p: HistoryParams, conn: Connection) -> list[HistoryItem]:
+        st = self._worker(p.app).state()
+        entries = st.history[-p.limit:] if p.limit else st.history
+        return [msgspec.convert(e, HistoryItem, from_attributes=True) for e in entries]
+
+    async def metrics(self, p: NoParams, conn: Connection) -> str:
+        return metrics.render(self.daemon)
+
+    async def subscribe(self, p: SubscribeParams, conn: Connection) -> SubscribeResult:
+        for app in p.apps or []:
+            self._worker(app)
+        apps = frozenset(p.apps) if p.apps else None
+
+        async def forward(task_status: trio.TaskStatus[None]) -> None:
+            with self.daemon.bus.subscribe(apps) as sub:
+                task_status.started()
+                while True:
+                    event = await sub.next()
+                    await conn.send(msgspec.json.encode(Notification(params=event)))
+
+        conn.streaming = True
+        await conn.nursery.start(forward)
+        return SubscribeResult()
+
+    # -- change ---------------------------------------------------------------------------
+
+    async def check(self, p: CheckParams, conn: Connection) -> CheckResult:
+        w = self._worker(p.app)
+        async with w.lock, self._engine_errors(w):
+            return await self.daemon.engine.check(p.app, force=p.force)
+
+    async def update(self, p: UpdateParams, conn: Connection) -> UpdateResult:
+        w = self._worker(p.app)
+        async with self._exclusive(w), self._engine_errors(w):
+            result = await self.daemon.engine.update(p.app, p.version)
+        if result.result == "rolled_back":
+            raise RpcError(ErrorCode.UPDATE_FAILED, result.reason,
+                           {"phase": "health_check", "reason": result.reason,
+                            "from": result.from_version, "to": result.to_version})
+        return result
+
+    async def rollback(self, p: RollbackParams, conn: Connection) -> RollbackResult:
+        w = self._worker(p.app)
+        async with self._exclusive(w), self._engine_errors(w):
+            return await self.daemon.engine.rollback(p.app, p.to)
+
+    async def _edit_state(self, app: str, edit: Any) -> Ok:
+        w = self._worker(app)
+        async with w.lock:
+            run = self.daemon.engine.open_app(app)
+            edit(run.state)
+            run.save()
+        w.schedule.poke()
+        return Ok()
+
+    async def skip(self, p: VersionParams, conn: Connection) -> Ok:
+        def edit(st: Any) -> None:
+            if p.version not in st.skipped:
+                st.skipped.append(p.version)
+            if st.available == p.version:
+                st.available = None
+        return await self._edit_state(p.app, edit)
+
+    async def unskip(self, p: VersionParams, conn: Connection) -> Ok:
+        def edit(st: Any) -> None:
+            for lst in (st.skipped, st.blocked):
+                if p.version in lst:
+                    lst.remove(p.version)
+        return await self._edit_state(p.app, edit)
+
+    async def pause(self, p: AppParams, conn: Connection) -> Ok:
+        return await self._edit_state(p.app, lambda st: setattr(st, "paused", True))
+
+    async def resume(self, p: AppParams, conn: Connection) -> Ok:
+        return await self._edit_state(p.app, lambda st: setattr(st, "paused", False))
+
+    async def inhibit(self, p: InhibitParams, conn: Connection) -> InhibitResult:
+        self._worker(p.app)
+
+        async def hold(task_status: trio.TaskStatus[None]) -> None:
+            with self.daemon.inhibitors.hold(p.app, p.who, p.why, conn.peer.uid, conn.peer.pid):
+                task_status.started()
+                await trio.sleep_forever()
+
+        conn.streaming = True
+        await conn.nursery.start(hold)
+        return InhibitResult()
+
+    async def reload(self, p: NoParams, conn: Connection) -> Ok:
+        try:
+            await self.daemon.reload()
+        except ConfigError as e:
+            raise RpcError(CONFIG_INVALID, "configuration refused; the old one is kept",
+                           e.problems) from None
+        return Ok()
+

@@ -1,0 +1,61 @@
+"""The Prometheus text exposition of the daemon's state (`metrics` over the socket)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from updaterctl.protocol import Phase
+
+if TYPE_CHECKING:
+    from updaterd.service import Daemon
+
+PHASES: tuple[Phase, ...] = ("idle", "checking", "downloading", "verifying", "staging",
+                             "switching", "waiting_inhibitors", "restarting", "health_check",
+                             "committing", "rolling_back")
+
+
+def _label(value: str | None) -> str:
+    text = value or ""
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def render(daemon: Daemon) -> str:
+    """Every metric, one family at a time, each with HELP and TYPE."""
+    families: list[tuple[str, str, str, list[str]]] = [
+        ("updaterd_app_info", "gauge", "Installed and available version of each app.", []),
+        ("updaterd_last_check_timestamp_seconds", "gauge", "When the feed was last checked.", []),
+        ("updaterd_last_success_timestamp_seconds", "gauge",
+         "When a check or update last succeeded.", []),
+        ("updaterd_consecutive_failures", "gauge", "Failures since the last success.", []),
+        ("updaterd_checks_total", "counter", "Checks started since the daemon started.", []),
+        ("updaterd_failures_total", "counter", "Failed checks and updates.", []),
+        ("updaterd_rollbacks_total", "counter", "Automatic rollbacks.", []),
+        ("updaterd_downloaded_bytes_total", "counter", "Artifact bytes downloaded.", []),
+        ("updaterd_phase", "gauge", "1 for the phase each app is in.", []),
+    ]
+    rows = {name: lines for name, _t, _h, lines in families}
+    for name, w in daemon.workers.items():
+        st = w.state()
+        app = f'app="{_label(name)}"'
+        rows["updaterd_app_info"].append(
+            f'{{{app},installed="{_label(st.installed)}",available="{_label(st.available)}"}} 1')
+        if st.last_check is not None:
+            rows["updaterd_last_check_timestamp_seconds"].append(f"{{{app}}} {st.last_check}")
+        if st.last_success is not None:
+            rows["updaterd_last_success_timestamp_seconds"].append(
+                f"{{{app}}} {st.last_success}")
+        rows["updaterd_consecutive_failures"].append(f"{{{app}}} {st.consecutive_failures}")
+        c = w.counters
+        rows["updaterd_checks_total"].append(f"{{{app}}} {c.checks}")
+        rows["updaterd_failures_total"].append(f"{{{app}}} {c.failures}")
+        rows["updaterd_rollbacks_total"].append(f"{{{app}}} {c.rollbacks}")
+        rows["updaterd_downloaded_bytes_total"].append(f"{{{app}}} {c.downloaded_bytes}")
+        for phase in PHASES:
+            rows["updaterd_phase"].append(
+                f'{{{app},phase="{phase}"}} {1 if w.phase == phase else 0}')
+    out = []
+    for name, kind, help_text, lines in families:
+        out.append(f"# HELP {name} {help_text}")
+        out.append(f"# TYPE {name} {kind}")
+        out += [f"{name}{line}" for line in lines]
+    return "\n".join(out) + "\n"

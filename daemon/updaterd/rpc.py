@@ -1,0 +1,299 @@
+"""The control socket: JSON-RPC 2.0 over a Unix stream socket, one message per line.
+
+This module does framing, identity (SO_PEERCRED), authorization and dispatch; what the methods
+do lives in `api.py`. A malformed, oversized, slow or flooding client gets an error or is
+dropped; the daemon and its other clients carry on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import grp
+import logging
+import os
+import pwd
+import socket
+import stat
+import struct
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import trio
+
+from updaterctl.protocol import (
+    MAX_MESSAGE,
+    PARAMS,
+    READ_METHODS,
+    ErrorCode,
+    ErrorObject,
+    Request,
+    Response,
+)
+from updaterd.errors import UpdaterError
+
+log = logging.getLogger("updaterd.rpc")
+MAX_BATCH = 100
+CONFIG_INVALID = -32000  # implementation-defined server error: reload refused
+
+
+class RpcError(Exception):
+    """An error answer: a code from `ErrorCode`, a message, optional data."""
+
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(message)
+        self.code, self.message, self.data = int(code), message, data
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Who is on the other end, as the kernel says (never as the client says)."""
+
+    pid: int
+    uid: int
+    gid: int
+    admin: bool
+
+
+@dataclass
+class Limits:
+    """Bounds on clients; the defaults suit a host with a handful of local tools."""
+
+    max_clients: int = 256
+    max_clients_per_uid: int = 32
+    idle_timeout: float = 60.0  # no complete request for this long: dropped
+    line_timeout: float = 10.0  # a started line must be finished within this
+
+
+class Connection:
+    """One client: its identity and a lock so that replies and events never interleave."""
+
+    def __init__(self, stream: trio.SocketStream, peer: Peer) -> None:
+        self.stream = stream
+        self.peer = peer
+        self.send_lock = trio.Lock()
+        self.streaming = False  # set by subscribe/inhibit: then the connection stays open
+        self.nursery: trio.Nursery  # tasks that live as long as the connection (set by Server)
+
+    async def send(self, payload: bytes) -> None:
+        async with self.send_lock:
+            await self.stream.send_all(payload + b"\n")
+
+
+# A handler gets the typed params and the connection, and returns a msgspec-encodable result.
+Handler = Callable[[Any, Connection], Awaitable[Any]]
+
+
+def peer_credentials(sock: trio.socket.SocketType) -> tuple[int, int, int]:
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", raw)
+    return pid, uid, gid
+
+
+def is_admin(uid: int, gid: int, admin_group: str) -> bool:
+    """Root, or a member (primary or supplementary) of `admin_group`."""
+    if uid == 0:
+        return True
+    try:
+        group = grp.getgrnam(admin_group)
+    except KeyError:
+        return False
+    if gid == group.gr_gid:
+        return True
+    try:
+        user = pwd.getpwuid(uid)
+    except KeyError:
+        return False
+    return group.gr_gid in os.getgrouplist(user.pw_name, user.pw_gid)
+
+
+def create_socket(path: Path, mode: int, group: str) -> trio.socket.SocketType:
+    """Bind the control socket safely: private until chmod, stale files replaced only if ours."""
+    parent = path.parent
+    parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    pst = os.stat(parent)
+    if pst.st_mode & stat.S_IWOTH:
+        raise UpdaterError(f"{parent} is world-writable; refusing to put the socket there")
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    if st is not None:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise UpdaterError(f"{path} exists and is not a socket; refusing to replace it")
+        if st.st_uid != os.getuid():
+            raise UpdaterError(f"{path} belongs to uid {st.st_uid}; refusing to replace it")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            os.unlink(path)  # stale: nobody listens
+        else:
+            raise UpdaterError(f"another process is listening on {path}")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)  # no window where the socket is open to everyone
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old)
+    try:
+        gid = grp.getgrnam(group).gr_gid
+    except KeyError:
+        log.warning("admin group %r does not exist; only root may change things", group)
+        gid = -1
+    if gid != -1:
+        os.chown(path, -1, gid)
+    os.chmod(path, mode)
+    sock.listen(128)
+    return trio.socket.from_stdlib_socket(sock)
+
+
+class Server:
+    """Accepts clients, frames their lines and dispatches requests to handlers."""
+
+    def __init__(self, handlers: dict[str, Handler], admin_group: Callable[[], str],
+                 limits: Limits | None = None) -> None:
+        self.handlers = handlers
+        self.admin_group = admin_group
+        self.limits = limits or Limits()
+        self.clients: dict[int, int] = {}  # uid -> open connections
+        self.total = 0
+
+    async def serve(self, sock: trio.socket.SocketType, *,
+                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        listener = trio.SocketListener(sock)
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            while True:
+                try:
+                    stream = await listener.accept()
+                except OSError as e:
+                    if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                        log.warning("accept failed: %s; pausing", e)
+                        await trio.sleep(0.1)
+                        continue
+                    raise
+                nursery.start_soon(self._client, stream)
+
+    async def _client(self, stream: trio.SocketStream) -> None:
+        async with stream:
+            try:
+                pid, uid, gid = peer_credentials(stream.socket)
+            except OSError:
+                return
+            if uid != 0 and (self.total >= self.limits.max_clients
+                             or self.clients.get(uid, 0) >= self.limits.max_clients_per_uid):
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await stream.send_all(_error(None, ErrorCode.BUSY, "too many clients") + b"\n")
+                return
+            self.total += 1
+            self.clients[uid] = self.clients.get(uid, 0) + 1
+            try:
+                peer = Peer(pid, uid, gid, is_admin(uid, gid, self.admin_group()))
+                async with trio.open_nursery() as nursery:
+                    conn = Connection(stream, peer)
+                    conn.nursery = nursery
+                    await self._read_loop(conn)
+                    nursery.cancel_scope.cancel()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            finally:
+                self.total -= 1
+                self.clients[uid] -= 1
+
+    async def _read_loop(self, conn: Connection) -> None:
+        buffer = bytearray()
+        while True:
+            timeout = self.limits.line_timeout if buffer else self.limits.idle_timeout
+            if conn.streaming and not buffer:
+                timeout = float("inf")
+            with trio.move_on_after(timeout) as scope:
+                data = await conn.stream.receive_some(65536)
+            if scope.cancelled_caught:
+                log.debug("dropping a client silent for %.0fs", timeout)
+                return
+            if not data:
+                return
+            buffer += data
+            while (end := buffer.find(b"\n")) >= 0:
+                line = bytes(buffer[:end])
+                del buffer[: end + 1]
+                if len(line) > MAX_MESSAGE:
+                    await conn.send(_error(None, ErrorCode.INVALID_REQUEST,
+                                           "message larger than 1 MiB"))
+                    return
+                if line.strip():
+                    reply = await self.handle_line(line, conn)
+                    if reply is not None:
+                        await conn.send(reply)
+            if len(buffer) > MAX_MESSAGE:
+                await conn.send(_error(None, ErrorCode.INVALID_REQUEST,
+                                       "message larger than 1 MiB"))
+                return
+
+    async def handle_line(self, line: bytes, conn: Connection) -> bytes | None:
+        """The reply to one line (None when it held only notifications)."""
+        try:
+            message = msgspec.json.decode(line)
+        except (msgspec.DecodeError, RecursionError):
+            return _error(None, ErrorCode.PARSE_ERROR, "parse error: not valid JSON")
+        if isinstance(message, list):
+            if not message:
+                return _error(None, ErrorCode.INVALID_REQUEST, "empty batch")
+            if len(message) > MAX_BATCH:
+                return _error(None, ErrorCode.INVALID_REQUEST,
+                              f"batch larger than {MAX_BATCH} requests")
+            replies = [r for r in [await self._one(m, conn, batched=True) for m in message]
+                       if r is not None]
+            return b"[" + b",".join(replies) + b"]" if replies else None
+        return await self._one(message, conn, batched=False)
+
+    async def _one(self, message: Any, conn: Connection, *, batched: bool) -> bytes | None:
+        try:
+            req = msgspec.convert(message, Request, strict=True)
+        except msgspec.ValidationError as e:
+            return _error(None, ErrorCode.INVALID_REQUEST, f"invalid request: {e}")
+        if req.jsonrpc != "2.0":
+            return _error(None, ErrorCode.INVALID_REQUEST, 'invalid request: jsonrpc must be "2.0"')
+        notification = req.id is msgspec.UNSET
+        rid = None if isinstance(req.id, msgspec.UnsetType) else req.id
+        if isinstance(rid, bool):
+            return _error(None, ErrorCode.INVALID_REQUEST, "invalid request: bad id")
+        try:
+            result = await self._call(req, conn, batched)
+        except RpcError as e:
+            return None if notification else _error(rid, e.code, e.message, e.data)
+        except Exception:
+            log.exception("internal error in %s", req.method)
+            return None if notification else _error(rid, ErrorCode.INTERNAL_ERROR,
+                                                    "internal error")
+        if notification:
+            return None
+        return msgspec.json.encode(Response(id=rid, result=result))
+
+    async def _call(self, req: Request, conn: Connection, batched: bool) -> Any:
+        handler = self.handlers.get(req.method)
+        if handler is None or req.method not in PARAMS:
+            raise RpcError(ErrorCode.METHOD_NOT_FOUND, f"method not found: {req.method}")
+        if req.method not in READ_METHODS and not conn.peer.admin:
+            raise RpcError(ErrorCode.NOT_PERMITTED,
+                           f"{req.method} needs root or the admin group")
+        if batched and req.method in ("subscribe", "inhibit"):
+            raise RpcError(ErrorCode.INVALID_REQUEST, f"{req.method} cannot be batched")
+        raw = {} if isinstance(req.params, msgspec.UnsetType) else req.params
+        if isinstance(raw, list):
+            raise RpcError(ErrorCode.INVALID_PARAMS, "params must be an object (named)")
+        try:
+            params = msgspec.convert(raw, PARAMS[req.method], strict=True)
+        except msgspec.ValidationError as e:
+            raise RpcError(ErrorCode.INVALID_PARAMS, f"invalid params: {e}") from None
+        return await handler(params, conn)
+
+
+def _error(rid: Any, code: int, message: str, data: Any = None) -> bytes:
+    return msgspec.json.encode(Response(id=rid, error=ErrorObject(int(code), message, data)))

@@ -1,0 +1,279 @@
+"""The daemon: one nursery holding the control socket, one worker per app, the watchdog and
+the signal handling; sd_notify for systemd (READY, STATUS, WATCHDOG, RELOADING, STOPPING).
+
+SIGTERM cancels everything; the steps of a transaction past its switch are shielded, so they
+finish (or roll back) before the process exits. SIGHUP reloads the configuration; an invalid
+one is refused and the old one kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import sdnotify
+import trio
+
+from updaterctl.protocol import Event, Phase
+from updaterd import config as config_mod
+from updaterd import rpc
+from updaterd.api import ControlApi
+from updaterd.config import AppConfig, Config
+from updaterd.engine import Engine
+from updaterd.errors import ConfigError, UpdaterError
+from updaterd.events import EventBus
+from updaterd.scheduler import Schedule
+from updaterd.state import AppState
+from updaterd.units import parse_duration
+
+log = logging.getLogger("updaterd")
+
+
+class Notifier:
+    """sd_notify when NOTIFY_SOCKET is set; silent otherwise."""
+
+    def __init__(self) -> None:
+        self._n = sdnotify.SystemdNotifier() if os.environ.get("NOTIFY_SOCKET") else None
+
+    def send(self, text: str) -> None:
+        if self._n is not None:
+            self._n.notify(text)
+
+
+@dataclass
+class Hold:
+    """One inhibitor: a local program asking that the app not be switched or restarted."""
+
+    who: str
+    why: str
+    uid: int
+    pid: int
+    since: float = field(default_factory=time.time)
+
+
+class Inhibitors:
+    """Holds per app, for as long as the holders' connections stay open."""
+
+    def __init__(self) -> None:
+        self.held: dict[str, list[Hold]] = {}
+        self._changed = trio.Event()
+
+    @contextlib.contextmanager
+    def hold(self, app: str, who: str, why: str, uid: int, pid: int) -> Iterator[Hold]:
+        h = Hold(who, why, uid, pid)
+        self.held.setdefault(app, []).append(h)
+        try:
+            yield h
+        finally:
+            self.held[app].remove(h)
+            self._changed.set()
+            self._changed = trio.Event()
+
+    async def released(self) -> None:
+        await self._changed.wait()
+
+
+@dataclass
+class Counters:
+    checks: int = 0
+    failures: int = 0
+    rollbacks: int = 0
+    downloaded_bytes: int = 0
+    _last_done: int = 0
+
+
+class AppWorker:
+    """One app: its lock (operations are serialised), its schedule and what it is doing now."""
+
+    def __init__(self, name: str, daemon: Daemon) -> None:
+        self.name = name
+        self.daemon = daemon
+        self.lock = trio.Lock()
+        self.schedule = Schedule(self, rng=random.Random())
+        self.phase: Phase = "idle"
+        self.message = ""
+        self.progress: tuple[int, int] | None = None
+        self.counters = Counters()
+        self.scope = trio.CancelScope()
+
+    def config(self) -> AppConfig:
+        return self.daemon.config.apps[self.name]
+
+    def state(self) -> AppState:
+        return self.daemon.engine.load_state(self.name)
+
+    async def run_cycle(self) -> None:
+        async with self.lock:
+            if self.config().auto_update:
+                await self.daemon.engine.update(self.name)
+            else:
+                await self.daemon.engine.prefetch(self.name)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with self.scope:
+            task_status.started()
+            async with self.lock:
+                try:
+                    await self.daemon.engine.recover(self.name)
+                except UpdaterError as e:
+                    log.error("%s: recovery failed: %s", self.name, e)
+            await self.schedule.run()
+
+    def observe(self, event: Event) -> None:
+        """Keep what `status` and `metrics` show in step with the engine's events."""
+        if event.kind == "phase":
+            self.phase, self.message = event.phase, event.message
+            if event.phase == "checking":
+                self.counters.checks += 1
+            if event.phase != "downloading":
+                self.progress = None
+        elif event.kind == "progress" and event.done is not None and event.total is not None:
+            c = self.counters
+            c.downloaded_bytes += event.done - c._last_done if event.done >= c._last_done \
+                else event.done
+            c._last_done = event.done if event.done < event.total else 0
+            self.progress = (event.done, event.total)
+        elif event.kind == "error":
+            self.counters.failures += 1
+            self.phase = "idle"
+        elif event.kind == "result" and event.message and "rolled back" in event.message:
+            self.counters.rollbacks += 1
+
+
+class Daemon:
+    """Everything the running daemon holds, and how it starts, reloads and stops."""
+
+    def __init__(self, config: Config, config_path: str) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.started_at = time.time()
+        self.notifier = Notifier()
+        self.bus = EventBus()
+        self.inhibitors = Inhibitors()
+        self.engine = Engine(config, self.on_event, before_switch=self.before_switch)
+        self.workers: dict[str, AppWorker] = {}
+        self.api = ControlApi(self)
+        self._nursery: trio.Nursery | None = None
+        self._status = ""
+
+    # -- events ---------------------------------------------------------------------------
+
+    def on_event(self, event: Event) -> None:
+        worker = self.workers.get(event.app)
+        if worker is not None:
+            worker.observe(event)
+        if event.kind in ("phase", "result", "error") and event.message:
+            log.info("%s: %s", event.app, event.message)
+        self.bus.publish(event)
+        if event.kind != "progress":
+            self._notify_status()
+
+    def _notify_status(self) -> None:
+        busy = [f"{w.name}: {w.phase}" for w in self.workers.values() if w.phase != "idle"]
+        text = ", ".join(busy) if busy else f"idle, {len(self.workers)} apps"
+        if text != self._status:
+            self._status = text
+            self.notifier.send(f"STATUS={text}")
+
+    async def before_switch(self, app: str) -> None:
+        """Wait while local programs hold inhibitors for `app`, at most `max_inhibit`."""
+        if not self.inhibitors.held.get(app):
+            return
+        limit = parse_duration(self.config.apps[app].max_inhibit)
+        with trio.move_on_after(limit) as scope:
+            while holds := self.inhibitors.held.get(app):
+                who = ", ".join(f"{h.who} ({h.why})" for h in holds)
+                self.on_event(Event(app=app, kind="phase", phase="waiting_inhibitors",
+                                    message=f"waiting for inhibitors: {who}", at=time.time()))
+                await self.inhibitors.released()
+        if scope.cancelled_caught:
+            log.warning("%s: inhibitors still held after max_inhibit; going ahead", app)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        server = rpc.Server(self.api.handlers(), lambda: self.config.daemon.admin_group)
+        sock_path = Path(self.config.daemon.socket)
+        sock = rpc.create_socket(sock_path, int(self.config.daemon.socket_mode, 8),
+                                 self.config.daemon.admin_group)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await nursery.start(server.serve, sock)
+                for name in self.config.apps:
+                    await self._start_worker(name)
+                self.notifier.send("READY=1")
+                self._notify_status()
+                log.info("ready: %d apps, socket %s", len(self.workers), sock_path)
+                nursery.start_soon(self._watchdog)
+                task_status.started()
+                await self._signals(nursery)
+        finally:
+            with contextlib.suppress(OSError):
+                if sock_path.is_socket():
+                    sock_path.unlink()
+
+    async def _start_worker(self, name: str) -> None:
+        assert self._nursery is not None
+        worker = AppWorker(name, self)
+        self.workers[name] = worker
+        await self._nursery.start(worker.run)
+
+    async def _signals(self, nursery: trio.Nursery) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    self.notifier.send(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+                    try:
+                        await self.reload()
+                    except ConfigError as e:
+                        for line in e.problems:
+                            log.error("reload refused: %s", line)
+                        log.error("keeping the old configuration")
+                    self.notifier.send("READY=1")
+                    continue
+                log.info("stopping (signal %d)", signum)
+                self.notifier.send("STOPPING=1")
+                nursery.cancel_scope.cancel()
+                return
+
+    async def _watchdog(self) -> None:
+        usec = os.environ.get("WATCHDOG_USEC")
+        if not usec or not usec.isdigit():
+            return
+        interval = int(usec) / 2e6
+        while True:
+            self.notifier.send("WATCHDOG=1")
+            await trio.sleep(interval)
+
+    async def reload(self) -> None:
+        """Re-read the configuration file; raises ConfigError (old config kept) when invalid."""
+        new = config_mod.load(self.config_path)
+        old = self.config
+        if new.daemon.socket != old.daemon.socket or new.daemon.lock_file != old.daemon.lock_file:
+            log.warning("socket and lock_file changes take effect at the next start")
+        self.config = new
+        self.engine.config = new
+        for name in list(self.workers):
+            if name not in new.apps:
+                self.workers.pop(name).scope.cancel()
+                log.info("%s: removed from the configuration", name)
+        for name in new.apps:
+            if name in self.workers:
+                self.workers[name].schedule.poke()
+            else:
+                await self._start_worker(name)
+                log.info("%s: added", name)
+        log.info("configuration reloaded from %s", self.config_path)
+
+
+def serve(config: Config, config_path: str) -> None:
+    """Run the daemon until SIGTERM (the caller holds the process lock)."""
+    trio.run(Daemon(config, config_path).run)
