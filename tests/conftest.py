@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,3 +120,79 @@ def served_feed(nginx: Nginx, tmp_path: Path) -> Feed:
     """A feed inside nginx's root, unique to this test."""
     sub = nginx.root / tmp_path.name
     return Feed(folder=sub, work=tmp_path / "work")
+
+
+class Daemon:
+    """The real `updaterd` process on a temporary config; `ctl(...)` runs the real updaterctl."""
+
+    def __init__(self, host: Host, env: dict[str, str] | None = None) -> None:
+        self.host = host
+        self.socket = host.base / "updaterd.sock"
+        self.log = host.base / "daemon.log"
+        self.env = env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, *extra: str) -> Daemon:
+        from tests.helpers import BIN
+
+        env = {k: v for k, v in os.environ.items() if k != "UPDATERD_FAILPOINTS"}
+        env.update(self.env)
+        self.logfile = open(self.log, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen([str(BIN / "updaterd"), "--config", str(self.host.config),
+                                      *extra], stdout=self.logfile, stderr=subprocess.STDOUT,
+                                     env=env)
+        deadline = time.monotonic() + 15
+        while not self.socket.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"updaterd did not start:\n{self.log.read_text()}")
+            time.sleep(0.02)
+        return self
+
+    def ctl(self, *args: str, check: bool = False,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        from tests.helpers import BIN
+
+        r = subprocess.run([str(BIN / "updaterctl"), "--socket", str(self.socket), *args],
+                           capture_output=True, text=True, timeout=timeout)
+        if check and r.returncode != 0:
+            raise AssertionError(f"updaterctl {args} -> {r.returncode}: {r.stderr}")
+        return r
+
+    def status(self) -> dict[str, Any]:
+        out = self.ctl("--json", "status", check=True).stdout
+        return json.loads(out)
+
+    def app(self, name: str = "hello") -> dict[str, Any]:
+        return next(a for a in self.status()["apps"] if a["name"] == name)
+
+    def wait_for(self, predicate: Any, timeout: float = 20, what: str = "") -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what}\n{self.log.read_text()}")
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def stop(self, timeout: float = 20) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = self.proc.wait()
+        self.logfile.close()
+        return rc
+
+
+@pytest.fixture
+def daemon(host: Host) -> Iterator[Daemon]:
+    d = Daemon(host)
+    yield d
+    d.stop()

@@ -68,14 +68,20 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("inhibit", help="hold back switch and restart of APP while CMD runs")
     s.add_argument("app")
     s.add_argument("--why", required=True, metavar="TEXT")
-    s.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD...")
+    s.usage = "updaterctl inhibit APP --why TEXT -- CMD..."
     sub.add_parser("reload", help="re-read the configuration")
     sub.add_parser("metrics", help="Prometheus text exposition")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cmd: list[str] = []
+    if "--" in argv:  # `inhibit APP --why TEXT -- CMD...`: the command is not ours to parse
+        cut = argv.index("--")
+        argv, cmd = argv[:cut], argv[cut + 1:]
     args = parser().parse_args(argv)
+    args.cmd = cmd
     try:
         return COMMAND_FUNCS[args.command](args)
     except DaemonUnreachable as e:
@@ -227,7 +233,7 @@ def _show_progress(conn: Connection, watch: Connection) -> None:
         ready, _, _ = select.select([conn.sock, watch.sock], [], [])
         if watch.sock in ready:
             env = watch.read()
-            if env.params is not None:
+            if env.method == "event":
                 event = msgspec.json.decode(env.params, type=Event)
                 if event.kind in ("phase", "progress"):
                     sys.stdout.write("\r\033[K" + _progress_line(event, started))
@@ -311,7 +317,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def cmd_inhibit(args: argparse.Namespace) -> int:
-    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    cmd = args.cmd
     if not cmd:
         print("updaterctl: inhibit needs a command after --", file=sys.stderr)
         return EXIT_USAGE

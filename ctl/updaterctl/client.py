@@ -59,10 +59,10 @@ class _Envelope(msgspec.Struct):
 
     jsonrpc: str = "2.0"
     id: int | str | None = None
-    result: msgspec.Raw | None = None
+    result: msgspec.Raw = msgspec.field(default_factory=lambda: msgspec.Raw(b"null"))
     error: dict[str, Any] | None = None
     method: str | None = None
-    params: msgspec.Raw | None = None
+    params: msgspec.Raw = msgspec.field(default_factory=lambda: msgspec.Raw(b"null"))
 
 
 class Connection:
@@ -115,7 +115,7 @@ class Connection:
         """Wait for the reply to `rid`; notifications met on the way go to `events`."""
         while True:
             env = self.read()
-            if env.method == "event" and env.params is not None:
+            if env.method == "event":
                 if events is not None:
                     events.append(msgspec.json.decode(env.params, type=Event))
                 continue
@@ -124,7 +124,7 @@ class Connection:
             if env.error is not None:
                 raise RemoteError(int(env.error.get("code", 0)), str(env.error.get("message")),
                                   env.error.get("data"))
-            return env.result if env.result is not None else msgspec.Raw(b"null")
+            return env.result
 
     def call(self, method: str, params: dict[str, Any] | None = None,
              type: type[T] = Any) -> T:  # type: ignore[assignment]
@@ -195,7 +195,7 @@ class Client:
             conn.reply(conn.send("subscribe", {"apps": apps}))
             while True:
                 env = conn.read()
-                if env.method == "event" and env.params is not None:
+                if env.method == "event":
                     yield msgspec.json.decode(env.params, type=Event)
         finally:
             conn.close()

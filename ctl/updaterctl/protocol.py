@@ -66,7 +66,7 @@ class Response(Struct, kw_only=True):
 
 # -- events ------------------------------------------------------------------------------------
 
-class Event(Struct, kw_only=True, omit_defaults=True):
+class Event(Struct, kw_only=True):
     """One thing that happened to an app: a phase change, progress, a result, or a notice."""
 
     app: str

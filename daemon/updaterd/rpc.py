@@ -200,8 +200,12 @@ class Server:
                     conn.nursery = nursery
                     await self._read_loop(conn)
                     nursery.cancel_scope.cancel()
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
+            except* (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # the client went away; nothing to answer
+            except* Exception:
+                # One client's trouble must never take the server down with it.
+                log.exception("client pid %d uid %d: unexpected error; connection dropped",
+                              pid, uid)
             finally:
                 self.total -= 1
                 self.clients[uid] -= 1

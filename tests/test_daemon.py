@@ -1,0 +1,357 @@
+"""End to end: the real updaterd daemon process driven by the real updaterctl (and socat)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Daemon, Host, Nginx
+from tests.helpers import Feed, run_updaterd, write_config
+
+
+def configure(host: Host, nginx: Nginx, feed: Feed, **kw: Any) -> None:
+    kw.setdefault("check_interval", "1h")
+    kw.setdefault("jitter", "0s")
+    host.configure(source="manifest", url=nginx.url(f"{feed.folder.name}/manifest.json"),
+                   public_keys=[feed.pub], allow_insecure=True, **kw)
+
+
+@pytest.fixture
+def running(host: Host, nginx: Nginx, served_feed: Feed, daemon: Daemon) -> Daemon:
+    """A daemon that installed 1.0.0 by itself right after starting."""
+    served_feed.release("1.0.0")
+    configure(host, nginx, served_feed)
+    daemon.start()
+    daemon.wait_for(lambda: daemon.app()["current"] == "1.0.0", what="first install")
+    return daemon
+
+
+def test_status_shows_daemon_and_app(running: Daemon) -> None:
+    st = running.status()
+    assert st["daemon"]["pid"] == running.proc.pid  # type: ignore[union-attr]
+    app = running.app()
+    assert app["phase"] == "idle" and app["last_check"] and app["next_check"]
+    assert app["next_check"] - app["last_check"] == pytest.approx(3600, abs=5)
+    human = running.ctl("status", check=True).stdout
+    assert "hello" in human and "1.0.0" in human and "APP" in human
+
+
+def test_check_update_list_backups_rollback_history(running: Daemon, served_feed: Feed,
+                                                    nginx: Nginx) -> None:
+    served_feed.release("1.1.0")
+    out = running.ctl("check", "hello", check=True).stdout
+    assert "1.1.0 is available" in out
+    result = json.loads(running.ctl("--json", "update", "hello", check=True).stdout)
+    assert (result["from"], result["to"], result["result"]) == ("1.0.0", "1.1.0", "installed")
+    assert running.host.current() == "1.1.0"
+    backups = json.loads(running.ctl("--json", "list-backups", "hello", check=True).stdout)
+    assert [(b["version"], b["current"]) for b in backups] == [("1.0.0", False),
+                                                               ("1.1.0", True)]
+    assert all(b["size"] > 0 for b in backups)
+    rb = json.loads(running.ctl("--json", "rollback", "hello", check=True).stdout)
+    assert (rb["from"], rb["to"]) == ("1.1.0", "1.0.0")
+    assert running.host.current() == "1.0.0"
+    hist = json.loads(running.ctl("--json", "history", "hello", check=True).stdout)
+    assert [h["action"] for h in hist] == ["installed", "installed", "rolled_back"]
+    assert "rolled_back" in running.ctl("history", "hello", check=True).stdout
+    r = running.ctl("rollback", "hello", "--to", "7.7.7")
+    assert r.returncode == 1 and "not kept" in r.stderr
+
+
+def test_check_force_fetches_the_whole_feed(running: Daemon, served_feed: Feed,
+                                            nginx: Nginx) -> None:
+    uri = f"/{served_feed.folder.name}/manifest.json"
+    mark = len(nginx.requests())
+    running.ctl("check", "hello", check=True)
+    running.ctl("check", "hello", "--force", check=True)
+    statuses = [r["status"] for r in nginx.requests()[mark:] if r["uri"] == uri]
+    assert statuses == [304, 200]
+
+
+def test_skip_unskip_pause_resume(running: Daemon, served_feed: Feed) -> None:
+    running.ctl("skip", "hello", "1.1.0", check=True)
+    served_feed.release("1.1.0")
+    out = json.loads(running.ctl("--json", "check", "hello", check=True).stdout)
+    assert out["available"] is None and "skipped" in out["passed_over"]["1.1.0"]
+    running.ctl("unskip", "hello", "1.1.0", check=True)
+    assert json.loads(running.ctl("--json", "check", "hello").stdout)["available"] == "1.1.0"
+    running.ctl("pause", "hello", check=True)
+    app = running.app()
+    assert app["paused"] and app["next_check"] is None
+    assert "paused" in running.ctl("status").stdout
+    running.ctl("resume", "hello", check=True)
+    running.wait_for(lambda: running.app()["next_check"] is not None, what="resume")
+
+
+def test_two_concurrent_updates_second_is_busy(running: Daemon, served_feed: Feed,
+                                               host: Host, nginx: Nginx) -> None:
+    served_feed.release("1.1.0")
+    configure(host, nginx, served_feed, health_check=["sh", "-c", "sleep 1.5; bin/hello"])
+    running.ctl("reload", check=True)
+    first = subprocess.Popen([str(Path(os.sys.executable).parent / "updaterctl"), "--socket",  # type: ignore[attr-defined]
+                              str(running.socket), "update", "hello"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    running.wait_for(lambda: running.app()["phase"] != "idle", what="first update")
+    second = running.ctl("--json", "update", "hello")
+    assert second.returncode == 1 and "busy" in second.stderr
+    assert first.wait(30) == 0
+    assert running.host.current() == "1.1.0"
+
+
+def test_watch_streams_events(running: Daemon, served_feed: Feed) -> None:
+    from tests.helpers import BIN
+
+    watcher = subprocess.Popen([str(BIN / "updaterctl"), "--socket", str(running.socket),
+                                "--json", "watch", "hello"], stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.5)
+        served_feed.release("1.1.0")
+        running.ctl("update", "hello", check=True)
+        events = []
+        assert watcher.stdout is not None
+        for line in watcher.stdout:
+            events.append(json.loads(line))
+            if events[-1]["kind"] == "result":
+                break
+    finally:
+        watcher.terminate()
+    phases = [e["phase"] for e in events if e["kind"] == "phase"]
+    assert {"checking", "downloading", "staging", "switching", "committing"} <= set(phases)
+    assert "installed 1.1.0" in events[-1]["message"]
+
+
+def test_inhibit_holds_the_switch_until_the_command_ends(running: Daemon, served_feed: Feed,
+                                                         tmp_path: Path) -> None:
+    from tests.helpers import BIN
+
+    served_feed.release("1.1.0")
+    marker = tmp_path / "inhibitor-done"
+    holder = subprocess.Popen([str(BIN / "updaterctl"), "--socket", str(running.socket),
+                               "inhibit", "hello", "--why", "backup running", "--",
+                               "sh", "-c", f"sleep 2; touch {marker}"])
+    running.wait_for(lambda: holder.poll() is None and time.sleep(0.3) is None, what="holder")
+    started = time.monotonic()
+    r = running.ctl("update", "hello", "--no-wait", check=True)
+    assert "started" in r.stdout
+    running.wait_for(lambda: running.app()["phase"] == "waiting_inhibitors", what="waiting")
+    notes = running.app()["notes"]
+    assert any("backup running" in n for n in notes)
+    assert running.host.current() == "1.0.0"
+    running.wait_for(lambda: running.host.current() == "1.1.0", what="switch after release")
+    assert marker.exists(), "the switch happened before the inhibitor was released"
+    assert time.monotonic() - started >= 1.0
+    assert holder.wait(10) == 0
+
+
+def test_reload_adds_apps_and_refuses_broken_config(running: Daemon, host: Host,
+                                                    served_feed: Feed, nginx: Nginx) -> None:
+    text = host.config.read_text()
+    host.config.write_text(text + '\n[apps.other]\nsource = "directory"\npath = "/nonexistent"\n'
+                           f'prefix = "{host.base}/opt/other"\nauto_update = false\n'
+                           'check_interval = "1h"\njitter = "0s"\n')
+    running.ctl("reload", check=True)
+    assert [a["name"] for a in running.status()["apps"]] == ["hello", "other"]
+    host.config.write_text(text + "\n[apps.broken]\nsource = 5\n")
+    r = running.ctl("--json", "reload")
+    assert r.returncode == 1 and "refused" in r.stderr
+    assert "apps.broken.source" in r.stdout
+    assert [a["name"] for a in running.status()["apps"]] == ["hello", "other"]
+    running.signal(signal.SIGHUP)  # the same broken file through SIGHUP
+    running.wait_for(lambda: "keeping the old configuration" in running.log.read_text(),
+                     what="SIGHUP refusal")
+    assert [a["name"] for a in running.status()["apps"]] == ["hello", "other"]
+
+
+def test_second_daemon_refuses_to_start(running: Daemon, host: Host) -> None:
+    r = run_updaterd("--config", host.config, timeout=20)
+    assert r.returncode == 1
+    assert f"pid {running.proc.pid}" in r.stderr  # type: ignore[union-attr]
+
+
+def test_sigterm_during_update_ends_on_one_complete_version(
+        host: Host, nginx: Nginx, served_feed: Feed, daemon: Daemon) -> None:
+    served_feed.release("1.0.0")
+    configure(host, nginx, served_feed, health_check=["sh", "-c", "sleep 2; bin/hello"])
+    daemon.start()
+    daemon.wait_for(lambda: daemon.app()["current"] == "1.0.0", what="first install")
+    served_feed.release("1.1.0")
+    daemon.ctl("update", "hello", "--no-wait", check=True)
+    daemon.wait_for(lambda: daemon.app()["phase"] == "health_check", what="health check")
+    daemon.signal(signal.SIGTERM)
+    assert daemon.proc is not None and daemon.proc.wait(20) == 0
+    state = host.state()
+    assert state["pending"] is None
+    assert state["installed"] == host.current() == "1.1.0", "the shielded steps finished"
+    assert not daemon.socket.exists()
+
+
+def test_sd_notify_ready_status_watchdog_stopping(host: Host, nginx: Nginx, served_feed: Feed,
+                                                  tmp_path: Path) -> None:
+    served_feed.release("1.0.0")
+    configure(host, nginx, served_feed)
+    sock_path = tmp_path / "notify.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(sock_path))
+    listener.settimeout(0.5)
+    d = Daemon(host, env={"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "200000"})
+    d.start()
+    messages: list[str] = []
+
+    def drain(seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            with contextlib.suppress(TimeoutError):
+                messages.append(listener.recv(4096).decode())
+
+    try:
+        drain(1.5)
+        d.signal(signal.SIGTERM)
+        drain(1.0)
+    finally:
+        assert d.stop() == 0
+        listener.close()
+    assert "READY=1" in messages
+    assert any(m.startswith("STATUS=") for m in messages)
+    assert messages.count("WATCHDOG=1") >= 3, "a ping every half WATCHDOG_USEC"
+    assert "STOPPING=1" in messages
+    assert messages.index("READY=1") < messages.index("STOPPING=1")
+
+
+def socat_as_nobody(sock: Path, payload: str) -> dict[str, Any]:
+    r = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                        "socat", "-t", "5", "-", f"UNIX-CONNECT:{sock}"],
+                       input=payload + "\n", capture_output=True, text=True, timeout=20)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.splitlines()[0])
+
+
+def test_unprivileged_user_reads_status_but_may_not_roll_back(
+        host: Host, nginx: Nginx, served_feed: Feed) -> None:
+    served_feed.release("1.0.0")
+    run_dir = Path(tempfile.mkdtemp(prefix="updaterd-run-"))
+    run_dir.chmod(0o755)
+    configure(host, nginx, served_feed)
+    table = host.daemon_table()
+    table.update(socket=str(run_dir / "updaterd.sock"), socket_mode="0666", admin_group="root")
+    text = host.config.read_text().split("[limits]", 1)[1]
+    write_config(host.config, table, {})
+    host.config.write_text(host.config.read_text() + "\n[limits]" + text)
+    d = Daemon(host)
+    d.socket = run_dir / "updaterd.sock"
+    d.start()
+    try:
+        st = socat_as_nobody(d.socket, '{"jsonrpc":"2.0","id":1,"method":"status"}')
+        assert st["result"]["apps"][0]["name"] == "hello"
+        for method in ("rollback", "update", "pause", "reload"):
+            params = '{"app":"hello"}' if method != "reload" else "{}"
+            err = socat_as_nobody(d.socket, f'{{"jsonrpc":"2.0","id":2,"method":"{method}",'
+                                            f'"params":{params}}}')
+            assert err["error"]["code"] == 3, method
+        assert oct(d.socket.stat().st_mode & 0o777) == "0o666"
+    finally:
+        d.stop()
+        for p in run_dir.iterdir():
+            p.unlink()
+        run_dir.rmdir()
+
+
+def rpc_lines(sock: Path, payload: bytes, replies: int, timeout: float = 10) -> list[bytes]:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(str(sock))
+        s.sendall(payload)
+        buf = b""
+        while buf.count(b"\n") < replies:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    return buf.splitlines()
+
+
+def test_malformed_json_gets_parse_error_and_connection_keeps_working(running: Daemon) -> None:
+    lines = rpc_lines(running.socket, b'{"jsonrpc": "2.0", "id": 1, "meth\n'
+                      b'{"jsonrpc":"2.0","id":2,"method":"status"}\n', 2)
+    first, second = (json.loads(x) for x in lines)
+    assert first["error"]["code"] == -32700 and first["id"] is None
+    assert second["id"] == 2 and "daemon" in second["result"]
+
+
+def test_two_mib_line_refused_and_others_still_served(running: Daemon) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(str(running.socket))
+        s.settimeout(10)
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            s.sendall(b'{"jsonrpc":"2.0","id":1,"method":"status","params":{"x":"' +
+                      b"a" * (2 << 20) + b'"}}\n')
+        reply = s.recv(65536)
+    assert json.loads(reply.splitlines()[0])["error"]["code"] == -32600
+    assert running.ctl("status").returncode == 0
+
+
+def test_200_concurrent_clients_are_all_answered(running: Daemon) -> None:
+    answers: list[dict[str, Any]] = []
+    lock = threading.Lock()
+
+    def one(i: int) -> None:
+        line = rpc_lines(running.socket, json.dumps(
+            {"jsonrpc": "2.0", "id": i, "method": "status"}).encode() + b"\n", 1, 30)[0]
+        with lock:
+            answers.append(json.loads(line))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(200)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(a["id"] for a in answers) == list(range(200))
+    assert all("result" in a for a in answers)
+
+
+def test_updaterctl_unreachable_daemon_exits_3(tmp_path: Path) -> None:
+    from tests.helpers import BIN
+
+    r = subprocess.run([str(BIN / "updaterctl"), "--socket", str(tmp_path / "none.sock"),
+                        "status"], capture_output=True, text=True)
+    assert r.returncode == 3
+    assert f"cannot reach updaterd at {tmp_path / 'none.sock'}" in r.stderr
+
+
+def test_metrics_are_prometheus_text(running: Daemon) -> None:
+    text = running.ctl("metrics", check=True).stdout
+    assert 'updaterd_app_info{app="hello",installed="1.0.0",available=""} 1' in text
+    assert "# TYPE updaterd_checks_total counter" in text
+    assert 'updaterd_phase{app="hello",phase="idle"} 1' in text
+
+
+def test_daemonize_with_pidfile(host: Host, nginx: Nginx, served_feed: Feed,
+                                tmp_path: Path) -> None:
+    served_feed.release("1.0.0")
+    configure(host, nginx, served_feed)
+    pidfile = tmp_path / "updaterd.pid"
+    r = run_updaterd("--config", host.config, "--daemonize", "--pidfile", pidfile, timeout=20)
+    assert r.returncode == 0, r.stderr
+    d = Daemon(host)
+    deadline = time.monotonic() + 15
+    while not (pidfile.exists() and d.socket.exists()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pid = int(pidfile.read_text())
+    try:
+        d.wait_for(lambda: d.app()["current"] == "1.0.0", what="install under --daemonize")
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    while pidfile.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not pidfile.exists()
