@@ -21,6 +21,7 @@ demo: venv
 
 bench: venv
 	$(BIN)/python -m bench.download $(BENCH_ARGS)
+	$(BIN)/python -m bench.ctl_status
 
 lint: venv
 	$(BIN)/ruff check daemon ctl tests bench

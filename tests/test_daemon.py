@@ -355,3 +355,24 @@ def test_daemonize_with_pidfile(host: Host, nginx: Nginx, served_feed: Feed,
     while pidfile.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not pidfile.exists()
+
+
+def test_stalled_and_idle_clients_are_dropped(host: Host, nginx: Nginx, served_feed: Feed,
+                                              daemon: Daemon) -> None:
+    served_feed.release("1.0.0")
+    configure(host, nginx, served_feed, limits={"client_line_timeout": "500ms",
+                                                 "client_idle_timeout": "1s"})
+    daemon.start()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stalled, \
+            socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as idle:
+        stalled.connect(str(daemon.socket))
+        idle.connect(str(daemon.socket))
+        stalled.sendall(b'{"jsonrpc":"2.0","id":1,"meth')  # and never finishes the line
+        stalled.settimeout(5)
+        idle.settimeout(5)
+        started = time.monotonic()
+        assert daemon.ctl("status").returncode == 0, "others are served meanwhile"
+        assert stalled.recv(100) == b""
+        assert time.monotonic() - started < 3
+        assert idle.recv(100) == b""
+    assert daemon.ctl("status").returncode == 0

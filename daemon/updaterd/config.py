@@ -46,6 +46,10 @@ class Limits(Struct, forbid_unknown_fields=True, kw_only=True):
     max_redirects: Annotated[int, Meta(ge=0, le=20)] = 5
     download_deadline: Duration = "6h"
     history_length: Annotated[int, Meta(ge=1)] = 200
+    max_clients: Annotated[int, Meta(ge=1)] = 256  # unprivileged connections in total
+    max_clients_per_uid: Annotated[int, Meta(ge=1)] = 32
+    client_idle_timeout: Duration = "60s"  # no request for this long: dropped
+    client_line_timeout: Duration = "10s"  # a started line must end within this
 
 
 class DaemonConfig(Struct, forbid_unknown_fields=True, kw_only=True):

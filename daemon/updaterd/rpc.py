@@ -33,7 +33,9 @@ from updaterctl.protocol import (
     Request,
     Response,
 )
+from updaterd.config import Limits as ConfigLimits
 from updaterd.errors import UpdaterError
+from updaterd.units import parse_duration
 
 log = logging.getLogger("updaterd.rpc")
 MAX_BATCH = 100
@@ -58,14 +60,20 @@ class Peer:
     admin: bool
 
 
-@dataclass
+@dataclass(frozen=True)
 class Limits:
-    """Bounds on clients; the defaults suit a host with a handful of local tools."""
+    """Bounds on clients (from the `[limits]` table)."""
 
-    max_clients: int = 256
-    max_clients_per_uid: int = 32
-    idle_timeout: float = 60.0  # no complete request for this long: dropped
-    line_timeout: float = 10.0  # a started line must be finished within this
+    max_clients: int
+    max_clients_per_uid: int
+    idle_timeout: float  # no complete request for this long: dropped
+    line_timeout: float  # a started line must be finished within this
+
+    @classmethod
+    def from_config(cls, limits: ConfigLimits) -> Limits:
+        return cls(limits.max_clients, limits.max_clients_per_uid,
+                   parse_duration(limits.client_idle_timeout),
+                   parse_duration(limits.client_line_timeout))
 
 
 class Connection:
@@ -157,10 +165,10 @@ class Server:
     """Accepts clients, frames their lines and dispatches requests to handlers."""
 
     def __init__(self, handlers: dict[str, Handler], admin_group: Callable[[], str],
-                 limits: Limits | None = None) -> None:
+                 limits: Limits) -> None:
         self.handlers = handlers
         self.admin_group = admin_group
-        self.limits = limits or Limits()
+        self.limits = limits
         self.clients: dict[int, int] = {}  # uid -> open connections
         self.total = 0
 

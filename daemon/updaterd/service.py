@@ -199,7 +199,8 @@ class Daemon:
     # -- lifecycle ------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        server = rpc.Server(self.api.handlers(), lambda: self.config.daemon.admin_group)
+        server = rpc.Server(self.api.handlers(), lambda: self.config.daemon.admin_group,
+                            rpc.Limits.from_config(self.config.limits))
         sock_path = Path(self.config.daemon.socket)
         sock = rpc.create_socket(sock_path, int(self.config.daemon.socket_mode, 8),
                                  self.config.daemon.admin_group)

@@ -1,0 +1,126 @@
+"""The socket server in-process: framing and JSON-RPC edge cases, and fuzzing that shows no
+input line makes the server raise (hypothesis)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from updaterctl.protocol import StatusParams
+from updaterd.rpc import Connection, Limits, Peer, RpcError, Server
+
+
+async def status(p: StatusParams, conn: Connection) -> dict[str, Any]:
+    return {"app": p.app}
+
+
+async def boom(p: Any, conn: Connection) -> None:
+    raise RuntimeError("secret detail")
+
+
+async def denied(p: Any, conn: Connection) -> None:
+    raise RpcError(4, "no such version")
+
+
+LIMITS = Limits(max_clients=10, max_clients_per_uid=5, idle_timeout=1, line_timeout=1)
+
+
+def server() -> Server:
+    return Server({"status": status, "metrics": boom, "update": denied}, lambda: "nogroup",
+                  LIMITS)
+
+
+class FakeConn:
+    def __init__(self, admin: bool = True) -> None:
+        self.peer = Peer(1, 0 if admin else 1000, 0, admin)
+
+
+def call(line: bytes, admin: bool = True) -> Any:
+    async def go() -> bytes | None:
+        return await server().handle_line(line, FakeConn(admin))  # type: ignore[arg-type]
+
+    out = trio.run(go)
+    return None if out is None else json.loads(out)
+
+
+def test_e111_deep_nesting_is_a_parse_error_not_a_crash() -> None:
+    assert call(b"[" * 100_000)["error"]["code"] in (-32700, -32600)
+
+
+def test_e112_invalid_utf8_and_nul() -> None:
+    for line in (b"\xff\xfe", b'{"a":"\x00"}', b"hello"):
+        out = call(line)
+        assert out["error"]["code"] in (-32700, -32600) and out["id"] is None
+
+
+def test_e113_e119_invalid_requests_get_null_id() -> None:
+    for line in (b'{"jsonrpc":"2.0","method":1}', b'{"method":"status","id":1}',
+                 b'{"jsonrpc":"1.0","method":"status","id":1}',
+                 b'{"jsonrpc":"2.0","method":"status","id":{"a":1}}',
+                 b'{"jsonrpc":"2.0","method":"status","id":[1]}'):
+        out = call(line)
+        assert out["error"]["code"] == -32600 and out["id"] is None, line
+
+
+def test_e114_e115_e116_method_params_internal() -> None:
+    assert call(b'{"jsonrpc":"2.0","id":1,"method":"nope"}')["error"]["code"] == -32601
+    bad = call(b'{"jsonrpc":"2.0","id":2,"method":"status","params":{"app":3}}')
+    assert bad["error"]["code"] == -32602 and "Traceback" not in bad["error"]["message"]
+    internal = call(b'{"jsonrpc":"2.0","id":3,"method":"metrics"}')
+    assert internal["error"] == {"code": -32603, "message": "internal error"}
+
+
+def test_e117_notification_gets_no_reply() -> None:
+    assert call(b'{"jsonrpc":"2.0","method":"status"}') is None
+
+
+def test_e118_batches() -> None:
+    assert call(b"[]")["error"]["code"] == -32600
+    assert [r["error"]["code"] for r in call(b"[1]")] == [-32600]
+    assert len(call(b"[1,2,3]")) == 3
+    assert call(b'[{"jsonrpc":"2.0","method":"status"},{"jsonrpc":"2.0","method":"status"}]') \
+        is None
+    mixed = call(b'[{"jsonrpc":"2.0","id":1,"method":"status","params":{"app":"a"}},'
+                 b'{"jsonrpc":"2.0","method":"status"}, 5]')
+    assert [r.get("result") for r in mixed] == [{"app": "a"}, None]
+    assert call(b"[" + b",".join([b"1"] * 101) + b"]")["error"]["code"] == -32600
+
+
+def test_e104_authorization_before_action() -> None:
+    out = call(b'{"jsonrpc":"2.0","id":1,"method":"update","params":{"app":"x"}}', admin=False)
+    assert out["error"]["code"] == 3
+    out = call(b'{"jsonrpc":"2.0","id":1,"method":"update","params":{"app":"x"}}', admin=True)
+    assert out["error"]["code"] == 4
+    assert "result" in call(b'{"jsonrpc":"2.0","id":1,"method":"status"}', admin=False)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_e121_fuzzed_bytes_never_raise(line: bytes) -> None:
+    call(line.replace(b"\n", b" "))
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(), children,
+                                                                      max_size=4),
+    max_leaves=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(["jsonrpc", "id", "method", "params", "x"]),
+                       json_values, max_size=5))
+def test_e121_fuzzed_requests_always_get_a_json_answer(obj: dict[str, Any]) -> None:
+    out = call(json.dumps(obj).encode())
+    if out is not None:
+        assert out["jsonrpc"] == "2.0" and ("result" in out) != ("error" in out)
+
+
+@pytest.mark.parametrize("line", [b'{"jsonrpc":"2.0","id":true,"method":"status"}'])
+def test_boolean_id_rejected(line: bytes) -> None:
+    assert call(line)["error"]["code"] == -32600

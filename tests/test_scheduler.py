@@ -1,0 +1,105 @@
+"""The scheduler under trio's MockClock: interval, jitter, exponential backoff that resets on
+success, no early check after a restart, pause. No real sleeping."""
+
+from __future__ import annotations
+
+import random
+
+import trio
+import trio.testing
+
+from updaterd.config import AppConfig
+from updaterd.errors import DownloadError
+from updaterd.scheduler import Schedule
+from updaterd.state import AppState
+
+BASE = 1_800_000_000.0  # wall time at trio time 0
+
+
+class FakeApp:
+    """A Cycle whose checks are recorded (in trio time) and may fail on demand."""
+
+    name = "demo"
+
+    def __init__(self, cfg: AppConfig, state: AppState, fail: list[bool] | None = None) -> None:
+        self.cfg, self.st = cfg, state
+        self.fail = list(fail or [])
+        self.runs: list[float] = []
+
+    def config(self) -> AppConfig:
+        return self.cfg
+
+    def state(self) -> AppState:
+        return self.st
+
+    async def run_cycle(self) -> None:
+        now = trio.current_time()
+        self.runs.append(now)
+        self.st.last_check = BASE + now
+        if self.fail and self.fail.pop(0):
+            self.st.consecutive_failures += 1
+            raise DownloadError("simulated failure")
+        self.st.consecutive_failures = 0
+
+
+def cfg(**kw: object) -> AppConfig:
+    return AppConfig(source="directory", path="/f", prefix="/p", **kw)  # type: ignore[arg-type]
+
+
+def run_for(app: FakeApp, seconds: float, seed: int = 1) -> Schedule:
+    schedule = Schedule(app, rng=random.Random(seed), wall=lambda: BASE + trio.current_time())
+
+    async def main() -> None:
+        with trio.move_on_after(seconds):
+            await schedule.run()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    return schedule
+
+
+def test_first_check_at_once_then_every_interval() -> None:
+    app = FakeApp(cfg(check_interval="1h", jitter="0s"), AppState())
+    run_for(app, 3 * 3600 + 1)
+    assert app.runs == [0, 3600, 7200, 10800]
+
+
+def test_jitter_spreads_checks_within_bounds() -> None:
+    app = FakeApp(cfg(check_interval="1h", jitter="10m"), AppState(last_check=BASE))
+    run_for(app, 10 * 4200)
+    gaps = [b - a for a, b in zip(app.runs, app.runs[1:], strict=False)]
+    assert all(3600 <= g <= 4200 for g in gaps)
+    assert len({round(g) for g in gaps}) > 3, "jitter is drawn anew for every check"
+    assert 3600 <= app.runs[0] <= 4200
+
+
+def test_restart_does_not_check_early() -> None:
+    app = FakeApp(cfg(check_interval="1h", jitter="0s"), AppState(last_check=BASE - 3000))
+    run_for(app, 700)
+    assert app.runs == [600]
+
+
+def test_failures_back_off_exponentially_capped_and_reset_on_success() -> None:
+    app = FakeApp(cfg(check_interval="30m", jitter="0s"), AppState(),
+                  fail=[True, True, True, True, True, True, False, False])
+    run_for(app, 4 * 3600)
+    gaps = [b - a for a, b in zip(app.runs, app.runs[1:], strict=False)]
+    assert gaps[:7] == [60, 120, 240, 480, 960, 1800, 1800]  # capped at the interval
+    assert app.st.consecutive_failures == 0
+
+
+def test_paused_app_is_not_checked_until_resumed() -> None:
+    app = FakeApp(cfg(check_interval="1h", jitter="0s"), AppState(paused=True))
+    schedule = Schedule(app, rng=random.Random(1), wall=lambda: BASE + trio.current_time())
+
+    async def main() -> None:
+        async with trio.open_nursery() as n:
+            n.start_soon(schedule.run)
+            await trio.sleep(5000)
+            assert app.runs == [] and schedule.next_check is None
+            app.st.paused = False
+            schedule.poke()
+            await trio.sleep(1)
+            n.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert app.runs == [5000]
