@@ -376,3 +376,21 @@ def test_stalled_and_idle_clients_are_dropped(host: Host, nginx: Nginx, served_f
         assert time.monotonic() - started < 3
         assert idle.recv(100) == b""
     assert daemon.ctl("status").returncode == 0
+
+
+def test_auto_update_off_downloads_but_waits_for_update(host: Host, nginx: Nginx,
+                                                        served_feed: Feed,
+                                                        daemon: Daemon) -> None:
+    art = served_feed.release("1.0.0")
+    configure(host, nginx, served_feed, auto_update=False)
+    daemon.start()
+    daemon.wait_for(lambda: daemon.app()["available"] == "1.0.0", what="check")
+    cached = host.base / "cache" / "hello" / art.name
+    daemon.wait_for(cached.exists, what="download without install")
+    assert host.current() is None
+    assert any("auto_update is off" in n for n in daemon.app()["notes"])
+    uri = f"/{served_feed.folder.name}/{art.name}"
+    fetched = [r for r in nginx.requests() if r["uri"] == uri]
+    daemon.ctl("update", "hello", check=True)
+    assert host.current() == "1.0.0"
+    assert [r for r in nginx.requests() if r["uri"] == uri] == fetched, "not downloaded twice"

@@ -94,6 +94,7 @@ def test_failed_health_check_rolls_back_and_blocks(host: Host, nginx: Nginx,
     state = host.state()
     assert state["installed"] == "1.0.0"
     assert state["blocked"] == ["1.1.0"]
+    assert state["available"] is None, "a blocked version is no longer on offer"
     assert [h["action"] for h in state["history"]] == ["installed", "blocked"]
     assert not (host.prefix / "releases" / "1.1.0").exists()
     assert_clean(host)

@@ -277,4 +277,4 @@ class Daemon:
 
 def serve(config: Config, config_path: str) -> None:
     """Run the daemon until SIGTERM (the caller holds the process lock)."""
-    trio.run(Daemon(config, config_path).run)
+    trio.run(Daemon(config, str(Path(config_path).absolute())).run)

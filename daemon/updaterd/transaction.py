@@ -231,6 +231,8 @@ async def complete_rollback(run: AppRun, tx: Transaction) -> None:
     left = tx.from_version
     run.state.installed = to_version
     run.state.pending = None
+    if left is not None and run.state.available == left:
+        run.state.available = None  # blocked or skipped now: not on offer any more
     if tx.block and left is not None:
         if left not in run.state.blocked:
             run.state.blocked.append(left)
