@@ -38,11 +38,3 @@ def parse_rate(text: str) -> int:
         raise ValueError(f"bad rate {text!r} (expected e.g. '20MiB/s')")
     return parse_size(text.strip()[:-2])
 
-
-def format_size(n: float) -> str:
-    """Bytes as a short human figure: 1.5 MiB."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"  # pragma: no cover
