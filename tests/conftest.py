@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,7 +15,8 @@ from typing import Any
 import pytest
 
 from tests.helpers import Feed, write_config
-from tests.servers.nginx import Nginx, free_port, running_nginx, wait_for_port
+from tests.servers.asgi import running_asgi
+from tests.servers.nginx import Nginx, running_nginx
 
 
 @pytest.fixture(scope="session")
@@ -46,23 +46,49 @@ class FaultServer:
 def fault_server(tmp_path: Path) -> Iterator[FaultServer]:
     root = tmp_path / "fault-root"
     root.mkdir()
-    port = free_port()
     log = tmp_path / "fault.log"
-    env = {**os.environ, "FAULT_ROOT": str(root), "FAULT_LOG": str(log),
-           "PYTHONPATH": str(Path(__file__).parent.parent)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hypercorn", "--worker-class", "trio", "--bind",
-         f"127.0.0.1:{port}", "tests.servers.faults:app"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for_port(port, proc, "hypercorn")
+    with running_asgi("tests.servers.faults:app",
+                      {"FAULT_ROOT": str(root), "FAULT_LOG": str(log)}) as port:
         yield FaultServer(root=root, port=port, log=log)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+
+
+@dataclass
+class GitHub:
+    """The GitHub-like API (tests/servers/github.py); the storage host is 127.0.0.2."""
+
+    root: Path
+    port: int
+    log: Path
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def set_releases(self, releases: list[dict[str, Any]], rate_limited: int = 0) -> None:
+        (self.root / "api.json").write_text(json.dumps({"releases": releases,
+                                                        "rate_limited": rate_limited}))
+
+    def add_asset(self, name: str, data: bytes) -> Path:
+        path = self.root / "assets" / name
+        path.write_bytes(data)
+        return path
+
+    def requests(self) -> list[dict[str, Any]]:
+        if not self.log.exists():
+            return []
+        return [json.loads(line) for line in self.log.read_text().splitlines()]
+
+
+@pytest.fixture
+def github(tmp_path: Path) -> Iterator[GitHub]:
+    root = tmp_path / "github"
+    (root / "assets").mkdir(parents=True)
+    log = tmp_path / "github.log"
+    with running_asgi("tests.servers.github:app", {"GH_ROOT": str(root), "GH_LOG": str(log)},
+                      hosts=("127.0.0.1", "127.0.0.2")) as port:
+        gh = GitHub(root=root, port=port, log=log)
+        gh.set_releases([])
+        yield gh
 
 
 @dataclass

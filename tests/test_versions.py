@@ -56,3 +56,16 @@ def test_rollout_is_stable_and_proportional() -> None:
     assert choice.version is None
     assert "not this one yet" in choice.passed_over["1.1.0"]
     assert versions.choose([Offer("1.1.0", "stable", 100)], "1.0.0", P).version == "1.1.0"
+
+
+def test_non_semver_tags_compare_for_equality_only() -> None:
+    offers = [Offer("nightly-42", "stable")]
+    choice = versions.choose(offers, None, P)
+    assert choice.version == "nightly-42" and "equality only" in choice.note
+    assert versions.choose(offers, "nightly-42", P).version is None
+    assert versions.choose([Offer("nightly-43", "stable")], "nightly-42", P).version == \
+        "nightly-43"
+    mixed = [Offer("nightly-43", "stable"), Offer("1.2.0", "stable")]
+    assert versions.choose(mixed, "1.0.0", P).version == "1.2.0"
+    pinned = Policy(app="demo", host_id="h", pin=">=1")
+    assert "cannot apply" in versions.choose(offers, None, pinned).passed_over["nightly-42"]

@@ -197,8 +197,22 @@ def _check_app(name: str, app: AppConfig, where: str, problems: list[str]) -> No
                     "(or verify = \"skip\", which is unsafe)")
     if app.source == "directory" and not app.path:
         bad("path", "required when source = \"directory\"")
-    if app.source == "github" and not app.repo:
-        bad("repo", "required when source = \"github\"")
+    if app.source == "github":
+        if not app.repo:
+            bad("repo", "required when source = \"github\"")
+        if not app.asset:
+            bad("asset", "required when source = \"github\" (a regular expression)")
+        if app.token_env and app.token_file:
+            bad("token_file", "set token_env or token_file, not both")
+        if app.signature is not None and "{asset}" not in app.signature:
+            bad("signature", "must contain {asset}, e.g. \"{asset}.minisig\"")
+        parts = urlsplit(app.api_url)
+        if parts.scheme == "http":
+            if not (app.allow_insecure and is_loopback(parts.hostname or "")):
+                bad("api_url", "plain http:// is allowed only to loopback, "
+                    "with allow_insecure = true")
+        elif parts.scheme != "https":
+            bad("api_url", f"scheme {parts.scheme!r} is not supported (https://)")
     if app.install == "releases" and not app.prefix:
         bad("prefix", "required when install = \"releases\"")
     if app.install == "inplace" and not app.target:

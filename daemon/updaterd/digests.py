@@ -14,16 +14,19 @@ _READ = 1 << 20
 
 
 class Digests:
-    """Both digests of one stream of bytes."""
+    """Both digests of one stream of bytes (and BLAKE2b-512, minisign's prehash, on request)."""
 
-    def __init__(self) -> None:
+    def __init__(self, prehash: bool = False) -> None:
         self._sha256 = hashlib.sha256()
         self._blake3 = blake3.blake3()
+        self._blake2b = hashlib.blake2b(digest_size=64) if prehash else None
         self.size = 0
 
     def update(self, chunk: bytes | memoryview) -> None:
         self._sha256.update(chunk)
         self._blake3.update(chunk)
+        if self._blake2b is not None:
+            self._blake2b.update(chunk)
         self.size += len(chunk)
 
     def update_from_fd(self, fd: int, length: int) -> None:
@@ -45,9 +48,17 @@ class Digests:
     def blake3(self) -> str:
         return self._blake3.hexdigest()
 
-    def check(self, what: str, size: int, sha256: str | None, blake3_hex: str | None) -> None:
+    @property
+    def prehash(self) -> bytes:
+        """BLAKE2b-512 of the bytes: what a prehashed minisign signature signs."""
+        if self._blake2b is None:
+            raise ValueError("prehash was not requested")
+        return self._blake2b.digest()
+
+    def check(self, what: str, size: int, sha256: str | None, blake3_hex: str | None,
+              signature_checked: bool = False) -> None:
         """Raise DigestMismatch naming `what` unless size and every listed digest match."""
-        if sha256 is None and blake3_hex is None:
+        if sha256 is None and blake3_hex is None and not signature_checked:
             raise DigestMismatch(f"{what}: no digest to check against")
         if self.size != size:
             raise DigestMismatch(f"{what}: size {self.size} differs from the signed {size}")

@@ -50,11 +50,24 @@ class Retryable(DownloadError):
 
 @dataclass(frozen=True)
 class Expected:
-    """What the trusted feed promises about an artifact."""
+    """What the trusted feed promises about an artifact.
+
+    `signature` checks a detached signature against the file's BLAKE2b-512 prehash (computed in
+    the same pass); it raises DigestMismatch when the signature does not verify.
+    """
 
     size: int
     sha256: str | None
     blake3: str | None
+    signature: Callable[[bytes], None] | None = None
+
+
+class RateLimited(DownloadError):
+    """The server says: no more requests until `until` (epoch seconds). Not retried inline."""
+
+    def __init__(self, message: str, until: float) -> None:
+        super().__init__(message)
+        self.until = until
 
 
 @dataclass(frozen=True)
@@ -177,6 +190,16 @@ class Fetcher:
     @staticmethod
     def _status_error(url: str, response: httpx.Response) -> DownloadError:
         status = response.status_code
+        h = response.headers
+        if status in (403, 429) and (h.get("x-ratelimit-remaining") == "0"
+                                     or (status == 403 and "retry-after" in h)):
+            until = time.time() + (parse_retry_after(h.get("retry-after")) or 60.0)
+            reset = h.get("x-ratelimit-reset", "")
+            if reset.isdigit():
+                until = max(until if "retry-after" in h else 0.0, float(reset))
+            when = time.strftime("%H:%M:%S", time.localtime(until))
+            return RateLimited(f"{url}: rate limited (HTTP {status}); no request until {when}",
+                               until)
         if status in RETRY_STATUS:
             return Retryable(f"{url}: HTTP {status}",
                              parse_retry_after(response.headers.get("retry-after")))
@@ -185,9 +208,10 @@ class Fetcher:
     # -- small documents ---------------------------------------------------------------------
 
     async def fetch_small(self, url: str, *, max_bytes: int, etag: str | None = None,
-                          last_modified: str | None = None) -> Small:
+                          last_modified: str | None = None,
+                          headers: dict[str, str] | None = None) -> Small:
         """GET a document of at most `max_bytes`, conditionally when validators are given."""
-        headers = {}
+        headers = dict(headers or {})
         if etag:
             headers["If-None-Match"] = etag
         if last_modified:
@@ -220,7 +244,8 @@ class Fetcher:
     # -- artifacts ---------------------------------------------------------------------------
 
     async def download(self, url: str, dest: Path, expected: Expected,
-                       progress: ProgressFn | None = None) -> BinaryIO:
+                       progress: ProgressFn | None = None,
+                       headers: dict[str, str] | None = None) -> BinaryIO:
         """Download to `dest` (resuming `dest.part`), verify, and return it open for reading.
 
         The returned file is the very descriptor that was hashed; the caller closes it.
@@ -231,15 +256,16 @@ class Fetcher:
                 return f
         deadline = parse_duration(self.limits.download_deadline)
         with trio.move_on_after(deadline) as scope:
-            result = await self._retrying(url, lambda n: self._attempt(url, dest, expected,
-                                                                        progress, n))
+            result = await self._retrying(url, lambda n: self._attempt(
+                url, dest, expected, progress, n, headers or {}))
         if scope.cancelled_caught:
             raise DownloadError(f"{url}: not finished within {self.limits.download_deadline}")
         assert not isinstance(result, type(None))
         return result  # type: ignore[return-value]
 
     async def _attempt(self, url: str, dest: Path, expected: Expected,
-                       progress: ProgressFn | None, attempt: int) -> BinaryIO:
+                       progress: ProgressFn | None, attempt: int,
+                       extra_headers: dict[str, str]) -> BinaryIO:
         part = dest.with_name(dest.name + ".part")
         meta_path = dest.with_name(dest.name + ".part.json")
         meta = _load_meta(meta_path)
@@ -257,12 +283,13 @@ class Fetcher:
                 log.info("%s: discarding partial download of %d bytes", dest.name, offset)
                 os.ftruncate(fd, 0)
                 offset = 0
-            digests = Digests()
+            prehash = expected.signature is not None
+            digests = Digests(prehash)
             if offset:
                 await trio.to_thread.run_sync(digests.update_from_fd, fd, offset)
-            headers = {}
+            headers = dict(extra_headers)
             if offset and validator:
-                headers = {"Range": f"bytes={offset}-", "If-Range": validator}
+                headers.update({"Range": f"bytes={offset}-", "If-Range": validator})
             async with self._open(url, headers) as r:
                 if r.status_code == 416 and offset == expected.size:
                     pass  # the partial is already whole; checked below
@@ -277,7 +304,7 @@ class Fetcher:
                         log.info("%s: server ignored the range; starting over", dest.name)
                         os.ftruncate(fd, 0)
                         offset = 0
-                        digests = Digests()
+                        digests = Digests(prehash)
                 else:
                     raise self._status_error(url, r)
                 wanted.etag = r.headers.get("etag")
@@ -293,7 +320,7 @@ class Fetcher:
             if digests.size < expected.size:
                 raise Retryable(f"{url}: connection closed at {digests.size} of "
                                 f"{expected.size} bytes")
-            digests.check(dest.name, expected.size, expected.sha256, expected.blake3)
+            _verify(dest.name, digests, expected)
             await trio.to_thread.run_sync(os.fsync, fd)
             os.replace(part, dest)
             _remove(meta_path)
@@ -365,13 +392,21 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+def _verify(name: str, digests: Digests, expected: Expected) -> None:
+    """Size and digests, then the signature over the prehash; DigestMismatch on any fault."""
+    digests.check(name, expected.size, expected.sha256, expected.blake3,
+                  signature_checked=expected.signature is not None)
+    if expected.signature is not None:
+        expected.signature(digests.prehash)
+
+
 def _open_verified(path: Path, expected: Expected) -> BinaryIO | None:
     """Open a cached file once, hash it, and return that descriptor if it matches."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    digests = Digests()
+    digests = Digests(expected.signature is not None)
     try:
         digests.update_from_fd(fd, os.fstat(fd).st_size)
-        digests.check(path.name, expected.size, expected.sha256, expected.blake3)
+        _verify(path.name, digests, expected)
     except (DigestMismatch, OSError):
         os.close(fd)
         log.info("%s: cached copy does not verify; downloading again", path.name)

@@ -140,8 +140,8 @@ class Engine:
         run.state.last_check = cycle_start
         run.state.last_error = None
         run.save()
-        run.phase("idle", f"feed serial {manifest.serial}: "
-                  f"{choice.version + ' is available' if choice.version else 'nothing new'}")
+        found = f"{choice.version} is available" if choice.version else "nothing new"
+        run.phase("idle", f"{found} ({choice.note})" if choice.note else found)
         return trusted, CheckResult(current=run.state.installed, available=choice.version,
                                     checked_at=cycle_start, passed_over=choice.passed_over)
 

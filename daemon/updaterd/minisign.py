@@ -165,6 +165,16 @@ class Verified:
 
 def verify(data: bytes, signature: bytes, keys: list[PublicKey]) -> Verified:
     """Check a `.minisig` over `data` against any of `keys`; raises SignatureError on any fault."""
+    return _verify(data, None, signature, keys)
+
+
+def verify_prehashed(prehash: bytes, signature: bytes, keys: list[PublicKey]) -> Verified:
+    """Check a prehashed `.minisig` given the file's BLAKE2b-512 (computed while it arrived)."""
+    return _verify(None, prehash, signature, keys)
+
+
+def _verify(data: bytes | None, prehash: bytes | None, signature: bytes,
+            keys: list[PublicKey]) -> Verified:
     try:
         text = signature.decode("utf-8")
     except UnicodeDecodeError:
@@ -189,7 +199,14 @@ def verify(data: bytes, signature: bytes, keys: list[PublicKey]) -> Verified:
     matching = [k for k in keys if k.key_id == key_id]
     if not matching:
         raise SignatureError(f"signed by unknown key {_key_id_hex(key_id)}")
-    message = hashlib.blake2b(data, digest_size=64).digest() if alg == _ALG_PREHASHED else data
+    if alg == _ALG_PREHASHED:
+        message = prehash if prehash is not None else \
+            hashlib.blake2b(data or b"", digest_size=64).digest()
+    elif data is not None:
+        message = data
+    else:
+        raise SignatureError("legacy (not prehashed) signatures are not supported for "
+                             "downloads; sign with minisign 0.11 or later")
     for key in matching:
         pub = Ed25519PublicKey.from_public_bytes(key.raw)
         try:

@@ -30,7 +30,10 @@ def next_delay(cfg: AppConfig, state: AppState, now: float, rng: random.Random) 
     wait = interval
     if state.consecutive_failures:
         wait = min(FIRST_RETRY * 2 ** (state.consecutive_failures - 1), interval)
-    return max(state.last_check + wait - now, 0.0) + jitter
+    delay = max(state.last_check + wait - now, 0.0)
+    if state.rate_limited_until is not None:
+        delay = max(delay, state.rate_limited_until - now)
+    return delay + jitter
 
 
 class Cycle(Protocol):

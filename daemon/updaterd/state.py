@@ -66,6 +66,7 @@ class AppState(Struct, kw_only=True):
     history: list[HistoryEntry] = []
     release_digests: dict[str, str] = {}  # version -> blake3 of the artifact it came from
     passed_over: dict[str, str] = {}  # newer versions the last check did not pick, and why
+    rate_limited_until: float | None = None  # GitHub said: no request before this time
 
 
 def app_dir(state_dir: Path, app: str) -> Path:

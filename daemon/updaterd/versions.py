@@ -101,20 +101,36 @@ class Choice:
 
     version: str | None
     passed_over: dict[str, str] = field(default_factory=dict)
+    note: str = ""
+
+
+EQUALITY_ONLY = "not a semantic version: compared for equality only"
 
 
 def choose(offers: Iterable[Offer], installed: str | None, policy: Policy) -> Choice:
-    """The newest offer an automatic update may install, never older than `installed`."""
-    current = parse(installed) if installed else None
+    """The newest offer an automatic update may install, never older than `installed`.
+
+    A version that is not a semantic version (a tag like `nightly-42`) can only be compared for
+    equality: it is offered when it differs from the installed one and no semantic version is.
+    """
+    try:
+        current = parse(installed) if installed else None
+    except ValueError:
+        current = None  # the installed version itself compares for equality only
     choice = Choice(version=None)
     best: semver.Version | None = None
+    fallback: str | None = None
     for offer in offers:
+        if offer.channel != policy.channel or offer.version == installed:
+            continue
         try:
             v = parse(offer.version)
         except ValueError:
-            choice.passed_over[offer.version] = "not a semantic version"
-            continue
-        if offer.channel != policy.channel:
+            reason = _refusal(offer, policy, semantic=False)
+            if reason:
+                choice.passed_over[offer.version] = reason
+            elif fallback is None:
+                fallback = offer.version
             continue
         if current is not None and v <= current:
             continue
@@ -127,6 +143,8 @@ def choose(offers: Iterable[Offer], installed: str | None, policy: Policy) -> Ch
     if best is not None:
         choice.passed_over = {k: r for k, r in choice.passed_over.items()
                               if _parses_above(k, best)}
+    elif fallback is not None:
+        choice.version, choice.note = fallback, f"{fallback}: {EQUALITY_ONLY}"
     return choice
 
 
@@ -137,12 +155,14 @@ def _parses_above(text: str, best: semver.Version) -> bool:
         return False
 
 
-def _refusal(offer: Offer, policy: Policy) -> str:
+def _refusal(offer: Offer, policy: Policy, semantic: bool = True) -> str:
     if offer.version in policy.blocked:
         return "blocked after a failed health check"
     if offer.version in policy.skipped:
         return "skipped by the operator"
-    if not pin_allows(policy.pin, offer.version):
+    if policy.pin is not None and not semantic:
+        return f"{EQUALITY_ONLY}; pin {policy.pin!r} cannot apply"
+    if semantic and not pin_allows(policy.pin, offer.version):
         return f"outside pin {policy.pin!r}"
     if offer.rollout < 100 and rollout_bucket(policy.host_id, policy.app, offer.version) >= \
             offer.rollout:

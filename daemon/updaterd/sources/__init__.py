@@ -12,7 +12,6 @@ from urllib.parse import unquote, urlsplit
 
 from updaterd.config import AppConfig, Limits
 from updaterd.download import Expected, Fetcher, ProgressFn
-from updaterd.errors import UpdaterError
 from updaterd.feed import Artifact, TrustedFeed
 from updaterd.state import AppState
 
@@ -48,4 +47,6 @@ def make_source(app: str, cfg: AppConfig, limits: Limits, fetcher: Fetcher,
             folder = Path(unquote(urlsplit(cfg.url).path)).parent
             return LocalSource(app, cfg, limits, folder, state_folder)
         return ManifestSource(app, cfg, limits, fetcher, state_folder)
-    raise UpdaterError(f"{app}: source {cfg.source!r} is not available in this build yet")
+    from updaterd.sources.github import GitHubSource
+
+    return GitHubSource(app, cfg, limits, fetcher, state_folder)

@@ -1,0 +1,254 @@
+"""`source = "github"`: the GitHub Releases REST API (and GitHub Enterprise through `api_url`).
+
+The latest release (or, with `prerelease = true`, the newest non-draft one) is fetched
+conditionally; its first asset matching `asset` is the artifact. When it is to be installed, it
+is trusted through a checksum
+asset (`checksums`, sha256sum or b3sum form, signed by `public_keys` when keys are set) and/or a
+detached minisign signature (`signature`, e.g. "{asset}.minisig"). The token goes only to the API
+host, never to the storage host an asset download redirects to, and is never logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import BinaryIO
+from urllib.parse import urlsplit
+
+import msgspec
+
+from updaterd import checksums, fsutil, minisign, versions
+from updaterd.config import AppConfig, Limits
+from updaterd.download import Expected, Fetcher, ProgressFn, RateLimited
+from updaterd.errors import DigestMismatch, FeedError, SignatureError
+from updaterd.feed import SAFE_FILE_NAME, Artifact, Manifest, Release, TrustedFeed
+from updaterd.sources.trust import keys_of
+from updaterd.state import AppState
+from updaterd.units import parse_size
+
+CACHED = "github.json"
+SMALL = 1 << 20  # checksum files and signatures
+
+
+class GitHubAsset(msgspec.Struct):
+    """The fields of a release asset that updaterd uses (the API sends many more)."""
+
+    name: str
+    url: str
+    size: int
+    browser_download_url: str = ""
+    content_type: str = ""
+
+
+class GitHubRelease(msgspec.Struct):
+    tag_name: str
+    draft: bool = False
+    prerelease: bool = False
+    published_at: str | None = None
+    assets: list[GitHubAsset] = []
+
+
+def tag_version(tag: str) -> str:
+    """A tag becomes a version by dropping a leading `v`."""
+    return tag[1:] if tag[:1] in ("v", "V") and tag[1:2].isdigit() else tag
+
+
+class GitHubSource:
+    """One repository's releases."""
+
+    def __init__(self, app: str, cfg: AppConfig, limits: Limits, fetcher: Fetcher,
+                 state_folder: Path) -> None:
+        assert cfg.repo is not None
+        self.app, self.cfg, self.limits, self.fetcher = app, cfg, limits, fetcher
+        self.state_folder = state_folder
+        self.base = f"{cfg.api_url.rstrip('/')}/repos/{cfg.repo}"
+        self.api_host = urlsplit(cfg.api_url).hostname
+        self.keys = keys_of(cfg) if cfg.verify == "required" else []
+        self.assets: dict[str, GitHubAsset] = {}
+        self.signatures: dict[str, bytes] = {}
+        self.release: GitHubRelease | None = None
+
+    def _token(self) -> str | None:
+        if self.cfg.token_env:
+            token = os.environ.get(self.cfg.token_env)
+            if not token:
+                raise FeedError(f"token_env: the environment has no {self.cfg.token_env}")
+            return token.strip()
+        if self.cfg.token_file:
+            try:
+                return Path(self.cfg.token_file).read_text().strip()
+            except OSError as e:
+                raise FeedError(f"token_file: cannot read {self.cfg.token_file}: "
+                                f"{e.strerror}") from None
+        return None
+
+    def _headers(self, accept: str = "application/vnd.github+json") -> dict[str, str]:
+        headers = {"Accept": accept, "X-GitHub-Api-Version": "2022-11-28"}
+        token = self._token()
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        return headers
+
+    async def _small_asset(self, asset: GitHubAsset) -> bytes:
+        if asset.size > SMALL:
+            raise FeedError(f"{asset.name}: {asset.size} bytes is too large for a checksum "
+                            "file or a signature")
+        doc = await self.fetcher.fetch_small(asset.url, max_bytes=SMALL,
+                                             headers=self._headers("application/octet-stream"))
+        return doc.body
+
+    async def fetch(self, state: AppState, cache: Path, cycle_start_ts: float) -> TrustedFeed:
+        if state.rate_limited_until and state.rate_limited_until > time.time():
+            when = time.strftime("%H:%M:%S", time.localtime(state.rate_limited_until))
+            raise RateLimited(f"GitHub rate limit: no request until {when}",
+                              state.rate_limited_until)
+        url = self.base + ("/releases?per_page=30" if self.cfg.prerelease else "/releases/latest")
+        cached = self._load_copy()
+        try:
+            doc = await self.fetcher.fetch_small(
+                url, max_bytes=parse_size(self.limits.max_manifest_size),
+                etag=state.etag if cached is not None else None,
+                last_modified=state.last_modified if cached is not None else None,
+                headers=self._headers())
+        except RateLimited as e:
+            state.rate_limited_until = e.until
+            raise
+        state.rate_limited_until = None
+        body = cached if doc.not_modified and cached is not None else doc.body
+        release = self._pick(body)
+        asset = self._choose_asset(release)
+        version = tag_version(release.tag_name)
+        if not versions.is_safe_name(version):
+            raise FeedError(f"tag {release.tag_name!r} cannot name a release folder")
+        self.release = release
+        if not doc.not_modified:
+            fsutil.ensure_private_dir(self.state_folder, 0o755)
+            fsutil.atomic_write(self.state_folder / CACHED, body)
+            state.etag, state.last_modified = doc.etag, doc.last_modified
+        published = _parse_time(release.published_at)
+        manifest = Manifest(schema=1, app=self.app, serial=0,
+                            expires=datetime.now(UTC) + timedelta(days=3650),
+                            releases=[Release(version=version, published=published,
+                                              channel=self.cfg.channel,
+                                              artifacts=[Artifact(platform="any", url=asset.name,
+                                                                  size=asset.size)])])
+        return TrustedFeed(manifest=manifest, digest=hashlib.sha256(body).hexdigest(),
+                           unchanged=doc.not_modified)
+
+    def _load_copy(self) -> bytes | None:
+        try:
+            return (self.state_folder / CACHED).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def _pick(self, body: bytes) -> GitHubRelease:
+        try:
+            if self.cfg.prerelease:
+                listed = msgspec.json.decode(body, type=list[GitHubRelease])
+                candidates = [r for r in listed if not r.draft]
+                if not candidates:
+                    raise FeedError(f"{self.cfg.repo} has no published release")
+                return candidates[0]
+            release = msgspec.json.decode(body, type=GitHubRelease)
+        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            raise FeedError(f"{self.cfg.repo}: unexpected answer from the releases API: {e}") \
+                from None
+        if release.draft or release.prerelease:
+            raise FeedError(f"{self.cfg.repo} {release.tag_name}: a draft or prerelease, and "
+                            "prerelease = false")
+        return release
+
+    def _choose_asset(self, release: GitHubRelease) -> GitHubAsset:
+        assert self.cfg.asset is not None
+        pattern = re.compile(self.cfg.asset)
+        self.assets = {a.name: a for a in release.assets}
+        for a in release.assets:
+            if pattern.search(a.name):
+                if not SAFE_FILE_NAME.fullmatch(a.name):
+                    raise FeedError(f"asset name {a.name!r} is not a safe file name")
+                return a
+        raise FeedError(f"{self.cfg.repo} {release.tag_name}: no asset matches "
+                        f"{self.cfg.asset!r}")
+
+    async def _trusted_digest(self, release: GitHubRelease,
+                              asset: GitHubAsset) -> tuple[str | None, str | None]:
+        """The asset's digest from a (signed) checksum file, and/or its signature fetched."""
+        sha256 = blake3 = None
+        signed = False
+        if self.cfg.checksums:
+            pattern = re.compile(self.cfg.checksums)
+            listing = next((a for a in release.assets if pattern.search(a.name)), None)
+            if listing is None:
+                raise FeedError(f"{self.cfg.repo} {release.tag_name}: no checksum asset "
+                                f"matches {self.cfg.checksums!r}")
+            text = await self._small_asset(listing)
+            if self.keys:
+                sig_asset = self.assets.get(listing.name + ".minisig")
+                if sig_asset is not None:
+                    try:
+                        minisign.verify(text, await self._small_asset(sig_asset), self.keys)
+                    except SignatureError as e:
+                        raise FeedError(f"{listing.name}: signature refused: {e}") from None
+                    signed = True
+            digest = checksums.digest_for(text.decode("utf-8", "replace"), listing.name,
+                                          asset.name)
+            if checksums.algorithm(listing.name) == "blake3":
+                blake3 = digest
+            else:
+                sha256 = digest
+        if self.cfg.signature and self.keys:
+            name = self.cfg.signature.replace("{asset}", asset.name)
+            sig_asset = self.assets.get(name)
+            if sig_asset is None:
+                raise FeedError(f"{self.cfg.repo} {release.tag_name}: signature asset {name} "
+                                "is missing")
+            self.signatures[asset.name] = await self._small_asset(sig_asset)
+            signed = True
+        if self.cfg.verify == "required":
+            if self.keys and not signed:
+                raise FeedError(f"{asset.name}: public_keys are set but neither a signed "
+                                "checksum file (<checksums>.minisig) nor an asset signature "
+                                "was found")
+            if sha256 is None and blake3 is None and not signed:
+                raise FeedError(f"{asset.name}: nothing to verify it with; configure "
+                                "checksums = 'SHA256SUMS' and/or signature = '{asset}.minisig' "
+                                "with public_keys (or verify = \"skip\", which is unsafe)")
+        return sha256, blake3
+
+    def describe(self, artifact: Artifact) -> str:
+        asset = self.assets.get(artifact.url)
+        return asset.url if asset else artifact.url
+
+    async def download(self, artifact: Artifact, dest: Path, expected: Expected,
+                       progress: ProgressFn | None) -> BinaryIO:
+        """Establish trust (checksum file, signatures) only now that something is installed."""
+        asset = self.assets[artifact.url]
+        assert self.release is not None
+        sha256, blake3 = await self._trusted_digest(self.release, asset)
+        signature = self.signatures.get(asset.name)
+        check = None
+        if signature is not None:
+            keys = self.keys
+
+            def check(prehash: bytes) -> None:
+                try:
+                    minisign.verify_prehashed(prehash, signature, keys)
+                except SignatureError as e:
+                    raise DigestMismatch(f"{asset.name}: signature refused: {e}") from None
+
+        exp = Expected(asset.size, sha256, blake3, signature=check)
+        return await self.fetcher.download(asset.url, dest, exp, progress,
+                                           headers=self._headers("application/octet-stream"))
+
+
+def _parse_time(text: str | None) -> datetime:
+    if text:
+        try:
+            return datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            pass
+    return datetime.now(UTC)
