@@ -103,3 +103,10 @@ def test_paused_app_is_not_checked_until_resumed() -> None:
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     assert app.runs == [5000]
+
+
+def test_rate_limit_pushes_the_next_check_past_the_reset() -> None:
+    app = FakeApp(cfg(check_interval="10m", jitter="0s"),
+                  AppState(last_check=BASE, rate_limited_until=BASE + 5000))
+    run_for(app, 5001)
+    assert app.runs == [5000]
