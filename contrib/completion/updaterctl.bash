@@ -1,0 +1,52 @@
+# bash completion for updaterctl. App names come from the running daemon.
+_updaterctl_apps() {
+    local sock=""
+    local i
+    for ((i = 1; i < ${#COMP_WORDS[@]}; i++)); do
+        [[ ${COMP_WORDS[i]} == --socket ]] && sock="--socket ${COMP_WORDS[i+1]}"
+    done
+    # shellcheck disable=SC2086
+    updaterctl $sock --json status 2>/dev/null | sed -n 's/.*"name": "\([^"]*\)".*/\1/p'
+}
+
+_updaterctl() {
+    local cur prev cmd i
+    cur=${COMP_WORDS[COMP_CWORD]}
+    prev=${COMP_WORDS[COMP_CWORD-1]}
+    local commands="status check update rollback list-backups history skip unskip pause resume watch inhibit reload metrics"
+    cmd=""
+    for ((i = 1; i < COMP_CWORD; i++)); do
+        case ${COMP_WORDS[i]} in
+            --socket) ((i++)) ;;
+            -*) ;;
+            *) cmd=${COMP_WORDS[i]}; break ;;
+        esac
+    done
+    if [[ $prev == --socket ]]; then
+        COMPREPLY=($(compgen -f -- "$cur"))
+        return
+    fi
+    if [[ -z $cmd ]]; then
+        COMPREPLY=($(compgen -W "$commands --socket --json --help --version" -- "$cur"))
+        return
+    fi
+    case $cmd in
+        status|check|update|rollback|list-backups|history|skip|unskip|pause|resume|watch|inhibit)
+            case $cur in
+                -*)
+                    local opts=""
+                    case $cmd in
+                        check) opts="--force" ;;
+                        update) opts="--version --no-wait" ;;
+                        rollback) opts="--to" ;;
+                        history) opts="--limit" ;;
+                        inhibit) opts="--why" ;;
+                    esac
+                    COMPREPLY=($(compgen -W "$opts --help" -- "$cur"))
+                    ;;
+                *) COMPREPLY=($(compgen -W "$(_updaterctl_apps)" -- "$cur")) ;;
+            esac
+            ;;
+    esac
+}
+complete -F _updaterctl updaterctl
