@@ -32,7 +32,7 @@ class FakeApp:
     def state(self) -> AppState:
         return self.st
 
-    async def run_cycle(self) -> None:
+    async def run_cycle(self) -> float | None:
         now = trio.current_time()
         self.runs.append(now)
         self.st.last_check = BASE + now
@@ -40,6 +40,7 @@ class FakeApp:
             self.st.consecutive_failures += 1
             raise DownloadError("simulated failure")
         self.st.consecutive_failures = 0
+        return None
 
 
 def cfg(**kw: object) -> AppConfig:

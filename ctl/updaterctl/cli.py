@@ -47,6 +47,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--version", dest="to_version", metavar="V",
                    help="this version, on purpose (even older, skipped or blocked)")
     s.add_argument("--no-wait", action="store_true", help="return once the update started")
+    s.add_argument("--now", action="store_true", help="ignore the maintenance window")
     s = sub.add_parser("rollback", help="go back to the previous or a kept version")
     s.add_argument("app")
     s.add_argument("--to", metavar="V")
@@ -188,7 +189,7 @@ def _progress_line(event: Event, started: float) -> str:
 
 
 def cmd_update(args: argparse.Namespace) -> int:
-    params = {"app": args.app, "version": args.to_version}
+    params = {"app": args.app, "version": args.to_version, "now": args.now or None}
     live = sys.stdout.isatty() and not args.json
     watch = Connection(args.socket) if live or args.no_wait else None
     try:
@@ -211,6 +212,8 @@ def cmd_update(args: argparse.Namespace) -> int:
         emit_json(result)
     elif result.result == "installed":
         print(f"{args.app}: installed {result.to_version} (was {result.from_version or 'nothing'})")
+    elif result.result == "deferred":
+        print(f"{args.app}: {result.to_version} is downloaded and {result.reason}")
     else:
         print(f"{args.app}: up to date at {result.from_version or 'nothing'}")
     return EXIT_OK

@@ -16,10 +16,10 @@ from msgspec import UNSET, Struct, UnsetType
 DEFAULT_SOCKET = "/run/updaterd/updaterd.sock"
 MAX_MESSAGE = 1 << 20
 
-Phase = Literal["idle", "checking", "downloading", "verifying", "staging", "switching",
-                "waiting_inhibitors", "restarting", "health_check", "committing",
+Phase = Literal["idle", "checking", "downloading", "verifying", "staging", "waiting_window",
+                "switching", "waiting_inhibitors", "restarting", "health_check", "committing",
                 "rolling_back"]
-Outcome = Literal["installed", "up_to_date", "rolled_back", "failed"]
+Outcome = Literal["installed", "up_to_date", "rolled_back", "failed", "deferred"]
 RequestId = int | str | None
 
 
@@ -107,6 +107,7 @@ class CheckParams(Struct, forbid_unknown_fields=True):
 class UpdateParams(Struct, forbid_unknown_fields=True):
     app: str
     version: str | None = None
+    now: bool = False  # ignore the maintenance window
 
 
 class RollbackParams(Struct, forbid_unknown_fields=True):

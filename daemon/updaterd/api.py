@@ -122,7 +122,7 @@ class ControlApi:
             notes.append(f"{st.available} is available; auto_update is off: "
                          "`updaterctl update` installs it")
         notes += [f"{v}: {why}" for v, why in st.passed_over.items()]
-        if w.phase == "waiting_inhibitors":
+        if w.phase in ("waiting_inhibitors", "waiting_window"):
             notes.append(w.message)
         return AppStatus(
             name=w.name, current=st.installed, available=st.available, phase=w.phase,
@@ -183,7 +183,7 @@ class ControlApi:
     async def update(self, p: UpdateParams, conn: Connection) -> UpdateResult:
         w = self._worker(p.app)
         async with self._exclusive(w), self._engine_errors(w):
-            result = await self.daemon.engine.update(p.app, p.version)
+            result = await self.daemon.engine.update(p.app, p.version, ignore_window=p.now)
         if result.result == "rolled_back":
             raise RpcError(ErrorCode.UPDATE_FAILED, result.reason,
                            {"phase": "health_check", "reason": result.reason,

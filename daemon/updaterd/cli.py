@@ -136,7 +136,7 @@ def _offline(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     if args.command == "update":
         u = trio.run(engine.update, args.app, args.to_version)
         print(describe(args.app, u))
-        return EXIT_OK if u.result in ("installed", "up_to_date") else EXIT_FAILED
+        return EXIT_OK if u.result in ("installed", "up_to_date", "deferred") else EXIT_FAILED
     failures = trio.run(engine.run_once)
     return EXIT_OK if failures == 0 else EXIT_FAILED
 

@@ -64,6 +64,7 @@ class DaemonConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     max_parallel_downloads: Annotated[int, Meta(ge=1, le=64)] = 2
     host_id: str | None = None  # for rollout; default /etc/machine-id
     platform: str | None = None  # default linux-<machine>
+    max_rate: Rate | None = None  # a cap on all downloads together
 
 
 class AppConfig(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -101,6 +102,8 @@ class AppConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     max_inhibit: Duration = "1h"
     verify: Literal["required", "skip"] = "required"
     health_url: str | None = None
+    health_notify: bool = False
+    unit: str | None = None  # the systemd unit of the app, for health_notify
     window: str | None = None
     max_rate: Rate | None = None
     proxy: str | None = None
@@ -225,6 +228,20 @@ def _check_app(name: str, app: AppConfig, where: str, problems: list[str]) -> No
         bad("executable", f"must be a plain file name, got {app.executable!r}")
     if app.health_check and not app.health_check[0]:
         bad("health_check", "the command is empty")
+    if app.window is not None:
+        from updaterd.window import parse as parse_window
+
+        try:
+            parse_window(app.window)
+        except ValueError as e:
+            bad("window", str(e))
+    if app.health_url is not None and urlsplit(app.health_url).scheme not in ("http", "https"):
+        bad("health_url", "must be an http:// or https:// URL")
+    if app.proxy is not None and urlsplit(app.proxy).scheme not in ("http", "https", "socks5"):
+        bad("proxy", "must be an http://, https:// or socks5:// URL")
+    if app.health_notify and app.unit is None and not _restart_unit(app.restart):
+        bad("health_notify", "needs unit = \"NAME.service\" (or restart = [\"systemctl\", "
+            "\"restart\", \"NAME.service\"])")
     from updaterd.minisign import PublicKey
 
     for i, key in enumerate(app.public_keys):
@@ -232,6 +249,19 @@ def _check_app(name: str, app: AppConfig, where: str, problems: list[str]) -> No
             PublicKey.parse(key)
         except ValueError as e:
             bad(f"public_keys[{i}]", str(e))
+
+
+def _restart_unit(restart: list[str]) -> str | None:
+    """The unit of a `systemctl restart UNIT` command."""
+    if len(restart) == 3 and restart[0].rsplit("/", 1)[-1] == "systemctl" and \
+            restart[1] == "restart":
+        return restart[2]
+    return None
+
+
+def app_unit(app: AppConfig) -> str | None:
+    """The systemd unit that health_notify asks about."""
+    return app.unit or _restart_unit(app.restart)
 
 
 def parse(text: str, path: str) -> Config:

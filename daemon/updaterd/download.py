@@ -111,13 +111,38 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 ProgressFn = Callable[[int, int], None]
 
 
+class TokenBucket:
+    """A smooth download rate cap: bytes may go into debt, and each consumer sleeps the debt off.
+
+    Shared by every download that must stay under one cap (one per app, one for the daemon).
+    The bucket starts empty and holds at most 50 ms worth of bytes, so there is no burst.
+    """
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.capacity = rate * 0.05
+        self.tokens = 0.0
+        self.last: float | None = None
+
+    async def consume(self, n: int) -> None:
+        now = trio.current_time()
+        if self.last is not None:
+            self.tokens = min(self.capacity, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        self.tokens -= n
+        if self.tokens < 0:
+            await trio.sleep(-self.tokens / self.rate)
+
+
 class Fetcher:
     """One HTTP client with updaterd's timeouts, retries and URL policy."""
 
     def __init__(self, limits: Limits, *, allow_insecure: bool = False,
                  proxy: str | None = None, rng: random.Random | None = None,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 rate_caps: list[TokenBucket] | None = None) -> None:
         self.limits = limits
+        self.rate_caps = rate_caps or []
         self.allow_insecure = allow_insecure
         self.rng = rng or random.Random()
         connect = parse_duration(limits.connect_timeout)
@@ -355,6 +380,8 @@ class Fetcher:
                 view = memoryview(chunk)
                 while view:
                     view = view[os.write(fd, view):]
+                for cap in self.rate_caps:
+                    await cap.consume(len(chunk))
                 window_bytes += len(chunk)
                 now = trio.current_time()
                 if now - window_start >= window:

@@ -16,14 +16,15 @@ from pathlib import Path
 import trio
 
 from updaterctl.protocol import CheckResult, Event, RollbackResult, UpdateResult
-from updaterd import state, versions
+from updaterd import state, versions, window
 from updaterd.config import AppConfig, Config
-from updaterd.download import Fetcher
+from updaterd.download import Fetcher, TokenBucket
 from updaterd.errors import FeedError, PolicyError, UpdaterError
 from updaterd.feed import Artifact, Release, TrustedFeed
 from updaterd.layout import Layout
 from updaterd.sources import Source, make_source
 from updaterd.transaction import AppRun, Hooks, download, install, recover, roll_back
+from updaterd.units import parse_rate
 
 log = logging.getLogger("updaterd.engine")
 ANY_PLATFORM = frozenset({"any", "noarch"})
@@ -64,6 +65,8 @@ def describe(app: str, result: UpdateResult) -> str:
         return f"{app}: installed {result.to_version} (was {result.from_version or 'nothing'})"
     if result.result == "up_to_date":
         return f"{app}: up to date at {result.from_version or 'nothing'}"
+    if result.result == "deferred":
+        return f"{app}: {result.to_version} is downloaded and {result.reason}"
     return (f"{app}: {result.to_version} was rolled back, still on "
             f"{result.from_version or 'nothing'}: {result.reason}")
 
@@ -72,11 +75,13 @@ class Engine:
     """The whole update flow for every configured app."""
 
     def __init__(self, config: Config, emit: Callable[[Event], None] = _log_event, *,
-                 before_switch: Callable[[str], Awaitable[None]] | None = None) -> None:
+                 before_switch: Callable[[str, bool], Awaitable[None]] | None = None) -> None:
         self.config = config
         self.emit = emit
         self.before_switch = before_switch
         self.download_limiter = trio.CapacityLimiter(config.daemon.max_parallel_downloads)
+        rate = config.daemon.max_rate
+        self.global_rate = TokenBucket(parse_rate(rate)) if rate else None
         self.platform = config.daemon.platform or host_platform()
         self.host_id = config.daemon.host_id or host_id()
 
@@ -86,7 +91,7 @@ class Engine:
         except KeyError:
             raise UnknownApp(f"no app named {app!r} in {self.config.path}") from None
 
-    def open_app(self, app: str) -> AppRun:
+    def open_app(self, app: str, ignore_window: bool = False) -> AppRun:
         cfg = self._cfg(app)
         state_dir = Path(self.config.daemon.state_dir)
         if cfg.prefix is None:
@@ -94,7 +99,7 @@ class Engine:
         hooks = Hooks(download_limiter=self.download_limiter)
         if self.before_switch is not None:
             hook = self.before_switch
-            hooks.before_switch = lambda: hook(app)
+            hooks.before_switch = lambda: hook(app, ignore_window)
         return AppRun(name=app, cfg=cfg, config=self.config, layout=Layout(Path(cfg.prefix)),
                       state_folder=state.app_dir(state_dir, app),
                       cache=Path(self.config.daemon.cache_dir) / app,
@@ -107,8 +112,11 @@ class Engine:
 
     @asynccontextmanager
     async def _source(self, run: AppRun) -> AsyncIterator[Source]:
+        caps = [TokenBucket(parse_rate(run.cfg.max_rate))] if run.cfg.max_rate else []
+        if self.global_rate is not None:
+            caps.append(self.global_rate)
         fetcher = Fetcher(self.config.limits, allow_insecure=run.cfg.allow_insecure,
-                          proxy=run.cfg.proxy)
+                          proxy=run.cfg.proxy, rate_caps=caps)
         try:
             yield make_source(run.name, run.cfg, self.config.limits, fetcher, run.state_folder)
         finally:
@@ -207,9 +215,31 @@ class Engine:
         self._succeeded(run)
         return result
 
-    async def update(self, app: str, version: str | None = None) -> UpdateResult:
-        """Install the available version, or `version` on purpose (even older or blocked)."""
-        run = self.open_app(app)
+    def window_wait(self, app: str) -> float:
+        """Seconds until the app's maintenance window opens (0 when open or when it has none)."""
+        spec = self._cfg(app).window
+        if spec is None:
+            return 0.0
+        now = time.time()
+        opens = window.next_open(window.parse(spec), now, window.local_time)
+        if opens is None:
+            raise PolicyError(f"{app}: window {spec!r} never opens")
+        return max(opens - now, 0.0)
+
+    async def update(self, app: str, version: str | None = None,
+                     ignore_window: bool = False) -> UpdateResult:
+        """Install the available version, or `version` on purpose (even older or blocked).
+
+        Outside the maintenance window (and not `ignore_window`), a run without a daemon to
+        wait in downloads and verifies the version, and defers the switch.
+        """
+        if not ignore_window and self.before_switch is None and self.window_wait(app) > 0:
+            check = await self.prefetch(app)
+            wait = window.describe_wait(self.window_wait(app))
+            return UpdateResult(from_version=check.current, to_version=check.available,
+                                result="up_to_date" if check.available is None else "deferred",
+                                reason=f"waiting for window (opens in {wait})")
+        run = self.open_app(app, ignore_window)
         await recover(run)
         before = run.state.installed
         async with self._source(run) as source:

@@ -17,6 +17,42 @@ from updaterd.errors import HealthCheckFailed
 _TAIL = 2048
 
 
+async def probe_url(url: str, timeout: float, every: float = 0.5) -> None:
+    """GET `url` until it answers 2xx, for at most `timeout` seconds."""
+    import httpx  # the daemon has it loaded already; kept local to keep this module light
+
+    last = "no answer"
+    with trio.move_on_after(timeout):
+        async with httpx.AsyncClient(timeout=max(min(timeout, 10.0), 0.1),
+                                     trust_env=False) as client:
+            while True:
+                try:
+                    r = await client.get(url)
+                    if 200 <= r.status_code < 300:
+                        return
+                    last = f"HTTP {r.status_code}"
+                except httpx.HTTPError as e:
+                    last = f"{type(e).__name__}"
+                await trio.sleep(every)
+    raise HealthCheckFailed(f"health_url {url}: no 2xx within {timeout:g}s (last: {last})")
+
+
+async def unit_active(unit: str, timeout: float, every: float = 0.5) -> None:
+    """`systemctl is-active UNIT` until it says active, for at most `timeout` seconds."""
+    state = "unknown"
+    with trio.move_on_after(timeout):
+        while True:
+            r = await trio.run_process(["systemctl", "is-active", unit], check=False,
+                                       capture_stdout=True, capture_stderr=True)
+            state = r.stdout.decode(errors="replace").strip() or f"exit {r.returncode}"
+            if r.returncode == 0 and state == "active":
+                return
+            if state == "failed":
+                break
+            await trio.sleep(every)
+    raise HealthCheckFailed(f"systemd unit {unit} is {state}, not active")
+
+
 def resolve(argv: list[str], release: Path) -> list[str]:
     """A relative first word with a '/' (`bin/app`) resolves inside the release."""
     first = argv[0]

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
 from updaterctl.protocol import Phase
 
 if TYPE_CHECKING:
     from updaterd.service import Daemon
 
-PHASES: tuple[Phase, ...] = ("idle", "checking", "downloading", "verifying", "staging",
-                             "switching", "waiting_inhibitors", "restarting", "health_check",
-                             "committing", "rolling_back")
+PHASES: tuple[Phase, ...] = get_args(Phase)
 
 
 def _label(value: str | None) -> str:

@@ -45,7 +45,9 @@ class Cycle(Protocol):
 
     def state(self) -> AppState: ...
 
-    async def run_cycle(self) -> None: ...
+    async def run_cycle(self) -> float | None:
+        """One check (and update); may return seconds after which it wants to run again."""
+        ...
 
 
 class Schedule:
@@ -57,6 +59,7 @@ class Schedule:
         self.rng = rng or random.Random()
         self.wall = wall
         self.next_check: float | None = None
+        self.wake_in: float | None = None  # the last cycle asked to run again this soon
         self._poked = trio.Event()
 
     def poke(self) -> None:
@@ -70,11 +73,14 @@ class Schedule:
                 await self._wait(None)
                 continue
             delay = next_delay(self.target.config(), state, self.wall(), self.rng)
+            if self.wake_in is not None:
+                delay = min(delay, self.wake_in)
             self.next_check = self.wall() + delay
             if await self._wait(delay):
                 continue
+            self.wake_in = None
             try:
-                await self.target.run_cycle()
+                self.wake_in = await self.target.run_cycle()
             except UpdaterError as e:
                 log.error("%s: %s", self.target.name, e)
 

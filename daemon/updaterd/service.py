@@ -23,7 +23,7 @@ import trio
 
 from updaterctl.protocol import Event, Phase
 from updaterd import config as config_mod
-from updaterd import rpc
+from updaterd import rpc, window
 from updaterd.api import ControlApi
 from updaterd.config import AppConfig, Config
 from updaterd.engine import Engine
@@ -109,12 +109,27 @@ class AppWorker:
     def state(self) -> AppState:
         return self.daemon.engine.load_state(self.name)
 
-    async def run_cycle(self) -> None:
+    async def run_cycle(self) -> float | None:
+        """Check and update; outside the maintenance window only download, and come back when
+        it opens (without holding the lock, so `updaterctl update --now` is not kept waiting)."""
+        engine = self.daemon.engine
         async with self.lock:
-            if self.config().auto_update:
-                await self.daemon.engine.update(self.name)
-            else:
-                await self.daemon.engine.prefetch(self.name)
+            if not self.config().auto_update:
+                await engine.prefetch(self.name)
+                return None
+            wait = engine.window_wait(self.name)
+            if wait <= 0:
+                await engine.update(self.name)
+                return None
+            check = await engine.prefetch(self.name)
+            if check.available is None:
+                return None
+            wait = engine.window_wait(self.name)
+            self.daemon.on_event(Event(app=self.name, kind="phase", phase="waiting_window",
+                                       version=check.available, at=time.time(),
+                                       message=f"{check.available} waits for the window (opens "
+                                               f"in {window.describe_wait(wait)})"))
+            return wait + 1
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         with self.scope:
@@ -182,7 +197,16 @@ class Daemon:
             self._status = text
             self.notifier.send(f"STATUS={text}")
 
-    async def before_switch(self, app: str) -> None:
+    async def before_switch(self, app: str, ignore_window: bool) -> None:
+        """Wait for the maintenance window (unless told not to), then for inhibitors."""
+        while not ignore_window and (wait := self.engine.window_wait(app)) > 0:
+            self.on_event(Event(app=app, kind="phase", phase="waiting_window", at=time.time(),
+                                message=f"waiting for window (opens in "
+                                        f"{window.describe_wait(wait)})"))
+            await trio.sleep(min(wait, 60))  # look again each minute: reloads, clock changes
+        await self._wait_inhibitors(app)
+
+    async def _wait_inhibitors(self, app: str) -> None:
         """Wait while local programs hold inhibitors for `app`, at most `max_inhibit`."""
         if not self.inhibitors.held.get(app):
             return

@@ -21,7 +21,7 @@ import trio
 
 from updaterctl.protocol import Event, Phase
 from updaterd import archive, failpoints, fsutil, health, state
-from updaterd.config import AppConfig, Config
+from updaterd.config import AppConfig, Config, app_unit
 from updaterd.download import Expected
 from updaterd.errors import HealthCheckFailed, LayoutError, UpdaterError
 from updaterd.feed import Artifact, Release
@@ -180,6 +180,13 @@ async def finish_update(run: AppRun, from_version: str | None, version: str) -> 
             run.phase("health_check", version=version)
             await health.run("health check", health.resolve(run.cfg.health_check, release_dir),
                              cwd=release_dir, timeout=timeout, env=env)
+        unit = app_unit(run.cfg)
+        if run.cfg.health_notify and unit is not None:
+            run.phase("health_check", f"waiting for {unit} to be active", version)
+            await health.unit_active(unit, timeout)
+        if run.cfg.health_url:
+            run.phase("health_check", f"probing {run.cfg.health_url}", version)
+            await health.probe_url(run.cfg.health_url, timeout)
         failpoints.hit("health.after")
     except HealthCheckFailed as e:
         log.warning("%s %s: %s; rolling back to %s", run.name, version, e,

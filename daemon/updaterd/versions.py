@@ -166,5 +166,5 @@ def _refusal(offer: Offer, policy: Policy, semantic: bool = True) -> str:
         return f"outside pin {policy.pin!r}"
     if offer.rollout < 100 and rollout_bucket(policy.host_id, policy.app, offer.version) >= \
             offer.rollout:
-        return f"offered to {offer.rollout}% of hosts, not this one yet"
+        return f"available to {offer.rollout}% of hosts, not this one yet"
     return ""
