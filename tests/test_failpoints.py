@@ -14,7 +14,7 @@ from tests.conftest import Host, Nginx
 from tests.helpers import Feed, run_updaterd
 from updaterd import failpoints
 
-UPDATE_POINTS = [fp for fp in failpoints.ALL if not fp.startswith("rollback.")]
+UPDATE_POINTS = [fp for fp in failpoints.ALL if not fp.startswith(("rollback.", "inplace."))]
 ROLLBACK_POINTS = [fp for fp in failpoints.ALL if fp.startswith("rollback.")]
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -45,7 +44,6 @@ from updaterctl.protocol import (
 from updaterd import metrics
 from updaterd.engine import NoSuchVersion, UnknownApp
 from updaterd.errors import ConfigError, PolicyError, UpdaterError
-from updaterd.layout import Layout
 from updaterd.rpc import CONFIG_INVALID, Connection, Handler, RpcError
 
 if TYPE_CHECKING:
@@ -53,6 +51,9 @@ if TYPE_CHECKING:
 
 
 def _tree_size(path: str) -> int:
+    """Bytes under a folder, or of a single file."""
+    if os.path.isfile(path):
+        return os.lstat(path).st_size
     total = 0
     for dirpath, _dirs, files in os.walk(path):
         for name in files:
@@ -132,21 +133,21 @@ class ControlApi:
             blocked=st.blocked, skipped=st.skipped, notes=notes)
 
     async def list_backups(self, p: AppParams, conn: Connection) -> list[Backup]:
-        w = self._worker(p.app)
-        cfg, st = w.config(), w.state()
-        if cfg.prefix is None:
-            return []
-        layout = Layout(Path(cfg.prefix))
+        """Releases kept on disk (releases mode) or backup copies (inplace), with sizes."""
+        self._worker(p.app)
+        run = self.daemon.engine.open_app(p.app)
+        st = run.state
         installed_at: dict[str, float] = {}
         for h in st.history:
             if h.action == "installed":
                 installed_at[h.version] = h.at
         backups = []
-        for v in layout.versions_on_disk():
-            path = str(layout.release(v))
-            size = await trio.to_thread.run_sync(_tree_size, path)
-            backups.append(Backup(version=v, path=path, installed_at=installed_at.get(v),
-                                  size=size, current=v == st.installed))
+        for k in run.layout.kept():
+            size = await trio.to_thread.run_sync(_tree_size, str(k.path))
+            current = k.version == st.installed and run.layout.knows_version
+            backups.append(Backup(version=k.version, path=str(k.path),
+                                  installed_at=k.installed_at or installed_at.get(k.version),
+                                  size=size, current=current))
         return backups
 
     async def history(self, p: HistoryParams, conn: Connection) -> list[HistoryItem]:

@@ -19,11 +19,13 @@ from updaterctl.protocol import CheckResult, Event, RollbackResult, UpdateResult
 from updaterd import state, versions, window
 from updaterd.config import AppConfig, Config
 from updaterd.download import Fetcher, TokenBucket
-from updaterd.errors import FeedError, PolicyError, UpdaterError
+from updaterd.errors import FeedError, LayoutError, PolicyError, UpdaterError
 from updaterd.feed import Artifact, Release, TrustedFeed
+from updaterd.inplace import InplaceLayout
 from updaterd.layout import Layout
 from updaterd.sources import Source, make_source
 from updaterd.transaction import AppRun, Hooks, download, install, recover, roll_back
+from updaterd.transaction import prune as transaction_prune
 from updaterd.units import parse_rate
 
 log = logging.getLogger("updaterd.engine")
@@ -94,14 +96,20 @@ class Engine:
     def open_app(self, app: str, ignore_window: bool = False) -> AppRun:
         cfg = self._cfg(app)
         state_dir = Path(self.config.daemon.state_dir)
-        if cfg.prefix is None:
-            raise UpdaterError(f"{app}: install = \"{cfg.install}\" is not available yet")
+        folder = state.app_dir(state_dir, app)
+        layout: Layout | InplaceLayout
+        if cfg.install == "inplace":
+            assert cfg.target is not None
+            layout = InplaceLayout(app, Path(cfg.target), folder / "backups")
+        else:
+            assert cfg.prefix is not None
+            layout = Layout(Path(cfg.prefix))
         hooks = Hooks(download_limiter=self.download_limiter)
         if self.before_switch is not None:
             hook = self.before_switch
             hooks.before_switch = lambda: hook(app, ignore_window)
-        return AppRun(name=app, cfg=cfg, config=self.config, layout=Layout(Path(cfg.prefix)),
-                      state_folder=state.app_dir(state_dir, app),
+        return AppRun(name=app, cfg=cfg, config=self.config, layout=layout,
+                      state_folder=folder,
                       cache=Path(self.config.daemon.cache_dir) / app,
                       state=state.load(state_dir, app), emit=self.emit, hooks=hooks)
 
@@ -279,23 +287,35 @@ class Engine:
         return done
 
     async def rollback(self, app: str, to: str | None = None) -> RollbackResult:
-        """Go back to the previous (or a named) kept release; the version left is skipped."""
+        """Go back to the previous (or a named) kept version; the version left is skipped.
+
+        `to` is a version, or (inplace) the path of one of the app's backups; any other path
+        is refused.
+        """
         run = self.open_app(app)
         await recover(run)
         current = run.state.installed
-        target = to or run.state.previous
+        wanted = to or run.state.previous
         if current is None:
             raise NoSuchVersion(f"{app}: nothing is installed")
-        if target is None:
+        if wanted is None:
             raise NoSuchVersion(f"{app}: no previous version is kept")
-        if target == current:
-            raise NoSuchVersion(f"{app}: {target} is already the current version")
-        if target not in run.layout.versions_on_disk():
-            raise NoSuchVersion(f"{app}: version {target} is not kept in "
-                                f"{run.layout.releases}")
-        await roll_back(run, from_version=current, to_version=target, block=False,
-                        reason="rolled back by the operator")
-        return RollbackResult(from_version=current, to_version=target)
+        try:
+            kept = run.layout.find_kept(wanted)
+        except LayoutError as e:
+            raise PolicyError(str(e)) from None
+        if kept is None:
+            raise NoSuchVersion(f"{app}: version {wanted} is not kept")
+        if kept.version == current and run.layout.knows_version:
+            raise NoSuchVersion(f"{app}: {kept.version} is already the current version")
+        with trio.CancelScope(shield=True):
+            backup = run.layout.backup(current)  # inplace: keep what we leave, to go forward
+            await roll_back(run, from_version=current, to_version=kept.version, block=False,
+                            reason="rolled back by the operator",
+                            backup=str(kept.path) if not run.layout.knows_version else backup)
+        if not run.layout.knows_version:
+            transaction_prune(run)
+        return RollbackResult(from_version=current, to_version=kept.version)
 
     async def run_once(self) -> int:
         """One pass over every app: recover, check, and update where `auto_update` is on.

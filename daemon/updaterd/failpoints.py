@@ -18,6 +18,7 @@ ALL = (
     "stage.after_extract",
     "stage.after_fsync",
     "release.after_rename",
+    "inplace.after_backup",
     "journal.after_write",
     "switch.after_temp_link",
     "switch.after_rename",

@@ -13,16 +13,44 @@ import logging
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
-from updaterd import archive, fsutil, versions
+from updaterd import archive, failpoints, fsutil, versions
 from updaterd.errors import LayoutError
+from updaterd.state import Transaction
 
 log = logging.getLogger("updaterd.layout")
 
 
+@dataclass
+class Staged:
+    """A version made ready to switch to: a release folder, or a file next to the target."""
+
+    version: str
+    path: str
+    digest: str = ""  # inplace: BLAKE3 of the new file, to tell after a crash what is in place
+
+
+@dataclass
+class Kept:
+    """A version kept on disk that a rollback can return to."""
+
+    version: str
+    path: Path
+    installed_at: float | None = None
+
+
 class Layout:
-    """Paths and operations of one app's prefix."""
+    """Paths and operations of one app's prefix (the `releases` install mode).
+
+    The transaction drives this and `inplace.InplaceLayout` through the same methods: stage,
+    backup, switch_to, switched_to, undo_interrupted, settle, restore, discard, kept,
+    find_kept, prune, clean_leftovers.
+    """
+
+    knows_version = True  # `current` says which version is installed
 
     def __init__(self, prefix: Path) -> None:
         self.prefix = prefix
@@ -135,6 +163,66 @@ class Layout:
         for v in removed:
             remove_tree(self.releases / v)
         return removed
+
+    # -- the interface shared with InplaceLayout ---------------------------------------------
+
+    @property
+    def space_folder(self) -> Path:
+        return self.prefix
+
+    def run_dir(self, version: str) -> Path:
+        return self.release(version)
+
+    def stage(self, f: BinaryIO, kind: archive.Kind, limits: archive.ExtractLimits,
+              raw_name: str, executable: str | None, version: str) -> Staged:
+        """Extract into a fresh staging folder, fsync, and move it to releases/<version>."""
+        staging = self.new_staging()
+        try:
+            root = archive.extract(f, kind, staging, limits, raw_name)
+            failpoints.hit("stage.after_extract")
+            fsutil.fsync_tree(root)
+            failpoints.hit("stage.after_fsync")
+            dest = self.install(root, version)
+            failpoints.hit("release.after_rename")
+            return Staged(version=version, path=str(dest))
+        finally:
+            remove_tree(staging)
+
+    def backup(self, version: str | None) -> str:
+        return ""  # the release folder of the current version is the backup
+
+    def switch_to(self, staged: Staged, failpoint: str) -> None:
+        self.switch(staged.version, failpoint)
+
+    def switched_to(self, tx: Transaction) -> bool:
+        return self.installed() == tx.to_version
+
+    def undo_interrupted(self, tx: Transaction) -> None:
+        """The switch did not happen (or not fully): point `current` back at the old version."""
+        on_disk = self.installed()
+        if on_disk != tx.from_version:
+            self.restore(tx.from_version, "", "")
+        else:
+            self.settle(on_disk)
+
+    def settle(self, version: str | None) -> None:
+        self.refresh_bin_links(version)
+
+    def restore(self, version: str | None, backup: str, failpoint: str) -> None:
+        if version is not None:
+            self.switch(version, failpoint)
+        else:
+            self.unswitch()
+
+    def discard(self, version: str) -> None:
+        with contextlib.suppress(OSError, LayoutError):
+            remove_tree(self.release(version))
+
+    def kept(self) -> list[Kept]:
+        return [Kept(version=v, path=self.releases / v) for v in self.versions_on_disk()]
+
+    def find_kept(self, wanted: str) -> Kept | None:
+        return next((k for k in self.kept() if k.version == wanted), None)
 
     def clean_leftovers(self) -> list[str]:
         """What a crash leaves: staging folders and temp links. Returns what was removed."""

@@ -32,6 +32,8 @@ class Transaction(Struct, kw_only=True):
     started_at: float
     reason: str = ""
     block: bool = False  # rollback: block the version left (it failed its checks)
+    to_digest: str = ""  # inplace: BLAKE3 of the new file, to recognise it after a crash
+    backup: str = ""  # inplace: the copy of the file being replaced
 
 
 class HistoryEntry(Struct, kw_only=True):

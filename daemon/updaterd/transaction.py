@@ -25,7 +25,8 @@ from updaterd.config import AppConfig, Config, app_unit
 from updaterd.download import Expected
 from updaterd.errors import HealthCheckFailed, LayoutError, UpdaterError
 from updaterd.feed import Artifact, Release
-from updaterd.layout import Layout, remove_tree
+from updaterd.inplace import InplaceLayout
+from updaterd.layout import Layout, Staged
 from updaterd.sources import Source
 from updaterd.state import AppState, HistoryEntry, Transaction
 from updaterd.units import parse_duration, parse_size
@@ -45,6 +46,7 @@ class Hooks:
     before_switch: Callable[[], Awaitable[None]] = _no_wait
     download_limiter: trio.CapacityLimiter | None = None
 
+
 @dataclass
 class AppRun:
     """One app's configuration, paths and loaded state for the length of an operation."""
@@ -52,7 +54,7 @@ class AppRun:
     name: str
     cfg: AppConfig
     config: Config
-    layout: Layout
+    layout: Layout | InplaceLayout
     state_folder: Path
     cache: Path
     state: AppState
@@ -72,45 +74,38 @@ class AppRun:
                              from_version=from_version, reason=reason)
         state.record(self.state, entry, self.config.limits.history_length)
 
+
 def _extract_limits(run: AppRun) -> archive.ExtractLimits:
     lim = run.config.limits
     return archive.ExtractLimits(max_members=lim.max_archive_members,
                                  max_total=parse_size(lim.max_extracted_size),
                                  max_file=parse_size(lim.max_file_size))
 
+
 def _env(run: AppRun, version: str | None, previous: str | None) -> dict[str, str]:
     env = {"UPDATERD_APP": run.name, "UPDATERD_VERSION": version or "",
            "UPDATERD_PREVIOUS_VERSION": previous or ""}
     if version:
-        env["UPDATERD_RELEASE_DIR"] = str(run.layout.release(version))
+        env["UPDATERD_RELEASE_DIR"] = str(run.layout.run_dir(version))
     return env
 
+
 def _check_free_space(run: AppRun, artifact: Artifact) -> None:
-    """Refuse before downloading when the cache or the prefix cannot hold the release."""
-    for folder, need in ((run.cache, artifact.size), (run.layout.prefix, artifact.size)):
+    """Refuse before downloading when the cache or the install folder cannot hold it."""
+    for folder, need in ((run.cache, artifact.size), (run.layout.space_folder, artifact.size)):
         st = os.statvfs(folder)
         free = st.f_bavail * st.f_frsize
         if free < need:
             raise LayoutError(f"{folder} has {free} bytes free; {need} are needed")
 
-async def _stage(run: AppRun, f: BinaryIO, artifact: Artifact, version: str) -> Path:
-    """Extract into a fresh staging folder, fsync, and move it to releases/<version>."""
-    staging = run.layout.new_staging()
-    try:
-        name = artifact.url.rsplit("/", 1)[-1]
-        kind = archive.kind_of(name)
-        raw_name = run.cfg.executable or run.name
-        root = await trio.to_thread.run_sync(
-            archive.extract, f, kind, staging, _extract_limits(run), raw_name)
-        failpoints.hit("stage.after_extract")
-        await trio.to_thread.run_sync(fsutil.fsync_tree, root)
-        failpoints.hit("stage.after_fsync")
-        dest = run.layout.install(root, version)
-        failpoints.hit("release.after_rename")
-        return dest
-    finally:
-        with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(remove_tree, staging)
+
+async def _stage(run: AppRun, f: BinaryIO, artifact: Artifact, version: str) -> Staged:
+    """Make the version ready to switch to (a release folder, or a file next to the target)."""
+    kind = archive.kind_of(artifact.url.rsplit("/", 1)[-1])
+    raw_name = run.cfg.executable or run.name
+    return await trio.to_thread.run_sync(run.layout.stage, f, kind, _extract_limits(run),
+                                         raw_name, run.cfg.executable, version)
+
 
 async def download(run: AppRun, source: Source, release: Release,
                    artifact: Artifact) -> BinaryIO:
@@ -145,7 +140,7 @@ async def install(run: AppRun, source: Source, release: Release, artifact: Artif
     f = await download(run, source, release, artifact)
     try:
         run.phase("staging", version=version)
-        await _stage(run, f, artifact, version)
+        staged = await _stage(run, f, artifact, version)
     finally:
         f.close()
     run.state.release_digests[version] = artifact.blake3 or artifact.sha256 or ""
@@ -153,12 +148,14 @@ async def install(run: AppRun, source: Source, release: Release, artifact: Artif
     await run.hooks.before_switch()
     # From here on the disk changes what the app sees: journal first, and never be torn.
     with trio.CancelScope(shield=True):
+        backup = run.layout.backup(from_version)
         run.state.pending = Transaction(kind="update", from_version=from_version,
-                                        to_version=version, started_at=time.time())
+                                        to_version=version, started_at=time.time(),
+                                        to_digest=staged.digest, backup=backup)
         run.save()
         failpoints.hit("journal.after_write")
         run.phase("switching", version=version)
-        run.layout.switch(version, failpoint="switch")
+        run.layout.switch_to(staged, failpoint="switch")
         failpoints.hit("switch.after_bin_links")
         outcome = await finish_update(run, from_version, version)
     with contextlib.suppress(FileNotFoundError):
@@ -170,16 +167,16 @@ async def finish_update(run: AppRun, from_version: str | None, version: str) -> 
     """After the switch: restart, health check, then commit or roll back."""
     timeout = parse_duration(run.cfg.health_timeout)
     env = _env(run, version, from_version)
-    release_dir = run.layout.release(version)
+    run_dir = run.layout.run_dir(version)
     try:
         if run.cfg.restart:
             run.phase("restarting", version=version)
-            await health.run("restart", run.cfg.restart, cwd=release_dir, timeout=timeout, env=env)
+            await health.run("restart", run.cfg.restart, cwd=run_dir, timeout=timeout, env=env)
         failpoints.hit("restart.after")
         if run.cfg.health_check:
             run.phase("health_check", version=version)
-            await health.run("health check", health.resolve(run.cfg.health_check, release_dir),
-                             cwd=release_dir, timeout=timeout, env=env)
+            await health.run("health check", health.resolve(run.cfg.health_check, run_dir),
+                             cwd=run_dir, timeout=timeout, env=env)
         unit = app_unit(run.cfg)
         if run.cfg.health_notify and unit is not None:
             run.phase("health_check", f"waiting for {unit} to be active", version)
@@ -191,8 +188,9 @@ async def finish_update(run: AppRun, from_version: str | None, version: str) -> 
     except HealthCheckFailed as e:
         log.warning("%s %s: %s; rolling back to %s", run.name, version, e,
                     from_version or "nothing")
+        backup = run.state.pending.backup if run.state.pending else ""
         await roll_back(run, from_version=version, to_version=from_version, block=True,
-                        reason=str(e))
+                        reason=str(e), backup=backup)
         return "rolled_back"
     run.phase("committing", version=version)
     failpoints.hit("commit.before_state")
@@ -209,28 +207,27 @@ async def finish_update(run: AppRun, from_version: str | None, version: str) -> 
     run.phase("idle", f"{version} installed", version)
     return "installed"
 
+
 async def roll_back(run: AppRun, *, from_version: str, to_version: str | None, block: bool,
-                    reason: str) -> None:
+                    reason: str, backup: str = "") -> None:
     """Journal, switch back, restart; block the version left when it failed its checks."""
     run.phase("rolling_back", reason, from_version)
     run.state.pending = Transaction(kind="rollback", from_version=from_version,
                                     to_version=to_version or "", started_at=time.time(),
-                                    reason=reason, block=block)
+                                    reason=reason, block=block, backup=backup)
     run.save()
     failpoints.hit("rollback.after_journal")
     await complete_rollback(run, run.state.pending)
 
+
 async def complete_rollback(run: AppRun, tx: Transaction) -> None:
     """The idempotent part of a rollback; `recover` calls it again after a crash."""
     to_version = tx.to_version or None
-    if to_version is not None:
-        run.layout.switch(to_version, failpoint="rollback")
-    else:
-        run.layout.unswitch()
+    run.layout.restore(to_version, tx.backup, failpoint="rollback")
     if to_version is not None and run.cfg.restart:
         timeout = parse_duration(run.cfg.health_timeout)
         try:
-            await health.run("restart", run.cfg.restart, cwd=run.layout.release(to_version),
+            await health.run("restart", run.cfg.restart, cwd=run.layout.run_dir(to_version),
                              timeout=timeout, env=_env(run, to_version, tx.from_version))
         except HealthCheckFailed as e:
             log.error("%s: restart after rolling back to %s failed: %s", run.name, to_version, e)
@@ -253,17 +250,18 @@ async def complete_rollback(run: AppRun, tx: Transaction) -> None:
     run.save()
     failpoints.hit("rollback.after_state")
     if tx.block and left is not None and left not in (to_version, run.state.previous):
-        with contextlib.suppress(OSError, LayoutError):
-            remove_tree(run.layout.release(left))
+        run.layout.discard(left)
     run.phase("idle", f"rolled back to {to_version or 'nothing'}", to_version)
+
 
 def prune(run: AppRun) -> None:
     removed = run.layout.prune(run.state.installed, run.state.previous, run.cfg.retain)
     for v in removed:
         run.state.release_digests.pop(v, None)
     if removed:
-        log.info("%s: removed old releases %s", run.name, ", ".join(removed))
+        log.info("%s: removed old versions %s", run.name, ", ".join(removed))
         run.save()
+
 
 async def recover(run: AppRun) -> None:
     """Clean what a crash left and finish or undo a journaled transaction."""
@@ -273,9 +271,9 @@ async def recover(run: AppRun) -> None:
     if run.cache.is_dir():
         fsutil.clean_temp_files(run.cache)
     tx = run.state.pending
-    on_disk = run.layout.installed()
     if tx is None:
-        if run.state.installed != on_disk:
+        on_disk = run.layout.installed()
+        if run.layout.knows_version and run.state.installed != on_disk:
             log.warning("%s: state says %s but %s is current; following the disk", run.name,
                         run.state.installed, on_disk)
             run.state.installed = on_disk
@@ -286,21 +284,16 @@ async def recover(run: AppRun) -> None:
     with trio.CancelScope(shield=True):
         if tx.kind == "rollback":
             await complete_rollback(run, tx)
-        elif on_disk == tx.to_version:
-            run.layout.refresh_bin_links(tx.to_version)
+        elif run.layout.switched_to(tx):
+            run.layout.settle(tx.to_version)
             await finish_update(run, tx.from_version, tx.to_version)
         else:
-            if on_disk != tx.from_version:
-                if tx.from_version is not None:
-                    run.layout.switch(tx.from_version, failpoint="")
-                else:
-                    run.layout.unswitch()
-            else:
-                run.layout.refresh_bin_links(on_disk)
+            run.layout.undo_interrupted(tx)
             run.state.installed = tx.from_version
             run.state.pending = None
             run.remember("interrupted", tx.to_version, tx.from_version,
                          "interrupted before the switch")
             run.save()
+
 
 __all__ = ["AppRun", "UpdaterError", "install", "recover", "roll_back"]

@@ -1,0 +1,240 @@
+"""The `inplace` install mode: one executable (`target`) replaced with one rename(2).
+
+The new file is staged next to the target (a temp name updaterd recognises after a crash), given
+the target's mode and owner, and fsynced. Before the swap the current file is copied to
+`<state_dir>/<app>/backups/<app>-<version>-<UTC time>`; a rollback copies a backup next to the
+target and renames it over. Nothing else in the target's folder is touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import BinaryIO
+
+import blake3
+
+from updaterd import archive, failpoints, fsutil
+from updaterd.errors import ArchiveError, LayoutError
+from updaterd.layout import Kept, Staged, remove_tree
+from updaterd.state import Transaction
+
+_CHUNK = 1 << 20
+_STAMP = re.compile(r"-(\d{8}T\d{6}Z)(?:\.\d+)?$")
+
+
+def file_digest(path: Path) -> str | None:
+    """BLAKE3 of a file, or None when it does not exist."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except (FileNotFoundError, OSError):
+        return None
+    h = blake3.blake3()
+    with os.fdopen(fd, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class InplaceLayout:
+    """Paths and operations of one `inplace` app."""
+
+    knows_version = False  # the file does not say which version it is; the state does
+
+    def __init__(self, app: str, target: Path, backups: Path) -> None:
+        self.app = app
+        self.target = target
+        self.folder = target.parent
+        self.backups = backups
+        self.scratch = backups.parent  # private staging for archives lives in the state folder
+
+    @property
+    def space_folder(self) -> Path:
+        return self.folder
+
+    def run_dir(self, version: str) -> Path:
+        return self.folder
+
+    def _temp_prefix(self) -> str:
+        return f"{fsutil.TMP_MARK}{self.target.name}."
+
+    def preflight(self) -> None:
+        if not self.folder.is_dir():
+            raise LayoutError(f"{self.folder} (the folder of target) does not exist")
+        if self.target.is_symlink():
+            raise LayoutError(f"{self.target} is a symbolic link; refusing to replace it")
+        if self.target.exists() and not self.target.is_file():
+            raise LayoutError(f"{self.target} is not a regular file")
+        if not os.access(self.folder, os.W_OK | os.X_OK):
+            raise LayoutError(f"{self.folder} is not writable")
+        fsutil.ensure_private_dir(self.backups)
+
+    def installed(self) -> str | None:
+        return None
+
+    # -- staging ----------------------------------------------------------------------------
+
+    def stage(self, f: BinaryIO, kind: archive.Kind, limits: archive.ExtractLimits,
+              raw_name: str, executable: str | None, version: str) -> Staged:
+        """The new executable, copied next to the target with its mode and owner, fsynced."""
+        fsutil.ensure_private_dir(self.scratch, 0o755)
+        scratch = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.scratch))
+        try:
+            root = archive.extract(f, kind, scratch, limits, raw_name)
+            failpoints.hit("stage.after_extract")
+            chosen = self._choose(root, executable, kind)
+            mode, uid, gid = 0o755, -1, -1
+            with contextlib.suppress(FileNotFoundError):
+                st = os.stat(self.target)
+                mode, uid, gid = st.st_mode & 0o7777 & ~0o6000, st.st_uid, st.st_gid
+            staged = fsutil.temp_name(self.target)
+            h = blake3.blake3()
+            out = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            try:
+                with open(chosen, "rb") as src:
+                    while chunk := src.read(_CHUNK):
+                        h.update(chunk)
+                        view = memoryview(chunk)
+                        while view:
+                            view = view[os.write(out, view):]
+                if uid != -1 and (uid, gid) != (os.getuid(), os.getgid()):
+                    os.fchown(out, uid, gid)
+                os.fchmod(out, mode | 0o100)  # executable by its owner at least
+                os.fsync(out)
+            finally:
+                os.close(out)
+            failpoints.hit("stage.after_fsync")
+            return Staged(version=version, path=str(staged), digest=h.hexdigest())
+        finally:
+            remove_tree(scratch)
+
+    @staticmethod
+    def _choose(root: Path, executable: str | None, kind: archive.Kind) -> Path:
+        if executable is not None:
+            found = [p for p in root.rglob(executable) if p.is_file() and not p.is_symlink()]
+            if len(found) != 1:
+                raise ArchiveError(f"the archive holds {len(found)} files named {executable!r}; "
+                                   "expected exactly one")
+            return found[0]
+        found = [p for p in root.rglob("*") if p.is_file() and not p.is_symlink()
+                 and os.access(p, os.X_OK)]
+        if len(found) != 1:
+            raise ArchiveError(f"the archive holds {len(found)} executables; set `executable` "
+                               "to the one to install")
+        return found[0]
+
+    # -- switching --------------------------------------------------------------------------
+
+    def backup(self, version: str | None) -> str:
+        """Copy the current target to the backups folder; "" when there is no target yet."""
+        if not self.target.exists():
+            return ""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        dest = self.backups / f"{self.app}-{version or 'unknown'}-{stamp}"
+        n = 0
+        while dest.exists():
+            n += 1
+            dest = self.backups / f"{self.app}-{version or 'unknown'}-{stamp}.{n}"
+        tmp = fsutil.temp_name(dest)
+        shutil.copy2(self.target, tmp, follow_symlinks=False)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
+        fsutil.fsync_dir(self.backups)
+        failpoints.hit("inplace.after_backup")
+        return str(dest)
+
+    def switch_to(self, staged: Staged, failpoint: str) -> None:
+        if failpoint:  # the staged file is this mode's temp link: ready, not yet in place
+            failpoints.hit(failpoint + ".after_temp_link")
+        os.replace(staged.path, self.target)
+        if failpoint:
+            failpoints.hit(failpoint + ".after_rename")
+        fsutil.fsync_dir(self.folder)
+
+    def switched_to(self, tx: Transaction) -> bool:
+        return bool(tx.to_digest) and file_digest(self.target) == tx.to_digest
+
+    def undo_interrupted(self, tx: Transaction) -> None:
+        """The swap did not happen: the target is as it was; the staged file is a leftover."""
+
+    def settle(self, version: str | None) -> None:
+        """Nothing to refresh: the target is the whole install."""
+
+    def restore(self, version: str | None, backup: str, failpoint: str) -> None:
+        """Put a backup back by copy-then-rename, or remove the target when there was none."""
+        if not backup:
+            with contextlib.suppress(FileNotFoundError):
+                self.target.unlink()
+            fsutil.fsync_dir(self.folder)
+            return
+        tmp = fsutil.temp_name(self.target)
+        shutil.copy2(backup, tmp, follow_symlinks=False)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        if failpoint:
+            failpoints.hit(failpoint + ".after_temp_link")
+        os.replace(tmp, self.target)
+        if failpoint:
+            failpoints.hit(failpoint + ".after_rename")
+        fsutil.fsync_dir(self.folder)
+
+    def discard(self, version: str) -> None:
+        """Nothing to remove: a failed version left no folder behind."""
+
+    # -- what is kept -----------------------------------------------------------------------
+
+    def kept(self) -> list[Kept]:
+        """Backups, newest first."""
+        out = []
+        prefix = f"{self.app}-"
+        with contextlib.suppress(FileNotFoundError):
+            for p in self.backups.iterdir():
+                m = _STAMP.search(p.name)
+                if not (p.is_file() and p.name.startswith(prefix) and m):
+                    continue
+                version = p.name[len(prefix):m.start()]
+                out.append(Kept(version=version, path=p, installed_at=p.stat().st_mtime))
+        out.sort(key=lambda k: (k.installed_at or 0, k.path.name), reverse=True)
+        return out
+
+    def find_kept(self, wanted: str) -> Kept | None:
+        """The newest backup of a version, or a backup named by its path (inside backups/)."""
+        if "/" in wanted:
+            path = Path(wanted)
+            try:
+                resolved = path.resolve(strict=True)
+            except OSError:
+                return None
+            if resolved.parent != self.backups.resolve():
+                raise LayoutError(f"{wanted} is not one of {self.app}'s backups in "
+                                  f"{self.backups}; refusing to install it")
+            return next((k for k in self.kept() if k.path.resolve() == resolved), None)
+        return next((k for k in self.kept() if k.version == wanted), None)
+
+    def prune(self, current: str | None, previous: str | None, retain: int) -> list[str]:
+        """Keep the newest `retain` backups (at least one), oldest removed first."""
+        removed = []
+        for k in self.kept()[max(retain, 1):]:
+            k.path.unlink()
+            removed.append(k.path.name)
+        return removed
+
+    def clean_leftovers(self) -> list[str]:
+        removed = []
+        with contextlib.suppress(FileNotFoundError):
+            for p in self.folder.iterdir():
+                if p.name.startswith(self._temp_prefix()) and not p.is_dir():
+                    p.unlink()
+                    removed.append(str(p))
+            for p in self.scratch.iterdir():
+                if p.name.startswith(".staging-") and p.is_dir():
+                    remove_tree(p)
+                    removed.append(str(p))
+        removed += [str(p) for p in fsutil.clean_temp_files(self.backups)]
+        return removed
