@@ -3,12 +3,12 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: test demo bench lint clean venv
+.PHONY: test demo bench bench-quick lint clean venv
 
 $(BIN)/updaterd: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,bench]'
 	touch $@
 
 venv: $(BIN)/updaterd
@@ -20,8 +20,10 @@ demo: venv
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh
 
 bench: venv
-	$(BIN)/python -m bench.download $(BENCH_ARGS)
-	$(BIN)/python -m bench.ctl_status
+	$(BIN)/python -m bench.run
+
+bench-quick: venv
+	$(BIN)/python -m bench.run --quick
 
 lint: venv
 	$(BIN)/ruff check daemon ctl tests bench

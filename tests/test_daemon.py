@@ -357,6 +357,14 @@ def test_daemonize_with_pidfile(host: Host, nginx: Nginx, served_feed: Feed,
     assert not pidfile.exists()
 
 
+def dropped(sock: socket.socket) -> bool:
+    """The daemon hung up: an end of file, or a reset when it closed with data unread."""
+    try:
+        return sock.recv(100) == b""
+    except ConnectionResetError:
+        return True
+
+
 def test_stalled_and_idle_clients_are_dropped(host: Host, nginx: Nginx, served_feed: Feed,
                                               daemon: Daemon) -> None:
     served_feed.release("1.0.0")
@@ -372,9 +380,9 @@ def test_stalled_and_idle_clients_are_dropped(host: Host, nginx: Nginx, served_f
         idle.settimeout(5)
         started = time.monotonic()
         assert daemon.ctl("status").returncode == 0, "others are served meanwhile"
-        assert stalled.recv(100) == b""
+        assert dropped(stalled)
         assert time.monotonic() - started < 3
-        assert idle.recv(100) == b""
+        assert dropped(idle)
     assert daemon.ctl("status").returncode == 0
 
 

@@ -92,6 +92,7 @@ class _Tree:
     entries: dict[str, str] = field(default_factory=dict)  # path -> "dir" | "file" | "link"
     folded: dict[str, str] = field(default_factory=dict)
     links: dict[str, str] = field(default_factory=dict)  # symlink path -> target
+    made: set[str] = field(default_factory=set)  # folders created so far (saves a stat each)
     members: int = 0
     total: int = 0
 
@@ -131,11 +132,13 @@ class _Tree:
         for i, part in enumerate(parts):
             path = path / part
             key = "/".join(parts[: i + 1])
+            if key in self.made:
+                continue
             if key not in self.entries:
                 self.entries[key] = "dir"
                 self.folded[key.casefold()] = key
-            if not path.is_dir():
-                os.mkdir(path, 0o755)
+            os.mkdir(path, 0o755)  # the staging folder was empty: nothing else made it
+            self.made.add(key)
         return path
 
     def write_file(self, member: str, parts: tuple[str, ...], data: IO[bytes] | None,

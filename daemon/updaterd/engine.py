@@ -24,8 +24,7 @@ from updaterd.feed import Artifact, Release, TrustedFeed
 from updaterd.inplace import InplaceLayout
 from updaterd.layout import Layout
 from updaterd.sources import Source, make_source
-from updaterd.transaction import AppRun, Hooks, download, install, recover, roll_back
-from updaterd.transaction import prune as transaction_prune
+from updaterd.transaction import AppRun, Hooks, download, install, prune, recover, roll_back
 from updaterd.units import parse_rate
 
 log = logging.getLogger("updaterd.engine")
@@ -82,8 +81,17 @@ class Engine:
         self.emit = emit
         self.before_switch = before_switch
         self.download_limiter = trio.CapacityLimiter(config.daemon.max_parallel_downloads)
+        self.global_rate: TokenBucket | None = None
+        self.reconfigure(config)
+
+    def reconfigure(self, config: Config) -> None:
+        """Take a new configuration (reload): apps, limits and the daemon-wide caps."""
+        old_rate = self.config.daemon.max_rate if self.global_rate is not None else None
+        self.config = config
+        self.download_limiter.total_tokens = config.daemon.max_parallel_downloads
         rate = config.daemon.max_rate
-        self.global_rate = TokenBucket(parse_rate(rate)) if rate else None
+        if rate != old_rate:
+            self.global_rate = TokenBucket(parse_rate(rate)) if rate else None
         self.platform = config.daemon.platform or host_platform()
         self.host_id = config.daemon.host_id or host_id()
 
@@ -314,7 +322,7 @@ class Engine:
                             reason="rolled back by the operator",
                             backup=str(kept.path) if not run.layout.knows_version else backup)
         if not run.layout.knows_version:
-            transaction_prune(run)
+            prune(run)
         return RollbackResult(from_version=current, to_version=kept.version)
 
     async def run_once(self) -> int:

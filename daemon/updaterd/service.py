@@ -285,7 +285,7 @@ class Daemon:
         if new.daemon.socket != old.daemon.socket or new.daemon.lock_file != old.daemon.lock_file:
             log.warning("socket and lock_file changes take effect at the next start")
         self.config = new
-        self.engine.config = new
+        self.engine.reconfigure(new)
         for name in list(self.workers):
             if name not in new.apps:
                 self.workers.pop(name).scope.cancel()

@@ -1,0 +1,390 @@
+"""`make bench`: updaterd measured side by side with the tools an operator would use instead.
+
+Every figure is a median of several runs, and every ratio compares two figures from the same
+run (ours / theirs, for times: above 1 means slower). Writes bench/results.md and
+bench/throughput.png. `--quick` shrinks every size so CI can keep the harness working.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.servers.nginx import running_nginx
+from updaterd import archive, digests, fsutil
+
+BIN = Path(sys.executable).parent
+HERE = Path(__file__).resolve().parent
+MIB = 1 << 20
+
+
+@dataclass
+class Row:
+    section: str
+    what: str
+    ours: float
+    theirs_name: str = ""
+    theirs: float | None = None
+    unit: str = "s"
+
+    @property
+    def ratio(self) -> float | None:
+        return self.ours / self.theirs if self.theirs else None
+
+
+def median_time(fn: Callable[[], object], runs: int, before: Callable[[], object] | None = None) \
+        -> float:
+    times = []
+    for _ in range(runs):
+        if before is not None:
+            before()
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def sh(*cmd: str, cwd: Path | None = None) -> None:
+    subprocess.run(cmd, check=True, cwd=cwd, stdout=subprocess.DEVNULL)
+
+
+def random_file(path: Path, size: int) -> None:
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(left, 8 * MIB)
+            f.write(os.urandom(n))
+            left -= n
+
+
+# -- 1. download -------------------------------------------------------------------------------
+
+def bench_download(tmp: Path, size: int, runs: int) -> list[Row]:
+    rows = []
+    with running_nginx(tmp / "nginx") as nginx:
+        art = nginx.root / "artifact.bin"
+        random_file(art, size)
+        d = digests.of_file(str(art))
+        url = nginx.url("artifact.bin")
+        out = tmp / "dl"
+        out.mkdir()
+
+        def clear() -> None:
+            for p in out.iterdir():
+                p.unlink()
+
+        ours = median_time(lambda: sh(sys.executable, "-m", "bench.fetch_one", url,
+                                      str(out / "a"), str(size), d.sha256, d.blake3),
+                           runs, clear)
+        curl = median_time(lambda: sh("curl", "-s", "-o", str(out / "c"), url), runs, clear)
+        curl_sums = median_time(lambda: sh("sh", "-c", f"curl -s -o {out}/s {url} && "
+                                           f"sha256sum {out}/s >/dev/null && "
+                                           f"b3sum {out}/s >/dev/null"), runs, clear)
+        art.unlink()
+    mib = size / MIB
+    rows.append(Row("download", f"{mib:.0f} MiB, sha256+blake3 on the way", ours, "curl -o",
+                    curl))
+    rows.append(Row("download", f"{mib:.0f} MiB, verified", ours,
+                    "curl -o; sha256sum; b3sum", curl_sums))
+    return rows
+
+
+# -- 2. verification on disk -------------------------------------------------------------------
+
+def bench_verify(tmp: Path, size: int, runs: int) -> list[Row]:
+    path = tmp / "verify.bin"
+    random_file(path, size)
+
+    def ours_sha256() -> None:
+        import hashlib
+        with open(path, "rb") as f:
+            hashlib.file_digest(f, "sha256")
+
+    def ours_blake3() -> None:
+        import blake3
+        blake3.blake3(max_threads=blake3.blake3.AUTO).update_mmap(str(path))
+
+    rows = [
+        Row("verify", "sha256", median_time(ours_sha256, runs), "sha256sum",
+            median_time(lambda: sh("sha256sum", str(path)), runs)),
+        Row("verify", "blake3", median_time(ours_blake3, runs), "b3sum",
+            median_time(lambda: sh("b3sum", str(path)), runs)),
+        Row("verify", "sha256+blake3, one pass (what a download computes)",
+            median_time(lambda: digests.of_file(str(path)), runs), "sha256sum; b3sum",
+            median_time(lambda: sh("sh", "-c", f"sha256sum {path} >/dev/null && "
+                                   f"b3sum {path} >/dev/null"), runs)),
+    ]
+    path.unlink()
+    return rows
+
+
+# -- 3. install (safe extraction) --------------------------------------------------------------
+
+def release_tree(root: Path, size: int, small_files: int) -> None:
+    (root / "bin").mkdir(parents=True)
+    (root / "lib").mkdir()
+    big = (size - small_files * 1024) // 3
+    for i in range(3):
+        random_file(root / "lib" / f"big{i}.bin", big)
+    for i in range(small_files):
+        sub = root / "share" / f"d{i // 100}"
+        sub.mkdir(parents=True, exist_ok=True)
+        (sub / f"f{i}.txt").write_bytes(os.urandom(512).hex().encode())
+    (root / "bin" / "app").write_text("#!/bin/sh\necho hi\n")
+    (root / "bin" / "app").chmod(0o755)
+
+
+def bench_install(tmp: Path, size: int, small_files: int, runs: int) -> list[Row]:
+    src = tmp / "src"
+    release_tree(src / "app-1.0", size, small_files)
+    arts = {"tar.gz": tmp / "r.tar.gz", "tar.zst": tmp / "r.tar.zst", "zip": tmp / "r.zip"}
+    sh("tar", "-C", str(src), "-czf", str(arts["tar.gz"]), "app-1.0")
+    sh("tar", "-C", str(src), "--zstd", "-cf", str(arts["tar.zst"]), "app-1.0")
+    sh("zip", "-qr", str(arts["zip"]), "app-1.0", cwd=src)
+    shutil.rmtree(src)
+    limits = archive.ExtractLimits(max_members=10**6, max_total=1 << 40, max_file=1 << 40)
+    rows = []
+    places = {"disk": tmp / "x", "tmpfs": Path(tempfile.mkdtemp(dir="/dev/shm"))}
+    try:
+        for where, base in places.items():
+            base.mkdir(exist_ok=True)
+            for kind, art in arts.items():
+                dest = base / "out"
+
+                def clear(dest: Path = dest) -> None:
+                    shutil.rmtree(dest, ignore_errors=True)
+                    dest.mkdir()
+
+                def ours(art: Path = art, kind: str = kind, dest: Path = dest,
+                         durable: bool = where == "disk") -> None:
+                    with open(art, "rb") as f:
+                        root = archive.extract(f, kind, dest, limits, "app")  # type: ignore[arg-type]
+                    if durable:  # what an install does before the rename into releases/
+                        fsutil.fsync_tree(root)
+
+                tool = (["unzip", "-q", str(art), "-d", str(dest)] if kind == "zip" else
+                        ["tar", "--zstd" if kind == "tar.zst" else "-z", "-xf", str(art), "-C",
+                         str(dest)])
+                theirs = median_time(lambda tool=tool: sh(*tool), runs, clear)
+                rows.append(Row("install", f"{kind} on {where} ({size // MIB} MiB, "
+                                f"{small_files} small files)", median_time(ours, runs, clear),
+                                "unzip" if kind == "zip" else "tar -xf", theirs))
+                clear()
+    finally:
+        shutil.rmtree(places["tmpfs"], ignore_errors=True)
+    for art in arts.values():
+        art.unlink()
+    return rows
+
+
+# -- 5. switch and rollback --------------------------------------------------------------------
+
+def bench_switch(tmp: Path, runs: int) -> list[Row]:
+    from updaterd.layout import Layout
+
+    layout = Layout(tmp / "prefix")
+    layout.preflight()
+    for v in ("1.0.0", "1.1.0"):
+        (layout.releases / v / "bin").mkdir(parents=True)
+        (layout.releases / v / "bin" / "app").write_text("#!/bin/sh\n")
+        (layout.releases / v / "bin" / "app").chmod(0o755)
+    versions = iter(["1.0.0", "1.1.0"] * (runs * 200))
+    rename = median_time(lambda: fsutil.replace_symlink(layout.current,
+                                                        f"releases/{next(versions)}"),
+                         runs * 100)
+    switch = median_time(lambda: layout.switch(next(versions), failpoint=""), runs * 100)
+    ln = median_time(lambda: sh("ln", "-sfn", "releases/1.0.0", str(layout.current)), runs * 10)
+    return [Row("switch", "current swap (symlink + rename + fsync of the folder)", rename * 1000,
+                "ln -sfn (no fsync), process included", ln * 1000, "ms"),
+            Row("switch", "whole switch or rollback, no restart (+ bin/ links)", switch * 1000,
+                "ln -sfn (no fsync), process included", ln * 1000, "ms")]
+
+
+# -- 6. the control socket ---------------------------------------------------------------------
+
+def start_daemon(tmp: Path, apps: int) -> tuple[subprocess.Popen[bytes], Path]:
+    sock = tmp / f"d{apps}.sock"
+    (tmp / "feed").mkdir(exist_ok=True)
+    cfg = tmp / f"d{apps}.toml"
+    text = (f'[daemon]\nstate_dir = "{tmp}/state{apps}"\ncache_dir = "{tmp}/cache{apps}"\n'
+            f'lock_file = "{tmp}/lock{apps}"\nsocket = "{sock}"\n')
+    for i in range(apps):
+        text += (f'[apps.a{i}]\nsource = "directory"\npath = "{tmp}/feed"\n'
+                 f'prefix = "{tmp}/opt/a{i}"\ncheck_interval = "24h"\njitter = "1h"\n')
+    cfg.write_text(text)
+    proc = subprocess.Popen([str(BIN / "updaterd"), "--config", str(cfg)],
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not sock.exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError("updaterd did not start")
+        time.sleep(0.02)
+    return proc, sock
+
+
+def rpc_latencies(sock: Path, clients: int, per_client: int) -> tuple[float, list[float]]:
+    request = b'{"jsonrpc":"2.0","id":1,"method":"status"}\n'
+    lat: list[float] = []
+    lock = threading.Lock()
+
+    def client() -> None:
+        mine = []
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(sock))
+            f = s.makefile("rb")
+            for _ in range(per_client):
+                t = time.perf_counter()
+                s.sendall(request)
+                f.readline()
+                mine.append(time.perf_counter() - t)
+        with lock:
+            lat.extend(mine)
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return clients * per_client / (time.perf_counter() - start), sorted(lat)
+
+
+def bench_socket(tmp: Path, runs: int, quick: bool) -> list[Row]:
+    proc, sock = start_daemon(tmp, 1)
+    try:
+        python = median_time(lambda: sh(sys.executable, "-c", "pass"), runs * 5)
+        status = median_time(lambda: sh(str(BIN / "updaterctl"), "--socket", str(sock),
+                                        "status"), runs * 5)
+        rows = [Row("socket", "updaterctl status, wall time", status, "python3 -c pass",
+                    python)]
+        for clients in (1, 50):
+            rps, lat = rpc_latencies(sock, clients, 50 if quick else 400)
+            rows.append(Row("socket", f"status round trips/s, {clients} clients", rps, "",
+                            None, "req/s"))
+            rows.append(Row("socket", f"p50 latency, {clients} clients",
+                            lat[len(lat) // 2] * 1000, unit="ms"))
+            rows.append(Row("socket", f"p99 latency, {clients} clients",
+                            lat[int(len(lat) * 0.99)] * 1000, unit="ms"))
+    finally:
+        proc.terminate()
+        proc.wait()
+    return rows
+
+
+# -- 7. the daemon's footprint -----------------------------------------------------------------
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bench_footprint(tmp: Path, quick: bool) -> list[Row]:
+    rows = []
+    idle = 5.0 if quick else 60.0
+    for apps in (1, 100) if quick else (1, 100, 1000):
+        proc, _ = start_daemon(tmp, apps)
+        try:
+            time.sleep(1.0)
+            before = cpu_seconds(proc.pid)
+            if apps == 1:
+                time.sleep(idle)
+                rows.append(Row("footprint", f"CPU time over {idle:.0f} idle seconds",
+                                cpu_seconds(proc.pid) - before, unit="s"))
+            rows.append(Row("footprint", f"resident memory, idle, {apps} apps",
+                            rss_mib(proc.pid), unit="MiB"))
+        finally:
+            proc.terminate()
+            proc.wait()
+    return rows
+
+
+# -- results -----------------------------------------------------------------------------------
+
+def write_results(rows: list[Row], quick: bool, started: float) -> str:
+    lines = [f"# updaterd benchmarks{' (quick)' if quick else ''}", "",
+             f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on "
+             f"{os.cpu_count()} cores, in {time.time() - started:.0f} s. Medians; ratios are "
+             "ours / theirs from the same run (for times, above 1 is slower).", "",
+             "| section | what | ours | baseline | baseline figure | ratio |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        digits = 3 if r.unit in ("s", "ms") else 1
+        ours = f"{r.ours:.{digits}f} {r.unit}"
+        theirs = f"{r.theirs:.{digits}f} {r.unit}" if r.theirs is not None else "-"
+        ratio = f"{r.ratio:.2f}" if r.ratio is not None else "-"
+        lines.append(f"| {r.section} | {r.what} | {ours} | {r.theirs_name or '-'} | "
+                     f"{theirs} | {ratio} |")
+    text = "\n".join(lines) + "\n"
+    (HERE / ("results-quick.md" if quick else "results.md")).write_text(text)
+    return text
+
+
+def plot(rows: list[Row], sizes: dict[str, int], png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    picked = [r for r in rows if r.section in ("download", "install") and r.theirs]
+    labels = [f"{r.section}: {r.what.split(' (')[0]}\nvs {r.theirs_name}" for r in picked]
+    ours = [sizes[r.section] / MIB / r.ours for r in picked]
+    theirs = [sizes[r.section] / MIB / (r.theirs or 1) for r in picked]
+    fig, ax = plt.subplots(figsize=(11, 0.55 * len(picked) + 1.5))
+    y = range(len(picked))
+    ax.barh([i + 0.2 for i in y], ours, height=0.4, label="updaterd")
+    ax.barh([i - 0.2 for i in y], theirs, height=0.4, label="baseline tool")
+    ax.set_yticks(list(y), labels, fontsize=7)
+    ax.set_xlabel("MiB/s (higher is better)")
+    ax.set_title("Download and install throughput against the tools an operator would use")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="small sizes, one run: for CI")
+    args = ap.parse_args()
+    quick = args.quick
+    started = time.time()
+    runs = 1 if quick else 3
+    dl_size = (64 if quick else 1024) * MIB
+    inst_size, small = ((20 * MIB, 500) if quick else (200 * MIB, 5000))
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as name:
+        tmp = Path(name)
+        for label, step in (
+                ("download", lambda: bench_download(tmp, dl_size, runs)),
+                ("verify", lambda: bench_verify(tmp, dl_size, runs)),
+                ("install", lambda: bench_install(tmp, inst_size, small, runs)),
+                ("switch", lambda: bench_switch(tmp, runs)),
+                ("socket", lambda: bench_socket(tmp, runs, quick)),
+                ("footprint", lambda: bench_footprint(tmp, quick))):
+            print(f"bench: {label} ...", flush=True)
+            rows += step()
+    print(write_results(rows, quick, started))
+    png = HERE / ("throughput-quick.png" if quick else "throughput.png")
+    plot(rows, {"download": dl_size, "install": inst_size}, png)
+    print(f"wrote the table and {png}")
+
+
+if __name__ == "__main__":
+    main()
