@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import trio
+
 from tests.servers.nginx import running_nginx
 from updaterd import archive, digests, fsutil
 
@@ -186,6 +188,156 @@ def bench_install(tmp: Path, size: int, small_files: int, runs: int) -> list[Row
     for art in arts.values():
         art.unlink()
     return rows
+
+
+# -- 4. a whole update, and 7b. its peak memory ------------------------------------------------
+
+def _feed(nginx_root: Path, work: Path, artifact: Path, version: str) -> tuple[str, str]:
+    """Publish `artifact` into a signed feed under nginx; returns (feed folder name, pubkey)."""
+    from updaterd.publish import keygen, publish
+
+    pub, key = keygen(str(work / "bench-key"), force=True)
+    folder = nginx_root / "feed"
+    publish(feed_dir=folder, key_path=key, app="app", version=version, artifacts=[artifact],
+            platform="linux-x86_64")
+    return "feed", pub.read_text().splitlines()[1]
+
+
+def _config(work: Path, url: str, pub: str, prefix: Path) -> Path:
+    cfg = work / "bench.toml"
+    cfg.write_text(f"""[daemon]
+state_dir = "{work}/state"
+cache_dir = "{work}/cache"
+lock_file = "{work}/lock"
+platform = "linux-x86_64"
+[apps.app]
+source = "manifest"
+url = "{url}"
+public_keys = ["{pub}"]
+allow_insecure = true
+prefix = "{prefix}"
+health_check = ["bin/app"]
+""")
+    return cfg
+
+
+def run_peak(cmd: list[str]) -> tuple[float, float]:
+    """Wall time and peak resident memory (MiB) of one command."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[0]} failed with {proc.returncode}")
+    return time.perf_counter() - start, usage.ru_maxrss / 1024
+
+
+def bench_whole_update(tmp: Path, size: int, small_files: int, runs: int,
+                       big: int) -> list[Row]:
+    work = tmp / "whole"
+    work.mkdir()
+    src = work / "src"
+    release_tree(src / "app-1.0.0", size, small_files)
+    art = work / "app-1.0.0-linux-x86_64.tar.gz"
+    sh("tar", "-C", str(src), "-czf", str(art), "app-1.0.0")
+    shutil.rmtree(src)
+    rows = []
+    with running_nginx(work / "nginx") as nginx:
+        name, pub = _feed(nginx.root, work, art, "1.0.0")
+        url = nginx.url(f"{name}/manifest.json")
+        sha = digests.of_file(str(art)).sha256
+        prefix = work / "opt"
+
+        def fresh() -> None:
+            for p in (prefix, work / "state", work / "cache", work / "dl"):
+                shutil.rmtree(p, ignore_errors=True)
+
+        cfg = _config(work, url, pub, prefix)
+        ours = median_time(lambda: sh(str(BIN / "updaterd"), "--config", str(cfg), "--once"),
+                           runs, fresh)
+        script = f"""set -e
+curl -sf -o /dev/null {url}
+mkdir -p {work}/dl {prefix}/releases/1.0.0
+curl -sf -o {work}/dl/a.tar.gz {nginx.url(f"{name}/{art.name}")}
+echo "{sha}  {work}/dl/a.tar.gz" | sha256sum -c --quiet
+tar -xzf {work}/dl/a.tar.gz -C {prefix}/releases/1.0.0 --strip-components=1
+ln -sfn releases/1.0.0 {prefix}/current.tmp && mv -T {prefix}/current.tmp {prefix}/current
+{prefix}/current/bin/app >/dev/null
+"""
+        theirs = median_time(lambda: sh("sh", "-c", script), runs, fresh)
+        rows.append(Row("update", f"check, download, verify, stage, switch, health "
+                        f"({size // MIB} MiB, {small_files} small files)", ours,
+                        "curl; sha256sum; tar; ln (no signature, no fsync)", theirs))
+        fresh()
+        shutil.rmtree(nginx.root / name)
+        # peak memory while downloading and installing one large artifact
+        bigsrc = work / "big"
+        (bigsrc / "app-2.0.0" / "bin").mkdir(parents=True)
+        random_file(bigsrc / "app-2.0.0" / "blob", big)
+        (bigsrc / "app-2.0.0" / "bin" / "app").write_text("#!/bin/sh\n")
+        (bigsrc / "app-2.0.0" / "bin" / "app").chmod(0o755)
+        bigart = work / "app-2.0.0-linux-x86_64.tar"
+        sh("tar", "-C", str(bigsrc), "-cf", str(bigart), "app-2.0.0")
+        shutil.rmtree(bigsrc)
+        name, pub = _feed(nginx.root, work, bigart, "2.0.0")
+        bigart.unlink()
+        cfg = _config(work, nginx.url(f"{name}/manifest.json"), pub, prefix)
+        wall, peak = run_peak([str(BIN / "updaterd"), "--config", str(cfg), "--once"])
+        rows.append(Row("footprint", f"peak memory, downloading and installing "
+                        f"{big / 2**30:.2f} GiB ({wall:.0f} s)", peak, unit="MiB"))
+        fresh()
+    return rows
+
+
+# -- 8. a fleet of hosts checking one feed -----------------------------------------------------
+
+def bench_fleet(tmp: Path, hosts: int, spread: float) -> list[Row]:
+    """`hosts` simulated daemons check one feed twice each within `spread` seconds (jitter):
+    the first check after a publish gets the manifest, the next a 304."""
+    from updaterd.config import Limits
+    from updaterd.download import Fetcher
+
+    work = tmp / "fleet"
+    work.mkdir()
+    art = work / "app-1.0.0-linux-x86_64.tar.gz"
+    art.write_bytes(os.urandom(1024))
+    with running_nginx(work / "nginx") as nginx:
+        name, _ = _feed(nginx.root, work, art, "1.0.0")
+        url = nginx.url(f"{name}/manifest.json")
+        mark = len(nginx.requests())
+
+        async def fleet() -> float:
+            import random
+
+            rng = random.Random(7)
+            limiter = trio.CapacityLimiter(256)  # sockets this one process may hold at once
+            fetchers = [Fetcher(Limits(), allow_insecure=True) for _ in range(32)]
+
+            async def host(i: int) -> None:
+                await trio.sleep(rng.uniform(0, spread / 2))
+                async with limiter:
+                    first = await fetchers[i % 32].fetch_small(url, max_bytes=1 << 20)
+                await trio.sleep(rng.uniform(0, spread / 2))
+                async with limiter:
+                    await fetchers[i % 32].fetch_small(url, max_bytes=1 << 20, etag=first.etag)
+
+            start = trio.current_time()
+            async with trio.open_nursery() as n:
+                for i in range(hosts):
+                    n.start_soon(host, i)
+            for f in fetchers:
+                await f.aclose()
+            return float(trio.current_time() - start)
+
+        elapsed = trio.run(fleet)
+        reqs = [r for r in nginx.requests()[mark:] if r["uri"].endswith("manifest.json")]
+    not_modified = sum(r["status"] == 304 for r in reqs) / len(reqs)
+    body = sum(r["bytes"] for r in reqs)
+    return [Row("fleet", f"{hosts} hosts x 2 checks over {spread:.0f} s: requests/s at nginx",
+                len(reqs) / elapsed, unit="req/s"),
+            Row("fleet", "share of 304 Not Modified answers", not_modified * 100, unit="%"),
+            Row("fleet", "body bytes per check (manifest 200 or empty 304)", body / len(reqs),
+                unit="B")]
 
 
 # -- 5. switch and rollback --------------------------------------------------------------------
@@ -375,9 +527,13 @@ def main() -> None:
                 ("download", lambda: bench_download(tmp, dl_size, runs)),
                 ("verify", lambda: bench_verify(tmp, dl_size, runs)),
                 ("install", lambda: bench_install(tmp, inst_size, small, runs)),
+                ("update", lambda: bench_whole_update(tmp, inst_size, small, runs,
+                                                      (128 if quick else 4096) * MIB)),
                 ("switch", lambda: bench_switch(tmp, runs)),
                 ("socket", lambda: bench_socket(tmp, runs, quick)),
-                ("footprint", lambda: bench_footprint(tmp, quick))):
+                ("footprint", lambda: bench_footprint(tmp, quick)),
+                ("fleet", lambda: bench_fleet(tmp, 200 if quick else 2000,
+                                              5.0 if quick else 20.0))):
             print(f"bench: {label} ...", flush=True)
             rows += step()
     print(write_results(rows, quick, started))
