@@ -58,7 +58,10 @@ def median_time(fn: Callable[[], object], runs: int, before: Callable[[], object
 
 
 def sh(*cmd: str, cwd: Path | None = None) -> None:
-    subprocess.run(cmd, check=True, cwd=cwd, stdout=subprocess.DEVNULL)
+    """Run a command quietly; its stderr is shown only when it fails."""
+    r = subprocess.run(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if r.returncode != 0:
+        raise RuntimeError(f"{cmd[0]} failed ({r.returncode}): {r.stderr.decode()[-2000:]}")
 
 
 def random_file(path: Path, size: int) -> None:
@@ -222,14 +225,27 @@ health_check = ["bin/app"]
 
 
 def run_peak(cmd: list[str]) -> tuple[float, float]:
-    """Wall time and peak resident memory (MiB) of one command."""
+    """Wall time and peak resident memory (MiB) of one command.
+
+    VmHWM is read from /proc while it runs: rusage's maxrss would also count the pages the
+    child shared with this (large) process between fork and exec.
+    """
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
+    peak = 0
+    status = Path(f"/proc/{proc.pid}/status")
+    while proc.poll() is None:
+        try:
+            text = status.read_text()
+        except OSError:
+            break
+        for line in text.splitlines():  # Popen returns after exec: this is the new program
+            if line.startswith("VmHWM:"):
+                peak = max(peak, int(line.split()[1]))
+        time.sleep(0.1)
+    if proc.wait() != 0:
         raise RuntimeError(f"{cmd[0]} failed with {proc.returncode}")
-    return time.perf_counter() - start, usage.ru_maxrss / 1024
+    return time.perf_counter() - start, peak / 1024
 
 
 def bench_whole_update(tmp: Path, size: int, small_files: int, runs: int,

@@ -255,3 +255,14 @@ def test_update_survives_dropped_connection_and_resumes(host: Host, fault_server
     artifact_requests = [q for q in fault_server.requests() if q["path"].endswith(art.name)]
     assert [q["status"] for q in artifact_requests] == [200, 206]
     assert artifact_requests[1]["range"] == f"bytes={artifact_requests[0]['sent']}-"
+
+
+def test_c70_lock_file_planted_as_symlink_is_refused(host: Host, nginx: Nginx,
+                                                     served_feed: Feed) -> None:
+    served_feed.release("1.0.0")
+    configure(host, nginx, served_feed)
+    (host.base / "elsewhere").write_text("")
+    (host.base / "updaterd.lock").symlink_to(host.base / "elsewhere")
+    r = once(host)
+    assert r.returncode == 1
+    assert "lock file" in r.stderr and "symbolic link" in r.stderr and "Traceback" not in r.stderr
