@@ -27,6 +27,8 @@ from typing import Any
 
 import trio
 
+from tests.servers.lifespan import serve_lifespan
+
 ROOT = Path(os.environ.get("FAULT_ROOT", "."))
 LOG = os.environ.get("FAULT_LOG")
 seen: Counter[str] = Counter()
@@ -39,15 +41,8 @@ def _log(entry: dict[str, Any]) -> None:
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
     if scope["type"] != "http":
+        await serve_lifespan(scope, receive, send)
         return
     headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
     parts = scope["path"].lstrip("/").split("/", 1)

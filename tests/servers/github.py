@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests.servers.lifespan import serve_lifespan
+
 ROOT = Path(os.environ.get("GH_ROOT", "."))
 LOG = os.environ.get("GH_LOG")
 
@@ -36,15 +38,8 @@ def _asset_ids(state: dict[str, Any]) -> dict[str, int]:
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
     if scope["type"] != "http":
+        await serve_lifespan(scope, receive, send)
         return
     headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
     host = headers.get("host", "")
