@@ -111,3 +111,17 @@ def test_rate_limit_pushes_the_next_check_past_the_reset() -> None:
                   AppState(last_check=BASE, rate_limited_until=BASE + 5000))
     run_for(app, 5001)
     assert app.runs == [5000]
+
+
+def test_an_unexpected_error_does_not_stop_the_schedule() -> None:
+    class Broken(FakeApp):
+        async def run_cycle(self) -> float | None:
+            self.runs.append(trio.current_time())
+            self.st.last_check = BASE + trio.current_time()
+            if len(self.runs) == 1:
+                raise OSError(28, "No space left on device")
+            return None
+
+    app = Broken(cfg(check_interval="1h", jitter="0s"), AppState())
+    run_for(app, 3601)
+    assert app.runs == [0, 3600]

@@ -84,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     except UpdaterError as e:
         print(f"updaterd: {e}", file=sys.stderr)
         return EXIT_FAILED
+    except OSError as e:  # an I/O error no layer could say more about: still no traceback
+        print(f"updaterd: {e}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
 

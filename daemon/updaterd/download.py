@@ -361,6 +361,12 @@ class Fetcher:
                 raise Retryable(f"{url}: resumed file failed verification; "
                                 "starting over") from None
             raise
+        except OSError as e:
+            # A full or failing disk: not worth retrying now, and the partial only takes space.
+            _remove(part)
+            _remove(meta_path)
+            raise DownloadError(f"{dest.parent}: {e.strerror or e} while downloading "
+                                f"{dest.name}") from None
         finally:
             if not keep_fd:
                 os.close(fd)

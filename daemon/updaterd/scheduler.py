@@ -83,6 +83,11 @@ class Schedule:
                 self.wake_in = await self.target.run_cycle()
             except UpdaterError as e:
                 log.error("%s: %s", self.target.name, e)
+            except Exception:
+                # One app's unexpected failure (an I/O error, a bug) must not stop the daemon
+                # or the other apps; the next cycle tries again.
+                log.exception("%s: unexpected error; trying again at the next check",
+                              self.target.name)
 
     async def _wait(self, delay: float | None) -> bool:
         """Sleep `delay` seconds (forever when None); True when poked instead."""

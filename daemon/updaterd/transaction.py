@@ -103,8 +103,12 @@ async def _stage(run: AppRun, f: BinaryIO, artifact: Artifact, version: str) -> 
     """Make the version ready to switch to (a release folder, or a file next to the target)."""
     kind = archive.kind_of(artifact.url.rsplit("/", 1)[-1])
     raw_name = run.cfg.executable or run.name
-    return await trio.to_thread.run_sync(run.layout.stage, f, kind, _extract_limits(run),
-                                         raw_name, run.cfg.executable, version)
+    try:
+        return await trio.to_thread.run_sync(run.layout.stage, f, kind, _extract_limits(run),
+                                             raw_name, run.cfg.executable, version)
+    except OSError as e:  # a full disk, most often; the staging area is already cleaned
+        raise LayoutError(f"{run.layout.space_folder}: {e.strerror or e} while staging "
+                          f"{version}") from None
 
 
 async def download(run: AppRun, source: Source, release: Release,

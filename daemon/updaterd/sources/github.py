@@ -24,7 +24,7 @@ import msgspec
 from updaterd import checksums, fsutil, minisign, versions
 from updaterd.config import AppConfig, Limits
 from updaterd.download import Expected, Fetcher, ProgressFn, RateLimited
-from updaterd.errors import DigestMismatch, FeedError, SignatureError
+from updaterd.errors import DigestMismatch, FeedError, SignatureError, StateError
 from updaterd.feed import SAFE_FILE_NAME, Artifact, Manifest, Release, TrustedFeed
 from updaterd.sources.trust import keys_of
 from updaterd.state import AppState
@@ -126,8 +126,11 @@ class GitHubSource:
             raise FeedError(f"tag {release.tag_name!r} cannot name a release folder")
         self.release = release
         if not doc.not_modified:
-            fsutil.ensure_private_dir(self.state_folder, 0o755)
-            fsutil.atomic_write(self.state_folder / CACHED, body)
+            try:
+                fsutil.ensure_private_dir(self.state_folder, 0o755)
+                fsutil.atomic_write(self.state_folder / CACHED, body)
+            except OSError as e:
+                raise StateError(f"cannot write state: {e.strerror or e}") from None
             state.etag, state.last_modified = doc.etag, doc.last_modified
         published = _parse_time(release.published_at)
         manifest = Manifest(schema=1, app=self.app, serial=0,

@@ -16,7 +16,7 @@ from updaterd import failpoints
 from updaterd.config import AppConfig, Limits
 from updaterd.digests import Digests
 from updaterd.download import Expected, ProgressFn
-from updaterd.errors import DigestMismatch, FeedError
+from updaterd.errors import DigestMismatch, DownloadError, FeedError
 from updaterd.feed import MANIFEST, SAFE_FILE_NAME, SIGNATURE, Artifact, TrustedFeed
 from updaterd.sources import trust
 from updaterd.state import AppState
@@ -87,8 +87,11 @@ def _copy_verified(src: Path, dest: Path, expected: Expected) -> BinaryIO:
         failpoints.hit("download.after_verify")
         os.lseek(out, 0, os.SEEK_SET)
         return os.fdopen(out, "rb")
-    except BaseException:
+    except BaseException as e:
         os.close(out)
         if part.exists():
             part.unlink()
+        if isinstance(e, OSError):
+            raise DownloadError(f"{dest.parent}: {e.strerror or e} while copying "
+                                f"{src.name}") from None
         raise

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from updaterd import feed, fsutil, minisign
 from updaterd.config import AppConfig
+from updaterd.errors import StateError
 from updaterd.state import AppState
 
 CACHED = "feed.json"
@@ -34,13 +35,16 @@ def verify(app: str, cfg: AppConfig, state: AppState, raw: bytes, sig: bytes | N
 
 def keep_copy(folder: Path, raw: bytes, sig: bytes | None) -> None:
     """Keep the verified manifest, so that a 304 can be answered from a re-verified copy."""
-    fsutil.ensure_private_dir(folder, 0o755)
-    fsutil.atomic_write(folder / CACHED, raw)
-    if sig is not None:
-        fsutil.atomic_write(folder / CACHED_SIG, sig)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            (folder / CACHED_SIG).unlink()
+    try:
+        fsutil.ensure_private_dir(folder, 0o755)
+        fsutil.atomic_write(folder / CACHED, raw)
+        if sig is not None:
+            fsutil.atomic_write(folder / CACHED_SIG, sig)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                (folder / CACHED_SIG).unlink()
+    except OSError as e:
+        raise StateError(f"cannot write state: {folder / CACHED}: {e.strerror or e}") from None
 
 
 def load_copy(folder: Path) -> tuple[bytes, bytes | None] | None:

@@ -1,0 +1,135 @@
+"""Disk full (RELIABILITY rows B55, C71, D97, D98) on small tmpfs mounts the tests make
+(they run as root here and in CI). Each case: a clear error, no traceback, nothing torn, the
+installed version untouched."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Host, Nginx
+from tests.helpers import Feed, app_script, make_tar, run_updaterd
+
+
+@contextlib.contextmanager
+def small_fs(path: Path, size: str) -> Iterator[Path]:
+    path.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {r.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(folder: Path) -> Path:
+    """Use up the free space of `folder`'s filesystem."""
+    filler = folder / "filler"
+    with open(filler, "wb", buffering=0) as f, contextlib.suppress(OSError):
+        while True:
+            f.write(b"\0" * 65536)
+            f.flush()
+    return filler
+
+
+def configure(host: Host, nginx: Nginx, feed: Feed, **kw: object) -> None:
+    host.configure(source="manifest", url=nginx.url(f"{feed.folder.name}/manifest.json"),
+                   public_keys=[feed.pub], allow_insecure=True, **kw)
+
+
+def big_release(feed: Feed, version: str, size: int, zeros: bool = False) -> Path:
+    art = feed.work / f"hello-{version}-linux-x86_64.tar.gz"
+    blob = bytes(size) if zeros else os.urandom(size)
+    make_tar(art, {"bin/hello": (app_script(version), 0o755), "share/blob": (blob, 0o644)},
+             top=f"hello-{version}")
+    feed.publish(version, [art])
+    return art
+
+
+def no_traceback(r: subprocess.CompletedProcess[str]) -> None:
+    assert "Traceback" not in r.stderr, r.stderr
+
+
+def test_d98_too_little_space_is_refused_before_downloading(
+        host: Host, nginx: Nginx, served_feed: Feed) -> None:
+    with small_fs(host.base / "cache", "1m"):
+        art = big_release(served_feed, "1.0.0", 3 << 20)
+        configure(host, nginx, served_feed)
+        r = run_updaterd("--config", host.config, "--once")
+        assert r.returncode == 1 and re.search(r"1048576 bytes free; \d+ are needed", r.stderr)
+        no_traceback(r)
+        assert not [q for q in nginx.requests() if q["uri"].endswith(art.name)]
+        assert host.current() is None
+
+
+def test_d97_disk_full_mid_download_is_a_clean_error(host: Host, nginx: Nginx,
+                                                     served_feed: Feed) -> None:
+    with small_fs(host.base / "cache", "6m") as cache:
+        big_release(served_feed, "1.0.0", 4 << 20)
+        configure(host, nginx, served_feed, max_rate="1MiB/s")  # slow enough to fill the disk
+        proc = subprocess.Popen([str(Path(os.sys.executable).parent / "updaterd"),  # type: ignore[attr-defined]
+                                 "--config", str(host.config), "--once"],
+                                stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 10
+        while not list((cache / "hello").glob("*.part")) if (cache / "hello").exists() else True:
+            assert time.monotonic() < deadline, "the download never started"
+            time.sleep(0.05)
+        filler = fill(cache)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 1 and "No space left on device while downloading" in err
+        assert "Traceback" not in err
+        assert not list((cache / "hello").glob("*.part*")), "the partial is removed"
+        filler.unlink()
+        state = host.state()
+        assert state["installed"] is None and state["pending"] is None
+        r = run_updaterd("--config", host.config, "--once")
+        assert r.returncode == 0, r.stderr  # no crash loop: the next run succeeds
+        assert host.current() == "1.0.0"
+
+
+def test_b55_disk_full_during_extraction_leaves_current_untouched(
+        host: Host, nginx: Nginx, served_feed: Feed) -> None:
+    with small_fs(host.base / "opt", "4m"):
+        served_feed.release("1.0.0")
+        configure(host, nginx, served_feed)
+        assert run_updaterd("--config", host.config, "--once").returncode == 0
+        big_release(served_feed, "1.1.0", 16 << 20, zeros=True)  # tiny download, big extract
+        r = run_updaterd("--config", host.config, "--once")
+        assert r.returncode == 1 and "No space left on device while staging 1.1.0" in r.stderr
+        no_traceback(r)
+        assert host.current() == "1.0.0"
+        assert not any((host.prefix / ".staging").iterdir())
+        assert sorted(p.name for p in (host.prefix / "releases").iterdir()) == ["1.0.0"]
+        assert host.state()["pending"] is None
+
+
+def test_c71_disk_full_while_writing_state_keeps_the_old_state(
+        host: Host, nginx: Nginx, served_feed: Feed) -> None:
+    with small_fs(host.state_dir, "512k") as state_dir:
+        served_feed.release("1.0.0")
+        configure(host, nginx, served_feed)
+        assert run_updaterd("--config", host.config, "--once").returncode == 0
+        before = (state_dir / "hello" / "state.json").read_text()
+        served_feed.release("1.1.0")
+        filler = fill(state_dir)
+        r = run_updaterd("--config", host.config, "--once")
+        assert r.returncode == 1 and "cannot write state" in r.stderr
+        no_traceback(r)
+        assert (state_dir / "hello" / "state.json").read_text() == before
+        assert json.loads(before)["installed"] == host.current() == "1.0.0"
+        assert not [p for p in (state_dir / "hello").iterdir()
+                    if p.name.startswith(".updaterd-tmp")]
+        filler.unlink()
+        assert run_updaterd("--config", host.config, "--once").returncode == 0
+        assert host.current() == "1.1.0"
+
