@@ -156,3 +156,18 @@ def test_unsigned_feed_refused_when_signature_required() -> None:
         feed.verify_manifest(raw_of(manifest()), None, keys=[], app="demo", stored_serial=None,
                              stored_digest=None, cycle_start=NOW - timedelta(days=1),
                              require_signature=True)
+
+
+def test_publishing_twice_in_a_second_still_changes_the_validators(tmp_path: Path) -> None:
+    """nginx's ETag is mtime (seconds) and size: two quick publishes must not look the same."""
+    from updaterd.publish import publish
+
+    _, key = keygen(str(tmp_path / "k"))
+    art = tmp_path / "a-linux-x86_64.tar.gz"
+    art.write_bytes(b"x")
+    feed_dir = tmp_path / "feed"
+    mtimes = []
+    for version in ("1.0.0", "1.0.1", "1.0.2"):
+        publish(feed_dir=feed_dir, key_path=key, app="a", version=version, artifacts=[art])
+        mtimes.append(int((feed_dir / "manifest.json").stat().st_mtime))
+    assert mtimes[0] < mtimes[1] < mtimes[2]

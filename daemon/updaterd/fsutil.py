@@ -94,6 +94,15 @@ def clean_temp_files(folder: Path) -> list[Path]:
     return removed
 
 
+def probe_writable(folder: Path, near: Path | None = None) -> None:
+    """Create and remove a temp file in `folder`: access(2) says yes to root even on a
+    read-only mount or an immutable folder. Raises OSError when the folder cannot be written."""
+    probe = temp_name(near if near is not None else folder / "probe")
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    os.close(fd)
+    os.unlink(probe)
+
+
 def ensure_private_dir(path: Path, mode: int = 0o700) -> None:
     """Create a folder (and parents) if missing; refuse a symlink in its place."""
     if path.is_symlink():

@@ -70,8 +70,10 @@ class InplaceLayout:
             raise LayoutError(f"{self.target} is a symbolic link; refusing to replace it")
         if self.target.exists() and not self.target.is_file():
             raise LayoutError(f"{self.target} is not a regular file")
-        if not os.access(self.folder, os.W_OK | os.X_OK):
-            raise LayoutError(f"{self.folder} is not writable")
+        try:
+            fsutil.probe_writable(self.folder, near=self.target)
+        except OSError as e:
+            raise LayoutError(f"{self.folder} is not writable: {e.strerror or e}") from None
         fsutil.ensure_private_dir(self.backups)
 
     def installed(self) -> str | None:

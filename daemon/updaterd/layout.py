@@ -75,8 +75,10 @@ class Layout:
                 raise LayoutError(f"cannot create {folder}: {e.strerror}") from None
         fsutil.ensure_private_dir(self.staging)
         for folder in (self.prefix, self.releases, self.bin, self.staging):
-            if not os.access(folder, os.W_OK | os.X_OK):
-                raise LayoutError(f"{folder} is not writable")
+            try:
+                fsutil.probe_writable(folder)
+            except OSError as e:
+                raise LayoutError(f"{folder} is not writable: {e.strerror or e}") from None
         if os.stat(self.staging).st_dev != os.stat(self.releases).st_dev:
             raise LayoutError(f"{self.staging} and {self.releases} are on different filesystems")
 

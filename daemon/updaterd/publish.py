@@ -11,6 +11,7 @@ import contextlib
 import os
 import re
 import shutil
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -102,6 +103,12 @@ def publish(*, feed_dir: Path, key_path: Path, app: str, version: str,
     raw = feed.encode(manifest)
     comment = f"timestamp:{int(now.timestamp())}\tfile:{feed.MANIFEST}\tapp:{app}" \
               f"\tserial:{manifest.serial}"
+    old_mtime = manifest_path.stat().st_mtime if manifest_path.exists() else None
     fsutil.atomic_write(feed_dir / feed.SIGNATURE, secret.sign(raw, comment).encode())
     fsutil.atomic_write(manifest_path, raw)
+    if old_mtime is not None:
+        # Static servers derive ETag and Last-Modified from mtime (whole seconds) and size: a
+        # second publish within the same second could otherwise look unchanged (304) to hosts.
+        mtime = max(time.time(), old_mtime + 1)
+        os.utime(manifest_path, (mtime, mtime))
     return manifest

@@ -68,7 +68,8 @@ def test_d98_too_little_space_is_refused_before_downloading(
         r = run_updaterd("--config", host.config, "--once")
         assert r.returncode == 1 and re.search(r"1048576 bytes free; \d+ are needed", r.stderr)
         no_traceback(r)
-        assert not [q for q in nginx.requests() if q["uri"].endswith(art.name)]
+        uri = f"/{served_feed.folder.name}/{art.name}"
+        assert not [q for q in nginx.requests() if q["uri"] == uri]
         assert host.current() is None
 
 
@@ -133,3 +134,26 @@ def test_c71_disk_full_while_writing_state_keeps_the_old_state(
         assert run_updaterd("--config", host.config, "--once").returncode == 0
         assert host.current() == "1.1.0"
 
+
+
+def test_c72_read_only_releases_fail_at_preflight_before_any_download(
+        host: Host, nginx: Nginx, served_feed: Feed) -> None:
+    served_feed.release("1.0.0")
+    configure(host, nginx, served_feed)
+    assert run_updaterd("--config", host.config, "--once").returncode == 0
+    art = served_feed.release("1.1.0")
+    releases = host.prefix / "releases"
+    with small_fs(host.base / "ro", "1m") as ro:
+        subprocess.run(["mount", "--bind", str(releases), str(ro)], check=True)
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(ro)], check=True)
+        subprocess.run(["mount", "--bind", str(ro), str(releases)], check=True)
+        try:
+            r = run_updaterd("--config", host.config, "--once")
+        finally:
+            subprocess.run(["umount", "-l", str(releases)], check=False)
+            subprocess.run(["umount", "-l", str(ro)], check=False)
+    assert r.returncode == 1 and f"{releases} is not writable: Read-only file system" in r.stderr
+    no_traceback(r)
+    uri = f"/{served_feed.folder.name}/{art.name}"
+    assert not [q for q in nginx.requests() if q["uri"] == uri], "refused before downloading"
+    assert host.current() == "1.0.0"
