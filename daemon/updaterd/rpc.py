@@ -33,6 +33,7 @@ from updaterctl.protocol import (
     Request,
     Response,
 )
+from updaterd import fsutil
 from updaterd.config import Limits as ConfigLimits
 from updaterd.errors import UpdaterError
 from updaterd.units import parse_duration
@@ -143,10 +144,13 @@ def create_socket(path: Path, mode: int, group: str) -> trio.socket.SocketType:
             raise UpdaterError(f"another process is listening on {path}")
         finally:
             probe.close()
+    # Bound under a temp name, made ready, then renamed into place: the path never exists
+    # without a listener behind it, and never with wider permissions than socket_mode.
+    tmp = fsutil.temp_name(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o177)  # no window where the socket is open to everyone
+    old = os.umask(0o177)
     try:
-        sock.bind(str(path))
+        sock.bind(str(tmp))
     finally:
         os.umask(old)
     try:
@@ -155,9 +159,10 @@ def create_socket(path: Path, mode: int, group: str) -> trio.socket.SocketType:
         log.warning("admin group %r does not exist; only root may change things", group)
         gid = -1
     if gid != -1:
-        os.chown(path, -1, gid)
-    os.chmod(path, mode)
+        os.chown(tmp, -1, gid)
+    os.chmod(tmp, mode)
     sock.listen(128)
+    os.replace(tmp, path)
     return trio.socket.from_stdlib_socket(sock)
 
 
