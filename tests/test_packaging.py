@@ -121,3 +121,22 @@ def test_wheel_installs_man_pages_completions_and_scripts(tmp_path: Path) -> Non
                    check=True)
     assert (venv / "share" / "man" / "man8" / "updaterd.8").exists()
     assert (venv / "bin" / "updaterd").exists() and (venv / "bin" / "updaterctl").exists()
+
+
+def test_every_updaterctl_option_is_in_the_man_page() -> None:
+    """Derived from the argparse parser, so a new flag without documentation fails here."""
+    import argparse
+
+    from updaterctl.cli import parser
+
+    text = (MAN / "updaterctl.1").read_text().replace("\\-", "-")
+    options = set()
+    top = parser()
+    for action in top._actions:
+        options.update(o for o in action.option_strings if o.startswith("--"))
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                for sub_action in sub._actions:
+                    options.update(o for o in sub_action.option_strings if o.startswith("--"))
+    options -= {"--help"}
+    assert sorted(o for o in options if o not in text) == []

@@ -37,7 +37,7 @@ _updaterctl() {
                     local opts=""
                     case $cmd in
                         check) opts="--force" ;;
-                        update) opts="--version --no-wait" ;;
+                        update) opts="--version --now --no-wait" ;;
                         rollback) opts="--to" ;;
                         history) opts="--limit" ;;
                         inhibit) opts="--why" ;;
