@@ -26,7 +26,7 @@ bench-quick: venv
 	$(BIN)/python -m bench.run --quick
 
 lint: venv
-	$(BIN)/ruff check daemon ctl tests bench
+	$(BIN)/ruff check daemon ctl tests bench scripts
 	$(BIN)/mypy
 
 clean:

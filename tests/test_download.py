@@ -103,7 +103,7 @@ def test_d88_content_length_above_signed_aborts_before_body(
     assert not list(cache.iterdir()), "nothing that failed verification is kept"
 
 
-def test_d15_d90_longer_body_aborted_at_signed_length(
+def test_a15_d90_longer_body_aborted_at_signed_length(
         fault_server: FaultServer, artifact: tuple[str, bytes, Expected], cache: Path) -> None:
     name, _, expected = artifact
     with pytest.raises(DigestMismatch, match="more bytes than the signed"):
@@ -299,7 +299,7 @@ def test_d95_authorization_not_forwarded_across_hosts() -> None:
     "http://updates.example.com/m.json", "ftp://x/y", "https://user:pw@example.com/m.json",
     "https://169.254.169.254/latest", "https://metadata.google.internal/x",
     "https://[fe80::1]/x", "https://example.com/a\r\nb"])
-def test_d21_url_policy_refuses(url: str) -> None:
+def test_a21_url_policy_refuses(url: str) -> None:
     from updaterd import urlpolicy
 
     with pytest.raises(DownloadError, match="refusing"):

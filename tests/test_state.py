@@ -38,7 +38,7 @@ def test_round_trip(tmp_path: Path) -> None:
     assert state.load(tmp_path, "demo") == s
 
 
-def test_c27_corrupt_state_moved_aside_serial_kept(tmp_path: Path,
+def test_a27_corrupt_state_moved_aside_serial_kept(tmp_path: Path,
                                                    caplog: pytest.LogCaptureFixture) -> None:
     folder = tmp_path / "demo"
     folder.mkdir()
