@@ -16,7 +16,9 @@ import os
 import random
 import re
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -377,15 +379,15 @@ class Fetcher:
         window = parse_duration(self.limits.min_speed_window)
         min_bytes = parse_size(self.limits.min_speed) * window
         window_start, window_bytes = trio.current_time(), 0
+        received = digests.size  # what was hashed before (a resumed partial) plus what arrives
+        sink = _Sink(fd, digests)
         try:
             async for chunk in r.aiter_raw():
-                if digests.size + len(chunk) > expected.size:
+                if received + len(chunk) > expected.size:
                     raise DigestMismatch(f"{url}: more bytes than the signed {expected.size}; "
                                          "aborted")
-                digests.update(chunk)
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd, view):]
+                received += len(chunk)
+                await sink.add(chunk)
                 for cap in self.rate_caps:
                     await cap.consume(len(chunk))
                 window_bytes += len(chunk)
@@ -396,9 +398,62 @@ class Fetcher:
                                         f"over {self.limits.min_speed_window}")
                     window_start, window_bytes = now, 0
                 if progress is not None:
-                    progress(digests.size, expected.size)
+                    progress(received, expected.size)
         except httpx.TransportError as e:
             raise Retryable(f"{url}: {type(e).__name__}: {e or 'connection lost'}") from None
+        finally:
+            await sink.close()  # everything received is hashed and on disk, in order
+
+
+class _Sink:
+    """Hashes and writes the received bytes on one worker thread, in order, ~1 MiB at a time.
+
+    SHA-256, BLAKE3 and write(2) release the GIL, so they overlap the next network reads instead
+    of taking turns with them on the event-loop thread. At most IN_FLIGHT batches wait; a worker
+    error (a full disk) comes back through its future into the caller's except clauses.
+    """
+
+    BATCH = 1 << 20
+    IN_FLIGHT = 4
+
+    def __init__(self, fd: int, digests: Digests) -> None:
+        self.fd, self.digests = fd, digests
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="updaterd-sink")
+        self.pending: deque[Future[None]] = deque()
+        self.batch: list[bytes] = []
+        self.batch_size = 0
+
+    def _consume(self, chunks: list[bytes]) -> None:
+        # One joined buffer: three long calls that release the GIL, instead of many short ones
+        # that keep handing it back and forth with the event-loop thread.
+        view = memoryview(b"".join(chunks))
+        self.digests.update(view)
+        while view:
+            view = view[os.write(self.fd, view):]
+
+    async def add(self, chunk: bytes) -> None:
+        self.batch.append(chunk)
+        self.batch_size += len(chunk)
+        if self.batch_size >= self.BATCH:
+            await self._submit()
+
+    async def _submit(self) -> None:
+        if self.batch:
+            self.pending.append(self.pool.submit(self._consume, self.batch))
+            self.batch, self.batch_size = [], 0
+        while self.pending and self.pending[0].done():
+            self.pending.popleft().result()  # raise a worker error as early as it is known
+        while len(self.pending) > self.IN_FLIGHT:
+            await trio.to_thread.run_sync(self.pending.popleft().result)
+
+    async def close(self) -> None:
+        """Write out what was received; raises what the worker raised."""
+        try:
+            await self._submit()
+            while self.pending:
+                await trio.to_thread.run_sync(self.pending.popleft().result)
+        finally:
+            self.pool.shutdown(wait=True)  # a cancelled close still leaves an in-order prefix
 
 
 def _content_range_ok(value: str | None, offset: int, size: int) -> bool:
