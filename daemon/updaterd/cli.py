@@ -65,10 +65,6 @@ def _setup_logging(verbose: bool) -> None:
     logging.getLogger("httpcore").setLevel(logging.WARNING)
 
 
-def _load(path: str) -> config_mod.Config:
-    return config_mod.load(path)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _setup_logging(args.verbose)
@@ -108,7 +104,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                     rollout=args.rollout, platform=args.platform)
         print(f"published {args.app} {args.release_version} to {args.feed} (serial {m.serial})")
         return EXIT_OK
-    cfg = _load(args.config)
+    cfg = config_mod.load(args.config)
     if args.command == "check-config":
         print(f"{args.config}: OK ({len(cfg.apps)} apps)")
         return EXIT_OK

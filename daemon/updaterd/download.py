@@ -17,12 +17,12 @@ import random
 import re
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 from urllib.parse import urljoin, urlsplit
 
 import httpx
@@ -111,6 +111,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 
 ProgressFn = Callable[[int, int], None]
+T = TypeVar("T")
 
 
 class TokenBucket:
@@ -195,7 +196,7 @@ class Fetcher:
         finally:
             await response.aclose()
 
-    async def _retrying(self, what: str, attempt_fn: Callable[[int], object]) -> object:
+    async def _retrying(self, what: str, attempt_fn: Callable[[int], Awaitable[T]]) -> T:
         """Run `attempt_fn` with exponential backoff and full jitter on Retryable failures."""
         base = parse_duration(self.limits.backoff_base)
         cap = parse_duration(self.limits.backoff_cap)
@@ -203,7 +204,7 @@ class Fetcher:
         attempt = 0
         while True:
             try:
-                return await attempt_fn(attempt)  # type: ignore[misc]
+                return await attempt_fn(attempt)
             except Retryable as e:
                 if attempt >= self.limits.retries:
                     raise DownloadError(f"{e} (gave up after {attempt + 1} attempts)") from None
@@ -264,9 +265,7 @@ class Fetcher:
                 return Small(False, bytes(body), r.headers.get("etag"),
                              r.headers.get("last-modified"))
 
-        result = await self._retrying(url, attempt)
-        assert isinstance(result, Small)
-        return result
+        return await self._retrying(url, attempt)
 
     # -- artifacts ---------------------------------------------------------------------------
 
@@ -287,8 +286,7 @@ class Fetcher:
                 url, dest, expected, progress, n, headers or {}))
         if scope.cancelled_caught:
             raise DownloadError(f"{url}: not finished within {self.limits.download_deadline}")
-        assert not isinstance(result, type(None))
-        return result  # type: ignore[return-value]
+        return result
 
     async def _attempt(self, url: str, dest: Path, expected: Expected,
                        progress: ProgressFn | None, attempt: int,
@@ -503,6 +501,3 @@ def _open_verified(path: Path, expected: Expected) -> BinaryIO | None:
     os.lseek(fd, 0, os.SEEK_SET)
     return os.fdopen(fd, "rb")
 
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)

@@ -150,10 +150,6 @@ def check_release(release: Release) -> None:
             raise FeedError(f"artifact name {name!r} of {release.version} is not a safe name")
 
 
-def now_utc() -> datetime:
-    return datetime.now(UTC)
-
-
 def encode(manifest: Manifest) -> bytes:
     """Canonical bytes of a manifest (sorted keys, indented, trailing newline)."""
     return msgspec.json.format(msgspec.json.encode(manifest, order="sorted"), indent=2) + b"\n"

@@ -10,6 +10,7 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
+import httpx
 import trio
 
 from updaterd.errors import HealthCheckFailed
@@ -19,8 +20,6 @@ _TAIL = 2048
 
 async def probe_url(url: str, timeout: float, every: float = 0.5) -> None:
     """GET `url` until it answers 2xx, for at most `timeout` seconds."""
-    import httpx  # the daemon has it loaded already; kept local to keep this module light
-
     last = "no answer"
     with trio.move_on_after(timeout):
         async with httpx.AsyncClient(timeout=max(min(timeout, 10.0), 0.1),

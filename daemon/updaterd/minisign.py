@@ -17,7 +17,6 @@ import base64
 import binascii
 import hashlib
 import secrets
-import time
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
@@ -217,6 +216,3 @@ def _verify(data: bytes | None, prehash: bytes | None, signature: bytes,
         return Verified(key=key, trusted_comment=comment)
     raise SignatureError(f"signature by key {_key_id_hex(key_id)} does not verify")
 
-
-def default_trusted_comment(file_name: str) -> str:
-    return f"timestamp:{int(time.time())}\tfile:{file_name}\thashed"

@@ -23,7 +23,7 @@ from updaterctl.protocol import Event, Phase
 from updaterd import archive, failpoints, fsutil, health, state
 from updaterd.config import AppConfig, Config, app_unit
 from updaterd.download import Expected
-from updaterd.errors import HealthCheckFailed, LayoutError, UpdaterError
+from updaterd.errors import HealthCheckFailed, LayoutError
 from updaterd.feed import Artifact, Release
 from updaterd.inplace import InplaceLayout
 from updaterd.layout import Layout, Staged
@@ -299,5 +299,3 @@ async def recover(run: AppRun) -> None:
                          "interrupted before the switch")
             run.save()
 
-
-__all__ = ["AppRun", "UpdaterError", "install", "recover", "roll_back"]

@@ -21,12 +21,12 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from updaterd import checksums, fsutil, minisign, versions
+from updaterd import checksums, minisign, versions
 from updaterd.config import AppConfig, Limits
 from updaterd.download import Expected, Fetcher, ProgressFn, RateLimited
-from updaterd.errors import DigestMismatch, FeedError, SignatureError, StateError
+from updaterd.errors import DigestMismatch, FeedError, SignatureError
 from updaterd.feed import SAFE_FILE_NAME, Artifact, Manifest, Release, TrustedFeed
-from updaterd.sources.trust import keys_of
+from updaterd.sources import trust
 from updaterd.state import AppState
 from updaterd.units import parse_size
 
@@ -67,7 +67,7 @@ class GitHubSource:
         self.state_folder = state_folder
         self.base = f"{cfg.api_url.rstrip('/')}/repos/{cfg.repo}"
         self.api_host = urlsplit(cfg.api_url).hostname
-        self.keys = keys_of(cfg) if cfg.verify == "required" else []
+        self.keys = trust.keys_of(cfg) if cfg.verify == "required" else []
         self.assets: dict[str, GitHubAsset] = {}
         self.signatures: dict[str, bytes] = {}
         self.release: GitHubRelease | None = None
@@ -107,7 +107,8 @@ class GitHubSource:
             raise RateLimited(f"GitHub rate limit: no request until {when}",
                               state.rate_limited_until)
         url = self.base + ("/releases?per_page=30" if self.cfg.prerelease else "/releases/latest")
-        cached = self._load_copy()
+        copy = trust.load_copy(self.state_folder, CACHED)
+        cached = copy[0] if copy is not None else None
         try:
             doc = await self.fetcher.fetch_small(
                 url, max_bytes=parse_size(self.limits.max_manifest_size),
@@ -126,11 +127,7 @@ class GitHubSource:
             raise FeedError(f"tag {release.tag_name!r} cannot name a release folder")
         self.release = release
         if not doc.not_modified:
-            try:
-                fsutil.ensure_private_dir(self.state_folder, 0o755)
-                fsutil.atomic_write(self.state_folder / CACHED, body)
-            except OSError as e:
-                raise StateError(f"cannot write state: {e.strerror or e}") from None
+            trust.keep_copy(self.state_folder, body, None, CACHED)
             state.etag, state.last_modified = doc.etag, doc.last_modified
         published = _parse_time(release.published_at)
         manifest = Manifest(schema=1, app=self.app, serial=0,
@@ -141,12 +138,6 @@ class GitHubSource:
                                                                   size=asset.size)])])
         return TrustedFeed(manifest=manifest, digest=hashlib.sha256(body).hexdigest(),
                            unchanged=doc.not_modified)
-
-    def _load_copy(self) -> bytes | None:
-        try:
-            return (self.state_folder / CACHED).read_bytes()
-        except FileNotFoundError:
-            return None
 
     def _pick(self, body: bytes) -> GitHubRelease:
         try:

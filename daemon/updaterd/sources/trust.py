@@ -12,7 +12,6 @@ from updaterd.errors import StateError
 from updaterd.state import AppState
 
 CACHED = "feed.json"
-CACHED_SIG = "feed.json.minisig"
 
 
 def keys_of(cfg: AppConfig) -> list[minisign.PublicKey]:
@@ -33,27 +32,30 @@ def verify(app: str, cfg: AppConfig, state: AppState, raw: bytes, sig: bytes | N
     )
 
 
-def keep_copy(folder: Path, raw: bytes, sig: bytes | None) -> None:
-    """Keep the verified manifest, so that a 304 can be answered from a re-verified copy."""
+def keep_copy(folder: Path, raw: bytes, sig: bytes | None, name: str = CACHED) -> None:
+    """Keep the verified feed (and its signature), so that a 304 can be answered from a
+    re-verified copy. Raises StateError when the state folder cannot be written."""
+    sig_path = folder / f"{name}.minisig"
     try:
         fsutil.ensure_private_dir(folder, 0o755)
-        fsutil.atomic_write(folder / CACHED, raw)
+        fsutil.atomic_write(folder / name, raw)
         if sig is not None:
-            fsutil.atomic_write(folder / CACHED_SIG, sig)
+            fsutil.atomic_write(sig_path, sig)
         else:
             with contextlib.suppress(FileNotFoundError):
-                (folder / CACHED_SIG).unlink()
+                sig_path.unlink()
     except OSError as e:
-        raise StateError(f"cannot write state: {folder / CACHED}: {e.strerror or e}") from None
+        raise StateError(f"cannot write state: {folder / name}: {e.strerror or e}") from None
 
 
-def load_copy(folder: Path) -> tuple[bytes, bytes | None] | None:
+def load_copy(folder: Path, name: str = CACHED) -> tuple[bytes, bytes | None] | None:
+    """The copy kept by keep_copy, or None."""
     try:
-        raw = (folder / CACHED).read_bytes()
+        raw = (folder / name).read_bytes()
     except FileNotFoundError:
         return None
     try:
-        sig: bytes | None = (folder / CACHED_SIG).read_bytes()
+        sig: bytes | None = (folder / f"{name}.minisig").read_bytes()
     except FileNotFoundError:
         sig = None
     return raw, sig
