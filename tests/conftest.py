@@ -122,6 +122,14 @@ class Host:
                  "health_timeout": "10s", **app}
         return write_config(self.config, self.daemon_table(), {"hello": table}, limits)
 
+    def follow(self, nginx: Nginx, feed: Feed, **app: Any) -> Path:
+        """Configure the app to follow `feed` as served by nginx (checked hourly, no jitter)."""
+        app.setdefault("check_interval", "1h")
+        app.setdefault("jitter", "0s")
+        return self.configure(source="manifest",
+                              url=nginx.url(f"{feed.folder.name}/manifest.json"),
+                              public_keys=[feed.pub], allow_insecure=True, **app)
+
     def state(self) -> dict[str, Any]:
         return json.loads((self.state_dir / "hello" / "state.json").read_text())
 
@@ -222,3 +230,13 @@ def daemon(host: Host) -> Iterator[Daemon]:
     d = Daemon(host)
     yield d
     d.stop()
+
+
+@pytest.fixture
+def running(host: Host, nginx: Nginx, served_feed: Feed, daemon: Daemon) -> Daemon:
+    """A daemon that installed 1.0.0 by itself right after starting."""
+    served_feed.release("1.0.0")
+    host.follow(nginx, served_feed)
+    daemon.start()
+    daemon.wait_for(lambda: daemon.app()["current"] == "1.0.0", what="first install")
+    return daemon

@@ -20,23 +20,6 @@ from tests.conftest import Daemon, Host, Nginx
 from tests.helpers import Feed, run_updaterd, write_config
 
 
-def configure(host: Host, nginx: Nginx, feed: Feed, **kw: Any) -> None:
-    kw.setdefault("check_interval", "1h")
-    kw.setdefault("jitter", "0s")
-    host.configure(source="manifest", url=nginx.url(f"{feed.folder.name}/manifest.json"),
-                   public_keys=[feed.pub], allow_insecure=True, **kw)
-
-
-@pytest.fixture
-def running(host: Host, nginx: Nginx, served_feed: Feed, daemon: Daemon) -> Daemon:
-    """A daemon that installed 1.0.0 by itself right after starting."""
-    served_feed.release("1.0.0")
-    configure(host, nginx, served_feed)
-    daemon.start()
-    daemon.wait_for(lambda: daemon.app()["current"] == "1.0.0", what="first install")
-    return daemon
-
-
 def test_status_shows_daemon_and_app(running: Daemon) -> None:
     st = running.status()
     assert st["daemon"]["pid"] == running.proc.pid  # type: ignore[union-attr]
@@ -97,7 +80,7 @@ def test_skip_unskip_pause_resume(running: Daemon, served_feed: Feed) -> None:
 def test_two_concurrent_updates_second_is_busy(running: Daemon, served_feed: Feed,
                                                host: Host, nginx: Nginx) -> None:
     served_feed.release("1.1.0")
-    configure(host, nginx, served_feed, health_check=["sh", "-c", "sleep 1.5; bin/hello"])
+    host.follow(nginx, served_feed, health_check=["sh", "-c", "sleep 1.5; bin/hello"])
     running.ctl("reload", check=True)
     first = subprocess.Popen([str(Path(os.sys.executable).parent / "updaterctl"), "--socket",  # type: ignore[attr-defined]
                               str(running.socket), "update", "hello"],
@@ -182,7 +165,7 @@ def test_second_daemon_refuses_to_start(running: Daemon, host: Host) -> None:
 def test_sigterm_during_update_ends_on_one_complete_version(
         host: Host, nginx: Nginx, served_feed: Feed, daemon: Daemon) -> None:
     served_feed.release("1.0.0")
-    configure(host, nginx, served_feed, health_check=["sh", "-c", "sleep 2; bin/hello"])
+    host.follow(nginx, served_feed, health_check=["sh", "-c", "sleep 2; bin/hello"])
     daemon.start()
     daemon.wait_for(lambda: daemon.app()["current"] == "1.0.0", what="first install")
     served_feed.release("1.1.0")
@@ -199,7 +182,7 @@ def test_sigterm_during_update_ends_on_one_complete_version(
 def test_sd_notify_ready_status_watchdog_stopping(host: Host, nginx: Nginx, served_feed: Feed,
                                                   tmp_path: Path) -> None:
     served_feed.release("1.0.0")
-    configure(host, nginx, served_feed)
+    host.follow(nginx, served_feed)
     sock_path = tmp_path / "notify.sock"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     listener.bind(str(sock_path))
@@ -241,7 +224,7 @@ def test_unprivileged_user_reads_status_but_may_not_roll_back(
     served_feed.release("1.0.0")
     run_dir = Path(tempfile.mkdtemp(prefix="updaterd-run-"))
     run_dir.chmod(0o755)
-    configure(host, nginx, served_feed)
+    host.follow(nginx, served_feed)
     table = host.daemon_table()
     table.update(socket=str(run_dir / "updaterd.sock"), socket_mode="0666", admin_group="root")
     text = host.config.read_text().split("[limits]", 1)[1]
@@ -338,7 +321,7 @@ def test_metrics_are_prometheus_text(running: Daemon) -> None:
 def test_daemonize_with_pidfile(host: Host, nginx: Nginx, served_feed: Feed,
                                 tmp_path: Path) -> None:
     served_feed.release("1.0.0")
-    configure(host, nginx, served_feed)
+    host.follow(nginx, served_feed)
     pidfile = tmp_path / "updaterd.pid"
     r = run_updaterd("--config", host.config, "--daemonize", "--pidfile", pidfile, timeout=20)
     assert r.returncode == 0, r.stderr
@@ -368,7 +351,7 @@ def dropped(sock: socket.socket) -> bool:
 def test_stalled_and_idle_clients_are_dropped(host: Host, nginx: Nginx, served_feed: Feed,
                                               daemon: Daemon) -> None:
     served_feed.release("1.0.0")
-    configure(host, nginx, served_feed, limits={"client_line_timeout": "500ms",
+    host.follow(nginx, served_feed, limits={"client_line_timeout": "500ms",
                                                  "client_idle_timeout": "1s"})
     daemon.start()
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stalled, \
@@ -390,7 +373,7 @@ def test_auto_update_off_downloads_but_waits_for_update(host: Host, nginx: Nginx
                                                         served_feed: Feed,
                                                         daemon: Daemon) -> None:
     art = served_feed.release("1.0.0")
-    configure(host, nginx, served_feed, auto_update=False)
+    host.follow(nginx, served_feed, auto_update=False)
     daemon.start()
     daemon.wait_for(lambda: daemon.app()["available"] == "1.0.0", what="check")
     cached = host.base / "cache" / "hello" / art.name

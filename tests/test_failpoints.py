@@ -47,9 +47,7 @@ def crash_at(host: Host, failpoint: str) -> None:
 
 def prepare(host: Host, nginx: Nginx, feed: Feed, healthy: bool) -> None:
     restarts = host.base / "restarts.log"
-    host.configure(source="manifest", url=nginx.url(f"{feed.folder.name}/manifest.json"),
-                   public_keys=[feed.pub], allow_insecure=True,
-                   restart=["sh", "-c", f'echo "$UPDATERD_VERSION" >> {restarts}'])
+    host.follow(nginx, feed, restart=["sh", "-c", f'echo "$UPDATERD_VERSION" >> {restarts}'])
     feed.release("1.0.0")
     assert run_updaterd("--config", host.config, "--once").returncode == 0
     feed.release("1.1.0", healthy=healthy)

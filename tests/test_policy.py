@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -22,13 +21,6 @@ from tests.conftest import Daemon, Host, Nginx
 from tests.helpers import BIN, Feed, app_script, make_tar, run_updaterd
 from tests.servers.proxy import running_proxy
 from updaterd import window
-
-
-def configure(host: Host, nginx: Nginx, feed: Feed, **kw: Any) -> None:
-    kw.setdefault("check_interval", "1h")
-    kw.setdefault("jitter", "0s")
-    host.configure(source="manifest", url=nginx.url(f"{feed.folder.name}/manifest.json"),
-                   public_keys=[feed.pub], allow_insecure=True, **kw)
 
 
 def closed_window() -> str:
@@ -40,7 +32,7 @@ def closed_window() -> str:
 def test_window_defers_the_switch_and_update_now_overrides(
         host: Host, nginx: Nginx, served_feed: Feed, daemon: Daemon) -> None:
     art = served_feed.release("1.0.0")
-    configure(host, nginx, served_feed, window=closed_window())
+    host.follow(nginx, served_feed, window=closed_window())
     daemon.start()
     daemon.wait_for(lambda: daemon.app()["phase"] == "waiting_window", what="window wait")
     app = daemon.app()
@@ -59,7 +51,7 @@ def test_window_defers_the_switch_and_update_now_overrides(
 def test_once_outside_the_window_downloads_and_defers(host: Host, nginx: Nginx,
                                                       served_feed: Feed) -> None:
     art = served_feed.release("1.0.0")
-    configure(host, nginx, served_feed, window=closed_window())
+    host.follow(nginx, served_feed, window=closed_window())
     r = run_updaterd("--config", host.config, "--once")
     assert r.returncode == 0, r.stderr
     assert "1.0.0 is downloaded and waiting for window (opens in" in r.stderr
@@ -88,9 +80,9 @@ def test_rate_cap_is_smooth_and_within_ten_percent(host: Host, nginx: Nginx, ser
                                                    daemon: Daemon, where: str) -> None:
     cap = 4 << 20
     if where == "app":
-        configure(host, nginx, served_feed, max_rate="4MiB/s", auto_update=False)
+        host.follow(nginx, served_feed, max_rate="4MiB/s", auto_update=False)
     else:
-        configure(host, nginx, served_feed, auto_update=False)
+        host.follow(nginx, served_feed, auto_update=False)
         text = host.config.read_text().replace("[daemon]\n", '[daemon]\nmax_rate = "4MiB/s"\n')
         host.config.write_text(text)
     served_feed.release("1.0.0")
@@ -123,7 +115,7 @@ def test_explicit_proxy_carries_every_request(host: Host, nginx: Nginx,
                                               served_feed: Feed) -> None:
     served_feed.release("1.0.0")
     with running_proxy() as proxy:
-        configure(host, nginx, served_feed, proxy=f"http://127.0.0.1:{proxy.server_port}")
+        host.follow(nginx, served_feed, proxy=f"http://127.0.0.1:{proxy.server_port}")
         r = run_updaterd("--config", host.config, "--once")
         assert r.returncode == 0, r.stderr
         seen = list(proxy.seen)
@@ -134,7 +126,7 @@ def test_explicit_proxy_carries_every_request(host: Host, nginx: Nginx,
 
 def test_proxy_from_environment_and_no_proxy(host: Host, nginx: Nginx, served_feed: Feed) -> None:
     served_feed.release("1.0.0")
-    configure(host, nginx, served_feed)
+    host.follow(nginx, served_feed)
     with running_proxy() as proxy:
         env = {"http_proxy": f"http://127.0.0.1:{proxy.server_port}", "no_proxy": ""}
         assert run_updaterd("--config", host.config, "--once", env=env).returncode == 0
@@ -174,7 +166,7 @@ def test_health_url_must_answer_2xx_or_the_update_is_rolled_back(
         health_server: tuple[str, type[Health]]) -> None:
     url, handler = health_server
     served_feed.release("1.0.0")
-    configure(host, nginx, served_feed, health_url=url, health_timeout="2s")
+    host.follow(nginx, served_feed, health_url=url, health_timeout="2s")
     daemon.start()
     daemon.wait_for(lambda: daemon.app()["current"] == "1.0.0", what="install, probe 200")
     handler.status = 503
@@ -202,7 +194,7 @@ def test_health_notify_asks_systemd_whether_the_unit_is_active(
         host: Host, nginx: Nginx, served_feed: Feed, tmp_path: Path) -> None:
     bin_dir, state_file = fake_systemctl(tmp_path, "active")
     served_feed.release("1.0.0")
-    configure(host, nginx, served_feed, health_notify=True, health_timeout="2s",
+    host.follow(nginx, served_feed, health_notify=True, health_timeout="2s",
               restart=["systemctl", "restart", "hello.service"])
     d = Daemon(host, env={"PATH": f"{bin_dir}:{os.environ['PATH']}"})
     d.start()
@@ -221,7 +213,7 @@ def test_health_notify_asks_systemd_whether_the_unit_is_active(
 def test_rollout_share_is_explained_and_widened_without_a_new_version(
         host: Host, nginx: Nginx, served_feed: Feed, daemon: Daemon) -> None:
     served_feed.release("1.0.0")
-    configure(host, nginx, served_feed)
+    host.follow(nginx, served_feed)
     daemon.start()
     daemon.wait_for(lambda: daemon.app()["current"] == "1.0.0", what="install")
     art = served_feed.release("1.1.0", rollout=0)
@@ -236,7 +228,7 @@ def test_status_explains_every_reason_a_version_waits(host: Host, nginx: Nginx,
                                                       served_feed: Feed,
                                                       daemon: Daemon) -> None:
     served_feed.release("1.0.0")
-    configure(host, nginx, served_feed, pin="<2")
+    host.follow(nginx, served_feed, pin="<2")
     daemon.start()
     daemon.wait_for(lambda: daemon.app()["current"] == "1.0.0", what="install")
     served_feed.release("1.1.0", rollout=0)
@@ -256,25 +248,17 @@ def test_status_explains_every_reason_a_version_waits(host: Host, nginx: Nginx,
     assert "outside pin" in human and "blocked" in human
 
 
-def test_metrics_parse_with_prometheus_client(running_metrics: str) -> None:
+def test_metrics_parse_with_prometheus_client(running: Daemon) -> None:
     from prometheus_client.parser import text_string_to_metric_families
 
-    families = {f.name: f for f in text_string_to_metric_families(running_metrics)}
+    text = running.ctl("metrics", check=True).stdout
+    families = {f.name: f for f in text_string_to_metric_families(text)}
     info = families["updaterd_app_info"].samples[0]
     assert info.labels == {"app": "hello", "installed": "1.0.0", "available": ""}
     assert families["updaterd_checks"].type == "counter"
     assert families["updaterd_checks"].samples[0].value >= 1
     phases = {s.labels["phase"]: s.value for s in families["updaterd_phase"].samples}
     assert phases["idle"] == 1 and sum(phases.values()) == 1
-
-
-@pytest.fixture
-def running_metrics(host: Host, nginx: Nginx, served_feed: Feed, daemon: Daemon) -> str:
-    served_feed.release("1.0.0")
-    configure(host, nginx, served_feed)
-    daemon.start()
-    daemon.wait_for(lambda: daemon.app()["current"] == "1.0.0", what="install")
-    return daemon.ctl("metrics", check=True).stdout
 
 
 def test_window_wait_is_described_for_people() -> None:

@@ -14,11 +14,6 @@ from tests.conftest import FaultServer, Host, Nginx
 from tests.helpers import Feed, run_updaterd
 
 
-def configure(host: Host, nginx: Nginx, feed: Feed, **kw: object) -> None:
-    host.configure(source="manifest", url=nginx.url(f"{feed.folder.name}/manifest.json"),
-                   public_keys=[feed.pub], allow_insecure=True, **kw)
-
-
 def once(host: Host) -> subprocess.CompletedProcess[str]:
     return run_updaterd("--config", host.config, "--once")
 
@@ -39,7 +34,7 @@ def assert_clean(host: Host) -> None:
 
 def test_first_install_then_update(host: Host, nginx: Nginx, served_feed: Feed) -> None:
     served_feed.release("1.0.0")
-    configure(host, nginx, served_feed)
+    host.follow(nginx, served_feed)
     r = once(host)
     assert r.returncode == 0, r.stderr
     assert host.current() == "1.0.0"
@@ -59,7 +54,7 @@ def test_first_install_then_update(host: Host, nginx: Nginx, served_feed: Feed) 
 def test_every_archive_format_installs(host: Host, nginx: Nginx, served_feed: Feed,
                                        fmt: str) -> None:
     served_feed.release("2.0.0", fmt=fmt)
-    configure(host, nginx, served_feed)
+    host.follow(nginx, served_feed)
     assert once(host).returncode == 0
     assert hello(host) == "hello 2.0.0"
     assert (host.prefix / "current" / "share" / "VERSION").read_text() == "2.0.0\n"
@@ -72,7 +67,7 @@ def test_raw_executable_installs_under_configured_name(host: Host, nginx: Nginx,
     art = served_feed.work / "hello-3.0.0-linux-x86_64"
     art.write_bytes(app_script("3.0.0"))
     served_feed.publish("3.0.0", [art])
-    configure(host, nginx, served_feed, executable="hello", health_check=["./hello"])
+    host.follow(nginx, served_feed, executable="hello", health_check=["./hello"])
     r = once(host)
     assert r.returncode == 0, r.stderr
     exe = host.prefix / "current" / "hello"
@@ -83,7 +78,7 @@ def test_raw_executable_installs_under_configured_name(host: Host, nginx: Nginx,
 def test_failed_health_check_rolls_back_and_blocks(host: Host, nginx: Nginx,
                                                    served_feed: Feed) -> None:
     served_feed.release("1.0.0")
-    configure(host, nginx, served_feed)
+    host.follow(nginx, served_feed)
     assert once(host).returncode == 0
     served_feed.release("1.1.0", healthy=False)
     r = once(host)
@@ -108,7 +103,7 @@ def test_blocked_version_can_be_installed_on_purpose(host: Host, nginx: Nginx,
                                                      served_feed: Feed) -> None:
     served_feed.release("1.0.0")
     served_feed.release("1.1.0")
-    configure(host, nginx, served_feed)
+    host.follow(nginx, served_feed)
     host_state = host.state_dir / "hello"
     host_state.mkdir(parents=True)
     (host_state / "state.json").write_text('{"schema": 1, "blocked": ["1.1.0"]}')
@@ -125,7 +120,7 @@ def test_tampered_artifact_is_refused_and_nothing_installed(host: Host, nginx: N
     data = bytearray((served_feed.folder / art.name).read_bytes())
     data[len(data) // 2] ^= 0xFF
     (served_feed.folder / art.name).write_bytes(bytes(data))
-    configure(host, nginx, served_feed)
+    host.follow(nginx, served_feed)
     r = once(host)
     assert r.returncode == 1
     assert "mismatch" in r.stderr
@@ -138,7 +133,7 @@ def test_bad_signature_is_refused(host: Host, nginx: Nginx, served_feed: Feed) -
     served_feed.release("1.0.0")
     raw = (served_feed.folder / "manifest.json").read_bytes()
     (served_feed.folder / "manifest.json").write_bytes(raw.replace(b'"1.0.0"', b'"1.0.1"'))
-    configure(host, nginx, served_feed)
+    host.follow(nginx, served_feed)
     r = once(host)
     assert r.returncode == 1
     assert "signature" in r.stderr
@@ -150,7 +145,7 @@ def test_unknown_key_is_refused(host: Host, nginx: Nginx, served_feed: Feed,
                                 tmp_path: object) -> None:
     served_feed.release("1.0.0")
     other = Feed(folder=served_feed.work / "other", work=served_feed.work / "otherkey")
-    configure(host, nginx, served_feed)
+    host.follow(nginx, served_feed)
     host.configure(source="manifest",
                    url=nginx.url(f"{served_feed.folder.name}/manifest.json"),
                    public_keys=[other.pub], allow_insecure=True)
@@ -161,7 +156,7 @@ def test_unknown_key_is_refused(host: Host, nginx: Nginx, served_feed: Feed,
 
 def test_expired_manifest_is_refused(host: Host, nginx: Nginx, served_feed: Feed) -> None:
     served_feed.release("1.0.0", now=datetime.now(UTC) - timedelta(days=40))
-    configure(host, nginx, served_feed)
+    host.follow(nginx, served_feed)
     r = once(host)
     assert r.returncode == 1 and "expired" in r.stderr
     assert host.current() is None
@@ -174,7 +169,7 @@ def test_lower_serial_is_refused(host: Host, nginx: Nginx, served_feed: Feed) ->
     for name in ("manifest.json", "manifest.json.minisig"):
         shutil.copy(served_feed.folder / name, old / name)
     served_feed.release("1.1.0")
-    configure(host, nginx, served_feed)
+    host.follow(nginx, served_feed)
     assert once(host).returncode == 0
     assert host.state()["serial"] == 2
     for name in ("manifest.json", "manifest.json.minisig"):  # a stale mirror or an attacker
@@ -188,7 +183,7 @@ def test_lower_serial_is_refused(host: Host, nginx: Nginx, served_feed: Feed) ->
 def test_not_modified_check_downloads_no_body(host: Host, nginx: Nginx,
                                               served_feed: Feed) -> None:
     served_feed.release("1.0.0")
-    configure(host, nginx, served_feed)
+    host.follow(nginx, served_feed)
     assert once(host).returncode == 0
     first_check = host.state()["last_check"]
     mark = len(nginx.requests())
@@ -202,7 +197,7 @@ def test_not_modified_check_downloads_no_body(host: Host, nginx: Nginx,
 def test_manual_rollback_goes_back_and_skips(host: Host, nginx: Nginx,
                                              served_feed: Feed) -> None:
     served_feed.release("1.0.0")
-    configure(host, nginx, served_feed)
+    host.follow(nginx, served_feed)
     assert once(host).returncode == 0
     served_feed.release("1.1.0")
     assert once(host).returncode == 0
@@ -219,7 +214,7 @@ def test_manual_rollback_goes_back_and_skips(host: Host, nginx: Nginx,
 
 def test_retain_prunes_old_releases_but_keeps_previous(host: Host, nginx: Nginx,
                                                        served_feed: Feed) -> None:
-    configure(host, nginx, served_feed, retain=1)
+    host.follow(nginx, served_feed, retain=1)
     for v in ("1.0.0", "1.1.0", "1.2.0", "1.3.0"):
         served_feed.release(v)
         assert once(host).returncode == 0
@@ -231,7 +226,7 @@ def test_second_instance_is_refused_while_lock_held(host: Host, nginx: Nginx,
     import fcntl
 
     served_feed.release("1.0.0")
-    configure(host, nginx, served_feed)
+    host.follow(nginx, served_feed)
     lock = host.base / "updaterd.lock"
     with open(lock, "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
@@ -260,7 +255,7 @@ def test_update_survives_dropped_connection_and_resumes(host: Host, fault_server
 def test_c70_lock_file_planted_as_symlink_is_refused(host: Host, nginx: Nginx,
                                                      served_feed: Feed) -> None:
     served_feed.release("1.0.0")
-    configure(host, nginx, served_feed)
+    host.follow(nginx, served_feed)
     (host.base / "elsewhere").write_text("")
     (host.base / "updaterd.lock").symlink_to(host.base / "elsewhere")
     r = once(host)

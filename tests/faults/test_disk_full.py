@@ -42,11 +42,6 @@ def fill(folder: Path) -> Path:
     return filler
 
 
-def configure(host: Host, nginx: Nginx, feed: Feed, **kw: object) -> None:
-    host.configure(source="manifest", url=nginx.url(f"{feed.folder.name}/manifest.json"),
-                   public_keys=[feed.pub], allow_insecure=True, **kw)
-
-
 def big_release(feed: Feed, version: str, size: int, zeros: bool = False) -> Path:
     art = feed.work / f"hello-{version}-linux-x86_64.tar.gz"
     blob = bytes(size) if zeros else os.urandom(size)
@@ -64,7 +59,7 @@ def test_d98_too_little_space_is_refused_before_downloading(
         host: Host, nginx: Nginx, served_feed: Feed) -> None:
     with small_fs(host.base / "cache", "1m"):
         art = big_release(served_feed, "1.0.0", 3 << 20)
-        configure(host, nginx, served_feed)
+        host.follow(nginx, served_feed)
         r = run_updaterd("--config", host.config, "--once")
         assert r.returncode == 1 and re.search(r"1048576 bytes free; \d+ are needed", r.stderr)
         no_traceback(r)
@@ -77,7 +72,7 @@ def test_d97_disk_full_mid_download_is_a_clean_error(host: Host, nginx: Nginx,
                                                      served_feed: Feed) -> None:
     with small_fs(host.base / "cache", "6m") as cache:
         big_release(served_feed, "1.0.0", 4 << 20)
-        configure(host, nginx, served_feed, max_rate="1MiB/s")  # slow enough to fill the disk
+        host.follow(nginx, served_feed, max_rate="1MiB/s")  # slow enough to fill the disk
         proc = subprocess.Popen([str(Path(os.sys.executable).parent / "updaterd"),  # type: ignore[attr-defined]
                                  "--config", str(host.config), "--once"],
                                 stderr=subprocess.PIPE, text=True)
@@ -102,7 +97,7 @@ def test_b55_disk_full_during_extraction_leaves_current_untouched(
         host: Host, nginx: Nginx, served_feed: Feed) -> None:
     with small_fs(host.base / "opt", "4m"):
         served_feed.release("1.0.0")
-        configure(host, nginx, served_feed)
+        host.follow(nginx, served_feed)
         assert run_updaterd("--config", host.config, "--once").returncode == 0
         big_release(served_feed, "1.1.0", 16 << 20, zeros=True)  # tiny download, big extract
         r = run_updaterd("--config", host.config, "--once")
@@ -118,7 +113,7 @@ def test_c71_disk_full_while_writing_state_keeps_the_old_state(
         host: Host, nginx: Nginx, served_feed: Feed) -> None:
     with small_fs(host.state_dir, "512k") as state_dir:
         served_feed.release("1.0.0")
-        configure(host, nginx, served_feed)
+        host.follow(nginx, served_feed)
         assert run_updaterd("--config", host.config, "--once").returncode == 0
         before = (state_dir / "hello" / "state.json").read_text()
         served_feed.release("1.1.0")
@@ -139,7 +134,7 @@ def test_c71_disk_full_while_writing_state_keeps_the_old_state(
 def test_c72_read_only_releases_fail_at_preflight_before_any_download(
         host: Host, nginx: Nginx, served_feed: Feed) -> None:
     served_feed.release("1.0.0")
-    configure(host, nginx, served_feed)
+    host.follow(nginx, served_feed)
     assert run_updaterd("--config", host.config, "--once").returncode == 0
     art = served_feed.release("1.1.0")
     releases = host.prefix / "releases"

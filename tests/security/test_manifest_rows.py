@@ -8,11 +8,6 @@ from tests.conftest import Host, Nginx
 from tests.helpers import Feed, make_tar, release_files, run_updaterd
 
 
-def configure(host: Host, nginx: Nginx, feed: Feed) -> None:
-    host.configure(source="manifest", url=nginx.url(f"{feed.folder.name}/manifest.json"),
-                   public_keys=[feed.pub], allow_insecure=True)
-
-
 def hello(host: Host) -> str:
     return subprocess.run([str(host.prefix / "bin" / "hello")], capture_output=True,
                           text=True).stdout.strip()
@@ -22,7 +17,7 @@ def test_a17_cached_artifact_from_an_older_serial_is_not_trusted(
         host: Host, nginx: Nginx, served_feed: Feed) -> None:
     """An artifact downloaded under serial 1 is re-verified against serial 2's digests."""
     art = served_feed.release("1.0.0")
-    configure(host, nginx, served_feed)
+    host.follow(nginx, served_feed)
     r = run_updaterd("--config", host.config, "--once",
                      env={"UPDATERD_FAILPOINTS": "stage.after_extract=exit"})
     assert r.returncode == 99
@@ -44,7 +39,7 @@ def test_a08_older_version_only_through_the_explicit_path(host: Host, nginx: Ngi
                                                          served_feed: Feed) -> None:
     served_feed.release("1.0.0")
     served_feed.release("1.1.0")
-    configure(host, nginx, served_feed)
+    host.follow(nginx, served_feed)
     assert run_updaterd("--config", host.config, "--once").returncode == 0
     assert hello(host) == "hello 1.1.0"
     # the feed now offers only the older version: an automatic run never goes back
