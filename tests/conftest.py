@@ -16,7 +16,7 @@ import pytest
 
 from tests.helpers import Feed, write_config
 from tests.servers.asgi import running_asgi
-from tests.servers.nginx import Nginx, running_nginx
+from tests.servers.nginx import Nginx, read_log, running_nginx
 
 
 @pytest.fixture(scope="session")
@@ -37,9 +37,7 @@ class FaultServer:
         return f"http://127.0.0.1:{self.port}/{mode}/{name}"
 
     def requests(self) -> list[dict[str, Any]]:
-        if not self.log.exists():
-            return []
-        return [json.loads(line) for line in self.log.read_text().splitlines()]
+        return read_log(self.log)
 
 
 @pytest.fixture
@@ -74,9 +72,7 @@ class GitHub:
         return path
 
     def requests(self) -> list[dict[str, Any]]:
-        if not self.log.exists():
-            return []
-        return [json.loads(line) for line in self.log.read_text().splitlines()]
+        return read_log(self.log)
 
 
 @pytest.fixture

@@ -34,6 +34,13 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
     raise RuntimeError(f"{what} did not listen on {port}")
 
 
+def read_log(path: Path) -> list[dict[str, Any]]:
+    """A test server's request log: one JSON object per line (none before the first request)."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
 @dataclass
 class Nginx:
     """A static file server whose root is `root`; `url(path)` for a file under it."""
@@ -46,7 +53,7 @@ class Nginx:
         return f"http://127.0.0.1:{self.port}/{rel}"
 
     def requests(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.access_log.read_text().splitlines()]
+        return read_log(self.access_log)
 
 
 @contextlib.contextmanager
