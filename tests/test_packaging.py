@@ -95,6 +95,17 @@ def test_unit_files_verify(unit: str, tmp_path: Path) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+def test_self_update_drop_in_runs_the_launcher_and_restarts_on_failure() -> None:
+    from updaterd import selfupdate
+
+    text = (ROOT / "contrib" / "systemd" / "updaterd.service.d" / "self-update.conf").read_text()
+    assert re.search(rf"^ExecStart=/opt/updaterd/{selfupdate.LAUNCHER} ", text, re.M)
+    assert re.search(r"^Restart=on-failure$", text, re.M)
+    burst = int(re.search(r"^StartLimitBurst=(\d+)$", text, re.M).group(1))  # type: ignore[union-attr]
+    assert burst > selfupdate.MAX_TRIAL_STARTS + 1
+    assert f"after {selfupdate.MAX_TRIAL_STARTS} without a commit" in text
+
+
 def test_unit_has_the_directives_an_operator_expects() -> None:
     text = (ROOT / "contrib" / "systemd" / "updaterd.service").read_text()
     for directive in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "ExecReload=",
@@ -140,3 +151,14 @@ def test_every_updaterctl_option_is_in_the_man_page() -> None:
                     options.update(o for o in sub_action.option_strings if o.startswith("--"))
     options -= {"--help"}
     assert sorted(o for o in options if o not in text) == []
+
+
+EXAMPLES = sorted(p.name for p in (ROOT / "contrib" / "config").glob("*.toml"))
+
+
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_example_configs_are_valid(example: str) -> None:
+    r = subprocess.run([str(Path(sys.executable).parent / "updaterd"), "--config",
+                        str(ROOT / "contrib" / "config" / example), "check-config"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr

@@ -214,6 +214,8 @@ def cmd_update(args: argparse.Namespace) -> int:
         print(f"{args.app}: installed {result.to_version} (was {result.from_version or 'nothing'})")
     elif result.result == "deferred":
         print(f"{args.app}: {result.to_version} is downloaded and {result.reason}")
+    elif result.result == "restarting":
+        print(f"{args.app}: {result.to_version} is in place; {result.reason}")
     else:
         print(f"{args.app}: up to date at {result.from_version or 'nothing'}")
     return EXIT_OK

@@ -19,7 +19,8 @@ MAX_MESSAGE = 1 << 20
 Phase = Literal["idle", "checking", "downloading", "verifying", "staging", "waiting_window",
                 "switching", "waiting_inhibitors", "restarting", "health_check", "committing",
                 "rolling_back"]
-Outcome = Literal["installed", "up_to_date", "rolled_back", "failed", "deferred"]
+# restarting: updaterd itself was switched and hands over to the new version, which finishes
+Outcome = Literal["installed", "up_to_date", "rolled_back", "failed", "deferred", "restarting"]
 RequestId = int | str | None
 
 

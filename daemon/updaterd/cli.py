@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -49,6 +50,15 @@ def _parser() -> argparse.ArgumentParser:
     pub.add_argument("--rollout", type=int, default=100, metavar="N")
     pub.add_argument("--platform", metavar="P")
     pub.add_argument("artifacts", nargs="*", metavar="ARTIFACT")
+    sb = sub.add_parser("self-build", help="write the running updaterd as a release archive")
+    sb.add_argument("--out", required=True, metavar="DIR")
+    sb.add_argument("--version", dest="release_version", metavar="V",
+                    help="the version to stamp in (default: the running one)")
+    si = sub.add_parser("self-install",
+                        help="make PREFIX a self-updating installation of the running updaterd")
+    si.add_argument("--prefix", required=True, metavar="PREFIX")
+    si.add_argument("--python", default=sys.executable, metavar="PATH",
+                    help="the interpreter with updaterd's dependencies (default: this one)")
     rb = sub.add_parser("rollback", help="offline: switch APP back to a kept release")
     rb.add_argument("app")
     rb.add_argument("--to", metavar="V")
@@ -68,6 +78,8 @@ def _setup_logging(verbose: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _setup_logging(args.verbose)
+    # Set by an updaterd that re-executed into this one: already detached, if it ever was.
+    args.reexec = os.environ.pop("UPDATERD_REEXEC", None) == "1"
     try:
         return _dispatch(args)
     except ConfigError as e:
@@ -104,6 +116,17 @@ def _dispatch(args: argparse.Namespace) -> int:
                     rollout=args.rollout, platform=args.platform)
         print(f"published {args.app} {args.release_version} to {args.feed} (serial {m.serial})")
         return EXIT_OK
+    if args.command == "self-build":
+        from updaterd import selfupdate
+
+        print(f"wrote {selfupdate.build(Path(args.out), args.release_version)}")
+        return EXIT_OK
+    if args.command == "self-install":
+        from updaterd import selfupdate
+
+        version = selfupdate.install(Path(args.prefix).absolute(), args.python)
+        print(f"installed updaterd {version} in {args.prefix}; run {args.prefix}/launcher")
+        return EXIT_OK
     cfg = config_mod.load(args.config)
     if args.command == "check-config":
         print(f"{args.config}: OK ({len(cfg.apps)} apps)")
@@ -135,7 +158,8 @@ def _offline(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     if args.command == "update":
         u = trio.run(engine.update, args.app, args.to_version)
         print(describe(args.app, u))
-        return EXIT_OK if u.result in ("installed", "up_to_date", "deferred") else EXIT_FAILED
+        return EXIT_OK if u.result in ("installed", "up_to_date", "deferred", "restarting") \
+            else EXIT_FAILED
     failures = trio.run(engine.run_once)
     return EXIT_OK if failures == 0 else EXIT_FAILED
 
@@ -156,7 +180,9 @@ def _daemonize(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     with lock:
         pass
     pidfile = Path(args.pidfile).absolute()
-    with DaemonContext(working_directory="/", umask=0o022):
+    detach = contextlib.nullcontext() if args.reexec else \
+        DaemonContext(working_directory="/", umask=0o022)
+    with detach:
         root = logging.getLogger()
         for h in list(root.handlers):
             root.removeHandler(h)

@@ -108,6 +108,8 @@ class AppConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     max_rate: Rate | None = None
     proxy: str | None = None
     allow_insecure: bool = False
+    # `self = true`: this app is updaterd's own installation (see updaterd.selfupdate)
+    self_update: bool = msgspec.field(default=False, name="self")
 
 
 class Config(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -139,14 +141,14 @@ def _check_table(raw: Any, cls: type[S], where: str, problems: list[str]) -> S |
         problems.append(f"{where}: expected a table, got {type(raw).__name__}")
         return None
     hints = get_type_hints(cls, include_extras=True)
-    fields = {f.name: f for f in msgspec.structs.fields(cls)}
+    fields = {f.encode_name: f for f in msgspec.structs.fields(cls)}
     good = {}
     for key, value in raw.items():
         if key not in fields or (key == "path" and cls is Config):
             problems.append(f"{where}.{key}: unknown key")
             continue
         try:
-            msgspec.convert(value, hints[key], strict=True)
+            msgspec.convert(value, hints[fields[key].name], strict=True)
         except msgspec.ValidationError as e:
             problems.append(f"{where}.{key}: {_describe(e)}")
             continue
@@ -220,6 +222,9 @@ def _check_app(name: str, app: AppConfig, where: str, problems: list[str]) -> No
         bad("prefix", "required when install = \"releases\"")
     if app.install == "inplace" and not app.target:
         bad("target", "required when install = \"inplace\"")
+    if app.self_update and app.install != "releases":
+        bad("self", "updaterd updates itself with install = \"releases\" (a prefix made by "
+            "`updaterd self-install`)")
     for key in ("prefix", "target", "path"):
         value = getattr(app, key)
         if value is not None and not value.startswith("/"):
@@ -319,6 +324,6 @@ def documented_keys() -> dict[str, list[str]]:
     return {
         "daemon": [f.name for f in msgspec.structs.fields(DaemonConfig)],
         "limits": [f.name for f in msgspec.structs.fields(Limits)],
-        "apps.NAME": [f.name for f in msgspec.structs.fields(AppConfig)],
+        "apps.NAME": [f.encode_name for f in msgspec.structs.fields(AppConfig)],
     }
 

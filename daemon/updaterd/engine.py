@@ -68,6 +68,8 @@ def describe(app: str, result: UpdateResult) -> str:
         return f"{app}: up to date at {result.from_version or 'nothing'}"
     if result.result == "deferred":
         return f"{app}: {result.to_version} is downloaded and {result.reason}"
+    if result.result == "restarting":
+        return f"{app}: {result.to_version} is in place; {result.reason}"
     return (f"{app}: {result.to_version} was rolled back, still on "
             f"{result.from_version or 'nothing'}: {result.reason}")
 
@@ -76,10 +78,12 @@ class Engine:
     """The whole update flow for every configured app."""
 
     def __init__(self, config: Config, emit: Callable[[Event], None] = _log_event, *,
-                 before_switch: Callable[[str, bool], Awaitable[None]] | None = None) -> None:
+                 before_switch: Callable[[str, bool], Awaitable[None]] | None = None,
+                 hand_over: Callable[[Path], None] | None = None) -> None:
         self.config = config
         self.emit = emit
         self.before_switch = before_switch
+        self.hand_over = hand_over
         self.download_limiter = trio.CapacityLimiter(config.daemon.max_parallel_downloads)
         self.global_rate: TokenBucket | None = None
         self.reconfigure(config)
@@ -112,7 +116,7 @@ class Engine:
         else:
             assert cfg.prefix is not None
             layout = Layout(Path(cfg.prefix))
-        hooks = Hooks(download_limiter=self.download_limiter)
+        hooks = Hooks(download_limiter=self.download_limiter, hand_over=self.hand_over)
         if self.before_switch is not None:
             hook = self.before_switch
             hooks.before_switch = lambda: hook(app, ignore_window)
@@ -288,6 +292,10 @@ class Engine:
                 raise
         self._succeeded(run)
         reason = run.state.last_error or "" if outcome == "rolled_back" else ""
+        if outcome == "restarting":
+            reason = ("updaterd re-executes into it and finishes the health check"
+                      if self.hand_over is not None else
+                      "the next start of updaterd finishes its health check")
         done = UpdateResult(from_version=before, to_version=release.version,
                             result=outcome, reason=reason)  # type: ignore[arg-type]
         self.emit(Event(app=app, kind="result", message=describe(app, done),

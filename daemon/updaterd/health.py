@@ -61,8 +61,10 @@ def resolve(argv: list[str], release: Path) -> list[str]:
 
 
 async def run(what: str, argv: list[str], *, cwd: Path, timeout: float,
-              env: Mapping[str, str]) -> None:
-    """Run `argv`; raise HealthCheckFailed naming `what` on failure, signal or timeout."""
+              env: Mapping[str, str]) -> str:
+    """Run `argv`; raise HealthCheckFailed naming `what` on failure, signal or timeout.
+
+    Returns the last line of its output."""
     full_env = {**os.environ, **env}
     with tempfile.TemporaryFile() as out:
 
@@ -80,9 +82,10 @@ async def run(what: str, argv: list[str], *, cwd: Path, timeout: float,
             raise HealthCheckFailed(f"{what}: cannot run {argv[0]!r}: {e.strerror}") from None
         if scope.cancelled_caught:
             raise HealthCheckFailed(f"{what}: no answer within {timeout:g}s; process group killed")
+        out.seek(max(out.seek(0, os.SEEK_END) - _TAIL, 0))
+        tail = out.read().decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
         if result.returncode != 0:
-            out.seek(max(out.seek(0, os.SEEK_END) - _TAIL, 0))
-            tail = out.read().decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
             how = (f"killed by signal {-result.returncode}" if result.returncode < 0
                    else f"exit status {result.returncode}")
             raise HealthCheckFailed(f"{what}: {how}" + (f": {tail[0]}" if tail[0] else ""))
+        return tail[0]

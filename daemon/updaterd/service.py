@@ -23,7 +23,7 @@ import trio
 
 from updaterctl.protocol import Event, Phase
 from updaterd import config as config_mod
-from updaterd import rpc, window
+from updaterd import rpc, selfupdate, window
 from updaterd.api import ControlApi
 from updaterd.config import AppConfig, Config
 from updaterd.engine import Engine
@@ -172,11 +172,15 @@ class Daemon:
         self.notifier = Notifier()
         self.bus = EventBus()
         self.inhibitors = Inhibitors()
-        self.engine = Engine(config, self.on_event, before_switch=self.before_switch)
+        self.engine = Engine(config, self.on_event, before_switch=self.before_switch,
+                             hand_over=self.hand_over)
         self.workers: dict[str, AppWorker] = {}
         self.api = ControlApi(self)
         self._nursery: trio.Nursery | None = None
+        self._sock: trio.socket.SocketType | None = None
         self._status = ""
+        self.handover: Path | None = None  # set: re-execute into the updaterd of this prefix
+        self.listen_fd: int | None = None  # the listening socket, kept open for the new daemon
 
     # -- events ---------------------------------------------------------------------------
 
@@ -220,14 +224,37 @@ class Daemon:
         if scope.cancelled_caught:
             log.warning("%s: inhibitors still held after max_inhibit; going ahead", app)
 
+    def hand_over(self, prefix: Path) -> None:
+        """updaterd itself was switched: stop serving and, once out of trio, re-execute into
+        the new version (`serve` does), keeping the listening socket open for it."""
+        if self.handover is not None or self._nursery is None or self._sock is None:
+            return
+        self.handover = prefix
+        self.listen_fd = os.dup(self._sock.fileno())
+        self._nursery.start_soon(self._stop_for_handover)
+
+    async def _stop_for_handover(self) -> None:
+        await trio.sleep(0.2)  # the answer to `updaterctl update` reaches its client first
+        log.info("handing over to the updaterd in %s", self.handover)
+        self.notifier.send(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}\n"
+                           "STATUS=handing over to the new version")
+        assert self._nursery is not None
+        self._nursery.cancel_scope.cancel()
+
     # -- lifecycle ------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         server = rpc.Server(self.api.handlers(), lambda: self.config.daemon.admin_group,
                             rpc.Limits.from_config(self.config.limits))
         sock_path = Path(self.config.daemon.socket)
-        sock = rpc.create_socket(sock_path, int(self.config.daemon.socket_mode, 8),
-                                 self.config.daemon.admin_group)
+        handed = selfupdate.adopt_listener(sock_path)
+        if handed is not None:
+            sock = trio.socket.from_stdlib_socket(handed)
+            log.info("serving the socket handed over by the previous updaterd")
+        else:
+            sock = rpc.create_socket(sock_path, int(self.config.daemon.socket_mode, 8),
+                                     self.config.daemon.admin_group)
+        self._sock = sock
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -242,7 +269,7 @@ class Daemon:
                 await self._signals(nursery)
         finally:
             with contextlib.suppress(OSError):
-                if sock_path.is_socket():
+                if self.handover is None and sock_path.is_socket():
                     sock_path.unlink()
 
     async def _start_worker(self, name: str) -> None:
@@ -300,5 +327,13 @@ class Daemon:
 
 
 def serve(config: Config, config_path: str) -> None:
-    """Run the daemon until SIGTERM (the caller holds the process lock)."""
-    trio.run(Daemon(config, str(Path(config_path).absolute())).run)
+    """Run the daemon until SIGTERM (the caller holds the process lock), or until it hands
+    over to a new version of itself: then this process becomes that version."""
+    daemon = Daemon(config, str(Path(config_path).absolute()))
+    trio.run(daemon.run)
+    if daemon.handover is not None:
+        try:
+            selfupdate.reexec(daemon.handover, daemon.listen_fd)
+        except OSError as e:
+            raise UpdaterError(f"cannot re-execute {selfupdate.exec_path(daemon.handover)}: "
+                               f"{e.strerror or e}") from None

@@ -20,7 +20,7 @@ from typing import BinaryIO
 import trio
 
 from updaterctl.protocol import Event, Phase
-from updaterd import archive, failpoints, fsutil, health, state
+from updaterd import archive, failpoints, fsutil, health, selfupdate, state
 from updaterd.config import AppConfig, Config, app_unit
 from updaterd.download import Expected
 from updaterd.errors import HealthCheckFailed, LayoutError
@@ -41,10 +41,12 @@ async def _no_wait() -> None:
 
 @dataclass
 class Hooks:
-    """What the daemon plugs into a transaction: inhibitors and the download limit."""
+    """What the daemon plugs into a transaction: inhibitors, the download limit, and (for
+    `self = true`) how to hand over to the updaterd installed in a prefix."""
 
     before_switch: Callable[[], Awaitable[None]] = _no_wait
     download_limiter: trio.CapacityLimiter | None = None
+    hand_over: Callable[[Path], None] | None = None
 
 
 @dataclass
@@ -168,12 +170,21 @@ async def install(run: AppRun, source: Source, release: Release, artifact: Artif
 
 
 async def finish_update(run: AppRun, from_version: str | None, version: str) -> str:
-    """After the switch: restart, health check, then commit or roll back."""
+    """After the switch: restart, health check, then commit or roll back.
+
+    For updaterd itself the restart is a hand-over: the old daemon tries the new release and
+    re-executes into it (`restarting`); the new daemon comes back here as the recovery of the
+    journaled transaction, runs the health checks and commits, or rolls back.
+    """
     timeout = parse_duration(run.cfg.health_timeout)
     env = _env(run, version, from_version)
     run_dir = run.layout.run_dir(version)
+    itself = run.cfg.self_update
     try:
-        if run.cfg.restart:
+        if itself and selfupdate.running_version() != version:
+            await _hand_over(run, from_version, version, timeout)
+            return "restarting"
+        if run.cfg.restart and not itself:
             run.phase("restarting", version=version)
             await health.run("restart", run.cfg.restart, cwd=run_dir, timeout=timeout, env=env)
         failpoints.hit("restart.after")
@@ -207,9 +218,31 @@ async def finish_update(run: AppRun, from_version: str | None, version: str) -> 
     run.remember("installed", version, from_version)
     run.save()
     failpoints.hit("commit.after_state")
+    if itself:
+        selfupdate.end_trial(_prefix(run))
     prune(run)
     run.phase("idle", f"{version} installed", version)
     return "installed"
+
+
+def _prefix(run: AppRun) -> Path:
+    """The prefix of updaterd's own installation (`self = true` needs install = "releases")."""
+    assert isinstance(run.layout, Layout)
+    return run.layout.prefix
+
+
+async def _hand_over(run: AppRun, from_version: str | None, version: str,
+                     timeout: float) -> None:
+    """updaterd itself, switched to `version` while the old code runs: try the new release,
+    mark it on trial, and re-execute into it (with no daemon to replace, the next start does)."""
+    prefix = _prefix(run)
+    run.phase("health_check", f"trying updaterd {version} before handing over", version)
+    await selfupdate.try_release(run.layout.run_dir(version), version,
+                                 os.path.abspath(run.config.path), timeout)
+    selfupdate.start_trial(prefix, version, from_version)
+    run.phase("restarting", f"handing over to updaterd {version}", version)
+    if run.hooks.hand_over is not None:
+        run.hooks.hand_over(prefix)
 
 
 async def roll_back(run: AppRun, *, from_version: str, to_version: str | None, block: bool,
@@ -228,7 +261,8 @@ async def complete_rollback(run: AppRun, tx: Transaction) -> None:
     """The idempotent part of a rollback; `recover` calls it again after a crash."""
     to_version = tx.to_version or None
     run.layout.restore(to_version, tx.backup, failpoint="rollback")
-    if to_version is not None and run.cfg.restart:
+    itself = run.cfg.self_update
+    if to_version is not None and run.cfg.restart and not itself:
         timeout = parse_duration(run.cfg.health_timeout)
         try:
             await health.run("restart", run.cfg.restart, cwd=run.layout.run_dir(to_version),
@@ -253,9 +287,14 @@ async def complete_rollback(run: AppRun, tx: Transaction) -> None:
         run.remember("rolled_back", to_version or "", left, tx.reason)
     run.save()
     failpoints.hit("rollback.after_state")
-    if tx.block and left is not None and left not in (to_version, run.state.previous):
+    running = selfupdate.running_version() if itself else None
+    if tx.block and left is not None and left not in (to_version, run.state.previous, running):
         run.layout.discard(left)
     run.phase("idle", f"rolled back to {to_version or 'nothing'}", to_version)
+    if itself:
+        selfupdate.end_trial(_prefix(run))
+        if running != to_version and run.hooks.hand_over is not None:
+            run.hooks.hand_over(_prefix(run))
 
 
 def prune(run: AppRun) -> None:
@@ -274,6 +313,7 @@ async def recover(run: AppRun) -> None:
     fsutil.clean_temp_files(run.state_folder)
     if run.cache.is_dir():
         fsutil.clean_temp_files(run.cache)
+    gave_up = selfupdate.take_failed(_prefix(run)) if run.cfg.self_update else None
     tx = run.state.pending
     if tx is None:
         on_disk = run.layout.installed()
@@ -283,8 +323,12 @@ async def recover(run: AppRun) -> None:
             run.state.installed = on_disk
             run.save()
         return
-    log.warning("%s: finishing an interrupted %s %s -> %s", run.name, tx.kind,
-                tx.from_version, tx.to_version)
+    if run.cfg.self_update and tx.kind == "update" and \
+            selfupdate.running_version() == tx.to_version:
+        log.info("%s: updaterd %s took over; finishing the update", run.name, tx.to_version)
+    else:
+        log.warning("%s: finishing an interrupted %s %s -> %s", run.name, tx.kind,
+                    tx.from_version, tx.to_version)
     with trio.CancelScope(shield=True):
         if tx.kind == "rollback":
             await complete_rollback(run, tx)
@@ -295,7 +339,15 @@ async def recover(run: AppRun) -> None:
             run.layout.undo_interrupted(tx)
             run.state.installed = tx.from_version
             run.state.pending = None
-            run.remember("interrupted", tx.to_version, tx.from_version,
-                         "interrupted before the switch")
+            if gave_up == tx.to_version:
+                why = (f"updaterd {gave_up} did not come up in {selfupdate.MAX_TRIAL_STARTS} "
+                       "starts; the launcher went back")
+                log.error("%s: %s", run.name, why)
+                run.state.blocked.append(gave_up)
+                run.state.last_error = why
+                run.remember("blocked", gave_up, tx.from_version, why)
+            else:
+                run.remember("interrupted", tx.to_version, tx.from_version,
+                             "interrupted before the switch")
             run.save()
 
