@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import BIN, run_updaterd, write_config
-from updaterd import selfupdate
+from updaterd import failpoints, selfupdate
 from updaterd.publish import keygen, publish
 
 
@@ -106,9 +106,11 @@ class SelfHost:
         publish(feed_dir=self.feed, key_path=self.key, app="updaterd", version=version,
                 artifacts=[self.build(version, **patch)])
 
-    def start(self) -> None:
+    def start(self, failpoint: str = "") -> None:
         """The launcher under a restart loop, as systemd's Restart=on-failure would run it."""
         env = {k: v for k, v in os.environ.items() if k != "UPDATERD_FAILPOINTS"}
+        if failpoint:
+            env["UPDATERD_FAILPOINTS"] = f"{failpoint}=kill"
         self.logfile = open(self.log, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             ["sh", "-c", 'until "$0" --config "$1"; do sleep 0.3; done',
@@ -222,6 +224,22 @@ def test_running_daemon_is_replaced_by_the_new_version(self_host: SelfHost) -> N
     assert "serving the socket handed over by the previous updaterd" in log
     print(f"\nself-update: {len(h.polls)} status calls during the hand-over, {failed} failed, "
           f"longest silence {h.longest_silence():.2f}s")
+
+
+@pytest.mark.parametrize("point", failpoints.HANDOVER)
+def test_kill_during_the_hand_over_ends_on_the_new_version(self_host: SelfHost,
+                                                           point: str) -> None:
+    """kill -9 between the trial mark and the exec: the restart runs the launcher, which
+    counts a start of the new version, and the new daemon finishes the update."""
+    h = self_host
+    h.publish("0.2.0")
+    h.start(failpoint=point)
+    pid = h.status()["daemon"]["pid"]  # type: ignore[index]
+    h.ctl("update", "updaterd", "--version", "0.2.0")  # the answer may be lost with the process
+    h.wait_for(lambda: h.settled_on("0.2.0"), "0.2.0 after the crash")
+    assert h.status()["daemon"]["pid"] != pid, "the failpoint killed the old daemon"
+    assert h.state()["history"][-1]["action"] == "installed"
+    assert not (h.prefix / selfupdate.TRIAL).exists()
 
 
 def test_failed_health_check_of_the_new_daemon_restores_the_old(self_host: SelfHost) -> None:

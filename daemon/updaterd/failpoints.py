@@ -35,6 +35,9 @@ ALL = (
     "rollback.after_state",
 )
 
+# updaterd updating itself: between the trial mark and the re-execution.
+HANDOVER = ("handover.after_trial", "handover.before_exec")
+
 
 class FailpointError(RuntimeError):
     """Raised by a failpoint whose action is `raise`."""

@@ -35,7 +35,7 @@ from pathlib import Path
 import updaterctl
 import updaterd
 from updaterctl._version import __version__
-from updaterd import fsutil, versions
+from updaterd import failpoints, fsutil, versions
 from updaterd.errors import HealthCheckFailed, LayoutError, UpdaterError
 from updaterd.layout import Layout
 
@@ -230,6 +230,7 @@ def reexec(prefix: Path, listen_fd: int | None) -> None:
         env.update(LISTEN_FDS="1", LISTEN_PID=str(os.getpid()), LISTEN_FDNAMES="updaterd")
     sys.stdout.flush()
     sys.stderr.flush()
+    failpoints.hit("handover.before_exec")
     os.execve(exe, [str(exe), *sys.argv[1:]], env)
 
 

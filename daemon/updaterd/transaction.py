@@ -240,6 +240,7 @@ async def _hand_over(run: AppRun, from_version: str | None, version: str,
     await selfupdate.try_release(run.layout.run_dir(version), version,
                                  os.path.abspath(run.config.path), timeout)
     selfupdate.start_trial(prefix, version, from_version)
+    failpoints.hit("handover.after_trial")
     run.phase("restarting", f"handing over to updaterd {version}", version)
     if run.hooks.hand_over is not None:
         run.hooks.hand_over(prefix)
