@@ -122,9 +122,10 @@ class Host:
         """Configure the app to follow `feed` as served by nginx (checked hourly, no jitter)."""
         app.setdefault("check_interval", "1h")
         app.setdefault("jitter", "0s")
+        app.setdefault("public_keys", [feed.pub])
         return self.configure(source="manifest",
                               url=nginx.url(f"{feed.folder.name}/manifest.json"),
-                              public_keys=[feed.pub], allow_insecure=True, **app)
+                              allow_insecure=True, **app)
 
     def state(self) -> dict[str, Any]:
         return json.loads((self.state_dir / "hello" / "state.json").read_text())

@@ -41,7 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--force", action="store_true", help="overwrite an existing key pair")
     pub = sub.add_parser("publish", help="add a release to a signed feed folder")
     pub.add_argument("--feed", required=True, metavar="DIR")
-    pub.add_argument("--key", required=True, metavar="PREFIX.key")
+    pub.add_argument("--key", required=True, action="append", metavar="PREFIX.key",
+                     help="signing key; repeat for hosts with a threshold above 1")
     pub.add_argument("--app", required=True)
     pub.add_argument("--version", required=True, dest="release_version", metavar="V")
     pub.add_argument("--channel", default="stable")
@@ -50,6 +51,16 @@ def _parser() -> argparse.ArgumentParser:
     pub.add_argument("--rollout", type=int, default=100, metavar="N")
     pub.add_argument("--platform", metavar="P")
     pub.add_argument("artifacts", nargs="*", metavar="ARTIFACT")
+    rk = sub.add_parser("rotate-keys",
+                        help="publish the feed's next key set, signed by old and new keys")
+    rk.add_argument("--feed", required=True, metavar="DIR")
+    rk.add_argument("--app", required=True)
+    rk.add_argument("--new-key", required=True, action="append", metavar="PREFIX.pub",
+                    help="a public key of the new set; repeat for several")
+    rk.add_argument("--threshold", type=int, default=1, metavar="N",
+                    help="signatures the new set requires (default 1)")
+    rk.add_argument("--sign", required=True, action="append", metavar="PREFIX.key",
+                    help="a signing key: enough of the keys in use and of the new ones")
     sb = sub.add_parser("self-build", help="write the running updaterd as a release archive")
     sb.add_argument("--out", required=True, metavar="DIR")
     sb.add_argument("--version", dest="release_version", metavar="V",
@@ -110,11 +121,20 @@ def _dispatch(args: argparse.Namespace) -> int:
         from updaterd.publish import publish
 
         notes = Path(args.notes_file).read_text() if args.notes_file else ""
-        m = publish(feed_dir=Path(args.feed), key_path=Path(args.key), app=args.app,
+        m = publish(feed_dir=Path(args.feed), key_path=[Path(k) for k in args.key], app=args.app,
                     version=args.release_version, artifacts=[Path(a) for a in args.artifacts],
                     channel=args.channel, notes=notes, expires=args.expires,
                     rollout=args.rollout, platform=args.platform)
         print(f"published {args.app} {args.release_version} to {args.feed} (serial {m.serial})")
+        return EXIT_OK
+    if args.command == "rotate-keys":
+        from updaterd.publish import rotate_keys
+
+        ks = rotate_keys(feed_dir=Path(args.feed), app=args.app,
+                         new_keys=[Path(k) for k in args.new_key],
+                         sign_with=[Path(k) for k in args.sign], threshold=args.threshold)
+        print(f"wrote key set version {ks.version} of {args.app} to {args.feed} "
+              f"({len(ks.keys)} keys, threshold {ks.threshold})")
         return EXIT_OK
     if args.command == "self-build":
         from updaterd import selfupdate

@@ -76,6 +76,7 @@ class AppConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     # directory
     path: str | None = None
     public_keys: list[str] = []
+    threshold: Annotated[int, Meta(ge=1, le=16)] = 1  # signatures by distinct keys needed
     channel: str = "stable"
     # github
     repo: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")] | None = None
@@ -249,11 +250,15 @@ def _check_app(name: str, app: AppConfig, where: str, problems: list[str]) -> No
             "\"restart\", \"NAME.service\"])")
     from updaterd.minisign import PublicKey
 
+    distinct = set()
     for i, key in enumerate(app.public_keys):
         try:
-            PublicKey.parse(key)
+            distinct.add(PublicKey.parse(key).raw)
         except ValueError as e:
             bad(f"public_keys[{i}]", str(e))
+    if app.public_keys and app.threshold > len(distinct):
+        bad("threshold", f"{app.threshold} signatures needed but public_keys holds "
+            f"{len(distinct)} distinct keys")
 
 
 def _restart_unit(restart: list[str]) -> str | None:

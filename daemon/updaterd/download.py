@@ -80,6 +80,7 @@ class Small:
     body: bytes
     etag: str | None
     last_modified: str | None
+    missing: bool = False  # 404 or 410, when the caller said the document is optional
 
 
 class _PartMeta(msgspec.Struct):
@@ -237,8 +238,10 @@ class Fetcher:
 
     async def fetch_small(self, url: str, *, max_bytes: int, etag: str | None = None,
                           last_modified: str | None = None,
-                          headers: dict[str, str] | None = None) -> Small:
-        """GET a document of at most `max_bytes`, conditionally when validators are given."""
+                          headers: dict[str, str] | None = None,
+                          missing_ok: bool = False) -> Small:
+        """GET a document of at most `max_bytes`, conditionally when validators are given;
+        with `missing_ok`, a 404 or 410 answers `missing` instead of raising."""
         headers = dict(headers or {})
         if etag:
             headers["If-None-Match"] = etag
@@ -249,6 +252,8 @@ class Fetcher:
             async with self._open(url, headers) as r:
                 if r.status_code == 304:
                     return Small(True, b"", etag, last_modified)
+                if missing_ok and r.status_code in (404, 410):
+                    return Small(False, b"", None, None, missing=True)
                 if r.status_code != 200:
                     raise self._status_error(url, r)
                 declared = r.headers.get("content-length")

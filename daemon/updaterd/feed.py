@@ -70,23 +70,23 @@ class TrustedFeed(Struct, frozen=True):
     unchanged: bool  # same serial and bytes as the stored high-water mark
 
 
-def _reject_duplicate_keys(raw: bytes) -> None:
-    """msgspec keeps the last of duplicate keys; a signed feed with duplicates is refused."""
+def reject_duplicate_keys(raw: bytes, what: str = "manifest") -> None:
+    """msgspec keeps the last of duplicate keys; a signed document with duplicates is refused."""
 
     def pairs(items: list[tuple[str, object]]) -> dict[str, object]:
         seen: dict[str, object] = {}
         for k, v in items:
             if k in seen:
-                raise FeedError(f"manifest has the key {k!r} twice")
+                raise FeedError(f"{what} has the key {k!r} twice")
             seen[k] = v
         return seen
 
     try:
         json.loads(raw, object_pairs_hook=pairs)
     except RecursionError:
-        raise FeedError("manifest is nested too deeply") from None
+        raise FeedError(f"{what} is nested too deeply") from None
     except ValueError as e:
-        raise FeedError(f"manifest is not valid JSON: {e}") from None
+        raise FeedError(f"{what} is not valid JSON: {e}") from None
 
 
 def verify_manifest(
@@ -94,6 +94,7 @@ def verify_manifest(
     signature: bytes | None,
     *,
     keys: list[minisign.PublicKey],
+    threshold: int = 1,
     app: str,
     stored_serial: int | None,
     stored_digest: str | None,
@@ -105,12 +106,12 @@ def verify_manifest(
         if signature is None:
             raise FeedError("manifest signature is missing")
         try:
-            minisign.verify(raw, signature, keys)
+            minisign.verify_threshold(raw, signature, keys, threshold)
         except SignatureError as e:
             raise FeedError(f"manifest signature refused: {e}") from None
     elif require_signature:
         raise FeedError("no public_keys configured, and this feed must be signed")
-    _reject_duplicate_keys(raw)
+    reject_duplicate_keys(raw)
     try:
         manifest = msgspec.json.decode(raw, type=Manifest, strict=True)
     except msgspec.ValidationError as e:
@@ -150,6 +151,6 @@ def check_release(release: Release) -> None:
             raise FeedError(f"artifact name {name!r} of {release.version} is not a safe name")
 
 
-def encode(manifest: Manifest) -> bytes:
-    """Canonical bytes of a manifest (sorted keys, indented, trailing newline)."""
-    return msgspec.json.format(msgspec.json.encode(manifest, order="sorted"), indent=2) + b"\n"
+def encode(document: Struct) -> bytes:
+    """Canonical bytes of a signed document (sorted keys, indented, trailing newline)."""
+    return msgspec.json.format(msgspec.json.encode(document, order="sorted"), indent=2) + b"\n"

@@ -162,26 +162,59 @@ class Verified:
     trusted_comment: str
 
 
+MAX_SIGNATURES = 16  # signature blocks in one file (threshold signing)
+
+
 def verify(data: bytes, signature: bytes, keys: list[PublicKey]) -> Verified:
     """Check a `.minisig` over `data` against any of `keys`; raises SignatureError on any fault."""
-    return _verify(data, None, signature, keys)
+    return verify_threshold(data, signature, keys, 1, single=True)[0]
 
 
-def verify_prehashed(prehash: bytes, signature: bytes, keys: list[PublicKey]) -> Verified:
+def verify_prehashed(prehash: bytes, signature: bytes, keys: list[PublicKey],
+                     threshold: int = 1) -> list[Verified]:
     """Check a prehashed `.minisig` given the file's BLAKE2b-512 (computed while it arrived)."""
-    return _verify(None, prehash, signature, keys)
+    return _verify_many(None, prehash, signature, keys, threshold)
 
 
-def _verify(data: bytes | None, prehash: bytes | None, signature: bytes,
-            keys: list[PublicKey]) -> Verified:
+def verify_threshold(data: bytes, signature: bytes, keys: list[PublicKey], threshold: int,
+                     single: bool = False) -> list[Verified]:
+    """Signatures over `data` by at least `threshold` distinct keys among `keys`.
+
+    The file may hold several signature blocks one after the other (one per signer; the
+    `minisign` tool reads the first). Keys count as distinct by their Ed25519 key, not by
+    their ids, and a signature counts once however often it is repeated. Any malformed block
+    fails the whole file; a block by a key we do not know is not counted.
+    """
+    return _verify_many(data, None, signature, keys, threshold, single)
+
+
+@dataclass(frozen=True)
+class _Block:
+    alg: bytes
+    key_id: bytes
+    sig: bytes
+    comment: str
+    global_sig: bytes
+
+
+def _blocks(signature: bytes) -> list[_Block]:
+    """Parse every signature block; any malformed line fails the whole file."""
     try:
         text = signature.decode("utf-8")
     except UnicodeDecodeError:
         raise SignatureError("signature file is not UTF-8") from None
-    lines = text.splitlines()
+    lines = [ln for ln in text.splitlines() if ln.strip()]
     if len(lines) < 4 or not lines[0].startswith("untrusted comment:"):
         raise SignatureError("malformed signature file (expected four lines)")
-    if any(ln.strip() for ln in lines[4:]):
+    if len(lines) % 4:
+        raise SignatureError("malformed signature file (trailing content)")
+    if len(lines) > 4 * MAX_SIGNATURES:
+        raise SignatureError(f"more than {MAX_SIGNATURES} signatures in one file")
+    return [_block(lines[i:i + 4]) for i in range(0, len(lines), 4)]
+
+
+def _block(lines: list[str]) -> _Block:
+    if not lines[0].startswith("untrusted comment:"):
         raise SignatureError("malformed signature file (trailing content)")
     sig_blob = _unb64(lines[1], "signature")
     if len(sig_blob) != 74:
@@ -195,10 +228,15 @@ def _verify(data: bytes | None, prehash: bytes | None, signature: bytes,
     global_sig = _unb64(lines[3], "global signature")
     if len(global_sig) != 64:
         raise SignatureError("malformed global signature (wrong length)")
-    matching = [k for k in keys if k.key_id == key_id]
+    return _Block(alg, key_id, sig, comment, global_sig)
+
+
+def _check(block: _Block, data: bytes | None, prehash: bytes | None,
+           keys: list[PublicKey]) -> Verified:
+    matching = [k for k in keys if k.key_id == block.key_id]
     if not matching:
-        raise SignatureError(f"signed by unknown key {_key_id_hex(key_id)}")
-    if alg == _ALG_PREHASHED:
+        raise SignatureError(f"signed by unknown key {_key_id_hex(block.key_id)}")
+    if block.alg == _ALG_PREHASHED:
         message = prehash if prehash is not None else \
             hashlib.blake2b(data or b"", digest_size=64).digest()
     elif data is not None:
@@ -209,10 +247,31 @@ def _verify(data: bytes | None, prehash: bytes | None, signature: bytes,
     for key in matching:
         pub = Ed25519PublicKey.from_public_bytes(key.raw)
         try:
-            pub.verify(sig, message)
-            pub.verify(global_sig, sig + comment.encode("utf-8"))
+            pub.verify(block.sig, message)
+            pub.verify(block.global_sig, block.sig + block.comment.encode("utf-8"))
         except InvalidSignature:
             continue
-        return Verified(key=key, trusted_comment=comment)
-    raise SignatureError(f"signature by key {_key_id_hex(key_id)} does not verify")
+        return Verified(key=key, trusted_comment=block.comment)
+    raise SignatureError(f"signature by key {_key_id_hex(block.key_id)} does not verify")
 
+
+def _verify_many(data: bytes | None, prehash: bytes | None, signature: bytes,
+                 keys: list[PublicKey], threshold: int, single: bool = False) -> list[Verified]:
+    blocks = _blocks(signature)
+    if single and len(blocks) != 1:
+        raise SignatureError("malformed signature file (trailing content)")
+    by_key: dict[bytes, Verified] = {}
+    refused: list[str] = []
+    for block in blocks:
+        try:
+            verified = _check(block, data, prehash, keys)
+        except SignatureError as e:
+            refused.append(str(e))
+            continue
+        by_key.setdefault(verified.key.raw, verified)
+    if len(by_key) >= max(threshold, 1):
+        return list(by_key.values())
+    if threshold <= 1 and refused:
+        raise SignatureError(refused[0])
+    why = f" ({'; '.join(refused)})" if refused else ""
+    raise SignatureError(f"signed by {len(by_key)} distinct trusted keys, {threshold} needed{why}")

@@ -12,15 +12,17 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import msgspec
 
-from updaterd import digests, feed, fsutil, minisign, versions
+from updaterd import digests, feed, fsutil, keys, minisign, versions
 from updaterd.engine import host_platform
 from updaterd.errors import FeedError, SignatureError, UpdaterError
 from updaterd.feed import Artifact, Manifest, Release
+from updaterd.keys import KeySet
 from updaterd.units import parse_duration
 
 _PLATFORM_IN_NAME = re.compile(
@@ -46,11 +48,31 @@ def platform_of(file_name: str, explicit: str | None) -> str:
     return f"{m.group(1)}-{m.group(2)}" if m else host_platform()
 
 
-def publish(*, feed_dir: Path, key_path: Path, app: str, version: str,
+def _secrets(key_paths: Path | Sequence[Path]) -> list[minisign.SecretKey]:
+    paths = [key_paths] if isinstance(key_paths, Path) else list(key_paths)
+    if not paths:
+        raise SignatureError("no signing key given")
+    out = []
+    for p in paths:
+        try:
+            out.append(minisign.SecretKey.parse(p.read_text()))
+        except OSError as e:
+            raise SignatureError(f"cannot read {p}: {e.strerror}") from None
+    return out
+
+
+def _sign(raw: bytes, comment: str, signers: list[minisign.SecretKey]) -> bytes:
+    """One signature block per key, one after the other (threshold feeds)."""
+    return "".join(s.sign(raw, comment) for s in signers).encode()
+
+
+def publish(*, feed_dir: Path, key_path: Path | Sequence[Path], app: str, version: str,
             artifacts: list[Path], channel: str = "stable", notes: str = "",
             expires: str = "30d", rollout: int = 100, platform: str | None = None,
             now: datetime | None = None) -> Manifest:
-    """Add (or replace) `version` in the feed at `feed_dir`, re-sign it; returns the manifest."""
+    """Add (or replace) `version` in the feed at `feed_dir`, re-sign it; returns the manifest.
+
+    Several keys sign one after the other, for hosts with a `threshold` above 1."""
     try:
         versions.parse(version)
     except ValueError as e:
@@ -59,10 +81,7 @@ def publish(*, feed_dir: Path, key_path: Path, app: str, version: str,
         raise FeedError(f"version {version!r} is not a safe name")
     if not 0 <= rollout <= 100:
         raise FeedError("--rollout must be between 0 and 100")
-    try:
-        secret = minisign.SecretKey.parse(key_path.read_text())
-    except OSError as e:
-        raise SignatureError(f"cannot read {key_path}: {e.strerror}") from None
+    signers = _secrets(key_path)
     now = now or datetime.now(UTC)
     feed_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = feed_dir / feed.MANIFEST
@@ -104,7 +123,7 @@ def publish(*, feed_dir: Path, key_path: Path, app: str, version: str,
     comment = f"timestamp:{int(now.timestamp())}\tfile:{feed.MANIFEST}\tapp:{app}" \
               f"\tserial:{manifest.serial}"
     old_mtime = manifest_path.stat().st_mtime if manifest_path.exists() else None
-    fsutil.atomic_write(feed_dir / feed.SIGNATURE, secret.sign(raw, comment).encode())
+    fsutil.atomic_write(feed_dir / feed.SIGNATURE, _sign(raw, comment, signers))
     fsutil.atomic_write(manifest_path, raw)
     if old_mtime is not None:
         # Static servers derive ETag and Last-Modified from mtime (whole seconds) and size: a
@@ -112,3 +131,36 @@ def publish(*, feed_dir: Path, key_path: Path, app: str, version: str,
         mtime = max(time.time(), old_mtime + 1)
         os.utime(manifest_path, (mtime, mtime))
     return manifest
+
+
+def rotate_keys(*, feed_dir: Path, app: str, new_keys: list[Path], sign_with: list[Path],
+                threshold: int = 1) -> KeySet:
+    """Write the feed's next `keys.json` (and `keys-<N>.json`, for hosts that missed some),
+    signed by `sign_with`: enough of the keys in use and enough of the new ones."""
+    signers = _secrets(sign_with)
+    try:
+        pubs = [minisign.PublicKey.parse(p.read_text()).to_base64() for p in new_keys]
+    except OSError as e:
+        raise SignatureError(f"cannot read a public key: {e.strerror}") from None
+    except ValueError as e:
+        raise SignatureError(str(e)) from None
+    if not pubs:
+        raise FeedError("a key set needs at least one key")
+    if threshold > len(set(pubs)):
+        raise FeedError(f"threshold {threshold} is more than the {len(set(pubs))} keys given")
+    feed_dir.mkdir(parents=True, exist_ok=True)
+    current = feed_dir / keys.KEYS
+    version = 1
+    if current.exists():
+        try:
+            version = msgspec.json.decode(current.read_bytes(), type=KeySet).version + 1
+        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            raise FeedError(f"{current}: cannot read the existing key set: {e}") from None
+    keyset = KeySet(schema=1, app=app, version=version, keys=pubs, threshold=threshold)
+    raw = feed.encode(keyset)
+    comment = f"timestamp:{int(time.time())}\tfile:{keys.KEYS}\tapp:{app}\tversion:{version}"
+    sig = _sign(raw, comment, signers)
+    for name in (keys.versioned(version), keys.KEYS):
+        fsutil.atomic_write(feed_dir / f"{name}.minisig", sig)
+        fsutil.atomic_write(feed_dir / name, raw)
+    return keyset

@@ -36,6 +36,16 @@ class Transaction(Struct, kw_only=True):
     backup: str = ""  # inplace: the copy of the file being replaced
 
 
+class TrustRoot(Struct, kw_only=True):
+    """Keys adopted through a rotation (updaterd.keys), and the configured keys they descend
+    from (a fingerprint: when the configuration changes, the configured keys rule again)."""
+
+    origin: str
+    version: int
+    keys: list[str]
+    threshold: int
+
+
 class HistoryEntry(Struct, kw_only=True):
     """One line of what happened to the app."""
 
@@ -69,6 +79,7 @@ class AppState(Struct, kw_only=True):
     release_digests: dict[str, str] = {}  # version -> blake3 of the artifact it came from
     passed_over: dict[str, str] = {}  # newer versions the last check did not pick, and why
     rate_limited_until: float | None = None  # GitHub said: no request before this time
+    trust: TrustRoot | None = None  # keys from a rotation in the feed, in place of public_keys
 
 
 def app_dir(state_dir: Path, app: str) -> Path:

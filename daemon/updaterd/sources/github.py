@@ -184,7 +184,8 @@ class GitHubSource:
                 sig_asset = self.assets.get(listing.name + ".minisig")
                 if sig_asset is not None:
                     try:
-                        minisign.verify(text, await self._small_asset(sig_asset), self.keys)
+                        minisign.verify_threshold(text, await self._small_asset(sig_asset),
+                                                  self.keys, self.cfg.threshold)
                     except SignatureError as e:
                         raise FeedError(f"{listing.name}: signature refused: {e}") from None
                     signed = True
@@ -226,11 +227,11 @@ class GitHubSource:
         signature = self.signatures.get(asset.name)
         check = None
         if signature is not None:
-            keys = self.keys
+            keys, threshold = self.keys, self.cfg.threshold
 
             def check(prehash: bytes) -> None:
                 try:
-                    minisign.verify_prehashed(prehash, signature, keys)
+                    minisign.verify_prehashed(prehash, signature, keys, threshold)
                 except SignatureError as e:
                     raise DigestMismatch(f"{asset.name}: signature refused: {e}") from None
 

@@ -12,7 +12,7 @@ from typing import BinaryIO
 
 import trio
 
-from updaterd import failpoints
+from updaterd import failpoints, keys
 from updaterd.config import AppConfig, Limits
 from updaterd.digests import Digests
 from updaterd.download import Expected, ProgressFn
@@ -45,12 +45,20 @@ class LocalSource:
         self.app, self.cfg, self.limits, self.folder = app, cfg, limits, folder
         self.state_folder = state_folder
 
+    async def _optional(self, name: str) -> tuple[bytes, bytes | None] | None:
+        """A document beside the manifest (keys.json) and its signature, or None."""
+        raw = _read_capped(self.folder / name, keys.MAX_KEYS_SIZE)
+        if raw is None:
+            return None
+        return raw, _read_capped(self.folder / f"{name}.minisig", 8192 * 4)
+
     async def fetch(self, state: AppState, cache: Path, cycle_start_ts: float) -> TrustedFeed:
         cap = parse_size(self.limits.max_manifest_size)
+        await keys.refresh(self.app, self.cfg, state, self._optional)
         raw = _read_capped(self.folder / MANIFEST, cap)
         if raw is None:
             raise FeedError(f"no {MANIFEST} in {self.folder}")
-        sig = _read_capped(self.folder / SIGNATURE, 8192)
+        sig = _read_capped(self.folder / SIGNATURE, 8192 * 4)
         return trust.verify(self.app, self.cfg, state, raw, sig, cycle_start_ts, False)
 
     def _path(self, artifact: Artifact) -> Path:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urljoin
 
+from updaterd import keys
 from updaterd.config import AppConfig, Limits
 from updaterd.download import Expected, Fetcher, ProgressFn
 from updaterd.errors import FeedError
@@ -25,8 +26,19 @@ class ManifestSource:
         self.url = cfg.url
         self.state_folder = state_folder
 
+    async def _optional(self, name: str) -> tuple[bytes, bytes | None] | None:
+        """A document beside the manifest (keys.json) and its signature, or None."""
+        url = urljoin(self.url, name)
+        doc = await self.fetcher.fetch_small(url, max_bytes=keys.MAX_KEYS_SIZE, missing_ok=True)
+        if doc.missing:
+            return None
+        sig = await self.fetcher.fetch_small(url + ".minisig", max_bytes=8192 * 4,
+                                             missing_ok=True)
+        return doc.body, None if sig.missing else sig.body
+
     async def fetch(self, state: AppState, cache: Path, cycle_start_ts: float) -> TrustedFeed:
         cap = parse_size(self.limits.max_manifest_size)
+        await keys.refresh(self.app, self.cfg, state, self._optional)
         cached = trust.load_copy(self.state_folder)
         use_validators = cached is not None and state.serial is not None
         doc = await self.fetcher.fetch_small(
@@ -39,7 +51,7 @@ class ManifestSource:
             return trust.verify(self.app, self.cfg, state, raw, sig, cycle_start_ts, True)
         sig = None
         if self.cfg.public_keys and self.cfg.verify == "required":
-            sig_doc = await self.fetcher.fetch_small(self.url + ".minisig", max_bytes=8192)
+            sig_doc = await self.fetcher.fetch_small(self.url + ".minisig", max_bytes=8192 * 4)
             sig = sig_doc.body
         trusted = trust.verify(self.app, self.cfg, state, doc.body, sig, cycle_start_ts, True)
         trust.keep_copy(self.state_folder, doc.body, sig)

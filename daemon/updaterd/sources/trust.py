@@ -6,7 +6,7 @@ import contextlib
 from datetime import UTC, datetime
 from pathlib import Path
 
-from updaterd import feed, fsutil, minisign
+from updaterd import feed, fsutil, keys, minisign
 from updaterd.config import AppConfig
 from updaterd.errors import StateError
 from updaterd.state import AppState
@@ -21,9 +21,11 @@ def keys_of(cfg: AppConfig) -> list[minisign.PublicKey]:
 def verify(app: str, cfg: AppConfig, state: AppState, raw: bytes, sig: bytes | None,
            cycle_start_ts: float, require_signature: bool) -> feed.TrustedFeed:
     """Run every feed check against the stored high-water mark (nothing is stored here)."""
+    use = keys.in_use(cfg, state) if cfg.verify == "required" else None
     return feed.verify_manifest(
         raw, sig,
-        keys=keys_of(cfg) if cfg.verify == "required" else [],
+        keys=use.keys if use is not None else [],
+        threshold=use.threshold if use is not None else 1,
         app=app,
         stored_serial=state.serial,
         stored_digest=state.manifest_digest,
