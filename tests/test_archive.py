@@ -334,3 +334,50 @@ def test_kind_of() -> None:
     assert archive.kind_of("x-1.0.TAR.ZST") == "tar.zst"
     assert archive.kind_of("x.tgz") == "tar.gz"
     assert archive.kind_of("tool-linux-x86_64") == "raw"
+
+
+def _quoted_overlap_zip(n: int, kernel: bytes) -> bytes:
+    """David Fifield's overlap construction, stored (not deflated) for clarity: the data of
+    entry i is the local header of entry i+1 followed by entry i+1's data, so every entry
+    quotes all the later ones and the output grows with n squared."""
+    import struct
+    import zlib
+
+    names = [f"f{i:04d}".encode() for i in range(n)]
+
+    def local(i: int, data: bytes) -> bytes:
+        return struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, 0, 0, 0x21,
+                           zlib.crc32(data), len(data), len(data), len(names[i]), 0) + names[i]
+
+    datas: list[bytes] = [b""] * n
+    headers: list[bytes] = [b""] * n
+    datas[n - 1] = kernel
+    headers[n - 1] = local(n - 1, kernel)
+    for i in range(n - 2, -1, -1):
+        datas[i] = headers[i + 1] + datas[i + 1]
+        headers[i] = local(i, datas[i])
+    body = headers[0] + datas[0]
+    offsets, at = [], 0
+    for h in headers:
+        offsets.append(at)
+        at += len(h)
+    central = b"".join(
+        struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 0x031E, 20, 0, 0, 0, 0x21,
+                    zlib.crc32(datas[i]), len(datas[i]), len(datas[i]), len(names[i]), 0, 0,
+                    0, 0, 0o100644 << 16, offsets[i]) + names[i] for i in range(n))
+    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, n, n, len(central), len(body), 0)
+    return body + central + end
+
+
+def test_b47_zip_quoted_overlap_bomb(box: Box) -> None:
+    bomb = _quoted_overlap_zip(200, b"A" * 20000)
+    expanded = sum(i.file_size for i in zipfile.ZipFile(io.BytesIO(bomb)).infolist())
+    assert len(bomb) < 60_000 and expanded > 4_000_000  # ~70x, from overlap alone
+    roomy = archive.ExtractLimits(max_members=1000, max_total=1 << 30, max_file=1 << 30)
+    staging = box.staging()
+    with pytest.raises(ArchiveError, match="overlaps the next zip entry"):
+        extract_bytes(bomb, "zip", staging, roomy)
+    assert not any((staging / "tree").iterdir()), "refused before any member was written"
+    # without the overlap check Python's zipfile reads it happily (CRCs and names agree)
+    with zipfile.ZipFile(io.BytesIO(bomb)) as zf:
+        assert len(zf.read("f0000")) > 20000
