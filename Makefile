@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: test demo bench bench-quick lint clean venv
+.PHONY: test test-long demo bench bench-quick lint clean venv
 
 $(BIN)/updaterd: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -15,6 +15,10 @@ venv: $(BIN)/updaterd
 
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The full counts of the randomized crash tests (RELIABILITY.md row 57: 50 random kills).
+test-long: venv
+	UPDATERD_KILL_TRIALS=50 $(BIN)/python -m pytest -s $(PYTEST_ARGS)
 
 demo: venv
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh

@@ -221,6 +221,26 @@ def test_retain_prunes_old_releases_but_keeps_previous(host: Host, nginx: Nginx,
     assert sorted(os.listdir(host.prefix / "releases")) == ["1.2.0", "1.3.0"]
 
 
+def test_verify_rehashes_kept_releases_and_names_what_changed(host: Host, nginx: Nginx,
+                                                              served_feed: Feed) -> None:
+    host.follow(nginx, served_feed)
+    for v in ("1.0.0", "1.1.0"):
+        served_feed.release(v)
+        assert once(host).returncode == 0
+    assert sorted(os.listdir(host.state_dir / "hello" / "trees")) == ["1.0.0.json",
+                                                                     "1.1.0.json"]
+    r = run_updaterd("--config", host.config, "verify")
+    assert r.returncode == 0 and r.stdout.count(": intact") == 2, r.stdout
+    data = host.prefix / "releases" / "1.0.0" / "share" / "data.bin"
+    data.chmod(0o644)
+    data.write_bytes(b"bit rot")
+    (host.prefix / "releases" / "1.1.0" / "share" / "planted").write_text("x")
+    r = run_updaterd("--config", host.config, "verify", "hello")
+    assert r.returncode == 1
+    assert "hello 1.0.0: 1 differences\n  share/data.bin: changed (f)" in r.stdout
+    assert "share/planted: not in the release as installed" in r.stdout
+
+
 def test_second_instance_is_refused_while_lock_held(host: Host, nginx: Nginx,
                                                     served_feed: Feed) -> None:
     import fcntl

@@ -73,6 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     rb = sub.add_parser("rollback", help="offline: switch APP back to a kept release")
     rb.add_argument("app")
     rb.add_argument("--to", metavar="V")
+    ve = sub.add_parser("verify", help="re-hash every kept release against its recorded tree")
+    ve.add_argument("apps", nargs="*", metavar="APP", help="default: every releases app")
     up = sub.add_parser("update", help="offline: update APP now (optionally to --version V)")
     up.add_argument("app")
     up.add_argument("--version", dest="to_version", metavar="V")
@@ -151,6 +153,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "check-config":
         print(f"{args.config}: OK ({len(cfg.apps)} apps)")
         return EXIT_OK
+    if args.command == "verify":
+        return _verify(cfg, args.apps)
     if args.daemonize:
         if not args.pidfile:
             print("updaterd: --daemonize needs --pidfile PATH", file=sys.stderr)
@@ -164,6 +168,27 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         serve(cfg, args.config)
     return EXIT_OK
+
+
+def _verify(cfg: config_mod.Config, apps: list[str]) -> int:
+    """`updaterd verify`: reads only, so it needs no lock and runs beside the daemon."""
+    from updaterd.engine import Engine
+
+    engine = Engine(cfg)
+    names = apps or [n for n, a in cfg.apps.items() if a.install == "releases"]
+    bad = 0
+    for name in names:
+        for version, problems in engine.verify(name):
+            if problems is None:
+                print(f"{name} {version}: no recorded tree (installed before records were kept)")
+            elif problems:
+                bad += 1
+                print(f"{name} {version}: {len(problems)} differences")
+                for p in problems[:20]:
+                    print(f"  {p}")
+            else:
+                print(f"{name} {version}: intact")
+    return EXIT_FAILED if bad else EXIT_OK
 
 
 def _offline(cfg: config_mod.Config, args: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ from pathlib import Path
 import trio
 
 from updaterctl.protocol import CheckResult, Event, RollbackResult, UpdateResult
-from updaterd import state, versions, window
+from updaterd import state, treehash, versions, window
 from updaterd.config import AppConfig, Config
 from updaterd.download import Fetcher, TokenBucket
 from updaterd.errors import FeedError, LayoutError, PolicyError, UpdaterError
@@ -332,6 +332,19 @@ class Engine:
         if not run.layout.knows_version:
             prune(run)
         return RollbackResult(from_version=current, to_version=kept.version)
+
+    def verify(self, app: str) -> list[tuple[str, list[str] | None]]:
+        """Re-hash every kept release of `app` against its recorded tree: (version, problems),
+        problems None when the release has no record (installed before records were kept)."""
+        run = self.open_app(app)
+        if not isinstance(run.layout, Layout):
+            raise PolicyError(f"{app}: verify covers install = \"releases\" apps")
+        out: list[tuple[str, list[str] | None]] = []
+        for kept in run.layout.kept():
+            rec = treehash.load(run.state_folder, kept.version)
+            out.append((kept.version, None if rec is None else
+                        treehash.differences(kept.path, rec)))
+        return out
 
     async def run_once(self) -> int:
         """One pass over every app: recover, check, and update where `auto_update` is on.

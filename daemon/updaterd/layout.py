@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from updaterd import archive, failpoints, fsutil, versions
+from updaterd import archive, failpoints, fsutil, treehash, versions
 from updaterd.errors import LayoutError
 from updaterd.state import Transaction
 
@@ -31,6 +31,7 @@ class Staged:
     version: str
     path: str
     digest: str = ""  # inplace: BLAKE3 of the new file, to tell after a crash what is in place
+    tree: treehash.TreeRecord | None = None  # releases: every file's BLAKE3, for `verify`
 
 
 @dataclass
@@ -184,9 +185,10 @@ class Layout:
             failpoints.hit("stage.after_extract")
             fsutil.fsync_tree(root)
             failpoints.hit("stage.after_fsync")
+            tree = treehash.record(root, version)
             dest = self.install(root, version)
             failpoints.hit("release.after_rename")
-            return Staged(version=version, path=str(dest))
+            return Staged(version=version, path=str(dest), tree=tree)
         finally:
             remove_tree(staging)
 

@@ -20,7 +20,7 @@ from typing import BinaryIO
 import trio
 
 from updaterctl.protocol import Event, Phase
-from updaterd import archive, failpoints, fsutil, health, selfupdate, state
+from updaterd import archive, failpoints, fsutil, health, selfupdate, state, treehash
 from updaterd.config import AppConfig, Config, app_unit
 from updaterd.download import Expected
 from updaterd.errors import HealthCheckFailed, LayoutError
@@ -149,6 +149,8 @@ async def install(run: AppRun, source: Source, release: Release, artifact: Artif
         staged = await _stage(run, f, artifact, version)
     finally:
         f.close()
+    if staged.tree is not None:
+        treehash.save(run.state_folder, staged.tree)
     run.state.release_digests[version] = artifact.blake3 or artifact.sha256 or ""
     # Inhibitors hold back the switch and restart; nothing has changed yet if we are stopped here.
     await run.hooks.before_switch()
@@ -291,6 +293,7 @@ async def complete_rollback(run: AppRun, tx: Transaction) -> None:
     running = selfupdate.running_version() if itself else None
     if tx.block and left is not None and left not in (to_version, run.state.previous, running):
         run.layout.discard(left)
+        treehash.drop(run.state_folder, left)
     run.phase("idle", f"rolled back to {to_version or 'nothing'}", to_version)
     if itself:
         selfupdate.end_trial(_prefix(run))
@@ -302,6 +305,7 @@ def prune(run: AppRun) -> None:
     removed = run.layout.prune(run.state.installed, run.state.previous, run.cfg.retain)
     for v in removed:
         run.state.release_digests.pop(v, None)
+        treehash.drop(run.state_folder, v)
     if removed:
         log.info("%s: removed old versions %s", run.name, ", ".join(removed))
         run.save()

@@ -1,0 +1,103 @@
+"""The recorded BLAKE3 tree of each installed release, and checking a release against it.
+
+Recorded while the release is staged (before it is switched to) in
+`<state_dir>/<app>/trees/<version>.json`; `updaterd verify` re-hashes every kept release
+against it, as `ostree fsck` does, to prove that no crash or stray write left a release torn.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from pathlib import Path
+from typing import Literal
+
+import blake3
+import msgspec
+from msgspec import Struct
+
+from updaterd import fsutil, versions
+
+_CHUNK = 1 << 20
+
+
+class TreeRecord(Struct, kw_only=True):
+    """Every entry of a release: `f:<mode>:<blake3>`, `l:<target>` or `d:<mode>`."""
+
+    schema: Literal[1] = 1
+    version: str
+    entries: dict[str, str]
+
+
+def _file_digest(path: str) -> str:
+    h = blake3.blake3()
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _describe(path: str, st: os.stat_result) -> str:
+    mode = f"{stat.S_IMODE(st.st_mode):o}"
+    if stat.S_ISLNK(st.st_mode):
+        return f"l:{os.readlink(path)}"
+    if stat.S_ISDIR(st.st_mode):
+        return f"d:{mode}"
+    if stat.S_ISREG(st.st_mode):
+        return f"f:{mode}:{_file_digest(path)}"
+    return f"?:{stat.S_IFMT(st.st_mode):o}"
+
+
+def scan(root: Path) -> dict[str, str]:
+    """Describe every entry under `root` (links are not followed)."""
+    entries: dict[str, str] = {}
+    base = str(root)
+    for dirpath, dirnames, filenames in os.walk(base):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            entries[os.path.relpath(path, base)] = _describe(path, os.lstat(path))
+    return entries
+
+
+def record(root: Path, version: str) -> TreeRecord:
+    return TreeRecord(version=version, entries=scan(root))
+
+
+def differences(root: Path, rec: TreeRecord) -> list[str]:
+    """What differs between the release at `root` and its record (empty: it is intact)."""
+    if not root.is_dir():
+        return [f"{root} is missing"]
+    found = scan(root)
+    problems = [f"{name}: missing" for name in sorted(rec.entries.keys() - found.keys())]
+    problems += [f"{name}: not in the release as installed"
+                 for name in sorted(found.keys() - rec.entries.keys())]
+    problems += [f"{name}: changed ({found[name].split(':')[0]})"
+                 for name in sorted(rec.entries.keys() & found.keys())
+                 if found[name] != rec.entries[name]]
+    return problems
+
+
+def _path(state_folder: Path, version: str) -> Path:
+    if not versions.is_safe_name(version):
+        raise ValueError(f"version {version!r} cannot name a file")
+    return state_folder / "trees" / f"{version}.json"
+
+
+def save(state_folder: Path, rec: TreeRecord) -> None:
+    path = _path(state_folder, rec.version)
+    fsutil.ensure_private_dir(path.parent, 0o755)
+    fsutil.atomic_write(path, msgspec.json.encode(rec))
+
+
+def load(state_folder: Path, version: str) -> TreeRecord | None:
+    try:
+        return msgspec.json.decode(_path(state_folder, version).read_bytes(), type=TreeRecord)
+    except (FileNotFoundError, ValueError, msgspec.DecodeError):
+        return None
+
+
+def drop(state_folder: Path, version: str) -> None:
+    with contextlib.suppress(ValueError):
+        _path(state_folder, version).unlink(missing_ok=True)
