@@ -46,7 +46,11 @@ def test_a27_corrupt_state_moved_aside_serial_kept(tmp_path: Path,
     s = state.load(tmp_path, "demo")
     assert s.serial == 41, "the serial high-water mark is never reset to 0"
     assert "corrupt" in (s.last_error or "")
-    assert [p.name.startswith("state.json.corrupt-") for p in folder.iterdir()] == [True]
+    assert s.paused, "automatic updates are refused until an operator resumes them"
+    names = sorted(p.name for p in folder.iterdir())
+    assert names[0] == "state.json" and names[1].startswith("state.json.corrupt-")
+    assert len(names) == 2
+    assert state.load(tmp_path, "demo").paused, "the pause is stored, not only returned"
     assert "corrupt" in caplog.text
 
 

@@ -107,11 +107,17 @@ def load(state_dir: Path, app: str) -> AppState:
         aside = path.with_name(f"state.json.corrupt-{stamp}")
         os.replace(path, aside)
         fsutil.fsync_dir(path.parent)
-        log.warning("%s: state file %s is corrupt (%s); moved to %s", app, path, e, aside)
-        fresh = AppState(last_error=f"state file was corrupt and moved to {aside.name}")
+        log.warning("%s: state file %s is corrupt (%s); moved to %s; automatic updates are "
+                    "paused until `updaterctl resume %s`", app, path, e, aside, app)
+        # Paused: the blocked and skipped versions were in the lost file, so an automatic
+        # update now could reinstall a version that failed; an operator looks first.
+        fresh = AppState(paused=True,
+                         last_error=f"state file was corrupt and moved to {aside.name}; "
+                                    f"automatic updates paused until `updaterctl resume {app}`")
         m = re.search(rb'"serial"\s*:\s*(\d{1,19})', data)
         if m:
             fresh.serial = int(m.group(1))
+        save(state_dir, app, fresh)  # the pause and the serial must outlive this run
         return fresh
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
-from tests.conftest import Host, Nginx
+from tests.conftest import Daemon, Host, Nginx
 from tests.helpers import Feed, make_tar, release_files, run_updaterd
 
 
@@ -52,3 +52,26 @@ def test_a08_older_version_only_through_the_explicit_path(host: Host, nginx: Ngi
     assert hello(host) == "hello 1.0.0"
     r = run_updaterd("--config", host.config, "--once")
     assert hello(host) == "hello 1.1.0", "a downgrade on purpose is not pinned: newer returns"
+
+
+def test_a27_corrupt_state_refuses_updates_until_resumed(host: Host, nginx: Nginx,
+                                                        served_feed: Feed,
+                                                        daemon: Daemon) -> None:
+    served_feed.release("1.0.0")
+    host.follow(nginx, served_feed)
+    assert run_updaterd("--config", host.config, "--once").returncode == 0
+    serial = host.state()["serial"]
+    path = host.state_dir / "hello" / "state.json"
+    text = path.read_text()
+    path.write_text(text[:text.index('"pending"')])  # torn after the serial
+    served_feed.release("1.1.0")
+    r = run_updaterd("--config", host.config, "--once")
+    assert r.returncode == 0 and "paused" in r.stderr
+    assert host.current() == "1.0.0", "no automatic update on a state that lost its memory"
+    state = host.state()
+    assert state["paused"] and state["serial"] >= serial
+    daemon.start()
+    app = daemon.app()
+    assert app["paused"] and "corrupt" in app["last_error"] and app["current"] == "1.0.0"
+    daemon.ctl("resume", "hello", check=True)  # the operator looked: updates go on
+    daemon.wait_for(lambda: daemon.app()["current"] == "1.1.0", what="the update after resume")
