@@ -41,7 +41,7 @@ from updaterctl.protocol import (
     UpdateResult,
     VersionParams,
 )
-from updaterd import metrics
+from updaterd import metrics, rpc, versions
 from updaterd.engine import NoSuchVersion, UnknownApp
 from updaterd.errors import ConfigError, PolicyError, UpdaterError
 from updaterd.rpc import CONFIG_INVALID, Connection, Handler, RpcError
@@ -183,6 +183,10 @@ class ControlApi:
 
     async def update(self, p: UpdateParams, conn: Connection) -> UpdateResult:
         w = self._worker(p.app)
+        installed = w.state().installed
+        if p.version is not None and installed is not None and \
+                _is_downgrade(p.version, installed):
+            self._require_downgrade_right(conn, f"update to the older {p.version}")
         async with self._exclusive(w), self._engine_errors(w):
             result = await self.daemon.engine.update(p.app, p.version, ignore_window=p.now)
         if result.result == "rolled_back":
@@ -191,8 +195,16 @@ class ControlApi:
                             "from": result.from_version, "to": result.to_version})
         return result
 
+    def _require_downgrade_right(self, conn: Connection, what: str) -> None:
+        """With `downgrade_group` set, going back needs root or that group too."""
+        group = self.daemon.config.daemon.downgrade_group
+        if group is not None and not rpc.is_admin(conn.peer.uid, conn.peer.gid, group):
+            raise RpcError(ErrorCode.NOT_PERMITTED, f"{what} needs root or the downgrade group "
+                                                    f"{group!r}")
+
     async def rollback(self, p: RollbackParams, conn: Connection) -> RollbackResult:
         w = self._worker(p.app)
+        self._require_downgrade_right(conn, "rollback")
         async with self._exclusive(w), self._engine_errors(w):
             return await self.daemon.engine.rollback(p.app, p.to)
 
@@ -246,3 +258,11 @@ class ControlApi:
                            e.problems) from None
         return Ok()
 
+
+
+def _is_downgrade(version: str, installed: str) -> bool:
+    """True when `version` is older than `installed`, or when the two cannot be ordered."""
+    try:
+        return versions.key(version) < versions.key(installed)
+    except ValueError:
+        return version != installed

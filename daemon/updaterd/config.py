@@ -58,6 +58,8 @@ class DaemonConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     socket: str = "/run/updaterd/updaterd.sock"
     socket_mode: Mode = "0660"
     admin_group: str = "updaterd"
+    # set: rollback and downgrades need root or this group as well (stricter than admin_group)
+    downgrade_group: str | None = None
     state_dir: str = "/var/lib/updaterd"
     cache_dir: str = "/var/cache/updaterd"
     lock_file: str = "/run/updaterd/updaterd.lock"

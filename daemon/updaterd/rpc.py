@@ -103,7 +103,7 @@ def peer_credentials(sock: trio.socket.SocketType) -> tuple[int, int, int]:
 
 
 def is_admin(uid: int, gid: int, admin_group: str) -> bool:
-    """Root, or a member (primary or supplementary) of `admin_group`."""
+    """Root, or a member (primary or supplementary) of `admin_group` (or any group)."""
     if uid == 0:
         return True
     try:

@@ -1,0 +1,248 @@
+"""Rows E101-E103, E107 and E110 of RELIABILITY.md: how the control socket is created, who may
+go back, and a crowd of slow clients from other users. Other users are real: `setpriv` runs the
+clients under other uids against the real daemon."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from tests.conftest import Daemon, Host, Nginx
+from tests.helpers import Feed, run_updaterd, write_config
+from updaterd import rpc
+from updaterd.errors import UpdaterError
+
+
+@pytest.fixture
+def public_dir() -> Iterator[Path]:
+    """A folder other users can reach (the pytest tmp folders are private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="updaterd-run-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path)
+
+
+def _configure(host: Host, run_dir: Path, **daemon: Any) -> None:
+    """The host's config with its socket in `run_dir`, open to every user (0666)."""
+    text = host.config.read_text()
+    apps_and_limits = "\n" + text.split("\n\n", 1)[1]  # everything after [daemon]
+    table = host.daemon_table()
+    table.update(socket=str(run_dir / "updaterd.sock"), socket_mode="0666", **daemon)
+    write_config(host.config, table, {})
+    host.config.write_text(host.config.read_text() + apps_and_limits)
+
+
+def _as_user(uid: int, gid: int, sock: Path, payload: str) -> dict[str, Any]:
+    r = subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
+                        "socat", "-t", "5", "-", f"UNIX-CONNECT:{sock}"],
+                       input=payload + "\n", capture_output=True, text=True, timeout=20)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.splitlines()[0])
+
+
+def _create(path: Path, check: Any = None) -> None:
+    """rpc.create_socket as the daemon calls it (a trio socket, closed in trio); `check` runs
+    while it listens."""
+
+    async def main() -> None:
+        sock = rpc.create_socket(path, 0o660, "root")
+        try:
+            if check is not None:
+                check()
+        finally:
+            sock.close()
+
+    trio.run(main)
+
+
+def _call(method: str, **params: Any) -> str:
+    return json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
+
+
+# -- E101-E103: creating the socket ------------------------------------------------------------
+
+def test_e101_socket_is_never_wider_than_its_mode(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bound under a temp name while the umask keeps it 0600, chmod to the mode, then renamed:
+    the path itself never exists with other permissions, nor without a listener."""
+    path = tmp_path / "run" / "updaterd.sock"
+    seen: list[tuple[str, str, bool]] = []
+    real_chmod, real_replace = os.chmod, os.replace
+
+    def chmod(p: Any, mode: int, *a: Any, **k: Any) -> None:
+        seen.append(("chmod", oct(stat.S_IMODE(os.lstat(p).st_mode)), path.exists()))
+        real_chmod(p, mode, *a, **k)
+
+    def replace(src: Any, dst: Any, *a: Any, **k: Any) -> None:
+        seen.append(("replace", oct(stat.S_IMODE(os.lstat(src).st_mode)), path.exists()))
+        real_replace(src, dst, *a, **k)
+
+    def listening() -> None:
+        assert seen == [("chmod", "0o600", False), ("replace", "0o660", False)]
+        st = os.lstat(path)
+        assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o660
+        assert st.st_gid == 0
+        probe = socket.socket(socket.AF_UNIX)
+        probe.connect(str(path))  # listening already when it appeared
+        probe.close()
+
+    monkeypatch.setattr(os, "chmod", chmod)
+    monkeypatch.setattr(os, "replace", replace)
+    _create(path, listening)
+
+
+def test_e102_what_is_at_the_socket_path(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    path = run / "updaterd.sock"
+    path.write_text("not a socket")
+    with pytest.raises(UpdaterError, match="exists and is not a socket"):
+        _create(path)
+    path.unlink()
+    path.symlink_to(tmp_path / "elsewhere.sock")
+    with pytest.raises(UpdaterError, match="not a socket"):
+        _create(path)
+    path.unlink()
+    live = socket.socket(socket.AF_UNIX)
+    live.bind(str(path))
+    live.listen(1)
+    with pytest.raises(UpdaterError, match="another process is listening"):
+        _create(path)
+    live.close()  # now stale, and ours: replaced
+    _create(path)
+    path.unlink()
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(path))
+    stale.close()
+    os.chown(path, 65534, 65534)  # stale, but somebody else's
+    with pytest.raises(UpdaterError, match="belongs to uid 65534"):
+        _create(path)
+    assert path.exists(), "a foreign file is never removed"
+
+
+def test_e103_world_writable_socket_folder_refuses_to_start(host: Host, public_dir: Path,
+                                                           nginx: Nginx,
+                                                           served_feed: Feed) -> None:
+    served_feed.release("1.0.0")
+    host.follow(nginx, served_feed)
+    public_dir.chmod(0o777)
+    _configure(host, public_dir)
+    r = run_updaterd("--config", host.config, timeout=30)
+    assert r.returncode == 1
+    assert f"{public_dir} is world-writable; refusing to put the socket there" in r.stderr
+    assert not (public_dir / "updaterd.sock").exists()
+
+
+# -- E107: going back needs a stricter group ----------------------------------------------------
+
+def test_e107_rollback_and_downgrade_need_the_downgrade_group(host: Host, nginx: Nginx,
+                                                              served_feed: Feed,
+                                                              public_dir: Path) -> None:
+    served_feed.release("1.0.0")
+    served_feed.release("1.1.0")
+    host.follow(nginx, served_feed)
+    assert run_updaterd("--config", host.config, "update", "hello", "--version",
+                        "1.0.0").returncode == 0
+    assert run_updaterd("--config", host.config, "--once").returncode == 0
+    assert host.current() == "1.1.0"
+    _configure(host, public_dir, admin_group="users", downgrade_group="staff")
+    d = Daemon(host)
+    d.socket = public_dir / "updaterd.sock"
+    d.start()
+    try:
+        users = 100  # an admin (primary group `users`), not in `staff`
+        sock = d.socket
+        ok = _as_user(65534, users, sock, _call("check", app="hello"))
+        assert "result" in ok, ok
+        err = _as_user(65534, users, sock, _call("rollback", app="hello"))
+        assert err["error"]["code"] == 3
+        assert "rollback needs root or the downgrade group 'staff'" in err["error"]["message"]
+        err = _as_user(65534, users, sock, _call("update", app="hello", version="1.0.0"))
+        assert err["error"]["code"] == 3 and "older 1.0.0" in err["error"]["message"]
+        assert host.current() == "1.1.0"
+        staff = 50  # in both groups' terms: primary group staff is a downgrade member
+        err = _as_user(65534, staff, sock, _call("rollback", app="hello"))
+        assert err["error"]["code"] == 3 and "admin group" in err["error"]["message"]
+        d.ctl("rollback", "hello", check=True)  # root may
+        assert host.current() == "1.0.0"
+    finally:
+        d.stop()
+
+
+# -- E110: a crowd of slow clients ---------------------------------------------------------------
+
+SLOWLORIS = r"""
+import socket, sys, time
+path, count, hold = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+held, refused = [], 0
+for _ in range(count):
+    s = socket.socket(socket.AF_UNIX)
+    try:
+        s.connect(path)
+        s.sendall(b'{"jsonrpc":"2.0","id":1,"me')  # a line that never ends
+        held.append(s)
+    except OSError:
+        refused += 1
+time.sleep(hold)
+alive = 0  # neither answered nor closed by the daemon
+for s in held:
+    s.setblocking(False)
+    try:
+        s.recv(4096)
+    except BlockingIOError:
+        alive += 1
+    except OSError:
+        pass
+print(len(held), refused, alive)
+"""
+
+
+def test_e110_thousand_slow_clients_do_not_starve_root(host: Host, nginx: Nginx,
+                                                      served_feed: Feed,
+                                                      public_dir: Path) -> None:
+    """1000 connections from 10 other users that send half a line and stall: the caps turn
+    most away at once, the rest are dropped at the line timeout, and root is served in <1 s."""
+    served_feed.release("1.0.0")
+    host.follow(nginx, served_feed, limits={"client_line_timeout": "3s",
+                                            "client_idle_timeout": "5s"})
+    _configure(host, public_dir)
+    d = Daemon(host)
+    d.socket = public_dir / "updaterd.sock"
+    d.start()
+    crowd = [subprocess.Popen(["setpriv", f"--reuid={20001 + i}", f"--regid={20001 + i}",
+                               "--clear-groups", "/usr/bin/python3", "-c", SLOWLORIS,
+                               str(d.socket), "100", "6"], stdout=subprocess.PIPE, text=True)
+             for i in range(10)]
+    try:
+        time.sleep(1.5)  # the crowd is connected and stalled
+        worst = 0.0
+        for _ in range(5):
+            started = time.monotonic()
+            assert d.ctl("status").returncode == 0
+            worst = max(worst, time.monotonic() - started)
+        results = [tuple(map(int, p.communicate(timeout=60)[0].split())) for p in crowd]
+        assert d.proc is not None and d.proc.poll() is None, "the daemon is still running"
+    finally:
+        for p in crowd:
+            p.kill()
+        d.stop()
+    held = sum(r[0] for r in results)
+    still_open = sum(r[2] for r in results)
+    assert held + sum(r[1] for r in results) == 1000
+    assert still_open == 0, "every stalled client was dropped by the line timeout"
+    assert worst < 1.0, f"root waited {worst:.2f}s"
+    log = d.log.read_text()
+    assert "Traceback" not in log
+    print(f"\nE110: 1000 slow clients from 10 uids; root's status took at most {worst * 1000:.0f} ms")
