@@ -245,4 +245,5 @@ def test_e110_thousand_slow_clients_do_not_starve_root(host: Host, nginx: Nginx,
     assert worst < 1.0, f"root waited {worst:.2f}s"
     log = d.log.read_text()
     assert "Traceback" not in log
-    print(f"\nE110: 1000 slow clients from 10 uids; root's status took at most {worst * 1000:.0f} ms")
+    print(f"\nE110: 1000 slow clients from 10 uids; root's status took at most "
+          f"{worst * 1000:.0f} ms")
