@@ -310,3 +310,71 @@ def test_retry_after_both_forms() -> None:
     assert parse_retry_after("7") == 7.0
     assert parse_retry_after("Thu, 01 Jan 1970 00:01:40 GMT", now=40.0) == 60.0
     assert parse_retry_after("soon") is None
+
+
+# -- rows D78, D85, D94 -------------------------------------------------------------------------
+
+def test_d78_blackholed_host_fails_within_the_connect_timeout(cache: Path) -> None:
+    """A listener whose accept queue is full drops further SYNs: a real blackhole on loopback."""
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    port = server.getsockname()[1]
+    fillers = []
+    for _ in range(4):  # fill the accept queue; later connects hang in SYN_SENT
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex(("127.0.0.1", port))
+        fillers.append(s)
+    time.sleep(0.2)
+    limits = Limits(connect_timeout="1s", backoff_base="10ms", backoff_cap="10ms", retries=2)
+    started = time.monotonic()
+    try:
+        with pytest.raises(DownloadError, match="ConnectTimeout"):
+            fetch(f"http://127.0.0.1:{port}/x.tar.gz", cache / "x.tar.gz",
+                  Expected(10, "0" * 64, None), limits)
+    finally:
+        for s in fillers:
+            s.close()
+        server.close()
+    took = time.monotonic() - started
+    assert took < 2 * 1.0 + 1.5, f"{took:.1f}s for 2 attempts of a 1s connect timeout"
+
+
+def test_d85_416_on_a_complete_partial_is_hashed(fault_server: FaultServer,
+                                                 artifact: tuple[str, bytes, Expected],
+                                                 cache: Path) -> None:
+    name, data, expected = artifact
+    url = fault_server.url("plain", name)
+    plant_partial(cache / name, data + data, expected, url, server_etag(data))  # half: whole
+    assert fetch(url, cache / name, expected) == data
+    assert [r["status"] for r in served(fault_server, "plain")] == [416]
+
+
+def test_d85_416_on_a_complete_but_corrupt_partial_downloads_again(
+        fault_server: FaultServer, artifact: tuple[str, bytes, Expected], cache: Path) -> None:
+    name, data, expected = artifact
+    url = fault_server.url("plain", name)
+    corrupt = b"\xff" + data[1:]
+    plant_partial(cache / name, corrupt + corrupt, expected, url, server_etag(data))
+    assert fetch(url, cache / name, expected) == data
+    assert [r["status"] for r in served(fault_server, "plain")] == [416, 200]
+
+
+@pytest.mark.parametrize("location", [
+    "https://storage.example.net/a\r\nSet-Cookie: x=1", "https://storage.example.net/a\nb",
+    "https://user:secret@storage.example.net/a", "https://storage.example.net@evil.example/a",
+])
+def test_d94_bad_location_is_refused(location: str) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "updates.example.com":
+            response = httpx.Response(302)
+            response.headers._list.append((b"location", b"location",  # type: ignore[attr-defined]
+                                           location.encode()))
+            return response
+        return httpx.Response(200, content=b"followed")
+
+    with pytest.raises(DownloadError, match=r"bad Location|userinfo|credentials"):
+        mock_fetch(handler, "https://updates.example.com/m.json")

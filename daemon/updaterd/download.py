@@ -15,9 +15,10 @@ import logging
 import os
 import random
 import re
+import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC
@@ -138,6 +139,26 @@ class TokenBucket:
             await trio.sleep(-self.tokens / self.rate)
 
 
+def _causes(e: BaseException) -> Iterator[BaseException]:
+    seen: BaseException | None = e
+    while seen is not None:
+        yield seen
+        seen = seen.__cause__ or seen.__context__
+
+
+def _certificate_error(e: BaseException) -> str | None:
+    """The verification message when a TLS certificate was refused (httpx wraps it)."""
+    for cause in _causes(e):
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return cause.verify_message or str(cause)
+    return None
+
+
+def _why(e: BaseException) -> str:
+    """The first non-empty message along the cause chain (httpx's own may be empty)."""
+    return next((str(c) for c in _causes(e) if str(c)), "network error")
+
+
 class Fetcher:
     """One HTTP client with updaterd's timeouts, retries and URL policy."""
 
@@ -175,8 +196,17 @@ class Fetcher:
             try:
                 request = self.client.build_request("GET", url, headers=headers)
                 response = await self.client.send(request, stream=True)
-            except httpx.TransportError as e:
+            except httpx.RemoteProtocolError as e:
+                if "location header" in str(e):  # httpx parses a redirect's target itself
+                    raise DownloadError(f"{url}: redirect with a bad Location header: "
+                                        f"{e}") from None
                 raise Retryable(f"{url}: {type(e).__name__}: {e or 'network error'}") from None
+            except httpx.TransportError as e:
+                cert = _certificate_error(e)
+                if cert is not None:  # permanent: never retried, never downgraded
+                    raise DownloadError(f"{url}: TLS certificate refused "
+                                        f"(CERTIFICATE_VERIFY_FAILED): {cert}") from None
+                raise Retryable(f"{url}: {type(e).__name__}: {_why(e)}") from None
             if response.status_code not in REDIRECT_STATUS:
                 break
             location = response.headers.get("location", "")

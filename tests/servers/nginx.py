@@ -10,7 +10,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,17 +48,23 @@ class Nginx:
     root: Path
     port: int
     access_log: Path
+    tls_ports: dict[str, int] = field(default_factory=dict)
 
     def url(self, rel: str) -> str:
         return f"http://127.0.0.1:{self.port}/{rel}"
+
+    def tls_url(self, server: str, rel: str) -> str:
+        return f"https://127.0.0.1:{self.tls_ports[server]}/{rel}"
 
     def requests(self) -> list[dict[str, Any]]:
         return read_log(self.access_log)
 
 
 @contextlib.contextmanager
-def running_nginx(base: Path) -> Iterator[Nginx]:
-    """nginx with its root at `base/www`, logging each request as JSON to `base/access.log`."""
+def running_nginx(base: Path,
+                  tls: dict[str, tuple[Path, Path]] | None = None) -> Iterator[Nginx]:
+    """nginx with its root at `base/www`, logging each request as JSON to `base/access.log`;
+    `tls` adds an https server per name, with its (certificate, key)."""
     if shutil.which("nginx") is None:
         raise RuntimeError("nginx is not installed (.ci/run installs nginx-light)")
     root = base / "www"
@@ -67,6 +73,14 @@ def running_nginx(base: Path) -> Iterator[Nginx]:
     log = base / "access.log"
     for d in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (base / d).mkdir(exist_ok=True)
+    tls_ports = {name: free_port() for name in tls or {}}
+    tls_servers = "".join(f"""
+    server {{
+        listen 127.0.0.1:{tls_ports[name]} ssl;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        root {root};
+    }}""" for name, (cert, key) in (tls or {}).items())
     conf = base / "nginx.conf"
     conf.write_text(f"""
 user root;
@@ -91,14 +105,14 @@ http {{
         listen 127.0.0.1:{port};
         root {root};
         etag on;
-    }}
+    }}{tls_servers}
 }}
 """)
     proc = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(base)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_port(port, proc, "nginx")
-        yield Nginx(root=root, port=port, access_log=log)
+        yield Nginx(root=root, port=port, access_log=log, tls_ports=tls_ports)
     finally:
         proc.send_signal(signal.SIGQUIT)
         try:

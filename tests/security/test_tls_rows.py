@@ -1,0 +1,133 @@
+"""Row D96 of RELIABILITY.md: a bad or expired TLS certificate fails, with no insecure
+fallback. nginx serves https on 127.0.0.1 with certificates this test makes: one from a CA
+the client trusts (SSL_CERT_FILE), one expired, one for another name, one self-signed."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from tests.conftest import Host
+from tests.helpers import Feed, run_updaterd
+from tests.servers.nginx import Nginx, running_nginx
+from updaterd.config import Limits
+from updaterd.download import Fetcher
+from updaterd.errors import DownloadError
+
+NOW = dt.datetime.now(dt.UTC)
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _cert(subject: str, key: ec.EllipticCurvePrivateKey, issuer: str,
+          issuer_key: ec.EllipticCurvePrivateKey, *, ca: bool = False,
+          san: x509.GeneralName | None = None, expired: bool = False) -> x509.Certificate:
+    start, end = (NOW - dt.timedelta(days=30), NOW - dt.timedelta(days=1)) if expired else \
+        (NOW - dt.timedelta(days=1), NOW + dt.timedelta(days=30))
+    b = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(_name(issuer))
+         .public_key(key.public_key()).serial_number(x509.random_serial_number())
+         .not_valid_before(start).not_valid_after(end)
+         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if san is not None:
+        b = b.add_extension(x509.SubjectAlternativeName([san]), critical=False)
+    if ca:
+        b = b.add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True,
+                                          crl_sign=True, content_commitment=False,
+                                          key_encipherment=False, data_encipherment=False,
+                                          key_agreement=False, encipher_only=False,
+                                          decipher_only=False), critical=True)
+    return b.sign(issuer_key, hashes.SHA256())
+
+
+def _write(folder: Path, name: str, cert: x509.Certificate,
+           key: ec.EllipticCurvePrivateKey) -> tuple[Path, Path]:
+    c, k = folder / f"{name}.pem", folder / f"{name}.key"
+    c.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    k.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                    serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption()))
+    return c, k
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Nginx, Path]]:
+    folder = tmp_path_factory.mktemp("tls")
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = _cert("updaterd test CA", ca_key, "updaterd test CA", ca_key, ca=True)
+    (folder / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    loopback = x509.IPAddress(ipaddress.ip_address("127.0.0.1"))
+    servers = {}
+    for name, kw in {"good": {"san": loopback}, "expired": {"san": loopback, "expired": True},
+                     "other-name": {"san": x509.DNSName("updates.example.com")}}.items():
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = _cert(name, key, "updaterd test CA", ca_key, **kw)  # type: ignore[arg-type]
+        servers[name] = _write(folder, name, cert, key)
+    own_key = ec.generate_private_key(ec.SECP256R1())
+    servers["self-signed"] = _write(folder, "self-signed",
+                                    _cert("self", own_key, "self", own_key, san=loopback),
+                                    own_key)
+    with running_nginx(folder / "nginx", tls=servers) as nginx:
+        (nginx.root / "m.json").write_text("{}")
+        yield nginx, folder / "ca.pem"
+
+
+def _fetch(url: str) -> bytes:
+    async def go() -> bytes:
+        fetcher = Fetcher(Limits(retries=2, backoff_base="10ms", backoff_cap="10ms"))
+        try:
+            return (await fetcher.fetch_small(url, max_bytes=100)).body
+        finally:
+            await fetcher.aclose()
+
+    return trio.run(go)
+
+
+def test_d96_trusted_certificate_works(tls: tuple[Nginx, Path],
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    nginx, ca = tls
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca))
+    assert _fetch(nginx.tls_url("good", "m.json")) == b"{}"
+
+
+@pytest.mark.parametrize("server, why", [
+    ("expired", "certificate has expired"), ("other-name", "IP address mismatch"),
+    ("self-signed", "self-signed certificate"),
+])
+def test_d96_bad_certificate_fails_without_fallback(tls: tuple[Nginx, Path],
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    server: str, why: str) -> None:
+    nginx, ca = tls
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca))
+    before = len(nginx.requests())
+    with pytest.raises(DownloadError, match="CERTIFICATE_VERIFY_FAILED") as e:
+        _fetch(nginx.tls_url(server, "m.json"))
+    assert why in str(e.value)
+    assert "gave up" not in str(e.value), "a certificate failure is not retried"
+    assert len(nginx.requests()) == before, "no request was ever sent, over https or http"
+
+
+def test_d96_daemon_refuses_a_feed_behind_an_expired_certificate(
+        tls: tuple[Nginx, Path], host: Host, tmp_path: Path) -> None:
+    nginx, ca = tls
+    feed = Feed(folder=nginx.root / "d96", work=tmp_path / "work")
+    feed.release("1.0.0")
+    host.configure(source="manifest", url=nginx.tls_url("expired", "d96/manifest.json"),
+                   public_keys=[feed.pub])
+    r = run_updaterd("--config", host.config, "--once", env={"SSL_CERT_FILE": str(ca)})
+    assert r.returncode == 1 and "certificate has expired" in r.stderr
+    assert "Traceback" not in r.stderr and host.current() is None
+    host.configure(source="manifest", url=nginx.tls_url("good", "d96/manifest.json"),
+                   public_keys=[feed.pub])
+    r = run_updaterd("--config", host.config, "--once", env={"SSL_CERT_FILE": str(ca)})
+    assert r.returncode == 0 and host.current() == "1.0.0", r.stderr
