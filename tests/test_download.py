@@ -378,3 +378,55 @@ def test_d94_bad_location_is_refused(location: str) -> None:
 
     with pytest.raises(DownloadError, match=r"bad Location|userinfo|credentials"):
         mock_fetch(handler, "https://updates.example.com/m.json")
+
+
+# -- rows D100 and F123: the file that is hashed is the file that is used ----------------------
+
+@pytest.mark.parametrize("plant", ["symlink", "hardlink"])
+def test_d100_planted_partial_is_never_written_through(fault_server: FaultServer,
+                                                       artifact: tuple[str, bytes, Expected],
+                                                       cache: Path, tmp_path: Path,
+                                                       plant: str) -> None:
+    name, data, expected = artifact
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    part = cache / f"{name}.part"
+    if plant == "symlink":
+        part.symlink_to(victim)
+    else:
+        os.link(victim, part)
+    assert fetch(fault_server.url("plain", name), cache / name, expected) == data
+    assert victim.read_bytes() == b"precious"
+    assert (cache / name).read_bytes() == data and not (cache / name).is_symlink()
+    assert os.stat(cache / name).st_nlink == 1
+
+
+def test_f123_artifact_swapped_after_verification_is_not_used(
+        fault_server: FaultServer, cache: Path, tmp_path: Path) -> None:
+    """The descriptor returned by download() is the one that was hashed; replacing the file
+    by name afterwards (a race with another writer) changes nothing for the extraction."""
+    from tests.helpers import make_tar, release_files
+    from updaterd import archive
+
+    art = make_tar(fault_server.root / "good.tar.gz", release_files("1.0.0"), top="hello")
+    d = Digests()
+    d.update(art.read_bytes())
+    expected = Expected(art.stat().st_size, d.sha256, d.blake3)
+
+    async def go() -> Path:
+        fetcher = Fetcher(FAST, allow_insecure=True)
+        try:
+            f = await fetcher.download(fault_server.url("plain", art.name), cache / art.name,
+                                       expected)
+        finally:
+            await fetcher.aclose()
+        evil = make_tar(tmp_path / "evil.tar.gz", release_files("6.6.6"), top="hello")
+        os.replace(evil, cache / art.name)  # swapped by name after the verification
+        staging = tmp_path / "staging"
+        staging.mkdir()
+        with f:
+            limits = archive.ExtractLimits(max_members=100, max_total=1 << 20, max_file=1 << 20)
+            return archive.extract(f, "tar.gz", staging, limits, "hello")
+
+    root = trio.run(go)
+    assert (root / "share" / "VERSION").read_text() == "1.0.0\n"

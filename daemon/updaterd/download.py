@@ -16,6 +16,7 @@ import os
 import random
 import re
 import ssl
+import stat
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -137,6 +138,29 @@ class TokenBucket:
         self.tokens -= n
         if self.tokens < 0:
             await trio.sleep(-self.tokens / self.rate)
+
+
+def _open_partial(part: Path) -> int:
+    """The partial download: a new file is created with O_EXCL; an existing one is resumed
+    only when it is a plain file of ours with one link (no symlink, no hard link planted in
+    the private cache), else it is replaced by a fresh O_EXCL file."""
+    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(part, flags)
+    except FileNotFoundError:
+        return os.open(part, flags | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError:  # a symlink (ELOOP), a folder ...: not ours to resume
+        fd = -1
+    if fd >= 0:
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and st.st_nlink == 1:
+            return fd
+        os.close(fd)
+    log.warning("%s is not a plain file of ours; replacing it", part)
+    if part.is_dir() and not part.is_symlink():
+        raise DownloadError(f"{part} is a folder; refusing to download there")
+    part.unlink()
+    return os.open(part, flags | os.O_CREAT | os.O_EXCL, 0o600)
 
 
 def _causes(e: BaseException) -> Iterator[BaseException]:
@@ -331,7 +355,7 @@ class Fetcher:
         meta = _load_meta(meta_path)
         wanted = _PartMeta(url=url, size=expected.size, sha256=expected.sha256,
                            blake3=expected.blake3)
-        fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        fd = _open_partial(part)
         keep_fd = False
         offset = 0
         try:
