@@ -103,7 +103,7 @@ def test_each_format_extracts_with_top_folder_stripped_and_exec_bits(
     assert not os.access(root / "lib" / "data.txt", os.X_OK)
 
 
-def test_several_roots_are_kept_as_they_are(box: Box) -> None:
+def test_b52_several_roots_are_kept_as_they_are(box: Box) -> None:
     staging = box.staging()
     root = extract_bytes(tar_bytes([(member("a"), b"1"), (member("b/c"), b"2")]), "tar", staging)
     assert sorted(p.name for p in root.iterdir()) == ["a", "b"]

@@ -77,7 +77,7 @@ def test_skip_unskip_pause_resume(running: Daemon, served_feed: Feed) -> None:
     running.wait_for(lambda: running.app()["next_check"] is not None, what="resume")
 
 
-def test_two_concurrent_updates_second_is_busy(running: Daemon, served_feed: Feed,
+def test_e120_two_concurrent_updates_second_is_busy(running: Daemon, served_feed: Feed,
                                                host: Host, nginx: Nginx) -> None:
     served_feed.release("1.1.0")
     host.follow(nginx, served_feed, health_check=["sh", "-c", "sleep 1.5; bin/hello"])
@@ -156,13 +156,38 @@ def test_reload_adds_apps_and_refuses_broken_config(running: Daemon, host: Host,
     assert [a["name"] for a in running.status()["apps"]] == ["hello", "other"]
 
 
-def test_second_daemon_refuses_to_start(running: Daemon, host: Host) -> None:
+def test_c68_second_daemon_refuses_to_start(running: Daemon, host: Host) -> None:
     r = run_updaterd("--config", host.config, timeout=20)
     assert r.returncode == 1
     assert f"pid {running.proc.pid}" in r.stderr  # type: ignore[union-attr]
 
 
-def test_sigterm_during_update_ends_on_one_complete_version(
+def test_c69_lock_released_by_kill_9_and_stale_pidfile_ignored(
+        host: Host, nginx: Nginx, served_feed: Feed, tmp_path: Path) -> None:
+    served_feed.release("1.0.0")
+    host.follow(nginx, served_feed)
+    first = Daemon(host).start()
+    first.wait_for(lambda: first.app()["current"] == "1.0.0", what="install")
+    first.signal(signal.SIGKILL)
+    assert first.stop() == -signal.SIGKILL
+    assert (host.base / "updaterd.lock").read_text().strip() == str(first.proc.pid), \
+        "the lock file still names the dead holder"  # type: ignore[union-attr]
+    pidfile = tmp_path / "updaterd.pid"
+    pidfile.write_text(f"{first.proc.pid}\n")  # type: ignore[union-attr]
+    r = run_updaterd("--config", host.config, "--daemonize", "--pidfile", pidfile, timeout=20)
+    assert r.returncode == 0, r.stderr
+    d = Daemon(host)
+    d.wait_for(lambda: pidfile.exists() and pidfile.read_text().strip() != str(
+        first.proc.pid) and d.socket.exists(), what="the new daemon")  # type: ignore[union-attr]
+    pid = int(pidfile.read_text())
+    try:
+        assert d.status()["daemon"]["pid"] == pid
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        d.wait_for(lambda: not pidfile.exists(), what="stop")
+
+
+def test_c73_sigterm_during_update_ends_on_one_complete_version(
         host: Host, nginx: Nginx, served_feed: Feed, daemon: Daemon) -> None:
     served_feed.release("1.0.0")
     host.follow(nginx, served_feed, health_check=["sh", "-c", "sleep 2; bin/hello"])
@@ -271,7 +296,7 @@ def test_malformed_json_gets_parse_error_and_connection_keeps_working(running: D
     assert second["id"] == 2 and "daemon" in second["result"]
 
 
-def test_two_mib_line_refused_and_others_still_served(running: Daemon) -> None:
+def test_e109_two_mib_line_refused_and_others_still_served(running: Daemon) -> None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.connect(str(running.socket))
         s.settimeout(10)

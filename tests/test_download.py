@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import time
 from pathlib import Path
 from typing import Any
@@ -430,3 +431,77 @@ def test_f123_artifact_swapped_after_verification_is_not_used(
 
     root = trio.run(go)
     assert (root / "share" / "VERSION").read_text() == "1.0.0\n"
+
+
+# -- row D76: the retry schedule ----------------------------------------------------------------
+
+class RecordingRandom(random.Random):
+    """A seeded Random that remembers the bounds it was asked to draw between."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__(seed)
+        self.draws: list[tuple[float, float, float]] = []
+
+    def uniform(self, a: float, b: float) -> float:
+        value = super().uniform(a, b)
+        self.draws.append((a, b, value))
+        return value
+
+
+def test_d76_backoff_is_seeded_full_jitter_capped_and_counted(fault_server: FaultServer) -> None:
+    (fault_server.root / "m.json").write_text("{}")
+    limits = Limits(backoff_base="20ms", backoff_cap="80ms", retries=5)
+    rng = RecordingRandom(1234)
+
+    async def go() -> None:
+        fetcher = Fetcher(limits, allow_insecure=True, rng=rng)
+        try:
+            await fetcher.fetch_small(fault_server.url("always500", "m.json"), max_bytes=100)
+        finally:
+            await fetcher.aclose()
+
+    with pytest.raises(DownloadError, match="gave up after 6 attempts"):
+        trio.run(go)
+    deadline = time.monotonic() + 5  # the server logs a request after answering it
+    while len(served(fault_server, "always500")) < 6 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
+    assert len(served(fault_server, "always500")) == 6, "retries + 1 attempts, no more"
+    # full jitter: uniform(0, min(cap, base * 2^n)), the cap holding from the third retry
+    assert [(a, b) for a, b, _ in rng.draws] == [(0, 0.02), (0, 0.04), (0, 0.08), (0, 0.08),
+                                                 (0, 0.08)]
+    again = random.Random(1234)
+    assert [v for _, _, v in rng.draws] == [again.uniform(0, b) for _, b, _ in rng.draws]
+
+
+def test_d76_total_time_is_bounded_by_the_download_deadline(
+        fault_server: FaultServer, artifact: tuple[str, bytes, Expected], cache: Path) -> None:
+    name, _, expected = artifact
+    limits = Limits(backoff_base="200ms", backoff_cap="200ms", retries=100,
+                    download_deadline="1s")
+    started = time.monotonic()
+    with pytest.raises(DownloadError, match="not finished within 1s"):
+        fetch(fault_server.url("always500", name), cache / name, expected, limits)
+    assert time.monotonic() - started < 3
+
+
+# -- row A14: each digest on its own -------------------------------------------------------------
+
+@pytest.mark.parametrize("listed", ["sha256 only", "blake3 only", "both, sha256 wrong",
+                                    "both, blake3 wrong"])
+def test_a14_one_digest_mismatch_is_refused_and_deleted(fault_server: FaultServer,
+                                                        artifact: tuple[str, bytes, Expected],
+                                                        cache: Path, listed: str) -> None:
+    name, _, good = artifact
+    wrong = "0" * 64
+    expected = {
+        "sha256 only": Expected(good.size, wrong, None),
+        "blake3 only": Expected(good.size, None, wrong),
+        "both, sha256 wrong": Expected(good.size, wrong, good.blake3),
+        "both, blake3 wrong": Expected(good.size, good.sha256, wrong),
+    }[listed]
+    algorithm = "SHA-256" if "sha256" in listed.split(",")[-1] else "BLAKE3"
+    with pytest.raises(DigestMismatch, match=algorithm):
+        fetch(fault_server.url("plain", name), cache / name, expected,
+              Limits(retries=0, backoff_base="10ms"))
+    assert sorted(p.name for p in cache.iterdir()) == [], "nothing kept that failed"

@@ -100,7 +100,7 @@ def test_checksum_file_forms(host: Host, github: GitHub, tool: str, file_name: s
     assert host.current() == "1.2.0"
 
 
-def test_asset_missing_from_checksum_file_is_refused(host: Host, github: GitHub) -> None:
+def test_a18_asset_missing_from_checksum_file_is_refused(host: Host, github: GitHub) -> None:
     name = artifact(github, "1.0.0")
     other = artifact(github, "0.9.0")
     checksum = sums(github, "sha256sum", "SHA256SUMS", [other])
@@ -126,7 +126,7 @@ def test_checksum_mismatch_is_refused_and_nothing_installed(host: Host,
     assert not list((host.base / "cache" / "hello").iterdir())
 
 
-def test_keys_set_require_a_signature(host: Host, github: GitHub, tmp_path: Path) -> None:
+def test_a18_keys_set_require_a_signature(host: Host, github: GitHub, tmp_path: Path) -> None:
     key, pub = minisign_keys(tmp_path)
     name = artifact(github, "1.0.0")
     checksum = sums(github, "sha256sum", "SHA256SUMS", [name])
@@ -196,7 +196,7 @@ def test_no_matching_asset_names_release_and_pattern(host: Host, github: GitHub)
     assert f"acme/tool v1.0.0: no asset matches {PATTERN!r}" in r.stderr
 
 
-def test_prerelease_and_draft_handling(host: Host, github: GitHub) -> None:
+def test_a22_prerelease_and_draft_handling(host: Host, github: GitHub) -> None:
     rc = artifact(github, "2.0.0-rc.1")
     stable = artifact(github, "1.0.0")
     draft = artifact(github, "3.0.0")
@@ -228,7 +228,7 @@ def test_not_modified_downloads_nothing(host: Host, github: GitHub) -> None:
     assert not [q for q in later if q["host"].startswith("127.0.0.2")], "no asset downloaded"
 
 
-def test_rate_limit_is_honoured_until_reset(host: Host, github: GitHub) -> None:
+def test_d99_rate_limit_is_honoured_until_reset(host: Host, github: GitHub) -> None:
     name = artifact(github, "1.0.0")
     checksum = sums(github, "sha256sum", "SHA256SUMS", [name])
     github.set_releases([{"tag_name": "v1.0.0", "assets": [name, checksum]}], rate_limited=1)

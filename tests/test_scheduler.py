@@ -125,3 +125,23 @@ def test_an_unexpected_error_does_not_stop_the_schedule() -> None:
     app = Broken(cfg(check_interval="1h", jitter="0s"), AppState())
     run_for(app, 3601)
     assert app.runs == [0, 3600]
+
+
+def test_d77_backoff_survives_a_restart(tmp_path: object) -> None:
+    """Three failures, then a restart: the state on disk carries them, and the new schedule
+    waits the third backoff step (240 s after the last check), not the interval or nothing."""
+    from pathlib import Path
+
+    from updaterd import state
+
+    folder = Path(str(tmp_path))
+    before = FakeApp(cfg(check_interval="1h", jitter="0s"), AppState(),
+                     fail=[True, True, True])
+    run_for(before, 60 + 120 + 1)  # three failed checks: at 0, 60 and 180
+    assert before.runs == [0, 60, 180] and before.st.consecutive_failures == 3
+    state.save(folder, "demo", before.st)
+    restarted = FakeApp(cfg(check_interval="1h", jitter="0s"), state.load(folder, "demo"))
+    # the new process starts 100 s after the last failed check
+    restarted.st.last_check = BASE - 100
+    run_for(restarted, 1000)
+    assert restarted.runs == [240 - 100]  # 60 * 2^2 s after the last check

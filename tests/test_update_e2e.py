@@ -75,7 +75,7 @@ def test_raw_executable_installs_under_configured_name(host: Host, nginx: Nginx,
     assert hello(host) == "hello 3.0.0"
 
 
-def test_failed_health_check_rolls_back_and_blocks(host: Host, nginx: Nginx,
+def test_c64_failed_health_check_rolls_back_and_blocks(host: Host, nginx: Nginx,
                                                    served_feed: Feed) -> None:
     served_feed.release("1.0.0")
     host.follow(nginx, served_feed)
@@ -212,7 +212,7 @@ def test_manual_rollback_goes_back_and_skips(host: Host, nginx: Nginx,
     assert r.returncode == 1 and "not kept" in r.stderr
 
 
-def test_retain_prunes_old_releases_but_keeps_previous(host: Host, nginx: Nginx,
+def test_c67_retain_prunes_old_releases_but_keeps_previous(host: Host, nginx: Nginx,
                                                        served_feed: Feed) -> None:
     host.follow(nginx, served_feed, retain=1)
     for v in ("1.0.0", "1.1.0", "1.2.0", "1.3.0"):
@@ -241,7 +241,7 @@ def test_verify_rehashes_kept_releases_and_names_what_changed(host: Host, nginx:
     assert "share/planted: not in the release as installed" in r.stdout
 
 
-def test_second_instance_is_refused_while_lock_held(host: Host, nginx: Nginx,
+def test_c68_second_instance_is_refused_while_lock_held(host: Host, nginx: Nginx,
                                                     served_feed: Feed) -> None:
     import fcntl
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import stat
@@ -247,3 +248,66 @@ def test_e110_thousand_slow_clients_do_not_starve_root(host: Host, nginx: Nginx,
     assert "Traceback" not in log
     print(f"\nE110: 1000 slow clients from 10 uids; root's status took at most "
           f"{worst * 1000:.0f} ms")
+
+
+# -- E105, E106, E108, F126: what a client can and cannot say -----------------------------------
+
+def test_e105_e106_identity_comes_from_the_kernel_only(host: Host, nginx: Nginx,
+                                                       served_feed: Feed,
+                                                       public_dir: Path) -> None:
+    """Claims of identity in the request change nothing; a client that hangs up right after
+    sending a change gets no action either (it was refused at its first line)."""
+    served_feed.release("1.0.0")
+    host.follow(nginx, served_feed)
+    assert run_updaterd("--config", host.config, "--once").returncode == 0
+    _configure(host, public_dir, admin_group="root")
+    d = Daemon(host)
+    d.socket = public_dir / "updaterd.sock"
+    d.start()
+    try:
+        for params in ({"app": "hello", "uid": 0}, {"app": "hello", "user": "root"}):
+            err = _as_user(65534, 65534, d.socket, json.dumps(
+                {"jsonrpc": "2.0", "id": 1, "method": "pause", "params": params}))
+            assert err["error"]["code"] in (-32602, 3), err
+        err = _as_user(65534, 65534, d.socket, _call("inhibit", app="hello", who="root",
+                                                     why="uid 0 asks"))
+        assert err["error"]["code"] == 3, "`who` is a label, not an identity"
+        subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                        "socat", "-u", "-", f"UNIX-CONNECT:{d.socket}"],
+                       input=_call("pause", app="hello") + "\n", text=True, timeout=20)
+        time.sleep(0.3)
+        assert not d.app()["paused"]
+    finally:
+        d.stop()
+
+
+def test_e108_no_method_takes_a_path_url_command_or_key() -> None:
+    """The request parameters, field by field: `rollback --to` is the one that may be a path,
+    and the daemon accepts only a path inside the app's backups (tests/test_inplace.py)."""
+    import msgspec
+
+    from updaterctl.protocol import PARAMS
+
+    suspicious = re.compile(r"path|url|command|cmd|key|exec|file|dir|socket|config|prefix")
+    found = {(method, f.name) for method, struct in PARAMS.items()
+             for f in msgspec.structs.fields(struct) if suspicious.search(f.name)}
+    assert found == set(), found
+    fields = {f.name for f in msgspec.structs.fields(PARAMS["rollback"])}
+    assert fields == {"app", "to"}
+
+
+def test_f126_no_method_changes_the_source_or_the_keys(running: Daemon) -> None:
+    """There is no set_config: the source and the keys change only in the root-owned file,
+    and `reload` takes no parameters to point it elsewhere."""
+    lines = {"set_config": '{"jsonrpc":"2.0","id":1,"method":"set_config","params":'
+                           '{"app":"hello","url":"https://evil.example/m.json"}}',
+             "reload": '{"jsonrpc":"2.0","id":1,"method":"reload","params":'
+                       '{"path":"/tmp/evil.toml"}}'}
+    for method, line in lines.items():
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(10)
+            s.connect(str(running.socket))
+            s.sendall(line.encode() + b"\n")
+            reply = json.loads(s.makefile().readline())
+        code = reply["error"]["code"]
+        assert code == (-32601 if method == "set_config" else -32602), reply

@@ -78,7 +78,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         etag = '"' + hashlib.sha256(data).hexdigest()[:16] + '"'
         if mode == "etagflip":
             etag = f'"{seen[key]}"'
-        if mode == "fail500" and first:
+        if mode == "always500" or (mode == "fail500" and first):
             await respond(500, [("content-length", "0")])
             return
         if mode == "r429" and first:
