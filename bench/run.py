@@ -530,6 +530,9 @@ def plot(rows: list[Row], sizes: dict[str, int], png: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="small sizes, one run: for CI")
+    ap.add_argument("--only", action="append", metavar="PART",
+                    help="run only this part (download, verify, install, update, switch, "
+                         "socket, footprint, fleet); printed, the results files untouched")
     args = ap.parse_args()
     quick = args.quick
     started = time.time()
@@ -550,8 +553,14 @@ def main() -> None:
                 ("footprint", lambda: bench_footprint(tmp, quick)),
                 ("fleet", lambda: bench_fleet(tmp, 200 if quick else 2000,
                                               5.0 if quick else 20.0))):
+            if args.only and label not in args.only:
+                continue
             print(f"bench: {label} ...", flush=True)
             rows += step()
+    if args.only:
+        for r in rows:
+            print(r)
+        return
     print(write_results(rows, quick, started))
     png = HERE / ("throughput-quick.png" if quick else "throughput.png")
     plot(rows, {"download": dl_size, "install": inst_size}, png)
