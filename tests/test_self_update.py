@@ -242,18 +242,25 @@ def test_kill_during_the_hand_over_ends_on_the_new_version(self_host: SelfHost,
     assert not (h.prefix / selfupdate.TRIAL).exists()
 
 
-def test_failed_health_check_of_the_new_daemon_restores_the_old(self_host: SelfHost) -> None:
-    h = self_host
+def _running_020_then_update_to(h: SelfHost, version: str,
+                                patch: dict[str, tuple[str, str]]) -> int:
+    """Publish 0.2.0 and a broken `version`; run 0.2.0, then ask for `version`; the pid."""
     h.publish("0.2.0")
-    # 0.3.0 ships an updaterctl that fails: the health check, run by the new daemon, fails
-    h.publish("0.3.0", patch={"lib/updaterctl/cli.py": (
-        "def main(argv: list[str] | None = None) -> int:\n",
-        "def main(argv: list[str] | None = None) -> int:\n    return 3\n")})
+    h.publish(version, patch=patch)
     h.start()
-    pid = h.status()["daemon"]["pid"]  # type: ignore[index]
+    pid = int(h.status()["daemon"]["pid"])  # type: ignore[index]
     assert _update(h, "0.2.0").returncode == 0
     h.wait_for(lambda: h.settled_on("0.2.0"), "0.2.0")
-    assert _update(h, "0.3.0").returncode == 0
+    assert _update(h, version).returncode == 0
+    return pid
+
+
+def test_failed_health_check_of_the_new_daemon_restores_the_old(self_host: SelfHost) -> None:
+    h = self_host
+    # 0.3.0 ships an updaterctl that fails: the health check, run by the new daemon, fails
+    pid = _running_020_then_update_to(h, "0.3.0", {"lib/updaterctl/cli.py": (
+        "def main(argv: list[str] | None = None) -> int:\n",
+        "def main(argv: list[str] | None = None) -> int:\n    return 3\n")})
     h.wait_for(lambda: h.state()["history"][-1]["action"] == "blocked" and h.settled_on("0.2.0"),
                "0.3.0 to be rolled back")
     state = h.state()
@@ -267,15 +274,10 @@ def test_failed_health_check_of_the_new_daemon_restores_the_old(self_host: SelfH
 
 def test_new_version_that_cannot_start_is_abandoned_by_the_launcher(self_host: SelfHost) -> None:
     h = self_host
-    h.publish("0.2.0")
     # 0.4.0 answers --version and check-config, but the daemon dies as it starts
-    h.publish("0.4.0", patch={"lib/updaterd/service.py": (
+    _running_020_then_update_to(h, "0.4.0", {"lib/updaterd/service.py": (
         '    daemon = Daemon(config, str(Path(config_path).absolute()))\n',
         '    raise SystemExit(70)\n')})
-    h.start()
-    assert _update(h, "0.2.0").returncode == 0
-    h.wait_for(lambda: h.settled_on("0.2.0"), "0.2.0")
-    assert _update(h, "0.4.0").returncode == 0
     h.wait_for(lambda: h.state()["blocked"] == ["0.4.0"] and h.settled_on("0.2.0"),
                "the launcher to go back to 0.2.0", timeout=60)
     log = h.log.read_text()

@@ -127,27 +127,28 @@ def _cfg(pubs: list[str], threshold: int = 1) -> AppConfig:
                      threshold=threshold)
 
 
+def _first_rotation(feed: Path, new: Path, sign_with: list[Path],
+                    app: str = "x") -> tuple[bytes, bytes]:
+    """keys.json version 1 (and its signature) to `new`, signed by `sign_with`."""
+    (feed / keys.KEYS).unlink(missing_ok=True)
+    rotate_keys(feed_dir=feed, app=app, new_keys=[new], sign_with=sign_with)
+    return (feed / keys.KEYS).read_bytes(), (feed / "keys.json.minisig").read_bytes()
+
+
 def test_a24_rotation_signed_by_the_new_key_only_is_rejected(tmp_path: Path) -> None:
     p1, k1, _ = _key(tmp_path, "k1")
     p2, k2, _ = _key(tmp_path, "k2")
     cfg, state = _cfg([_pub_line(p1)]), AppState(serial=7)
     feed = tmp_path / "feed"
-    rotate_keys(feed_dir=feed, app="x", new_keys=[p2], sign_with=[k2])
-    raw, sig = (feed / keys.KEYS).read_bytes(), (feed / "keys.json.minisig").read_bytes()
     with pytest.raises(FeedError, match="not signed by the keys in use"):
-        keys.apply("x", cfg, state, raw, sig)
+        keys.apply("x", cfg, state, *_first_rotation(feed, p2, [k2]))
     assert state.trust is None and state.serial == 7
     # signed by the old key only: the new keys never agreed to it
-    (feed / keys.KEYS).unlink()
-    rotate_keys(feed_dir=feed, app="x", new_keys=[p2], sign_with=[k1])
-    raw, sig = (feed / keys.KEYS).read_bytes(), (feed / "keys.json.minisig").read_bytes()
     with pytest.raises(FeedError, match="not signed by its own new keys"):
-        keys.apply("x", cfg, state, raw, sig)
+        keys.apply("x", cfg, state, *_first_rotation(feed, p2, [k1]))
     assert state.trust is None and state.serial == 7
     # signed by both: accepted, serial high-water mark reset
-    (feed / keys.KEYS).unlink()
-    rotate_keys(feed_dir=feed, app="x", new_keys=[p2], sign_with=[k1, k2])
-    raw, sig = (feed / keys.KEYS).read_bytes(), (feed / "keys.json.minisig").read_bytes()
+    raw, sig = _first_rotation(feed, p2, [k1, k2])
     assert keys.apply("x", cfg, state, raw, sig)
     assert state.trust is not None and state.trust.version == 1 and state.serial is None
     assert [k.to_base64() for k in keys.in_use(cfg, state).keys] == [_pub_line(p2)]
@@ -158,9 +159,7 @@ def test_a24_rotation_for_another_app_or_malformed_is_rejected(tmp_path: Path) -
     p1, k1, s1 = _key(tmp_path, "k1")
     p2, k2, s2 = _key(tmp_path, "k2")
     cfg = _cfg([_pub_line(p1)])
-    rotate_keys(feed_dir=tmp_path / "f", app="other", new_keys=[p2], sign_with=[k1, k2])
-    raw = (tmp_path / "f" / keys.KEYS).read_bytes()
-    sig = (tmp_path / "f" / "keys.json.minisig").read_bytes()
+    raw, sig = _first_rotation(tmp_path / "f", p2, [k1, k2], app="other")
     with pytest.raises(FeedError, match="for app 'other'"):
         keys.apply("x", cfg, AppState(), raw, sig)
     doubled = b'{"schema": 1, "app": "x", "version": 1, "version": 2, "keys": []}'
@@ -260,10 +259,7 @@ def test_re_pinning_in_the_configuration_starts_the_chain_again(tmp_path: Path) 
     p2, k2, _ = _key(tmp_path, "k2")
     p3, _, _ = _key(tmp_path, "k3")
     state = AppState()
-    rotate_keys(feed_dir=tmp_path / "f", app="x", new_keys=[p2], sign_with=[k1, k2])
-    keys.apply("x", _cfg([_pub_line(p1)]), state,
-               (tmp_path / "f" / keys.KEYS).read_bytes(),
-               (tmp_path / "f" / "keys.json.minisig").read_bytes())
+    keys.apply("x", _cfg([_pub_line(p1)]), state, *_first_rotation(tmp_path / "f", p2, [k1, k2]))
     assert keys.in_use(_cfg([_pub_line(p1)]), state).version == 1
     repinned = keys.in_use(_cfg([_pub_line(p3)]), state)
     assert repinned.version == 0 and [k.to_base64() for k in repinned.keys] == [_pub_line(p3)]
