@@ -401,3 +401,20 @@ def test_daemonized_updaterd_re_executes_without_detaching_again(self_host: Self
         if pidfile.exists():
             os.kill(int(pidfile.read_text()), signal.SIGTERM)
             h.wait_for(lambda: not pidfile.exists(), "the daemon to stop")
+
+
+def test_offline_self_update_is_finished_by_the_next_start(self_host: SelfHost) -> None:
+    """`updaterd update updaterd` with no daemon running: the new release is tried and put in
+    place; the next start (the new version, through the launcher) commits it."""
+    h = self_host
+    h.publish("0.2.0")
+    r = subprocess.run([str(h.prefix / "bin" / "updaterd"), "--config",
+                        str(h.base / "updaterd.toml"), "update", "updaterd"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "0.2.0 is in place; the next start of updaterd finishes its health check" in r.stdout
+    assert h.state()["pending"]["to_version"] == "0.2.0"
+    assert (h.prefix / selfupdate.TRIAL).exists()
+    h.start()
+    h.wait_for(lambda: h.settled_on("0.2.0"), "the first start of 0.2.0 to commit it")
+    assert not (h.prefix / selfupdate.TRIAL).exists()

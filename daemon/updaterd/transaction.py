@@ -246,6 +246,10 @@ async def _hand_over(run: AppRun, from_version: str | None, version: str,
     run.phase("restarting", f"handing over to updaterd {version}", version)
     if run.hooks.hand_over is not None:
         run.hooks.hand_over(prefix)
+    else:
+        log.warning("%s: no daemon to hand over to: the next start of %s finishes the update "
+                    "(an updaterd started from elsewhere never will)", run.name,
+                    selfupdate.exec_path(prefix))
 
 
 async def roll_back(run: AppRun, *, from_version: str, to_version: str | None, block: bool,
