@@ -263,3 +263,22 @@ def test_re_pinning_in_the_configuration_starts_the_chain_again(tmp_path: Path) 
     assert keys.in_use(_cfg([_pub_line(p1)]), state).version == 1
     repinned = keys.in_use(_cfg([_pub_line(p3)]), state)
     assert repinned.version == 0 and [k.to_base64() for k in repinned.keys] == [_pub_line(p3)]
+
+
+def test_rotation_lookup_costs_nothing_on_an_unchanged_feed(host: Host, nginx: Nginx,
+                                                            served_feed: Feed) -> None:
+    """keys.json is asked for only when the manifest changed (before it is verified); an
+    up-to-date check stays one conditional request."""
+    served_feed.release("1.0.0")
+    host.follow(nginx, served_feed)
+    mine = f"/{served_feed.folder.name}/"
+
+    def uris() -> list[tuple[str, int]]:
+        return [(r["uri"].removeprefix(mine), r["status"]) for r in nginx.requests()
+                if r["uri"].startswith(mine)]
+
+    assert run_updaterd("--config", host.config, "--once").returncode == 0
+    first = uris()
+    assert first[:2] == [("manifest.json", 200), ("keys.json", 404)]
+    assert run_updaterd("--config", host.config, "--once").returncode == 0
+    assert uris()[len(first):] == [("manifest.json", 304)]

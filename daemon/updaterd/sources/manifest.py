@@ -38,7 +38,6 @@ class ManifestSource:
 
     async def fetch(self, state: AppState, cache: Path, cycle_start_ts: float) -> TrustedFeed:
         cap = parse_size(self.limits.max_manifest_size)
-        await keys.refresh(self.app, self.cfg, state, self._optional)
         cached = trust.load_copy(self.state_folder)
         use_validators = cached is not None and state.serial is not None
         doc = await self.fetcher.fetch_small(
@@ -49,6 +48,8 @@ class ManifestSource:
             assert cached is not None
             raw, sig = cached
             return trust.verify(self.app, self.cfg, state, raw, sig, cycle_start_ts, True)
+        # New manifest bytes: follow the feed's key rotations first (a 304 costs nothing more).
+        await keys.refresh(self.app, self.cfg, state, self._optional)
         sig = None
         if self.cfg.public_keys and self.cfg.verify == "required":
             sig_doc = await self.fetcher.fetch_small(self.url + ".minisig", max_bytes=8192 * 4)
