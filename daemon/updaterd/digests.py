@@ -68,6 +68,16 @@ class Digests:
             raise DigestMismatch(f"{what}: BLAKE3 mismatch (got {self.blake3})")
 
 
+def blake3_of_file(path: str | os.PathLike[str]) -> str:
+    """BLAKE3 of a file (links are not followed); raises OSError when it cannot be read."""
+    h = blake3.blake3()
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        while chunk := f.read(_READ):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def of_file(path: str, chunk: int = _READ) -> Digests:
     """Both digests of a file on disk."""
     d = Digests()

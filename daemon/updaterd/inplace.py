@@ -19,7 +19,7 @@ from typing import BinaryIO
 
 import blake3
 
-from updaterd import archive, failpoints, fsutil
+from updaterd import archive, digests, failpoints, fsutil
 from updaterd.errors import ArchiveError, LayoutError
 from updaterd.layout import Kept, Staged, remove_tree
 from updaterd.state import Transaction
@@ -31,14 +31,9 @@ _STAMP = re.compile(r"-(\d{8}T\d{6}Z)(?:\.\d+)?$")
 def file_digest(path: Path) -> str | None:
     """BLAKE3 of a file, or None when it does not exist."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except (FileNotFoundError, OSError):
+        return digests.blake3_of_file(path)
+    except OSError:
         return None
-    h = blake3.blake3()
-    with os.fdopen(fd, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class InplaceLayout:

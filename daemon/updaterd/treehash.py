@@ -13,13 +13,10 @@ import stat
 from pathlib import Path
 from typing import Literal
 
-import blake3
 import msgspec
 from msgspec import Struct
 
-from updaterd import fsutil, versions
-
-_CHUNK = 1 << 20
+from updaterd import digests, fsutil, versions
 
 
 class TreeRecord(Struct, kw_only=True):
@@ -30,15 +27,6 @@ class TreeRecord(Struct, kw_only=True):
     entries: dict[str, str]
 
 
-def _file_digest(path: str) -> str:
-    h = blake3.blake3()
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    with os.fdopen(fd, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _describe(path: str, st: os.stat_result) -> str:
     mode = f"{stat.S_IMODE(st.st_mode):o}"
     if stat.S_ISLNK(st.st_mode):
@@ -46,7 +34,7 @@ def _describe(path: str, st: os.stat_result) -> str:
     if stat.S_ISDIR(st.st_mode):
         return f"d:{mode}"
     if stat.S_ISREG(st.st_mode):
-        return f"f:{mode}:{_file_digest(path)}"
+        return f"f:{mode}:{digests.blake3_of_file(path)}"
     return f"?:{stat.S_IFMT(st.st_mode):o}"
 
 
