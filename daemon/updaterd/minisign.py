@@ -163,6 +163,7 @@ class Verified:
 
 
 MAX_SIGNATURES = 16  # signature blocks in one file (threshold signing)
+MAX_SIGNATURE_FILE = 32 * 1024  # bytes read of a .minisig: MAX_SIGNATURES blocks, with room
 
 
 def verify(data: bytes, signature: bytes, keys: list[PublicKey]) -> Verified:

@@ -12,7 +12,7 @@ from typing import BinaryIO
 
 import trio
 
-from updaterd import failpoints, keys
+from updaterd import failpoints, keys, minisign
 from updaterd.config import AppConfig, Limits
 from updaterd.digests import Digests
 from updaterd.download import Expected, ProgressFn
@@ -50,7 +50,7 @@ class LocalSource:
         raw = _read_capped(self.folder / name, keys.MAX_KEYS_SIZE)
         if raw is None:
             return None
-        return raw, _read_capped(self.folder / f"{name}.minisig", 8192 * 4)
+        return raw, _read_capped(self.folder / f"{name}.minisig", minisign.MAX_SIGNATURE_FILE)
 
     async def fetch(self, state: AppState, cache: Path, cycle_start_ts: float) -> TrustedFeed:
         cap = parse_size(self.limits.max_manifest_size)
@@ -58,7 +58,7 @@ class LocalSource:
         raw = _read_capped(self.folder / MANIFEST, cap)
         if raw is None:
             raise FeedError(f"no {MANIFEST} in {self.folder}")
-        sig = _read_capped(self.folder / SIGNATURE, 8192 * 4)
+        sig = _read_capped(self.folder / SIGNATURE, minisign.MAX_SIGNATURE_FILE)
         return trust.verify(self.app, self.cfg, state, raw, sig, cycle_start_ts, False)
 
     def _path(self, artifact: Artifact) -> Path:

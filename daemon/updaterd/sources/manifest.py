@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urljoin
 
-from updaterd import keys
+from updaterd import keys, minisign
 from updaterd.config import AppConfig, Limits
 from updaterd.download import Expected, Fetcher, ProgressFn
 from updaterd.errors import FeedError
@@ -32,7 +32,8 @@ class ManifestSource:
         doc = await self.fetcher.fetch_small(url, max_bytes=keys.MAX_KEYS_SIZE, missing_ok=True)
         if doc.missing:
             return None
-        sig = await self.fetcher.fetch_small(url + ".minisig", max_bytes=8192 * 4,
+        sig = await self.fetcher.fetch_small(url + ".minisig",
+                                             max_bytes=minisign.MAX_SIGNATURE_FILE,
                                              missing_ok=True)
         return doc.body, None if sig.missing else sig.body
 
@@ -52,7 +53,8 @@ class ManifestSource:
         await keys.refresh(self.app, self.cfg, state, self._optional)
         sig = None
         if self.cfg.public_keys and self.cfg.verify == "required":
-            sig_doc = await self.fetcher.fetch_small(self.url + ".minisig", max_bytes=8192 * 4)
+            sig_doc = await self.fetcher.fetch_small(self.url + ".minisig",
+                                                     max_bytes=minisign.MAX_SIGNATURE_FILE)
             sig = sig_doc.body
         trusted = trust.verify(self.app, self.cfg, state, doc.body, sig, cycle_start_ts, True)
         trust.keep_copy(self.state_folder, doc.body, sig)
