@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -127,12 +129,32 @@ class Host:
                               url=nginx.url(f"{feed.folder.name}/manifest.json"),
                               allow_insecure=True, **app)
 
+    def open_socket_in(self, run_dir: Path, **daemon: Any) -> Path:
+        """Rewrite the config with its socket in `run_dir`, open to every user (0666), and
+        `daemon` keys set; the [limits] and [apps] tables stay. Returns the socket path."""
+        text = self.config.read_text()
+        rest = "\n" + text.split("\n\n", 1)[1]  # everything after [daemon]
+        table = self.daemon_table()
+        table.update(socket=str(run_dir / "updaterd.sock"), socket_mode="0666", **daemon)
+        write_config(self.config, table, {})
+        self.config.write_text(self.config.read_text() + rest)
+        return run_dir / "updaterd.sock"
+
     def state(self) -> dict[str, Any]:
         return json.loads((self.state_dir / "hello" / "state.json").read_text())
 
     def current(self) -> str | None:
         link = self.prefix / "current"
         return os.readlink(link).split("/")[-1] if link.is_symlink() else None
+
+
+@pytest.fixture
+def public_dir() -> Iterator[Path]:
+    """A folder other users can reach (the pytest tmp folders are private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="updaterd-run-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path)
 
 
 @pytest.fixture

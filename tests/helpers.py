@@ -143,3 +143,12 @@ def run_updaterd(*args: str | Path, env: dict[str, str] | None = None,
     full_env.update(env or {})
     return subprocess.run([str(BIN / "updaterd"), *map(str, args)], capture_output=True,
                           text=True, env=full_env, timeout=timeout, check=False)
+
+
+def rpc_as(uid: int | str, gid: int | str, sock: Path, payload: str) -> dict[str, Any]:
+    """One JSON-RPC line sent by another user (setpriv + socat); the first reply, decoded."""
+    r = subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
+                        "socat", "-t", "5", "-", f"UNIX-CONNECT:{sock}"],
+                       input=payload + "\n", capture_output=True, text=True, timeout=20)
+    assert r.returncode == 0, r.stderr
+    return dict(json.loads(r.stdout.splitlines()[0]))

@@ -8,7 +8,6 @@ import os
 import signal
 import socket
 import subprocess
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Daemon, Host, Nginx
-from tests.helpers import Feed, run_updaterd, write_config
+from tests.helpers import Feed, rpc_as, run_updaterd
 
 
 def test_status_shows_daemon_and_app(running: Daemon) -> None:
@@ -236,42 +235,24 @@ def test_sd_notify_ready_status_watchdog_stopping(host: Host, nginx: Nginx, serv
     assert messages.index("READY=1") < messages.index("STOPPING=1")
 
 
-def socat_as_nobody(sock: Path, payload: str) -> dict[str, Any]:
-    r = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-                        "socat", "-t", "5", "-", f"UNIX-CONNECT:{sock}"],
-                       input=payload + "\n", capture_output=True, text=True, timeout=20)
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout.splitlines()[0])
-
-
 def test_unprivileged_user_reads_status_but_may_not_roll_back(
-        host: Host, nginx: Nginx, served_feed: Feed) -> None:
+        host: Host, nginx: Nginx, served_feed: Feed, public_dir: Path) -> None:
     served_feed.release("1.0.0")
-    run_dir = Path(tempfile.mkdtemp(prefix="updaterd-run-"))
-    run_dir.chmod(0o755)
     host.follow(nginx, served_feed)
-    table = host.daemon_table()
-    table.update(socket=str(run_dir / "updaterd.sock"), socket_mode="0666", admin_group="root")
-    text = host.config.read_text().split("[limits]", 1)[1]
-    write_config(host.config, table, {})
-    host.config.write_text(host.config.read_text() + "\n[limits]" + text)
     d = Daemon(host)
-    d.socket = run_dir / "updaterd.sock"
+    d.socket = host.open_socket_in(public_dir, admin_group="root")
     d.start()
     try:
-        st = socat_as_nobody(d.socket, '{"jsonrpc":"2.0","id":1,"method":"status"}')
+        st = rpc_as("nobody", "nogroup", d.socket, '{"jsonrpc":"2.0","id":1,"method":"status"}')
         assert st["result"]["apps"][0]["name"] == "hello"
         for method in ("rollback", "update", "pause", "reload"):
             params = '{"app":"hello"}' if method != "reload" else "{}"
-            err = socat_as_nobody(d.socket, f'{{"jsonrpc":"2.0","id":2,"method":"{method}",'
-                                            f'"params":{params}}}')
+            err = rpc_as("nobody", "nogroup", d.socket,
+                         f'{{"jsonrpc":"2.0","id":2,"method":"{method}","params":{params}}}')
             assert err["error"]["code"] == 3, method
         assert oct(d.socket.stat().st_mode & 0o777) == "0o666"
     finally:
         d.stop()
-        for p in run_dir.iterdir():
-            p.unlink()
-        run_dir.rmdir()
 
 
 def rpc_lines(sock: Path, payload: bytes, replies: int, timeout: float = 10) -> list[bytes]:

@@ -7,13 +7,10 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import socket
 import stat
 import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,36 +18,9 @@ import pytest
 import trio
 
 from tests.conftest import Daemon, Host, Nginx
-from tests.helpers import Feed, run_updaterd, write_config
+from tests.helpers import Feed, rpc_as, run_updaterd
 from updaterd import rpc
 from updaterd.errors import UpdaterError
-
-
-@pytest.fixture
-def public_dir() -> Iterator[Path]:
-    """A folder other users can reach (the pytest tmp folders are private to root)."""
-    path = Path(tempfile.mkdtemp(prefix="updaterd-run-"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path)
-
-
-def _configure(host: Host, run_dir: Path, **daemon: Any) -> None:
-    """The host's config with its socket in `run_dir`, open to every user (0666)."""
-    text = host.config.read_text()
-    apps_and_limits = "\n" + text.split("\n\n", 1)[1]  # everything after [daemon]
-    table = host.daemon_table()
-    table.update(socket=str(run_dir / "updaterd.sock"), socket_mode="0666", **daemon)
-    write_config(host.config, table, {})
-    host.config.write_text(host.config.read_text() + apps_and_limits)
-
-
-def _as_user(uid: int, gid: int, sock: Path, payload: str) -> dict[str, Any]:
-    r = subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
-                        "socat", "-t", "5", "-", f"UNIX-CONNECT:{sock}"],
-                       input=payload + "\n", capture_output=True, text=True, timeout=20)
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout.splitlines()[0])
 
 
 def _create(path: Path, check: Any = None) -> None:
@@ -139,7 +109,7 @@ def test_e103_world_writable_socket_folder_refuses_to_start(host: Host, public_d
     served_feed.release("1.0.0")
     host.follow(nginx, served_feed)
     public_dir.chmod(0o777)
-    _configure(host, public_dir)
+    host.open_socket_in(public_dir)
     r = run_updaterd("--config", host.config, timeout=30)
     assert r.returncode == 1
     assert f"{public_dir} is world-writable; refusing to put the socket there" in r.stderr
@@ -158,23 +128,22 @@ def test_e107_rollback_and_downgrade_need_the_downgrade_group(host: Host, nginx:
                         "1.0.0").returncode == 0
     assert run_updaterd("--config", host.config, "--once").returncode == 0
     assert host.current() == "1.1.0"
-    _configure(host, public_dir, admin_group="users", downgrade_group="staff")
     d = Daemon(host)
-    d.socket = public_dir / "updaterd.sock"
+    d.socket = host.open_socket_in(public_dir, admin_group="users", downgrade_group="staff")
     d.start()
     try:
         users = 100  # an admin (primary group `users`), not in `staff`
         sock = d.socket
-        ok = _as_user(65534, users, sock, _call("check", app="hello"))
+        ok = rpc_as(65534, users, sock, _call("check", app="hello"))
         assert "result" in ok, ok
-        err = _as_user(65534, users, sock, _call("rollback", app="hello"))
+        err = rpc_as(65534, users, sock, _call("rollback", app="hello"))
         assert err["error"]["code"] == 3
         assert "rollback needs root or the downgrade group 'staff'" in err["error"]["message"]
-        err = _as_user(65534, users, sock, _call("update", app="hello", version="1.0.0"))
+        err = rpc_as(65534, users, sock, _call("update", app="hello", version="1.0.0"))
         assert err["error"]["code"] == 3 and "older 1.0.0" in err["error"]["message"]
         assert host.current() == "1.1.0"
         staff = 50  # in both groups' terms: primary group staff is a downgrade member
-        err = _as_user(65534, staff, sock, _call("rollback", app="hello"))
+        err = rpc_as(65534, staff, sock, _call("rollback", app="hello"))
         assert err["error"]["code"] == 3 and "admin group" in err["error"]["message"]
         d.ctl("rollback", "hello", check=True)  # root may
         assert host.current() == "1.0.0"
@@ -218,9 +187,8 @@ def test_e110_thousand_slow_clients_do_not_starve_root(host: Host, nginx: Nginx,
     served_feed.release("1.0.0")
     host.follow(nginx, served_feed, limits={"client_line_timeout": "3s",
                                             "client_idle_timeout": "5s"})
-    _configure(host, public_dir)
     d = Daemon(host)
-    d.socket = public_dir / "updaterd.sock"
+    d.socket = host.open_socket_in(public_dir)
     d.start()
     crowd = [subprocess.Popen(["setpriv", f"--reuid={20001 + i}", f"--regid={20001 + i}",
                                "--clear-groups", "/usr/bin/python3", "-c", SLOWLORIS,
@@ -260,16 +228,15 @@ def test_e105_e106_identity_comes_from_the_kernel_only(host: Host, nginx: Nginx,
     served_feed.release("1.0.0")
     host.follow(nginx, served_feed)
     assert run_updaterd("--config", host.config, "--once").returncode == 0
-    _configure(host, public_dir, admin_group="root")
     d = Daemon(host)
-    d.socket = public_dir / "updaterd.sock"
+    d.socket = host.open_socket_in(public_dir, admin_group="root")
     d.start()
     try:
         for params in ({"app": "hello", "uid": 0}, {"app": "hello", "user": "root"}):
-            err = _as_user(65534, 65534, d.socket, json.dumps(
+            err = rpc_as(65534, 65534, d.socket, json.dumps(
                 {"jsonrpc": "2.0", "id": 1, "method": "pause", "params": params}))
             assert err["error"]["code"] in (-32602, 3), err
-        err = _as_user(65534, 65534, d.socket, _call("inhibit", app="hello", who="root",
+        err = rpc_as(65534, 65534, d.socket, _call("inhibit", app="hello", who="root",
                                                      why="uid 0 asks"))
         assert err["error"]["code"] == 3, "`who` is a label, not an identity"
         subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
