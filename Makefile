@@ -1,35 +1,50 @@
-# Every target creates its own virtual environment when it is missing.
+# Every target creates its own virtual environment when it is missing. `make demo` installs only
+# updaterd's runtime dependencies; the test, lint and bench targets add their extras on first use.
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: test test-long demo bench bench-quick lint clean venv
+.PHONY: test test-long demo bench bench-quick lint clean venv deps
 
+# The runtime: what `pip install updaterd` gives an operator, and all that `make demo` needs.
 $(BIN)/updaterd: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
+	touch $@
+
+# Test-only Python packages (pytest, hypothesis, hypercorn, mypy, ruff, ...).
+$(VENV)/.test-extras: $(BIN)/updaterd
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+$(VENV)/.bench-extras: $(VENV)/.test-extras
 	$(BIN)/pip install -q -e '.[test,bench]'
 	touch $@
 
 venv: $(BIN)/updaterd
 
-test: venv
+# The Debian tools the tests run for real; installs them as root on Debian, else names the command.
+deps:
+	@bash scripts/deps.sh
+
+test: deps $(VENV)/.test-extras
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The full counts of the randomized crash tests (RELIABILITY.md row 57: 50 random kills).
-test-long: venv
+test-long: deps $(VENV)/.test-extras
 	UPDATERD_KILL_TRIALS=50 $(BIN)/python -m pytest -s $(PYTEST_ARGS)
 
 demo: venv
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh
 
-bench: venv
+bench: deps $(VENV)/.bench-extras
 	$(BIN)/python -m bench.run
 
-bench-quick: venv
+bench-quick: deps $(VENV)/.bench-extras
 	$(BIN)/python -m bench.run --quick
 
-lint: venv
+lint: $(VENV)/.test-extras
 	$(BIN)/ruff check daemon ctl tests bench scripts
 	$(BIN)/mypy
 
