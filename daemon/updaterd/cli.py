@@ -218,13 +218,14 @@ def _daemonize(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     # namespace package of that name (the regular package wins at run time).
     from daemon import DaemonContext  # type: ignore[attr-defined]
 
-    from updaterd import fsutil
+    from updaterd import fsutil, pathtrust
     from updaterd.service import serve
 
     lock = ProcessLock(Path(cfg.daemon.lock_file))
     with lock:
         pass
     pidfile = Path(args.pidfile).absolute()
+    pathtrust.check(pidfile, "pid file")  # planted by another user (row 145)
     detach = contextlib.nullcontext() if args.reexec else \
         DaemonContext(working_directory="/", umask=0o022)
     with detach:

@@ -317,13 +317,25 @@ def parse(text: str, path: str) -> Config:
 
 
 def load(path: str | Path) -> Config:
-    """Read and validate the configuration file at `path`."""
+    """Read and validate the configuration file at `path`, and the safety of every path it
+    names (RELIABILITY rows 127, 128, 145): a file or folder another user could change is
+    refused here, so at start, reload and `check-config` alike."""
+    from updaterd import pathtrust
+
     p = Path(path)
+    unsafe = pathtrust.problem(p, "configuration file")
     try:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError([f"{p}: cannot read: {e}"]) from None
-    return parse(text, str(p))
+    try:
+        config = parse(text, str(p))
+    except ConfigError as e:
+        raise ConfigError(([unsafe] if unsafe else []) + e.problems) from None
+    problems = ([unsafe] if unsafe else []) + pathtrust.setup_problems(config)
+    if problems:
+        raise ConfigError(problems)
+    return config
 
 
 def documented_keys() -> dict[str, list[str]]:

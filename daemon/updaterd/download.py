@@ -32,7 +32,7 @@ import msgspec
 import trio
 
 from updaterctl._version import __version__
-from updaterd import failpoints, urlpolicy
+from updaterd import failpoints, fsutil, urlpolicy
 from updaterd.config import Limits
 from updaterd.digests import Digests
 from updaterd.errors import DigestMismatch, DownloadError
@@ -529,7 +529,8 @@ def _load_meta(path: Path) -> _PartMeta | None:
 
 
 def _save_meta(path: Path, meta: _PartMeta) -> None:
-    path.write_bytes(msgspec.json.encode(meta))
+    """Written by rename of a fresh private file: never through a link planted at `path`."""
+    fsutil.atomic_write(path, msgspec.json.encode(meta), mode=0o600)
 
 
 def _remove(path: Path) -> None:

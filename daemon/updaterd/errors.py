@@ -56,3 +56,7 @@ class LockHeld(UpdaterError):
         holder = f"pid {pid}" if pid else "another process"
         super().__init__(f"{path} is held by {holder}: another updaterd is running")
         self.pid = pid
+
+
+class UnsafePath(UpdaterError):
+    """A path updaterd would trust as root can be changed by another user (see pathtrust)."""

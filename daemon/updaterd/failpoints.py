@@ -2,7 +2,8 @@
 
 `UPDATERD_FAILPOINTS="switch.after_rename=kill,stage.after_extract=exit"`: `kill` sends SIGKILL to
 this process (like a power cut for the process, no cleanup); `exit` calls os._exit(99);
-`raise` raises a FailpointError (tests of error paths).
+`raise` raises a FailpointError (tests of error paths); `stop` sends SIGSTOP to this process, so
+that a test can act at that exact instant (an attacker's race) and then send SIGCONT.
 """
 
 from __future__ import annotations
@@ -64,5 +65,7 @@ def hit(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
     elif action == "exit":
         os._exit(99)
+    elif action == "stop":
+        os.kill(os.getpid(), signal.SIGSTOP)
     elif action == "raise":
         raise FailpointError(f"failpoint {name}")

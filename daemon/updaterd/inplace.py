@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -138,9 +138,7 @@ class InplaceLayout:
             n += 1
             dest = self.backups / f"{self.app}-{version or 'unknown'}-{stamp}.{n}"
         tmp = fsutil.temp_name(dest)
-        shutil.copy2(self.target, tmp, follow_symlinks=False)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
+        _copy_file(self.target, tmp)
         os.replace(tmp, dest)
         fsutil.fsync_dir(self.backups)
         failpoints.hit("inplace.after_backup")
@@ -170,16 +168,29 @@ class InplaceLayout:
                 self.target.unlink()
             fsutil.fsync_dir(self.folder)
             return
+        source = self._own_backup(backup)
+        owner = None
+        with contextlib.suppress(FileNotFoundError):
+            st = os.stat(self.target)
+            owner = (st.st_uid, st.st_gid)
         tmp = fsutil.temp_name(self.target)
-        shutil.copy2(backup, tmp, follow_symlinks=False)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
+        _copy_file(source, tmp, owner)
         if failpoint:
             failpoints.hit(failpoint + ".after_temp_link")
         os.replace(tmp, self.target)
         if failpoint:
             failpoints.hit(failpoint + ".after_rename")
         fsutil.fsync_dir(self.folder)
+
+    def _own_backup(self, backup: str) -> Path:
+        """The journal names the backup to restore; it is data, not authority (row 130): only
+        a plain file directly in this app's backups folder is accepted."""
+        path = Path(backup)
+        if path.parent != self.backups or not path.name.startswith(f"{self.app}-") or \
+                not path.is_file() or path.is_symlink():
+            raise LayoutError(f"{backup} is not one of {self.app}'s backups in {self.backups}; "
+                              "refusing to restore it")
+        return path
 
     def discard(self, version: str) -> None:
         """Nothing to remove: a failed version left no folder behind."""
@@ -235,3 +246,28 @@ class InplaceLayout:
                     removed.append(str(p))
         removed += [str(p) for p in fsutil.clean_temp_files(self.backups)]
         return removed
+
+
+def _copy_file(src: Path, dest: Path, owner: tuple[int, int] | None = None) -> None:
+    """Copy a plain file (never through a link) to a new `dest`, fsynced, with its mode less
+    the setuid and setgid bits (row 130), and `owner` (uid, gid) when given."""
+    fd_in = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd_in)
+        if not stat.S_ISREG(st.st_mode):
+            raise LayoutError(f"{src} is not a regular file")
+        out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                      0o600)
+        try:
+            while chunk := os.read(fd_in, _CHUNK):
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(out, view):]
+            if owner is not None and owner != (os.geteuid(), os.getegid()):
+                os.fchown(out, *owner)
+            os.fchmod(out, stat.S_IMODE(st.st_mode) & ~0o6000)
+            os.fsync(out)
+        finally:
+            os.close(out)
+    finally:
+        os.close(fd_in)

@@ -8,6 +8,7 @@ import fcntl
 import os
 from pathlib import Path
 
+from updaterd import pathtrust
 from updaterd.errors import LockHeld, UpdaterError
 
 
@@ -19,6 +20,7 @@ class ProcessLock:
         self.fd: int | None = None
 
     def acquire(self) -> None:
+        pathtrust.check(self.path, "lock_file")  # a lock planted by another user (row 145)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,

@@ -283,12 +283,8 @@ class Daemon:
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     self.notifier.send(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
-                    try:
+                    with contextlib.suppress(ConfigError):  # reload() logged why
                         await self.reload()
-                    except ConfigError as e:
-                        for line in e.problems:
-                            log.error("reload refused: %s", line)
-                        log.error("keeping the old configuration")
                     self.notifier.send("READY=1")
                     continue
                 log.info("stopping (signal %d)", signum)
@@ -306,8 +302,15 @@ class Daemon:
             await trio.sleep(interval)
 
     async def reload(self) -> None:
-        """Re-read the configuration file; raises ConfigError (old config kept) when invalid."""
-        new = config_mod.load(self.config_path)
+        """Re-read the configuration file; raises ConfigError (old config kept) when invalid,
+        after logging each problem, whether SIGHUP or `updaterctl reload` asked."""
+        try:
+            new = config_mod.load(self.config_path)
+        except ConfigError as e:
+            for line in e.problems:
+                log.error("reload refused: %s", line)
+            log.error("keeping the old configuration")
+            raise
         old = self.config
         if new.daemon.socket != old.daemon.socket or new.daemon.lock_file != old.daemon.lock_file:
             log.warning("socket and lock_file changes take effect at the next start")

@@ -20,7 +20,7 @@ from typing import BinaryIO
 import trio
 
 from updaterctl.protocol import Event, Phase
-from updaterd import archive, failpoints, fsutil, health, selfupdate, state, treehash
+from updaterd import archive, failpoints, fsutil, health, pathtrust, selfupdate, state, treehash
 from updaterd.config import AppConfig, Config, app_unit
 from updaterd.download import Expected
 from updaterd.errors import HealthCheckFailed, LayoutError
@@ -192,6 +192,9 @@ async def finish_update(run: AppRun, from_version: str | None, version: str) -> 
         failpoints.hit("restart.after")
         if run.cfg.health_check:
             run.phase("health_check", version=version)
+            # What root is about to run must be the tree it verified: nobody else can have
+            # changed anything from the prefix down to the release (row 129).
+            pathtrust.check(run_dir, f"{run.name} release")
             await health.run("health check", health.resolve(run.cfg.health_check, run_dir),
                              cwd=run_dir, timeout=timeout, env=env)
         unit = app_unit(run.cfg)
@@ -316,7 +319,10 @@ def prune(run: AppRun) -> None:
 
 
 async def recover(run: AppRun) -> None:
-    """Clean what a crash left and finish or undo a journaled transaction."""
+    """Clean what a crash left and finish or undo a journaled transaction.
+
+    Every operation starts here, so this is where the app's folders are proved ours first."""
+    pathtrust.check_app(run.cfg, run.name, run.config.daemon)
     for leftover in run.layout.clean_leftovers():
         log.info("%s: removed leftover %s", run.name, leftover)
     fsutil.clean_temp_files(run.state_folder)

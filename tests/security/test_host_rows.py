@@ -1,0 +1,353 @@
+"""Group G of RELIABILITY.md (rows 127-145): what other local users and hostile servers can do to
+a root daemon on a shared host. Every attack is made for real: files and folders owned by
+`nobody` (uid 65534), other users' processes through `setpriv`, the real daemon and commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Daemon, Host, Nginx
+from tests.helpers import Feed, run_updaterd
+
+NOBODY = 65534
+
+
+def _nobody(path: Path) -> None:
+    os.chown(path, NOBODY, NOBODY)
+
+
+def _as_nobody(*argv: str, **kw: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}",
+                           "--clear-groups", *argv], capture_output=True, text=True,
+                          timeout=30, check=False, **kw)
+
+
+def _directory_app(host: Host, feed: Feed, **kw: Any) -> Path:
+    kw.setdefault("public_keys", [feed.pub])
+    kw.setdefault("check_interval", "1h")
+    kw.setdefault("jitter", "0s")
+    return host.configure(source="directory", path=str(feed.folder), **kw)
+
+
+# -- 127: the configuration file and the files it names -----------------------------------------
+
+@pytest.mark.parametrize("how", ["world-writable", "group-writable", "owned by nobody",
+                                 "folder writable"])
+def test_g127_config_another_user_can_change_is_refused(host: Host, feed: Feed,
+                                                        how: str) -> None:
+    feed.release("1.0.0")
+    _directory_app(host, feed)
+    culprit = host.config
+    if how == "world-writable":
+        host.config.chmod(0o666)
+    elif how == "group-writable":
+        host.config.chmod(0o664)
+    elif how == "owned by nobody":
+        _nobody(host.config)
+    else:
+        culprit = host.base
+        host.base.chmod(0o777)
+    r = run_updaterd("--config", host.config, "check-config")
+    assert r.returncode == 2, r.stderr
+    line = next(x for x in r.stderr.splitlines() if "configuration file" in x)
+    assert f"configuration file {host.config}: {culprit} is " in line
+    assert f"Fix: chown root:root {culprit} && chmod go-w {culprit}" in line
+    # and the daemon does not start on it, nor does a one-shot pass
+    r = run_updaterd("--config", host.config, "--once")
+    assert r.returncode == 2 and "configuration file" in r.stderr
+    assert not host.prefix.exists(), "nothing was installed from an untrusted config"
+
+
+def test_g127_reload_of_a_config_others_can_write_keeps_the_old_one(host: Host, feed: Feed,
+                                                                    daemon: Daemon) -> None:
+    feed.release("1.0.0")
+    _directory_app(host, feed)
+    daemon.start()
+    daemon.wait_for(lambda: daemon.app()["current"] == "1.0.0", what="first install")
+    host.config.write_text(host.config.read_text() + '\n[apps.evil]\nsource = "directory"\n'
+                           f'path = "{feed.folder}"\nprefix = "{host.base}/evil"\n'
+                           'restart = ["/bin/sh", "-c", "touch /tmp/pwned"]\n')
+    host.config.chmod(0o666)
+    r = daemon.ctl("reload")
+    assert r.returncode == 1
+    assert f"{host.config} is writable by group and others" in daemon.log.read_text()
+    assert [a["name"] for a in daemon.status()["apps"]] == ["hello"]
+
+
+def test_g127_token_file_others_can_write_is_refused(host: Host, tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("ghp_secret\n")
+    token.chmod(0o646)
+    host.configure(source="github", repo="o/r", asset="x", token_file=str(token),
+                   api_url="http://127.0.0.1:9", allow_insecure=True)
+    r = run_updaterd("--config", host.config, "check-config")
+    assert r.returncode == 2
+    assert f"apps.hello.token_file {token}: {token} is writable by others" in r.stderr
+
+
+# -- 128: every folder updaterd writes as root ---------------------------------------------------
+
+FOLDERS = {
+    "prefix": lambda h: h.prefix,
+    "staging folder": lambda h: h.prefix / ".staging",
+    "releases folder": lambda h: h.prefix / "releases",
+    "cache folder": lambda h: h.base / "cache" / "hello",
+    "state folder": lambda h: h.state_dir / "hello",
+    "state_dir": lambda h: h.state_dir,
+}
+
+
+@pytest.mark.parametrize("what", list(FOLDERS))
+@pytest.mark.parametrize("how", ["owned by nobody", "mode 0777"])
+def test_g128_folder_another_user_can_change_is_refused_before_any_download(
+        host: Host, feed: Feed, what: str, how: str) -> None:
+    feed.release("1.0.0")
+    _directory_app(host, feed)
+    folder = FOLDERS[what](host)
+    folder.mkdir(parents=True)
+    if how == "owned by nobody":
+        _nobody(folder)
+    else:
+        folder.chmod(0o777)
+    r = run_updaterd("--config", host.config, "check-config")
+    assert r.returncode == 2
+    assert f"{folder} is " in r.stderr and f"chmod go-w {folder}" in r.stderr, r.stderr
+    assert len([x for x in r.stderr.splitlines() if str(folder) + " is" in x]) >= 1
+    r = run_updaterd("--config", host.config, "--once")
+    assert r.returncode == 2
+    assert not (host.prefix / "releases" / "1.0.0").exists()
+    assert not list((host.base / "cache").rglob("*.tar.gz")), "nothing was downloaded"
+
+
+def test_g128_inplace_target_folder_others_can_write_is_refused(host: Host, feed: Feed) -> None:
+    bin_dir = host.base / "bin"
+    bin_dir.mkdir()
+    bin_dir.chmod(0o777)
+    host.configure(source="directory", path=str(feed.folder), public_keys=[feed.pub],
+                   install="inplace", target=str(bin_dir / "tool"), health_check=[])
+    r = run_updaterd("--config", host.config, "check-config")
+    assert r.returncode == 2
+    assert f"apps.hello target folder {bin_dir}: {bin_dir} is writable by group and others" \
+        in r.stderr
+
+
+def test_g128_unsigned_local_feed_others_can_write_is_refused(host: Host, feed: Feed) -> None:
+    feed.release("1.0.0")
+    feed.folder.chmod(0o777)
+    _directory_app(host, feed, public_keys=[])
+    r = run_updaterd("--config", host.config, "check-config")
+    assert r.returncode == 2 and f"unsigned feed folder {feed.folder}" in r.stderr
+    # signed, the same folder is fine: the signature, not the folder, is what is trusted
+    _directory_app(host, feed)
+    assert run_updaterd("--config", host.config, "check-config").returncode == 0
+
+
+def test_g128_sticky_tmp_is_accepted_when_the_folder_below_is_ours(host: Host, feed: Feed,
+                                                                   public_dir: Path) -> None:
+    assert Path("/tmp").stat().st_mode & stat.S_ISVTX
+    feed.release("1.0.0")
+    prefix = public_dir / "opt" / "hello"
+    _directory_app(host, feed, prefix=str(prefix))
+    r = run_updaterd("--config", host.config, "--once")
+    assert r.returncode == 0, r.stderr
+    assert (prefix / "releases" / "1.0.0").is_dir()
+    public_dir.chmod(0o1777)  # the folder below /tmp must itself be private
+    r = run_updaterd("--config", host.config, "check-config")
+    assert r.returncode == 2 and f"{public_dir} is writable by group and others" in r.stderr
+    # a sticky parent whose next folder does not exist yet: another user could take the name
+    public_dir.chmod(0o755)
+    shared = public_dir / "shared"
+    shared.mkdir(mode=0o1777)
+    shared.chmod(0o1777)
+    _directory_app(host, feed, prefix=str(shared / "opt" / "hello"))
+    r = run_updaterd("--config", host.config, "check-config")
+    assert r.returncode == 2
+    assert f"{shared}/opt does not exist yet in the shared folder {shared} (mode 1777), so " \
+        f"another user could create it first; another user could change what updaterd " \
+        f"trusts as root. Fix: mkdir -m 0755 {shared}/opt" in r.stderr
+
+
+# -- 129: the release that is health-checked is the one that was verified ------------------------
+
+def test_g129_user_owned_prefix_cannot_swap_the_release_before_the_health_check(
+        host: Host, feed: Feed, public_dir: Path, tmp_path: Path) -> None:
+    """The attack that won 4 of 4: the app's user owns the prefix and swaps releases/<new>
+    between the rename into releases/ and the health check; root would run its bin/hello.
+    A failpoint stops the daemon at that instant (SIGSTOP), the attacker swaps, SIGCONT."""
+    feed.release("1.0.0")
+    prefix = public_dir / "opt" / "hello"
+    prefix.mkdir(parents=True)
+    _nobody(prefix)
+    _directory_app(host, feed, prefix=str(prefix))
+    marker = public_dir / "pwned-by-root"
+    env = dict(os.environ, UPDATERD_FAILPOINTS="release.after_rename=stop")
+    from tests.helpers import BIN
+    proc = subprocess.Popen([str(BIN / "updaterd"), "--config", str(host.config), "--once"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while proc.poll() is None and time.monotonic() < deadline:
+            if Path(f"/proc/{proc.pid}/stat").read_text().split(") ")[1][0] == "T":
+                break
+            time.sleep(0.02)
+        if proc.poll() is None:  # stopped at the failpoint: the attacker moves in
+            evil = f"#!/bin/sh\nid -u > {marker}\n"
+            swap = _as_nobody("sh", "-c", f"cd {prefix} && mv releases .old && mkdir -p "
+                              f"releases/1.0.0/bin && printf '{evil}' > releases/1.0.0/bin/hello "
+                              "&& chmod 755 releases/1.0.0/bin/hello")
+            assert swap.returncode == 0, swap.stderr
+            proc.send_signal(signal.SIGCONT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not marker.exists(), "root ran the attacker's health check"
+    assert proc.returncode == 2, out
+    assert f"{prefix} is owned by nobody" in out
+
+
+def test_g129_release_tree_is_root_owned_and_writable_by_nobody_else(host: Host,
+                                                                     feed: Feed) -> None:
+    from tests.helpers import make_tar
+    art = make_tar(feed.work / "hello-1.0.0-linux-x86_64.tar.gz",
+                   {"bin/hello": (b"#!/bin/sh\necho ok\n", 0o777),
+                    "share/x": (b"x", 0o666)}, top="hello-1.0.0")
+    feed.publish("1.0.0", [art])
+    _directory_app(host, feed)
+    r = run_updaterd("--config", host.config, "--once")
+    assert r.returncode == 0, r.stderr
+    release = host.prefix / "releases" / "1.0.0"
+    for p in [release, *release.rglob("*")]:
+        st = p.lstat()
+        assert st.st_uid == 0 and not st.st_mode & 0o022, (p, oct(st.st_mode))
+
+
+# -- 145: lock file, pid file and socket folder --------------------------------------------------
+
+def test_g145_lock_file_planted_by_another_user_is_refused(host: Host, feed: Feed) -> None:
+    feed.release("1.0.0")
+    _directory_app(host, feed)
+    lock = host.base / "updaterd.lock"
+    lock.write_text("")
+    _nobody(lock)
+    r = run_updaterd("--config", host.config, "check-config")
+    assert r.returncode == 2
+    assert f"lock_file {lock}: {lock} is owned by nobody:nogroup" in r.stderr
+
+
+def test_g145_socket_folder_of_another_user_is_refused(host: Host, feed: Feed,
+                                                       public_dir: Path) -> None:
+    feed.release("1.0.0")
+    _directory_app(host, feed)
+    run_dir = public_dir / "run"
+    run_dir.mkdir()
+    _nobody(run_dir)
+    host.open_socket_in(run_dir)
+    r = run_updaterd("--config", host.config, timeout=30)
+    assert r.returncode == 2
+    assert f"socket folder {run_dir}: {run_dir} is owned by nobody" in r.stderr
+
+
+def test_g145_pid_file_planted_by_another_user_is_refused(host: Host, feed: Feed,
+                                                          public_dir: Path) -> None:
+    feed.release("1.0.0")
+    _directory_app(host, feed)
+    pidfile = public_dir / "updaterd.pid"
+    pidfile.write_text("1\n")
+    _nobody(pidfile)
+    r = run_updaterd("--config", host.config, "--daemonize", "--pidfile", pidfile, timeout=30)
+    assert r.returncode == 1
+    assert f"pid file {pidfile}: {pidfile} is owned by nobody" in r.stderr
+    assert pidfile.read_text() == "1\n"
+
+
+# -- 130: the journal is data, not authority -----------------------------------------------------
+
+def _inplace_tool(host: Host, feed: Feed) -> Path:
+    """An inplace app `tool` in host/bin, on 1.0.0 then 1.1.0 (so one backup is kept)."""
+    from tests.helpers import app_script
+    bin_dir = host.base / "bin"
+    bin_dir.mkdir()
+    target = bin_dir / "tool"
+    for version in ("1.0.0", "1.1.0"):
+        art = feed.work / f"tool-{version}-linux-x86_64"
+        art.write_bytes(app_script(version))
+        feed.publish(version, [art])
+        host.configure(source="directory", path=str(feed.folder), public_keys=[feed.pub],
+                       install="inplace", target=str(target), executable="tool",
+                       health_check=["./tool"])
+        r = run_updaterd("--config", host.config, "update", "hello", "--version", version)
+        assert r.returncode == 0, r.stderr
+    return target
+
+
+def _plant_journal(host: Host, **tx: Any) -> None:
+    path = host.state_dir / "hello" / "state.json"
+    st = json.loads(path.read_text())
+    st["pending"] = {"kind": "rollback", "from_version": "1.1.0", "to_version": "1.0.0",
+                     "started_at": time.time(), "reason": "crafted", **tx}
+    path.write_text(json.dumps(st))
+
+
+def test_g130_journal_backup_outside_the_backups_folder_is_refused(host: Host, feed: Feed,
+                                                                   public_dir: Path) -> None:
+    target = _inplace_tool(host, feed)
+    before = target.read_bytes()
+    evil = public_dir / "evil"
+    evil.write_bytes(b"#!/bin/sh\nid\n")
+    evil.chmod(0o4755)
+    _nobody(evil)
+    _plant_journal(host, backup=str(evil))
+    r = run_updaterd("--config", host.config, "--once")
+    assert r.returncode == 1
+    assert f"{evil} is not one of hello's backups" in r.stderr, r.stderr
+    assert target.read_bytes() == before
+    assert not target.stat().st_mode & 0o6000
+
+
+def test_g130_restore_strips_setuid_and_setgid(host: Host, feed: Feed) -> None:
+    target = _inplace_tool(host, feed)
+    backup = next((host.state_dir / "hello" / "backups").iterdir())
+    backup.chmod(0o6755)
+    _plant_journal(host, backup=str(backup))
+    r = run_updaterd("--config", host.config, "--once")
+    assert r.returncode == 0, r.stderr
+    assert b"1.0.0" in target.read_bytes()
+    assert stat.S_IMODE(target.stat().st_mode) == 0o755
+
+
+def test_g130_journal_version_that_names_a_path_is_refused(host: Host, feed: Feed) -> None:
+    feed.release("1.0.0")
+    _directory_app(host, feed)
+    assert run_updaterd("--config", host.config, "--once").returncode == 0
+    _plant_journal(host, from_version="1.0.0", to_version="../../../../etc")
+    r = run_updaterd("--config", host.config, "--once")
+    assert r.returncode == 1 and "cannot name a release folder" in r.stderr
+    assert os.readlink(host.prefix / "current") == "releases/1.0.0"
+
+
+# -- 131: nothing is written through a planted link ----------------------------------------------
+
+def test_g131_part_meta_is_not_written_through_a_planted_symlink(host: Host, nginx: Nginx,
+                                                                 served_feed: Feed,
+                                                                 tmp_path: Path) -> None:
+    served_feed.release("1.0.0")
+    host.follow(nginx, served_feed)
+    victim = tmp_path / "victim"
+    victim.write_text("root's file\n")
+    cache = host.base / "cache" / "hello"
+    cache.mkdir(parents=True, mode=0o700)
+    (cache / "hello-1.0.0-linux-x86_64.tar.gz.part.json").symlink_to(victim)
+    r = run_updaterd("--config", host.config, "--once")
+    assert r.returncode == 0, r.stderr
+    assert victim.read_text() == "root's file\n"
+    assert (host.prefix / "releases" / "1.0.0").is_dir()
