@@ -64,9 +64,11 @@ class GitHub:
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def set_releases(self, releases: list[dict[str, Any]], rate_limited: int = 0) -> None:
+    def set_releases(self, releases: list[dict[str, Any]], rate_limited: int = 0,
+                     asset_host: str | None = None) -> None:
         (self.root / "api.json").write_text(json.dumps({"releases": releases,
-                                                        "rate_limited": rate_limited}))
+                                                        "rate_limited": rate_limited,
+                                                        "asset_host": asset_host}))
 
     def add_asset(self, name: str, data: bytes) -> Path:
         path = self.root / "assets" / name

@@ -102,6 +102,8 @@ class AppConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     health_check: list[str] = []
     health_timeout: Duration = "30s"
     restart: list[str] = []
+    # variables of the daemon's environment that restart and health_check also get (row 132)
+    pass_environment: list[Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]] = []
     max_inhibit: Duration = "1h"
     verify: Literal["required", "skip"] = "required"
     health_url: str | None = None
@@ -164,7 +166,8 @@ def _check_table(raw: Any, cls: type[S], where: str, problems: list[str]) -> S |
     return msgspec.convert(good, cls, strict=True)
 
 
-def _check_app(name: str, app: AppConfig, where: str, problems: list[str]) -> None:
+def _check_app(name: str, app: AppConfig, where: str, problems: list[str],
+               token_vars: frozenset[str] = frozenset()) -> None:
     """The rules that span several keys or need more than a type."""
 
     def bad(key: str, why: str) -> None:
@@ -234,6 +237,10 @@ def _check_app(name: str, app: AppConfig, where: str, problems: list[str]) -> No
             bad(key, f"must be an absolute path, got {value!r}")
     if app.executable is not None and ("/" in app.executable or app.executable in ("", ".", "..")):
         bad("executable", f"must be a plain file name, got {app.executable!r}")
+    for var in app.pass_environment:
+        if var in token_vars:
+            bad("pass_environment", f"{var} is a token_env; tokens are never passed to "
+                "commands")
     if app.health_check and not app.health_check[0]:
         bad("health_check", "the command is empty")
     if app.window is not None:
@@ -301,6 +308,8 @@ def parse(text: str, path: str) -> Config:
     if not isinstance(raw_apps, dict):
         problems.append(f"{path}: apps: expected a table of apps")
         raw_apps = {}
+    token_vars = frozenset(str(t["token_env"]) for t in raw_apps.values()
+                           if isinstance(t, dict) and isinstance(t.get("token_env"), str))
     for name, table in raw_apps.items():
         at = f"{path}: apps.{name}"
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
@@ -308,7 +317,7 @@ def parse(text: str, path: str) -> Config:
             continue
         app = _check_table(table, AppConfig, at, problems)
         if app is not None:
-            _check_app(name, app, at, problems)
+            _check_app(name, app, at, problems, token_vars)
             apps[name] = app
     if problems:
         raise ConfigError(problems)

@@ -214,7 +214,7 @@ class Fetcher:
     async def _open(self, url: str, headers: dict[str, str]) -> AsyncIterator[httpx.Response]:
         """GET with redirects followed by hand, each hop checked; yields the streaming response."""
         hops = 0
-        origin = urlsplit(url).hostname
+        origin = urlpolicy.origin(url)
         while True:
             urlpolicy.check(url, self.allow_insecure)
             try:
@@ -243,7 +243,7 @@ class Fetcher:
             target = urljoin(url, location)
             if urlsplit(url).scheme == "https" and urlsplit(target).scheme != "https":
                 raise DownloadError(f"{url}: refusing redirect from https to {target}")
-            if urlsplit(target).hostname != origin:
+            if urlpolicy.origin(target) != origin:
                 headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
             url = target
         try:

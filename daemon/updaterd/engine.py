@@ -16,7 +16,7 @@ from pathlib import Path
 import trio
 
 from updaterctl.protocol import CheckResult, Event, RollbackResult, UpdateResult
-from updaterd import state, treehash, versions, window
+from updaterd import state, tokens, treehash, versions, window
 from updaterd.config import AppConfig, Config
 from updaterd.download import Fetcher, TokenBucket
 from updaterd.errors import FeedError, LayoutError, PolicyError, UpdaterError
@@ -92,6 +92,7 @@ class Engine:
         """Take a new configuration (reload): apps, limits and the daemon-wide caps."""
         old_rate = self.config.daemon.max_rate if self.global_rate is not None else None
         self.config = config
+        tokens.load(config)  # out of the environment before any command runs
         self.download_limiter.total_tokens = config.daemon.max_parallel_downloads
         rate = config.daemon.max_rate
         if rate != old_rate:
@@ -160,7 +161,10 @@ class Engine:
         manifest = trusted.manifest
         offers = [versions.Offer(r.version, r.channel, r.rollout) for r in manifest.releases
                   if self._artifact(r) is not None]
-        choice = versions.choose(offers, run.state.installed, self._policy(run))
+        baseline = run.state.installed
+        if run.cfg.source == "github":  # no signed serial: the newest version ever installed
+            baseline = versions.highest(baseline, run.state.highest_installed)  # is the floor
+        choice = versions.choose(offers, baseline, self._policy(run))
         run.state.serial = manifest.serial
         run.state.manifest_digest = trusted.digest
         run.state.available = choice.version

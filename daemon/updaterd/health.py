@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import httpx
@@ -42,7 +42,8 @@ async def unit_active(unit: str, timeout: float, every: float = 0.5) -> None:
     with trio.move_on_after(timeout):
         while True:
             r = await trio.run_process(["systemctl", "is-active", unit], check=False,
-                                       capture_stdout=True, capture_stderr=True)
+                                       capture_stdout=True, capture_stderr=True,
+                                       env=command_env({}))
             state = r.stdout.decode(errors="replace").strip() or f"exit {r.returncode}"
             if r.returncode == 0 and state == "active":
                 return
@@ -50,6 +51,20 @@ async def unit_active(unit: str, timeout: float, every: float = 0.5) -> None:
                 break
             await trio.sleep(every)
     raise HealthCheckFailed(f"systemd unit {unit} is {state}, not active")
+
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+KEPT = ("PATH", "LANG")
+
+
+def command_env(extra: Mapping[str, str], passed: Sequence[str] = ()) -> dict[str, str]:
+    """The whole environment of a command updaterd runs (row 132): PATH and LANG, the
+    variables the app's `pass_environment` names, and `extra` (the UPDATERD_* ones); never the
+    rest of the daemon's environment (NOTIFY_SOCKET, another app's token ...)."""
+    env = {name: os.environ[name] for name in (*KEPT, *passed) if name in os.environ}
+    env.setdefault("PATH", DEFAULT_PATH)
+    env.update(extra)
+    return env
 
 
 def resolve(argv: list[str], release: Path) -> list[str]:
@@ -61,11 +76,12 @@ def resolve(argv: list[str], release: Path) -> list[str]:
 
 
 async def run(what: str, argv: list[str], *, cwd: Path, timeout: float,
-              env: Mapping[str, str]) -> str:
-    """Run `argv`; raise HealthCheckFailed naming `what` on failure, signal or timeout.
+              env: Mapping[str, str], passed: Sequence[str] = ()) -> str:
+    """Run `argv` with `command_env(env, passed)`; raise HealthCheckFailed naming `what` on
+    failure, signal or timeout.
 
     Returns the last line of its output."""
-    full_env = {**os.environ, **env}
+    full_env = command_env(env, passed)
     with tempfile.TemporaryFile() as out:
 
         async def kill_group(p: trio.Process) -> None:

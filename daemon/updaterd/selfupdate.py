@@ -35,7 +35,7 @@ from pathlib import Path
 import updaterctl
 import updaterd
 from updaterctl._version import __version__
-from updaterd import failpoints, fsutil, versions
+from updaterd import failpoints, fsutil, tokens, versions
 from updaterd.errors import HealthCheckFailed, LayoutError, UpdaterError
 from updaterd.layout import Layout
 
@@ -224,7 +224,7 @@ def reexec(prefix: Path, listen_fd: int | None) -> None:
     The pid stays (systemd's MAINPID, the pidfile); the listening socket is passed as fd 3.
     """
     exe = exec_path(prefix)
-    env = dict(os.environ, UPDATERD_REEXEC="1")
+    env = dict(os.environ, UPDATERD_REEXEC="1", **tokens.environment())
     if listen_fd is not None:
         os.dup2(listen_fd, LISTEN_FD, inheritable=True)
         env.update(LISTEN_FDS="1", LISTEN_PID=str(os.getpid()), LISTEN_FDNAMES="updaterd")

@@ -80,6 +80,8 @@ class AppState(Struct, kw_only=True):
     passed_over: dict[str, str] = {}  # newer versions the last check did not pick, and why
     rate_limited_until: float | None = None  # GitHub said: no request before this time
     trust: TrustRoot | None = None  # keys from a rotation in the feed, in place of public_keys
+    # the newest version ever committed: for `github`, automatic updates never go below it
+    highest_installed: str | None = None
 
 
 def app_dir(state_dir: Path, app: str) -> Path:

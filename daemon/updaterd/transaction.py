@@ -20,7 +20,17 @@ from typing import BinaryIO
 import trio
 
 from updaterctl.protocol import Event, Phase
-from updaterd import archive, failpoints, fsutil, health, pathtrust, selfupdate, state, treehash
+from updaterd import (
+    archive,
+    failpoints,
+    fsutil,
+    health,
+    pathtrust,
+    selfupdate,
+    state,
+    treehash,
+    versions,
+)
 from updaterd.config import AppConfig, Config, app_unit
 from updaterd.download import Expected
 from updaterd.errors import HealthCheckFailed, LayoutError
@@ -86,7 +96,8 @@ def _extract_limits(run: AppRun) -> archive.ExtractLimits:
 
 def _env(run: AppRun, version: str | None, previous: str | None) -> dict[str, str]:
     env = {"UPDATERD_APP": run.name, "UPDATERD_VERSION": version or "",
-           "UPDATERD_PREVIOUS_VERSION": previous or ""}
+           "UPDATERD_PREVIOUS_VERSION": previous or "",
+           "UPDATERD_SOCKET": run.config.daemon.socket}
     if version:
         env["UPDATERD_RELEASE_DIR"] = str(run.layout.run_dir(version))
     return env
@@ -188,15 +199,19 @@ async def finish_update(run: AppRun, from_version: str | None, version: str) -> 
             return "restarting"
         if run.cfg.restart and not itself:
             run.phase("restarting", version=version)
-            await health.run("restart", run.cfg.restart, cwd=run_dir, timeout=timeout, env=env)
+            await health.run("restart", run.cfg.restart, cwd=run_dir, timeout=timeout, env=env,
+                             passed=run.cfg.pass_environment)
         failpoints.hit("restart.after")
         if run.cfg.health_check:
             run.phase("health_check", version=version)
             # What root is about to run must be the tree it verified: nobody else can have
             # changed anything from the prefix down to the release (row 129).
-            pathtrust.check(run_dir, f"{run.name} release")
+            unsafe = pathtrust.problem(run_dir, f"{run.name} release")
+            if unsafe is not None:
+                raise HealthCheckFailed(f"health check not run: {unsafe}")
             await health.run("health check", health.resolve(run.cfg.health_check, run_dir),
-                             cwd=run_dir, timeout=timeout, env=env)
+                             cwd=run_dir, timeout=timeout, env=env,
+                             passed=run.cfg.pass_environment)
         unit = app_unit(run.cfg)
         if run.cfg.health_notify and unit is not None:
             run.phase("health_check", f"waiting for {unit} to be active", version)
@@ -215,6 +230,7 @@ async def finish_update(run: AppRun, from_version: str | None, version: str) -> 
     run.phase("committing", version=version)
     failpoints.hit("commit.before_state")
     run.state.installed = version
+    run.state.highest_installed = versions.highest(run.state.highest_installed, version)
     run.state.previous = from_version
     run.state.pending = None
     if run.state.available == version:
@@ -276,7 +292,8 @@ async def complete_rollback(run: AppRun, tx: Transaction) -> None:
         timeout = parse_duration(run.cfg.health_timeout)
         try:
             await health.run("restart", run.cfg.restart, cwd=run.layout.run_dir(to_version),
-                             timeout=timeout, env=_env(run, to_version, tx.from_version))
+                             timeout=timeout, env=_env(run, to_version, tx.from_version),
+                             passed=run.cfg.pass_environment)
         except HealthCheckFailed as e:
             log.error("%s: restart after rolling back to %s failed: %s", run.name, to_version, e)
     failpoints.hit("rollback.after_restart")

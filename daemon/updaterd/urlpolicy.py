@@ -42,3 +42,15 @@ def check(url: str, allow_insecure: bool) -> None:
     if host in METADATA_HOSTS or (ip is not None and (
             ip.is_link_local or ip in ipaddress.ip_network("fd00:ec2::/64"))):
         raise DownloadError(f"refusing {url}: link-local or cloud metadata address")
+
+
+def origin(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) with the scheme's default port filled in: credentials go only to
+    the origin they were configured for (RELIABILITY row 134)."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    default = {"https": 443, "http": 80}.get(parts.scheme)
+    return parts.scheme, (parts.hostname or "").lower().rstrip("."), port or default

@@ -107,6 +107,16 @@ class Choice:
 EQUALITY_ONLY = "not a semantic version: compared for equality only"
 
 
+def highest(a: str | None, b: str | None) -> str | None:
+    """The newer of two versions (either may be None); `a` when they cannot be ordered."""
+    if a is None or b is None:
+        return a or b
+    try:
+        return b if parse(b) > parse(a) else a
+    except ValueError:
+        return a
+
+
 def choose(offers: Iterable[Offer], installed: str | None, policy: Policy) -> Choice:
     """The newest offer an automatic update may install, never older than `installed`.
 

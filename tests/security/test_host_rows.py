@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Daemon, Host, Nginx
+from tests.conftest import Daemon, GitHub, Host, Nginx
 from tests.helpers import Feed, run_updaterd
 
 NOBODY = 65534
@@ -351,3 +351,171 @@ def test_g131_part_meta_is_not_written_through_a_planted_symlink(host: Host, ngi
     assert r.returncode == 0, r.stderr
     assert victim.read_text() == "root's file\n"
     assert (host.prefix / "releases" / "1.0.0").is_dir()
+
+
+# -- 132: commands get a minimal environment -----------------------------------------------------
+
+def test_g132_commands_never_see_the_daemons_environment_or_tokens(
+        host: Host, feed: Feed, daemon: Daemon, tmp_path: Path) -> None:
+    """App `gh` has a token; app `hello`'s freshly installed health check prints its env."""
+    feed.release("1.0.0")
+    seen = tmp_path / "env.txt"
+    from tests.helpers import write_config
+    write_config(host.config, host.daemon_table(), {
+        "hello": {"source": "directory", "path": str(feed.folder), "public_keys": [feed.pub],
+                  "prefix": str(host.prefix), "jitter": "0s", "check_interval": "1h",
+                  "pass_environment": ["APP_MODE"],
+                  "health_check": ["/bin/sh", "-c", f"env > {seen}"]},
+        "gh": {"source": "github", "repo": "o/r", "asset": "x", "token_env": "GITHUB_TOKEN",
+               "api_url": "http://127.0.0.1:9", "allow_insecure": True, "auto_update": False,
+               "prefix": str(host.base / "gh"), "check_interval": "1h"}})
+    daemon.env = {"GITHUB_TOKEN": "ghp_secret_of_gh", "APP_MODE": "blue", "OTHER": "x",
+                  "LANG": "C.UTF-8", "NOTIFY_SOCKET": "/nonexistent"}
+    daemon.start()
+    daemon.wait_for(lambda: daemon.app()["current"] == "1.0.0", what="first install")
+    env = dict(line.split("=", 1) for line in seen.read_text().splitlines() if "=" in line)
+    assert "ghp_secret_of_gh" not in seen.read_text()
+    assert not {"GITHUB_TOKEN", "OTHER", "NOTIFY_SOCKET"} & env.keys()
+    assert env["APP_MODE"] == "blue" and env["LANG"] == "C.UTF-8" and env["PATH"]
+    assert env["UPDATERD_APP"] == "hello" and env["UPDATERD_VERSION"] == "1.0.0"
+    assert env["UPDATERD_SOCKET"] == str(daemon.socket)
+
+
+def test_g132_a_token_cannot_be_passed_on_by_name(host: Host, feed: Feed) -> None:
+    from tests.helpers import write_config
+    write_config(host.config, host.daemon_table(), {
+        "hello": {"source": "directory", "path": str(feed.folder), "prefix": str(host.prefix),
+                  "pass_environment": ["GITHUB_TOKEN"]},
+        "gh": {"source": "github", "repo": "o/r", "asset": "x", "token_env": "GITHUB_TOKEN",
+               "prefix": str(host.base / "gh")}})
+    r = run_updaterd("--config", host.config, "check-config")
+    assert r.returncode == 2
+    assert "apps.hello.pass_environment: GITHUB_TOKEN is a token_env; tokens are never " \
+        "passed to commands" in r.stderr
+
+
+# -- 133, 134: GitHub releases: signatures bind the version, the token stays on the API ---------
+
+def _gh(host: Host, gh: GitHub, **kw: Any) -> None:
+    table: dict[str, Any] = {"source": "github", "repo": "acme/tool", "api_url": gh.api_url,
+                             "allow_insecure": True, "asset": r"tool-.*\.tar\.gz$",
+                             "token_env": "GH_TEST_TOKEN"}
+    table.update(kw)
+    host.configure(**table)
+
+
+def _gh_once(host: Host, *extra: str) -> subprocess.CompletedProcess[str]:
+    return run_updaterd("--config", host.config, *extra, env={"GH_TEST_TOKEN": "ghp_T0KEN"})
+
+
+def _gh_release(gh: GitHub, version: str, name: str | None = None) -> str:
+    from tests.helpers import make_tar, release_files
+    name = name or f"tool-{version}-x86_64-linux.tar.gz"
+    make_tar(gh.root / "assets" / name, release_files(version), top=f"tool-{version}")
+    return name
+
+
+def _minisign(gh: GitHub, key: Path, name: str, comment: str | None = None) -> str:
+    extra = ["-t", comment] if comment else []
+    subprocess.run(["minisign", "-S", "-s", str(key), "-m", str(gh.root / "assets" / name),
+                    *extra], check=True, capture_output=True)
+    return name + ".minisig"
+
+
+@pytest.fixture
+def gh_key(tmp_path: Path) -> tuple[Path, str]:
+    pub, key = tmp_path / "gh.pub", tmp_path / "gh.key"
+    subprocess.run(["minisign", "-G", "-W", "-p", str(pub), "-s", str(key)], check=True,
+                   capture_output=True)
+    return key, pub.read_text().splitlines()[1]
+
+
+def test_g133_old_signed_asset_republished_under_a_new_tag_is_refused(
+        host: Host, github: GitHub, gh_key: tuple[Path, str]) -> None:
+    key, pub = gh_key
+    old = _gh_release(github, "1.0.0")
+    sig = _minisign(github, key, old)  # trusted comment: file:tool-1.0.0-...
+    github.set_releases([{"tag_name": "v1.0.0", "assets": [old, sig]}])
+    _gh(host, github, public_keys=[pub], signature="{asset}.minisig")
+    assert _gh_once(host, "--once").returncode == 0 and host.current() == "1.0.0"
+    # the attacker cannot sign, but can copy: 1.0.0's bytes and signature under v9.9.9
+    evil = "tool-9.9.9-x86_64-linux.tar.gz"
+    (github.root / "assets" / evil).write_bytes((github.root / "assets" / old).read_bytes())
+    (github.root / "assets" / f"{evil}.minisig").write_bytes(
+        (github.root / "assets" / sig).read_bytes())
+    github.set_releases([{"tag_name": "v9.9.9", "assets": [evil, f"{evil}.minisig"]}])
+    r = _gh_once(host, "--once")
+    assert r.returncode == 1
+    assert "the signed signature of tool-9.9.9-x86_64-linux.tar.gz does not name v9.9.9" \
+        in r.stderr, r.stderr
+    assert host.current() == "1.0.0" and not (host.prefix / "releases" / "9.9.9").exists()
+
+
+def test_g133_signed_checksum_file_must_name_the_version(host: Host, github: GitHub,
+                                                         gh_key: tuple[Path, str]) -> None:
+    key, pub = gh_key
+    old = _gh_release(github, "1.0.0")
+    sums = subprocess.run(["sha256sum", old], cwd=github.root / "assets", capture_output=True,
+                          text=True, check=True).stdout
+    github.add_asset("SHA256SUMS", sums.encode())
+    _minisign(github, key, "SHA256SUMS")
+    github.set_releases([{"tag_name": "v9.9.9",
+                          "assets": [old, "SHA256SUMS", "SHA256SUMS.minisig"]}])
+    _gh(host, github, public_keys=[pub], checksums="SHA256SUMS$")
+    r = _gh_once(host, "--once")
+    assert r.returncode == 1 and "the signed SHA256SUMS does not name v9.9.9" in r.stderr
+    # a version named in the trusted comment binds too (assets without versions in names)
+    plain = _gh_release(github, "2.0.0", name="tool-x86_64-linux.tar.gz")
+    sums = subprocess.run(["sha256sum", plain], cwd=github.root / "assets",
+                          capture_output=True, text=True, check=True).stdout
+    github.add_asset("SHA256SUMS", sums.encode())
+    _minisign(github, key, "SHA256SUMS", comment="tool v2.0.0")
+    github.set_releases([{"tag_name": "v2.0.0",
+                          "assets": [plain, "SHA256SUMS", "SHA256SUMS.minisig"]}])
+    r = _gh_once(host, "--once")
+    assert r.returncode == 0, r.stderr
+    assert host.current() == "2.0.0"
+
+
+def test_g133_highest_installed_is_a_floor(host: Host, github: GitHub) -> None:
+    for version in ("1.0.0", "2.0.0"):
+        name = _gh_release(github, version)
+        sums = subprocess.run(["sha256sum", name], cwd=github.root / "assets",
+                              capture_output=True, text=True, check=True).stdout
+        github.add_asset(f"SHA256SUMS-{version}", sums.encode())
+        github.set_releases([{"tag_name": f"v{version}",
+                              "assets": [name, f"SHA256SUMS-{version}"]}])
+        _gh(host, github, checksums="SHA256SUMS")
+        assert _gh_once(host, "--once").returncode == 0
+    assert host.current() == "2.0.0"
+    assert _gh_once(host, "rollback", "hello").returncode == 0  # the operator goes back
+    assert host.current() == "1.0.0"
+    mid = _gh_release(github, "1.5.0")  # an older release republished as the latest
+    sums = subprocess.run(["sha256sum", mid], cwd=github.root / "assets",
+                          capture_output=True, text=True, check=True).stdout
+    github.add_asset("SHA256SUMS-1.5.0", sums.encode())
+    github.set_releases([{"tag_name": "v1.5.0", "assets": [mid, "SHA256SUMS-1.5.0"]}])
+    r = _gh_once(host, "--once")
+    assert r.returncode == 0 and host.current() == "1.0.0", r.stderr
+    # an explicit update by the operator may go below the floor
+    r = _gh_once(host, "update", "hello", "--version", "1.5.0")
+    assert r.returncode == 0 and host.current() == "1.5.0", r.stderr
+
+
+def test_g134_token_never_follows_an_asset_url_to_another_host(host: Host,
+                                                              github: GitHub) -> None:
+    name = _gh_release(github, "1.0.0")
+    sums = subprocess.run(["sha256sum", name], cwd=github.root / "assets",
+                          capture_output=True, text=True, check=True).stdout
+    github.add_asset("SHA256SUMS", sums.encode())
+    github.set_releases([{"tag_name": "v1.0.0", "assets": [name, "SHA256SUMS"]}],
+                        asset_host="127.0.0.2")
+    _gh(host, github, checksums="SHA256SUMS$")
+    r = _gh_once(host, "--once")
+    assert r.returncode == 0, r.stderr
+    requests = github.requests()
+    elsewhere = [q for q in requests if not q["host"].startswith("127.0.0.1:")]
+    assert elsewhere, "the asset was fetched from the other host"
+    assert all(q["authorization"] is None for q in elsewhere), elsewhere
+    api = [q for q in requests if q["host"].startswith("127.0.0.1:")]
+    assert api and all(q["authorization"] == "Bearer ghp_T0KEN" for q in api)

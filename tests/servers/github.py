@@ -1,7 +1,8 @@
 """A GitHub-like Releases API for tests (ASGI, under hypercorn), following the documented shapes.
 
 State lives in GH_ROOT/api.json: {"releases": [{"tag_name", "draft", "prerelease",
-"published_at", "assets": [names]}...] newest first, "rate_limited": N}; asset bytes are in
+"published_at", "assets": [names]}...] newest first, "rate_limited": N, "asset_host": H}
+(asset URLs on host H instead of the API's own); asset bytes are in
 GH_ROOT/assets/<name>. Paths may carry the GitHub Enterprise prefix /api/v3.
 
   GET /repos/O/R/releases/latest        newest release that is neither draft nor prerelease
@@ -78,9 +79,13 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         owner, repo = parts[1], parts[2]
         ids = _asset_ids(state)
 
+        # "asset_host": a hostile API names asset URLs on another host (row 134)
+        asset_base = base.replace(host.rsplit(":", 1)[0], state["asset_host"]) \
+            if state.get("asset_host") else base
+
         def asset_json(name: str, tag: str) -> dict[str, Any]:
             size = (ROOT / "assets" / name).stat().st_size
-            return {"url": f"{base}/repos/{owner}/{repo}/releases/assets/{ids[name]}",
+            return {"url": f"{asset_base}/repos/{owner}/{repo}/releases/assets/{ids[name]}",
                     "id": ids[name], "name": name, "label": "", "state": "uploaded",
                     "content_type": "application/octet-stream", "size": size,
                     "download_count": 0,

@@ -11,17 +11,15 @@ host, never to the storage host an asset download redirects to, and is never log
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO
-from urllib.parse import urlsplit
 
 import msgspec
 
-from updaterd import checksums, minisign, versions
+from updaterd import checksums, minisign, tokens, urlpolicy, versions
 from updaterd.config import AppConfig, Limits
 from updaterd.download import Expected, Fetcher, ProgressFn, RateLimited
 from updaterd.errors import DigestMismatch, FeedError, SignatureError
@@ -52,6 +50,17 @@ class GitHubRelease(msgspec.Struct):
     assets: list[GitHubAsset] = []
 
 
+def binds_version(text: str, tag: str, version: str) -> bool:
+    """Whether signed text (a trusted comment, an asset name from a signed checksum file) names
+    this release: its tag or version as a whole token, so `1.0.0` is not found in `11.0.0`,
+    `1.0.0.1` or `1.0.0rc1` (RELIABILITY row 133)."""
+    for name in {tag, version}:
+        pattern = rf"(?<![0-9A-Za-z.])[vV]?{re.escape(name)}(?![0-9A-Za-z]|\.[0-9])"
+        if re.search(pattern, text):
+            return True
+    return False
+
+
 def tag_version(tag: str) -> str:
     """A tag becomes a version by dropping a leading `v`."""
     return tag[1:] if tag[:1] in ("v", "V") and tag[1:2].isdigit() else tag
@@ -66,30 +75,20 @@ class GitHubSource:
         self.app, self.cfg, self.limits, self.fetcher = app, cfg, limits, fetcher
         self.state_folder = state_folder
         self.base = f"{cfg.api_url.rstrip('/')}/repos/{cfg.repo}"
-        self.api_host = urlsplit(cfg.api_url).hostname
         self.keys = trust.keys_of(cfg) if cfg.verify == "required" else []
         self.assets: dict[str, GitHubAsset] = {}
         self.signatures: dict[str, bytes] = {}
         self.release: GitHubRelease | None = None
 
     def _token(self) -> str | None:
-        if self.cfg.token_env:
-            token = os.environ.get(self.cfg.token_env)
-            if not token:
-                raise FeedError(f"token_env: the environment has no {self.cfg.token_env}")
-            return token.strip()
-        if self.cfg.token_file:
-            try:
-                return Path(self.cfg.token_file).read_text().strip()
-            except OSError as e:
-                raise FeedError(f"token_file: cannot read {self.cfg.token_file}: "
-                                f"{e.strerror}") from None
-        return None
+        return tokens.get(self.cfg)
 
-    def _headers(self, accept: str = "application/vnd.github+json") -> dict[str, str]:
+    def _headers(self, url: str, accept: str = "application/vnd.github+json") -> dict[str, str]:
+        """The token goes to the configured API origin only, whatever URL the API's JSON
+        names for an asset (row 134)."""
         headers = {"Accept": accept, "X-GitHub-Api-Version": "2022-11-28"}
         token = self._token()
-        if token:
+        if token and urlpolicy.origin(url) == urlpolicy.origin(self.cfg.api_url):
             headers["Authorization"] = f"Bearer {token}"
         return headers
 
@@ -98,7 +97,8 @@ class GitHubSource:
             raise FeedError(f"{asset.name}: {asset.size} bytes is too large for a checksum "
                             "file or a signature")
         doc = await self.fetcher.fetch_small(asset.url, max_bytes=SMALL,
-                                             headers=self._headers("application/octet-stream"))
+                                             headers=self._headers(asset.url,
+                                                                   "application/octet-stream"))
         return doc.body
 
     async def fetch(self, state: AppState, cache: Path, cycle_start_ts: float) -> TrustedFeed:
@@ -114,7 +114,7 @@ class GitHubSource:
                 url, max_bytes=parse_size(self.limits.max_manifest_size),
                 etag=state.etag if cached is not None else None,
                 last_modified=state.last_modified if cached is not None else None,
-                headers=self._headers())
+                headers=self._headers(url))
         except RateLimited as e:
             state.rate_limited_until = e.until
             raise
@@ -168,9 +168,17 @@ class GitHubSource:
         raise FeedError(f"{self.cfg.repo} {release.tag_name}: no asset matches "
                         f"{self.cfg.asset!r}")
 
+    def _unbound(self, signed: str, tag: str) -> str:
+        return (f"{self.cfg.repo} {tag}: the signed {signed} does not name {tag}: an older "
+                "signed release republished under a new tag is refused (put the version in "
+                "the asset's name or in the signature's trusted comment, minisign -t)")
+
     async def _trusted_digest(self, release: GitHubRelease,
                               asset: GitHubAsset) -> tuple[str | None, str | None]:
-        """The asset's digest from a (signed) checksum file, and/or its signature fetched."""
+        """The asset's digest from a (signed) checksum file, and/or its signature fetched.
+
+        Signed material must name this release's tag or version (row 133)."""
+        version = tag_version(release.tag_name)
         sha256 = blake3 = None
         signed = False
         if self.cfg.checksums:
@@ -184,10 +192,18 @@ class GitHubSource:
                 sig_asset = self.assets.get(listing.name + ".minisig")
                 if sig_asset is not None:
                     try:
-                        minisign.verify_threshold(text, await self._small_asset(sig_asset),
-                                                  self.keys, self.cfg.threshold)
+                        verified = minisign.verify_threshold(
+                            text, await self._small_asset(sig_asset), self.keys,
+                            self.cfg.threshold)
                     except SignatureError as e:
                         raise FeedError(f"{listing.name}: signature refused: {e}") from None
+                    # The signed file names the asset exactly, so a version in the asset's
+                    # name is signed too; else the trusted comment must name it.
+                    comments = [v.trusted_comment for v in verified]
+                    if not binds_version(asset.name, release.tag_name, version) and \
+                            not all(binds_version(c, release.tag_name, version)
+                                    for c in comments):
+                        raise FeedError(self._unbound(listing.name, release.tag_name))
                     signed = True
             digest = checksums.digest_for(text.decode("utf-8", "replace"), listing.name,
                                           asset.name)
@@ -228,16 +244,22 @@ class GitHubSource:
         check = None
         if signature is not None:
             keys, threshold = self.keys, self.cfg.threshold
+            tag = self.release.tag_name
+            unbound = self._unbound(f"signature of {asset.name}", tag)
 
             def check(prehash: bytes) -> None:
                 try:
-                    minisign.verify_prehashed(prehash, signature, keys, threshold)
+                    verified = minisign.verify_prehashed(prehash, signature, keys, threshold)
                 except SignatureError as e:
                     raise DigestMismatch(f"{asset.name}: signature refused: {e}") from None
+                if not all(binds_version(v.trusted_comment, tag, tag_version(tag))
+                           for v in verified):
+                    raise DigestMismatch(unbound)
 
         exp = Expected(asset.size, sha256, blake3, signature=check)
         return await self.fetcher.download(asset.url, dest, exp, progress,
-                                           headers=self._headers("application/octet-stream"))
+                                           headers=self._headers(asset.url,
+                                                                 "application/octet-stream"))
 
 
 def _parse_time(text: str | None) -> datetime:
