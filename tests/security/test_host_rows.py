@@ -519,3 +519,44 @@ def test_g134_token_never_follows_an_asset_url_to_another_host(host: Host,
     assert all(q["authorization"] is None for q in elsewhere), elsewhere
     api = [q for q in requests if q["host"].startswith("127.0.0.1:")]
     assert api and all(q["authorization"] == "Bearer ghp_T0KEN" for q in api)
+
+
+# -- 135: a FIFO, device, socket or link in a directory feed -------------------------------------
+
+@pytest.mark.parametrize("what", ["manifest", "signature", "artifact"])
+def test_g135_fifo_in_a_directory_feed_is_refused_without_blocking(
+        host: Host, feed: Feed, daemon: Daemon, what: str) -> None:
+    art = feed.release("1.0.0")
+    name = {"manifest": "manifest.json", "signature": "manifest.json.minisig",
+            "artifact": art.name}[what]
+    (feed.folder / name).unlink()
+    os.mkfifo(feed.folder / name)
+    _directory_app(host, feed)
+    daemon.start()
+    # the first scheduled check runs into it at once, and fails instead of hanging
+    daemon.wait_for(lambda: "a FIFO" in (daemon.app()["last_error"] or ""), timeout=10,
+                    what="the scheduled check to fail")
+    t0 = time.monotonic()
+    r = daemon.ctl("check" if what != "artifact" else "update", "hello", timeout=20)
+    assert time.monotonic() - t0 < 10
+    assert r.returncode == 1
+    assert f"{feed.folder / name}: a FIFO; a feed folder holds plain files only" in r.stderr
+    t0 = time.monotonic()
+    assert daemon.status()["apps"][0]["name"] == "hello"  # still answering
+    assert time.monotonic() - t0 < 1
+
+
+def test_g135_symlink_and_device_in_a_directory_feed_are_refused(host: Host,
+                                                                 feed: Feed) -> None:
+    feed.release("1.0.0")
+    _directory_app(host, feed)
+    real = feed.folder / "manifest.json"
+    moved = feed.work / "manifest.json"
+    real.rename(moved)
+    real.symlink_to(moved)
+    r = run_updaterd("--config", host.config, "--once", timeout=20)
+    assert r.returncode == 1 and f"{real}: a symbolic link" in r.stderr, r.stderr
+    real.unlink()
+    os.mknod(real, 0o644 | stat.S_IFCHR, os.makedev(1, 5))  # /dev/zero
+    r = run_updaterd("--config", host.config, "--once", timeout=20)
+    assert r.returncode == 1 and f"{real}: a device" in r.stderr, r.stderr

@@ -6,7 +6,9 @@ are copied into the cache and hashed in one pass, exactly like a download.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from pathlib import Path
 from typing import BinaryIO
 
@@ -25,16 +27,42 @@ from updaterd.units import parse_size
 _CHUNK = 1 << 20
 
 
-def _read_capped(path: Path, cap: int) -> bytes | None:
+def _open_plain(path: Path) -> int | None:
+    """Open a feed file for reading, refusing anything but a plain file, without blocking: a
+    FIFO, device, socket or symlink planted in the folder is an error, never a hang (row 135).
+    None when the file does not exist."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
+        return None
+    except OSError as e:
+        why = "a symbolic link" if e.errno == errno.ELOOP else e.strerror or str(e)
+        raise FeedError(f"{path}: {why}; a feed folder holds plain files only") from None
+    kind = stat.S_IFMT(os.fstat(fd).st_mode)
+    if kind != stat.S_IFREG:
+        os.close(fd)
+        names = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a device", stat.S_IFBLK: "a device",
+                 stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a folder"}
+        raise FeedError(f"{path}: {names.get(kind, 'not a plain file')}; a feed folder "
+                        "holds plain files only")
+    os.set_blocking(fd, True)
+    return fd
+
+
+def _read_capped_now(path: Path, cap: int) -> bytes | None:
+    fd = _open_plain(path)
+    if fd is None:
         return None
     with os.fdopen(fd, "rb") as f:
         data = f.read(cap + 1)
     if len(data) > cap:
         raise FeedError(f"{path}: larger than {cap} bytes; refused")
     return data
+
+
+async def _read_capped(path: Path, cap: int) -> bytes | None:
+    """A small feed file, read on a worker thread: no file I/O on the event loop (row 135)."""
+    return await trio.to_thread.run_sync(_read_capped_now, path, cap)
 
 
 class LocalSource:
@@ -47,18 +75,19 @@ class LocalSource:
 
     async def _optional(self, name: str) -> tuple[bytes, bytes | None] | None:
         """A document beside the manifest (keys.json) and its signature, or None."""
-        raw = _read_capped(self.folder / name, keys.MAX_KEYS_SIZE)
+        raw = await _read_capped(self.folder / name, keys.MAX_KEYS_SIZE)
         if raw is None:
             return None
-        return raw, _read_capped(self.folder / f"{name}.minisig", minisign.MAX_SIGNATURE_FILE)
+        return raw, await _read_capped(self.folder / f"{name}.minisig",
+                                       minisign.MAX_SIGNATURE_FILE)
 
     async def fetch(self, state: AppState, cache: Path, cycle_start_ts: float) -> TrustedFeed:
         cap = parse_size(self.limits.max_manifest_size)
         await keys.refresh(self.app, self.cfg, state, self._optional)
-        raw = _read_capped(self.folder / MANIFEST, cap)
+        raw = await _read_capped(self.folder / MANIFEST, cap)
         if raw is None:
             raise FeedError(f"no {MANIFEST} in {self.folder}")
-        sig = _read_capped(self.folder / SIGNATURE, minisign.MAX_SIGNATURE_FILE)
+        sig = await _read_capped(self.folder / SIGNATURE, minisign.MAX_SIGNATURE_FILE)
         return trust.verify(self.app, self.cfg, state, raw, sig, cycle_start_ts, False)
 
     def _path(self, artifact: Artifact) -> Path:
@@ -81,7 +110,10 @@ def _copy_verified(src: Path, dest: Path, expected: Expected) -> BinaryIO:
     out = os.open(part, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         digests = Digests()
-        with open(src, "rb") as f:
+        fd = _open_plain(src)
+        if fd is None:
+            raise FeedError(f"{src}: missing from the feed folder")
+        with os.fdopen(fd, "rb") as f:
             while chunk := f.read(_CHUNK):
                 if digests.size + len(chunk) > expected.size:
                     raise DigestMismatch(f"{src}: longer than the signed {expected.size} bytes")
