@@ -164,7 +164,7 @@ class ControlApi:
         apps = frozenset(p.apps) if p.apps else None
 
         async def forward(task_status: trio.TaskStatus[None]) -> None:
-            with self.daemon.bus.subscribe(apps) as sub:
+            with conn.holding("subscribe"), self.daemon.bus.subscribe(apps) as sub:
                 task_status.started()
                 while True:
                     event = await sub.next()
@@ -242,7 +242,9 @@ class ControlApi:
         self._worker(p.app)
 
         async def hold(task_status: trio.TaskStatus[None]) -> None:
-            with self.daemon.inhibitors.hold(p.app, p.who, p.why, conn.peer.uid, conn.peer.pid):
+            with conn.holding("inhibit"), \
+                    self.daemon.inhibitors.hold(p.app, p.who, p.why, conn.peer.uid,
+                                                conn.peer.pid):
                 task_status.started()
                 await trio.sleep_forever()
 

@@ -16,8 +16,8 @@ import pwd
 import socket
 import stat
 import struct
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from updaterd.units import parse_duration
 
 log = logging.getLogger("updaterd.rpc")
 MAX_BATCH = 100
+STREAMS = frozenset({"subscribe", "inhibit"})  # methods that hold something until hang-up
 CONFIG_INVALID = -32000  # implementation-defined server error: reload refused
 
 
@@ -69,27 +70,46 @@ class Limits:
     max_clients_per_uid: int
     idle_timeout: float  # no complete request for this long: dropped
     line_timeout: float  # a started line must be finished within this
+    max_streams_per_client: dict[str, int] = field(default_factory=dict)  # subscribe, inhibit
+    max_streams: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, limits: ConfigLimits) -> Limits:
         return cls(limits.max_clients, limits.max_clients_per_uid,
                    parse_duration(limits.client_idle_timeout),
-                   parse_duration(limits.client_line_timeout))
+                   parse_duration(limits.client_line_timeout),
+                   {"subscribe": limits.max_subscriptions_per_client,
+                    "inhibit": limits.max_inhibitors_per_client},
+                   {"subscribe": limits.max_subscriptions, "inhibit": limits.max_inhibitors})
 
 
 class Connection:
     """One client: its identity and a lock so that replies and events never interleave."""
 
-    def __init__(self, stream: trio.SocketStream, peer: Peer) -> None:
+    def __init__(self, stream: trio.SocketStream, peer: Peer,
+                 totals: dict[str, int] | None = None) -> None:
         self.stream = stream
         self.peer = peer
+        self.totals = totals if totals is not None else {}  # the server's, for every client
         self.send_lock = trio.Lock()
         self.streaming = False  # set by subscribe/inhibit: then the connection stays open
         self.nursery: trio.Nursery  # tasks that live as long as the connection (set by Server)
+        self.streams: dict[str, int] = {}  # method -> how many this connection holds
 
     async def send(self, payload: bytes) -> None:
         async with self.send_lock:
             await self.stream.send_all(payload + b"\n")
+
+    @contextlib.contextmanager
+    def holding(self, method: str) -> Iterator[None]:
+        """Count one subscription or inhibitor, here and server-wide, while it lives."""
+        for counts in (self.streams, self.totals):
+            counts[method] = counts.get(method, 0) + 1
+        try:
+            yield
+        finally:
+            for counts in (self.streams, self.totals):
+                counts[method] -= 1
 
 
 # A handler gets the typed params and the connection, and returns a msgspec-encodable result.
@@ -176,6 +196,7 @@ class Server:
         self.limits = limits
         self.clients: dict[int, int] = {}  # uid -> open connections
         self.total = 0
+        self.streams: dict[str, int] = {}  # subscribe/inhibit -> how many are held in all
 
     async def serve(self, sock: trio.socket.SocketType, *,
                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -209,7 +230,7 @@ class Server:
             try:
                 peer = Peer(pid, uid, gid, is_admin(uid, gid, self.admin_group()))
                 async with trio.open_nursery() as nursery:
-                    conn = Connection(stream, peer)
+                    conn = Connection(stream, peer, self.streams)
                     conn.nursery = nursery
                     await self._read_loop(conn)
                     nursery.cancel_scope.cancel()
@@ -300,8 +321,10 @@ class Server:
         if req.method not in READ_METHODS and not conn.peer.admin:
             raise RpcError(ErrorCode.NOT_PERMITTED,
                            f"{req.method} needs root or the admin group")
-        if batched and req.method in ("subscribe", "inhibit"):
-            raise RpcError(ErrorCode.INVALID_REQUEST, f"{req.method} cannot be batched")
+        if req.method in STREAMS:
+            if batched:
+                raise RpcError(ErrorCode.INVALID_REQUEST, f"{req.method} cannot be batched")
+            self._check_stream_caps(req.method, conn)
         raw = {} if isinstance(req.params, msgspec.UnsetType) else req.params
         if isinstance(raw, list):
             raise RpcError(ErrorCode.INVALID_PARAMS, "params must be an object (named)")
@@ -310,6 +333,20 @@ class Server:
         except msgspec.ValidationError as e:
             raise RpcError(ErrorCode.INVALID_PARAMS, f"invalid params: {e}") from None
         return await handler(params, conn)
+
+    def _check_stream_caps(self, method: str, conn: Connection) -> None:
+        """subscribe and inhibit hold a task and a buffer until the client hangs up: capped
+        per connection and in all (row 136), so a flood costs the daemon a bounded amount."""
+        mine = conn.streams.get(method, 0)
+        per_client = self.limits.max_streams_per_client.get(method)
+        if per_client is not None and mine >= per_client:
+            raise RpcError(ErrorCode.BUSY, f"{method}: this connection already holds "
+                                           f"{mine}, the most one connection may")
+        total = self.streams.get(method, 0)
+        overall = self.limits.max_streams.get(method)
+        if overall is not None and total >= overall and conn.peer.uid != 0:
+            raise RpcError(ErrorCode.BUSY, f"{method}: the daemon already serves {total}, "
+                                           "the most it takes; try again later")
 
 
 def _error(rid: Any, code: int, message: str, data: Any = None) -> bytes:

@@ -560,3 +560,61 @@ def test_g135_symlink_and_device_in_a_directory_feed_are_refused(host: Host,
     os.mknod(real, 0o644 | stat.S_IFCHR, os.makedev(1, 5))  # /dev/zero
     r = run_updaterd("--config", host.config, "--once", timeout=20)
     assert r.returncode == 1 and f"{real}: a device" in r.stderr, r.stderr
+
+
+# -- 136: caps on subscriptions and inhibitors ---------------------------------------------------
+
+def _rss_kib(pid: int) -> int:
+    line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines()
+                if x.startswith("VmRSS:"))
+    return int(line.split()[1])
+
+
+def test_g136_a_flood_of_subscriptions_is_capped_and_root_is_served(
+        host: Host, feed: Feed, daemon: Daemon, public_dir: Path) -> None:
+    feed.release("1.0.0")
+    _directory_app(host, feed)
+    sock = host.open_socket_in(public_dir)
+    daemon.socket = sock
+    daemon.start()
+    daemon.wait_for(lambda: daemon.app()["current"] == "1.0.0", what="first install")
+    assert daemon.proc is not None
+    before = _rss_kib(daemon.proc.pid)
+    lines = "".join(json.dumps({"jsonrpc": "2.0", "id": i, "method": "subscribe"}) + "\n"
+                    for i in range(3000))
+    flooders = [subprocess.Popen(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}",
+                                  "--clear-groups", "socat", "-t", "4", "-",
+                                  f"UNIX-CONNECT:{sock}"], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, text=True) for _ in range(8)]
+    for f in flooders:
+        assert f.stdin is not None
+        f.stdin.write(lines)
+        f.stdin.close()
+    time.sleep(1)
+    t0 = time.monotonic()
+    daemon.status()
+    assert time.monotonic() - t0 < 1, "root is served within 1 s during the flood"
+    replies = []
+    for f in flooders:
+        assert f.stdout is not None
+        out = f.stdout.read()
+        f.wait(timeout=60)
+        replies += [json.loads(x) for x in out.splitlines() if '"id"' in x]
+    ok = [r for r in replies if "result" in r]
+    refused = [r for r in replies if "error" in r]
+    assert len(ok) == 8 * 16, len(ok)
+    assert refused and all(r["error"]["code"] == 2 for r in refused)
+    assert "this connection already holds 16" in refused[0]["error"]["message"]
+    grown = _rss_kib(daemon.proc.pid) - before
+    assert grown < 20 * 1024, f"the daemon grew by {grown} KiB"
+    # and inhibitors likewise, per connection
+    inh = "".join(json.dumps({"jsonrpc": "2.0", "id": i, "method": "inhibit",
+                              "params": {"app": "hello", "who": "x", "why": "y"}}) + "\n"
+                  for i in range(40))
+    r = _as_nobody("socat", "-t", "2", "-", f"UNIX-CONNECT:{sock}", input=inh)
+    replies = [json.loads(x) for x in r.stdout.splitlines()]
+    assert sum("error" in x for x in replies) == 40, "inhibit needs the admin group"
+    r = subprocess.run(["socat", "-t", "2", "-", f"UNIX-CONNECT:{sock}"], input=inh, text=True,
+                       capture_output=True, timeout=30)
+    replies = [json.loads(x) for x in r.stdout.splitlines()]
+    assert sum("result" in x for x in replies) == 16
