@@ -145,9 +145,12 @@ def run_updaterd(*args: str | Path, env: dict[str, str] | None = None,
                           text=True, env=full_env, timeout=timeout, check=False)
 
 
-def rpc_as(uid: int | str, gid: int | str, sock: Path, payload: str) -> dict[str, Any]:
-    """One JSON-RPC line sent by another user (setpriv + socat); the first reply, decoded."""
-    r = subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
+def rpc_as(uid: int | str, gid: int | str, sock: Path, payload: str,
+           groups: list[int] | None = None) -> dict[str, Any]:
+    """One JSON-RPC line sent by another user (setpriv + socat), with no supplementary groups
+    or exactly `groups`; the first reply, decoded."""
+    extra = f"--groups={','.join(map(str, groups))}" if groups else "--clear-groups"
+    r = subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={gid}", extra,
                         "socat", "-t", "5", "-", f"UNIX-CONNECT:{sock}"],
                        input=payload + "\n", capture_output=True, text=True, timeout=20)
     assert r.returncode == 0, r.stderr

@@ -198,7 +198,8 @@ class ControlApi:
     def _require_downgrade_right(self, conn: Connection, what: str) -> None:
         """With `downgrade_group` set, going back needs root or that group too."""
         group = self.daemon.config.daemon.downgrade_group
-        if group is not None and not rpc.is_admin(conn.peer.uid, conn.peer.gid, group):
+        peer = conn.peer
+        if group is not None and not rpc.is_admin(peer.uid, peer.gid, peer.groups, group):
             raise RpcError(ErrorCode.NOT_PERMITTED, f"{what} needs root or the downgrade group "
                                                     f"{group!r}")
 

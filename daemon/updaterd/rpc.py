@@ -12,7 +12,6 @@ import errno
 import grp
 import logging
 import os
-import pwd
 import socket
 import stat
 import struct
@@ -60,6 +59,7 @@ class Peer:
     uid: int
     gid: int
     admin: bool
+    groups: tuple[int, ...] = ()  # the process's own supplementary groups (SO_PEERGROUPS)
 
 
 @dataclass(frozen=True)
@@ -122,21 +122,36 @@ def peer_credentials(sock: trio.socket.SocketType) -> tuple[int, int, int]:
     return pid, uid, gid
 
 
-def is_admin(uid: int, gid: int, admin_group: str) -> bool:
-    """Root, or a member (primary or supplementary) of `admin_group` (or any group)."""
+SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux 4.13+
+
+
+def peer_groups(sock: trio.socket.SocketType) -> tuple[int, ...]:
+    """The supplementary groups the connecting process had when it connected: what the
+    kernel says, not what the user database says (row 137)."""
+    size = 64 * 4
+    while True:
+        try:
+            raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, size)
+        except OSError as e:
+            if e.errno == errno.ERANGE and size < 65536 * 4:
+                size = 65536 * 4
+                continue
+            return ()
+        return struct.unpack(f"{len(raw) // 4}I", raw[: len(raw) // 4 * 4])
+
+
+def is_admin(uid: int, gid: int, groups: tuple[int, ...], group_name: str) -> bool:
+    """Root, or a process whose own primary or supplementary groups hold `group_name`.
+
+    The process's groups, not /etc/group: a process that dropped the group is not admin, and
+    one that was given it (systemd's SupplementaryGroups=, setpriv) is."""
     if uid == 0:
         return True
     try:
-        group = grp.getgrnam(admin_group)
+        wanted = grp.getgrnam(group_name).gr_gid
     except KeyError:
         return False
-    if gid == group.gr_gid:
-        return True
-    try:
-        user = pwd.getpwuid(uid)
-    except KeyError:
-        return False
-    return group.gr_gid in os.getgrouplist(user.pw_name, user.pw_gid)
+    return gid == wanted or wanted in groups
 
 
 def create_socket(path: Path, mode: int, group: str) -> trio.socket.SocketType:
@@ -228,7 +243,9 @@ class Server:
             self.total += 1
             self.clients[uid] = self.clients.get(uid, 0) + 1
             try:
-                peer = Peer(pid, uid, gid, is_admin(uid, gid, self.admin_group()))
+                groups = peer_groups(stream.socket)
+                peer = Peer(pid, uid, gid, is_admin(uid, gid, groups, self.admin_group()),
+                            groups)
                 async with trio.open_nursery() as nursery:
                     conn = Connection(stream, peer, self.streams)
                     conn.nursery = nursery

@@ -618,3 +618,38 @@ def test_g136_a_flood_of_subscriptions_is_capped_and_root_is_served(
                        capture_output=True, timeout=30)
     replies = [json.loads(x) for x in r.stdout.splitlines()]
     assert sum("result" in x for x in replies) == 16
+
+
+# -- 137: admin rights from the process's own groups ---------------------------------------------
+
+@pytest.fixture
+def admin_member() -> Any:
+    """A group `updtest` with one member in /etc/group, user `updtest-m`; removed after."""
+    subprocess.run(["groupadd", "-f", "updtest"], check=True)
+    subprocess.run(["useradd", "-M", "-N", "-g", "nogroup", "-G", "updtest", "updtest-m"],
+                   capture_output=True)
+    import grp
+    import pwd
+    yield pwd.getpwnam("updtest-m").pw_uid, grp.getgrnam("updtest").gr_gid
+    subprocess.run(["userdel", "updtest-m"], capture_output=True)
+    subprocess.run(["groupdel", "updtest"], capture_output=True)
+
+
+def test_g137_admin_comes_from_the_connecting_process_groups(
+        host: Host, feed: Feed, daemon: Daemon, public_dir: Path,
+        admin_member: tuple[int, int]) -> None:
+    from tests.helpers import rpc_as
+    member, group = admin_member
+    feed.release("1.0.0")
+    _directory_app(host, feed)
+    daemon.socket = host.open_socket_in(public_dir, admin_group="updtest")
+    daemon.start()
+    pause = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "pause",
+                        "params": {"app": "hello"}})
+    # listed in /etc/group, but this process dropped its supplementary groups: not admin
+    err = rpc_as(member, 65534, daemon.socket, pause)
+    assert err.get("error", {}).get("code") == 3, err
+    # not listed anywhere, but given the group by whoever started it (SupplementaryGroups=)
+    ok = rpc_as(NOBODY, NOBODY, daemon.socket, pause, groups=[group])
+    assert "result" in ok, ok
+    assert daemon.app()["paused"] is True
