@@ -117,6 +117,9 @@ class AppConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     window: str | None = None
     max_rate: Rate | None = None
     proxy: str | None = None
+    # hosts that feeds and artifacts may come from, redirects included (row 138); default:
+    # manifest, the feed's host and the hosts its signed manifest names; github, any
+    allowed_hosts: list[str] | None = None
     allow_insecure: bool = False
     # `self = true`: this app is updaterd's own installation (see updaterd.selfupdate)
     self_update: bool = msgspec.field(default=False, name="self")

@@ -36,6 +36,7 @@ from updaterd import failpoints, fsutil, urlpolicy
 from updaterd.config import Limits
 from updaterd.digests import Digests
 from updaterd.errors import DigestMismatch, DownloadError
+from updaterd.netcheck import CheckedTransport
 from updaterd.units import parse_duration, parse_size
 
 log = logging.getLogger("updaterd.download")
@@ -189,10 +190,15 @@ class Fetcher:
     def __init__(self, limits: Limits, *, allow_insecure: bool = False,
                  proxy: str | None = None, rng: random.Random | None = None,
                  transport: httpx.AsyncBaseTransport | None = None,
-                 rate_caps: list[TokenBucket] | None = None) -> None:
+                 rate_caps: list[TokenBucket] | None = None,
+                 allowed_hosts: set[str] | None = None) -> None:
         self.limits = limits
         self.rate_caps = rate_caps or []
         self.allow_insecure = allow_insecure
+        # None: any host the URL policy allows; else only these, checked at every hop
+        self.allowed_hosts = allowed_hosts
+        if transport is None and proxy is None:
+            transport = CheckedTransport()  # the connected address is checked too
         self.rng = rng or random.Random()
         connect = parse_duration(limits.connect_timeout)
         read = parse_duration(limits.read_timeout)
@@ -216,7 +222,7 @@ class Fetcher:
         hops = 0
         origin = urlpolicy.origin(url)
         while True:
-            urlpolicy.check(url, self.allow_insecure)
+            urlpolicy.check(url, self.allow_insecure, self.allowed_hosts)
             try:
                 request = self.client.build_request("GET", url, headers=headers)
                 response = await self.client.send(request, stream=True)

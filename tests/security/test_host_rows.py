@@ -653,3 +653,91 @@ def test_g137_admin_comes_from_the_connecting_process_groups(
     ok = rpc_as(NOBODY, NOBODY, daemon.socket, pause, groups=[group])
     assert "result" in ok, ok
     assert daemon.app()["paused"] is True
+
+
+# -- 138: hosts read as the resolver reads them; the connected address; allowed_hosts ------------
+
+METADATA_SPELLINGS = ["2852039166", "0xa9fea9fe", "0251.0376.0251.0376", "169.254.43518",
+                      "[::ffff:169.254.169.254]", "[64:ff9b::a9fe:a9fe]",
+                      "[::ffff:a9fe:a9fe]", "[2002:a9fe:a9fe::]", "metadata.google.internal.",
+                      "METADATA.google.internal", "169.254.169.254.", "0"]
+
+
+@pytest.mark.parametrize("host_text", METADATA_SPELLINGS)
+def test_g138_every_spelling_of_the_metadata_address_is_refused(host_text: str) -> None:
+    from updaterd import urlpolicy
+    from updaterd.errors import DownloadError
+    with pytest.raises(DownloadError, match="metadata|link-local|unspecified"):
+        urlpolicy.check(f"https://{host_text}/feed/manifest.json", allow_insecure=False)
+
+
+def _feed_naming(feed: Feed, url: str, published: bool = False) -> None:
+    """Publish 1.0.0 (unless `published`), then point its artifact at `url` and sign the
+    manifest again."""
+    if not published:
+        feed.release("1.0.0")
+    m = feed.manifest()
+    m["releases"][0]["artifacts"][0]["url"] = url
+    (feed.folder / "manifest.json").write_text(json.dumps(m))
+    feed.resign()
+
+
+def test_g138_a_signed_artifact_url_in_another_spelling_is_refused(
+        host: Host, nginx: Nginx, served_feed: Feed) -> None:
+    _feed_naming(served_feed, "https://0xa9fea9fe/latest/meta-data/x.tar.gz")
+    host.follow(nginx, served_feed)
+    r = run_updaterd("--config", host.config, "--once", timeout=30)
+    assert r.returncode == 1
+    assert "refusing https://0xa9fea9fe/latest/meta-data/x.tar.gz: link-local or cloud " \
+        "metadata address" in r.stderr, r.stderr
+
+
+def test_g138_the_address_a_name_resolves_to_is_checked(host: Host, nginx: Nginx,
+                                                        served_feed: Feed,
+                                                        tmp_path: Path) -> None:
+    """meta.test resolves to 169.254.169.254 (an /etc/hosts of this test's own mount
+    namespace): the URL text is harmless, the address is not."""
+    _feed_naming(served_feed, "https://meta.test/latest/x.tar.gz")
+    host.follow(nginx, served_feed)
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 localhost\n169.254.169.254 meta.test\n")
+    from tests.helpers import BIN
+    r = subprocess.run(["unshare", "-m", "sh", "-c",
+                        f'mount --bind "$0" /etc/hosts && exec "$@"', str(hosts),
+                        str(BIN / "updaterd"), "--config", str(host.config), "--once"],
+                       capture_output=True, text=True, timeout=60)
+    if "unshare" in r.stderr and r.returncode != 0 and "Operation not permitted" in r.stderr:
+        pytest.skip("no mount namespaces here")
+    assert r.returncode == 1
+    assert "refusing meta.test: it resolves to 169.254.169.254, a link-local or cloud " \
+        "metadata address" in r.stderr, r.stderr
+
+
+@pytest.fixture
+def two_host_server(tmp_path: Path) -> Any:
+    from tests.servers.asgi import running_asgi
+    root = tmp_path / "fault-root"
+    root.mkdir()
+    with running_asgi("tests.servers.faults:app", {"FAULT_ROOT": str(root),
+                                                  "FAULT_LOG": str(tmp_path / "f.log")},
+                      hosts=("127.0.0.1", "127.0.0.2")) as port:
+        yield root, port
+
+
+def test_g138_allowed_hosts_is_enforced_at_every_redirect_hop(
+        host: Host, nginx: Nginx, served_feed: Feed, two_host_server: Any) -> None:
+    root, port = two_host_server
+    art = served_feed.release("1.0.0")
+    (root / art.name).write_bytes(art.read_bytes())
+    # the signed manifest names 127.0.0.1 only; that host redirects to 127.0.0.2
+    _feed_naming(served_feed, f"http://127.0.0.1:{port}/offhost/{art.name}", published=True)
+    host.follow(nginx, served_feed)
+    r = run_updaterd("--config", host.config, "--once", timeout=30)
+    assert r.returncode == 1
+    assert f"refusing http://127.0.0.2:{port}/plain/{art.name}: 127.0.0.2 is not in this " \
+        "app's allowed_hosts (127.0.0.1)" in r.stderr, r.stderr
+    # listed by the operator, the same redirect is followed
+    host.follow(nginx, served_feed, allowed_hosts=["127.0.0.2"])
+    r = run_updaterd("--config", host.config, "--once", timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert host.current() == "1.0.0"

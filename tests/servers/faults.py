@@ -13,6 +13,7 @@ GET /<mode>/<file> serves FAULT_ROOT/<file> with ETag and Range support, misbeha
   etagflip   a new ETag on every request
   to-http    redirects to http://127.0.0.1/... (used behind https tests)
   redirect   redirects to /plain/<file>
+  offhost    redirects to http://127.0.0.2:<same port>/plain/<file> (another host)
 Every request is appended to FAULT_LOG as one JSON line.
 """
 
@@ -66,6 +67,11 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         path = ROOT / name
         if mode == "redirect":
             await respond(302, [("location", f"/plain/{name}"), ("content-length", "0")])
+            return
+        if mode == "offhost":
+            port = headers.get("host", "").rsplit(":", 1)[-1]
+            await respond(302, [("location", f"http://127.0.0.2:{port}/plain/{name}"),
+                                ("content-length", "0")])
             return
         if mode == "to-http":
             await respond(302, [("location", f"http://127.0.0.1:9/{name}"),

@@ -76,6 +76,8 @@ class GitHubSource:
         self.state_folder = state_folder
         self.base = f"{cfg.api_url.rstrip('/')}/repos/{cfg.repo}"
         self.keys = trust.keys_of(cfg) if cfg.verify == "required" else []
+        if cfg.allowed_hosts is not None:  # the API host, and the storage hosts listed
+            fetcher.allowed_hosts = {urlpolicy.origin(cfg.api_url)[1], *cfg.allowed_hosts}
         self.assets: dict[str, GitHubAsset] = {}
         self.signatures: dict[str, bytes] = {}
         self.release: GitHubRelease | None = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import BinaryIO
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 from updaterd import keys, minisign
 from updaterd.config import AppConfig, Limits
@@ -25,6 +25,9 @@ class ManifestSource:
         self.app, self.cfg, self.limits, self.fetcher = app, cfg, limits, fetcher
         self.url = cfg.url
         self.state_folder = state_folder
+        feed_host = urlsplit(cfg.url).hostname or ""
+        fetcher.allowed_hosts = {feed_host, *(cfg.allowed_hosts or [])}
+        self.named_hosts = cfg.allowed_hosts is None  # the signed manifest adds its hosts
 
     async def _optional(self, name: str) -> tuple[bytes, bytes | None] | None:
         """A document beside the manifest (keys.json) and its signature, or None."""
@@ -48,7 +51,8 @@ class ManifestSource:
         if doc.not_modified:
             assert cached is not None
             raw, sig = cached
-            return trust.verify(self.app, self.cfg, state, raw, sig, cycle_start_ts, True)
+            return self._allow_named_hosts(
+                trust.verify(self.app, self.cfg, state, raw, sig, cycle_start_ts, True))
         # New manifest bytes: follow the feed's key rotations first (a 304 costs nothing more).
         await keys.refresh(self.app, self.cfg, state, self._optional)
         sig = None
@@ -59,6 +63,17 @@ class ManifestSource:
         trusted = trust.verify(self.app, self.cfg, state, doc.body, sig, cycle_start_ts, True)
         trust.keep_copy(self.state_folder, doc.body, sig)
         state.etag, state.last_modified = doc.etag, doc.last_modified
+        return self._allow_named_hosts(trusted)
+
+    def _allow_named_hosts(self, trusted: TrustedFeed) -> TrustedFeed:
+        """Without `allowed_hosts`, artifacts may come from the hosts the signed manifest
+        names, and from no other (redirects included)."""
+        if self.named_hosts and self.fetcher.allowed_hosts is not None:
+            for release in trusted.manifest.releases:
+                for artifact in release.artifacts:
+                    host = urlsplit(urljoin(self.url, artifact.url)).hostname
+                    if host:
+                        self.fetcher.allowed_hosts.add(host)
         return trusted
 
     def describe(self, artifact: Artifact) -> str:

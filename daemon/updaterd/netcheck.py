@@ -1,0 +1,81 @@
+"""The address a connection really reaches is checked too (RELIABILITY row 138).
+
+The URL policy reads host names as written; a name can still resolve to a link-local or cloud
+metadata address. This httpx transport resolves every name itself, refuses the connection when
+any address it resolves to is forbidden, and connects to the addresses it checked, so that no
+second lookup can answer differently (DNS rebinding). TLS still verifies the certificate against
+the name in the URL: httpcore passes that name as the server name, whatever address it reached.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from collections.abc import Iterable
+
+import httpcore
+import httpx
+import trio
+
+from updaterd import urlpolicy
+from updaterd.errors import DownloadError
+
+SocketOption = (tuple[int, int, int] | tuple[int, int, bytes | bytearray]
+                | tuple[int, int, None, int])  # httpcore's SOCKET_OPTION
+
+
+class CheckedBackend(httpcore.AsyncNetworkBackend):
+    """httpcore's trio backend, with every resolved address checked before it is dialled."""
+
+    def __init__(self) -> None:
+        self._inner = httpcore.TrioBackend()
+
+    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
+                          local_address: str | None = None,
+                          socket_options: Iterable[SocketOption] | None = None,
+                          ) -> httpcore.AsyncNetworkStream:
+        addresses = await self._checked_addresses(host, port)
+        last: Exception | None = None
+        for address in addresses:
+            try:
+                return await self._inner.connect_tcp(address, port, timeout, local_address,
+                                                     socket_options)
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as e:
+                last = e
+        assert last is not None
+        raise last
+
+    @staticmethod
+    async def _checked_addresses(host: str, port: int) -> list[str]:
+        try:
+            infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as e:
+            raise httpcore.ConnectError(f"cannot resolve {host}: {e.strerror or e}") from None
+        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+        for address in addresses:
+            ip = urlpolicy.parse_ip(address.split("%", 1)[0])
+            why = urlpolicy.forbidden_address(ip) if ip is not None else None
+            if why is not None:
+                raise DownloadError(f"refusing {host}: it resolves to {address}, a {why}")
+        if not addresses:
+            raise httpcore.ConnectError(f"cannot resolve {host}: no address")
+        return addresses
+
+    async def connect_unix_socket(self, path: str, timeout: float | None = None,
+                                  socket_options: Iterable[SocketOption] | None = None,
+                                  ) -> httpcore.AsyncNetworkStream:
+        raise DownloadError("updaterd does not fetch over Unix sockets")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+class CheckedTransport(httpx.AsyncHTTPTransport):
+    """httpx's own transport (request and error mapping unchanged) over a connection pool
+    whose network backend is `CheckedBackend`; proxies are not used through it."""
+
+    def __init__(self, *, trust_env: bool = True) -> None:
+        super().__init__(trust_env=trust_env)
+        context: ssl.SSLContext = httpx.create_ssl_context(trust_env=trust_env)
+        self._pool = httpcore.AsyncConnectionPool(ssl_context=context,
+                                                  network_backend=CheckedBackend())
