@@ -667,7 +667,7 @@ METADATA_SPELLINGS = ["2852039166", "0xa9fea9fe", "0251.0376.0251.0376", "169.25
 def test_g138_every_spelling_of_the_metadata_address_is_refused(host_text: str) -> None:
     from updaterd import urlpolicy
     from updaterd.errors import DownloadError
-    with pytest.raises(DownloadError, match="metadata|link-local|unspecified"):
+    with pytest.raises(DownloadError, match=r"metadata|link-local|unspecified"):
         urlpolicy.check(f"https://{host_text}/feed/manifest.json", allow_insecure=False)
 
 
@@ -703,7 +703,7 @@ def test_g138_the_address_a_name_resolves_to_is_checked(host: Host, nginx: Nginx
     hosts.write_text("127.0.0.1 localhost\n169.254.169.254 meta.test\n")
     from tests.helpers import BIN
     r = subprocess.run(["unshare", "-m", "sh", "-c",
-                        f'mount --bind "$0" /etc/hosts && exec "$@"', str(hosts),
+                        'mount --bind "$0" /etc/hosts && exec "$@"', str(hosts),
                         str(BIN / "updaterd"), "--config", str(host.config), "--once"],
                        capture_output=True, text=True, timeout=60)
     if "unshare" in r.stderr and r.returncode != 0 and "Operation not permitted" in r.stderr:
