@@ -276,19 +276,22 @@ class Fetcher:
                 await trio.sleep(delay)
                 attempt += 1
 
-    @staticmethod
-    def _status_error(url: str, response: httpx.Response) -> DownloadError:
+    def _status_error(self, url: str, response: httpx.Response) -> DownloadError:
         status = response.status_code
         h = response.headers
         if status in (403, 429) and (h.get("x-ratelimit-remaining") == "0"
                                      or (status == 403 and "retry-after" in h)):
-            until = time.time() + (parse_retry_after(h.get("retry-after")) or 60.0)
+            now = time.time()
+            until = now + (parse_retry_after(h.get("retry-after")) or 60.0)
             reset = h.get("x-ratelimit-reset", "")
             if reset.isdigit():
                 until = max(until if "retry-after" in h else 0.0, float(reset))
-            when = time.strftime("%H:%M:%S", time.localtime(until))
-            return RateLimited(f"{url}: rate limited (HTTP {status}); no request until {when}",
-                               until)
+            # A server's word is capped: one answer must not stop the app for years (row 139).
+            until = min(until, now + parse_duration(self.limits.retry_after_cap))
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(until))
+            return RateLimited(f"{url}: rate limited (HTTP {status}); no request until {when} "
+                               f"(in {max(until - now, 0):.0f}s; `updaterctl check APP "
+                               "--force` asks again now)", until)
         if status in RETRY_STATUS:
             return Retryable(f"{url}: HTTP {status}",
                              parse_retry_after(response.headers.get("retry-after")))

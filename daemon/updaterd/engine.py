@@ -199,8 +199,9 @@ class Engine:
         """
         run = self.open_app(app)
         await recover(run)
-        if force:
+        if force:  # the operator asks: the validators and a server's wait are dropped
             run.state.etag = run.state.last_modified = None
+            run.state.rate_limited_until = None
         async with self._source(run) as source:
             _, result = await self._refresh(run, source)
         self._succeeded(run)

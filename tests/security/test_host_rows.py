@@ -741,3 +741,31 @@ def test_g138_allowed_hosts_is_enforced_at_every_redirect_hop(
     r = run_updaterd("--config", host.config, "--once", timeout=30)
     assert r.returncode == 0, r.stderr
     assert host.current() == "1.0.0"
+
+
+# -- 139: a server's wait is capped, and the operator can end it --------------------------------
+
+def test_g139_rate_limit_reset_in_2100_is_capped_and_check_force_ends_it(
+        host: Host, github: GitHub, daemon: Daemon) -> None:
+    name = _gh_release(github, "1.0.0")
+    sums = subprocess.run(["sha256sum", name], cwd=github.root / "assets",
+                          capture_output=True, text=True, check=True).stdout
+    github.add_asset("SHA256SUMS", sums.encode())
+    github.set_releases([{"tag_name": "v1.0.0", "assets": [name, "SHA256SUMS"]}],
+                        rate_limited=1, reset_at=4102444800)  # 2100-01-01
+    _gh(host, github, checksums="SHA256SUMS$", check_interval="1h", jitter="0s",
+        limits={"retry_after_cap": "10m"})
+    daemon.env = {"GH_TEST_TOKEN": "ghp_T0KEN"}
+    start = time.time()
+    daemon.start()
+    daemon.wait_for(lambda: "rate limited" in (daemon.app()["last_error"] or ""),
+                    what="the rate limit")
+    state = host.state()
+    assert state["rate_limited_until"] <= start + 600 + 5, "capped at retry_after_cap"
+    assert "2100" not in daemon.app()["last_error"]
+    assert "`updaterctl check APP --force` asks again now" in daemon.app()["last_error"]
+    r = daemon.ctl("check", "hello")
+    assert r.returncode == 1 and "no request until" in r.stderr
+    r = daemon.ctl("check", "hello", "--force")
+    assert r.returncode == 0, r.stderr
+    assert host.state()["rate_limited_until"] is None

@@ -1,7 +1,8 @@
 """A GitHub-like Releases API for tests (ASGI, under hypercorn), following the documented shapes.
 
 State lives in GH_ROOT/api.json: {"releases": [{"tag_name", "draft", "prerelease",
-"published_at", "assets": [names]}...] newest first, "rate_limited": N, "asset_host": H}
+"published_at", "assets": [names]}...] newest first, "rate_limited": N, "reset_at": T,
+"asset_host": H}
 (asset URLs on host H instead of the API's own); asset bytes are in
 GH_ROOT/assets/<name>. Paths may carry the GitHub Enterprise prefix /api/v3.
 
@@ -69,7 +70,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if state.get("rate_limited", 0) > 0:
             state["rate_limited"] -= 1
             (ROOT / "api.json").write_text(json.dumps(state))
-            reset = str(int(time.time()) + 2)
+            reset = str(state.get("reset_at") or int(time.time()) + 2)
             await respond(403, b'{"message": "API rate limit exceeded"}',
                           [("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", reset)])
             return

@@ -105,8 +105,9 @@ class GitHubSource:
 
     async def fetch(self, state: AppState, cache: Path, cycle_start_ts: float) -> TrustedFeed:
         if state.rate_limited_until and state.rate_limited_until > time.time():
-            when = time.strftime("%H:%M:%S", time.localtime(state.rate_limited_until))
-            raise RateLimited(f"GitHub rate limit: no request until {when}",
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(state.rate_limited_until))
+            raise RateLimited(f"GitHub rate limit: no request until {when} (`updaterctl "
+                              f"check {self.app} --force` asks again now)",
                               state.rate_limited_until)
         url = self.base + ("/releases?per_page=30" if self.cfg.prerelease else "/releases/latest")
         copy = trust.load_copy(self.state_folder, CACHED)
