@@ -89,6 +89,9 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Whatever the caller's umask (000 from a careless shell or unit), nothing updaterd creates
+    # is writable by others unless a mode says so explicitly (row 140).
+    os.umask(0o022)
     args = _parser().parse_args(argv)
     _setup_logging(args.verbose)
     # Set by an updaterd that re-executed into this one: already detached, if it ever was.

@@ -121,6 +121,18 @@ def release_tree(dest: Path, version: str) -> None:
         script = bin_dir / package
         script.write_text(_RELEASE_LAUNCHER.format(version=version, package=package))
         script.chmod(0o755)
+    _explicit_modes(dest)
+
+
+def _explicit_modes(root: Path) -> None:
+    """Folders 0755, files 0644 (0755 when executable): what the caller's umask would have
+    left writable to others is not (RELIABILITY row 140)."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        os.chmod(dirpath, 0o755)
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o755 if os.stat(path).st_mode & 0o100 else 0o644)
 
 
 def build(out_dir: Path, version: str | None = None) -> Path:

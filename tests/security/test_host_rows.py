@@ -769,3 +769,21 @@ def test_g139_rate_limit_reset_in_2100_is_capped_and_check_force_ends_it(
     r = daemon.ctl("check", "hello", "--force")
     assert r.returncode == 0, r.stderr
     assert host.state()["rate_limited_until"] is None
+
+
+# -- 140: explicit modes, whatever the umask -----------------------------------------------------
+
+def test_g140_self_install_under_umask_000_leaves_nothing_writable_by_others(
+        tmp_path: Path) -> None:
+    import sys
+    from tests.helpers import BIN
+    prefix = tmp_path / "opt" / "updaterd"
+    r = subprocess.run(["sh", "-c", 'umask 000 && exec "$@"', "sh", str(BIN / "updaterd"),
+                        "self-install", "--prefix", str(prefix), "--python", sys.executable],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    loose = [f"{p} {stat.S_IMODE(p.lstat().st_mode):04o}"
+             for p in [prefix, *prefix.rglob("*")]
+             if not p.is_symlink() and p.lstat().st_mode & 0o022]
+    assert not loose, loose
+    assert (prefix / "releases").is_dir() and (prefix / "launcher").is_file()
