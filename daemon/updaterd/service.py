@@ -37,14 +37,36 @@ log = logging.getLogger("updaterd")
 
 
 class Notifier:
-    """sd_notify when NOTIFY_SOCKET is set; silent otherwise."""
+    """sd_notify when NOTIFY_SOCKET is set; silent otherwise.
+
+    The socket is non-blocking: when its queue is full (systemd busy, or a notify socket nobody
+    reads; Linux queues 10 datagrams by default) a message is dropped, never waited for, so the
+    daemon keeps serving (RELIABILITY row 141). The next STATUS= says the truth again.
+    """
 
     def __init__(self) -> None:
-        self._n = sdnotify.SystemdNotifier() if os.environ.get("NOTIFY_SOCKET") else None
+        self._n: sdnotify.SystemdNotifier | None = None
+        self.dropped = 0
+        if not os.environ.get("NOTIFY_SOCKET"):
+            return
+        try:
+            self._n = sdnotify.SystemdNotifier(debug=True)
+            self._n.socket.setblocking(False)
+        except OSError as e:
+            log.warning("cannot reach the notify socket %s: %s", os.environ["NOTIFY_SOCKET"],
+                        e.strerror or e)
+            self._n = None
 
     def send(self, text: str) -> None:
-        if self._n is not None:
+        if self._n is None:
+            return
+        try:
             self._n.notify(text)
+        except OSError as e:  # BlockingIOError: the queue is full
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                log.warning("notify socket: %s; %d messages to systemd dropped so far",
+                            e.strerror or e, self.dropped)
 
 
 @dataclass

@@ -787,3 +787,28 @@ def test_g140_self_install_under_umask_000_leaves_nothing_writable_by_others(
              if not p.is_symlink() and p.lstat().st_mode & 0o022]
     assert not loose, loose
     assert (prefix / "releases").is_dir() and (prefix / "launcher").is_file()
+
+
+# -- 141: sd_notify never blocks -----------------------------------------------------------------
+
+def test_g141_a_notify_socket_nobody_reads_does_not_stop_the_daemon(
+        host: Host, feed: Feed, daemon: Daemon, tmp_path: Path) -> None:
+    import socket
+    feed.release("1.0.0")
+    _directory_app(host, feed)
+    path = tmp_path / "notify.sock"
+    unread = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    unread.bind(str(path))  # queues 10 datagrams (net.unix.max_dgram_qlen), then is full
+    try:
+        daemon.env = {"NOTIFY_SOCKET": str(path)}
+        daemon.start()
+        daemon.wait_for(lambda: daemon.app()["current"] == "1.0.0", what="first install")
+        for _ in range(15):  # each check is two STATUS= changes
+            r = daemon.ctl("check", "hello", "--force", timeout=10)
+            assert r.returncode == 0, r.stderr
+        t0 = time.monotonic()
+        daemon.status()
+        assert time.monotonic() - t0 < 1
+        assert "messages to systemd dropped so far" in daemon.log.read_text()
+    finally:
+        unread.close()
