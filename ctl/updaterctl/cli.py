@@ -20,7 +20,14 @@ import msgspec
 
 from updaterctl._version import __version__
 from updaterctl.client import Client, Connection, DaemonUnreachable, RemoteError
-from updaterctl.protocol import DEFAULT_SOCKET, Event, StatusResult, UpdateResult
+from updaterctl.protocol import (
+    DEFAULT_SOCKET,
+    MAX_WHO,
+    MAX_WHY,
+    Event,
+    StatusResult,
+    UpdateResult,
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_NOT_PERMITTED = 0, 1, 2, 3, 4
 COMMANDS = ("status", "check", "update", "rollback", "list-backups", "history", "skip", "unskip",
@@ -326,8 +333,13 @@ def cmd_inhibit(args: argparse.Namespace) -> int:
     if not cmd:
         print("updaterctl: inhibit needs a command after --", file=sys.stderr)
         return EXIT_USAGE
+    if len(args.why) > MAX_WHY:
+        print(f"updaterctl: --why is {len(args.why)} characters; at most {MAX_WHY}",
+              file=sys.stderr)
+        return EXIT_USAGE
     with Client(args.socket) as c:
-        hold = c.inhibit(args.app, f"{getpass.getuser()}: {cmd[0]}", args.why)
+        who = f"{getpass.getuser()}: {cmd[0]}"[:MAX_WHO]
+        hold = c.inhibit(args.app, who, args.why)
     try:
         return subprocess.call(cmd)
     finally:

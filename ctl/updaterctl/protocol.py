@@ -8,13 +8,14 @@ object (or batch array) per line, UTF-8, at most MAX_MESSAGE bytes.
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
-from msgspec import UNSET, Struct, UnsetType
+from msgspec import UNSET, Meta, Struct, UnsetType
 
 DEFAULT_SOCKET = "/run/updaterd/updaterd.sock"
 MAX_MESSAGE = 1 << 20
+MAX_WHO, MAX_WHY = 128, 512  # an inhibitor's label and reason, as they reach the log
 
 Phase = Literal["idle", "checking", "downloading", "verifying", "staging", "waiting_window",
                 "switching", "waiting_inhibitors", "restarting", "health_check", "committing",
@@ -132,8 +133,8 @@ class SubscribeParams(Struct, forbid_unknown_fields=True):
 
 class InhibitParams(Struct, forbid_unknown_fields=True):
     app: str
-    who: str
-    why: str
+    who: Annotated[str, Meta(max_length=MAX_WHO)]  # a label for status and the log
+    why: Annotated[str, Meta(max_length=MAX_WHY)]
 
 
 # -- results -----------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from updaterctl._version import __version__
 from updaterd import config as config_mod
 from updaterd.errors import ConfigError, LockHeld, UpdaterError
 from updaterd.lock import ProcessLock
+from updaterd.logtext import OneLine
 
 log = logging.getLogger("updaterd")
 
@@ -84,6 +85,8 @@ def _parser() -> argparse.ArgumentParser:
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="updaterd: %(message)s", stream=sys.stderr)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(OneLine())
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
 
@@ -238,6 +241,7 @@ def _daemonize(cfg: config_mod.Config, args: argparse.Namespace) -> int:
         if Path("/dev/log").exists():
             handler: logging.Handler = logging.handlers.SysLogHandler(address="/dev/log")
             handler.setFormatter(logging.Formatter("updaterd[%(process)d]: %(message)s"))
+            handler.addFilter(OneLine())
             root.addHandler(handler)
         with lock:
             fsutil.atomic_write(pidfile, f"{os.getpid()}\n".encode())

@@ -812,3 +812,40 @@ def test_g141_a_notify_socket_nobody_reads_does_not_stop_the_daemon(
         assert "messages to systemd dropped so far" in daemon.log.read_text()
     finally:
         unread.close()
+
+
+# -- 143: client strings in the log ---------------------------------------------------------------
+
+def test_g143_control_characters_and_long_labels_never_reach_the_log_raw(
+        host: Host, feed: Feed, daemon: Daemon, public_dir: Path) -> None:
+    feed.release("1.0.0")
+    feed.release("1.1.0")
+    _directory_app(host, feed, auto_update=False)
+    daemon.socket = host.open_socket_in(public_dir)
+    daemon.start()
+    forged = "x\nupdaterd: hello: 6.6.6 installed\x1b[2J"
+    hold = subprocess.Popen(["socat", "-t", "30", "-", f"UNIX-CONNECT:{daemon.socket}"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert hold.stdin is not None and hold.stdout is not None
+    hold.stdin.write(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "inhibit",
+                                 "params": {"app": "hello", "who": forged,
+                                            "why": forged}}) + "\n")
+    hold.stdin.flush()
+    assert "result" in hold.stdout.readline()
+    try:
+        daemon.ctl("update", "hello", "--no-wait")
+        daemon.wait_for(lambda: "waiting for inhibitors" in daemon.log.read_text(),
+                        what="the inhibitor in the log")
+    finally:
+        hold.kill()
+        hold.wait()
+    lines = daemon.log.read_text().splitlines()
+    assert not any(line.startswith("updaterd: hello: 6.6.6") for line in lines)
+    assert "\x1b" not in daemon.log.read_text()
+    assert any("x\\nupdaterd: hello: 6.6.6 installed\\x1b[2J" in line for line in lines)
+    # over-long labels are refused at the door
+    too_long = json.dumps({"jsonrpc": "2.0", "id": 2, "method": "inhibit",
+                           "params": {"app": "hello", "who": "w" * 129, "why": "y"}})
+    r = subprocess.run(["socat", "-t", "2", "-", f"UNIX-CONNECT:{daemon.socket}"],
+                       input=too_long + "\n", capture_output=True, text=True, timeout=20)
+    assert json.loads(r.stdout)["error"]["code"] == -32602
