@@ -51,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     pub.add_argument("--expires", default="30d", metavar="DURATION")
     pub.add_argument("--rollout", type=int, default=100, metavar="N")
     pub.add_argument("--platform", metavar="P")
+    pub.add_argument("--new-key", action="store_true",
+                     help="sign with keys the feed was not signed with (every host must be "
+                          "re-configured; `rotate-keys` moves hosts over by themselves)")
     pub.add_argument("artifacts", nargs="*", metavar="ARTIFACT")
     rk = sub.add_parser("rotate-keys",
                         help="publish the feed's next key set, signed by old and new keys")
@@ -132,7 +135,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         m = publish(feed_dir=Path(args.feed), key_path=[Path(k) for k in args.key], app=args.app,
                     version=args.release_version, artifacts=[Path(a) for a in args.artifacts],
                     channel=args.channel, notes=notes, expires=args.expires,
-                    rollout=args.rollout, platform=args.platform)
+                    rollout=args.rollout, platform=args.platform, new_key=args.new_key)
         print(f"published {args.app} {args.release_version} to {args.feed} (serial {m.serial})")
         return EXIT_OK
     if args.command == "rotate-keys":

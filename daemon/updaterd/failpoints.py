@@ -36,6 +36,9 @@ ALL = (
     "rollback.after_state",
 )
 
+# `updaterd publish`: between the two renames (signature, then manifest).
+PUBLISH = ("publish.after_signature",)
+
 # updaterd updating itself: between the trial mark and the re-execution.
 HANDOVER = ("handover.after_trial", "handover.before_exec")
 

@@ -256,6 +256,11 @@ def _check(block: _Block, data: bytes | None, prehash: bytes | None,
     raise SignatureError(f"signature by key {_key_id_hex(block.key_id)} does not verify")
 
 
+def signer_ids(signature: bytes) -> list[str]:
+    """The key ids (as minisign prints them) of every block of a signature file."""
+    return [_key_id_hex(b.key_id) for b in _blocks(signature)]
+
+
 def _verify_many(data: bytes | None, prehash: bytes | None, signature: bytes,
                  keys: list[PublicKey], threshold: int, single: bool = False) -> list[Verified]:
     blocks = _blocks(signature)

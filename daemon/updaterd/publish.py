@@ -18,7 +18,7 @@ from pathlib import Path
 
 import msgspec
 
-from updaterd import digests, feed, fsutil, keys, minisign, versions
+from updaterd import digests, failpoints, feed, fsutil, keys, minisign, versions
 from updaterd.engine import host_platform
 from updaterd.errors import FeedError, SignatureError, UpdaterError
 from updaterd.feed import Artifact, Manifest, Release
@@ -66,13 +66,65 @@ def _sign(raw: bytes, comment: str, signers: list[minisign.SecretKey]) -> bytes:
     return "".join(s.sign(raw, comment) for s in signers).encode()
 
 
+def _check_signers(feed_dir: Path, signers: list[minisign.SecretKey]) -> None:
+    """The keys hosts trust for this feed must be the ones signing (row 144): those of the
+    feed's latest `keys.json` when it rotated, else those that signed the manifest there."""
+    mine = {s.public.id_hex for s in signers}
+    keyset_path = feed_dir / keys.KEYS
+    if keyset_path.exists():
+        try:
+            keyset = msgspec.json.decode(keyset_path.read_bytes(), type=KeySet)
+            trusted = {minisign.PublicKey.parse(k).id_hex for k in keyset.keys}
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as e:
+            raise FeedError(f"{keyset_path}: cannot read the feed's key set: {e}") from None
+        if len(mine & trusted) >= keyset.threshold:
+            return
+        where = f"the key set in {keyset_path}, threshold {keyset.threshold}"
+    else:
+        try:
+            trusted = set(minisign.signer_ids((feed_dir / feed.SIGNATURE).read_bytes()))
+        except FileNotFoundError:
+            return  # a new feed: any key may start it
+        except SignatureError as e:
+            raise FeedError(f"{feed_dir / feed.SIGNATURE}: {e}") from None
+        if trusted <= mine:  # every key that signed signs again (more may join)
+            return
+        where = f"{feed_dir / feed.SIGNATURE}"
+    raise FeedError(
+        f"{feed_dir} is signed by key {', '.join(sorted(trusted))} ({where}); signing it "
+        f"with {', '.join(sorted(mine))} would break every host that follows it. Sign with "
+        "the feed's key, move to a new key with `updaterd rotate-keys` (signed by the old "
+        "and the new key), or pass --new-key when every host is re-configured for it")
+
+
+def _artifact_entries(artifacts: list[Path], platform: str | None) -> list[tuple[Path, Artifact]]:
+    """Every artifact checked and hashed before anything is written to the feed."""
+    entries = []
+    for path in artifacts:
+        name = path.name
+        if not feed.SAFE_FILE_NAME.fullmatch(name):
+            raise FeedError(f"artifact name {name!r} is not a safe file name")
+        if not path.is_file():
+            raise FeedError(f"{path}: no such file" if not path.exists() else
+                            f"{path}: not a regular file")
+        try:
+            d = digests.of_file(str(path))
+        except OSError as e:
+            raise FeedError(f"{path}: cannot read: {e.strerror or e}") from None
+        entries.append((path, Artifact(platform=platform_of(name, platform), url=name,
+                                       size=d.size, sha256=d.sha256, blake3=d.blake3)))
+    return entries
+
+
 def publish(*, feed_dir: Path, key_path: Path | Sequence[Path], app: str, version: str,
             artifacts: list[Path], channel: str = "stable", notes: str = "",
             expires: str = "30d", rollout: int = 100, platform: str | None = None,
-            now: datetime | None = None) -> Manifest:
+            now: datetime | None = None, new_key: bool = False) -> Manifest:
     """Add (or replace) `version` in the feed at `feed_dir`, re-sign it; returns the manifest.
 
-    Several keys sign one after the other, for hosts with a `threshold` above 1."""
+    Several keys sign one after the other, for hosts with a `threshold` above 1. Everything is
+    checked before the feed folder is touched, and at every instant the folder holds a
+    manifest that its signature file verifies (row 144)."""
     try:
         versions.parse(version)
     except ValueError as e:
@@ -82,8 +134,10 @@ def publish(*, feed_dir: Path, key_path: Path | Sequence[Path], app: str, versio
     if not 0 <= rollout <= 100:
         raise FeedError("--rollout must be between 0 and 100")
     signers = _secrets(key_path)
+    if not new_key:
+        _check_signers(feed_dir, signers)
     now = now or datetime.now(UTC)
-    feed_dir.mkdir(parents=True, exist_ok=True)
+    entries = _artifact_entries(artifacts, platform)
     manifest_path = feed_dir / feed.MANIFEST
     if manifest_path.exists():
         try:
@@ -96,24 +150,23 @@ def publish(*, feed_dir: Path, key_path: Path | Sequence[Path], app: str, versio
     else:
         manifest = Manifest(schema=1, app=app, serial=1, expires=now, releases=[])
     manifest.expires = (now + timedelta(seconds=parse_duration(expires))).replace(microsecond=0)
-    entries = []
-    for path in artifacts:
-        name = path.name
-        if not feed.SAFE_FILE_NAME.fullmatch(name):
-            raise FeedError(f"artifact name {name!r} is not a safe file name")
-        d = digests.of_file(str(path))
-        target = feed_dir / name
+    release = Release(version=version, published=now.replace(microsecond=0), channel=channel,
+                      notes=notes, rollout=rollout, artifacts=[a for _, a in entries])
+    old = manifest.release(version, channel)
+    if old is not None and not artifacts:
+        release.artifacts = old.artifacts  # re-signed with new notes, rollout or expiry
+    elif not artifacts:
+        raise FeedError(f"{app} {version} has no artifact: name at least one file to publish")
+    feed_dir.mkdir(parents=True, exist_ok=True)
+    for path, artifact in entries:
+        target = feed_dir / artifact.url
         if path.resolve() != target.resolve():
             tmp = fsutil.temp_name(target)
             shutil.copyfile(path, tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
             os.replace(tmp, target)
-        entries.append(Artifact(platform=platform_of(name, platform), url=name, size=d.size,
-                                sha256=d.sha256, blake3=d.blake3))
-    release = Release(version=version, published=now.replace(microsecond=0), channel=channel,
-                      notes=notes, rollout=rollout, artifacts=entries)
-    old = manifest.release(version, channel)
-    if old is not None and not artifacts:
-        release.artifacts = old.artifacts
+    fsutil.fsync_dir(feed_dir)
     manifest.releases = [r for r in manifest.releases
                          if not (r.version == version and r.channel == channel)]
     manifest.releases.append(release)
@@ -123,8 +176,15 @@ def publish(*, feed_dir: Path, key_path: Path | Sequence[Path], app: str, versio
     comment = f"timestamp:{int(now.timestamp())}\tfile:{feed.MANIFEST}\tapp:{app}" \
               f"\tserial:{manifest.serial}"
     old_mtime = manifest_path.stat().st_mtime if manifest_path.exists() else None
-    fsutil.atomic_write(feed_dir / feed.SIGNATURE, _sign(raw, comment, signers))
+    signature = _sign(raw, comment, signers)
+    sig_path = feed_dir / feed.SIGNATURE
+    # Two renames cannot be one: for the instant between them the signature file carries the
+    # new blocks and the old ones, so the old and the new manifest both verify.
+    with contextlib.suppress(FileNotFoundError):
+        fsutil.atomic_write(sig_path, signature + sig_path.read_bytes())
+    failpoints.hit("publish.after_signature")
     fsutil.atomic_write(manifest_path, raw)
+    fsutil.atomic_write(sig_path, signature)
     if old_mtime is not None:
         # Static servers derive ETag and Last-Modified from mtime (whole seconds) and size: a
         # second publish within the same second could otherwise look unchanged (304) to hosts.

@@ -849,3 +849,72 @@ def test_g143_control_characters_and_long_labels_never_reach_the_log_raw(
     r = subprocess.run(["socat", "-t", "2", "-", f"UNIX-CONNECT:{daemon.socket}"],
                        input=too_long + "\n", capture_output=True, text=True, timeout=20)
     assert json.loads(r.stdout)["error"]["code"] == -32602
+
+
+# -- 144: publish cannot break a feed --------------------------------------------------------------
+
+def _feed_files(feed: Feed) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(feed.folder.iterdir())}
+
+
+def test_g144_publish_with_another_key_is_refused_and_touches_nothing(feed: Feed,
+                                                                       tmp_path: Path) -> None:
+    from updaterd.publish import keygen
+    feed.release("1.0.0")
+    before = _feed_files(feed)
+    _, other = keygen(str(tmp_path / "other"))
+    art = feed.work / "hello-1.1.0-linux-x86_64.tar.gz"
+    art.write_bytes(b"x" * 100)
+    r = run_updaterd("publish", "--feed", feed.folder, "--key", other, "--app", "hello",
+                     "--version", "1.1.0", art)
+    assert r.returncode == 1
+    assert "would break every host that follows it" in r.stderr
+    assert "updaterd rotate-keys" in r.stderr and "--new-key" in r.stderr
+    assert _feed_files(feed) == before
+    # deliberately, with --new-key
+    r = run_updaterd("publish", "--feed", feed.folder, "--key", other, "--app", "hello",
+                     "--version", "1.1.0", "--new-key", art)
+    assert r.returncode == 0, r.stderr
+
+
+def test_g144_publish_with_no_or_a_missing_artifact_is_refused(feed: Feed) -> None:
+    feed.release("1.0.0")
+    before = _feed_files(feed)
+    r = run_updaterd("publish", "--feed", feed.folder, "--key", feed.key, "--app", "hello",
+                     "--version", "1.1.0")
+    assert r.returncode == 1 and "hello 1.1.0 has no artifact" in r.stderr
+    good = feed.work / "hello-1.1.0-linux-x86_64.tar.gz"
+    good.write_bytes(b"x" * 100)
+    missing = feed.work / "hello-1.1.0-linux-aarch64.tar.gz"
+    r = run_updaterd("publish", "--feed", feed.folder, "--key", feed.key, "--app", "hello",
+                     "--version", "1.1.0", good, missing)
+    assert r.returncode == 1 and f"{missing}: no such file" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert _feed_files(feed) == before, "nothing was copied in before the refusal"
+    # re-signing an existing release with new notes needs no artifact
+    r = run_updaterd("publish", "--feed", feed.folder, "--key", feed.key, "--app", "hello",
+                     "--version", "1.0.0", "--rollout", "50")
+    assert r.returncode == 0, r.stderr
+
+
+def test_g144_a_publish_killed_between_its_renames_leaves_a_verifiable_feed(
+        host: Host, nginx: Nginx, served_feed: Feed) -> None:
+    served_feed.release("1.0.0")
+    host.follow(nginx, served_feed)
+    art = served_feed.work / "hello-1.1.0-linux-x86_64.tar.gz"
+    from tests.helpers import make_tar, release_files
+    make_tar(art, release_files("1.1.0"), top="hello-1.1.0")
+    r = run_updaterd("publish", "--feed", served_feed.folder, "--key", served_feed.key,
+                     "--app", "hello", "--version", "1.1.0", art,
+                     env={"UPDATERD_FAILPOINTS": "publish.after_signature=kill"})
+    assert r.returncode == -9
+    # the old manifest with the new signature file: hosts still verify it
+    r = run_updaterd("--config", host.config, "--once")
+    assert r.returncode == 0, r.stderr
+    assert host.current() == "1.0.0"
+    # and the publish, run again, completes
+    r = run_updaterd("publish", "--feed", served_feed.folder, "--key", served_feed.key,
+                     "--app", "hello", "--version", "1.1.0", art)
+    assert r.returncode == 0, r.stderr
+    assert run_updaterd("--config", host.config, "--once").returncode == 0
+    assert host.current() == "1.1.0"

@@ -227,7 +227,8 @@ def test_a25_revoked_key_signs_a_newer_manifest(host: Host, nginx: Nginx, served
     assert run_updaterd("--config", host.config, "--once").returncode == 0
     rotate_keys(feed_dir=served_feed.folder, app="hello", new_keys=[p2],
                 sign_with=[served_feed.key, k2])
-    served_feed.release("1.1.0")  # still signed by the old key, after the rotation
+    # still signed by the old key, after the rotation (as a thief would, past publish's check)
+    served_feed.release("1.1.0", new_key=True)
     r = run_updaterd("--config", host.config, "--once")
     assert r.returncode == 1 and "unknown key" in r.stderr
     assert host.current() == "1.0.0"
