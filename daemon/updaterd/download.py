@@ -18,6 +18,7 @@ import re
 import ssl
 import stat
 import time
+import urllib.request
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -197,8 +198,11 @@ class Fetcher:
         self.allow_insecure = allow_insecure
         # None: any host the URL policy allows; else only these, checked at every hop
         self.allowed_hosts = allowed_hosts
-        if transport is None and proxy is None:
-            transport = CheckedTransport()  # the connected address is checked too
+        if transport is None and proxy is None and not urllib.request.getproxies():
+            # The connected address is checked too. Through a proxy (configured, or from the
+            # *_proxy variables, which httpx honours only with its own transport) the proxy
+            # connects, and the URL policy is what applies.
+            transport = CheckedTransport()
         self.rng = rng or random.Random()
         connect = parse_duration(limits.connect_timeout)
         read = parse_duration(limits.read_timeout)

@@ -6,6 +6,7 @@ recovered from the moved file when it can be read, so a broken state never reset
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -96,7 +97,9 @@ def load(state_dir: Path, app: str) -> AppState:
     except FileNotFoundError:
         return AppState()
     except OSError as e:
-        raise StateError(f"{app}: cannot open {path}: {e}") from None
+        why = "it is a symbolic link, which updaterd never follows here" \
+            if e.errno == errno.ELOOP else e.strerror or str(e)
+        raise StateError(f"cannot open {path}: {why}; remove it to start afresh") from None
     with os.fdopen(fd, "rb") as f:
         data = f.read()
     try:

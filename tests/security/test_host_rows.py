@@ -347,10 +347,22 @@ def test_g131_part_meta_is_not_written_through_a_planted_symlink(host: Host, ngi
     cache = host.base / "cache" / "hello"
     cache.mkdir(parents=True, mode=0o700)
     (cache / "hello-1.0.0-linux-x86_64.tar.gz.part.json").symlink_to(victim)
+    trees = host.state_dir / "hello" / "trees"
+    trees.mkdir(parents=True)
+    (trees / "1.0.0.json").symlink_to(victim)  # and the state's own files
     r = run_updaterd("--config", host.config, "--once")
     assert r.returncode == 0, r.stderr
     assert victim.read_text() == "root's file\n"
     assert (host.prefix / "releases" / "1.0.0").is_dir()
+    assert not (trees / "1.0.0.json").is_symlink()
+    state = host.state_dir / "hello" / "state.json"
+    state.unlink()
+    state.symlink_to(victim)
+    r = run_updaterd("--config", host.config, "--once")
+    assert r.returncode == 1
+    assert f"cannot open {state}: it is a symbolic link, which updaterd never follows " \
+        "here; remove it to start afresh" in r.stderr
+    assert victim.read_text() == "root's file\n"
 
 
 # -- 132: commands get a minimal environment -----------------------------------------------------
@@ -776,6 +788,7 @@ def test_g139_rate_limit_reset_in_2100_is_capped_and_check_force_ends_it(
 def test_g140_self_install_under_umask_000_leaves_nothing_writable_by_others(
         tmp_path: Path) -> None:
     import sys
+
     from tests.helpers import BIN
     prefix = tmp_path / "opt" / "updaterd"
     r = subprocess.run(["sh", "-c", 'umask 000 && exec "$@"', "sh", str(BIN / "updaterd"),
