@@ -307,7 +307,8 @@ def extract(f: BinaryIO, kind: Kind, staging: Path, limits: ExtractLimits,
             raw_name: str) -> Path:
     """Extract into `staging/tree` (staging must be empty); returns the release root.
 
-    A single top-level folder is stripped: the root is then that folder.
+    A single top-level folder is stripped (the root is then that folder), unless it is one of
+    LAYOUT_FOLDERS.
     """
     if any(staging.iterdir()):
         raise ArchiveError(f"staging folder {staging} is not empty; refusing to extract into it")
@@ -331,9 +332,18 @@ def extract(f: BinaryIO, kind: Kind, staging: Path, limits: ExtractLimits,
     return single_top_folder(root)
 
 
+# Folders that are part of a release's layout, never a wrapper around it: an archive made with
+# `tar -C build -czf tool.tar.gz bin` holds bin/ alone, and bin/ must stay bin/.
+LAYOUT_FOLDERS = frozenset({"bin", "sbin", "lib", "lib32", "lib64", "libexec", "share",
+                            "include", "etc", "man", "doc", "usr", "opt", "var"})
+
+
 def single_top_folder(root: Path) -> Path:
+    """A single top-level folder that wraps the release (`tool-1.2.0/`) is stripped; one that
+    is part of the layout (`bin/`, `lib/`, `share/` ...) is kept."""
     entries = list(root.iterdir())
-    if len(entries) == 1 and entries[0].is_dir() and not entries[0].is_symlink():
+    if len(entries) == 1 and entries[0].is_dir() and not entries[0].is_symlink() \
+            and entries[0].name not in LAYOUT_FOLDERS:
         return entries[0]
     return root
 
