@@ -65,11 +65,13 @@ class GitHub:
         return f"http://127.0.0.1:{self.port}"
 
     def set_releases(self, releases: list[dict[str, Any]], rate_limited: int = 0,
-                     asset_host: str | None = None, reset_at: int | None = None) -> None:
+                     asset_host: str | None = None, reset_at: int | None = None,
+                     require_token: str | None = None) -> None:
         (self.root / "api.json").write_text(json.dumps({"releases": releases,
                                                         "rate_limited": rate_limited,
                                                         "asset_host": asset_host,
-                                                        "reset_at": reset_at}))
+                                                        "reset_at": reset_at,
+                                                        "require_token": require_token}))
 
     def add_asset(self, name: str, data: bytes) -> Path:
         path = self.root / "assets" / name

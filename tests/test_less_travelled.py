@@ -8,8 +8,8 @@ import os
 import subprocess
 from pathlib import Path
 
-from tests.conftest import Host
-from tests.helpers import Feed, make_tar, run_updaterd
+from tests.conftest import GitHub, Host
+from tests.helpers import Feed, make_tar, release_files, run_updaterd
 
 
 def _directory(host: Host, feed: Feed, **kw: object) -> None:
@@ -49,3 +49,40 @@ def test_a_single_lib_folder_is_kept_too(host: Host, feed: Feed) -> None:
     assert run_updaterd("--config", host.config, "--once").returncode == 0
     assert (host.prefix / "releases" / "1.0.0" / "lib" / "libhello.so").is_file()
     assert not Path(host.prefix / "releases" / "1.0.0" / "libhello.so").exists()
+
+
+# -- GitHub without a token ----------------------------------------------------------------------
+
+def _gh_release(github: GitHub, version: str) -> list[str]:
+    name = f"tool-{version}-x86_64-linux.tar.gz"
+    make_tar(github.root / "assets" / name, release_files(version), top=f"tool-{version}")
+    sums = subprocess.run(["sha256sum", name], cwd=github.root / "assets", capture_output=True,
+                          text=True, check=True).stdout
+    github.add_asset("SHA256SUMS", sums.encode())
+    return [name, "SHA256SUMS"]
+
+
+def _gh(host: Host, github: GitHub) -> None:
+    host.configure(source="github", repo="acme/tool", api_url=github.api_url,
+                   allow_insecure=True, asset=r"tool-.*\.tar\.gz$", checksums="SHA256SUMS$",
+                   token_env="GH_UNSET_TOKEN")
+
+
+def test_an_unset_token_env_warns_once_and_goes_anonymous(host: Host, github: GitHub) -> None:
+    github.set_releases([{"tag_name": "v1.0.0", "assets": _gh_release(github, "1.0.0")}])
+    _gh(host, github)
+    r = run_updaterd("--config", host.config, "--once")
+    assert r.returncode == 0, r.stderr
+    assert host.current() == "1.0.0"
+    assert r.stderr.count("the environment has no GH_UNSET_TOKEN; asking GitHub without a "
+                          "token") == 1
+    assert all(q["authorization"] is None for q in github.requests())
+
+
+def test_a_401_says_what_github_said(host: Host, github: GitHub) -> None:
+    github.set_releases([{"tag_name": "v1.0.0", "assets": _gh_release(github, "1.0.0")}],
+                        require_token="right")
+    _gh(host, github)
+    r = run_updaterd("--config", host.config, "--once", env={"GH_UNSET_TOKEN": "wrong"})
+    assert r.returncode == 1
+    assert "/repos/acme/tool/releases/latest: HTTP 401: Bad credentials" in r.stderr, r.stderr

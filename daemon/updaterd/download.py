@@ -33,7 +33,7 @@ import msgspec
 import trio
 
 from updaterctl._version import __version__
-from updaterd import failpoints, fsutil, urlpolicy
+from updaterd import failpoints, fsutil, logtext, urlpolicy
 from updaterd.config import Limits
 from updaterd.digests import Digests
 from updaterd.errors import DigestMismatch, DownloadError
@@ -280,7 +280,8 @@ class Fetcher:
                 await trio.sleep(delay)
                 attempt += 1
 
-    def _status_error(self, url: str, response: httpx.Response) -> DownloadError:
+    def _status_error(self, url: str, response: httpx.Response,
+                      detail: str = "") -> DownloadError:
         status = response.status_code
         h = response.headers
         if status in (403, 429) and (h.get("x-ratelimit-remaining") == "0"
@@ -299,7 +300,7 @@ class Fetcher:
         if status in RETRY_STATUS:
             return Retryable(f"{url}: HTTP {status}",
                              parse_retry_after(response.headers.get("retry-after")))
-        return DownloadError(f"{url}: HTTP {status}")
+        return DownloadError(f"{url}: HTTP {status}" + (f": {detail}" if detail else ""))
 
     # -- small documents ---------------------------------------------------------------------
 
@@ -322,7 +323,7 @@ class Fetcher:
                 if missing_ok and r.status_code in (404, 410):
                     return Small(False, b"", None, None, missing=True)
                 if r.status_code != 200:
-                    raise self._status_error(url, r)
+                    raise self._status_error(url, r, await _error_detail(r))
                 declared = r.headers.get("content-length")
                 if declared and declared.isdigit() and int(declared) > max_bytes:
                     raise DownloadError(f"{url}: {declared} bytes is over the limit {max_bytes}")
@@ -403,7 +404,7 @@ class Fetcher:
                         offset = 0
                         digests = Digests(prehash)
                 else:
-                    raise self._status_error(url, r)
+                    raise self._status_error(url, r, await _error_detail(r))
                 wanted.etag = r.headers.get("etag")
                 wanted.last_modified = r.headers.get("last-modified")
                 _save_meta(meta_path, wanted)
@@ -532,6 +533,28 @@ def _content_range_ok(value: str | None, offset: int, size: int) -> bool:
         return False
     start, end, total = int(m.group(1)), int(m.group(2)), m.group(3)
     return start == offset and end == size - 1 and total in ("*", str(size))
+
+
+class _ErrorBody(msgspec.Struct):
+    """What an API says about a refusal (GitHub: {"message": "Bad credentials", ...})."""
+
+    message: str
+
+
+async def _error_detail(response: httpx.Response, cap: int = 4096) -> str:
+    """The `message` of a small JSON error body, for the operator; "" when there is none."""
+    if "json" not in response.headers.get("content-type", ""):
+        return ""
+    body = bytearray()
+    with contextlib.suppress(httpx.HTTPError):
+        async for chunk in response.aiter_raw():
+            body += chunk
+            if len(body) > cap:
+                return ""
+    try:
+        return logtext.clean(msgspec.json.decode(bytes(body), type=_ErrorBody).message, 200)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return ""
 
 
 def _load_meta(path: Path) -> _PartMeta | None:

@@ -8,6 +8,7 @@ the same moments, so the file may stay readable by root alone and a reload picks
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import TYPE_CHECKING
 
@@ -19,6 +20,8 @@ if TYPE_CHECKING:
 MAX_TOKEN_FILE = 64 << 10
 _from_env: dict[str, str] = {}
 _from_file: dict[str, str | FeedError] = {}
+_warned: set[str] = set()
+log = logging.getLogger("updaterd.tokens")
 
 
 def _read_file(path: str) -> str | FeedError:
@@ -45,12 +48,16 @@ def load(config: Config) -> None:
 
 
 def get(cfg: AppConfig) -> str | None:
-    """The app's token; FeedError when it names one that cannot be had."""
+    """The app's token, or None: GitHub serves public repositories without one, so a
+    `token_env` that names an unset variable is warned about once, not fatal. FeedError when
+    a `token_file` cannot be read."""
     if cfg.token_env:
         token = _from_env.get(cfg.token_env)
-        if not token:
-            raise FeedError(f"token_env: the environment has no {cfg.token_env}")
-        return token
+        if not token and cfg.token_env not in _warned:
+            _warned.add(cfg.token_env)
+            log.warning("token_env: the environment has no %s; asking GitHub without a token "
+                        "(60 requests an hour, public repositories only)", cfg.token_env)
+        return token or None
     if cfg.token_file:
         found = _from_file.get(cfg.token_file) or _read_file(cfg.token_file)
         if isinstance(found, FeedError):

@@ -2,8 +2,9 @@
 
 State lives in GH_ROOT/api.json: {"releases": [{"tag_name", "draft", "prerelease",
 "published_at", "assets": [names]}...] newest first, "rate_limited": N, "reset_at": T,
-"asset_host": H}
-(asset URLs on host H instead of the API's own); asset bytes are in
+"asset_host": H,
+"require_token": T} (asset URLs on host H instead of the API's own; 401 Bad credentials
+without `Authorization: Bearer T`); asset bytes are in
 GH_ROOT/assets/<name>. Paths may carry the GitHub Enterprise prefix /api/v3.
 
   GET /repos/O/R/releases/latest        newest release that is neither draft nor prerelease
@@ -73,6 +74,11 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             reset = str(state.get("reset_at") or int(time.time()) + 2)
             await respond(403, b'{"message": "API rate limit exceeded"}',
                           [("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", reset)])
+            return
+        wanted = state.get("require_token")
+        if wanted and headers.get("authorization") != f"Bearer {wanted}":
+            await respond(401, b'{"message": "Bad credentials", '
+                               b'"documentation_url": "https://docs.github.com/rest"}')
             return
         if len(parts) < 4 or parts[0] != "repos" or parts[3] != "releases":
             await respond(404, b'{"message": "Not Found"}')
