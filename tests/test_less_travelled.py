@@ -86,3 +86,29 @@ def test_a_401_says_what_github_said(host: Host, github: GitHub) -> None:
     r = run_updaterd("--config", host.config, "--once", env={"GH_UNSET_TOKEN": "wrong"})
     assert r.returncode == 1
     assert "/repos/acme/tool/releases/latest: HTTP 401: Bad credentials" in r.stderr, r.stderr
+
+
+# -- `--once` from cron ---------------------------------------------------------------------------
+
+def test_once_quiet_prints_nothing_unless_something_fails(host: Host, feed: Feed) -> None:
+    feed.release("1.0.0")
+    _directory(host, feed)
+    r = run_updaterd("--config", host.config, "--once", "--quiet")
+    assert r.returncode == 0 and r.stderr == "" and r.stdout == "", r.stderr
+    r = run_updaterd("--config", host.config, "--once", "-q")  # nothing new
+    assert r.returncode == 0 and r.stderr == ""
+    feed.release("1.1.0", healthy=False)
+    r = run_updaterd("--config", host.config, "--once", "--quiet")
+    assert r.returncode == 1
+    assert "1.1.0" in r.stderr and "health check" in r.stderr
+
+
+def test_once_rate_limited_is_a_warning_not_a_failure(host: Host, github: GitHub) -> None:
+    github.set_releases([{"tag_name": "v1.0.0", "assets": _gh_release(github, "1.0.0")}],
+                        rate_limited=1)
+    _gh(host, github)
+    r = run_updaterd("--config", host.config, "--once")
+    assert r.returncode == 0, r.stderr
+    assert "rate limited" in r.stderr
+    r = run_updaterd("--config", host.config, "--once", "--quiet")
+    assert r.returncode == 0 and "no request until" not in r.stderr.replace("token", "")

@@ -30,6 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=config_mod.DEFAULT_CONFIG, metavar="PATH",
                    help=f"configuration file (default {config_mod.DEFAULT_CONFIG})")
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="log errors only (for cron: no mail when nothing went wrong)")
     p.add_argument("--once", action="store_true",
                    help="one check-and-update pass over every app, then exit")
     p.add_argument("--daemonize", action="store_true",
@@ -85,9 +87,9 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="updaterd: %(message)s", stream=sys.stderr)
+def _setup_logging(verbose: bool, quiet: bool = False) -> None:
+    level = logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO
+    logging.basicConfig(level=level, format="updaterd: %(message)s", stream=sys.stderr)
     for handler in logging.getLogger().handlers:
         handler.addFilter(OneLine())
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -99,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     # is writable by others unless a mode says so explicitly (row 140).
     os.umask(0o022)
     args = _parser().parse_args(argv)
-    _setup_logging(args.verbose)
+    _setup_logging(args.verbose, args.quiet)
     # Set by an updaterd that re-executed into this one: already detached, if it ever was.
     args.reexec = os.environ.pop("UPDATERD_REEXEC", None) == "1"
     try:

@@ -18,7 +18,7 @@ import trio
 from updaterctl.protocol import CheckResult, Event, RollbackResult, UpdateResult
 from updaterd import state, tokens, treehash, versions, window
 from updaterd.config import AppConfig, Config
-from updaterd.download import Fetcher, TokenBucket
+from updaterd.download import Fetcher, RateLimited, TokenBucket
 from updaterd.errors import FeedError, LayoutError, PolicyError, UpdaterError
 from updaterd.feed import Artifact, Release, TrustedFeed
 from updaterd.inplace import InplaceLayout
@@ -364,13 +364,18 @@ class Engine:
                     continue
                 if cfg.auto_update:
                     result = await self.update(app)
-                    log.info("%s", describe(app, result))
-                    if result.result == "rolled_back":
-                        failures += 1
+                    failed = result.result == "rolled_back"
+                    log.log(logging.ERROR if failed else logging.INFO, "%s",
+                            describe(app, result))
+                    failures += failed
                 else:
                     check = await self.check(app)
                     log.info("%s: current %s, available %s (auto_update is off)", app,
                              check.current, check.available)
+            except RateLimited as e:
+                # The server asks us to wait, and the next run asks again: not a failure (a
+                # cron job would otherwise mail every throttled run); `status` shows it.
+                log.warning("%s: %s", app, e)
             except UpdaterError as e:
                 failures += 1
                 log.error("%s: %s", app, e)
