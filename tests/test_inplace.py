@@ -203,3 +203,58 @@ def test_leftover_staged_file_is_recognised_and_cleaned(tool: Tool) -> None:
     assert tool.once("--once").returncode == 0
     assert not stray.exists() and other.exists(), "only our own leftovers are removed"
     os.unlink(other)
+
+
+# -- owner, mode and backups as an operator sees them (issue 19, points 2 and 7) -----------------
+
+def test_restores_keep_the_targets_owner_and_mode(tool: Tool) -> None:
+    tool.publish("1.0.0")
+    assert tool.once("--once").returncode == 0
+    os.chown(tool.target, 65534, 65534)
+    tool.target.chmod(0o750)
+    tool.publish("1.1.0", healthy=False)
+    assert tool.once("--once").returncode == 1  # restored after the failed health check
+    st = tool.target.stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (65534, 65534, 0o750)
+    tool.publish("1.2.0")
+    assert tool.once("--once").returncode == 0
+    r = tool.once("rollback", "hello", "--to", "1.0.0")
+    assert r.returncode == 0, r.stderr
+    st = tool.target.stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (65534, 65534, 0o750)
+    assert tool.says() == "hello 1.0.0"
+
+
+def test_backups_are_deduplicated_marked_current_and_forward_is_forward(
+        tool: Tool, daemon: Daemon) -> None:
+    tool.configure(check_interval="1h", jitter="0s", retain=3)
+    for v in ("1.0.0", "1.1.0"):
+        tool.publish(v)
+        assert tool.once("--once").returncode == 0
+    daemon.start()
+    r = daemon.ctl("rollback", "hello", "--to", "1.0.0")
+    assert r.returncode == 0 and "hello: rolled back from 1.1.0 to 1.0.0" in r.stdout
+    r = daemon.ctl("rollback", "hello", "--to", "1.1.0")
+    assert r.returncode == 0 and "hello: went forward from 1.0.0 to 1.1.0" in r.stdout, r.stdout
+    assert "1.0.0" not in daemon.app()["skipped"], "going forward skips nothing"
+    daemon.ctl("rollback", "hello", "--to", "1.0.0", check=True)
+    daemon.ctl("rollback", "hello", "--to", "1.1.0", check=True)
+    backups = json.loads(daemon.ctl("--json", "list-backups", "hello", check=True).stdout)
+    versions = sorted(b["version"] for b in backups)
+    assert versions == ["1.0.0", "1.1.0"], "identical copies are kept once"
+    current = [b["version"] for b in backups if b["current"]]
+    assert current == ["1.1.0"]
+    text = daemon.ctl("list-backups", "hello", check=True).stdout
+    assert any(line.startswith("1.1.0") and " * " in line for line in text.splitlines())
+
+
+def test_a_successful_manual_rollback_clears_the_last_error(tool: Tool) -> None:
+    tool.publish("1.0.0")
+    assert tool.once("--once").returncode == 0
+    tool.publish("1.1.0")
+    assert tool.once("--once").returncode == 0
+    tool.publish("1.2.0", healthy=False)
+    assert tool.once("--once").returncode == 1
+    assert tool.host.state()["last_error"]
+    assert tool.once("rollback", "hello", "--to", "1.0.0").returncode == 0
+    assert tool.host.state()["last_error"] is None

@@ -261,7 +261,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(r)
     else:
-        print(f"{args.app}: rolled back from {r.from_version} to {r.to_version}")
+        print(r.describe(args.app))
     return EXIT_OK
 
 

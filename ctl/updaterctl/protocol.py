@@ -189,6 +189,12 @@ class UpdateResult(Struct, kw_only=True):
 class RollbackResult(Struct, kw_only=True):
     from_version: str | None = msgspec.field(name="from")
     to_version: str | None = msgspec.field(name="to")
+    forward: bool = False  # `rollback --to` a kept version newer than the current one
+
+    def describe(self, app: str) -> str:
+        """One line for a person."""
+        how = "went forward" if self.forward else "rolled back"
+        return f"{app}: {how} from {self.from_version} to {self.to_version}"
 
 
 class Backup(Struct, kw_only=True):

@@ -44,6 +44,7 @@ from updaterctl.protocol import (
 from updaterd import metrics, rpc, versions
 from updaterd.engine import NoSuchVersion, UnknownApp
 from updaterd.errors import ConfigError, PolicyError, UpdaterError
+from updaterd.inplace import InplaceLayout, file_digest
 from updaterd.rpc import CONFIG_INVALID, Connection, Handler, RpcError
 
 if TYPE_CHECKING:
@@ -142,9 +143,16 @@ class ControlApi:
             if h.action == "installed":
                 installed_at[h.version] = h.at
         backups = []
-        for k in run.layout.kept():
+        layout = run.layout
+        in_place = layout.target if isinstance(layout, InplaceLayout) else None
+        now = await trio.to_thread.run_sync(file_digest, in_place) if in_place else None
+        for k in layout.kept():
             size = await trio.to_thread.run_sync(_tree_size, str(k.path))
-            current = k.version == st.installed and run.layout.knows_version
+            if in_place is None:
+                current = k.version == st.installed
+            else:  # the backup that is, byte for byte, what the target holds now
+                current = now is not None and \
+                    await trio.to_thread.run_sync(file_digest, k.path) == now
             backups.append(Backup(version=k.version, path=str(k.path),
                                   installed_at=k.installed_at or installed_at.get(k.version),
                                   size=size, current=current))

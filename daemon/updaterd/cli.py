@@ -209,7 +209,7 @@ def _offline(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     engine = Engine(cfg)
     if args.command == "rollback":
         r = trio.run(engine.rollback, args.app, args.to)
-        print(f"{args.app}: rolled back from {r.from_version} to {r.to_version}")
+        print(r.describe(args.app))
         return EXIT_OK
     if args.command == "update":
         u = trio.run(engine.update, args.app, args.to_version)

@@ -329,14 +329,17 @@ class Engine:
             raise NoSuchVersion(f"{app}: version {wanted} is not kept")
         if kept.version == current and run.layout.knows_version:
             raise NoSuchVersion(f"{app}: {kept.version} is already the current version")
+        forward = versions.highest(current, kept.version) == kept.version != current
         with trio.CancelScope(shield=True):
             backup = run.layout.backup(current)  # inplace: keep what we leave, to go forward
             await roll_back(run, from_version=current, to_version=kept.version, block=False,
-                            reason="rolled back by the operator",
-                            backup=str(kept.path) if not run.layout.knows_version else backup)
+                            reason="switched forward by the operator" if forward else
+                            "rolled back by the operator",
+                            backup=str(kept.path) if not run.layout.knows_version else backup,
+                            skip_left=not forward)
         if not run.layout.knows_version:
             prune(run)
-        return RollbackResult(from_version=current, to_version=kept.version)
+        return RollbackResult(from_version=current, to_version=kept.version, forward=forward)
 
     def verify(self, app: str) -> list[tuple[str, list[str] | None]]:
         """Re-hash every kept release of `app` against its recorded tree: (version, problems),

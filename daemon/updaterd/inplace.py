@@ -131,6 +131,9 @@ class InplaceLayout:
         """Copy the current target to the backups folder; "" when there is no target yet."""
         if not self.target.exists():
             return ""
+        same = next((k for k in self.kept() if k.version == (version or "unknown")), None)
+        if same is not None and file_digest(same.path) == file_digest(self.target):
+            return str(same.path)  # already kept, byte for byte: no second copy in `retain`
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         dest = self.backups / f"{self.app}-{version or 'unknown'}-{stamp}"
         n = 0

@@ -35,6 +35,7 @@ class Transaction(Struct, kw_only=True):
     block: bool = False  # rollback: block the version left (it failed its checks)
     to_digest: str = ""  # inplace: BLAKE3 of the new file, to recognise it after a crash
     backup: str = ""  # inplace: the copy of the file being replaced
+    skip_left: bool = True  # rollback by the operator: skip the version left (not forward)
 
 
 class TrustRoot(Struct, kw_only=True):

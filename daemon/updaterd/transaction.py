@@ -272,12 +272,14 @@ async def _hand_over(run: AppRun, from_version: str | None, version: str,
 
 
 async def roll_back(run: AppRun, *, from_version: str, to_version: str | None, block: bool,
-                    reason: str, backup: str = "") -> None:
-    """Journal, switch back, restart; block the version left when it failed its checks."""
+                    reason: str, backup: str = "", skip_left: bool = True) -> None:
+    """Journal, switch back, restart; block the version left when it failed its checks, or
+    skip it when the operator went back from it (`skip_left`)."""
     run.phase("rolling_back", reason, from_version)
     run.state.pending = Transaction(kind="rollback", from_version=from_version,
                                     to_version=to_version or "", started_at=time.time(),
-                                    reason=reason, block=block, backup=backup)
+                                    reason=reason, block=block, backup=backup,
+                                    skip_left=skip_left)
     run.save()
     failpoints.hit("rollback.after_journal")
     await complete_rollback(run, run.state.pending)
@@ -309,8 +311,9 @@ async def complete_rollback(run: AppRun, tx: Transaction) -> None:
         run.remember("blocked", left, to_version, tx.reason)
     else:
         run.state.previous = left
-        if left is not None and left not in run.state.skipped:
+        if tx.skip_left and left is not None and left not in run.state.skipped:
             run.state.skipped.append(left)
+        run.state.last_error = None  # the operator's move succeeded; the old error is past
         run.remember("rolled_back", to_version or "", left, tx.reason)
     run.save()
     failpoints.hit("rollback.after_state")
