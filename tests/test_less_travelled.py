@@ -4,11 +4,12 @@ report against the real updaterd."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
 
-from tests.conftest import GitHub, Host
+from tests.conftest import Daemon, GitHub, Host
 from tests.helpers import Feed, make_tar, release_files, run_updaterd
 
 
@@ -112,3 +113,35 @@ def test_once_rate_limited_is_a_warning_not_a_failure(host: Host, github: GitHub
     assert "rate limited" in r.stderr
     r = run_updaterd("--config", host.config, "--once", "--quiet")
     assert r.returncode == 0 and "no request until" not in r.stderr.replace("token", "")
+
+
+# -- history -------------------------------------------------------------------------------------
+
+def test_a_release_found_on_disk_is_taken_over_and_recorded(host: Host, feed: Feed) -> None:
+    """What `self-install` (or an install by hand) leaves: a current release, no state."""
+    feed.release("1.0.0")
+    release = host.prefix / "releases" / "1.0.0" / "bin"
+    release.mkdir(parents=True)
+    (release / "hello").write_text("#!/bin/sh\necho hello 1.0.0\n")
+    (release / "hello").chmod(0o755)
+    (host.prefix / "current").symlink_to("releases/1.0.0")
+    _directory(host, feed)
+    r = run_updaterd("--config", host.config, "--once")
+    assert r.returncode == 0, r.stderr
+    assert "state says None" not in r.stderr
+    assert "hello: 1.0.0 is installed; taking it over" in r.stderr
+    history = host.state()["history"]
+    assert history[0]["action"] == "found" and history[0]["version"] == "1.0.0"
+
+
+def test_skip_and_unskip_are_in_the_history(host: Host, feed: Feed, daemon: Daemon) -> None:
+    feed.release("1.0.0")
+    _directory(host, feed, check_interval="1h", jitter="0s", auto_update=False)
+    daemon.start()
+    daemon.ctl("skip", "hello", "1.1.0", check=True)
+    daemon.ctl("unskip", "hello", "1.1.0", check=True)
+    r = daemon.ctl("unskip", "hello", "7.7.7")
+    assert r.returncode == 1 and "hello 7.7.7 is neither skipped nor blocked" in r.stderr
+    actions = [(h["action"], h["version"]) for h in
+               json.loads(daemon.ctl("--json", "history", "hello", check=True).stdout)]
+    assert ("skipped", "1.1.0") in actions and ("unskipped", "1.1.0") in actions

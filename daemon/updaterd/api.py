@@ -217,11 +217,15 @@ class ControlApi:
         async with self._exclusive(w), self._engine_errors(w):
             return await self.daemon.engine.rollback(p.app, p.to)
 
-    async def _edit_state(self, app: str, edit: Any) -> Ok:
+    async def _edit_state(self, app: str, edit: Any, history: str = "",
+                          version: str = "") -> Ok:
+        """Apply `edit` to the stored state; with `history`, also record that action."""
         w = self._worker(app)
         async with w.lock:
             run = self.daemon.engine.open_app(app)
             edit(run.state)
+            if history:
+                run.remember(history, version, reason="by the operator")
             run.save()
         w.schedule.poke()
         return Ok()
@@ -232,14 +236,19 @@ class ControlApi:
                 st.skipped.append(p.version)
             if st.available == p.version:
                 st.available = None
-        return await self._edit_state(p.app, edit)
+        return await self._edit_state(p.app, edit, "skipped", p.version)
 
     async def unskip(self, p: VersionParams, conn: Connection) -> Ok:
+        st = self._worker(p.app).state()
+        if p.version not in st.skipped and p.version not in st.blocked:
+            raise RpcError(ErrorCode.NO_SUCH_VERSION,
+                           f"{p.app} {p.version} is neither skipped nor blocked")
+
         def edit(st: Any) -> None:
             for lst in (st.skipped, st.blocked):
                 if p.version in lst:
                     lst.remove(p.version)
-        return await self._edit_state(p.app, edit)
+        return await self._edit_state(p.app, edit, "unskipped", p.version)
 
     async def pause(self, p: AppParams, conn: Connection) -> Ok:
         return await self._edit_state(p.app, lambda st: setattr(st, "paused", True))

@@ -52,7 +52,8 @@ class HistoryEntry(Struct, kw_only=True):
     """One line of what happened to the app."""
 
     at: float
-    action: Literal["installed", "rolled_back", "blocked", "failed", "interrupted"]
+    action: Literal["installed", "rolled_back", "blocked", "failed", "interrupted", "skipped",
+                    "unskipped", "found"]
     version: str
     from_version: str | None = None
     reason: str = ""

@@ -353,8 +353,14 @@ async def recover(run: AppRun) -> None:
     if tx is None:
         on_disk = run.layout.installed()
         if run.layout.knows_version and run.state.installed != on_disk:
-            log.warning("%s: state says %s but %s is current; following the disk", run.name,
-                        run.state.installed, on_disk)
+            if run.state.installed is None and not run.state.history:
+                # Installed before updaterd knew the app (self-install, by hand): adopt it.
+                log.info("%s: %s is installed; taking it over", run.name, on_disk)
+                run.remember("found", on_disk or "", None, "installed before updaterd managed "
+                             "it (self-install or by hand)")
+            else:
+                log.warning("%s: state says %s but %s is current; following the disk",
+                            run.name, run.state.installed, on_disk)
             run.state.installed = on_disk
             run.save()
         return
