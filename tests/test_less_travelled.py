@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -145,3 +146,38 @@ def test_skip_and_unskip_are_in_the_history(host: Host, feed: Feed, daemon: Daem
     actions = [(h["action"], h["version"]) for h in
                json.loads(daemon.ctl("--json", "history", "hello", check=True).stdout)]
     assert ("skipped", "1.1.0") in actions and ("unskipped", "1.1.0") in actions
+
+
+# -- messages --------------------------------------------------------------------------------------
+
+def test_a_digest_mismatch_names_both_digests_and_downloads_say_so(host: Host,
+                                                                   feed: Feed) -> None:
+    art = feed.release("1.0.0")
+    art_in_feed = feed.folder / art.name
+    data = bytearray(art_in_feed.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, other bytes
+    art_in_feed.write_bytes(bytes(data))
+    _directory(host, feed)
+    r = run_updaterd("--config", host.config, "--once")
+    assert r.returncode == 1
+    expected = feed.manifest()["releases"][0]["artifacts"][0]["sha256"]
+    assert re.search(rf"SHA-256 mismatch: expected {expected}, got [0-9a-f]{{64}}", r.stderr)
+    assert re.search(r"hello: downloading 1\.0\.0 from \S+hello-1\.0\.0", r.stderr), r.stderr
+
+
+def test_foreground_log_lines_carry_a_time_unless_the_journal_keeps_it(
+        host: Host, feed: Feed, tmp_path: Path) -> None:
+    feed.release("1.0.0")
+    _directory(host, feed)
+    r = run_updaterd("--config", host.config, "--once")
+    assert all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d updaterd: ", line)
+               for line in r.stderr.splitlines()), r.stderr
+    log = tmp_path / "journal-stand-in"
+    from tests.helpers import BIN
+    with open(log, "w") as out:
+        st = os.fstat(out.fileno())
+        env = dict(os.environ, JOURNAL_STREAM=f"{st.st_dev}:{st.st_ino}")
+        subprocess.run([str(BIN / "updaterd"), "--config", str(host.config), "--once"],
+                       stderr=out, env=env, check=True)
+    lines = log.read_text().splitlines()
+    assert lines and all(line.startswith("updaterd: ") for line in lines)

@@ -87,9 +87,22 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _stderr_is_the_journal() -> bool:
+    """systemd sets JOURNAL_STREAM to the device and inode of the stream it connected."""
+    try:
+        dev, ino = os.environ.get("JOURNAL_STREAM", "").split(":")
+        st = os.fstat(sys.stderr.fileno())
+        return (st.st_dev, st.st_ino) == (int(dev), int(ino))
+    except (ValueError, OSError):
+        return False
+
+
 def _setup_logging(verbose: bool, quiet: bool = False) -> None:
+    """One line per message; with a time stamp unless the journal keeps its own."""
     level = logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO
-    logging.basicConfig(level=level, format="updaterd: %(message)s", stream=sys.stderr)
+    stamp = "" if _stderr_is_the_journal() else "%(asctime)s "
+    logging.basicConfig(level=level, format=f"{stamp}updaterd: %(message)s",
+                        datefmt="%Y-%m-%d %H:%M:%S", stream=sys.stderr)
     for handler in logging.getLogger().handlers:
         handler.addFilter(OneLine())
     logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -63,9 +63,11 @@ class Digests:
         if self.size != size:
             raise DigestMismatch(f"{what}: size {self.size} differs from the signed {size}")
         if sha256 is not None and not hmac.compare_digest(self.sha256, sha256):
-            raise DigestMismatch(f"{what}: SHA-256 mismatch (got {self.sha256})")
+            raise DigestMismatch(f"{what}: SHA-256 mismatch: expected {sha256}, "
+                                 f"got {self.sha256}")
         if blake3_hex is not None and not hmac.compare_digest(self.blake3, blake3_hex):
-            raise DigestMismatch(f"{what}: BLAKE3 mismatch (got {self.blake3})")
+            raise DigestMismatch(f"{what}: BLAKE3 mismatch: expected {blake3_hex}, "
+                                 f"got {self.blake3}")
 
 
 def blake3_of_file(path: str | os.PathLike[str]) -> str:

@@ -131,7 +131,8 @@ async def download(run: AppRun, source: Source, release: Release,
     run.layout.preflight()
     fsutil.ensure_private_dir(run.cache)
     _check_free_space(run, artifact)
-    run.phase("downloading", source.describe(artifact), version)
+    run.phase("downloading", f"downloading {version} from {source.describe(artifact)}",
+              version)
     expected = Expected(artifact.size, artifact.sha256, artifact.blake3)
     dest = run.cache / artifact.url.rsplit("/", 1)[-1]
     last = [0.0]
