@@ -584,7 +584,7 @@ def _rss_kib(pid: int) -> int:
 
 
 def test_g136_a_flood_of_subscriptions_is_capped_and_root_is_served(
-        host: Host, feed: Feed, daemon: Daemon, public_dir: Path) -> None:
+        host: Host, feed: Feed, daemon: Daemon, public_dir: Path, tmp_path: Path) -> None:
     feed.release("1.0.0")
     _directory_app(host, feed)
     sock = host.open_socket_in(public_dir)
@@ -593,26 +593,24 @@ def test_g136_a_flood_of_subscriptions_is_capped_and_root_is_served(
     daemon.wait_for(lambda: daemon.app()["current"] == "1.0.0", what="first install")
     assert daemon.proc is not None
     before = _rss_kib(daemon.proc.pid)
-    lines = "".join(json.dumps({"jsonrpc": "2.0", "id": i, "method": "subscribe"}) + "\n"
-                    for i in range(3000))
-    flooders = [subprocess.Popen(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}",
-                                  "--clear-groups", "socat", "-t", "4", "-",
-                                  f"UNIX-CONNECT:{sock}"], stdin=subprocess.PIPE,
-                                 stdout=subprocess.PIPE, text=True) for _ in range(8)]
-    for f in flooders:
-        assert f.stdin is not None
-        f.stdin.write(lines)
-        f.stdin.close()
+    requests = tmp_path / "requests"
+    requests.write_text("".join(json.dumps({"jsonrpc": "2.0", "id": i, "method": "subscribe"})
+                                + "\n" for i in range(3000)))
+    outs = [tmp_path / f"replies-{n}" for n in range(8)]
+    flooders = []
+    for out in outs:  # files, not pipes: nothing waits on a reader
+        with open(requests) as stdin, open(out, "w") as stdout:
+            flooders.append(subprocess.Popen(
+                ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+                 "socat", "-t", "4", "-", f"UNIX-CONNECT:{sock}"], stdin=stdin, stdout=stdout))
     time.sleep(1)
     t0 = time.monotonic()
     daemon.status()
     assert time.monotonic() - t0 < 1, "root is served within 1 s during the flood"
     replies = []
-    for f in flooders:
-        assert f.stdout is not None
-        out = f.stdout.read()
+    for f, out in zip(flooders, outs, strict=True):
         f.wait(timeout=60)
-        replies += [json.loads(x) for x in out.splitlines() if '"id"' in x]
+        replies += [json.loads(x) for x in out.read_text().splitlines() if '"id"' in x]
     ok = [r for r in replies if "result" in r]
     refused = [r for r in replies if "error" in r]
     assert len(ok) == 8 * 16, len(ok)
