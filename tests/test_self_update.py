@@ -74,8 +74,9 @@ class SelfHost:
             "source": "manifest", "url": f"file://{self.feed}/manifest.json",
             "public_keys": [pub.read_text().splitlines()[1]], "prefix": str(self.prefix),
             "self": True, "auto_update": False, "health_timeout": "20s", "retain": 5,
-            # the new release's own updaterctl must reach the new daemon
-            "health_check": ["bin/updaterctl", "--socket", str(self.socket), "status"],
+            # as documented: the new release's own updaterctl reaches the new daemon on the
+            # configured (here not the default) socket through UPDATERD_SOCKET
+            "health_check": ["bin/updaterctl", "status"],
         }})
 
     def build(self, version: str, patch: dict[str, tuple[str, str]] | None = None) -> Path:
@@ -205,6 +206,7 @@ def test_running_daemon_is_replaced_by_the_new_version(self_host: SelfHost) -> N
         r = _update(h, "0.2.0")
         assert r.returncode == 0, r.stderr
         assert "0.2.0 is in place" in r.stdout
+        assert "installed 0.2.0; the new updaterd passed its health check" in r.stdout
         h.wait_for(lambda: h.settled_on("0.2.0"), "updaterd 0.2.0 to take over")
         time.sleep(0.5)
     finally:
@@ -244,14 +246,17 @@ def test_kill_during_the_hand_over_ends_on_the_new_version(self_host: SelfHost,
 
 def _running_020_then_update_to(h: SelfHost, version: str,
                                 patch: dict[str, tuple[str, str]]) -> int:
-    """Publish 0.2.0 and a broken `version`; run 0.2.0, then ask for `version`; the pid."""
+    """Publish 0.2.0 and a broken `version`; run 0.2.0, then ask for `version`, which
+    `updaterctl update` reports as failed once the verdict is in; the pid."""
     h.publish("0.2.0")
     h.publish(version, patch=patch)
     h.start()
     pid = int(h.status()["daemon"]["pid"])  # type: ignore[index]
     assert _update(h, "0.2.0").returncode == 0
     h.wait_for(lambda: h.settled_on("0.2.0"), "0.2.0")
-    assert _update(h, version).returncode == 0
+    r = _update(h, version)
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert f"updaterd {version} was rolled back and blocked" in r.stderr
     return pid
 
 

@@ -223,9 +223,36 @@ def cmd_update(args: argparse.Namespace) -> int:
         print(f"{args.app}: {result.to_version} is downloaded and {result.reason}")
     elif result.result == "restarting":
         print(f"{args.app}: {result.to_version} is in place; {result.reason}")
+        return _await_verdict(args.socket, args.app, result.to_version)
     else:
         print(f"{args.app}: up to date at {result.from_version or 'nothing'}")
     return EXIT_OK
+
+
+def _await_verdict(socket_path: str, app: str, version: str | None,
+                   timeout: float = 300) -> int:
+    """updaterd updated itself and re-executes: the socket stays (it is handed over), so ask
+    the new daemon until it has committed `version` or rolled back and blocked it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        try:
+            with Client(socket_path) as c:
+                st = next((a for a in c.status().apps if a.name == app), None)
+        except (DaemonUnreachable, RemoteError, OSError):
+            continue  # the hand-over: the new daemon is not serving yet
+        if st is None or st.phase != "idle":
+            continue
+        if version in st.blocked:
+            print(f"updaterctl: {app} {version} was rolled back and blocked: "
+                  f"{st.last_error or 'health check failed'}", file=sys.stderr)
+            return EXIT_FAILED
+        if st.current == version:
+            print(f"{app}: installed {version}; the new updaterd passed its health check")
+            return EXIT_OK
+    print(f"updaterctl: no verdict on {app} {version} within {timeout:.0f}s; see "
+          f"`updaterctl status {app}`", file=sys.stderr)
+    return EXIT_FAILED
 
 
 def _wait_for_start(conn: Connection, watch: Connection) -> None:
