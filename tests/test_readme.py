@@ -1,0 +1,123 @@
+"""The README's command blocks, run as written (issue 19, point 10), so that the README cannot
+drift from what updaterd does. Paths an operator would use (/srv/www, /opt, /etc/systemd,
+/run/updaterd) are moved into a temporary folder; nothing else is changed.
+
+Not run here: `make demo` / `make test` (the suite itself), the "Install as a service" and
+"Running the daemon" blocks (systemd as PID 1 and root paths: the nspawn test of the real-host
+issue is where they belong), `pip install updaterd` (needs the package on PyPI), and
+`updaterctl watch` (runs until interrupted).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Daemon, Host
+from tests.helpers import BIN, Feed, make_tar, release_files
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def blocks(lang: str) -> list[str]:
+    """The README's fenced blocks of one language, in order."""
+    return re.findall(rf"^```{lang}\n(.*?)^```", README.read_text(), re.M | re.S)
+
+
+def block_after(heading: str, lang: str = "sh") -> str:
+    text = README.read_text()
+    rest = text[text.index(heading):]
+    m = re.search(rf"^```{lang}\n(.*?)^```", rest, re.M | re.S)
+    assert m, heading
+    return m.group(1)
+
+
+def run_block(script: str, cwd: Path, env: dict[str, str] | None = None) -> str:
+    full = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}", **(env or {}))
+    r = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=cwd, env=full,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, f"{script}\n--- stdout\n{r.stdout}\n--- stderr\n{r.stderr}"
+    assert "Traceback" not in r.stderr
+    return r.stdout
+
+
+def test_every_toml_block_is_a_configuration_updaterd_accepts(feed: Feed) -> None:
+    from updaterd import config
+    found = blocks("toml")
+    assert len(found) >= 5
+    for text in found:
+        config.parse(text.replace('"RWQ..."', f'"{feed.pub}"'), "README.md")
+
+
+def test_publishing_a_feed(tmp_path: Path) -> None:
+    script = block_after("## Publishing a feed").replace("/srv/www/demo", str(tmp_path / "www"))
+    make_tar(tmp_path / "demo-1.3.0-linux-x86_64.tar.zst", release_files("1.3.0"), top="demo")
+    run_block(script, tmp_path)
+    assert (tmp_path / "www" / "manifest.json").is_file()
+    r = subprocess.run(["minisign", "-Vm", "manifest.json", "-p",
+                        str(tmp_path / "release-key.pub")], cwd=tmp_path / "www",
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr  # what the next paragraph of the README says
+
+
+def test_keeping_updaterd_itself_up_to_date(tmp_path: Path) -> None:
+    script = block_after("## Keeping updaterd itself up to date")
+    lines = script.splitlines()
+    assert lines[0].startswith("python3 -m venv /opt/updaterd-venv && ")  # needs PyPI: skipped
+    script = "\n".join(lines[1:])
+    for old, new in (("/opt/updaterd-venv/bin/updaterd", str(BIN / "updaterd")),
+                     ("/opt/updaterd", str(tmp_path / "opt" / "updaterd")),
+                     ("/etc/systemd/system", str(tmp_path / "etc" / "systemd" / "system")),
+                     ("/srv/www/updaterd", str(tmp_path / "www")),
+                     ("contrib/", str(README.parent / "contrib") + "/")):
+        script = script.replace(old, new)
+    subprocess.run([str(BIN / "updaterd"), "keygen", "--out", "k"], cwd=tmp_path, check=True,
+                   capture_output=True)
+    run_block(script, tmp_path)
+    assert os.readlink(tmp_path / "opt" / "updaterd" / "current").startswith("releases/")
+    assert (tmp_path / "etc/systemd/system/updaterd.service.d/self-update.conf").is_file()
+    assert "0.2.0" in (tmp_path / "www" / "manifest.json").read_text()
+
+
+@pytest.fixture
+def demo_daemon(host: Host, feed: Feed, daemon: Daemon) -> Daemon:
+    """A daemon with an app `demo` on 1.0.0, and 1.3.0 in its feed."""
+    feed.app = "demo"
+    feed.release("1.0.0")
+    from tests.helpers import write_config
+    write_config(host.config, host.daemon_table(), {"demo": {
+        "source": "directory", "path": str(feed.folder), "public_keys": [feed.pub],
+        "prefix": str(host.prefix), "health_check": ["bin/hello"], "check_interval": "1h",
+        "jitter": "0s"}})
+    daemon.start()
+    daemon.wait_for(lambda: daemon.app("demo")["current"] == "1.0.0", what="demo 1.0.0")
+    feed.release("1.3.0")
+    return daemon
+
+
+def test_the_updaterctl_block(demo_daemon: Daemon, tmp_path: Path) -> None:
+    script = block_after("## updaterctl")
+    kept = [line for line in script.splitlines() if not line.startswith("updaterctl watch")]
+    script = "\n".join(kept).replace("/usr/local/bin/backup", "true")
+    out = run_block(script, tmp_path, {"UPDATERD_SOCKET": str(demo_daemon.socket)})
+    assert "demo: installed 1.3.0 (was 1.0.0)" in out
+    assert "demo: rolled back from 1.3.0 to 1.0.0" in out
+    assert "updaterd_" in out  # the metrics
+
+
+def test_querying_from_python_and_from_a_shell(demo_daemon: Daemon, tmp_path: Path) -> None:
+    sock = str(demo_daemon.socket)
+    python = block_after("## Querying from another program", "python")
+    python = python.replace("/run/updaterd/updaterd.sock", sock)
+    r = subprocess.run([str(BIN / "python"), "-c", python], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 0 and r.stdout.startswith("demo 1.0.0"), r.stderr
+    text = README.read_text()
+    shell = block_after("From a shell:", "sh").replace("/run/updaterd/updaterd.sock", sock)
+    assert "From a shell:" in text
+    out = run_block(shell, tmp_path)
+    assert '"name":"demo"' in out
