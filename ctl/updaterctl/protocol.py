@@ -19,9 +19,14 @@ MAX_WHO, MAX_WHY = 128, 512  # an inhibitor's label and reason, as they reach th
 
 Phase = Literal["idle", "checking", "downloading", "verifying", "staging", "waiting_window",
                 "switching", "waiting_inhibitors", "restarting", "health_check", "committing",
-                "rolling_back"]
+                "rolling_back", "failed"]
+# failed: the last operation failed (until the next one starts)
+# Phases past the switch: an operation in one of them finishes or rolls back, never cancelled.
+PAST_SWITCH: frozenset[str] = frozenset({"switching", "restarting", "health_check",
+                                         "committing", "rolling_back"})
 # restarting: updaterd itself was switched and hands over to the new version, which finishes
-Outcome = Literal["installed", "up_to_date", "rolled_back", "failed", "deferred", "restarting"]
+Outcome = Literal["installed", "up_to_date", "rolled_back", "failed", "deferred", "restarting",
+                  "cancelled", "checked"]
 RequestId = int | str | None
 
 
@@ -79,6 +84,9 @@ class Event(Struct, kw_only=True):
     done: int | None = None
     total: int | None = None
     at: float = 0.0
+    # result and error events: how the operation ended, and (on failure) at which step
+    outcome: Outcome | None = None
+    step: str | None = None
 
 
 class Notification(Struct, kw_only=True):
@@ -217,6 +225,15 @@ class Ok(Struct):
     ok: bool = True
 
 
+class CancelResult(Struct, kw_only=True):
+    """What `cancel` did: `cancelled` false when nothing ran, or when the operation was past
+    its switch (it then finishes or rolls back); `message` says which, for people."""
+
+    cancelled: bool
+    phase: Phase
+    message: str
+
+
 class InhibitResult(Struct):
     inhibited: bool = True
 
@@ -231,7 +248,7 @@ PARAMS: dict[str, type[Struct]] = {
     "rollback": RollbackParams, "list_backups": AppParams, "history": HistoryParams,
     "skip": VersionParams, "unskip": VersionParams, "pause": AppParams, "resume": AppParams,
     "subscribe": SubscribeParams, "inhibit": InhibitParams, "reload": NoParams,
-    "metrics": NoParams,
+    "metrics": NoParams, "cancel": AppParams,
 }
 # Methods anyone who can connect may call; the rest need root or the admin group.
 READ_METHODS = frozenset({"status", "list_backups", "history", "subscribe", "metrics"})

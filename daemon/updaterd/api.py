@@ -7,6 +7,7 @@ protocol Struct, or raises RpcError with one of the codes of SPEC section 7.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from typing import TYPE_CHECKING, Any
@@ -16,13 +17,16 @@ import trio
 
 from updaterctl._version import __version__
 from updaterctl.protocol import (
+    PAST_SWITCH,
     AppParams,
     AppStatus,
     Backup,
+    CancelResult,
     CheckParams,
     CheckResult,
     DaemonInfo,
     ErrorCode,
+    Event,
     HistoryItem,
     HistoryParams,
     InhibitParams,
@@ -41,7 +45,7 @@ from updaterctl.protocol import (
     UpdateResult,
     VersionParams,
 )
-from updaterd import metrics, rpc, versions
+from updaterd import metrics, rpc, versions, window
 from updaterd.engine import NoSuchVersion, UnknownApp
 from updaterd.errors import ConfigError, PolicyError, UpdaterError
 from updaterd.inplace import InplaceLayout, file_digest
@@ -76,6 +80,7 @@ class ControlApi:
             "history": self.history, "skip": self.skip, "unskip": self.unskip,
             "pause": self.pause, "resume": self.resume, "subscribe": self.subscribe,
             "inhibit": self.inhibit, "reload": self.reload, "metrics": self.metrics,
+            "cancel": self.cancel,
         }
 
     def _worker(self, app: str) -> AppWorker:
@@ -97,12 +102,20 @@ class ControlApi:
                            {"phase": worker.phase, "reason": str(e)}) from None
 
     @asynccontextmanager
-    async def _exclusive(self, worker: AppWorker) -> AsyncIterator[None]:
-        """Changes that must not wait behind a running operation answer `busy` instead."""
+    async def _exclusive(self, worker: AppWorker) -> AsyncIterator[trio.CancelScope]:
+        """An operation for a client: never waits behind another one (it answers `busy` at
+        once, with the phase and since when), and runs in a scope `cancel` can reach."""
         if worker.lock.locked():
-            raise RpcError(ErrorCode.BUSY, f"{worker.name} is busy ({worker.phase})")
+            since = worker.busy_since or time.time()
+            took = window.describe_wait(time.time() - since)
+            raise RpcError(ErrorCode.BUSY,
+                           f"{worker.name} is busy: {worker.phase} for {took} (since "
+                           f"{time.strftime('%H:%M:%S', time.localtime(since))}); "
+                           f"`updaterctl cancel {worker.name}` stops it",
+                           {"phase": worker.phase, "since": since})
         async with worker.lock:
-            yield
+            with worker.running() as scope:
+                yield scope
 
     # -- read ----------------------------------------------------------------------------
 
@@ -186,8 +199,9 @@ class ControlApi:
 
     async def check(self, p: CheckParams, conn: Connection) -> CheckResult:
         w = self._worker(p.app)
-        async with w.lock, self._engine_errors(w):
+        async with self._exclusive(w) as scope, self._engine_errors(w):
             return await self.daemon.engine.check(p.app, force=p.force)
+        raise _cancelled(w, scope)
 
     async def update(self, p: UpdateParams, conn: Connection) -> UpdateResult:
         w = self._worker(p.app)
@@ -195,8 +209,10 @@ class ControlApi:
         if p.version is not None and installed is not None and \
                 _is_downgrade(p.version, installed):
             self._require_downgrade_right(conn, f"update to the older {p.version}")
-        async with self._exclusive(w), self._engine_errors(w):
+        async with self._exclusive(w) as scope, self._engine_errors(w):
             result = await self.daemon.engine.update(p.app, p.version, ignore_window=p.now)
+        if scope.cancelled_caught:
+            raise _cancelled(w, scope)
         if result.result == "rolled_back":
             raise RpcError(ErrorCode.UPDATE_FAILED, result.reason,
                            {"phase": "health_check", "reason": result.reason,
@@ -214,19 +230,21 @@ class ControlApi:
     async def rollback(self, p: RollbackParams, conn: Connection) -> RollbackResult:
         w = self._worker(p.app)
         self._require_downgrade_right(conn, "rollback")
-        async with self._exclusive(w), self._engine_errors(w):
+        async with self._exclusive(w) as scope, self._engine_errors(w):
             return await self.daemon.engine.rollback(p.app, p.to)
+        raise _cancelled(w, scope)
 
     async def _edit_state(self, app: str, edit: Any, history: str = "",
                           version: str = "") -> Ok:
         """Apply `edit` to the stored state; with `history`, also record that action."""
         w = self._worker(app)
-        async with w.lock:
-            run = self.daemon.engine.open_app(app)
-            edit(run.state)
-            if history:
-                run.remember(history, version, reason="by the operator")
-            run.save()
+        # No lock: the state object is the one a running operation holds, which sees the
+        # edit at its next step and keeps it when it saves.
+        run = self.daemon.engine.open_app(app)
+        edit(run.state)
+        if history:
+            run.remember(history, version, reason="by the operator")
+        run.save()
         w.schedule.poke()
         return Ok()
 
@@ -270,6 +288,30 @@ class ControlApi:
         await conn.nursery.start(hold)
         return InhibitResult()
 
+    async def cancel(self, p: AppParams, conn: Connection) -> CancelResult:
+        """Stop a check, a download or a wait for the window, at once; never what is past
+        the switch (it finishes or rolls back)."""
+        w = self._worker(p.app)
+        phase = w.phase
+        if w.op_scope is not None and phase not in PAST_SWITCH:
+            w.op_scope.cancel()
+            return CancelResult(cancelled=True, phase=phase,
+                                message=f"{p.app}: cancelled while {phase}; nothing changed")
+        if w.op_scope is not None:
+            return CancelResult(cancelled=False, phase=phase,
+                                message=f"{p.app} is past its switch ({phase}): it finishes "
+                                        "or rolls back, and cannot be cancelled")
+        if phase == "waiting_window":
+            w.schedule.wake_in = None  # the scheduler's wait for the window, not an operation
+            w.schedule.poke()
+            self.daemon.on_event(Event(app=p.app, kind="phase", phase="idle", at=time.time(),
+                                       message="the wait for the window was cancelled; the "
+                                               "next check finds the version again"))
+            return CancelResult(cancelled=True, phase=phase,
+                                message=f"{p.app}: the wait for the window was cancelled")
+        return CancelResult(cancelled=False, phase=phase,
+                            message=f"{p.app} is {phase}: nothing to cancel")
+
     async def reload(self, p: NoParams, conn: Connection) -> Ok:
         try:
             await self.daemon.reload()
@@ -278,6 +320,12 @@ class ControlApi:
                            e.problems) from None
         return Ok()
 
+
+
+def _cancelled(w: AppWorker, scope: trio.CancelScope) -> RpcError:
+    """The answer to a client whose operation `cancel` stopped."""
+    return RpcError(ErrorCode.UPDATE_FAILED, f"{w.name}: cancelled by the operator",
+                    {"phase": w.phase, "reason": "cancelled"})
 
 
 def _is_downgrade(version: str, installed: str) -> bool:

@@ -23,6 +23,7 @@ from updaterd.errors import FeedError, LayoutError, PolicyError, UpdaterError
 from updaterd.feed import Artifact, Release, TrustedFeed
 from updaterd.inplace import InplaceLayout
 from updaterd.layout import Layout
+from updaterd.operation import Operation, operation
 from updaterd.sources import Source, make_source
 from updaterd.transaction import AppRun, Hooks, download, install, prune, recover, roll_back
 from updaterd.units import parse_rate
@@ -86,6 +87,7 @@ class Engine:
         self.hand_over = hand_over
         self.download_limiter = trio.CapacityLimiter(config.daemon.max_parallel_downloads)
         self.global_rate: TokenBucket | None = None
+        self._states: dict[str, state.AppState] = {}
         self.reconfigure(config)
 
     def reconfigure(self, config: Config) -> None:
@@ -124,12 +126,16 @@ class Engine:
         return AppRun(name=app, cfg=cfg, config=self.config, layout=layout,
                       state_folder=folder,
                       cache=Path(self.config.daemon.cache_dir) / app,
-                      state=state.load(state_dir, app), emit=self.emit, hooks=hooks)
+                      state=self.load_state(app), emit=self.emit, hooks=hooks)
 
     def load_state(self, app: str) -> state.AppState:
-        """The stored state of `app` (for status and history)."""
+        """The state of `app`: read once, then one object shared by every operation and
+        every edit (`pause`, `skip` ...), so an edit made while an operation runs is neither
+        lost when it saves nor unseen at its next step."""
         self._cfg(app)
-        return state.load(Path(self.config.daemon.state_dir), app)
+        if app not in self._states:
+            self._states[app] = state.load(Path(self.config.daemon.state_dir), app)
+        return self._states[app]
 
     @asynccontextmanager
     async def _source(self, run: AppRun) -> AsyncIterator[Source]:
@@ -154,9 +160,8 @@ class Engine:
         run.phase("checking")
         try:
             trusted = await source.fetch(run.state, run.cache, cycle_start)
-        except UpdaterError as e:
-            run.state.last_check = cycle_start
-            self._failed(run, str(e))
+        except UpdaterError:
+            run.state.last_check = cycle_start  # the operation records the failure
             raise
         manifest = trusted.manifest
         offers = [versions.Offer(r.version, r.channel, r.rollout) for r in manifest.releases
@@ -195,49 +200,42 @@ class Engine:
     async def check(self, app: str, force: bool = False) -> CheckResult:
         """Fetch the feed and report what an automatic update would install.
 
-        `force` drops the stored validators so that the whole feed is fetched again.
+        `force` drops the stored validators (and a server's wait) so that the whole feed is
+        fetched again.
         """
         run = self.open_app(app)
-        await recover(run)
-        if force:  # the operator asks: the validators and a server's wait are dropped
-            run.state.etag = run.state.last_modified = None
-            run.state.rate_limited_until = None
-        async with self._source(run) as source:
-            _, result = await self._refresh(run, source)
-        self._succeeded(run)
+        async with operation(run, "check") as op:
+            await recover(run)
+            if force:  # the operator asks: the validators and a server's wait are dropped
+                run.state.etag = run.state.last_modified = None
+                run.state.rate_limited_until = None
+            async with self._source(run) as source:
+                _, result = await self._refresh(run, source)
+            op.succeeded("checked")
         return result
-
-    @staticmethod
-    def _succeeded(run: AppRun) -> None:
-        run.state.consecutive_failures = 0
-        run.state.last_success = time.time()
-        run.save()
-
-    @staticmethod
-    def _failed(run: AppRun, error: str) -> None:
-        run.state.consecutive_failures += 1
-        run.state.last_error = error
-        run.save()
 
     async def prefetch(self, app: str) -> CheckResult:
         """Check, and download and verify the available version without installing it."""
         run = self.open_app(app)
-        await recover(run)
+        async with operation(run, "check") as op:
+            await recover(run)
+            result = await self._prefetch(run, op)
+            op.succeeded("checked", version=result.available)
+        return result
+
+    async def _prefetch(self, run: AppRun, op: Operation) -> CheckResult:
         async with self._source(run) as source:
             trusted, result = await self._refresh(run, source)
             if result.available is not None:
                 release = trusted.manifest.release(result.available, run.cfg.channel)
                 artifact = self._artifact(release) if release else None
                 if release is not None and artifact is not None:
-                    try:
-                        f = await download(run, source, release, artifact)
-                    except UpdaterError as e:
-                        self._failed(run, f"{release.version}: {e}")
-                        raise
+                    op.version = release.version
+                    f = await download(run, source, release, artifact)
                     f.close()
                     run.phase("idle", f"{release.version} downloaded; waiting for "
-                                      "`updaterctl update`", release.version)
-        self._succeeded(run)
+                                      f"`updaterctl update {run.name}`", release.version)
+                    op.version = None  # downloaded: nothing failed to install
         return result
 
     def window_wait(self, app: str) -> float:
@@ -258,15 +256,24 @@ class Engine:
         Outside the maintenance window (and not `ignore_window`), a run without a daemon to
         wait in downloads and verifies the version, and defers the switch.
         """
-        if not ignore_window and self.before_switch is None and self.window_wait(app) > 0:
-            check = await self.prefetch(app)
-            wait = window.describe_wait(self.window_wait(app))
-            return UpdateResult(from_version=check.current, to_version=check.available,
-                                result="up_to_date" if check.available is None else "deferred",
-                                reason=f"waiting for window (opens in {wait})")
         run = self.open_app(app, ignore_window)
-        await recover(run)
-        before = run.state.installed
+        async with operation(run, "update") as op:
+            await recover(run)
+            if not ignore_window and self.before_switch is None and self.window_wait(app) > 0:
+                check = await self._prefetch(run, op)
+                wait = window.describe_wait(self.window_wait(app))
+                done = UpdateResult(from_version=check.current, to_version=check.available,
+                                    result="up_to_date" if check.available is None
+                                    else "deferred",
+                                    reason=f"waiting for window (opens in {wait})")
+                op.succeeded(done.result, describe(app, done), check.available)
+                return done
+            done = await self._update(run, op, version)
+            op.succeeded(done.result, describe(app, done), done.to_version)
+        return done
+
+    async def _update(self, run: AppRun, op: Operation, version: str | None) -> UpdateResult:
+        app, before = run.name, run.state.installed
         async with self._source(run) as source:
             trusted, result = await self._refresh(run, source)
             if version is not None:
@@ -276,36 +283,24 @@ class Engine:
                     raise NoSuchVersion(f"{app}: the feed has no version {version!r}")
             else:
                 if result.available is None:
-                    self._succeeded(run)
                     return UpdateResult(from_version=before, to_version=before,
                                         result="up_to_date")
                 release = trusted.manifest.release(result.available, run.cfg.channel)
                 assert release is not None
             if release.version == before:
-                self._succeeded(run)
                 return UpdateResult(from_version=before, to_version=before, result="up_to_date")
             artifact = self._artifact(release)
             if artifact is None:
                 raise FeedError(f"{app} {release.version}: no artifact for {self.platform}")
-            try:
-                outcome = await install(run, source, release, artifact)
-            except UpdaterError as e:
-                run.remember("failed", release.version, before, str(e))
-                self._failed(run, f"{release.version}: {e}")
-                self.emit(Event(app=app, kind="error", message=str(e), version=release.version,
-                                at=time.time()))
-                raise
-        self._succeeded(run)
+            op.version = release.version
+            outcome = await install(run, source, release, artifact)
         reason = run.state.last_error or "" if outcome == "rolled_back" else ""
         if outcome == "restarting":
             reason = ("updaterd re-executes into it and finishes the health check"
                       if self.hand_over is not None else
                       "the next start of updaterd finishes its health check")
-        done = UpdateResult(from_version=before, to_version=release.version,
+        return UpdateResult(from_version=before, to_version=release.version,
                             result=outcome, reason=reason)  # type: ignore[arg-type]
-        self.emit(Event(app=app, kind="result", message=describe(app, done),
-                        version=release.version, at=time.time()))
-        return done
 
     async def rollback(self, app: str, to: str | None = None) -> RollbackResult:
         """Go back to the previous (or a named) kept version; the version left is skipped.
@@ -314,32 +309,36 @@ class Engine:
         is refused.
         """
         run = self.open_app(app)
-        await recover(run)
-        current = run.state.installed
-        wanted = to or run.state.previous
-        if current is None:
-            raise NoSuchVersion(f"{app}: nothing is installed")
-        if wanted is None:
-            raise NoSuchVersion(f"{app}: no previous version is kept")
-        try:
-            kept = run.layout.find_kept(wanted)
-        except LayoutError as e:
-            raise PolicyError(str(e)) from None
-        if kept is None:
-            raise NoSuchVersion(f"{app}: version {wanted} is not kept")
-        if kept.version == current and run.layout.knows_version:
-            raise NoSuchVersion(f"{app}: {kept.version} is already the current version")
-        forward = versions.highest(current, kept.version) == kept.version != current
-        with trio.CancelScope(shield=True):
-            backup = run.layout.backup(current)  # inplace: keep what we leave, to go forward
-            await roll_back(run, from_version=current, to_version=kept.version, block=False,
-                            reason="switched forward by the operator" if forward else
-                            "rolled back by the operator",
-                            backup=str(kept.path) if not run.layout.knows_version else backup,
-                            skip_left=not forward)
-        if not run.layout.knows_version:
-            prune(run)
-        return RollbackResult(from_version=current, to_version=kept.version, forward=forward)
+        async with operation(run, "rollback") as op:
+            await recover(run)
+            current = run.state.installed
+            wanted = to or run.state.previous
+            if current is None:
+                raise NoSuchVersion(f"{app}: nothing is installed")
+            if wanted is None:
+                raise NoSuchVersion(f"{app}: no previous version is kept")
+            try:
+                kept = run.layout.find_kept(wanted)
+            except LayoutError as e:
+                raise PolicyError(str(e)) from None
+            if kept is None:
+                raise NoSuchVersion(f"{app}: version {wanted} is not kept")
+            if kept.version == current and run.layout.knows_version:
+                raise NoSuchVersion(f"{app}: {kept.version} is already the current version")
+            forward = versions.highest(current, kept.version) == kept.version != current
+            with trio.CancelScope(shield=True):
+                backup = run.layout.backup(current)  # inplace: keep what we leave, to go on
+                await roll_back(run, from_version=current, to_version=kept.version,
+                                block=False, reason="switched forward by the operator"
+                                if forward else "rolled back by the operator",
+                                backup=str(kept.path) if not run.layout.knows_version
+                                else backup, skip_left=not forward)
+            if not run.layout.knows_version:
+                prune(run)
+            done = RollbackResult(from_version=current, to_version=kept.version,
+                                  forward=forward)
+            op.succeeded("rolled_back", done.describe(app), kept.version)
+        return done
 
     def verify(self, app: str) -> list[tuple[str, list[str] | None]]:
         """Re-hash every kept release of `app` against its recorded tree: (version, problems),

@@ -60,3 +60,7 @@ class LockHeld(UpdaterError):
 
 class UnsafePath(UpdaterError):
     """A path updaterd would trust as root can be changed by another user (see pathtrust)."""
+
+
+class OperationCancelled(UpdaterError):
+    """An operation was called off before its switch (by the operator, or a skip)."""

@@ -27,7 +27,8 @@ def render(daemon: Daemon) -> str:
         ("updaterd_consecutive_failures", "gauge", "Failures since the last success.", []),
         ("updaterd_checks_total", "counter", "Checks started since the daemon started.", []),
         ("updaterd_failures_total", "counter", "Failed checks and updates.", []),
-        ("updaterd_rollbacks_total", "counter", "Automatic rollbacks.", []),
+        ("updaterd_rollbacks_total", "counter",
+         "Rollbacks: automatic after a failed health check, and by the operator.", []),
         ("updaterd_downloaded_bytes_total", "counter", "Artifact bytes downloaded.", []),
         ("updaterd_phase", "gauge", "1 for the phase each app is in.", []),
     ]

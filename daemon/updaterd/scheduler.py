@@ -81,8 +81,8 @@ class Schedule:
             self.wake_in = None
             try:
                 self.wake_in = await self.target.run_cycle()
-            except UpdaterError as e:
-                log.error("%s: %s", self.target.name, e)
+            except UpdaterError as e:  # the operation has logged and recorded it
+                log.debug("%s: %s", self.target.name, e)
             except Exception:
                 # One app's unexpected failure (an I/O error, a bug) must not stop the daemon
                 # or the other apps; the next cycle tries again.

@@ -124,6 +124,19 @@ class AppWorker:
         self.progress: tuple[int, int] | None = None
         self.counters = Counters()
         self.scope = trio.CancelScope()
+        self.busy_since = 0.0  # when the running operation left idle
+        self.op_scope: trio.CancelScope | None = None  # the running operation, for `cancel`
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[trio.CancelScope]:
+        """The scope of one operation (the scheduler's or a client's); `cancel` cancels it.
+        The steps past the switch are shielded inside it, so they finish either way."""
+        with trio.CancelScope() as scope:
+            self.op_scope = scope
+            try:
+                yield scope
+            finally:
+                self.op_scope = None
 
     def config(self) -> AppConfig:
         return self.daemon.config.apps[self.name]
@@ -136,22 +149,25 @@ class AppWorker:
         it opens (without holding the lock, so `updaterctl update --now` is not kept waiting)."""
         engine = self.daemon.engine
         async with self.lock:
-            if not self.config().auto_update:
-                await engine.prefetch(self.name)
-                return None
-            wait = engine.window_wait(self.name)
-            if wait <= 0:
-                await engine.update(self.name)
-                return None
-            check = await engine.prefetch(self.name)
-            if check.available is None:
-                return None
-            wait = engine.window_wait(self.name)
-            self.daemon.on_event(Event(app=self.name, kind="phase", phase="waiting_window",
-                                       version=check.available, at=time.time(),
-                                       message=f"{check.available} waits for the window (opens "
-                                               f"in {window.describe_wait(wait)})"))
-            return wait + 1
+            with self.running():
+                if not self.config().auto_update:
+                    await engine.prefetch(self.name)
+                    return None
+                wait = engine.window_wait(self.name)
+                if wait <= 0:
+                    await engine.update(self.name)
+                    return None
+                check = await engine.prefetch(self.name)
+                if check.available is None:
+                    return None
+                wait = engine.window_wait(self.name)
+                self.daemon.on_event(Event(
+                    app=self.name, kind="phase", phase="waiting_window",
+                    version=check.available, at=time.time(),
+                    message=f"{check.available} waits for the window (opens in "
+                            f"{window.describe_wait(wait)})"))
+                return wait + 1
+        return None  # cancelled (`updaterctl cancel`): the next check comes as scheduled
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         with self.scope:
@@ -166,6 +182,8 @@ class AppWorker:
     def observe(self, event: Event) -> None:
         """Keep what `status` and `metrics` show in step with the engine's events."""
         if event.kind == "phase":
+            if self.phase in ("idle", "failed") and event.phase not in ("idle", "failed"):
+                self.busy_since = time.time()
             self.phase, self.message = event.phase, event.message
             if event.phase == "checking":
                 self.counters.checks += 1
@@ -177,10 +195,9 @@ class AppWorker:
                 else event.done
             c._last_done = event.done if event.done < event.total else 0
             self.progress = (event.done, event.total)
-        elif event.kind == "error":
+        elif event.kind == "error" and event.outcome == "failed":
             self.counters.failures += 1
-            self.phase = "idle"
-        elif event.kind == "result" and event.message and "rolled back" in event.message:
+        elif event.kind == "result" and event.outcome == "rolled_back":
             self.counters.rollbacks += 1
 
 

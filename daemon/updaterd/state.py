@@ -53,7 +53,7 @@ class HistoryEntry(Struct, kw_only=True):
 
     at: float
     action: Literal["installed", "rolled_back", "blocked", "failed", "interrupted", "skipped",
-                    "unskipped", "found"]
+                    "unskipped", "found", "cancelled"]
     version: str
     from_version: str | None = None
     reason: str = ""

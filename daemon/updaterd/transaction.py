@@ -33,7 +33,7 @@ from updaterd import (
 )
 from updaterd.config import AppConfig, Config, app_unit
 from updaterd.download import Expected
-from updaterd.errors import HealthCheckFailed, LayoutError
+from updaterd.errors import HealthCheckFailed, LayoutError, OperationCancelled
 from updaterd.feed import Artifact, Release
 from updaterd.inplace import InplaceLayout
 from updaterd.layout import Layout, Staged
@@ -72,11 +72,14 @@ class AppRun:
     state: AppState
     emit: Emit
     hooks: Hooks = field(default_factory=Hooks)
+    step: Phase = "idle"  # the last working phase reached, for failure reports
 
     def save(self) -> None:
         state.save(self.state_folder.parent, self.name, self.state)
 
     def phase(self, phase: Phase, message: str = "", version: str | None = None) -> None:
+        if phase not in ("idle", "failed"):
+            self.step = phase
         self.emit(Event(app=self.name, kind="phase", phase=phase, message=message,
                         version=version, at=time.time()))
 
@@ -155,6 +158,7 @@ async def install(run: AppRun, source: Source, release: Release, artifact: Artif
     """Install `release` and switch to it; returns "installed" or "rolled_back"."""
     version = release.version
     from_version = run.state.installed
+    skipped_before = set(run.state.skipped) | set(run.state.blocked)
     f = await download(run, source, release, artifact)
     try:
         run.phase("staging", version=version)
@@ -166,6 +170,10 @@ async def install(run: AppRun, source: Source, release: Release, artifact: Artif
     run.state.release_digests[version] = artifact.blake3 or artifact.sha256 or ""
     # Inhibitors hold back the switch and restart; nothing has changed yet if we are stopped here.
     await run.hooks.before_switch()
+    # The operator's edits apply at once; this is the last step at which one can stop us.
+    if version not in skipped_before and (version in run.state.skipped
+                                          or version in run.state.blocked):
+        raise OperationCancelled(f"{version} was skipped while it was being downloaded")
     # From here on the disk changes what the app sees: journal first, and never be torn.
     with trio.CancelScope(shield=True):
         backup = run.layout.backup(from_version)
