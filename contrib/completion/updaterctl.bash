@@ -13,7 +13,7 @@ _updaterctl() {
     local cur prev cmd i
     cur=${COMP_WORDS[COMP_CWORD]}
     prev=${COMP_WORDS[COMP_CWORD-1]}
-    local commands="status check update rollback list-backups history skip unskip pause resume watch inhibit reload metrics"
+    local commands="status check update rollback list-backups history skip unskip pause resume cancel watch inhibit reload metrics"
     cmd=""
     for ((i = 1; i < COMP_CWORD; i++)); do
         case ${COMP_WORDS[i]} in
@@ -31,7 +31,7 @@ _updaterctl() {
         return
     fi
     case $cmd in
-        status|check|update|rollback|list-backups|history|skip|unskip|pause|resume|watch|inhibit)
+        status|check|update|rollback|list-backups|history|skip|unskip|pause|resume|cancel|watch|inhibit)
             case $cur in
                 -*)
                     local opts=""

@@ -31,7 +31,7 @@ from updaterctl.protocol import (
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_NOT_PERMITTED = 0, 1, 2, 3, 4
 COMMANDS = ("status", "check", "update", "rollback", "list-backups", "history", "skip", "unskip",
-            "pause", "resume", "watch", "inhibit", "reload", "metrics")
+            "pause", "resume", "cancel", "watch", "inhibit", "reload", "metrics")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -71,6 +71,8 @@ def parser() -> argparse.ArgumentParser:
     for name, text in (("pause", "stop checking APP"), ("resume", "check APP again")):
         s = sub.add_parser(name, help=text)
         s.add_argument("app")
+    s = sub.add_parser("cancel", help="stop APP's check, download or wait for its window")
+    s.add_argument("app")
     s = sub.add_parser("watch", help="stream events until interrupted")
     s.add_argument("app", nargs="?")
     s = sub.add_parser("inhibit", help="hold back switch and restart of APP while CMD runs")
@@ -212,6 +214,12 @@ def cmd_update(args: argparse.Namespace) -> int:
         if watch is not None:
             _show_progress(conn, watch)
         result = msgspec.json.decode(conn.reply(rid), type=UpdateResult)
+    except KeyboardInterrupt:
+        # The update belongs to the daemon: leaving it running (as --no-wait would) is safe
+        # at any step, while cancelling from a key press could surprise; say how to stop it.
+        print(f"\nupdaterctl: the update of {args.app} goes on in updaterd; "
+              f"`updaterctl cancel {args.app}` stops it", file=sys.stderr)
+        return 130
     finally:
         if watch is not None:
             watch.close()
@@ -373,6 +381,16 @@ def cmd_inhibit(args: argparse.Namespace) -> int:
         hold.close()
 
 
+def cmd_cancel(args: argparse.Namespace) -> int:
+    with Client(args.socket) as c:
+        r = c.cancel(args.app)
+    if args.json:
+        emit_json(r)
+    else:
+        print(r.message, file=sys.stdout if r.cancelled else sys.stderr)
+    return EXIT_OK if r.cancelled else EXIT_FAILED
+
+
 def cmd_metrics(args: argparse.Namespace) -> int:
     with Client(args.socket) as c:
         text = c.metrics()
@@ -391,6 +409,6 @@ COMMAND_FUNCS: dict[str, Callable[[argparse.Namespace], int]] = {
     "pause": _simple("pause", lambda a: f"{a.app}: paused"),
     "resume": _simple("resume", lambda a: f"{a.app}: resumed"),
     "reload": _simple("reload", lambda a: "configuration reloaded"),
-    "watch": cmd_watch, "inhibit": cmd_inhibit, "metrics": cmd_metrics,
+    "watch": cmd_watch, "inhibit": cmd_inhibit, "metrics": cmd_metrics, "cancel": cmd_cancel,
 }
 assert set(COMMAND_FUNCS) == set(COMMANDS)

@@ -22,6 +22,7 @@ from updaterctl.protocol import (
     DEFAULT_SOCKET,
     MAX_MESSAGE,
     Backup,
+    CancelResult,
     CheckResult,
     ErrorCode,
     Event,
@@ -178,6 +179,10 @@ class Client:
 
     def pause(self, app: str) -> None:
         self.call("pause", {"app": app})
+
+    def cancel(self, app: str) -> CancelResult:
+        """Stop the app's check, download or wait for its window (never past the switch)."""
+        return self.call("cancel", {"app": app}, CancelResult)
 
     def resume(self, app: str) -> None:
         self.call("resume", {"app": app})

@@ -200,9 +200,9 @@ class RollbackResult(Struct, kw_only=True):
     forward: bool = False  # `rollback --to` a kept version newer than the current one
 
     def describe(self, app: str) -> str:
-        """One line for a person."""
+        """One line for a person (`app` "" in an event, which names the app already)."""
         how = "went forward" if self.forward else "rolled back"
-        return f"{app}: {how} from {self.from_version} to {self.to_version}"
+        return f"{app + ': ' if app else ''}{how} from {self.from_version} to {self.to_version}"
 
 
 class Backup(Struct, kw_only=True):

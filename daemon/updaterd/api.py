@@ -98,8 +98,12 @@ class ControlApi:
         except (NoSuchVersion, PolicyError) as e:
             raise RpcError(ErrorCode.NO_SUCH_VERSION, str(e)) from None
         except UpdaterError as e:
-            raise RpcError(ErrorCode.UPDATE_FAILED, str(e),
-                           {"phase": worker.phase, "reason": str(e)}) from None
+            # What the operation recorded (with the version it was installing), app named.
+            last = worker.state().last_error
+            reason = last if last and str(e) in last else str(e)
+            raise RpcError(ErrorCode.UPDATE_FAILED, f"{worker.name}: {reason}",
+                           {"phase": worker.phase, "step": worker.failed_step,
+                            "reason": reason}) from None
 
     @asynccontextmanager
     async def _exclusive(self, worker: AppWorker) -> AsyncIterator[trio.CancelScope]:

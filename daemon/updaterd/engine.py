@@ -62,16 +62,18 @@ def _log_event(event: Event) -> None:
 
 
 def describe(app: str, result: UpdateResult) -> str:
-    """One line for a person: what an update did."""
+    """One line for a person: what an update did (`app` names it; "" in an event, which
+    carries the app already)."""
+    name = f"{app}: " if app else ""
     if result.result == "installed":
-        return f"{app}: installed {result.to_version} (was {result.from_version or 'nothing'})"
+        return f"{name}installed {result.to_version} (was {result.from_version or 'nothing'})"
     if result.result == "up_to_date":
-        return f"{app}: up to date at {result.from_version or 'nothing'}"
+        return f"{name}up to date at {result.from_version or 'nothing'}"
     if result.result == "deferred":
-        return f"{app}: {result.to_version} is downloaded and {result.reason}"
+        return f"{name}{result.to_version} is downloaded and {result.reason}"
     if result.result == "restarting":
-        return f"{app}: {result.to_version} is in place; {result.reason}"
-    return (f"{app}: {result.to_version} was rolled back, still on "
+        return f"{name}{result.to_version} is in place; {result.reason}"
+    return (f"{name}{result.to_version} was rolled back, still on "
             f"{result.from_version or 'nothing'}: {result.reason}")
 
 
@@ -266,10 +268,10 @@ class Engine:
                                     result="up_to_date" if check.available is None
                                     else "deferred",
                                     reason=f"waiting for window (opens in {wait})")
-                op.succeeded(done.result, describe(app, done), check.available)
+                op.succeeded(done.result, describe("", done), check.available)
                 return done
             done = await self._update(run, op, version)
-            op.succeeded(done.result, describe(app, done), done.to_version)
+            op.succeeded(done.result, describe("", done), done.to_version)
         return done
 
     async def _update(self, run: AppRun, op: Operation, version: str | None) -> UpdateResult:
@@ -337,7 +339,7 @@ class Engine:
                 prune(run)
             done = RollbackResult(from_version=current, to_version=kept.version,
                                   forward=forward)
-            op.succeeded("rolled_back", done.describe(app), kept.version)
+            op.succeeded("rolled_back", done.describe(""), kept.version)
         return done
 
     def verify(self, app: str) -> list[tuple[str, list[str] | None]]:

@@ -125,6 +125,7 @@ class AppWorker:
         self.counters = Counters()
         self.scope = trio.CancelScope()
         self.busy_since = 0.0  # when the running operation left idle
+        self.failed_step: str | None = None  # where the last failed operation stopped
         self.op_scope: trio.CancelScope | None = None  # the running operation, for `cancel`
 
     @contextlib.contextmanager
@@ -197,6 +198,7 @@ class AppWorker:
             self.progress = (event.done, event.total)
         elif event.kind == "error" and event.outcome == "failed":
             self.counters.failures += 1
+            self.failed_step = event.step
         elif event.kind == "result" and event.outcome == "rolled_back":
             self.counters.rollbacks += 1
 

@@ -1,0 +1,192 @@
+"""Operations an operator can steer (issue 15): every outcome recorded the same way whoever
+started it (RELIABILITY row 142), busy answered at once, edits that do not wait, `cancel`.
+The real daemon and updaterctl, a feed on nginx, slow downloads through `max_rate`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Daemon, Host, Nginx
+from tests.helpers import BIN, Feed, app_script, make_tar
+
+SLOW = "200KiB/s"
+
+
+def slow_release(feed: Feed, version: str, size: int = 3 << 20) -> Path:
+    """A release with an incompressible blob: several seconds to download at SLOW."""
+    art = feed.work / f"hello-{version}-linux-x86_64.tar.gz"
+    make_tar(art, {"bin/hello": (app_script(version), 0o755),
+                   "share/blob": (os.urandom(size), 0o644)}, top=f"hello-{version}")
+    feed.publish(version, [art])
+    return art
+
+
+class Watch:
+    """`updaterctl --json watch` in the background: the event stream a client sees."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.out = daemon.host.base / "events.jsonl"
+        with open(self.out, "w") as f:
+            self.proc = subprocess.Popen([str(BIN / "updaterctl"), "--socket",
+                                          str(daemon.socket), "--json", "watch"], stdout=f)
+        time.sleep(0.3)
+
+    def events(self) -> list[dict[str, Any]]:
+        return [json.loads(x) for x in self.out.read_text().splitlines() if x.strip()]
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+@pytest.fixture
+def watch(running: Daemon) -> Iterator[Watch]:
+    w = Watch(running)
+    yield w
+    w.close()
+
+
+def metric(daemon: Daemon, name: str, labels: str) -> float:
+    text = daemon.ctl("metrics", check=True).stdout
+    for line in text.splitlines():
+        if line.startswith(f"{name}{{{labels}}} "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name}{{{labels}}} not in\n{text}")
+
+
+def wait_phase(daemon: Daemon, phase: str, timeout: float = 20) -> None:
+    daemon.wait_for(lambda: daemon.app()["phase"] == phase, timeout, f"phase {phase}")
+
+
+# -- row 142: every kind of failure, told the same way everywhere ----------------------------------
+
+@pytest.mark.parametrize("fault", ["bad signature", "404", "digest mismatch"])
+def test_g142_a_failure_agrees_in_status_history_events_log_and_metrics(
+        running: Daemon, served_feed: Feed, watch: Watch, fault: str) -> None:
+    art = served_feed.release("1.1.0")
+    if fault == "bad signature":
+        manifest = served_feed.folder / "manifest.json"
+        manifest.write_text(manifest.read_text().replace('"1.1.0"', '"1.1.1"'))
+    elif fault == "404":
+        (served_feed.folder / art.name).unlink()
+    else:
+        data = bytearray((served_feed.folder / art.name).read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        (served_feed.folder / art.name).write_bytes(bytes(data))
+    before = metric(running, "updaterd_failures_total", 'app="hello"')
+    r = running.ctl("update", "hello")
+    assert r.returncode == 1
+    app = running.app()
+    assert app["phase"] == "failed", "never left at checking or downloading"
+    assert app["last_error"] and app["last_error"] in r.stderr
+    step = "checking" if fault == "bad signature" else "downloading"
+    errors = [e for e in watch.events() if e["kind"] == "error"]
+    assert len(errors) == 1 and errors[0]["outcome"] == "failed" and errors[0]["step"] == step
+    assert f"update failed at {step}: " in running.log.read_text()
+    assert metric(running, "updaterd_failures_total", 'app="hello"') == before + 1
+    assert metric(running, "updaterd_phase", 'app="hello",phase="failed"') == 1
+    state = running.host.state()
+    assert state["consecutive_failures"] == 1  # what the scheduler's backoff reads
+    if fault != "bad signature":
+        assert state["history"][-1]["action"] == "failed"
+        assert state["history"][-1]["version"] == "1.1.0"
+
+
+def test_g142_a_failed_health_check_is_a_rolled_back_outcome(running: Daemon,
+                                                             served_feed: Feed,
+                                                             watch: Watch) -> None:
+    served_feed.release("1.1.0", healthy=False)
+    r = running.ctl("update", "hello")
+    assert r.returncode == 1 and "health check" in r.stderr
+    results = [e for e in watch.events() if e["kind"] == "result"]
+    assert results[-1]["outcome"] == "rolled_back"
+    assert metric(running, "updaterd_rollbacks_total", 'app="hello"') == 1
+    assert running.app()["phase"] == "idle" and running.app()["current"] == "1.0.0"
+
+
+def test_g142_a_scheduled_check_that_fails_is_logged_and_backs_off(
+        host: Host, nginx: Nginx, served_feed: Feed, daemon: Daemon) -> None:
+    served_feed.release("1.0.0")
+    host.follow(nginx, served_feed)
+    (served_feed.folder / "manifest.json.minisig").unlink()
+    daemon.start()
+    daemon.wait_for(lambda: daemon.app()["phase"] == "failed", what="the failed check")
+    app = daemon.app()
+    assert "update failed at checking: " in daemon.log.read_text()
+    assert app["next_check"] - time.time() > 30, "retried after the backoff, not at once"
+
+
+# -- busy answers at once; edits never wait -------------------------------------------------------
+
+@pytest.fixture
+def downloading(host: Host, nginx: Nginx, served_feed: Feed, daemon: Daemon) -> Daemon:
+    """hello on 1.0.0, with 1.1.0 being downloaded slowly by the scheduler."""
+    served_feed.release("1.0.0")
+    host.follow(nginx, served_feed, max_rate=SLOW, check_interval="2s")
+    daemon.start()
+    daemon.wait_for(lambda: daemon.app()["current"] == "1.0.0", what="1.0.0")
+    slow_release(served_feed, "1.1.0")  # the next scheduled check, 2 s on, downloads it
+    daemon.wait_for(lambda: daemon.app()["phase"] == "downloading", what="the slow download")
+    return daemon
+
+
+def test_every_method_answers_within_a_second_during_a_long_download(
+        downloading: Daemon) -> None:
+    d = downloading
+    for args in (["status"], ["list-backups", "hello"], ["history", "hello"], ["metrics"],
+                 ["check", "hello"], ["update", "hello"], ["rollback", "hello"],
+                 ["pause", "hello"], ["resume", "hello"], ["skip", "hello", "9.9.9"],
+                 ["unskip", "hello", "9.9.9"]):
+        t0 = time.monotonic()
+        r = d.ctl(*args, timeout=10)
+        took = time.monotonic() - t0
+        assert took < 1, (args, took)
+        if args[0] in ("check", "update", "rollback"):
+            assert r.returncode == 1 and "hello is busy: downloading for " in r.stderr, r.stderr
+            assert "`updaterctl cancel hello` stops it" in r.stderr
+        else:
+            assert r.returncode == 0, (args, r.stderr)
+    assert d.app()["phase"] == "downloading", "the download went on"
+
+
+def test_a_version_skipped_during_its_download_is_not_installed(downloading: Daemon) -> None:
+    d = downloading
+    d.ctl("skip", "hello", "1.1.0", check=True)
+    d.wait_for(lambda: d.app()["phase"] == "idle", timeout=60, what="the download to end")
+    app = d.app()
+    assert app["current"] == "1.0.0"
+    history = d.host.state()["history"]
+    assert history[-1]["action"] == "cancelled" and "skipped" in history[-1]["reason"]
+
+
+def test_cancel_stops_a_download_at_once(downloading: Daemon) -> None:
+    d = downloading
+    t0 = time.monotonic()
+    r = d.ctl("cancel", "hello")
+    assert r.returncode == 0 and "hello: cancelled while downloading" in r.stdout
+    d.wait_for(lambda: d.app()["phase"] == "idle", timeout=5, what="idle")
+    assert time.monotonic() - t0 < 2
+    assert d.app()["current"] == "1.0.0"
+    assert d.host.state()["history"][-1]["action"] == "cancelled"
+    assert not list((d.host.prefix / "releases").glob("1.1.0*"))
+    r = d.ctl("cancel", "hello")
+    assert r.returncode == 1 and "nothing to cancel" in r.stderr
+
+
+def test_cancel_during_a_wait_for_inhibitors_and_past_the_switch(
+        host: Host, nginx: Nginx, served_feed: Feed, daemon: Daemon) -> None:
+    served_feed.release("1.0.0")
+    host.follow(nginx, served_feed, health_check=["/bin/sh", "-c", "sleep 3"])
+    daemon.start()
+    daemon.wait_for(lambda: daemon.app()["phase"] == "health_check", what="health check")
+    r = daemon.ctl("cancel", "hello")
+    assert r.returncode == 1 and "past its switch (health_check)" in r.stderr
+    daemon.wait_for(lambda: daemon.app()["current"] == "1.0.0", what="the install to finish")
