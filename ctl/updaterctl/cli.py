@@ -34,6 +34,13 @@ COMMANDS = ("status", "check", "update", "rollback", "list-backups", "history", 
             "pause", "resume", "cancel", "watch", "inhibit", "reload", "metrics")
 
 
+def _positive(text: str) -> int:
+    """An argparse type: a whole number of 1 or more."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"--limit must be 1 or more, not {text!r}")
+    return int(text)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="updaterctl", description="Control and query updaterd over its socket.",
@@ -62,7 +69,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("app")
     s = sub.add_parser("history", help="what was installed, rolled back, blocked")
     s.add_argument("app")
-    s.add_argument("--limit", type=int)
+    s.add_argument("--limit", type=_positive, metavar="N", help="the newest N entries")
     for name, text in (("skip", "never install VERSION by itself"),
                        ("unskip", "allow VERSION again (also lifts a block)")):
         s = sub.add_parser(name, help=text)
@@ -105,6 +112,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_NOT_PERMITTED if e.not_permitted else EXIT_FAILED
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `updaterctl status | head -1`: the reader has what it wanted; no error, no traceback
+        # (and none again when the interpreter flushes stdout at exit).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 def emit_json(value: Any) -> None:

@@ -176,6 +176,8 @@ class ControlApi:
         return backups
 
     async def history(self, p: HistoryParams, conn: Connection) -> list[HistoryItem]:
+        if p.limit is not None and p.limit < 1:
+            raise RpcError(ErrorCode.INVALID_PARAMS, f"limit must be 1 or more, not {p.limit}")
         st = self._worker(p.app).state()
         entries = st.history[-p.limit:] if p.limit else st.history
         return [msgspec.convert(e, HistoryItem, from_attributes=True) for e in entries]
@@ -253,6 +255,13 @@ class ControlApi:
         return Ok()
 
     async def skip(self, p: VersionParams, conn: Connection) -> Ok:
+        self._worker(p.app)
+        try:
+            versions.parse(p.version)
+        except ValueError:
+            raise RpcError(ErrorCode.NO_SUCH_VERSION, f"{p.version!r} is not a version "
+                                                      "(such as 1.2.3)") from None
+
         def edit(st: Any) -> None:
             if p.version not in st.skipped:
                 st.skipped.append(p.version)

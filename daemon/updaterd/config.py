@@ -343,8 +343,10 @@ def load(path: str | Path) -> Config:
     unsafe = pathtrust.problem(p, "configuration file")
     try:
         text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError([f"{p}: cannot read: {e}"]) from None
+    except OSError as e:
+        raise ConfigError([f"{p}: cannot read: {e.strerror or e}"]) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"{p}: not UTF-8 text ({e.reason} at byte {e.start})"]) from None
     try:
         config = parse(text, str(p))
     except ConfigError as e:

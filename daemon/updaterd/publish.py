@@ -36,8 +36,11 @@ def keygen(out_prefix: str, force: bool = False) -> tuple[Path, Path]:
         if p.exists() and not force:
             raise UpdaterError(f"{p} exists; refusing to overwrite a key")
     secret = minisign.SecretKey.generate()
-    fsutil.atomic_write(key, secret.to_file().encode(), mode=0o600)
-    fsutil.atomic_write(pub, secret.public.to_file().encode(), mode=0o644)
+    try:
+        fsutil.atomic_write(key, secret.to_file().encode(), mode=0o600)
+        fsutil.atomic_write(pub, secret.public.to_file().encode(), mode=0o644)
+    except OSError as e:
+        raise UpdaterError(f"cannot write {key.parent}/: {e.strerror or e}") from None
     return pub, key
 
 
@@ -149,7 +152,11 @@ def publish(*, feed_dir: Path, key_path: Path | Sequence[Path], app: str, versio
         manifest.serial += 1
     else:
         manifest = Manifest(schema=1, app=app, serial=1, expires=now, releases=[])
-    manifest.expires = (now + timedelta(seconds=parse_duration(expires))).replace(microsecond=0)
+    try:
+        lifetime = parse_duration(expires)
+    except ValueError as e:
+        raise FeedError(f"--expires: {e}") from None
+    manifest.expires = (now + timedelta(seconds=lifetime)).replace(microsecond=0)
     release = Release(version=version, published=now.replace(microsecond=0), channel=channel,
                       notes=notes, rollout=rollout, artifacts=[a for _, a in entries])
     old = manifest.release(version, channel)
