@@ -64,10 +64,11 @@ def test_check_force_fetches_the_whole_feed(running: Daemon, served_feed: Feed,
 def test_skip_unskip_pause_resume(running: Daemon, served_feed: Feed) -> None:
     running.ctl("skip", "hello", "1.1.0", check=True)
     served_feed.release("1.1.0")
-    out = json.loads(running.ctl("--json", "check", "hello", check=True).stdout)
+    out = json.loads(running.ctl("--json", "check", "hello", check=True).stdout)["hello"]
     assert out["available"] is None and "skipped" in out["passed_over"]["1.1.0"]
     running.ctl("unskip", "hello", "1.1.0", check=True)
-    assert json.loads(running.ctl("--json", "check", "hello").stdout)["available"] == "1.1.0"
+    out = json.loads(running.ctl("--json", "check", "hello").stdout)["hello"]
+    assert out["available"] == "1.1.0"
     running.ctl("pause", "hello", check=True)
     app = running.app()
     assert app["paused"] and app["next_check"] is None

@@ -66,7 +66,7 @@ def wait_phase(daemon: Daemon, phase: str, timeout: float = 20) -> None:
     daemon.wait_for(lambda: daemon.app()["phase"] == phase, timeout, f"phase {phase}")
 
 
-# -- row 142: every kind of failure, told the same way everywhere ----------------------------------
+# -- row 142: every kind of failure, told the same way everywhere --------------------------------
 
 @pytest.mark.parametrize("fault", ["bad signature", "404", "digest mismatch"])
 def test_g142_a_failure_agrees_in_status_history_events_log_and_metrics(
@@ -124,7 +124,7 @@ def test_g142_a_scheduled_check_that_fails_is_logged_and_backs_off(
     assert app["next_check"] - time.time() > 30, "retried after the backoff, not at once"
 
 
-# -- busy answers at once; edits never wait -------------------------------------------------------
+# -- busy answers at once; edits never wait ----------------------------------------------------
 
 @pytest.fixture
 def downloading(host: Host, nginx: Nginx, served_feed: Feed, daemon: Daemon) -> Daemon:
@@ -190,3 +190,40 @@ def test_cancel_during_a_wait_for_inhibitors_and_past_the_switch(
     r = daemon.ctl("cancel", "hello")
     assert r.returncode == 1 and "past its switch (health_check)" in r.stderr
     daemon.wait_for(lambda: daemon.app()["current"] == "1.0.0", what="the install to finish")
+
+
+# -- what the operator reads ---------------------------------------------------------------------
+
+def test_check_of_every_app_names_each_failure_and_keeps_going(
+        host: Host, nginx: Nginx, served_feed: Feed, daemon: Daemon) -> None:
+    from tests.helpers import write_config
+    served_feed.release("1.0.0")
+    good = {"source": "manifest", "url": nginx.url(f"{served_feed.folder.name}/manifest.json"),
+            "public_keys": [served_feed.pub], "allow_insecure": True, "check_interval": "1h",
+            "jitter": "0s", "auto_update": False}
+    write_config(host.config, host.daemon_table(), {
+        "broken": {**good, "url": nginx.url("nowhere/manifest.json"),
+                   "prefix": str(host.base / "broken")},
+        "hello": {**good, "prefix": str(host.prefix)}})
+    daemon.start()
+    daemon.wait_for(lambda: {a["phase"] for a in daemon.status()["apps"]} <= {"idle", "failed"}
+                    and all(a["last_check"] for a in daemon.status()["apps"]),
+                    what="the first scheduled checks")
+    r = daemon.ctl("check")
+    assert r.returncode == 1
+    assert "hello: 1.0.0 is available (current nothing)" in r.stdout
+    assert "broken: check failed: " in r.stderr and "HTTP 404" in r.stderr
+    out = json.loads(daemon.ctl("--json", "check").stdout)
+    assert set(out) == {"broken", "hello"} and "error" in out["broken"]
+    assert out["hello"]["available"] == "1.0.0"
+
+
+def test_reload_of_an_invalid_file_prints_every_problem(running: Daemon) -> None:
+    config = running.host.config
+    config.write_text(config.read_text().replace('check_interval = "1h"',
+                                                 'check_interval = "4 hours"\nbogus = 1'))
+    r = running.ctl("reload")
+    assert r.returncode == 1 and "configuration refused; the old one is kept" in r.stderr
+    assert "apps.hello.bogus: unknown key" in r.stderr
+    assert "apps.hello.check_interval" in r.stderr
+    assert "reload refused: " in running.log.read_text()

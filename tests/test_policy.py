@@ -220,7 +220,7 @@ def test_rollout_share_is_explained_and_widened_without_a_new_version(
     daemon.ctl("check", "hello", check=True)
     assert "1.1.0: available to 0% of hosts, not this one yet" in daemon.app()["notes"]
     served_feed.publish("1.1.0", [art], rollout=100)  # the same version, a wider share
-    out = json.loads(daemon.ctl("--json", "check", "hello", check=True).stdout)
+    out = json.loads(daemon.ctl("--json", "check", "hello", check=True).stdout)["hello"]
     assert out["available"] == "1.1.0"
 
 

@@ -106,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_UNREACHABLE
     except RemoteError as e:
         print(f"updaterctl: {e.message}", file=sys.stderr)
+        if isinstance(e.data, list):  # reload: one line per problem in the file
+            for line in e.data:
+                print(f"  {line}", file=sys.stderr)
         if args.json and e.data is not None:
             print(msgspec.json.encode({"code": e.code, "message": e.message,
                                        "data": e.data}).decode())
@@ -183,20 +186,35 @@ def print_status(result: StatusResult) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    """One line per app, a failing app named and never hiding the others; exit 1 when any
+    failed. `--json` is always an object of app -> result (or {"error": ...})."""
+    results: dict[str, Any] = {}
+    failed = False
     with Client(args.socket) as c:
         apps = [args.app] if args.app else [a.name for a in c.status().apps]
-        results = {app: c.check(app, args.force) for app in apps}
+        for app in apps:
+            try:
+                results[app] = c.check(app, args.force)
+            except RemoteError as e:
+                if e.not_permitted:
+                    raise
+                failed = True
+                results[app] = {"error": {"code": e.code, "message": e.message}}
     if args.json:
-        emit_json(results if not args.app else results[args.app])
-        return EXIT_OK
+        emit_json(results)
+        return EXIT_FAILED if failed else EXIT_OK
     for app, r in results.items():
-        if r.available:
+        if isinstance(r, dict):
+            message = r["error"]["message"]
+            print(f"{app}: check failed: {message.removeprefix(app + ': ')}", file=sys.stderr)
+        elif r.available:
             print(f"{app}: {r.available} is available (current {r.current or 'nothing'})")
         else:
             print(f"{app}: up to date at {r.current or 'nothing'}")
-        for v, why in r.passed_over.items():
-            print(f"  {v}: {why}")
-    return EXIT_OK
+        if not isinstance(r, dict):
+            for v, why in r.passed_over.items():
+                print(f"  {v}: {why}")
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def _progress_line(event: Event, started: float) -> str:

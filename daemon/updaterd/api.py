@@ -45,7 +45,7 @@ from updaterctl.protocol import (
     UpdateResult,
     VersionParams,
 )
-from updaterd import metrics, rpc, versions, window
+from updaterd import metrics, rpc, versions
 from updaterd.engine import NoSuchVersion, UnknownApp
 from updaterd.errors import ConfigError, PolicyError, UpdaterError
 from updaterd.inplace import InplaceLayout, file_digest
@@ -111,7 +111,7 @@ class ControlApi:
         once, with the phase and since when), and runs in a scope `cancel` can reach."""
         if worker.lock.locked():
             since = worker.busy_since or time.time()
-            took = window.describe_wait(time.time() - since)
+            took = _duration(time.time() - since)
             raise RpcError(ErrorCode.BUSY,
                            f"{worker.name} is busy: {worker.phase} for {took} (since "
                            f"{time.strftime('%H:%M:%S', time.localtime(since))}); "
@@ -333,6 +333,16 @@ class ControlApi:
                            e.problems) from None
         return Ok()
 
+
+
+def _duration(seconds: float) -> str:
+    """`7s`, `2m05s`, `1h04m`: how long, for people."""
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 def _cancelled(w: AppWorker, scope: trio.CancelScope) -> RpcError:
