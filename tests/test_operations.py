@@ -227,3 +227,36 @@ def test_reload_of_an_invalid_file_prints_every_problem(running: Daemon) -> None
     assert "apps.hello.bogus: unknown key" in r.stderr
     assert "apps.hello.check_interval" in r.stderr
     assert "reload refused: " in running.log.read_text()
+
+
+def test_status_says_why_and_what_undoes_it(running: Daemon, served_feed: Feed) -> None:
+    served_feed.release("1.1.0", healthy=False)
+    assert running.ctl("update", "hello").returncode == 1
+    served_feed.release("1.2.0")
+    running.ctl("skip", "hello", "1.2.0", check=True)
+    notes = running.app()["notes"]
+    assert any(n.startswith("rolled back from 1.1.0 to 1.0.0: health check") and
+               n.endswith("`updaterctl unskip hello 1.1.0` allows it again") for n in notes)
+    assert "1.2.0 is skipped: `updaterctl unskip hello 1.2.0` allows it again" in notes
+    actions = [(h["action"], h["version"]) for h in running.host.state()["history"]]
+    assert ("rolled_back", "1.0.0") in actions and actions[-2:] != [("blocked", "1.2.0")]
+    running.ctl("unskip", "hello", "1.2.0", check=True)
+    running.ctl("check", "hello", check=True)
+    notes = running.app()["notes"]
+    assert any(n.startswith("1.2.0 installs at the next check, in ") and
+               n.endswith("`updaterctl update hello` installs it now") for n in notes), notes
+    running.ctl("pause", "hello", check=True)
+    assert "paused: `updaterctl resume hello` to go on" in running.app()["notes"]
+
+
+def test_rollback_after_rollback_toggles_like_rpm_ostree(running: Daemon,
+                                                         served_feed: Feed) -> None:
+    served_feed.release("1.1.0")
+    running.ctl("update", "hello", check=True)
+    r = running.ctl("rollback", "hello")
+    assert "rolled back from 1.1.0 to 1.0.0" in r.stdout
+    assert running.app()["skipped"] == ["1.1.0"]
+    r = running.ctl("rollback", "hello")  # undoes the rollback
+    assert "went forward from 1.0.0 to 1.1.0" in r.stdout
+    app = running.app()
+    assert app["current"] == "1.1.0" and app["skipped"] == [], "nothing left skipped"

@@ -134,15 +134,28 @@ class ControlApi:
     def app_status(self, w: AppWorker) -> AppStatus:
         st = w.state()
         cfg = w.config()
-        notes = []
+        name, notes = w.name, []
         if st.paused:
-            notes.append("paused: `updaterctl resume` to go on")
+            notes.append(f"paused: `updaterctl resume {name}` to go on")
         if st.available and not cfg.auto_update:
             notes.append(f"{st.available} is available; auto_update is off: "
-                         "`updaterctl update` installs it")
+                         f"`updaterctl update {name}` installs it")
+        elif st.available and not st.paused and w.phase in ("idle", "failed") \
+                and w.schedule.next_check is not None:
+            wait = _duration(max(w.schedule.next_check - time.time(), 0))
+            notes.append(f"{st.available} installs at the next check, in {wait}; "
+                         f"`updaterctl update {name}` installs it now")
         notes += [f"{v}: {why}" for v, why in st.passed_over.items()]
         if w.phase in ("waiting_inhibitors", "waiting_window"):
             notes.append(w.message)
+        rolled_back = {h.from_version: h for h in st.history if h.action == "rolled_back"}
+        for v in st.blocked:
+            h = rolled_back.get(v)
+            why = f"rolled back from {v} to {h.version or 'nothing'}: {h.reason}" if h \
+                else f"{v} is blocked after a failed update"
+            notes.append(f"{why}; `updaterctl unskip {name} {v}` allows it again")
+        notes += [f"{v} is skipped: `updaterctl unskip {name} {v}` allows it again"
+                  for v in st.skipped]
         return AppStatus(
             name=w.name, current=st.installed, available=st.available, phase=w.phase,
             progress=Progress(done=w.progress[0], total=w.progress[1]) if w.progress else None,

@@ -313,10 +313,13 @@ async def complete_rollback(run: AppRun, tx: Transaction) -> None:
     run.state.pending = None
     if left is not None and run.state.available == left:
         run.state.available = None  # blocked or skipped now: not on offer any more
+    if to_version is not None and to_version in run.state.skipped:
+        run.state.skipped.remove(to_version)  # back on it: it is no longer skipped
     if tx.block and left is not None:
         if left not in run.state.blocked:
             run.state.blocked.append(left)
         run.state.last_error = f"{left} failed: {tx.reason}"
+        run.remember("rolled_back", to_version or "", left, tx.reason)
         run.remember("blocked", left, to_version, tx.reason)
     else:
         run.state.previous = left
