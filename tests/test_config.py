@@ -101,3 +101,25 @@ def test_refuses_to_start_on_bad_config(tmp_path: Path) -> None:
     cfg.write_text("[daemon]\nbogus = 1\n")
     r = run_updaterd("--config", cfg, "--once")
     assert r.returncode == 2 and "daemon.bogus: unknown key" in r.stderr
+
+
+def test_errors_read_as_a_person_would_write_them(tmp_path: Path) -> None:
+    """No regular expression and no msgspec wording: what is wrong, and what would be right."""
+    from updaterd.config import parse
+    from updaterd.errors import ConfigError
+    text = ('[daemon]\nsocket_mode = "rw"\n[apps.demo]\nsource = "manifst"\n'
+            'prefix = "/opt/demo"\ncheck_intervall = "4h"\ncheck_interval = "4 hours"\n'
+            'max_rate = "fast"\n')
+    with pytest.raises(ConfigError) as e:
+        parse(text, "u.toml")
+    problems = e.value.problems
+    assert "u.toml: daemon.socket_mode: 'rw' is not a mode (examples: 0660, 0600)" in problems
+    assert 'u.toml: apps.demo.source: \'manifst\' is not one of "manifest", "github", ' \
+        '"directory"' in problems
+    assert "u.toml: apps.demo.check_intervall: unknown key (did you mean " \
+        "'check_interval'?)" in problems
+    assert "u.toml: apps.demo.check_interval: '4 hours' is not a duration (examples: 30s, " \
+        "10m, 4h, 1h30m, 7d)" in problems
+    assert "u.toml: apps.demo.max_rate: 'fast' is not a rate (examples: 512KiB/s, 20MiB/s)" \
+        in problems
+    assert not any("regex" in p or "Expected" in p for p in problems)

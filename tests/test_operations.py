@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -260,3 +261,27 @@ def test_rollback_after_rollback_toggles_like_rpm_ostree(running: Daemon,
     assert "went forward from 1.0.0 to 1.1.0" in r.stdout
     app = running.app()
     assert app["current"] == "1.1.0" and app["skipped"] == [], "nothing left skipped"
+
+
+def test_messages_an_operator_reads(running: Daemon) -> None:
+    out = running.ctl("status", check=True).stdout
+    assert re.search(r"pid \d+, up \d+[smhd], config ", out) and "up since" not in out
+    r = subprocess.run([str(BIN / "updaterd"), "--config", str(running.host.config),
+                        "check-config"], capture_output=True, text=True)
+    assert r.stdout.strip().endswith(": OK (1 app)")
+
+
+def test_a_user_the_socket_keeps_out_is_told_why(host: Host, nginx: Nginx, served_feed: Feed,
+                                                 daemon: Daemon, public_dir: Path) -> None:
+    served_feed.release("1.0.0")
+    host.follow(nginx, served_feed)
+    daemon.socket = host.open_socket_in(public_dir)
+    host.config.write_text(host.config.read_text().replace('socket_mode = "0666"',
+                                                           'socket_mode = "0660"'))
+    daemon.start()
+    r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                        str(BIN / "updaterctl"), "--socket", str(daemon.socket), "status"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 4, "not permitted, not unreachable"
+    assert "permission denied; the socket is mode 0660, group " in r.stderr, r.stderr
+    assert "join group" in r.stderr and "or run as root" in r.stderr

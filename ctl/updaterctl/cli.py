@@ -19,7 +19,13 @@ from typing import Any
 import msgspec
 
 from updaterctl._version import __version__
-from updaterctl.client import Client, Connection, DaemonUnreachable, RemoteError
+from updaterctl.client import (
+    Client,
+    Connection,
+    DaemonUnreachable,
+    NotAllowedToConnect,
+    RemoteError,
+)
 from updaterctl.protocol import (
     DEFAULT_SOCKET,
     MAX_WHO,
@@ -101,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     args.cmd = cmd
     try:
         return COMMAND_FUNCS[args.command](args)
+    except NotAllowedToConnect as e:
+        print(f"updaterctl: {e}", file=sys.stderr)
+        return EXIT_NOT_PERMITTED
     except DaemonUnreachable as e:
         print(f"updaterctl: {e}", file=sys.stderr)
         return EXIT_UNREACHABLE
@@ -167,7 +176,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def print_status(result: StatusResult) -> None:
     d = result.daemon
-    print(f"updaterd {d.version}, pid {d.pid}, up since {ago(d.started_at)}, config {d.config}")
+    up = ago(d.started_at).removesuffix(" ago")
+    print(f"updaterd {d.version}, pid {d.pid}, up {up}, config {d.config}")
     if not result.apps:
         print("no apps configured")
         return
@@ -385,8 +395,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
                 text = f"{event.phase} {human_size(event.done or 0)} / " \
                        f"{human_size(event.total or 0)}"
             else:
-                text = f"{event.kind} {event.phase}: {event.message}" if event.kind == "phase" \
-                    else f"{event.kind}: {event.message}"
+                head = f"{event.kind} {event.phase}" if event.kind == "phase" else event.kind
+                text = f"{head}: {event.message}" if event.message else head
             print(f"{when} {event.app}: {text}", flush=True)
     finally:
         c.close()

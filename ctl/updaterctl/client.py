@@ -11,6 +11,7 @@ No trio, no httpx: it costs one socket and msgspec.
 from __future__ import annotations
 
 import itertools
+import os
 import socket
 from collections.abc import Iterator
 from types import TracebackType
@@ -43,6 +44,10 @@ class DaemonUnreachable(ClientError):
     """No daemon answers at the socket path."""
 
 
+class NotAllowedToConnect(DaemonUnreachable):
+    """The socket's mode and group keep this user out (exit status 4, not 3)."""
+
+
 class RemoteError(ClientError):
     """The daemon answered with a JSON-RPC error."""
 
@@ -66,6 +71,24 @@ class _Envelope(msgspec.Struct):
     params: msgspec.Raw = msgspec.field(default_factory=lambda: msgspec.Raw(b"null"))
 
 
+def _who_may_connect(path: str) -> str:
+    """Why connecting to the socket was refused, in terms an operator can act on."""
+    import grp
+    import stat
+
+    try:
+        st = os.stat(path)
+    except OSError:
+        return f"cannot connect to {path}: permission denied (a folder on the way is closed)"
+    try:
+        group = grp.getgrgid(st.st_gid).gr_name
+    except KeyError:
+        group = str(st.st_gid)
+    return (f"cannot connect to {path}: permission denied; the socket is mode "
+            f"{stat.S_IMODE(st.st_mode):04o}, group {group}: join group {group} (then log in "
+            "again) or run as root")
+
+
 class Connection:
     """One connection to the daemon; calls are answered in order."""
 
@@ -75,6 +98,9 @@ class Connection:
         self.sock.settimeout(timeout)
         try:
             self.sock.connect(path)
+        except PermissionError:
+            self.sock.close()
+            raise NotAllowedToConnect(_who_may_connect(path)) from None
         except OSError as e:
             self.sock.close()
             raise DaemonUnreachable(f"cannot reach updaterd at {path}: "

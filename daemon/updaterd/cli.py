@@ -175,7 +175,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return EXIT_OK
     cfg = config_mod.load(args.config)
     if args.command == "check-config":
-        print(f"{args.config}: OK ({len(cfg.apps)} apps)")
+        n = len(cfg.apps)
+        print(f"{args.config}: OK ({n} app{'' if n == 1 else 's'})")
         return EXIT_OK
     if args.command == "verify":
         return _verify(cfg, args.apps)

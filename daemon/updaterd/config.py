@@ -6,10 +6,13 @@ run reports every problem (one line each) instead of stopping at the first.
 
 from __future__ import annotations
 
+import difflib
 import re
 import tomllib
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar, get_type_hints
+from types import UnionType
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 from urllib.parse import urlsplit
 
 import msgspec
@@ -144,6 +147,30 @@ def _describe(err: msgspec.ValidationError) -> str:
     return re.sub(r"\s*- at `\$[^`]*`$", "", text)
 
 
+_EXAMPLES = {"duration": "30s, 10m, 4h, 1h30m, 7d", "size": "512KiB, 4MiB, 1GB",
+             "rate": "512KiB/s, 20MiB/s", "mode": "0660, 0600"}
+
+
+def _friendly(value: Any, hint: Any) -> str | None:
+    """What a person needs to read instead of msgspec's regex, for the few pattern types."""
+    options = [a for a in get_args(hint) if a is not type(None)] \
+        if get_origin(hint) in (Union, UnionType) else [hint]
+    for option in options:
+        for name, kind in (("duration", Duration), ("size", Size), ("rate", Rate),
+                           ("mode", Mode)):
+            if option == kind and isinstance(value, str):
+                return f"{value!r} is not a {name} (examples: {_EXAMPLES[name]})"
+        if get_origin(option) is Literal:
+            allowed = ", ".join(f'"{a}"' for a in get_args(option))
+            return f"{value!r} is not one of {allowed}"
+    return None
+
+
+def _unknown(key: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1)
+    return f"unknown key (did you mean {close[0]!r}?)" if close else "unknown key"
+
+
 def _check_table(raw: Any, cls: type[S], where: str, problems: list[str]) -> S | None:
     """Validate `raw` against `cls` key by key, appending one problem per bad key.
 
@@ -158,12 +185,13 @@ def _check_table(raw: Any, cls: type[S], where: str, problems: list[str]) -> S |
     good = {}
     for key, value in raw.items():
         if key not in fields or (key == "path" and cls is Config):
-            problems.append(f"{where}.{key}: unknown key")
+            problems.append(f"{where}.{key}: {_unknown(key, fields)}")
             continue
+        hint = hints[fields[key].name]
         try:
-            msgspec.convert(value, hints[fields[key].name], strict=True)
+            msgspec.convert(value, hint, strict=True)
         except msgspec.ValidationError as e:
-            problems.append(f"{where}.{key}: {_describe(e)}")
+            problems.append(f"{where}.{key}: {_friendly(value, hint) or _describe(e)}")
             continue
         good[key] = value
     missing = [name for name, f in fields.items() if f.required and name not in raw]
@@ -300,7 +328,7 @@ def parse(text: str, path: str) -> Config:
     problems: list[str] = []
     for key in raw:
         if key not in ("daemon", "limits", "apps"):
-            problems.append(f"{path}: {key}: unknown key")
+            problems.append(f"{path}: {key}: {_unknown(key, ('daemon', 'limits', 'apps'))}")
     daemon = _check_table(raw.get("daemon", {}), DaemonConfig, f"{path}: daemon", problems)
     limits = _check_table(raw.get("limits", {}), Limits, f"{path}: limits", problems)
     if limits is not None:

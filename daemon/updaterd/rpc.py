@@ -337,7 +337,8 @@ class Server:
             raise RpcError(ErrorCode.METHOD_NOT_FOUND, f"method not found: {req.method}")
         if req.method not in READ_METHODS and not conn.peer.admin:
             raise RpcError(ErrorCode.NOT_PERMITTED,
-                           f"{req.method} needs root or the admin group")
+                           f"{req.method} needs root or the admin group "
+                           f"{self.admin_group()!r}")
         if req.method in STREAMS:
             if batched:
                 raise RpcError(ErrorCode.INVALID_REQUEST, f"{req.method} cannot be batched")
