@@ -285,3 +285,12 @@ def test_a_user_the_socket_keeps_out_is_told_why(host: Host, nginx: Nginx, serve
     assert r.returncode == 4, "not permitted, not unreachable"
     assert "permission denied; the socket is mode 0660, group " in r.stderr, r.stderr
     assert "join group" in r.stderr and "or run as root" in r.stderr
+
+
+def test_reload_applies_a_new_socket_mode(running: Daemon) -> None:
+    import stat as stat_mod
+    assert stat_mod.S_IMODE(running.socket.stat().st_mode) == 0o660
+    config = running.host.config
+    config.write_text(config.read_text().replace("[daemon]\n", '[daemon]\nsocket_mode = "0600"\n'))
+    running.ctl("reload", check=True)
+    assert stat_mod.S_IMODE(running.socket.stat().st_mode) == 0o600

@@ -154,6 +154,18 @@ def is_admin(uid: int, gid: int, groups: tuple[int, ...], group_name: str) -> bo
     return gid == wanted or wanted in groups
 
 
+def set_socket_access(path: Path, mode: int, group: str) -> None:
+    """The socket's group (the admin group, when it exists) and mode: who may connect."""
+    try:
+        gid = grp.getgrnam(group).gr_gid
+    except KeyError:
+        log.warning("admin group %r does not exist; only root may change things", group)
+        gid = -1
+    if gid != -1:
+        os.chown(path, -1, gid)
+    os.chmod(path, mode)
+
+
 def create_socket(path: Path, mode: int, group: str) -> trio.socket.SocketType:
     """Bind the control socket safely: private until chmod, stale files replaced only if ours."""
     parent = path.parent
@@ -188,14 +200,7 @@ def create_socket(path: Path, mode: int, group: str) -> trio.socket.SocketType:
         sock.bind(str(tmp))
     finally:
         os.umask(old)
-    try:
-        gid = grp.getgrnam(group).gr_gid
-    except KeyError:
-        log.warning("admin group %r does not exist; only root may change things", group)
-        gid = -1
-    if gid != -1:
-        os.chown(tmp, -1, gid)
-    os.chmod(tmp, mode)
+    set_socket_access(tmp, mode, group)
     sock.listen(128)
     os.replace(tmp, path)
     return trio.socket.from_stdlib_socket(sock)

@@ -355,6 +355,12 @@ class Daemon:
         old = self.config
         if new.daemon.socket != old.daemon.socket or new.daemon.lock_file != old.daemon.lock_file:
             log.warning("socket and lock_file changes take effect at the next start")
+        elif (new.daemon.socket_mode, new.daemon.admin_group) != \
+                (old.daemon.socket_mode, old.daemon.admin_group):
+            rpc.set_socket_access(Path(new.daemon.socket), int(new.daemon.socket_mode, 8),
+                                  new.daemon.admin_group)
+            log.info("socket %s is now mode %s, group %s", new.daemon.socket,
+                     new.daemon.socket_mode, new.daemon.admin_group)
         self.config = new
         self.engine.reconfigure(new)
         for name in list(self.workers):
