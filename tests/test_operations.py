@@ -294,3 +294,25 @@ def test_reload_applies_a_new_socket_mode(running: Daemon) -> None:
     config.write_text(config.read_text().replace("[daemon]\n", '[daemon]\nsocket_mode = "0600"\n'))
     running.ctl("reload", check=True)
     assert stat_mod.S_IMODE(running.socket.stat().st_mode) == 0o600
+
+
+def test_json_output_matches_the_published_schema(running: Daemon) -> None:
+    import msgspec
+
+    from updaterctl.protocol import CLI_RESULTS, JSON_SCHEMA_VERSION
+    schema = json.loads(running.ctl("--json-schema", check=True).stdout)
+    assert schema["schema_version"] == JSON_SCHEMA_VERSION
+    for argv, shape in ((["status"], "status"), (["check"], "check"),
+                        (["check", "hello"], "check"), (["list-backups", "hello"],
+                                                        "list-backups"),
+                        (["history", "hello"], "history"), (["metrics"], "metrics")):
+        assert shape in schema["commands"]
+        out = running.ctl("--json", *argv, check=True).stdout
+        msgspec.json.decode(out, type=CLI_RESULTS[shape])  # raises when the shape differs
+    metrics = json.loads(running.ctl("--json", "metrics", check=True).stdout)
+    assert {"name": "updaterd_consecutive_failures", "labels": {"app": "hello"},
+            "value": 0.0} in metrics
+    r = running.ctl("--json", "rollback", "hello")  # nothing to go back to: refused
+    assert r.returncode == 1
+    error = msgspec.json.decode(r.stdout, type=CLI_RESULTS["error"])
+    assert error.code == 4 and "no previous version" in error.message

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import os
+import re
 import select
 import subprocess
 import sys
@@ -27,10 +28,14 @@ from updaterctl.client import (
     RemoteError,
 )
 from updaterctl.protocol import (
+    CLI_RESULTS,
     DEFAULT_SOCKET,
+    JSON_SCHEMA_VERSION,
     MAX_WHO,
     MAX_WHY,
+    ErrorObject,
     Event,
+    Metric,
     StatusResult,
     UpdateResult,
 )
@@ -56,7 +61,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--socket", default=os.environ.get("UPDATERD_SOCKET", DEFAULT_SOCKET),
                    metavar="PATH", help=f"control socket (default {DEFAULT_SOCKET})")
     p.add_argument("--json", action="store_true", help="print the RPC result as JSON")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    p.add_argument("--json-schema", action="store_true",
+                   help="print the JSON Schema of every --json output, and exit")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
     s = sub.add_parser("status", help="daemon and apps: versions, phase, checks, errors")
     s.add_argument("app", nargs="?")
     s = sub.add_parser("check", help="check the feed now")
@@ -105,6 +112,11 @@ def main(argv: list[str] | None = None) -> int:
         argv, cmd = argv[:cut], argv[cut + 1:]
     args = parser().parse_args(argv)
     args.cmd = cmd
+    if args.json_schema:
+        print_json_schema()
+        return EXIT_OK
+    if args.command is None:
+        parser().error("a COMMAND is required")
     try:
         return COMMAND_FUNCS[args.command](args)
     except NotAllowedToConnect as e:
@@ -118,9 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(e.data, list):  # reload: one line per problem in the file
             for line in e.data:
                 print(f"  {line}", file=sys.stderr)
-        if args.json and e.data is not None:
-            print(msgspec.json.encode({"code": e.code, "message": e.message,
-                                       "data": e.data}).decode())
+        if args.json:  # a script reads the error object where it reads results
+            emit_json(ErrorObject(e.code, e.message, e.data))
         return EXIT_NOT_PERMITTED if e.not_permitted else EXIT_FAILED
     except KeyboardInterrupt:
         return 130
@@ -435,10 +446,38 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     with Client(args.socket) as c:
         text = c.metrics()
     if args.json:
-        emit_json(text)
+        emit_json(parse_metrics(text))
     else:
         sys.stdout.write(text)
     return EXIT_OK
+
+
+_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_metrics(text: str) -> list[Metric]:
+    """The Prometheus text exposition as samples (name, labels, value), for scripts."""
+    out = []
+    for line in text.splitlines():
+        m = _SAMPLE.match(line)
+        if m is None or line.startswith("#"):
+            continue
+        labels = {k: v.replace('\\"', '"').replace("\\n", "\n").replace("\\\\", "\\")
+                  for k, v in _LABEL.findall(m.group(2) or "")}
+        out.append(Metric(name=m.group(1), labels=labels, value=float(m.group(3))))
+    return out
+
+
+def print_json_schema() -> None:
+    """`--json-schema`: one JSON Schema (2020-12) per command's --json output."""
+    names = list(CLI_RESULTS)
+    schemas, components = msgspec.json.schema_components(
+        [CLI_RESULTS[n] for n in names], ref_template="#/$defs/{name}")
+    doc = {"$schema": "https://json-schema.org/draft/2020-12/schema",
+           "title": "updaterctl --json output", "schema_version": JSON_SCHEMA_VERSION,
+           "commands": dict(zip(names, schemas, strict=True)), "$defs": components}
+    print(msgspec.json.format(msgspec.json.encode(doc), indent=2).decode())
 
 
 COMMAND_FUNCS: dict[str, Callable[[argparse.Namespace], int]] = {

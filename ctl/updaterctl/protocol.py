@@ -242,6 +242,35 @@ class SubscribeResult(Struct):
     subscribed: bool = True
 
 
+class Metric(Struct, kw_only=True):
+    """One sample of `updaterctl --json metrics` (the Prometheus text, parsed)."""
+
+    name: str
+    labels: dict[str, str] = {}
+    value: float
+
+
+class CheckOutcome(Struct, kw_only=True):
+    """`updaterctl --json check`, per app: a CheckResult's fields, or `error` alone."""
+
+    current: str | None = None
+    available: str | None = None
+    checked_at: float | None = None
+    passed_over: dict[str, str] = {}
+    error: ErrorObject | None = None
+
+
+# What `updaterctl --json COMMAND` prints on success (on failure: an ErrorObject); the schema
+# version changes whenever one of these shapes changes in a way a script would notice.
+JSON_SCHEMA_VERSION = 1
+CLI_RESULTS: dict[str, Any] = {
+    "status": StatusResult, "check": dict[str, CheckOutcome],
+    "update": UpdateResult, "rollback": RollbackResult, "list-backups": list[Backup],
+    "history": list[HistoryItem], "cancel": CancelResult, "metrics": list[Metric],
+    "watch": Event, "skip": Ok, "unskip": Ok, "pause": Ok, "resume": Ok, "reload": Ok,
+    "error": ErrorObject,
+}
+
 # Which params each method takes; the daemon and the client both read this table.
 PARAMS: dict[str, type[Struct]] = {
     "status": StatusParams, "check": CheckParams, "update": UpdateParams,
