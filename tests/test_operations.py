@@ -316,3 +316,30 @@ def test_json_output_matches_the_published_schema(running: Daemon) -> None:
     assert r.returncode == 1
     error = msgspec.json.decode(r.stdout, type=CLI_RESULTS["error"])
     assert error.code == 4 and "no previous version" in error.message
+
+
+def _complete(daemon: Daemon, words: list[str]) -> list[str]:
+    """What bash completion offers for the last word of `updaterctl WORDS...`."""
+    completion = Path(__file__).resolve().parent.parent / "contrib/completion/updaterctl.bash"
+    line = " ".join(["updaterctl", "--socket", str(daemon.socket), *words])
+    script = (f"source {completion}; COMP_WORDS=({line}); "
+              f"COMP_CWORD=$((${{#COMP_WORDS[@]}} - 1)); _updaterctl; "
+              'printf "%s\\n" "${COMPREPLY[@]}"')
+    if words[-1] == "":
+        script = script.replace(f"COMP_WORDS=({line})", f"COMP_WORDS=({line} '')")
+    r = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30,
+                       env=dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}"))
+    return [w for w in r.stdout.split() if w]
+
+
+def test_completion_offers_versions_where_a_version_goes(running: Daemon,
+                                                         served_feed: Feed) -> None:
+    served_feed.release("1.1.0")
+    running.ctl("update", "hello", check=True)
+    served_feed.release("1.2.0")
+    running.ctl("check", "hello", check=True)
+    assert _complete(running, ["skip", "hello", ""]) == ["1.2.0"]
+    running.ctl("skip", "hello", "1.2.0", check=True)
+    assert _complete(running, ["unskip", "hello", ""]) == ["1.2.0"]
+    assert sorted(_complete(running, ["rollback", "hello", "--to", ""])) == ["1.0.0", "1.1.0"]
+    assert "hello" in _complete(running, ["skip", ""]), "the app comes first"

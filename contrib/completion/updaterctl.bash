@@ -9,6 +9,17 @@ _updaterctl_apps() {
     updaterctl $sock --json status 2>/dev/null | sed -n 's/.*"name": "\([^"]*\)".*/\1/p'
 }
 
+# Versions the daemon knows for APP, by what the word is for: skip (available, passed over),
+# unskip (skipped, blocked), kept (rollback --to: kept on disk), any (update --version).
+_updaterctl_versions() {
+    local sock="" i
+    for ((i = 1; i < ${#COMP_WORDS[@]}; i++)); do
+        [[ ${COMP_WORDS[i]} == --socket ]] && sock="--socket ${COMP_WORDS[i+1]}"
+    done
+    # shellcheck disable=SC2086
+    updaterctl $sock --complete-versions "$1" "$2" 2>/dev/null
+}
+
 _updaterctl() {
     local cur prev cmd i
     cur=${COMP_WORDS[COMP_CWORD]}
@@ -26,8 +37,24 @@ _updaterctl() {
         COMPREPLY=($(compgen -f -- "$cur"))
         return
     fi
+    local app="" n=0
+    for ((i = i + 1; i < COMP_CWORD; i++)); do
+        [[ ${COMP_WORDS[i]} == -* ]] && continue
+        [[ ${COMP_WORDS[i-1]} == --to || ${COMP_WORDS[i-1]} == --version ]] && continue
+        ((n++ == 0)) && app=${COMP_WORDS[i]}
+    done
+    if [[ -n $app ]]; then
+        case "$cmd:$prev" in
+            rollback:--to) COMPREPLY=($(compgen -W "$(_updaterctl_versions "$app" kept)" -- "$cur")); return ;;
+            update:--version) COMPREPLY=($(compgen -W "$(_updaterctl_versions "$app" any)" -- "$cur")); return ;;
+        esac
+        if [[ $cur != -* && ($cmd == skip || $cmd == unskip) ]]; then
+            COMPREPLY=($(compgen -W "$(_updaterctl_versions "$app" "$cmd")" -- "$cur"))
+            return
+        fi
+    fi
     if [[ -z $cmd ]]; then
-        COMPREPLY=($(compgen -W "$commands --socket --json --help --version" -- "$cur"))
+        COMPREPLY=($(compgen -W "$commands --socket --json --json-schema --help --version" -- "$cur"))
         return
     fi
     case $cmd in

@@ -7,6 +7,7 @@ Exit codes: 0 done, 1 the operation failed, 2 usage error, 3 the daemon cannot b
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import os
 import re
@@ -22,6 +23,7 @@ import msgspec
 from updaterctl._version import __version__
 from updaterctl.client import (
     Client,
+    ClientError,
     Connection,
     DaemonUnreachable,
     NotAllowedToConnect,
@@ -63,6 +65,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the RPC result as JSON")
     p.add_argument("--json-schema", action="store_true",
                    help="print the JSON Schema of every --json output, and exit")
+    p.add_argument("--complete-versions", nargs=2, metavar=("APP", "KIND"),
+                   help=argparse.SUPPRESS)  # for the shell completions
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     s = sub.add_parser("status", help="daemon and apps: versions, phase, checks, errors")
     s.add_argument("app", nargs="?")
@@ -114,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     args.cmd = cmd
     if args.json_schema:
         print_json_schema()
+        return EXIT_OK
+    if args.complete_versions:
+        with contextlib.suppress(ClientError):
+            print("\n".join(versions_for(args.socket, *args.complete_versions)))
         return EXIT_OK
     if args.command is None:
         parser().error("a COMMAND is required")
@@ -467,6 +475,22 @@ def parse_metrics(text: str) -> list[Metric]:
                   for k, v in _LABEL.findall(m.group(2) or "")}
         out.append(Metric(name=m.group(1), labels=labels, value=float(m.group(3))))
     return out
+
+
+def versions_for(socket_path: str, app: str, kind: str) -> list[str]:
+    """What a version word can be, for the shell completions: `skip` (available, passed
+    over), `unskip` (skipped, blocked), `kept` (rollback --to), `any` (update --version)."""
+    with Client(socket_path) as c:
+        st = next((a for a in c.status(app).apps if a.name == app), None)
+        kept = [b.version for b in c.list_backups(app)]
+    if st is None:
+        return []
+    offered = [st.available] if st.available else []
+    offered += [n.split(": ")[0] for n in st.notes
+                if n[:1].isdigit() and ": " in n and " " not in n.split(": ")[0]]
+    held = st.skipped + st.blocked
+    pick = {"skip": offered, "unskip": held, "kept": kept}.get(kind, offered + kept + held)
+    return list(dict.fromkeys(pick))
 
 
 def print_json_schema() -> None:
