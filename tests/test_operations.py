@@ -343,3 +343,56 @@ def test_completion_offers_versions_where_a_version_goes(running: Daemon,
     assert _complete(running, ["unskip", "hello", ""]) == ["1.2.0"]
     assert sorted(_complete(running, ["rollback", "hello", "--to", ""])) == ["1.0.0", "1.1.0"]
     assert "hello" in _complete(running, ["skip", ""]), "the app comes first"
+
+
+# -- progress as a person reads it ----------------------------------------------------------------
+
+def test_the_meter_smooths_the_rate_and_says_eta_in_minutes() -> None:
+    from updaterctl.cli import Meter, clock
+    from updaterctl.protocol import Event
+    assert (clock(991), clock(45), clock(7500)) == ("16m31s", "45s", "2h05m")
+    m = Meter()
+
+    def at(t: float, done: int) -> str:
+        ev = Event(app="a", kind="progress", phase="downloading", version="1.1.0", done=done,
+                   total=100 << 20)
+        return m.line(ev, now=t)
+
+    first = at(0.0, 10 << 20)  # a resumed partial: no rate from one sample
+    assert "10%" in first and "/s" not in first
+    for t in range(1, 12):
+        line = at(float(t), (10 << 20) + t * (1 << 20))
+    assert "1.0 MiB/s" in line and "1m19s left" in line, line  # 79 MiB at 1 MiB/s
+
+
+def test_a_check_of_a_server_that_is_down_says_it_is_retrying(
+        host: Host, feed: Feed, daemon: Daemon) -> None:
+    host.configure(source="manifest", url="http://127.0.0.1:9/feed/manifest.json",
+                   public_keys=[feed.pub], allow_insecure=True, check_interval="1h",
+                   jitter="0s", limits={"backoff_base": "1s", "backoff_cap": "1s",
+                                        "retries": 2})
+    daemon.start()
+    wait_phase(daemon, "failed")  # the scheduler's first check gave up
+    w = Watch(daemon)
+    try:
+        r = daemon.ctl("check", "hello")
+        assert r.returncode == 1 and "gave up after 3 attempts" in r.stderr
+
+        def retrying() -> bool:
+            return any(e["message"].startswith("retrying in ") and
+                       "(attempt 2 of 3): " in e["message"] and "Connect" in e["message"]
+                       for e in w.events() if e["kind"] == "phase")
+        daemon.wait_for(retrying, timeout=15, what="a retrying event")
+    finally:
+        w.close()
+
+
+def test_watch_shows_percent_rate_and_time_left(downloading: Daemon) -> None:
+    proc = subprocess.Popen([str(BIN / "updaterctl"), "--socket", str(downloading.socket),
+                             "watch", "hello"], stdout=subprocess.PIPE, text=True)
+    time.sleep(3)
+    proc.terminate()
+    out, _ = proc.communicate(timeout=10)
+    progress = [line for line in out.splitlines() if "downloading 1.1.0" in line]
+    assert progress and re.search(r"\d+%", progress[-1])
+    assert re.search(r"KiB/s  \d+(m\d\ds|s) left", progress[-1]), progress[-1]

@@ -7,6 +7,7 @@ Exit codes: 0 done, 1 the operation failed, 2 usage error, 3 the daemon cannot b
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import getpass
 import os
@@ -246,14 +247,45 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
-def _progress_line(event: Event, started: float) -> str:
-    if event.kind == "progress" and event.done is not None and event.total:
-        elapsed = max(time.monotonic() - started, 1e-3)
-        rate = event.done / elapsed
-        eta = (event.total - event.done) / rate if rate else 0
-        return (f"downloading {event.version}  {human_size(event.done)} / "
-                f"{human_size(event.total)}  {human_size(rate)}/s  ETA {eta:.0f}s")
-    return f"{event.phase.replace('_', ' ')} {event.version or ''} {event.message}".strip()
+def clock(seconds: float) -> str:
+    """`45s`, `16m31s`, `2h05m`: a duration as people read it."""
+    s = max(int(seconds), 0)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+class Meter:
+    """Rate and ETA from progress events, smoothed over the last few seconds (the first
+    sample alone says little: connection set-up, a resumed partial)."""
+
+    WINDOW = 5.0
+
+    def __init__(self) -> None:
+        self.samples: collections.deque[tuple[float, int]] = collections.deque()
+
+    def line(self, event: Event, now: float | None = None) -> str:
+        """One line for a person: what is happening, with %, rate and ETA when downloading."""
+        if event.kind != "progress" or event.done is None or not event.total:
+            self.samples.clear()
+            text = event.phase.replace("_", " ")
+            return f"{text} {event.version or ''}: {event.message}".replace(" :", ":") \
+                if event.message else f"{text} {event.version or ''}".strip()
+        now = time.monotonic() if now is None else now
+        self.samples.append((now, event.done))
+        while len(self.samples) > 2 and now - self.samples[0][0] > self.WINDOW:
+            self.samples.popleft()
+        (t0, d0), (t1, d1) = self.samples[0], self.samples[-1]
+        rate = (d1 - d0) / (t1 - t0) if t1 > t0 else 0.0
+        percent = 100 * event.done // event.total
+        head = (f"downloading {event.version}  {percent}%  {human_size(event.done)} / "
+                f"{human_size(event.total)}")
+        if rate <= 0:
+            return head
+        eta = (event.total - event.done) / rate
+        return f"{head}  {human_size(rate)}/s  {clock(eta)} left"
 
 
 def cmd_update(args: argparse.Namespace) -> int:
@@ -334,7 +366,7 @@ def _wait_for_start(conn: Connection, watch: Connection) -> None:
 
 def _show_progress(conn: Connection, watch: Connection) -> None:
     """Print a live line from the events until the update's reply is ready to read."""
-    started = time.monotonic()
+    meter = Meter()
     while True:
         ready, _, _ = select.select([conn.sock, watch.sock], [], [])
         if watch.sock in ready:
@@ -342,7 +374,7 @@ def _show_progress(conn: Connection, watch: Connection) -> None:
             if env.method == "event":
                 event = msgspec.json.decode(env.params, type=Event)
                 if event.kind in ("phase", "progress"):
-                    sys.stdout.write("\r\033[K" + _progress_line(event, started))
+                    sys.stdout.write("\r\033[K" + meter.line(event))
                     sys.stdout.flush()
         if conn.sock in ready:
             sys.stdout.write("\r\033[K")
@@ -404,6 +436,7 @@ def _simple(method: str, done: Callable[[argparse.Namespace], str]) -> Callable[
 
 def cmd_watch(args: argparse.Namespace) -> int:
     c = Client(args.socket)
+    meters: dict[str, Meter] = collections.defaultdict(Meter)
     try:
         for event in c.subscribe([args.app] if args.app else None):
             if args.json:
@@ -411,8 +444,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
                 continue
             when = time.strftime("%H:%M:%S", time.localtime(event.at or time.time()))
             if event.kind == "progress":
-                text = f"{event.phase} {human_size(event.done or 0)} / " \
-                       f"{human_size(event.total or 0)}"
+                text = meters[event.app].line(event)
             else:
                 head = f"{event.kind} {event.phase}" if event.kind == "phase" else event.kind
                 text = f"{head}: {event.message}" if event.message else head

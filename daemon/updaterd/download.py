@@ -198,6 +198,8 @@ class Fetcher:
         self.allow_insecure = allow_insecure
         # None: any host the URL policy allows; else only these, checked at every hop
         self.allowed_hosts = allowed_hosts
+        # told of every retry, so that a client sees "retrying in 8s" instead of silence
+        self.on_retry: Callable[[str], None] = lambda text: log.info("%s", text)
         if transport is None and proxy is None and not urllib.request.getproxies():
             # The connected address is checked too. Through a proxy (configured, or from the
             # *_proxy variables, which httpx honours only with its own transport) the proxy
@@ -276,7 +278,9 @@ class Fetcher:
                 delay = self.rng.uniform(0, min(cap, base * 2**attempt))
                 if e.retry_after is not None:
                     delay = min(e.retry_after, after_cap)
-                log.info("%s: %s; retrying in %.1fs", what, e, delay)
+                log.debug("%s: %s; retrying in %.1fs", what, e, delay)
+                self.on_retry(f"retrying in {delay:.0f}s (attempt {attempt + 2} of "
+                              f"{self.limits.retries + 1}): {e}")
                 await trio.sleep(delay)
                 attempt += 1
 

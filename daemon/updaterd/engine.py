@@ -146,6 +146,7 @@ class Engine:
             caps.append(self.global_rate)
         fetcher = Fetcher(self.config.limits, allow_insecure=run.cfg.allow_insecure,
                           proxy=run.cfg.proxy, rate_caps=caps)
+        fetcher.on_retry = lambda text: run.phase(run.step, text)  # same phase, says why
         try:
             yield make_source(run.name, run.cfg, self.config.limits, fetcher, run.state_folder)
         finally:
