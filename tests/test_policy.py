@@ -263,3 +263,24 @@ def test_metrics_parse_with_prometheus_client(running: Daemon) -> None:
 
 def test_window_wait_is_described_for_people() -> None:
     assert window.describe_wait(timedelta(hours=3, minutes=12).total_seconds()) == "3h12m"
+
+
+def test_update_now_takes_over_an_update_waiting_for_its_window(
+        host: Host, nginx: Nginx, served_feed: Feed, daemon: Daemon) -> None:
+    """A client's `update` outside the window waits in the daemon; another client's
+    `update --now` is not told busy: it makes that same update go on, and both see its end."""
+    served_feed.release("1.0.0")
+    host.follow(nginx, served_feed, window=closed_window(), auto_update=False)
+    daemon.start()
+    daemon.wait_for(lambda: daemon.app()["available"] == "1.0.0" and
+                    daemon.app()["phase"] == "idle", what="the first check")
+    waiting = subprocess.Popen([str(BIN / "updaterctl"), "--socket", str(daemon.socket),
+                                "update", "hello"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    daemon.wait_for(lambda: daemon.app()["phase"] == "waiting_window", what="the wait")
+    r = daemon.ctl("update", "hello", "--now")
+    assert r.returncode == 0, r.stderr
+    assert "installed 1.0.0" in r.stdout
+    out, err = waiting.communicate(timeout=30)
+    assert waiting.returncode == 0 and "installed 1.0.0" in out, err
+    assert host.current() == "1.0.0"

@@ -228,6 +228,8 @@ class ControlApi:
         if p.version is not None and installed is not None and \
                 _is_downgrade(p.version, installed):
             self._require_downgrade_right(conn, f"update to the older {p.version}")
+        if p.now and p.version is None and w.lock.locked() and w.phase == "waiting_window":
+            return await self._take_over(w)
         async with self._exclusive(w) as scope, self._engine_errors(w):
             result = await self.daemon.engine.update(p.app, p.version, ignore_window=p.now)
         if scope.cancelled_caught:
@@ -237,6 +239,22 @@ class ControlApi:
                            {"phase": "health_check", "reason": result.reason,
                             "from": result.from_version, "to": result.to_version})
         return result
+
+    async def _take_over(self, w: AppWorker) -> UpdateResult:
+        """`update --now` while an update waits for its window: that update goes on at once
+        (it is the same one), and this answer waits for its end."""
+        before, version = w.state().installed, w.waiting_version
+        w.take_over.set()
+        async with w.lock:  # the waiting update ends, one way or the other
+            pass
+        st = w.state()
+        if version is not None and st.installed == version:
+            return UpdateResult(from_version=before, to_version=version, result="installed",
+                                reason="the update that waited for its window, taken over")
+        raise RpcError(ErrorCode.UPDATE_FAILED,
+                       f"{w.name}: the update that waited for its window did not install "
+                       f"{version}: {st.last_error or 'see `updaterctl history ' + w.name + '`'}",
+                       {"phase": w.phase, "reason": st.last_error})
 
     def _require_downgrade_right(self, conn: Connection, what: str) -> None:
         """With `downgrade_group` set, going back needs root or that group too."""

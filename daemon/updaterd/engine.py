@@ -16,11 +16,12 @@ from pathlib import Path
 import trio
 
 from updaterctl.protocol import CheckResult, Event, RollbackResult, UpdateResult
-from updaterd import state, tokens, treehash, versions, window
+from updaterd import state, tokens, treehash, versions
 from updaterd.config import AppConfig, Config
 from updaterd.download import Fetcher, RateLimited, TokenBucket
 from updaterd.errors import FeedError, LayoutError, PolicyError, UpdaterError
 from updaterd.feed import Artifact, Release, TrustedFeed
+from updaterd.gate import WindowGate
 from updaterd.inplace import InplaceLayout
 from updaterd.layout import Layout
 from updaterd.operation import Operation, operation
@@ -241,16 +242,9 @@ class Engine:
                     op.version = None  # downloaded: nothing failed to install
         return result
 
-    def window_wait(self, app: str) -> float:
-        """Seconds until the app's maintenance window opens (0 when open or when it has none)."""
-        spec = self._cfg(app).window
-        if spec is None:
-            return 0.0
-        now = time.time()
-        opens = window.next_open(window.parse(spec), now, window.local_time)
-        if opens is None:
-            raise PolicyError(f"{app}: window {spec!r} never opens")
-        return max(opens - now, 0.0)
+    def gate(self, app: str) -> WindowGate:
+        """The app's maintenance window, as the one gate every switch asks."""
+        return WindowGate(app, self._cfg(app).window)
 
     async def update(self, app: str, version: str | None = None,
                      ignore_window: bool = False) -> UpdateResult:
@@ -262,13 +256,13 @@ class Engine:
         run = self.open_app(app, ignore_window)
         async with operation(run, "update") as op:
             await recover(run)
-            if not ignore_window and self.before_switch is None and self.window_wait(app) > 0:
+            gate = self.gate(app)
+            if not ignore_window and self.before_switch is None and gate.wait() > 0:
                 check = await self._prefetch(run, op)
-                wait = window.describe_wait(self.window_wait(app))
                 done = UpdateResult(from_version=check.current, to_version=check.available,
                                     result="up_to_date" if check.available is None
                                     else "deferred",
-                                    reason=f"waiting for window (opens in {wait})")
+                                    reason=f"waiting for window ({gate.opens_in()})")
                 op.succeeded(done.result, describe("", done), check.available)
                 return done
             done = await self._update(run, op, version)

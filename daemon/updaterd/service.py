@@ -23,7 +23,7 @@ import trio
 
 from updaterctl.protocol import Event, Phase
 from updaterd import config as config_mod
-from updaterd import rpc, selfupdate, window
+from updaterd import rpc, selfupdate
 from updaterd.api import ControlApi
 from updaterd.config import AppConfig, Config
 from updaterd.engine import Engine
@@ -127,6 +127,8 @@ class AppWorker:
         self.busy_since = 0.0  # when the running operation left idle
         self.failed_step: str | None = None  # where the last failed operation stopped
         self.op_scope: trio.CancelScope | None = None  # the running operation, for `cancel`
+        self.take_over = trio.Event()  # set: an update waiting for its window goes on now
+        self.waiting_version: str | None = None
 
     @contextlib.contextmanager
     def running(self) -> Iterator[trio.CancelScope]:
@@ -154,20 +156,18 @@ class AppWorker:
                 if not self.config().auto_update:
                     await engine.prefetch(self.name)
                     return None
-                wait = engine.window_wait(self.name)
-                if wait <= 0:
+                gate = engine.gate(self.name)
+                if gate.wait() <= 0:
                     await engine.update(self.name)
                     return None
                 check = await engine.prefetch(self.name)
                 if check.available is None:
                     return None
-                wait = engine.window_wait(self.name)
                 self.daemon.on_event(Event(
                     app=self.name, kind="phase", phase="waiting_window",
                     version=check.available, at=time.time(),
-                    message=f"{check.available} waits for the window (opens in "
-                            f"{window.describe_wait(wait)})"))
-                return wait + 1
+                    message=f"{check.available} waits for the window ({gate.opens_in()})"))
+                return gate.wait() + 1
         return None  # cancelled (`updaterctl cancel`): the next check comes as scheduled
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -186,6 +186,8 @@ class AppWorker:
             if self.phase in ("idle", "failed") and event.phase not in ("idle", "failed"):
                 self.busy_since = time.time()
             self.phase, self.message = event.phase, event.message
+            if event.version is not None:
+                self.waiting_version = event.version  # the version the operation is about
             if event.phase == "checking":
                 self.counters.checks += 1
             if event.phase != "downloading":
@@ -243,12 +245,16 @@ class Daemon:
             self.notifier.send(f"STATUS={text}")
 
     async def before_switch(self, app: str, ignore_window: bool) -> None:
-        """Wait for the maintenance window (unless told not to), then for inhibitors."""
-        while not ignore_window and (wait := self.engine.window_wait(app)) > 0:
-            self.on_event(Event(app=app, kind="phase", phase="waiting_window", at=time.time(),
-                                message=f"waiting for window (opens in "
-                                        f"{window.describe_wait(wait)})"))
-            await trio.sleep(min(wait, 60))  # look again each minute: reloads, clock changes
+        """Wait for the maintenance window (unless told not to, or until an operator's
+        `update --now` takes the waiting update over), then for inhibitors."""
+        worker = self.workers.get(app)
+        take_over = trio.Event()
+        if worker is not None:
+            worker.take_over = take_over
+        if not ignore_window:
+            await self.engine.gate(app).passage(
+                lambda text: self.on_event(Event(app=app, kind="phase", phase="waiting_window",
+                                                 at=time.time(), message=text)), take_over)
         await self._wait_inhibitors(app)
 
     async def _wait_inhibitors(self, app: str) -> None:
