@@ -182,7 +182,7 @@ def test_cancel_stops_a_download_at_once(downloading: Daemon) -> None:
     assert r.returncode == 1 and "nothing to cancel" in r.stderr
 
 
-def test_cancel_during_a_wait_for_inhibitors_and_past_the_switch(
+def test_cancel_past_the_switch_is_refused_and_the_update_finishes(
         host: Host, nginx: Nginx, served_feed: Feed, daemon: Daemon) -> None:
     served_feed.release("1.0.0")
     host.follow(nginx, served_feed, health_check=["/bin/sh", "-c", "sleep 3"])
