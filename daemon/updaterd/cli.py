@@ -97,14 +97,29 @@ def _stderr_is_the_journal() -> bool:
         return False
 
 
+class _JournalPriority(logging.Filter):
+    """`<3>`-style prefixes (sd-daemon(3)): the journal files each line at its priority."""
+
+    PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
+                logging.CRITICAL: 2}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.priority = f"<{self.PRIORITY.get(record.levelno, 6)}>"
+        return True
+
+
 def _setup_logging(verbose: bool, quiet: bool = False) -> None:
-    """One line per message; with a time stamp unless the journal keeps its own."""
+    """One line per message; with a time stamp unless the journal keeps its own, and then
+    with the priority the journal files it under."""
     level = logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO
-    stamp = "" if _stderr_is_the_journal() else "%(asctime)s "
-    logging.basicConfig(level=level, format=f"{stamp}updaterd: %(message)s",
+    journal = _stderr_is_the_journal()
+    head = "%(priority)s" if journal else "%(asctime)s "
+    logging.basicConfig(level=level, format=f"{head}updaterd: %(message)s",
                         datefmt="%Y-%m-%d %H:%M:%S", stream=sys.stderr)
     for handler in logging.getLogger().handlers:
         handler.addFilter(OneLine())
+        if journal:
+            handler.addFilter(_JournalPriority())
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
 
