@@ -4,7 +4,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: test test-long demo bench bench-quick lint clean venv deps
+.PHONY: test test-long test-systemd demo bench bench-quick lint clean venv deps
 
 # The runtime: what `pip install updaterd` gives an operator, and all that `make demo` needs.
 $(BIN)/updaterd: pyproject.toml
@@ -30,6 +30,13 @@ deps:
 
 test: deps $(VENV)/.test-extras
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The shipped units under systemd as PID 1: a Debian 12 container (systemd-nspawn), the README's
+# install steps, then the service as an operator drives it (tests/systemd).
+test-systemd: $(VENV)/.test-extras
+	UPDATERD_EXTRA_DEPS="systemd-nspawn:systemd-container debootstrap:debootstrap" bash scripts/deps.sh
+	bash scripts/nspawn-rootfs.sh
+	UPDATERD_TEST_SYSTEMD=1 $(BIN)/python -m pytest tests/systemd $(PYTEST_ARGS)
 
 # The full counts of the randomized crash tests (RELIABILITY.md row 57: 50 random kills).
 test-long: deps $(VENV)/.test-extras

@@ -84,7 +84,8 @@ def test_unit_files_verify(unit: str, tmp_path: Path) -> None:
     bin_dir = Path(sys.executable).parent
     for name in UNITS:
         text = (ROOT / "contrib" / "systemd" / name).read_text()
-        (tmp_path / name).write_text(text.replace("/usr/bin/updaterd", str(bin_dir / "updaterd")))
+        local = text.replace("/usr/local/bin/updaterd", str(bin_dir / "updaterd"))
+        (tmp_path / name).write_text(local)
     manpath = tmp_path / "man"
     for page in MAN.iterdir():
         section = manpath / f"man{page.suffix[1:]}"

@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 import trio
 
@@ -100,8 +101,9 @@ def _stderr_is_the_journal() -> bool:
 class _JournalPriority(logging.Filter):
     """`<3>`-style prefixes (sd-daemon(3)): the journal files each line at its priority."""
 
-    PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
-                logging.CRITICAL: 2}
+    PRIORITY: ClassVar[dict[int, int]] = {logging.DEBUG: 7, logging.INFO: 6,
+                                          logging.WARNING: 4, logging.ERROR: 3,
+                                          logging.CRITICAL: 2}
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.priority = f"<{self.PRIORITY.get(record.levelno, 6)}>"

@@ -3,13 +3,15 @@
 `UPDATERD_FAILPOINTS="switch.after_rename=kill,stage.after_extract=exit"`: `kill` sends SIGKILL to
 this process (like a power cut for the process, no cleanup); `exit` calls os._exit(99);
 `raise` raises a FailpointError (tests of error paths); `stop` sends SIGSTOP to this process, so
-that a test can act at that exact instant (an attacker's race) and then send SIGCONT.
+that a test can act at that exact instant (an attacker's race) and then send SIGCONT; `hang`
+blocks the whole process (what the watchdog catches).
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 
 ENV = "UPDATERD_FAILPOINTS"
 
@@ -35,6 +37,9 @@ ALL = (
     "rollback.after_restart",
     "rollback.after_state",
 )
+
+# The daemon's watchdog ping (`watchdog.ping=hang`: a daemon that stops feeding it).
+WATCHDOG = ("watchdog.ping",)
 
 # `updaterd publish`: between the two renames (signature, then manifest).
 PUBLISH = ("publish.after_signature",)
@@ -70,5 +75,7 @@ def hit(name: str) -> None:
         os._exit(99)
     elif action == "stop":
         os.kill(os.getpid(), signal.SIGSTOP)
+    elif action == "hang":
+        time.sleep(1e9)  # a hung process (the event loop blocked), as a watchdog sees it
     elif action == "raise":
         raise FailpointError(f"failpoint {name}")

@@ -7,6 +7,7 @@ A crash at any instant leaves either the old or the new content, never a torn on
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 from pathlib import Path
@@ -101,6 +102,15 @@ def probe_writable(folder: Path, near: Path | None = None) -> None:
     fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     os.close(fd)
     os.unlink(probe)
+
+
+def why_not_writable(folder: Path, e: OSError) -> str:
+    """Why `folder` cannot be written, with the fix when systemd's sandbox is the cause."""
+    why = e.strerror or str(e)
+    if e.errno == errno.EROFS and os.environ.get("INVOCATION_ID"):
+        return (f"{why}: under systemd (ProtectSystem=strict), list it in ReadWritePaths= of "
+                "updaterd.service (systemctl edit updaterd)")
+    return why
 
 
 def ensure_private_dir(path: Path, mode: int = 0o700) -> None:

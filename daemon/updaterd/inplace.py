@@ -68,7 +68,8 @@ class InplaceLayout:
         try:
             fsutil.probe_writable(self.folder, near=self.target)
         except OSError as e:
-            raise LayoutError(f"{self.folder} is not writable: {e.strerror or e}") from None
+            raise LayoutError(f"{self.folder} is not writable: "
+                              f"{fsutil.why_not_writable(self.folder, e)}") from None
         fsutil.ensure_private_dir(self.backups)
 
     def installed(self) -> str | None:

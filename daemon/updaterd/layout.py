@@ -73,13 +73,15 @@ class Layout:
             try:
                 folder.mkdir(parents=True, exist_ok=True, mode=0o755)
             except OSError as e:
-                raise LayoutError(f"cannot create {folder}: {e.strerror}") from None
+                raise LayoutError(f"cannot create {folder}: "
+                                  f"{fsutil.why_not_writable(folder, e)}") from None
         fsutil.ensure_private_dir(self.staging)
         for folder in (self.prefix, self.releases, self.bin, self.staging):
             try:
                 fsutil.probe_writable(folder)
             except OSError as e:
-                raise LayoutError(f"{folder} is not writable: {e.strerror or e}") from None
+                raise LayoutError(f"{folder} is not writable: "
+                                  f"{fsutil.why_not_writable(folder, e)}") from None
         if os.stat(self.staging).st_dev != os.stat(self.releases).st_dev:
             raise LayoutError(f"{self.staging} and {self.releases} are on different filesystems")
 

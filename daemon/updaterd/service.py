@@ -23,7 +23,7 @@ import trio
 
 from updaterctl.protocol import Event, Phase
 from updaterd import config as config_mod
-from updaterd import rpc, selfupdate
+from updaterd import failpoints, rpc, selfupdate
 from updaterd.api import ControlApi
 from updaterd.config import AppConfig, Config
 from updaterd.engine import Engine
@@ -345,6 +345,7 @@ class Daemon:
             return
         interval = int(usec) / 2e6
         while True:
+            failpoints.hit("watchdog.ping")
             self.notifier.send("WATCHDOG=1")
             await trio.sleep(interval)
 

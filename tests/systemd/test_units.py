@@ -1,0 +1,259 @@
+"""The shipped units under systemd as PID 1 (real-host issue, section 2): a Debian 12 container
+booted with systemd-nspawn, updaterd installed exactly as the README's "Install as a service"
+says, then driven as an operator would: sysusers and tmpfiles, Type=notify, STATUS=, the
+watchdog, the hardening, reload, stop during a download, the admin group, the timer and the
+journal's priorities.
+
+Run by `make test-systemd` (UPDATERD_TEST_SYSTEMD=1), not by `make test`: it needs root,
+systemd-nspawn and a debootstrapped root file system (scripts/nspawn-rootfs.sh).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import app_script, make_tar, write_config
+from updaterd.publish import keygen, publish
+
+pytestmark = pytest.mark.skipif(os.environ.get("UPDATERD_TEST_SYSTEMD") != "1",
+                                reason="`make test-systemd` runs these (systemd-nspawn)")
+REPO = Path(__file__).resolve().parent.parent.parent
+ROOTFS = REPO / "build" / "nspawn" / "rootfs"
+
+
+class Container:
+    """A booted container; `sh` runs a command inside it (nsenter into every namespace)."""
+
+    def __init__(self, root: Path, log: Path) -> None:
+        self.root, self.log = root, log
+        self.proc = subprocess.Popen(
+            ["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "--console=passive",
+             "-D", str(root), f"--bind-ro={REPO}:/mnt/host", "--boot"],
+            stdin=subprocess.DEVNULL, stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
+        self.leader = self._leader()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            state = self.sh("systemctl is-system-running", check=False).stdout.strip()
+            if state in ("running", "degraded"):
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"the container did not boot: {state}\n{log.read_text()}")
+
+    def _leader(self) -> int:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+            for pid in children.read_text().split() if children.exists() else []:
+                if Path(f"/proc/{pid}/comm").read_text().strip() == "systemd":
+                    return int(pid)
+            time.sleep(0.05)
+        raise RuntimeError(f"no systemd in the container\n{self.log.read_text()}")
+
+    def sh(self, script: str, check: bool = True, timeout: float = 120,
+           user: str | None = None) -> subprocess.CompletedProcess[str]:
+        prefix = ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups"] \
+            if user else []
+        r = subprocess.run(["nsenter", "-t", str(self.leader), "-a", *prefix,
+                            "/bin/bash", "-c", script], capture_output=True, text=True,
+                           timeout=timeout, env={"PATH": "/usr/local/sbin:/usr/local/bin:"
+                                                 "/usr/sbin:/usr/bin:/sbin:/bin",
+                                                 "LANG": "C.UTF-8"})
+        if check and r.returncode != 0:
+            raise AssertionError(f"{script}\n--- {r.returncode}\n{r.stdout}\n{r.stderr}")
+        return r
+
+    def stop(self) -> None:
+        self.sh("systemctl poweroff", check=False, timeout=30)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
+    assert ROOTFS.is_dir(), "scripts/nspawn-rootfs.sh builds it (make test-systemd does)"
+    base = tmp_path_factory.mktemp("nspawn")
+    root = base / "root"
+    subprocess.run(["cp", "-a", str(ROOTFS), str(root)], check=True)
+    c = Container(root, base / "console.log")
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def feed_into(root: Path, versions: list[tuple[str, bool]], big: int = 0) -> str:
+    """A signed feed in the container's /srv/feed; returns its public key."""
+    feed, work = root / "srv" / "feed", root / "srv" / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    key_file = work / "feed.key"
+    if not key_file.exists():
+        keygen(str(work / "feed"))
+    for version, healthy in versions:
+        art = work / f"hello-{version}-linux-x86_64.tar.gz"
+        files = {"bin/hello": (app_script(version, healthy), 0o755)}
+        if big:
+            files["share/blob"] = (os.urandom(big), 0o644)
+        make_tar(art, files, top=f"hello-{version}")
+        publish(feed_dir=feed, key_path=key_file, app="hello", version=version,
+                artifacts=[art], platform="linux-x86_64")
+    return (work / "feed.pub").read_text().splitlines()[1]
+
+
+def configure(box: Container, pub: str, **extra: dict[str, object]) -> None:
+    apps: dict[str, dict[str, object]] = {"hello": {
+        "source": "directory", "path": "/srv/feed", "public_keys": [pub],
+        "prefix": "/opt/hello", "health_check": ["bin/hello"], "check_interval": "1h",
+        "jitter": "0s"}}
+    apps.update(extra)
+    path = box.root / "etc" / "updaterd" / "updaterd.toml"
+    write_config(path, {"platform": "linux-x86_64"}, apps)
+    path.chmod(0o644)
+
+
+def journal(box: Container, unit: str, priority: str = "debug") -> str:
+    return box.sh(f"journalctl -u {unit} -p {priority} -o cat --no-pager", check=False).stdout
+
+
+# -- the README's steps ---------------------------------------------------------------------------
+
+def readme_install_block() -> str:
+    text = (REPO / "README.md").read_text()
+    rest = text[text.index("## Install as a service"):]
+    m = re.search(r"^```sh\n(.*?)^```", rest, re.M | re.S)
+    assert m
+    return m.group(1)
+
+
+def test_install_as_the_readme_says(box: Container) -> None:
+    steps = readme_install_block()
+    # the one change: the package comes from this checkout, not PyPI
+    steps = steps.replace("/opt/updaterd-venv/bin/pip install updaterd",
+                          "/opt/updaterd-venv/bin/pip install -q /tmp/src")
+    box.sh("cp -a /mnt/host /tmp/src && rm -rf /tmp/src/.venv /tmp/src/build "
+           "/tmp/src/*.egg-info", timeout=120)
+    pub = feed_into(box.root, [("1.0.0", True)])
+    # the config the README's `install` line copies, edited by the operator
+    edit = steps.index("updaterd check-config")
+    box.sh(f"cd /tmp/src && set -e\n{steps[:edit]}", timeout=600)
+    configure(box, pub)
+    box.sh(f"cd /tmp/src && set -e\n{steps[edit:]}", timeout=120)
+    assert box.sh("systemctl is-active updaterd").stdout.strip() == "active"
+    # sysusers made the group, tmpfiles the folders, with the owners and modes they list
+    assert box.sh("getent group updaterd").returncode == 0
+    stats = box.sh("stat -c '%n %a %U:%G' /run/updaterd /var/cache/updaterd /etc/updaterd")
+    assert "/run/updaterd 755 root:updaterd" in stats.stdout
+    assert "/var/cache/updaterd 700 root:root" in stats.stdout
+    box.sh("for i in $(seq 50); do [ -L /opt/hello/current ] && exit 0; sleep 0.2; done; "
+           "exit 1")
+    assert box.sh("/opt/hello/bin/hello").stdout.strip() == "hello 1.0.0"
+
+
+def test_type_notify_status_text_and_a_fed_watchdog(box: Container) -> None:
+    show = box.sh("systemctl show updaterd -p Type -p StatusText -p WatchdogUSec "
+                  "-p WatchdogTimestampMonotonic").stdout
+    assert "Type=notify" in show and "StatusText=idle, 1 apps" in show, show
+    first = re.search(r"WatchdogTimestampMonotonic=(\d+)", show)
+    assert first and int(first.group(1)) > 0, "the watchdog was pinged"
+
+
+def test_a_daemon_that_stops_feeding_the_watchdog_is_restarted(box: Container) -> None:
+    before = box.sh("systemctl show updaterd -p MainPID --value").stdout.strip()
+    box.sh("mkdir -p /run/systemd/system/updaterd.service.d && printf '[Service]\\n"
+           "WatchdogSec=2s\\nTimeoutStopSec=5s\\n"
+           "Environment=UPDATERD_FAILPOINTS=watchdog.ping=hang\\n' "
+           "> /run/systemd/system/updaterd.service.d/stop.conf && systemctl daemon-reload "
+           "&& systemctl restart updaterd")
+    box.sh("for i in $(seq 100); do n=$(systemctl show updaterd -p NRestarts --value); "
+           "[ \"$n\" -ge 1 ] && exit 0; sleep 0.2; done; exit 1", timeout=60)
+    assert "Watchdog timeout" in journal(box, "updaterd") or \
+        "watchdog" in journal(box, "updaterd").lower()
+    box.sh("rm /run/systemd/system/updaterd.service.d/stop.conf && systemctl daemon-reload "
+           "&& systemctl restart updaterd")
+    after = box.sh("systemctl show updaterd -p MainPID --value").stdout.strip()
+    assert after != before and box.sh("systemctl is-active updaterd").stdout.strip() == "active"
+
+
+def test_reload_rereads_the_configuration(box: Container) -> None:
+    pub = feed_into(box.root, [])
+    configure(box, pub, second={"source": "directory", "path": "/srv/feed",
+                                "public_keys": [pub], "prefix": "/opt/second",
+                                "health_check": ["bin/hello"], "auto_update": False})
+    box.sh("systemctl reload updaterd")
+    out = box.sh("updaterctl status").stdout
+    assert "second" in out
+    assert "configuration reloaded" in journal(box, "updaterd")
+
+
+def test_a_prefix_outside_read_write_paths_names_the_directive(box: Container) -> None:
+    pub = feed_into(box.root, [])
+    configure(box, pub, outside={"source": "directory", "path": "/srv/feed",
+                                 "public_keys": [pub], "prefix": "/srv/outside",
+                                 "health_check": ["bin/hello"], "auto_update": False})
+    box.sh("systemctl reload updaterd")
+    r = box.sh("updaterctl update outside", check=False)
+    assert r.returncode == 1
+    assert "ReadWritePaths=" in r.stderr, r.stderr
+    assert not (box.root / "srv" / "outside" / "releases").exists()
+
+
+def test_the_admin_group_drives_updaterctl_and_others_are_told_why(box: Container) -> None:
+    box.sh("useradd -M -G updaterd alice && useradd -M bob")
+    assert box.sh("updaterctl pause hello", user="alice").returncode == 0
+    assert box.sh("updaterctl resume hello", user="alice").returncode == 0
+    r = box.sh("updaterctl status", user="bob", check=False)
+    assert r.returncode == 4
+    assert "permission denied; the socket is mode 0660, group updaterd: join group " \
+        "updaterd" in r.stderr, r.stderr
+
+
+def test_stop_during_a_download_ends_cleanly(box: Container) -> None:
+    pub = feed_into(box.root, [("1.1.0", True)], big=4 << 20)
+    configure(box, pub)
+    path = box.root / "etc" / "updaterd" / "updaterd.toml"
+    path.write_text(path.read_text().replace('jitter = "0s"', 'jitter = "0s"\n'
+                                             'max_rate = "256KiB/s"', 1))
+    box.sh("systemctl reload updaterd && updaterctl update hello --no-wait")
+    box.sh("for i in $(seq 100); do updaterctl status | grep -q downloading && exit 0; "
+           "sleep 0.1; done; exit 1")
+    t0 = time.monotonic()
+    box.sh("systemctl stop updaterd", timeout=60)
+    assert time.monotonic() - t0 < 15
+    assert box.sh("systemctl is-active updaterd", check=False).stdout.strip() == "inactive"
+    assert box.sh("systemctl show updaterd -p Result --value").stdout.strip() == "success"
+    assert not list((box.root / "opt" / "hello" / ".staging").iterdir())
+    assert (box.root / "opt" / "hello" / "current").resolve().name == "1.0.0"
+
+
+def test_the_timer_unit_runs_an_update_and_the_journal_has_priorities(box: Container) -> None:
+    pub = feed_into(box.root, [("1.2.0", True)])
+    configure(box, pub)
+    box.sh("systemctl start updaterd-once.service", timeout=120)
+    assert (box.root / "opt" / "hello" / "current").resolve().name == "1.2.0"
+    feed_into(box.root, [("1.3.0", False)])
+    box.sh("systemctl start updaterd-once.service", check=False, timeout=120)
+    assert (box.root / "opt" / "hello" / "current").resolve().name == "1.2.0"
+    assert box.sh("systemctl list-timers --all --no-pager").stdout.count("updaterd-once") >= 1
+    errors = journal(box, "updaterd-once", "err")
+    assert "1.3.0" in errors and "health check" in errors, errors
+    infos_only = journal(box, "updaterd-once", "info")
+    assert "installed 1.2.0" in infos_only
+    assert "installed 1.2.0" not in errors
+
+
+def test_security_exposure_is_reported(box: Container) -> None:
+    r = box.sh("systemd-analyze security updaterd --no-pager", check=False)
+    line = next((x for x in r.stdout.splitlines() if "Overall exposure level" in x), "")
+    print(f"\nsystemd-analyze security updaterd: {line.strip()}")
+    assert line
+    shutil.copy(box.log, box.log.with_suffix(".kept"))
