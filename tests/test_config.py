@@ -54,9 +54,8 @@ retain = -1
 install = "releases"
 """
     lines = problems(bad)
-    assert "u.toml: daemon.sockit: unknown key" in lines
-    assert any(ln.startswith("u.toml: daemon.max_parallel_downloads: Expected `int`")
-               for ln in lines)
+    assert "u.toml: daemon.sockit: unknown key (did you mean 'socket'?)" in lines
+    assert "u.toml: daemon.max_parallel_downloads: 'two' is not a whole number" in lines
     assert any(ln.startswith("u.toml: apps.demo.asset: bad regular expression") for ln in lines)
     assert any(ln.startswith("u.toml: apps.demo.check_interval:") for ln in lines)
     assert any(ln.startswith("u.toml: apps.demo.retain:") for ln in lines)
@@ -123,3 +122,19 @@ def test_errors_read_as_a_person_would_write_them(tmp_path: Path) -> None:
     assert "u.toml: apps.demo.max_rate: 'fast' is not a rate (examples: 512KiB/s, 20MiB/s)" \
         in problems
     assert not any("regex" in p or "Expected" in p for p in problems)
+
+
+def test_types_and_ranges_read_plainly() -> None:
+    from updaterd.config import parse
+    from updaterd.errors import ConfigError
+    text = ('[daemon]\nmax_parallel_downloads = 100\nsocket = 5\n[apps.x]\n'
+            'source = "directory"\npath = "/f"\nprefix = "/p"\nauto_update = "yes"\n'
+            'health_check = "bin/x"\nretain = -1\n')
+    with pytest.raises(ConfigError) as e:
+        parse(text, "u.toml")
+    assert e.value.problems == [
+        "u.toml: daemon.max_parallel_downloads: 100 is too large (at most 64)",
+        "u.toml: daemon.socket: 5 is not a string (in quotes)",
+        "u.toml: apps.x.auto_update: 'yes' is not true or false",
+        "u.toml: apps.x.health_check: 'bin/x' is not a list ([...])",
+        "u.toml: apps.x.retain: -1 is too small (at least 0)"]

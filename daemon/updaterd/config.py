@@ -163,6 +163,21 @@ def _friendly(value: Any, hint: Any) -> str | None:
         if get_origin(option) is Literal:
             allowed = ", ".join(f'"{a}"' for a in get_args(option))
             return f"{value!r} is not one of {allowed}"
+    plain = {int: "a whole number", bool: "true or false", str: "a string (in quotes)",
+             list: "a list ([...])"}
+    base = get_origin(options[0]) or options[0] if len(options) == 1 else None
+    if base is Annotated:
+        base, *metas = get_args(options[0])
+        bounds = [m for m in metas if isinstance(m, Meta)]
+        if base is int and isinstance(value, int) and not isinstance(value, bool) and bounds:
+            low, high = bounds[0].ge, bounds[0].le
+            if low is not None and value < low:
+                return f"{value} is too small (at least {low})"
+            if high is not None and value > high:
+                return f"{value} is too large (at most {high})"
+    if base in plain and not (base is int and isinstance(value, int)
+                              and not isinstance(value, bool)):
+        return f"{value!r} is not {plain[base]}"
     return None
 
 
