@@ -155,3 +155,28 @@ def rpc_as(uid: int | str, gid: int | str, sock: Path, payload: str,
                        input=payload + "\n", capture_output=True, text=True, timeout=20)
     assert r.returncode == 0, r.stderr
     return dict(json.loads(r.stdout.splitlines()[0]))
+
+
+def self_build(out: Path, version: str, patch: dict[str, tuple[str, str]] | None = None) -> Path:
+    """`updaterd self-build` as `version` into `out`; `patch` maps a file of the release
+    (`lib/updaterd/service.py`) to (old text, new text): how the tests make broken builds."""
+    r = run_updaterd("self-build", "--out", out, "--version", version)
+    assert r.returncode == 0, r.stderr
+    archive = out / f"updaterd-{version}.tar.gz"
+    if patch:
+        members: list[tuple[tarfile.TarInfo, bytes | None]] = []
+        with tarfile.open(archive) as tar:
+            for m in tar.getmembers():
+                f = tar.extractfile(m)
+                members.append((m, f.read() if f else None))
+        with tarfile.open(archive, "w:gz") as tar:
+            for m, data in members:
+                rel = m.name.split("/", 1)[-1]
+                if data is not None and rel in patch:
+                    old, new = patch[rel]
+                    text = data.decode()
+                    assert old in text, (rel, old)
+                    data = text.replace(old, new, 1).encode()
+                    m.size = len(data)
+                tar.addfile(m, io.BytesIO(data) if data is not None else None)
+    return archive

@@ -8,14 +8,12 @@ prefix of the code under test; the daemon runs from that prefix's launcher under
 
 from __future__ import annotations
 
-import io
 import itertools
 import json
 import os
 import signal
 import subprocess
 import sys
-import tarfile
 import threading
 import time
 from collections.abc import Iterator
@@ -25,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import BIN, run_updaterd, write_config
+from tests.helpers import BIN, run_updaterd, self_build, write_config
 from updaterd import failpoints, selfupdate
 from updaterd.publish import keygen, publish
 
@@ -81,27 +79,7 @@ class SelfHost:
 
     def build(self, version: str, patch: dict[str, tuple[str, str]] | None = None) -> Path:
         """`updaterd self-build` as `version`; `patch` edits files of the build (broken ones)."""
-        out = self.base / "dist"
-        r = run_updaterd("self-build", "--out", out, "--version", version)
-        assert r.returncode == 0, r.stderr
-        archive = out / f"updaterd-{version}.tar.gz"
-        if patch:
-            members: list[tuple[tarfile.TarInfo, bytes | None]] = []
-            with tarfile.open(archive) as tar:
-                for m in tar.getmembers():
-                    f = tar.extractfile(m)
-                    members.append((m, f.read() if f else None))
-            with tarfile.open(archive, "w:gz") as tar:
-                for m, data in members:
-                    rel = m.name.split("/", 1)[-1]
-                    if data is not None and rel in patch:
-                        old, new = patch[rel]
-                        text = data.decode()
-                        assert old in text, (rel, old)
-                        data = text.replace(old, new, 1).encode()
-                        m.size = len(data)
-                    tar.addfile(m, io.BytesIO(data) if data is not None else None)
-        return archive
+        return self_build(self.base / "dist", version, patch)
 
     def publish(self, version: str, **patch: Any) -> None:
         publish(feed_dir=self.feed, key_path=self.key, app="updaterd", version=version,

@@ -298,3 +298,42 @@ def test_security_exposure_is_reported(box: Container) -> None:
     print(f"\nsystemd-analyze security updaterd: {line.strip()}")
     assert line
     shutil.copy(box.log, box.log.with_suffix(".kept"))
+
+
+# -- updaterd keeping itself up to date, through the launcher, under Restart=on-failure -----------
+
+def test_self_update_through_the_launcher_under_restart_on_failure(box: Container) -> None:
+    """The README's self-update steps: `self-install` from the service's venv, the drop-in
+    (ExecStart=/opt/updaterd/launcher, Restart=on-failure). A good 0.2.0 takes over with the
+    same pid; a 0.3.0 that dies as it starts is abandoned after 3 starts and blocked."""
+    from tests.helpers import self_build
+    work = box.root / "srv" / "self"
+    work.mkdir(parents=True, exist_ok=True)
+    box.sh("systemctl stop updaterd-once.timer; /opt/updaterd-venv/bin/updaterd self-install "
+           "--prefix /opt/updaterd && install -D -m 0644 "
+           "/tmp/src/contrib/systemd/updaterd.service.d/self-update.conf "
+           "-t /etc/systemd/system/updaterd.service.d/")
+    pub_file, key = keygen(str(work / "self"))
+    pub = pub_file.read_text().splitlines()[1]
+    for version, patch in (("0.2.0", None), ("0.3.0", {"lib/updaterd/service.py": (
+            "    daemon = Daemon(config, str(Path(config_path).absolute()))\n",
+            "    raise SystemExit(70)\n")})):
+        publish(feed_dir=box.root / "srv" / "feed-updaterd", key_path=key, app="updaterd",
+                version=version, artifacts=[self_build(work / "dist", version, patch)])
+    configure(box, feed_into(box.root, []), updaterd={
+        "source": "directory", "path": "/srv/feed-updaterd", "public_keys": [pub],
+        "prefix": "/opt/updaterd", "self": True, "auto_update": False,
+        "health_check": ["bin/updaterctl", "status"], "health_timeout": "30s"})
+    box.sh("systemctl daemon-reload && systemctl restart updaterd")
+    pid = box.sh("systemctl show updaterd -p MainPID --value").stdout.strip()
+    r = box.sh("updaterctl update updaterd --version 0.2.0", check=False, timeout=180)
+    assert r.returncode == 0, (r.stdout, r.stderr, journal(box, "updaterd"))
+    assert "the new updaterd passed its health check" in r.stdout
+    assert box.sh("systemctl show updaterd -p MainPID --value").stdout.strip() == pid
+    assert "updaterd 0.2.0" in box.sh("updaterctl status").stdout
+    r = box.sh("updaterctl update updaterd --version 0.3.0", check=False, timeout=300)
+    assert r.returncode == 1 and "updaterd 0.3.0 was rolled back and blocked" in r.stderr, \
+        (r.stdout, r.stderr, journal(box, "updaterd"))
+    wait_until(box, "updaterctl status | grep -q 'updaterd 0.2.0'", "0.2.0 back", 60)
+    assert os.readlink(box.root / "opt" / "updaterd" / "current") == "releases/0.2.0"
+    assert box.sh("systemctl is-active updaterd").stdout.strip() == "active"
