@@ -69,9 +69,15 @@ def wait_phase(daemon: Daemon, phase: str, timeout: float = 20) -> None:
 
 # -- row 142: every kind of failure, told the same way everywhere --------------------------------
 
-@pytest.mark.parametrize("fault", ["bad signature", "404", "digest mismatch"])
+@pytest.mark.parametrize("fault", ["bad signature", "404", "digest mismatch", "disk full"])
 def test_g142_a_failure_agrees_in_status_history_events_log_and_metrics(
         running: Daemon, served_feed: Feed, watch: Watch, fault: str) -> None:
+    if fault == "disk full":
+        from tests.faults.test_disk_full import small_fs
+        with small_fs(running.host.base / "cache", "1m"):
+            slow_release(served_feed, "1.1.0", size=3 << 20)
+            _g142_agreement(running, watch, "downloading", "bytes free")
+        return
     art = served_feed.release("1.1.0")
     if fault == "bad signature":
         manifest = served_feed.folder / "manifest.json"
@@ -82,13 +88,20 @@ def test_g142_a_failure_agrees_in_status_history_events_log_and_metrics(
         data = bytearray((served_feed.folder / art.name).read_bytes())
         data[len(data) // 2] ^= 0xFF
         (served_feed.folder / art.name).write_bytes(bytes(data))
+    _g142_agreement(running, watch, "checking" if fault == "bad signature" else "downloading",
+                    {"bad signature": "signature", "404": "HTTP 404",
+                     "digest mismatch": "mismatch"}[fault])
+
+
+def _g142_agreement(running: Daemon, watch: Watch, step: str, why: str) -> None:
+    """`update` fails at `step` (its message says `why`): status, the event stream, the log,
+    the metrics and the history all say so, the same way."""
     before = metric(running, "updaterd_failures_total", 'app="hello"')
     r = running.ctl("update", "hello")
-    assert r.returncode == 1
+    assert r.returncode == 1 and why in r.stderr, r.stderr
     app = running.app()
     assert app["phase"] == "failed", "never left at checking or downloading"
     assert app["last_error"] and app["last_error"] in r.stderr
-    step = "checking" if fault == "bad signature" else "downloading"
     errors = [e for e in watch.events() if e["kind"] == "error"]
     assert len(errors) == 1 and errors[0]["outcome"] == "failed" and errors[0]["step"] == step
     assert f"update failed at {step}: " in running.log.read_text()
@@ -96,7 +109,7 @@ def test_g142_a_failure_agrees_in_status_history_events_log_and_metrics(
     assert metric(running, "updaterd_phase", 'app="hello",phase="failed"') == 1
     state = running.host.state()
     assert state["consecutive_failures"] == 1  # what the scheduler's backoff reads
-    if fault != "bad signature":
+    if step != "checking":
         assert state["history"][-1]["action"] == "failed"
         assert state["history"][-1]["version"] == "1.1.0"
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import msgspec
 import trio
@@ -45,11 +45,12 @@ from updaterctl.protocol import (
     UpdateResult,
     VersionParams,
 )
-from updaterd import metrics, rpc, versions
+from updaterd import metrics, outcome, rpc, versions
 from updaterd.engine import NoSuchVersion, UnknownApp
 from updaterd.errors import ConfigError, PolicyError, UpdaterError
 from updaterd.inplace import InplaceLayout, file_digest
 from updaterd.rpc import CONFIG_INVALID, Connection, Handler, RpcError
+from updaterd.state import AppState
 
 if TYPE_CHECKING:
     from updaterd.service import AppWorker, Daemon
@@ -271,16 +272,13 @@ class ControlApi:
             return await self.daemon.engine.rollback(p.app, p.to)
         raise _cancelled(w, scope)
 
-    async def _edit_state(self, app: str, edit: Any, history: str = "",
-                          version: str = "") -> Ok:
-        """Apply `edit` to the stored state; with `history`, also record that action."""
+    async def _edit_state(self, app: str, edit: Callable[[AppState, int], None]) -> Ok:
+        """Apply an operator's edit to the stored state (see `outcome`), saved at once."""
         w = self._worker(app)
         # No lock: the state object is the one a running operation holds, which sees the
         # edit at its next step and keeps it when it saves.
         run = self.daemon.engine.open_app(app)
-        edit(run.state)
-        if history:
-            run.remember(history, version, reason="by the operator")
+        edit(run.state, self.daemon.config.limits.history_length)
         run.save()
         w.schedule.poke()
         return Ok()
@@ -292,31 +290,22 @@ class ControlApi:
         except ValueError:
             raise RpcError(ErrorCode.NO_SUCH_VERSION, f"{p.version!r} is not a version "
                                                       "(such as 1.2.3)") from None
-
-        def edit(st: Any) -> None:
-            if p.version not in st.skipped:
-                st.skipped.append(p.version)
-            if st.available == p.version:
-                st.available = None
-        return await self._edit_state(p.app, edit, "skipped", p.version)
+        return await self._edit_state(
+            p.app, lambda st, limit: outcome.skipped(st, p.version, limit))
 
     async def unskip(self, p: VersionParams, conn: Connection) -> Ok:
         st = self._worker(p.app).state()
         if p.version not in st.skipped and p.version not in st.blocked:
             raise RpcError(ErrorCode.NO_SUCH_VERSION,
                            f"{p.app} {p.version} is neither skipped nor blocked")
-
-        def edit(st: Any) -> None:
-            for lst in (st.skipped, st.blocked):
-                if p.version in lst:
-                    lst.remove(p.version)
-        return await self._edit_state(p.app, edit, "unskipped", p.version)
+        return await self._edit_state(
+            p.app, lambda st, limit: outcome.unskipped(st, p.version, limit))
 
     async def pause(self, p: AppParams, conn: Connection) -> Ok:
-        return await self._edit_state(p.app, lambda st: setattr(st, "paused", True))
+        return await self._edit_state(p.app, lambda st, _limit: outcome.paused(st, True))
 
     async def resume(self, p: AppParams, conn: Connection) -> Ok:
-        return await self._edit_state(p.app, lambda st: setattr(st, "paused", False))
+        return await self._edit_state(p.app, lambda st, _limit: outcome.paused(st, False))
 
     async def inhibit(self, p: InhibitParams, conn: Connection) -> InhibitResult:
         self._worker(p.app)

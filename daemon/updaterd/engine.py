@@ -16,7 +16,7 @@ from pathlib import Path
 import trio
 
 from updaterctl.protocol import CheckResult, Event, RollbackResult, UpdateResult
-from updaterd import state, tokens, treehash, versions
+from updaterd import outcome, state, tokens, treehash, versions
 from updaterd.config import AppConfig, Config
 from updaterd.download import Fetcher, RateLimited, TokenBucket
 from updaterd.errors import FeedError, LayoutError, PolicyError, UpdaterError
@@ -164,8 +164,12 @@ class Engine:
         run.phase("checking")
         try:
             trusted = await source.fetch(run.state, run.cache, cycle_start)
+        except RateLimited as e:
+            outcome.rate_limited(run.state, e.until)
+            outcome.check_attempted(run.state, cycle_start)
+            raise
         except UpdaterError:
-            run.state.last_check = cycle_start  # the operation records the failure
+            outcome.check_attempted(run.state, cycle_start)  # the operation records the failure
             raise
         manifest = trusted.manifest
         offers = [versions.Offer(r.version, r.channel, r.rollout) for r in manifest.releases
@@ -174,12 +178,12 @@ class Engine:
         if run.cfg.source == "github":  # no signed serial: the newest version ever installed
             baseline = versions.highest(baseline, run.state.highest_installed)  # is the floor
         choice = versions.choose(offers, baseline, self._policy(run))
-        run.state.serial = manifest.serial
-        run.state.manifest_digest = trusted.digest
-        run.state.available = choice.version
-        run.state.passed_over = choice.passed_over
-        run.state.last_check = cycle_start
-        run.state.last_error = None
+        if trusted.validators is not None:
+            outcome.validators(run.state, *trusted.validators)
+        outcome.rate_limited(run.state, None)
+        outcome.checked(run.state, serial=manifest.serial, digest=trusted.digest,
+                        available=choice.version, passed_over=choice.passed_over,
+                        at=cycle_start)
         run.save()
         found = f"{choice.version} is available" if choice.version else "nothing new"
         run.phase("idle", f"{found} ({choice.note})" if choice.note else found)
@@ -211,8 +215,7 @@ class Engine:
         async with operation(run, "check") as op:
             await recover(run)
             if force:  # the operator asks: the validators and a server's wait are dropped
-                run.state.etag = run.state.last_modified = None
-                run.state.rate_limited_until = None
+                outcome.forced(run.state)
             async with self._source(run) as source:
                 _, result = await self._refresh(run, source)
             op.succeeded("checked")

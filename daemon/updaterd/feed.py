@@ -68,6 +68,7 @@ class TrustedFeed(Struct, frozen=True):
     manifest: Manifest
     digest: str  # sha256 of the raw manifest bytes
     unchanged: bool  # same serial and bytes as the stored high-water mark
+    validators: tuple[str | None, str | None] | None = None  # new (etag, last-modified)
 
 
 def reject_duplicate_keys(raw: bytes, what: str = "manifest") -> None:

@@ -20,7 +20,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-from updaterd import minisign
+from updaterd import minisign, outcome
 from updaterd.config import AppConfig
 from updaterd.errors import FeedError, SignatureError
 from updaterd.feed import reject_duplicate_keys
@@ -106,11 +106,9 @@ def apply(app: str, cfg: AppConfig, state: AppState, raw: bytes, sig: bytes | No
     except SignatureError as e:
         raise FeedError(f"{KEYS} version {new.version}: not signed by its own new keys: "
                         f"{e}") from None
-    state.trust = TrustRoot(origin=origin_of(cfg), version=new.version,
-                            keys=[k.to_base64() for k in new_keys], threshold=new.threshold)
-    # The serial high-water mark belongs to the keys that are now gone.
-    state.serial = state.manifest_digest = None
-    state.etag = state.last_modified = None
+    outcome.trust_rotated(state, TrustRoot(origin=origin_of(cfg), version=new.version,
+                                           keys=[k.to_base64() for k in new_keys],
+                                           threshold=new.threshold))
     log.warning("%s: key rotation to version %d accepted (%d keys, threshold %d); the serial "
                 "high-water mark starts again", app, new.version, len(new_keys), new.threshold)
     return True

@@ -19,6 +19,7 @@ from typing import Literal
 import trio
 
 from updaterctl.protocol import Event, Outcome, Phase
+from updaterd import outcome
 from updaterd.errors import OperationCancelled, UpdaterError
 from updaterd.transaction import AppRun
 
@@ -54,14 +55,12 @@ class Operation:
         except (UpdaterError, OSError) as e:  # a full disk must not hide the outcome itself
             log.error("%s: cannot record the outcome: %s", self.run.name, e)
 
-    def succeeded(self, outcome: Outcome, message: str = "", version: str | None = None) -> None:
-        st = self.run.state
-        st.consecutive_failures = 0
-        st.last_success = time.time()
+    def succeeded(self, result: Outcome, message: str = "", version: str | None = None) -> None:
+        outcome.succeeded(self.run.state)
         self._save()
         self.ended = True
         if message:
-            self._emit("result", outcome, message, version)
+            self._emit("result", result, message, version)
         self.run.phase("idle", version=version)
 
     def failed(self, error: BaseException) -> str:
@@ -69,9 +68,7 @@ class Operation:
         text = str(error) if isinstance(error, UpdaterError) else \
             f"internal error ({type(error).__name__}: {error}); see the log"
         message = f"{self.version}: {text}" if self.version else text
-        st = self.run.state
-        st.consecutive_failures += 1
-        st.last_error = message
+        outcome.failed(self.run.state, message)
         if self.kind == "update" and self.version is not None:
             self.run.remember("failed", self.version, self.before, text)
         self._save()

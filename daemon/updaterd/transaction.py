@@ -25,11 +25,11 @@ from updaterd import (
     failpoints,
     fsutil,
     health,
+    outcome,
     pathtrust,
     selfupdate,
     state,
     treehash,
-    versions,
 )
 from updaterd.config import AppConfig, Config, app_unit
 from updaterd.download import Expected
@@ -38,7 +38,7 @@ from updaterd.feed import Artifact, Release
 from updaterd.inplace import InplaceLayout
 from updaterd.layout import Layout, Staged
 from updaterd.sources import Source
-from updaterd.state import AppState, HistoryEntry, Transaction
+from updaterd.state import AppState, Transaction
 from updaterd.units import parse_duration, parse_size
 
 log = logging.getLogger("updaterd.transaction")
@@ -85,9 +85,8 @@ class AppRun:
 
     def remember(self, action: str, version: str, from_version: str | None = None,
                  reason: str = "") -> None:
-        entry = HistoryEntry(at=time.time(), action=action, version=version,  # type: ignore[arg-type]
-                             from_version=from_version, reason=reason)
-        state.record(self.state, entry, self.config.limits.history_length)
+        outcome.remember(self.state, action, version, from_version, reason,
+                         self.config.limits.history_length)
 
 
 def _extract_limits(run: AppRun) -> archive.ExtractLimits:
@@ -131,7 +130,8 @@ async def download(run: AppRun, source: Source, release: Release,
                    artifact: Artifact) -> BinaryIO:
     """Fetch and verify the artifact into the cache; returns the verified file, open."""
     version = release.version
-    run.layout.preflight()
+    run.step = "downloading"  # what fails from here fails at this step (the phase comes once
+    run.layout.preflight()  # the download really starts)
     fsutil.ensure_private_dir(run.cache)
     _check_free_space(run, artifact)
     run.phase("downloading", f"downloading {version} from {source.describe(artifact)}",
@@ -167,7 +167,7 @@ async def install(run: AppRun, source: Source, release: Release, artifact: Artif
         f.close()
     if staged.tree is not None:
         treehash.save(run.state_folder, staged.tree)
-    run.state.release_digests[version] = artifact.blake3 or artifact.sha256 or ""
+    outcome.staged(run.state, version, artifact.blake3 or artifact.sha256 or "")
     # Inhibitors hold back the switch and restart; nothing has changed yet if we are stopped here.
     await run.hooks.before_switch()
     # The operator's edits apply at once; this is the last step at which one can stop us.
@@ -177,18 +177,18 @@ async def install(run: AppRun, source: Source, release: Release, artifact: Artif
     # From here on the disk changes what the app sees: journal first, and never be torn.
     with trio.CancelScope(shield=True):
         backup = run.layout.backup(from_version)
-        run.state.pending = Transaction(kind="update", from_version=from_version,
-                                        to_version=version, started_at=time.time(),
-                                        to_digest=staged.digest, backup=backup)
+        outcome.journaled(run.state, Transaction(kind="update", from_version=from_version,
+                                                 to_version=version, started_at=time.time(),
+                                                 to_digest=staged.digest, backup=backup))
         run.save()
         failpoints.hit("journal.after_write")
         run.phase("switching", version=version)
         run.layout.switch_to(staged, failpoint="switch")
         failpoints.hit("switch.after_bin_links")
-        outcome = await finish_update(run, from_version, version)
+        result = await finish_update(run, from_version, version)
     with contextlib.suppress(FileNotFoundError):
         (run.cache / artifact.url.rsplit("/", 1)[-1]).unlink()
-    return outcome
+    return result
 
 
 async def finish_update(run: AppRun, from_version: str | None, version: str) -> str:
@@ -238,13 +238,7 @@ async def finish_update(run: AppRun, from_version: str | None, version: str) -> 
         return "rolled_back"
     run.phase("committing", version=version)
     failpoints.hit("commit.before_state")
-    run.state.installed = version
-    run.state.highest_installed = versions.highest(run.state.highest_installed, version)
-    run.state.previous = from_version
-    run.state.pending = None
-    if run.state.available == version:
-        run.state.available = None
-    run.state.last_error = None
+    outcome.committed(run.state, version, from_version)
     run.remember("installed", version, from_version)
     run.save()
     failpoints.hit("commit.after_state")
@@ -285,13 +279,13 @@ async def roll_back(run: AppRun, *, from_version: str, to_version: str | None, b
     """Journal, switch back, restart; block the version left when it failed its checks, or
     skip it when the operator went back from it (`skip_left`)."""
     run.phase("rolling_back", reason, from_version)
-    run.state.pending = Transaction(kind="rollback", from_version=from_version,
-                                    to_version=to_version or "", started_at=time.time(),
-                                    reason=reason, block=block, backup=backup,
-                                    skip_left=skip_left)
+    tx = Transaction(kind="rollback", from_version=from_version, to_version=to_version or "",
+                     started_at=time.time(), reason=reason, block=block, backup=backup,
+                     skip_left=skip_left)
+    outcome.journaled(run.state, tx)
     run.save()
     failpoints.hit("rollback.after_journal")
-    await complete_rollback(run, run.state.pending)
+    await complete_rollback(run, tx)
 
 
 async def complete_rollback(run: AppRun, tx: Transaction) -> None:
@@ -309,24 +303,7 @@ async def complete_rollback(run: AppRun, tx: Transaction) -> None:
             log.error("%s: restart after rolling back to %s failed: %s", run.name, to_version, e)
     failpoints.hit("rollback.after_restart")
     left = tx.from_version
-    run.state.installed = to_version
-    run.state.pending = None
-    if left is not None and run.state.available == left:
-        run.state.available = None  # blocked or skipped now: not on offer any more
-    if to_version is not None and to_version in run.state.skipped:
-        run.state.skipped.remove(to_version)  # back on it: it is no longer skipped
-    if tx.block and left is not None:
-        if left not in run.state.blocked:
-            run.state.blocked.append(left)
-        run.state.last_error = f"{left} failed: {tx.reason}"
-        run.remember("rolled_back", to_version or "", left, tx.reason)
-        run.remember("blocked", left, to_version, tx.reason)
-    else:
-        run.state.previous = left
-        if tx.skip_left and left is not None and left not in run.state.skipped:
-            run.state.skipped.append(left)
-        run.state.last_error = None  # the operator's move succeeded; the old error is past
-        run.remember("rolled_back", to_version or "", left, tx.reason)
+    outcome.switched_back(run.state, tx, to_version, run.config.limits.history_length)
     run.save()
     failpoints.hit("rollback.after_state")
     running = selfupdate.running_version() if itself else None
@@ -342,8 +319,8 @@ async def complete_rollback(run: AppRun, tx: Transaction) -> None:
 
 def prune(run: AppRun) -> None:
     removed = run.layout.prune(run.state.installed, run.state.previous, run.cfg.retain)
+    outcome.pruned(run.state, removed)
     for v in removed:
-        run.state.release_digests.pop(v, None)
         treehash.drop(run.state_folder, v)
     if removed:
         log.info("%s: removed old versions %s", run.name, ", ".join(removed))
@@ -365,15 +342,13 @@ async def recover(run: AppRun) -> None:
     if tx is None:
         on_disk = run.layout.installed()
         if run.layout.knows_version and run.state.installed != on_disk:
-            if run.state.installed is None and not run.state.history:
-                # Installed before updaterd knew the app (self-install, by hand): adopt it.
+            said = run.state.installed
+            if outcome.found_on_disk(run.state, on_disk, run.config.limits.history_length):
+                # Installed before updaterd knew the app (self-install, by hand): adopted.
                 log.info("%s: %s is installed; taking it over", run.name, on_disk)
-                run.remember("found", on_disk or "", None, "installed before updaterd managed "
-                             "it (self-install or by hand)")
             else:
                 log.warning("%s: state says %s but %s is current; following the disk",
-                            run.name, run.state.installed, on_disk)
-            run.state.installed = on_disk
+                            run.name, said, on_disk)
             run.save()
         return
     if run.cfg.self_update and tx.kind == "update" and \
@@ -390,17 +365,11 @@ async def recover(run: AppRun) -> None:
             await finish_update(run, tx.from_version, tx.to_version)
         else:
             run.layout.undo_interrupted(tx)
-            run.state.installed = tx.from_version
-            run.state.pending = None
+            why = None
             if gave_up == tx.to_version:
                 why = (f"updaterd {gave_up} did not come up in {selfupdate.MAX_TRIAL_STARTS} "
                        "starts; the launcher went back")
                 log.error("%s: %s", run.name, why)
-                run.state.blocked.append(gave_up)
-                run.state.last_error = why
-                run.remember("blocked", gave_up, tx.from_version, why)
-            else:
-                run.remember("interrupted", tx.to_version, tx.from_version,
-                             "interrupted before the switch")
+            outcome.interrupted(run.state, tx, why, run.config.limits.history_length)
             run.save()
 

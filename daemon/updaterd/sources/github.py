@@ -112,16 +112,11 @@ class GitHubSource:
         url = self.base + ("/releases?per_page=30" if self.cfg.prerelease else "/releases/latest")
         copy = trust.load_copy(self.state_folder, CACHED)
         cached = copy[0] if copy is not None else None
-        try:
-            doc = await self.fetcher.fetch_small(
-                url, max_bytes=parse_size(self.limits.max_manifest_size),
-                etag=state.etag if cached is not None else None,
-                last_modified=state.last_modified if cached is not None else None,
-                headers=self._headers(url))
-        except RateLimited as e:
-            state.rate_limited_until = e.until
-            raise
-        state.rate_limited_until = None
+        doc = await self.fetcher.fetch_small(
+            url, max_bytes=parse_size(self.limits.max_manifest_size),
+            etag=state.etag if cached is not None else None,
+            last_modified=state.last_modified if cached is not None else None,
+            headers=self._headers(url))
         body = cached if doc.not_modified and cached is not None else doc.body
         release = self._pick(body)
         asset = self._choose_asset(release)
@@ -131,7 +126,6 @@ class GitHubSource:
         self.release = release
         if not doc.not_modified:
             trust.keep_copy(self.state_folder, body, None, CACHED)
-            state.etag, state.last_modified = doc.etag, doc.last_modified
         published = _parse_time(release.published_at)
         manifest = Manifest(schema=1, app=self.app, serial=0,
                             expires=datetime.now(UTC) + timedelta(days=3650),
@@ -140,7 +134,9 @@ class GitHubSource:
                                               artifacts=[Artifact(platform="any", url=asset.name,
                                                                   size=asset.size)])])
         return TrustedFeed(manifest=manifest, digest=hashlib.sha256(body).hexdigest(),
-                           unchanged=doc.not_modified)
+                           unchanged=doc.not_modified,
+                           validators=None if doc.not_modified else
+                           (doc.etag, doc.last_modified))
 
     def _pick(self, body: bytes) -> GitHubRelease:
         try:

@@ -6,6 +6,8 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urljoin, urlsplit
 
+import msgspec
+
 from updaterd import keys, minisign
 from updaterd.config import AppConfig, Limits
 from updaterd.download import Expected, Fetcher, ProgressFn
@@ -62,8 +64,8 @@ class ManifestSource:
             sig = sig_doc.body
         trusted = trust.verify(self.app, self.cfg, state, doc.body, sig, cycle_start_ts, True)
         trust.keep_copy(self.state_folder, doc.body, sig)
-        state.etag, state.last_modified = doc.etag, doc.last_modified
-        return self._allow_named_hosts(trusted)
+        return self._allow_named_hosts(msgspec.structs.replace(
+            trusted, validators=(doc.etag, doc.last_modified)))
 
     def _allow_named_hosts(self, trusted: TrustedFeed) -> TrustedFeed:
         """Without `allowed_hosts`, artifacts may come from the hosts the signed manifest
