@@ -210,8 +210,8 @@ def print_status(result: StatusResult) -> None:
                      "paused" if a.paused else ago(a.next_check)])
     print(table(rows))
     for a in result.apps:
-        for line in ([f"error: {a.last_error}"] if a.last_error else []) + a.notes + \
-                ([f"blocked: {', '.join(a.blocked)}"] if a.blocked else []):
+        # notes name every skipped and blocked version, with the command that undoes it
+        for line in ([f"error: {a.last_error}"] if a.last_error else []) + a.notes:
             print(f"  {a.name}: {line}")
 
 

@@ -236,7 +236,9 @@ class ControlApi:
         if scope.cancelled_caught:
             raise _cancelled(w, scope)
         if result.result == "rolled_back":
-            raise RpcError(ErrorCode.UPDATE_FAILED, result.reason,
+            raise RpcError(ErrorCode.UPDATE_FAILED,
+                           f"{p.app}: {result.to_version} was rolled back to "
+                           f"{result.from_version or 'nothing'}: {result.reason}",
                            {"phase": "health_check", "reason": result.reason,
                             "from": result.from_version, "to": result.to_version})
         return result
