@@ -24,7 +24,6 @@ NOTES = {
  108: "note: rollback --to PATH (issue 5) accepts only a path inside the app's backups folder",
  129: "note: the prefix check of row 128 makes the race impossible; the release is checked "
       "again (owner and modes up to /) right before the health check",
- 142: "todo: comes with the operations issue (one owner of every outcome)",
 }
 
 
