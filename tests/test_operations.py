@@ -183,6 +183,8 @@ def test_a_version_skipped_during_its_download_is_not_installed(downloading: Dae
 
 def test_cancel_stops_a_download_at_once(downloading: Daemon) -> None:
     d = downloading
+    w = Watch(d)
+    failures = metric(d, "updaterd_failures_total", 'app="hello"')
     t0 = time.monotonic()
     r = d.ctl("cancel", "hello")
     assert r.returncode == 0 and "hello: cancelled while downloading" in r.stdout
@@ -193,6 +195,12 @@ def test_cancel_stops_a_download_at_once(downloading: Daemon) -> None:
     assert not list((d.host.prefix / "releases").glob("1.1.0*"))
     r = d.ctl("cancel", "hello")
     assert r.returncode == 1 and "nothing to cancel" in r.stderr
+    # the same story in the event stream, the log and the metrics (not a failure)
+    w.close()
+    results = [e for e in w.events() if e["kind"] == "result"]
+    assert results and results[-1]["outcome"] == "cancelled"
+    assert "cancelled at downloading" in d.log.read_text()
+    assert metric(d, "updaterd_failures_total", 'app="hello"') == failures
 
 
 def test_cancel_past_the_switch_is_refused_and_the_update_finishes(
