@@ -35,7 +35,6 @@ class Operation:
         self.kind = kind
         self.version: str | None = None  # the version being installed, once chosen
         self.before = run.state.installed
-        self.started = time.time()
         self.ended = False
 
     @property
@@ -81,8 +80,9 @@ class Operation:
     def cancelled(self, why: str) -> None:
         self.ended = True
         what = f"{self.kind} of {self.version}" if self.version else self.kind
-        self.run.remember("cancelled", self.version or "", self.before, why)
-        self._save()
+        if self.version is not None:  # a check stopped at shutdown is no news for history
+            self.run.remember("cancelled", self.version, self.before, why)
+            self._save()
         self._emit("result", "cancelled", f"{what} cancelled at {self.step}: {why}",
                    self.version)
         self.run.phase("idle", version=self.version)
