@@ -41,6 +41,7 @@ from updaterctl.protocol import (
     Metric,
     StatusResult,
     UpdateResult,
+    clock,
 )
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_NOT_PERMITTED = 0, 1, 2, 3, 4
@@ -245,16 +246,6 @@ def cmd_check(args: argparse.Namespace) -> int:
             for v, why in r.passed_over.items():
                 print(f"  {v}: {why}")
     return EXIT_FAILED if failed else EXIT_OK
-
-
-def clock(seconds: float) -> str:
-    """`45s`, `16m31s`, `2h05m`: a duration as people read it."""
-    s = max(int(seconds), 0)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 class Meter:

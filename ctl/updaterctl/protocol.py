@@ -45,6 +45,17 @@ class ErrorCode(IntEnum):
     UPDATE_FAILED = 5
 
 
+def clock(seconds: float) -> str:
+    """`45s`, `16m31s`, `2h05m`: a duration as people read it (updaterctl and the daemon's
+    messages say durations the same way)."""
+    s = max(int(seconds), 0)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
 # -- envelopes ---------------------------------------------------------------------------------
 
 class Request(Struct, forbid_unknown_fields=True):

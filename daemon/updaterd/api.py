@@ -44,6 +44,7 @@ from updaterctl.protocol import (
     UpdateParams,
     UpdateResult,
     VersionParams,
+    clock,
 )
 from updaterd import metrics, outcome, rpc, versions
 from updaterd.engine import NoSuchVersion, UnknownApp
@@ -112,7 +113,7 @@ class ControlApi:
         once, with the phase and since when), and runs in a scope `cancel` can reach."""
         if worker.lock.locked():
             since = worker.busy_since or time.time()
-            took = _duration(time.time() - since)
+            took = clock(time.time() - since)
             raise RpcError(ErrorCode.BUSY,
                            f"{worker.name} is busy: {worker.phase} for {took} (since "
                            f"{time.strftime('%H:%M:%S', time.localtime(since))}); "
@@ -143,7 +144,7 @@ class ControlApi:
                          f"`updaterctl update {name}` installs it")
         elif st.available and not st.paused and w.phase in ("idle", "failed") \
                 and w.schedule.next_check is not None:
-            wait = _duration(max(w.schedule.next_check - time.time(), 0))
+            wait = clock(max(w.schedule.next_check - time.time(), 0))
             notes.append(f"{st.available} installs at the next check, in {wait}; "
                          f"`updaterctl update {name}` installs it now")
         notes += [f"{v}: {why}" for v, why in st.passed_over.items()]
@@ -355,16 +356,6 @@ class ControlApi:
                            e.problems) from None
         return Ok()
 
-
-
-def _duration(seconds: float) -> str:
-    """`7s`, `2m05s`, `1h04m`: how long, for people."""
-    s = int(seconds)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 def _cancelled(w: AppWorker, scope: trio.CancelScope) -> RpcError:
