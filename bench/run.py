@@ -176,7 +176,7 @@ def bench_install(tmp: Path, size: int, small_files: int, runs: int) -> list[Row
                     with open(art, "rb") as f:
                         root = archive.extract(f, kind, dest, limits, "app")  # type: ignore[arg-type]
                     if durable:  # what an install does before the rename into releases/
-                        fsutil.fsync_tree(root)
+                        fsutil.make_durable(root)
 
                 tool = (["unzip", "-q", str(art), "-d", str(dest)] if kind == "zip" else
                         ["tar", "--zstd" if kind == "tar.zst" else "-z", "-xf", str(art), "-C",

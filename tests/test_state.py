@@ -32,6 +32,47 @@ def test_c60_write_order_is_fsync_rename_fsync_dir(tmp_path: Path,
     assert calls == ["fsync-file", "rename", "fsync-dir"]
 
 
+def test_c60_a_release_is_synced_before_its_rename(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The release folder: every byte below it on disk (one syncfs of its file system), then
+    the rename into releases/, then the fsync of releases/."""
+    import io
+    import tarfile
+
+    from updaterd import archive
+    from updaterd.layout import Layout
+    calls: list[str] = []
+    real_syncfs, real_rename, real_fsync_dir = fsutil._SYNCFS, os.rename, fsutil.fsync_dir
+    assert real_syncfs is not None, "glibc has syncfs(2)"
+
+    def syncfs(fd: int) -> int:
+        calls.append("syncfs")
+        return real_syncfs(fd)
+
+    def rename(a: object, b: object) -> None:
+        calls.append("rename")
+        real_rename(a, b)  # type: ignore[arg-type]
+
+    def fsync_dir(path: Path) -> None:
+        calls.append(f"fsync-dir {path.name}")
+        real_fsync_dir(path)
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        info = tarfile.TarInfo("app-1.0/bin/app")
+        info.size, info.mode = 3, 0o755
+        tf.addfile(info, io.BytesIO(b"hi\n"))
+    layout = Layout(tmp_path / "opt" / "app")
+    layout.preflight()
+    monkeypatch.setattr(fsutil, "_SYNCFS", syncfs)
+    monkeypatch.setattr(os, "rename", rename)
+    monkeypatch.setattr(fsutil, "fsync_dir", fsync_dir)
+    buf.seek(0)
+    limits = archive.ExtractLimits(max_members=10, max_total=1 << 20, max_file=1 << 20)
+    layout.stage(buf, "tar", limits, "app", None, "1.0")  # type: ignore[arg-type]
+    assert calls == ["syncfs", "rename", "fsync-dir releases"]
+
+
 def test_round_trip(tmp_path: Path) -> None:
     s = state.AppState(installed="1.0.0", serial=7, blocked=["1.1.0"])
     state.save(tmp_path, "demo", s)

@@ -185,7 +185,7 @@ class Layout:
         try:
             root = archive.extract(f, kind, staging, limits, raw_name)
             failpoints.hit("stage.after_extract")
-            fsutil.fsync_tree(root)
+            fsutil.make_durable(root)
             failpoints.hit("stage.after_fsync")
             tree = treehash.record(root, version)
             dest = self.install(root, version)

@@ -171,7 +171,7 @@ def install(prefix: Path, python: str) -> str:
     staged = layout.new_staging()
     try:
         release_tree(staged, __version__)
-        fsutil.fsync_tree(staged)
+        fsutil.make_durable(staged)
         layout.install(staged, __version__)
     finally:
         shutil.rmtree(staged, ignore_errors=True)
