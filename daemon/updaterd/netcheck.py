@@ -12,6 +12,7 @@ from __future__ import annotations
 import socket
 import ssl
 from collections.abc import Iterable
+from typing import Any
 
 import httpcore
 import httpx
@@ -22,6 +23,35 @@ from updaterd.errors import DownloadError
 
 SocketOption = (tuple[int, int, int] | tuple[int, int, bytes | bytearray]
                 | tuple[int, int, None, int])  # httpcore's SOCKET_OPTION
+
+
+READ_SIZE = 1 << 20  # bytes asked of the socket per read (httpcore asks 64 KiB)
+
+
+class LargeReads(httpcore.AsyncNetworkStream):
+    """A network stream that reads up to READ_SIZE at a time whatever its caller asks: httpcore
+    and h11 take any amount, and each read costs ~the same Python work whatever its size, so
+    a large artifact streams with 16x fewer of them (STYLE: 256 KiB reads brought httpx from
+    36% to 65% of curl)."""
+
+    def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
+        self._inner = inner
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return await self._inner.read(max(max_bytes, READ_SIZE), timeout)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        await self._inner.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
+                        timeout: float | None = None) -> httpcore.AsyncNetworkStream:
+        return LargeReads(await self._inner.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
 
 
 class CheckedBackend(httpcore.AsyncNetworkBackend):
@@ -38,8 +68,8 @@ class CheckedBackend(httpcore.AsyncNetworkBackend):
         last: Exception | None = None
         for address in addresses:
             try:
-                return await self._inner.connect_tcp(address, port, timeout, local_address,
-                                                     socket_options)
+                return LargeReads(await self._inner.connect_tcp(address, port, timeout,
+                                                                local_address, socket_options))
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as e:
                 last = e
         assert last is not None
