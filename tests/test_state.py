@@ -42,7 +42,7 @@ def test_c60_a_release_is_synced_before_its_rename(tmp_path: Path,
     from updaterd import archive
     from updaterd.layout import Layout
     calls: list[str] = []
-    real_syncfs, real_rename, real_fsync_dir = fsutil._SYNCFS, os.rename, fsutil.fsync_dir
+    real_syncfs, real_rename, real_fsync_dir = fsutil._libc_syncfs(), os.rename, fsutil.fsync_dir
     assert real_syncfs is not None, "glibc has syncfs(2)"
 
     def syncfs(fd: int) -> int:
@@ -64,7 +64,7 @@ def test_c60_a_release_is_synced_before_its_rename(tmp_path: Path,
         tf.addfile(info, io.BytesIO(b"hi\n"))
     layout = Layout(tmp_path / "opt" / "app")
     layout.preflight()
-    monkeypatch.setattr(fsutil, "_SYNCFS", syncfs)
+    monkeypatch.setattr(fsutil, "_libc_syncfs", lambda: syncfs)
     monkeypatch.setattr(os, "rename", rename)
     monkeypatch.setattr(fsutil, "fsync_dir", fsync_dir)
     buf.seek(0)

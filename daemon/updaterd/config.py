@@ -6,7 +6,6 @@ run reports every problem (one line each) instead of stopping at the first.
 
 from __future__ import annotations
 
-import difflib
 import re
 import tomllib
 from collections.abc import Iterable
@@ -182,6 +181,8 @@ def _friendly(value: Any, hint: Any) -> str | None:
 
 
 def _unknown(key: str, known: Iterable[str]) -> str:
+    import difflib  # only when a key is wrong
+
     close = difflib.get_close_matches(key, list(known), n=1)
     return f"unknown key (did you mean {close[0]!r}?)" if close else "unknown key"
 

@@ -18,7 +18,6 @@ import re
 import ssl
 import stat
 import time
-import urllib.request
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -200,7 +199,9 @@ class Fetcher:
         self.allowed_hosts = allowed_hosts
         # told of every retry, so that a client sees "retrying in 8s" instead of silence
         self.on_retry: Callable[[str], None] = lambda text: log.info("%s", text)
-        if transport is None and proxy is None and not urllib.request.getproxies():
+        from urllib.request import getproxies  # what httpx reads too; heavy, so here
+
+        if transport is None and proxy is None and not getproxies():
             # The connected address is checked too. Through a proxy (configured, or from the
             # *_proxy variables, which httpx honours only with its own transport) the proxy
             # connects, and the URL policy is what applies.

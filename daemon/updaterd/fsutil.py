@@ -7,8 +7,8 @@ A crash at any instant leaves either the old or the new content, never a torn on
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
+import functools
 import os
 import secrets
 from collections.abc import Callable
@@ -71,16 +71,16 @@ def replace_symlink(link: Path, target: str, failpoint: str = "") -> None:
     fsync_dir(link.parent)
 
 
+@functools.cache
 def _libc_syncfs() -> Callable[[int], int] | None:
+    """glibc's syncfs(2), loaded on first use (ctypes costs memory an idle daemon needn't)."""
+    import ctypes
+
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fn: Callable[[int], int] = libc.syncfs
+        fn: Callable[[int], int] = ctypes.CDLL(None, use_errno=True).syncfs
     except (OSError, AttributeError):
         return None
     return fn
-
-
-_SYNCFS = _libc_syncfs()
 
 
 def make_durable(root: Path) -> None:
@@ -88,12 +88,15 @@ def make_durable(root: Path) -> None:
     of its file system (what OSTree does) instead of an fsync per file, which costs a journal
     commit each; fsync of every file where syncfs is missing. The same promise either way:
     after it returns, a power cut keeps every byte and name written below `root`."""
-    if _SYNCFS is None:
+    syncfs = _libc_syncfs()
+    if syncfs is None:
         fsync_tree(root)
         return
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        if _SYNCFS(fd) != 0:
+        if syncfs(fd) != 0:
+            import ctypes
+
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err), str(root))
     finally:
