@@ -43,6 +43,7 @@ class ErrorCode(IntEnum):
     NOT_PERMITTED = 3
     NO_SUCH_VERSION = 4
     UPDATE_FAILED = 5
+    CONFIG_INVALID = -32000  # JSON-RPC's implementation-defined server error: reload refused
 
 
 def clock(seconds: float) -> str:

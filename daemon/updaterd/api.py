@@ -47,10 +47,9 @@ from updaterctl.protocol import (
     clock,
 )
 from updaterd import metrics, outcome, rpc, versions
-from updaterd.engine import NoSuchVersion, UnknownApp
-from updaterd.errors import ConfigError, PolicyError, UpdaterError
+from updaterd.errors import ConfigError, NoSuchVersion, PolicyError, UnknownApp, UpdaterError
 from updaterd.inplace import InplaceLayout, file_digest
-from updaterd.rpc import CONFIG_INVALID, Connection, Handler, RpcError
+from updaterd.rpc import Connection, Handler, RpcError
 from updaterd.state import AppState
 
 if TYPE_CHECKING:
@@ -352,7 +351,7 @@ class ControlApi:
         try:
             await self.daemon.reload()
         except ConfigError as e:
-            raise RpcError(CONFIG_INVALID, "configuration refused; the old one is kept",
+            raise RpcError(ErrorCode.CONFIG_INVALID, "configuration refused; the old one is kept",
                            e.problems) from None
         return Ok()
 

@@ -35,7 +35,7 @@ from updaterctl._version import __version__
 from updaterd import failpoints, fsutil, logtext, urlpolicy
 from updaterd.config import Limits
 from updaterd.digests import Digests
-from updaterd.errors import DigestMismatch, DownloadError
+from updaterd.errors import DigestMismatch, DownloadError, RateLimited, Retryable
 from updaterd.netcheck import CheckedTransport
 from updaterd.units import parse_duration, parse_size
 
@@ -43,14 +43,6 @@ log = logging.getLogger("updaterd.download")
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
-
-
-class Retryable(DownloadError):
-    """A failure worth another attempt (network error, 5xx, 429, a short body)."""
-
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -65,14 +57,6 @@ class Expected:
     sha256: str | None
     blake3: str | None
     signature: Callable[[bytes], None] | None = None
-
-
-class RateLimited(DownloadError):
-    """The server says: no more requests until `until` (epoch seconds). Not retried inline."""
-
-    def __init__(self, message: str, until: float) -> None:
-        super().__init__(message)
-        self.until = until
 
 
 @dataclass(frozen=True)

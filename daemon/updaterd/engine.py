@@ -18,8 +18,16 @@ import trio
 from updaterctl.protocol import CheckResult, Event, RollbackResult, UpdateResult
 from updaterd import outcome, state, tokens, treehash, versions
 from updaterd.config import AppConfig, Config
-from updaterd.download import Fetcher, RateLimited, TokenBucket
-from updaterd.errors import FeedError, LayoutError, PolicyError, UpdaterError
+from updaterd.download import Fetcher, TokenBucket
+from updaterd.errors import (
+    FeedError,
+    LayoutError,
+    NoSuchVersion,
+    PolicyError,
+    RateLimited,
+    UnknownApp,
+    UpdaterError,
+)
 from updaterd.feed import Artifact, Release, TrustedFeed
 from updaterd.gate import WindowGate
 from updaterd.inplace import InplaceLayout
@@ -31,14 +39,6 @@ from updaterd.units import parse_rate
 
 log = logging.getLogger("updaterd.engine")
 ANY_PLATFORM = frozenset({"any", "noarch"})
-
-
-class NoSuchVersion(PolicyError):
-    """The feed or the disk has no such version."""
-
-
-class UnknownApp(UpdaterError):
-    """The configuration names no such app."""
 
 
 def host_platform() -> str:

@@ -1,4 +1,24 @@
-"""The one exception tree of updaterd: each message names the thing and the reason."""
+"""The one exception tree of updaterd: each message names the thing and the reason.
+
+    UpdaterError
+    ├── ConfigError              the file, one line per problem (exit 2)
+    ├── UnsafePath               a path another user could change (pathtrust)
+    ├── StateError
+    ├── SignatureError
+    ├── FeedError
+    ├── PolicyError              not allowed: pinned out, a downgrade ...
+    │   └── NoSuchVersion        not in the feed, not kept on disk
+    ├── UnknownApp
+    ├── DownloadError            for good (retries spent, or not worth one)
+    │   ├── DigestMismatch       size, digest or signature of the bytes
+    │   ├── Retryable            worth another attempt (network, 5xx, 429, short body)
+    │   └── RateLimited          the server said when to ask again
+    ├── ArchiveError             one refusal reason per member
+    ├── LayoutError              the prefix or target cannot be used
+    ├── HealthCheckFailed        restart or health check: rolls back
+    ├── LockHeld
+    └── OperationCancelled       called off before the switch
+"""
 
 
 class UpdaterError(Exception):
@@ -35,6 +55,30 @@ class DownloadError(UpdaterError):
 
 class DigestMismatch(DownloadError):
     """The bytes received do not match the size or digests from the trusted feed."""
+
+
+class Retryable(DownloadError):
+    """A failure worth another attempt (network error, 5xx, 429, a short body)."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RateLimited(DownloadError):
+    """The server says: no more requests until `until` (epoch seconds). Not retried inline."""
+
+    def __init__(self, message: str, until: float) -> None:
+        super().__init__(message)
+        self.until = until
+
+
+class NoSuchVersion(PolicyError):
+    """The feed or the disk has no such version."""
+
+
+class UnknownApp(UpdaterError):
+    """The configuration names no such app."""
 
 
 class ArchiveError(UpdaterError):

@@ -40,7 +40,6 @@ from updaterd.units import parse_duration
 log = logging.getLogger("updaterd.rpc")
 MAX_BATCH = 100
 STREAMS = frozenset({"subscribe", "inhibit"})  # methods that hold something until hang-up
-CONFIG_INVALID = -32000  # implementation-defined server error: reload refused
 
 
 class RpcError(Exception):

@@ -21,8 +21,8 @@ import msgspec
 
 from updaterd import checksums, minisign, tokens, urlpolicy, versions
 from updaterd.config import AppConfig, Limits
-from updaterd.download import Expected, Fetcher, ProgressFn, RateLimited
-from updaterd.errors import DigestMismatch, FeedError, SignatureError
+from updaterd.download import Expected, Fetcher, ProgressFn
+from updaterd.errors import DigestMismatch, FeedError, RateLimited, SignatureError
 from updaterd.feed import SAFE_FILE_NAME, Artifact, Manifest, Release, TrustedFeed
 from updaterd.sources import trust
 from updaterd.state import AppState
