@@ -189,7 +189,8 @@ class Fetcher:
             # The connected address is checked too. Through a proxy (configured, or from the
             # *_proxy variables, which httpx honours only with its own transport) the proxy
             # connects, and the URL policy is what applies.
-            transport = CheckedTransport()
+            # Under a rate cap, large reads would arrive as bursts the cap then sleeps off.
+            transport = CheckedTransport(large_reads=not self.rate_caps)
         self.rng = rng or random.Random()
         connect = parse_duration(limits.connect_timeout)
         read = parse_duration(limits.read_timeout)

@@ -58,8 +58,9 @@ class LargeReads(httpcore.AsyncNetworkStream):
 class CheckedBackend(httpcore.AsyncNetworkBackend):
     """httpcore's trio backend, with every resolved address checked before it is dialled."""
 
-    def __init__(self) -> None:
+    def __init__(self, large_reads: bool = True) -> None:
         self._inner = httpcore.TrioBackend()
+        self._large_reads = large_reads
 
     async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
                           local_address: str | None = None,
@@ -69,8 +70,9 @@ class CheckedBackend(httpcore.AsyncNetworkBackend):
         last: Exception | None = None
         for address in addresses:
             try:
-                return LargeReads(await self._inner.connect_tcp(address, port, timeout,
-                                                                local_address, socket_options))
+                stream = await self._inner.connect_tcp(address, port, timeout, local_address,
+                                                       socket_options)
+                return LargeReads(stream) if self._large_reads else stream
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as e:
                 last = e
         assert last is not None
@@ -105,8 +107,8 @@ class CheckedTransport(httpx.AsyncHTTPTransport):
     """httpx's own transport (request and error mapping unchanged) over a connection pool
     whose network backend is `CheckedBackend`; proxies are not used through it."""
 
-    def __init__(self, *, trust_env: bool = True) -> None:
+    def __init__(self, *, trust_env: bool = True, large_reads: bool = True) -> None:
         super().__init__(trust_env=trust_env)
         context: ssl.SSLContext = httpx.create_ssl_context(trust_env=trust_env)
-        self._pool = httpcore.AsyncConnectionPool(ssl_context=context,
-                                                  network_backend=CheckedBackend())
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=context, network_backend=CheckedBackend(large_reads))
