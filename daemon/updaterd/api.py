@@ -219,9 +219,9 @@ class ControlApi:
 
     async def check(self, p: CheckParams, conn: Connection) -> CheckResult:
         w = self._worker(p.app)
-        async with self._exclusive(w) as scope, self._engine_errors(w):
+        async with self._exclusive(w), self._engine_errors(w):
             return await self.daemon.engine.check(p.app, force=p.force)
-        raise _cancelled(w, scope)
+        raise _cancelled(w)  # reached only when `cancel` stopped it
 
     async def update(self, p: UpdateParams, conn: Connection) -> UpdateResult:
         w = self._worker(p.app)
@@ -234,7 +234,7 @@ class ControlApi:
         async with self._exclusive(w) as scope, self._engine_errors(w):
             result = await self.daemon.engine.update(p.app, p.version, ignore_window=p.now)
         if scope.cancelled_caught:
-            raise _cancelled(w, scope)
+            raise _cancelled(w)
         if result.result == "rolled_back":
             raise RpcError(ErrorCode.UPDATE_FAILED,
                            f"{p.app}: {result.to_version} was rolled back to "
@@ -246,7 +246,7 @@ class ControlApi:
     async def _take_over(self, w: AppWorker) -> UpdateResult:
         """`update --now` while an update waits for its window: that update goes on at once
         (it is the same one), and this answer waits for its end."""
-        before, version = w.state().installed, w.waiting_version
+        before, version = w.state().installed, w.phase_version
         w.take_over.set()
         async with w.lock:  # the waiting update ends, one way or the other
             pass
@@ -270,9 +270,9 @@ class ControlApi:
     async def rollback(self, p: RollbackParams, conn: Connection) -> RollbackResult:
         w = self._worker(p.app)
         self._require_downgrade_right(conn, "rollback")
-        async with self._exclusive(w) as scope, self._engine_errors(w):
+        async with self._exclusive(w), self._engine_errors(w):
             return await self.daemon.engine.rollback(p.app, p.to)
-        raise _cancelled(w, scope)
+        raise _cancelled(w)  # reached only when `cancel` stopped it
 
     async def _edit_state(self, app: str, edit: Callable[[AppState, int], None]) -> Ok:
         """Apply an operator's edit to the stored state (see `outcome`), saved at once."""
@@ -357,7 +357,7 @@ class ControlApi:
 
 
 
-def _cancelled(w: AppWorker, scope: trio.CancelScope) -> RpcError:
+def _cancelled(w: AppWorker) -> RpcError:
     """The answer to a client whose operation `cancel` stopped."""
     return RpcError(ErrorCode.UPDATE_FAILED, f"{w.name}: cancelled by the operator",
                     {"phase": w.phase, "reason": "cancelled"})

@@ -293,14 +293,14 @@ class Engine:
             if artifact is None:
                 raise FeedError(f"{app} {release.version}: no artifact for {self.platform}")
             op.version = release.version
-            outcome = await install(run, source, release, artifact)
-        reason = run.state.last_error or "" if outcome == "rolled_back" else ""
-        if outcome == "restarting":
+            ended = await install(run, source, release, artifact)
+        reason = run.state.last_error or "" if ended == "rolled_back" else ""
+        if ended == "restarting":
             reason = ("updaterd re-executes into it and finishes the health check"
                       if self.hand_over is not None else
                       "the next start of updaterd finishes its health check")
         return UpdateResult(from_version=before, to_version=release.version,
-                            result=outcome, reason=reason)  # type: ignore[arg-type]
+                            result=ended, reason=reason)  # type: ignore[arg-type]
 
     async def rollback(self, app: str, to: str | None = None) -> RollbackResult:
         """Go back to the previous (or a named) kept version; the version left is skipped.

@@ -128,7 +128,7 @@ class AppWorker:
         self.failed_step: str | None = None  # where the last failed operation stopped
         self.op_scope: trio.CancelScope | None = None  # the running operation, for `cancel`
         self.take_over = trio.Event()  # set: an update waiting for its window goes on now
-        self.waiting_version: str | None = None
+        self.phase_version: str | None = None  # the version of the last phase with one
 
     @contextlib.contextmanager
     def running(self) -> Iterator[trio.CancelScope]:
@@ -187,7 +187,7 @@ class AppWorker:
                 self.busy_since = time.time()
             self.phase, self.message = event.phase, event.message
             if event.version is not None:
-                self.waiting_version = event.version  # the version the operation is about
+                self.phase_version = event.version  # the version the operation is about
             if event.phase == "checking":
                 self.counters.checks += 1
             if event.phase != "downloading":
