@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import stat
 import tarfile
 import tempfile
@@ -381,3 +382,54 @@ def test_b47_zip_quoted_overlap_bomb(box: Box) -> None:
     # without the overlap check Python's zipfile reads it happily (CRCs and names agree)
     with zipfile.ZipFile(io.BytesIO(bomb)) as zf:
         assert len(zf.read("f0000")) > 20000
+
+
+# -- member names at their edges (each of these kills a mutant the tests above let live) ---------
+
+@pytest.mark.parametrize(("name", "why"), [
+    ("a\x1fb", "NUL or control characters"), ("a\x7fb", "NUL or control characters"),
+    ("a\nb", "NUL or control characters"), ("C:evil", "drive-letter path"),
+    ("c:/evil", "drive-letter path"), ("a\\b", "backslash"), ("/etc", "absolute path"),
+    ("a//b", "an empty component"), ("a/./b", "'.'"), ("a/../b", "'..'"),
+    ("\udcff", "not valid UTF-8")])
+def test_check_name_refusals(name: str, why: str) -> None:
+    from updaterd.archive import check_name
+
+    with pytest.raises(ArchiveError, match=re.escape(why)):
+        check_name(name)
+
+
+@pytest.mark.parametrize(("name", "parts"), [
+    ("a b", ("a b",)), ("a\x80b", ("a\x80b",)), ("~", ("~",)), ("1:x", ("1:x",)),
+    (":x", (":x",)), ("C", ("C",)), ("./././a/", ("a",)), ("./", ()), (".", ()), ("", ()),
+    ("dir/", ("dir",)), ("x" * 255, ("x" * 255,)), ("é" * 127, ("é" * 127,))])
+def test_check_name_accepts(name: str, parts: tuple[str, ...]) -> None:
+    from updaterd.archive import check_name
+
+    assert check_name(name) == parts
+
+
+def test_check_name_limits_are_in_bytes_at_the_edges() -> None:
+    from updaterd.archive import MAX_PATH, check_name
+
+    deep = "/".join(["x" * 254] * 16) + "/" + "y" * (MAX_PATH - 16 * 255)
+    assert len(deep.encode()) == MAX_PATH and len(check_name(deep)) == 17
+    with pytest.raises(ArchiveError, match=f"path longer than {MAX_PATH} bytes"):
+        check_name(deep + "z")
+    with pytest.raises(ArchiveError, match="a component is longer than 255 bytes"):
+        check_name("x" * 256)
+    with pytest.raises(ArchiveError, match="a component is longer than 255 bytes"):
+        check_name("é" * 128)  # 128 characters, 256 bytes
+
+
+@pytest.mark.parametrize(("target", "why"), [
+    ("a\x1fb", "control characters"), ("a\\b", "control characters"),
+    ("", "absolute or empty"), ("/x", "absolute or empty"), ("a\0b", "absolute or empty")])
+def test_link_targets_refused(tmp_path: Path, target: str, why: str) -> None:
+    from updaterd.archive import ExtractLimits, _Tree
+
+    tree = _Tree(tmp_path, ExtractLimits(10, 10, 10))
+    with pytest.raises(ArchiveError, match=re.escape(why)):
+        tree.add_link("m", "link", target)
+    tree.add_link("m", "ok", "a b~\x7f")
+    assert tree.links == {"ok": "a b~\x7f"}

@@ -171,3 +171,197 @@ def test_publishing_twice_in_a_second_still_changes_the_validators(tmp_path: Pat
         publish(feed_dir=feed_dir, key_path=key, app="a", version=version, artifacts=[art])
         mtimes.append(int((feed_dir / "manifest.json").stat().st_mtime))
     assert mtimes[0] < mtimes[1] < mtimes[2]
+
+
+# -- the edges (each of these kills a mutant that the tests above let live) ----------------------
+
+@pytest.mark.parametrize("where", ["manifest", "release", "artifact"])
+def test_an_unknown_field_is_refused_at_every_level(key: minisign.SecretKey, where: str) -> None:
+    m = manifest()
+    {"manifest": m, "release": m["releases"][0],
+     "artifact": m["releases"][0]["artifacts"][0]}[where]["surprise"] = 1
+    with pytest.raises(FeedError, match="schema 1: Object contains unknown field `surprise`"):
+        check(key, raw_of(m))
+
+
+@pytest.mark.parametrize("digests", [{"sha256": DIGEST}, {"blake3": DIGEST},
+                                     {"sha256": DIGEST, "blake3": DIGEST}])
+def test_one_known_digest_is_enough(key: minisign.SecretKey, digests: dict[str, str]) -> None:
+    m = manifest()
+    m["releases"][0]["artifacts"][0] = {"platform": "linux-x86_64", "url": "a.tar.gz",
+                                        "size": 1, **digests}
+    check(key, raw_of(m))
+
+
+def test_the_digest_check_names_the_artifact_and_release(key: minisign.SecretKey) -> None:
+    m = manifest()
+    m["releases"][0]["artifacts"].append({"platform": "linux-arm64", "url": "b.tar.gz",
+                                          "size": 1})
+    with pytest.raises(FeedError, match=r"artifact 'b\.tar\.gz' of 1\.3\.0 lists no known digest"):
+        check(key, raw_of(m))
+
+
+def test_without_keys_an_unsigned_feed_is_accepted_only_when_allowed() -> None:
+    t = feed.verify_manifest(raw_of(manifest()), None, keys=[], app="demo", stored_serial=None,
+                             stored_digest=None, cycle_start=NOW, require_signature=False)
+    assert t.manifest.app == "demo"
+
+
+def test_a_bad_signature_is_refused_with_the_reason(key: minisign.SecretKey,
+                                                    tmp_path: Path) -> None:
+    _, other = keygen(str(tmp_path / "other"))
+    stranger = minisign.SecretKey.parse(other.read_text())
+    raw = raw_of(manifest())
+    with pytest.raises(FeedError, match="manifest signature refused: "):
+        check(key, raw, sig=stranger.sign(raw, "t").encode())
+
+
+@pytest.mark.parametrize(("raw", "message"), [
+    (b"[" * 100_000, "manifest is nested too deeply"),
+    (b'{"schema": 1,', "manifest is not valid JSON: "),
+    (b"\xff", "manifest is not valid JSON: ")])
+def test_broken_json_is_named_before_the_schema(key: minisign.SecretKey, raw: bytes,
+                                                message: str) -> None:
+    with pytest.raises(FeedError) as e:
+        check(key, raw)
+    assert str(e.value).startswith(message)
+
+
+def test_duplicate_keys_are_refused_at_any_depth_and_named() -> None:
+    with pytest.raises(FeedError, match="checksums has the key 'a' twice"):
+        feed.reject_duplicate_keys(b'{"x": [{"a": 1, "a": 2}]}', "checksums")
+    feed.reject_duplicate_keys(b'{"a": {"a": 1}, "b": [{"a": 2}]}')
+
+
+def test_expiry_is_exclusive_and_a_naive_time_is_utc(key: minisign.SecretKey) -> None:
+    at = datetime(2026, 12, 28, tzinfo=UTC)
+    with pytest.raises(FeedError, match=r"expired at 2026-12-28T00:00:00\+00:00"):
+        check(key, raw_of(manifest()), at=at)
+    check(key, raw_of(manifest()), at=at - timedelta(microseconds=1))
+    naive = raw_of(manifest(expires="2026-12-28T00:00:00"))
+    with pytest.raises(FeedError, match="expired"):
+        check(key, naive, at=at)
+    check(key, naive, at=at - timedelta(seconds=1))
+
+
+def test_serial_edges(key: minisign.SecretKey) -> None:
+    raw = raw_of(manifest(serial=5))
+    assert not check(key, raw, serial=4).unchanged
+    assert check(key, raw, serial=5, digest=None).unchanged
+    with pytest.raises(FeedError, match="serial 5 is below 6 already seen"):
+        check(key, raw, serial=6)
+    assert check(key, raw, serial=0).manifest.serial == 5
+    zero = raw_of(manifest(serial=0))
+    assert check(key, zero, serial=0).unchanged
+
+
+def test_the_digest_is_the_sha256_of_the_raw_bytes(key: minisign.SecretKey) -> None:
+    import hashlib
+
+    raw = raw_of(manifest())
+    assert check(key, raw).digest == hashlib.sha256(raw).hexdigest()
+
+
+@pytest.mark.parametrize("url", ["https://cdn.example/a/demo.tar.gz",
+                                 "demo_1.3.0+b.tar.zst", "a" * 255])
+def test_safe_artifact_names_pass(key: minisign.SecretKey, url: str) -> None:
+    m = manifest()
+    m["releases"][0]["artifacts"][0]["url"] = url
+    check(key, raw_of(m))
+
+
+@pytest.mark.parametrize("url", ["https://cdn.example/../demo.tar.gz", "a" * 256,
+                                 "https://cdn.example/a/", ".tar.gz", "x/..?y=/a.tar.gz"])
+def test_more_unsafe_artifact_names(key: minisign.SecretKey, url: str) -> None:
+    m = manifest()
+    m["releases"][0]["artifacts"][0]["url"] = url
+    with pytest.raises(FeedError, match="not a safe name"):
+        check(key, raw_of(m))
+
+
+def test_every_release_is_checked_not_only_the_first(key: minisign.SecretKey) -> None:
+    m = manifest()
+    bad = json.loads(json.dumps(m["releases"][0]))
+    bad["version"] = "../2.0.0"
+    m["releases"].append(bad)
+    with pytest.raises(FeedError, match=r"release version '\.\./2\.0\.0' is not a safe name"):
+        check(key, raw_of(m))
+
+
+def test_release_lookup_by_version_and_channel() -> None:
+    import msgspec
+
+    m = manifest()
+    beta = json.loads(json.dumps(m["releases"][0]))
+    beta["channel"] = "beta"
+    beta["version"] = "1.4.0"
+    m["releases"].append(beta)
+    doc = msgspec.json.decode(raw_of(m), type=feed.Manifest)
+    assert doc.release("1.4.0") is doc.releases[1]
+    assert doc.release("1.4.0", "beta") is doc.releases[1]
+    assert doc.release("1.4.0", "stable") is None
+    assert doc.release("1.3.0", "stable") is doc.releases[0]
+    assert doc.release("9.9.9") is None
+
+
+def test_encode_is_canonical() -> None:
+    import msgspec
+
+    doc = msgspec.json.decode(raw_of(manifest()), type=feed.Manifest)
+    out = feed.encode(doc)
+    assert out.endswith(b"}\n") and out.startswith(b'{\n  "app": "demo"')
+    assert feed.encode(msgspec.json.decode(out, type=feed.Manifest)) == out
+
+
+def test_serial_bounds_are_those_of_a_signed_64_bit_integer(key: minisign.SecretKey) -> None:
+    assert check(key, raw_of(manifest(serial=2**63 - 1))).manifest.serial == 2**63 - 1
+    for bad in (-1, 2**63):
+        with pytest.raises(FeedError, match="schema 1"):
+            check(key, raw_of(manifest(serial=bad)))
+
+
+def test_a_lookup_finds_exactly_the_version_and_channel_asked_for() -> None:
+    import msgspec
+
+    m = manifest()
+    first = m["releases"][0]
+    m["releases"] = [dict(first, version=v, channel=c) for v, c in
+                     (("1.4.0", "stable"), ("1.3.0", "alpha"), ("1.3.0", "beta"),
+                      ("1.3.0", "stable"))]
+    doc = msgspec.json.decode(raw_of(m), type=feed.Manifest)
+    assert doc.release("1.3.0") is doc.releases[1]
+    assert doc.release("1.3.0", "beta") is doc.releases[2]
+    assert doc.release("1.3.0", "stable") is doc.releases[3]
+    assert doc.release("1.2.0") is None
+
+
+def test_a_trusted_feed_cannot_be_changed_after_the_checks(key: minisign.SecretKey) -> None:
+    t = check(key, raw_of(manifest()))
+    with pytest.raises(AttributeError):
+        t.unchanged = True  # type: ignore[misc]
+
+
+def test_json_that_only_msgspec_refuses_is_named(key: minisign.SecretKey) -> None:
+    with pytest.raises(FeedError, match="manifest is not valid JSON: "):
+        check(key, b'{"schema": NaN}')
+
+
+@pytest.mark.parametrize("expected", ["alpha", "zulu"])
+def test_another_apps_manifest_is_refused_whatever_the_names(key: minisign.SecretKey,
+                                                             expected: str) -> None:
+    with pytest.raises(FeedError, match=f"for app 'demo', not '{expected}'"):
+        check(key, raw_of(manifest()), app=expected)
+
+
+@pytest.mark.parametrize("stored", ["0" * 64, "f" * 64])
+def test_same_serial_other_content_is_refused_whatever_the_digests(key: minisign.SecretKey,
+                                                                   stored: str) -> None:
+    with pytest.raises(FeedError, match="seen before with different content"):
+        check(key, raw_of(manifest()), serial=5, digest=stored)
+
+
+def test_an_expiry_with_an_offset_is_compared_as_an_instant(key: minisign.SecretKey) -> None:
+    raw = raw_of(manifest(expires="2026-12-28T02:00:00+02:00"))  # midnight UTC
+    with pytest.raises(FeedError, match="expired"):
+        check(key, raw, at=datetime(2026, 12, 28, 0, 0, tzinfo=UTC))
+    check(key, raw, at=datetime(2026, 12, 27, 23, 59, tzinfo=UTC))

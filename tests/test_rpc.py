@@ -124,3 +124,52 @@ def test_e121_fuzzed_requests_always_get_a_json_answer(obj: dict[str, Any]) -> N
 @pytest.mark.parametrize("line", [b'{"jsonrpc":"2.0","id":true,"method":"status"}'])
 def test_boolean_id_rejected(line: bytes) -> None:
     assert call(line)["error"]["code"] == -32600
+
+
+# -- who is admin: the process's own groups, as the kernel reports them (row 137) ----------------
+
+def test_root_is_admin_whatever_its_groups() -> None:
+    from updaterd.rpc import is_admin
+
+    assert is_admin(0, 12345, (), "no-such-group-here")
+
+
+def test_admin_by_primary_or_supplementary_group_only() -> None:
+    import grp
+
+    from updaterd.rpc import is_admin
+
+    gid = grp.getgrnam("daemon").gr_gid
+    assert is_admin(1000, gid, (), "daemon")
+    assert is_admin(1000, 4242, (7, gid, 9), "daemon")
+    assert not is_admin(1000, 4242, (7, 9), "daemon")
+    assert not is_admin(1000, gid + 1, (gid - 1, gid + 2), "daemon")
+    assert not is_admin(1000, gid, (gid,), "no-such-group-here")
+    assert not is_admin(1, 0, (0,), "no-such-group-here")
+
+
+def test_every_changing_method_needs_admin_and_every_reading_one_does_not() -> None:
+    from updaterd.rpc import READ_METHODS
+
+    async def ok(p: Any, conn: Connection) -> str:
+        return "done"
+
+    names = ["status", "history", "list_backups", "metrics", "update", "rollback", "check",
+             "skip", "pause", "reload", "cancel", "inhibit", "subscribe"]
+    srv = Server(dict.fromkeys(names, ok), lambda: "nogroup", LIMITS)
+
+    async def go(method: str, admin: bool) -> Any:
+        line = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method}).encode()
+        out = await srv.handle_line(line, FakeConn(admin))  # type: ignore[arg-type]
+        return json.loads(out or b"null")
+
+    for method in names:
+        reply = trio.run(go, method, False)
+        if method in READ_METHODS:
+            assert "error" not in reply or reply["error"]["code"] != 3, method
+        else:
+            assert reply["error"]["code"] == 3, method
+            assert f"{method} needs root or the admin group 'nogroup'" in \
+                reply["error"]["message"]
+        assert "error" not in trio.run(go, method, True) or \
+            trio.run(go, method, True)["error"]["code"] != 3

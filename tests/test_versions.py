@@ -69,3 +69,138 @@ def test_non_semver_tags_compare_for_equality_only() -> None:
     assert versions.choose(mixed, "1.0.0", P).version == "1.2.0"
     pinned = Policy(app="demo", host_id="h", pin=">=1")
     assert "cannot apply" in versions.choose(offers, None, pinned).passed_over["nightly-42"]
+
+
+# -- the edges (each of these kills a mutant that the tests above let live) ----------------------
+
+def _host_in_bucket(bucket: int, version: str = "1.1.0") -> str:
+    return next(h for i in range(10_000)
+                if versions.rollout_bucket(h := f"host-{i}", "demo", version) == bucket)
+
+
+@pytest.mark.parametrize("rollout", [1, 30, 99])
+def test_rollout_edges_a_host_just_inside_gets_it_one_just_outside_does_not(
+        rollout: int) -> None:
+    offer = [Offer("1.1.0", "stable", rollout=rollout)]
+    inside = Policy(app="demo", host_id=_host_in_bucket(rollout - 1))
+    outside = Policy(app="demo", host_id=_host_in_bucket(rollout))
+    assert versions.choose(offer, "1.0.0", inside).version == "1.1.0"
+    choice = versions.choose(offer, "1.0.0", outside)
+    assert choice.version is None
+    assert choice.passed_over == {"1.1.0": f"available to {rollout}% of hosts, not this one yet"}
+
+
+def test_a_full_rollout_reaches_the_last_bucket_and_zero_reaches_none() -> None:
+    last = Policy(app="demo", host_id=_host_in_bucket(99))
+    assert versions.choose([Offer("1.1.0", "stable", 100)], "1.0.0", last).version == "1.1.0"
+    first = Policy(app="demo", host_id=_host_in_bucket(0))
+    assert versions.choose([Offer("1.1.0", "stable", 0)], "1.0.0", first).version is None
+
+
+def test_the_bucket_depends_on_host_app_and_version() -> None:
+    b = versions.rollout_bucket
+    assert 0 <= b("h", "a", "1.0.0") < 100
+    spread = {b(f"h{i}", "a", "1.0.0") for i in range(500)}
+    assert min(spread) == 0 and max(spread) == 99
+    assert [b("h", "a", f"1.0.{i}") for i in range(20)] != [b("h", "a", "1.0.0")] * 20
+    assert [b("h", f"a{i}", "1.0.0") for i in range(20)] != [b("h", "a", "1.0.0")] * 20
+
+
+def test_the_same_version_spelled_differently_is_not_an_update() -> None:
+    assert versions.choose([Offer("v1.0.0", "stable")], "1.0.0", P).version is None
+    assert versions.choose([Offer("1.0.0+build.7", "stable")], "1.0.0", P).version is None
+
+
+def test_of_two_spellings_of_the_newest_the_first_offered_wins() -> None:
+    offers = [Offer("1.1.0", "stable"), Offer("v1.1.0", "stable"), Offer("1.0.5", "stable")]
+    assert versions.choose(offers, "1.0.0", P).version == "1.1.0"
+    assert versions.choose(offers[::-1], "1.0.0", P).version == "v1.1.0"
+
+
+def test_passed_over_keeps_only_what_is_newer_than_the_choice() -> None:
+    offers = [Offer("1.1.0", "stable"), Offer("1.2.0", "stable"), Offer("1.3.0", "stable"),
+              Offer("nightly", "stable")]
+    policy = Policy(app="demo", host_id="h", skipped=frozenset({"1.1.0", "1.3.0", "nightly"}))
+    choice = versions.choose(offers, "1.0.0", policy)
+    assert choice.version == "1.2.0"
+    assert choice.passed_over == {"1.3.0": "skipped by the operator"}
+    assert choice.note == ""
+
+
+def test_refusal_reasons_in_their_order() -> None:
+    both = Policy(app="demo", host_id="h", skipped=frozenset({"1.1.0"}),
+                  blocked=frozenset({"1.1.0"}), pin="<1")
+    offer = [Offer("1.1.0", "stable", rollout=0)]
+    assert versions.choose(offer, "1.0.0", both).passed_over == \
+        {"1.1.0": "blocked after a failed health check"}
+    skipped = Policy(app="demo", host_id="h", skipped=frozenset({"1.1.0"}), pin="<1")
+    assert versions.choose(offer, "1.0.0", skipped).passed_over == \
+        {"1.1.0": "skipped by the operator"}
+    pinned = Policy(app="demo", host_id="h", pin="<1")
+    assert versions.choose(offer, "1.0.0", pinned).passed_over == {"1.1.0": "outside pin '<1'"}
+    tag = [Offer("nightly", "stable")]
+    assert versions.choose(tag, None, Policy(app="demo", host_id="h",
+                                             blocked=frozenset({"nightly"}))).passed_over == \
+        {"nightly": "blocked after a failed health check"}
+
+
+def test_a_tag_is_a_fallback_only_the_first_one_and_only_without_a_semantic_choice() -> None:
+    offers = [Offer("nightly-1", "stable"), Offer("nightly-2", "stable")]
+    assert versions.choose(offers, None, P).version == "nightly-1"
+    assert versions.choose(offers, "nightly-9", P).note == \
+        f"nightly-1: {versions.EQUALITY_ONLY}"
+    assert versions.choose([Offer("nightly-1", "beta")], None, P).version is None
+
+
+def test_an_installed_tag_lets_any_semantic_version_through() -> None:
+    assert versions.choose([Offer("0.0.1", "stable")], "nightly-9", P).version == "0.0.1"
+
+
+@pytest.mark.parametrize(("pin", "allowed", "refused"), [
+    (">=1.4,<2", ["1.4.0", "1.9.9"], ["1.3.9", "2.0.0"]),
+    ("<=1.4", ["1.4.0", "1.0.0"], ["1.4.1"]),
+    (">1.4", ["1.4.1"], ["1.4.0"]),
+    ("==1.4.2", ["1.4.2", "v1.4.2"], ["1.4.3"]), ("=1.4.2", ["1.4.2"], ["1.4.1"]),
+    ("1.4.2", ["1.4.2"], ["1.4.1"]), ("!=1.4.2", ["1.4.1"], ["1.4.2"]),
+    (" >= v1 , < 2 ", ["1.0.0"], ["2.0.0"])])
+def test_pin_comparisons(pin: str, allowed: list[str], refused: list[str]) -> None:
+    for v in allowed:
+        assert versions.pin_allows(pin, v), (pin, v)
+    for v in refused:
+        assert not versions.pin_allows(pin, v), (pin, v)
+    assert versions.pin_allows(None, "0.0.1")
+
+
+@pytest.mark.parametrize(("pin", "message"), [
+    (">=1.x", "bad version '1.x' in pin '>=1.x'"), ("~>1", "bad version constraint '~>1'"),
+    (">=1,", "bad version constraint '' in pin '>=1,'"), ("1.2.3.4", "bad version '1.2.3.4'")])
+def test_bad_pins_name_the_part(pin: str, message: str) -> None:
+    with pytest.raises(ValueError) as e:
+        versions.parse_pin(pin)
+    assert message in str(e.value)
+
+
+@pytest.mark.parametrize(("name", "safe"), [
+    ("1.2.3", True), ("v1.2.3-rc.1+b_7", True), ("a" * 128, True), ("a" * 129, False),
+    ("1..2", False), ("..", False), (".hidden", False), ("1/2", False), ("", False),
+    ("1.2\0", False), ("1.2 3", False), ("-1", False), ("1.2.3\n", False)])
+def test_is_safe_name(name: str, safe: bool) -> None:
+    assert versions.is_safe_name(name) is safe
+
+
+def test_highest() -> None:
+    assert versions.highest(None, None) is None
+    assert versions.highest("1.0.0", None) == "1.0.0"
+    assert versions.highest(None, "1.0.0") == "1.0.0"
+    assert versions.highest("1.0.0", "1.1.0") == "1.1.0"
+    assert versions.highest("1.1.0", "1.0.0") == "1.1.0"
+    assert versions.highest("1.0.0", "v1.0.0") == "1.0.0"
+    assert versions.highest("nightly", "1.0.0") == "nightly"
+    assert versions.highest("1.0.0", "nightly") == "1.0.0"
+
+
+def test_parse_accepts_a_capital_v_and_refuses_other_types() -> None:
+    assert versions.parse("V2.0.0") == versions.parse("2.0.0")
+    assert versions.key("1.0.0") < versions.key("1.0.1")
+    with pytest.raises(ValueError, match=r"'x1\.0\.0' is not a semantic version"):
+        versions.parse("x1.0.0")
