@@ -4,7 +4,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: test test-long test-systemd demo bench bench-quick lint clean venv deps
+.PHONY: test test-long test-systemd test-power mutate mutate-quick demo bench bench-quick lint clean venv deps
 
 # The runtime: what `pip install updaterd` gives an operator, and all that `make demo` needs.
 $(BIN)/updaterd: pyproject.toml
@@ -16,6 +16,10 @@ $(BIN)/updaterd: pyproject.toml
 # Test-only Python packages (pytest, hypothesis, hypercorn, mypy, ruff, ...).
 $(VENV)/.test-extras: $(BIN)/updaterd
 	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+$(VENV)/.mutate-extras: $(VENV)/.test-extras
+	$(BIN)/pip install -q -e '.[test,mutate]'
 	touch $@
 
 $(VENV)/.bench-extras: $(VENV)/.test-extras
@@ -38,9 +42,25 @@ test-systemd: $(VENV)/.test-extras
 	bash scripts/nspawn-rootfs.sh
 	UPDATERD_TEST_SYSTEMD=1 $(BIN)/python -m pytest tests/systemd $(PYTEST_ARGS)
 
+# Power cuts (RELIABILITY row 58): a Debian 12 guest under qemu (TCG) updates an app while the
+# host kills qemu at random instants; every boot after a cut checks the invariant (tests/power).
+test-power: $(VENV)/.test-extras
+	UPDATERD_EXTRA_DEPS="debootstrap:debootstrap qemu-system-x86_64:qemu-system-x86 busybox:busybox-static mkfs.ext4:e2fsprogs" bash scripts/deps.sh
+	bash scripts/nspawn-rootfs.sh
+	bash scripts/power-kernel.sh
+	UPDATERD_TEST_POWER=1 $(BIN)/python -m pytest -s tests/power $(PYTEST_ARGS)
+
 # The full counts of the randomized crash tests (RELIABILITY.md row 57: 50 random kills).
 test-long: deps $(VENV)/.test-extras
 	UPDATERD_KILL_TRIALS=50 $(BIN)/python -m pytest -s $(PYTEST_ARGS)
+
+# Mutation testing of the security-critical modules (cosmic-ray; scripts/mutate.py says how).
+# The quick run mutates one module, chosen by the date, and fails if its score fell.
+mutate: deps $(VENV)/.mutate-extras
+	$(BIN)/python scripts/mutate.py $(MODULES)
+
+mutate-quick: deps $(VENV)/.mutate-extras
+	$(BIN)/python scripts/mutate.py --of-the-day
 
 demo: venv
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh

@@ -17,7 +17,7 @@ KINDS = ["tested", "covered", "partly", "implemented", "by design", "decision",
 NOTES = {
  18: "note: unsigned checksum files are accepted when no public_keys are set (SPEC 6)",
  52: "note: a decision: several roots are kept as they are; an entrypoint is not required",
- 58: "not possible here (no VM power cut / dm-log-writes); C60 tests the fsync order instead",
+ 58: "note: under qemu by `make test-power` (tests/power), killing qemu at random instants",
  64: "note: blocked until `unskip` or an explicit update, not until a newer serial",
  105: "note: credentials are read at accept, before any request",
  106: "note: only SO_PEERCRED decides; `who` in inhibit is a label",
