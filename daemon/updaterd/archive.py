@@ -21,6 +21,7 @@ from typing import IO, BinaryIO, Literal
 
 import zstandard
 
+from updaterd import fsutil
 from updaterd.errors import ArchiveError
 
 Kind = Literal["tar.gz", "tar.xz", "tar.zst", "tar.bz2", "tar", "zip", "raw"]
@@ -29,7 +30,6 @@ _SUFFIXES: list[tuple[str, Kind]] = [
     (".tar.zst", "tar.zst"), (".tzst", "tar.zst"), (".tar.bz2", "tar.bz2"), (".tbz2", "tar.bz2"),
     (".tar", "tar"), (".zip", "zip"),
 ]
-_CHUNK = 1 << 20
 MAX_COMPONENT = 255
 MAX_PATH = 4096
 
@@ -150,7 +150,7 @@ class _Tree:
         written = 0
         with os.fdopen(fd, "wb") as out:
             while data is not None:
-                chunk = data.read(_CHUNK)
+                chunk = data.read(fsutil.COPY_CHUNK)
                 if not chunk:
                     break
                 written += len(chunk)

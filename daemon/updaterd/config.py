@@ -6,6 +6,7 @@ run reports every problem (one line each) instead of stopping at the first.
 
 from __future__ import annotations
 
+import platform
 import re
 import tomllib
 from collections.abc import Iterable
@@ -138,7 +139,10 @@ class Config(Struct, forbid_unknown_fields=True, kw_only=True):
 
 S = TypeVar("S", bound=Struct)
 
-_FILE_KEYS = {"daemon": DaemonConfig, "limits": Limits}
+
+def host_platform() -> str:
+    """`linux-x86_64`-style name of this host: what `platform` defaults to."""
+    return f"{platform.system().lower()}-{platform.machine()}"
 
 
 def _describe(err: msgspec.ValidationError) -> str:

@@ -9,8 +9,7 @@ import os
 import blake3
 
 from updaterd.errors import DigestMismatch
-
-_READ = 1 << 20
+from updaterd.fsutil import COPY_CHUNK
 
 
 class Digests:
@@ -34,7 +33,7 @@ class Digests:
         os.lseek(fd, 0, os.SEEK_SET)
         left = length
         while left:
-            chunk = os.read(fd, min(_READ, left))
+            chunk = os.read(fd, min(COPY_CHUNK, left))
             if not chunk:
                 raise OSError(f"file shorter than {length} bytes")
             self.update(chunk)
@@ -75,12 +74,12 @@ def blake3_of_file(path: str | os.PathLike[str]) -> str:
     h = blake3.blake3()
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     with os.fdopen(fd, "rb") as f:
-        while chunk := f.read(_READ):
+        while chunk := f.read(COPY_CHUNK):
             h.update(chunk)
     return h.hexdigest()
 
 
-def of_file(path: str, chunk: int = _READ) -> Digests:
+def of_file(path: str, chunk: int = COPY_CHUNK) -> Digests:
     """Both digests of a file on disk."""
     d = Digests()
     fd = os.open(path, os.O_RDONLY)

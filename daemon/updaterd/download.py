@@ -489,8 +489,7 @@ class _Sink:
         # that keep handing it back and forth with the event-loop thread.
         view = memoryview(b"".join(chunks))
         self.digests.update(view)
-        while view:
-            view = view[os.write(self.fd, view):]
+        fsutil.write_all(self.fd, view)
 
     async def add(self, chunk: bytes) -> None:
         self.batch.append(chunk)

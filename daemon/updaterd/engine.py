@@ -6,7 +6,6 @@ Both `updaterd --once` and the daemon drive this class; it owns no lock and no s
 from __future__ import annotations
 
 import logging
-import platform
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,7 +16,7 @@ import trio
 
 from updaterctl.protocol import CheckResult, Event, RollbackResult, UpdateResult
 from updaterd import outcome, state, tokens, treehash, versions
-from updaterd.config import AppConfig, Config
+from updaterd.config import AppConfig, Config, host_platform
 from updaterd.download import Fetcher, TokenBucket
 from updaterd.errors import (
     FeedError,
@@ -39,11 +38,6 @@ from updaterd.units import parse_rate
 
 log = logging.getLogger("updaterd.engine")
 ANY_PLATFORM = frozenset({"any", "noarch"})
-
-
-def host_platform() -> str:
-    """`linux-x86_64`-style name of this host."""
-    return f"{platform.system().lower()}-{platform.machine()}"
 
 
 def host_id() -> str:

@@ -17,6 +17,15 @@ from pathlib import Path
 from updaterd import failpoints
 
 TMP_MARK = ".updaterd-tmp-"
+# Bytes read or copied at a time: large enough that Python's per-call cost vanishes.
+COPY_CHUNK = 1 << 20
+
+
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    """os.write until every byte is written (a write may take fewer)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def fsync_dir(path: Path) -> None:
@@ -38,9 +47,7 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644, failpoint: str = ""
     tmp = temp_name(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        write_all(fd, data)
         os.fsync(fd)
     except BaseException:
         os.close(fd)

@@ -24,7 +24,6 @@ from updaterd.errors import ArchiveError, LayoutError
 from updaterd.layout import Kept, Staged, remove_tree
 from updaterd.state import Transaction
 
-_CHUNK = 1 << 20
 _STAMP = re.compile(r"-(\d{8}T\d{6}Z)(?:\.\d+)?$")
 
 
@@ -95,11 +94,9 @@ class InplaceLayout:
             out = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             try:
                 with open(chosen, "rb") as src:
-                    while chunk := src.read(_CHUNK):
+                    while chunk := src.read(fsutil.COPY_CHUNK):
                         h.update(chunk)
-                        view = memoryview(chunk)
-                        while view:
-                            view = view[os.write(out, view):]
+                        fsutil.write_all(out, chunk)
                 if uid != -1 and (uid, gid) != (os.getuid(), os.getgid()):
                     os.fchown(out, uid, gid)
                 os.fchmod(out, mode | 0o100)  # executable by its owner at least
@@ -263,10 +260,8 @@ def _copy_file(src: Path, dest: Path, owner: tuple[int, int] | None = None) -> N
         out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                       0o600)
         try:
-            while chunk := os.read(fd_in, _CHUNK):
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(out, view):]
+            while chunk := os.read(fd_in, fsutil.COPY_CHUNK):
+                fsutil.write_all(out, chunk)
             if owner is not None and owner != (os.geteuid(), os.getegid()):
                 os.fchown(out, *owner)
             os.fchmod(out, stat.S_IMODE(st.st_mode) & ~0o6000)

@@ -19,7 +19,7 @@ from pathlib import Path
 import msgspec
 
 from updaterd import digests, failpoints, feed, fsutil, keys, minisign, versions
-from updaterd.engine import host_platform
+from updaterd.config import host_platform
 from updaterd.errors import FeedError, SignatureError, UpdaterError
 from updaterd.feed import Artifact, Manifest, Release
 from updaterd.keys import KeySet

@@ -14,7 +14,7 @@ from typing import BinaryIO
 
 import trio
 
-from updaterd import failpoints, keys, minisign
+from updaterd import failpoints, fsutil, keys, minisign
 from updaterd.config import AppConfig, Limits
 from updaterd.digests import Digests
 from updaterd.download import Expected, ProgressFn
@@ -23,8 +23,6 @@ from updaterd.feed import MANIFEST, SAFE_FILE_NAME, SIGNATURE, Artifact, Trusted
 from updaterd.sources import trust
 from updaterd.state import AppState
 from updaterd.units import parse_size
-
-_CHUNK = 1 << 20
 
 
 def _open_plain(path: Path) -> int | None:
@@ -114,13 +112,11 @@ def _copy_verified(src: Path, dest: Path, expected: Expected) -> BinaryIO:
         if fd is None:
             raise FeedError(f"{src}: missing from the feed folder")
         with os.fdopen(fd, "rb") as f:
-            while chunk := f.read(_CHUNK):
+            while chunk := f.read(fsutil.COPY_CHUNK):
                 if digests.size + len(chunk) > expected.size:
                     raise DigestMismatch(f"{src}: longer than the signed {expected.size} bytes")
                 digests.update(chunk)
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(out, view):]
+                fsutil.write_all(out, chunk)
         digests.check(src.name, expected.size, expected.sha256, expected.blake3)
         os.fsync(out)
         os.replace(part, dest)
