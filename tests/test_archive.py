@@ -389,6 +389,7 @@ def test_b47_zip_quoted_overlap_bomb(box: Box) -> None:
 @pytest.mark.parametrize(("name", "why"), [
     ("a\x1fb", "NUL or control characters"), ("a\x7fb", "NUL or control characters"),
     ("a\nb", "NUL or control characters"), ("C:evil", "drive-letter path"),
+    ("C:", "drive-letter path"),
     ("c:/evil", "drive-letter path"), ("a\\b", "backslash"), ("/etc", "absolute path"),
     ("a//b", "an empty component"), ("a/./b", "'.'"), ("a/../b", "'..'"),
     ("\udcff", "not valid UTF-8")])
@@ -433,3 +434,148 @@ def test_link_targets_refused(tmp_path: Path, target: str, why: str) -> None:
         tree.add_link("m", "link", target)
     tree.add_link("m", "ok", "a b~\x7f")
     assert tree.links == {"ok": "a b~\x7f"}
+
+
+def _tree(tmp_path: Path, **limits: int) -> archive._Tree:
+    root = tmp_path / "tree"
+    root.mkdir()
+    return archive._Tree(root, archive.ExtractLimits(**{**{"max_members": 100, "max_total": 100,
+                                                           "max_file": 100}, **limits}))
+
+
+def test_the_member_cap_is_exact(tmp_path: Path) -> None:
+    tree = _tree(tmp_path, max_members=2)
+    tree.claim("a", ("a",), "file")
+    tree.claim("b", ("b",), "file")
+    with pytest.raises(ArchiveError, match="more than 2 members"):
+        tree.claim("c", ("c",), "file")
+
+
+@pytest.mark.parametrize(("first", "second"), [("file", "dir"), ("link", "dir"),
+                                               ("dir", "file"), ("dir", "link"),
+                                               ("file", "file"), ("link", "link")])
+def test_one_name_twice_is_refused_unless_both_are_folders(tmp_path: Path, first: str,
+                                                           second: str) -> None:
+    tree = _tree(tmp_path)
+    tree.claim("x", ("x",), first)
+    with pytest.raises(ArchiveError, match="duplicate name"):
+        tree.claim("x", ("x",), second)
+    tree.claim("d", ("d",), "dir")
+    tree.claim("d/", ("d",), "dir")
+
+
+def test_a_hard_link_must_name_an_earlier_regular_file(tmp_path: Path) -> None:
+    tree = _tree(tmp_path)
+    tree.claim("d", ("d",), "dir")
+    tree.make_dirs(("d",))
+    with pytest.raises(ArchiveError, match="not a regular file earlier in the archive"):
+        tree.hard_link("h", ("h",), "d")
+    with pytest.raises(ArchiveError, match="not a regular file earlier in the archive"):
+        tree.hard_link("h", ("h",), "later")
+
+
+@pytest.mark.parametrize(("key", "target"), [("x", "../y"), ("a/b", "../../y"), ("x", ".."),
+                                             ("a/x", "../.."), ("x", "."), ("x", "a/../..")])
+def test_a_link_that_leaves_the_release_is_refused_by_our_own_check(
+        tmp_path: Path, key: str, target: str) -> None:
+    tree = _tree(tmp_path)
+    tree.add_link(key, key, target)
+    with pytest.raises(ArchiveError, match="leaves the release"):
+        tree.create_links()
+
+
+def test_a_link_that_stays_inside_is_created(tmp_path: Path) -> None:
+    tree = _tree(tmp_path)
+    tree.add_link("a/x", "a/x", "../y")
+    tree.create_links()
+    assert os.readlink(tree.root / "a" / "x") == "../y"
+
+
+def test_a_zip_made_by_the_zip_tool_extracts(box: Box, tmp_path: Path) -> None:
+    """Info-ZIP writes extra fields in the local headers: a gap between the entries as the
+    overlap check counts them, which must not look like a bomb."""
+    import subprocess
+
+    src = tmp_path / "src"
+    (src / "bin").mkdir(parents=True)
+    (src / "bin" / "app").write_bytes(b"#!/bin/sh\n")
+    (src / "bin" / "app").chmod(0o755)
+    (src / "README").write_bytes(b"r" * 1000)
+    subprocess.run(["zip", "-q", "-r", str(tmp_path / "a.zip"), "bin", "README"], cwd=src,
+                   check=True)
+    root = extract_bytes((tmp_path / "a.zip").read_bytes(), "zip", box.staging())
+    assert (root / "README").read_bytes() == b"r" * 1000
+    assert os.access(root / "bin" / "app", os.X_OK)
+
+
+@pytest.mark.parametrize(("mode", "executable"), [(0o641, True), (0o614, True),
+                                                  (0o744, True), (0o644, False)])
+def test_any_exec_bit_in_a_zip_makes_an_executable(box: Box, tmp_path: Path, mode: int,
+                                                   executable: bool) -> None:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        info = zipfile.ZipInfo("tool")
+        info.external_attr = (stat.S_IFREG | mode) << 16
+        zf.writestr(info, b"#!/bin/sh\n")
+    root = extract_bytes(buf.getvalue(), "zip", box.staging())
+    assert os.access(root / "tool", os.X_OK) is executable
+
+
+def test_the_extracted_root_is_0755(box: Box) -> None:
+    root = extract_bytes(tar_bytes([(member("a/f"), b"x"), (member("b/g"), b"y")]), "tar",
+                         box.staging())
+    assert stat.S_IMODE(root.stat().st_mode) == 0o755
+
+
+def test_executables_are_the_files_of_bin_else_the_top_level(tmp_path: Path) -> None:
+    def exe(p: Path) -> None:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"#!/bin/sh\n")
+        p.chmod(0o755)
+
+    with_bin = tmp_path / "with_bin"
+    exe(with_bin / "bin" / "b")
+    exe(with_bin / "top")
+    (with_bin / "bin" / "plain").write_bytes(b"")
+    assert [p.name for p in archive.executables(with_bin)] == ["b"]
+    without = tmp_path / "without"
+    exe(without / "top")
+    assert [p.name for p in archive.executables(without)] == ["top"]
+    linked = tmp_path / "linked"
+    exe(linked / "top")
+    exe(linked / "elsewhere" / "e")
+    (linked / "bin").symlink_to("elsewhere")
+    assert [p.name for p in archive.executables(linked)] == ["top"]
+
+
+@pytest.mark.parametrize("order", [("README", "readme"), ("readme", "README")])
+def test_a_case_clash_is_refused_in_either_order(tmp_path: Path, order: tuple[str, str]) -> None:
+    tree = _tree(tmp_path)
+    tree.claim(order[0], (order[0],), "file")
+    with pytest.raises(ArchiveError, match=f"differs only in case from '{order[0]}'"):
+        tree.claim(order[1], (order[1],), "file")
+
+
+def test_the_size_caps_are_exact(tmp_path: Path) -> None:
+    tree = _tree(tmp_path, max_total=10, max_file=6)
+    tree.add_size("a", 4)
+    tree.add_size("b", 6)
+    with pytest.raises(ArchiveError, match="over the per-file limit of 6"):
+        tree.add_size("c", 7)
+    with pytest.raises(ArchiveError, match="expands past the limit of 10 bytes"):
+        tree.add_size("d", 1)
+
+
+def test_a_nameless_zip_entry_does_not_end_the_extraction(box: Box) -> None:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr(zipfile.ZipInfo("./"), b"")
+        zf.writestr("a.txt", b"a")
+        zf.writestr("b.txt", b"b")
+    root = extract_bytes(buf.getvalue(), "zip", box.staging())
+    assert sorted(p.name for p in root.iterdir()) == ["a.txt", "b.txt"]
+
+
+def test_an_empty_archive_is_an_empty_release(box: Box) -> None:
+    root = extract_bytes(tar_bytes([]), "tar", box.staging())
+    assert root.name == "tree" and list(root.iterdir()) == []

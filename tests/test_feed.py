@@ -333,6 +333,9 @@ def test_a_lookup_finds_exactly_the_version_and_channel_asked_for() -> None:
     assert doc.release("1.3.0", "beta") is doc.releases[2]
     assert doc.release("1.3.0", "stable") is doc.releases[3]
     assert doc.release("1.2.0") is None
+    m["releases"] = [dict(first, channel="stable"), dict(first, channel="beta")]
+    doc = msgspec.json.decode(raw_of(m), type=feed.Manifest)
+    assert doc.release("1.3.0", "beta") is doc.releases[1]
 
 
 def test_a_trusted_feed_cannot_be_changed_after_the_checks(key: minisign.SecretKey) -> None:
@@ -365,3 +368,39 @@ def test_an_expiry_with_an_offset_is_compared_as_an_instant(key: minisign.Secret
     with pytest.raises(FeedError, match="expired"):
         check(key, raw, at=datetime(2026, 12, 28, 0, 0, tzinfo=UTC))
     check(key, raw, at=datetime(2026, 12, 27, 23, 59, tzinfo=UTC))
+
+
+def _release_with(**fields: Any) -> dict[str, Any]:
+    m = manifest()
+    for k, v in fields.items():
+        if k in ("url", "size"):
+            m["releases"][0]["artifacts"][0][k] = v
+        elif v is None:
+            del m["releases"][0][k]
+        else:
+            m["releases"][0][k] = v
+    return m
+
+
+@pytest.mark.parametrize(("field", "good", "bad"), [
+    ("url", ["a", "a" * 2048], ["", "a" * 2049]),
+    ("size", [0, 2**50], [-1, 2**50 + 1]),
+    ("version", ["1", "1" * 128], ["", "1" * 129]),
+    ("rollout", [0, 100], [-1, 101])])
+def test_schema_bounds_at_their_edges(key: minisign.SecretKey, field: str, good: list[Any],
+                                      bad: list[Any]) -> None:
+    for value in good:
+        m = _release_with(**{field: value})
+        if field == "url" and len(value) > 255:
+            with pytest.raises(FeedError, match="not a safe name"):  # the schema let it in
+                check(key, raw_of(m))
+        else:
+            check(key, raw_of(m))
+    for value in bad:
+        with pytest.raises(FeedError, match="schema 1"):
+            check(key, raw_of(_release_with(**{field: value})))
+
+
+def test_a_release_without_rollout_goes_to_every_host(key: minisign.SecretKey) -> None:
+    t = check(key, raw_of(_release_with(rollout=None)))
+    assert t.manifest.releases[0].rollout == 100

@@ -138,3 +138,51 @@ def test_public_key_parse_errors_are_specific() -> None:
         minisign.PublicKey.parse("RW!!")
     with pytest.raises(ValueError, match="wrong length"):
         minisign.PublicKey.parse(base64.b64encode(b"Ed" + bytes(10)).decode())
+
+
+# -- the edges (each of these kills a mutant the tests above let live) ---------------------------
+
+def test_the_key_id_reads_as_the_minisign_tool_prints_it(theirs: tuple[Path, Path]) -> None:
+    pub, _ = theirs
+    comment = pub.read_text().splitlines()[0]
+    key = minisign.PublicKey.parse(pub.read_text())
+    assert comment.endswith(minisign._key_id_hex(key.key_id))
+    assert len(minisign._key_id_hex(key.key_id)) == 16
+
+
+def _stranger_signature(tmp_path: Path, data: bytes) -> bytes:
+    other = tmp_path / "stranger.key"
+    if not other.exists():
+        keygen(str(tmp_path / "stranger"))
+    return minisign.SecretKey.parse(other.read_text()).sign(data, "t").encode()
+
+
+@pytest.mark.parametrize("threshold", [0, -1])
+def test_a_threshold_below_one_still_needs_one_good_signature(
+        tmp_path: Path, signed: tuple[bytes, str, list[minisign.PublicKey]],
+        threshold: int) -> None:
+    data, _, keys = signed
+    with pytest.raises(SignatureError, match="signed by unknown key"):
+        minisign.verify_threshold(data, _stranger_signature(tmp_path, data), keys, threshold)
+
+
+def test_with_threshold_one_the_reason_of_the_refused_block_is_given(
+        tmp_path: Path, signed: tuple[bytes, str, list[minisign.PublicKey]]) -> None:
+    data, _, keys = signed
+    with pytest.raises(SignatureError) as e:
+        minisign.verify_threshold(data, _stranger_signature(tmp_path, data), keys, 1)
+    assert str(e.value).startswith("signed by unknown key ")
+    with pytest.raises(SignatureError) as e:
+        minisign.verify_threshold(data, _stranger_signature(tmp_path, data), keys, 2)
+    assert str(e.value).startswith("signed by 0 distinct trusted keys, 2 needed (signed by "
+                                   "unknown key ")
+
+
+def test_at_most_sixteen_signature_blocks(tmp_path: Path,
+                                          signed: tuple[bytes, str, list[minisign.PublicKey]]) \
+        -> None:
+    data, sig, keys = signed
+    others = "".join(_stranger_signature(tmp_path, data).decode() for _ in range(15))
+    assert len(minisign.verify_threshold(data, (sig + others).encode(), keys, 1)) == 1
+    with pytest.raises(SignatureError):
+        minisign.verify_threshold(data, (sig + others + sig).encode(), keys, 1)

@@ -71,7 +71,8 @@ def test_link_local_and_metadata_addresses_in_every_spelling(host: str) -> None:
 
 
 @pytest.mark.parametrize("host", ["[fd00:ec2:0:1::254]", "[fd00:ec3::254]", "169.253.255.255",
-                                  "169.255.0.1", "[fe7f::1]", "[64:ff9b::808:808]"])
+                                  "169.255.0.1", "[fe7f::1]", "[64:ff9b::808:808]",
+                                  "[::1:a9fe:a9fe]"])
 def test_addresses_just_outside_the_forbidden_ranges_pass(host: str) -> None:
     urlpolicy.check(f"https://{host}/x", allow_insecure=False)
 
@@ -121,6 +122,8 @@ def test_embedded_ipv4_forms() -> None:
     assert str(urlpolicy._embedded_v4(v6("2002:102:304::"))) == "1.2.3.4"
     assert str(urlpolicy._embedded_v4(v6("64:ff9b::102:304"))) == "1.2.3.4"
     assert str(urlpolicy._embedded_v4(v6("::1.2.3.4"))) == "1.2.3.4"
+    assert str(urlpolicy._embedded_v4(v6("::1.2.3.5"))) == "1.2.3.5"
+    assert urlpolicy._embedded_v4(v6("::1:102:304")) is None  # above the IPv4 range
     assert str(urlpolicy._embedded_v4(v6("::2"))) == "0.0.0.2"
     assert urlpolicy._embedded_v4(v6("::1")) is None  # loopback, not an IPv4 address
     assert urlpolicy._embedded_v4(v6("::")) is None

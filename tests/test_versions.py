@@ -204,3 +204,41 @@ def test_parse_accepts_a_capital_v_and_refuses_other_types() -> None:
     assert versions.key("1.0.0") < versions.key("1.0.1")
     with pytest.raises(ValueError, match=r"'x1\.0\.0' is not a semantic version"):
         versions.parse("x1.0.0")
+
+
+def test_the_lottery_is_the_same_in_every_updaterd_version() -> None:
+    """Fixed values: an updaterd upgrade must not move a host in or out of a rollout."""
+    b = versions.rollout_bucket
+    assert [b("host-1", "demo", "1.0.0"), b("web-7", "api", "2.3.4"), b("a", "b", "c")] == \
+        [30, 64, 71]
+
+
+def test_offers_and_policies_are_values() -> None:
+    import dataclasses
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Offer("1.0.0", "stable").rollout = 5  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        P.pin = ">=0"  # type: ignore[misc]
+
+
+def test_an_offer_without_a_rollout_reaches_every_host() -> None:
+    last = Policy(app="demo", host_id=_host_in_bucket(99))
+    assert versions.choose([Offer("1.1.0", "stable")], "1.0.0", last).version == "1.1.0"
+
+
+@pytest.mark.parametrize("channel", ["alpha", "testing", "zz"])
+def test_another_channel_is_never_offered(channel: str) -> None:
+    assert versions.choose([Offer("9.0.0", channel)], "1.0.0", P).version is None
+
+
+def test_an_older_offer_does_not_stop_the_search() -> None:
+    offers = [Offer("1.0.0", "stable"), Offer("1.1.0", "stable"), Offer("1.2.0", "stable")]
+    assert versions.choose(offers, "1.1.0", P).version == "1.2.0"
+
+
+def test_a_refused_spelling_of_the_chosen_version_is_not_passed_over() -> None:
+    offers = [Offer("1.2.0", "stable"), Offer("v1.2.0", "stable")]
+    policy = Policy(app="demo", host_id="h", skipped=frozenset({"v1.2.0"}))
+    choice = versions.choose(offers, "1.0.0", policy)
+    assert choice.version == "1.2.0" and choice.passed_over == {}
