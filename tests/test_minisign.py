@@ -4,6 +4,7 @@ verification of malformed or tampered signatures."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import subprocess
 from pathlib import Path
 
@@ -186,3 +187,132 @@ def test_at_most_sixteen_signature_blocks(tmp_path: Path,
     assert len(minisign.verify_threshold(data, (sig + others).encode(), keys, 1)) == 1
     with pytest.raises(SignatureError):
         minisign.verify_threshold(data, (sig + others + sig).encode(), keys, 1)
+
+
+def _b64(b: bytes) -> str:
+    return base64.b64encode(b).decode()
+
+
+def _secret_body(key: minisign.SecretKey) -> bytes:
+    return base64.b64decode(key.to_file().splitlines()[1])
+
+
+def _secret_file(body: bytes) -> str:
+    return f"untrusted comment: k\n{_b64(body)}\n"
+
+
+@pytest.fixture
+def secret(ours: tuple[Path, Path]) -> minisign.SecretKey:
+    return minisign.SecretKey.parse(ours[1].read_text())
+
+
+def test_public_keys_must_be_exactly_42_bytes_of_strict_base64(secret: minisign.SecretKey) \
+        -> None:
+    good = secret.public.to_base64()
+    assert minisign.PublicKey.parse(good) == secret.public
+    raw = base64.b64decode(good)
+    for bad, why in ((_b64(raw + b"\0"), "wrong length"), (_b64(raw[:-1]), "wrong length"),
+                     (_b64(b"Ec" + raw[2:]), "algorithm"),
+                     (good[:10] + "!" + good[10:], "bad base64")):
+        with pytest.raises(ValueError, match=why):
+            minisign.PublicKey.parse(bad)
+
+
+@pytest.mark.parametrize(("change", "why"), [
+    (lambda b: b[:-1], "wrong length or algorithm"),
+    (lambda b: b + b"\0", "wrong length or algorithm"),
+    (lambda b: b"Ec" + b[2:], "wrong length or algorithm"),
+    (lambda b: b[:4] + b"B1" + b[6:], "wrong length or algorithm"),
+    (lambda b: b[:2] + b"Sc" + b[4:], "password-protected"),
+    (lambda b: b[:2] + b"ZZ" + b[4:], "unknown key derivation"),
+    (lambda b: b[:2] + b"AA" + b[4:], "unknown key derivation"),
+    (lambda b: b[:94] + bytes(32) + b[126:], "public half does not match"),
+    (lambda b: b[:94] + b"\xff" * 32 + b[126:], "public half does not match"),
+    (lambda b: b[:126] + b"\x01" * 32, "checksum does not match"),
+], ids=["short", "long", "alg", "checksum-alg", "scrypt", "kdf-ZZ", "kdf-AA", "half-0",
+        "half-ff", "checksum"])
+def test_secret_key_refusals_name_the_fault(secret: minisign.SecretKey, change: object,
+                                            why: str) -> None:
+    body = change(_secret_body(secret))  # type: ignore[operator]
+    with pytest.raises(SignatureError, match=why):
+        minisign.SecretKey.parse(_secret_file(body))
+
+
+def test_a_secret_key_with_a_zero_checksum_is_read(secret: minisign.SecretKey) -> None:
+    body = _secret_body(secret)
+    assert minisign.SecretKey.parse(_secret_file(body[:126] + bytes(32))) == secret
+
+
+@pytest.mark.parametrize("text", ["untrusted comment: k\n", "x\nRWQ=\n", "a\nb\nc\n"])
+def test_a_secret_key_file_has_two_lines(text: str) -> None:
+    with pytest.raises(SignatureError, match="not a minisign secret key file"):
+        minisign.SecretKey.parse(text)
+
+
+def test_keys_and_verdicts_are_values(secret: minisign.SecretKey) -> None:
+    import dataclasses
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        secret.public.raw = b""  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        secret.seed = b""  # type: ignore[misc]
+    assert len({secret.public, minisign.PublicKey.parse(secret.public.to_base64())}) == 1
+    verdict = minisign.verify(b"x", secret.sign(b"x", "t").encode(), [secret.public])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        verdict.trusted_comment = "forged"  # type: ignore[misc]
+
+
+def test_verify_wants_exactly_one_block(signed: tuple[bytes, str, list[minisign.PublicKey]]) \
+        -> None:
+    data, sig, keys = signed
+    assert minisign.verify(data, sig.encode(), keys).trusted_comment == "trusted"
+    with pytest.raises(SignatureError, match="trailing content"):
+        minisign.verify(data, (sig + sig).encode(), keys)
+
+
+def test_two_keys_two_blocks_meet_a_threshold_of_two(
+        tmp_path: Path, signed: tuple[bytes, str, list[minisign.PublicKey]]) -> None:
+    data, sig, keys = signed
+    _, other = keygen(str(tmp_path / "second"))
+    second = minisign.SecretKey.parse(other.read_text())
+    both = (sig + second.sign(data, "t")).encode()
+    found = minisign.verify_threshold(data, both, [*keys, second.public], 2)
+    assert {v.key for v in found} == {keys[0], second.public}
+    found = minisign.verify_prehashed(hashlib.blake2b(data, digest_size=64).digest(), both,
+                                      [*keys, second.public])
+    assert len(found) == 2
+    assert minisign.signer_ids(both) == [keys[0].id_hex, second.public.id_hex]
+
+
+def test_a_stranger_block_first_does_not_hide_a_good_one(
+        tmp_path: Path, signed: tuple[bytes, str, list[minisign.PublicKey]]) -> None:
+    data, sig, keys = signed
+    mixed = _stranger_signature(tmp_path, data) + sig.encode()
+    assert len(minisign.verify_threshold(data, mixed, keys, 1)) == 1
+
+
+def test_a_prehashed_signature_checks_against_its_prehash(
+        signed: tuple[bytes, str, list[minisign.PublicKey]]) -> None:
+    data, sig, keys = signed
+    prehash = hashlib.blake2b(data, digest_size=64).digest()
+    assert minisign.verify_prehashed(prehash, sig.encode(), keys)[0].key == keys[0]
+
+
+def test_a_signature_file_that_is_not_utf8(signed: tuple[bytes, str, list[minisign.PublicKey]]) \
+        -> None:
+    data, _, keys = signed
+    with pytest.raises(SignatureError, match="not UTF-8"):
+        minisign.verify(data, b"\xff\xfe", keys)
+
+
+@pytest.mark.parametrize(("line", "size", "why"), [
+    (1, 73, "malformed signature \\(wrong length\\)"), (1, 75, "malformed signature \\(wrong"),
+    (3, 63, "malformed global signature"), (3, 65, "malformed global signature")])
+def test_blob_lengths_are_exact(signed: tuple[bytes, str, list[minisign.PublicKey]], line: int,
+                                size: int, why: str) -> None:
+    data, sig, keys = signed
+    lines = sig.splitlines()
+    blob = base64.b64decode(lines[line])
+    lines[line] = _b64((blob + bytes(8))[:size])
+    with pytest.raises(SignatureError, match=why):
+        minisign.verify(data, ("\n".join(lines) + "\n").encode(), keys)
