@@ -579,3 +579,67 @@ def test_a_nameless_zip_entry_does_not_end_the_extraction(box: Box) -> None:
 def test_an_empty_archive_is_an_empty_release(box: Box) -> None:
     root = extract_bytes(tar_bytes([]), "tar", box.staging())
     assert root.name == "tree" and list(root.iterdir()) == []
+
+
+def test_an_implicit_folder_is_a_name_like_any_other(box: Box) -> None:
+    refused([(member("a/x"), b"1"), (member("a"), b"2")], box, "duplicate name")
+    refused([(member("a/x"), b"1"), (member("A"), b"2")], box, "differs only in case")
+
+
+@pytest.mark.parametrize(("data", "size", "why"), [
+    (b"12345", 4, "more data than its declared size"), (b"123", 4, r"truncated \(3 of 4")])
+def test_a_member_must_hold_exactly_its_declared_size(tmp_path: Path, data: bytes, size: int,
+                                                      why: str) -> None:
+    tree = _tree(tmp_path)
+    with pytest.raises(ArchiveError, match=why):
+        tree.write_file("m", ("m",), io.BytesIO(data), False, size)
+    tree.write_file("n", ("n",), io.BytesIO(b"1234"), False, 4)
+    assert (tree.root / "n").read_bytes() == b"1234"
+
+
+def test_long_names_are_cut_to_64_characters_in_messages() -> None:
+    from updaterd.archive import check_name
+
+    name = "abcdefgh" * 600
+    for bad in (name, "x" * 300):
+        with pytest.raises(ArchiveError) as e:
+            check_name(bad)
+        assert f"member {bad[:64]!r}" in str(e.value)
+
+
+@pytest.mark.parametrize(("links", "key"), [
+    ({"s": "real", "t": "./s/x"}, "t"), ({"s": "real", "d/t": "../s/x"}, "d/t"),
+    ({"s": "real", "t": "a//../s/x"}, "t")])
+def test_a_link_through_another_link_is_found_past_dots(tmp_path: Path, links: dict[str, str],
+                                                        key: str) -> None:
+    tree = _tree(tmp_path)
+    for k, target in links.items():
+        tree.add_link(k, k, target)
+    with pytest.raises(ArchiveError, match=f"member '{key}': symlink to .* goes through"):
+        tree.create_links()
+
+
+@pytest.mark.parametrize("target", ["+a", "-x", "!", "+/s", "d/+"])
+def test_names_that_sort_before_dots_are_ordinary(tmp_path: Path, target: str) -> None:
+    tree = _tree(tmp_path)
+    tree.add_link("s", "s", "real")
+    tree.add_link("d/t", "d/t", target)
+    tree.create_links()
+    assert os.readlink(tree.root / "d" / "t") == target
+
+
+def test_a_tar_zst_of_several_frames_is_read_to_its_end(box: Box) -> None:
+    raw = tar_bytes([(member("a"), b"a" * 5000), (member("b"), b"b" * 5000)])
+    half = len(raw) // 2
+    c = zstandard.ZstdCompressor()
+    root = extract_bytes(c.compress(raw[:half]) + c.compress(raw[half:]), "tar.zst",
+                         box.staging())
+    assert (root / "b").read_bytes() == b"b" * 5000
+
+
+@pytest.mark.parametrize("name", ["", ".", "a/b"])
+def test_a_raw_executable_needs_a_plain_name(box: Box, name: str) -> None:
+    f = io.BytesIO(b"\x7fELF")
+    f.fileno = lambda: (_ for _ in ()).throw(OSError())  # type: ignore[method-assign]
+    with pytest.raises(ArchiveError, match="must be a plain file name"):
+        archive.extract(f, "raw", box.staging(), LIMITS, name)  # type: ignore[arg-type]
