@@ -66,7 +66,7 @@ MODULES = [
     Module("urlpolicy", ["tests/test_urlpolicy.py"]),
     Module("archive", ["tests/test_archive.py"]),
     Module("minisign", ["tests/test_minisign.py"]),
-    Module("keys", ["tests/security/test_keys_rows.py"]),
+    Module("keys", ["tests/test_keys.py", "tests/security/test_keys_rows.py"]),
     Module("pathtrust", ["tests/test_pathtrust.py"]),
     Module("checksums", ["tests/test_checksums.py"]),
     Module("treehash", ["tests/test_checksums.py"]),
