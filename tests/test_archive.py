@@ -643,3 +643,23 @@ def test_a_raw_executable_needs_a_plain_name(box: Box, name: str) -> None:
     f.fileno = lambda: (_ for _ in ()).throw(OSError())  # type: ignore[method-assign]
     with pytest.raises(ArchiveError, match="must be a plain file name"):
         archive.extract(f, "raw", box.staging(), LIMITS, name)  # type: ignore[arg-type]
+
+
+def test_an_entry_reaching_one_byte_into_the_next_is_an_overlap(box: Box) -> None:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("a", b"a" * 100)
+        zf.writestr("b", b"b" * 100)
+    raw = bytearray(buf.getvalue())
+    second = raw.index(b"PK\x01\x02", raw.index(b"PK\x01\x02") + 4)
+    offset = int.from_bytes(raw[second + 42:second + 46], "little")
+    raw[second + 42:second + 46] = (offset - 1).to_bytes(4, "little")
+    with pytest.raises(ArchiveError, match="overlaps the next zip entry"):
+        extract_bytes(bytes(raw), "zip", box.staging())
+
+
+def test_limits_are_values() -> None:
+    import dataclasses
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        LIMITS.max_total = 1  # type: ignore[misc]
