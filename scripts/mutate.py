@@ -33,6 +33,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,13 +163,18 @@ def run_module(module: Module) -> list[Mutant]:
     python, tree = sys.executable, tree_of(module)
     copy_tree(tree)
     config, session = tree.parent / "cosmic-ray.toml", tree.parent / "session.sqlite"
+    # short: the tests put Unix sockets in it (108 bytes at most for their paths)
+    tmp = Path(tempfile.gettempdir()) / f"updaterd-mutate-{module.name}"
     session.unlink(missing_ok=True)
     tests = " ".join(module.tests)
     config.write_text(
         "[cosmic-ray]\n"
         f'module-path = "{module.path}"\n'
         f"timeout = {module.timeout}\nexcluded-modules = []\n"
-        f'test-command = "{python} -m pytest -x -q -p no:cacheprovider {tests}"\n'
+        # each run starts from an empty temp folder of its own, removed with rm -rf: a mutant
+        # can leave a tree thousands of folders deep, which pytest's own clean-up cannot remove
+        f"test-command = \"sh -c 'rm -rf {tmp}; exec {python} -m pytest -x -q "
+        f"-p no:cacheprovider --basetemp={tmp} {tests}'\"\n"
         '[cosmic-ray.distributor]\nname = "local"\n')
     env = {**os.environ, "PYTHONPATH": f"{tree / 'daemon'}:{tree / 'ctl'}:{tree}"}
     cosmic = [python, "-m", "cosmic_ray.cli"]
@@ -217,7 +223,8 @@ def main() -> int:
     parser.add_argument("--report", action="store_true",
                         help="report the last run's sessions again without running anything")
     args = parser.parse_args()
-    chosen = [m for m in MODULES if not args.modules or m.name in args.modules]
+    by_name = {m.name: m for m in MODULES}
+    chosen = [by_name[n] for n in args.modules if n in by_name] if args.modules else MODULES
     if args.of_the_day:
         daily = [m for m in MODULES if not m.slow]
         chosen = [daily[datetime.date.today().toordinal() % len(daily)]]

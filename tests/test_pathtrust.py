@@ -5,6 +5,9 @@ against mutants of pathtrust.py)."""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
@@ -36,6 +39,7 @@ def test_a_private_file_and_a_missing_path_below_a_safe_folder_pass(safe: Path) 
 
 
 @pytest.mark.parametrize(("mode", "who"), [(0o664, "its group"), (0o646, "others"),
+                                           (0o647, "others"), (0o674, "its group"),
                                            (0o666, "group and others"),
                                            (0o4662, "group and others")])
 def test_writable_by_someone_else_is_named(safe: Path, mode: int, who: str) -> None:
@@ -175,6 +179,17 @@ def test_app_folders_for_each_install_mode_and_unsigned_feed() -> None:
     https_feed = app(source="manifest", path=None, url="https://a.example/m.json",
                      prefix="/opt/a")
     assert pathtrust.app_folders(https_feed, "a", daemon) == releases
+    # keys that do not belong to the app's source or install mode change nothing
+    stray = [app(source="manifest", path="/srv/stray", url="https://a.example/m.json",
+                 prefix="/opt/a", verify="skip"),
+             app(source="github", path="/srv/stray", repo="o/r", asset="x", prefix="/opt/a",
+                 verify="skip"),
+             app(prefix="/opt/a", target="/usr/local/bin/tool", public_keys=["RWQ"])]
+    for cfg in stray:
+        assert pathtrust.app_folders(cfg, "a", daemon) == releases, cfg
+    file_url = app(prefix="/opt/a", path="/srv/feed", url="file:///srv/m/manifest.json")
+    assert [w for w, _ in pathtrust.app_folders(file_url, "a", daemon)][-1] == \
+        "unsigned feed folder"
 
 
 def test_setup_problems_names_each_folder_to_mend_once(safe: Path) -> None:
@@ -188,6 +203,11 @@ def test_setup_problems_names_each_folder_to_mend_once(safe: Path) -> None:
                        "public_keys": ["RWQ"]}}}, Config)
     problems = pathtrust.setup_problems(config)
     assert len(problems) == 1 and f"{shared} is writable by group and others" in problems[0]
+    (safe / "a").mkdir()
+    (safe / "a").chmod(0o757)  # the app's prefix: a second folder to mend
+    problems = pathtrust.setup_problems(config)
+    assert len(problems) == 2 and f"{safe / 'a'} is writable by others" in problems[1]
+    (safe / "a").chmod(0o755)
     shared.chmod(0o755)
     assert pathtrust.setup_problems(config) == []
     with pytest.raises(UnsafePath, match="a state folder"):
@@ -195,3 +215,58 @@ def test_setup_problems_names_each_folder_to_mend_once(safe: Path) -> None:
         pathtrust.check_app(config.apps["a"], "a", config.daemon)
     shared.chmod(0o755)
     pathtrust.check_app(config.apps["a"], "a", config.daemon)
+
+
+# -- updaterd run by an ordinary user (the demo, per-user installs) -------------------------------
+
+NOBODY = 65534
+
+
+def as_nobody(check: str) -> str | None:
+    """pathtrust.problem(check) in a child whose effective user is nobody."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: no pytest machinery from here on, only os._exit
+        try:
+            os.setegid(NOBODY)
+            os.seteuid(NOBODY)
+            os.write(write, repr(pathtrust.problem(check, "x")).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as f:
+        out = f.read()
+    os.waitpid(pid, 0)
+    return None if out == "None" else out
+
+
+@pytest.fixture
+def shared_tmp() -> Iterator[Path]:
+    """A folder nobody can reach (pytest's own are root's 0700)."""
+    folder = Path(tempfile.mkdtemp(dir="/tmp"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder)
+
+
+def test_an_ordinary_user_trusts_root_and_itself_only(shared_tmp: Path) -> None:
+    assert as_nobody("/usr") is None
+    mine = shared_tmp / "mine"
+    mine.mkdir(mode=0o755)
+    os.chown(mine, NOBODY, NOBODY)
+    assert as_nobody(str(mine)) is None
+    theirs = shared_tmp / "theirs"
+    theirs.mkdir(mode=0o755)
+    os.chown(theirs, OTHER, OTHER)
+    assert f"{theirs} is owned by uid {OTHER}" in (as_nobody(str(theirs)) or "")
+
+
+def test_only_a_sticky_folder_of_roots_is_a_safe_parent(shared_tmp: Path) -> None:
+    sticky = shared_tmp / "sticky"
+    (sticky / "mine").mkdir(parents=True, mode=0o755)
+    os.chown(sticky / "mine", NOBODY, NOBODY)
+    sticky.chmod(0o1777)
+    assert as_nobody(str(sticky / "mine")) is None
+    os.chown(sticky, NOBODY, NOBODY)
+    assert f"{sticky} is writable by group and others" in \
+        (as_nobody(str(sticky / "mine")) or "")
