@@ -4,6 +4,7 @@ input line makes the server raise (hypothesis)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -173,3 +174,60 @@ def test_every_changing_method_needs_admin_and_every_reading_one_does_not() -> N
                 reply["error"]["message"]
         assert "error" not in trio.run(go, method, True) or \
             trio.run(go, method, True)["error"]["code"] != 3
+
+
+# -- the peer's groups, as the kernel reports them, however many ----------------------------------
+
+def _groups_of_a_peer_with(groups: list[int]) -> tuple[int, ...]:
+    import shutil
+    import socket
+    import subprocess
+    import tempfile
+
+    from updaterd.rpc import peer_groups
+
+    folder = Path(tempfile.mkdtemp(dir="/tmp"))  # pytest's folders are root's 0700
+    folder.chmod(0o755)
+    path = folder / "s"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.settimeout(20)
+    server.bind(str(path))
+    path.chmod(0o777)
+    server.listen(1)
+    peer = subprocess.Popen(
+        ["setpriv", "--reuid=65534", "--regid=65534",
+         f"--groups={','.join(map(str, groups))}" if groups else "--clear-groups",
+         "socat", "-u", "OPEN:/dev/null", f"UNIX-CONNECT:{path}"])
+    try:
+        conn, _ = server.accept()
+        with conn:
+            return peer_groups(conn)  # type: ignore[arg-type]
+    finally:
+        peer.kill()
+        peer.wait()
+        server.close()
+        shutil.rmtree(folder)
+
+
+@pytest.mark.parametrize("count", [0, 1, 3, 64, 65, 200, 256])
+def test_peer_groups_reads_every_group_of_the_peer(count: int) -> None:
+    """More than 64 groups once read as none: the retry asked Python for more than the 1024
+    bytes its getsockopt allows."""
+    groups = list(range(10_000, 10_000 + count))
+    assert sorted(_groups_of_a_peer_with(groups)) == groups
+
+
+def test_a_peer_in_more_groups_than_can_be_read_shows_none() -> None:
+    assert _groups_of_a_peer_with(list(range(10_000, 10_300))) == ()
+
+
+def test_the_socket_folder_is_made_0755(tmp_path: Path) -> None:
+    import stat as st
+
+    from updaterd.rpc import create_socket
+
+    async def make() -> None:
+        create_socket(tmp_path / "run" / "u.sock", 0o660, "no-such-group-here").close()
+
+    trio.run(make)
+    assert st.S_IMODE((tmp_path / "run").stat().st_mode) == 0o755

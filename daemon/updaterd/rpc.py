@@ -124,6 +124,11 @@ def peer_credentials(sock: trio.socket.SocketType) -> tuple[int, int, int]:
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux 4.13+
 
 
+# Python's getsockopt reads at most 1024 bytes: 256 groups. A peer in more groups than that
+# counts by its primary group only (it fails closed: never admin by a group it cannot show).
+_MAX_GROUPS_BYTES = 1024
+
+
 def peer_groups(sock: trio.socket.SocketType) -> tuple[int, ...]:
     """The supplementary groups the connecting process had when it connected: what the
     kernel says, not what the user database says (row 137)."""
@@ -132,8 +137,8 @@ def peer_groups(sock: trio.socket.SocketType) -> tuple[int, ...]:
         try:
             raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, size)
         except OSError as e:
-            if e.errno == errno.ERANGE and size < 65536 * 4:
-                size = 65536 * 4
+            if e.errno == errno.ERANGE and size < _MAX_GROUPS_BYTES:
+                size = _MAX_GROUPS_BYTES
                 continue
             return ()
         return struct.unpack(f"{len(raw) // 4}I", raw[: len(raw) // 4 * 4])
