@@ -124,6 +124,10 @@ def test_a_link_is_checked_as_written_and_where_it_leads(safe: Path) -> None:
     link.symlink_to(unsafe / "config")
     assert f"{unsafe} is writable by group and others" in \
         (pathtrust.problem(link, "config") or "")
+    zlink = safe / "zlink"  # a link whose target sorts before it is checked too
+    zlink.symlink_to(unsafe / "config")
+    assert f"{unsafe} is writable by group and others" in \
+        (pathtrust.problem(zlink, "config") or "")
     good = safe / "good"
     good.write_text("")
     good.chmod(0o644)
