@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import subprocess
 from pathlib import Path
 
@@ -127,6 +128,7 @@ def test_records_are_saved_loaded_and_dropped(tmp_path: Path) -> None:
     state = tmp_path / "state"
     treehash.save(state, rec)
     assert (state / "trees" / "1.2.3.json").is_file()
+    assert stat.S_IMODE((state / "trees").stat().st_mode) == 0o755
     assert treehash.load(state, "1.2.3") == rec
     assert treehash.load(state, "9.9.9") is None
     (state / "trees" / "1.2.3.json").write_text("{not json")

@@ -215,3 +215,60 @@ def test_the_latest_rotation_alone_is_enough_when_the_keys_in_use_signed_it() ->
     state, feed = AppState(), FeedDocs(docs)
     refresh(cfg(K[0]), state, feed)
     assert state.trust is not None and state.trust.version == 5 and feed.asked == ["keys.json"]
+
+
+# -- the edges (each of these kills a mutant the tests above let live) ---------------------------
+
+def test_an_older_rotation_than_the_keys_in_use_changes_nothing() -> None:
+    state = AppState()
+    assert keys.apply("x", cfg(K[0]), state, *signed(doc(2, [K[1]]), K[0], K[1]))
+    assert not keys.apply("x", cfg(K[0]), state, *signed(doc(1, [K[2]]), K[1], K[2]))
+    assert state.trust is not None and state.trust.version == 2
+
+
+@pytest.mark.parametrize("other", ["a", "zzz"])
+def test_a_rotation_for_another_app_is_refused_whatever_the_names(other: str) -> None:
+    with pytest.raises(FeedError, match=f"keys.json is for app '{other}', not 'x'"):
+        keys.apply("x", cfg(K[0]), AppState(), *signed(doc(1, [K[1]], app=other), K[0], K[1]))
+
+
+def test_a_mistyped_version_is_refused_not_coerced() -> None:
+    body = json.loads(doc(1, [K[1]]))
+    body["version"] = "2"
+    with pytest.raises(FeedError, match="does not match schema 1"):
+        keys.apply("x", cfg(K[0]), AppState(), *signed(json.dumps(body).encode(), K[0], K[1]))
+
+
+def test_without_a_threshold_the_new_set_needs_one_signature() -> None:
+    raw = json.dumps({"schema": 1, "app": "x", "version": 1,
+                      "keys": [b64(K[1]), b64(K[2])]}).encode()
+    state = AppState()
+    assert keys.apply("x", cfg(K[0]), state, *signed(raw, K[0], K[1]))
+    assert state.trust is not None and state.trust.threshold == 1
+
+
+def test_a_threshold_of_sixteen_is_the_most() -> None:
+    # a signature file holds at most 16 blocks: the old key must be one of the sixteen
+    sixteen = [K[0]] + [minisign.SecretKey.generate() for _ in range(15)]
+    state = AppState()
+    assert keys.apply("x", cfg(K[0]), state, *signed(doc(1, sixteen, threshold=16), *sixteen))
+    assert state.trust is not None and state.trust.threshold == 16
+
+
+@pytest.mark.parametrize("origin", ["0" * 64, "f" * 64])
+def test_a_stored_key_set_of_other_configured_keys_is_not_used(origin: str) -> None:
+    stored = AppState(trust=TrustRoot(origin=origin, version=4, keys=[b64(K[3])],
+                                      threshold=1))
+    now = keys.in_use(cfg(K[0]), stored)
+    assert now.version == 0 and [k.raw for k in now.keys] == [K[0].public.raw]
+
+
+def test_the_keys_in_use_are_a_value() -> None:
+    import dataclasses
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        keys.in_use(cfg(K[0]), AppState()).version = 9  # type: ignore[misc]
+
+
+def test_the_walk_stops_after_the_32_rotations_docs_feed_md_promises() -> None:
+    assert keys.MAX_STEPS == 32
