@@ -4,6 +4,7 @@ input line makes the server raise (hypothesis)."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -231,3 +232,68 @@ def test_the_socket_folder_is_made_0755(tmp_path: Path) -> None:
 
     trio.run(make)
     assert st.S_IMODE((tmp_path / "run").stat().st_mode) == 0o755
+
+
+def test_a_stream_cannot_be_batched_but_can_be_called_alone() -> None:
+    async def ok(p: Any, conn: Connection) -> str:
+        return "streaming"
+
+    srv = Server({"subscribe": ok}, lambda: "nogroup", LIMITS)
+    conn = FakeConn(admin=False)
+    conn.streams = {}  # type: ignore[attr-defined]
+    line = b'{"jsonrpc":"2.0","id":1,"method":"subscribe"}'
+
+    async def go(payload: bytes) -> Any:
+        return json.loads(await srv.handle_line(payload, conn) or b"null")  # type: ignore[arg-type]
+
+    assert trio.run(go, line)["result"] == "streaming"
+    batch = trio.run(go, b"[" + line + b"]")
+    assert batch[0]["error"]["message"] == "subscribe cannot be batched"
+
+
+# -- the socket's group and owner, also for an updaterd run by an ordinary user ----------------
+
+def test_the_socket_takes_the_admin_group_when_it_exists(tmp_path: Path) -> None:
+    import grp
+
+    from updaterd.rpc import set_socket_access
+
+    f = tmp_path / "sock"
+    f.write_text("")
+    set_socket_access(f, 0o660, "daemon")
+    st = f.stat()
+    assert (st.st_gid, oct(st.st_mode & 0o777)) == (grp.getgrnam("daemon").gr_gid, "0o660")
+    g = tmp_path / "sock2"
+    g.write_text("")
+    set_socket_access(g, 0o600, "no-such-group-here")
+    assert (g.stat().st_gid, oct(g.stat().st_mode & 0o777)) == (0, "0o600")
+
+
+def test_an_ordinary_users_socket_keeps_its_owner(tmp_path: Path) -> None:
+    """The owner is never changed (-1): chown to root would fail for an ordinary user."""
+    import shutil
+    import tempfile
+
+    from updaterd.rpc import set_socket_access
+
+    folder = Path(tempfile.mkdtemp(dir="/tmp"))
+    try:
+        folder.chmod(0o755)
+        f = folder / "sock"
+        f.write_text("")
+        os.chown(f, 65534, 65534)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.setegid(65534)
+                os.seteuid(65534)
+                set_socket_access(f, 0o660, "nogroup")
+                set_socket_access(f, 0o640, "no-such-group-here")  # the group is left alone
+                code = 0
+            finally:
+                os._exit(code)
+        assert os.waitpid(pid, 0)[1] == 0
+        assert f.stat().st_uid == 65534
+    finally:
+        shutil.rmtree(folder)
