@@ -297,3 +297,27 @@ def test_an_ordinary_users_socket_keeps_its_owner(tmp_path: Path) -> None:
         assert f.stat().st_uid == 65534
     finally:
         shutil.rmtree(folder)
+
+
+def test_a_known_method_without_a_handler_is_not_found() -> None:
+    srv = Server({"status": status}, lambda: "nogroup", LIMITS)
+
+    async def go() -> Any:
+        line = b'{"jsonrpc":"2.0","id":1,"method":"update","params":{"app":"x"}}'
+        return json.loads(await srv.handle_line(line, FakeConn(True)) or b"null")  # type: ignore[arg-type]
+
+    assert trio.run(go)["error"] == {"code": -32601, "message": "method not found: update"}
+
+
+def test_params_are_not_coerced() -> None:
+    async def history(p: Any, conn: Connection) -> int:
+        return int(p.limit)
+
+    srv = Server({"history": history}, lambda: "nogroup", LIMITS)
+
+    async def go(params: str) -> Any:
+        line = ('{"jsonrpc":"2.0","id":1,"method":"history","params":' + params + "}").encode()
+        return json.loads(await srv.handle_line(line, FakeConn(True)) or b"null")  # type: ignore[arg-type]
+
+    assert trio.run(go, '{"app":"x","limit":5}')["result"] == 5
+    assert trio.run(go, '{"app":"x","limit":"5"}')["error"]["code"] == -32602
