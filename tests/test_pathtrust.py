@@ -5,9 +5,6 @@ against mutants of pathtrust.py)."""
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
@@ -244,29 +241,20 @@ def as_nobody(check: str) -> str | None:
     return None if out == "None" else out
 
 
-@pytest.fixture
-def shared_tmp() -> Iterator[Path]:
-    """A folder nobody can reach (pytest's own are root's 0700)."""
-    folder = Path(tempfile.mkdtemp(dir="/tmp"))
-    folder.chmod(0o755)
-    yield folder
-    shutil.rmtree(folder)
-
-
-def test_an_ordinary_user_trusts_root_and_itself_only(shared_tmp: Path) -> None:
+def test_an_ordinary_user_trusts_root_and_itself_only(public_dir: Path) -> None:
     assert as_nobody("/usr") is None
-    mine = shared_tmp / "mine"
+    mine = public_dir / "mine"
     mine.mkdir(mode=0o755)
     os.chown(mine, NOBODY, NOBODY)
     assert as_nobody(str(mine)) is None
-    theirs = shared_tmp / "theirs"
+    theirs = public_dir / "theirs"
     theirs.mkdir(mode=0o755)
     os.chown(theirs, OTHER, OTHER)
     assert f"{theirs} is owned by uid {OTHER}" in (as_nobody(str(theirs)) or "")
 
 
-def test_only_a_sticky_folder_of_roots_is_a_safe_parent(shared_tmp: Path) -> None:
-    sticky = shared_tmp / "sticky"
+def test_only_a_sticky_folder_of_roots_is_a_safe_parent(public_dir: Path) -> None:
+    sticky = public_dir / "sticky"
     (sticky / "mine").mkdir(parents=True, mode=0o755)
     os.chown(sticky / "mine", NOBODY, NOBODY)
     sticky.chmod(0o1777)

@@ -179,16 +179,12 @@ def test_every_changing_method_needs_admin_and_every_reading_one_does_not() -> N
 
 # -- the peer's groups, as the kernel reports them, however many ----------------------------------
 
-def _groups_of_a_peer_with(groups: list[int]) -> tuple[int, ...]:
-    import shutil
+def _groups_of_a_peer_with(groups: list[int], folder: Path) -> tuple[int, ...]:
     import socket
     import subprocess
-    import tempfile
 
     from updaterd.rpc import peer_groups
 
-    folder = Path(tempfile.mkdtemp(dir="/tmp"))  # pytest's folders are root's 0700
-    folder.chmod(0o755)
     path = folder / "s"
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.settimeout(20)
@@ -207,19 +203,18 @@ def _groups_of_a_peer_with(groups: list[int]) -> tuple[int, ...]:
         peer.kill()
         peer.wait()
         server.close()
-        shutil.rmtree(folder)
 
 
 @pytest.mark.parametrize("count", [0, 1, 3, 64, 65, 200, 256])
-def test_peer_groups_reads_every_group_of_the_peer(count: int) -> None:
+def test_peer_groups_reads_every_group_of_the_peer(count: int, public_dir: Path) -> None:
     """More than 64 groups once read as none: the retry asked Python for more than the 1024
     bytes its getsockopt allows."""
     groups = list(range(10_000, 10_000 + count))
-    assert sorted(_groups_of_a_peer_with(groups)) == groups
+    assert sorted(_groups_of_a_peer_with(groups, public_dir)) == groups
 
 
-def test_a_peer_in_more_groups_than_can_be_read_shows_none() -> None:
-    assert _groups_of_a_peer_with(list(range(10_000, 10_300))) == ()
+def test_a_peer_in_more_groups_than_can_be_read_shows_none(public_dir: Path) -> None:
+    assert _groups_of_a_peer_with(list(range(10_000, 10_300)), public_dir) == ()
 
 
 def test_the_socket_folder_is_made_0755(tmp_path: Path) -> None:
@@ -269,36 +264,26 @@ def test_the_socket_takes_the_admin_group_when_it_exists(tmp_path: Path) -> None
     assert (g.stat().st_gid, oct(g.stat().st_mode & 0o777)) == (0, "0o600")
 
 
-def test_an_ordinary_users_socket_keeps_its_owner(tmp_path: Path) -> None:
+def test_an_ordinary_users_socket_keeps_its_owner(public_dir: Path) -> None:
     """The owner is never changed (-1): chown to root would fail for an ordinary user."""
-    import shutil
-    import tempfile
-
     from updaterd.rpc import set_socket_access
 
-    folder = Path(tempfile.mkdtemp(dir="/tmp"))
-    try:
-        folder.chmod(0o755)
-        f = folder / "sock"
-        f.write_text("")
-        os.chown(f, 65534, 65534)
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                os.setegid(65534)
-                os.seteuid(65534)
-                set_socket_access(f, 0o660, "nogroup")
-                set_socket_access(f, 0o640, "no-such-group-here")  # the group is left alone
-                code = 0
-            finally:
-                os._exit(code)
-        assert os.waitpid(pid, 0)[1] == 0
-        assert f.stat().st_uid == 65534
-    finally:
-        shutil.rmtree(folder)
-
-
+    f = public_dir / "sock"
+    f.write_text("")
+    os.chown(f, 65534, 65534)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.setegid(65534)
+            os.seteuid(65534)
+            set_socket_access(f, 0o660, "nogroup")
+            set_socket_access(f, 0o640, "no-such-group-here")  # the group is left alone
+            code = 0
+        finally:
+            os._exit(code)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert f.stat().st_uid == 65534
 def test_a_known_method_without_a_handler_is_not_found() -> None:
     srv = Server({"status": status}, lambda: "nogroup", LIMITS)
 
