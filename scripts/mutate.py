@@ -73,8 +73,9 @@ MODULES = [
     Module("treehash", ["tests/test_checksums.py"]),
     Module("rpc", ["tests/test_rpc.py", "tests/security/test_socket_rows.py"],
            ["is_admin", "peer_groups", "set_socket_access", "create_socket", "_call"], 150, True),
-    Module("transaction", ["tests/test_failpoints.py"], ["recover", "complete_rollback"],
-           300, True),
+    Module("transaction", ["tests/test_failpoints.py", "tests/test_less_travelled.py",
+                           "tests/test_self_update.py"], ["recover", "complete_rollback"],
+           600, True),
 ]
 
 OPERATORS_LEFT_OUT = [
