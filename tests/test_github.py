@@ -231,7 +231,9 @@ def test_not_modified_downloads_nothing(host: Host, github: GitHub) -> None:
 def test_d99_rate_limit_is_honoured_until_reset(host: Host, github: GitHub) -> None:
     name = artifact(github, "1.0.0")
     checksum = sums(github, "sha256sum", "SHA256SUMS", [name])
-    github.set_releases([{"tag_name": "v1.0.0", "assets": [name, checksum]}], rate_limited=1)
+    # the reset 5 s ahead: the second run below must start before it, even on a loaded machine
+    github.set_releases([{"tag_name": "v1.0.0", "assets": [name, checksum]}], rate_limited=1,
+                        reset_at=int(time.time()) + 5)
     configure(host, github)
     r = once(host)  # a warning, exit 0: the next run asks again (updaterd(8), EXIT STATUS)
     assert r.returncode == 0 and "rate limited (HTTP 403)" in r.stderr

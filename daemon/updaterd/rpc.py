@@ -205,7 +205,7 @@ def create_socket(path: Path, mode: int, group: str) -> trio.socket.SocketType:
     finally:
         os.umask(old)
     set_socket_access(tmp, mode, group)
-    sock.listen(128)
+    sock.listen(socket.SOMAXCONN)  # a burst of clients waits for accept, never refused
     os.replace(tmp, path)
     return trio.socket.from_stdlib_socket(sock)
 
