@@ -306,3 +306,50 @@ def test_params_are_not_coerced() -> None:
 
     assert trio.run(go, '{"app":"x","limit":5}')["result"] == 5
     assert trio.run(go, '{"app":"x","limit":"5"}')["error"]["code"] == -32602
+
+
+def test_the_socket_folder_is_made_with_its_parents(tmp_path: Path) -> None:
+    from updaterd.rpc import create_socket
+
+    async def make() -> None:
+        create_socket(tmp_path / "run" / "updaterd" / "u.sock", 0o660, "nogroup").close()
+
+    trio.run(make)
+    assert (tmp_path / "run" / "updaterd" / "u.sock").is_socket()
+
+
+def test_an_ordinary_users_daemon_never_replaces_roots_socket(public_dir: Path) -> None:
+    import socket
+
+    from updaterd.errors import UpdaterError
+    from updaterd.rpc import create_socket
+
+    folder = public_dir / "run"
+    folder.mkdir()
+    os.chown(folder, 65534, 65534)
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(folder / "u.sock"))
+    stale.close()  # root's socket, nobody listening
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setegid(65534)
+            os.seteuid(65534)
+
+            async def make() -> None:
+                create_socket(folder / "u.sock", 0o660, "nogroup").close()
+
+            try:
+                trio.run(make)
+                os.write(write, b"replaced")
+            except UpdaterError as e:
+                os.write(write, str(e).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as f:
+        said = f.read()
+    os.waitpid(pid, 0)
+    assert said == f"{folder / 'u.sock'} belongs to uid 0; refusing to replace it"
+    assert (folder / "u.sock").stat().st_uid == 0
