@@ -334,8 +334,8 @@ def test_an_ordinary_users_daemon_never_replaces_roots_socket(public_dir: Path) 
     pid = os.fork()
     if pid == 0:
         try:
-            os.setegid(65534)
-            os.seteuid(65534)
+            os.setgid(65534)  # real and effective: an ordinary user's daemon
+            os.setuid(65534)
 
             async def make() -> None:
                 create_socket(folder / "u.sock", 0o660, "nogroup").close()
