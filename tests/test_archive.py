@@ -663,3 +663,12 @@ def test_limits_are_values() -> None:
 
     with pytest.raises(dataclasses.FrozenInstanceError):
         LIMITS.max_total = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("target", ["+a", "-x", "!", "+"])
+def test_a_top_level_link_to_a_name_sorting_before_dots_stays_inside(tmp_path: Path,
+                                                                    target: str) -> None:
+    tree = _tree(tmp_path)
+    tree.add_link("t", "t", target)
+    tree.create_links()
+    assert os.readlink(tree.root / "t") == target

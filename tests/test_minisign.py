@@ -316,3 +316,42 @@ def test_blob_lengths_are_exact(signed: tuple[bytes, str, list[minisign.PublicKe
     lines[line] = _b64((blob + bytes(8))[:size])
     with pytest.raises(SignatureError, match=why):
         minisign.verify(data, ("\n".join(lines) + "\n").encode(), keys)
+
+
+def test_a_public_key_is_exactly_one_base64_line(secret: minisign.SecretKey) -> None:
+    text = secret.public.to_file()
+    assert minisign.PublicKey.parse(text) == secret.public
+    with pytest.raises(ValueError, match="expected one base64 line"):
+        minisign.PublicKey.parse(text + secret.public.to_base64() + "\n")
+
+
+def test_a_secret_key_file_with_a_third_line_is_refused(secret: minisign.SecretKey) -> None:
+    with pytest.raises(SignatureError, match="not a minisign secret key file"):
+        minisign.SecretKey.parse(secret.to_file() + "extra\n")
+    body = _secret_body(secret)
+    with pytest.raises(SignatureError, match="wrong length or algorithm"):
+        minisign.SecretKey.parse(_secret_file(body[:4] + b"B3" + body[6:]))
+
+
+@pytest.mark.parametrize(("comment", "ok"), [("x" * 1024, True), ("é" * 512, True),
+                                             ("x" * 1025, False), ("a\nb", False),
+                                             ("a\rb", False)])
+def test_trusted_comments_are_one_line_of_at_most_1024_bytes(secret: minisign.SecretKey,
+                                                             comment: str, ok: bool) -> None:
+    if ok:
+        sig = secret.sign(b"x", comment)
+        assert minisign.verify(b"x", sig.encode(), [secret.public]).trusted_comment == comment
+    else:
+        with pytest.raises(SignatureError, match="one line of at most 1024 bytes"):
+            secret.sign(b"x", comment)
+
+
+@pytest.mark.parametrize("threshold", [0, 1])
+def test_the_first_refused_blocks_reason_is_given(
+        threshold: int, signed: tuple[bytes, str, list[minisign.PublicKey]]) -> None:
+    data, _, keys = signed
+    first, second = minisign.SecretKey.generate(), minisign.SecretKey.generate()
+    both = (first.sign(data, "t") + second.sign(data, "t")).encode()
+    with pytest.raises(SignatureError) as e:
+        minisign.verify_threshold(data, both, keys, threshold)
+    assert str(e.value) == f"signed by unknown key {first.public.id_hex}"
