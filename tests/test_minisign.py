@@ -355,3 +355,19 @@ def test_the_first_refused_blocks_reason_is_given(
     with pytest.raises(SignatureError) as e:
         minisign.verify_threshold(data, both, keys, threshold)
     assert str(e.value) == f"signed by unknown key {first.public.id_hex}"
+
+
+def test_an_algorithm_above_ed_is_refused_too(secret: minisign.SecretKey) -> None:
+    raw = base64.b64decode(secret.public.to_base64())
+    with pytest.raises(ValueError, match="algorithm"):
+        minisign.PublicKey.parse(_b64(b"Ez" + raw[2:]))
+    body = _secret_body(secret)
+    with pytest.raises(SignatureError, match="wrong length or algorithm"):
+        minisign.SecretKey.parse(_secret_file(b"Ez" + body[2:]))
+
+
+def test_two_keys_with_one_id_are_both_tried(
+        signed: tuple[bytes, str, list[minisign.PublicKey]]) -> None:
+    data, sig, keys = signed
+    impostor = minisign.PublicKey(keys[0].key_id, minisign.SecretKey.generate().public.raw)
+    assert minisign.verify(data, sig.encode(), [impostor, keys[0]]).key == keys[0]
