@@ -19,6 +19,7 @@ each module has reached: a run that falls below it fails, so the score cannot qu
     python3 scripts/mutate.py feed versions   # some
     python3 scripts/mutate.py --of-the-day    # one quick module, chosen by the date (.ci/run)
     python3 scripts/mutate.py --report        # the last run's table again
+    python3 scripts/mutate.py --recheck rpc   # only the last run's survivors, against new tests
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import ast
 import concurrent.futures
+import contextlib
 import datetime
 import json
 import os
@@ -193,6 +195,26 @@ def run_module(module: Module) -> list[Mutant]:
     return read_session(module)
 
 
+def recheck_survivors(module: Module) -> list[Mutant]:
+    """Run the last session's survivors again against the tests as they are now (the module's
+    source must not have changed): minutes instead of a whole run after new tests."""
+    import sqlite3
+
+    tree = tree_of(module)
+    source = (tree / module.path).read_text()
+    copy_tree(tree)
+    if (tree / module.path).read_text() != source:
+        raise SystemExit(f"{module.path} changed since its last run: run it whole")
+    session = tree.parent / "session.sqlite"
+    with contextlib.closing(sqlite3.connect(session)) as db, db:
+        db.execute("DELETE FROM work_results WHERE test_outcome = 'SURVIVED'")
+    env = {**os.environ, "PYTHONPATH": f"{tree / 'daemon'}:{tree / 'ctl'}:{tree}"}
+    subprocess.run([sys.executable, "-m", "cosmic_ray.cli", "exec",
+                    str(tree.parent / "cosmic-ray.toml"), str(session)], cwd=tree, env=env,
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return read_session(module)
+
+
 def read_session(module: Module) -> list[Mutant]:
     from cosmic_ray.work_db import WorkDB, use_db
     from cosmic_ray.work_item import TestOutcome, WorkerOutcome
@@ -223,6 +245,8 @@ def main() -> int:
                         help="one module chosen by today's date (the cheap run in .ci/run)")
     parser.add_argument("--report", action="store_true",
                         help="report the last run's sessions again without running anything")
+    parser.add_argument("--recheck", action="store_true",
+                        help="run only the last run's survivors again, against today's tests")
     args = parser.parse_args()
     by_name = {m.name: m for m in MODULES}
     chosen = [by_name[n] for n in args.modules if n in by_name] if args.modules else MODULES
@@ -237,6 +261,8 @@ def main() -> int:
     started = time.monotonic()
     if args.report:
         results = {m.name: read_session(m) for m in chosen}
+    elif args.recheck:
+        results = {m.name: recheck_survivors(m) for m in chosen}
     else:
         with concurrent.futures.ThreadPoolExecutor(max(1, min(2, os.cpu_count() or 1))) as pool:
             results = dict(zip([m.name for m in chosen], pool.map(run_module, chosen),
