@@ -672,3 +672,10 @@ def test_a_top_level_link_to_a_name_sorting_before_dots_stays_inside(tmp_path: P
     tree.add_link("t", "t", target)
     tree.create_links()
     assert os.readlink(tree.root / "t") == target
+
+
+@pytest.mark.parametrize(("mode", "executable"), [(0o641, True), (0o614, True), (0o644, False)])
+def test_any_exec_bit_in_a_tar_makes_an_executable(box: Box, mode: int, executable: bool) -> None:
+    root = extract_bytes(tar_bytes([(member("tool", mode=mode), b"#!/bin/sh\n"),
+                                    (member("other"), b"x")]), "tar", box.staging())
+    assert os.access(root / "tool", os.X_OK) is executable
