@@ -371,3 +371,15 @@ def test_two_keys_with_one_id_are_both_tried(
     data, sig, keys = signed
     impostor = minisign.PublicKey(keys[0].key_id, minisign.SecretKey.generate().public.raw)
     assert minisign.verify(data, sig.encode(), [impostor, keys[0]]).key == keys[0]
+
+
+def test_signature_and_secret_key_base64_is_strict(
+        secret: minisign.SecretKey, signed: tuple[bytes, str, list[minisign.PublicKey]]) -> None:
+    data, sig, keys = signed
+    lines = sig.splitlines()
+    lines[1] = lines[1][:20] + "!" + lines[1][20:]
+    with pytest.raises(SignatureError, match="signature: not valid base64"):
+        minisign.verify(data, ("\n".join(lines) + "\n").encode(), keys)
+    text = secret.to_file().splitlines()
+    with pytest.raises(SignatureError, match="secret key: not valid base64"):
+        minisign.SecretKey.parse(f"{text[0]}\n{text[1][:30]}!{text[1][30:]}\n")
