@@ -383,3 +383,15 @@ def test_signature_and_secret_key_base64_is_strict(
     text = secret.to_file().splitlines()
     with pytest.raises(SignatureError, match="secret key: not valid base64"):
         minisign.SecretKey.parse(f"{text[0]}\n{text[1][:30]}!{text[1][30:]}\n")
+
+
+def test_an_empty_public_key_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="expected one base64 line"):
+        minisign.PublicKey.parse("")
+
+
+@pytest.mark.parametrize("chk", [b"\x01" * 32, b"\xff" * 32])
+def test_any_wrong_checksum_is_refused(secret: minisign.SecretKey, chk: bytes) -> None:
+    body = _secret_body(secret)
+    with pytest.raises(SignatureError, match="checksum does not match"):
+        minisign.SecretKey.parse(_secret_file(body[:126] + chk))
