@@ -159,6 +159,11 @@ def function_lines(path: Path, names: list[str]) -> set[int]:
     return lines
 
 
+def mutant_env(tree: Path) -> dict[str, str]:
+    """The scratch copy first on the path: the tests and the updaterd they start import it."""
+    return {**os.environ, "PYTHONPATH": f"{tree / 'daemon'}:{tree / 'ctl'}:{tree}"}
+
+
 def run_module(module: Module) -> list[Mutant]:
     from cosmic_ray.work_db import WorkDB, use_db
     from cosmic_ray.work_item import WorkerOutcome, WorkResult
@@ -179,7 +184,7 @@ def run_module(module: Module) -> list[Mutant]:
         f"test-command = \"sh -c 'rm -rf {tmp}; exec {python} -m pytest -x -q "
         f"-p no:cacheprovider --basetemp={tmp} {tests}'\"\n"
         '[cosmic-ray.distributor]\nname = "local"\n')
-    env = {**os.environ, "PYTHONPATH": f"{tree / 'daemon'}:{tree / 'ctl'}:{tree}"}
+    env = mutant_env(tree)
     cosmic = [python, "-m", "cosmic_ray.cli"]
     subprocess.run([*cosmic, "init", str(config), str(session)], cwd=tree, env=env, check=True)
     wanted = function_lines(tree / module.path, module.functions) if module.functions else None
@@ -208,10 +213,10 @@ def recheck_survivors(module: Module) -> list[Mutant]:
     session = tree.parent / "session.sqlite"
     with contextlib.closing(sqlite3.connect(session)) as db, db:
         db.execute("DELETE FROM work_results WHERE test_outcome = 'SURVIVED'")
-    env = {**os.environ, "PYTHONPATH": f"{tree / 'daemon'}:{tree / 'ctl'}:{tree}"}
     subprocess.run([sys.executable, "-m", "cosmic_ray.cli", "exec",
-                    str(tree.parent / "cosmic-ray.toml"), str(session)], cwd=tree, env=env,
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    str(tree.parent / "cosmic-ray.toml"), str(session)], cwd=tree,
+                   env=mutant_env(tree), check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
     return read_session(module)
 
 
