@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tarfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,35 @@ import zstandard
 from updaterd.publish import keygen, publish
 
 BIN = Path(sys.executable).parent
+NOBODY = 65534
+
+
+def as_nobody(work: Callable[[], str], real: bool = False) -> str:
+    """`work()` in a forked child running as nobody: the effective ids only, or with `real`
+    the real ones too (a daemon that an ordinary user started). Returns what `work` returned,
+    or `!ExceptionName: message` when it raised."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: no pytest machinery from here on, only os._exit
+        try:
+            if real:
+                os.setgid(NOBODY)
+                os.setuid(NOBODY)
+            else:
+                os.setegid(NOBODY)
+                os.seteuid(NOBODY)
+            try:
+                out = work()
+            except BaseException as e:  # reported to the parent, which asserts on it
+                out = f"!{type(e).__name__}: {e}"
+            os.write(write, out.encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as f:
+        out = f.read()
+    os.waitpid(pid, 0)
+    return out
 
 
 def app_script(version: str, healthy: bool = True) -> bytes:

@@ -10,6 +10,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from tests.helpers import NOBODY, as_nobody
 from updaterd import pathtrust
 from updaterd.config import AppConfig, Config
 from updaterd.errors import UnsafePath
@@ -220,37 +221,22 @@ def test_setup_problems_names_each_folder_to_mend_once(safe: Path) -> None:
 
 # -- updaterd run by an ordinary user (the demo, per-user installs) -------------------------------
 
-NOBODY = 65534
-
-
-def as_nobody(check: str) -> str | None:
-    """pathtrust.problem(check) in a child whose effective user is nobody."""
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: no pytest machinery from here on, only os._exit
-        try:
-            os.setegid(NOBODY)
-            os.seteuid(NOBODY)
-            os.write(write, repr(pathtrust.problem(check, "x")).encode())
-        finally:
-            os._exit(0)
-    os.close(write)
-    with os.fdopen(read) as f:
-        out = f.read()
-    os.waitpid(pid, 0)
+def problem_as_nobody(check: str) -> str | None:
+    """pathtrust.problem(check) as an updaterd whose effective user is nobody."""
+    out = as_nobody(lambda: repr(pathtrust.problem(check, "x")))
     return None if out == "None" else out
 
 
 def test_an_ordinary_user_trusts_root_and_itself_only(public_dir: Path) -> None:
-    assert as_nobody("/usr") is None
+    assert problem_as_nobody("/usr") is None
     mine = public_dir / "mine"
     mine.mkdir(mode=0o755)
     os.chown(mine, NOBODY, NOBODY)
-    assert as_nobody(str(mine)) is None
+    assert problem_as_nobody(str(mine)) is None
     theirs = public_dir / "theirs"
     theirs.mkdir(mode=0o755)
     os.chown(theirs, OTHER, OTHER)
-    assert f"{theirs} is owned by uid {OTHER}" in (as_nobody(str(theirs)) or "")
+    assert f"{theirs} is owned by uid {OTHER}" in (problem_as_nobody(str(theirs)) or "")
 
 
 def test_only_a_sticky_folder_of_roots_is_a_safe_parent(public_dir: Path) -> None:
@@ -258,7 +244,7 @@ def test_only_a_sticky_folder_of_roots_is_a_safe_parent(public_dir: Path) -> Non
     (sticky / "mine").mkdir(parents=True, mode=0o755)
     os.chown(sticky / "mine", NOBODY, NOBODY)
     sticky.chmod(0o1777)
-    assert as_nobody(str(sticky / "mine")) is None
+    assert problem_as_nobody(str(sticky / "mine")) is None
     os.chown(sticky, NOBODY, NOBODY)
     assert f"{sticky} is writable by group and others" in \
-        (as_nobody(str(sticky / "mine")) or "")
+        (problem_as_nobody(str(sticky / "mine")) or "")

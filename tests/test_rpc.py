@@ -13,6 +13,7 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.helpers import as_nobody
 from updaterctl.protocol import StatusParams
 from updaterd.rpc import Connection, Limits, Peer, RpcError, Server
 
@@ -271,18 +272,13 @@ def test_an_ordinary_users_socket_keeps_its_owner(public_dir: Path) -> None:
     f = public_dir / "sock"
     f.write_text("")
     os.chown(f, 65534, 65534)
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.setegid(65534)
-            os.seteuid(65534)
-            set_socket_access(f, 0o660, "nogroup")
-            set_socket_access(f, 0o640, "no-such-group-here")  # the group is left alone
-            code = 0
-        finally:
-            os._exit(code)
-    assert os.waitpid(pid, 0)[1] == 0
+
+    def both() -> str:
+        set_socket_access(f, 0o660, "nogroup")
+        set_socket_access(f, 0o640, "no-such-group-here")  # the group is left alone
+        return "done"
+
+    assert as_nobody(both) == "done"
     assert f.stat().st_uid == 65534
 def test_a_known_method_without_a_handler_is_not_found() -> None:
     srv = Server({"status": status}, lambda: "nogroup", LIMITS)
@@ -321,7 +317,6 @@ def test_the_socket_folder_is_made_with_its_parents(tmp_path: Path) -> None:
 def test_an_ordinary_users_daemon_never_replaces_roots_socket(public_dir: Path) -> None:
     import socket
 
-    from updaterd.errors import UpdaterError
     from updaterd.rpc import create_socket
 
     folder = public_dir / "run"
@@ -330,26 +325,14 @@ def test_an_ordinary_users_daemon_never_replaces_roots_socket(public_dir: Path) 
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     stale.bind(str(folder / "u.sock"))
     stale.close()  # root's socket, nobody listening
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.setgid(65534)  # real and effective: an ordinary user's daemon
-            os.setuid(65534)
 
-            async def make() -> None:
-                create_socket(folder / "u.sock", 0o660, "nogroup").close()
+    def make() -> str:
+        async def bind() -> None:
+            create_socket(folder / "u.sock", 0o660, "nogroup").close()
 
-            try:
-                trio.run(make)
-                os.write(write, b"replaced")
-            except UpdaterError as e:
-                os.write(write, str(e).encode())
-        finally:
-            os._exit(0)
-    os.close(write)
-    with os.fdopen(read) as f:
-        said = f.read()
-    os.waitpid(pid, 0)
-    assert said == f"{folder / 'u.sock'} belongs to uid 0; refusing to replace it"
+        trio.run(bind)
+        return "replaced"
+
+    assert as_nobody(make, real=True) == \
+        f"!UpdaterError: {folder / 'u.sock'} belongs to uid 0; refusing to replace it"
     assert (folder / "u.sock").stat().st_uid == 0
