@@ -78,3 +78,24 @@ def test_c66_kill_during_rollback_is_finished_from_the_journal(
     assert host.state()["blocked"] == ["1.1.0"]
     restarts = (host.base / "restarts.log").read_text().split()
     assert restarts[-1] == "1.0.0", "the old version was restarted after the rollback"
+
+
+def test_c57_kill_after_an_old_release_left_releases(
+        host: Host, nginx: Nginx, served_feed: Feed) -> None:
+    """`retain` moves an old release out of `releases/` in one rename before deleting it:
+    killed between the two, the release is gone (not half there) and the next run clears the
+    leftover in `.staging`."""
+    host.follow(nginx, served_feed, retain=0)
+    for version in ("1.0.0", "1.1.0"):
+        served_feed.release(version)
+        assert run_updaterd("--config", host.config, "--once").returncode == 0
+    served_feed.release("1.2.0")
+    crash_at(host, "prune.after_rename")
+    assert sorted(os.listdir(host.prefix / "releases")) == ["1.1.0", "1.2.0"]
+    assert any((host.prefix / ".staging").iterdir()), "the retired release waits in .staging"
+    r = run_updaterd("--config", host.config, "--once")
+    assert r.returncode == 0, r.stderr
+    assert "removed leftover" in r.stderr
+    assert_consistent(host, "1.2.0")
+    r = run_updaterd("--config", host.config, "verify", "hello")
+    assert r.returncode == 0 and r.stdout.count(": intact") == 2, r.stdout + r.stderr

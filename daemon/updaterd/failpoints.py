@@ -38,6 +38,9 @@ ALL = (
     "rollback.after_state",
 )
 
+# Removing an old release (`retain`): after it left `releases/`, before its files are deleted.
+PRUNE = ("prune.after_rename",)
+
 # The daemon's watchdog ping (`watchdog.ping=hang`: a daemon that stops feeding it).
 WATCHDOG = ("watchdog.ping",)
 

@@ -107,7 +107,7 @@ class Layout:
             if self.installed() == version:
                 raise LayoutError(f"{version} is the current release; it is never replaced")
             log.info("replacing the earlier, unused copy of %s", dest)
-            remove_tree(dest)
+            self.retire(dest)
         os.chmod(root, 0o755)
         os.rename(root, dest)
         fsutil.fsync_dir(self.releases)
@@ -166,8 +166,22 @@ class Layout:
         spare = max(retain - len(protected - {current}), 0)
         removed = others[spare:]
         for v in removed:
-            remove_tree(self.releases / v)
+            self.retire(self.releases / v, failpoint="prune.after_rename")
         return removed
+
+    def retire(self, path: Path, failpoint: str = "") -> None:
+        """Take a folder out of `releases/` with one rename into `.staging`, then delete it.
+
+        Deleting in place would let a kill half-way leave a release with files missing that
+        `verify`, `list-backups` and a rollback still see; moved first, a kill leaves a
+        leftover that the next start removes, and the release is whole or gone."""
+        fsutil.ensure_private_dir(self.staging)
+        grave = Path(tempfile.mkdtemp(prefix="retired-", dir=self.staging))
+        os.rename(path, grave / path.name)
+        fsutil.fsync_dir(path.parent)
+        if failpoint:
+            failpoints.hit(failpoint)
+        remove_tree(grave)
 
     # -- the interface shared with InplaceLayout ---------------------------------------------
 
@@ -222,7 +236,7 @@ class Layout:
 
     def discard(self, version: str) -> None:
         with contextlib.suppress(OSError, LayoutError):
-            remove_tree(self.release(version))
+            self.retire(self.release(version))
 
     def kept(self) -> list[Kept]:
         return [Kept(version=v, path=self.releases / v) for v in self.versions_on_disk()]

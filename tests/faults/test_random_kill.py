@@ -26,10 +26,10 @@ from updaterd import treehash
 TRIALS = int(os.environ.get("UPDATERD_KILL_TRIALS", "12"))
 
 
-def _publish(feed: Feed, version: str) -> None:
+def _publish(feed: Feed, version: str, parts: int = 150) -> None:
     """A release with enough files that extraction, fsync and hashing take a while."""
     files = release_files(version)
-    for i in range(150):
+    for i in range(parts):
         files[f"lib/part{i:03d}.dat"] = (os.urandom(4096), 0o644)
     files["lib/big.dat"] = (os.urandom(3 << 20), 0o644)
     art = make_tar(feed.work / f"hello-{version}-linux-x86_64.tar.gz", files,
@@ -94,3 +94,34 @@ def test_c57_random_instant_kill(host: Host, nginx: Nginx, served_feed: Feed) ->
     assert r.stdout.count(": intact") == len(list((host.prefix / "releases").iterdir()))
     print(f"\nC57: {TRIALS} trials, cycle {cycle:.2f}s, seed {seed}: " +
           "; ".join(f"{n} {what}" for what, n in sorted(seen.items())))
+
+
+def test_c57_kill_while_an_old_release_is_removed(host: Host, nginx: Nginx,
+                                                  served_feed: Feed) -> None:
+    """The random kill above found it: `retain` deleting 1.0.0 in place, killed half-way, left
+    a release with files missing that `verify` reported and `list-backups` offered. Killed the
+    moment 1.0.0 is seen to change, it must be whole or gone, and the next run clean."""
+    host.follow(nginx, served_feed, retain=0)
+    for version in ("1.0.0", "1.1.0"):
+        _publish(served_feed, version, parts=3000)
+        assert run_updaterd("--config", host.config, "--once").returncode == 0
+    _publish(served_feed, "1.2.0", parts=10)
+    old = host.prefix / "releases" / "1.0.0"
+    whole = len(os.listdir(old / "lib"))
+    proc = _once(host)
+    while proc.poll() is None:
+        try:
+            if len(os.listdir(old / "lib")) == whole:
+                continue
+        except FileNotFoundError:
+            pass
+        proc.send_signal(signal.SIGKILL)
+        break
+    proc.wait(60)
+    if old.exists():
+        assert _intact(host, "1.0.0"), "1.0.0 was left half removed"
+    r = run_updaterd("--config", host.config, "--once")
+    assert r.returncode == 0, r.stderr
+    assert_consistent(host, "1.2.0")
+    r = run_updaterd("--config", host.config, "verify", "hello")
+    assert r.returncode == 0, r.stdout + r.stderr
