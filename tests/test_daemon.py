@@ -51,6 +51,27 @@ def test_check_update_list_backups_rollback_history(running: Daemon, served_feed
     assert r.returncode == 1 and "not kept" in r.stderr
 
 
+def test_rollback_refuses_a_kept_release_changed_on_disk(running: Daemon,
+                                                        served_feed: Feed) -> None:
+    """A kept release is re-hashed before it becomes the running app: one edited since it was
+    installed is refused with what to do, and the app stays where it was."""
+    served_feed.release("1.1.0")
+    running.ctl("update", "hello", check=True)
+    (running.host.prefix / "releases" / "1.0.0" / "share" / "VERSION").write_text("edited\n")
+    r = running.ctl("rollback", "hello")
+    assert r.returncode == 1, r.stdout
+    assert "1.0.0 on disk is not what was installed (1 difference, first: " \
+           "share/VERSION" in r.stderr, r.stderr
+    assert "updaterd verify hello" in r.stderr and "--version 1.0.0" in r.stderr
+    assert running.host.current() == "1.1.0"
+    app = running.app()
+    assert app["phase"] == "failed" and "not what was installed" in app["last_error"], app
+    r = running.ctl("update", "hello", "--version", "1.0.0")
+    assert r.returncode == 0, r.stderr
+    assert running.host.current() == "1.0.0"
+    assert (running.host.prefix / "current" / "share" / "VERSION").read_text() == "1.0.0\n"
+
+
 def test_check_force_fetches_the_whole_feed(running: Daemon, served_feed: Feed,
                                             nginx: Nginx) -> None:
     uri = f"/{served_feed.folder.name}/manifest.json"

@@ -30,7 +30,7 @@ from updaterd.errors import (
 from updaterd.feed import Artifact, Release, TrustedFeed
 from updaterd.gate import WindowGate
 from updaterd.inplace import InplaceLayout
-from updaterd.layout import Layout
+from updaterd.layout import Kept, Layout
 from updaterd.operation import Operation, operation
 from updaterd.sources import Source, make_source
 from updaterd.transaction import AppRun, Hooks, download, install, prune, recover, roll_back
@@ -319,6 +319,8 @@ class Engine:
                 raise NoSuchVersion(f"{app}: version {wanted} is not kept")
             if kept.version == current and run.layout.knows_version:
                 raise NoSuchVersion(f"{app}: {kept.version} is already the current version")
+            if run.layout.knows_version:
+                await self._refuse_damaged(run, kept)
             forward = versions.highest(current, kept.version) == kept.version != current
             with trio.CancelScope(shield=True):
                 backup = run.layout.backup(current)  # inplace: keep what we leave, to go on
@@ -333,6 +335,21 @@ class Engine:
                                   forward=forward)
             op.succeeded("rolled_back", done.describe(""), kept.version)
         return done
+
+    @staticmethod
+    async def _refuse_damaged(run: AppRun, kept: Kept) -> None:
+        """A kept release is re-hashed before it is switched to: a folder changed on disk since
+        it was installed (a disk fault, a hand edit) would otherwise become the running app."""
+        rec = treehash.load(run.state_folder, kept.version)
+        if rec is None:
+            return
+        damage = await trio.to_thread.run_sync(treehash.differences, kept.path, rec)
+        if damage:
+            raise LayoutError(
+                f"{kept.version} on disk is not what was installed ({len(damage)} "
+                f"difference{'s' if len(damage) > 1 else ''}, first: {damage[0]}); refusing "
+                f"to switch to it. `updaterd verify {run.name}` lists them; `updaterctl update "
+                f"{run.name} --version {kept.version}` installs it afresh")
 
     def verify(self, app: str) -> list[tuple[str, list[str] | None]]:
         """Re-hash every kept release of `app` against its recorded tree: (version, problems),
