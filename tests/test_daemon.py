@@ -8,11 +8,13 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from tests.conftest import Daemon, Host, Nginx
@@ -27,6 +29,33 @@ def test_status_shows_daemon_and_app(running: Daemon) -> None:
     assert app["next_check"] - app["last_check"] == pytest.approx(3600, abs=5)
     human = running.ctl("status", check=True).stdout
     assert "hello" in human and "1.0.0" in human and "APP" in human
+
+
+def test_status_starts_without_msgspec_and_prints_what_the_typed_client_reads(
+        running: Daemon) -> None:
+    """`updaterctl status` runs on the standard library (its start-up is most of its cost);
+    its --json output is still exactly a StatusResult, and its text the same as before."""
+    probe = ("import sys\nfrom updaterctl.cli import main\n"
+             f"rc = main(['--socket', {str(running.socket)!r}, *sys.argv[1:]])\n"
+             "loaded = [m for m in sys.modules if m.startswith(('msgspec', 'updaterctl.client',"
+             " 'updaterctl.protocol', 'updaterctl.commands'))]\n"
+             "print('LOADED', loaded, rc)\n")
+    for args in (["status"], ["--json", "status", "hello"]):
+        r = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True,
+                           text=True, check=True)
+        out, _, loaded = r.stdout.rpartition("LOADED ")
+        assert loaded.strip() == "[] 0", (args, loaded)
+    from updaterctl.client import Client
+    from updaterctl.protocol import StatusResult
+    typed = msgspec.json.decode(out, type=StatusResult)
+    assert [a.name for a in typed.apps] == ["hello"] and typed.apps[0].current == "1.0.0"
+    with Client(str(running.socket)) as c:
+        assert msgspec.to_builtins(c.status("hello")).keys() == json.loads(out).keys()
+    human = running.ctl("status", check=True).stdout.splitlines()
+    assert human[0].startswith(f"updaterd {typed.daemon.version}, pid {typed.daemon.pid}, up ")
+    assert human[1].split() == ["APP", "CURRENT", "AVAILABLE", "PHASE", "LAST", "CHECK", "NEXT",
+                                "CHECK"]
+    assert human[2].split()[:4] == ["hello", "1.0.0", "-", "idle"]
 
 
 def test_check_update_list_backups_rollback_history(running: Daemon, served_feed: Feed,

@@ -369,7 +369,7 @@ def test_completion_offers_versions_where_a_version_goes(running: Daemon,
 # -- progress as a person reads it ----------------------------------------------------------------
 
 def test_the_meter_smooths_the_rate_and_says_eta_in_minutes() -> None:
-    from updaterctl.cli import Meter, clock
+    from updaterctl.commands import Meter, clock
     from updaterctl.protocol import Event
     assert (clock(991), clock(45), clock(7500)) == ("16m31s", "45s", "2h05m")
     m = Meter()

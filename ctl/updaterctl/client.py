@@ -11,53 +11,30 @@ No trio, no httpx: it costs one socket and msgspec.
 from __future__ import annotations
 
 import itertools
-import os
-import socket
 from collections.abc import Iterator
 from types import TracebackType
 from typing import Any, TypeVar
 
 import msgspec
 
+from updaterctl import wire
 from updaterctl.protocol import (
     DEFAULT_SOCKET,
-    MAX_MESSAGE,
     Backup,
     CancelResult,
     CheckResult,
-    ErrorCode,
     Event,
     HistoryItem,
     RollbackResult,
     StatusResult,
     UpdateResult,
 )
+from updaterctl.wire import ClientError, DaemonUnreachable, NotAllowedToConnect, RemoteError
+
+__all__ = ["Client", "ClientError", "Connection", "DaemonUnreachable", "NotAllowedToConnect",
+           "RemoteError"]
 
 T = TypeVar("T")
-
-
-class ClientError(Exception):
-    """Base of the client's errors."""
-
-
-class DaemonUnreachable(ClientError):
-    """No daemon answers at the socket path."""
-
-
-class NotAllowedToConnect(DaemonUnreachable):
-    """The socket's mode and group keep this user out (exit status 4, not 3)."""
-
-
-class RemoteError(ClientError):
-    """The daemon answered with a JSON-RPC error."""
-
-    def __init__(self, code: int, message: str, data: Any = None) -> None:
-        super().__init__(message)
-        self.code, self.message, self.data = code, message, data
-
-    @property
-    def not_permitted(self) -> bool:
-        return self.code == ErrorCode.NOT_PERMITTED
 
 
 class _Envelope(msgspec.Struct):
@@ -71,41 +48,13 @@ class _Envelope(msgspec.Struct):
     params: msgspec.Raw = msgspec.field(default_factory=lambda: msgspec.Raw(b"null"))
 
 
-def _who_may_connect(path: str) -> str:
-    """Why connecting to the socket was refused, in terms an operator can act on."""
-    import grp
-    import stat
-
-    try:
-        st = os.stat(path)
-    except OSError:
-        return f"cannot connect to {path}: permission denied (a folder on the way is closed)"
-    try:
-        group = grp.getgrgid(st.st_gid).gr_name
-    except KeyError:
-        group = str(st.st_gid)
-    return (f"cannot connect to {path}: permission denied; the socket is mode "
-            f"{stat.S_IMODE(st.st_mode):04o}, group {group}: join group {group} (then log in "
-            "again) or run as root")
-
-
 class Connection:
     """One connection to the daemon; calls are answered in order."""
 
     def __init__(self, path: str = DEFAULT_SOCKET, timeout: float | None = None) -> None:
         self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        try:
-            self.sock.connect(path)
-        except PermissionError:
-            self.sock.close()
-            raise NotAllowedToConnect(_who_may_connect(path)) from None
-        except OSError as e:
-            self.sock.close()
-            raise DaemonUnreachable(f"cannot reach updaterd at {path}: "
-                                    f"{e.strerror or e}") from None
-        self._buffer = bytearray()
+        self.sock = wire.connect(path, timeout)
+        self._lines = wire.LineReader(self.sock, path)
         self._ids = itertools.count(1)
 
     def close(self) -> None:
@@ -116,27 +65,12 @@ class Connection:
         body: dict[str, Any] = {"jsonrpc": "2.0", "id": rid, "method": method}
         if params:
             body["params"] = {k: v for k, v in params.items() if v is not None}
-        try:
-            self.sock.sendall(msgspec.json.encode(body) + b"\n")
-        except OSError as e:
-            raise DaemonUnreachable(f"lost updaterd at {self.path}: {e}") from None
+        wire.send(self.sock, self.path, msgspec.json.encode(body))
         return rid
 
     def read(self) -> _Envelope:
         """The next line from the daemon."""
-        while (end := self._buffer.find(b"\n")) < 0:
-            try:
-                data = self.sock.recv(65536)
-            except OSError as e:
-                raise DaemonUnreachable(f"lost updaterd at {self.path}: {e}") from None
-            if not data:
-                raise DaemonUnreachable(f"updaterd at {self.path} closed the connection")
-            self._buffer += data
-            if len(self._buffer) > 4 * MAX_MESSAGE:
-                raise ClientError("reply too large")
-        line = bytes(self._buffer[:end])
-        del self._buffer[: end + 1]
-        return msgspec.json.decode(line, type=_Envelope)
+        return msgspec.json.decode(self._lines.line(), type=_Envelope)
 
     def reply(self, rid: int, events: list[Event] | None = None) -> msgspec.Raw:
         """Wait for the reply to `rid`; notifications met on the way go to `events`."""
@@ -149,8 +83,7 @@ class Connection:
             if env.id != rid:
                 continue
             if env.error is not None:
-                raise RemoteError(int(env.error.get("code", 0)), str(env.error.get("message")),
-                                  env.error.get("data"))
+                raise RemoteError.from_error(env.error)
             return env.result
 
     def call(self, method: str, params: dict[str, Any] | None = None,

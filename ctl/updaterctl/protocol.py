@@ -7,14 +7,15 @@ object (or batch array) per line, UTF-8, at most MAX_MESSAGE bytes.
 
 from __future__ import annotations
 
-from enum import IntEnum
 from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
-DEFAULT_SOCKET = "/run/updaterd/updaterd.sock"
-MAX_MESSAGE = 1 << 20
+from updaterctl.wire import DEFAULT_SOCKET, MAX_MESSAGE, ErrorCode
+
+__all__ = ["DEFAULT_SOCKET", "MAX_MESSAGE", "ErrorCode"]  # re-exported: the protocol in one place
+
 MAX_WHO, MAX_WHY = 128, 512  # an inhibitor's label and reason, as they reach the log
 
 Phase = Literal["idle", "checking", "downloading", "verifying", "staging", "waiting_window",
@@ -28,22 +29,6 @@ PAST_SWITCH: frozenset[str] = frozenset({"switching", "restarting", "health_chec
 Outcome = Literal["installed", "up_to_date", "rolled_back", "failed", "deferred", "restarting",
                   "cancelled", "checked"]
 RequestId = int | str | None
-
-
-class ErrorCode(IntEnum):
-    """JSON-RPC's own codes, then updaterd's (SPEC section 7)."""
-
-    PARSE_ERROR = -32700
-    INVALID_REQUEST = -32600
-    METHOD_NOT_FOUND = -32601
-    INVALID_PARAMS = -32602
-    INTERNAL_ERROR = -32603
-    UNKNOWN_APP = 1
-    BUSY = 2
-    NOT_PERMITTED = 3
-    NO_SUCH_VERSION = 4
-    UPDATE_FAILED = 5
-    CONFIG_INVALID = -32000  # JSON-RPC's implementation-defined server error: reload refused
 
 
 def clock(seconds: float) -> str:
