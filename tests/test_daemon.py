@@ -58,6 +58,21 @@ def test_status_starts_without_msgspec_and_prints_what_the_typed_client_reads(
     assert human[2].split()[:4] == ["hello", "1.0.0", "-", "idle"]
 
 
+def test_an_idle_daemon_loads_cryptography_at_its_first_signature(
+        daemon: Daemon, host: Host, nginx: Nginx, served_feed: Feed) -> None:
+    """Ed25519 (7 MiB of the idle daemon's 42) is loaded when a feed's signature is first
+    checked, not at start."""
+    served_feed.release("1.0.0")
+    host.follow(nginx, served_feed)
+    assert run_updaterd("--config", host.config, "--once").returncode == 0
+    daemon.start()  # the next check is an hour after the one --once made
+    maps = Path(f"/proc/{daemon.proc.pid}/maps")  # type: ignore[union-attr]
+    assert daemon.app()["phase"] == "idle"
+    assert "/cryptography/" not in maps.read_text()
+    daemon.ctl("check", "hello", "--force", check=True)
+    assert "/cryptography/" in maps.read_text()
+
+
 def test_check_update_list_backups_rollback_history(running: Daemon, served_feed: Feed,
                                                     nginx: Nginx) -> None:
     served_feed.release("1.1.0")

@@ -18,17 +18,18 @@ import binascii
 import hashlib
 import secrets
 from dataclasses import dataclass
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import (
-    Encoding,
-    NoEncryption,
-    PrivateFormat,
-    PublicFormat,
-)
+from types import ModuleType
 
 from updaterd.errors import SignatureError
+
+
+def _ed25519() -> ModuleType:
+    """cryptography's Ed25519, loaded at the first key or signature: its 7 MiB stay out of a
+    daemon that has not checked a feed yet (and of updaterd's other commands)."""
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    return ed25519
+
 
 _ALG = b"Ed"
 _ALG_PREHASHED = b"ED"
@@ -96,15 +97,13 @@ class SecretKey:
 
     @classmethod
     def generate(cls) -> SecretKey:
-        priv = Ed25519PrivateKey.generate()
-
-        seed = priv.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+        seed = _ed25519().Ed25519PrivateKey.generate().private_bytes_raw()
         return cls(key_id=secrets.token_bytes(8), seed=seed)
 
     @property
     def public(self) -> PublicKey:
-        pk = Ed25519PrivateKey.from_private_bytes(self.seed).public_key()
-        return PublicKey(self.key_id, pk.public_bytes(Encoding.Raw, PublicFormat.Raw))
+        pk = _ed25519().Ed25519PrivateKey.from_private_bytes(self.seed).public_key()
+        return PublicKey(self.key_id, pk.public_bytes_raw())
 
     def _checksum(self) -> bytes:
         sk = self.seed + self.public.raw
@@ -140,7 +139,7 @@ class SecretKey:
              untrusted_comment: str = "signature from updaterd secret key") -> str:
         """A detached `.minisig` text for `data`."""
         _check_comment(trusted_comment)
-        priv = Ed25519PrivateKey.from_private_bytes(self.seed)
+        priv = _ed25519().Ed25519PrivateKey.from_private_bytes(self.seed)
         alg = _ALG_PREHASHED if prehashed else _ALG
         message = hashlib.blake2b(data, digest_size=64).digest() if prehashed else data
         sig = priv.sign(message)
@@ -245,8 +244,10 @@ def _check(block: _Block, data: bytes | None, prehash: bytes | None,
     else:
         raise SignatureError("legacy (not prehashed) signatures are not supported for "
                              "downloads; sign with minisign 0.11 or later")
+    from cryptography.exceptions import InvalidSignature
+
     for key in matching:
-        pub = Ed25519PublicKey.from_public_bytes(key.raw)
+        pub = _ed25519().Ed25519PublicKey.from_public_bytes(key.raw)
         try:
             pub.verify(block.sig, message)
             pub.verify(block.global_sig, block.sig + block.comment.encode("utf-8"))
