@@ -49,6 +49,7 @@ class Nginx:
     port: int
     access_log: Path
     tls_ports: dict[str, int] = field(default_factory=dict)
+    pid: int = 0  # the master process (benchmarks read the CPU of it and its workers)
 
     def url(self, rel: str) -> str:
         return f"http://127.0.0.1:{self.port}/{rel}"
@@ -94,7 +95,7 @@ http {{
     default_type application/octet-stream;
     sendfile on;
     log_format t escape=json '{{"method":"$request_method","uri":"$uri","status":$status,'
-        '"bytes":$body_bytes_sent,"range":"$http_range","inm":"$http_if_none_match"}}';
+        '"bytes":$body_bytes_sent,"sent":$bytes_sent,"range":"$http_range","inm":"$http_if_none_match"}}';
     access_log {log} t;
     client_body_temp_path {base}/body;
     proxy_temp_path {base}/proxy;
@@ -112,7 +113,7 @@ http {{
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_port(port, proc, "nginx")
-        yield Nginx(root=root, port=port, access_log=log, tls_ports=tls_ports)
+        yield Nginx(root=root, port=port, access_log=log, tls_ports=tls_ports, pid=proc.pid)
     finally:
         proc.send_signal(signal.SIGQUIT)
         try:
