@@ -75,9 +75,9 @@ MODULES = [
     Module("treehash", ["tests/test_checksums.py"]),
     Module("rpc", ["tests/test_rpc.py", "tests/security/test_socket_rows.py"],
            ["is_admin", "peer_groups", "set_socket_access", "create_socket", "_call"], 150, True),
-    Module("transaction", ["tests/test_failpoints.py", "tests/test_less_travelled.py",
-                           "tests/test_self_update.py"], ["recover", "complete_rollback"],
-           600, True),
+    Module("transaction", ["tests/test_failpoints.py", "tests/test_update_e2e.py",
+                           "tests/test_less_travelled.py", "tests/test_self_update.py"],
+           ["recover", "complete_rollback"], 600, True),
 ]
 
 OPERATORS_LEFT_OUT = [
@@ -164,16 +164,12 @@ def mutant_env(tree: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": f"{tree / 'daemon'}:{tree / 'ctl'}:{tree}"}
 
 
-def run_module(module: Module) -> list[Mutant]:
-    from cosmic_ray.work_db import WorkDB, use_db
-    from cosmic_ray.work_item import WorkerOutcome, WorkResult
-
+def write_config(module: Module) -> Path:
+    """cosmic-ray's configuration for `module`: its tests, timeout and a temp folder of its own."""
     python, tree = sys.executable, tree_of(module)
-    copy_tree(tree)
-    config, session = tree.parent / "cosmic-ray.toml", tree.parent / "session.sqlite"
+    config = tree.parent / "cosmic-ray.toml"
     # short: the tests put Unix sockets in it (108 bytes at most for their paths)
     tmp = Path(tempfile.gettempdir()) / f"updaterd-mutate-{module.name}"
-    session.unlink(missing_ok=True)
     tests = " ".join(module.tests)
     config.write_text(
         "[cosmic-ray]\n"
@@ -184,6 +180,17 @@ def run_module(module: Module) -> list[Mutant]:
         f"test-command = \"sh -c 'rm -rf {tmp}; exec {python} -m pytest -x -q "
         f"-p no:cacheprovider --basetemp={tmp} {tests}'\"\n"
         '[cosmic-ray.distributor]\nname = "local"\n')
+    return config
+
+
+def run_module(module: Module) -> list[Mutant]:
+    from cosmic_ray.work_db import WorkDB, use_db
+    from cosmic_ray.work_item import WorkerOutcome, WorkResult
+
+    python, tree = sys.executable, tree_of(module)
+    copy_tree(tree)
+    config, session = write_config(module), tree.parent / "session.sqlite"
+    session.unlink(missing_ok=True)
     env = mutant_env(tree)
     cosmic = [python, "-m", "cosmic_ray.cli"]
     subprocess.run([*cosmic, "init", str(config), str(session)], cwd=tree, env=env, check=True)
@@ -201,8 +208,9 @@ def run_module(module: Module) -> list[Mutant]:
 
 
 def recheck_survivors(module: Module) -> list[Mutant]:
-    """Run the last session's survivors again against the tests as they are now (the module's
-    source must not have changed): minutes instead of a whole run after new tests."""
+    """Run the last session's survivors again against the tests as they are now, and the
+    module's test files as listed now (its source must not have changed): minutes instead of a
+    whole run after new tests."""
     import sqlite3
 
     tree = tree_of(module)
@@ -214,7 +222,7 @@ def recheck_survivors(module: Module) -> list[Mutant]:
     with contextlib.closing(sqlite3.connect(session)) as db, db:
         db.execute("DELETE FROM work_results WHERE test_outcome = 'SURVIVED'")
     subprocess.run([sys.executable, "-m", "cosmic_ray.cli", "exec",
-                    str(tree.parent / "cosmic-ray.toml"), str(session)], cwd=tree,
+                    str(write_config(module)), str(session)], cwd=tree,
                    env=mutant_env(tree), check=True, stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL)
     return read_session(module)

@@ -84,6 +84,7 @@ def test_c64_failed_health_check_rolls_back_and_blocks(host: Host, nginx: Nginx,
     r = once(host)
     assert r.returncode == 1
     assert "1.1.0 was rolled back, still on 1.0.0" in r.stderr
+    assert "hello: rolled back to 1.0.0" in r.stderr
     assert host.current() == "1.0.0"
     assert hello(host) == "hello 1.0.0"
     state = host.state()
@@ -98,6 +99,38 @@ def test_c64_failed_health_check_rolls_back_and_blocks(host: Host, nginx: Nginx,
     r = once(host)
     assert r.returncode == 0 and host.current() == "1.0.0"
     assert "up to date at 1.0.0" in r.stderr
+
+
+def test_a_restart_failing_after_a_rollback_is_logged_and_the_rollback_holds(
+        host: Host, nginx: Nginx, served_feed: Feed) -> None:
+    """The old version's restart fails too: nothing is left to go back to, so the rollback is
+    finished (switched, recorded, the new version blocked) and the failure is in the log."""
+    broken = host.base / "old-restart-fails"
+    host.follow(nginx, served_feed, restart=[
+        "sh", "-c", f'[ "$UPDATERD_VERSION" != 1.0.0 ] || [ ! -e {broken} ] || exit 3'])
+    served_feed.release("1.0.0")
+    assert once(host).returncode == 0
+    broken.touch()
+    served_feed.release("1.1.0", healthy=False)
+    r = once(host)
+    assert r.returncode == 1
+    assert "hello: restart after rolling back to 1.0.0 failed" in r.stderr, r.stderr
+    assert host.current() == "1.0.0"
+    state = host.state()
+    assert state["installed"] == "1.0.0" and state["blocked"] == ["1.1.0"]
+    assert_clean(host)
+
+
+def test_recovery_removes_temp_files_left_in_the_cache(host: Host, nginx: Nginx,
+                                                       served_feed: Feed) -> None:
+    served_feed.release("1.0.0")
+    host.follow(nginx, served_feed)
+    assert once(host).returncode == 0
+    cache = host.base / "cache" / "hello"
+    left = cache / ".updaterd-tmp-partial.json"
+    left.write_text("{}")
+    assert once(host).returncode == 0
+    assert not left.exists()
 
 
 def test_blocked_version_can_be_installed_on_purpose(host: Host, nginx: Nginx,
@@ -207,6 +240,7 @@ def test_manual_rollback_goes_back_and_skips(host: Host, nginx: Nginx,
     assert hello(host) == "hello 1.0.0"
     state = host.state()
     assert state["installed"] == "1.0.0" and "1.1.0" in state["skipped"]
+    assert (host.prefix / "releases" / "1.1.0").is_dir(), "the version left is kept, to go back"
     assert once(host).returncode == 0
     assert host.current() == "1.0.0", "a version rolled back from is not reinstalled by itself"
     r = run_updaterd("--config", host.config, "rollback", "hello", "--to", "9.9.9")
