@@ -147,15 +147,10 @@ def cmd_update(args: argparse.Namespace) -> int:
             watch.close()
     if args.json:
         emit_json(result)
-    elif result.result == "installed":
-        print(f"{args.app}: installed {result.to_version} (was {result.from_version or 'nothing'})")
-    elif result.result == "deferred":
-        print(f"{args.app}: {result.to_version} is downloaded and {result.reason}")
-    elif result.result == "restarting":
-        print(f"{args.app}: {result.to_version} is in place; {result.reason}")
+        return EXIT_OK
+    print(result.describe(args.app))
+    if result.result == "restarting":
         return _await_verdict(args.socket, args.app, result.to_version)
-    else:
-        print(f"{args.app}: up to date at {result.from_version or 'nothing'}")
     return EXIT_OK
 
 

@@ -18,10 +18,11 @@ __all__ = ["DEFAULT_SOCKET", "MAX_MESSAGE", "ErrorCode"]  # re-exported: the pro
 
 MAX_WHO, MAX_WHY = 128, 512  # an inhibitor's label and reason, as they reach the log
 
-Phase = Literal["idle", "checking", "downloading", "verifying", "staging", "waiting_window",
+Phase = Literal["idle", "checking", "downloading", "staging", "waiting_window",
                 "switching", "waiting_inhibitors", "restarting", "health_check", "committing",
                 "rolling_back", "failed"]
 # failed: the last operation failed (until the next one starts)
+# downloading covers the digests too: they are computed as the bytes arrive, not after
 # Phases past the switch: an operation in one of them finishes or rolls back, never cancelled.
 PAST_SWITCH: frozenset[str] = frozenset({"switching", "restarting", "health_check",
                                          "committing", "rolling_back"})
@@ -189,6 +190,21 @@ class UpdateResult(Struct, kw_only=True):
     to_version: str | None = msgspec.field(name="to")
     result: Outcome
     reason: str = ""
+
+    def describe(self, app: str) -> str:
+        """One line for a person: what an update did (`app` "" in an event, which names the
+        app already); updaterd logs it and updaterctl prints it."""
+        name = f"{app}: " if app else ""
+        if self.result == "installed":
+            return f"{name}installed {self.to_version} (was {self.from_version or 'nothing'})"
+        if self.result == "up_to_date":
+            return f"{name}up to date at {self.from_version or 'nothing'}"
+        if self.result == "deferred":
+            return f"{name}{self.to_version} is downloaded and {self.reason}"
+        if self.result == "restarting":
+            return f"{name}{self.to_version} is in place; {self.reason}"
+        return (f"{name}{self.to_version} was rolled back, still on "
+                f"{self.from_version or 'nothing'}: {self.reason}")
 
 
 class RollbackResult(Struct, kw_only=True):

@@ -241,7 +241,7 @@ def _verify(cfg: config_mod.Config, apps: list[str]) -> int:
 
 def _offline(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     """One-shot work without the daemon: `--once`, `update`, `rollback`."""
-    from updaterd.engine import Engine, describe
+    from updaterd.engine import Engine
 
     engine = Engine(cfg)
     if args.command == "rollback":
@@ -250,7 +250,7 @@ def _offline(cfg: config_mod.Config, args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.command == "update":
         u = trio.run(engine.update, args.app, args.to_version)
-        print(describe(args.app, u))
+        print(u.describe(args.app))
         return EXIT_OK if u.result in ("installed", "up_to_date", "deferred", "restarting") \
             else EXIT_FAILED
     failures = trio.run(engine.run_once)

@@ -56,22 +56,6 @@ def _log_event(event: Event) -> None:
         log.info("%s: %s", event.app, event.message)
 
 
-def describe(app: str, result: UpdateResult) -> str:
-    """One line for a person: what an update did (`app` names it; "" in an event, which
-    carries the app already)."""
-    name = f"{app}: " if app else ""
-    if result.result == "installed":
-        return f"{name}installed {result.to_version} (was {result.from_version or 'nothing'})"
-    if result.result == "up_to_date":
-        return f"{name}up to date at {result.from_version or 'nothing'}"
-    if result.result == "deferred":
-        return f"{name}{result.to_version} is downloaded and {result.reason}"
-    if result.result == "restarting":
-        return f"{name}{result.to_version} is in place; {result.reason}"
-    return (f"{name}{result.to_version} was rolled back, still on "
-            f"{result.from_version or 'nothing'}: {result.reason}")
-
-
 class Engine:
     """The whole update flow for every configured app."""
 
@@ -260,10 +244,10 @@ class Engine:
                                     result="up_to_date" if check.available is None
                                     else "deferred",
                                     reason=f"waiting for window ({gate.opens_in()})")
-                op.succeeded(done.result, describe("", done), check.available)
+                op.succeeded(done.result, done.describe(""), check.available)
                 return done
             done = await self._update(run, op, version)
-            op.succeeded(done.result, describe("", done), done.to_version)
+            op.succeeded(done.result, done.describe(""), done.to_version)
         return done
 
     async def _update(self, run: AppRun, op: Operation, version: str | None) -> UpdateResult:
@@ -379,7 +363,7 @@ class Engine:
                     result = await self.update(app)
                     failed = result.result == "rolled_back"
                     log.log(logging.ERROR if failed else logging.INFO, "%s",
-                            describe(app, result))
+                            result.describe(app))
                     failures += failed
                 else:
                     check = await self.check(app)

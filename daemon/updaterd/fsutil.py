@@ -11,6 +11,7 @@ import errno
 import functools
 import os
 import secrets
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +21,11 @@ TMP_MARK = ".updaterd-tmp-"
 # Bytes read or copied at a time: large enough that Python's per-call cost vanishes.
 COPY_CHUNK = 1 << 20
 
+
+def utc_stamp() -> str:
+    """`20261130T070641Z`: the time in the names of files set aside (inplace backups, a corrupt
+    state file); sorts as it reads, whatever the host's time zone."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
 
 def write_all(fd: int, data: bytes | memoryview) -> None:
     """os.write until every byte is written (a write may take fewer)."""

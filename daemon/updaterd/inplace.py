@@ -13,7 +13,6 @@ import os
 import re
 import stat
 import tempfile
-import time
 from pathlib import Path
 from typing import BinaryIO
 
@@ -132,7 +131,7 @@ class InplaceLayout:
         same = next((k for k in self.kept() if k.version == (version or "unknown")), None)
         if same is not None and file_digest(same.path) == file_digest(self.target):
             return str(same.path)  # already kept, byte for byte: no second copy in `retain`
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        stamp = fsutil.utc_stamp()
         dest = self.backups / f"{self.app}-{version or 'unknown'}-{stamp}"
         n = 0
         while dest.exists():

@@ -10,7 +10,6 @@ import errno
 import logging
 import os
 import re
-import time
 from pathlib import Path
 from typing import Literal
 
@@ -110,7 +109,7 @@ def load(state_dir: Path, app: str) -> AppState:
             raise msgspec.ValidationError(f"unknown state schema {state.schema}")
         return state
     except (msgspec.DecodeError, msgspec.ValidationError) as e:
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        stamp = fsutil.utc_stamp()
         aside = path.with_name(f"state.json.corrupt-{stamp}")
         os.replace(path, aside)
         fsutil.fsync_dir(path.parent)
