@@ -54,7 +54,7 @@ def test_plain_http_needs_both_loopback_and_allow_insecure() -> None:
     urlpolicy.check("http://[::1]/x", allow_insecure=True)
     for url, insecure in (("http://127.0.0.1/x", False), ("http://localhost/x", False),
                           ("http://a.example/x", True), ("http://10.0.0.1/x", True)):
-        assert "plain http is allowed only to loopback" in refused(url, insecure), url
+        assert "plain http:// is allowed only to loopback" in refused(url, insecure), url
 
 
 def test_https_to_loopback_needs_no_allow_insecure() -> None:

@@ -20,7 +20,7 @@ from msgspec import Meta, Struct
 
 from updaterd.errors import ConfigError
 from updaterd.units import DURATION_PATTERN, RATE_PATTERN, SIZE_PATTERN, parse_duration, parse_size
-from updaterd.urlpolicy import is_loopback
+from updaterd.urlpolicy import HTTP_RULE, http_allowed
 
 DEFAULT_CONFIG = "/etc/updaterd/updaterd.toml"
 
@@ -254,9 +254,8 @@ def _check_app(name: str, app: AppConfig, where: str, problems: list[str],
         else:
             parts = urlsplit(app.url)
             if parts.scheme == "http":
-                if not (app.allow_insecure and is_loopback(parts.hostname or "")):
-                    bad("url", "plain http:// is allowed only to loopback, "
-                        "with allow_insecure = true")
+                if not http_allowed(parts.hostname or "", app.allow_insecure):
+                    bad("url", HTTP_RULE)
             elif parts.scheme not in ("https", "file"):
                 bad("url", f"scheme {parts.scheme!r} is not supported (https:// or file://)")
             if parts.scheme in ("http", "https") and not app.public_keys and app.verify != "skip":
@@ -275,9 +274,8 @@ def _check_app(name: str, app: AppConfig, where: str, problems: list[str],
             bad("signature", "must contain {asset}, e.g. \"{asset}.minisig\"")
         parts = urlsplit(app.api_url)
         if parts.scheme == "http":
-            if not (app.allow_insecure and is_loopback(parts.hostname or "")):
-                bad("api_url", "plain http:// is allowed only to loopback, "
-                    "with allow_insecure = true")
+            if not http_allowed(parts.hostname or "", app.allow_insecure):
+                bad("api_url", HTTP_RULE)
         elif parts.scheme != "https":
             bad("api_url", f"scheme {parts.scheme!r} is not supported (https://)")
     if app.install == "releases" and not app.prefix:

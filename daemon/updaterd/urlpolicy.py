@@ -79,6 +79,15 @@ def is_loopback(host: str) -> bool:
     return normal_host(host) == "localhost"
 
 
+HTTP_RULE = "plain http:// is allowed only to loopback, with allow_insecure = true"
+
+
+def http_allowed(host: str, allow_insecure: bool) -> bool:
+    """Plain http only to this host itself, and only when the operator said so: the one rule
+    for the configuration check and every fetch (HTTP_RULE says it)."""
+    return allow_insecure and is_loopback(host)
+
+
 def check(url: str, allow_insecure: bool,
           allowed_hosts: Collection[str] | None = None) -> None:
     """Raise DownloadError naming the URL and the rule it breaks."""
@@ -92,9 +101,8 @@ def check(url: str, allow_insecure: bool,
         raise DownloadError(f"refusing {url}: no host")
     if parts.username is not None or parts.password is not None:
         raise DownloadError(f"refusing {parts.scheme}://...@{host}: credentials in the URL")
-    if parts.scheme == "http" and not (allow_insecure and is_loopback(host)):
-        raise DownloadError(f"refusing {url}: plain http is allowed only to loopback "
-                            "with allow_insecure = true")
+    if parts.scheme == "http" and not http_allowed(host, allow_insecure):
+        raise DownloadError(f"refusing {url}: {HTTP_RULE}")
     ip = parse_ip(host)
     why = forbidden_address(ip) if ip is not None else None
     if host in METADATA_HOSTS or why is not None:
