@@ -54,7 +54,17 @@ def fetch(url: str, dest: Path, expected: Expected, limits: Limits = FAST) -> by
 
 
 def served(fault: FaultServer, mode: str) -> list[dict[str, Any]]:
-    return [r for r in fault.requests() if r["mode"] == mode]
+    """The requests the fault server logged for `mode`. It logs a request after answering it,
+    so a client can be done first: read until the log has an entry and stops growing."""
+    deadline = time.monotonic() + 5
+    seen = [r for r in fault.requests() if r["mode"] == mode]
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = [r for r in fault.requests() if r["mode"] == mode]
+        if now and now == seen:
+            break
+        seen = now
+    return seen
 
 
 def test_d81_d89_dropped_connection_resumes_with_range_and_downloads_only_the_rest(

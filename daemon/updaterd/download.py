@@ -142,10 +142,18 @@ def _open_partial(part: Path) -> int:
             return fd
         os.close(fd)
     log.warning("%s is not a plain file of ours; replacing it", part)
+    return fresh_part(part)
+
+
+def fresh_part(part: Path) -> int:
+    """A new, empty partial file of ours: whatever had its name (a planted symlink or hard
+    link included) is unlinked first, and O_EXCL proves nothing was slipped in since."""
     if part.is_dir() and not part.is_symlink():
         raise DownloadError(f"{part} is a folder; refusing to download there")
-    part.unlink()
-    return os.open(part, flags | os.O_CREAT | os.O_EXCL, 0o600)
+    with contextlib.suppress(FileNotFoundError):
+        part.unlink()
+    return os.open(part, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_CREAT | os.O_EXCL,
+                   0o600)
 
 
 def _causes(e: BaseException) -> Iterator[BaseException]:
@@ -408,7 +416,7 @@ class Fetcher:
             if digests.size < expected.size:
                 raise Retryable(f"{url}: connection closed at {digests.size} of "
                                 f"{expected.size} bytes")
-            _verify(dest.name, digests, expected)
+            verify_expected(dest.name, digests, expected)
             await trio.to_thread.run_sync(os.fsync, fd)
             os.replace(part, dest)
             _remove(meta_path)
@@ -563,7 +571,7 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def _verify(name: str, digests: Digests, expected: Expected) -> None:
+def verify_expected(name: str, digests: Digests, expected: Expected) -> None:
     """Size and digests, then the signature over the prehash; DigestMismatch on any fault."""
     digests.check(name, expected.size, expected.sha256, expected.blake3,
                   signature_checked=expected.signature is not None)
@@ -577,7 +585,7 @@ def _open_verified(path: Path, expected: Expected) -> BinaryIO | None:
     digests = Digests(expected.signature is not None)
     try:
         digests.update_from_fd(fd, os.fstat(fd).st_size)
-        _verify(path.name, digests, expected)
+        verify_expected(path.name, digests, expected)
     except (DigestMismatch, OSError):
         os.close(fd)
         log.info("%s: cached copy does not verify; downloading again", path.name)

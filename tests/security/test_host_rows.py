@@ -366,6 +366,27 @@ def test_g131_part_meta_is_not_written_through_a_planted_symlink(host: Host, ngi
     assert victim.read_text() == "root's file\n"
 
 
+@pytest.mark.parametrize("plant", ["symlink", "hardlink"])
+def test_g131_a_local_feeds_copy_is_not_written_through_a_planted_link(
+        host: Host, feed: Feed, tmp_path: Path, plant: str) -> None:
+    """A directory source copies the artifact into the cache through a `.part` file too."""
+    feed.release("1.0.0")
+    host.configure(source="directory", path=str(feed.folder), public_keys=[feed.pub])
+    victim = tmp_path / "victim"
+    victim.write_text("root's file\n")
+    cache = host.base / "cache" / "hello"
+    cache.mkdir(parents=True, mode=0o700)
+    part = cache / "hello-1.0.0-linux-x86_64.tar.gz.part"
+    if plant == "symlink":
+        part.symlink_to(victim)
+    else:
+        os.link(victim, part)
+    r = run_updaterd("--config", host.config, "--once")
+    assert r.returncode == 0, r.stderr
+    assert victim.read_text() == "root's file\n"
+    assert (host.prefix / "releases" / "1.0.0").is_dir()
+
+
 # -- 132: commands get a minimal environment -----------------------------------------------------
 
 def test_g132_commands_never_see_the_daemons_environment_or_tokens(

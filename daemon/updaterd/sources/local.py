@@ -17,7 +17,7 @@ import trio
 from updaterd import failpoints, fsutil, keys, minisign
 from updaterd.config import AppConfig, Limits
 from updaterd.digests import Digests
-from updaterd.download import Expected, ProgressFn
+from updaterd.download import Expected, ProgressFn, fresh_part, verify_expected
 from updaterd.errors import DigestMismatch, DownloadError, FeedError
 from updaterd.feed import MANIFEST, SAFE_FILE_NAME, SIGNATURE, Artifact, TrustedFeed
 from updaterd.sources import trust
@@ -103,11 +103,16 @@ class LocalSource:
 
 
 def _copy_verified(src: Path, dest: Path, expected: Expected) -> BinaryIO:
-    """Copy with hashing in one pass; the verified copy is returned open."""
+    """Copy with hashing in one pass, through a fresh `.part` (never a link planted in the
+    cache) and the download's own checks; the verified copy is returned open."""
     part = dest.with_name(dest.name + ".part")
-    out = os.open(part, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
-        digests = Digests()
+        out = fresh_part(part)
+    except OSError as e:
+        raise DownloadError(f"{dest.parent}: {e.strerror or e} while copying "
+                            f"{src.name}") from None
+    try:
+        digests = Digests(expected.signature is not None)
         fd = _open_plain(src)
         if fd is None:
             raise FeedError(f"{src}: missing from the feed folder")
@@ -117,7 +122,7 @@ def _copy_verified(src: Path, dest: Path, expected: Expected) -> BinaryIO:
                     raise DigestMismatch(f"{src}: longer than the signed {expected.size} bytes")
                 digests.update(chunk)
                 fsutil.write_all(out, chunk)
-        digests.check(src.name, expected.size, expected.sha256, expected.blake3)
+        verify_expected(src.name, digests, expected)
         os.fsync(out)
         os.replace(part, dest)
         failpoints.hit("download.after_verify")
