@@ -29,6 +29,8 @@ PAST_SWITCH: frozenset[str] = frozenset({"switching", "restarting", "health_chec
 # restarting: updaterd itself was switched and hands over to the new version, which finishes
 Outcome = Literal["installed", "up_to_date", "rolled_back", "failed", "deferred", "restarting",
                   "cancelled", "checked"]
+# What an update call returns; a failure or a cancel is an error reply, never a result.
+UpdateOutcome = Literal["installed", "up_to_date", "rolled_back", "deferred", "restarting"]
 RequestId = int | str | None
 
 
@@ -188,7 +190,7 @@ class CheckResult(Struct, kw_only=True):
 class UpdateResult(Struct, kw_only=True):
     from_version: str | None = msgspec.field(name="from")
     to_version: str | None = msgspec.field(name="to")
-    result: Outcome
+    result: UpdateOutcome
     reason: str = ""
 
     def describe(self, app: str) -> str:
