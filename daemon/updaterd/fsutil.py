@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from updaterd import failpoints
+from updaterd.errors import UnsafePath
 
 TMP_MARK = ".updaterd-tmp-"
 # Bytes read or copied at a time: large enough that Python's per-call cost vanishes.
@@ -164,10 +165,10 @@ def ensure_private_dir(path: Path, mode: int = 0o700) -> None:
     """Create a folder (and parents) if missing, with at most `mode` whatever the umask;
     refuse a symlink or another user's folder in its place."""
     if path.is_symlink():
-        raise OSError(f"{path} is a symbolic link; refusing to use it")
+        raise UnsafePath(f"{path} is a symbolic link; refusing to use it")
     path.mkdir(parents=True, exist_ok=True, mode=mode)
     st = os.lstat(path)
     if st.st_uid != os.geteuid():
-        raise OSError(f"{path} belongs to uid {st.st_uid}; refusing to use it")
+        raise UnsafePath(f"{path} belongs to uid {st.st_uid}; refusing to use it")
     if st.st_mode & 0o7777 & ~mode:  # only ever narrowed: an operator's 0700 stays
         os.chmod(path, st.st_mode & 0o7777 & mode)

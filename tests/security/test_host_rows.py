@@ -336,6 +336,23 @@ def test_g130_journal_version_that_names_a_path_is_refused(host: Host, feed: Fee
     assert os.readlink(host.prefix / "current") == "releases/1.0.0"
 
 
+def test_g128_a_staging_folder_planted_as_a_symlink_is_refused_by_name(
+        host: Host, nginx: Nginx, served_feed: Feed, tmp_path: Path) -> None:
+    """An operator's message, not an internal error with a traceback."""
+    served_feed.release("1.0.0")
+    host.follow(nginx, served_feed)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    host.prefix.mkdir(parents=True)
+    (host.prefix / ".staging").symlink_to(elsewhere)
+    r = run_updaterd("--config", host.config, "--once")
+    assert r.returncode == 1
+    assert f"hello: {host.prefix / '.staging'} is a symbolic link; refusing to use it" \
+        in r.stderr, r.stderr
+    assert "unexpected error" not in r.stderr and "Traceback" not in r.stderr
+    assert not any(elsewhere.iterdir())
+
+
 # -- 131: nothing is written through a planted link ----------------------------------------------
 
 def test_g131_part_meta_is_not_written_through_a_planted_symlink(host: Host, nginx: Nginx,
