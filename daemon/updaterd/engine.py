@@ -30,7 +30,7 @@ from updaterd.errors import (
 from updaterd.feed import Artifact, Release, TrustedFeed
 from updaterd.gate import WindowGate
 from updaterd.inplace import InplaceLayout
-from updaterd.layout import Kept, Layout
+from updaterd.layout import InstallLayout, Kept, Layout
 from updaterd.operation import Operation, operation
 from updaterd.sources import Source, make_source
 from updaterd.transaction import AppRun, Hooks, download, install, prune, recover, roll_back
@@ -93,7 +93,7 @@ class Engine:
         cfg = self._cfg(app)
         state_dir = Path(self.config.daemon.state_dir)
         folder = state.app_dir(state_dir, app)
-        layout: Layout | InplaceLayout
+        layout: InstallLayout
         if cfg.install == "inplace":
             assert cfg.target is not None
             layout = InplaceLayout(app, Path(cfg.target), folder / "backups")

@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from updaterd import archive, failpoints, fsutil, treehash, versions
 from updaterd.errors import LayoutError
@@ -43,13 +43,70 @@ class Kept:
     installed_at: float | None = None
 
 
-class Layout:
-    """Paths and operations of one app's prefix (the `releases` install mode).
+class InstallLayout(Protocol):
+    """What the transaction asks of an install mode: `Layout` below (`releases`) and
+    `inplace.InplaceLayout` (`inplace`) are the two. Every method that changes what the app
+    runs is one rename (or none), so that a crash between two of them leaves a state the
+    journal can finish or undo."""
 
-    The transaction drives this and `inplace.InplaceLayout` through the same methods: stage,
-    backup, switch_to, switched_to, undo_interrupted, settle, restore, discard, kept,
-    find_kept, prune, clean_leftovers.
-    """
+    # True when the disk says which version is installed (`current`); False when only the
+    # state knows (one executable carries no version): the engine then trusts the state.
+    knows_version: bool
+
+    @property
+    def space_folder(self) -> Path:
+        """Where the new version is written: its free space is checked before a download."""
+
+    def run_dir(self, version: str) -> Path:
+        """The working folder of the restart and health-check commands."""
+
+    def preflight(self) -> None:
+        """Create what is missing and prove it writable, before anything is downloaded."""
+
+    def installed(self) -> str | None:
+        """The version the disk says is current (None when it cannot say)."""
+
+    def stage(self, f: BinaryIO, kind: archive.Kind, limits: archive.ExtractLimits,
+              raw_name: str, executable: str | None, version: str) -> Staged:
+        """Make `version` ready to switch to, durable, without touching what runs."""
+
+    def backup(self, version: str | None) -> str:
+        """Keep what is current so that a rollback can restore it ("" when nothing to do)."""
+
+    def switch_to(self, staged: Staged, failpoint: str) -> None:
+        """The switch: one rename."""
+
+    def switched_to(self, tx: Transaction) -> bool:
+        """After a crash: did the journaled switch happen?"""
+
+    def undo_interrupted(self, tx: Transaction) -> None:
+        """After a crash before the switch finished: put the old version back."""
+
+    def settle(self, version: str | None) -> None:
+        """After a crash after the switch: finish what follows it (links)."""
+
+    def restore(self, version: str | None, backup: str, failpoint: str) -> None:
+        """A rollback's switch: back to `version` (from `backup` when the mode keeps one)."""
+
+    def discard(self, version: str) -> None:
+        """Remove a version that failed its checks (never the current one)."""
+
+    def kept(self) -> list[Kept]:
+        """The versions a rollback can return to."""
+
+    def find_kept(self, wanted: str) -> Kept | None:
+        """One of them, by version (or, inplace, by the path of a backup)."""
+
+    def prune(self, current: str | None, previous: str | None, retain: int) -> list[str]:
+        """Keep `retain` of them; returns what was removed."""
+
+    def clean_leftovers(self) -> list[str]:
+        """Remove what a crash left (staging folders, temp files); returns what was removed."""
+
+
+class Layout:
+    """Paths and operations of one app's prefix (the `releases` install mode); an
+    InstallLayout, with the release folders, `current` and `bin/` links besides."""
 
     knows_version = True  # `current` says which version is installed
 
