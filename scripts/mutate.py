@@ -183,6 +183,19 @@ def write_config(module: Module) -> Path:
     return config
 
 
+def check_baseline(module: Module, config: Path) -> None:
+    """The tests must pass on the unmutated copy: if they fail there (an environment the
+    scratch copy breaks), every mutant would count as killed and the score would lie."""
+    tree = tree_of(module)
+    r = subprocess.run([sys.executable, "-m", "cosmic_ray.cli", "baseline", str(config)],
+                       cwd=tree, env=mutant_env(tree), stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+    if r.returncode != 0:
+        raise SystemExit(f"{module.name}: its tests fail on the unmutated copy in {tree}, so no "
+                         "mutant could survive; run them there with PYTHONPATH="
+                         f"{mutant_env(tree)['PYTHONPATH']} to see why")
+
+
 def run_module(module: Module) -> list[Mutant]:
     from cosmic_ray.work_db import WorkDB, use_db
     from cosmic_ray.work_item import WorkerOutcome, WorkResult
@@ -191,6 +204,7 @@ def run_module(module: Module) -> list[Mutant]:
     copy_tree(tree)
     config, session = write_config(module), tree.parent / "session.sqlite"
     session.unlink(missing_ok=True)
+    check_baseline(module, config)
     env = mutant_env(tree)
     cosmic = [python, "-m", "cosmic_ray.cli"]
     subprocess.run([*cosmic, "init", str(config), str(session)], cwd=tree, env=env, check=True)
@@ -221,8 +235,10 @@ def recheck_survivors(module: Module) -> list[Mutant]:
     session = tree.parent / "session.sqlite"
     with contextlib.closing(sqlite3.connect(session)) as db, db:
         db.execute("DELETE FROM work_results WHERE test_outcome = 'SURVIVED'")
-    subprocess.run([sys.executable, "-m", "cosmic_ray.cli", "exec",
-                    str(write_config(module)), str(session)], cwd=tree,
+    config = write_config(module)
+    check_baseline(module, config)
+    subprocess.run([sys.executable, "-m", "cosmic_ray.cli", "exec", str(config), str(session)],
+                   cwd=tree,
                    env=mutant_env(tree), check=True, stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL)
     return read_session(module)

@@ -164,7 +164,7 @@ def test_self_install_runs_the_code_from_the_prefix(self_host: SelfHost) -> None
                        text=True, check=True)
     assert r.stdout.strip() == "updaterd 0.1.0"
     where = subprocess.run(
-        [str(h.prefix / "python"), "-c", "import trio, updaterd; print(updaterd.__file__)"],
+        [str(h.prefix / "python"), "-I", "-c", "import trio, updaterd; print(updaterd.__file__)"],
         capture_output=True, text=True)
     assert where.returncode != 0, "the venv itself must not hold updaterd: only the prefix does"
     again = run_updaterd("self-install", "--prefix", h.prefix, "--python", h.python)

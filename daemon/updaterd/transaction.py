@@ -35,8 +35,7 @@ from updaterd.config import AppConfig, Config, app_unit
 from updaterd.download import Expected
 from updaterd.errors import HealthCheckFailed, LayoutError, OperationCancelled
 from updaterd.feed import Artifact, Release
-from updaterd.inplace import InplaceLayout
-from updaterd.layout import Layout, Staged
+from updaterd.layout import InstallLayout, Layout, Staged
 from updaterd.sources import Source
 from updaterd.state import AppState, Transaction
 from updaterd.units import parse_duration, parse_size
@@ -66,7 +65,7 @@ class AppRun:
     name: str
     cfg: AppConfig
     config: Config
-    layout: Layout | InplaceLayout
+    layout: InstallLayout
     state_folder: Path
     cache: Path
     state: AppState
