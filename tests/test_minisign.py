@@ -260,6 +260,9 @@ def test_keys_and_verdicts_are_values(secret: minisign.SecretKey) -> None:
     verdict = minisign.verify(b"x", secret.sign(b"x", "t").encode(), [secret.public])
     with pytest.raises(dataclasses.FrozenInstanceError):
         verdict.trusted_comment = "forged"  # type: ignore[misc]
+    block = minisign._blocks(secret.sign(b"x", "t").encode())[0]  # what was checked stays so
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        block.comment = "forged"  # type: ignore[misc]
 
 
 def test_verify_wants_exactly_one_block(signed: tuple[bytes, str, list[minisign.PublicKey]]) \
@@ -268,6 +271,16 @@ def test_verify_wants_exactly_one_block(signed: tuple[bytes, str, list[minisign.
     assert minisign.verify(data, sig.encode(), keys).trusted_comment == "trusted"
     with pytest.raises(SignatureError, match="trailing content"):
         minisign.verify(data, (sig + sig).encode(), keys)
+
+
+def test_a_truncated_signature_file_says_four_lines_were_expected(
+        signed: tuple[bytes, str, list[minisign.PublicKey]]) -> None:
+    """A download cut after the trusted comment is reported as short, not as extra content."""
+    data, sig, keys = signed
+    for kept in (1, 2, 3):
+        short = "\n".join(sig.splitlines()[:kept]) + "\n"
+        with pytest.raises(SignatureError, match="expected four lines"):
+            minisign.verify(data, short.encode(), keys)
 
 
 def test_two_keys_two_blocks_meet_a_threshold_of_two(
