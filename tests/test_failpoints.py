@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import Host, Nginx
+from tests.conftest import Daemon, Host, Nginx
 from tests.helpers import Feed, run_updaterd
 from updaterd import failpoints
 
@@ -99,3 +99,25 @@ def test_c57_kill_after_an_old_release_left_releases(
     assert_consistent(host, "1.2.0")
     r = run_updaterd("--config", host.config, "verify", "hello")
     assert r.returncode == 0 and r.stdout.count(": intact") == 2, r.stdout + r.stderr
+
+
+def test_c66_a_stop_during_the_recovery_of_a_rollback_waits_for_it(
+        host: Host, nginx: Nginx, served_feed: Feed, daemon: Daemon) -> None:
+    """Finishing a journaled rollback is shielded: SIGTERM while the old version's restart
+    runs lets the rollback end (switched, restarted, recorded) before the daemon exits."""
+    restarts, slow = host.base / "restarts.log", host.base / "slow"
+    host.follow(nginx, served_feed, restart=["sh", "-c", f'[ "$UPDATERD_VERSION" != 1.0.0 ] '
+                f'|| [ ! -e {slow} ] || sleep 2; echo "$UPDATERD_VERSION" >> {restarts}'])
+    served_feed.release("1.0.0")
+    assert run_updaterd("--config", host.config, "--once").returncode == 0
+    served_feed.release("1.1.0", healthy=False)
+    crash_at(host, "rollback.after_journal")
+    assert host.state()["pending"]["kind"] == "rollback"
+    slow.touch()
+    daemon.start()
+    daemon.wait_for(lambda: host.current() == "1.0.0", what="the rollback's switch")
+    assert daemon.stop() == 0
+    state = host.state()
+    assert state["pending"] is None and state["installed"] == "1.0.0", state
+    assert state["blocked"] == ["1.1.0"]
+    assert restarts.read_text().split()[-1] == "1.0.0"

@@ -401,3 +401,29 @@ def test_offline_self_update_is_finished_by_the_next_start(self_host: SelfHost) 
     h.start()
     h.wait_for(lambda: h.settled_on("0.2.0"), "the first start of 0.2.0 to commit it")
     assert not (h.prefix / selfupdate.TRIAL).exists()
+
+
+def test_an_interrupted_rollback_of_updaterd_is_finished_as_a_rollback(
+        self_host: SelfHost) -> None:
+    """Killed after switching itself back (offline), updaterd starts as the older version and
+    finishes the journaled rollback, saying so (not "took over", which is an update's)."""
+    h = self_host
+    h.publish("0.2.0")
+    config = str(h.base / "updaterd.toml")
+    updaterd = str(h.prefix / "bin" / "updaterd")
+    assert subprocess.run([updaterd, "--config", config, "update", "updaterd"],
+                          capture_output=True, timeout=60).returncode == 0
+    h.start()
+    h.wait_for(lambda: h.settled_on("0.2.0"), "0.2.0 to be committed")
+    h.stop()
+    env = {**os.environ, "UPDATERD_FAILPOINTS": "rollback.after_restart=kill"}
+    r = subprocess.run([updaterd, "--config", config, "rollback", "updaterd", "--to", "0.1.0"],
+                       capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    assert h.state()["pending"]["kind"] == "rollback"
+    assert os.readlink(h.prefix / "current") == "releases/0.1.0"
+    h.start()
+    h.wait_for(lambda: h.settled_on("0.1.0"), "the rollback to be finished")
+    log = h.log.read_text()
+    assert "finishing an interrupted rollback 0.2.0 -> 0.1.0" in log, log
+    assert h.state()["pending"] is None
