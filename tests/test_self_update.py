@@ -268,6 +268,8 @@ def test_new_version_that_cannot_start_is_abandoned_by_the_launcher(self_host: S
                "the launcher to go back to 0.2.0", timeout=60)
     log = h.log.read_text()
     assert f"did not commit after {selfupdate.MAX_TRIAL_STARTS} starts" in log
+    assert "finishing an interrupted update 0.2.0 -> 0.4.0" in log
+    assert "updaterd 0.4.0 took over" not in log, "0.2.0 undid it: 0.4.0 never ran"
     state = h.state()
     assert state["installed"] == "0.2.0"
     assert "did not come up" in state["history"][-1]["reason"]
@@ -433,3 +435,30 @@ def test_an_interrupted_rollback_of_updaterd_is_finished_as_a_rollback(
     assert "finishing an interrupted rollback 0.2.0 -> 0.1.0" in log, log
     assert "handing over" not in log, "already the version rolled back to: nothing to re-execute"
     assert h.state()["pending"] is None
+
+
+def test_an_interrupted_downgrade_of_updaterd_is_undone_by_the_version_running(
+        self_host: SelfHost) -> None:
+    """Killed after journaling a downgrade to 0.1.0 (`update --version`, offline), before the
+    switch: 0.2.0 still runs at the next start and undoes it, saying so."""
+    h = self_host
+    h.publish("0.2.0")
+    config = str(h.base / "updaterd.toml")
+    updaterd = str(h.prefix / "bin" / "updaterd")
+    assert subprocess.run([updaterd, "--config", config, "update", "updaterd"],
+                          capture_output=True, timeout=60).returncode == 0
+    h.start()
+    h.wait_for(lambda: h.settled_on("0.2.0"), "0.2.0 to be committed")
+    h.stop()
+    h.publish("0.1.0")
+    env = {**os.environ, "UPDATERD_FAILPOINTS": "journal.after_write=kill"}
+    r = subprocess.run([updaterd, "--config", config, "update", "updaterd", "--version",
+                        "0.1.0"], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    assert h.state()["pending"]["to_version"] == "0.1.0"
+    before = len(h.log.read_text())
+    h.start()
+    h.wait_for(lambda: h.settled_on("0.2.0"), "the downgrade to be undone")
+    log = h.log.read_text()[before:]
+    assert "finishing an interrupted update 0.2.0 -> 0.1.0" in log, log
+    assert "took over" not in log
