@@ -48,7 +48,6 @@ from updaterctl.protocol import (
 )
 from updaterd import metrics, outcome, rpc, versions
 from updaterd.errors import ConfigError, NoSuchVersion, PolicyError, UnknownApp, UpdaterError
-from updaterd.inplace import InplaceLayout, file_digest
 from updaterd.rpc import Connection, Handler, RpcError
 from updaterd.state import AppState
 
@@ -166,24 +165,14 @@ class ControlApi:
 
     async def list_backups(self, p: AppParams, conn: Connection) -> list[Backup]:
         """Releases kept on disk (releases mode) or backup copies (inplace), with sizes."""
-        self._worker(p.app)
-        run = self.daemon.engine.open_app(p.app)
-        st = run.state
+        st = self._worker(p.app).state()
         installed_at: dict[str, float] = {}
         for h in st.history:
             if h.action == "installed":
                 installed_at[h.version] = h.at
         backups = []
-        layout = run.layout
-        in_place = layout.target if isinstance(layout, InplaceLayout) else None
-        now = await trio.to_thread.run_sync(file_digest, in_place) if in_place else None
-        for k in layout.kept():
+        for k, current in await self.daemon.engine.kept(p.app):
             size = await trio.to_thread.run_sync(_tree_size, str(k.path))
-            if in_place is None:
-                current = k.version == st.installed
-            else:  # the backup that is, byte for byte, what the target holds now
-                current = now is not None and \
-                    await trio.to_thread.run_sync(file_digest, k.path) == now
             backups.append(Backup(version=k.version, path=str(k.path),
                                   installed_at=k.installed_at or installed_at.get(k.version),
                                   size=size, current=current))
@@ -277,11 +266,7 @@ class ControlApi:
     async def _edit_state(self, app: str, edit: Callable[[AppState, int], None]) -> Ok:
         """Apply an operator's edit to the stored state (see `outcome`), saved at once."""
         w = self._worker(app)
-        # No lock: the state object is the one a running operation holds, which sees the
-        # edit at its next step and keeps it when it saves.
-        run = self.daemon.engine.open_app(app)
-        edit(run.state, self.daemon.config.limits.history_length)
-        run.save()
+        self.daemon.engine.edit_state(app, edit)
         w.schedule.poke()
         return Ok()
 

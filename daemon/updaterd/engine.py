@@ -29,7 +29,7 @@ from updaterd.errors import (
 )
 from updaterd.feed import Artifact, Release, TrustedFeed
 from updaterd.gate import WindowGate
-from updaterd.inplace import InplaceLayout
+from updaterd.inplace import InplaceLayout, file_digest
 from updaterd.layout import InstallLayout, Kept, Layout
 from updaterd.operation import Operation, operation
 from updaterd.sources import Source, make_source
@@ -176,6 +176,30 @@ class Engine:
             if a.platform in ANY_PLATFORM:
                 return a
         return None
+
+    # -- what the control socket reads and edits ---------------------------------------------
+
+    async def kept(self, app: str) -> list[tuple[Kept, bool]]:
+        """What a rollback can return to, each with whether it is what runs now (inplace: the
+        backup that is, byte for byte, what the target holds)."""
+        run = self.open_app(app)
+        layout = run.layout
+        if not isinstance(layout, InplaceLayout):
+            return [(k, k.version == run.state.installed) for k in layout.kept()]
+        now = await trio.to_thread.run_sync(file_digest, layout.target)
+        found = []
+        for k in layout.kept():
+            same = now is not None and await trio.to_thread.run_sync(file_digest, k.path) == now
+            found.append((k, same))
+        return found
+
+    def edit_state(self, app: str, edit: Callable[[state.AppState, int], None]) -> None:
+        """An operator's edit of the stored state (see `outcome`), saved at once. No lock: the
+        state object is the one a running operation holds, which sees the edit at its next
+        step and keeps it when it saves."""
+        run = self.open_app(app)
+        edit(run.state, self.config.limits.history_length)
+        run.save()
 
     # -- the verbs ---------------------------------------------------------------------------
 
