@@ -116,6 +116,20 @@ def test_each_kind_of_difference_is_named(tmp_path: Path) -> None:
         "share/data: missing", "moved: not in the release as installed",
         "share/extra: not in the release as installed",
         "bin: changed (d)", "bin/tool: changed (f)", "share/link: changed (l)"]
+    assert treehash.differences(root, rec, added=False) == [
+        "share/data: missing", "bin: changed (d)", "bin/tool: changed (f)",
+        "share/link: changed (l)"]
+
+
+def test_what_a_program_adds_beside_its_files_can_be_left_out(tmp_path: Path) -> None:
+    root = release(tmp_path / "r")
+    rec = treehash.record(root, "1.0.0")
+    (root / "bin" / "__pycache__").mkdir()
+    (root / "bin" / "__pycache__" / "tool.cpython-311.pyc").write_bytes(b"\0")
+    assert treehash.differences(root, rec, added=False) == []
+    assert treehash.differences(root, rec) == [
+        "bin/__pycache__: not in the release as installed",
+        "bin/__pycache__/tool.cpython-311.pyc: not in the release as installed"]
 
 
 def test_a_missing_release_is_one_difference(tmp_path: Path) -> None:

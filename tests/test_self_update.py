@@ -304,6 +304,11 @@ def test_rollback_of_updaterd_re_executes_the_older_version(self_host: SelfHost)
     assert r.returncode == 0, r.stderr
     h.wait_for(lambda: h.settled_on("0.1.0"), "the rollback to 0.1.0")
     assert h.status()["daemon"]["pid"] == pid  # type: ignore[index]
+    # and forward again to the kept 0.2.0: the daemon re-executes into the newer version too
+    r = h.ctl("rollback", "updaterd", "--to", "0.2.0")
+    assert r.returncode == 0, r.stderr
+    h.wait_for(lambda: h.settled_on("0.2.0"), "the move forward to 0.2.0")
+    assert h.status()["daemon"]["pid"] == pid  # type: ignore[index]
 
 
 def test_launcher_counts_starts_and_goes_back(tmp_path: Path, venv_python: Path) -> None:

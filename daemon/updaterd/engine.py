@@ -346,12 +346,13 @@ class Engine:
 
     @staticmethod
     async def _refuse_damaged(run: AppRun, kept: Kept) -> None:
-        """A kept release is re-hashed before it is switched to: a folder changed on disk since
-        it was installed (a disk fault, a hand edit) would otherwise become the running app."""
+        """A kept release is re-hashed before it is switched to: a file changed or removed since
+        it was installed (a disk fault, a hand edit) would otherwise become the running app.
+        Files the app wrote beside its own (bytecode caches) are no reason to refuse."""
         rec = treehash.load(run.state_folder, kept.version)
         if rec is None:
             return
-        damage = await trio.to_thread.run_sync(treehash.differences, kept.path, rec)
+        damage = await trio.to_thread.run_sync(treehash.differences, kept.path, rec, False)
         if damage:
             raise LayoutError(
                 f"{kept.version} on disk is not what was installed ({len(damage)} "

@@ -53,14 +53,18 @@ def record(root: Path, version: str) -> TreeRecord:
     return TreeRecord(version=version, entries=scan(root))
 
 
-def differences(root: Path, rec: TreeRecord) -> list[str]:
-    """What differs between the release at `root` and its record (empty: it is intact)."""
+def differences(root: Path, rec: TreeRecord, added: bool = True) -> list[str]:
+    """What differs between the release at `root` and its record (empty: it is intact).
+
+    `added=False` leaves out entries that were not in the release as installed: what a program
+    writes next to itself (Python's `__pycache__`) changes none of what was installed."""
     if not root.is_dir():
         return [f"{root} is missing"]
     found = scan(root)
     problems = [f"{name}: missing" for name in sorted(rec.entries.keys() - found.keys())]
-    problems += [f"{name}: not in the release as installed"
-                 for name in sorted(found.keys() - rec.entries.keys())]
+    if added:
+        problems += [f"{name}: not in the release as installed"
+                     for name in sorted(found.keys() - rec.entries.keys())]
     problems += [f"{name}: changed ({found[name].split(':')[0]})"
                  for name in sorted(rec.entries.keys() & found.keys())
                  if found[name] != rec.entries[name]]
