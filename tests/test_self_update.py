@@ -413,11 +413,9 @@ def test_offline_self_update_is_finished_by_the_next_start(self_host: SelfHost) 
     assert not (h.prefix / selfupdate.TRIAL).exists()
 
 
-def test_an_interrupted_rollback_of_updaterd_is_finished_as_a_rollback(
-        self_host: SelfHost) -> None:
-    """Killed after switching itself back (offline), updaterd starts as the older version and
-    finishes the journaled rollback, saying so (not "took over", which is an update's)."""
-    h = self_host
+def _on_020_stopped(h: SelfHost) -> tuple[str, str]:
+    """0.2.0 updated to offline and committed by a start of the daemon, which is stopped
+    again; returns the config and the prefix's updaterd, for offline commands."""
     h.publish("0.2.0")
     config = str(h.base / "updaterd.toml")
     updaterd = str(h.prefix / "bin" / "updaterd")
@@ -426,6 +424,15 @@ def test_an_interrupted_rollback_of_updaterd_is_finished_as_a_rollback(
     h.start()
     h.wait_for(lambda: h.settled_on("0.2.0"), "0.2.0 to be committed")
     h.stop()
+    return config, updaterd
+
+
+def test_an_interrupted_rollback_of_updaterd_is_finished_as_a_rollback(
+        self_host: SelfHost) -> None:
+    """Killed after switching itself back (offline), updaterd starts as the older version and
+    finishes the journaled rollback, saying so (not "took over", which is an update's)."""
+    h = self_host
+    config, updaterd = _on_020_stopped(h)
     env = {**os.environ, "UPDATERD_FAILPOINTS": "rollback.after_restart=kill"}
     r = subprocess.run([updaterd, "--config", config, "rollback", "updaterd", "--to", "0.1.0"],
                        capture_output=True, text=True, env=env, timeout=60)
@@ -447,14 +454,7 @@ def test_an_interrupted_downgrade_of_updaterd_is_undone_by_the_version_running(
     """Killed after journaling a downgrade to 0.1.0 (`update --version`, offline), before the
     switch: 0.2.0 still runs at the next start and undoes it, saying so."""
     h = self_host
-    h.publish("0.2.0")
-    config = str(h.base / "updaterd.toml")
-    updaterd = str(h.prefix / "bin" / "updaterd")
-    assert subprocess.run([updaterd, "--config", config, "update", "updaterd"],
-                          capture_output=True, timeout=60).returncode == 0
-    h.start()
-    h.wait_for(lambda: h.settled_on("0.2.0"), "0.2.0 to be committed")
-    h.stop()
+    config, updaterd = _on_020_stopped(h)
     h.publish("0.1.0")
     env = {**os.environ, "UPDATERD_FAILPOINTS": "journal.after_write=kill"}
     r = subprocess.run([updaterd, "--config", config, "update", "updaterd", "--version",
