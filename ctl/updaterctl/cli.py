@@ -95,10 +95,11 @@ def main(argv: list[str] | None = None) -> int:
         argv, cmd = argv[:cut], argv[cut + 1:]
     args = parser().parse_args(argv)
     args.cmd = cmd
-    if args.command is None and not (args.json_schema or args.complete_versions):
+    no_command_needed = args.json_schema or args.complete_versions
+    if args.command is None and not no_command_needed:
         parser().error("a COMMAND is required")
     try:
-        if args.command == "status" and not (args.json_schema or args.complete_versions):
+        if args.command == "status" and not no_command_needed:
             return cmd_status(args)
         from updaterctl import commands  # msgspec and the typed client: not needed by status
         return commands.run(args)

@@ -62,10 +62,7 @@ class Connection:
 
     def send(self, method: str, params: dict[str, Any] | None = None) -> int:
         rid = next(self._ids)
-        body: dict[str, Any] = {"jsonrpc": "2.0", "id": rid, "method": method}
-        if params:
-            body["params"] = {k: v for k, v in params.items() if v is not None}
-        wire.send(self.sock, self.path, msgspec.json.encode(body))
+        wire.send(self.sock, self.path, msgspec.json.encode(wire.request(rid, method, params)))
         return rid
 
     def read(self) -> _Envelope:

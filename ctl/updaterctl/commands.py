@@ -186,8 +186,7 @@ def _wait_for_start(conn: Connection, watch: Connection) -> None:
     if conn.sock in ready:
         env = conn.read()
         if env.error is not None:
-            raise RemoteError(int(env.error.get("code", 0)), str(env.error.get("message")),
-                              env.error.get("data"))
+            raise RemoteError.from_error(env.error)
 
 
 def _show_progress(conn: Connection, watch: Connection) -> None:

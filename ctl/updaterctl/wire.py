@@ -125,14 +125,19 @@ def send(sock: socket.socket, path: str, body: bytes) -> None:
         raise DaemonUnreachable(f"lost updaterd at {path}: {e}") from None
 
 
+def request(rid: int, method: str, params: dict[str, Any] | None) -> dict[str, Any]:
+    """A JSON-RPC call; parameters left at None are not sent (the daemon's defaults apply)."""
+    body: dict[str, Any] = {"jsonrpc": "2.0", "id": rid, "method": method}
+    if params := {k: v for k, v in (params or {}).items() if v is not None}:
+        body["params"] = params
+    return body
+
+
 def call(path: str, method: str, params: dict[str, Any] | None = None,
          timeout: float | None = None) -> Any:
     """One request on a connection of its own; the result as plain JSON values."""
-    body: dict[str, Any] = {"jsonrpc": "2.0", "id": 1, "method": method}
-    if params := {k: v for k, v in (params or {}).items() if v is not None}:
-        body["params"] = params
     with connect(path, timeout) as sock:
-        send(sock, path, json.dumps(body, separators=(",", ":")).encode())
+        send(sock, path, json.dumps(request(1, method, params), separators=(",", ":")).encode())
         reader = LineReader(sock, path)
         while True:
             reply = json.loads(reader.line())
