@@ -12,13 +12,13 @@ from pathlib import Path
 import trio
 
 from updaterd.config import Limits
-from updaterd.download import Expected, Fetcher
+from updaterd.fetcher import Expected, Fetcher
 
 
 async def main(url: str, dest: str, size: int, sha256: str, blake3: str) -> None:
     fetcher = Fetcher(Limits(), allow_insecure=True)
     try:
-        f = await fetcher.download(url, Path(dest), Expected(size, sha256, blake3))
+        f = await fetcher.fetch_file(url, Path(dest), Expected(size, sha256, blake3))
         f.close()
     finally:
         await fetcher.aclose()

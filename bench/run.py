@@ -312,7 +312,7 @@ def bench_fleet(tmp: Path, hosts: int, spread: float, steady: int = 10) -> list[
     `steady` more each, spread over `spread` seconds, send its ETag while nothing is published.
     The steady state is what a fleet costs its feed's server day after day."""
     from updaterd.config import Limits
-    from updaterd.download import Fetcher
+    from updaterd.fetcher import Fetcher
 
     work = tmp / "fleet"
     work.mkdir()

@@ -218,12 +218,12 @@ def test_b43_bad_names_in_archive(box: Box, name: str, why: str) -> None:
 
 def test_b43_nul_in_name() -> None:
     with pytest.raises(ArchiveError, match="NUL"):
-        archive.check_name("a\0b")
+        archive.member_parts("a\0b")
 
 
 def test_b43_invalid_utf8_name() -> None:
     with pytest.raises(ArchiveError, match="UTF-8"):
-        archive.check_name(b"caf\xe9".decode("utf-8", "surrogateescape"))
+        archive.member_parts(b"caf\xe9".decode("utf-8", "surrogateescape"))
 
 
 def test_b44_pax_path_override_escaping(box: Box) -> None:
@@ -394,10 +394,10 @@ def test_b47_zip_quoted_overlap_bomb(box: Box) -> None:
     ("a//b", "an empty component"), ("a/./b", "'.'"), ("a/../b", "'..'"),
     ("\udcff", "not valid UTF-8")])
 def test_check_name_refusals(name: str, why: str) -> None:
-    from updaterd.archive import check_name
+    from updaterd.archive import member_parts
 
     with pytest.raises(ArchiveError, match=re.escape(why)):
-        check_name(name)
+        member_parts(name)
 
 
 @pytest.mark.parametrize(("name", "parts"), [
@@ -405,22 +405,22 @@ def test_check_name_refusals(name: str, why: str) -> None:
     (":x", (":x",)), ("C", ("C",)), ("./././a/", ("a",)), ("./", ()), (".", ()), ("", ()),
     ("dir/", ("dir",)), ("x" * 255, ("x" * 255,)), ("é" * 127, ("é" * 127,))])
 def test_check_name_accepts(name: str, parts: tuple[str, ...]) -> None:
-    from updaterd.archive import check_name
+    from updaterd.archive import member_parts
 
-    assert check_name(name) == parts
+    assert member_parts(name) == parts
 
 
 def test_check_name_limits_are_in_bytes_at_the_edges() -> None:
-    from updaterd.archive import MAX_PATH, check_name
+    from updaterd.archive import MAX_PATH, member_parts
 
     deep = "/".join(["x" * 254] * 16) + "/" + "y" * (MAX_PATH - 16 * 255)
-    assert len(deep.encode()) == MAX_PATH and len(check_name(deep)) == 17
+    assert len(deep.encode()) == MAX_PATH and len(member_parts(deep)) == 17
     with pytest.raises(ArchiveError, match=f"path longer than {MAX_PATH} bytes"):
-        check_name(deep + "z")
+        member_parts(deep + "z")
     with pytest.raises(ArchiveError, match="a component is longer than 255 bytes"):
-        check_name("x" * 256)
+        member_parts("x" * 256)
     with pytest.raises(ArchiveError, match="a component is longer than 255 bytes"):
-        check_name("é" * 128)  # 128 characters, 256 bytes
+        member_parts("é" * 128)  # 128 characters, 256 bytes
 
 
 @pytest.mark.parametrize(("target", "why"), [
@@ -598,12 +598,12 @@ def test_a_member_must_hold_exactly_its_declared_size(tmp_path: Path, data: byte
 
 
 def test_long_names_are_cut_to_64_characters_in_messages() -> None:
-    from updaterd.archive import check_name
+    from updaterd.archive import member_parts
 
     name = "abcdefgh" * 600
     for bad in (name, "x" * 300):
         with pytest.raises(ArchiveError) as e:
-            check_name(bad)
+            member_parts(bad)
         assert f"member {bad[:64]!r}" in str(e.value)
 
 

@@ -33,7 +33,7 @@ def test_a_private_file_and_a_missing_path_below_a_safe_folder_pass(safe: Path) 
     (safe / "config").chmod(0o644)
     assert pathtrust.problem(safe / "config", "config") is None
     assert pathtrust.problem(safe / "not" / "yet", "state") is None
-    pathtrust.check(safe, "prefix")
+    pathtrust.require_trusted(safe, "prefix")
 
 
 @pytest.mark.parametrize(("mode", "who"), [(0o664, "its group"), (0o646, "others"),
@@ -48,7 +48,7 @@ def test_writable_by_someone_else_is_named(safe: Path, mode: int, who: str) -> N
         f"config {f}: {f} is writable by {who} (owner root:root, mode {mode:04o}); another user "
         f"could change what updaterd trusts as root. Fix: chown root:root {f} && chmod go-w {f}")
     with pytest.raises(UnsafePath, match="writable by"):
-        pathtrust.check(f, "config")
+        pathtrust.require_trusted(f, "config")
 
 
 def test_an_owner_who_is_not_root_is_named_even_with_a_safe_mode(safe: Path) -> None:
@@ -214,9 +214,9 @@ def test_setup_problems_names_each_folder_to_mend_once(safe: Path) -> None:
     assert pathtrust.setup_problems(config) == []
     with pytest.raises(UnsafePath, match="a state folder"):
         shared.chmod(0o775)
-        pathtrust.check_app(config.apps["a"], "a", config.daemon)
+        pathtrust.require_trusted_app(config.apps["a"], "a", config.daemon)
     shared.chmod(0o755)
-    pathtrust.check_app(config.apps["a"], "a", config.daemon)
+    pathtrust.require_trusted_app(config.apps["a"], "a", config.daemon)
 
 
 # -- updaterd run by an ordinary user (the demo, per-user installs) -------------------------------

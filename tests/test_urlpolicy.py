@@ -14,7 +14,7 @@ from updaterd.errors import DownloadError
 def refused(url: str, allow_insecure: bool = False,
             allowed_hosts: list[str] | None = None) -> str:
     with pytest.raises(DownloadError) as e:
-        urlpolicy.check(url, allow_insecure, allowed_hosts)
+        urlpolicy.require_allowed(url, allow_insecure, allowed_hosts)
     return str(e.value)
 
 
@@ -23,7 +23,7 @@ def refused(url: str, allow_insecure: bool = False,
                                  "https://[2001:db8::1]:8443/feed.json",
                                  "https://93.184.216.34/feed.json"])
 def test_ordinary_https_urls_pass(url: str) -> None:
-    urlpolicy.check(url, allow_insecure=False)
+    urlpolicy.require_allowed(url, allow_insecure=False)
 
 
 @pytest.mark.parametrize("bad", ["\r", "\n", "\0", " "])
@@ -49,16 +49,16 @@ def test_credentials_in_the_url_are_refused_and_not_repeated(userinfo: str) -> N
 
 
 def test_plain_http_needs_both_loopback_and_allow_insecure() -> None:
-    urlpolicy.check("http://127.0.0.1:8080/x", allow_insecure=True)
-    urlpolicy.check("http://localhost/x", allow_insecure=True)
-    urlpolicy.check("http://[::1]/x", allow_insecure=True)
+    urlpolicy.require_allowed("http://127.0.0.1:8080/x", allow_insecure=True)
+    urlpolicy.require_allowed("http://localhost/x", allow_insecure=True)
+    urlpolicy.require_allowed("http://[::1]/x", allow_insecure=True)
     for url, insecure in (("http://127.0.0.1/x", False), ("http://localhost/x", False),
                           ("http://a.example/x", True), ("http://10.0.0.1/x", True)):
         assert "plain http:// is allowed only to loopback" in refused(url, insecure), url
 
 
 def test_https_to_loopback_needs_no_allow_insecure() -> None:
-    urlpolicy.check("https://127.0.0.1/x", allow_insecure=False)
+    urlpolicy.require_allowed("https://127.0.0.1/x", allow_insecure=False)
 
 
 @pytest.mark.parametrize("host", ["169.254.169.254", "2852039166", "0xa9fea9fe",
@@ -74,7 +74,7 @@ def test_link_local_and_metadata_addresses_in_every_spelling(host: str) -> None:
                                   "169.255.0.1", "[fe7f::1]", "[64:ff9b::808:808]",
                                   "[::1:a9fe:a9fe]"])
 def test_addresses_just_outside_the_forbidden_ranges_pass(host: str) -> None:
-    urlpolicy.check(f"https://{host}/x", allow_insecure=False)
+    urlpolicy.require_allowed(f"https://{host}/x", allow_insecure=False)
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "[::]", "[::ffff:0.0.0.0]", "0"])
@@ -89,12 +89,12 @@ def test_metadata_host_names_are_refused(host: str) -> None:
 
 
 def test_allowed_hosts_limit_every_url_and_compare_as_names_do() -> None:
-    urlpolicy.check("https://CDN.example.net./a", False, ["cdn.example.net"])
-    urlpolicy.check("https://cdn.example.net/a", False, ["CDN.Example.NET."])
+    urlpolicy.require_allowed("https://CDN.example.net./a", False, ["cdn.example.net"])
+    urlpolicy.require_allowed("https://cdn.example.net/a", False, ["CDN.Example.NET."])
     msg = refused("https://evil.example/a", allowed_hosts=["b.example", "a.example"])
     assert "evil.example is not in this app's allowed_hosts (a.example, b.example)" in msg
     assert "not in this app's allowed_hosts" in refused("https://x.example/", allowed_hosts=[])
-    urlpolicy.check("https://x.example/", False, None)
+    urlpolicy.require_allowed("https://x.example/", False, None)
 
 
 @pytest.mark.parametrize(("text", "address"), [

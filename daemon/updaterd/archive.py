@@ -52,7 +52,7 @@ def kind_of(file_name: str) -> Kind:
     return "raw"
 
 
-def check_name(name: str) -> tuple[str, ...]:
+def member_parts(name: str) -> tuple[str, ...]:
     """The path components of a member name, or ArchiveError saying what is wrong with it."""
     try:
         encoded = name.encode("utf-8")
@@ -162,7 +162,7 @@ class _Tree:
         os.chmod(self.root.joinpath(*parts), mode)  # umask must not drop the exec bits
 
     def hard_link(self, member: str, parts: tuple[str, ...], target: str) -> None:
-        target_parts = check_name(target)
+        target_parts = member_parts(target)
         key = "/".join(target_parts)
         if self.entries.get(key) != "file":
             raise ArchiveError(f"member {member!r}: hard link to {target!r}, which is not a "
@@ -230,7 +230,7 @@ def _extract_tar(f: BinaryIO, kind: Kind, tree: _Tree) -> None:
 
 def _extract_tar_member(tf: tarfile.TarFile, member: tarfile.TarInfo, tree: _Tree) -> None:
     name = member.name
-    parts = check_name(name)
+    parts = member_parts(name)
     try:
         tarfile.data_filter(member, str(tree.root))
     except tarfile.FilterError as e:
@@ -282,7 +282,7 @@ def _extract_zip(f: BinaryIO, tree: _Tree) -> None:
         _refuse_overlaps(zf)
         for info in zf.infolist():
             name = info.filename
-            parts = check_name(name)
+            parts = member_parts(name)
             mode = info.external_attr >> 16
             kind = stat.S_IFMT(mode)
             if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
@@ -316,7 +316,7 @@ def extract(f: BinaryIO, kind: Kind, staging: Path, limits: ExtractLimits,
     os.mkdir(root, 0o755)
     tree = _Tree(root=root, limits=limits)
     if kind == "raw":
-        parts = check_name(raw_name)
+        parts = member_parts(raw_name)
         if len(parts) != 1:
             raise ArchiveError(f"executable name {raw_name!r} must be a plain file name")
         size = os.fstat(f.fileno()).st_size

@@ -189,7 +189,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "self-install":
         from updaterd import selfupdate
 
-        version = selfupdate.install(Path(args.prefix).absolute(), args.python)
+        version = selfupdate.self_install(Path(args.prefix).absolute(), args.python)
         print(f"installed updaterd {version} in {args.prefix}; run {args.prefix}/launcher")
         return EXIT_OK
     cfg = config_mod.load(args.config)
@@ -226,7 +226,7 @@ def _verify(cfg: config_mod.Config, apps: list[str]) -> int:
     names = apps or [n for n, a in cfg.apps.items() if a.install == "releases"]
     bad = 0
     for name in names:
-        for version, problems in engine.verify(name):
+        for version, problems in engine.rehash_releases(name):
             if problems is None:
                 print(f"{name} {version}: no recorded tree (installed before records were kept)")
             elif problems:
@@ -273,7 +273,7 @@ def _daemonize(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     with lock:
         pass
     pidfile = Path(args.pidfile).absolute()
-    pathtrust.check(pidfile, "pid file")  # planted by another user (row 145)
+    pathtrust.require_trusted(pidfile, "pid file")  # planted by another user (row 145)
     detach = contextlib.nullcontext() if args.reexec else \
         DaemonContext(working_directory="/", umask=0o022)
     with detach:

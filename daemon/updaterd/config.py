@@ -191,7 +191,7 @@ def _unknown(key: str, known: Iterable[str]) -> str:
     return f"unknown key (did you mean {close[0]!r}?)" if close else "unknown key"
 
 
-def _check_table(raw: Any, cls: type[S], where: str, problems: list[str]) -> S | None:
+def _validate_table(raw: Any, cls: type[S], where: str, problems: list[str]) -> S | None:
     """Validate `raw` against `cls` key by key, appending one problem per bad key.
 
     Bad keys fall back to their defaults so that the cross-key rules can still run on the
@@ -222,7 +222,7 @@ def _check_table(raw: Any, cls: type[S], where: str, problems: list[str]) -> S |
     return msgspec.convert(good, cls, strict=True)
 
 
-def _check_app(name: str, app: AppConfig, where: str, problems: list[str],
+def _validate_app(name: str, app: AppConfig, where: str, problems: list[str],
                token_vars: frozenset[str] = frozenset()) -> None:
     """The rules that span several keys or need more than a type."""
 
@@ -347,8 +347,8 @@ def parse(text: str, path: str) -> Config:
     for key in raw:
         if key not in ("daemon", "limits", "apps"):
             problems.append(f"{path}: {key}: {_unknown(key, ('daemon', 'limits', 'apps'))}")
-    daemon = _check_table(raw.get("daemon", {}), DaemonConfig, f"{path}: daemon", problems)
-    limits = _check_table(raw.get("limits", {}), Limits, f"{path}: limits", problems)
+    daemon = _validate_table(raw.get("daemon", {}), DaemonConfig, f"{path}: daemon", problems)
+    limits = _validate_table(raw.get("limits", {}), Limits, f"{path}: limits", problems)
     if limits is not None:
         for f in msgspec.structs.fields(Limits):
             value = getattr(limits, f.name)
@@ -369,9 +369,9 @@ def parse(text: str, path: str) -> Config:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
             problems.append(f"{at}: bad app name (letters, digits, '.', '_', '-'; at most 64)")
             continue
-        app = _check_table(table, AppConfig, at, problems)
+        app = _validate_table(table, AppConfig, at, problems)
         if app is not None:
-            _check_app(name, app, at, problems, token_vars)
+            _validate_app(name, app, at, problems, token_vars)
             apps[name] = app
     if problems:
         raise ConfigError(problems)

@@ -54,7 +54,7 @@ class Digests:
             raise ValueError("prehash was not requested")
         return self._blake2b.digest()
 
-    def check(self, what: str, size: int, sha256: str | None, blake3_hex: str | None,
+    def require_match(self, what: str, size: int, sha256: str | None, blake3_hex: str | None,
               signature_checked: bool = False) -> None:
         """Raise DigestMismatch naming `what` unless size and every listed digest match."""
         if sha256 is None and blake3_hex is None and not signature_checked:

@@ -17,7 +17,6 @@ import trio
 from updaterctl.protocol import CheckResult, Event, RollbackResult, UpdateResult
 from updaterd import outcome, state, tokens, treehash, versions
 from updaterd.config import AppConfig, Config, host_platform
-from updaterd.download import Fetcher, TokenBucket
 from updaterd.errors import (
     FeedError,
     LayoutError,
@@ -28,12 +27,22 @@ from updaterd.errors import (
     UpdaterError,
 )
 from updaterd.feed import Artifact, Release, TrustedFeed
+from updaterd.fetcher import Fetcher, TokenBucket
 from updaterd.gate import WindowGate
 from updaterd.inplace import InplaceLayout, file_digest
 from updaterd.layout import InstallLayout, Kept, Layout
+from updaterd.lifecycle import AppRestart, Lifecycle, SelfHandOver
 from updaterd.operation import Operation, operation
 from updaterd.sources import Source, make_source
-from updaterd.transaction import AppRun, Hooks, download, install, prune, recover, roll_back
+from updaterd.transaction import (
+    AppRun,
+    Hooks,
+    apply_update,
+    fetch_artifact,
+    prune,
+    recover,
+    roll_back,
+)
 from updaterd.units import parse_rate
 
 log = logging.getLogger("updaterd.engine")
@@ -94,20 +103,24 @@ class Engine:
         state_dir = Path(self.config.daemon.state_dir)
         folder = state.app_dir(state_dir, app)
         layout: InstallLayout
+        lifecycle: Lifecycle = AppRestart()
         if cfg.install == "inplace":
             assert cfg.target is not None
             layout = InplaceLayout(app, Path(cfg.target), folder / "backups")
         else:
             assert cfg.prefix is not None
             layout = Layout(Path(cfg.prefix))
-        hooks = Hooks(download_limiter=self.download_limiter, hand_over=self.hand_over)
+            if cfg.self_update:  # the configuration allows it with releases only
+                lifecycle = SelfHandOver(layout.prefix, self.hand_over)
+        hooks = Hooks(download_limiter=self.download_limiter)
         if self.before_switch is not None:
             hook = self.before_switch
             hooks.before_switch = lambda: hook(app, ignore_window)
         return AppRun(name=app, cfg=cfg, config=self.config, layout=layout,
                       state_folder=folder,
                       cache=Path(self.config.daemon.cache_dir) / app,
-                      state=self.load_state(app), emit=self.emit, hooks=hooks)
+                      state=self.load_state(app), emit=self.emit, hooks=hooks,
+                      lifecycle=lifecycle)
 
     def load_state(self, app: str) -> state.AppState:
         """The state of `app`: read once, then one object shared by every operation and
@@ -240,7 +253,7 @@ class Engine:
                 artifact = self._artifact(release) if release else None
                 if release is not None and artifact is not None:
                     op.version = release.version
-                    f = await download(run, source, release, artifact)
+                    f = await fetch_artifact(run, source, release, artifact)
                     f.close()
                     run.phase("idle", f"{release.version} downloaded; waiting for "
                                       f"`updaterctl update {run.name}`", release.version)
@@ -295,7 +308,7 @@ class Engine:
             if artifact is None:
                 raise FeedError(f"{app} {release.version}: no artifact for {self.platform}")
             op.version = release.version
-            ended = await install(run, source, release, artifact)
+            ended = await apply_update(run, source, release, artifact)
         reason = run.state.last_error or "" if ended == "rolled_back" else ""
         if ended == "restarting":
             reason = ("updaterd re-executes into it and finishes the health check"
@@ -360,7 +373,7 @@ class Engine:
                 f"to switch to it. `updaterd verify {run.name}` lists them; `updaterctl update "
                 f"{run.name} --version {kept.version}` installs it afresh")
 
-    def verify(self, app: str) -> list[tuple[str, list[str] | None]]:
+    def rehash_releases(self, app: str) -> list[tuple[str, list[str] | None]]:
         """Re-hash every kept release of `app` against its recorded tree: (version, problems),
         problems None when the release has no record (installed before records were kept)."""
         run = self.open_app(app)

@@ -136,11 +136,11 @@ def verify_manifest(
                                 "with different content")
             unchanged = True
     for release in manifest.releases:
-        check_release(release)
+        validate_release(release)
     return TrustedFeed(manifest=manifest, digest=digest, unchanged=unchanged)
 
 
-def check_release(release: Release) -> None:
+def validate_release(release: Release) -> None:
     """Names from the feed become paths: refuse anything unsafe before a path is built."""
     if not versions.is_safe_name(release.version):
         raise FeedError(f"release version {release.version!r} is not a safe name")

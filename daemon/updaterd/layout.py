@@ -157,7 +157,7 @@ class Layout:
         """A fresh private folder inside `.staging` (mode 0700)."""
         return Path(tempfile.mkdtemp(prefix="stage-", dir=self.staging))
 
-    def install(self, root: Path, version: str) -> Path:
+    def place_release(self, root: Path, version: str) -> Path:
         """Move a staged, fsynced tree to `releases/<version>` with one rename."""
         dest = self.release(version)
         if dest.exists() or dest.is_symlink():
@@ -259,7 +259,7 @@ class Layout:
             fsutil.make_durable(root)
             failpoints.hit("stage.after_fsync")
             tree = treehash.record(root, version)
-            dest = self.install(root, version)
+            dest = self.place_release(root, version)
             failpoints.hit("release.after_rename")
             return Staged(version=version, path=str(dest), tree=tree)
         finally:

@@ -20,7 +20,8 @@ class ProcessLock:
         self.fd: int | None = None
 
     def acquire(self) -> None:
-        pathtrust.check(self.path, "lock_file")  # a lock planted by another user (row 145)
+        # a lock planted by another user (row 145)
+        pathtrust.require_trusted(self.path, "lock_file")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,

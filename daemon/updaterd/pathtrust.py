@@ -122,7 +122,7 @@ def _candidates(path: Path) -> list[Path]:
     return [absolute] if resolved == absolute else [absolute, resolved]
 
 
-def check(path: str | Path, what: str) -> None:
+def require_trusted(path: str | Path, what: str) -> None:
     """Raise UnsafePath when `problem` finds one."""
     why = problem(path, what)
     if why is not None:
@@ -169,7 +169,7 @@ def setup_problems(config: Config) -> list[str]:
     return problems
 
 
-def check_app(cfg: AppConfig, name: str, daemon: DaemonConfig) -> None:
+def require_trusted_app(cfg: AppConfig, name: str, daemon: DaemonConfig) -> None:
     """Before any transaction of `name`: every folder of the app still passes (a folder can be
     chowned after the daemon started). Raises UnsafePath naming every problem."""
     problems = [why for what, path in app_folders(cfg, name, daemon)

@@ -157,7 +157,7 @@ def build(out_dir: Path, version: str | None = None) -> Path:
     return archive
 
 
-def install(prefix: Path, python: str) -> str:
+def self_install(prefix: Path, python: str) -> str:
     """`updaterd self-install`: make `prefix` a self-updating installation of the running code.
 
     Returns the version installed. Refuses a prefix that already has a current release.
@@ -172,7 +172,7 @@ def install(prefix: Path, python: str) -> str:
     try:
         release_tree(staged, __version__)
         fsutil.make_durable(staged)
-        layout.install(staged, __version__)
+        layout.place_release(staged, __version__)
     finally:
         shutil.rmtree(staged, ignore_errors=True)
     fsutil.atomic_write(prefix / "python",

@@ -1,9 +1,10 @@
 """The update and rollback transactions, step by step, journaled, with failpoints.
 
-check -> download -> verify -> stage -> switch -> restart -> health -> commit, or rollback.
-Until the switch nothing the application sees changes. The journal (`state.pending`) is written
-before the switch; `recover` finishes or undoes whatever a crash left, so that after a crash at
-any instant the app is on exactly one complete version and the state agrees with the disk.
+fetch the artifact (verified) -> stage -> switch -> restart -> health -> commit, or roll
+back. Until the switch nothing the application sees changes. The journal (`state.pending`) is
+written before the switch; `recover` finishes or undoes whatever a crash left, so that after a
+crash at any instant the app is on exactly one complete version and the state agrees with the disk.
+What differs for updaterd itself (a hand-over instead of a restart) is in `lifecycle`.
 """
 
 from __future__ import annotations
@@ -27,15 +28,15 @@ from updaterd import (
     health,
     outcome,
     pathtrust,
-    selfupdate,
     state,
     treehash,
 )
 from updaterd.config import AppConfig, Config, app_unit
-from updaterd.download import Expected
 from updaterd.errors import HealthCheckFailed, LayoutError, OperationCancelled
 from updaterd.feed import Artifact, Release
-from updaterd.layout import InstallLayout, Layout, Staged
+from updaterd.fetcher import Expected
+from updaterd.layout import InstallLayout, Staged
+from updaterd.lifecycle import AppRestart, Lifecycle
 from updaterd.sources import Source
 from updaterd.state import AppState, Transaction
 from updaterd.units import parse_duration, parse_size
@@ -50,12 +51,10 @@ async def _no_wait() -> None:
 
 @dataclass
 class Hooks:
-    """What the daemon plugs into a transaction: inhibitors, the download limit, and (for
-    `self = true`) how to hand over to the updaterd installed in a prefix."""
+    """What the daemon plugs into a transaction: inhibitors and the download limit."""
 
     before_switch: Callable[[], Awaitable[None]] = _no_wait
     download_limiter: trio.CapacityLimiter | None = None
-    hand_over: Callable[[Path], None] | None = None
 
 
 @dataclass
@@ -71,6 +70,7 @@ class AppRun:
     state: AppState
     emit: Emit
     hooks: Hooks = field(default_factory=Hooks)
+    lifecycle: Lifecycle = field(default_factory=AppRestart)
     step: Phase = "idle"  # the last working phase reached, for failure reports
 
     def save(self) -> None:
@@ -104,7 +104,7 @@ def _env(run: AppRun, version: str | None, previous: str | None) -> dict[str, st
     return env
 
 
-def _check_free_space(run: AppRun, artifact: Artifact) -> None:
+def _require_free_space(run: AppRun, artifact: Artifact) -> None:
     """Refuse before downloading when the cache or the install folder cannot hold it."""
     for folder, need in ((run.cache, artifact.size), (run.layout.space_folder, artifact.size)):
         st = os.statvfs(folder)
@@ -125,14 +125,14 @@ async def _stage(run: AppRun, f: BinaryIO, artifact: Artifact, version: str) -> 
                           f"{version}") from None
 
 
-async def download(run: AppRun, source: Source, release: Release,
+async def fetch_artifact(run: AppRun, source: Source, release: Release,
                    artifact: Artifact) -> BinaryIO:
     """Fetch and verify the artifact into the cache; returns the verified file, open."""
     version = release.version
     run.step = "downloading"  # what fails from here fails at this step (the phase comes once
     run.layout.preflight()  # the download really starts)
     fsutil.ensure_private_dir(run.cache)
-    _check_free_space(run, artifact)
+    _require_free_space(run, artifact)
     run.phase("downloading", f"downloading {version} from {source.describe(artifact)}",
               version)
     expected = Expected(artifact.size, artifact.sha256, artifact.blake3)
@@ -148,17 +148,17 @@ async def download(run: AppRun, source: Source, release: Release,
 
     limiter = run.hooks.download_limiter
     if limiter is None:
-        return await source.download(artifact, dest, expected, progress)
+        return await source.fetch_artifact(artifact, dest, expected, progress)
     async with limiter:
-        return await source.download(artifact, dest, expected, progress)
+        return await source.fetch_artifact(artifact, dest, expected, progress)
 
 
-async def install(run: AppRun, source: Source, release: Release, artifact: Artifact) -> str:
+async def apply_update(run: AppRun, source: Source, release: Release, artifact: Artifact) -> str:
     """Install `release` and switch to it; returns "installed" or "rolled_back"."""
     version = release.version
     from_version = run.state.installed
     skipped_before = set(run.state.skipped) | set(run.state.blocked)
-    f = await download(run, source, release, artifact)
+    f = await fetch_artifact(run, source, release, artifact)
     try:
         run.phase("staging", version=version)
         staged = await _stage(run, f, artifact, version)
@@ -193,22 +193,17 @@ async def install(run: AppRun, source: Source, release: Release, artifact: Artif
 async def finish_update(run: AppRun, from_version: str | None, version: str) -> str:
     """After the switch: restart, health check, then commit or roll back.
 
-    For updaterd itself the restart is a hand-over: the old daemon tries the new release and
-    re-executes into it (`restarting`); the new daemon comes back here as the recovery of the
-    journaled transaction, runs the health checks and commits, or rolls back.
+    For updaterd itself the restart is a hand-over (`lifecycle.SelfHandOver`): the old daemon
+    tries the new release and re-executes into it (`restarting`); the new daemon comes back
+    here as the recovery of the journaled transaction, runs the health checks and commits, or
+    rolls back.
     """
     timeout = parse_duration(run.cfg.health_timeout)
     env = _env(run, version, from_version)
     run_dir = run.layout.run_dir(version)
-    itself = run.cfg.self_update
     try:
-        if itself and selfupdate.running_version() != version:
-            await _hand_over(run, from_version, version, timeout)
+        if not await run.lifecycle.start(run, from_version, version, env, timeout):
             return "restarting"
-        if run.cfg.restart and not itself:
-            run.phase("restarting", version=version)
-            await health.run("restart", run.cfg.restart, cwd=run_dir, timeout=timeout, env=env,
-                             passed=run.cfg.pass_environment)
         failpoints.hit("restart.after")
         if run.cfg.health_check:
             run.phase("health_check", version=version)
@@ -241,36 +236,10 @@ async def finish_update(run: AppRun, from_version: str | None, version: str) -> 
     run.remember("installed", version, from_version)
     run.save()
     failpoints.hit("commit.after_state")
-    if itself:
-        selfupdate.end_trial(_prefix(run))
+    run.lifecycle.committed(run)
     prune(run)
     run.phase("idle", f"{version} installed", version)
     return "installed"
-
-
-def _prefix(run: AppRun) -> Path:
-    """The prefix of updaterd's own installation (`self = true` needs install = "releases")."""
-    assert isinstance(run.layout, Layout)
-    return run.layout.prefix
-
-
-async def _hand_over(run: AppRun, from_version: str | None, version: str,
-                     timeout: float) -> None:
-    """updaterd itself, switched to `version` while the old code runs: try the new release,
-    mark it on trial, and re-execute into it (with no daemon to replace, the next start does)."""
-    prefix = _prefix(run)
-    run.phase("health_check", f"trying updaterd {version} before handing over", version)
-    await selfupdate.try_release(run.layout.run_dir(version), version,
-                                 os.path.abspath(run.config.path), timeout)
-    selfupdate.start_trial(prefix, version, from_version)
-    failpoints.hit("handover.after_trial")
-    run.phase("restarting", f"handing over to updaterd {version}", version)
-    if run.hooks.hand_over is not None:
-        run.hooks.hand_over(prefix)
-    else:
-        log.warning("%s: no daemon to hand over to: the next start of %s finishes the update "
-                    "(an updaterd started from elsewhere never will)", run.name,
-                    selfupdate.exec_path(prefix))
 
 
 async def roll_back(run: AppRun, *, from_version: str, to_version: str | None, block: bool,
@@ -291,29 +260,20 @@ async def complete_rollback(run: AppRun, tx: Transaction) -> None:
     """The idempotent part of a rollback; `recover` calls it again after a crash."""
     to_version = tx.to_version or None
     run.layout.restore(to_version, tx.backup, failpoint="rollback")
-    itself = run.cfg.self_update
-    if to_version is not None and run.cfg.restart and not itself:
-        timeout = parse_duration(run.cfg.health_timeout)
-        try:
-            await health.run("restart", run.cfg.restart, cwd=run.layout.run_dir(to_version),
-                             timeout=timeout, env=_env(run, to_version, tx.from_version),
-                             passed=run.cfg.pass_environment)
-        except HealthCheckFailed as e:
-            log.error("%s: restart after rolling back to %s failed: %s", run.name, to_version, e)
+    if to_version is not None:
+        await run.lifecycle.restart_back(run, to_version, _env(run, to_version, tx.from_version),
+                                         parse_duration(run.cfg.health_timeout))
     failpoints.hit("rollback.after_restart")
     left = tx.from_version
     outcome.switched_back(run.state, tx, to_version, run.config.limits.history_length)
     run.save()
     failpoints.hit("rollback.after_state")
-    running = selfupdate.running_version() if itself else None
+    running = run.lifecycle.running()
     if tx.block and left is not None and left not in (to_version, run.state.previous, running):
         run.layout.discard(left)
         treehash.drop(run.state_folder, left)
     run.phase("idle", f"rolled back to {to_version or 'nothing'}", to_version)
-    if itself:
-        selfupdate.end_trial(_prefix(run))
-        if running != to_version and run.hooks.hand_over is not None:
-            run.hooks.hand_over(_prefix(run))
+    run.lifecycle.rolled_back(run, to_version)
 
 
 def prune(run: AppRun) -> None:
@@ -330,13 +290,13 @@ async def recover(run: AppRun) -> None:
     """Clean what a crash left and finish or undo a journaled transaction.
 
     Every operation starts here, so this is where the app's folders are proved ours first."""
-    pathtrust.check_app(run.cfg, run.name, run.config.daemon)
+    pathtrust.require_trusted_app(run.cfg, run.name, run.config.daemon)
     for leftover in run.layout.clean_leftovers():
         log.info("%s: removed leftover %s", run.name, leftover)
     fsutil.clean_temp_files(run.state_folder)
     if run.cache.is_dir():
         fsutil.clean_temp_files(run.cache)
-    gave_up = selfupdate.take_failed(_prefix(run)) if run.cfg.self_update else None
+    gave_up = run.lifecycle.gave_up()
     tx = run.state.pending
     if tx is None:
         on_disk = run.layout.installed()
@@ -350,8 +310,7 @@ async def recover(run: AppRun) -> None:
                             run.name, said, on_disk)
             run.save()
         return
-    if run.cfg.self_update and tx.kind == "update" and \
-            selfupdate.running_version() == tx.to_version:
+    if tx.kind == "update" and run.lifecycle.running() == tx.to_version:
         log.info("%s: updaterd %s took over; finishing the update", run.name, tx.to_version)
     else:
         log.warning("%s: finishing an interrupted %s %s -> %s", run.name, tx.kind,
@@ -364,10 +323,8 @@ async def recover(run: AppRun) -> None:
             await finish_update(run, tx.from_version, tx.to_version)
         else:
             run.layout.undo_interrupted(tx)
-            why = None
-            if gave_up == tx.to_version:
-                why = (f"updaterd {gave_up} did not come up in {selfupdate.MAX_TRIAL_STARTS} "
-                       "starts; the launcher went back")
+            why = gave_up.get(tx.to_version)
+            if why is not None:
                 log.error("%s: %s", run.name, why)
             outcome.interrupted(run.state, tx, why, run.config.limits.history_length)
             run.save()

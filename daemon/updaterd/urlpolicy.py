@@ -6,7 +6,7 @@ Hosts are read the way the resolver reads them (RELIABILITY row 138): `285203916
 `0xa9fea9fe`, `0251.0376.0251.0376` and `169.254.43518` are all 169.254.169.254 to
 inet_aton(3), IPv6 can carry an IPv4 address (`::ffff:a.b.c.d`, NAT64 `64:ff9b::/96`, 6to4),
 and `name.` is `name`. The address a connection actually reaches is checked again by
-`netcheck` after resolution, since a name can resolve anywhere.
+`netguard` after resolution, since a name can resolve anywhere.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def http_allowed(host: str, allow_insecure: bool) -> bool:
     return allow_insecure and is_loopback(host)
 
 
-def check(url: str, allow_insecure: bool,
+def require_allowed(url: str, allow_insecure: bool,
           allowed_hosts: Collection[str] | None = None) -> None:
     """Raise DownloadError naming the URL and the rule it breaks."""
     if any(c in url for c in "\r\n\0 "):

@@ -13,8 +13,8 @@ import trio
 
 from tests.conftest import Nginx
 from updaterd.config import Limits
-from updaterd.download import Expected, Fetcher
 from updaterd.feed import Artifact
+from updaterd.fetcher import Expected, Fetcher
 
 SIZE = (4 << 30) + 1
 
@@ -36,7 +36,7 @@ def _download(url: str, dest: Path, expected: Expected) -> int:
     async def go() -> int:
         fetcher = Fetcher(Limits(), allow_insecure=True)
         try:
-            with await fetcher.download(url, dest, expected) as f:
+            with await fetcher.fetch_file(url, dest, expected) as f:
                 return os.fstat(f.fileno()).st_size
         finally:
             await fetcher.aclose()

@@ -717,7 +717,7 @@ def test_g138_every_spelling_of_the_metadata_address_is_refused(host_text: str) 
     from updaterd import urlpolicy
     from updaterd.errors import DownloadError
     with pytest.raises(DownloadError, match=r"metadata|link-local|unspecified"):
-        urlpolicy.check(f"https://{host_text}/feed/manifest.json", allow_insecure=False)
+        urlpolicy.require_allowed(f"https://{host_text}/feed/manifest.json", allow_insecure=False)
 
 
 def _feed_naming(feed: Feed, url: str, published: bool = False) -> None:

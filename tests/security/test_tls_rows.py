@@ -20,8 +20,8 @@ from tests.conftest import Host
 from tests.helpers import Feed, run_updaterd
 from tests.servers.nginx import Nginx, running_nginx
 from updaterd.config import Limits
-from updaterd.download import Fetcher
 from updaterd.errors import DownloadError
+from updaterd.fetcher import Fetcher
 
 NOW = dt.datetime.now(dt.UTC)
 

@@ -11,8 +11,8 @@ from typing import BinaryIO, Protocol
 from urllib.parse import unquote, urlsplit
 
 from updaterd.config import AppConfig, Limits
-from updaterd.download import Expected, Fetcher, ProgressFn
 from updaterd.feed import Artifact, TrustedFeed
+from updaterd.fetcher import Expected, Fetcher, ProgressFn
 from updaterd.state import AppState
 
 
@@ -27,7 +27,7 @@ class Source(Protocol):
         """Where an artifact comes from, for messages."""
         ...
 
-    async def download(self, artifact: Artifact, dest: Path, expected: Expected,
+    async def fetch_artifact(self, artifact: Artifact, dest: Path, expected: Expected,
                        progress: ProgressFn | None) -> BinaryIO:
         """The artifact at `dest`, verified, open for reading."""
         ...

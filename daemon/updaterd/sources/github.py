@@ -21,9 +21,9 @@ import msgspec
 
 from updaterd import checksums, minisign, tokens, urlpolicy, versions
 from updaterd.config import AppConfig, Limits
-from updaterd.download import Expected, Fetcher, ProgressFn
 from updaterd.errors import DigestMismatch, FeedError, RateLimited, SignatureError
 from updaterd.feed import SAFE_FILE_NAME, Artifact, Manifest, Release, TrustedFeed
+from updaterd.fetcher import Expected, Fetcher, ProgressFn
 from updaterd.sources import trust
 from updaterd.state import AppState
 from updaterd.units import parse_size
@@ -233,20 +233,20 @@ class GitHubSource:
         asset = self.assets.get(artifact.url)
         return asset.url if asset else artifact.url
 
-    async def download(self, artifact: Artifact, dest: Path, expected: Expected,
+    async def fetch_artifact(self, artifact: Artifact, dest: Path, expected: Expected,
                        progress: ProgressFn | None) -> BinaryIO:
         """Establish trust (checksum file, signatures) only now that something is installed."""
         asset = self.assets[artifact.url]
         assert self.release is not None
         sha256, blake3 = await self._trusted_digest(self.release, asset)
         signature = self.signatures.get(asset.name)
-        check = None
+        verify_signature = None
         if signature is not None:
             keys, threshold = self.keys, self.cfg.threshold
             tag = self.release.tag_name
             unbound = self._unbound(f"signature of {asset.name}", tag)
 
-            def check(prehash: bytes) -> None:
+            def verify_signature(prehash: bytes) -> None:
                 try:
                     verified = minisign.verify_prehashed(prehash, signature, keys, threshold)
                 except SignatureError as e:
@@ -255,8 +255,8 @@ class GitHubSource:
                            for v in verified):
                     raise DigestMismatch(unbound)
 
-        exp = Expected(asset.size, sha256, blake3, signature=check)
-        return await self.fetcher.download(asset.url, dest, exp, progress,
+        exp = Expected(asset.size, sha256, blake3, signature=verify_signature)
+        return await self.fetcher.fetch_file(asset.url, dest, exp, progress,
                                            headers=self._headers(asset.url,
                                                                  "application/octet-stream"))
 

@@ -17,9 +17,9 @@ import trio
 from updaterd import failpoints, fsutil, keys, minisign
 from updaterd.config import AppConfig, Limits
 from updaterd.digests import Digests
-from updaterd.download import Expected, ProgressFn, fresh_part, verify_expected
 from updaterd.errors import DigestMismatch, DownloadError, FeedError
 from updaterd.feed import MANIFEST, SAFE_FILE_NAME, SIGNATURE, Artifact, TrustedFeed
+from updaterd.fetcher import Expected, ProgressFn, fresh_part, verify_expected
 from updaterd.sources import trust
 from updaterd.state import AppState
 from updaterd.units import parse_size
@@ -86,7 +86,7 @@ class LocalSource:
         if raw is None:
             raise FeedError(f"no {MANIFEST} in {self.folder}")
         sig = await _read_capped(self.folder / SIGNATURE, minisign.MAX_SIGNATURE_FILE)
-        return trust.verify(self.app, self.cfg, state, raw, sig, cycle_start_ts, False)
+        return trust.verify_feed(self.app, self.cfg, state, raw, sig, cycle_start_ts, False)
 
     def _path(self, artifact: Artifact) -> Path:
         if not SAFE_FILE_NAME.fullmatch(artifact.url):
@@ -96,7 +96,7 @@ class LocalSource:
     def describe(self, artifact: Artifact) -> str:
         return str(self._path(artifact))
 
-    async def download(self, artifact: Artifact, dest: Path, expected: Expected,
+    async def fetch_artifact(self, artifact: Artifact, dest: Path, expected: Expected,
                        progress: ProgressFn | None) -> BinaryIO:
         src = self._path(artifact)
         return await trio.to_thread.run_sync(_copy_verified, src, dest, expected)

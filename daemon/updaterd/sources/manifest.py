@@ -10,9 +10,9 @@ import msgspec
 
 from updaterd import keys, minisign
 from updaterd.config import AppConfig, Limits
-from updaterd.download import Expected, Fetcher, ProgressFn
 from updaterd.errors import FeedError
 from updaterd.feed import Artifact, TrustedFeed
+from updaterd.fetcher import Expected, Fetcher, ProgressFn
 from updaterd.sources import trust
 from updaterd.state import AppState
 from updaterd.units import parse_size
@@ -54,7 +54,7 @@ class ManifestSource:
             assert cached is not None
             raw, sig = cached
             return self._allow_named_hosts(
-                trust.verify(self.app, self.cfg, state, raw, sig, cycle_start_ts, True))
+                trust.verify_feed(self.app, self.cfg, state, raw, sig, cycle_start_ts, True))
         # New manifest bytes: follow the feed's key rotations first (a 304 costs nothing more).
         await keys.refresh(self.app, self.cfg, state, self._optional)
         sig = None
@@ -62,7 +62,7 @@ class ManifestSource:
             sig_doc = await self.fetcher.fetch_small(self.url + ".minisig",
                                                      max_bytes=minisign.MAX_SIGNATURE_FILE)
             sig = sig_doc.body
-        trusted = trust.verify(self.app, self.cfg, state, doc.body, sig, cycle_start_ts, True)
+        trusted = trust.verify_feed(self.app, self.cfg, state, doc.body, sig, cycle_start_ts, True)
         trust.keep_copy(self.state_folder, doc.body, sig)
         return self._allow_named_hosts(msgspec.structs.replace(
             trusted, validators=(doc.etag, doc.last_modified)))
@@ -81,9 +81,9 @@ class ManifestSource:
     def describe(self, artifact: Artifact) -> str:
         return urljoin(self.url, artifact.url)
 
-    async def download(self, artifact: Artifact, dest: Path, expected: Expected,
+    async def fetch_artifact(self, artifact: Artifact, dest: Path, expected: Expected,
                        progress: ProgressFn | None) -> BinaryIO:
         url = urljoin(self.url, artifact.url)
         if not url.startswith(("https://", "http://")):
             raise FeedError(f"artifact URL {url!r} is not http(s)")
-        return await self.fetcher.download(url, dest, expected, progress)
+        return await self.fetcher.fetch_file(url, dest, expected, progress)

@@ -18,7 +18,7 @@ def keys_of(cfg: AppConfig) -> list[minisign.PublicKey]:
     return [minisign.PublicKey.parse(k) for k in cfg.public_keys]
 
 
-def verify(app: str, cfg: AppConfig, state: AppState, raw: bytes, sig: bytes | None,
+def verify_feed(app: str, cfg: AppConfig, state: AppState, raw: bytes, sig: bytes | None,
            cycle_start_ts: float, require_signature: bool) -> feed.TrustedFeed:
     """Run every feed check against the stored high-water mark (nothing is stored here)."""
     use = keys.in_use(cfg, state) if cfg.verify == "required" else None

@@ -103,7 +103,7 @@ class CheckedBackend(httpcore.AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
-class CheckedTransport(httpx.AsyncHTTPTransport):
+class GuardedTransport(httpx.AsyncHTTPTransport):
     """httpx's own transport (request and error mapping unchanged) over a connection pool
     whose network backend is `CheckedBackend`; proxies are not used through it."""
 

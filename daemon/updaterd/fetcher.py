@@ -36,10 +36,10 @@ from updaterd import failpoints, fsutil, logtext, urlpolicy
 from updaterd.config import Limits
 from updaterd.digests import Digests
 from updaterd.errors import DigestMismatch, DownloadError, RateLimited, Retryable
-from updaterd.netcheck import CheckedTransport
+from updaterd.netguard import GuardedTransport
 from updaterd.units import parse_duration, parse_size
 
-log = logging.getLogger("updaterd.download")
+log = logging.getLogger("updaterd.fetcher")
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
@@ -198,7 +198,7 @@ class Fetcher:
             # *_proxy variables, which httpx honours only with its own transport) the proxy
             # connects, and the URL policy is what applies.
             # Under a rate cap, large reads would arrive as bursts the cap then sleeps off.
-            transport = CheckedTransport(large_reads=not self.rate_caps)
+            transport = GuardedTransport(large_reads=not self.rate_caps)
         self.rng = rng or random.Random()
         connect = parse_duration(limits.connect_timeout)
         read = parse_duration(limits.read_timeout)
@@ -222,7 +222,7 @@ class Fetcher:
         hops = 0
         origin = urlpolicy.origin(url)
         while True:
-            urlpolicy.check(url, self.allow_insecure, self.allowed_hosts)
+            urlpolicy.require_allowed(url, self.allow_insecure, self.allowed_hosts)
             try:
                 request = self.client.build_request("GET", url, headers=headers)
                 response = await self.client.send(request, stream=True)
@@ -340,7 +340,7 @@ class Fetcher:
 
     # -- artifacts ---------------------------------------------------------------------------
 
-    async def download(self, url: str, dest: Path, expected: Expected,
+    async def fetch_file(self, url: str, dest: Path, expected: Expected,
                        progress: ProgressFn | None = None,
                        headers: dict[str, str] | None = None) -> BinaryIO:
         """Download to `dest` (resuming `dest.part`), verify, and return it open for reading.
@@ -573,7 +573,7 @@ def _remove(path: Path) -> None:
 
 def verify_expected(name: str, digests: Digests, expected: Expected) -> None:
     """Size and digests, then the signature over the prehash; DigestMismatch on any fault."""
-    digests.check(name, expected.size, expected.sha256, expected.blake3,
+    digests.require_match(name, expected.size, expected.sha256, expected.blake3,
                   signature_checked=expected.signature is not None)
     if expected.signature is not None:
         expected.signature(digests.prehash)

@@ -18,8 +18,8 @@ import trio
 from tests.conftest import FaultServer
 from updaterd.config import Limits
 from updaterd.digests import Digests
-from updaterd.download import Expected, Fetcher, parse_retry_after
 from updaterd.errors import DigestMismatch, DownloadError
+from updaterd.fetcher import Expected, Fetcher, parse_retry_after
 
 FAST = Limits(backoff_base="10ms", backoff_cap="50ms", retries=3)
 SIZE = 3 << 20
@@ -44,7 +44,7 @@ def fetch(url: str, dest: Path, expected: Expected, limits: Limits = FAST) -> by
     async def go() -> bytes:
         fetcher = Fetcher(limits, allow_insecure=True)
         try:
-            f = await fetcher.download(url, dest, expected)
+            f = await fetcher.fetch_file(url, dest, expected)
             with f:
                 return f.read()
         finally:
@@ -314,7 +314,7 @@ def test_a21_url_policy_refuses(url: str) -> None:
     from updaterd import urlpolicy
 
     with pytest.raises(DownloadError, match="refusing"):
-        urlpolicy.check(url, allow_insecure=True)
+        urlpolicy.require_allowed(url, allow_insecure=True)
 
 
 def test_retry_after_both_forms() -> None:
@@ -414,7 +414,7 @@ def test_d100_planted_partial_is_never_written_through(fault_server: FaultServer
 
 def test_f123_artifact_swapped_after_verification_is_not_used(
         fault_server: FaultServer, cache: Path, tmp_path: Path) -> None:
-    """The descriptor returned by download() is the one that was hashed; replacing the file
+    """The descriptor returned by fetch_file() is the one that was hashed; replacing the file
     by name afterwards (a race with another writer) changes nothing for the extraction."""
     from tests.helpers import make_tar, release_files
     from updaterd import archive
@@ -427,7 +427,7 @@ def test_f123_artifact_swapped_after_verification_is_not_used(
     async def go() -> Path:
         fetcher = Fetcher(FAST, allow_insecure=True)
         try:
-            f = await fetcher.download(fault_server.url("plain", art.name), cache / art.name,
+            f = await fetcher.fetch_file(fault_server.url("plain", art.name), cache / art.name,
                                        expected)
         finally:
             await fetcher.aclose()
