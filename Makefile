@@ -42,7 +42,7 @@ test-systemd: $(VENV)/.test-extras
 	bash scripts/nspawn-rootfs.sh
 	UPDATERD_TEST_SYSTEMD=1 $(BIN)/python -m pytest tests/systemd $(PYTEST_ARGS)
 
-# Power cuts (RELIABILITY row 58): a Debian 12 guest under qemu (TCG) updates an app while the
+# Power cuts (catalogue row 58): a Debian 12 guest under qemu (TCG) updates an app while the
 # host kills qemu at random instants; every boot after a cut checks the invariant (tests/power).
 test-power: $(VENV)/.test-extras
 	UPDATERD_EXTRA_DEPS="debootstrap:debootstrap qemu-system-x86_64:qemu-system-x86 busybox:busybox-static mkfs.ext4:e2fsprogs" bash scripts/deps.sh
@@ -50,7 +50,7 @@ test-power: $(VENV)/.test-extras
 	bash scripts/power-kernel.sh
 	UPDATERD_TEST_POWER=1 $(BIN)/python -m pytest -s tests/power $(PYTEST_ARGS)
 
-# The full counts of the randomized crash tests (RELIABILITY.md row 57: 50 random kills).
+# The full counts of the randomized crash tests (catalogue row 57: 50 random kills).
 test-long: deps $(VENV)/.test-extras
 	UPDATERD_KILL_TRIALS=50 $(BIN)/python -m pytest -s $(PYTEST_ARGS)
 

@@ -78,6 +78,9 @@ MODULES = [
     Module("transaction", ["tests/test_failpoints.py", "tests/test_update_e2e.py",
                            "tests/test_less_travelled.py", "tests/test_self_update.py"],
            ["recover", "complete_rollback"], 600, True),
+    # updaterd's own hand-over and an app's restart, as the transaction calls them
+    Module("lifecycle", ["tests/test_self_update.py", "tests/test_less_travelled.py",
+                         "tests/test_update_e2e.py"], [], 600, True),
 ]
 
 OPERATORS_LEFT_OUT = [

@@ -1,5 +1,5 @@
 """Safe extraction: good archives of every format, and every malicious case refused with
-nothing written outside the staging folder (RELIABILITY.md group B)."""
+nothing written outside the staging folder (catalogue group B)."""
 
 from __future__ import annotations
 

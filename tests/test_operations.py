@@ -1,5 +1,5 @@
 """Operations an operator can steer (issue 15): every outcome recorded the same way whoever
-started it (RELIABILITY row 142), busy answered at once, edits that do not wait, `cancel`.
+started it (catalogue row 142), busy answered at once, edits that do not wait, `cancel`.
 The real daemon and updaterctl, a feed on nginx, slow downloads through `max_rate`."""
 
 from __future__ import annotations

@@ -121,3 +121,22 @@ def test_querying_from_python_and_from_a_shell(demo_daemon: Daemon, tmp_path: Pa
     assert "From a shell:" in text
     out = run_block(shell, tmp_path)
     assert '"name":"demo"' in out
+
+
+def test_the_code_map_names_every_module_and_only_modules_that_exist() -> None:
+    """The code map is how a newcomer follows one update: a module it does not name is one they
+    never find, a name that no longer exists sends them nowhere."""
+    text = README.read_text()
+    code_map = text[text.index("## Code map"):text.index("## Development")]
+    named = set(re.findall(r"`([a-z_/]+\.py)`", code_map))
+    root = Path(__file__).resolve().parent.parent
+    daemon = root / "daemon" / "updaterd"
+    modules = {p.relative_to(daemon).as_posix() for p in daemon.rglob("*.py")
+               if p.name not in ("__init__.py", "__main__.py")}
+    in_sources = {m.removeprefix("sources/") for m in modules if m.startswith("sources/")}
+    missing = {m for m in modules if m not in named and m.removeprefix("sources/") not in named}
+    assert not missing, f"modules the code map does not name: {sorted(missing)}"
+    ctl = {p.name for p in (root / "ctl" / "updaterctl").glob("*.py")}
+    unknown = {n for n in named if n not in modules and n not in in_sources and n not in ctl
+               and not (daemon / n).exists()}
+    assert not unknown, f"the code map names modules that do not exist: {sorted(unknown)}"

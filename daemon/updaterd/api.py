@@ -52,7 +52,7 @@ from updaterd.rpc import Connection, Handler, RpcError
 from updaterd.state import AppState
 
 if TYPE_CHECKING:
-    from updaterd.service import AppWorker, Daemon
+    from updaterd.view import DaemonView, WorkerView
 
 
 def _tree_size(path: str) -> int:
@@ -70,7 +70,7 @@ def _tree_size(path: str) -> int:
 class ControlApi:
     """The methods of the control socket."""
 
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: DaemonView) -> None:
         self.daemon = daemon
 
     def handlers(self) -> dict[str, Handler]:
@@ -83,14 +83,14 @@ class ControlApi:
             "cancel": self.cancel,
         }
 
-    def _worker(self, app: str) -> AppWorker:
+    def _worker(self, app: str) -> WorkerView:
         worker = self.daemon.workers.get(app)
         if worker is None:
             raise RpcError(ErrorCode.UNKNOWN_APP, f"unknown app: {app}")
         return worker
 
     @asynccontextmanager
-    async def _engine_errors(self, worker: AppWorker) -> AsyncIterator[None]:
+    async def _engine_errors(self, worker: WorkerView) -> AsyncIterator[None]:
         try:
             yield
         except UnknownApp as e:
@@ -106,7 +106,7 @@ class ControlApi:
                             "reason": reason}) from None
 
     @asynccontextmanager
-    async def _exclusive(self, worker: AppWorker) -> AsyncIterator[trio.CancelScope]:
+    async def _exclusive(self, worker: WorkerView) -> AsyncIterator[trio.CancelScope]:
         """An operation for a client: never waits behind another one (it answers `busy` at
         once, with the phase and since when), and runs in a scope `cancel` can reach."""
         if worker.lock.locked():
@@ -131,7 +131,7 @@ class ControlApi:
                                               started_at=d.started_at, config=d.config_path),
                             apps=apps)
 
-    def app_status(self, w: AppWorker) -> AppStatus:
+    def app_status(self, w: WorkerView) -> AppStatus:
         st = w.state()
         cfg = w.config()
         name, notes = w.name, []
@@ -232,7 +232,7 @@ class ControlApi:
                             "from": result.from_version, "to": result.to_version})
         return result
 
-    async def _take_over(self, w: AppWorker) -> UpdateResult:
+    async def _take_over(self, w: WorkerView) -> UpdateResult:
         """`update --now` while an update waits for its window: that update goes on at once
         (it is the same one), and this answer waits for its end."""
         before, version = w.state().installed, w.phase_version
@@ -342,7 +342,7 @@ class ControlApi:
 
 
 
-def _cancelled(w: AppWorker) -> RpcError:
+def _cancelled(w: WorkerView) -> RpcError:
     """The answer to a client whose operation `cancel` stopped."""
     return RpcError(ErrorCode.UPDATE_FAILED, f"{w.name}: cancelled by the operator",
                     {"phase": w.phase, "reason": "cancelled"})

@@ -205,7 +205,7 @@ _TAR_MODES: dict[Kind, Literal["r|gz", "r|xz", "r|bz2"]] = {
     "tar.gz": "r|gz", "tar.xz": "r|xz", "tar.bz2": "r|bz2"}
 
 
-def _check_mode(member: str, mode: int) -> None:
+def _require_safe_mode(member: str, mode: int) -> None:
     if mode & (stat.S_ISUID | stat.S_ISGID):
         raise ArchiveError(f"member {member!r}: setuid or setgid bit set")
 
@@ -241,7 +241,7 @@ def _extract_tar_member(tf: tarfile.TarFile, member: tarfile.TarInfo, tree: _Tre
         tree.claim(name, parts, "dir")
         tree.make_dirs(parts)
     elif member.isreg():
-        _check_mode(name, member.mode)
+        _require_safe_mode(name, member.mode)
         tree.claim(name, parts, "file")
         tree.add_size(name, member.size)
         tree.write_file(name, parts, tf.extractfile(member), bool(member.mode & 0o111),
@@ -287,7 +287,7 @@ def _extract_zip(f: BinaryIO, tree: _Tree) -> None:
             kind = stat.S_IFMT(mode)
             if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
                 raise ArchiveError(f"member {name!r}: zip entry is a link or special file")
-            _check_mode(name, mode)
+            _require_safe_mode(name, mode)
             if not parts:
                 continue
             if info.is_dir():

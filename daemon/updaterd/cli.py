@@ -195,14 +195,14 @@ def _dispatch(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config)
     if not hasattr(tarfile, "data_filter"):
         log.warning("this Python (%s) has no tarfile.data_filter: every tar archive will be "
-                    "refused (RELIABILITY row 54); use Python 3.11.4 or newer",
-                    platform.python_version())
+                    "refused (without it a hostile archive could write outside the release); "
+                    "use Python 3.11.4 or newer", platform.python_version())
     if args.command == "check-config":
         n = len(cfg.apps)
         print(f"{args.config}: OK ({n} app{'' if n == 1 else 's'})")
         return EXIT_OK
     if args.command == "verify":
-        return _verify(cfg, args.apps)
+        return _rehash(cfg, args.apps)
     if args.daemonize:
         if not args.pidfile:
             print("updaterd: --daemonize needs --pidfile PATH", file=sys.stderr)
@@ -218,7 +218,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _verify(cfg: config_mod.Config, apps: list[str]) -> int:
+def _rehash(cfg: config_mod.Config, apps: list[str]) -> int:
     """`updaterd verify`: reads only, so it needs no lock and runs beside the daemon."""
     from updaterd.engine import Engine
 

@@ -381,7 +381,7 @@ def parse(text: str, path: str) -> Config:
 
 def load(path: str | Path) -> Config:
     """Read and validate the configuration file at `path`, and the safety of every path it
-    names (RELIABILITY rows 127, 128, 145): a file or folder another user could change is
+    names (catalogue rows 127, 128, 145): a file or folder another user could change is
     refused here, so at start, reload and `check-config` alike."""
     from updaterd import pathtrust
 

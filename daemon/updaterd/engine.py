@@ -70,11 +70,13 @@ class Engine:
 
     def __init__(self, config: Config, emit: Callable[[Event], None] = _log_event, *,
                  before_switch: Callable[[str, bool], Awaitable[None]] | None = None,
-                 hand_over: Callable[[Path], None] | None = None) -> None:
+                 hand_over: Callable[[Path], None] | None = None,
+                 sources: Callable[[str, AppConfig], Source] | None = None) -> None:
         self.config = config
         self.emit = emit
         self.before_switch = before_switch
         self.hand_over = hand_over
+        self.sources = sources  # where each app's feed comes from; None: its `source` key
         self.download_limiter = trio.CapacityLimiter(config.daemon.max_parallel_downloads)
         self.global_rate: TokenBucket | None = None
         self._states: dict[str, state.AppState] = {}
@@ -133,6 +135,9 @@ class Engine:
 
     @asynccontextmanager
     async def _source(self, run: AppRun) -> AsyncIterator[Source]:
+        if self.sources is not None:  # a source given by the caller (tests: FeedSimulator)
+            yield self.sources(run.name, run.cfg)
+            return
         caps = [TokenBucket(parse_rate(run.cfg.max_rate))] if run.cfg.max_rate else []
         if self.global_rate is not None:
             caps.append(self.global_rate)

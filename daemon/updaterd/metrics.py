@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, get_args
 from updaterctl.protocol import Phase
 
 if TYPE_CHECKING:
-    from updaterd.service import Daemon
+    from updaterd.view import DaemonView
 
 PHASES: tuple[Phase, ...] = get_args(Phase)
 
@@ -17,7 +17,7 @@ def _label(value: str | None) -> str:
     return text.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def render(daemon: Daemon) -> str:
+def render(daemon: DaemonView) -> str:
     """Every metric, one family at a time, each with HELP and TYPE."""
     families: list[tuple[str, str, str, list[str]]] = [
         ("updaterd_app_info", "gauge", "Installed and available version of each app.", []),

@@ -138,7 +138,7 @@ class SecretKey:
     def sign(self, data: bytes, trusted_comment: str, prehashed: bool = True,
              untrusted_comment: str = "signature from updaterd secret key") -> str:
         """A detached `.minisig` text for `data`."""
-        _check_comment(trusted_comment)
+        _validate_comment(trusted_comment)
         priv = _ed25519().Ed25519PrivateKey.from_private_bytes(self.seed)
         alg = _ALG_PREHASHED if prehashed else _ALG
         message = hashlib.blake2b(data, digest_size=64).digest() if prehashed else data
@@ -148,7 +148,7 @@ class SecretKey:
                 f"trusted comment: {trusted_comment}\n{_b64(global_sig)}\n")
 
 
-def _check_comment(comment: str) -> None:
+def _validate_comment(comment: str) -> None:
     if "\n" in comment or "\r" in comment or len(comment.encode()) > MAX_COMMENT:
         raise SignatureError("a trusted comment must be one line of at most 1024 bytes")
 
@@ -231,7 +231,7 @@ def _block(lines: list[str]) -> _Block:
     return _Block(alg, key_id, sig, comment, global_sig)
 
 
-def _check(block: _Block, data: bytes | None, prehash: bytes | None,
+def _verify_block(block: _Block, data: bytes | None, prehash: bytes | None,
            keys: list[PublicKey]) -> Verified:
     matching = [k for k in keys if k.key_id == block.key_id]
     if not matching:
@@ -271,7 +271,7 @@ def _verify_many(data: bytes | None, prehash: bytes | None, signature: bytes,
     refused: list[str] = []
     for block in blocks:
         try:
-            verified = _check(block, data, prehash, keys)
+            verified = _verify_block(block, data, prehash, keys)
         except SignatureError as e:
             refused.append(str(e))
             continue

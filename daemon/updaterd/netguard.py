@@ -1,5 +1,5 @@
 """updaterd's network backend for httpx: the address a connection really reaches is checked
-(RELIABILITY row 138), and the socket is read in large pieces.
+(catalogue row 138), and the socket is read in large pieces.
 
 The URL policy reads host names as written; a name can still resolve to a link-local or cloud
 metadata address. This httpx transport resolves every name itself, refuses the connection when
@@ -66,7 +66,7 @@ class CheckedBackend(httpcore.AsyncNetworkBackend):
                           local_address: str | None = None,
                           socket_options: Iterable[SocketOption] | None = None,
                           ) -> httpcore.AsyncNetworkStream:
-        addresses = await self._checked_addresses(host, port)
+        addresses = await self._allowed_addresses(host, port)
         last: Exception | None = None
         for address in addresses:
             try:
@@ -79,7 +79,7 @@ class CheckedBackend(httpcore.AsyncNetworkBackend):
         raise last
 
     @staticmethod
-    async def _checked_addresses(host: str, port: int) -> list[str]:
+    async def _allowed_addresses(host: str, port: int) -> list[str]:
         try:
             infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except OSError as e:

@@ -5,7 +5,7 @@ a bug. Each ends the same way, whoever started it (the scheduler or `updaterctl`
 recorded in the app's state (failure counter, last error, last success; history for a failed
 update), one `result` or `error` event with a typed outcome, and the phase left `idle` or
 `failed`, never `checking`. The daemon logs the event and counts it in the metrics; the
-scheduler's retry backoff reads the failure counter (RELIABILITY row 142).
+scheduler's retry backoff reads the failure counter (catalogue row 142).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Is this path ours and safe? The one place that decides it (RELIABILITY rows 127, 128, 145).
+"""Is this path ours and safe? The one place that decides it (catalogue rows 127, 128, 145).
 
 updaterd runs as root and acts on what it finds at configured paths: it reads its config and
 tokens, runs commands from releases it installed, restores backups from its state folder. A

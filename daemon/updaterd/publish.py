@@ -69,7 +69,7 @@ def _sign(raw: bytes, comment: str, signers: list[minisign.SecretKey]) -> bytes:
     return "".join(s.sign(raw, comment) for s in signers).encode()
 
 
-def _check_signers(feed_dir: Path, signers: list[minisign.SecretKey]) -> None:
+def _require_same_signers(feed_dir: Path, signers: list[minisign.SecretKey]) -> None:
     """The keys hosts trust for this feed must be the ones signing (row 144): those of the
     feed's latest `keys.json` when it rotated, else those that signed the manifest there."""
     mine = {s.public.id_hex for s in signers}
@@ -138,7 +138,7 @@ def publish(*, feed_dir: Path, key_path: Path | Sequence[Path], app: str, versio
         raise FeedError("--rollout must be between 0 and 100")
     signers = _secrets(key_path)
     if not new_key:
-        _check_signers(feed_dir, signers)
+        _require_same_signers(feed_dir, signers)
     now = now or datetime.now(UTC)
     entries = _artifact_entries(artifacts, platform)
     manifest_path = feed_dir / feed.MANIFEST

@@ -351,7 +351,7 @@ class Server:
         if req.method in STREAMS:
             if batched:
                 raise RpcError(ErrorCode.INVALID_REQUEST, f"{req.method} cannot be batched")
-            self._check_stream_caps(req.method, conn)
+            self._require_stream_room(req.method, conn)
         raw = {} if isinstance(req.params, msgspec.UnsetType) else req.params
         if isinstance(raw, list):
             raise RpcError(ErrorCode.INVALID_PARAMS, "params must be an object (named)")
@@ -361,7 +361,7 @@ class Server:
             raise RpcError(ErrorCode.INVALID_PARAMS, f"invalid params: {e}") from None
         return await handler(params, conn)
 
-    def _check_stream_caps(self, method: str, conn: Connection) -> None:
+    def _require_stream_room(self, method: str, conn: Connection) -> None:
         """subscribe and inhibit hold a task and a buffer until the client hangs up: capped
         per connection and in all (row 136), so a flood costs the daemon a bounded amount."""
         mine = conn.streams.get(method, 0)

@@ -15,7 +15,6 @@ import random
 import signal
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import sdnotify
@@ -29,9 +28,11 @@ from updaterd.config import AppConfig, Config
 from updaterd.engine import Engine
 from updaterd.errors import ConfigError, UpdaterError
 from updaterd.events import EventBus
+from updaterd.inhibitors import Inhibitors
 from updaterd.scheduler import Schedule
 from updaterd.state import AppState
 from updaterd.units import parse_duration
+from updaterd.view import Counters
 
 log = logging.getLogger("updaterd")
 
@@ -41,7 +42,7 @@ class Notifier:
 
     The socket is non-blocking: when its queue is full (systemd busy, or a notify socket nobody
     reads; Linux queues 10 datagrams by default) a message is dropped, never waited for, so the
-    daemon keeps serving (RELIABILITY row 141). The next STATUS= says the truth again.
+    daemon keeps serving (catalogue row 141). The next STATUS= says the truth again.
     """
 
     def __init__(self) -> None:
@@ -67,48 +68,6 @@ class Notifier:
             if self.dropped == 1 or self.dropped % 1000 == 0:
                 log.warning("notify socket: %s; %d messages to systemd dropped so far",
                             e.strerror or e, self.dropped)
-
-
-@dataclass
-class Hold:
-    """One inhibitor: a local program asking that the app not be switched or restarted."""
-
-    who: str
-    why: str
-    uid: int
-    pid: int
-    since: float = field(default_factory=time.time)
-
-
-class Inhibitors:
-    """Holds per app, for as long as the holders' connections stay open."""
-
-    def __init__(self) -> None:
-        self.held: dict[str, list[Hold]] = {}
-        self._changed = trio.Event()
-
-    @contextlib.contextmanager
-    def hold(self, app: str, who: str, why: str, uid: int, pid: int) -> Iterator[Hold]:
-        h = Hold(who, why, uid, pid)
-        self.held.setdefault(app, []).append(h)
-        try:
-            yield h
-        finally:
-            self.held[app].remove(h)
-            self._changed.set()
-            self._changed = trio.Event()
-
-    async def released(self) -> None:
-        await self._changed.wait()
-
-
-@dataclass
-class Counters:
-    checks: int = 0
-    failures: int = 0
-    rollbacks: int = 0
-    downloaded_bytes: int = 0
-    _last_done: int = 0
 
 
 class AppWorker:

@@ -1,4 +1,4 @@
-"""Row F124 of RELIABILITY.md: lengths past 2 GiB and 4 GiB. A sparse artifact of 4 GiB + 1
+"""Row F124 of the catalogue: lengths past 2 GiB and 4 GiB. A sparse artifact of 4 GiB + 1
 byte (no disk needed for its zeros) is downloaded from nginx, whole and then resumed from an
 offset past 2^32, and checked against digests computed by the real sha256sum and b3sum."""
 

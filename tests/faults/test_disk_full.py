@@ -1,4 +1,4 @@
-"""Disk full (RELIABILITY rows B55, C71, D97, D98) on small tmpfs mounts the tests make
+"""Disk full (catalogue rows B55, C71, D97, D98) on small tmpfs mounts the tests make
 (they run as root here and in CI). Each case: a clear error, no traceback, nothing torn, the
 installed version untouched."""
 

@@ -1,4 +1,4 @@
-"""Rows C59, C62, C63 and C65 of RELIABILITY.md: what the releases layout promises to readers,
+"""Rows C59, C62, C63 and C65 of the catalogue: what the releases layout promises to readers,
 to leftovers, to a staging folder on another filesystem, and to a health check that hangs."""
 
 from __future__ import annotations

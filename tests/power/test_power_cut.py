@@ -1,4 +1,4 @@
-"""RELIABILITY row 58: power cuts, in a qemu virtual machine (real-host issue, section 3).
+"""catalogue row 58: power cuts, in a qemu virtual machine (real-host issue, section 3).
 
 A Debian 12 guest (the nspawn root file system of `make test-systemd`, with the host's Python at
 its own path and updaterd installed from this checkout) boots from an ext4 image made with

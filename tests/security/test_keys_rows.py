@@ -1,4 +1,4 @@
-"""Rows A5 and A23-A25 of RELIABILITY.md: signature thresholds, key rotation signed by old and
+"""Rows A5 and A23-A25 of the catalogue: signature thresholds, key rotation signed by old and
 new keys, revocation. The end-to-end rows run the real `updaterd` against a feed nginx serves."""
 
 from __future__ import annotations

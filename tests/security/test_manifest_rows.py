@@ -1,4 +1,4 @@
-"""Rows of RELIABILITY.md group A that need the real updaterd and a served feed."""
+"""Rows of catalogue group A that need the real updaterd and a served feed."""
 
 from __future__ import annotations
 

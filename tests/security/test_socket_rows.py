@@ -1,4 +1,4 @@
-"""Rows E101-E103, E107 and E110 of RELIABILITY.md: how the control socket is created, who may
+"""Rows E101-E103, E107 and E110 of the catalogue: how the control socket is created, who may
 go back, and a crowd of slow clients from other users. Other users are real: `setpriv` runs the
 clients under other uids against the real daemon."""
 

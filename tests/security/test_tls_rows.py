@@ -1,4 +1,4 @@
-"""Row D96 of RELIABILITY.md: a bad or expired TLS certificate fails, with no insecure
+"""Row D96 of the catalogue: a bad or expired TLS certificate fails, with no insecure
 fallback. nginx serves https on 127.0.0.1 with certificates this test makes: one from a CA
 the client trusts (SSL_CERT_FILE), one expired, one for another name, one self-signed."""
 

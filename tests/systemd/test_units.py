@@ -45,7 +45,7 @@ class Container:
              # there (a proxy's CA included): pip reaches the package index the same way
              "--bind-ro=/etc/ssl/certs/ca-certificates.crt",
              # Debian 12's python3 (3.11.2) has no tarfile.data_filter, without which updaterd
-             # refuses tar archives (RELIABILITY row 54): the host's 3.11.7 stands in for the
+             # refuses tar archives (catalogue row 54): the host's 3.11.7 stands in for the
              # newer Python the README asks for
              f"--bind-ro={PYTHON}", "--boot"],
             stdin=subprocess.DEVNULL, stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115

@@ -53,7 +53,7 @@ class GitHubRelease(msgspec.Struct):
 def binds_version(text: str, tag: str, version: str) -> bool:
     """Whether signed text (a trusted comment, an asset name from a signed checksum file) names
     this release: its tag or version as a whole token, so `1.0.0` is not found in `11.0.0`,
-    `1.0.0.1` or `1.0.0rc1` (RELIABILITY row 133)."""
+    `1.0.0.1` or `1.0.0rc1` (catalogue row 133)."""
     for name in {tag, version}:
         pattern = rf"(?<![0-9A-Za-z.])[vV]?{re.escape(name)}(?![0-9A-Za-z]|\.[0-9])"
         if re.search(pattern, text):

@@ -1,0 +1,93 @@
+"""What the control socket and the metrics see of the running daemon.
+
+`service.Daemon` and its `AppWorker`s satisfy these protocols; `api` and `metrics` are written
+against them, so that neither needs the service (which builds on both).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    import trio
+
+    from updaterctl.protocol import Event, Phase
+    from updaterd.config import AppConfig, Config
+    from updaterd.engine import Engine
+    from updaterd.events import EventBus
+    from updaterd.inhibitors import Inhibitors
+    from updaterd.scheduler import Schedule
+    from updaterd.state import AppState
+
+
+@dataclass
+class Counters:
+    checks: int = 0
+    failures: int = 0
+    rollbacks: int = 0
+    downloaded_bytes: int = 0
+    _last_done: int = 0
+
+
+class WorkerView(Protocol):
+    """One app's worker: what it is doing, its lock, its schedule, its counters."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def phase(self) -> Phase: ...
+    @property
+    def message(self) -> str: ...
+    @property
+    def progress(self) -> tuple[int, int] | None: ...
+    @property
+    def counters(self) -> Counters: ...
+    @property
+    def busy_since(self) -> float: ...
+    @property
+    def failed_step(self) -> str | None: ...
+    @property
+    def phase_version(self) -> str | None: ...
+    @property
+    def lock(self) -> trio.Lock: ...
+    @property
+    def schedule(self) -> Schedule: ...
+    @property
+    def take_over(self) -> trio.Event: ...
+    @property
+    def op_scope(self) -> trio.CancelScope | None: ...
+
+    def running(self) -> AbstractContextManager[trio.CancelScope]:
+        """The scope of one operation, which `cancel` can reach."""
+        ...
+
+    def state(self) -> AppState: ...
+    def config(self) -> AppConfig: ...
+
+
+class DaemonView(Protocol):
+    """The daemon as a whole: its configuration, engine, event bus, inhibitors and workers."""
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def config_path(self) -> str: ...
+    @property
+    def started_at(self) -> float: ...
+    @property
+    def engine(self) -> Engine: ...
+    @property
+    def bus(self) -> EventBus: ...
+    @property
+    def inhibitors(self) -> Inhibitors: ...
+    @property
+    def workers(self) -> Mapping[str, WorkerView]: ...
+
+    async def reload(self) -> None:
+        """Read the configuration again; ConfigError leaves the old one in place."""
+        ...
+
+    def on_event(self, event: Event) -> None: ...

@@ -1,0 +1,188 @@
+"""FeedSimulator: an in-memory signed feed that the engine uses as its source, for in-process
+tests of the engine and the transaction that run in milliseconds (as python-tuf's
+RepositorySimulator). It builds releases, signs the manifest with its own key, hands the engine
+the feed and the artifacts through the `Source` protocol, and counts what was asked of it.
+
+The real-process tests (nginx, the daemon, kill -9) stay the end-to-end proof; these test one
+behaviour of the engine at a time.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import tarfile
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import blake3
+import msgspec
+import trio
+
+from tests.helpers import release_files, write_config
+from updaterd import config as config_mod
+from updaterd import minisign
+from updaterd.config import AppConfig, Config
+from updaterd.digests import Digests
+from updaterd.engine import Engine
+from updaterd.errors import FeedError
+from updaterd.feed import Artifact, Manifest, Release, TrustedFeed
+from updaterd.fetcher import Expected, ProgressFn, fresh_part, verify_expected
+from updaterd.sources import trust
+from updaterd.state import AppState
+
+PLATFORM = "linux-x86_64"
+
+
+def tar_gz(files: dict[str, tuple[bytes, int]], top: str) -> bytes:
+    """A .tar.gz of `files` (path -> (content, mode)) under the folder `top`, in memory."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for name, (data, mode) in files.items():
+            info = tarfile.TarInfo(f"{top}/{name}")
+            info.size, info.mode = len(data), mode
+            tf.addfile(info, io.BytesIO(data))
+    return gzip.compress(buf.getvalue(), mtime=0)
+
+
+@dataclass
+class FeedSimulator:
+    """A signed feed held in memory. `release` adds a version and signs again; `requests`
+    counts the manifest fetches ("manifest") and each artifact's (by name)."""
+
+    app: str = "hello"
+    key: minisign.SecretKey = field(default_factory=minisign.SecretKey.generate)
+    serial: int = 0
+    expires: datetime = field(default_factory=lambda: datetime.now(UTC) + timedelta(days=7))
+    releases: list[Release] = field(default_factory=list)
+    blobs: dict[str, bytes] = field(default_factory=dict)
+    requests: Counter[str] = field(default_factory=Counter)
+    raw: bytes = b""
+    signature: bytes = b""
+
+    @property
+    def public_key(self) -> str:
+        return self.key.public.to_base64()
+
+    def release(self, version: str, *, healthy: bool = True, rollout: int = 100,
+                files: dict[str, tuple[bytes, int]] | None = None) -> Artifact:
+        """Add `version` (the sample app of the tests unless `files` are given), signed."""
+        data = tar_gz(files or release_files(version, healthy), f"{self.app}-{version}")
+        name = f"{self.app}-{version}-{PLATFORM}.tar.gz"
+        self.blobs[name] = data
+        artifact = Artifact(platform=PLATFORM, url=name, size=len(data),
+                            sha256=hashlib.sha256(data).hexdigest(),
+                            blake3=blake3.blake3(data).hexdigest())
+        self.releases.append(Release(version=version, published=datetime.now(UTC),
+                                     rollout=rollout, artifacts=[artifact]))
+        self.sign()
+        return artifact
+
+    def sign(self, key: minisign.SecretKey | None = None, serial: int | None = None) -> None:
+        """Encode the manifest with the next serial (or `serial`) and sign it."""
+        self.serial = self.serial + 1 if serial is None else serial
+        manifest = Manifest(schema=1, app=self.app, serial=self.serial, expires=self.expires,
+                            releases=self.releases)
+        self.raw = msgspec.json.encode(manifest)
+        comment = f"timestamp:0\tfile:manifest.json\tapp:{self.app}"
+        self.signature = (key or self.key).sign(self.raw, comment).encode()
+
+    # -- the Source protocol ------------------------------------------------------------------
+
+    def source(self, app: str, cfg: AppConfig) -> SimulatedSource:
+        """What the engine's `sources` hook returns for an app."""
+        return SimulatedSource(self, app, cfg)
+
+
+@dataclass
+class SimulatedSource:
+    sim: FeedSimulator
+    app: str
+    cfg: AppConfig
+
+    async def fetch(self, state: AppState, cache: Path, cycle_start_ts: float) -> TrustedFeed:
+        self.sim.requests["manifest"] += 1
+        await trio.lowlevel.checkpoint()
+        return trust.verify_feed(self.app, self.cfg, state, self.sim.raw, self.sim.signature,
+                                 cycle_start_ts, True)
+
+    def describe(self, artifact: Artifact) -> str:
+        return f"the simulator's {artifact.url}"
+
+    async def fetch_artifact(self, artifact: Artifact, dest: Path, expected: Expected,
+                             progress: ProgressFn | None) -> BinaryIO:
+        """The bytes held for this artifact, through the same fresh `.part` and the same
+        checks as a real download."""
+        self.sim.requests[artifact.url] += 1
+        await trio.lowlevel.checkpoint()
+        data = self.sim.blobs.get(artifact.url)
+        if data is None:
+            raise FeedError(f"{artifact.url}: not in the simulated feed")
+        part = dest.with_name(dest.name + ".part")
+        fd = fresh_part(part)
+        try:
+            digests = Digests(expected.signature is not None)
+            digests.update(data)
+            os.write(fd, data)
+            verify_expected(dest.name, digests, expected)
+            os.fsync(fd)
+            os.replace(part, dest)
+        except BaseException:
+            os.close(fd)
+            part.unlink(missing_ok=True)
+            raise
+        if progress is not None:
+            progress(len(data), len(data))
+        os.lseek(fd, 0, os.SEEK_SET)
+        return os.fdopen(fd, "rb")
+
+
+@dataclass
+class SimHost:
+    """A temporary host (prefix, state, cache) whose one app follows a FeedSimulator, and the
+    engine that serves it, in this process."""
+
+    base: Path
+    sim: FeedSimulator
+    events: list[Any] = field(default_factory=list)
+
+    @property
+    def prefix(self) -> Path:
+        return self.base / "opt" / "hello"
+
+    def configure(self, **app: Any) -> Config:
+        feed_dir = self.base / "feed"  # never read: the simulator is the source
+        feed_dir.mkdir(parents=True, exist_ok=True)
+        table = {"source": "directory", "path": str(feed_dir), "prefix": str(self.prefix),
+                 "public_keys": [self.sim.public_key], "health_check": ["bin/hello"],
+                 "health_timeout": "10s", **app}
+        daemon = {"state_dir": str(self.base / "state"), "cache_dir": str(self.base / "cache"),
+                  "lock_file": str(self.base / "updaterd.lock"),
+                  "socket": str(self.base / "updaterd.sock"), "host_id": "test-host",
+                  "platform": PLATFORM}
+        path = write_config(self.base / "updaterd.toml", daemon, {"hello": table})
+        return config_mod.load(path)
+
+    def engine(self, **app: Any) -> Engine:
+        return Engine(self.configure(**app), self.events.append, sources=self.sim.source)
+
+    def current(self) -> str | None:
+        link = self.prefix / "current"
+        return os.readlink(link).split("/")[-1] if link.is_symlink() else None
+
+    def releases(self) -> list[str]:
+        folder = self.prefix / "releases"
+        return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+    def leftovers(self) -> list[str]:
+        """What a finished operation must not leave: staging folders, temp and part files."""
+        found = [str(p) for p in (self.prefix / ".staging").glob("*")]
+        cache = self.base / "cache" / "hello"
+        if cache.is_dir():
+            found += [str(p) for p in cache.iterdir() if p.name.endswith(".part")]
+        return found

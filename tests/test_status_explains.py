@@ -1,0 +1,60 @@
+"""What `status` and `metrics` tell an operator: why an available version is not being installed
+(rollout share, window, pause, pin, skip, block), and metrics that parse as Prometheus text."""
+
+from __future__ import annotations
+
+import json
+
+from tests.conftest import Daemon, Host, Nginx
+from tests.helpers import Feed
+
+
+def test_rollout_share_is_explained_and_widened_without_a_new_version(
+        host: Host, nginx: Nginx, served_feed: Feed, daemon: Daemon) -> None:
+    served_feed.release("1.0.0")
+    host.follow(nginx, served_feed)
+    daemon.start()
+    daemon.wait_for(lambda: daemon.app()["current"] == "1.0.0", what="install")
+    art = served_feed.release("1.1.0", rollout=0)
+    daemon.ctl("check", "hello", check=True)
+    assert "1.1.0: available to 0% of hosts, not this one yet" in daemon.app()["notes"]
+    served_feed.publish("1.1.0", [art], rollout=100)  # the same version, a wider share
+    out = json.loads(daemon.ctl("--json", "check", "hello", check=True).stdout)["hello"]
+    assert out["available"] == "1.1.0"
+
+
+def test_status_explains_every_reason_a_version_waits(host: Host, nginx: Nginx,
+                                                      served_feed: Feed,
+                                                      daemon: Daemon) -> None:
+    served_feed.release("1.0.0")
+    host.follow(nginx, served_feed, pin="<2")
+    daemon.start()
+    daemon.wait_for(lambda: daemon.app()["current"] == "1.0.0", what="install")
+    served_feed.release("1.1.0", rollout=0)
+    served_feed.release("1.2.0")
+    served_feed.release("1.3.0", healthy=False)
+    served_feed.release("2.0.0")
+    daemon.ctl("skip", "hello", "1.2.0", check=True)
+    daemon.ctl("update", "hello", "--version", "1.3.0")  # fails its health check: blocked
+    daemon.ctl("pause", "hello", check=True)
+    daemon.ctl("check", "hello", check=True)
+    notes = "\n".join(daemon.app()["notes"])
+    for reason in ("1.1.0: available to 0% of hosts", "1.2.0: skipped by the operator",
+                   "1.3.0: blocked after a failed health check", "2.0.0: outside pin '<2'",
+                   "paused"):
+        assert reason in notes, reason
+    human = daemon.ctl("status", "hello").stdout
+    assert "outside pin" in human and "blocked" in human
+
+
+def test_metrics_parse_with_prometheus_client(running: Daemon) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = running.ctl("metrics", check=True).stdout
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    info = families["updaterd_app_info"].samples[0]
+    assert info.labels == {"app": "hello", "installed": "1.0.0", "available": ""}
+    assert families["updaterd_checks"].type == "counter"
+    assert families["updaterd_checks"].samples[0].value >= 1
+    phases = {s.labels["phase"]: s.value for s in families["updaterd_phase"].samples}
+    assert phases["idle"] == 1 and sum(phases.values()) == 1
