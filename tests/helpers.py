@@ -129,6 +129,7 @@ class Feed:
 
     def publish(self, version: str, artifacts: list[Path], **kw: Any) -> None:
         kw.setdefault("platform", "linux-x86_64")
+        kw.setdefault("delta_from", 0)  # full artifacts only, unless a test asks for deltas
         publish(feed_dir=self.folder, key_path=self.key, app=self.app, version=version,
                 artifacts=artifacts, **kw)
 

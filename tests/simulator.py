@@ -14,6 +14,7 @@ import hashlib
 import io
 import os
 import tarfile
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -26,13 +27,14 @@ import trio
 
 from tests.helpers import release_files, write_config
 from updaterd import config as config_mod
-from updaterd import minisign
+from updaterd import delta, minisign
 from updaterd.config import AppConfig, Config
 from updaterd.digests import Digests
 from updaterd.engine import Engine
 from updaterd.errors import FeedError
 from updaterd.feed import Artifact, Manifest, Release, TrustedFeed
 from updaterd.fetcher import Expected, ProgressFn, fresh_part, verify_expected
+from updaterd.publish import delta_files
 from updaterd.sources import trust
 from updaterd.state import AppState
 
@@ -70,18 +72,53 @@ class FeedSimulator:
         return self.key.public.to_base64()
 
     def release(self, version: str, *, healthy: bool = True, rollout: int = 100,
-                files: dict[str, tuple[bytes, int]] | None = None) -> Artifact:
-        """Add `version` (the sample app of the tests unless `files` are given), signed."""
+                files: dict[str, tuple[bytes, int]] | None = None,
+                deltas: int = 0) -> Artifact:
+        """Add `version` (the sample app of the tests unless `files` are given), signed; with
+        `deltas`, a delta descriptor and packs from that many releases before it, as
+        `updaterd publish` writes them."""
         data = tar_gz(files or release_files(version, healthy), f"{self.app}-{version}")
         name = f"{self.app}-{version}-{PLATFORM}.tar.gz"
-        self.blobs[name] = data
-        artifact = Artifact(platform=PLATFORM, url=name, size=len(data),
-                            sha256=hashlib.sha256(data).hexdigest(),
-                            blake3=blake3.blake3(data).hexdigest())
-        self.releases.append(Release(version=version, published=datetime.now(UTC),
-                                     rollout=rollout, artifacts=[artifact]))
+        artifact = self.add_blob(name, data, PLATFORM)
+        release = Release(version=version, published=datetime.now(UTC), rollout=rollout,
+                          artifacts=[artifact])
+        with tempfile.TemporaryDirectory(prefix="feed-simulator-") as tmp:
+            folder = Path(tmp)
+            for r in self.releases:
+                for a in r.artifacts:
+                    (folder / a.url).write_bytes(self.blobs[a.url])
+            (folder / name).write_bytes(data)
+            for blob, raw in delta_files(folder, self.app, version, artifact, self.releases,
+                                     deltas):
+                added = self.add_blob(blob, raw, delta.descriptor_platform(PLATFORM))
+                if blob.endswith(".delta.json"):
+                    release.artifacts.append(added)
+        self.releases.append(release)
         self.sign()
         return artifact
+
+    def add_blob(self, name: str, data: bytes, platform: str) -> Artifact:
+        """Serve `data` as `name`; returns it as the manifest lists it."""
+        self.blobs[name] = data
+        return Artifact(platform=platform, url=name, size=len(data),
+                        sha256=hashlib.sha256(data).hexdigest(),
+                        blake3=blake3.blake3(data).hexdigest())
+
+    def replace_signed(self, name: str, data: bytes) -> None:
+        """Serve other bytes as `name` and list their digests in the manifest, signed: what a
+        publisher who made a mistake (or whose build machine was taken) would serve."""
+        for r in self.releases:
+            r.artifacts = [self.add_blob(name, data, a.platform) if a.url == name else a
+                           for a in r.artifacts]
+        self.sign()
+
+    def descriptor(self, version: str) -> delta.Descriptor:
+        name = f"{self.app}-{version}-{PLATFORM}.tar.gz.delta.json"
+        return msgspec.json.decode(self.blobs[name], type=delta.Descriptor)
+
+    def replace_descriptor(self, version: str, desc: delta.Descriptor) -> None:
+        self.replace_signed(f"{self.app}-{version}-{PLATFORM}.tar.gz.delta.json",
+                            msgspec.json.encode(desc))
 
     def sign(self, key: minisign.SecretKey | None = None, serial: int | None = None) -> None:
         """Encode the manifest with the next serial (or `serial`) and sign it."""

@@ -427,19 +427,19 @@ def test_check_name_limits_are_in_bytes_at_the_edges() -> None:
     ("a\x1fb", "control characters"), ("a\\b", "control characters"),
     ("", "absolute or empty"), ("/x", "absolute or empty"), ("a\0b", "absolute or empty")])
 def test_link_targets_refused(tmp_path: Path, target: str, why: str) -> None:
-    from updaterd.archive import ExtractLimits, _Tree
+    from updaterd.archive import ExtractLimits, Tree
 
-    tree = _Tree(tmp_path, ExtractLimits(10, 10, 10))
+    tree = Tree(tmp_path, ExtractLimits(10, 10, 10))
     with pytest.raises(ArchiveError, match=re.escape(why)):
         tree.add_link("m", "link", target)
     tree.add_link("m", "ok", "a b~\x7f")
     assert tree.links == {"ok": "a b~\x7f"}
 
 
-def _tree(tmp_path: Path, **limits: int) -> archive._Tree:
+def _tree(tmp_path: Path, **limits: int) -> archive.Tree:
     root = tmp_path / "tree"
     root.mkdir()
-    return archive._Tree(root, archive.ExtractLimits(**{**{"max_members": 100, "max_total": 100,
+    return archive.Tree(root, archive.ExtractLimits(**{**{"max_members": 100, "max_total": 100,
                                                            "max_file": 100}, **limits}))
 
 

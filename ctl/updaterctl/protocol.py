@@ -198,7 +198,9 @@ class UpdateResult(Struct, kw_only=True):
         app already); updaterd logs it and updaterctl prints it."""
         name = f"{app}: " if app else ""
         if self.result == "installed":
-            return f"{name}installed {self.to_version} (was {self.from_version or 'nothing'})"
+            how = f" {self.reason}" if self.reason else ""  # as a delta, and what it saved
+            return f"{name}installed {self.to_version} (was {self.from_version or 'nothing'})" \
+                   f"{how}"
         if self.result == "up_to_date":
             return f"{name}up to date at {self.from_version or 'nothing'}"
         if self.result == "deferred":

@@ -17,7 +17,7 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, BinaryIO, Literal
+from typing import IO, BinaryIO, Literal, Protocol
 
 import zstandard
 
@@ -83,9 +83,16 @@ def member_parts(name: str) -> tuple[str, ...]:
     return parts
 
 
+class Readable(Protocol):
+    """Where a file's bytes come from: an archive member, or a delta's pack or kept file."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
 @dataclass
-class _Tree:
-    """What has been written so far, to catch duplicates, case clashes and link tricks."""
+class Tree:
+    """What has been written so far (an archive's members, or a delta's entries), to catch
+    duplicates, case clashes and link tricks."""
 
     root: Path
     limits: ExtractLimits
@@ -141,7 +148,7 @@ class _Tree:
             self.made.add(key)
         return path
 
-    def write_file(self, member: str, parts: tuple[str, ...], data: IO[bytes] | None,
+    def write_file(self, member: str, parts: tuple[str, ...], data: Readable | None,
                    executable: bool, size: int) -> None:
         self.make_dirs(parts[:-1])
         mode = 0o755 if executable else 0o644
@@ -210,7 +217,7 @@ def _require_safe_mode(member: str, mode: int) -> None:
         raise ArchiveError(f"member {member!r}: setuid or setgid bit set")
 
 
-def _extract_tar(f: BinaryIO, kind: Kind, tree: _Tree) -> None:
+def _extract_tar(f: BinaryIO, kind: Kind, tree: Tree) -> None:
     if not hasattr(tarfile, "data_filter"):
         raise ArchiveError("this Python has no tarfile.data_filter; refusing to extract")
     source: IO[bytes] = f
@@ -228,7 +235,7 @@ def _extract_tar(f: BinaryIO, kind: Kind, tree: _Tree) -> None:
         raise ArchiveError(f"corrupt or truncated archive: {e}") from None
 
 
-def _extract_tar_member(tf: tarfile.TarFile, member: tarfile.TarInfo, tree: _Tree) -> None:
+def _extract_tar_member(tf: tarfile.TarFile, member: tarfile.TarInfo, tree: Tree) -> None:
     name = member.name
     parts = member_parts(name)
     try:
@@ -273,7 +280,7 @@ def _refuse_overlaps(zf: zipfile.ZipFile) -> None:
                                "(an overlapping-entries zip bomb)")
 
 
-def _extract_zip(f: BinaryIO, tree: _Tree) -> None:
+def _extract_zip(f: BinaryIO, tree: Tree) -> None:
     try:
         zf = zipfile.ZipFile(f)
     except (zipfile.BadZipFile, OSError) as e:
@@ -314,7 +321,7 @@ def extract(f: BinaryIO, kind: Kind, staging: Path, limits: ExtractLimits,
         raise ArchiveError(f"staging folder {staging} is not empty; refusing to extract into it")
     root = staging / "tree"
     os.mkdir(root, 0o755)
-    tree = _Tree(root=root, limits=limits)
+    tree = Tree(root=root, limits=limits)
     if kind == "raw":
         parts = member_parts(raw_name)
         if len(parts) != 1:

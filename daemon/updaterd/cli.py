@@ -59,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     pub.add_argument("--new-key", action="store_true",
                      help="sign with keys the feed was not signed with (every host must be "
                           "re-configured; `rotate-keys` moves hosts over by themselves)")
+    pub.add_argument("--delta-from", type=int, default=2, metavar="N",
+                     help="write delta packs from the N releases before this one (0: none)")
     pub.add_argument("artifacts", nargs="*", metavar="ARTIFACT")
     rk = sub.add_parser("rotate-keys",
                         help="publish the feed's next key set, signed by old and new keys")
@@ -169,7 +171,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         m = publish(feed_dir=Path(args.feed), key_path=[Path(k) for k in args.key], app=args.app,
                     version=args.release_version, artifacts=[Path(a) for a in args.artifacts],
                     channel=args.channel, notes=notes, expires=args.expires,
-                    rollout=args.rollout, platform=args.platform, new_key=args.new_key)
+                    rollout=args.rollout, platform=args.platform, new_key=args.new_key,
+                    delta_from=args.delta_from)
         print(f"published {args.app} {args.release_version} to {args.feed} (serial {m.serial})")
         return EXIT_OK
     if args.command == "rotate-keys":

@@ -314,7 +314,7 @@ class Engine:
                 raise FeedError(f"{app} {release.version}: no artifact for {self.platform}")
             op.version = release.version
             ended = await apply_update(run, source, release, artifact)
-        reason = run.state.last_error or "" if ended == "rolled_back" else ""
+        reason = run.state.last_error or "" if ended == "rolled_back" else run.plan
         if ended == "restarting":
             reason = ("updaterd re-executes into it and finishes the health check"
                       if self.hand_over is not None else

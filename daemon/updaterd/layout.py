@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -252,13 +253,23 @@ class Layout:
     def stage(self, f: BinaryIO, kind: archive.Kind, limits: archive.ExtractLimits,
               raw_name: str, executable: str | None, version: str) -> Staged:
         """Extract into a fresh staging folder, fsync, and move it to releases/<version>."""
+        return self.stage_with(lambda staging: archive.extract(f, kind, staging, limits,
+                                                               raw_name), version)
+
+    def stage_with(self, make: Callable[[Path], Path], version: str,
+                   expected: dict[str, str] | None = None) -> Staged:
+        """Make the release in a fresh staging folder (`make` returns its root), fsync it, and
+        move it to releases/<version>; with `expected`, only when its tree is exactly that."""
         staging = self.new_staging()
         try:
-            root = archive.extract(f, kind, staging, limits, raw_name)
+            root = make(staging)
             failpoints.hit("stage.after_extract")
             fsutil.make_durable(root)
             failpoints.hit("stage.after_fsync")
             tree = treehash.record(root, version)
+            if expected is not None and tree.entries != expected:
+                raise LayoutError(f"{version} as built differs from its description: "
+                                  f"{_first_difference(tree.entries, expected)}")
             dest = self.place_release(root, version)
             failpoints.hit("release.after_rename")
             return Staged(version=version, path=str(dest), tree=tree)
@@ -330,3 +341,13 @@ def remove_tree(path: Path) -> None:
 
     shutil.rmtree(path, onerror=make_writable)
 
+
+def _first_difference(found: dict[str, str], expected: dict[str, str]) -> str:
+    for name in sorted(expected.keys() | found.keys()):
+        if name not in found:
+            return f"{name} is missing"
+        if name not in expected:
+            return f"{name} is not in the release"
+        if found[name] != expected[name]:
+            return f"{name} differs"
+    return "none"

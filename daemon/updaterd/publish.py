@@ -8,9 +8,11 @@ sees the new manifest finds a signature for it).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import shutil
+import tempfile
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -18,13 +20,14 @@ from pathlib import Path
 
 import msgspec
 
-from updaterd import digests, failpoints, feed, fsutil, keys, minisign, versions
+from updaterd import archive, delta, digests, failpoints, feed, fsutil, keys, minisign, versions
 from updaterd.config import host_platform
 from updaterd.errors import FeedError, SignatureError, UpdaterError
 from updaterd.feed import Artifact, Manifest, Release
 from updaterd.keys import KeySet
 from updaterd.units import parse_duration
 
+log = logging.getLogger("updaterd.publish")
 _PLATFORM_IN_NAME = re.compile(
     r"(linux|darwin|windows|freebsd)[-_](x86_64|aarch64|arm64|armv7l?|i686|riscv64|ppc64le|s390x)")
 
@@ -119,15 +122,69 @@ def _artifact_entries(artifacts: list[Path], platform: str | None) -> list[tuple
     return entries
 
 
+def _extract_for_delta(path: Path, into: Path) -> Path:
+    """A release as our extractor makes it on a host, from its full artifact."""
+    from updaterd.config import Limits
+    from updaterd.units import parse_size
+
+    lim = Limits()
+    limits = archive.ExtractLimits(max_members=lim.max_archive_members,
+                                   max_total=parse_size(lim.max_extracted_size),
+                                   max_file=parse_size(lim.max_file_size))
+    into.mkdir()
+    with open(path, "rb") as f:
+        return archive.extract(f, archive.kind_of(path.name), into, limits, path.name)
+
+
+def delta_files(feed_dir: Path, app: str, version: str, artifact: Artifact,
+            earlier: list[Release], count: int) -> list[tuple[str, bytes]]:
+    """The descriptor of `artifact` (in the feed folder) and its packs from the `count`
+    releases before it that have an artifact for the same platform: (file name, bytes), the
+    descriptor last. Empty for a single executable, or with nothing to build from."""
+    if count <= 0 or archive.kind_of(artifact.url) == "raw":
+        return []
+    bases: list[tuple[str, Path]] = []
+    for r in sorted(earlier, key=lambda r: versions.key(r.version), reverse=True):
+        a = next((a for a in r.artifacts if a.platform == artifact.platform), None)
+        if a is not None and (feed_dir / a.url).is_file() and \
+                archive.kind_of(a.url) != "raw" and len(bases) < count:
+            bases.append((r.version, feed_dir / a.url))
+    if not bases:
+        return []
+    with tempfile.TemporaryDirectory(prefix="updaterd-delta-") as tmp:
+        try:
+            new_root = _extract_for_delta(feed_dir / artifact.url, Path(tmp) / "new")
+        except (UpdaterError, OSError) as e:  # deltas save bytes; they never stop a publish
+            log.warning("%s: no delta packs: it does not extract (%s)", artifact.url, e)
+            return []
+        desc, entries = delta.describe(new_root, app, version)
+        out = []
+        for base, path in bases:
+            try:
+                base_root = _extract_for_delta(path, Path(tmp) / f"base-{base}")
+            except (UpdaterError, OSError) as e:
+                log.warning("%s: no delta pack from %s: %s does not extract (%s)",
+                            artifact.url, base, path.name, e)
+                continue
+            pack, data = delta.make_pack(new_root, entries, base_root, base,
+                                         f"{artifact.url}.from-{base}.delta")
+            desc.packs.append(pack)
+            out.append((pack.url, data))
+        out.append((f"{artifact.url}.delta.json", feed.encode(desc)))
+        return out
+
+
 def publish(*, feed_dir: Path, key_path: Path | Sequence[Path], app: str, version: str,
             artifacts: list[Path], channel: str = "stable", notes: str = "",
             expires: str = "30d", rollout: int = 100, platform: str | None = None,
-            now: datetime | None = None, new_key: bool = False) -> Manifest:
+            now: datetime | None = None, new_key: bool = False,
+            delta_from: int = 2) -> Manifest:
     """Add (or replace) `version` in the feed at `feed_dir`, re-sign it; returns the manifest.
 
     Several keys sign one after the other, for hosts with a `threshold` above 1. Everything is
     checked before the feed folder is touched, and at every instant the folder holds a
-    manifest that its signature file verifies (row 144)."""
+    manifest that its signature file verifies (row 144). Each archive gets a delta descriptor
+    and packs from the `delta_from` releases before it (see `delta`)."""
     try:
         versions.parse(version)
     except ValueError as e:
@@ -173,6 +230,16 @@ def publish(*, feed_dir: Path, key_path: Path | Sequence[Path], app: str, versio
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
             os.replace(tmp, target)
+    earlier = [r for r in manifest.releases if r.version != version]
+    for _path, artifact in entries:
+        for name, data in delta_files(feed_dir, app, version, artifact, earlier, delta_from):
+            fsutil.atomic_write(feed_dir / name, data, mode=0o644)
+            if name.endswith(".delta.json"):
+                d = digests.Digests()
+                d.update(data)
+                release.artifacts.append(Artifact(
+                    platform=delta.descriptor_platform(artifact.platform), url=name,
+                    size=len(data), sha256=d.sha256, blake3=d.blake3))
     fsutil.fsync_dir(feed_dir)
     manifest.releases = [r for r in manifest.releases
                          if not (r.version == version and r.channel == channel)]

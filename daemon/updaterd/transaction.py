@@ -23,6 +23,7 @@ import trio
 from updaterctl.protocol import Event, Phase
 from updaterd import (
     archive,
+    delta,
     failpoints,
     fsutil,
     health,
@@ -32,10 +33,10 @@ from updaterd import (
     treehash,
 )
 from updaterd.config import AppConfig, Config, app_unit
-from updaterd.errors import HealthCheckFailed, LayoutError, OperationCancelled
+from updaterd.errors import HealthCheckFailed, LayoutError, OperationCancelled, UpdaterError
 from updaterd.feed import Artifact, Release
 from updaterd.fetcher import Expected
-from updaterd.layout import InstallLayout, Staged
+from updaterd.layout import InstallLayout, Layout, Staged
 from updaterd.lifecycle import AppRestart, Lifecycle
 from updaterd.sources import Source
 from updaterd.state import AppState, Transaction
@@ -72,6 +73,7 @@ class AppRun:
     hooks: Hooks = field(default_factory=Hooks)
     lifecycle: Lifecycle = field(default_factory=AppRestart)
     step: Phase = "idle"  # the last working phase reached, for failure reports
+    plan: str = ""  # how the new release was fetched, when not as its full artifact
 
     def save(self) -> None:
         state.save(self.state_folder.parent, self.name, self.state)
@@ -153,17 +155,69 @@ async def fetch_artifact(run: AppRun, source: Source, release: Release,
         return await source.fetch_artifact(artifact, dest, expected, progress)
 
 
+async def _stage_from_delta(run: AppRun, source: Source, release: Release,
+                            artifact: Artifact) -> Staged | None:
+    """Build the release from a kept one and a pack of what changed, when the feed offers one
+    that fits a release on disk; None when there is none, or when using it failed (the reason
+    is logged, nothing is left behind, and the caller fetches the full artifact)."""
+    layout = run.layout
+    if not isinstance(layout, Layout):
+        return None  # deltas build release folders; an in-place executable is fetched whole
+    wanted = delta.descriptor_platform(artifact.platform)
+    described = next((a for a in release.artifacts if a.platform == wanted), None)
+    records = {k.version: rec for k in layout.kept()
+               if (rec := treehash.load(run.state_folder, k.version)) is not None}
+    if described is None or not records or described.size > delta.MAX_DESCRIPTOR:
+        return None
+    fetched: list[Path] = []
+    try:
+        f = await fetch_artifact(run, source, release, described)
+        fetched.append(run.cache / described.url.rsplit("/", 1)[-1])
+        with f:
+            desc = delta.decode(f.read(described.size + 1), run.name, release.version)
+        fits = [p for p in desc.packs if p.base in records and p.size < artifact.size
+                and delta.usable(p, records[p.base]) is None]
+        if not fits:
+            return None
+        pack = min(fits, key=lambda p: p.size)
+        log.info("%s: %s from %s as a delta of %d bytes instead of %d", run.name,
+                 release.version, pack.base, pack.size, artifact.size)
+        packed = Artifact(platform=wanted, url=pack.url, size=pack.size, blake3=pack.blake3)
+        pack_file = await fetch_artifact(run, source, release, packed)
+        fetched.append(run.cache / pack.url)
+        run.phase("staging", f"building {release.version} from {pack.base} and its delta",
+                  release.version)
+        base_root, limits = layout.release(pack.base), _extract_limits(run)
+        with pack_file:
+            staged = await trio.to_thread.run_sync(
+                layout.stage_with,
+                lambda staging: delta.build(staging, desc, pack, pack_file, base_root, limits),
+                release.version, desc.entries)
+        run.plan = f"as a delta from {pack.base}: {pack.size:,} bytes instead of {artifact.size:,}"
+        return staged
+    except (UpdaterError, OSError) as e:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        log.warning("%s: the delta to %s was not used (%s); fetching the full artifact",
+                    run.name, release.version, why)
+        return None
+    finally:
+        for path in fetched:
+            path.unlink(missing_ok=True)
+
+
 async def apply_update(run: AppRun, source: Source, release: Release, artifact: Artifact) -> str:
     """Install `release` and switch to it; returns "installed" or "rolled_back"."""
     version = release.version
     from_version = run.state.installed
     skipped_before = set(run.state.skipped) | set(run.state.blocked)
-    f = await fetch_artifact(run, source, release, artifact)
-    try:
-        run.phase("staging", version=version)
-        staged = await _stage(run, f, artifact, version)
-    finally:
-        f.close()
+    staged = await _stage_from_delta(run, source, release, artifact)
+    if staged is None:
+        f = await fetch_artifact(run, source, release, artifact)
+        try:
+            run.phase("staging", version=version)
+            staged = await _stage(run, f, artifact, version)
+        finally:
+            f.close()
     if staged.tree is not None:
         treehash.save(run.state_folder, staged.tree)
     outcome.staged(run.state, version, artifact.blake3 or artifact.sha256 or "")
@@ -233,7 +287,7 @@ async def finish_update(run: AppRun, from_version: str | None, version: str) -> 
     run.phase("committing", version=version)
     failpoints.hit("commit.before_state")
     outcome.committed(run.state, version, from_version)
-    run.remember("installed", version, from_version)
+    run.remember("installed", version, from_version, reason=run.plan)
     run.save()
     failpoints.hit("commit.after_state")
     run.lifecycle.committed(run)

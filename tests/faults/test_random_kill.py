@@ -18,6 +18,8 @@ import subprocess
 import time
 from collections import Counter
 
+import pytest
+
 from tests.conftest import Host, Nginx
 from tests.helpers import BIN, Feed, make_tar, release_files, run_updaterd
 from tests.test_failpoints import assert_consistent, release_is_complete
@@ -26,15 +28,21 @@ from updaterd import treehash
 TRIALS = int(os.environ.get("UPDATERD_KILL_TRIALS", "12"))
 
 
-def _publish(feed: Feed, version: str, parts: int = 150) -> None:
-    """A release with enough files that extraction, fsync and hashing take a while."""
+def _publish(feed: Feed, version: str, parts: int = 150, deltas: bool = False) -> None:
+    """A release with enough files that extraction, fsync and hashing take a while. With
+    `deltas`, most files stay the same from one version to the next (two change) and the feed
+    carries packs, so that the updates build their releases from the kept ones."""
     files = release_files(version)
+    same = random.Random(0) if deltas else None
     for i in range(parts):
-        files[f"lib/part{i:03d}.dat"] = (os.urandom(4096), 0o644)
-    files["lib/big.dat"] = (os.urandom(3 << 20), 0o644)
+        data = same.randbytes(4096) if same else os.urandom(4096)
+        files[f"lib/part{i:03d}.dat"] = (data, 0o644)
+    files["lib/big.dat"] = (same.randbytes(3 << 20) if same else os.urandom(3 << 20), 0o644)
+    if same:
+        files["lib/part007.dat"] = (os.urandom(4096), 0o644)
     art = make_tar(feed.work / f"hello-{version}-linux-x86_64.tar.gz", files,
                    top=f"hello-{version}")
-    feed.publish(version, [art])
+    feed.publish(version, [art], delta_from=2 if deltas else 0)
 
 
 def _once(host: Host) -> subprocess.Popen[bytes]:
@@ -49,12 +57,14 @@ def _intact(host: Host, version: str) -> bool:
     return treehash.differences(host.prefix / "releases" / version, rec) == []
 
 
-def test_c57_random_instant_kill(host: Host, nginx: Nginx, served_feed: Feed) -> None:
+@pytest.mark.parametrize("deltas", [False, True], ids=["full", "delta"])
+def test_c57_random_instant_kill(host: Host, nginx: Nginx, served_feed: Feed,
+                                 deltas: bool) -> None:
     host.follow(nginx, served_feed, retain=2,
                 restart=["sh", "-c", f'echo "$UPDATERD_VERSION" >> {host.base / "restarts"}'])
-    _publish(served_feed, "1.0.0")
+    _publish(served_feed, "1.0.0", deltas=deltas)
     assert run_updaterd("--config", host.config, "--once").returncode == 0
-    _publish(served_feed, "1.1.0")
+    _publish(served_feed, "1.1.0", deltas=deltas)
     started = time.monotonic()
     assert _once(host).wait(60) == 0
     cycle = time.monotonic() - started
@@ -66,7 +76,7 @@ def test_c57_random_instant_kill(host: Host, nginx: Nginx, served_feed: Feed) ->
     previous = "1.1.0"
     for trial in range(TRIALS):
         version = f"1.{trial + 2}.0"
-        _publish(served_feed, version)
+        _publish(served_feed, version, deltas=deltas)
         proc = _once(host)
         time.sleep(rng.uniform(0, 1.1 * cycle))
         killed = proc.poll() is None
@@ -92,7 +102,11 @@ def test_c57_random_instant_kill(host: Host, nginx: Nginx, served_feed: Feed) ->
     r = run_updaterd("--config", host.config, "verify", "hello")
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.count(": intact") == len(list((host.prefix / "releases").iterdir()))
-    print(f"\nC57: {TRIALS} trials, cycle {cycle:.2f}s, seed {seed}: " +
+    packs = [q for q in nginx.requests() if q["uri"].endswith(".delta")
+             and f"/{served_feed.folder.name}/" in q["uri"]]
+    assert bool(packs) == deltas, "the delta trials build their releases from packs"
+    print(f"\nC57 ({'delta' if deltas else 'full'}): {TRIALS} trials, cycle {cycle:.2f}s, "
+          f"seed {seed}: " +
           "; ".join(f"{n} {what}" for what, n in sorted(seen.items())))
 
 

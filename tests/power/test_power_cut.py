@@ -103,7 +103,7 @@ def build_image(work: Path) -> Path:
         art = make_tar(scratch / f"hello-{v}-linux-x86_64.tar.gz", release_tree(v),
                        top=f"hello-{v}")
         publish(feed_dir=feed, key_path=scratch / "feed.key", app="hello", version=v,
-                artifacts=[art], platform="linux-x86_64")
+                artifacts=[art], platform="linux-x86_64", delta_from=0)  # full archives
         art.unlink()
     pub = (scratch / "feed.pub").read_text().splitlines()[1]
     conf = tree / "etc" / "updaterd"

@@ -1,0 +1,233 @@
+"""Delta updates: a release built from a kept release and a pack of what changed.
+
+The publisher (`make_packs`) describes the new release exactly as our extractor makes it from
+the full artifact (`Descriptor.entries`, the tree record's format, with every file's size) and,
+for each older release, writes a pack: one zstd frame holding the new release's changed files,
+compressed with the same paths of the older release as its reference (zstd's patch-from). The
+signed manifest lists the descriptor as an artifact of platform `<platform>.delta`, a platform
+no daemon installs, so that a daemon older than deltas skips it; the descriptor carries each
+pack's size and BLAKE3. Nothing is used before its digest matched.
+
+The client (`build`) makes the new tree in a staging folder from the kept release's files and
+the pack. Every name and link goes through the extractor's own checks (`archive.Tree`), the
+reference files are re-hashed as they are read, decompression stops at the declared sizes and a
+window limit, and the result must be the descriptor's tree exactly (`Layout.stage_with`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import IO, Annotated, Literal
+
+import blake3
+import msgspec
+from msgspec import Meta, Struct
+
+from updaterd import archive, feed, treehash
+from updaterd.errors import ArchiveError, FeedError, UpdaterError
+
+SUFFIX = ".delta"  # the descriptor's platform: `<platform>.delta`
+MAX_WINDOW_LOG = 31  # zstd's largest window (2 GiB); the reference and the payload fit in it
+MAX_DESCRIPTOR = 64 << 20  # bytes; a descriptor lists every file of a release
+Hex64 = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
+Name = Annotated[str, Meta(min_length=1, max_length=4096)]
+
+
+class DeltaError(UpdaterError):
+    """A delta cannot be used; the full artifact is fetched instead."""
+
+
+class Pack(Struct, forbid_unknown_fields=True, kw_only=True):
+    """The changed files of a release, compressed against the same paths of `base`."""
+
+    base: Annotated[str, Meta(min_length=1, max_length=128)]
+    url: Annotated[str, Meta(pattern=feed.SAFE_FILE_NAME.pattern)]
+    size: Annotated[int, Meta(ge=0, le=2**40)]
+    blake3: Hex64
+    files: list[Name]  # the new release's files it carries, in order
+    reference: list[tuple[Name, Hex64]]  # base files (path, BLAKE3), concatenated in order
+    window_log: Annotated[int, Meta(ge=10, le=MAX_WINDOW_LOG)]
+
+
+class Descriptor(Struct, forbid_unknown_fields=True, kw_only=True):
+    """A release's tree, and the packs that build it from older releases."""
+
+    schema: Literal[1]
+    app: str
+    version: str
+    entries: dict[Name, Annotated[str, Meta(max_length=8192)]]  # as treehash records them
+    sizes: dict[Name, Annotated[int, Meta(ge=0, le=2**50)]]  # every file's size
+    packs: list[Pack] = []
+
+    def pack_from(self, base: str) -> Pack | None:
+        return next((p for p in self.packs if p.base == base), None)
+
+
+def descriptor_platform(platform: str) -> str:
+    return f"{platform}{SUFFIX}"
+
+
+def decode(raw: bytes, app: str, version: str) -> Descriptor:
+    """The descriptor of `app` `version`, strictly decoded (a duplicate key is refused)."""
+    try:
+        feed.reject_duplicate_keys(raw, "delta descriptor")
+        d = msgspec.json.decode(raw, type=Descriptor)
+    except (FeedError, msgspec.DecodeError) as e:
+        raise DeltaError(f"delta descriptor: {e}") from None
+    if (d.app, d.version) != (app, version):
+        raise DeltaError(f"delta descriptor is for {d.app} {d.version}, not {app} {version}")
+    files = {n for n, e in d.entries.items() if e.startswith("f:")}
+    if set(d.sizes) != files:
+        raise DeltaError("delta descriptor: sizes do not list exactly the files")
+    for p in d.packs:
+        if not set(p.files) <= files or len(set(p.files)) != len(p.files):
+            raise DeltaError(f"delta pack {p.url}: lists files the release does not have, "
+                             "or one twice")
+    return d
+
+
+# -- the publisher ----------------------------------------------------------------------------
+
+def _content(entry: str) -> str | None:
+    """The BLAKE3 of a file entry (`f:<mode>:<blake3>`), None for anything else."""
+    return entry.split(":", 2)[2] if entry.startswith("f:") else None
+
+
+def _read(root: Path, name: str) -> bytes:
+    with open(root / name, "rb") as f:
+        return f.read()
+
+
+def describe(root: Path, app: str, version: str) -> tuple[Descriptor, dict[str, str]]:
+    """The descriptor of the release extracted at `root` (no packs yet), and its entries."""
+    entries = treehash.scan(root)
+    sizes = {n: os.lstat(root / n).st_size for n, e in entries.items() if e.startswith("f:")}
+    return Descriptor(schema=1, app=app, version=version, entries=entries, sizes=sizes), entries
+
+
+def make_pack(new_root: Path, entries: dict[str, str], base_root: Path, base: str,
+              url: str, level: int = 19) -> tuple[Pack, bytes]:
+    """The pack that builds the release at `new_root` from the one at `base_root`."""
+    base_entries = treehash.scan(base_root)
+    files = [n for n, e in sorted(entries.items())
+             if e.startswith("f:") and _content(base_entries.get(n, "")) != _content(e)]
+    reference = [(n, b3) for n in files if (b3 := _content(base_entries.get(n, ""))) is not None]
+    ref = b"".join(_read(base_root, n) for n, _ in reference)
+    payload = b"".join(_read(new_root, n) for n in files)
+    window_log = min(MAX_WINDOW_LOG, max(10, (len(ref) + len(payload)).bit_length()))
+    import zstandard  # loaded on first use: an idle daemon does not need it
+
+    params = zstandard.ZstdCompressionParameters.from_level(
+        level, window_log=window_log, enable_ldm=True)
+    cdict = zstandard.ZstdCompressionDict(ref, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+    data = zstandard.ZstdCompressor(compression_params=params, dict_data=cdict).compress(payload)
+    pack = Pack(base=base, url=url, size=len(data), blake3=blake3.blake3(data).hexdigest(),
+                files=files, reference=reference, window_log=window_log)
+    return pack, data
+
+
+# -- the client -------------------------------------------------------------------------------
+
+def usable(pack: Pack, base_record: treehash.TreeRecord) -> str | None:
+    """Why a pack cannot build on the kept release recorded as `base_record` (None: it can),
+    known before anything is downloaded."""
+    for name, b3 in pack.reference:
+        if _content(base_record.entries.get(name, "")) != b3:
+            return f"{pack.base} as installed does not have {name} as the pack expects"
+    return None
+
+
+def _reference(base_root: Path, pack: Pack, limit: int) -> bytes:
+    """The base files the pack was made against, each re-hashed as it is read."""
+    parts, total = [], 0
+    for name, b3 in pack.reference:
+        parts_of = archive.member_parts(name)
+        fd = os.open(base_root.joinpath(*parts_of), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            data = f.read(limit - total + 1)
+        total += len(data)
+        if total > limit:
+            raise DeltaError(f"the reference files of {pack.url} exceed {limit} bytes")
+        if blake3.blake3(data).hexdigest() != b3:
+            raise DeltaError(f"{pack.base}/{name} changed on disk since it was installed")
+        parts.append(data)
+    return b"".join(parts)
+
+
+class _Exactly:
+    """Reads exactly `size` bytes of the decompressed stream, no more."""
+
+    def __init__(self, stream: IO[bytes], size: int, name: str) -> None:
+        self.stream, self.left, self.name = stream, size, name
+
+    def read(self, n: int = -1, /) -> bytes:
+        want = self.left if n < 0 else min(n, self.left)
+        data = self.stream.read(want) if want else b""
+        if want and not data:
+            raise DeltaError(f"the pack ends inside {self.name}")
+        self.left -= len(data)
+        return data
+
+
+def _open_base(base_root: Path, name: str) -> IO[bytes]:
+    fd = os.open(base_root.joinpath(*archive.member_parts(name)),
+                 os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    return os.fdopen(fd, "rb")
+
+
+def build(staging: Path, desc: Descriptor, pack: Pack, pack_file: IO[bytes], base_root: Path,
+          limits: archive.ExtractLimits) -> Path:
+    """Make the release described by `desc` in `staging/tree` from the release at `base_root`
+    and the verified `pack_file`; returns the root. The caller compares the result with
+    `desc.entries` (the tree record of the staged folder must equal it)."""
+    if any(staging.iterdir()):
+        raise ArchiveError(f"staging folder {staging} is not empty; refusing to build in it")
+    if pack.window_log > MAX_WINDOW_LOG:
+        raise DeltaError(f"{pack.url}: window of 2^{pack.window_log} bytes is over the limit")
+    root = staging / "tree"
+    os.mkdir(root, 0o755)
+    tree = archive.Tree(root=root, limits=limits)
+    claimed: dict[str, tuple[str, ...]] = {}
+    for name, entry in sorted(desc.entries.items()):
+        parts = archive.member_parts(name)
+        kind = {"d": "dir", "f": "file", "l": "link"}.get(entry[:1])
+        if kind is None or entry[1:2] != ":":
+            raise DeltaError(f"delta descriptor: {name!r} is neither a file, a folder nor a link")
+        key = tree.claim(name, parts, kind)
+        if kind == "dir":
+            if entry != "d:755":
+                raise DeltaError(f"delta descriptor: folder {name!r} has mode {entry[2:]}")
+            tree.make_dirs(parts)
+        elif kind == "link":
+            tree.add_link(name, key, entry[2:])
+        else:
+            if entry.split(":")[1] not in ("755", "644"):
+                raise DeltaError(f"delta descriptor: file {name!r} has mode {entry.split(':')[1]}")
+            tree.add_size(name, desc.sizes[name])
+            claimed[name] = parts
+    in_pack = set(pack.files)
+    import zstandard
+
+    ref = _reference(base_root, pack, limits.max_total)
+    ddict = zstandard.ZstdCompressionDict(ref, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+    decompressor = zstandard.ZstdDecompressor(dict_data=ddict,
+                                              max_window_size=1 << pack.window_log)
+    try:
+        with decompressor.stream_reader(pack_file, read_across_frames=False) as stream:
+            for name in pack.files:
+                size = desc.sizes[name]
+                tree.write_file(name, claimed[name], _Exactly(stream, size, name),
+                                desc.entries[name].split(":")[1] == "755", size)
+            if stream.read(1):
+                raise DeltaError(f"{pack.url} holds more than the files it lists")
+    except zstandard.ZstdError as e:  # a corrupt frame, or one past the window limit
+        raise DeltaError(f"{pack.url}: {e}") from None
+    for name, parts in claimed.items():
+        if name in in_pack:
+            continue
+        with _open_base(base_root, name) as f:
+            tree.write_file(name, parts, f, desc.entries[name].split(":")[1] == "755",
+                            desc.sizes[name])
+    tree.create_links()
+    return root

@@ -1,0 +1,325 @@
+"""Delta updates (issue 16): a release built from a kept one and a pack of what changed.
+
+In-process through the FeedSimulator: the plan (a pack when its base is on disk, else the full
+artifact), the same tree as a full install, and a hostile feed, where every case ends in a clean
+full install with `releases/` holding exactly what it should. A property test over random trees
+and edits, and the publisher's side through `updaterd publish`."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import tarfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+import pytest
+import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.simulator import PLATFORM, FeedSimulator, SimHost, tar_gz
+from updaterd import archive, delta, treehash
+from updaterd.publish import _extract_for_delta
+
+T = TypeVar("T")
+
+
+def run(call: Callable[[], Awaitable[T]]) -> T:
+    return trio.run(call)
+
+
+def many_files(version: str, changed: str = "", count: int = 200) -> dict[str, tuple[bytes, int]]:
+    """A release of `count` files, the same in every version except `changed` (and VERSION)."""
+    files = {f"lib/part{i:03}.txt": (f"part {i} ".encode() * 200, 0o644) for i in range(count)}
+    files["bin/hello"] = (f'#!/bin/sh\necho "hello {version}"\n'.encode(), 0o755)
+    files["share/VERSION"] = (f"{version}\n".encode(), 0o644)
+    if changed:
+        data, mode = files[changed]
+        files[changed] = (data + f"changed in {version}\n".encode(), mode)
+    return files
+
+
+@pytest.fixture
+def sim() -> FeedSimulator:
+    return FeedSimulator()
+
+
+@pytest.fixture
+def host(tmp_path: Path, sim: FeedSimulator) -> SimHost:
+    return SimHost(tmp_path / "host", sim)
+
+
+def full_tree(sim: FeedSimulator, version: str, tmp: Path) -> dict[str, str]:
+    """The tree a full install of `version` makes, from its artifact alone."""
+    art = tmp / f"full-{version}.tar.gz"
+    art.write_bytes(sim.blobs[f"hello-{version}-{PLATFORM}.tar.gz"])
+    return treehash.scan(_extract_for_delta(art, tmp / f"full-{version}"))
+
+
+def installed_on_delta(host: SimHost, sim: FeedSimulator, tmp_path: Path) -> Any:
+    """1.0.0 installed in full, then 1.1.0 (one file changed) published with deltas."""
+    sim.release("1.0.0", files=many_files("1.0.0"))
+    engine = host.engine()
+    run(lambda: engine.update("hello"))
+    sim.release("1.1.0", files=many_files("1.1.0", "lib/part007.txt"), deltas=2)
+    sim.requests.clear()
+    return engine
+
+
+def assert_clean_full_install(host: SimHost, sim: FeedSimulator, engine: Any,
+                              tmp_path: Path) -> None:
+    """A hostile or broken delta ends in the full artifact, fetched once, and nothing else."""
+    result = run(lambda: engine.update("hello"))
+    assert (result.result, result.to_version) == ("installed", "1.1.0")
+    assert sim.requests[f"hello-1.1.0-{PLATFORM}.tar.gz"] == 1
+    assert host.current() == "1.1.0" and host.releases() == ["1.0.0", "1.1.0"]
+    assert host.leftovers() == []
+    tree = treehash.load(host.base / "state" / "hello", "1.1.0")
+    assert tree is not None and tree.entries == full_tree(sim, "1.1.0", tmp_path)
+    base = treehash.load(host.base / "state" / "hello", "1.0.0")
+    assert base is not None and not treehash.differences(host.prefix / "releases" / "1.0.0", base)
+
+
+# -- the plan ---------------------------------------------------------------------------------
+
+def test_a_one_file_change_is_fetched_as_a_pack_and_builds_the_full_tree(
+        host: SimHost, sim: FeedSimulator, tmp_path: Path) -> None:
+    engine = installed_on_delta(host, sim, tmp_path)
+    result = run(lambda: engine.update("hello"))
+    assert (result.result, host.current()) == ("installed", "1.1.0")
+    pack = sim.descriptor("1.1.0").pack_from("1.0.0")
+    assert pack is not None
+    said = f"as a delta from 1.0.0: {pack.size:,} bytes instead of "
+    assert said in result.describe("hello")  # what the log and updaterctl print
+    assert said in engine.load_state("hello").history[-1].reason  # what `history` shows
+    assert pack is not None and pack.files == ["bin/hello", "lib/part007.txt", "share/VERSION"]
+    assert sim.requests == {"manifest": 1, f"hello-1.1.0-{PLATFORM}.tar.gz.delta.json": 1,
+                            pack.url: 1}  # never the full artifact
+    assert pack.size < len(sim.blobs[f"hello-1.1.0-{PLATFORM}.tar.gz"]) / 10
+    tree = treehash.load(host.base / "state" / "hello", "1.1.0")
+    assert tree is not None and tree.entries == full_tree(sim, "1.1.0", tmp_path)
+    assert not treehash.differences(host.prefix / "releases" / "1.1.0", tree)
+    assert host.leftovers() == []
+    cache = host.base / "cache" / "hello"
+    assert not [p.name for p in cache.iterdir()]  # descriptor and pack are dropped
+
+
+def test_without_a_kept_release_the_descriptor_is_not_even_fetched(
+        host: SimHost, sim: FeedSimulator) -> None:
+    sim.release("1.0.0", files=many_files("1.0.0"))
+    sim.release("1.1.0", files=many_files("1.1.0", "lib/part001.txt"), deltas=2)
+    run(lambda: host.engine().update("hello"))
+    assert host.current() == "1.1.0"
+    assert sim.requests == {"manifest": 1, f"hello-1.1.0-{PLATFORM}.tar.gz": 1}
+
+
+def test_a_pack_from_the_release_before_the_previous_one_is_used(
+        host: SimHost, sim: FeedSimulator, tmp_path: Path) -> None:
+    sim.release("1.0.0", files=many_files("1.0.0"))
+    engine = host.engine(retain=3)
+    run(lambda: engine.update("hello"))
+    sim.release("1.1.0", files=many_files("1.1.0", "lib/part001.txt"), deltas=2)
+    sim.release("1.2.0", files=many_files("1.2.0", "lib/part002.txt"), deltas=2)
+    sim.requests.clear()
+    run(lambda: engine.update("hello"))  # 1.2.0, from 1.0.0: 1.1.0 was never installed
+    desc = sim.descriptor("1.2.0")
+    assert [p.base for p in desc.packs] == ["1.1.0", "1.0.0"]
+    pack = desc.pack_from("1.0.0")
+    assert pack is not None and sim.requests[pack.url] == 1
+    assert sim.requests[f"hello-1.2.0-{PLATFORM}.tar.gz"] == 0
+    tree = treehash.load(host.base / "state" / "hello", "1.2.0")
+    assert tree is not None and tree.entries == full_tree(sim, "1.2.0", tmp_path)
+
+
+# -- a hostile or broken delta: a clean full install, releases/ untouched --------------------
+
+def test_a_pack_that_does_not_match_its_digest_falls_back(host: SimHost, sim: FeedSimulator,
+                                                          tmp_path: Path) -> None:
+    engine = installed_on_delta(host, sim, tmp_path)
+    pack = sim.descriptor("1.1.0").packs[0]
+    data = sim.blobs[pack.url]
+    sim.blobs[pack.url] = data[:-1] + bytes([data[-1] ^ 1])
+    assert_clean_full_install(host, sim, engine, tmp_path)
+
+
+def test_a_missing_pack_falls_back(host: SimHost, sim: FeedSimulator, tmp_path: Path) -> None:
+    engine = installed_on_delta(host, sim, tmp_path)
+    del sim.blobs[sim.descriptor("1.1.0").packs[0].url]
+    assert_clean_full_install(host, sim, engine, tmp_path)
+
+
+def test_a_signed_descriptor_of_another_version_falls_back(host: SimHost, sim: FeedSimulator,
+                                                           tmp_path: Path) -> None:
+    engine = installed_on_delta(host, sim, tmp_path)
+    desc = sim.descriptor("1.1.0")
+    desc.version = "1.0.9"
+    sim.replace_descriptor("1.1.0", desc)
+    assert_clean_full_install(host, sim, engine, tmp_path)
+
+
+def test_a_signed_descriptor_of_another_app_falls_back(host: SimHost, sim: FeedSimulator,
+                                                       tmp_path: Path) -> None:
+    engine = installed_on_delta(host, sim, tmp_path)
+    desc = sim.descriptor("1.1.0")
+    desc.app = "other"
+    sim.replace_descriptor("1.1.0", desc)
+    assert_clean_full_install(host, sim, engine, tmp_path)
+
+
+@pytest.mark.parametrize("name,entry", [
+    ("../escape", "f:644:" + "0" * 64),
+    ("/etc/cron.d/x", "f:644:" + "0" * 64),
+    ("lib/out", "l:../../../etc"),
+    ("lib/part007.txt/inner", "f:644:" + "0" * 64),
+    ("LIB/part007.txt", "f:644:" + "0" * 64),
+    ("bin/setuid", "f:4755:" + "0" * 64),
+    ("dev", "c:0"),
+])
+def test_a_signed_descriptor_with_a_hostile_entry_falls_back(
+        host: SimHost, sim: FeedSimulator, tmp_path: Path, name: str, entry: str) -> None:
+    engine = installed_on_delta(host, sim, tmp_path)
+    desc = sim.descriptor("1.1.0")
+    desc.entries[name] = entry
+    if entry.startswith("f:"):
+        desc.sizes[name] = 0
+    sim.replace_descriptor("1.1.0", desc)
+    assert_clean_full_install(host, sim, engine, tmp_path)
+    assert not (host.base / "escape").exists()
+
+
+def test_a_descriptor_with_a_key_twice_falls_back(host: SimHost, sim: FeedSimulator,
+                                                  tmp_path: Path) -> None:
+    engine = installed_on_delta(host, sim, tmp_path)
+    name = f"hello-1.1.0-{PLATFORM}.tar.gz.delta.json"
+    raw = sim.blobs[name]
+    twice = raw.replace(b'"entries": {', b'"entries": {"bin": "d:755", ', 1)
+    assert twice != raw
+    sim.replace_signed(name, twice)
+    assert_clean_full_install(host, sim, engine, tmp_path)
+
+
+def test_a_pack_that_expands_past_its_files_falls_back(host: SimHost, sim: FeedSimulator,
+                                                       tmp_path: Path) -> None:
+    engine = installed_on_delta(host, sim, tmp_path)
+    desc = sim.descriptor("1.1.0")
+    pack = desc.packs[0]
+    import zstandard
+
+    payload = b"".join(sim_file(sim, "1.1.0", n) for n in pack.files) + b"\0" * (1 << 20)
+    data = zstandard.ZstdCompressor().compress(payload)
+    pack.reference = []  # a plain frame: no reference needed
+    bad = sim.add_blob(pack.url, data, "x")
+    pack.size, pack.blake3 = bad.size, bad.blake3 or ""
+    sim.replace_descriptor("1.1.0", desc)
+    assert_clean_full_install(host, sim, engine, tmp_path)
+
+
+def test_a_pack_that_lies_about_a_file_is_caught_by_the_tree_check(
+        host: SimHost, sim: FeedSimulator, tmp_path: Path) -> None:
+    engine = installed_on_delta(host, sim, tmp_path)
+    desc = sim.descriptor("1.1.0")
+    pack = desc.packs[0]
+    import zstandard
+
+    parts = [sim_file(sim, "1.1.0", n) for n in pack.files]
+    parts[0] = parts[0][:-1] + b"X"  # same size, other bytes
+    data = zstandard.ZstdCompressor().compress(b"".join(parts))
+    pack.reference = []
+    bad = sim.add_blob(pack.url, data, "x")
+    pack.size, pack.blake3 = bad.size, bad.blake3 or ""
+    sim.replace_descriptor("1.1.0", desc)
+    assert_clean_full_install(host, sim, engine, tmp_path)
+
+
+def test_a_base_release_edited_on_disk_falls_back_and_is_left_as_it_is(
+        host: SimHost, sim: FeedSimulator, tmp_path: Path) -> None:
+    engine = installed_on_delta(host, sim, tmp_path)
+    edited = host.prefix / "releases" / "1.0.0" / "lib" / "part007.txt"
+    os.chmod(edited, 0o644)
+    edited.write_bytes(b"edited by hand\n")
+    result = run(lambda: engine.update("hello"))
+    assert result.result == "installed" and host.current() == "1.1.0"
+    assert sim.requests[f"hello-1.1.0-{PLATFORM}.tar.gz"] == 1
+    assert edited.read_bytes() == b"edited by hand\n"
+    assert host.leftovers() == []
+
+
+def test_a_base_recorded_differently_is_not_even_tried(host: SimHost, sim: FeedSimulator,
+                                                       tmp_path: Path) -> None:
+    """When the record of the kept release says the pack's reference differs, the pack is
+    known to fail in advance: it is not downloaded (never two downloads of an update)."""
+    engine = installed_on_delta(host, sim, tmp_path)
+    folder = host.base / "state" / "hello"
+    rec = treehash.load(folder, "1.0.0")
+    assert rec is not None
+    rec.entries["lib/part007.txt"] = "f:644:" + "1" * 64
+    treehash.save(folder, rec)
+    pack = sim.descriptor("1.1.0").packs[0]
+    run(lambda: engine.update("hello"))
+    assert sim.requests[pack.url] == 0 and host.current() == "1.1.0"
+
+
+def sim_file(sim: FeedSimulator, version: str, name: str) -> bytes:
+    raw = sim.blobs[f"hello-{version}-{PLATFORM}.tar.gz"]
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tf:
+        f = tf.extractfile(f"hello-{version}/{name}")
+        assert f is not None
+        return f.read()
+
+
+# -- the property: a pack and a full install give the same tree -------------------------------
+
+names = st.sampled_from(["a", "b", "c.txt", "d/e", "d/f.bin", "g/h/i", "g/j", "k"])
+contents = st.binary(max_size=3000) | st.sampled_from([b"", b"same" * 500, bytes(4096)])
+trees = st.dictionaries(names, st.tuples(contents, st.sampled_from([0o644, 0o755])),
+                        min_size=1, max_size=8)
+
+
+def _consistent(files: dict[str, tuple[bytes, int]]) -> dict[str, tuple[bytes, int]]:
+    """Drop a file whose name is also a folder of another (`d` and `d/e`)."""
+    folders = {"/".join(n.split("/")[:i]) for n in files for i in range(1, n.count("/") + 1)}
+    return {n: v for n, v in files.items() if n not in folders}
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])
+@given(old=trees, new=trees)
+def test_a_pack_builds_exactly_what_the_full_artifact_extracts_to(
+        tmp_path_factory: pytest.TempPathFactory, old: dict[str, tuple[bytes, int]],
+        new: dict[str, tuple[bytes, int]]) -> None:
+    tmp = tmp_path_factory.mktemp("prop")
+    old, new = _consistent(old), _consistent(new)
+    (tmp / "old.tar.gz").write_bytes(tar_gz(old, "app-1"))
+    (tmp / "new.tar.gz").write_bytes(tar_gz(new, "app-2"))
+    old_root = _extract_for_delta(tmp / "old.tar.gz", tmp / "old")
+    new_root = _extract_for_delta(tmp / "new.tar.gz", tmp / "new")
+    desc, entries = delta.describe(new_root, "app", "2.0.0")
+    pack, data = delta.make_pack(new_root, entries, old_root, "1.0.0", "p.delta", level=3)
+    desc.packs.append(pack)
+    desc = delta.decode(msgspec.json.encode(desc), "app", "2.0.0")
+    (tmp / "stage").mkdir()
+    root = delta.build(tmp / "stage", desc, desc.packs[0], io.BytesIO(data), old_root,
+                       archive.ExtractLimits(1000, 1 << 30, 1 << 30))
+    assert treehash.scan(root) == treehash.scan(new_root) == desc.entries
+    unchanged = {n for n in new if n in old and old[n][0] == new[n][0]}
+    assert not unchanged & set(pack.files)  # unchanged files come from the kept release
+    shutil.rmtree(tmp)
+
+
+def test_an_artifact_that_does_not_extract_is_published_without_deltas(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Deltas save bytes; they never stop a publish (the hosts judge the archive)."""
+    from updaterd.publish import keygen, publish
+
+    _, key = keygen(str(tmp_path / "k"))
+    feed_dir = tmp_path / "feed"
+    for version in ("1.0.0", "1.1.0"):
+        art = tmp_path / f"a-{version}-linux-x86_64.tar.gz"
+        art.write_bytes(b"not a gzip file")
+        m = publish(feed_dir=feed_dir, key_path=key, app="a", version=version, artifacts=[art])
+    assert [a.platform for a in m.releases[-1].artifacts] == ["linux-x86_64"]
+    assert "a-1.1.0-linux-x86_64.tar.gz: no delta packs: it does not extract" in caplog.text

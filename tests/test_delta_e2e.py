@@ -1,0 +1,104 @@
+"""Delta updates end to end: the real `updaterd publish` writes the packs, the real `updaterd
+--once` fetches them from nginx; and a daemon built from the commit before deltas existed still
+installs from a feed published with them (issue 16, point 5)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Host, Nginx
+from tests.helpers import BIN, Feed, make_tar, run_updaterd, write_config
+
+REPO = Path(__file__).resolve().parent.parent
+BEFORE_DELTAS = "a3256a4"  # the last commit whose daemon knows nothing of deltas
+
+
+def app_files(version: str, changed: str) -> dict[str, tuple[bytes, int]]:
+    files = {f"lib/part{i:03}.txt": (f"part {i} ".encode() * 500, 0o644) for i in range(300)}
+    files["bin/hello"] = (f'#!/bin/sh\necho "hello {version}"\n'.encode(), 0o755)
+    data, mode = files[changed]
+    files[changed] = (data + f"changed in {version}\n".encode(), mode)
+    return files
+
+
+def publish_cli(feed: Feed, version: str, changed: str) -> Path:
+    """`updaterd publish` as a release engineer runs it (deltas from the 2 releases before)."""
+    art = make_tar(feed.work / f"hello-{version}-linux-x86_64.tar.gz",
+                   app_files(version, changed), top=f"hello-{version}")
+    run_updaterd("publish", "--feed", feed.folder, "--key", feed.key, "--app", "hello",
+                 "--version", version, art)
+    return art
+
+
+def test_an_update_over_http_fetches_the_pack_not_the_artifact(host: Host, nginx: Nginx,
+                                                                served_feed: Feed) -> None:
+    publish_cli(served_feed, "1.0.0", "lib/part000.txt")
+    host.follow(nginx, served_feed)
+    run_updaterd("--config", host.config, "--once")
+    assert host.current() == "1.0.0"
+    art = publish_cli(served_feed, "1.1.0", "lib/part150.txt")
+    names = sorted(p.name for p in served_feed.folder.iterdir())
+    assert f"{art.name}.delta.json" in names and f"{art.name}.from-1.0.0.delta" in names
+    mark = len(nginx.requests())
+    r = run_updaterd("--config", host.config, "--once")
+    assert host.current() == "1.1.0", r.stderr
+    time.sleep(0.2)  # nginx logs a request after answering it
+    fetched = [req["uri"].rsplit("/", 1)[-1] for req in nginx.requests()[mark:]
+               if f"/{served_feed.folder.name}/" in req["uri"]]
+    assert f"{art.name}.from-1.0.0.delta" in fetched and art.name not in fetched
+    pack = (served_feed.folder / f"{art.name}.from-1.0.0.delta").stat().st_size
+    assert pack * 20 < art.stat().st_size
+    verify = run_updaterd("--config", host.config, "verify", "hello")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert "1.1.0" in verify.stdout
+
+
+def _old_daemon(tmp_path: Path) -> Path:
+    """The daemon's and updaterctl's code as they were before deltas."""
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("needs the repository's git history")
+    found = subprocess.run(["git", "-C", str(REPO), "cat-file", "-e",
+                            f"{BEFORE_DELTAS}^{{commit}}"], capture_output=True)
+    if found.returncode != 0:
+        pytest.skip(f"commit {BEFORE_DELTAS} is not in this clone (a shallow clone?)")
+    old = tmp_path / "old"
+    old.mkdir()
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", BEFORE_DELTAS, "daemon", "ctl"],
+                             capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
+    return old
+
+
+def test_a_daemon_from_before_deltas_installs_from_a_feed_with_them(host: Host,
+                                                                    tmp_path: Path) -> None:
+    old = _old_daemon(tmp_path)
+    env = dict(os.environ, PYTHONPATH=f"{old / 'daemon'}:{old / 'ctl'}",
+               PATH=f"{BIN}:{os.environ['PATH']}")
+    where = subprocess.run([sys.executable, "-c", "import updaterd; print(updaterd.__file__)"],
+                           env=env, capture_output=True, text=True, check=True).stdout
+    assert where.startswith(str(old)), where
+    assert not (old / "daemon" / "updaterd" / "delta.py").exists()
+    feed = Feed(tmp_path / "feed", tmp_path / "work")
+    publish_cli(feed, "1.0.0", "lib/part000.txt")
+    table = {"source": "directory", "path": str(feed.folder), "prefix": str(host.prefix),
+             "public_keys": [feed.pub], "health_check": ["bin/hello"]}
+    write_config(host.config, host.daemon_table(), {"hello": table})
+    for version in ("1.0.0", "1.1.0"):
+        if version == "1.1.0":
+            art = publish_cli(feed, "1.1.0", "lib/part150.txt")
+            manifest = json.loads((feed.folder / "manifest.json").read_text())
+            platforms = [a["platform"] for r in manifest["releases"] for a in r["artifacts"]]
+            assert "linux-x86_64.delta" in platforms and (feed.folder /
+                                                          f"{art.name}.delta.json").exists()
+        r = subprocess.run([sys.executable, "-m", "updaterd", "--config", str(host.config),
+                            "--once"], env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert host.current() == version, r.stderr
