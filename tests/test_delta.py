@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from tests.simulator import PLATFORM, FeedSimulator, SimHost, tar_gz
 from updaterd import archive, delta, treehash
+from updaterd.feed import Artifact
 from updaterd.publish import _extract_for_delta
 
 T = TypeVar("T")
@@ -170,6 +171,18 @@ def test_a_signed_descriptor_of_another_app_falls_back(host: SimHost, sim: FeedS
     assert_clean_full_install(host, sim, engine, tmp_path)
 
 
+@pytest.mark.parametrize("field,value", [("platform", "linux-aarch64"), ("artifact", "1" * 64)])
+def test_a_signed_descriptor_of_another_platform_or_artifact_falls_back(
+        host: SimHost, sim: FeedSimulator, tmp_path: Path, field: str, value: str) -> None:
+    """A descriptor describes one full artifact: one made for another platform's build (or
+    another build) could be internally sound and still install the wrong program."""
+    engine = installed_on_delta(host, sim, tmp_path)
+    desc = sim.descriptor("1.1.0")
+    setattr(desc, field, value)
+    sim.replace_descriptor("1.1.0", desc)
+    assert_clean_full_install(host, sim, engine, tmp_path)
+
+
 @pytest.mark.parametrize("name,entry", [
     ("../escape", "f:644:" + "0" * 64),
     ("/etc/cron.d/x", "f:644:" + "0" * 64),
@@ -297,10 +310,11 @@ def test_a_pack_builds_exactly_what_the_full_artifact_extracts_to(
     (tmp / "new.tar.gz").write_bytes(tar_gz(new, "app-2"))
     old_root = _extract_for_delta(tmp / "old.tar.gz", tmp / "old")
     new_root = _extract_for_delta(tmp / "new.tar.gz", tmp / "new")
-    desc, entries = delta.describe(new_root, "app", "2.0.0")
+    of = Artifact(platform=PLATFORM, url="new.tar.gz", size=1, blake3="0" * 64)
+    desc, entries = delta.describe(new_root, "app", "2.0.0", of)
     pack, data = delta.make_pack(new_root, entries, old_root, "1.0.0", "p.delta", level=3)
     desc.packs.append(pack)
-    desc = delta.decode(msgspec.json.encode(desc), "app", "2.0.0")
+    desc = delta.decode(msgspec.json.encode(desc), "app", "2.0.0", of)
     (tmp / "stage").mkdir()
     root = delta.build(tmp / "stage", desc, desc.packs[0], io.BytesIO(data), old_root,
                        archive.ExtractLimits(1000, 1 << 30, 1 << 30))

@@ -56,6 +56,8 @@ class Descriptor(Struct, forbid_unknown_fields=True, kw_only=True):
     schema: Literal[1]
     app: str
     version: str
+    platform: str  # with `artifact`: the one full artifact whose extraction this describes
+    artifact: Hex64  # its BLAKE3
     entries: dict[Name, Annotated[str, Meta(max_length=8192)]]  # as treehash records them
     sizes: dict[Name, Annotated[int, Meta(ge=0, le=2**50)]]  # every file's size
     packs: list[Pack] = []
@@ -68,8 +70,9 @@ def descriptor_platform(platform: str) -> str:
     return f"{platform}{SUFFIX}"
 
 
-def decode(raw: bytes, app: str, version: str) -> Descriptor:
-    """The descriptor of `app` `version`, strictly decoded (a duplicate key is refused)."""
+def decode(raw: bytes, app: str, version: str, of: feed.Artifact | None = None) -> Descriptor:
+    """The descriptor of `app` `version` (and of the full artifact `of`, when given), strictly
+    decoded (a duplicate key is refused)."""
     try:
         feed.reject_duplicate_keys(raw, "delta descriptor")
         d = msgspec.json.decode(raw, type=Descriptor)
@@ -77,6 +80,9 @@ def decode(raw: bytes, app: str, version: str) -> Descriptor:
         raise DeltaError(f"delta descriptor: {e}") from None
     if (d.app, d.version) != (app, version):
         raise DeltaError(f"delta descriptor is for {d.app} {d.version}, not {app} {version}")
+    if of is not None and (d.platform, d.artifact) != (of.platform, of.blake3):
+        raise DeltaError(f"delta descriptor describes the {d.platform} artifact {d.artifact}, "
+                         f"not the {of.platform} artifact {of.blake3 or of.sha256}")
     files = {n for n, e in d.entries.items() if e.startswith("f:")}
     if set(d.sizes) != files:
         raise DeltaError("delta descriptor: sizes do not list exactly the files")
@@ -99,11 +105,16 @@ def _read(root: Path, name: str) -> bytes:
         return f.read()
 
 
-def describe(root: Path, app: str, version: str) -> tuple[Descriptor, dict[str, str]]:
-    """The descriptor of the release extracted at `root` (no packs yet), and its entries."""
+def describe(root: Path, app: str, version: str,
+             of: feed.Artifact) -> tuple[Descriptor, dict[str, str]]:
+    """The descriptor of the release extracted at `root` from the artifact `of` (no packs
+    yet), and its entries."""
+    if of.blake3 is None:
+        raise DeltaError(f"{of.url}: a delta names its artifact by BLAKE3, and it has none")
     entries = treehash.scan(root)
     sizes = {n: os.lstat(root / n).st_size for n, e in entries.items() if e.startswith("f:")}
-    return Descriptor(schema=1, app=app, version=version, entries=entries, sizes=sizes), entries
+    return Descriptor(schema=1, app=app, version=version, platform=of.platform,
+                      artifact=of.blake3, entries=entries, sizes=sizes), entries
 
 
 def make_pack(new_root: Path, entries: dict[str, str], base_root: Path, base: str,

@@ -157,7 +157,7 @@ def delta_files(feed_dir: Path, app: str, version: str, artifact: Artifact,
         except (UpdaterError, OSError) as e:  # deltas save bytes; they never stop a publish
             log.warning("%s: no delta packs: it does not extract (%s)", artifact.url, e)
             return []
-        desc, entries = delta.describe(new_root, app, version)
+        desc, entries = delta.describe(new_root, app, version, artifact)
         out = []
         for base, path in bases:
             try:

@@ -174,7 +174,8 @@ async def _stage_from_delta(run: AppRun, source: Source, release: Release,
         f = await fetch_artifact(run, source, release, described)
         fetched.append(run.cache / described.url.rsplit("/", 1)[-1])
         with f:
-            desc = delta.decode(f.read(described.size + 1), run.name, release.version)
+            desc = delta.decode(f.read(described.size + 1), run.name, release.version,
+                                artifact)
         fits = [p for p in desc.packs if p.base in records and p.size < artifact.size
                 and delta.usable(p, records[p.base]) is None]
         if not fits:
