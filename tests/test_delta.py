@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import random
 import shutil
 import tarfile
 from collections.abc import Awaitable, Callable
@@ -35,7 +36,8 @@ def run(call: Callable[[], Awaitable[T]]) -> T:
 
 def many_files(version: str, changed: str = "", count: int = 200) -> dict[str, tuple[bytes, int]]:
     """A release of `count` files, the same in every version except `changed` (and VERSION)."""
-    files = {f"lib/part{i:03}.txt": (f"part {i} ".encode() * 200, 0o644) for i in range(count)}
+    files = {f"lib/part{i:03}.txt": (random.Random(i).randbytes(1000), 0o644)
+             for i in range(count)}  # they do not compress: a pack must beat the archive
     files["bin/hello"] = (f'#!/bin/sh\necho "hello {version}"\n'.encode(), 0o755)
     files["share/VERSION"] = (f"{version}\n".encode(), 0o644)
     if changed:
@@ -114,6 +116,22 @@ def test_without_a_kept_release_the_descriptor_is_not_even_fetched(
     sim.release("1.0.0", files=many_files("1.0.0"))
     sim.release("1.1.0", files=many_files("1.1.0", "lib/part001.txt"), deltas=2)
     run(lambda: host.engine().update("hello"))
+    assert host.current() == "1.1.0"
+    assert sim.requests == {"manifest": 1, f"hello-1.1.0-{PLATFORM}.tar.gz": 1}
+
+
+def test_a_delta_that_would_cost_more_than_the_archive_is_not_fetched(
+        host: SimHost, sim: FeedSimulator) -> None:
+    """The plan counts signed bytes: 200 files that compress to almost nothing make an archive
+    smaller than the description of their tree, so the archive is fetched, and nothing else."""
+    text = {f"lib/part{i:03}.txt": (b"same text " * 100, 0o644) for i in range(200)}
+    sim.release("1.0.0", files={**text, "bin/hello": (b"#!/bin/sh\necho 1\n", 0o755)})
+    engine = host.engine()
+    run(lambda: engine.update("hello"))
+    sim.release("1.1.0", files={**text, "bin/hello": (b"#!/bin/sh\necho 2\n", 0o755)},
+                deltas=2)
+    sim.requests.clear()
+    run(lambda: engine.update("hello"))
     assert host.current() == "1.1.0"
     assert sim.requests == {"manifest": 1, f"hello-1.1.0-{PLATFORM}.tar.gz": 1}
 

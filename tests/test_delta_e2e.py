@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -14,15 +15,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Host, Nginx
+from tests.conftest import Daemon, Host, Nginx
 from tests.helpers import BIN, Feed, make_tar, run_updaterd, write_config
+from tests.test_operations import metric
 
 REPO = Path(__file__).resolve().parent.parent
 BEFORE_DELTAS = "a3256a4"  # the last commit whose daemon knows nothing of deltas
 
 
 def app_files(version: str, changed: str) -> dict[str, tuple[bytes, int]]:
-    files = {f"lib/part{i:03}.txt": (f"part {i} ".encode() * 500, 0o644) for i in range(300)}
+    """300 files that do not compress (the same in every version), one of them changed."""
+    files = {f"lib/part{i:03}.txt": (random.Random(i).randbytes(2000), 0o644)
+             for i in range(300)}
     files["bin/hello"] = (f'#!/bin/sh\necho "hello {version}"\n'.encode(), 0o755)
     data, mode = files[changed]
     files[changed] = (data + f"changed in {version}\n".encode(), mode)
@@ -102,3 +106,30 @@ def test_a_daemon_from_before_deltas_installs_from_a_feed_with_them(host: Host,
                             "--once"], env=env, capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr
         assert host.current() == version, r.stderr
+
+
+def test_the_daemon_counts_delta_bytes_and_fallbacks_and_history_says_what_was_saved(
+        host: Host, nginx: Nginx, served_feed: Feed, daemon: Daemon) -> None:
+    publish_cli(served_feed, "1.0.0", "lib/part000.txt")
+    host.follow(nginx, served_feed)
+    daemon.start()
+    daemon.wait_for(lambda: daemon.app()["current"] == "1.0.0", what="first install")
+    full = metric(daemon, "updaterd_downloaded_bytes_total", 'app="hello",plan="full"')
+    assert full > 0 and metric(daemon, "updaterd_downloaded_bytes_total",
+                               'app="hello",plan="delta"') == 0
+    publish_cli(served_feed, "1.1.0", "lib/part150.txt")
+    out = daemon.ctl("update", "hello", check=True).stdout
+    assert "installed 1.1.0 (was 1.0.0) as a delta from 1.0.0:" in out
+    delta_bytes = metric(daemon, "updaterd_downloaded_bytes_total", 'app="hello",plan="delta"')
+    assert 0 < delta_bytes < full / 10
+    history = json.loads(daemon.ctl("--json", "history", "hello", check=True).stdout)
+    assert history[-1]["reason"].startswith("as a delta from 1.0.0: ")
+    art = publish_cli(served_feed, "1.2.0", "lib/part200.txt")
+    (served_feed.folder / f"{art.name}.from-1.1.0.delta").unlink()  # a 404
+    (served_feed.folder / f"{art.name}.from-1.0.0.delta").unlink()
+    daemon.ctl("update", "hello", check=True)
+    assert host.current() == "1.2.0"
+    assert metric(daemon, "updaterd_delta_fallbacks_total", 'app="hello"') == 1
+    assert metric(daemon, "updaterd_downloaded_bytes_total", 'app="hello",plan="full"') > full
+    log = daemon.log.read_text()
+    assert "was not used" in log and "fetching the full artifact" in log

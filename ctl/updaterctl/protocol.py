@@ -87,6 +87,9 @@ class Event(Struct, kw_only=True):
     # result and error events: how the operation ended, and (on failure) at which step
     outcome: Outcome | None = None
     step: str | None = None
+    # progress: what is being fetched, the full artifact or a delta; a notice with "full":
+    # a delta was given up and the full artifact is fetched instead
+    plan: Literal["full", "delta"] | None = None
 
 
 class Notification(Struct, kw_only=True):

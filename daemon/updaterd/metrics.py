@@ -29,7 +29,11 @@ def render(daemon: DaemonView) -> str:
         ("updaterd_failures_total", "counter", "Failed checks and updates.", []),
         ("updaterd_rollbacks_total", "counter",
          "Rollbacks: automatic after a failed health check, and by the operator.", []),
-        ("updaterd_downloaded_bytes_total", "counter", "Artifact bytes downloaded.", []),
+        ("updaterd_downloaded_bytes_total", "counter",
+         "Bytes downloaded for updates: full artifacts, or delta descriptors and packs.", []),
+        ("updaterd_delta_fallbacks_total", "counter",
+         "Deltas given up (a problem with the descriptor, the pack or the kept release) for "
+         "the full artifact.", []),
         ("updaterd_phase", "gauge", "1 for the phase each app is in.", []),
     ]
     rows = {name: lines for name, _t, _h, lines in families}
@@ -48,7 +52,10 @@ def render(daemon: DaemonView) -> str:
         rows["updaterd_checks_total"].append(f"{{{app}}} {c.checks}")
         rows["updaterd_failures_total"].append(f"{{{app}}} {c.failures}")
         rows["updaterd_rollbacks_total"].append(f"{{{app}}} {c.rollbacks}")
-        rows["updaterd_downloaded_bytes_total"].append(f"{{{app}}} {c.downloaded_bytes}")
+        rows["updaterd_downloaded_bytes_total"].append(
+            f'{{{app},plan="full"}} {c.downloaded_bytes - c.delta_bytes}')
+        rows["updaterd_downloaded_bytes_total"].append(f'{{{app},plan="delta"}} {c.delta_bytes}')
+        rows["updaterd_delta_fallbacks_total"].append(f"{{{app}}} {c.delta_fallbacks}")
         for phase in PHASES:
             rows["updaterd_phase"].append(
                 f'{{{app},phase="{phase}"}} {1 if w.phase == phase else 0}')

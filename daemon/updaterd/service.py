@@ -153,10 +153,14 @@ class AppWorker:
                 self.progress = None
         elif event.kind == "progress" and event.done is not None and event.total is not None:
             c = self.counters
-            c.downloaded_bytes += event.done - c._last_done if event.done >= c._last_done \
-                else event.done
+            more = event.done - c._last_done if event.done >= c._last_done else event.done
+            c.downloaded_bytes += more
+            if event.plan == "delta":
+                c.delta_bytes += more
             c._last_done = event.done if event.done < event.total else 0
             self.progress = (event.done, event.total)
+        elif event.kind == "notice" and event.plan == "full":
+            self.counters.delta_fallbacks += 1
         elif event.kind == "error" and event.outcome == "failed":
             self.counters.failures += 1
             self.failed_step = event.step

@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 
 import trio
 
@@ -44,6 +44,7 @@ from updaterd.units import parse_duration, parse_size
 
 log = logging.getLogger("updaterd.transaction")
 Emit = Callable[[Event], None]
+Plan = Literal["full", "delta"]
 
 
 async def _no_wait() -> None:
@@ -128,7 +129,7 @@ async def _stage(run: AppRun, f: BinaryIO, artifact: Artifact, version: str) -> 
 
 
 async def fetch_artifact(run: AppRun, source: Source, release: Release,
-                   artifact: Artifact) -> BinaryIO:
+                         artifact: Artifact, plan: Plan = "full") -> BinaryIO:
     """Fetch and verify the artifact into the cache; returns the verified file, open."""
     version = release.version
     run.step = "downloading"  # what fails from here fails at this step (the phase comes once
@@ -146,7 +147,7 @@ async def fetch_artifact(run: AppRun, source: Source, release: Release,
         if now - last[0] >= 0.25 or done == total:
             last[0] = now
             run.emit(Event(app=run.name, kind="progress", phase="downloading", version=version,
-                           done=done, total=total, at=time.time()))
+                           done=done, total=total, at=time.time(), plan=plan))
 
     limiter = run.hooks.download_limiter
     if limiter is None:
@@ -167,16 +168,18 @@ async def _stage_from_delta(run: AppRun, source: Source, release: Release,
     described = next((a for a in release.artifacts if a.platform == wanted), None)
     records = {k.version: rec for k in layout.kept()
                if (rec := treehash.load(run.state_folder, k.version)) is not None}
-    if described is None or not records or described.size > delta.MAX_DESCRIPTOR:
+    if described is None or not records or described.size > delta.MAX_DESCRIPTOR or \
+            described.size >= artifact.size:  # the description alone costs more than it saves
         return None
     fetched: list[Path] = []
     try:
-        f = await fetch_artifact(run, source, release, described)
+        f = await fetch_artifact(run, source, release, described, "delta")
         fetched.append(run.cache / described.url.rsplit("/", 1)[-1])
         with f:
             desc = delta.decode(f.read(described.size + 1), run.name, release.version,
                                 artifact)
-        fits = [p for p in desc.packs if p.base in records and p.size < artifact.size
+        fits = [p for p in desc.packs if p.base in records
+                and described.size + p.size < artifact.size
                 and delta.usable(p, records[p.base]) is None]
         if not fits:
             return None
@@ -184,7 +187,7 @@ async def _stage_from_delta(run: AppRun, source: Source, release: Release,
         log.info("%s: %s from %s as a delta of %d bytes instead of %d", run.name,
                  release.version, pack.base, pack.size, artifact.size)
         packed = Artifact(platform=wanted, url=pack.url, size=pack.size, blake3=pack.blake3)
-        pack_file = await fetch_artifact(run, source, release, packed)
+        pack_file = await fetch_artifact(run, source, release, packed, "delta")
         fetched.append(run.cache / pack.url)
         run.phase("staging", f"building {release.version} from {pack.base} and its delta",
                   release.version)
@@ -198,6 +201,9 @@ async def _stage_from_delta(run: AppRun, source: Source, release: Release,
         return staged
     except (UpdaterError, OSError) as e:
         why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        run.emit(Event(app=run.name, kind="notice", phase=run.step, version=release.version,
+                       plan="full", at=time.time(), message=f"the delta to {release.version} "
+                       f"was not used ({why}); fetching the full artifact"))
         log.warning("%s: the delta to %s was not used (%s); fetching the full artifact",
                     run.name, release.version, why)
         return None

@@ -29,6 +29,8 @@ class Counters:
     failures: int = 0
     rollbacks: int = 0
     downloaded_bytes: int = 0
+    delta_bytes: int = 0  # of downloaded_bytes, those of delta descriptors and packs
+    delta_fallbacks: int = 0  # deltas given up for the full artifact
     _last_done: int = 0
 
 
