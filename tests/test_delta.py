@@ -279,6 +279,39 @@ def test_a_base_release_edited_on_disk_falls_back_and_is_left_as_it_is(
     assert host.leftovers() == []
 
 
+def test_an_unchanged_file_edited_in_the_base_is_not_carried_into_the_new_release(
+        host: SimHost, sim: FeedSimulator, tmp_path: Path) -> None:
+    """Unchanged files are hard-linked from the kept release: one edited there since it was
+    installed fails the tree check, and the new release is extracted whole, sharing nothing
+    with the edited file."""
+    engine = installed_on_delta(host, sim, tmp_path)
+    edited = host.prefix / "releases" / "1.0.0" / "lib" / "part100.txt"
+    edited.write_bytes(b"edited by hand\n")
+    result = run(lambda: engine.update("hello"))
+    assert result.result == "installed" and host.current() == "1.1.0"
+    assert sim.requests[f"hello-1.1.0-{PLATFORM}.tar.gz"] == 1
+    new = host.prefix / "releases" / "1.1.0" / "lib" / "part100.txt"
+    assert new.read_bytes() != b"edited by hand\n"
+    assert os.stat(new).st_ino != os.stat(edited).st_ino
+    assert host.leftovers() == []
+
+
+def test_unchanged_files_are_shared_with_the_kept_release(host: SimHost, sim: FeedSimulator,
+                                                           tmp_path: Path) -> None:
+    engine = installed_on_delta(host, sim, tmp_path)
+    run(lambda: engine.update("hello"))
+    old, new = (host.prefix / "releases" / v / "lib" for v in ("1.0.0", "1.1.0"))
+    assert os.stat(new / "part100.txt").st_ino == os.stat(old / "part100.txt").st_ino
+    assert os.stat(new / "part007.txt").st_ino != os.stat(old / "part007.txt").st_ino
+    run(lambda: engine.update("hello"))  # nothing new; then 1.0.0 goes with retain = 0
+    engine2 = host.engine(retain=0)
+    sim.release("1.2.0", files=many_files("1.2.0", "lib/part009.txt"), deltas=2)
+    run(lambda: engine2.update("hello"))
+    assert host.releases() == ["1.1.0", "1.2.0"]
+    rec = treehash.load(host.base / "state" / "hello", "1.1.0")
+    assert rec is not None and not treehash.differences(host.prefix / "releases" / "1.1.0", rec)
+
+
 def test_a_base_recorded_differently_is_not_even_tried(host: SimHost, sim: FeedSimulator,
                                                        tmp_path: Path) -> None:
     """When the record of the kept release says the pack's reference differs, the pack is
@@ -335,6 +368,7 @@ def test_a_pack_builds_exactly_what_the_full_artifact_extracts_to(
     desc = delta.decode(msgspec.json.encode(desc), "app", "2.0.0", of)
     (tmp / "stage").mkdir()
     root = delta.build(tmp / "stage", desc, desc.packs[0], io.BytesIO(data), old_root,
+                       treehash.record(old_root, "1.0.0"),
                        archive.ExtractLimits(1000, 1 << 30, 1 << 30))
     assert treehash.scan(root) == treehash.scan(new_root) == desc.entries
     unchanged = {n for n in new if n in old and old[n][0] == new[n][0]}

@@ -187,11 +187,24 @@ def _open_base(base_root: Path, name: str) -> IO[bytes]:
     return os.fdopen(fd, "rb")
 
 
+def _in_base(record: treehash.TreeRecord, name: str, entry: str) -> bool:
+    """Whether the kept release, as recorded, has this very file (content and mode) under
+    plain folders, so that it can be linked into the new release as it is."""
+    parts = name.split("/")
+    return record.entries.get(name) == entry and all(
+        record.entries.get("/".join(parts[:i])) == "d:755" for i in range(1, len(parts)))
+
+
 def build(staging: Path, desc: Descriptor, pack: Pack, pack_file: IO[bytes], base_root: Path,
-          limits: archive.ExtractLimits) -> Path:
+          base_record: treehash.TreeRecord, limits: archive.ExtractLimits) -> Path:
     """Make the release described by `desc` in `staging/tree` from the release at `base_root`
     and the verified `pack_file`; returns the root. The caller compares the result with
-    `desc.entries` (the tree record of the staged folder must equal it)."""
+    `desc.entries` (the tree record of the staged folder must equal it).
+
+    A file the kept release has as it is (same content and mode, as recorded) is hard-linked
+    from it, as OSTree checks out its objects: no data is copied or written again, and both
+    releases are immutable once installed (`verify` and the rollback re-hash say if one is
+    changed). Any other file not in the pack is copied."""
     if any(staging.iterdir()):
         raise ArchiveError(f"staging folder {staging} is not empty; refusing to build in it")
     if pack.window_log > MAX_WINDOW_LOG:
@@ -236,6 +249,10 @@ def build(staging: Path, desc: Descriptor, pack: Pack, pack_file: IO[bytes], bas
         raise DeltaError(f"{pack.url}: {e}") from None
     for name, parts in claimed.items():
         if name in in_pack:
+            continue
+        if _in_base(base_record, name, desc.entries[name]):
+            tree.make_dirs(parts[:-1])
+            os.link(base_root.joinpath(*parts), root.joinpath(*parts), follow_symlinks=False)
             continue
         with _open_base(base_root, name) as f:
             tree.write_file(name, parts, f, desc.entries[name].split(":")[1] == "755",

@@ -195,7 +195,8 @@ async def _stage_from_delta(run: AppRun, source: Source, release: Release,
         with pack_file:
             staged = await trio.to_thread.run_sync(
                 layout.stage_with,
-                lambda staging: delta.build(staging, desc, pack, pack_file, base_root, limits),
+                lambda staging: delta.build(staging, desc, pack, pack_file, base_root,
+                                            records[pack.base], limits),
                 release.version, desc.entries)
         run.plan = f"as a delta from {pack.base}: {pack.size:,} bytes instead of {artifact.size:,}"
         return staged
