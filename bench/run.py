@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -305,6 +306,165 @@ ln -sfn releases/1.0.0 {prefix}/current.tmp && mv -T {prefix}/current.tmp {prefi
     return rows
 
 
+# -- delta updates: bytes and whole-update time against the full artifact -----------------------
+
+def _delta_config(work: Path, url: str, pub: str, prefix: Path) -> Path:
+    cfg = work / "delta.toml"
+    cfg.write_text(f"""[daemon]
+state_dir = "{work}/state"
+cache_dir = "{work}/cache"
+lock_file = "{work}/lock"
+platform = "linux-x86_64"
+[apps.app]
+source = "manifest"
+url = "{url}"
+public_keys = ["{pub}"]
+allow_insecure = true
+prefix = "{prefix}"
+retain = 1
+""")
+    return cfg
+
+
+def _delta_update(work: Path, nginx: Any, label: str, old: Path, new: Path,
+                  runs: int) -> list[Row]:
+    """Whole update from `old` to `new` (artifacts): with the feed's delta, and with the full
+    artifact only, each from the same host state (old installed); and the bytes each fetched."""
+    from updaterd.publish import keygen, publish
+
+    times: dict[str, float] = {}
+    fetched: dict[str, int] = {}
+    for plan in ("delta", "full"):
+        host = work / f"host-{plan}"
+        template = work / f"template-{plan}"
+        folder = nginx.root / f"feed-{plan}"
+        pub, key = keygen(str(work / f"key-{plan}"), force=True)
+        publish(feed_dir=folder, key_path=key, app="app", version="1.0.0", artifacts=[old],
+                platform="linux-x86_64", delta_from=0)
+        host.mkdir(mode=0o755)
+        cfg = _delta_config(host, nginx.url(f"feed-{plan}/manifest.json"),
+                            pub.read_text().splitlines()[1], host / "opt")
+        sh(str(BIN / "updaterd"), "--config", str(cfg), "--once")
+        sh("cp", "-a", str(host), str(template))
+        publish(feed_dir=folder, key_path=key, app="app", version="1.1.0", artifacts=[new],
+                platform="linux-x86_64", delta_from=1 if plan == "delta" else 0)
+
+        def restore(host: Path = host, template: Path = template) -> None:
+            shutil.rmtree(host)
+            sh("cp", "-a", str(template), str(host))
+
+        times[plan] = median_time(
+            lambda cfg=cfg: sh(str(BIN / "updaterd"), "--config", str(cfg), "--once"),
+            runs, restore)
+        assert os.readlink(host / "opt" / "current").endswith("1.1.0"), label
+        if plan == "delta":
+            sent = [p.stat().st_size for p in folder.iterdir()
+                    if p.name.startswith(new.name) and p.name != new.name]
+            fetched[plan] = sum(sent)  # the descriptor and the one pack
+        else:
+            fetched[plan] = new.stat().st_size
+        shutil.rmtree(folder)
+        shutil.rmtree(host)
+        shutil.rmtree(template)
+    return [Row("delta", f"{label}: whole update", times["delta"],
+                "the same update, full artifact", times["full"]),
+            Row("delta", f"{label}: bytes fetched", fetched["delta"],
+                "full artifact", fetched["full"], unit="B")]
+
+
+def _patch_from_bytes(work: Path, old_dir: Path, new_dir: Path) -> tuple[int, int]:
+    """`zstd -19 --patch-from` old tar -> new tar, and our descriptor + pack, in bytes."""
+    from updaterd.publish import keygen, publish
+
+    tars = work / "tars"
+    tars.mkdir()
+    for d, name in ((old_dir, "old.tar"), (new_dir, "new.tar")):
+        sh("tar", "-C", str(d), "-cf", str(tars / name), ".")
+    sh("zstd", "-q", "-19", "--long=30", f"--patch-from={tars / 'old.tar'}",
+       str(tars / "new.tar"), "-o", str(tars / "patch.zst"))
+    patch = (tars / "patch.zst").stat().st_size
+    feed = work / "patch-feed"
+    _, key = keygen(str(work / "patch-key"), force=True)
+    for version, d in (("1.0.0", old_dir), ("1.1.0", new_dir)):
+        art = tars / f"app-{version}-linux-x86_64.tar.gz"
+        sh("tar", "-C", str(d), "-czf", str(art), ".")
+        publish(feed_dir=feed, key_path=key, app="app", version=version, artifacts=[art],
+                platform="linux-x86_64", delta_from=1)
+    ours = sum(p.stat().st_size for p in feed.iterdir() if ".delta" in p.name
+               and p.name.startswith("app-1.1.0"))
+    shutil.rmtree(tars)
+    shutil.rmtree(feed)
+    return ours, patch
+
+
+def _real_pairs(work: Path) -> list[tuple[str, Path, Path]]:
+    """Consecutive releases of real software: this repository at two commits, and two
+    versions of a wheel updaterd depends on (pip download; skipped, and said, when offline)."""
+    pairs = []
+    repo = HERE.parent
+    old, new = work / "repo-old", work / "repo-new"
+    try:
+        for rev, d in (("HEAD~10", old), ("HEAD", new)):
+            d.mkdir()
+            data = subprocess.run(["git", "-C", str(repo), "archive", rev], check=True,
+                                  capture_output=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(d)], input=data, check=True)
+        pairs.append(("updaterd's source, HEAD~10 -> HEAD", old, new))
+    except (subprocess.CalledProcessError, FileNotFoundError) as e:
+        print(f"bench: delta: no git history here ({e}); the repository pair is skipped")
+    wheels = work / "wheels"
+    for version in ("0.18.6", "0.19.0"):  # one at a time: pip resolves one version per name
+        got = subprocess.run([str(BIN / "pip"), "download", "-q", "--no-deps", "--only-binary",
+                              ":all:", "-d", str(wheels), f"msgspec=={version}"],
+                             capture_output=True, text=True, timeout=300)
+    found = sorted(wheels.glob("msgspec-*.whl"))
+    if len(found) == 2:
+        dirs = []
+        for whl in found:
+            d = work / whl.name.split("-")[1]
+            sh("unzip", "-q", str(whl), "-d", str(d))
+            dirs.append(d)
+        pairs.append(("msgspec wheel 0.18.6 -> 0.19.0", dirs[0], dirs[1]))
+    else:
+        print("bench: delta: pip download of the msgspec wheels failed (offline?); "
+              f"that pair is skipped: {got.stderr.strip()[-200:]}")
+    return pairs
+
+
+def bench_delta(tmp: Path, size: int, small_files: int, runs: int) -> list[Row]:
+    work = tmp / "delta"
+    work.mkdir()
+    rows = []
+    with running_nginx(work / "nginx") as nginx:
+        src = work / "src"
+        release_tree(src / "app-1.0.0", size, small_files)
+        old = work / "app-1.0.0-linux-x86_64.tar.gz"
+        sh("tar", "-C", str(src), "-czf", str(old), "app-1.0.0")
+        (src / "app-1.0.0").rename(src / "app-1.1.0")
+        changed = src / "app-1.1.0" / "share" / "d0" / "f0.txt"
+        changed.write_bytes(changed.read_bytes() + b"one more line\n")
+        new = work / "app-1.1.0-linux-x86_64.tar.gz"
+        sh("tar", "-C", str(src), "-czf", str(new), "app-1.1.0")
+        shutil.rmtree(src)
+        rows += _delta_update(work, nginx, f"one file changed in {size // MIB} MiB, "
+                              f"{small_files} files", old, new, runs)
+        old.unlink()
+        new.unlink()
+        for label, old_dir, new_dir in _real_pairs(work):
+            ours, patch = _patch_from_bytes(work, old_dir, new_dir)
+            rows.append(Row("delta", f"{label}: descriptor + pack", ours,
+                            "zstd -19 --patch-from (old tar -> new tar)", patch, unit="B"))
+            arts = []
+            for version, d in (("1.0.0", old_dir), ("1.1.0", new_dir)):
+                art = work / f"app-{version}-linux-x86_64.tar.gz"
+                sh("tar", "-C", str(d), "-czf", str(art), ".")
+                arts.append(art)
+            rows += _delta_update(work, nginx, label, arts[0], arts[1], runs)
+            for art in arts:
+                art.unlink()
+    return rows
+
+
 # -- 8. a fleet of hosts checking one feed -----------------------------------------------------
 
 def bench_fleet(tmp: Path, hosts: int, spread: float, steady: int = 10) -> list[Row]:
@@ -549,7 +709,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small sizes, one run: for CI")
     ap.add_argument("--only", action="append", metavar="PART",
                     help="run only this part (download, verify, install, update, switch, "
-                         "socket, footprint, fleet); printed, the results files untouched")
+                         "socket, footprint, fleet, delta); printed, the results files "
+                         "untouched")
     args = ap.parse_args()
     quick = args.quick
     started = time.time()
@@ -569,7 +730,8 @@ def main() -> None:
                 ("socket", lambda: bench_socket(tmp, runs, quick)),
                 ("footprint", lambda: bench_footprint(tmp, quick)),
                 ("fleet", lambda: bench_fleet(tmp, 200 if quick else 2000,
-                                              5.0 if quick else 20.0))):
+                                              5.0 if quick else 20.0)),
+                ("delta", lambda: bench_delta(tmp, inst_size, small, runs))):
             if args.only and label not in args.only:
                 continue
             print(f"bench: {label} ...", flush=True)

@@ -24,6 +24,7 @@ from typing import Any, BinaryIO
 import blake3
 import msgspec
 import trio
+import zstandard
 
 from tests.helpers import release_files, write_config
 from updaterd import config as config_mod
@@ -91,7 +92,7 @@ class FeedSimulator:
             for blob, raw in delta_files(folder, self.app, version, artifact, self.releases,
                                      deltas):
                 added = self.add_blob(blob, raw, delta.descriptor_platform(PLATFORM))
-                if blob.endswith(".delta.json"):
+                if blob.endswith(".delta.zst"):
                     release.artifacts.append(added)
         self.releases.append(release)
         self.sign()
@@ -112,13 +113,17 @@ class FeedSimulator:
                            for a in r.artifacts]
         self.sign()
 
-    def descriptor(self, version: str) -> delta.Descriptor:
-        name = f"{self.app}-{version}-{PLATFORM}.tar.gz.delta.json"
-        return msgspec.json.decode(self.blobs[name], type=delta.Descriptor)
+    def descriptor_name(self, version: str) -> str:
+        return f"{self.app}-{version}-{PLATFORM}.tar.gz.delta.zst"
 
-    def replace_descriptor(self, version: str, desc: delta.Descriptor) -> None:
-        self.replace_signed(f"{self.app}-{version}-{PLATFORM}.tar.gz.delta.json",
-                            msgspec.json.encode(desc))
+    def descriptor(self, version: str) -> delta.Descriptor:
+        return delta.decode(self.blobs[self.descriptor_name(version)], self.app, version)
+
+    def replace_descriptor(self, version: str, desc: delta.Descriptor | bytes) -> None:
+        """Serve another descriptor (or other JSON), signed."""
+        raw = desc if isinstance(desc, bytes) else msgspec.json.encode(desc)
+        self.replace_signed(self.descriptor_name(version),
+                            zstandard.ZstdCompressor().compress(raw))
 
     def sign(self, key: minisign.SecretKey | None = None, serial: int | None = None) -> None:
         """Encode the manifest with the next serial (or `serial`) and sign it."""

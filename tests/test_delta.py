@@ -99,8 +99,9 @@ def test_a_one_file_change_is_fetched_as_a_pack_and_builds_the_full_tree(
     said = f"as a delta from 1.0.0: {pack.size:,} bytes instead of "
     assert said in result.describe("hello")  # what the log and updaterctl print
     assert said in engine.load_state("hello").history[-1].reason  # what `history` shows
-    assert pack is not None and pack.files == ["bin/hello", "lib/part007.txt", "share/VERSION"]
-    assert sim.requests == {"manifest": 1, f"hello-1.1.0-{PLATFORM}.tar.gz.delta.json": 1,
+    assert pack is not None
+    assert [n for n, _ in pack.files] == ["bin/hello", "lib/part007.txt", "share/VERSION"]
+    assert sim.requests == {"manifest": 1, sim.descriptor_name("1.1.0"): 1,
                             pack.url: 1}  # never the full artifact
     assert pack.size < len(sim.blobs[f"hello-1.1.0-{PLATFORM}.tar.gz"]) / 10
     tree = treehash.load(host.base / "state" / "hello", "1.1.0")
@@ -122,18 +123,22 @@ def test_without_a_kept_release_the_descriptor_is_not_even_fetched(
 
 def test_a_delta_that_would_cost_more_than_the_archive_is_not_fetched(
         host: SimHost, sim: FeedSimulator) -> None:
-    """The plan counts signed bytes: 200 files that compress to almost nothing make an archive
-    smaller than the description of their tree, so the archive is fetched, and nothing else."""
-    text = {f"lib/part{i:03}.txt": (b"same text " * 100, 0o644) for i in range(200)}
-    sim.release("1.0.0", files={**text, "bin/hello": (b"#!/bin/sh\necho 1\n", 0o755)})
+    """The plan counts signed bytes: when the one file of a release changes entirely, the
+    descriptor and the pack cost more than the archive: the pack is never fetched (the
+    descriptor, small, is what says so)."""
+    def files(version: str) -> dict[str, tuple[bytes, int]]:
+        return {"bin/hello": (b"#!/bin/sh\necho " + version.encode() + b"\n", 0o755),
+                "share/data.bin": (os.urandom(4000), 0o644)}
+
+    sim.release("1.0.0", files=files("1.0.0"))
     engine = host.engine()
     run(lambda: engine.update("hello"))
-    sim.release("1.1.0", files={**text, "bin/hello": (b"#!/bin/sh\necho 2\n", 0o755)},
-                deltas=2)
+    sim.release("1.1.0", files=files("1.1.0"), deltas=2)
     sim.requests.clear()
     run(lambda: engine.update("hello"))
     assert host.current() == "1.1.0"
-    assert sim.requests == {"manifest": 1, f"hello-1.1.0-{PLATFORM}.tar.gz": 1}
+    assert sim.requests == {"manifest": 1, sim.descriptor_name("1.1.0"): 1,
+                            f"hello-1.1.0-{PLATFORM}.tar.gz": 1}
 
 
 def test_a_pack_from_the_release_before_the_previous_one_is_used(
@@ -212,11 +217,18 @@ def test_a_signed_descriptor_of_another_platform_or_artifact_falls_back(
 ])
 def test_a_signed_descriptor_with_a_hostile_entry_falls_back(
         host: SimHost, sim: FeedSimulator, tmp_path: Path, name: str, entry: str) -> None:
+    """A signing publisher (or a stolen key) can name any tree: the entry is in the pack's
+    changes and the tree digest agrees, so only the extractor's own checks stand between it
+    and the disk."""
     engine = installed_on_delta(host, sim, tmp_path)
     desc = sim.descriptor("1.1.0")
-    desc.entries[name] = entry
-    if entry.startswith("f:"):
-        desc.sizes[name] = 0
+    pack = desc.packs[0]
+    pack.changed[name] = entry
+    record = treehash.load(host.base / "state" / "hello", "1.0.0")
+    assert record is not None
+    entries = {n: e for n, e in record.entries.items() if n not in pack.removed}
+    entries.update(pack.changed)
+    desc.tree = delta.tree_digest(entries)
     sim.replace_descriptor("1.1.0", desc)
     assert_clean_full_install(host, sim, engine, tmp_path)
     assert not (host.base / "escape").exists()
@@ -225,11 +237,10 @@ def test_a_signed_descriptor_with_a_hostile_entry_falls_back(
 def test_a_descriptor_with_a_key_twice_falls_back(host: SimHost, sim: FeedSimulator,
                                                   tmp_path: Path) -> None:
     engine = installed_on_delta(host, sim, tmp_path)
-    name = f"hello-1.1.0-{PLATFORM}.tar.gz.delta.json"
-    raw = sim.blobs[name]
-    twice = raw.replace(b'"entries": {', b'"entries": {"bin": "d:755", ', 1)
+    raw = msgspec.json.encode(sim.descriptor("1.1.0"))
+    twice = raw.replace(b'{"schema":1,', b'{"schema":1,"schema":1,', 1)
     assert twice != raw
-    sim.replace_signed(name, twice)
+    sim.replace_descriptor("1.1.0", twice)
     assert_clean_full_install(host, sim, engine, tmp_path)
 
 
@@ -240,7 +251,7 @@ def test_a_pack_that_expands_past_its_files_falls_back(host: SimHost, sim: FeedS
     pack = desc.packs[0]
     import zstandard
 
-    payload = b"".join(sim_file(sim, "1.1.0", n) for n in pack.files) + b"\0" * (1 << 20)
+    payload = b"".join(sim_file(sim, "1.1.0", n) for n, _ in pack.files) + b"\0" * (1 << 20)
     data = zstandard.ZstdCompressor().compress(payload)
     pack.reference = []  # a plain frame: no reference needed
     bad = sim.add_blob(pack.url, data, "x")
@@ -256,7 +267,7 @@ def test_a_pack_that_lies_about_a_file_is_caught_by_the_tree_check(
     pack = desc.packs[0]
     import zstandard
 
-    parts = [sim_file(sim, "1.1.0", n) for n in pack.files]
+    parts = [sim_file(sim, "1.1.0", n) for n, _ in pack.files]
     parts[0] = parts[0][:-1] + b"X"  # same size, other bytes
     data = zstandard.ZstdCompressor().compress(b"".join(parts))
     pack.reference = []
@@ -312,6 +323,21 @@ def test_unchanged_files_are_shared_with_the_kept_release(host: SimHost, sim: Fe
     assert rec is not None and not treehash.differences(host.prefix / "releases" / "1.1.0", rec)
 
 
+def test_a_base_whose_record_differs_elsewhere_is_not_even_tried(
+        host: SimHost, sim: FeedSimulator, tmp_path: Path) -> None:
+    """An unchanged file recorded otherwise makes another tree than the descriptor names: the
+    digest says so before the pack is downloaded."""
+    engine = installed_on_delta(host, sim, tmp_path)
+    folder = host.base / "state" / "hello"
+    rec = treehash.load(folder, "1.0.0")
+    assert rec is not None
+    rec.entries["lib/part100.txt"] = "f:644:" + "1" * 64
+    treehash.save(folder, rec)
+    pack = sim.descriptor("1.1.0").packs[0]
+    run(lambda: engine.update("hello"))
+    assert sim.requests[pack.url] == 0 and host.current() == "1.1.0"
+
+
 def test_a_base_recorded_differently_is_not_even_tried(host: SimHost, sim: FeedSimulator,
                                                        tmp_path: Path) -> None:
     """When the record of the kept release says the pack's reference differs, the pack is
@@ -365,15 +391,25 @@ def test_a_pack_builds_exactly_what_the_full_artifact_extracts_to(
     desc, entries = delta.describe(new_root, "app", "2.0.0", of)
     pack, data = delta.make_pack(new_root, entries, old_root, "1.0.0", "p.delta", level=3)
     desc.packs.append(pack)
-    desc = delta.decode(msgspec.json.encode(desc), "app", "2.0.0", of)
+    desc = delta.decode(delta.compress(desc), "app", "2.0.0", of)
     (tmp / "stage").mkdir()
-    root = delta.build(tmp / "stage", desc, desc.packs[0], io.BytesIO(data), old_root,
-                       treehash.record(old_root, "1.0.0"),
+    base = treehash.record(old_root, "1.0.0")
+    planned = delta.plan(desc, desc.packs[0], base)
+    assert planned == entries
+    root = delta.build(tmp / "stage", planned, desc.packs[0], io.BytesIO(data), old_root, base,
                        archive.ExtractLimits(1000, 1 << 30, 1 << 30))
-    assert treehash.scan(root) == treehash.scan(new_root) == desc.entries
+    assert treehash.scan(root) == treehash.scan(new_root) == entries
     unchanged = {n for n in new if n in old and old[n][0] == new[n][0]}
-    assert not unchanged & set(pack.files)  # unchanged files come from the kept release
+    assert not unchanged & {n for n, _ in pack.files}  # from the kept release instead
     shutil.rmtree(tmp)
+
+
+def test_a_descriptor_that_expands_past_its_cap_falls_back(
+        host: SimHost, sim: FeedSimulator, tmp_path: Path) -> None:
+    """A compressed descriptor is read through a cap, whatever its frame claims."""
+    engine = installed_on_delta(host, sim, tmp_path)
+    sim.replace_descriptor("1.1.0", b" " * (delta.MAX_DESCRIPTOR + 1))
+    assert_clean_full_install(host, sim, engine, tmp_path)
 
 
 def test_an_artifact_that_does_not_extract_is_published_without_deltas(

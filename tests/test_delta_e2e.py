@@ -50,7 +50,7 @@ def test_an_update_over_http_fetches_the_pack_not_the_artifact(host: Host, nginx
     assert host.current() == "1.0.0"
     art = publish_cli(served_feed, "1.1.0", "lib/part150.txt")
     names = sorted(p.name for p in served_feed.folder.iterdir())
-    assert f"{art.name}.delta.json" in names and f"{art.name}.from-1.0.0.delta" in names
+    assert f"{art.name}.delta.zst" in names and f"{art.name}.from-1.0.0.delta" in names
     mark = len(nginx.requests())
     r = run_updaterd("--config", host.config, "--once")
     assert host.current() == "1.1.0", r.stderr
@@ -101,7 +101,7 @@ def test_a_daemon_from_before_deltas_installs_from_a_feed_with_them(host: Host,
             manifest = json.loads((feed.folder / "manifest.json").read_text())
             platforms = [a["platform"] for r in manifest["releases"] for a in r["artifacts"]]
             assert "linux-x86_64.delta" in platforms and (feed.folder /
-                                                          f"{art.name}.delta.json").exists()
+                                                          f"{art.name}.delta.zst").exists()
         r = subprocess.run([sys.executable, "-m", "updaterd", "--config", str(host.config),
                             "--once"], env=env, capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr

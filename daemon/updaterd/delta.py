@@ -1,21 +1,25 @@
 """Delta updates: a release built from a kept release and a pack of what changed.
 
-The publisher (`make_packs`) describes the new release exactly as our extractor makes it from
-the full artifact (`Descriptor.entries`, the tree record's format, with every file's size) and,
-for each older release, writes a pack: one zstd frame holding the new release's changed files,
-compressed with the same paths of the older release as its reference (zstd's patch-from). The
-signed manifest lists the descriptor as an artifact of platform `<platform>.delta`, a platform
-no daemon installs, so that a daemon older than deltas skips it; the descriptor carries each
-pack's size and BLAKE3. Nothing is used before its digest matched.
+The publisher (`describe`, `make_pack`) names the new release's tree by one digest (`tree`: the
+BLAKE3 of its tree record, entries exactly as our extractor makes them from the full artifact)
+and, for each older release, writes a pack: one zstd frame holding the new release's changed
+files, compressed with the same paths of the older release as its reference (zstd's
+patch-from), with the differences between the two trees. The signed manifest lists the
+descriptor as an artifact of platform `<platform>.delta`, a platform no daemon installs, so that
+a daemon older than deltas skips it; the descriptor carries each pack's size and BLAKE3.
+Nothing is used before its digest matched.
 
-The client (`build`) makes the new tree in a staging folder from the kept release's files and
-the pack. Every name and link goes through the extractor's own checks (`archive.Tree`), the
-reference files are re-hashed as they are read, decompression stops at the declared sizes and a
-window limit, and the result must be the descriptor's tree exactly (`Layout.stage_with`).
+The client takes the kept release's recorded tree, applies the pack's differences, and must
+find the descriptor's `tree` digest before it downloads the pack (`plan`). It then makes the
+tree in a staging folder (`build`): unchanged files hard-linked from the kept release, the
+others from the pack; every name and link through the extractor's own checks (`archive.Tree`),
+the reference files re-hashed as they are read, decompression stopped at the declared sizes
+and a window limit. The result must be that tree exactly (`Layout.stage_with`).
 """
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import IO, Annotated, Literal
@@ -29,9 +33,10 @@ from updaterd.errors import ArchiveError, FeedError, UpdaterError
 
 SUFFIX = ".delta"  # the descriptor's platform: `<platform>.delta`
 MAX_WINDOW_LOG = 31  # zstd's largest window (2 GiB); the reference and the payload fit in it
-MAX_DESCRIPTOR = 64 << 20  # bytes; a descriptor lists every file of a release
+MAX_DESCRIPTOR = 64 << 20  # bytes
 Hex64 = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
 Name = Annotated[str, Meta(min_length=1, max_length=4096)]
+Entry = Annotated[str, Meta(max_length=8192)]
 
 
 class DeltaError(UpdaterError):
@@ -39,27 +44,29 @@ class DeltaError(UpdaterError):
 
 
 class Pack(Struct, forbid_unknown_fields=True, kw_only=True):
-    """The changed files of a release, compressed against the same paths of `base`."""
+    """What turns `base` into the release: the tree's differences and the changed files,
+    compressed against the same paths of `base`."""
 
     base: Annotated[str, Meta(min_length=1, max_length=128)]
     url: Annotated[str, Meta(pattern=feed.SAFE_FILE_NAME.pattern)]
     size: Annotated[int, Meta(ge=0, le=2**40)]
     blake3: Hex64
-    files: list[Name]  # the new release's files it carries, in order
+    changed: dict[Name, Entry]  # entries that are new, or differ from the base's
+    removed: list[Name]  # the base's entries that the release does not have
+    files: list[tuple[Name, Annotated[int, Meta(ge=0, le=2**50)]]]  # carried, in order: size
     reference: list[tuple[Name, Hex64]]  # base files (path, BLAKE3), concatenated in order
     window_log: Annotated[int, Meta(ge=10, le=MAX_WINDOW_LOG)]
 
 
 class Descriptor(Struct, forbid_unknown_fields=True, kw_only=True):
-    """A release's tree, and the packs that build it from older releases."""
+    """A release's tree, by digest, and the packs that build it from older releases."""
 
     schema: Literal[1]
     app: str
     version: str
     platform: str  # with `artifact`: the one full artifact whose extraction this describes
     artifact: Hex64  # its BLAKE3
-    entries: dict[Name, Annotated[str, Meta(max_length=8192)]]  # as treehash records them
-    sizes: dict[Name, Annotated[int, Meta(ge=0, le=2**50)]]  # every file's size
+    tree: Hex64  # BLAKE3 of the release's tree record (`tree_digest`)
     packs: list[Pack] = []
 
     def pack_from(self, base: str) -> Pack | None:
@@ -70,9 +77,40 @@ def descriptor_platform(platform: str) -> str:
     return f"{platform}{SUFFIX}"
 
 
-def decode(raw: bytes, app: str, version: str, of: feed.Artifact | None = None) -> Descriptor:
-    """The descriptor of `app` `version` (and of the full artifact `of`, when given), strictly
-    decoded (a duplicate key is refused)."""
+def tree_digest(entries: dict[str, str]) -> str:
+    """One digest for a whole tree record: BLAKE3 of its entries as sorted JSON."""
+    return blake3.blake3(msgspec.json.encode(dict(sorted(entries.items())))).hexdigest()
+
+
+def compress(desc: Descriptor) -> bytes:
+    """The descriptor as published: compact JSON in one zstd frame."""
+    import zstandard
+
+    return zstandard.ZstdCompressor(level=19).compress(msgspec.json.encode(desc))
+
+
+def _decompress(data: bytes) -> bytes:
+    """At most MAX_DESCRIPTOR bytes out, whatever the frame claims."""
+    import zstandard
+
+    out = bytearray()
+    try:
+        with zstandard.ZstdDecompressor(max_window_size=1 << 27).stream_reader(
+                io.BytesIO(data), read_across_frames=False) as reader:
+            while chunk := reader.read(1 << 20):
+                out += chunk
+                if len(out) > MAX_DESCRIPTOR:
+                    raise DeltaError(f"delta descriptor expands past {MAX_DESCRIPTOR} bytes")
+    except zstandard.ZstdError as e:
+        raise DeltaError(f"delta descriptor: {e}") from None
+    return bytes(out)
+
+
+def decode(data: bytes, app: str, version: str,
+           of: feed.Artifact | None = None) -> Descriptor:
+    """The published descriptor of `app` `version` (and of the full artifact `of`, when
+    given), decompressed within a cap and strictly decoded (a duplicate key is refused)."""
+    raw = _decompress(data)
     try:
         feed.reject_duplicate_keys(raw, "delta descriptor")
         d = msgspec.json.decode(raw, type=Descriptor)
@@ -83,22 +121,15 @@ def decode(raw: bytes, app: str, version: str, of: feed.Artifact | None = None) 
     if of is not None and (d.platform, d.artifact) != (of.platform, of.blake3):
         raise DeltaError(f"delta descriptor describes the {d.platform} artifact {d.artifact}, "
                          f"not the {of.platform} artifact {of.blake3 or of.sha256}")
-    files = {n for n, e in d.entries.items() if e.startswith("f:")}
-    if set(d.sizes) != files:
-        raise DeltaError("delta descriptor: sizes do not list exactly the files")
-    for p in d.packs:
-        if not set(p.files) <= files or len(set(p.files)) != len(p.files):
-            raise DeltaError(f"delta pack {p.url}: lists files the release does not have, "
-                             "or one twice")
     return d
 
-
-# -- the publisher ----------------------------------------------------------------------------
 
 def _content(entry: str) -> str | None:
     """The BLAKE3 of a file entry (`f:<mode>:<blake3>`), None for anything else."""
     return entry.split(":", 2)[2] if entry.startswith("f:") else None
 
+
+# -- the publisher ----------------------------------------------------------------------------
 
 def _read(root: Path, name: str) -> bytes:
     with open(root / name, "rb") as f:
@@ -108,54 +139,70 @@ def _read(root: Path, name: str) -> bytes:
 def describe(root: Path, app: str, version: str,
              of: feed.Artifact) -> tuple[Descriptor, dict[str, str]]:
     """The descriptor of the release extracted at `root` from the artifact `of` (no packs
-    yet), and its entries."""
+    yet), and its tree's entries."""
     if of.blake3 is None:
         raise DeltaError(f"{of.url}: a delta names its artifact by BLAKE3, and it has none")
     entries = treehash.scan(root)
-    sizes = {n: os.lstat(root / n).st_size for n, e in entries.items() if e.startswith("f:")}
     return Descriptor(schema=1, app=app, version=version, platform=of.platform,
-                      artifact=of.blake3, entries=entries, sizes=sizes), entries
+                      artifact=of.blake3, tree=tree_digest(entries)), entries
 
 
 def make_pack(new_root: Path, entries: dict[str, str], base_root: Path, base: str,
               url: str, level: int = 19) -> tuple[Pack, bytes]:
     """The pack that builds the release at `new_root` from the one at `base_root`."""
     base_entries = treehash.scan(base_root)
-    files = [n for n, e in sorted(entries.items())
+    changed = {n: e for n, e in sorted(entries.items()) if base_entries.get(n) != e}
+    removed = sorted(base_entries.keys() - entries.keys())
+    files = [n for n, e in changed.items()
              if e.startswith("f:") and _content(base_entries.get(n, "")) != _content(e)]
+    # The reference: the same paths in the base, then the base's files that are gone (a file
+    # renamed or moved finds its old content there).
     reference = [(n, b3) for n in files if (b3 := _content(base_entries.get(n, ""))) is not None]
+    reference += [(n, b3) for n in removed if (b3 := _content(base_entries[n])) is not None]
     ref = b"".join(_read(base_root, n) for n, _ in reference)
-    payload = b"".join(_read(new_root, n) for n in files)
-    window_log = min(MAX_WINDOW_LOG, max(10, (len(ref) + len(payload)).bit_length()))
+    payload = [_read(new_root, n) for n in files]
+    window_log = min(MAX_WINDOW_LOG,
+                     max(10, (len(ref) + sum(map(len, payload))).bit_length()))
     import zstandard  # loaded on first use: an idle daemon does not need it
 
     params = zstandard.ZstdCompressionParameters.from_level(
         level, window_log=window_log, enable_ldm=True)
     cdict = zstandard.ZstdCompressionDict(ref, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
-    data = zstandard.ZstdCompressor(compression_params=params, dict_data=cdict).compress(payload)
+    data = zstandard.ZstdCompressor(compression_params=params,
+                                    dict_data=cdict).compress(b"".join(payload))
     pack = Pack(base=base, url=url, size=len(data), blake3=blake3.blake3(data).hexdigest(),
-                files=files, reference=reference, window_log=window_log)
+                changed=changed, removed=removed,
+                files=[(n, len(d)) for n, d in zip(files, payload, strict=True)],
+                reference=reference, window_log=window_log)
     return pack, data
 
 
 # -- the client -------------------------------------------------------------------------------
 
-def usable(pack: Pack, base_record: treehash.TreeRecord) -> str | None:
-    """Why a pack cannot build on the kept release recorded as `base_record` (None: it can),
-    known before anything is downloaded."""
+def plan(desc: Descriptor, pack: Pack, base_record: treehash.TreeRecord) -> dict[str, str]:
+    """The tree the pack makes from the kept release recorded as `base_record`, known to be
+    the descriptor's before anything more is downloaded; DeltaError when it is not."""
     for name, b3 in pack.reference:
         if _content(base_record.entries.get(name, "")) != b3:
-            return f"{pack.base} as installed does not have {name} as the pack expects"
-    return None
+            raise DeltaError(f"{pack.base} as installed does not have {name} as the pack "
+                             "expects")
+    entries = {n: e for n, e in base_record.entries.items() if n not in set(pack.removed)}
+    entries.update(pack.changed)
+    if tree_digest(entries) != desc.tree:
+        raise DeltaError(f"{pack.base} as recorded, with the pack's changes, is not the tree "
+                         "the descriptor names")
+    carried = {n for n, _ in pack.files}
+    if len(carried) != len(pack.files) or not carried <= {
+            n for n, e in entries.items() if e.startswith("f:")}:
+        raise DeltaError(f"{pack.url} carries a file twice, or one the release does not have")
+    return entries
 
 
 def _reference(base_root: Path, pack: Pack, limit: int) -> bytes:
     """The base files the pack was made against, each re-hashed as it is read."""
     parts, total = [], 0
     for name, b3 in pack.reference:
-        parts_of = archive.member_parts(name)
-        fd = os.open(base_root.joinpath(*parts_of), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        with os.fdopen(fd, "rb") as f:
+        with _open_base(base_root, name) as f:
             data = f.read(limit - total + 1)
         total += len(data)
         if total > limit:
@@ -195,42 +242,43 @@ def _in_base(record: treehash.TreeRecord, name: str, entry: str) -> bool:
         record.entries.get("/".join(parts[:i])) == "d:755" for i in range(1, len(parts)))
 
 
-def build(staging: Path, desc: Descriptor, pack: Pack, pack_file: IO[bytes], base_root: Path,
-          base_record: treehash.TreeRecord, limits: archive.ExtractLimits) -> Path:
-    """Make the release described by `desc` in `staging/tree` from the release at `base_root`
-    and the verified `pack_file`; returns the root. The caller compares the result with
-    `desc.entries` (the tree record of the staged folder must equal it).
+def _mode(entry: str) -> str:
+    return entry.split(":")[1]
+
+
+def build(staging: Path, entries: dict[str, str], pack: Pack, pack_file: IO[bytes],
+          base_root: Path, base_record: treehash.TreeRecord,
+          limits: archive.ExtractLimits) -> Path:
+    """Make the tree `entries` (from `plan`) in `staging/tree` from the release at
+    `base_root` and the verified `pack_file`; returns the root. The caller compares the
+    result with `entries` (the tree record of the staged folder must equal it).
 
     A file the kept release has as it is (same content and mode, as recorded) is hard-linked
     from it, as OSTree checks out its objects: no data is copied or written again, and both
     releases are immutable once installed (`verify` and the rollback re-hash say if one is
-    changed). Any other file not in the pack is copied."""
+    changed). A file that only changed its mode is copied."""
     if any(staging.iterdir()):
         raise ArchiveError(f"staging folder {staging} is not empty; refusing to build in it")
-    if pack.window_log > MAX_WINDOW_LOG:
-        raise DeltaError(f"{pack.url}: window of 2^{pack.window_log} bytes is over the limit")
     root = staging / "tree"
     os.mkdir(root, 0o755)
     tree = archive.Tree(root=root, limits=limits)
     claimed: dict[str, tuple[str, ...]] = {}
-    for name, entry in sorted(desc.entries.items()):
+    for name, entry in sorted(entries.items()):
         parts = archive.member_parts(name)
         kind = {"d": "dir", "f": "file", "l": "link"}.get(entry[:1])
         if kind is None or entry[1:2] != ":":
-            raise DeltaError(f"delta descriptor: {name!r} is neither a file, a folder nor a link")
+            raise DeltaError(f"delta: {name!r} is neither a file, a folder nor a link")
         key = tree.claim(name, parts, kind)
         if kind == "dir":
             if entry != "d:755":
-                raise DeltaError(f"delta descriptor: folder {name!r} has mode {entry[2:]}")
+                raise DeltaError(f"delta: folder {name!r} has mode {entry[2:]}")
             tree.make_dirs(parts)
         elif kind == "link":
             tree.add_link(name, key, entry[2:])
         else:
-            if entry.split(":")[1] not in ("755", "644"):
-                raise DeltaError(f"delta descriptor: file {name!r} has mode {entry.split(':')[1]}")
-            tree.add_size(name, desc.sizes[name])
+            if _mode(entry) not in ("755", "644"):
+                raise DeltaError(f"delta: file {name!r} has mode {_mode(entry)}")
             claimed[name] = parts
-    in_pack = set(pack.files)
     import zstandard
 
     ref = _reference(base_root, pack, limits.max_total)
@@ -239,23 +287,26 @@ def build(staging: Path, desc: Descriptor, pack: Pack, pack_file: IO[bytes], bas
                                               max_window_size=1 << pack.window_log)
     try:
         with decompressor.stream_reader(pack_file, read_across_frames=False) as stream:
-            for name in pack.files:
-                size = desc.sizes[name]
+            for name, size in pack.files:
+                tree.add_size(name, size)
                 tree.write_file(name, claimed[name], _Exactly(stream, size, name),
-                                desc.entries[name].split(":")[1] == "755", size)
+                                _mode(entries[name]) == "755", size)
             if stream.read(1):
                 raise DeltaError(f"{pack.url} holds more than the files it lists")
     except zstandard.ZstdError as e:  # a corrupt frame, or one past the window limit
         raise DeltaError(f"{pack.url}: {e}") from None
+    carried = {n for n, _ in pack.files}
     for name, parts in claimed.items():
-        if name in in_pack:
-            continue
-        if _in_base(base_record, name, desc.entries[name]):
-            tree.make_dirs(parts[:-1])
-            os.link(base_root.joinpath(*parts), root.joinpath(*parts), follow_symlinks=False)
+        if name in carried:
             continue
         with _open_base(base_root, name) as f:
-            tree.write_file(name, parts, f, desc.entries[name].split(":")[1] == "755",
-                            desc.sizes[name])
+            size = os.fstat(f.fileno()).st_size
+            tree.add_size(name, size)
+            if _in_base(base_record, name, entries[name]):
+                tree.make_dirs(parts[:-1])
+                os.link(base_root.joinpath(*parts), root.joinpath(*parts),
+                        follow_symlinks=False)
+            else:
+                tree.write_file(name, parts, f, _mode(entries[name]) == "755", size)
     tree.create_links()
     return root

@@ -170,7 +170,7 @@ def delta_files(feed_dir: Path, app: str, version: str, artifact: Artifact,
                                          f"{artifact.url}.from-{base}.delta")
             desc.packs.append(pack)
             out.append((pack.url, data))
-        out.append((f"{artifact.url}.delta.json", feed.encode(desc)))
+        out.append((f"{artifact.url}.delta.zst", delta.compress(desc)))
         return out
 
 
@@ -234,7 +234,7 @@ def publish(*, feed_dir: Path, key_path: Path | Sequence[Path], app: str, versio
     for _path, artifact in entries:
         for name, data in delta_files(feed_dir, app, version, artifact, earlier, delta_from):
             fsutil.atomic_write(feed_dir / name, data, mode=0o644)
-            if name.endswith(".delta.json"):
+            if name.endswith(".delta.zst"):
                 d = digests.Digests()
                 d.update(data)
                 release.artifacts.append(Artifact(

@@ -178,12 +178,18 @@ async def _stage_from_delta(run: AppRun, source: Source, release: Release,
         with f:
             desc = delta.decode(f.read(described.size + 1), run.name, release.version,
                                 artifact)
-        fits = [p for p in desc.packs if p.base in records
-                and described.size + p.size < artifact.size
-                and delta.usable(p, records[p.base]) is None]
+        fits = []
+        for candidate in desc.packs:
+            if candidate.base not in records or \
+                    described.size + candidate.size >= artifact.size:
+                continue
+            try:
+                fits.append((candidate, delta.plan(desc, candidate, records[candidate.base])))
+            except delta.DeltaError as e:  # known before the pack is downloaded
+                log.info("%s: no delta from %s: %s", run.name, candidate.base, e)
         if not fits:
             return None
-        pack = min(fits, key=lambda p: p.size)
+        pack, entries = min(fits, key=lambda fit: fit[0].size)
         log.info("%s: %s from %s as a delta of %d bytes instead of %d", run.name,
                  release.version, pack.base, pack.size, artifact.size)
         packed = Artifact(platform=wanted, url=pack.url, size=pack.size, blake3=pack.blake3)
@@ -195,9 +201,9 @@ async def _stage_from_delta(run: AppRun, source: Source, release: Release,
         with pack_file:
             staged = await trio.to_thread.run_sync(
                 layout.stage_with,
-                lambda staging: delta.build(staging, desc, pack, pack_file, base_root,
+                lambda staging: delta.build(staging, entries, pack, pack_file, base_root,
                                             records[pack.base], limits),
-                release.version, desc.entries)
+                release.version, entries)
         run.plan = f"as a delta from {pack.base}: {pack.size:,} bytes instead of {artifact.size:,}"
         return staged
     except (UpdaterError, OSError) as e:
