@@ -191,7 +191,7 @@ async def _stage_from_delta(run: AppRun, source: Source, release: Release,
             return None
         pack, entries = min(fits, key=lambda fit: fit[0].size)
         log.info("%s: %s from %s as a delta of %d bytes instead of %d", run.name,
-                 release.version, pack.base, pack.size, artifact.size)
+                 release.version, pack.base, described.size + pack.size, artifact.size)
         packed = Artifact(platform=wanted, url=pack.url, size=pack.size, blake3=pack.blake3)
         pack_file = await fetch_artifact(run, source, release, packed, "delta")
         fetched.append(run.cache / pack.url)
@@ -204,7 +204,9 @@ async def _stage_from_delta(run: AppRun, source: Source, release: Release,
                 lambda staging: delta.build(staging, entries, pack, pack_file, base_root,
                                             records[pack.base], limits),
                 release.version, entries)
-        run.plan = f"as a delta from {pack.base}: {pack.size:,} bytes instead of {artifact.size:,}"
+        fetched_bytes = described.size + pack.size  # what the delta cost: descriptor and pack
+        run.plan = f"as a delta from {pack.base}: {fetched_bytes:,} bytes instead of " \
+                   f"{artifact.size:,}"
         return staged
     except (UpdaterError, OSError) as e:
         why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
