@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from tests.simulator import PLATFORM, FeedSimulator, SimHost, tar_gz
 from updaterd import archive, delta, treehash
+from updaterd.errors import DownloadError
 from updaterd.feed import Artifact
 from updaterd.publish import _extract_for_delta
 
@@ -174,6 +175,31 @@ def test_a_pack_that_does_not_match_its_digest_falls_back(host: SimHost, sim: Fe
 def test_a_missing_pack_falls_back(host: SimHost, sim: FeedSimulator, tmp_path: Path) -> None:
     engine = installed_on_delta(host, sim, tmp_path)
     del sim.blobs[sim.descriptor("1.1.0").packs[0].url]
+    assert_clean_full_install(host, sim, engine, tmp_path)
+
+
+@pytest.mark.parametrize("fault", ["timeout", "truncated", "longer"])
+def test_a_pack_that_cannot_be_fetched_whole_falls_back(
+        host: SimHost, sim: FeedSimulator, tmp_path: Path, fault: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A slow or stalled server (the fetcher gives up: its retries and timeouts are tested on
+    their own), or a pack served shorter or longer than signed."""
+    engine = installed_on_delta(host, sim, tmp_path)
+    pack = sim.descriptor("1.1.0").packs[0]
+    if fault == "timeout":
+        from tests.simulator import SimulatedSource
+        real = SimulatedSource.fetch_artifact
+
+        async def stalled(self: Any, artifact: Any, *args: Any) -> Any:
+            if artifact.url == pack.url:
+                raise DownloadError(f"{pack.url}: no data for 30 s (read timeout)")
+            return await real(self, artifact, *args)
+
+        monkeypatch.setattr(SimulatedSource, "fetch_artifact", stalled)
+    elif fault == "truncated":
+        sim.blobs[pack.url] = sim.blobs[pack.url][:-10]
+    else:
+        sim.blobs[pack.url] += b"\0" * 10
     assert_clean_full_install(host, sim, engine, tmp_path)
 
 

@@ -124,6 +124,7 @@ def test_the_daemon_counts_delta_bytes_and_fallbacks_and_history_says_what_was_s
     assert 0 < delta_bytes < full / 10
     history = json.loads(daemon.ctl("--json", "history", "hello", check=True).stdout)
     assert history[-1]["reason"].startswith("as a delta from 1.0.0: ")
+    assert f"1.1.0 was installed {history[-1]['reason']}" in daemon.app()["notes"]
     art = publish_cli(served_feed, "1.2.0", "lib/part200.txt")
     (served_feed.folder / f"{art.name}.from-1.1.0.delta").unlink()  # a 404
     (served_feed.folder / f"{art.name}.from-1.0.0.delta").unlink()

@@ -156,6 +156,9 @@ class ControlApi:
             notes.append(f"{why}; `updaterctl unskip {name} {v}` allows it again")
         notes += [f"{v} is skipped: `updaterctl unskip {name} {v}` allows it again"
                   for v in st.skipped]
+        last = next((h for h in reversed(st.history) if h.action == "installed"), None)
+        if last is not None and last.version == st.installed and last.reason:
+            notes.append(f"{last.version} was installed {last.reason}")  # a delta: what it saved
         return AppStatus(
             name=w.name, current=st.installed, available=st.available, phase=w.phase,
             progress=Progress(done=w.progress[0], total=w.progress[1]) if w.progress else None,
