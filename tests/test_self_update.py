@@ -269,6 +269,8 @@ def test_new_version_that_cannot_start_is_abandoned_by_the_launcher(self_host: S
     log = h.log.read_text()
     assert f"did not commit after {selfupdate.MAX_TRIAL_STARTS} starts" in log
     assert "finishing an interrupted update 0.2.0 -> 0.4.0" in log
+    assert (f"updaterd 0.4.0 did not come up in {selfupdate.MAX_TRIAL_STARTS} starts; the "
+            "launcher went back") in log, "the version running says why it undid the update"
     assert "updaterd 0.4.0 took over" not in log, "0.2.0 undid it: 0.4.0 never ran"
     state = h.state()
     assert state["installed"] == "0.2.0"
@@ -467,3 +469,20 @@ def test_an_interrupted_downgrade_of_updaterd_is_undone_by_the_version_running(
     log = h.log.read_text()[before:]
     assert "finishing an interrupted update 0.2.0 -> 0.1.0" in log, log
     assert "took over" not in log
+
+
+def test_a_downgrade_of_updaterd_hands_over_to_the_older_version(self_host: SelfHost) -> None:
+    """`update --version` an older updaterd: the code that runs is newer than the version
+    switched to, so it must hand over (and the next start, the older version, commits)."""
+    h = self_host
+    config, updaterd = _on_020_stopped(h)
+    h.publish("0.1.0")
+    r = subprocess.run([updaterd, "--config", config, "update", "updaterd", "--version",
+                        "0.1.0"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "0.1.0 is in place; the next start of updaterd finishes its health check" in r.stdout
+    assert h.state()["pending"]["to_version"] == "0.1.0"
+    h.start()
+    h.wait_for(lambda: h.settled_on("0.1.0"), "the first start of 0.1.0 to commit it")
+    assert h.state()["pending"] is None
+
