@@ -207,8 +207,10 @@ def _feed(nginx_root: Path, work: Path, artifact: Path, version: str) -> tuple[s
     return "feed", pub.read_text().splitlines()[1]
 
 
-def _config(work: Path, url: str, pub: str, prefix: Path) -> Path:
+def _config(work: Path, url: str, pub: str, prefix: Path, health: bool = True) -> Path:
+    """An app following the feed at `url` (with the sample app's health check, unless not)."""
     cfg = work / "bench.toml"
+    check = 'health_check = ["bin/app"]\n' if health else ""
     cfg.write_text(f"""[daemon]
 state_dir = "{work}/state"
 cache_dir = "{work}/cache"
@@ -220,8 +222,7 @@ url = "{url}"
 public_keys = ["{pub}"]
 allow_insecure = true
 prefix = "{prefix}"
-health_check = ["bin/app"]
-""")
+{check}""")
     return cfg
 
 
@@ -308,24 +309,6 @@ ln -sfn releases/1.0.0 {prefix}/current.tmp && mv -T {prefix}/current.tmp {prefi
 
 # -- delta updates: bytes and whole-update time against the full artifact -----------------------
 
-def _delta_config(work: Path, url: str, pub: str, prefix: Path) -> Path:
-    cfg = work / "delta.toml"
-    cfg.write_text(f"""[daemon]
-state_dir = "{work}/state"
-cache_dir = "{work}/cache"
-lock_file = "{work}/lock"
-platform = "linux-x86_64"
-[apps.app]
-source = "manifest"
-url = "{url}"
-public_keys = ["{pub}"]
-allow_insecure = true
-prefix = "{prefix}"
-retain = 1
-""")
-    return cfg
-
-
 def _delta_update(work: Path, nginx: Any, label: str, old: Path, new: Path,
                   runs: int) -> list[Row]:
     """Whole update from `old` to `new` (artifacts): with the feed's delta, and with the full
@@ -342,8 +325,8 @@ def _delta_update(work: Path, nginx: Any, label: str, old: Path, new: Path,
         publish(feed_dir=folder, key_path=key, app="app", version="1.0.0", artifacts=[old],
                 platform="linux-x86_64", delta_from=0)
         host.mkdir(mode=0o755)
-        cfg = _delta_config(host, nginx.url(f"feed-{plan}/manifest.json"),
-                            pub.read_text().splitlines()[1], host / "opt")
+        cfg = _config(host, nginx.url(f"feed-{plan}/manifest.json"),
+                      pub.read_text().splitlines()[1], host / "opt", health=False)
         sh(str(BIN / "updaterd"), "--config", str(cfg), "--once")
         sh("cp", "-a", str(host), str(template))
         publish(feed_dir=folder, key_path=key, app="app", version="1.1.0", artifacts=[new],

@@ -203,29 +203,13 @@ def test_a_pack_that_cannot_be_fetched_whole_falls_back(
     assert_clean_full_install(host, sim, engine, tmp_path)
 
 
-def test_a_signed_descriptor_of_another_version_falls_back(host: SimHost, sim: FeedSimulator,
-                                                           tmp_path: Path) -> None:
-    engine = installed_on_delta(host, sim, tmp_path)
-    desc = sim.descriptor("1.1.0")
-    desc.version = "1.0.9"
-    sim.replace_descriptor("1.1.0", desc)
-    assert_clean_full_install(host, sim, engine, tmp_path)
-
-
-def test_a_signed_descriptor_of_another_app_falls_back(host: SimHost, sim: FeedSimulator,
-                                                       tmp_path: Path) -> None:
-    engine = installed_on_delta(host, sim, tmp_path)
-    desc = sim.descriptor("1.1.0")
-    desc.app = "other"
-    sim.replace_descriptor("1.1.0", desc)
-    assert_clean_full_install(host, sim, engine, tmp_path)
-
-
-@pytest.mark.parametrize("field,value", [("platform", "linux-aarch64"), ("artifact", "1" * 64)])
-def test_a_signed_descriptor_of_another_platform_or_artifact_falls_back(
+@pytest.mark.parametrize("field,value", [("version", "1.0.9"), ("app", "other"),
+                                         ("platform", "linux-aarch64"), ("artifact", "1" * 64)])
+def test_a_signed_descriptor_of_another_release_or_artifact_falls_back(
         host: SimHost, sim: FeedSimulator, tmp_path: Path, field: str, value: str) -> None:
-    """A descriptor describes one full artifact: one made for another platform's build (or
-    another build) could be internally sound and still install the wrong program."""
+    """A descriptor describes one full artifact of one release: one made for another version,
+    app, platform's build or build could be internally sound and still install the wrong
+    program."""
     engine = installed_on_delta(host, sim, tmp_path)
     desc = sim.descriptor("1.1.0")
     setattr(desc, field, value)
