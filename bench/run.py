@@ -654,7 +654,7 @@ def write_results(rows: list[Row], quick: bool, started: float) -> str:
              "| section | what | ours | baseline | baseline figure | ratio |",
              "|---|---|---|---|---|---|"]
     for r in rows:
-        digits = 3 if r.unit in ("s", "ms") else 1
+        digits = 3 if r.unit in ("s", "ms") else 0 if r.unit == "B" else 1
         ours = f"{r.ours:.{digits}f} {r.unit}"
         theirs = f"{r.theirs:.{digits}f} {r.unit}" if r.theirs is not None else "-"
         ratio = f"{r.ratio:.2f}" if r.ratio is not None else "-"
