@@ -207,14 +207,19 @@ def _feed(nginx_root: Path, work: Path, artifact: Path, version: str) -> tuple[s
     return "feed", pub.read_text().splitlines()[1]
 
 
-def _config(work: Path, url: str, pub: str, prefix: Path, health: bool = True) -> Path:
-    """An app following the feed at `url` (with the sample app's health check, unless not)."""
+def _config(work: Path, url: str, pub: str, prefix: Path, health: bool = True,
+            auto_update: bool = True) -> Path:
+    """An app following the feed at `url` (with the sample app's health check, unless not).
+    Its daemon's socket is `work/sock`; without `auto_update` a daemon checks at start and
+    installs only when asked, so that an update can be timed from a running daemon."""
     cfg = work / "bench.toml"
     check = 'health_check = ["bin/app"]\n' if health else ""
+    check += "" if auto_update else "auto_update = false\n"
     cfg.write_text(f"""[daemon]
 state_dir = "{work}/state"
 cache_dir = "{work}/cache"
 lock_file = "{work}/lock"
+socket = "{work}/sock"
 platform = "linux-x86_64"
 [apps.app]
 source = "manifest"
@@ -316,6 +321,7 @@ def _delta_update(work: Path, nginx: Any, label: str, old: Path, new: Path,
     from updaterd.publish import keygen, publish
 
     times: dict[str, float] = {}
+    served: dict[str, float] = {}
     fetched: dict[str, int] = {}
     for plan in ("delta", "full"):
         host = work / f"host-{plan}"
@@ -326,8 +332,9 @@ def _delta_update(work: Path, nginx: Any, label: str, old: Path, new: Path,
                 platform="linux-x86_64", delta_from=0)
         host.mkdir(mode=0o755)
         cfg = _config(host, nginx.url(f"feed-{plan}/manifest.json"),
-                      pub.read_text().splitlines()[1], host / "opt", health=False)
-        sh(str(BIN / "updaterd"), "--config", str(cfg), "--once")
+                      pub.read_text().splitlines()[1], host / "opt", health=False,
+                      auto_update=False)
+        sh(str(BIN / "updaterd"), "--config", str(cfg), "update", "app")
         sh("cp", "-a", str(host), str(template))
         publish(feed_dir=folder, key_path=key, app="app", version="1.1.0", artifacts=[new],
                 platform="linux-x86_64", delta_from=1 if plan == "delta" else 0)
@@ -337,9 +344,10 @@ def _delta_update(work: Path, nginx: Any, label: str, old: Path, new: Path,
             sh("cp", "-a", str(template), str(host))
 
         times[plan] = median_time(
-            lambda cfg=cfg: sh(str(BIN / "updaterd"), "--config", str(cfg), "--once"),
+            lambda cfg=cfg: sh(str(BIN / "updaterd"), "--config", str(cfg), "update", "app"),
             runs, restore)
         assert os.readlink(host / "opt" / "current").endswith("1.1.0"), label
+        served[plan] = _daemon_update_time(cfg, host / "sock", runs, restore)
         if plan == "delta":
             sent = [p.stat().st_size for p in folder.iterdir()
                     if p.name.startswith(new.name) and p.name != new.name]
@@ -349,10 +357,37 @@ def _delta_update(work: Path, nginx: Any, label: str, old: Path, new: Path,
         shutil.rmtree(folder)
         shutil.rmtree(host)
         shutil.rmtree(template)
-    return [Row("delta", f"{label}: whole update", times["delta"],
-                "the same update, full artifact", times["full"]),
+    return [Row("delta", f"{label}: whole update, `updaterd update` (a process)",
+                times["delta"], "the same update, full artifact", times["full"]),
+            Row("delta", f"{label}: whole update, asked of the running daemon",
+                served["delta"], "the same update, full artifact", served["full"]),
             Row("delta", f"{label}: bytes fetched", fetched["delta"],
                 "full artifact", fetched["full"], unit="B")]
+
+
+def _daemon_update_time(cfg: Path, sock: Path, runs: int,
+                        restore: Callable[[], object]) -> float:
+    """Median time of `updaterctl update` answered by a daemon already running and idle (its
+    start and first check are not counted: a daemon runs for months)."""
+    times = []
+    for _ in range(runs):
+        restore()
+        proc = subprocess.Popen([str(BIN / "updaterd"), "--config", str(cfg)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 60
+            while subprocess.run([str(BIN / "updaterctl"), "--socket", str(sock), "check",
+                                  "app"], capture_output=True).returncode != 0:
+                if time.monotonic() > deadline:  # the daemon is up once a check answers
+                    raise RuntimeError("the daemon did not answer `check`")
+                time.sleep(0.05)
+            start = time.perf_counter()
+            sh(str(BIN / "updaterctl"), "--socket", str(sock), "update", "app")
+            times.append(time.perf_counter() - start)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    return statistics.median(times)
 
 
 def _patch_from_bytes(work: Path, old_dir: Path, new_dir: Path) -> tuple[int, int]:

@@ -28,7 +28,7 @@ import zstandard
 
 from tests.helpers import release_files, write_config
 from updaterd import config as config_mod
-from updaterd import delta, minisign
+from updaterd import delta, fsutil, minisign
 from updaterd.config import AppConfig, Config
 from updaterd.digests import Digests
 from updaterd.engine import Engine
@@ -170,7 +170,7 @@ class SimulatedSource:
         try:
             digests = Digests(expected.signature is not None)
             digests.update(data)
-            os.write(fd, data)
+            fsutil.write_all(fd, data)
             verify_expected(dest.name, digests, expected)
             os.fsync(fd)
             os.replace(part, dest)

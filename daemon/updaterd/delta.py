@@ -28,7 +28,7 @@ import blake3
 import msgspec
 from msgspec import Meta, Struct
 
-from updaterd import archive, feed, treehash
+from updaterd import archive, feed, fsutil, treehash
 from updaterd.errors import ArchiveError, FeedError, UpdaterError
 
 SUFFIX = ".delta"  # the descriptor's platform: `<platform>.delta`
@@ -97,7 +97,7 @@ def _decompress(data: bytes) -> bytes:
     try:
         with zstandard.ZstdDecompressor(max_window_size=1 << 27).stream_reader(
                 io.BytesIO(data), read_across_frames=False) as reader:
-            while chunk := reader.read(1 << 20):
+            while chunk := reader.read(fsutil.COPY_CHUNK):
                 out += chunk
                 if len(out) > MAX_DESCRIPTOR:
                     raise DeltaError(f"delta descriptor expands past {MAX_DESCRIPTOR} bytes")
