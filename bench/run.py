@@ -342,6 +342,7 @@ def _delta_update(work: Path, nginx: Any, label: str, old: Path, new: Path,
         def restore(host: Path = host, template: Path = template) -> None:
             shutil.rmtree(host)
             sh("cp", "-a", str(template), str(host))
+            os.sync()  # the copy's writes are not the update's to make durable
 
         times[plan] = median_time(
             lambda cfg=cfg: sh(str(BIN / "updaterd"), "--config", str(cfg), "update", "app"),
