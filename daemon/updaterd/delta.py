@@ -296,17 +296,19 @@ def build(staging: Path, entries: dict[str, str], pack: Pack, pack_file: IO[byte
     except zstandard.ZstdError as e:  # a corrupt frame, or one past the window limit
         raise DeltaError(f"{pack.url}: {e}") from None
     carried = {n for n, _ in pack.files}
+    new_root, old_root = str(root), str(base_root)  # names are checked: plain joins will do
     for name, parts in claimed.items():
         if name in carried:
+            continue
+        if _in_base(base_record, name, entries[name]):
+            # its folders are made: a tree lists every folder, and they came first above
+            made = os.path.join(new_root, name)
+            os.link(os.path.join(old_root, name), made, follow_symlinks=False)
+            tree.add_size(name, os.lstat(made).st_size)
             continue
         with _open_base(base_root, name) as f:
             size = os.fstat(f.fileno()).st_size
             tree.add_size(name, size)
-            if _in_base(base_record, name, entries[name]):
-                tree.make_dirs(parts[:-1])
-                os.link(base_root.joinpath(*parts), root.joinpath(*parts),
-                        follow_symlinks=False)
-            else:
-                tree.write_file(name, parts, f, _mode(entries[name]) == "755", size)
+            tree.write_file(name, parts, f, _mode(entries[name]) == "755", size)
     tree.create_links()
     return root
