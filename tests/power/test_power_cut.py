@@ -136,10 +136,12 @@ class Boot:
 
     def reports(self) -> list[dict[str, Any]]:
         try:
-            lines = self.port.read_text().splitlines()
+            text = self.port.read_text()
         except FileNotFoundError:
             return []
-        return [json.loads(line) for line in lines if line.startswith("{")]
+        # The serial port is read while the guest writes: its last line may be half-way.
+        complete = text[: text.rfind("\n") + 1].splitlines()
+        return [json.loads(line) for line in complete if line.startswith("{")]
 
     def wait_for(self, kind: str, timeout: float = 300) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
