@@ -12,7 +12,17 @@ import tomllib
 from collections.abc import Iterable
 from pathlib import Path
 from types import UnionType
-from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import (
+    TYPE_CHECKING,
+    Annotated,
+    Any,
+    Literal,
+    TypeVar,
+    Union,
+    get_args,
+    get_origin,
+    get_type_hints,
+)
 from urllib.parse import urlsplit
 
 import msgspec
@@ -21,6 +31,9 @@ from msgspec import Meta, Struct
 from updaterd.errors import ConfigError
 from updaterd.units import DURATION_PATTERN, RATE_PATTERN, SIZE_PATTERN, parse_duration, parse_size
 from updaterd.urlpolicy import HTTP_RULE, http_allowed
+
+if TYPE_CHECKING:
+    from updaterd import archive
 
 DEFAULT_CONFIG = "/etc/updaterd/updaterd.toml"
 
@@ -58,6 +71,14 @@ class Limits(Struct, forbid_unknown_fields=True, kw_only=True):
     max_subscriptions: Annotated[int, Meta(ge=1)] = 1024
     max_inhibitors_per_client: Annotated[int, Meta(ge=1)] = 16
     max_inhibitors: Annotated[int, Meta(ge=1)] = 256
+
+    def extraction(self) -> archive.ExtractLimits:
+        """The bounds an archive (or a delta) is built within."""
+        from updaterd import archive  # tarfile and zstandard: loaded with the first archive
+
+        return archive.ExtractLimits(max_members=self.max_archive_members,
+                                     max_total=parse_size(self.max_extracted_size),
+                                     max_file=parse_size(self.max_file_size))
 
 
 class DaemonConfig(Struct, forbid_unknown_fields=True, kw_only=True):

@@ -186,7 +186,8 @@ def plan(desc: Descriptor, pack: Pack, base_record: treehash.TreeRecord) -> dict
         if _content(base_record.entries.get(name, "")) != b3:
             raise DeltaError(f"{pack.base} as installed does not have {name} as the pack "
                              "expects")
-    entries = {n: e for n, e in base_record.entries.items() if n not in set(pack.removed)}
+    removed = set(pack.removed)
+    entries = {n: e for n, e in base_record.entries.items() if n not in removed}
     entries.update(pack.changed)
     if tree_digest(entries) != desc.tree:
         raise DeltaError(f"{pack.base} as recorded, with the pack's changes, is not the tree "

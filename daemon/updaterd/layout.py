@@ -269,7 +269,7 @@ class Layout:
             tree = treehash.record(root, version)
             if expected is not None and tree.entries != expected:
                 raise LayoutError(f"{version} as built differs from its description: "
-                                  f"{_first_difference(tree.entries, expected)}")
+                                  f"{treehash.compare(tree.entries, expected, added=True)[0]}")
             dest = self.place_release(root, version)
             failpoints.hit("release.after_rename")
             return Staged(version=version, path=str(dest), tree=tree)
@@ -340,14 +340,3 @@ def remove_tree(path: Path) -> None:
             os.unlink(p)
 
     shutil.rmtree(path, onerror=make_writable)
-
-
-def _first_difference(found: dict[str, str], expected: dict[str, str]) -> str:
-    for name in sorted(expected.keys() | found.keys()):
-        if name not in found:
-            return f"{name} is missing"
-        if name not in expected:
-            return f"{name} is not in the release"
-        if found[name] != expected[name]:
-            return f"{name} differs"
-    return "none"

@@ -4,7 +4,7 @@ An app is restarted by its `restart` command (`AppRestart`). updaterd itself can
 under its own feet: the old daemon tries the new release and hands over to it, the new daemon
 finishes the health check, and a launcher counts the starts of a version on trial
 (`SelfHandOver`, over `selfupdate`). The transaction calls these hooks and knows nothing of
-self-update; the engine picks the one an app's configuration asks for (`for_app`).
+self-update; the engine picks the one an app's configuration asks for (`Engine.open_app`).
 """
 
 from __future__ import annotations

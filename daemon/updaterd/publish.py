@@ -123,17 +123,14 @@ def _artifact_entries(artifacts: list[Path], platform: str | None) -> list[tuple
 
 
 def _extract_for_delta(path: Path, into: Path) -> Path:
-    """A release as our extractor makes it on a host, from its full artifact."""
+    """A release as our extractor makes it on a host (with the default limits), from its full
+    artifact."""
     from updaterd.config import Limits
-    from updaterd.units import parse_size
 
-    lim = Limits()
-    limits = archive.ExtractLimits(max_members=lim.max_archive_members,
-                                   max_total=parse_size(lim.max_extracted_size),
-                                   max_file=parse_size(lim.max_file_size))
     into.mkdir()
     with open(path, "rb") as f:
-        return archive.extract(f, archive.kind_of(path.name), into, limits, path.name)
+        return archive.extract(f, archive.kind_of(path.name), into, Limits().extraction(),
+                               path.name)
 
 
 def delta_files(feed_dir: Path, app: str, version: str, artifact: Artifact,

@@ -40,7 +40,7 @@ from updaterd.layout import InstallLayout, Layout, Staged
 from updaterd.lifecycle import AppRestart, Lifecycle
 from updaterd.sources import Source
 from updaterd.state import AppState, Transaction
-from updaterd.units import parse_duration, parse_size
+from updaterd.units import parse_duration
 
 log = logging.getLogger("updaterd.transaction")
 Emit = Callable[[Event], None]
@@ -91,13 +91,6 @@ class AppRun:
                          self.config.limits.history_length)
 
 
-def _extract_limits(run: AppRun) -> archive.ExtractLimits:
-    lim = run.config.limits
-    return archive.ExtractLimits(max_members=lim.max_archive_members,
-                                 max_total=parse_size(lim.max_extracted_size),
-                                 max_file=parse_size(lim.max_file_size))
-
-
 def _env(run: AppRun, version: str | None, previous: str | None) -> dict[str, str]:
     env = {"UPDATERD_APP": run.name, "UPDATERD_VERSION": version or "",
            "UPDATERD_PREVIOUS_VERSION": previous or "",
@@ -121,8 +114,9 @@ async def _stage(run: AppRun, f: BinaryIO, artifact: Artifact, version: str) -> 
     kind = archive.kind_of(artifact.url.rsplit("/", 1)[-1])
     raw_name = run.cfg.executable or run.name
     try:
-        return await trio.to_thread.run_sync(run.layout.stage, f, kind, _extract_limits(run),
-                                             raw_name, run.cfg.executable, version)
+        return await trio.to_thread.run_sync(run.layout.stage, f, kind,
+                                             run.config.limits.extraction(), raw_name,
+                                             run.cfg.executable, version)
     except OSError as e:  # a full disk, most often; the staging area is already cleaned
         raise LayoutError(f"{run.layout.space_folder}: {e.strerror or e} while staging "
                           f"{version}") from None
@@ -197,7 +191,7 @@ async def _stage_from_delta(run: AppRun, source: Source, release: Release,
         fetched.append(run.cache / pack.url)
         run.phase("staging", f"building {release.version} from {pack.base} and its delta",
                   release.version)
-        base_root, limits = layout.release(pack.base), _extract_limits(run)
+        base_root, limits = layout.release(pack.base), run.config.limits.extraction()
         with pack_file:
             staged = await trio.to_thread.run_sync(
                 layout.stage_with,

@@ -60,14 +60,18 @@ def differences(root: Path, rec: TreeRecord, added: bool = True) -> list[str]:
     writes next to itself (Python's `__pycache__`) changes none of what was installed."""
     if not root.is_dir():
         return [f"{root} is missing"]
-    found = scan(root)
-    problems = [f"{name}: missing" for name in sorted(rec.entries.keys() - found.keys())]
+    return compare(scan(root), rec.entries, added)
+
+
+def compare(found: dict[str, str], expected: dict[str, str], added: bool) -> list[str]:
+    """What differs between two trees' entries, `found` against `expected` (empty: none)."""
+    problems = [f"{name}: missing" for name in sorted(expected.keys() - found.keys())]
     if added:
         problems += [f"{name}: not in the release as installed"
-                     for name in sorted(found.keys() - rec.entries.keys())]
+                     for name in sorted(found.keys() - expected.keys())]
     problems += [f"{name}: changed ({found[name].split(':')[0]})"
-                 for name in sorted(rec.entries.keys() & found.keys())
-                 if found[name] != rec.entries[name]]
+                 for name in sorted(expected.keys() & found.keys())
+                 if found[name] != expected[name]]
     return problems
 
 
