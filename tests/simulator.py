@@ -29,12 +29,12 @@ import zstandard
 from tests.helpers import release_files, write_config
 from updaterd import config as config_mod
 from updaterd import delta, fsutil, minisign
+from updaterd.cachefile import Expected, ProgressFn, fresh_part, verify_expected
 from updaterd.config import AppConfig, Config
 from updaterd.digests import Digests
 from updaterd.engine import Engine
 from updaterd.errors import FeedError
 from updaterd.feed import Artifact, Manifest, Release, TrustedFeed
-from updaterd.fetcher import Expected, ProgressFn, fresh_part, verify_expected
 from updaterd.publish import delta_files
 from updaterd.sources import trust
 from updaterd.state import AppState

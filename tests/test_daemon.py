@@ -73,6 +73,35 @@ def test_an_idle_daemon_loads_cryptography_at_its_first_signature(
     assert "/cryptography/" in maps.read_text()
 
 
+def _imported(stderr: str) -> set[str]:
+    """The modules a process imported, from PYTHONPROFILEIMPORTTIME's lines on stderr."""
+    return {line.rsplit("|", 1)[1].strip() for line in stderr.splitlines()
+            if line.startswith("import time:") and "|" in line}
+
+
+def test_a_host_whose_feeds_are_local_never_loads_the_http_client(
+        host: Host, nginx: Nginx, served_feed: Feed) -> None:
+    """httpx and its stack (3 MiB of an operator's idle daemon, 11 MiB where its CLI's
+    packages are installed) are loaded by the first feed on the network; a host whose feeds
+    are folders updates without them."""
+    served_feed.release("1.0.0")
+    host.configure(source="directory", path=str(served_feed.folder),
+                   public_keys=[served_feed.pub])
+    r = run_updaterd("--config", host.config, "--once", env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert host.current() == "1.0.0"
+    loaded = _imported(r.stderr)
+    assert "updaterd.transaction" in loaded
+    assert not {"httpx", "httpcore", "h11", "updaterd.fetcher"} & loaded
+
+    served_feed.release("1.1.0")
+    host.follow(nginx, served_feed)
+    r = run_updaterd("--config", host.config, "--once", env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert {"httpx", "updaterd.fetcher"} <= _imported(r.stderr)
+    assert host.current() == "1.1.0"
+
+
 def test_check_update_list_backups_rollback_history(running: Daemon, served_feed: Feed,
                                                     nginx: Nginx) -> None:
     served_feed.release("1.1.0")

@@ -16,10 +16,11 @@ import pytest
 import trio
 
 from tests.conftest import FaultServer
+from updaterd.cachefile import Expected
 from updaterd.config import Limits
 from updaterd.digests import Digests
 from updaterd.errors import DigestMismatch, DownloadError
-from updaterd.fetcher import Expected, Fetcher, parse_retry_after
+from updaterd.fetcher import Fetcher, parse_retry_after
 
 FAST = Limits(backoff_base="10ms", backoff_cap="50ms", retries=3)
 SIZE = 3 << 20

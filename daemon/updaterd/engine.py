@@ -27,13 +27,13 @@ from updaterd.errors import (
     UpdaterError,
 )
 from updaterd.feed import Artifact, Release, TrustedFeed
-from updaterd.fetcher import Fetcher, TokenBucket
 from updaterd.gate import WindowGate
 from updaterd.inplace import InplaceLayout, file_digest
 from updaterd.layout import InstallLayout, Kept, Layout
 from updaterd.lifecycle import AppRestart, Lifecycle, SelfHandOver
 from updaterd.operation import Operation, operation
-from updaterd.sources import Source, make_source
+from updaterd.ratecap import TokenBucket
+from updaterd.sources import Source, local_folder, make_source
 from updaterd.transaction import (
     AppRun,
     Hooks,
@@ -138,6 +138,11 @@ class Engine:
         if self.sources is not None:  # a source given by the caller (tests: FeedSimulator)
             yield self.sources(run.name, run.cfg)
             return
+        if local_folder(run.cfg) is not None:
+            yield make_source(run.name, run.cfg, self.config.limits, None, run.state_folder)
+            return
+        from updaterd.fetcher import Fetcher  # httpx is loaded by the first network feed
+
         caps = [TokenBucket(parse_rate(run.cfg.max_rate))] if run.cfg.max_rate else []
         if self.global_rate is not None:
             caps.append(self.global_rate)

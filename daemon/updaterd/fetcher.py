@@ -16,7 +16,6 @@ import os
 import random
 import re
 import ssl
-import stat
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -32,31 +31,19 @@ import msgspec
 import trio
 
 from updaterctl._version import __version__
-from updaterd import failpoints, fsutil, logtext, urlpolicy
+from updaterd import cachefile, failpoints, fsutil, logtext, urlpolicy
+from updaterd.cachefile import Expected, ProgressFn
 from updaterd.config import Limits
 from updaterd.digests import Digests
 from updaterd.errors import DigestMismatch, DownloadError, RateLimited, Retryable
 from updaterd.netguard import GuardedTransport
+from updaterd.ratecap import TokenBucket
 from updaterd.units import parse_duration, parse_size
 
 log = logging.getLogger("updaterd.fetcher")
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
-
-
-@dataclass(frozen=True)
-class Expected:
-    """What the trusted feed promises about an artifact.
-
-    `signature` checks a detached signature against the file's BLAKE2b-512 prehash (computed in
-    the same pass); it raises DigestMismatch when the signature does not verify.
-    """
-
-    size: int
-    sha256: str | None
-    blake3: str | None
-    signature: Callable[[bytes], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -98,62 +85,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(when.timestamp() - base, 0.0)
 
 
-ProgressFn = Callable[[int, int], None]
 T = TypeVar("T")
-
-
-class TokenBucket:
-    """A smooth download rate cap: bytes may go into debt, and each consumer sleeps the debt off.
-
-    Shared by every download that must stay under one cap (one per app, one for the daemon).
-    The bucket starts empty and holds at most 50 ms worth of bytes, so there is no burst.
-    """
-
-    def __init__(self, rate: float) -> None:
-        self.rate = rate
-        self.capacity = rate * 0.05
-        self.tokens = 0.0
-        self.last: float | None = None
-
-    async def consume(self, n: int) -> None:
-        now = trio.current_time()
-        if self.last is not None:
-            self.tokens = min(self.capacity, self.tokens + (now - self.last) * self.rate)
-        self.last = now
-        self.tokens -= n
-        if self.tokens < 0:
-            await trio.sleep(-self.tokens / self.rate)
-
-
-def _open_partial(part: Path) -> int:
-    """The partial download: a new file is created with O_EXCL; an existing one is resumed
-    only when it is a plain file of ours with one link (no symlink, no hard link planted in
-    the private cache), else it is replaced by a fresh O_EXCL file."""
-    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
-    try:
-        fd = os.open(part, flags)
-    except FileNotFoundError:
-        return os.open(part, flags | os.O_CREAT | os.O_EXCL, 0o600)
-    except OSError:  # a symlink (ELOOP), a folder ...: not ours to resume
-        fd = -1
-    if fd >= 0:
-        st = os.fstat(fd)
-        if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and st.st_nlink == 1:
-            return fd
-        os.close(fd)
-    log.warning("%s is not a plain file of ours; replacing it", part)
-    return fresh_part(part)
-
-
-def fresh_part(part: Path) -> int:
-    """A new, empty partial file of ours: whatever had its name (a planted symlink or hard
-    link included) is unlinked first, and O_EXCL proves nothing was slipped in since."""
-    if part.is_dir() and not part.is_symlink():
-        raise DownloadError(f"{part} is a folder; refusing to download there")
-    with contextlib.suppress(FileNotFoundError):
-        part.unlink()
-    return os.open(part, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_CREAT | os.O_EXCL,
-                   0o600)
 
 
 def _causes(e: BaseException) -> Iterator[BaseException]:
@@ -348,7 +280,7 @@ class Fetcher:
         The returned file is the very descriptor that was hashed; the caller closes it.
         """
         if dest.exists():
-            f = await trio.to_thread.run_sync(_open_verified, dest, expected)
+            f = await trio.to_thread.run_sync(cachefile.open_verified, dest, expected)
             if f is not None:
                 return f
         deadline = parse_duration(self.limits.download_deadline)
@@ -367,7 +299,7 @@ class Fetcher:
         meta = _load_meta(meta_path)
         wanted = _PartMeta(url=url, size=expected.size, sha256=expected.sha256,
                            blake3=expected.blake3)
-        fd = _open_partial(part)
+        fd = cachefile.open_partial(part)
         keep_fd = False
         offset = 0
         try:
@@ -416,26 +348,26 @@ class Fetcher:
             if digests.size < expected.size:
                 raise Retryable(f"{url}: connection closed at {digests.size} of "
                                 f"{expected.size} bytes")
-            verify_expected(dest.name, digests, expected)
+            cachefile.verify_expected(dest.name, digests, expected)
             await trio.to_thread.run_sync(os.fsync, fd)
             os.replace(part, dest)
-            _remove(meta_path)
+            cachefile.discard(meta_path)
             failpoints.hit("download.after_verify")
             os.lseek(fd, 0, os.SEEK_SET)
             keep_fd = True
             return os.fdopen(fd, "rb")
         except DigestMismatch:
             # Nothing that failed verification is kept; a resumed file gets one fresh try.
-            _remove(part)
-            _remove(meta_path)
+            cachefile.discard(part)
+            cachefile.discard(meta_path)
             if offset and attempt == 0:
                 raise Retryable(f"{url}: resumed file failed verification; "
                                 "starting over") from None
             raise
         except OSError as e:
             # A full or failing disk: not worth retrying now, and the partial only takes space.
-            _remove(part)
-            _remove(meta_path)
+            cachefile.discard(part)
+            cachefile.discard(meta_path)
             raise DownloadError(f"{dest.parent}: {e.strerror or e} while downloading "
                                 f"{dest.name}") from None
         finally:
@@ -564,33 +496,3 @@ def _load_meta(path: Path) -> _PartMeta | None:
 def _save_meta(path: Path, meta: _PartMeta) -> None:
     """Written by rename of a fresh private file: never through a link planted at `path`."""
     fsutil.atomic_write(path, msgspec.json.encode(meta), mode=0o600)
-
-
-def _remove(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-
-
-def verify_expected(name: str, digests: Digests, expected: Expected) -> None:
-    """Size and digests, then the signature over the prehash; DigestMismatch on any fault."""
-    digests.require_match(name, expected.size, expected.sha256, expected.blake3,
-                  signature_checked=expected.signature is not None)
-    if expected.signature is not None:
-        expected.signature(digests.prehash)
-
-
-def _open_verified(path: Path, expected: Expected) -> BinaryIO | None:
-    """Open a cached file once, hash it, and return that descriptor if it matches."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    digests = Digests(expected.signature is not None)
-    try:
-        digests.update_from_fd(fd, os.fstat(fd).st_size)
-        verify_expected(path.name, digests, expected)
-    except (DigestMismatch, OSError):
-        os.close(fd)
-        log.info("%s: cached copy does not verify; downloading again", path.name)
-        _remove(path)
-        return None
-    os.lseek(fd, 0, os.SEEK_SET)
-    return os.fdopen(fd, "rb")
-

@@ -10,7 +10,6 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import httpx
 import trio
 
 from updaterd.errors import HealthCheckFailed
@@ -20,6 +19,8 @@ _TAIL = 2048
 
 async def probe_url(url: str, timeout: float, every: float = 0.5) -> None:
     """GET `url` until it answers 2xx, for at most `timeout` seconds."""
+    import httpx  # loaded by the first health_url check, not by every daemon
+
     last = "no answer"
     with trio.move_on_after(timeout):
         async with httpx.AsyncClient(timeout=max(min(timeout, 10.0), 0.1),

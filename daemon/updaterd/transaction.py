@@ -32,10 +32,10 @@ from updaterd import (
     state,
     treehash,
 )
+from updaterd.cachefile import Expected
 from updaterd.config import AppConfig, Config, app_unit
 from updaterd.errors import HealthCheckFailed, LayoutError, OperationCancelled, UpdaterError
 from updaterd.feed import Artifact, Release
-from updaterd.fetcher import Expected
 from updaterd.layout import InstallLayout, Layout, Staged
 from updaterd.lifecycle import AppRestart, Lifecycle
 from updaterd.sources import Source

@@ -12,9 +12,10 @@ import pytest
 import trio
 
 from tests.conftest import Nginx
+from updaterd.cachefile import Expected
 from updaterd.config import Limits
 from updaterd.feed import Artifact
-from updaterd.fetcher import Expected, Fetcher
+from updaterd.fetcher import Fetcher
 
 SIZE = (4 << 30) + 1
 

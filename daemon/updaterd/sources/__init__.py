@@ -7,13 +7,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 from urllib.parse import unquote, urlsplit
 
+from updaterd.cachefile import Expected, ProgressFn
 from updaterd.config import AppConfig, Limits
 from updaterd.feed import Artifact, TrustedFeed
-from updaterd.fetcher import Expected, Fetcher, ProgressFn
 from updaterd.state import AppState
+
+if TYPE_CHECKING:  # the HTTP client is loaded only for an app whose feed is on the network
+    from updaterd.fetcher import Fetcher
 
 
 class Source(Protocol):
@@ -33,19 +36,29 @@ class Source(Protocol):
         ...
 
 
-def make_source(app: str, cfg: AppConfig, limits: Limits, fetcher: Fetcher,
-                state_folder: Path) -> Source:
-    from updaterd.sources.local import LocalSource
-    from updaterd.sources.manifest import ManifestSource
-
+def local_folder(cfg: AppConfig) -> Path | None:
+    """The folder of an app whose feed is on this host (`directory`, or a `file://` manifest):
+    such an app needs no HTTP client."""
     if cfg.source == "directory":
         assert cfg.path is not None
-        return LocalSource(app, cfg, limits, Path(cfg.path), state_folder)
+        return Path(cfg.path)
+    if cfg.source == "manifest" and cfg.url is not None and urlsplit(cfg.url).scheme == "file":
+        return Path(unquote(urlsplit(cfg.url).path)).parent
+    return None
+
+
+def make_source(app: str, cfg: AppConfig, limits: Limits, fetcher: Fetcher | None,
+                state_folder: Path) -> Source:
+    """The source of `app`; `fetcher` may be None only when `local_folder(cfg)` is a folder."""
+    folder = local_folder(cfg)
+    if folder is not None:
+        from updaterd.sources.local import LocalSource
+
+        return LocalSource(app, cfg, limits, folder, state_folder)
+    assert fetcher is not None, f"{app}: a network source needs an HTTP client"
     if cfg.source == "manifest":
-        assert cfg.url is not None
-        if urlsplit(cfg.url).scheme == "file":
-            folder = Path(unquote(urlsplit(cfg.url).path)).parent
-            return LocalSource(app, cfg, limits, folder, state_folder)
+        from updaterd.sources.manifest import ManifestSource
+
         return ManifestSource(app, cfg, limits, fetcher, state_folder)
     from updaterd.sources.github import GitHubSource
 

@@ -20,10 +20,11 @@ from typing import BinaryIO
 import msgspec
 
 from updaterd import checksums, minisign, tokens, urlpolicy, versions
+from updaterd.cachefile import Expected, ProgressFn
 from updaterd.config import AppConfig, Limits
 from updaterd.errors import DigestMismatch, FeedError, RateLimited, SignatureError
 from updaterd.feed import SAFE_FILE_NAME, Artifact, Manifest, Release, TrustedFeed
-from updaterd.fetcher import Expected, Fetcher, ProgressFn
+from updaterd.fetcher import Fetcher
 from updaterd.sources import trust
 from updaterd.state import AppState
 from updaterd.units import parse_size

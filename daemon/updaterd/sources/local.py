@@ -15,11 +15,11 @@ from typing import BinaryIO
 import trio
 
 from updaterd import failpoints, fsutil, keys, minisign
+from updaterd.cachefile import Expected, ProgressFn, fresh_part, verify_expected
 from updaterd.config import AppConfig, Limits
 from updaterd.digests import Digests
 from updaterd.errors import DigestMismatch, DownloadError, FeedError
 from updaterd.feed import MANIFEST, SAFE_FILE_NAME, SIGNATURE, Artifact, TrustedFeed
-from updaterd.fetcher import Expected, ProgressFn, fresh_part, verify_expected
 from updaterd.sources import trust
 from updaterd.state import AppState
 from updaterd.units import parse_size

@@ -9,10 +9,11 @@ from urllib.parse import urljoin, urlsplit
 import msgspec
 
 from updaterd import keys, minisign
+from updaterd.cachefile import Expected, ProgressFn
 from updaterd.config import AppConfig, Limits
 from updaterd.errors import FeedError
 from updaterd.feed import Artifact, TrustedFeed
-from updaterd.fetcher import Expected, Fetcher, ProgressFn
+from updaterd.fetcher import Fetcher
 from updaterd.sources import trust
 from updaterd.state import AppState
 from updaterd.units import parse_size

@@ -1,0 +1,101 @@
+"""A file in the download cache: what the signed feed promises about it (`Expected`), how its
+partial file is created so that nothing planted in the cache is written through, and the check
+of the finished bytes against the promise.
+
+Every source uses these, the HTTP ones through `fetcher` and the local folder directly; none of
+it needs an HTTP client, so a daemon whose feeds are all local never loads one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from updaterd.digests import Digests
+from updaterd.errors import DigestMismatch, DownloadError
+
+log = logging.getLogger("updaterd.fetcher")
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What the trusted feed promises about an artifact.
+
+    `signature` checks a detached signature against the file's BLAKE2b-512 prehash (computed in
+    the same pass); it raises DigestMismatch when the signature does not verify.
+    """
+
+    size: int
+    sha256: str | None
+    blake3: str | None
+    signature: Callable[[bytes], None] | None = None
+
+
+ProgressFn = Callable[[int, int], None]
+
+
+def open_partial(part: Path) -> int:
+    """The partial download: a new file is created with O_EXCL; an existing one is resumed
+    only when it is a plain file of ours with one link (no symlink, no hard link planted in
+    the private cache), else it is replaced by a fresh O_EXCL file."""
+    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(part, flags)
+    except FileNotFoundError:
+        return os.open(part, flags | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError:  # a symlink (ELOOP), a folder ...: not ours to resume
+        fd = -1
+    if fd >= 0:
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and st.st_nlink == 1:
+            return fd
+        os.close(fd)
+    log.warning("%s is not a plain file of ours; replacing it", part)
+    return fresh_part(part)
+
+
+def fresh_part(part: Path) -> int:
+    """A new, empty partial file of ours: whatever had its name (a planted symlink or hard
+    link included) is unlinked first, and O_EXCL proves nothing was slipped in since."""
+    if part.is_dir() and not part.is_symlink():
+        raise DownloadError(f"{part} is a folder; refusing to download there")
+    with contextlib.suppress(FileNotFoundError):
+        part.unlink()
+    return os.open(part, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_CREAT | os.O_EXCL,
+                   0o600)
+
+
+def discard(path: Path) -> None:
+    """Remove a cache file that may already be gone."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def verify_expected(name: str, digests: Digests, expected: Expected) -> None:
+    """Size and digests, then the signature over the prehash; DigestMismatch on any fault."""
+    digests.require_match(name, expected.size, expected.sha256, expected.blake3,
+                  signature_checked=expected.signature is not None)
+    if expected.signature is not None:
+        expected.signature(digests.prehash)
+
+
+def open_verified(path: Path, expected: Expected) -> BinaryIO | None:
+    """Open a cached file once, hash it, and return that descriptor if it matches."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    digests = Digests(expected.signature is not None)
+    try:
+        digests.update_from_fd(fd, os.fstat(fd).st_size)
+        verify_expected(path.name, digests, expected)
+    except (DigestMismatch, OSError):
+        os.close(fd)
+        log.info("%s: cached copy does not verify; downloading again", path.name)
+        discard(path)
+        return None
+    os.lseek(fd, 0, os.SEEK_SET)
+    return os.fdopen(fd, "rb")
