@@ -3,7 +3,11 @@ nothing written outside the staging folder (catalogue group B)."""
 
 from __future__ import annotations
 
+import bz2
+import contextlib
+import gzip
 import io
+import lzma
 import os
 import re
 import stat
@@ -15,6 +19,8 @@ from pathlib import Path
 
 import pytest
 import zstandard
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.helpers import make_tar, make_zip
 from updaterd import archive
@@ -304,13 +310,35 @@ def test_b50_zip_local_header_name_differs(box: Box, tmp_path: Path) -> None:
         archive.extract(f, "zip", staging, LIMITS, "app")
 
 
+_COMPRESS: dict[str, Callable[[bytes], bytes]] = {
+    "tar.gz": gzip.compress, "tar.xz": lzma.compress, "tar.bz2": bz2.compress,
+    "tar.zst": zstandard.ZstdCompressor(write_checksum=True).compress, "tar": bytes}
+
+
+@pytest.mark.parametrize("kind", list(_COMPRESS))
 @pytest.mark.parametrize("cut", ["truncated", "corrupt"])
-def test_b51_truncated_or_corrupt_stream(box: Box, cut: str) -> None:
-    data = tar_bytes([(member("a"), os.urandom(4000))], compress="gz")
+def test_b51_truncated_or_corrupt_stream(box: Box, cut: str, kind: archive.Kind) -> None:
+    """Each format's own error (zlib's, lzma's, bz2's, zstd's, a bad header checksum) is a
+    plain ArchiveError. (Bytes changed inside a member's data need not be noticed here: the
+    artifact's signed digests are checked before anything is extracted.)"""
+    members = [(member(f"d/f{i}"), os.urandom(4000)) for i in range(4)]
+    data = _COMPRESS[kind](tar_bytes(members))
     data = data[: len(data) // 2] if cut == "truncated" else data[:20] + b"\xff" * 40 + data[60:]
     staging = box.staging()
     with pytest.raises(ArchiveError):
-        extract_bytes(data, "tar.gz", staging)
+        extract_bytes(data, kind, staging)
+
+
+@pytest.mark.parametrize("kind", ["tar.gz", "tar.xz", "tar.bz2", "tar.zst"])
+def test_b51_bytes_changed_inside_the_compressed_stream(box: Box, kind: archive.Kind) -> None:
+    """A byte changed in the middle: the decompressor's own error (lzma checks each block)
+    comes out as an ArchiveError, or the archive extracts; never another exception."""
+    members = [(member(f"d/f{i}"), os.urandom(4000)) for i in range(4)]
+    data = _COMPRESS[kind](tar_bytes(members))
+    for at in range(len(data) // 4, len(data), max(len(data) // 16, 1)):
+        changed = data[:at] + bytes([data[at] ^ 0x55]) + data[at + 1:]
+        with contextlib.suppress(ArchiveError):
+            extract_bytes(changed, kind, box.staging())
 
 
 def test_b54_missing_data_filter_refuses(box: Box,
@@ -472,6 +500,9 @@ def test_a_hard_link_must_name_an_earlier_regular_file(tmp_path: Path) -> None:
         tree.hard_link("h", ("h",), "d")
     with pytest.raises(ArchiveError, match="not a regular file earlier in the archive"):
         tree.hard_link("h", ("h",), "later")
+    tree.claim("self", ("self",), "file")
+    with pytest.raises(ArchiveError, match="not a regular file earlier in the archive"):
+        tree.hard_link("self", ("self",), "self")  # was: FileNotFoundError from os.link
 
 
 @pytest.mark.parametrize(("key", "target"), [("x", "../y"), ("a/b", "../../y"), ("x", ".."),
@@ -679,3 +710,75 @@ def test_any_exec_bit_in_a_tar_makes_an_executable(box: Box, mode: int, executab
     root = extract_bytes(tar_bytes([(member("tool", mode=mode), b"#!/bin/sh\n"),
                                     (member("other"), b"x")]), "tar", box.staging())
     assert os.access(root / "tool", os.X_OK) is executable
+
+
+# -- data_filter asked only of links: our own checks refuse at least what it refuses ----------
+
+_COMPONENTS = st.sampled_from(["a", "b", "A", "..", ".", "", "bin", "x y"])
+_NAMES = st.builds(lambda lead, parts: lead + "/".join(parts),
+                   st.sampled_from(["", "", "/", "./", "//"]),
+                   st.lists(_COMPONENTS, min_size=1, max_size=4))
+_TYPES = st.sampled_from([tarfile.REGTYPE, tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE,
+                          tarfile.LNKTYPE, tarfile.CHRTYPE, tarfile.FIFOTYPE])
+_MEMBERS = st.lists(st.tuples(_NAMES, _TYPES, _NAMES, st.sampled_from([0o644, 0o755, 0o4755])),
+                    min_size=1, max_size=6)
+
+
+def _archive_of(specs: list[tuple[str, bytes, str, int]]) -> bytes:
+    return tar_bytes([(member(name, kind, mode, linkname),
+                       b"data" if kind == tarfile.REGTYPE else None)
+                      for name, kind, linkname, mode in specs])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(specs=_MEMBERS)
+def test_whatever_data_filter_refuses_is_refused_without_asking_it(
+        tmp_path_factory: pytest.TempPathFactory, specs: list[tuple[str, bytes, str, int]]
+) -> None:
+    """The extractor asks tarfile.data_filter only about links. For any archive in which
+    data_filter would refuse a member (asked, as before, against the empty release folder:
+    nothing on disk is a link while files are written), the extraction is refused all the
+    same, and nothing outside the staging folder is touched."""
+    box = Box(tmp_path_factory.mktemp("filter") / "outside")
+    oracle_root = box.staging()
+    filter_refuses = False
+    with tarfile.open(fileobj=io.BytesIO(_archive_of(specs))) as tf:
+        for info in tf.getmembers():
+            try:
+                tarfile.data_filter(info, str(oracle_root))
+            except tarfile.FilterError:
+                filter_refuses = True
+    if not filter_refuses:
+        return
+    before = box.snapshot()
+    with pytest.raises(ArchiveError):
+        extract_bytes(_archive_of(specs), "tar", box.staging())
+    assert box.snapshot() == before
+
+
+@pytest.mark.parametrize(("name", "kind", "linkname"), [
+    ("../x", tarfile.REGTYPE, ""), ("a/../../x", tarfile.REGTYPE, ""),
+    ("../d", tarfile.DIRTYPE, ""), ("dev", tarfile.CHRTYPE, ""),
+    ("fifo", tarfile.FIFOTYPE, ""), ("l", tarfile.SYMTYPE, "/etc/passwd"),
+    ("l", tarfile.SYMTYPE, "../../x"), ("h", tarfile.LNKTYPE, "/etc/passwd"),
+    ("h", tarfile.LNKTYPE, "../x"),
+])
+def test_each_kind_of_member_data_filter_refuses_is_refused(box: Box, name: str, kind: bytes,
+                                                          linkname: str) -> None:
+    info = member(name, kind, linkname=linkname)
+    with pytest.raises(tarfile.FilterError):
+        tarfile.data_filter(info, str(box.staging()))
+    refused([(info, b"x" if kind == tarfile.REGTYPE else None)], box, f"member {name!r}")
+
+
+def test_data_filter_is_still_asked_about_links(box: Box, monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[str] = []
+
+    def spy(info: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
+        asked.append(info.name)
+        raise tarfile.AbsoluteLinkError(info)
+
+    monkeypatch.setattr(tarfile, "data_filter", spy)
+    refused([(member("f"), b"1"), (member("l", tarfile.SYMTYPE, linkname="f"), None)], box,
+            "refused by tarfile's data filter")
+    assert asked == ["l"]
