@@ -4,6 +4,7 @@ length enforcement, timeouts; and the URL and redirect policy."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import random
@@ -516,3 +517,55 @@ def test_a14_one_digest_mismatch_is_refused_and_deleted(fault_server: FaultServe
         fetch(fault_server.url("plain", name), cache / name, expected,
               Limits(retries=0, backoff_base="10ms"))
     assert sorted(p.name for p in cache.iterdir()) == [], "nothing kept that failed"
+
+
+def test_downloaded_bytes_go_to_disk_as_they_arrive_then_fsync_then_rename(
+        fault_server: FaultServer, artifact: tuple[str, bytes, Expected], cache: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each written batch is handed to the disk at once (sync_file_range, no wait), so that the
+    fsync before the rename finds little left to write; the order and the promise are those of
+    an fsync alone: every byte, then fsync, then the rename."""
+    from updaterd import fsutil
+
+    calls: list[Any] = []
+    real_writeback, real_fsync, real_replace = fsutil.start_writeback, os.fsync, os.replace
+
+    def writeback(fd: int, offset: int, length: int) -> None:
+        calls.append((offset, length))
+        real_writeback(fd, offset, length)
+
+    def fsync(fd: int) -> None:
+        calls.append("fsync")
+        real_fsync(fd)
+
+    def replace(a: Any, b: Any) -> None:
+        calls.append("rename")
+        real_replace(a, b)
+
+    monkeypatch.setattr(fsutil, "start_writeback", writeback)
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    name, data, expected = artifact
+    assert fetch(fault_server.url("ok", name), cache / name, expected) == data
+    ranges = [c for c in calls if isinstance(c, tuple)]
+    assert len(ranges) >= 2, "handed over batch by batch, not at the end"
+    assert ranges[0][0] == 0 and all(a[0] + a[1] == b[0] for a, b in itertools.pairwise(ranges))
+    assert ranges[-1][0] + ranges[-1][1] == SIZE
+    last = max(i for i, c in enumerate(calls) if isinstance(c, tuple))
+    assert calls[last + 1:last + 3] == ["fsync", "rename"]  # (before: the .meta file's own)
+
+
+def test_writeback_is_a_hint_that_may_be_missing(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from updaterd import fsutil
+
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 10000)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fsutil.start_writeback(fd, 0, 10000)  # glibc has it: no error, nothing changed
+        monkeypatch.setattr(fsutil, "_libc_sync_file_range", lambda: None)
+        fsutil.start_writeback(fd, 0, 10000)
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"x" * 10000

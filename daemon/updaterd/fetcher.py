@@ -410,7 +410,9 @@ class _Sink:
     """Hashes and writes the received bytes on one worker thread, in order, ~1 MiB at a time.
 
     SHA-256, BLAKE3 and write(2) release the GIL, so they overlap the next network reads instead
-    of taking turns with them on the event-loop thread. At most IN_FLIGHT batches wait; a worker
+    of taking turns with them on the event-loop thread. Each batch written is handed to the
+    disk at once (`fsutil.start_writeback`), so the fsync before the rename does not find the
+    whole file still to write (a 1 GiB download spent 0.5-0.8 s in that fsync). At most IN_FLIGHT batches wait; a worker
     error (a full disk) comes back through its future into the caller's except clauses.
     """
 
@@ -430,6 +432,7 @@ class _Sink:
         view = memoryview(b"".join(chunks))
         self.digests.update(view)
         fsutil.write_all(self.fd, view)
+        fsutil.start_writeback(self.fd, os.lseek(self.fd, 0, os.SEEK_CUR) - len(view), len(view))
 
     async def add(self, chunk: bytes) -> None:
         self.batch.append(chunk)
