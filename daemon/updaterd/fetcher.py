@@ -412,8 +412,9 @@ class _Sink:
     SHA-256, BLAKE3 and write(2) release the GIL, so they overlap the next network reads instead
     of taking turns with them on the event-loop thread. Each batch written is handed to the
     disk at once (`fsutil.start_writeback`), so the fsync before the rename does not find the
-    whole file still to write (a 1 GiB download spent 0.5-0.8 s in that fsync). At most IN_FLIGHT batches wait; a worker
-    error (a full disk) comes back through its future into the caller's except clauses.
+    whole file still to write (a 1 GiB download spent 0.5-0.8 s in that fsync). At most
+    IN_FLIGHT batches wait; a worker error (a full disk) comes back through its future into the
+    caller's except clauses.
     """
 
     BATCH = 1 << 20
