@@ -730,7 +730,7 @@ def _archive_of(specs: list[tuple[str, bytes, str, int]]) -> bytes:
                       for name, kind, linkname, mode in specs])
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(specs=_MEMBERS)
 def test_whatever_data_filter_refuses_is_refused_without_asking_it(
         tmp_path_factory: pytest.TempPathFactory, specs: list[tuple[str, bytes, str, int]]
@@ -759,7 +759,8 @@ def test_whatever_data_filter_refuses_is_refused_without_asking_it(
 @pytest.mark.parametrize(("name", "kind", "linkname"), [
     ("../x", tarfile.REGTYPE, ""), ("a/../../x", tarfile.REGTYPE, ""),
     ("../d", tarfile.DIRTYPE, ""), ("dev", tarfile.CHRTYPE, ""),
-    ("fifo", tarfile.FIFOTYPE, ""), ("l", tarfile.SYMTYPE, "/etc/passwd"),
+    ("fifo", tarfile.FIFOTYPE, ""), (".", tarfile.CHRTYPE, ""), ("./", tarfile.FIFOTYPE, ""),
+    ("l", tarfile.SYMTYPE, "/etc/passwd"),
     ("l", tarfile.SYMTYPE, "../../x"), ("h", tarfile.LNKTYPE, "/etc/passwd"),
     ("h", tarfile.LNKTYPE, "../x"),
 ])
