@@ -160,6 +160,30 @@ def test_b33_symlink_chain_out(box: Box) -> None:
             "through another symlink|leaves")
 
 
+@pytest.mark.parametrize(("target", "link"), [("a/orig", "z/copy"), ("z/orig", "a/copy"),
+                                            ("orig", "orig2")])
+def test_a_hard_link_to_an_earlier_file_shares_its_inode(box: Box, target: str,
+                                                         link: str) -> None:
+    root = extract_bytes(tar_bytes([(member(target), b"same"),
+                                    (member(link, tarfile.LNKTYPE, linkname=target), None)]),
+                         "tar", box.staging())
+    assert (root / link).read_bytes() == b"same"
+    assert (root / link).stat().st_ino == (root / target).stat().st_ino
+
+
+def test_a_zip_that_cannot_be_read_as_a_file_is_an_archive_fault(box: Box) -> None:
+    """A stream with no seek (a pipe) is not a readable zip: refused as one, not a crash."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("a", b"1")
+    read_end, write_end = os.pipe()
+    os.write(write_end, buf.getvalue())
+    os.close(write_end)
+    with open(read_end, "rb", buffering=0) as pipe, \
+            pytest.raises(ArchiveError, match="corrupt zip archive"):
+        archive.extract(pipe, "zip", box.staging(), LIMITS, "app")  # type: ignore[arg-type]
+
+
 def test_b34_hard_link_outside(box: Box) -> None:
     refused([(member("x", tarfile.LNKTYPE, linkname="/etc/shadow"), None)], box,
             "hard link|absolute|data filter")

@@ -87,7 +87,7 @@ def member_parts(name: str) -> tuple[str, ...]:
 class Readable(Protocol):
     """Where a file's bytes come from: an archive member, or a delta's pack or kept file."""
 
-    def read(self, n: int = -1, /) -> bytes: ...
+    def read(self, n: int, /) -> bytes: ...
 
 
 @dataclass
