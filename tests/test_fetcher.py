@@ -569,3 +569,34 @@ def test_writeback_is_a_hint_that_may_be_missing(tmp_path: Path,
     finally:
         os.close(fd)
     assert path.read_bytes() == b"x" * 10000
+
+
+def test_every_client_shares_one_tls_context_per_ca_setting(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client is made for each check of each app; building a TLS context reads the whole CA
+    bundle (time, and 1-2 MiB each), so they share one, and a new one comes only with other
+    CA settings."""
+    from updaterd import netguard
+
+    built: list[str | None] = []
+    real = httpx.create_ssl_context
+
+    def counting(**kwargs: Any) -> Any:
+        built.append(os.environ.get("SSL_CERT_FILE"))
+        return real(**kwargs)
+
+    monkeypatch.setattr(netguard, "_CONTEXTS", {})
+    monkeypatch.setattr(httpx, "create_ssl_context", counting)
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+
+    async def clients() -> None:
+        for _ in range(3):
+            await Fetcher(FAST).aclose()
+
+    trio.run(clients)
+    assert built == [None]
+    import certifi
+
+    monkeypatch.setenv("SSL_CERT_FILE", certifi.where())
+    trio.run(clients)
+    assert built == [None, certifi.where()]

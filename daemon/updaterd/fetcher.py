@@ -36,7 +36,7 @@ from updaterd.cachefile import Expected, ProgressFn
 from updaterd.config import Limits
 from updaterd.digests import Digests
 from updaterd.errors import DigestMismatch, DownloadError, RateLimited, Retryable
-from updaterd.netguard import GuardedTransport
+from updaterd.netguard import GuardedTransport, shared_ssl_context
 from updaterd.ratecap import TokenBucket
 from updaterd.units import parse_duration, parse_size
 
@@ -141,6 +141,7 @@ class Fetcher:
             proxy=proxy,
             trust_env=proxy is None,
             transport=transport,
+            verify=shared_ssl_context(proxy is None),  # for a proxy's transport too
         )
 
     async def aclose(self) -> None:
