@@ -20,7 +20,7 @@ from typing import BinaryIO
 from updaterd.digests import Digests
 from updaterd.errors import DigestMismatch, DownloadError
 
-log = logging.getLogger("updaterd.fetcher")
+log = logging.getLogger("updaterd.fetcher")  # the logger these lines had in fetcher.py: unchanged
 
 
 @dataclass(frozen=True)
