@@ -58,17 +58,19 @@ def test_rollout_is_stable_and_proportional() -> None:
     assert versions.choose([Offer("1.1.0", "stable", 100)], "1.0.0", P).version == "1.1.0"
 
 
-def test_non_semver_tags_compare_for_equality_only() -> None:
+def test_non_semver_tags_are_never_chosen_automatically() -> None:
     offers = [Offer("nightly-42", "stable")]
     choice = versions.choose(offers, None, P)
-    assert choice.version == "nightly-42" and "equality only" in choice.note
-    assert versions.choose(offers, "nightly-42", P).version is None
-    assert versions.choose([Offer("nightly-43", "stable")], "nightly-42", P).version == \
-        "nightly-43"
+    assert choice.version is None
+    assert choice.passed_over == {"nightly-42": versions.explicit_only("nightly-42")}
+    assert "--version nightly-42" in choice.passed_over["nightly-42"]
+    assert versions.choose(offers, "nightly-42", P).passed_over == {}
+    assert versions.choose([Offer("nightly-43", "stable")], "nightly-42", P).version is None
     mixed = [Offer("nightly-43", "stable"), Offer("1.2.0", "stable")]
     assert versions.choose(mixed, "1.0.0", P).version == "1.2.0"
     pinned = Policy(app="demo", host_id="h", pin=">=1")
-    assert "cannot apply" in versions.choose(offers, None, pinned).passed_over["nightly-42"]
+    assert versions.choose(offers, None, pinned).passed_over["nightly-42"] == \
+        versions.explicit_only("nightly-42")
 
 
 # -- the edges (each of these kills a mutant that the tests above let live) ----------------------
@@ -124,7 +126,6 @@ def test_passed_over_keeps_only_what_is_newer_than_the_choice() -> None:
     choice = versions.choose(offers, "1.0.0", policy)
     assert choice.version == "1.2.0"
     assert choice.passed_over == {"1.3.0": "skipped by the operator"}
-    assert choice.note == ""
 
 
 def test_refusal_reasons_in_their_order() -> None:
@@ -144,12 +145,23 @@ def test_refusal_reasons_in_their_order() -> None:
         {"nightly": "blocked after a failed health check"}
 
 
-def test_a_tag_is_a_fallback_only_the_first_one_and_only_without_a_semantic_choice() -> None:
-    offers = [Offer("nightly-1", "stable"), Offer("nightly-2", "stable")]
-    assert versions.choose(offers, None, P).version == "nightly-1"
-    assert versions.choose(offers, "nightly-9", P).note == \
-        f"nightly-1: {versions.EQUALITY_ONLY}"
-    assert versions.choose([Offer("nightly-1", "beta")], None, P).version is None
+def test_h146_a_tag_that_cannot_be_ordered_is_never_a_fallback() -> None:
+    offers = [Offer("nightly-1", "stable"), Offer("tool-1.0.0", "stable")]
+    for installed in (None, "nightly-9", "1.5.0"):
+        choice = versions.choose(offers, installed, P)
+        assert choice.version is None
+        assert set(choice.passed_over) == {"nightly-1", "tool-1.0.0"}, installed
+    assert versions.choose([Offer("nightly-1", "beta")], None, P).passed_over == {}
+
+
+def test_h146_the_floor_is_the_highest_version_that_can_be_ordered() -> None:
+    assert versions.highest("nightly-9", "1.5.0") == "1.5.0"
+    assert versions.highest("1.5.0", "nightly-9") == "1.5.0"
+    assert versions.highest("1.5.0", "2.0.0") == "2.0.0"
+    assert versions.highest("nightly-9", "nightly-8") == "nightly-9"
+    assert versions.highest(None, "nightly-8") == "nightly-8"
+    assert versions.is_newer("2.0.0", "1.0.0") and not versions.is_newer("1.0.0", "2.0.0")
+    assert not versions.is_newer("1.0.0", "nightly") and not versions.is_newer("nightly", "1.0.0")
 
 
 def test_an_installed_tag_lets_any_semantic_version_through() -> None:
@@ -195,7 +207,7 @@ def test_highest() -> None:
     assert versions.highest("1.0.0", "1.1.0") == "1.1.0"
     assert versions.highest("1.1.0", "1.0.0") == "1.1.0"
     assert versions.highest("1.0.0", "v1.0.0") == "1.0.0"
-    assert versions.highest("nightly", "1.0.0") == "nightly"
+    assert versions.highest("nightly", "1.0.0") == "1.0.0"  # row 146: the orderable one
     assert versions.highest("1.0.0", "nightly") == "1.0.0"
 
 

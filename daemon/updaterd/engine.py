@@ -187,7 +187,7 @@ class Engine:
                         at=cycle_start)
         run.save()
         found = f"{choice.version} is available" if choice.version else "nothing new"
-        run.phase("idle", f"{found} ({choice.note})" if choice.note else found)
+        run.phase("idle", found)
         return trusted, CheckResult(current=run.state.installed, available=choice.version,
                                     checked_at=cycle_start, passed_over=choice.passed_over)
 
@@ -352,7 +352,7 @@ class Engine:
                 raise NoSuchVersion(f"{app}: {kept.version} is already the current version")
             if run.layout.knows_version:
                 await self._refuse_damaged(run, kept)
-            forward = versions.highest(current, kept.version) == kept.version != current
+            forward = versions.is_newer(kept.version, current)
             with trio.CancelScope(shield=True):
                 backup = run.layout.backup(current)  # inplace: keep what we leave, to go on
                 await roll_back(run, from_version=current, to_version=kept.version,

@@ -101,46 +101,70 @@ class Choice:
 
     version: str | None
     passed_over: dict[str, str] = field(default_factory=dict)
-    note: str = ""
 
 
-EQUALITY_ONLY = "not a semantic version: compared for equality only"
+NOT_SEMANTIC = "not a semantic version: never installed automatically"
+
+
+def explicit_only(version: str) -> str:
+    """Why a tag that cannot be ordered is passed over, and how to install it on purpose."""
+    return f"{NOT_SEMANTIC}; `updaterctl update APP --version {version}` installs it"
 
 
 def highest(a: str | None, b: str | None) -> str | None:
-    """The newer of two versions (either may be None); `a` when they cannot be ordered."""
+    """The newer of two versions (either may be None). A version that can be ordered wins over
+    one that cannot, so a tag installed by hand never lowers the floor (catalogue row 146)."""
     if a is None or b is None:
         return a or b
     try:
-        return b if parse(b) > parse(a) else a
+        va = parse(a)
+    except ValueError:
+        return b if _orderable(b) else a
+    try:
+        return b if parse(b) > va else a
     except ValueError:
         return a
+
+
+def is_newer(version: str, than: str) -> bool:
+    """True when both can be ordered and `version` is the newer one."""
+    try:
+        return parse(version) > parse(than)
+    except ValueError:
+        return False
+
+
+def _orderable(text: str) -> bool:
+    try:
+        parse(text)
+    except ValueError:
+        return False
+    return True
 
 
 def choose(offers: Iterable[Offer], installed: str | None, policy: Policy) -> Choice:
     """The newest offer an automatic update may install, never older than `installed`.
 
-    A version that is not a semantic version (a tag like `nightly-42`) can only be compared for
-    equality: it is offered when it differs from the installed one and no semantic version is.
+    Only semantic versions are installed automatically: a tag like `nightly-42` or
+    `tool-1.0.0` cannot be ordered, so a hostile feed or API could use one to move a host back
+    to an old signed release (catalogue row 146). Such a tag is passed over with the command
+    that installs it on purpose. An installed tag gives no floor: semantic versions go through.
     """
     try:
         current = parse(installed) if installed else None
     except ValueError:
-        current = None  # the installed version itself compares for equality only
+        current = None  # a tag installed on purpose: the engine's floor, if any, is `installed`
     choice = Choice(version=None)
     best: semver.Version | None = None
-    fallback: str | None = None
+    tags: dict[str, str] = {}
     for offer in offers:
         if offer.channel != policy.channel or offer.version == installed:
             continue
         try:
             v = parse(offer.version)
         except ValueError:
-            reason = _refusal(offer, policy, semantic=False)
-            if reason:
-                choice.passed_over[offer.version] = reason
-            elif fallback is None:
-                fallback = offer.version
+            tags[offer.version] = _refusal(offer, policy, semantic=False) or \
+                explicit_only(offer.version)
             continue
         if current is not None and v <= current:
             continue
@@ -150,11 +174,11 @@ def choose(offers: Iterable[Offer], installed: str | None, policy: Policy) -> Ch
             continue
         if best is None or v > best:
             best, choice.version = v, offer.version
-    if best is not None:
+    if best is not None:  # what is passed over is what is newer than the choice
         choice.passed_over = {k: r for k, r in choice.passed_over.items()
                               if _parses_above(k, best)}
-    elif fallback is not None:
-        choice.version, choice.note = fallback, f"{fallback}: {EQUALITY_ONLY}"
+    else:
+        choice.passed_over.update(tags)
     return choice
 
 
@@ -170,8 +194,6 @@ def _refusal(offer: Offer, policy: Policy, semantic: bool = True) -> str:
         return "blocked after a failed health check"
     if offer.version in policy.skipped:
         return "skipped by the operator"
-    if policy.pin is not None and not semantic:
-        return f"{EQUALITY_ONLY}; pin {policy.pin!r} cannot apply"
     if semantic and not pin_allows(policy.pin, offer.version):
         return f"outside pin {policy.pin!r}"
     if offer.rollout < 100 and rollout_bucket(policy.host_id, policy.app, offer.version) >= \

@@ -51,15 +51,18 @@ class GitHubRelease(msgspec.Struct):
     assets: list[GitHubAsset] = []
 
 
-def binds_version(text: str, tag: str, version: str) -> bool:
+def binds_version(text: str, tag: str) -> bool:
     """Whether signed text (a trusted comment, an asset name from a signed checksum file) names
-    this release: its tag or version as a whole token, so `1.0.0` is not found in `11.0.0`,
-    `1.0.0.1` or `1.0.0rc1` (catalogue row 133)."""
-    for name in {tag, version}:
-        pattern = rf"(?<![0-9A-Za-z.])[vV]?{re.escape(name)}(?![0-9A-Za-z]|\.[0-9])"
-        if re.search(pattern, text):
-            return True
-    return False
+    this release by its version token: the tag less a leading `v`, starting with a digit, found
+    as a whole token, so `1.0.0` is not found in `11.0.0`, `1.0.0.1` or `1.0.0rc1` (row 133).
+
+    The rest of a tag binds nothing: the API chooses tags, so a tag `tool-1.0.0` (or one spelled
+    as a whole asset name) would otherwise be "named" by any old signed asset (row 146)."""
+    version = tag_version(tag)
+    if not version[:1].isdigit():
+        return False
+    pattern = rf"(?<![0-9A-Za-z.])[vV]?{re.escape(version)}(?![0-9A-Za-z]|\.[0-9])"
+    return re.search(pattern, text) is not None
 
 
 def tag_version(tag: str) -> str:
@@ -169,6 +172,10 @@ class GitHubSource:
                         f"{self.cfg.asset!r}")
 
     def _unbound(self, signed: str, tag: str) -> str:
+        if not tag_version(tag)[:1].isdigit():
+            return (f"{self.cfg.repo} {tag}: the tag has no version number that the signed "
+                    f"{signed} could name, so its age cannot be proven: refused (tag releases "
+                    "as v1.2.3 or 1.2.3)")
         return (f"{self.cfg.repo} {tag}: the signed {signed} does not name {tag}: an older "
                 "signed release republished under a new tag is refused (put the version in "
                 "the asset's name or in the signature's trusted comment, minisign -t)")
@@ -178,7 +185,6 @@ class GitHubSource:
         """The asset's digest from a (signed) checksum file, and/or its signature fetched.
 
         Signed material must name this release's tag or version (row 133)."""
-        version = tag_version(release.tag_name)
         sha256 = blake3 = None
         signed = False
         if self.cfg.checksums:
@@ -200,9 +206,8 @@ class GitHubSource:
                     # The signed file names the asset exactly, so a version in the asset's
                     # name is signed too; else the trusted comment must name it.
                     comments = [v.trusted_comment for v in verified]
-                    if not binds_version(asset.name, release.tag_name, version) and \
-                            not all(binds_version(c, release.tag_name, version)
-                                    for c in comments):
+                    if not binds_version(asset.name, release.tag_name) and \
+                            not all(binds_version(c, release.tag_name) for c in comments):
                         raise FeedError(self._unbound(listing.name, release.tag_name))
                     signed = True
             digest = checksums.digest_for(text.decode("utf-8", "replace"), listing.name,
@@ -252,8 +257,7 @@ class GitHubSource:
                     verified = minisign.verify_prehashed(prehash, signature, keys, threshold)
                 except SignatureError as e:
                     raise DigestMismatch(f"{asset.name}: signature refused: {e}") from None
-                if not all(binds_version(v.trusted_comment, tag, tag_version(tag))
-                           for v in verified):
+                if not all(binds_version(v.trusted_comment, tag) for v in verified):
                     raise DigestMismatch(unbound)
 
         exp = Expected(asset.size, sha256, blake3, signature=verify_signature)
