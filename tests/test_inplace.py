@@ -207,21 +207,25 @@ def test_leftover_staged_file_is_recognised_and_cleaned(tool: Tool) -> None:
 
 # -- owner, mode and backups as an operator sees them (issue 19, points 2 and 7) -----------------
 
-def test_restores_keep_the_targets_owner_and_mode(tool: Tool) -> None:
+def test_restores_keep_the_targets_group_and_mode_and_root_owns_them(tool: Tool) -> None:
+    # Row 147 changed this test: the owner was kept too, which let that user rewrite the file
+    # before root's health check ran it; a foreign owner is now refused (tests/security).
     tool.publish("1.0.0")
     assert tool.once("--once").returncode == 0
-    os.chown(tool.target, 65534, 65534)
+    os.chown(tool.target, 0, 65534)
     tool.target.chmod(0o750)
     tool.publish("1.1.0", healthy=False)
     assert tool.once("--once").returncode == 1  # restored after the failed health check
     st = tool.target.stat()
-    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (65534, 65534, 0o750)
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, 65534, 0o750)
     tool.publish("1.2.0")
     assert tool.once("--once").returncode == 0
+    st = tool.target.stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, 65534, 0o750)
     r = tool.once("rollback", "hello", "--to", "1.0.0")
     assert r.returncode == 0, r.stderr
     st = tool.target.stat()
-    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (65534, 65534, 0o750)
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, 65534, 0o750)
     assert tool.says() == "hello 1.0.0"
 
 

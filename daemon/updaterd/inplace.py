@@ -1,7 +1,8 @@
 """The `inplace` install mode: one executable (`target`) replaced with one rename(2).
 
 The new file is staged next to the target (a temp name updaterd recognises after a crash), given
-the target's mode and owner, and fsynced. Before the swap the current file is copied to
+the target's mode and group but updaterd's own owner (never another user's, who could rewrite it
+before root's health check runs it: row 147), and fsynced. Before the swap the current file is copied to
 `<state_dir>/<app>/backups/<app>-<version>-<UTC time>`; a rollback copies a backup next to the
 target and renames it over. Nothing else in the target's folder is touched.
 """
@@ -77,17 +78,19 @@ class InplaceLayout:
 
     def stage(self, f: BinaryIO, kind: archive.Kind, limits: archive.ExtractLimits,
               raw_name: str, executable: str | None, version: str) -> Staged:
-        """The new executable, copied next to the target with its mode and owner, fsynced."""
+        """The new executable, copied next to the target with its mode and group, fsynced.
+
+        Its owner is updaterd's user and nobody else may write it, whatever the old file was."""
         fsutil.ensure_private_dir(self.scratch, 0o755)
         scratch = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.scratch))
         try:
             root = archive.extract(f, kind, scratch, limits, raw_name)
             failpoints.hit("stage.after_extract")
             chosen = self._choose(root, executable, kind)
-            mode, uid, gid = 0o755, -1, -1
+            mode, gid = 0o755, -1
             with contextlib.suppress(FileNotFoundError):
                 st = os.stat(self.target)
-                mode, uid, gid = st.st_mode & 0o7777 & ~0o6000, st.st_uid, st.st_gid
+                mode, gid = st.st_mode & 0o7777 & ~0o6022, st.st_gid
             staged = fsutil.temp_name(self.target)
             h = blake3.blake3()
             out = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
@@ -96,8 +99,8 @@ class InplaceLayout:
                     while chunk := src.read(fsutil.COPY_CHUNK):
                         h.update(chunk)
                         fsutil.write_all(out, chunk)
-                if uid != -1 and (uid, gid) != (os.getuid(), os.getgid()):
-                    os.fchown(out, uid, gid)
+                if gid not in (-1, os.getgid()):
+                    os.fchown(out, -1, gid)
                 os.fchmod(out, mode | 0o100)  # executable by its owner at least
                 os.fsync(out)
             finally:
@@ -169,12 +172,11 @@ class InplaceLayout:
             fsutil.fsync_dir(self.folder)
             return
         source = self._own_backup(backup)
-        owner = None
+        group = None
         with contextlib.suppress(FileNotFoundError):
-            st = os.stat(self.target)
-            owner = (st.st_uid, st.st_gid)
+            group = os.stat(self.target).st_gid
         tmp = fsutil.temp_name(self.target)
-        _copy_file(source, tmp, owner)
+        _copy_file(source, tmp, group)
         if failpoint:
             failpoints.hit(failpoint + ".after_temp_link")
         os.replace(tmp, self.target)
@@ -248,9 +250,10 @@ class InplaceLayout:
         return removed
 
 
-def _copy_file(src: Path, dest: Path, owner: tuple[int, int] | None = None) -> None:
+def _copy_file(src: Path, dest: Path, group: int | None = None) -> None:
     """Copy a plain file (never through a link) to a new `dest`, fsynced, with its mode less
-    the setuid and setgid bits (row 130), and `owner` (uid, gid) when given."""
+    the setuid and setgid bits (row 130) and any write bit for others than its owner, which is
+    updaterd's user (row 147), and `group` when given."""
     fd_in = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         st = os.fstat(fd_in)
@@ -261,9 +264,9 @@ def _copy_file(src: Path, dest: Path, owner: tuple[int, int] | None = None) -> N
         try:
             while chunk := os.read(fd_in, fsutil.COPY_CHUNK):
                 fsutil.write_all(out, chunk)
-            if owner is not None and owner != (os.geteuid(), os.getegid()):
-                os.fchown(out, *owner)
-            os.fchmod(out, stat.S_IMODE(st.st_mode) & ~0o6000)
+            if group is not None and group != os.getegid():
+                os.fchown(out, -1, group)
+            os.fchmod(out, stat.S_IMODE(st.st_mode) & ~0o6022)
             os.fsync(out)
         finally:
             os.close(out)

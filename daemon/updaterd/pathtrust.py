@@ -130,12 +130,13 @@ def require_trusted(path: str | Path, what: str) -> None:
 
 
 def app_folders(cfg: AppConfig, name: str, daemon: DaemonConfig) -> list[tuple[str, Path]]:
-    """Every folder of one app that updaterd writes as root, or runs or restores from."""
+    """Every folder of one app that updaterd writes as root, or runs or restores from, and the
+    in-place target itself: root runs the new version from there (row 147)."""
     state_folder = Path(daemon.state_dir) / name
     folders = [("state folder", state_folder), ("cache folder", Path(daemon.cache_dir) / name)]
     if cfg.install == "inplace" and cfg.target is not None:
         folders += [("backups folder", state_folder / "backups"),
-                    ("target folder", Path(cfg.target).parent)]
+                    ("target folder", Path(cfg.target).parent), ("target", Path(cfg.target))]
     elif cfg.prefix is not None:
         prefix = Path(cfg.prefix)
         folders += [("prefix", prefix), ("releases folder", prefix / "releases"),
