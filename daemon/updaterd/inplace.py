@@ -2,9 +2,9 @@
 
 The new file is staged next to the target (a temp name updaterd recognises after a crash), given
 the target's mode and group but updaterd's own owner (never another user's, who could rewrite it
-before root's health check runs it: row 147), and fsynced. Before the swap the current file is copied to
-`<state_dir>/<app>/backups/<app>-<version>-<UTC time>`; a rollback copies a backup next to the
-target and renames it over. Nothing else in the target's folder is touched.
+before root's health check runs it: row 147), and fsynced. Before the swap the current file is
+copied to `<state_dir>/<app>/backups/<app>-<version>-<UTC time>`; a rollback copies a backup next
+to the target and renames it over. Nothing else in the target's folder is touched.
 """
 
 from __future__ import annotations
