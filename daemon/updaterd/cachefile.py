@@ -71,6 +71,25 @@ def fresh_part(part: Path) -> int:
                    0o600)
 
 
+def keep_only(cache: Path, wanted: list[str]) -> list[str]:
+    """Remove every file of the cache that belongs to no artifact in `wanted`: an artifact
+    `NAME` owns `NAME` and `NAME.*` (its partial file, its partial's record, its delta files).
+    Returns what was removed. Without this a server could grow the cache without bound by
+    failing downloads of ever new names (row 149)."""
+    removed = []
+    try:
+        entries = list(os.scandir(cache))
+    except FileNotFoundError:
+        return []
+    for entry in entries:
+        if any(entry.name == n or entry.name.startswith(n + ".") for n in wanted):
+            continue
+        if entry.is_file(follow_symlinks=False) or entry.is_symlink():
+            discard(Path(entry.path))
+            removed.append(entry.name)
+    return removed
+
+
 def discard(path: Path) -> None:
     """Remove a cache file that may already be gone."""
     with contextlib.suppress(FileNotFoundError):

@@ -140,6 +140,8 @@ class AppConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     unit: str | None = None  # the systemd unit of the app, for health_notify
     window: str | None = None
     max_rate: Rate | None = None
+    # where the size is not signed (github): no artifact larger than this is fetched (row 149)
+    max_artifact_size: Size = "4GiB"
     proxy: str | None = None
     # hosts that feeds and artifacts may come from, redirects included (row 138); default:
     # manifest, the feed's host and the hosts its signed manifest names; github, any

@@ -15,7 +15,7 @@ from pathlib import Path
 import trio
 
 from updaterctl.protocol import CheckResult, Event, RollbackResult, UpdateResult
-from updaterd import outcome, state, tokens, treehash, versions
+from updaterd import cachefile, outcome, state, tokens, treehash, versions
 from updaterd.config import AppConfig, Config, host_platform
 from updaterd.errors import (
     FeedError,
@@ -58,6 +58,12 @@ def host_id() -> str:
     except OSError:
         pass
     return socket.gethostname()
+
+
+def _drop_unwanted_downloads(run: AppRun) -> None:
+    removed = cachefile.keep_only(run.cache, run.state.downloads)
+    if removed:
+        log.info("%s: removed %s from the cache: no longer wanted", run.name, ", ".join(removed))
 
 
 def _log_event(event: Event) -> None:
@@ -159,8 +165,12 @@ class Engine:
                                pin=run.cfg.pin, skipped=frozenset(run.state.skipped),
                                blocked=frozenset(run.state.blocked))
 
-    async def _refresh(self, run: AppRun, source: Source) -> tuple[TrustedFeed, CheckResult]:
-        """Fetch and verify the feed, persist what it proved, decide what is available."""
+    async def _refresh(self, run: AppRun, source: Source,
+                       wanted: str | None = None) -> tuple[TrustedFeed, CheckResult]:
+        """Fetch and verify the feed, persist what it proved, decide what is available.
+
+        The cache keeps the files of the available version and of `wanted` (a version asked
+        for on purpose), and nothing else."""
         cycle_start = time.time()
         run.phase("checking")
         try:
@@ -182,10 +192,13 @@ class Engine:
         if trusted.validators is not None:
             outcome.validators(run.state, *trusted.validators)
         outcome.rate_limited(run.state, None)
+        downloads = sorted({a.url.rsplit("/", 1)[-1] for r in manifest.releases
+                            if r.version in (choice.version, wanted) for a in r.artifacts})
         outcome.checked(run.state, serial=manifest.serial, digest=trusted.digest,
                         available=choice.version, passed_over=choice.passed_over,
-                        at=cycle_start)
+                        at=cycle_start, downloads=downloads)
         run.save()
+        _drop_unwanted_downloads(run)
         found = f"{choice.version} is available" if choice.version else "nothing new"
         run.phase("idle", found)
         return trusted, CheckResult(current=run.state.installed, available=choice.version,
@@ -300,7 +313,7 @@ class Engine:
     async def _update(self, run: AppRun, op: Operation, version: str | None) -> UpdateResult:
         app, before = run.name, run.state.installed
         async with self._source(run) as source:
-            trusted, result = await self._refresh(run, source)
+            trusted, result = await self._refresh(run, source, wanted=version)
             if version is not None:
                 release = trusted.manifest.release(version, run.cfg.channel) or \
                     trusted.manifest.release(version)

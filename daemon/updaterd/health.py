@@ -9,16 +9,24 @@ import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
 from updaterd.errors import HealthCheckFailed
 
+if TYPE_CHECKING:
+    import httpx
+
 _TAIL = 2048
+PROBE_BODY_CAP = 64 * 1024  # what a health probe reads of an answer at most (row 148)
 
 
 async def probe_url(url: str, timeout: float, every: float = 0.5) -> None:
-    """GET `url` until it answers 2xx, for at most `timeout` seconds."""
+    """GET `url` until it answers 2xx, for at most `timeout` seconds.
+
+    Only the status decides: at most PROBE_BODY_CAP bytes of a body are read before the
+    answer is dropped, so an app that answers with gigabytes costs the daemon nothing."""
     import httpx  # loaded by the first health_url check, not by every daemon
 
     last = "no answer"
@@ -27,7 +35,8 @@ async def probe_url(url: str, timeout: float, every: float = 0.5) -> None:
                                      trust_env=False) as client:
             while True:
                 try:
-                    r = await client.get(url)
+                    async with client.stream("GET", url) as r:
+                        await _drain_some(r, PROBE_BODY_CAP)
                     if 200 <= r.status_code < 300:
                         return
                     last = f"HTTP {r.status_code}"
@@ -35,6 +44,15 @@ async def probe_url(url: str, timeout: float, every: float = 0.5) -> None:
                     last = f"{type(e).__name__}"
                 await trio.sleep(every)
     raise HealthCheckFailed(f"health_url {url}: no 2xx within {timeout:g}s (last: {last})")
+
+
+async def _drain_some(response: httpx.Response, cap: int) -> None:
+    """Read at most `cap` bytes of a body (so a short one leaves the connection reusable)."""
+    seen = 0
+    async for chunk in response.aiter_raw():
+        seen += len(chunk)
+        if seen >= cap:
+            return
 
 
 async def unit_active(unit: str, timeout: float, every: float = 0.5) -> None:

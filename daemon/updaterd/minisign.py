@@ -51,7 +51,9 @@ def _unb64(text: str, what: str) -> bytes:
 
 
 def _key_id_hex(key_id: bytes) -> str:
-    return key_id[::-1].hex().upper()
+    """The key ID as the minisign tool prints it: a little-endian number in upper-case hex,
+    without leading zeros (so one key in sixteen shows fewer than 16 digits)."""
+    return f"{int.from_bytes(key_id, 'little'):X}"
 
 
 @dataclass(frozen=True)

@@ -26,10 +26,11 @@ def remember(st: AppState, action: str, version: str, from_version: str | None, 
 # -- what a check learns --------------------------------------------------------------------
 
 def checked(st: AppState, *, serial: int, digest: str, available: str | None,
-            passed_over: dict[str, str], at: float) -> None:
-    """The feed passed every check: its serial is the new high-water mark."""
+            passed_over: dict[str, str], at: float, downloads: list[str]) -> None:
+    """The feed passed every check: its serial is the new high-water mark, and the cache is
+    for `downloads` only."""
     st.serial, st.manifest_digest = serial, digest
-    st.available, st.passed_over = available, passed_over
+    st.available, st.passed_over, st.downloads = available, passed_over, downloads
     st.last_check, st.last_error = at, None
 
 

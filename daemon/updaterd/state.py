@@ -84,6 +84,8 @@ class AppState(Struct, kw_only=True):
     trust: TrustRoot | None = None  # keys from a rotation in the feed, in place of public_keys
     # the newest version ever committed: for `github`, automatic updates never go below it
     highest_installed: str | None = None
+    # the artifact names the last check still wants in the cache; the rest is removed (row 149)
+    downloads: list[str] = []
 
 
 def app_dir(state_dir: Path, app: str) -> Path:

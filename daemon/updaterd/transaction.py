@@ -32,7 +32,7 @@ from updaterd import (
     state,
     treehash,
 )
-from updaterd.cachefile import Expected
+from updaterd.cachefile import Expected, keep_only
 from updaterd.config import AppConfig, Config, app_unit
 from updaterd.errors import HealthCheckFailed, LayoutError, OperationCancelled, UpdaterError
 from updaterd.feed import Artifact, Release
@@ -360,6 +360,8 @@ async def recover(run: AppRun) -> None:
     fsutil.clean_temp_files(run.state_folder)
     if run.cache.is_dir():
         fsutil.clean_temp_files(run.cache)
+        for name in keep_only(run.cache, run.state.downloads):
+            log.info("%s: removed %s from the cache: no longer wanted", run.name, name)
     gave_up = run.lifecycle.gave_up()
     tx = run.state.pending
     if tx is None:

@@ -4,24 +4,43 @@ updaterd."""
 
 from __future__ import annotations
 
+import http.server
+import json
 import os
 import stat
 import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.conftest import Daemon, GitHub, Host
-from tests.helpers import Feed, app_script, run_updaterd
-from tests.security.test_host_rows import _gh, _gh_once, _gh_release, _minisign, gh_key
+from tests.helpers import BIN, Feed, app_script, run_updaterd
+from tests.security.test_host_rows import (
+    _directory_app,
+    _gh,
+    _gh_once,
+    _gh_release,
+    _minisign,
+    gh_key,
+)
 
 __all__ = ["gh_key"]  # the fixture, shared with group G
 
 
-def _signed_sums(gh: GitHub, key: Path, names: list[str], file_name: str) -> None:
+def _sums(gh: GitHub, names: list[str], file_name: str = "SHA256SUMS") -> str:
     listing = subprocess.run(["sha256sum", *names], cwd=gh.root / "assets",
                              capture_output=True, text=True, check=True).stdout
     gh.add_asset(file_name, listing.encode())
+    return file_name
+
+
+def _signed_sums(gh: GitHub, key: Path, names: list[str], file_name: str) -> None:
+    _sums(gh, names, file_name)
     _minisign(gh, key, file_name)
 
 
@@ -127,3 +146,130 @@ def test_h147_a_new_version_keeps_the_targets_group_and_mode_and_is_root_owned(
     assert r.returncode == 0, r.stderr
     st = target.stat()
     assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, 65534, 0o750)
+
+
+# -- 148: every body from a server or an app is capped; the asset pattern never stalls ----------
+
+def _peak_rss_mib(*argv: str | Path) -> tuple[subprocess.CompletedProcess[str], float]:
+    """Run updaterd with `argv` as the only child of a small Python, and its peak RSS."""
+    probe = ("import resource, subprocess, sys\n"
+             "r = subprocess.run(sys.argv[1:])\n"
+             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)\n"
+             "sys.exit(r.returncode)\n")
+    r = subprocess.run([sys.executable, "-c", probe, str(BIN / "updaterd"), *map(str, argv)],
+                       capture_output=True, text=True, timeout=120)
+    return r, int(r.stderr.strip().splitlines()[-1]) / 1024
+
+
+class _HugeAnswer(http.server.BaseHTTPRequestHandler):
+    """200 with a body of 512 MiB: what a buggy app's health endpoint might send."""
+
+    SIZE = 512 << 20
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(self.SIZE))
+        self.end_headers()
+        chunk = b"x" * (1 << 20)
+        try:
+            for _ in range(self.SIZE // len(chunk)):
+                self.wfile.write(chunk)
+        except OSError:
+            pass  # the probe hung up after reading what it needs
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def huge_answer() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _HugeAnswer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/healthz"
+    server.shutdown()
+    server.server_close()
+
+
+def test_h148_a_health_url_answer_of_512_mib_is_not_read_into_memory(
+        host: Host, feed: Feed, huge_answer: str) -> None:
+    feed.release("1.0.0")
+    _directory_app(host, feed, health_url=huge_answer, allow_insecure=True)
+    r, peak = _peak_rss_mib("--config", host.config, "--once")
+    assert r.returncode == 0, r.stderr
+    assert host.current() == "1.0.0"
+    assert peak < 128, f"peak RSS {peak:.0f} MiB: the answer was read whole"
+
+
+def test_h148_a_huge_asset_name_is_refused_and_never_stalls_the_daemon(
+        host: Host, github: GitHub, daemon: Daemon) -> None:
+    name = _gh_release(github, "1.0.0")
+    evil = "lantern-" * 32768  # 256 KiB: the README's pattern backtracks for hours on it
+    github.set_releases([{"tag_name": "v1.0.0", "assets": [name], "odd_assets": [evil]}])
+    _gh(host, github, asset=r"lantern-.*-x86_64-unknown-linux-gnu\.tar\.(gz|xz|zst)$",
+        verify="skip", check_interval="1h", jitter="0s")
+    daemon.env["GH_TEST_TOKEN"] = "ghp_T0KEN"
+    daemon.start()  # its first check reads the hostile answer; status must answer meanwhile
+    deadline = time.monotonic() + 30
+    error = None
+    while error is None and time.monotonic() < deadline:
+        asked = time.monotonic()
+        r = daemon.ctl("--json", "status", "hello", timeout=10)
+        assert r.returncode == 0 and time.monotonic() - asked < 2, "status answers at once"
+        error = json.loads(r.stdout)["apps"][0]["last_error"]
+        time.sleep(0.1)
+    assert error is not None, "the check ended"
+    assert "unexpected answer from the releases API" in error and "length <= 1024" in error
+    assert len(error) < 2000
+
+
+def test_h148_names_that_cannot_be_file_names_are_never_matched(
+        host: Host, github: GitHub) -> None:
+    name = _gh_release(github, "1.0.0")
+    odd = ["tool-../1.0.0-x86_64-linux.tar.gz", "tool-" + "a" * 300 + ".tar.gz"]
+    github.set_releases([{"tag_name": "v1.0.0", "assets": [name, _sums(github, [name])],
+                          "odd_assets": odd}])  # listed before the real asset
+    _gh(host, github, checksums="SHA256SUMS$")
+    r = _gh_once(host, "--once")
+    assert r.returncode == 0, r.stderr
+    assert host.current() == "1.0.0"
+
+
+# -- 149: an unsigned size is capped; partial files of what is no longer wanted go --------------
+
+def test_h149_an_announced_size_over_max_artifact_size_stops_before_the_download(
+        host: Host, github: GitHub) -> None:
+    name = _gh_release(github, "1.0.0")
+    github.set_releases([{"tag_name": "v1.0.0", "assets": [name, _sums(github, [name])],
+                          "announce": {name: 5 << 30}}])
+    _gh(host, github, checksums="SHA256SUMS$")
+    r = _gh_once(host, "--once")
+    assert r.returncode == 1
+    assert f"{name} announces {5 << 30} bytes, more than max_artifact_size (4GiB)" in r.stderr
+    assert not [q for q in github.requests() if q["path"].startswith("/storage/")]
+    _gh(host, github, checksums="SHA256SUMS$", max_artifact_size="8GiB")  # the operator's call
+    r = _gh_once(host, "--once")
+    assert r.returncode == 1 and "max_artifact_size" not in r.stderr
+    assert [q for q in github.requests() if q["path"] == f"/storage/{name}"]
+
+
+def test_h149_partial_files_no_longer_wanted_are_removed_at_the_next_check_and_start(
+        host: Host, github: GitHub) -> None:
+    cache = host.base / "cache" / "hello"
+    for version in ("1.0.0", "1.1.0"):  # each announced 1 MiB longer than served: a .part
+        name = _gh_release(github, version)
+        size = (github.root / "assets" / name).stat().st_size
+        github.set_releases([{"tag_name": f"v{version}",
+                              "assets": [name, _sums(github, [name])],
+                              "announce": {name: size + (1 << 20)}}])
+        _gh(host, github, checksums="SHA256SUMS$")
+        r = _gh_once(host, "--once")
+        assert r.returncode == 1, r.stderr
+        parts = sorted(p.name for p in cache.iterdir())
+        assert parts == [f"{name}.part", f"{name}.part.json"], parts  # 1.0.0's are gone
+    planted = cache / "tool-0.9.0-x86_64-linux.tar.gz.part"
+    planted.write_bytes(b"x" * 1000)
+    github.set_releases([])  # the next check fails: start (recovery) alone cleans
+    _gh_once(host, "--once")
+    assert sorted(p.name for p in cache.iterdir()) == \
+        ["tool-1.1.0-x86_64-linux.tar.gz.part", "tool-1.1.0-x86_64-linux.tar.gz.part.json"]

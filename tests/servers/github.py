@@ -1,7 +1,9 @@
 """A GitHub-like Releases API for tests (ASGI, under hypercorn), following the documented shapes.
 
 State lives in GH_ROOT/api.json: {"releases": [{"tag_name", "draft", "prerelease",
-"published_at", "assets": [names]}...] newest first, "rate_limited": N, "reset_at": T,
+"published_at", "assets": [names], "announce": {name: size}, "odd_assets": [name]}...] newest
+first (`announce` overrides a listed size, `odd_assets` are names listed first with no file
+behind them: a hostile API, rows 148-149), "rate_limited": N, "reset_at": T,
 "asset_host": H,
 "require_token": T} (asset URLs on host H instead of the API's own; 401 Bad credentials
 without `Authorization: Bearer T`); asset bytes are in
@@ -90,8 +92,11 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         asset_base = base.replace(host.rsplit(":", 1)[0], state["asset_host"]) \
             if state.get("asset_host") else base
 
-        def asset_json(name: str, tag: str) -> dict[str, Any]:
-            size = (ROOT / "assets" / name).stat().st_size
+        def asset_json(name: str, tag: str, announce: dict[str, int] | None = None) -> \
+                dict[str, Any]:
+            size = (announce or {}).get(name)
+            if size is None:
+                size = (ROOT / "assets" / name).stat().st_size
             return {"url": f"{asset_base}/repos/{owner}/{repo}/releases/assets/{ids[name]}",
                     "id": ids[name], "name": name, "label": "", "state": "uploaded",
                     "content_type": "application/octet-stream", "size": size,
@@ -104,7 +109,10 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
                     "name": r["tag_name"], "draft": r.get("draft", False),
                     "prerelease": r.get("prerelease", False),
                     "published_at": r.get("published_at", "2026-11-28T12:00:00Z"),
-                    "assets": [asset_json(n, r["tag_name"]) for n in r["assets"]]}
+                    "assets": [{"url": f"{asset_base}/repos/{owner}/{repo}/releases/assets/0",
+                                "name": n, "size": 1} for n in r.get("odd_assets", [])] +
+                              [asset_json(n, r["tag_name"], r.get("announce"))
+                               for n in r["assets"]]}
 
         if parts[4:] == ["latest"]:
             stable = [r for r in state["releases"] if not r.get("draft") and

@@ -15,9 +15,10 @@ import re
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import BinaryIO
+from typing import Annotated, BinaryIO
 
 import msgspec
+import trio
 
 from updaterd import checksums, minisign, tokens, urlpolicy, versions
 from updaterd.cachefile import Expected, ProgressFn
@@ -31,24 +32,31 @@ from updaterd.units import parse_size
 
 CACHED = "github.json"
 SMALL = 1 << 20  # checksum files and signatures
+# Caps on what the API says (row 148): GitHub itself allows 1,000 assets a release and names
+# of 255 characters; a longer one is never matched against the operator's pattern.
+MAX_ASSETS = 1000
+MAX_NAME = 1024
+MAX_URL = 2048
+Name = Annotated[str, msgspec.Meta(max_length=MAX_NAME)]
+Url = Annotated[str, msgspec.Meta(max_length=MAX_URL)]
 
 
 class GitHubAsset(msgspec.Struct):
     """The fields of a release asset that updaterd uses (the API sends many more)."""
 
-    name: str
-    url: str
-    size: int
-    browser_download_url: str = ""
-    content_type: str = ""
+    name: Name
+    url: Url
+    size: Annotated[int, msgspec.Meta(ge=0)]
+    browser_download_url: Url = ""
+    content_type: Name = ""
 
 
 class GitHubRelease(msgspec.Struct):
-    tag_name: str
+    tag_name: Annotated[str, msgspec.Meta(max_length=256)]
     draft: bool = False
     prerelease: bool = False
-    published_at: str | None = None
-    assets: list[GitHubAsset] = []
+    published_at: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    assets: Annotated[list[GitHubAsset], msgspec.Meta(max_length=MAX_ASSETS)] = []
 
 
 def binds_version(text: str, tag: str) -> bool:
@@ -123,7 +131,13 @@ class GitHubSource:
             headers=self._headers(url))
         body = cached if doc.not_modified and cached is not None else doc.body
         release = self._pick(body)
-        asset = self._choose_asset(release)
+        # the operator's pattern may be slow on odd names: never on the event loop (row 148)
+        asset = await trio.to_thread.run_sync(self._choose_asset, release)
+        cap = parse_size(self.cfg.max_artifact_size)
+        if asset.size > cap:
+            raise FeedError(f"{self.cfg.repo} {release.tag_name}: {asset.name} announces "
+                            f"{asset.size} bytes, more than max_artifact_size "
+                            f"({self.cfg.max_artifact_size}); nothing was downloaded")
         version = tag_version(release.tag_name)
         if not versions.is_safe_name(version):
             raise FeedError(f"tag {release.tag_name!r} cannot name a release folder")
@@ -164,9 +178,9 @@ class GitHubSource:
         pattern = re.compile(self.cfg.asset)
         self.assets = {a.name: a for a in release.assets}
         for a in release.assets:
+            if not SAFE_FILE_NAME.fullmatch(a.name):
+                continue  # never a file name of ours, so never matched (and never slow)
             if pattern.search(a.name):
-                if not SAFE_FILE_NAME.fullmatch(a.name):
-                    raise FeedError(f"asset name {a.name!r} is not a safe file name")
                 return a
         raise FeedError(f"{self.cfg.repo} {release.tag_name}: no asset matches "
                         f"{self.cfg.asset!r}")
@@ -189,7 +203,8 @@ class GitHubSource:
         signed = False
         if self.cfg.checksums:
             pattern = re.compile(self.cfg.checksums)
-            listing = next((a for a in release.assets if pattern.search(a.name)), None)
+            listing = next((a for a in release.assets if SAFE_FILE_NAME.fullmatch(a.name)
+                            and pattern.search(a.name)), None)
             if listing is None:
                 raise FeedError(f"{self.cfg.repo} {release.tag_name}: no checksum asset "
                                 f"matches {self.cfg.checksums!r}")
