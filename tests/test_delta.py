@@ -293,7 +293,7 @@ def test_a_base_release_edited_on_disk_falls_back_and_is_left_as_it_is(
 
 def test_an_unchanged_file_edited_in_the_base_is_not_carried_into_the_new_release(
         host: SimHost, sim: FeedSimulator, tmp_path: Path) -> None:
-    """Unchanged files are hard-linked from the kept release: one edited there since it was
+    """Unchanged files are copied from the kept release: one edited there since it was
     installed fails the tree check, and the new release is extracted whole, sharing nothing
     with the edited file."""
     engine = installed_on_delta(host, sim, tmp_path)
@@ -308,12 +308,16 @@ def test_an_unchanged_file_edited_in_the_base_is_not_carried_into_the_new_releas
     assert host.leftovers() == []
 
 
-def test_unchanged_files_are_shared_with_the_kept_release(host: SimHost, sim: FeedSimulator,
-                                                           tmp_path: Path) -> None:
+def test_unchanged_files_are_copied_from_the_kept_release_never_shared(
+        host: SimHost, sim: FeedSimulator, tmp_path: Path) -> None:
+    # Row 150 changed this test: unchanged files were hard-linked (the same inode), so an app
+    # that rewrote one in place rewrote the kept release too (tests/security).
     engine = installed_on_delta(host, sim, tmp_path)
     run(lambda: engine.update("hello"))
     old, new = (host.prefix / "releases" / v / "lib" for v in ("1.0.0", "1.1.0"))
-    assert os.stat(new / "part100.txt").st_ino == os.stat(old / "part100.txt").st_ino
+    assert (new / "part100.txt").read_bytes() == (old / "part100.txt").read_bytes()
+    assert os.stat(new / "part100.txt").st_ino != os.stat(old / "part100.txt").st_ino
+    assert os.stat(new / "part100.txt").st_nlink == 1
     assert os.stat(new / "part007.txt").st_ino != os.stat(old / "part007.txt").st_ino
     run(lambda: engine.update("hello"))  # nothing new; then 1.0.0 goes with retain = 0
     engine2 = host.engine(retain=0)

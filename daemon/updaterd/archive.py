@@ -172,6 +172,28 @@ class Tree:
         finally:
             os.close(fd)
 
+    def copy_file(self, member: str, parts: tuple[str, ...], source: str, executable: bool,
+                  size: int) -> None:
+        """A new file holding what the plain file `source` holds (a reflink or a copy, never
+        a hard link: no two releases share a writable inode, row 150)."""
+        self.make_dirs(parts[:-1])
+        mode = 0o755 if executable else 0o644
+        src = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            fd = os.open(self._path(parts),
+                         os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         mode)
+            try:
+                copied = fsutil.clone_or_copy(src, fd, size)
+                if copied != size:
+                    raise ArchiveError(f"member {member!r}: {copied} bytes where {size} were "
+                                       "recorded")
+                os.fchmod(fd, mode)
+            finally:
+                os.close(fd)
+        finally:
+            os.close(src)
+
     def hard_link(self, member: str, parts: tuple[str, ...], target: str) -> None:
         target_parts = member_parts(target)
         key = "/".join(target_parts)

@@ -254,10 +254,11 @@ def build(staging: Path, entries: dict[str, str], pack: Pack, pack_file: IO[byte
     `base_root` and the verified `pack_file`; returns the root. The caller compares the
     result with `entries` (the tree record of the staged folder must equal it).
 
-    A file the kept release has as it is (same content and mode, as recorded) is hard-linked
-    from it, as OSTree checks out its objects: no data is copied or written again, and both
-    releases are immutable once installed (`verify` and the rollback re-hash say if one is
-    changed). A file that only changed its mode is copied."""
+    A file the kept release has as it is (same content and mode, as recorded) is reflinked
+    from it where the filesystem can, else copied in the kernel: never hard-linked, since an
+    app that rewrites one of its files in place would then rewrite the kept release too, and
+    the automatic rollback would land on it (row 150). A file that only changed its mode is
+    copied through the pack's checks."""
     if any(staging.iterdir()):
         raise ArchiveError(f"staging folder {staging} is not empty; refusing to build in it")
     root = staging / "tree"
@@ -297,15 +298,15 @@ def build(staging: Path, entries: dict[str, str], pack: Pack, pack_file: IO[byte
     except zstandard.ZstdError as e:  # a corrupt frame, or one past the window limit
         raise DeltaError(f"{pack.url}: {e}") from None
     carried = {n for n, _ in pack.files}
-    new_root, old_root = str(root), str(base_root)  # names are checked: plain joins will do
+    old_root = str(base_root)  # names are checked: plain joins will do
     for name, parts in claimed.items():
         if name in carried:
             continue
         if _in_base(base_record, name, entries[name]):
-            # its folders are made: a tree lists every folder, and they came first above
-            made = os.path.join(new_root, name)
-            os.link(os.path.join(old_root, name), made, follow_symlinks=False)
-            tree.add_size(name, os.lstat(made).st_size)
+            size = os.lstat(os.path.join(old_root, name)).st_size
+            tree.add_size(name, size)
+            tree.copy_file(name, parts, os.path.join(old_root, name),
+                           _mode(entries[name]) == "755", size)
             continue
         with _open_base(base_root, name) as f:
             size = os.fstat(f.fileno()).st_size

@@ -43,6 +43,7 @@ from updaterd.transaction import (
     recover,
     roll_back,
 )
+from updaterd.transaction import damage as transaction_damage
 from updaterd.units import parse_rate
 
 log = logging.getLogger("updaterd.engine")
@@ -385,10 +386,7 @@ class Engine:
         """A kept release is re-hashed before it is switched to: a file changed or removed since
         it was installed (a disk fault, a hand edit) would otherwise become the running app.
         Files the app wrote beside its own (bytecode caches) are no reason to refuse."""
-        rec = treehash.load(run.state_folder, kept.version)
-        if rec is None:
-            return
-        damage = await trio.to_thread.run_sync(treehash.differences, kept.path, rec, False)
+        damage = await transaction_damage(run, kept)
         if damage:
             raise LayoutError(
                 f"{kept.version} on disk is not what was installed ({len(damage)} "

@@ -31,12 +31,13 @@ from updaterd import (
     pathtrust,
     state,
     treehash,
+    versions,
 )
 from updaterd.cachefile import Expected, keep_only
 from updaterd.config import AppConfig, Config, app_unit
 from updaterd.errors import HealthCheckFailed, LayoutError, OperationCancelled, UpdaterError
 from updaterd.feed import Artifact, Release
-from updaterd.layout import InstallLayout, Layout, Staged
+from updaterd.layout import InstallLayout, Kept, Layout, Staged
 from updaterd.lifecycle import AppRestart, Lifecycle
 from updaterd.sources import Source
 from updaterd.state import AppState, Transaction
@@ -288,10 +289,11 @@ async def finish_update(run: AppRun, from_version: str | None, version: str) -> 
             await health.probe_url(run.cfg.health_url, timeout)
         failpoints.hit("health.after")
     except HealthCheckFailed as e:
+        back_to = await _intact_rollback_target(run, version, from_version)
         log.warning("%s %s: %s; rolling back to %s", run.name, version, e,
-                    from_version or "nothing")
+                    back_to or "nothing")
         backup = run.state.pending.backup if run.state.pending else ""
-        await roll_back(run, from_version=version, to_version=from_version, block=True,
+        await roll_back(run, from_version=version, to_version=back_to, block=True,
                         reason=str(e), backup=backup)
         return "rolled_back"
     run.phase("committing", version=version)
@@ -304,6 +306,38 @@ async def finish_update(run: AppRun, from_version: str | None, version: str) -> 
     prune(run)
     run.phase("idle", f"{version} installed", version)
     return "installed"
+
+
+async def damage(run: AppRun, kept: Kept) -> list[str]:
+    """How a kept release differs from its recorded tree (empty: intact, or nothing recorded).
+    Files the app wrote beside its own (bytecode caches) are not damage."""
+    rec = treehash.load(run.state_folder, kept.version)
+    if rec is None:
+        return []
+    return await trio.to_thread.run_sync(treehash.differences, kept.path, rec, False)
+
+
+async def _intact_rollback_target(run: AppRun, failed: str, previous: str | None) -> str | None:
+    """Where an automatic rollback goes: `previous` when it is as installed, else the newest
+    other kept release that is (row 150: it is re-hashed first, as an operator's rollback is).
+    When none is, `previous` all the same: the version that failed its checks is worse."""
+    if previous is None or not run.layout.knows_version:
+        return previous
+    kept = {k.version: k for k in run.layout.kept() if k.version != failed}
+    older = sorted((v for v in kept if v != previous and versions.orderable(v)),
+                   key=versions.key, reverse=True)
+    order = [previous, *older]
+    for candidate in order:
+        if candidate not in kept:
+            continue
+        found = await damage(run, kept[candidate])
+        if not found:
+            return candidate
+        log.error("%s: %s on disk is not what was installed (%s); not rolling back to it",
+                  run.name, candidate, found[0])
+    log.error("%s: no kept release is as installed; rolling back to %s all the same (`updaterd "
+              "verify %s` lists the differences)", run.name, previous, run.name)
+    return previous
 
 
 async def roll_back(run: AppRun, *, from_version: str, to_version: str | None, block: bool,

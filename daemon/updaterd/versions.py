@@ -119,7 +119,7 @@ def highest(a: str | None, b: str | None) -> str | None:
     try:
         va = parse(a)
     except ValueError:
-        return b if _orderable(b) else a
+        return b if orderable(b) else a
     try:
         return b if parse(b) > va else a
     except ValueError:
@@ -134,7 +134,8 @@ def is_newer(version: str, than: str) -> bool:
         return False
 
 
-def _orderable(text: str) -> bool:
+def orderable(text: str) -> bool:
+    """True when `text` is a semantic version, so it can be ordered."""
     try:
         parse(text)
     except ValueError:

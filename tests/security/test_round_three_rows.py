@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Daemon, GitHub, Host
+from tests.conftest import Daemon, GitHub, Host, Nginx
 from tests.helpers import BIN, Feed, app_script, run_updaterd
 from tests.security.test_host_rows import (
     _directory_app,
@@ -273,3 +273,36 @@ def test_h149_partial_files_no_longer_wanted_are_removed_at_the_next_check_and_s
     _gh_once(host, "--once")
     assert sorted(p.name for p in cache.iterdir()) == \
         ["tool-1.1.0-x86_64-linux.tar.gz.part", "tool-1.1.0-x86_64-linux.tar.gz.part.json"]
+
+
+# -- 150: releases never share writable inodes; an automatic rollback re-hashes first -----------
+
+def test_h150_an_app_rewriting_its_own_file_changes_no_kept_release_and_rollback_rehashes(
+        host: Host, nginx: Nginx, served_feed: Feed) -> None:
+    from tests.test_delta_e2e import publish_cli
+    rewrite = "printf REWRITTEN 1<>lib/part100.txt"  # in place: same inode, no truncation
+    host.follow(nginx, served_feed,
+                health_check=["sh", "-c", f"{rewrite}; ! bin/hello | grep -q 1.2.0"])
+    publish_cli(served_feed, "1.0.0", "lib/part000.txt")
+    assert run_updaterd("--config", host.config, "--once").returncode == 0
+    kept = host.prefix / "releases" / "1.0.0" / "lib" / "part100.txt"
+    # the health check of 1.0.0 rewrote 1.0.0's own file; put it back as installed
+    original = subprocess.run(["tar", "-xzOf", str(served_feed.folder /
+                                                  "hello-1.0.0-linux-x86_64.tar.gz"),
+                               "hello-1.0.0/lib/part100.txt"], capture_output=True,
+                              check=True).stdout
+    kept.write_bytes(original)
+    publish_cli(served_feed, "1.1.0", "lib/part150.txt")  # part100 unchanged: from the base
+    r = run_updaterd("--config", host.config, "--once")
+    assert r.returncode == 0 and host.current() == "1.1.0", r.stderr
+    assert "as a delta" in r.stderr, r.stderr
+    assert kept.read_bytes() == original, "the app's write reached the kept release"
+    verify = run_updaterd("--config", host.config, "verify", "hello")
+    assert "hello 1.0.0: intact" in verify.stdout, verify.stdout
+    # 1.2.0 fails its check: 1.1.0 (the previous) was changed by its app since it was
+    # installed, so the automatic rollback goes to the newest release that is as installed
+    publish_cli(served_feed, "1.2.0", "lib/part151.txt")
+    r = run_updaterd("--config", host.config, "--once")
+    assert r.returncode == 1
+    assert "1.1.0 on disk is not what was installed" in r.stderr, r.stderr
+    assert host.current() == "1.0.0"
