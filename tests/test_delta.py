@@ -123,24 +123,41 @@ def test_without_a_kept_release_the_descriptor_is_not_even_fetched(
     assert sim.requests == {"manifest": 1, f"hello-1.1.0-{PLATFORM}.tar.gz": 1}
 
 
+def _all_new(version: str) -> dict[str, tuple[bytes, int]]:
+    """A release whose one file changes entirely in every version."""
+    return {"bin/hello": (b"#!/bin/sh\necho " + version.encode() + b"\n", 0o755),
+            "share/data.bin": (os.urandom(4000), 0o644)}
+
+
 def test_a_delta_that_would_cost_more_than_the_archive_is_not_fetched(
-        host: SimHost, sim: FeedSimulator) -> None:
+        host: SimHost, sim: FeedSimulator, monkeypatch: pytest.MonkeyPatch) -> None:
     """The plan counts signed bytes: when the one file of a release changes entirely, the
     descriptor and the pack cost more than the archive: the pack is never fetched (the
-    descriptor, small, is what says so)."""
-    def files(version: str) -> dict[str, tuple[bytes, int]]:
-        return {"bin/hello": (b"#!/bin/sh\necho " + version.encode() + b"\n", 0o755),
-                "share/data.bin": (os.urandom(4000), 0o644)}
-
-    sim.release("1.0.0", files=files("1.0.0"))
+    descriptor, small, is what says so). Today's publish writes no such pack (row 151): an
+    older publisher's is made here."""
+    sim.release("1.0.0", files=_all_new("1.0.0"))
     engine = host.engine()
     run(lambda: engine.update("hello"))
-    sim.release("1.1.0", files=files("1.1.0"), deltas=2)
+    with monkeypatch.context() as older_publisher:
+        older_publisher.setattr(delta, "MIN_SAVING", -10.0)
+        sim.release("1.1.0", files=_all_new("1.1.0"), deltas=2)
     sim.requests.clear()
     run(lambda: engine.update("hello"))
     assert host.current() == "1.1.0"
     assert sim.requests == {"manifest": 1, sim.descriptor_name("1.1.0"): 1,
                             f"hello-1.1.0-{PLATFORM}.tar.gz": 1}
+
+
+def test_h151_publish_writes_no_pack_that_saves_under_a_tenth(
+        host: SimHost, sim: FeedSimulator) -> None:
+    sim.release("1.0.0", files=_all_new("1.0.0"))
+    engine = host.engine()
+    run(lambda: engine.update("hello"))
+    sim.release("1.1.0", files=_all_new("1.1.0"), deltas=2)
+    assert not [n for n in sim.blobs if ".delta" in n], "neither a pack nor a descriptor"
+    sim.requests.clear()
+    run(lambda: engine.update("hello"))
+    assert sim.requests == {"manifest": 1, f"hello-1.1.0-{PLATFORM}.tar.gz": 1}
 
 
 def test_a_pack_from_the_release_before_the_previous_one_is_used(

@@ -34,6 +34,11 @@ from updaterd.errors import ArchiveError, FeedError, UpdaterError
 SUFFIX = ".delta"  # the descriptor's platform: `<platform>.delta`
 MAX_WINDOW_LOG = 31  # zstd's largest window (2 GiB); the reference and the payload fit in it
 MAX_DESCRIPTOR = 64 << 20  # bytes
+# What a host holds in memory to build from a pack is about its reference plus its window
+# (reference and payload together): at most 2 x 16 MiB here, whatever the release's size
+# (row 151). A pack that needs more is neither published nor used: the archive is fetched.
+MAX_USABLE_WINDOW_LOG = 24
+MIN_SAVING = 0.10  # a pack (with its descriptor) must save at least this share of the archive
 Hex64 = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
 Name = Annotated[str, Meta(min_length=1, max_length=4096)]
 Entry = Annotated[str, Meta(max_length=8192)]
@@ -147,9 +152,27 @@ def describe(root: Path, app: str, version: str,
                       artifact=of.blake3, tree=tree_digest(entries)), entries
 
 
+def unusable(pack: Pack, descriptor_size: int, artifact_size: int) -> str:
+    """Why a host does not build from `pack` (empty: it may): one that needs more memory than
+    MAX_USABLE_WINDOW_LOG allows, or saves less than MIN_SAVING of the archive (row 151)."""
+    if pack.window_log > MAX_USABLE_WINDOW_LOG:
+        return (f"{pack.url} needs a window of 2^{pack.window_log} bytes, more than "
+                f"2^{MAX_USABLE_WINDOW_LOG}")
+    if descriptor_size + pack.size > (1 - MIN_SAVING) * artifact_size:
+        return (f"{pack.url} and its descriptor ({descriptor_size + pack.size} bytes) save "
+                f"less than {MIN_SAVING:.0%} of the archive ({artifact_size} bytes)")
+    return ""
+
+
+def _window_log(size: int) -> int:
+    return min(MAX_WINDOW_LOG, max(10, size.bit_length()))
+
+
 def make_pack(new_root: Path, entries: dict[str, str], base_root: Path, base: str,
-              url: str, level: int = 19) -> tuple[Pack, bytes]:
-    """The pack that builds the release at `new_root` from the one at `base_root`."""
+              url: str, level: int = 19) -> tuple[Pack, bytes] | None:
+    """The pack that builds the release at `new_root` from the one at `base_root`; None when
+    hosts could not build from it within MAX_USABLE_WINDOW_LOG (known before anything is
+    read or compressed)."""
     base_entries = treehash.scan(base_root)
     changed = {n: e for n, e in sorted(entries.items()) if base_entries.get(n) != e}
     removed = sorted(base_entries.keys() - entries.keys())
@@ -159,10 +182,13 @@ def make_pack(new_root: Path, entries: dict[str, str], base_root: Path, base: st
     # renamed or moved finds its old content there).
     reference = [(n, b3) for n in files if (b3 := _content(base_entries.get(n, ""))) is not None]
     reference += [(n, b3) for n in removed if (b3 := _content(base_entries[n])) is not None]
+    sizes = sum(os.lstat(base_root / n).st_size for n, _ in reference) + \
+        sum(os.lstat(new_root / n).st_size for n in files)
+    if _window_log(sizes) > MAX_USABLE_WINDOW_LOG:
+        return None
     ref = b"".join(_read(base_root, n) for n, _ in reference)
     payload = [_read(new_root, n) for n in files]
-    window_log = min(MAX_WINDOW_LOG,
-                     max(10, (len(ref) + sum(map(len, payload))).bit_length()))
+    window_log = _window_log(len(ref) + sum(map(len, payload)))
     import zstandard  # loaded on first use: an idle daemon does not need it
 
     params = zstandard.ZstdCompressionParameters.from_level(
@@ -199,19 +225,20 @@ def plan(desc: Descriptor, pack: Pack, base_record: treehash.TreeRecord) -> dict
     return entries
 
 
-def _reference(base_root: Path, pack: Pack, limit: int) -> bytes:
-    """The base files the pack was made against, each re-hashed as it is read."""
-    parts, total = [], 0
+def _reference(base_root: Path, pack: Pack, limit: int) -> bytearray:
+    """The base files the pack was made against, each re-hashed as it is read, in one buffer
+    (never held twice: it is the largest thing a build keeps in memory)."""
+    ref = bytearray()
     for name, b3 in pack.reference:
+        start = len(ref)
         with _open_base(base_root, name) as f:
-            data = f.read(limit - total + 1)
-        total += len(data)
-        if total > limit:
-            raise DeltaError(f"the reference files of {pack.url} exceed {limit} bytes")
-        if blake3.blake3(data).hexdigest() != b3:
+            while chunk := f.read(min(fsutil.COPY_CHUNK, limit - len(ref) + 1)):
+                ref += chunk
+                if len(ref) > limit:
+                    raise DeltaError(f"the reference files of {pack.url} exceed {limit} bytes")
+        if blake3.blake3(memoryview(ref)[start:]).hexdigest() != b3:
             raise DeltaError(f"{pack.base}/{name} changed on disk since it was installed")
-        parts.append(data)
-    return b"".join(parts)
+    return ref
 
 
 class _Exactly:
@@ -283,7 +310,9 @@ def build(staging: Path, entries: dict[str, str], pack: Pack, pack_file: IO[byte
             claimed[name] = parts
     import zstandard
 
-    ref = _reference(base_root, pack, limits.max_total)
+    if pack.window_log > MAX_USABLE_WINDOW_LOG:  # `unusable` said so before the download
+        raise DeltaError(unusable(pack, 0, 0))
+    ref = _reference(base_root, pack, min(limits.max_total, 1 << pack.window_log))
     ddict = zstandard.ZstdCompressionDict(ref, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
     decompressor = zstandard.ZstdDecompressor(dict_data=ddict,
                                               max_window_size=1 << pack.window_log)

@@ -163,10 +163,22 @@ def delta_files(feed_dir: Path, app: str, version: str, artifact: Artifact,
                 log.warning("%s: no delta pack from %s: %s does not extract (%s)",
                             artifact.url, base, path.name, e)
                 continue
-            pack, data = delta.make_pack(new_root, entries, base_root, base,
-                                         f"{artifact.url}.from-{base}.delta")
+            made = delta.make_pack(new_root, entries, base_root, base,
+                                   f"{artifact.url}.from-{base}.delta")
+            if made is None:
+                log.info("%s: no delta pack from %s: hosts would need more than 2^%d bytes "
+                         "of memory to build from it", artifact.url, base,
+                         delta.MAX_USABLE_WINDOW_LOG)
+                continue
+            pack, data = made
+            why = delta.unusable(pack, 0, artifact.size)
+            if why:
+                log.info("%s: no delta pack from %s: %s", artifact.url, base, why)
+                continue
             desc.packs.append(pack)
             out.append((pack.url, data))
+        if not desc.packs:
+            return []  # a descriptor with no pack would only cost hosts a download
         out.append((f"{artifact.url}.delta.zst", delta.compress(desc)))
         return out
 

@@ -175,8 +175,11 @@ async def _stage_from_delta(run: AppRun, source: Source, release: Release,
                                 artifact)
         fits = []
         for candidate in desc.packs:
-            if candidate.base not in records or \
-                    described.size + candidate.size >= artifact.size:
+            if candidate.base not in records:
+                continue
+            why = delta.unusable(candidate, described.size, artifact.size)
+            if why:
+                log.info("%s: no delta from %s: %s", run.name, candidate.base, why)
                 continue
             try:
                 fits.append((candidate, delta.plan(desc, candidate, records[candidate.base])))

@@ -306,3 +306,52 @@ def test_h150_an_app_rewriting_its_own_file_changes_no_kept_release_and_rollback
     assert r.returncode == 1
     assert "1.1.0 on disk is not what was installed" in r.stderr, r.stderr
     assert host.current() == "1.0.0"
+
+
+# -- 151: building from a delta uses bounded memory ---------------------------------------------
+
+def test_h151_a_small_change_to_a_large_file_is_not_shipped_as_a_pack_that_needs_its_size(
+        host: Host, nginx: Nginx, served_feed: Feed) -> None:
+    import random
+
+    from tests.helpers import make_tar
+    big = random.Random(151).randbytes(40 << 20)
+    peaks = []
+    for version, data in (("1.0.0", big), ("1.1.0", big[:1000] + b"12345" + big[1005:])):
+        files = {"bin/hello": (f'#!/bin/sh\necho "hello {version}"\n'.encode(), 0o755),
+                 "lib/big.bin": (data, 0o644)}
+        art = make_tar(served_feed.work / f"hello-{version}-linux-x86_64.tar.gz", files,
+                       top=f"hello-{version}")
+        r = run_updaterd("publish", "--feed", served_feed.folder, "--key", served_feed.key,
+                         "--app", "hello", "--version", version, art)
+        assert r.returncode == 0, r.stderr
+        host.follow(nginx, served_feed)
+        r, peak = _peak_rss_mib("--config", host.config, "--once")
+        assert r.returncode == 0 and host.current() == version, r.stderr
+        peaks.append(peak)
+    # a pack would hold 40 MiB of reference in every host's memory: none is published
+    assert not list(served_feed.folder.glob("*.delta*"))
+    assert peaks[1] < peaks[0] + 64, peaks
+
+
+def test_h151_a_pack_that_needs_a_large_window_is_not_used(
+        host: Host, nginx: Nginx, served_feed: Feed, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An older (or careless) publisher's pack whose window is past the cap: the host fetches
+    the archive instead of holding the window and reference in memory."""
+    from tests.test_delta_e2e import publish_cli
+    from updaterd import delta
+    host.follow(nginx, served_feed)
+    publish_cli(served_feed, "1.0.0", "lib/part000.txt")
+    assert run_updaterd("--config", host.config, "--once").returncode == 0
+    monkeypatch.setattr(delta, "MAX_USABLE_WINDOW_LOG", 31)
+    monkeypatch.setattr(delta, "_window_log", lambda size: 27)  # as if 100 MiB were at stake
+    art = served_feed.work / "hello-1.1.0-linux-x86_64.tar.gz"
+    from tests.helpers import make_tar
+    from tests.test_delta_e2e import app_files
+    make_tar(art, app_files("1.1.0", "lib/part150.txt"), top="hello-1.1.0")
+    served_feed.publish("1.1.0", [art], delta_from=1)
+    monkeypatch.undo()
+    assert list(served_feed.folder.glob("*.from-1.0.0.delta"))
+    r = run_updaterd("--config", host.config, "--once")
+    assert r.returncode == 0 and host.current() == "1.1.0", r.stderr
+    assert "needs a window of 2^27 bytes, more than 2^24" in r.stderr, r.stderr
