@@ -19,7 +19,14 @@ from typing import Any
 
 from updaterctl import wire
 from updaterctl._version import __version__
-from updaterctl.wire import DEFAULT_SOCKET, DaemonUnreachable, NotAllowedToConnect, RemoteError
+from updaterctl.terminal import Escaping
+from updaterctl.wire import (
+    DEFAULT_SOCKET,
+    ClientError,
+    DaemonUnreachable,
+    NotAllowedToConnect,
+    RemoteError,
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_NOT_PERMITTED = 0, 1, 2, 3, 4
 COMMANDS = ("status", "check", "update", "rollback", "list-backups", "history", "skip", "unskip",
@@ -88,6 +95,16 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line; what it prints is escaped (row 152)."""
+    out, err = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = Escaping(out), Escaping(err)
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout, sys.stderr = out, err
+
+
+def _main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     cmd: list[str] = []
     if "--" in argv:  # `inhibit APP --why TEXT -- CMD...`: the command is not ours to parse
@@ -118,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
             error: dict[str, Any] = {"code": e.code, "message": e.message}
             print_json(error if e.data is None else {**error, "data": e.data})
         return EXIT_NOT_PERMITTED if e.not_permitted else EXIT_FAILED
+    except ClientError as e:  # a reply past the protocol's cap, or not JSON (row 152)
+        print(f"updaterctl: {e}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

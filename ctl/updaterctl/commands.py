@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TextIO
 
 import msgspec
 
@@ -38,6 +38,7 @@ from updaterctl.protocol import (
     UpdateResult,
     clock,
 )
+from updaterctl.terminal import Escaping, escape
 
 
 def run(args: argparse.Namespace) -> int:
@@ -199,11 +200,17 @@ def _show_progress(conn: Connection, watch: Connection) -> None:
             if env.method == "event":
                 event = msgspec.json.decode(env.params, type=Event)
                 if event.kind in ("phase", "progress"):
-                    sys.stdout.write("\r\033[K" + meter.line(event))
+                    _raw_stdout().write("\r\033[K" + escape(meter.line(event)))
                     sys.stdout.flush()
         if conn.sock in ready:
-            sys.stdout.write("\r\033[K")
+            _raw_stdout().write("\r\033[K")
             return
+
+
+def _raw_stdout() -> TextIO:
+    """Standard output without the escaping (for the progress line's own sequences)."""
+    out = sys.stdout
+    return out.raw if isinstance(out, Escaping) else out
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:

@@ -112,7 +112,8 @@ class LineReader:
                 raise DaemonUnreachable(f"updaterd at {self.path} closed the connection")
             self.buffer += data
             if len(self.buffer) > 4 * MAX_MESSAGE:
-                raise ClientError("reply too large")
+                raise ClientError(f"updaterd's reply is larger than {4 * MAX_MESSAGE >> 20} "
+                                  "MiB; refusing to read it")
         line = bytes(self.buffer[:end])
         del self.buffer[: end + 1]
         return line
@@ -140,7 +141,11 @@ def call(path: str, method: str, params: dict[str, Any] | None = None,
         send(sock, path, json.dumps(request(1, method, params), separators=(",", ":")).encode())
         reader = LineReader(sock, path)
         while True:
-            reply = json.loads(reader.line())
+            try:
+                reply = json.loads(reader.line())
+            except ValueError:
+                raise ClientError(f"updaterd at {path} sent a reply that is not JSON") \
+                    from None
             if reply.get("method") is not None or reply.get("id") != 1:
                 continue  # a notification
             if reply.get("error") is not None:

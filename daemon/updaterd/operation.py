@@ -19,7 +19,7 @@ from typing import Literal
 import trio
 
 from updaterctl.protocol import Event, Outcome, Phase
-from updaterd import outcome
+from updaterd import logtext, outcome
 from updaterd.errors import OperationCancelled, UpdaterError
 from updaterd.transaction import AppRun
 
@@ -44,7 +44,8 @@ class Operation:
 
     def _emit(self, kind: Literal["result", "error"], outcome: Outcome, message: str,
               version: str | None) -> None:
-        self.run.emit(Event(app=self.run.name, kind=kind, outcome=outcome, message=message,
+        self.run.emit(Event(app=self.run.name, kind=kind, outcome=outcome,
+                            message=logtext.clean(message),
                             version=version, step=self.step if kind == "error" else None,
                             at=time.time()))
 

@@ -11,15 +11,21 @@ from __future__ import annotations
 
 import time
 
-from updaterd import versions
+from updaterd import logtext, versions
 from updaterd.state import AppState, HistoryEntry, Transaction, TrustRoot, record
+
+
+def _text(text: str) -> str:
+    """Text from a server, a feed or an app (a tag, an error, a health check's output) as it
+    may enter the state: one line, control characters escaped, capped (row 152)."""
+    return logtext.clean(text)
 
 
 def remember(st: AppState, action: str, version: str, from_version: str | None, reason: str,
              limit: int) -> None:
     """One line of the history, the newest `limit` kept."""
     entry = HistoryEntry(at=time.time(), action=action, version=version,  # type: ignore[arg-type]
-                         from_version=from_version, reason=reason)
+                         from_version=from_version, reason=_text(reason))
     record(st, entry, limit)
 
 
@@ -30,7 +36,8 @@ def checked(st: AppState, *, serial: int, digest: str, available: str | None,
     """The feed passed every check: its serial is the new high-water mark, and the cache is
     for `downloads` only."""
     st.serial, st.manifest_digest = serial, digest
-    st.available, st.passed_over, st.downloads = available, passed_over, downloads
+    st.available, st.downloads = available, downloads
+    st.passed_over = {_text(v): _text(why) for v, why in passed_over.items()}
     st.last_check, st.last_error = at, None
 
 
@@ -72,7 +79,7 @@ def succeeded(st: AppState) -> None:
 def failed(st: AppState, message: str) -> None:
     """Counted for the scheduler's backoff, shown by `status`."""
     st.consecutive_failures += 1
-    st.last_error = message
+    st.last_error = _text(message)
 
 
 # -- the transaction --------------------------------------------------------------------------
@@ -88,6 +95,8 @@ def pruned(st: AppState, removed: list[str]) -> None:
 
 def journaled(st: AppState, tx: Transaction | None) -> None:
     """The journal of a switch: written before it, cleared when it is finished or undone."""
+    if tx is not None:
+        tx.reason = _text(tx.reason)
     st.pending = tx
 
 
@@ -115,7 +124,7 @@ def switched_back(st: AppState, tx: Transaction, to_version: str | None, limit: 
     if tx.block and left is not None:
         if left not in st.blocked:
             st.blocked.append(left)
-        st.last_error = f"{left} failed: {tx.reason}"
+        st.last_error = _text(f"{left} failed: {tx.reason}")
         remember(st, "rolled_back", to_version or "", left, tx.reason, limit)
         remember(st, "blocked", left, to_version, tx.reason, limit)
     else:
@@ -144,7 +153,7 @@ def interrupted(st: AppState, tx: Transaction, gave_up_why: str | None, limit: i
     st.pending = None
     if gave_up_why is not None:
         st.blocked.append(tx.to_version)
-        st.last_error = gave_up_why
+        st.last_error = _text(gave_up_why)
         remember(st, "blocked", tx.to_version, tx.from_version, gave_up_why, limit)
     else:
         remember(st, "interrupted", tx.to_version, tx.from_version,

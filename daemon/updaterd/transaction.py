@@ -27,6 +27,7 @@ from updaterd import (
     failpoints,
     fsutil,
     health,
+    logtext,
     outcome,
     pathtrust,
     state,
@@ -83,8 +84,8 @@ class AppRun:
     def phase(self, phase: Phase, message: str = "", version: str | None = None) -> None:
         if phase not in ("idle", "failed"):
             self.step = phase
-        self.emit(Event(app=self.name, kind="phase", phase=phase, message=message,
-                        version=version, at=time.time()))
+        self.emit(Event(app=self.name, kind="phase", phase=phase,
+                        message=logtext.clean(message), version=version, at=time.time()))
 
     def remember(self, action: str, version: str, from_version: str | None = None,
                  reason: str = "") -> None:

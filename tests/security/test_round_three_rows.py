@@ -355,3 +355,48 @@ def test_h151_a_pack_that_needs_a_large_window_is_not_used(
     r = run_updaterd("--config", host.config, "--once")
     assert r.returncode == 0 and host.current() == "1.1.0", r.stderr
     assert "needs a window of 2^27 bytes, more than 2^24" in r.stderr, r.stderr
+
+
+# -- 152: text from servers and apps is cleaned where it enters, escaped where it is printed ----
+
+ESC_TAG = "v1.0.0\x1b]0;owned\x07\x1b[2J\r\u009b31m"
+
+
+def test_h152_a_tag_with_terminal_escapes_never_reaches_the_terminal_raw(
+        host: Host, github: GitHub, daemon: Daemon) -> None:
+    name = _gh_release(github, "1.0.0")
+    github.set_releases([{"tag_name": ESC_TAG, "assets": [name]}])
+    _gh(host, github, asset=r"nothing-matches$", check_interval="1h", jitter="0s")
+    daemon.env["GH_TEST_TOKEN"] = "ghp_T0KEN"
+    daemon.start()
+    daemon.wait_for(lambda: daemon.app()["last_error"], what="the first check")
+    check = daemon.ctl("check", "hello")
+    assert check.returncode == 1
+    assert "no asset matches" in check.stderr, check.stderr
+    status = daemon.ctl("status")
+    shown = check.stdout + check.stderr + status.stdout + status.stderr
+    for raw in ("\x1b", "\x07", "\r", "\u009b"):
+        assert raw not in shown, repr(shown)
+    assert "\\x1b]0;owned" in shown or "\\u001b]0;owned" in shown, shown
+    stored = host.state()["last_error"]
+    assert "\x1b" not in stored and "\\x1b]0;owned" in stored
+    as_json = json.loads(daemon.ctl("--json", "status").stdout)  # still valid JSON
+    assert "owned" in as_json["apps"][0]["last_error"]
+
+
+def test_h152_an_over_size_reply_is_a_clear_error_not_a_traceback(
+        host: Host, feed: Feed, daemon: Daemon) -> None:
+    feed.release("1.0.0")
+    _directory_app(host, feed)
+    assert run_updaterd("--config", host.config, "--once").returncode == 0
+    path = host.state_dir / "hello" / "state.json"
+    st = json.loads(path.read_text())
+    st["last_error"] = "x" * (5 << 20)  # a state written before the caps
+    path.write_text(json.dumps(st))
+    daemon.start()
+    for args in (("status",), ("--json", "status"), ("history", "hello")):
+        r = daemon.ctl(*args)
+        assert "Traceback" not in r.stderr, r.stderr
+        if args[-1] == "status":
+            assert r.returncode == 1
+            assert "updaterctl: updaterd's reply is larger than 4 MiB" in r.stderr, r.stderr
