@@ -6,6 +6,7 @@ run reports every problem (one line each) instead of stopping at the first.
 
 from __future__ import annotations
 
+import os
 import platform
 import re
 import tomllib
@@ -396,10 +397,44 @@ def parse(text: str, path: str) -> Config:
         if app is not None:
             _validate_app(name, app, at, problems, token_vars)
             apps[name] = app
+    if daemon is not None:
+        problems += _overlaps(daemon, apps, path)
     if problems:
         raise ConfigError(problems)
     assert daemon is not None and limits is not None
     return Config(daemon=daemon, limits=limits, apps=apps, path=path)
+
+
+def _overlaps(daemon: DaemonConfig, apps: dict[str, AppConfig], path: str) -> list[str]:
+    """Two apps whose folders or targets are the same, or one inside the other, or inside the
+    daemon's state or cache: each would read the other's `current` or file as its own version
+    and adopt it (row 153). One line per pair."""
+    areas: list[tuple[str, str, str]] = [  # (owner, what, where)
+        ("daemon", "daemon.state_dir", daemon.state_dir),
+        ("daemon", "daemon.cache_dir", daemon.cache_dir)]
+    for name, app in apps.items():
+        if app.install == "releases" and app.prefix:
+            areas.append((name, f"apps.{name}.prefix", app.prefix))
+        if app.install == "inplace" and app.target:
+            areas.append((name, f"apps.{name}.target", app.target))
+    problems = []
+    for i, (owner, what, where) in enumerate(areas):
+        for other_owner, other_what, other in areas[:i]:
+            if owner == other_owner:
+                continue
+            a, b = os.path.realpath(where), os.path.realpath(other)
+            if a == b:
+                how = "is the same as"
+            elif a.startswith(b.rstrip("/") + "/"):
+                how = "is inside"
+            elif b.startswith(a.rstrip("/") + "/"):
+                how = "contains"
+            else:
+                continue
+            problems.append(f"{path}: {what}: {where} {how} {other_what} {other}; every app "
+                            "needs a place of its own (they would take each other's versions "
+                            "for their own)")
+    return problems
 
 
 def load(path: str | Path) -> Config:

@@ -400,3 +400,31 @@ def test_h152_an_over_size_reply_is_a_clear_error_not_a_traceback(
         if args[-1] == "status":
             assert r.returncode == 1
             assert "updaterctl: updaterd's reply is larger than 4 MiB" in r.stderr, r.stderr
+
+
+# -- 153: two apps never share a place ----------------------------------------------------------
+
+@pytest.mark.parametrize(("a", "b", "how"), [
+    ({"prefix": "{base}/opt/x"}, {"prefix": "{base}/opt/x"}, "is the same as"),
+    ({"prefix": "{base}/opt/x"}, {"prefix": "{base}/opt/x/y"}, "is inside"),
+    ({"install": "inplace", "target": "{base}/opt/x/releases/tool"}, {"prefix": "{base}/opt/x"},
+     "contains"),
+    ({"install": "inplace", "target": "{base}/bin/tool"},
+     {"install": "inplace", "target": "{base}/bin/tool"}, "is the same as"),
+    ({"prefix": "{base}/state/a"}, {"prefix": "{base}/opt/b"}, "is inside daemon.state_dir"),
+], ids=["same prefix", "nested prefix", "target in a prefix", "same target", "prefix in state"])
+def test_h153_two_apps_whose_places_overlap_or_nest_are_refused(
+        host: Host, feed: Feed, a: dict[str, str], b: dict[str, str], how: str) -> None:
+    from tests.helpers import write_config
+    (host.base / "bin").mkdir()
+    apps = {}
+    for name, table in (("first", a), ("second", b)):
+        apps[name] = {"source": "directory", "path": str(feed.folder),
+                      "public_keys": [feed.pub], "health_check": [],
+                      **{k: v.format(base=host.base) for k, v in table.items()}}
+    write_config(host.config, host.daemon_table(), apps)
+    r = run_updaterd("--config", host.config, "check-config")
+    assert r.returncode == 2, r.stderr
+    assert how in r.stderr and "every app needs a place of its own" in r.stderr, r.stderr
+    r = run_updaterd("--config", host.config, "--once")
+    assert r.returncode == 2
