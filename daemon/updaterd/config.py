@@ -67,6 +67,7 @@ class Limits(Struct, forbid_unknown_fields=True, kw_only=True):
     max_clients_per_uid: Annotated[int, Meta(ge=1)] = 32
     client_idle_timeout: Duration = "60s"  # no request for this long: dropped
     client_line_timeout: Duration = "10s"  # a started line must end within this
+    client_send_timeout: Duration = "10s"  # a reply or event not taken within this: dropped
     # subscribe and inhibit hold memory for as long as a connection stays open (row 136)
     max_subscriptions_per_client: Annotated[int, Meta(ge=1)] = 16
     max_subscriptions: Annotated[int, Meta(ge=1)] = 1024

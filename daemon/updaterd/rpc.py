@@ -69,6 +69,7 @@ class Limits:
     max_clients_per_uid: int
     idle_timeout: float  # no complete request for this long: dropped
     line_timeout: float  # a started line must be finished within this
+    send_timeout: float = 10.0  # a reply or event the client does not take: dropped (row 154)
     max_streams_per_client: dict[str, int] = field(default_factory=dict)  # subscribe, inhibit
     max_streams: dict[str, int] = field(default_factory=dict)
 
@@ -77,6 +78,7 @@ class Limits:
         return cls(limits.max_clients, limits.max_clients_per_uid,
                    parse_duration(limits.client_idle_timeout),
                    parse_duration(limits.client_line_timeout),
+                   parse_duration(limits.client_send_timeout),
                    {"subscribe": limits.max_subscriptions_per_client,
                     "inhibit": limits.max_inhibitors_per_client},
                    {"subscribe": limits.max_subscriptions, "inhibit": limits.max_inhibitors})
@@ -86,8 +88,9 @@ class Connection:
     """One client: its identity and a lock so that replies and events never interleave."""
 
     def __init__(self, stream: trio.SocketStream, peer: Peer,
-                 totals: dict[str, int] | None = None) -> None:
+                 totals: dict[str, int] | None = None, send_timeout: float = 10.0) -> None:
         self.stream = stream
+        self.send_timeout = send_timeout
         self.peer = peer
         self.totals = totals if totals is not None else {}  # the server's, for every client
         self.send_lock = trio.Lock()
@@ -96,8 +99,16 @@ class Connection:
         self.streams: dict[str, int] = {}  # method -> how many this connection holds
 
     async def send(self, payload: bytes) -> None:
+        """Send one line; a client that does not take it within `send_timeout` is dropped
+        (its connection closed, its slots freed: row 154), so it can hold nothing for ever."""
         async with self.send_lock:
-            await self.stream.send_all(payload + b"\n")
+            with trio.move_on_after(self.send_timeout) as scope:
+                await self.stream.send_all(payload + b"\n")
+            if scope.cancelled_caught:
+                log.info("dropping client pid %d uid %d: it took no reply for %.0fs",
+                         self.peer.pid, self.peer.uid, self.send_timeout)
+                await self.stream.aclose()
+                raise trio.ClosedResourceError("the client does not read its replies")
 
     @contextlib.contextmanager
     def holding(self, method: str) -> Iterator[None]:
@@ -256,7 +267,7 @@ class Server:
                 peer = Peer(pid, uid, gid, is_admin(uid, gid, groups, self.admin_group()),
                             groups)
                 async with trio.open_nursery() as nursery:
-                    conn = Connection(stream, peer, self.streams)
+                    conn = Connection(stream, peer, self.streams, self.limits.send_timeout)
                     conn.nursery = nursery
                     await self._read_loop(conn)
                     nursery.cancel_scope.cancel()

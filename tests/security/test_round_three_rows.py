@@ -428,3 +428,57 @@ def test_h153_two_apps_whose_places_overlap_or_nest_are_refused(
     assert how in r.stderr and "every app needs a place of its own" in r.stderr, r.stderr
     r = run_updaterd("--config", host.config, "--once")
     assert r.returncode == 2
+
+
+# -- 154: a client that does not read its replies is dropped -----------------------------------
+
+HOARDER = """
+import json, socket, sys, time
+path, count = sys.argv[1], int(sys.argv[2])
+line = (json.dumps({"jsonrpc": "2.0", "id": 1, "method": "status"}) + "\\n").encode() * 4000
+held = []
+for _ in range(count):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(path)
+    s.setblocking(False)
+    try:
+        s.sendall(line)  # far more replies than the socket buffers hold; none is read
+    except BlockingIOError:
+        pass
+    held.append(s)
+print("holding", len(held), flush=True)
+time.sleep(float(sys.argv[3]))
+"""
+
+
+def _nobody_connects(sock: Path) -> str:
+    """One status request as nobody; the first line of the reply."""
+    r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                        "socat", "-t", "5", "-", f"UNIX-CONNECT:{sock}"],
+                       input='{"jsonrpc":"2.0","id":1,"method":"status"}\n', text=True,
+                       capture_output=True, timeout=20)
+    return r.stdout.splitlines()[0] if r.stdout else r.stderr
+
+
+def test_h154_a_client_that_never_reads_is_dropped_and_its_slots_freed(
+        host: Host, feed: Feed, daemon: Daemon, public_dir: Path) -> None:
+    feed.release("1.0.0")
+    _directory_app(host, feed, limits={"client_send_timeout": "1s", "retries": 1})
+    sock = host.open_socket_in(public_dir)
+    daemon.socket = sock
+    daemon.start()
+    hoarder = subprocess.Popen(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                                "/usr/bin/python3", "-c", HOARDER, str(sock), "32", "30"],
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        assert hoarder.stdout is not None and hoarder.stdout.readline().startswith("holding 32")
+        t0 = time.monotonic()
+        daemon.status()
+        assert time.monotonic() - t0 < 1, "root is served while every slot of nobody is held"
+        time.sleep(3)  # past client_send_timeout: the hoarder's connections are dropped
+        reply = _nobody_connects(sock)
+        assert '"result"' in reply, f"nobody's slots are still held: {reply}"
+    finally:
+        hoarder.kill()
+        hoarder.wait()
+    assert "took no reply for 1s" in daemon.log.read_text()
