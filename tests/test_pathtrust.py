@@ -173,7 +173,8 @@ def test_app_folders_for_each_install_mode_and_unsigned_feed() -> None:
     inplace = app(install="inplace", target="/usr/local/bin/tool", public_keys=["RWQ"])
     assert pathtrust.app_folders(inplace, "a", daemon) == [
         *base, ("backups folder", Path("/var/lib/u/a/backups")),
-        ("target folder", Path("/usr/local/bin"))]
+        ("target folder", Path("/usr/local/bin")),
+        ("target", Path("/usr/local/bin/tool"))]  # row 147: root runs the target itself
     file_feed = app(source="manifest", path=None, url="file:///srv/m/manifest.json",
                     prefix="/opt/a")
     assert pathtrust.app_folders(file_feed, "a", daemon)[-1] == \
