@@ -432,6 +432,7 @@ def test_an_artifact_that_does_not_extract_is_published_without_deltas(
     for version in ("1.0.0", "1.1.0"):
         art = tmp_path / f"a-{version}-linux-x86_64.tar.gz"
         art.write_bytes(b"not a gzip file")
-        m = publish(feed_dir=feed_dir, key_path=key, app="a", version=version, artifacts=[art])
+        m = publish(feed_dir=feed_dir, key_path=key, app="a", version=version,
+                    artifacts=[art]).manifest
     assert [a.platform for a in m.releases[-1].artifacts] == ["linux-x86_64"]
     assert "a-1.1.0-linux-x86_64.tar.gz: no delta packs: it does not extract" in caplog.text

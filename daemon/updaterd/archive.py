@@ -44,6 +44,13 @@ class ExtractLimits:
     max_file: int
 
 
+def suffix_of(file_name: str) -> str:
+    """The archive suffix of a file name as the list above spells it (`.tar.gz`), "" for a raw
+    executable."""
+    lower = file_name.lower()
+    return next((suffix for suffix, _kind in _SUFFIXES if lower.endswith(suffix)), "")
+
+
 def kind_of(file_name: str) -> Kind:
     """The archive kind from the artifact's file name; anything else is a raw executable."""
     lower = file_name.lower()

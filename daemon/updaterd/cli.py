@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import platform
@@ -43,35 +44,70 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("check-config", help="validate the configuration and exit")
     k = sub.add_parser("keygen", help="write a minisign key pair PREFIX.pub / PREFIX.key")
-    k.add_argument("--out", required=True, metavar="PREFIX")
+    k.add_argument("--out", required=True, metavar="PREFIX",
+                   help="write PREFIX.pub (give it to hosts) and PREFIX.key (keep it secret)")
     k.add_argument("--force", action="store_true", help="overwrite an existing key pair")
-    pub = sub.add_parser("publish", help="add a release to a signed feed folder")
-    pub.add_argument("--feed", required=True, metavar="DIR")
+    pub = sub.add_parser(
+        "publish", help="add a release to a signed feed folder",
+        description="Add a release to a signed feed folder. A published version never "
+                    "changes: the same bytes again change nothing, other bytes are refused. "
+                    "Artifacts are stored as APP-VERSION-PLATFORM.EXT whatever they are "
+                    "called; the result is verified as hosts would verify it before it is "
+                    "written.")
+    pub.add_argument("--feed", required=True, metavar="DIR",
+                     help="the feed folder (created by the first publish)")
     pub.add_argument("--key", required=True, action="append", metavar="PREFIX.key",
                      help="signing key; repeat for hosts with a threshold above 1")
-    pub.add_argument("--app", required=True)
-    pub.add_argument("--version", required=True, dest="release_version", metavar="V")
-    pub.add_argument("--channel", default="stable")
-    pub.add_argument("--notes-file", metavar="F")
-    pub.add_argument("--expires", default="30d", metavar="DURATION")
-    pub.add_argument("--rollout", type=int, default=100, metavar="N")
-    pub.add_argument("--platform", metavar="P")
+    pub.add_argument("--app", required=True, help="the app's name, as hosts configure it")
+    pub.add_argument("--version", required=True, dest="release_version", metavar="V",
+                     help="the release's semantic version (1.4.0)")
+    pub.add_argument("--channel", default="stable",
+                     help="stable (default), beta, or another channel name")
+    pub.add_argument("--notes-file", metavar="F", help="release notes, shown to operators")
+    pub.add_argument("--expires", default="30d", metavar="DURATION",
+                     help="how long hosts accept this manifest (default 30d)")
+    pub.add_argument("--rollout", type=int, default=100, metavar="N",
+                     help="the share of hosts offered the release, 0-100 (default 100)")
+    pub.add_argument("--platform", metavar="P",
+                     help="the artifacts' platform (default: from the file name, else this "
+                          "host's, e.g. linux-x86_64)")
     pub.add_argument("--new-key", action="store_true",
                      help="sign with keys the feed was not signed with (every host must be "
                           "re-configured; `rotate-keys` moves hosts over by themselves)")
     pub.add_argument("--delta-from", type=int, default=2, metavar="N",
                      help="write delta packs from the N releases before this one (0: none)")
-    pub.add_argument("artifacts", nargs="*", metavar="ARTIFACT")
+    pub.add_argument("--dry-run", action="store_true",
+                     help="check everything and say what would change; write nothing")
+    pub.add_argument("artifacts", nargs="*", metavar="ARTIFACT",
+                     help="the release's files, one per platform")
     rk = sub.add_parser("rotate-keys",
                         help="publish the feed's next key set, signed by old and new keys")
-    rk.add_argument("--feed", required=True, metavar="DIR")
-    rk.add_argument("--app", required=True)
+    rk.add_argument("--feed", required=True, metavar="DIR", help="the feed folder")
+    rk.add_argument("--app", required=True, help="the app's name, as hosts configure it")
     rk.add_argument("--new-key", required=True, action="append", metavar="PREFIX.pub",
                     help="a public key of the new set; repeat for several")
     rk.add_argument("--threshold", type=int, default=1, metavar="N",
                     help="signatures the new set requires (default 1)")
     rk.add_argument("--sign", required=True, action="append", metavar="PREFIX.key",
-                    help="a signing key: enough of the keys in use and of the new ones")
+                    help="a signing key: enough of the keys in use and of the new ones; "
+                         "the set is refused, naming what is missing, when too few sign")
+    rk.add_argument("--dry-run", action="store_true",
+                    help="check the new key set as hosts would; write nothing")
+    fd = sub.add_parser("feed", help="look after a feed folder: list, resign")
+    feed_sub = fd.add_subparsers(dest="feed_command", metavar="COMMAND", required=True)
+    fl = feed_sub.add_parser("list", help="every release, its channel, rollout and artifacts; "
+                                          "the serial, expiry and key set")
+    fl.add_argument("--feed", required=True, metavar="DIR", help="the feed folder")
+    fl.add_argument("--json", action="store_true", help="print it as JSON")
+    fr = feed_sub.add_parser("resign", help="a new serial and expiry, nothing else (run it on "
+                                            "a timer so an idle feed never expires)")
+    fr.add_argument("--feed", required=True, metavar="DIR", help="the feed folder")
+    fr.add_argument("--key", required=True, action="append", metavar="PREFIX.key",
+                    help="signing key; repeat for hosts with a threshold above 1")
+    fr.add_argument("--expires", default="30d", metavar="DURATION",
+                    help="how long hosts accept the manifest from now (default 30d)")
+    fr.add_argument("--dry-run", action="store_true",
+                    help="check everything and say what would change; write nothing")
     sb = sub.add_parser("self-build", help="write the running updaterd as a release archive")
     sb.add_argument("--out", required=True, metavar="DIR")
     sb.add_argument("--version", dest="release_version", metavar="V",
@@ -157,6 +193,20 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _feed(args: argparse.Namespace) -> int:
+    """`updaterd feed COMMAND`: the publisher's commands on a feed folder."""
+    from updaterd import feedtools
+
+    if args.feed_command == "list":
+        listed = feedtools.listing(Path(args.feed))
+        print(json.dumps(listed, indent=2) if args.json else feedtools.describe(listed))
+        return EXIT_OK
+    done = feedtools.resign(feed_dir=Path(args.feed), key_path=[Path(k) for k in args.key],
+                            expires=args.expires, dry_run=args.dry_run)
+    print(done.line)
+    return EXIT_OK
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "keygen":
         from updaterd.publish import keygen
@@ -168,22 +218,27 @@ def _dispatch(args: argparse.Namespace) -> int:
         from updaterd.publish import publish
 
         notes = Path(args.notes_file).read_text() if args.notes_file else ""
-        m = publish(feed_dir=Path(args.feed), key_path=[Path(k) for k in args.key], app=args.app,
-                    version=args.release_version, artifacts=[Path(a) for a in args.artifacts],
-                    channel=args.channel, notes=notes, expires=args.expires,
-                    rollout=args.rollout, platform=args.platform, new_key=args.new_key,
-                    delta_from=args.delta_from)
-        print(f"published {args.app} {args.release_version} to {args.feed} (serial {m.serial})")
+        done = publish(feed_dir=Path(args.feed), key_path=[Path(k) for k in args.key],
+                       app=args.app, version=args.release_version,
+                       artifacts=[Path(a) for a in args.artifacts], channel=args.channel,
+                       notes=notes, expires=args.expires, rollout=args.rollout,
+                       platform=args.platform, new_key=args.new_key,
+                       delta_from=args.delta_from, dry_run=args.dry_run)
+        print("\n".join(done.lines))
         return EXIT_OK
     if args.command == "rotate-keys":
         from updaterd.publish import rotate_keys
 
         ks = rotate_keys(feed_dir=Path(args.feed), app=args.app,
                          new_keys=[Path(k) for k in args.new_key],
-                         sign_with=[Path(k) for k in args.sign], threshold=args.threshold)
-        print(f"wrote key set version {ks.version} of {args.app} to {args.feed} "
-              f"({len(ks.keys)} keys, threshold {ks.threshold})")
+                         sign_with=[Path(k) for k in args.sign], threshold=args.threshold,
+                         dry_run=args.dry_run)
+        print(f"{'would write' if args.dry_run else 'wrote'} key set version {ks.version} of "
+              f"{args.app} to {args.feed} ({len(ks.keys)} keys, threshold {ks.threshold}); "
+              "hosts on the keys in use and hosts on the new keys both accept it")
         return EXIT_OK
+    if args.command == "feed":
+        return _feed(args)
     if args.command == "self-build":
         from updaterd import selfupdate
 

@@ -1,8 +1,11 @@
-"""`updaterd keygen` and `updaterd publish`: write a signed feed into a folder.
+"""`updaterd keygen`, `updaterd publish` and `updaterd rotate-keys`: write a signed feed.
 
-Publishing copies the artifacts in, computes sizes and digests, raises the serial and rewrites
-and re-signs the manifest atomically (the signature first, then the manifest, so a reader that
-sees the new manifest finds a signature for it).
+Publishing copies the artifacts in under names of its own (`APP-VERSION-PLATFORM.EXT`),
+computes sizes and digests, raises the serial and rewrites and re-signs the manifest
+atomically (the signature first, then the manifest, so a reader that sees the new manifest finds
+a signature for it). A published version never changes (row 155), and nothing is written that
+a host trusting the feed's keys would refuse (row 156): the result is verified first, with the
+hosts' own checks.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -54,7 +58,7 @@ def platform_of(file_name: str, explicit: str | None) -> str:
     return f"{m.group(1)}-{m.group(2)}" if m else host_platform()
 
 
-def _secrets(key_paths: Path | Sequence[Path]) -> list[minisign.SecretKey]:
+def signing_keys(key_paths: Path | Sequence[Path]) -> list[minisign.SecretKey]:
     paths = [key_paths] if isinstance(key_paths, Path) else list(key_paths)
     if not paths:
         raise SignatureError("no signing key given")
@@ -67,59 +71,125 @@ def _secrets(key_paths: Path | Sequence[Path]) -> list[minisign.SecretKey]:
     return out
 
 
-def _sign(raw: bytes, comment: str, signers: list[minisign.SecretKey]) -> bytes:
+def sign(raw: bytes, comment: str, signers: list[minisign.SecretKey]) -> bytes:
     """One signature block per key, one after the other (threshold feeds)."""
     return "".join(s.sign(raw, comment) for s in signers).encode()
 
 
-def _require_same_signers(feed_dir: Path, signers: list[minisign.SecretKey]) -> None:
-    """The keys hosts trust for this feed must be the ones signing (row 144): those of the
-    feed's latest `keys.json` when it rotated, else those that signed the manifest there."""
-    mine = {s.public.id_hex for s in signers}
+@dataclass(frozen=True)
+class Trust:
+    """The keys hosts verify this feed with now, and how many of them must sign."""
+
+    keys: list[minisign.PublicKey]
+    threshold: int
+    where: str  # what says so, for messages
+
+    def ids(self) -> str:
+        return ", ".join(sorted(k.id_hex for k in self.keys))
+
+
+def current_trust(feed_dir: Path, signers: list[minisign.SecretKey]) -> Trust | None:
+    """What hosts trust for the feed at `feed_dir` (None: a new feed). The latest `keys.json`
+    when the feed rotated; else the keys that signed the manifest there, all of which must be
+    among `signers` (their public halves are what the publisher has)."""
     keyset_path = feed_dir / keys.KEYS
     if keyset_path.exists():
         try:
             keyset = msgspec.json.decode(keyset_path.read_bytes(), type=KeySet)
-            trusted = {minisign.PublicKey.parse(k).id_hex for k in keyset.keys}
+            listed = [minisign.PublicKey.parse(k) for k in keyset.keys]
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as e:
             raise FeedError(f"{keyset_path}: cannot read the feed's key set: {e}") from None
-        if len(mine & trusted) >= keyset.threshold:
-            return
-        where = f"the key set in {keyset_path}, threshold {keyset.threshold}"
-    else:
+        return Trust(listed, keyset.threshold,
+                     f"the key set in {keyset_path}, threshold {keyset.threshold}")
+    try:
+        ids = set(minisign.signer_ids((feed_dir / feed.SIGNATURE).read_bytes()))
+    except FileNotFoundError:
+        return None
+    except SignatureError as e:
+        raise FeedError(f"{feed_dir / feed.SIGNATURE}: {e}") from None
+    mine = {s.public.id_hex: s.public for s in signers}
+    if not ids <= mine.keys():
+        raise FeedError(
+            f"{feed_dir} is signed by key {', '.join(sorted(ids))} "
+            f"({feed_dir / feed.SIGNATURE}); signing it with {', '.join(sorted(mine))} would "
+            "break every host that follows it. Sign with the feed's key, move to a new key "
+            "with `updaterd rotate-keys` (signed by the old and the new key), or pass "
+            "--new-key when every host is re-configured for it")
+    return Trust([mine[i] for i in sorted(ids)], len(ids), str(feed_dir / feed.SIGNATURE))
+
+
+def require_signed_as_is(feed_dir: Path, known: list[minisign.PublicKey]) -> bytes | None:
+    """The manifest in the folder, refused when a key we know signed it and it no longer
+    verifies: someone edited it by hand, and re-signing it would launder the edit to every
+    host. None when there is no manifest yet."""
+    try:
+        raw = (feed_dir / feed.MANIFEST).read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        sig = (feed_dir / feed.SIGNATURE).read_bytes()
+    except FileNotFoundError:
+        return raw  # an unsigned feed: nothing to launder
+    by_id = {k.id_hex: k for k in known}
+    try:
+        signed_by = [by_id[i] for i in minisign.signer_ids(sig) if i in by_id]
+    except SignatureError as e:
+        raise FeedError(f"{feed_dir / feed.SIGNATURE}: {e}") from None
+    if signed_by:
         try:
-            trusted = set(minisign.signer_ids((feed_dir / feed.SIGNATURE).read_bytes()))
-        except FileNotFoundError:
-            return  # a new feed: any key may start it
-        except SignatureError as e:
-            raise FeedError(f"{feed_dir / feed.SIGNATURE}: {e}") from None
-        if trusted <= mine:  # every key that signed signs again (more may join)
-            return
-        where = f"{feed_dir / feed.SIGNATURE}"
-    raise FeedError(
-        f"{feed_dir} is signed by key {', '.join(sorted(trusted))} ({where}); signing it "
-        f"with {', '.join(sorted(mine))} would break every host that follows it. Sign with "
-        "the feed's key, move to a new key with `updaterd rotate-keys` (signed by the old "
-        "and the new key), or pass --new-key when every host is re-configured for it")
+            minisign.verify_threshold(raw, sig, signed_by, 1)
+        except SignatureError:
+            raise FeedError(f"{feed_dir / feed.MANIFEST} does not verify with its signature "
+                            f"(edited by hand?); refusing to sign it again. Restore the "
+                            f"signed copy, or publish into a new folder") from None
+    return raw
 
 
-def _artifact_entries(artifacts: list[Path], platform: str | None) -> list[tuple[Path, Artifact]]:
+def missing_signers(trust: Trust, signers: list[minisign.SecretKey]) -> str:
+    """The key IDs of `trust` that no --sign/--key gives, when too few of them sign."""
+    mine = {s.public.raw for s in signers}
+    signing = [k for k in trust.keys if k.raw in mine]
+    if len(signing) >= trust.threshold:
+        return ""
+    return ", ".join(k.id_hex for k in trust.keys if k.raw not in mine)
+
+
+def canonical_name(app: str, version: str, platform: str, given: str) -> str:
+    """`APP-VERSION-PLATFORM.EXT`: the name an artifact is stored under in the feed, whatever
+    the file was called (a CI job's fixed `dist/app.tar.gz` included), so no two versions
+    ever share a file (row 155). EXT is the archive's own suffix; a raw executable has none."""
+    name = f"{app}-{version}-{platform}{archive.suffix_of(given)}"
+    if not feed.SAFE_FILE_NAME.fullmatch(name):
+        raise FeedError(f"artifact name {name!r} (app, version, platform) is not a safe file "
+                        "name")
+    return name
+
+
+def _artifact_entries(artifacts: list[Path], platform: str | None, app: str,
+                      version: str) -> list[tuple[Path, Artifact]]:
     """Every artifact checked and hashed before anything is written to the feed."""
-    entries = []
+    entries: list[tuple[Path, Artifact]] = []
     for path in artifacts:
-        name = path.name
-        if not feed.SAFE_FILE_NAME.fullmatch(name):
-            raise FeedError(f"artifact name {name!r} is not a safe file name")
         if not path.is_file():
             raise FeedError(f"{path}: no such file" if not path.exists() else
                             f"{path}: not a regular file")
+        where = platform_of(path.name, platform)
+        if any(a.platform == where for _, a in entries):
+            raise FeedError(f"two artifacts for platform {where}: {entries[0][0]} and {path} "
+                            "(name each platform in the file name, or publish them one by one "
+                            "with --platform)")
         try:
             d = digests.of_file(str(path))
         except OSError as e:
             raise FeedError(f"{path}: cannot read: {e.strerror or e}") from None
-        entries.append((path, Artifact(platform=platform_of(name, platform), url=name,
+        entries.append((path, Artifact(platform=where,
+                                       url=canonical_name(app, version, where, path.name),
                                        size=d.size, sha256=d.sha256, blake3=d.blake3)))
     return entries
+
+
+def _same_bytes(a: Artifact, b: Artifact) -> bool:
+    return (a.size, a.sha256, a.blake3) == (b.size, b.sha256, b.blake3)
 
 
 def _extract_for_delta(path: Path, into: Path) -> Path:
@@ -183,17 +253,80 @@ def delta_files(feed_dir: Path, app: str, version: str, artifact: Artifact,
         return out
 
 
+@dataclass
+class Published:
+    """What `publish` did: the manifest (as written, or as it stands when nothing changed) and
+    a line per thing done, for the summary it prints."""
+
+    manifest: Manifest
+    changed: bool
+    lines: list[str] = field(default_factory=list)
+
+
+def _check_immutable(manifest: Manifest, version: str, channel: str,
+                     entries: list[tuple[Path, Artifact]]) -> tuple[Release | None, list[str]]:
+    """The release already published as `version` (None: a new version), and the platforms the
+    new artifacts add to it. Raises FeedError when one would change bytes hosts were promised."""
+    same = [r for r in manifest.releases if versions.same(r.version, version)]
+    if not same:
+        return None, []
+    old = same[0]
+    if old.version != version:
+        raise FeedError(f"{manifest.app} {version} is published already, as {old.version}")
+    added = []
+    for _path, artifact in entries:
+        promised = next((a for a in old.artifacts if a.platform == artifact.platform), None)
+        if promised is None:
+            added.append(artifact.platform)
+        elif not _same_bytes(promised, artifact):
+            raise FeedError(
+                f"{manifest.app} {version} is already published with other bytes for "
+                f"{artifact.platform} ({promised.size} bytes, sha256 {promised.sha256}; these "
+                f"are {artifact.size} bytes, sha256 {artifact.sha256}). A published version "
+                "never changes, since hosts were promised those bytes: publish a new version "
+                f"(and `updaterd feed yank` this one if it is bad)")
+    return old, added
+
+
+def _check_names(feed_dir: Path, manifest: Manifest, entries: list[tuple[Path, Artifact]]) -> None:
+    """No file the signed manifest points to is overwritten with other content. A file of
+    the same name that no release names is a leftover of a publish that did not finish."""
+    promised = {a.url: a for r in manifest.releases for a in r.artifacts}
+    for _path, artifact in entries:
+        other = promised.get(artifact.url)
+        if other is not None and not _same_bytes(other, artifact):
+            raise FeedError(f"{feed_dir / artifact.url} holds bytes the signed manifest "
+                            "promises; refusing to overwrite it")
+
+
+def verify_as_hosts(raw: bytes, signature: bytes, trust: Trust | None, app: str,
+                    serial: int | None, now: datetime) -> None:
+    """The manifest about to be written, checked by the hosts' own `verify_manifest` as a
+    host trusting `trust` would (row 156); FeedError says why a host would refuse it."""
+    if trust is None:
+        return
+    try:
+        feed.verify_manifest(raw, signature, keys=trust.keys, threshold=trust.threshold,
+                             app=app, stored_serial=serial, stored_digest=None,
+                             cycle_start=now, require_signature=True)
+    except FeedError as e:
+        raise FeedError(f"hosts trusting {trust.where} would refuse this feed ({e}); "
+                        "nothing was written") from None
+
+
 def publish(*, feed_dir: Path, key_path: Path | Sequence[Path], app: str, version: str,
             artifacts: list[Path], channel: str = "stable", notes: str = "",
             expires: str = "30d", rollout: int = 100, platform: str | None = None,
             now: datetime | None = None, new_key: bool = False,
-            delta_from: int = 2) -> Manifest:
-    """Add (or replace) `version` in the feed at `feed_dir`, re-sign it; returns the manifest.
+            delta_from: int = 2, dry_run: bool = False) -> Published:
+    """Add `version` to the feed at `feed_dir` and re-sign it.
 
-    Several keys sign one after the other, for hosts with a `threshold` above 1. Everything is
-    checked before the feed folder is touched, and at every instant the folder holds a
-    manifest that its signature file verifies (row 144). Each archive gets a delta descriptor
-    and packs from the `delta_from` releases before it (see `delta`)."""
+    A published version is immutable: the same bytes again change nothing, other bytes are
+    refused; an artifact for a platform the release lacks may be added. Several keys sign one
+    after the other, for hosts with a `threshold` above 1. Everything is checked, and the new
+    manifest verified as the hosts would verify it, before the feed folder is touched; at every
+    instant the folder holds a manifest that its signature file verifies (row 144). Each
+    archive gets a delta descriptor and packs from the `delta_from` releases before it."""
     try:
         versions.parse(version)
     except ValueError as e:
@@ -202,64 +335,112 @@ def publish(*, feed_dir: Path, key_path: Path | Sequence[Path], app: str, versio
         raise FeedError(f"version {version!r} is not a safe name")
     if not 0 <= rollout <= 100:
         raise FeedError("--rollout must be between 0 and 100")
-    signers = _secrets(key_path)
-    if not new_key:
-        _require_same_signers(feed_dir, signers)
+    signers = signing_keys(key_path)
+    trust = None if new_key else current_trust(feed_dir, signers)
+    if trust is not None and (missing := missing_signers(trust, signers)):
+        raise FeedError(f"{feed_dir} is verified by hosts with {trust.where}; the keys given "
+                        f"are not enough: add --key for {missing}")
     now = now or datetime.now(UTC)
-    entries = _artifact_entries(artifacts, platform)
+    entries = _artifact_entries(artifacts, platform, app, version)
     manifest_path = feed_dir / feed.MANIFEST
-    if manifest_path.exists():
+    serial = None
+    known = [s.public for s in signers] + (trust.keys if trust is not None else [])
+    if (existing := require_signed_as_is(feed_dir, known)) is not None:
         try:
-            manifest = msgspec.json.decode(manifest_path.read_bytes(), type=Manifest)
+            manifest = msgspec.json.decode(existing, type=Manifest)
         except (msgspec.DecodeError, msgspec.ValidationError) as e:
             raise FeedError(f"{manifest_path}: cannot read the existing feed: {e}") from None
         if manifest.app != app:
             raise FeedError(f"{manifest_path} is the feed of {manifest.app!r}, not {app!r}")
-        manifest.serial += 1
+        serial = manifest.serial
     else:
-        manifest = Manifest(schema=1, app=app, serial=1, expires=now, releases=[])
+        manifest = Manifest(schema=1, app=app, serial=0, expires=now, releases=[])
+    old, added = _check_immutable(manifest, version, channel, entries)
+    _check_names(feed_dir, manifest, entries)
+    if old is not None and entries and not added:
+        where = "" if old.channel == channel else \
+            f"; it stays on {old.channel} (`updaterd feed promote` moves it)"
+        return Published(manifest, False, [f"{app} {version} is already published with these "
+                                           f"bytes: nothing changed{where}"])
+    if old is None and not artifacts:
+        raise FeedError(f"{app} {version} has no artifact: name at least one file to publish")
     try:
         lifetime = parse_duration(expires)
     except ValueError as e:
         raise FeedError(f"--expires: {e}") from None
+    manifest.serial += 1
     manifest.expires = (now + timedelta(seconds=lifetime)).replace(microsecond=0)
-    release = Release(version=version, published=now.replace(microsecond=0), channel=channel,
-                      notes=notes, rollout=rollout, artifacts=[a for _, a in entries])
-    old = manifest.release(version, channel)
-    if old is not None and not artifacts:
-        release.artifacts = old.artifacts  # re-signed with new notes, rollout or expiry
-    elif not artifacts:
-        raise FeedError(f"{app} {version} has no artifact: name at least one file to publish")
+    if old is None:
+        release = Release(version=version, published=now.replace(microsecond=0),
+                          channel=channel, notes=notes, rollout=rollout, artifacts=[])
+    else:  # new notes or rollout, or an artifact for another platform: the rest stays
+        release = old
+        release.notes, release.rollout = notes or old.notes, rollout
+    new_entries = [(p, a) for p, a in entries if old is None or a.platform in added]
+    release.artifacts = [*release.artifacts, *(a for _, a in new_entries)]
+    lines = [f"{app} {version}: {release.channel}, rollout {release.rollout}%, serial "
+             f"{manifest.serial}, expires {manifest.expires:%Y-%m-%d %H:%M} UTC"]
+    lines += [f"  {a.platform}: {a.url} ({_size(a.size)}, from {p})" for p, a in new_entries]
+    if dry_run:
+        return Published(manifest, False, ["would publish " + lines[0], *lines[1:]])
     feed_dir.mkdir(parents=True, exist_ok=True)
-    for path, artifact in entries:
-        target = feed_dir / artifact.url
-        if path.resolve() != target.resolve():
+    written: list[Path] = []
+    try:
+        for path, artifact in new_entries:
+            target = feed_dir / artifact.url
             tmp = fsutil.temp_name(target)
             shutil.copyfile(path, tmp)
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
             os.replace(tmp, target)
-    earlier = [r for r in manifest.releases if r.version != version]
-    for _path, artifact in entries:
-        for name, data in delta_files(feed_dir, app, version, artifact, earlier, delta_from):
-            fsutil.atomic_write(feed_dir / name, data, mode=0o644)
-            if name.endswith(".delta.zst"):
-                d = digests.Digests()
-                d.update(data)
-                release.artifacts.append(Artifact(
-                    platform=delta.descriptor_platform(artifact.platform), url=name,
-                    size=len(data), sha256=d.sha256, blake3=d.blake3))
-    fsutil.fsync_dir(feed_dir)
-    manifest.releases = [r for r in manifest.releases
-                         if not (r.version == version and r.channel == channel)]
-    manifest.releases.append(release)
-    with contextlib.suppress(ValueError):
-        manifest.releases.sort(key=lambda r: versions.key(r.version))
-    raw = feed.encode(manifest)
-    comment = f"timestamp:{int(now.timestamp())}\tfile:{feed.MANIFEST}\tapp:{app}" \
-              f"\tserial:{manifest.serial}"
+            written.append(target)
+        earlier = [r for r in manifest.releases if r.version != version]
+        for _path, artifact in new_entries:
+            for name, data in delta_files(feed_dir, app, version, artifact, earlier,
+                                          delta_from):
+                fsutil.atomic_write(feed_dir / name, data, mode=0o644)
+                written.append(feed_dir / name)
+                if name.endswith(".delta.zst"):
+                    d = digests.Digests()
+                    d.update(data)
+                    release.artifacts.append(Artifact(
+                        platform=delta.descriptor_platform(artifact.platform), url=name,
+                        size=len(data), sha256=d.sha256, blake3=d.blake3))
+                else:
+                    base = name.rsplit(".from-", 1)[-1].removesuffix(".delta")
+                    lines.append(f"  delta from {base}: {_size(len(data))} "
+                                 f"({len(data) / artifact.size:.1%} of the artifact)")
+        fsutil.fsync_dir(feed_dir)
+        manifest.releases = [r for r in manifest.releases if r.version != version]
+        manifest.releases.append(release)
+        with contextlib.suppress(ValueError):
+            manifest.releases.sort(key=lambda r: versions.key(r.version))
+        raw = feed.encode(manifest)
+        comment = f"timestamp:{int(now.timestamp())}\tfile:{feed.MANIFEST}\tapp:{app}" \
+                  f"\tserial:{manifest.serial}"
+        signature = sign(raw, comment, signers)
+        verify_as_hosts(raw, signature, trust, app, serial, now)
+    except BaseException:
+        for path in written:  # files no manifest names: a refused publish leaves nothing
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        raise
+    write_signed(feed_dir, manifest_path, raw, signature)
+    return Published(manifest, True, ["published " + lines[0], *lines[1:]])
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def write_signed(feed_dir: Path, manifest_path: Path, raw: bytes, signature: bytes) -> None:
+    """Replace the manifest and its signature so that at every instant the folder holds a
+    manifest its signature file verifies."""
     old_mtime = manifest_path.stat().st_mtime if manifest_path.exists() else None
-    signature = _sign(raw, comment, signers)
     sig_path = feed_dir / feed.SIGNATURE
     # Two renames cannot be one: for the instant between them the signature file carries the
     # new blocks and the old ones, so the old and the new manifest both verify.
@@ -273,37 +454,81 @@ def publish(*, feed_dir: Path, key_path: Path | Sequence[Path], app: str, versio
         # second publish within the same second could otherwise look unchanged (304) to hosts.
         mtime = max(time.time(), old_mtime + 1)
         os.utime(manifest_path, (mtime, mtime))
-    return manifest
 
 
 def rotate_keys(*, feed_dir: Path, app: str, new_keys: list[Path], sign_with: list[Path],
-                threshold: int = 1) -> KeySet:
+                threshold: int = 1, dry_run: bool = False) -> KeySet:
     """Write the feed's next `keys.json` (and `keys-<N>.json`, for hosts that missed some),
-    signed by `sign_with`: enough of the keys in use and enough of the new ones."""
-    signers = _secrets(sign_with)
+    signed by `sign_with`: enough of the keys in use and enough of the new ones.
+
+    Before a byte is written the set is checked as the hosts check it (`keys.apply`): as a
+    host trusting the keys in use, and as one trusting only the new keys (row 156). A set
+    that either would refuse is refused here, naming the --sign that is missing."""
+    signers = signing_keys(sign_with)
     try:
-        pubs = [minisign.PublicKey.parse(p.read_text()).to_base64() for p in new_keys]
+        listed = [minisign.PublicKey.parse(p.read_text()) for p in new_keys]
     except OSError as e:
         raise SignatureError(f"cannot read a public key: {e.strerror}") from None
     except ValueError as e:
         raise SignatureError(str(e)) from None
+    pubs = [k.to_base64() for k in listed]
     if not pubs:
         raise FeedError("a key set needs at least one key")
     if threshold > len(set(pubs)):
         raise FeedError(f"threshold {threshold} is more than the {len(set(pubs))} keys given")
-    feed_dir.mkdir(parents=True, exist_ok=True)
-    current = feed_dir / keys.KEYS
+    current = current_trust_for_rotation(feed_dir, signers)
+    new = Trust(listed, threshold, f"the new key set (threshold {threshold})")
+    for trust in (t for t in (current, new) if t is not None):
+        if missing := missing_signers(trust, signers):
+            raise FeedError(f"{trust.where} must sign the new key set, {trust.threshold} of "
+                            f"its keys, and too few do: add --sign for key {missing}; nothing "
+                            "was written")
+    keyset_path = feed_dir / keys.KEYS
     version = 1
-    if current.exists():
+    if keyset_path.exists():
         try:
-            version = msgspec.json.decode(current.read_bytes(), type=KeySet).version + 1
+            version = msgspec.json.decode(keyset_path.read_bytes(), type=KeySet).version + 1
         except (msgspec.DecodeError, msgspec.ValidationError) as e:
-            raise FeedError(f"{current}: cannot read the existing key set: {e}") from None
+            raise FeedError(f"{keyset_path}: cannot read the existing key set: {e}") from None
     keyset = KeySet(schema=1, app=app, version=version, keys=pubs, threshold=threshold)
     raw = feed.encode(keyset)
     comment = f"timestamp:{int(time.time())}\tfile:{keys.KEYS}\tapp:{app}\tversion:{version}"
-    sig = _sign(raw, comment, signers)
+    sig = sign(raw, comment, signers)
+    for trust in (t for t in (current, new) if t is not None):
+        _verify_rotation_as_host(app, trust, raw, sig)
+    if dry_run:
+        return keyset
+    feed_dir.mkdir(parents=True, exist_ok=True)
     for name in (keys.versioned(version), keys.KEYS):
         fsutil.atomic_write(feed_dir / f"{name}.minisig", sig)
         fsutil.atomic_write(feed_dir / name, raw)
     return keyset
+
+
+def current_trust_for_rotation(feed_dir: Path,
+                               signers: list[minisign.SecretKey]) -> Trust | None:
+    """The keys in use, for a rotation: as for a publish, but a manifest signed by a key none of
+    `signers` holds is named as the --sign that is missing."""
+    try:
+        return current_trust(feed_dir, signers)
+    except FeedError as e:
+        if (feed_dir / keys.KEYS).exists():
+            raise
+        ids = ", ".join(sorted(minisign.signer_ids((feed_dir / feed.SIGNATURE).read_bytes())))
+        raise FeedError(f"{feed_dir}'s manifest is signed by key {ids}, which hosts trust now: "
+                        f"it must sign the new key set too: add --sign for key {ids}; nothing "
+                        "was written") from e
+
+
+def _verify_rotation_as_host(app: str, trust: Trust, raw: bytes, sig: bytes) -> None:
+    """`keys.apply`, the hosts' own code, on the new key set, by a host trusting `trust`."""
+    from updaterd.config import AppConfig
+    from updaterd.state import AppState
+
+    host = AppConfig(source="directory", path="/", threshold=trust.threshold,
+                     public_keys=[k.to_base64() for k in trust.keys])
+    try:
+        keys.apply(app, host, AppState(), raw, sig)
+    except FeedError as e:
+        raise FeedError(f"hosts trusting {trust.where} would refuse this key set ({e}); "
+                        "nothing was written") from None

@@ -126,6 +126,14 @@ def highest(a: str | None, b: str | None) -> str | None:
         return a
 
 
+def same(a: str, b: str) -> bool:
+    """The same version, however spelled (`v1.0.0` is `1.0.0`); tags compare as text."""
+    try:
+        return parse(a) == parse(b)
+    except ValueError:
+        return a == b
+
+
 def is_newer(version: str, than: str) -> bool:
     """True when both can be ordered and `version` is the newer one."""
     try:

@@ -1,0 +1,170 @@
+"""The publisher's side as a publisher uses it (issue 27, rows 155-156): a CI job that writes its
+artifact under a fixed name, an overwrite by mistake, a key rotation done wrong then right, a
+re-signature on a timer; real `updaterd publish`, `rotate-keys` and `feed` commands, a feed
+served by nginx, and real hosts (`updaterd --once`) that must never refuse the feed nor lose a
+listed release at any step."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Host, Nginx
+from tests.helpers import Feed, make_tar, release_files, run_updaterd
+
+
+def _ci_build(dist: Path, version: str) -> Path:
+    """What a CI job leaves behind: the same file name for every version."""
+    dist.mkdir(exist_ok=True)
+    return make_tar(dist / "hello-linux-x86_64.tar.gz", release_files(version),
+                    top=f"hello-{version}")
+
+
+def _publish(feed: Feed, version: str, art: Path | None, *extra: str,
+             key: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return run_updaterd("publish", "--feed", feed.folder, "--key", key or feed.key, "--app",
+                        "hello", "--version", version, *extra, *([art] if art else []))
+
+
+def _snapshot(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def _keys(tmp: Path, name: str) -> tuple[Path, Path, str]:
+    r = run_updaterd("keygen", "--out", tmp / name)
+    assert r.returncode == 0, r.stderr
+    pub = tmp / f"{name}.pub"
+    return pub, tmp / f"{name}.key", pub.read_text().splitlines()[1]
+
+
+def _hosts_all_follow(hosts: list[Host], versions: list[str]) -> None:
+    """Every host checks cleanly and can still install every listed version on purpose."""
+    for h in hosts:
+        r = run_updaterd("--config", h.config, "--once")
+        assert r.returncode == 0, f"{h.base.name}: {r.stderr}"
+        for v in versions:
+            r = run_updaterd("--config", h.config, "update", "hello", "--version", v)
+            assert r.returncode == 0 and h.current() == v, f"{h.base.name} {v}: {r.stderr}"
+
+
+def test_h155_h156_a_publishers_week_never_breaks_a_host(
+        nginx: Nginx, served_feed: Feed, tmp_path: Path) -> None:
+    feed = served_feed
+    dist = tmp_path / "dist"
+    old = Host(tmp_path / "old-host")
+    old.base.mkdir()
+    old.follow(nginx, feed)
+    # 1. two versions from the same CI file name: each keeps its own bytes
+    for version in ("1.0.0", "1.1.0"):
+        r = _publish(feed, version, _ci_build(dist, version))
+        assert r.returncode == 0, r.stderr
+        assert f"published hello {version}: stable, rollout 100%" in r.stdout, r.stdout
+        assert f"linux-x86_64: hello-{version}-linux-x86_64.tar.gz" in r.stdout
+    assert (feed.folder / "hello-1.0.0-linux-x86_64.tar.gz").exists()
+    assert not (feed.folder / "hello-linux-x86_64.tar.gz").exists()
+    _hosts_all_follow([old], ["1.0.0", "1.1.0"])
+    # 2. 1.1.0 again with other bytes (a rebuild): refused, nothing touched
+    before = _snapshot(feed.folder)
+    rebuilt = make_tar(dist / "hello-linux-x86_64.tar.gz",
+                       {**release_files("1.1.0"), "share/extra": (b"x\n", 0o644)},
+                       top="hello-1.1.0")
+    r = _publish(feed, "1.1.0", rebuilt)
+    assert r.returncode == 1
+    assert "hello 1.1.0 is already published with other bytes for linux-x86_64" in r.stderr
+    assert _snapshot(feed.folder) == before
+    # ... and with the same bytes: a no-op that says so
+    r = _publish(feed, "1.0.0", feed.folder / "hello-1.0.0-linux-x86_64.tar.gz")
+    assert r.returncode == 0 and "already published with these bytes: nothing changed" \
+        in r.stdout, r.stdout + r.stderr
+    assert _snapshot(feed.folder) == before
+    # 3. a rotation signed by the old key only: refused, naming the --sign that is missing
+    new_pub, new_key, new_line = _keys(tmp_path, "new")
+    r = run_updaterd("rotate-keys", "--feed", feed.folder, "--app", "hello", "--new-key",
+                     new_pub, "--sign", feed.key)
+    assert r.returncode == 1
+    new_id = new_pub.read_text().split()[-2]
+    assert f"add --sign for key {new_id}" in r.stderr, r.stderr
+    assert _snapshot(feed.folder) == before
+    # signed by the new key only: refused too, naming the key hosts trust now
+    r = run_updaterd("rotate-keys", "--feed", feed.folder, "--app", "hello", "--new-key",
+                     new_pub, "--sign", new_key)
+    assert r.returncode == 1 and "add --sign for key" in r.stderr, r.stderr
+    assert _snapshot(feed.folder) == before
+    # a dry run writes nothing; done right, hosts on either key set accept it
+    r = run_updaterd("rotate-keys", "--feed", feed.folder, "--app", "hello", "--new-key",
+                     new_pub, "--sign", feed.key, "--sign", new_key, "--dry-run")
+    assert r.returncode == 0 and r.stdout.startswith("would write key set version 1")
+    assert _snapshot(feed.folder) == before
+    r = run_updaterd("rotate-keys", "--feed", feed.folder, "--app", "hello", "--new-key",
+                     new_pub, "--sign", feed.key, "--sign", new_key)
+    assert r.returncode == 0, r.stderr
+    _hosts_all_follow([old], ["1.0.0", "1.1.0"])
+    # 4. the old key can no longer publish; the new one can, and a host pinned to it follows
+    r = _publish(feed, "1.2.0", _ci_build(dist, "1.2.0"))
+    assert r.returncode == 1 and "add --key for" in r.stderr, r.stderr
+    r = _publish(feed, "1.2.0", _ci_build(dist, "1.2.0"), key=new_key)
+    assert r.returncode == 0, r.stderr
+    fresh = Host(tmp_path / "new-host")
+    fresh.base.mkdir()
+    fresh.follow(nginx, feed, public_keys=[new_line])
+    _hosts_all_follow([old, fresh], ["1.0.0", "1.1.0", "1.2.0"])
+    # 5. a re-signature on a timer: a new serial and expiry, nothing else
+    serial = json.loads((feed.folder / "manifest.json").read_text())["serial"]
+    r = run_updaterd("feed", "resign", "--feed", feed.folder, "--key", new_key,
+                     "--expires", "60d")
+    assert r.returncode == 0 and f"serial {serial + 1}" in r.stdout, r.stdout + r.stderr
+    listed = json.loads(run_updaterd("feed", "list", "--feed", feed.folder, "--json").stdout)
+    assert [r["version"] for r in listed["releases"]] == ["1.0.0", "1.1.0", "1.2.0"]
+    assert listed["keys"]["version"] == 1
+    _hosts_all_follow([old, fresh], ["1.0.0", "1.2.0"])
+
+
+def test_h155_a_version_spelled_otherwise_is_the_same_version(feed: Feed, tmp_path: Path) -> None:
+    art = _ci_build(tmp_path / "dist", "1.0.0")
+    assert _publish(feed, "1.0.0", art).returncode == 0
+    r = _publish(feed, "v1.0.0", _ci_build(tmp_path / "dist", "1.0.1"))
+    assert r.returncode == 1 and "is published already, as 1.0.0" in r.stderr, r.stderr
+
+
+def test_h156_a_manifest_edited_by_hand_is_not_signed_again(feed: Feed, tmp_path: Path) -> None:
+    assert _publish(feed, "1.0.0", _ci_build(tmp_path / "dist", "1.0.0")).returncode == 0
+    manifest = feed.folder / "manifest.json"
+    edited = json.loads(manifest.read_text())
+    edited["releases"][0]["rollout"] = 50
+    manifest.write_text(json.dumps(edited))
+    before = _snapshot(feed.folder)
+    for argv in (["publish", "--feed", str(feed.folder), "--key", str(feed.key), "--app",
+                  "hello", "--version", "1.1.0", str(_ci_build(tmp_path / "dist", "1.1.0"))],
+                 ["feed", "resign", "--feed", str(feed.folder), "--key", str(feed.key)]):
+        r = run_updaterd(*argv)
+        assert r.returncode == 1, r.stdout
+        assert "does not verify with its signature (edited by hand?)" in r.stderr, r.stderr
+    assert _snapshot(feed.folder) == before
+
+
+def test_h155_a_half_written_publish_is_finished_by_the_next(feed: Feed, tmp_path: Path) -> None:
+    """A publish killed after copying its artifact left a file no manifest names: the next
+    publish of that version replaces it (it was never promised to anyone)."""
+    assert _publish(feed, "1.0.0", _ci_build(tmp_path / "dist", "1.0.0")).returncode == 0
+    (feed.folder / "hello-1.1.0-linux-x86_64.tar.gz").write_bytes(b"half")
+    r = _publish(feed, "1.1.0", _ci_build(tmp_path / "dist", "1.1.0"))
+    assert r.returncode == 0, r.stderr
+    assert (feed.folder / "hello-1.1.0-linux-x86_64.tar.gz").read_bytes() != b"half"
+
+
+@pytest.mark.parametrize("command", [["publish"], ["rotate-keys"], ["feed", "list"],
+                                     ["feed", "resign"]])
+def test_every_option_of_the_publishers_commands_has_help(command: list[str]) -> None:
+    r = run_updaterd(*command, "--help")
+    assert r.returncode == 0
+    options = [line for line in r.stdout.splitlines() if line.strip().startswith("-")]
+    assert options
+    for line in options:
+        words = line.split("  ")
+        assert len([w for w in words if w.strip()]) >= 2 or line.strip().startswith("-h"), \
+            f"{command}: no help for {line.strip()!r}"
