@@ -158,7 +158,8 @@ def test_h155_a_half_written_publish_is_finished_by_the_next(feed: Feed, tmp_pat
 
 
 @pytest.mark.parametrize("command", [["publish"], ["rotate-keys"], ["feed", "list"],
-                                     ["feed", "resign"]])
+                                     ["feed", "resign"], ["feed", "promote"], ["feed", "prune"],
+                                     ["feed", "check"]])
 def test_every_option_of_the_publishers_commands_has_help(command: list[str]) -> None:
     r = run_updaterd(*command, "--help")
     assert r.returncode == 0
@@ -168,3 +169,81 @@ def test_every_option_of_the_publishers_commands_has_help(command: list[str]) ->
         words = line.split("  ")
         assert len([w for w in words if w.strip()]) >= 2 or line.strip().startswith("-h"), \
             f"{command}: no help for {line.strip()!r}"
+
+
+def test_promote_moves_a_beta_to_stable_and_a_host_follows(
+        nginx: Nginx, served_feed: Feed, tmp_path: Path) -> None:
+    feed = served_feed
+    dist = tmp_path / "dist"
+    assert _publish(feed, "1.0.0", _ci_build(dist, "1.0.0")).returncode == 0
+    assert _publish(feed, "1.1.0", _ci_build(dist, "1.1.0"), "--channel",
+                    "beta").returncode == 0
+    host = Host(tmp_path / "host")
+    host.base.mkdir()
+    host.follow(nginx, feed)
+    assert run_updaterd("--config", host.config, "--once").returncode == 0
+    assert host.current() == "1.0.0"
+    artifacts = _snapshot(feed.folder)
+    r = run_updaterd("feed", "promote", "--feed", feed.folder, "--key", feed.key, "--channel",
+                     "stable", "1.1.0", "--dry-run")
+    assert r.returncode == 0 and "would have: moved hello 1.1.0 from beta to stable" \
+        in r.stdout, r.stdout + r.stderr
+    assert _snapshot(feed.folder) == artifacts
+    r = run_updaterd("feed", "promote", "--feed", feed.folder, "--key", feed.key, "--channel",
+                     "stable", "1.1.0")
+    assert r.returncode == 0, r.stderr
+    after = _snapshot(feed.folder)
+    assert {k: v for k, v in after.items() if "manifest" not in k} == \
+        {k: v for k, v in artifacts.items() if "manifest" not in k}, "artifacts untouched"
+    assert run_updaterd("--config", host.config, "--once").returncode == 0
+    assert host.current() == "1.1.0"
+    r = run_updaterd("feed", "promote", "--feed", feed.folder, "--key", feed.key, "--channel",
+                     "stable", "9.9.9")
+    assert r.returncode == 1 and "hello has no release '9.9.9'" in r.stderr
+
+
+def test_prune_keeps_the_newest_of_each_channel_and_removes_their_files_after(
+        feed: Feed, tmp_path: Path) -> None:
+    dist = tmp_path / "dist"
+    for version in ("1.0.0", "1.1.0", "1.2.0"):
+        r = _publish(feed, version, _ci_build(dist, version))
+        assert r.returncode == 0, r.stderr
+    assert _publish(feed, "2.0.0-beta.1", _ci_build(dist, "2.0.0-beta.1"), "--channel",
+                    "beta").returncode == 0
+    r = run_updaterd("feed", "prune", "--feed", feed.folder, "--key", feed.key, "--keep", "2",
+                     "--dry-run")
+    assert r.returncode == 0 and "would remove hello-1.0.0-linux-x86_64.tar.gz" in r.stdout
+    assert (feed.folder / "hello-1.0.0-linux-x86_64.tar.gz").exists()
+    r = run_updaterd("feed", "prune", "--feed", feed.folder, "--key", feed.key, "--keep", "2")
+    assert r.returncode == 0, r.stderr
+    listed = json.loads(run_updaterd("feed", "list", "--feed", feed.folder, "--json").stdout)
+    assert [r["version"] for r in listed["releases"]] == ["1.1.0", "1.2.0", "2.0.0-beta.1"]
+    names = {p.name for p in feed.folder.iterdir()}
+    assert not [n for n in names if n.startswith("hello-1.0.0-")], names
+    check = run_updaterd("feed", "check", str(feed.folder), "--public-key", feed.pub)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_feed_check_finds_a_tampered_file_on_nginx_and_in_a_folder(
+        nginx: Nginx, served_feed: Feed, tmp_path: Path) -> None:
+    feed = served_feed
+    dist = tmp_path / "dist"
+    for version in ("1.0.0", "1.1.0"):
+        assert _publish(feed, version, _ci_build(dist, version)).returncode == 0
+    pub_file = feed.work / "feed.pub"
+    url = nginx.url(f"{feed.folder.name}/manifest.json")
+    for target in (url, str(feed.folder)):
+        r = run_updaterd("feed", "check", target, "--public-key", str(pub_file))
+        assert r.returncode == 0 and "0 problems" in r.stdout, r.stdout + r.stderr
+    packs = sorted(feed.folder.glob("*.from-1.0.0.delta"))
+    assert packs, "1.1.0 has a pack from 1.0.0"
+    packs[0].write_bytes(packs[0].read_bytes()[:-1] + b"X")  # the CDN serves a changed byte
+    (feed.folder / "hello-1.0.0-linux-x86_64.tar.gz").unlink()
+    for target in (url, str(feed.folder)):
+        r = run_updaterd("feed", "check", target, "--public-key", feed.pub)
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert "1.0.0 linux-x86_64:" in r.stderr and ": missing" in r.stderr, r.stderr
+        assert "1.1.0 delta from 1.0.0:" in r.stderr and "BLAKE3 mismatch" in r.stderr
+    _pub, _key, other_line = _keys(tmp_path, "other")
+    r = run_updaterd("feed", "check", url, "--public-key", other_line)
+    assert r.returncode == 1 and "signature refused" in r.stderr, r.stderr

@@ -254,3 +254,17 @@ def test_a_refused_spelling_of_the_chosen_version_is_not_passed_over() -> None:
     policy = Policy(app="demo", host_id="h", skipped=frozenset({"v1.2.0"}))
     choice = versions.choose(offers, "1.0.0", policy)
     assert choice.version == "1.2.0" and choice.passed_over == {}
+
+
+def test_same_version_however_spelled_and_tags_as_text() -> None:
+    assert versions.same("1.0.0", "v1.0.0") and versions.same("V1.0.0", "1.0.0")
+    assert versions.same("1.0.0", "1.0.0+build.7")
+    assert not versions.same("1.0.0", "1.0.1")
+    assert versions.same("nightly", "nightly") and not versions.same("nightly", "Nightly")
+    assert not versions.same("1.0.0", "nightly") and not versions.same("nightly", "1.0.0")
+
+
+def test_orderable_is_true_for_semantic_versions_only() -> None:
+    assert versions.orderable("1.2.3") and versions.orderable("v1.2.3-rc.1")
+    assert not versions.orderable("nightly-42") and not versions.orderable("tool-1.0.0")
+    assert not versions.orderable("")

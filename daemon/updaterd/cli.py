@@ -66,8 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     pub.add_argument("--notes-file", metavar="F", help="release notes, shown to operators")
     pub.add_argument("--expires", default="30d", metavar="DURATION",
                      help="how long hosts accept this manifest (default 30d)")
-    pub.add_argument("--rollout", type=int, default=100, metavar="N",
-                     help="the share of hosts offered the release, 0-100 (default 100)")
+    pub.add_argument("--rollout", type=int, metavar="N",
+                     help="the share of hosts offered the release, 0-100 (default 100; of a "
+                          "release already published, changed only when given)")
     pub.add_argument("--platform", metavar="P",
                      help="the artifacts' platform (default: from the file name, else this "
                           "host's, e.g. linux-x86_64)")
@@ -93,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
                          "the set is refused, naming what is missing, when too few sign")
     rk.add_argument("--dry-run", action="store_true",
                     help="check the new key set as hosts would; write nothing")
-    fd = sub.add_parser("feed", help="look after a feed folder: list, resign")
+    fd = sub.add_parser("feed", help="look after a feed: list, resign, promote, prune, check")
     feed_sub = fd.add_subparsers(dest="feed_command", metavar="COMMAND", required=True)
     fl = feed_sub.add_parser("list", help="every release, its channel, rollout and artifacts; "
                                           "the serial, expiry and key set")
@@ -108,6 +109,32 @@ def _parser() -> argparse.ArgumentParser:
                     help="how long hosts accept the manifest from now (default 30d)")
     fr.add_argument("--dry-run", action="store_true",
                     help="check everything and say what would change; write nothing")
+    fp = feed_sub.add_parser("promote", help="move a release to another channel (its "
+                                             "artifacts stay as they are)")
+    fp.add_argument("--feed", required=True, metavar="DIR", help="the feed folder")
+    fp.add_argument("--key", required=True, action="append", metavar="PREFIX.key",
+                    help="signing key; repeat for hosts with a threshold above 1")
+    fp.add_argument("--channel", required=True, metavar="C", help="the channel to move it to")
+    fp.add_argument("--dry-run", action="store_true",
+                    help="check everything and say what would change; write nothing")
+    fp.add_argument("release_version", metavar="VERSION", help="the release to move")
+    fx = feed_sub.add_parser("prune", help="drop all but the newest N releases of each "
+                                           "channel, and their files")
+    fx.add_argument("--feed", required=True, metavar="DIR", help="the feed folder")
+    fx.add_argument("--key", required=True, action="append", metavar="PREFIX.key",
+                    help="signing key; repeat for hosts with a threshold above 1")
+    fx.add_argument("--keep", required=True, type=int, metavar="N",
+                    help="releases kept in each channel (1 or more)")
+    fx.add_argument("--dry-run", action="store_true",
+                    help="say what would go; write and remove nothing")
+    fc = feed_sub.add_parser("check", help="read a served feed as a host would and check "
+                                           "every artifact, descriptor and pack")
+    fc.add_argument("target", metavar="URL|DIR", help="the feed's URL (its folder, or its "
+                                                      "manifest.json) or folder")
+    fc.add_argument("--public-key", required=True, action="append", metavar="KEY",
+                    help="a public key file (PREFIX.pub) or its base64 line; repeatable")
+    fc.add_argument("--threshold", type=int, default=1, metavar="N",
+                    help="signatures by distinct keys needed (default 1)")
     sb = sub.add_parser("self-build", help="write the running updaterd as a release archive")
     sb.add_argument("--out", required=True, metavar="DIR")
     sb.add_argument("--version", dest="release_version", metavar="V",
@@ -201,10 +228,40 @@ def _feed(args: argparse.Namespace) -> int:
         listed = feedtools.listing(Path(args.feed))
         print(json.dumps(listed, indent=2) if args.json else feedtools.describe(listed))
         return EXIT_OK
-    done = feedtools.resign(feed_dir=Path(args.feed), key_path=[Path(k) for k in args.key],
-                            expires=args.expires, dry_run=args.dry_run)
+    if args.feed_command == "check":
+        return _feed_check(args)
+    keys = [Path(k) for k in args.key]
+    if args.feed_command == "resign":
+        done = feedtools.resign(feed_dir=Path(args.feed), key_path=keys, expires=args.expires,
+                                dry_run=args.dry_run)
+    elif args.feed_command == "promote":
+        done = feedtools.promote(feed_dir=Path(args.feed), key_path=keys,
+                                 version=args.release_version, channel=args.channel,
+                                 dry_run=args.dry_run)
+    else:
+        done = feedtools.prune(feed_dir=Path(args.feed), key_path=keys, keep=args.keep,
+                               dry_run=args.dry_run)
     print(done.line)
+    for name in done.removed:
+        print(f"  {'would remove' if args.dry_run else 'removed'} {name}")
     return EXIT_OK
+
+
+def _feed_check(args: argparse.Namespace) -> int:
+    from updaterd import feedcheck
+
+    keys = []
+    for given in args.public_key:
+        path = Path(given)
+        keys.append(path.read_text().splitlines()[1].strip() if path.is_file() else given)
+    target = args.target.removesuffix("manifest.json")
+    report = feedcheck.check(target, keys, args.threshold)
+    for line in report.notes:
+        print(line)
+    for line in report.problems:
+        print(line, file=sys.stderr)
+    print(f"{len(report.problems)} problem{'' if len(report.problems) == 1 else 's'}")
+    return EXIT_OK if not report.problems else EXIT_FAILED
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -217,7 +274,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "publish":
         from updaterd.publish import publish
 
-        notes = Path(args.notes_file).read_text() if args.notes_file else ""
+        notes = Path(args.notes_file).read_text() if args.notes_file else None
         done = publish(feed_dir=Path(args.feed), key_path=[Path(k) for k in args.key],
                        app=args.app, version=args.release_version,
                        artifacts=[Path(a) for a in args.artifacts], channel=args.channel,

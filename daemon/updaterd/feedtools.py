@@ -7,16 +7,18 @@ way that keeps a verifiable manifest in the folder at every instant (`publish.wr
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import glob
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import msgspec
 
-from updaterd import feed, keys, publish
+from updaterd import feed, keys, publish, versions
 from updaterd.errors import FeedError
-from updaterd.feed import Manifest
+from updaterd.feed import Manifest, Release
 from updaterd.keys import KeySet
 from updaterd.units import parse_duration
 
@@ -33,15 +35,20 @@ def load(feed_dir: Path) -> Manifest:
 
 
 @dataclass
-class Resigned:
+class Rewritten:
+    """What a command that rewrites the manifest did (or would do, with --dry-run)."""
+
     manifest: Manifest
     line: str
+    removed: list[str] = field(default_factory=list)  # files gone with pruned releases
 
 
-def resign(*, feed_dir: Path, key_path: Sequence[Path], expires: str = "30d",
-           now: datetime | None = None, dry_run: bool = False) -> Resigned:
-    """A new serial and expiry, nothing else: for a timer on the publishing side, so that an
-    idle feed never expires under its hosts (and to add the signatures of more keys)."""
+def _rewrite(feed_dir: Path, key_path: Sequence[Path], change: Callable[[Manifest], str],
+             *, expires: str | None = None, now: datetime | None = None,
+             dry_run: bool = False) -> Rewritten:
+    """Read the feed, apply `change` (it returns what it did, "" for nothing), raise the
+    serial, sign, verify as the hosts would, write. Nothing is written when `change` changed
+    nothing, on --dry-run, or when any check fails."""
     now = now or datetime.now(UTC)
     signers = publish.signing_keys(key_path)
     trust = publish.current_trust(feed_dir, signers)
@@ -52,24 +59,96 @@ def resign(*, feed_dir: Path, key_path: Sequence[Path], expires: str = "30d",
                                  (trust.keys if trust is not None else []))
     manifest = load(feed_dir)
     before = manifest.serial
-    try:
-        lifetime = parse_duration(expires)
-    except ValueError as e:
-        raise FeedError(f"--expires: {e}") from None
+    what = change(manifest)
+    if not what:
+        return Rewritten(manifest, "nothing to change")
     manifest.serial += 1
-    manifest.expires = (now + timedelta(seconds=lifetime)).replace(microsecond=0)
+    if expires is not None:
+        try:
+            lifetime = parse_duration(expires)
+        except ValueError as e:
+            raise FeedError(f"--expires: {e}") from None
+        manifest.expires = (now + timedelta(seconds=lifetime)).replace(microsecond=0)
     raw = feed.encode(manifest)
     comment = f"timestamp:{int(now.timestamp())}\tfile:{feed.MANIFEST}\tapp:{manifest.app}" \
               f"\tserial:{manifest.serial}"
     signature = publish.sign(raw, comment, signers)
     publish.verify_as_hosts(raw, signature, trust, manifest.app, before, now)
-    line = (f"{manifest.app}: serial {manifest.serial}, expires "
-            f"{manifest.expires:%Y-%m-%d %H:%M} UTC, signed by "
-            f"{', '.join(s.public.id_hex for s in signers)}")
+    line = f"{what}; serial {manifest.serial}, expires {manifest.expires:%Y-%m-%d %H:%M} UTC"
     if dry_run:
-        return Resigned(manifest, "would re-sign " + line)
+        return Rewritten(manifest, "would have: " + line)
     publish.write_signed(feed_dir, feed_dir / feed.MANIFEST, raw, signature)
-    return Resigned(manifest, "re-signed " + line)
+    return Rewritten(manifest, line)
+
+
+def resign(*, feed_dir: Path, key_path: Sequence[Path], expires: str = "30d",
+           now: datetime | None = None, dry_run: bool = False) -> Rewritten:
+    """A new serial and expiry, nothing else: for a timer on the publishing side, so that an
+    idle feed never expires under its hosts (and to add the signatures of more keys)."""
+    return _rewrite(feed_dir, key_path, lambda m: f"re-signed {m.app}", expires=expires,
+                    now=now, dry_run=dry_run)
+
+
+def promote(*, feed_dir: Path, key_path: Sequence[Path], version: str, channel: str,
+            dry_run: bool = False) -> Rewritten:
+    """Move a release to another channel; its artifacts stay as they are."""
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", channel):
+        raise FeedError(f"channel {channel!r}: letters, digits, '.', '_' and '-' only")
+
+    def change(m: Manifest) -> str:
+        release = _find(m, version)
+        if release.channel == channel:
+            return ""
+        was, release.channel = release.channel, channel
+        return f"moved {m.app} {release.version} from {was} to {channel}"
+
+    return _rewrite(feed_dir, key_path, change, dry_run=dry_run)
+
+
+def prune(*, feed_dir: Path, key_path: Sequence[Path], keep: int,
+          dry_run: bool = False) -> Rewritten:
+    """Keep the newest `keep` releases of each channel; the others leave the manifest, then
+    their files leave the folder (never before the manifest that names them is replaced)."""
+    if keep < 1:
+        raise FeedError("--keep must be 1 or more")
+    gone: list[Release] = []
+
+    def change(m: Manifest) -> str:
+        by_channel: dict[str, list[Release]] = {}
+        for r in m.releases:
+            by_channel.setdefault(r.channel, []).append(r)
+        for releases in by_channel.values():
+            gone.extend(_newest_first(releases)[keep:])
+        m.releases = [r for r in m.releases if r not in gone]
+        return f"pruned {', '.join(r.version for r in gone)}" if gone else ""
+
+    done = _rewrite(feed_dir, key_path, change, dry_run=dry_run)
+    kept = {a.url for r in done.manifest.releases for a in r.artifacts}
+    for r in gone:
+        for a in r.artifacts:
+            name = a.url.rsplit("/", 1)[-1]
+            for path in [feed_dir / name, *feed_dir.glob(f"{glob.escape(name)}.from-*.delta")]:
+                if path.name not in kept and path.is_file():
+                    done.removed.append(path.name)
+                    if not dry_run:
+                        path.unlink()
+    return done
+
+
+def _newest_first(releases: list[Release]) -> list[Release]:
+    """Semantic versions by version, newest first; then tags, by publication time."""
+    ordered = sorted((r for r in releases if versions.orderable(r.version)),
+                     key=lambda r: versions.key(r.version), reverse=True)
+    tags = sorted((r for r in releases if not versions.orderable(r.version)),
+                  key=lambda r: r.published, reverse=True)
+    return ordered + tags
+
+
+def _find(m: Manifest, version: str) -> Release:
+    found = next((r for r in m.releases if versions.same(r.version, version)), None)
+    if found is None:
+        raise FeedError(f"{m.app} has no release {version!r} (`updaterd feed list` shows them)")
+    return found
 
 
 def listing(feed_dir: Path) -> dict[str, object]:

@@ -315,8 +315,8 @@ def verify_as_hosts(raw: bytes, signature: bytes, trust: Trust | None, app: str,
 
 
 def publish(*, feed_dir: Path, key_path: Path | Sequence[Path], app: str, version: str,
-            artifacts: list[Path], channel: str = "stable", notes: str = "",
-            expires: str = "30d", rollout: int = 100, platform: str | None = None,
+            artifacts: list[Path], channel: str = "stable", notes: str | None = None,
+            expires: str = "30d", rollout: int | None = None, platform: str | None = None,
             now: datetime | None = None, new_key: bool = False,
             delta_from: int = 2, dry_run: bool = False) -> Published:
     """Add `version` to the feed at `feed_dir` and re-sign it.
@@ -333,7 +333,7 @@ def publish(*, feed_dir: Path, key_path: Path | Sequence[Path], app: str, versio
         raise FeedError(str(e)) from None
     if not versions.is_safe_name(version):
         raise FeedError(f"version {version!r} is not a safe name")
-    if not 0 <= rollout <= 100:
+    if rollout is not None and not 0 <= rollout <= 100:
         raise FeedError("--rollout must be between 0 and 100")
     signers = signing_keys(key_path)
     trust = None if new_key else current_trust(feed_dir, signers)
@@ -357,11 +357,19 @@ def publish(*, feed_dir: Path, key_path: Path | Sequence[Path], app: str, versio
         manifest = Manifest(schema=1, app=app, serial=0, expires=now, releases=[])
     old, added = _check_immutable(manifest, version, channel, entries)
     _check_names(feed_dir, manifest, entries)
-    if old is not None and entries and not added:
+    # Of an existing release only what is given on purpose changes (a re-run CI job with the
+    # default rollout must not widen a rollout someone narrowed).
+    edits = []
+    if old is not None and rollout is not None and rollout != old.rollout:
+        edits.append(f"rollout {old.rollout}% -> {rollout}%")
+    if old is not None and notes is not None and notes != old.notes:
+        edits.append("new notes")
+    if old is not None and not added and not edits:
         where = "" if old.channel == channel else \
             f"; it stays on {old.channel} (`updaterd feed promote` moves it)"
-        return Published(manifest, False, [f"{app} {version} is already published with these "
-                                           f"bytes: nothing changed{where}"])
+        what = "these bytes" if entries else "this rollout and these notes"
+        return Published(manifest, False, [f"{app} {version} is already published with "
+                                           f"{what}: nothing changed{where}"])
     if old is None and not artifacts:
         raise FeedError(f"{app} {version} has no artifact: name at least one file to publish")
     try:
@@ -372,14 +380,17 @@ def publish(*, feed_dir: Path, key_path: Path | Sequence[Path], app: str, versio
     manifest.expires = (now + timedelta(seconds=lifetime)).replace(microsecond=0)
     if old is None:
         release = Release(version=version, published=now.replace(microsecond=0),
-                          channel=channel, notes=notes, rollout=rollout, artifacts=[])
+                          channel=channel, notes=notes or "",
+                          rollout=100 if rollout is None else rollout, artifacts=[])
     else:  # new notes or rollout, or an artifact for another platform: the rest stays
         release = old
-        release.notes, release.rollout = notes or old.notes, rollout
+        release.notes = old.notes if notes is None else notes
+        release.rollout = old.rollout if rollout is None else rollout
     new_entries = [(p, a) for p, a in entries if old is None or a.platform in added]
     release.artifacts = [*release.artifacts, *(a for _, a in new_entries)]
     lines = [f"{app} {version}: {release.channel}, rollout {release.rollout}%, serial "
-             f"{manifest.serial}, expires {manifest.expires:%Y-%m-%d %H:%M} UTC"]
+             f"{manifest.serial}, expires {manifest.expires:%Y-%m-%d %H:%M} UTC"
+             + (f" ({', '.join(edits)})" if edits else "")]
     lines += [f"  {a.platform}: {a.url} ({_size(a.size)}, from {p})" for p, a in new_entries]
     if dry_run:
         return Published(manifest, False, ["would publish " + lines[0], *lines[1:]])

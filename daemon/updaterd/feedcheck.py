@@ -1,0 +1,186 @@
+"""`updaterd feed check URL|DIR`: read a served feed as a host would, and check every byte.
+
+For a publisher after an upload or a CDN change: the signature with the keys given, the strict
+schema, the expiry (a warning within 7 days), then every artifact, descriptor and pack against
+its signed size and digests. One line per problem; nothing is written anywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import urljoin
+
+from updaterd import delta, digests, feed, fsutil, minisign
+from updaterd.errors import DigestMismatch, FeedError, SignatureError, UpdaterError
+
+WARN_BEFORE = timedelta(days=7)
+MAX_MANIFEST = 4 << 20
+
+
+class Readable(Protocol):
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
+@dataclass
+class Report:
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+class _Folder:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def where(self, name: str) -> str:
+        return str(self.root / name)
+
+    @contextmanager
+    def open(self, name: str) -> Iterator[Readable]:
+        with open(self.root / name, "rb") as f:
+            yield f
+
+
+class _Web:
+    def __init__(self, base: str) -> None:
+        import httpx  # only a check of a served feed needs it
+
+        self.base = base if base.endswith("/") else base + "/"
+        self.client = httpx.Client(timeout=30, follow_redirects=True)
+
+    def where(self, name: str) -> str:
+        return urljoin(self.base, name)
+
+    @contextmanager
+    def open(self, name: str) -> Iterator[Readable]:
+        import httpx
+
+        url = self.where(name)
+        try:
+            with self.client.stream("GET", url) as r:
+                if r.status_code == 404:
+                    raise FileNotFoundError(url)
+                if r.status_code != 200:
+                    raise OSError(f"{url}: HTTP {r.status_code}")
+                yield _Stream(r.iter_raw(fsutil.COPY_CHUNK))
+        except httpx.HTTPError as e:
+            raise OSError(f"{url}: {e}") from None
+
+
+class _Stream:
+    """Just enough of a file over an iterator of chunks: read(n)."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self.chunks, self.left = chunks, b""
+
+    def read(self, n: int = -1, /) -> bytes:
+        while n < 0 or len(self.left) < n:
+            chunk = next(self.chunks, b"")
+            if not chunk:
+                break
+            self.left += chunk
+        out, self.left = (self.left, b"") if n < 0 else (self.left[:n], self.left[n:])
+        return out
+
+
+def _read(place: _Folder | _Web, name: str, cap: int) -> bytes:
+    with place.open(name) as f:
+        data = f.read(cap + 1)
+    if len(data) > cap:
+        raise FeedError(f"{place.where(name)} is larger than {cap} bytes")
+    return data
+
+
+def _hash(place: _Folder | _Web, name: str, limit: int) -> digests.Digests:
+    d = digests.Digests()
+    with place.open(name) as f:
+        while chunk := f.read(fsutil.COPY_CHUNK):
+            d.update(chunk)
+            if d.size > limit:  # no more than one byte past what was signed
+                break
+    return d
+
+
+def check(target: str, public_keys: list[str], threshold: int = 1,
+          now: datetime | None = None) -> Report:
+    """Every problem a host would meet with the feed at `target` (a URL or a folder)."""
+    now = now or datetime.now(UTC)
+    report = Report()
+    place: _Folder | _Web = _Web(target) if "://" in target else _Folder(Path(target))
+    try:
+        keys = [minisign.PublicKey.parse(k) for k in public_keys]
+    except ValueError as e:
+        report.problems.append(f"public key: {e}")
+        return report
+    try:
+        raw = _read(place, feed.MANIFEST, MAX_MANIFEST)
+        sig = _read(place, feed.SIGNATURE, 64 << 10)
+        minisign.verify_threshold(raw, sig, keys, threshold)  # before anything is decoded
+        trusted = feed.verify_manifest(raw, sig, keys=keys, threshold=threshold, app=_app(raw),
+                                       stored_serial=None, stored_digest=None,
+                                       cycle_start=now, require_signature=True)
+    except SignatureError as e:
+        report.problems.append(f"{place.where(feed.MANIFEST)}: signature refused: {e}")
+        return report
+    except (OSError, UpdaterError) as e:
+        report.problems.append(f"{place.where(feed.MANIFEST)}: {e}")
+        return report
+    m = trusted.manifest
+    left = m.expires - now
+    report.notes.append(f"{m.app}: serial {m.serial}, {len(m.releases)} releases, expires "
+                        f"{m.expires:%Y-%m-%d %H:%M} UTC")
+    if left < WARN_BEFORE:
+        report.problems.append(f"the manifest expires in {left.days}d {left.seconds // 3600}h: "
+                               "hosts refuse it then (`updaterd feed resign`)")
+    for release in m.releases:
+        for a in release.artifacts:
+            name = a.url
+            what = f"{release.version} {a.platform}: {place.where(name)}"
+            try:
+                d = _hash(place, name, a.size)
+                d.require_match(what, a.size, a.sha256, a.blake3)
+            except FileNotFoundError:
+                report.problems.append(f"{what}: missing")
+                continue
+            except (OSError, DigestMismatch) as e:
+                report.problems.append(str(e) if isinstance(e, DigestMismatch) else
+                                       f"{what}: {e}")
+                continue
+            if a.platform.endswith(delta.SUFFIX):
+                _check_packs(place, release.version, m.app, name, report)
+    return report
+
+
+def _check_packs(place: _Folder | _Web, version: str, app: str, name: str,
+                 report: Report) -> None:
+    try:
+        desc = delta.decode(_read(place, name, delta.MAX_DESCRIPTOR), app, version)
+    except (OSError, UpdaterError) as e:
+        report.problems.append(f"{place.where(name)}: {e}")
+        return
+    for pack in desc.packs:
+        what = f"{version} delta from {pack.base}: {place.where(pack.url)}"
+        try:
+            d = _hash(place, pack.url, pack.size)
+            d.require_match(what, pack.size, None, pack.blake3)
+        except FileNotFoundError:
+            report.problems.append(f"{what}: missing")
+        except (OSError, DigestMismatch) as e:
+            report.problems.append(str(e) if isinstance(e, DigestMismatch) else f"{what}: {e}")
+
+
+def _app(raw: bytes) -> str:
+    """The app the manifest names (the signature is what proves anything)."""
+    import msgspec
+
+    class _Named(msgspec.Struct):
+        app: str = ""
+
+    try:
+        return msgspec.json.decode(raw, type=_Named).app
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return ""
