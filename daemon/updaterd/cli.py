@@ -100,33 +100,18 @@ def _parser() -> argparse.ArgumentParser:
                                           "the serial, expiry and key set")
     fl.add_argument("--feed", required=True, metavar="DIR", help="the feed folder")
     fl.add_argument("--json", action="store_true", help="print it as JSON")
-    fr = feed_sub.add_parser("resign", help="a new serial and expiry, nothing else (run it on "
-                                            "a timer so an idle feed never expires)")
-    fr.add_argument("--feed", required=True, metavar="DIR", help="the feed folder")
-    fr.add_argument("--key", required=True, action="append", metavar="PREFIX.key",
-                    help="signing key; repeat for hosts with a threshold above 1")
+    fr = _feed_writer(feed_sub, "resign", "a new serial and expiry, nothing else (run it on "
+                                          "a timer so an idle feed never expires)")
     fr.add_argument("--expires", default="30d", metavar="DURATION",
                     help="how long hosts accept the manifest from now (default 30d)")
-    fr.add_argument("--dry-run", action="store_true",
-                    help="check everything and say what would change; write nothing")
-    fp = feed_sub.add_parser("promote", help="move a release to another channel (its "
-                                             "artifacts stay as they are)")
-    fp.add_argument("--feed", required=True, metavar="DIR", help="the feed folder")
-    fp.add_argument("--key", required=True, action="append", metavar="PREFIX.key",
-                    help="signing key; repeat for hosts with a threshold above 1")
+    fp = _feed_writer(feed_sub, "promote", "move a release to another channel (its artifacts "
+                                           "stay as they are)")
     fp.add_argument("--channel", required=True, metavar="C", help="the channel to move it to")
-    fp.add_argument("--dry-run", action="store_true",
-                    help="check everything and say what would change; write nothing")
     fp.add_argument("release_version", metavar="VERSION", help="the release to move")
-    fx = feed_sub.add_parser("prune", help="drop all but the newest N releases of each "
-                                           "channel, and their files")
-    fx.add_argument("--feed", required=True, metavar="DIR", help="the feed folder")
-    fx.add_argument("--key", required=True, action="append", metavar="PREFIX.key",
-                    help="signing key; repeat for hosts with a threshold above 1")
+    fx = _feed_writer(feed_sub, "prune", "drop all but the newest N releases of each channel, "
+                                         "and their files")
     fx.add_argument("--keep", required=True, type=int, metavar="N",
                     help="releases kept in each channel (1 or more)")
-    fx.add_argument("--dry-run", action="store_true",
-                    help="say what would go; write and remove nothing")
     fc = feed_sub.add_parser("check", help="read a served feed as a host would and check "
                                            "every artifact, descriptor and pack")
     fc.add_argument("target", metavar="URL|DIR", help="the feed's URL (its folder, or its "
@@ -218,6 +203,18 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
+
+
+def _feed_writer(feed_sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str,
+                 text: str) -> argparse.ArgumentParser:
+    """A `feed` command that re-signs the feed: its folder, its keys, --dry-run."""
+    p = feed_sub.add_parser(name, help=text)
+    p.add_argument("--feed", required=True, metavar="DIR", help="the feed folder")
+    p.add_argument("--key", required=True, action="append", metavar="PREFIX.key",
+                   help="signing key; repeat for hosts with a threshold above 1")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check everything and say what would change; write nothing")
+    return p
 
 
 def _feed(args: argparse.Namespace) -> int:
