@@ -161,6 +161,7 @@ def test_h146_the_floor_is_the_highest_version_that_can_be_ordered() -> None:
     assert versions.highest("nightly-9", "nightly-8") == "nightly-9"
     assert versions.highest(None, "nightly-8") == "nightly-8"
     assert versions.is_newer("2.0.0", "1.0.0") and not versions.is_newer("1.0.0", "2.0.0")
+    assert not versions.is_newer("1.0.0", "v1.0.0")
     assert not versions.is_newer("1.0.0", "nightly") and not versions.is_newer("nightly", "1.0.0")
 
 
@@ -259,7 +260,7 @@ def test_a_refused_spelling_of_the_chosen_version_is_not_passed_over() -> None:
 def test_same_version_however_spelled_and_tags_as_text() -> None:
     assert versions.same("1.0.0", "v1.0.0") and versions.same("V1.0.0", "1.0.0")
     assert versions.same("1.0.0", "1.0.0+build.7")
-    assert not versions.same("1.0.0", "1.0.1")
+    assert not versions.same("1.0.0", "1.0.1") and not versions.same("1.0.1", "1.0.0")
     assert versions.same("nightly", "nightly") and not versions.same("nightly", "Nightly")
     assert not versions.same("1.0.0", "nightly") and not versions.same("nightly", "1.0.0")
 

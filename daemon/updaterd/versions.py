@@ -185,17 +185,10 @@ def choose(offers: Iterable[Offer], installed: str | None, policy: Policy) -> Ch
             best, choice.version = v, offer.version
     if best is not None:  # what is passed over is what is newer than the choice
         choice.passed_over = {k: r for k, r in choice.passed_over.items()
-                              if _parses_above(k, best)}
+                              if parse(k) > best}  # only semantic versions are in it here
     else:
         choice.passed_over.update(tags)
     return choice
-
-
-def _parses_above(text: str, best: semver.Version) -> bool:
-    try:
-        return parse(text) > best
-    except ValueError:
-        return False
 
 
 def _refusal(offer: Offer, policy: Policy, semantic: bool = True) -> str:
