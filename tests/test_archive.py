@@ -807,3 +807,58 @@ def test_data_filter_is_still_asked_about_links(box: Box, monkeypatch: pytest.Mo
     refused([(member("f"), b"1"), (member("l", tarfile.SYMTYPE, linkname="f"), None)], box,
             "refused by tarfile's data filter")
     assert asked == ["l"]
+
+
+# -- what a delta build asks of the tree (row 150) --------------------------------------------
+
+@pytest.mark.parametrize(("name", "suffix"), [
+    ("a.tar.gz", ".tar.gz"), ("A.TGZ", ".tgz"), ("a.tar.zst", ".tar.zst"), ("a.zip", ".zip"),
+    ("a.tar", ".tar"), ("tool", ""), ("tool.exe", ""), ("a.gz.tar.xz", ".tar.xz")])
+def test_suffix_of_names_the_archive_suffix_as_listed(name: str, suffix: str) -> None:
+    assert archive.suffix_of(name) == suffix
+
+
+def _limits() -> archive.ExtractLimits:
+    return archive.ExtractLimits(max_members=10, max_total=1 << 20, max_file=1 << 20)
+
+
+@pytest.mark.parametrize("executable", [True, False])
+def test_copy_file_makes_a_file_of_its_own_with_the_mode_asked(tmp_path: Path,
+                                                               executable: bool) -> None:
+    source = tmp_path / "kept.txt"
+    source.write_bytes(b"kept bytes\n")
+    source.chmod(0o600)
+    tree = archive.Tree(root=tmp_path / "new", limits=_limits())
+    tree.root.mkdir()
+    old = os.umask(0o077)
+    try:
+        tree.copy_file("lib/kept.txt", ("lib", "kept.txt"), str(source), executable, 11)
+    finally:
+        os.umask(old)
+    made = tree.root / "lib" / "kept.txt"
+    assert made.read_bytes() == b"kept bytes\n"
+    st = made.stat()
+    assert stat.S_IMODE(st.st_mode) == (0o755 if executable else 0o644)
+    assert st.st_ino != source.stat().st_ino and st.st_nlink == 1
+    made.write_bytes(b"rewritten\n")  # the app writes its own file: the kept one stays
+    assert source.read_bytes() == b"kept bytes\n"
+
+
+@pytest.mark.parametrize("recorded", [10, 12])
+def test_copy_file_of_another_size_than_recorded_is_refused(tmp_path: Path,
+                                                            recorded: int) -> None:
+    source = tmp_path / "kept.txt"
+    source.write_bytes(b"kept bytes\n")
+    tree = archive.Tree(root=tmp_path / "new", limits=_limits())
+    tree.root.mkdir()
+    with pytest.raises(ArchiveError, match=f"11 bytes where {recorded} were recorded"):
+        tree.copy_file("kept.txt", ("kept.txt",), str(source), False, recorded)
+
+
+def test_copy_file_never_reads_through_a_link(tmp_path: Path) -> None:
+    (tmp_path / "secret").write_bytes(b"x")
+    (tmp_path / "link").symlink_to(tmp_path / "secret")
+    tree = archive.Tree(root=tmp_path / "new", limits=_limits())
+    tree.root.mkdir()
+    with pytest.raises(OSError):
+        tree.copy_file("link", ("link",), str(tmp_path / "link"), False, 1)
