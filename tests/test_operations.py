@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 
+import updaterctl
 from tests.conftest import Daemon, Host, Nginx
 from tests.helpers import BIN, Feed, app_script, make_tar
 
@@ -300,9 +302,16 @@ def test_a_user_the_socket_keeps_out_is_told_why(host: Host, nginx: Nginx, serve
     host.config.write_text(host.config.read_text().replace('socket_mode = "0666"',
                                                            'socket_mode = "0660"'))
     daemon.start()
+    # The checkout (and its venv) may be closed to other users (a root home, `mktemp -d`):
+    # nobody runs updaterctl's own code from a copy it can read, with the system's Python
+    # (`status` needs nothing but the standard library).
+    ctl = public_dir / "ctl"
+    shutil.copytree(Path(updaterctl.__file__).parent, ctl / "updaterctl")
+    run_ctl = f"import sys; sys.path.insert(0, {str(ctl)!r}); from updaterctl.cli import main; " \
+              "sys.exit(main())"
     r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                        str(BIN / "updaterctl"), "--socket", str(daemon.socket), "status"],
-                       capture_output=True, text=True, timeout=30)
+                        "/usr/bin/python3", "-c", run_ctl, "--socket", str(daemon.socket),
+                        "status"], capture_output=True, text=True, timeout=30)
     assert r.returncode == 4, "not permitted, not unreachable"
     assert "permission denied; the socket is mode 0660, group " in r.stderr, r.stderr
     assert "join group" in r.stderr and "or run as root" in r.stderr
