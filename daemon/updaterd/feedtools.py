@@ -11,7 +11,7 @@ import glob
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
@@ -20,18 +20,17 @@ from updaterd import feed, keys, publish, versions
 from updaterd.errors import FeedError
 from updaterd.feed import Manifest, Release
 from updaterd.keys import KeySet
-from updaterd.units import parse_duration
+
+_NO_FEED = "{path}: no feed here (`updaterd publish` creates one)"
 
 
 def load(feed_dir: Path) -> Manifest:
     """The feed's manifest as it is in the folder (its signature is checked when re-signed)."""
     path = feed_dir / feed.MANIFEST
     try:
-        return msgspec.json.decode(path.read_bytes(), type=Manifest)
+        return publish.decode_manifest(path.read_bytes(), path)
     except FileNotFoundError:
-        raise FeedError(f"{path}: no feed here (`updaterd publish` creates one)") from None
-    except (msgspec.DecodeError, msgspec.ValidationError) as e:
-        raise FeedError(f"{path}: cannot read the feed: {e}") from None
+        raise FeedError(_NO_FEED.format(path=path)) from None
 
 
 @dataclass
@@ -51,28 +50,17 @@ def _rewrite(feed_dir: Path, key_path: Sequence[Path], change: Callable[[Manifes
     nothing, on --dry-run, or when any check fails."""
     now = now or datetime.now(UTC)
     signers = publish.signing_keys(key_path)
-    trust = publish.current_trust(feed_dir, signers)
-    if trust is not None and (missing := publish.missing_signers(trust, signers)):
-        raise FeedError(f"{feed_dir} is verified by hosts with {trust.where}; the keys given "
-                        f"are not enough: add --key for {missing}")
-    publish.require_signed_as_is(feed_dir, [s.public for s in signers] +
-                                 (trust.keys if trust is not None else []))
-    manifest = load(feed_dir)
+    trust, manifest = publish.open_feed(feed_dir, signers)
+    if manifest is None:
+        raise FeedError(_NO_FEED.format(path=feed_dir / feed.MANIFEST))
     before = manifest.serial
     what = change(manifest)
     if not what:
         return Rewritten(manifest, "nothing to change")
-    manifest.serial += 1
     if expires is not None:
-        try:
-            lifetime = parse_duration(expires)
-        except ValueError as e:
-            raise FeedError(f"--expires: {e}") from None
-        manifest.expires = (now + timedelta(seconds=lifetime)).replace(microsecond=0)
-    raw = feed.encode(manifest)
-    comment = f"timestamp:{int(now.timestamp())}\tfile:{feed.MANIFEST}\tapp:{manifest.app}" \
-              f"\tserial:{manifest.serial}"
-    signature = publish.sign(raw, comment, signers)
+        manifest.expires = publish.expiry(now, expires)
+    manifest.serial += 1
+    raw, signature = publish.sign_manifest(manifest, signers, now)
     publish.verify_as_hosts(raw, signature, trust, manifest.app, before, now)
     line = f"{what}; serial {manifest.serial}, expires {manifest.expires:%Y-%m-%d %H:%M} UTC"
     if dry_run:

@@ -84,9 +84,6 @@ class Trust:
     threshold: int
     where: str  # what says so, for messages
 
-    def ids(self) -> str:
-        return ", ".join(sorted(k.id_hex for k in self.keys))
-
 
 def current_trust(feed_dir: Path, signers: list[minisign.SecretKey]) -> Trust | None:
     """What hosts trust for the feed at `feed_dir` (None: a new feed). The latest `keys.json`
@@ -143,6 +140,46 @@ def require_signed_as_is(feed_dir: Path, known: list[minisign.PublicKey]) -> byt
                             f"(edited by hand?); refusing to sign it again. Restore the "
                             f"signed copy, or publish into a new folder") from None
     return raw
+
+
+def open_feed(feed_dir: Path, signers: list[minisign.SecretKey],
+              new_key: bool = False) -> tuple[Trust | None, Manifest | None]:
+    """What hosts trust for the feed at `feed_dir`, and its manifest as signed (None: a new
+    feed), for a command that will sign it again: refused when the keys given are not enough
+    for those hosts, or when the manifest was edited by hand. With `new_key` the hosts are being
+    re-configured, so whatever they trust now does not bind."""
+    trust = None if new_key else current_trust(feed_dir, signers)
+    if trust is not None and (missing := missing_signers(trust, signers)):
+        raise FeedError(f"{feed_dir} is verified by hosts with {trust.where}; the keys given "
+                        f"are not enough: add --key for {missing}")
+    known = [s.public for s in signers] + (trust.keys if trust is not None else [])
+    raw = require_signed_as_is(feed_dir, known)
+    return trust, None if raw is None else decode_manifest(raw, feed_dir / feed.MANIFEST)
+
+
+def decode_manifest(raw: bytes, path: Path) -> Manifest:
+    try:
+        return msgspec.json.decode(raw, type=Manifest)
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        raise FeedError(f"{path}: cannot read the feed: {e}") from None
+
+
+def expiry(now: datetime, expires: str) -> datetime:
+    """When a manifest signed at `now` for `--expires` stops being accepted."""
+    try:
+        lifetime = parse_duration(expires)
+    except ValueError as e:
+        raise FeedError(f"--expires: {e}") from None
+    return (now + timedelta(seconds=lifetime)).replace(microsecond=0)
+
+
+def sign_manifest(manifest: Manifest, signers: list[minisign.SecretKey],
+                  now: datetime) -> tuple[bytes, bytes]:
+    """The manifest's bytes and their signature (a block per key)."""
+    raw = feed.encode(manifest)
+    comment = f"timestamp:{int(now.timestamp())}\tfile:{feed.MANIFEST}\tapp:{manifest.app}" \
+              f"\tserial:{manifest.serial}"
+    return raw, sign(raw, comment, signers)
 
 
 def missing_signers(trust: Trust, signers: list[minisign.SecretKey]) -> str:
@@ -263,7 +300,7 @@ class Published:
     lines: list[str] = field(default_factory=list)
 
 
-def _check_immutable(manifest: Manifest, version: str, channel: str,
+def _check_immutable(manifest: Manifest, version: str,
                      entries: list[tuple[Path, Artifact]]) -> tuple[Release | None, list[str]]:
     """The release already published as `version` (None: a new version), and the platforms the
     new artifacts add to it. Raises FeedError when one would change bytes hosts were promised."""
@@ -336,26 +373,19 @@ def publish(*, feed_dir: Path, key_path: Path | Sequence[Path], app: str, versio
     if rollout is not None and not 0 <= rollout <= 100:
         raise FeedError("--rollout must be between 0 and 100")
     signers = signing_keys(key_path)
-    trust = None if new_key else current_trust(feed_dir, signers)
-    if trust is not None and (missing := missing_signers(trust, signers)):
-        raise FeedError(f"{feed_dir} is verified by hosts with {trust.where}; the keys given "
-                        f"are not enough: add --key for {missing}")
+    trust, existing = open_feed(feed_dir, signers, new_key)
     now = now or datetime.now(UTC)
     entries = _artifact_entries(artifacts, platform, app, version)
     manifest_path = feed_dir / feed.MANIFEST
     serial = None
-    known = [s.public for s in signers] + (trust.keys if trust is not None else [])
-    if (existing := require_signed_as_is(feed_dir, known)) is not None:
-        try:
-            manifest = msgspec.json.decode(existing, type=Manifest)
-        except (msgspec.DecodeError, msgspec.ValidationError) as e:
-            raise FeedError(f"{manifest_path}: cannot read the existing feed: {e}") from None
+    if existing is not None:
+        manifest = existing
         if manifest.app != app:
             raise FeedError(f"{manifest_path} is the feed of {manifest.app!r}, not {app!r}")
         serial = manifest.serial
     else:
         manifest = Manifest(schema=1, app=app, serial=0, expires=now, releases=[])
-    old, added = _check_immutable(manifest, version, channel, entries)
+    old, added = _check_immutable(manifest, version, entries)
     _check_names(feed_dir, manifest, entries)
     # Of an existing release only what is given on purpose changes (a re-run CI job with the
     # default rollout must not widen a rollout someone narrowed).
@@ -372,12 +402,8 @@ def publish(*, feed_dir: Path, key_path: Path | Sequence[Path], app: str, versio
                                            f"{what}: nothing changed{where}"])
     if old is None and not artifacts:
         raise FeedError(f"{app} {version} has no artifact: name at least one file to publish")
-    try:
-        lifetime = parse_duration(expires)
-    except ValueError as e:
-        raise FeedError(f"--expires: {e}") from None
+    manifest.expires = expiry(now, expires)
     manifest.serial += 1
-    manifest.expires = (now + timedelta(seconds=lifetime)).replace(microsecond=0)
     if old is None:
         release = Release(version=version, published=now.replace(microsecond=0),
                           channel=channel, notes=notes or "",
@@ -426,10 +452,7 @@ def publish(*, feed_dir: Path, key_path: Path | Sequence[Path], app: str, versio
         manifest.releases.append(release)
         with contextlib.suppress(ValueError):
             manifest.releases.sort(key=lambda r: versions.key(r.version))
-        raw = feed.encode(manifest)
-        comment = f"timestamp:{int(now.timestamp())}\tfile:{feed.MANIFEST}\tapp:{app}" \
-                  f"\tserial:{manifest.serial}"
-        signature = sign(raw, comment, signers)
+        raw, signature = sign_manifest(manifest, signers, now)
         verify_as_hosts(raw, signature, trust, app, serial, now)
     except BaseException:
         for path in written:  # files no manifest names: a refused publish leaves nothing
