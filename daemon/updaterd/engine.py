@@ -15,7 +15,7 @@ from pathlib import Path
 import trio
 
 from updaterctl.protocol import CheckResult, Event, RollbackResult, UpdateResult
-from updaterd import cachefile, outcome, state, tokens, treehash, versions
+from updaterd import outcome, state, tokens, treehash, versions
 from updaterd.config import AppConfig, Config, host_platform
 from updaterd.errors import (
     FeedError,
@@ -38,6 +38,7 @@ from updaterd.transaction import (
     AppRun,
     Hooks,
     apply_update,
+    drop_unwanted_downloads,
     fetch_artifact,
     prune,
     recover,
@@ -59,12 +60,6 @@ def host_id() -> str:
     except OSError:
         pass
     return socket.gethostname()
-
-
-def _drop_unwanted_downloads(run: AppRun) -> None:
-    removed = cachefile.keep_only(run.cache, run.state.downloads)
-    if removed:
-        log.info("%s: removed %s from the cache: no longer wanted", run.name, ", ".join(removed))
 
 
 def _log_event(event: Event) -> None:
@@ -199,7 +194,7 @@ class Engine:
                         available=choice.version, passed_over=choice.passed_over,
                         at=cycle_start, downloads=downloads)
         run.save()
-        _drop_unwanted_downloads(run)
+        drop_unwanted_downloads(run)
         found = f"{choice.version} is available" if choice.version else "nothing new"
         run.phase("idle", found)
         return trusted, CheckResult(current=run.state.installed, available=choice.version,

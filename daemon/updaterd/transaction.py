@@ -312,6 +312,13 @@ async def finish_update(run: AppRun, from_version: str | None, version: str) -> 
     return "installed"
 
 
+def drop_unwanted_downloads(run: AppRun) -> None:
+    """The cache keeps only the files the last check wants (`state.downloads`, row 149)."""
+    removed = keep_only(run.cache, run.state.downloads)
+    if removed:
+        log.info("%s: removed %s from the cache: no longer wanted", run.name, ", ".join(removed))
+
+
 async def damage(run: AppRun, kept: Kept) -> list[str]:
     """How a kept release differs from its recorded tree (empty: intact, or nothing recorded).
     Files the app wrote beside its own (bytecode caches) are not damage."""
@@ -398,8 +405,7 @@ async def recover(run: AppRun) -> None:
     fsutil.clean_temp_files(run.state_folder)
     if run.cache.is_dir():
         fsutil.clean_temp_files(run.cache)
-        for name in keep_only(run.cache, run.state.downloads):
-            log.info("%s: removed %s from the cache: no longer wanted", run.name, name)
+        drop_unwanted_downloads(run)
     gave_up = run.lifecycle.gave_up()
     tx = run.state.pending
     if tx is None:

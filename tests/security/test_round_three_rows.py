@@ -46,22 +46,23 @@ def _signed_sums(gh: GitHub, key: Path, names: list[str], file_name: str) -> Non
 
 # -- 146: no automatic downgrade through a tag that cannot be ordered ---------------------------
 
+def _signed_release_listed(host: Host, gh: GitHub, key: Path, pub: str, version: str,
+                           tag: str, sums: str) -> None:
+    """`version`'s asset and a signed checksum file `sums` naming it, listed under `tag`."""
+    name = _gh_release(gh, version)
+    _signed_sums(gh, key, [name], sums)
+    gh.set_releases([{"tag_name": tag, "assets": [name, sums, f"{sums}.minisig"]}])
+    _gh(host, gh, public_keys=[pub], checksums=f"{sums}$")
+
+
 def test_h146_an_old_signed_release_under_a_non_semver_tag_is_not_installed(
         host: Host, github: GitHub, gh_key: tuple[Path, str]) -> None:
     key, pub = gh_key
-    new = _gh_release(github, "1.5.0")
-    _signed_sums(github, key, [new], "SHA256SUMS")
-    github.set_releases([{"tag_name": "v1.5.0",
-                          "assets": [new, "SHA256SUMS", "SHA256SUMS.minisig"]}])
-    _gh(host, github, public_keys=[pub], checksums="SHA256SUMS$")
+    _signed_release_listed(host, github, key, pub, "1.5.0", "v1.5.0", "SHA256SUMS")
     r = _gh_once(host, "--once")
     assert r.returncode == 0 and host.current() == "1.5.0", r.stderr
     # the API, without the key, lists the genuine old 1.0.0 (its signed listing) as tool-1.0.0
-    old = _gh_release(github, "1.0.0")
-    _signed_sums(github, key, [old], "SHA256SUMS-old")
-    github.set_releases([{"tag_name": "tool-1.0.0",
-                          "assets": [old, "SHA256SUMS-old", "SHA256SUMS-old.minisig"]}])
-    _gh(host, github, public_keys=[pub], checksums="SHA256SUMS-old$")
+    _signed_release_listed(host, github, key, pub, "1.0.0", "tool-1.0.0", "SHA256SUMS-old")
     r = _gh_once(host, "--once")
     assert r.returncode == 0, r.stderr
     assert host.current() == "1.5.0" and not (host.prefix / "releases" / "tool-1.0.0").exists()

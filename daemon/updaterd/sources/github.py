@@ -66,11 +66,17 @@ def binds_version(text: str, tag: str) -> bool:
 
     The rest of a tag binds nothing: the API chooses tags, so a tag `tool-1.0.0` (or one spelled
     as a whole asset name) would otherwise be "named" by any old signed asset (row 146)."""
-    version = tag_version(tag)
-    if not version[:1].isdigit():
+    version = version_token(tag)
+    if version is None:
         return False
     pattern = rf"(?<![0-9A-Za-z.])[vV]?{re.escape(version)}(?![0-9A-Za-z]|\.[0-9])"
     return re.search(pattern, text) is not None
+
+
+def version_token(tag: str) -> str | None:
+    """The version number a tag carries (`v1.2.3` -> `1.2.3`), None when it carries none."""
+    version = tag_version(tag)
+    return version if version[:1].isdigit() else None
 
 
 def tag_version(tag: str) -> str:
@@ -186,7 +192,7 @@ class GitHubSource:
                         f"{self.cfg.asset!r}")
 
     def _unbound(self, signed: str, tag: str) -> str:
-        if not tag_version(tag)[:1].isdigit():
+        if version_token(tag) is None:
             return (f"{self.cfg.repo} {tag}: the tag has no version number that the signed "
                     f"{signed} could name, so its age cannot be proven: refused (tag releases "
                     "as v1.2.3 or 1.2.3)")
