@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -14,11 +15,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 import zstandard
 
 from updaterd.publish import keygen, publish
 
 BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parent.parent
+
+
+def code_of_commit(commit: str, into: Path) -> dict[str, str]:
+    """The daemon's and updaterctl's code as they were at `commit`, extracted under `into`;
+    returns the environment that runs it (`python -m updaterd`). Skips without the history."""
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("needs the repository's git history")
+    found = subprocess.run(["git", "-C", str(REPO), "cat-file", "-e", f"{commit}^{{commit}}"],
+                           capture_output=True)
+    if found.returncode != 0:
+        pytest.skip(f"commit {commit} is not in this clone (a shallow clone?)")
+    into.mkdir()
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", commit, "daemon", "ctl"],
+                             capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    env = dict(os.environ, PYTHONPATH=f"{into / 'daemon'}:{into / 'ctl'}",
+               PATH=f"{BIN}:{os.environ['PATH']}")
+    where = subprocess.run([sys.executable, "-c", "import updaterd; print(updaterd.__file__)"],
+                           env=env, capture_output=True, text=True, check=True).stdout
+    assert where.startswith(str(into)), where
+    return env
 NOBODY = 65534
 
 

@@ -5,21 +5,16 @@ installs from a feed published with them (issue 16, point 5)."""
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import Daemon, Host, Nginx
-from tests.helpers import BIN, Feed, make_tar, run_updaterd, write_config
+from tests.helpers import Feed, code_of_commit, make_tar, run_updaterd, write_config
 from tests.test_operations import metric
 
-REPO = Path(__file__).resolve().parent.parent
 BEFORE_DELTAS = "a3256a4"  # the last commit whose daemon knows nothing of deltas
 
 
@@ -65,30 +60,10 @@ def test_an_update_over_http_fetches_the_pack_not_the_artifact(host: Host, nginx
     assert "1.1.0" in verify.stdout
 
 
-def _old_daemon(tmp_path: Path) -> Path:
-    """The daemon's and updaterctl's code as they were before deltas."""
-    if shutil.which("git") is None or not (REPO / ".git").exists():
-        pytest.skip("needs the repository's git history")
-    found = subprocess.run(["git", "-C", str(REPO), "cat-file", "-e",
-                            f"{BEFORE_DELTAS}^{{commit}}"], capture_output=True)
-    if found.returncode != 0:
-        pytest.skip(f"commit {BEFORE_DELTAS} is not in this clone (a shallow clone?)")
-    old = tmp_path / "old"
-    old.mkdir()
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", BEFORE_DELTAS, "daemon", "ctl"],
-                             capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
-    return old
-
-
 def test_a_daemon_from_before_deltas_installs_from_a_feed_with_them(host: Host,
                                                                     tmp_path: Path) -> None:
-    old = _old_daemon(tmp_path)
-    env = dict(os.environ, PYTHONPATH=f"{old / 'daemon'}:{old / 'ctl'}",
-               PATH=f"{BIN}:{os.environ['PATH']}")
-    where = subprocess.run([sys.executable, "-c", "import updaterd; print(updaterd.__file__)"],
-                           env=env, capture_output=True, text=True, check=True).stdout
-    assert where.startswith(str(old)), where
+    old = tmp_path / "old"
+    env = code_of_commit(BEFORE_DELTAS, old)
     assert not (old / "daemon" / "updaterd" / "delta.py").exists()
     feed = Feed(tmp_path / "feed", tmp_path / "work")
     publish_cli(feed, "1.0.0", "lib/part000.txt")

@@ -9,12 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Host, Nginx
-from tests.helpers import Feed, make_tar, release_files, run_updaterd
+from tests.conftest import Daemon, Host, Nginx
+from tests.helpers import Feed, code_of_commit, make_tar, release_files, run_updaterd
 
 
 def _ci_build(dist: Path, version: str) -> Path:
@@ -249,3 +250,136 @@ def test_feed_check_finds_a_tampered_file_on_nginx_and_in_a_folder(
     _pub, _key, other_line = _keys(tmp_path, "other")
     r = run_updaterd("feed", "check", url, "--public-key", other_line)
     assert r.returncode == 1 and "signature refused" in r.stderr, r.stderr
+
+
+BEFORE_YANK = "236bd39"  # the last commit whose daemon knows nothing of yanking
+WHY = "corrupts its cache on start; 1.1.1 fixes it"
+
+
+def _yank(feed: Feed, version: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    return run_updaterd("feed", "yank", "--feed", feed.folder, "--key", feed.key, version,
+                        *extra)
+
+
+def test_a_yanked_release_is_never_installed_by_itself_and_a_host_on_it_says_why(
+        host: Host, nginx: Nginx, served_feed: Feed, daemon: Daemon, tmp_path: Path) -> None:
+    feed = served_feed
+    dist = tmp_path / "dist"
+    assert _publish(feed, "1.0.0", _ci_build(dist, "1.0.0")).returncode == 0
+    late = Host(tmp_path / "late-host")
+    late.base.mkdir()
+    late.follow(nginx, feed)
+    assert run_updaterd("--config", late.config, "--once").returncode == 0
+    assert late.current() == "1.0.0"
+    assert _publish(feed, "1.1.0", _ci_build(dist, "1.1.0")).returncode == 0
+    host.follow(nginx, feed)
+    daemon.start()
+    daemon.wait_for(lambda: daemon.app()["current"] == "1.1.0", what="1.1.0 installed")
+    before = _snapshot(feed.folder)
+    r = _yank(feed, "1.1.0", "--why", WHY, "--dry-run")
+    assert r.returncode == 0 and r.stdout.startswith("would have: yanked hello 1.1.0"), r.stdout
+    assert _snapshot(feed.folder) == before
+    r = _yank(feed, "1.1.0", "--why", WHY)
+    assert r.returncode == 0 and r.stdout.startswith("yanked hello 1.1.0"), r.stdout + r.stderr
+    # what a publisher sees: still listed, with the reason; every file still checks
+    listed = json.loads(run_updaterd("feed", "list", "--feed", feed.folder, "--json").stdout)
+    yanked = {r["version"]: r["yanked"] for r in listed["releases"]}
+    assert yanked == {"1.0.0": None, "1.1.0": WHY}
+    assert listed["releases"][1]["rollout"] == 100
+    assert {a["platform"] for a in listed["releases"][1]["artifacts"]} == \
+        {"linux-x86_64", "linux-x86_64.delta"}
+    assert f"YANKED: {WHY}" in run_updaterd("feed", "list", "--feed", feed.folder).stdout
+    check = run_updaterd("feed", "check", nginx.url(f"{feed.folder.name}/"), "--public-key",
+                         feed.pub)
+    assert check.returncode == 0, check.stdout + check.stderr
+    # the daemon's host runs it: its status says why, in words and as a field
+    daemon.ctl("check", "hello", check=True)
+    assert daemon.app()["yanked"] == WHY
+    status = daemon.ctl("status", "hello", check=True).stdout
+    assert f"1.1.0, running now, was yanked by the publisher: {WHY}" in status, status
+    # the host still on 1.0.0 passes it over and says why; it installs it only on purpose
+    r = run_updaterd("--config", late.config, "--once")
+    assert r.returncode == 0 and late.current() == "1.0.0", r.stderr
+    assert late.state()["passed_over"] == {"1.1.0": f"yanked by the publisher: {WHY}"}
+    r = run_updaterd("--config", late.config, "update", "hello", "--version", "1.1.0")
+    assert r.returncode == 0 and late.current() == "1.1.0", r.stderr
+    assert f"installing 1.1.0 on purpose although the publisher yanked it: {WHY}" in r.stderr
+    assert run_updaterd("--config", late.config, "update", "hello", "--version",
+                        "1.0.0").returncode == 0
+    # unyanked: offered again at the rollout it had, and the host's status no longer says it
+    r = run_updaterd("feed", "unyank", "--feed", feed.folder, "--key", feed.key, "1.1.0")
+    assert r.returncode == 0 and "unyanked hello 1.1.0 (rollout 100%)" in r.stdout, r.stdout
+    daemon.ctl("check", "hello", check=True)
+    assert daemon.app()["yanked"] is None
+    assert "was yanked" not in daemon.ctl("status", "hello", check=True).stdout
+    r = run_updaterd("--config", late.config, "--once")
+    assert r.returncode == 0 and late.current() == "1.1.0", r.stderr + str(late.state())
+
+
+def test_a_daemon_from_before_yanking_accepts_a_yank_and_never_installs_it_by_itself(
+        host: Host, nginx: Nginx, served_feed: Feed, tmp_path: Path) -> None:
+    env = code_of_commit(BEFORE_YANK, tmp_path / "old")
+    feed = served_feed
+    dist = tmp_path / "dist"
+    assert _publish(feed, "1.0.0", _ci_build(dist, "1.0.0")).returncode == 0
+    host.follow(nginx, feed)
+
+    def old(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "updaterd", "--config", str(host.config),
+                               *args], env=env, capture_output=True, text=True, timeout=120)
+
+    assert old("--once").returncode == 0 and host.current() == "1.0.0"
+    assert _publish(feed, "1.1.0", _ci_build(dist, "1.1.0")).returncode == 0
+    assert _yank(feed, "1.1.0", "--why", WHY).returncode == 0
+    r = old("--once")
+    assert r.returncode == 0 and host.current() == "1.0.0", r.stderr
+    r = old("update", "hello", "--version", "1.1.0")
+    assert r.returncode == 0 and host.current() == "1.1.0", r.stderr
+
+
+def test_a_yank_refuses_what_the_manifest_cannot_carry_and_publish_respects_it(
+        feed: Feed, tmp_path: Path) -> None:
+    dist = tmp_path / "dist"
+    assert _publish(feed, "1.0.0", _ci_build(dist, "1.0.0")).returncode == 0
+    before = _snapshot(feed.folder)
+    r = _yank(feed, "1.0.0", "--why", "x" * 181)
+    assert r.returncode == 1 and "--why is 181 bytes; a yank reason holds at most 180" \
+        in r.stderr, r.stderr
+    r = _yank(feed, "1.0.0", "--why", "  \n ")
+    assert r.returncode == 1 and "--why must say why" in r.stderr, r.stderr
+    r = _yank(feed, "2.0.0", "--why", WHY)
+    assert r.returncode == 1 and "hello has no release '2.0.0'" in r.stderr, r.stderr
+    assert _snapshot(feed.folder) == before
+    assert _yank(feed, "1.0.0", "--why", "a reason\twith\x1b[31m controls").returncode == 0
+    listed = run_updaterd("feed", "list", "--feed", feed.folder).stdout
+    assert "YANKED: a reason with\\x1b[31m controls" in listed, listed
+    r = _yank(feed, "1.0.0", "--why", "a reason with\x1b[31m controls")
+    assert r.returncode == 0 and "nothing to change" in r.stdout, r.stdout
+    # a yanked release's rollout changes only once it is unyanked; "yanked" is no platform
+    r = _publish(feed, "1.0.0", None, "--rollout", "50")
+    assert r.returncode == 1 and "hello 1.0.0 is yanked: `updaterd feed unyank` it" \
+        in r.stderr, r.stderr
+    r = _publish(feed, "1.1.0", _ci_build(dist, "1.1.0"), "--platform", "yanked")
+    assert r.returncode == 1 and "platform 'yanked' is reserved" in r.stderr, r.stderr
+    r = run_updaterd("feed", "unyank", "--feed", feed.folder, "--key", feed.key, "1.0.0")
+    assert r.returncode == 0, r.stderr
+    r = run_updaterd("feed", "unyank", "--feed", feed.folder, "--key", feed.key, "1.0.0")
+    assert r.returncode == 0 and "nothing to change" in r.stdout, r.stdout
+
+
+def test_prune_never_removes_the_release_a_rollout_holds_hosts_back_to(
+        feed: Feed, tmp_path: Path) -> None:
+    dist = tmp_path / "dist"
+    for version, rollout in (("1.0.0", "100"), ("1.1.0", "100"), ("1.2.0", "10")):
+        r = _publish(feed, version, _ci_build(dist, version), "--rollout", rollout)
+        assert r.returncode == 0, r.stderr
+    r = run_updaterd("feed", "prune", "--feed", feed.folder, "--key", feed.key, "--keep", "1")
+    assert r.returncode == 0 and "pruned 1.0.0" in r.stdout, r.stdout + r.stderr
+    listed = json.loads(run_updaterd("feed", "list", "--feed", feed.folder, "--json").stdout)
+    assert [r["version"] for r in listed["releases"]] == ["1.1.0", "1.2.0"]
+    # a yanked newest release holds hosts back too
+    assert _publish(feed, "1.2.0", None, "--rollout", "100").returncode == 0
+    assert _yank(feed, "1.2.0", "--why", WHY).returncode == 0
+    r = run_updaterd("feed", "prune", "--feed", feed.folder, "--key", feed.key, "--keep", "1")
+    assert r.returncode == 0 and "nothing to change" in r.stdout, r.stdout + r.stderr
+    assert (feed.folder / "hello-1.1.0-linux-x86_64.tar.gz").exists()

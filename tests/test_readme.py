@@ -58,6 +58,7 @@ def test_publishing_a_feed(tmp_path: Path) -> None:
     make_tar(tmp_path / "demo-1.3.0-linux-x86_64.tar.zst", release_files("1.3.0"), top="demo")
     run_block(script, tmp_path)
     assert (tmp_path / "www" / "manifest.json").is_file()
+    assert '"platform": "yanked"' not in (tmp_path / "www" / "manifest.json").read_text()
     r = subprocess.run(["minisign", "-Vm", "manifest.json", "-p",
                         str(tmp_path / "release-key.pub")], cwd=tmp_path / "www",
                        capture_output=True, text=True)

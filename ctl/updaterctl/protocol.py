@@ -176,6 +176,7 @@ class AppStatus(Struct, kw_only=True):
     blocked: list[str] = []
     skipped: list[str] = []
     notes: list[str] = []  # why an available version is not being installed, for people
+    yanked: str | None = None  # the publisher yanked the version running now, and why
 
 
 class StatusResult(Struct, kw_only=True):

@@ -135,6 +135,12 @@ class ControlApi:
         st = w.state()
         cfg = w.config()
         name, notes = w.name, []
+        yanked = st.yanked.get(st.installed) if st.installed else None
+        if yanked is not None:
+            then = f"{st.available} installs at the next check" if st.available else \
+                f"`updaterctl update {name} --version V` moves to another release"
+            notes.append(f"{st.installed}, running now, was yanked by the publisher: "
+                         f"{yanked}; {then}")
         if st.paused:
             notes.append(f"paused: `updaterctl resume {name}` to go on")
         if st.available and not cfg.auto_update:
@@ -164,7 +170,7 @@ class ControlApi:
             progress=Progress(done=w.progress[0], total=w.progress[1]) if w.progress else None,
             last_check=st.last_check, next_check=w.schedule.next_check,
             last_error=st.last_error, paused=st.paused, auto_update=cfg.auto_update,
-            blocked=st.blocked, skipped=st.skipped, notes=notes)
+            blocked=st.blocked, skipped=st.skipped, notes=notes, yanked=yanked)
 
     async def list_backups(self, p: AppParams, conn: Connection) -> list[Backup]:
         """Releases kept on disk (releases mode) or backup copies (inplace), with sizes."""

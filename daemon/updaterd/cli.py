@@ -20,6 +20,7 @@ from updaterd import config as config_mod
 from updaterd.errors import ConfigError, LockHeld, UpdaterError
 from updaterd.lock import ProcessLock
 from updaterd.logtext import OneLine
+from updaterd.yank import MAX_REASON as MAX_YANK_REASON
 
 log = logging.getLogger("updaterd")
 
@@ -94,7 +95,8 @@ def _parser() -> argparse.ArgumentParser:
                          "the set is refused, naming what is missing, when too few sign")
     rk.add_argument("--dry-run", action="store_true",
                     help="check the new key set as hosts would; write nothing")
-    fd = sub.add_parser("feed", help="look after a feed: list, resign, promote, prune, check")
+    fd = sub.add_parser("feed", help="look after a feed: list, yank, unyank, promote, resign, "
+                                     "prune, check")
     feed_sub = fd.add_subparsers(dest="feed_command", metavar="COMMAND", required=True)
     fl = feed_sub.add_parser("list", help="every release, its channel, rollout and artifacts; "
                                           "the serial, expiry and key set")
@@ -108,6 +110,14 @@ def _parser() -> argparse.ArgumentParser:
                                            "stay as they are)")
     fp.add_argument("--channel", required=True, metavar="C", help="the channel to move it to")
     fp.add_argument("release_version", metavar="VERSION", help="the release to move")
+    fy = _feed_writer(feed_sub, "yank", "withdraw a release: it stays listed, hosts never "
+                                        "install it automatically, and those on it say why")
+    fy.add_argument("--why", required=True, metavar="TEXT",
+                    help=f"the reason hosts show (at most {MAX_YANK_REASON} bytes)")
+    fy.add_argument("release_version", metavar="VERSION", help="the release to yank")
+    fu = _feed_writer(feed_sub, "unyank", "undo a yank: the release is offered again at the "
+                                          "rollout it had")
+    fu.add_argument("release_version", metavar="VERSION", help="the release to offer again")
     fx = _feed_writer(feed_sub, "prune", "drop all but the newest N releases of each channel, "
                                          "and their files")
     fx.add_argument("--keep", required=True, type=int, metavar="N",
@@ -235,6 +245,13 @@ def _feed(args: argparse.Namespace) -> int:
         done = feedtools.promote(feed_dir=Path(args.feed), key_path=keys,
                                  version=args.release_version, channel=args.channel,
                                  dry_run=args.dry_run)
+    elif args.feed_command == "yank":
+        done = feedtools.yank_release(feed_dir=Path(args.feed), key_path=keys,
+                                      version=args.release_version, why=args.why,
+                                      dry_run=args.dry_run)
+    elif args.feed_command == "unyank":
+        done = feedtools.unyank_release(feed_dir=Path(args.feed), key_path=keys,
+                                        version=args.release_version, dry_run=args.dry_run)
     else:
         done = feedtools.prune(feed_dir=Path(args.feed), key_path=keys, keep=args.keep,
                                dry_run=args.dry_run)

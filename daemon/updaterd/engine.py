@@ -15,7 +15,7 @@ from pathlib import Path
 import trio
 
 from updaterctl.protocol import CheckResult, Event, RollbackResult, UpdateResult
-from updaterd import outcome, state, tokens, treehash, versions
+from updaterd import outcome, state, tokens, treehash, versions, yank
 from updaterd.config import AppConfig, Config, host_platform
 from updaterd.errors import (
     FeedError,
@@ -179,8 +179,8 @@ class Engine:
             outcome.check_attempted(run.state, cycle_start)  # the operation records the failure
             raise
         manifest = trusted.manifest
-        offers = [versions.Offer(r.version, r.channel, r.rollout) for r in manifest.releases
-                  if self._artifact(r) is not None]
+        offers = [versions.Offer(r.version, r.channel, r.rollout, yank.reason(r))
+                  for r in manifest.releases if self._artifact(r) is not None]
         baseline = run.state.installed
         if run.cfg.source == "github":  # no signed serial: the newest version ever installed
             baseline = versions.highest(baseline, run.state.highest_installed)  # is the floor
@@ -189,10 +189,13 @@ class Engine:
             outcome.validators(run.state, *trusted.validators)
         outcome.rate_limited(run.state, None)
         downloads = sorted({a.url.rsplit("/", 1)[-1] for r in manifest.releases
-                            if r.version in (choice.version, wanted) for a in r.artifacts})
+                            if r.version in (choice.version, wanted) for a in r.artifacts
+                            if not yank.is_marker(a)})
+        yanked = {r.version: why for r in manifest.releases
+                  if (why := yank.reason(r)) is not None}
         outcome.checked(run.state, serial=manifest.serial, digest=trusted.digest,
                         available=choice.version, passed_over=choice.passed_over,
-                        at=cycle_start, downloads=downloads)
+                        at=cycle_start, downloads=downloads, yanked=yanked)
         run.save()
         drop_unwanted_downloads(run)
         found = f"{choice.version} is available" if choice.version else "nothing new"
@@ -326,6 +329,9 @@ class Engine:
             artifact = self._artifact(release)
             if artifact is None:
                 raise FeedError(f"{app} {release.version}: no artifact for {self.platform}")
+            if (why := yank.reason(release)) is not None:  # only ever on purpose (`choose`)
+                log.warning("%s: installing %s on purpose although the publisher yanked it: %s",
+                            app, release.version, why)
             op.version = release.version
             ended = await apply_update(run, source, release, artifact)
         reason = run.state.last_error or "" if ended == "rolled_back" else run.plan

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urljoin
 
-from updaterd import delta, digests, feed, fsutil, minisign
+from updaterd import delta, digests, feed, fsutil, minisign, yank
 from updaterd.errors import DigestMismatch, FeedError, SignatureError, UpdaterError
 
 WARN_BEFORE = timedelta(days=7)
@@ -138,6 +138,8 @@ def check(target: str, public_keys: list[str], threshold: int = 1,
                                "hosts refuse it then (`updaterd feed resign`)")
     for release in m.releases:
         for a in release.artifacts:
+            if yank.is_marker(a):  # no file: the reason itself (only `feed list` shows it)
+                continue
             name = a.url
             what = f"{release.version} {a.platform}: {place.where(name)}"
             try:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import msgspec
 
-from updaterd import feed, keys, publish, versions
+from updaterd import feed, keys, logtext, publish, versions, yank
 from updaterd.errors import FeedError
 from updaterd.feed import Manifest, Release
 from updaterd.keys import KeySet
@@ -93,6 +93,36 @@ def promote(*, feed_dir: Path, key_path: Sequence[Path], version: str, channel: 
     return _rewrite(feed_dir, key_path, change, dry_run=dry_run)
 
 
+def yank_release(*, feed_dir: Path, key_path: Sequence[Path], version: str, why: str,
+                 dry_run: bool = False) -> Rewritten:
+    """Withdraw a release without removing it: hosts never install it automatically (only on
+    purpose), and a host running it shows `why` in its status."""
+    yank.marker(why, 100)  # a reason the manifest cannot carry is refused before anything
+
+    def change(m: Manifest) -> str:
+        release = _find(m, version)
+        if yank.reason(release) == " ".join(why.split()):
+            return ""
+        yank.apply(release, why)
+        return f"yanked {m.app} {release.version}"
+
+    return _rewrite(feed_dir, key_path, change, dry_run=dry_run)
+
+
+def unyank_release(*, feed_dir: Path, key_path: Sequence[Path], version: str,
+                   dry_run: bool = False) -> Rewritten:
+    """Undo a yank: the release is offered again, at the rollout it had before."""
+
+    def change(m: Manifest) -> str:
+        release = _find(m, version)
+        if yank.reason(release) is None:
+            return ""
+        yank.undo(release)
+        return f"unyanked {m.app} {release.version} (rollout {release.rollout}%)"
+
+    return _rewrite(feed_dir, key_path, change, dry_run=dry_run)
+
+
 def prune(*, feed_dir: Path, key_path: Sequence[Path], keep: int,
           dry_run: bool = False) -> Rewritten:
     """Keep the newest `keep` releases of each channel; the others leave the manifest, then
@@ -106,7 +136,7 @@ def prune(*, feed_dir: Path, key_path: Sequence[Path], keep: int,
         for r in m.releases:
             by_channel.setdefault(r.channel, []).append(r)
         for releases in by_channel.values():
-            gone.extend(_newest_first(releases)[keep:])
+            gone.extend(_beyond_keep(_newest_first(releases), keep))
         m.releases = [r for r in m.releases if r not in gone]
         return f"pruned {', '.join(r.version for r in gone)}" if gone else ""
 
@@ -121,6 +151,17 @@ def prune(*, feed_dir: Path, key_path: Sequence[Path], keep: int,
                     if not dry_run:
                         path.unlink()
     return done
+
+
+def _beyond_keep(newest_first: list[Release], keep: int) -> list[Release]:
+    """The releases past the newest `keep`, less those a rollout still holds hosts back to:
+    while the oldest kept release is not offered to every host (a partial rollout, a yank),
+    the hosts it leaves out run an older one, which stays until one kept reaches them all."""
+    kept = newest_first[:keep]
+    rest = newest_first[keep:]
+    while rest and (kept[-1].rollout < 100 or yank.reason(kept[-1]) is not None):
+        kept.append(rest.pop(0))
+    return rest
 
 
 def _newest_first(releases: list[Release]) -> list[Release]:
@@ -151,7 +192,17 @@ def listing(feed_dir: Path) -> dict[str, object]:
     return {"app": manifest.app, "serial": manifest.serial,
             "expires": manifest.expires.isoformat(),
             "keys": msgspec.to_builtins(keyset) if keyset is not None else None,
-            "releases": msgspec.to_builtins(manifest.releases)}
+            "releases": [_listed(r) for r in manifest.releases]}
+
+
+def _listed(release: Release) -> dict[str, object]:
+    """A release as `feed list` shows it: a yank as a reason and the rollout it had before,
+    not as the marker entry that carries them."""
+    out: dict[str, object] = msgspec.to_builtins(release)
+    out["yanked"] = yank.reason(release)
+    out["rollout"] = yank.rollout_before(release)
+    out["artifacts"] = [msgspec.to_builtins(a) for a in release.artifacts if not yank.is_marker(a)]
+    return out
 
 
 def describe(listed: dict[str, object]) -> str:
@@ -166,6 +217,8 @@ def describe(listed: dict[str, object]) -> str:
     for r in releases:
         out.append(f"{r['version']}  {r['channel']}  rollout {r['rollout']}%  published "
                    f"{r['published']}")
+        if r["yanked"] is not None:
+            out.append(f"  YANKED: {logtext.clean(str(r['yanked']))}")
         for a in r["artifacts"]:
             out.append(f"  {a['platform']}: {a['url']} ({a['size']} bytes)")
     return "\n".join(out)

@@ -32,12 +32,14 @@ def remember(st: AppState, action: str, version: str, from_version: str | None, 
 # -- what a check learns --------------------------------------------------------------------
 
 def checked(st: AppState, *, serial: int, digest: str, available: str | None,
-            passed_over: dict[str, str], at: float, downloads: list[str]) -> None:
+            passed_over: dict[str, str], at: float, downloads: list[str],
+            yanked: dict[str, str] | None = None) -> None:
     """The feed passed every check: its serial is the new high-water mark, and the cache is
-    for `downloads` only."""
+    for `downloads` only. `yanked`: the releases the publisher withdrew, and why."""
     st.serial, st.manifest_digest = serial, digest
     st.available, st.downloads = available, downloads
     st.passed_over = {_text(v): _text(why) for v, why in passed_over.items()}
+    st.yanked = {_text(v): _text(why) for v, why in (yanked or {}).items()}
     st.last_check, st.last_error = at, None
 
 

@@ -24,7 +24,18 @@ from pathlib import Path
 
 import msgspec
 
-from updaterd import archive, delta, digests, failpoints, feed, fsutil, keys, minisign, versions
+from updaterd import (
+    archive,
+    delta,
+    digests,
+    failpoints,
+    feed,
+    fsutil,
+    keys,
+    minisign,
+    versions,
+    yank,
+)
 from updaterd.config import host_platform
 from updaterd.errors import FeedError, SignatureError, UpdaterError
 from updaterd.feed import Artifact, Manifest, Release
@@ -211,6 +222,9 @@ def _artifact_entries(artifacts: list[Path], platform: str | None, app: str,
             raise FeedError(f"{path}: no such file" if not path.exists() else
                             f"{path}: not a regular file")
         where = platform_of(path.name, platform)
+        if where == yank.PLATFORM or where.endswith(delta.SUFFIX):
+            raise FeedError(f"platform {where!r} is reserved: it marks a yank or a delta "
+                            "descriptor, which no host installs")
         if any(a.platform == where for _, a in entries):
             raise FeedError(f"two artifacts for platform {where}: {entries[0][0]} and {path} "
                             "(name each platform in the file name, or publish them one by one "
@@ -386,6 +400,9 @@ def publish(*, feed_dir: Path, key_path: Path | Sequence[Path], app: str, versio
     else:
         manifest = Manifest(schema=1, app=app, serial=0, expires=now, releases=[])
     old, added = _check_immutable(manifest, version, entries)
+    if old is not None and yank.reason(old) is not None and rollout is not None:
+        raise FeedError(f"{app} {old.version} is yanked: `updaterd feed unyank` it before "
+                        "changing its rollout")
     _check_names(feed_dir, manifest, entries)
     # Of an existing release only what is given on purpose changes (a re-run CI job with the
     # default rollout must not widen a rollout someone narrowed).

@@ -86,6 +86,8 @@ class AppState(Struct, kw_only=True):
     highest_installed: str | None = None
     # the artifact names the last check still wants in the cache; the rest is removed (row 149)
     downloads: list[str] = []
+    # the releases the feed says are yanked, and why (a host running one says so in status)
+    yanked: dict[str, str] = {}
 
 
 def app_dir(state_dir: Path, app: str) -> Path:

@@ -81,6 +81,7 @@ class Offer:
     version: str
     channel: str
     rollout: int = 100
+    yanked: str | None = None  # the publisher's reason: never installed automatically
 
 
 @dataclass(frozen=True)
@@ -192,6 +193,8 @@ def choose(offers: Iterable[Offer], installed: str | None, policy: Policy) -> Ch
 
 
 def _refusal(offer: Offer, policy: Policy, semantic: bool = True) -> str:
+    if offer.yanked is not None:
+        return f"yanked by the publisher: {offer.yanked}"
     if offer.version in policy.blocked:
         return "blocked after a failed health check"
     if offer.version in policy.skipped:
