@@ -1,8 +1,9 @@
 """The publisher's side as a publisher uses it (issue 27, rows 155-156): a CI job that writes its
 artifact under a fixed name, an overwrite by mistake, a key rotation done wrong then right, a
-re-signature on a timer; real `updaterd publish`, `rotate-keys` and `feed` commands, a feed
-served by nginx, and real hosts (`updaterd --once`) that must never refuse the feed nor lose a
-listed release at any step."""
+re-signature on a timer, a yank, a promotion, a prune, a file changed on the server; real
+`updaterd publish`, `rotate-keys` and `feed` commands, a feed served by nginx, and real daemons
+(one trusting the first key, one set up after the rotation) that must never refuse the feed nor
+lose a listed release at any step."""
 
 from __future__ import annotations
 
@@ -16,6 +17,15 @@ import pytest
 
 from tests.conftest import Daemon, Host, Nginx
 from tests.helpers import Feed, code_of_commit, make_tar, release_files, run_updaterd
+
+BEFORE_YANK = "236bd39"  # the last commit whose daemon knows nothing of yanking
+WHY = "corrupts its cache on start; 1.1.1 fixes it"
+
+
+def _yank(feed: Feed, version: str, *extra: str,
+          key: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return run_updaterd("feed", "yank", "--feed", feed.folder, "--key", key or feed.key,
+                        version, *extra)
 
 
 def _ci_build(dist: Path, version: str) -> Path:
@@ -43,23 +53,43 @@ def _keys(tmp: Path, name: str) -> tuple[Path, Path, str]:
     return pub, tmp / f"{name}.key", pub.read_text().splitlines()[1]
 
 
-def _hosts_all_follow(hosts: list[Host], versions: list[str]) -> None:
-    """Every host checks cleanly and can still install every listed version on purpose."""
-    for h in hosts:
-        r = run_updaterd("--config", h.config, "--once")
-        assert r.returncode == 0, f"{h.base.name}: {r.stderr}"
+def _daemons_all_follow(daemons: list[Daemon], versions: list[str]) -> None:
+    """Every host's daemon checks cleanly and can still install every listed version on
+    purpose, and none of them ever logged a refusal of the feed or of its keys."""
+    for d in daemons:
+        r = d.ctl("check", "hello")
+        assert r.returncode == 0, f"{d.host.base.name}: {r.stderr}\n{d.log.read_text()}"
         for v in versions:
-            r = run_updaterd("--config", h.config, "update", "hello", "--version", v)
-            assert r.returncode == 0 and h.current() == v, f"{h.base.name} {v}: {r.stderr}"
+            r = d.ctl("update", "hello", "--version", v)
+            assert r.returncode == 0 and d.host.current() == v, \
+                f"{d.host.base.name} {v}: {r.stdout}{r.stderr}"
+        log = d.log.read_text()
+        assert "refuse" not in log and "WARNING" not in log, log
+
+
+def _host(tmp_path: Path, name: str, nginx: Nginx, feed: Feed, **app: object) -> Daemon:
+    host = Host(tmp_path / name)
+    host.base.mkdir()
+    host.follow(nginx, feed, **app)
+    return Daemon(host)
 
 
 def test_h155_h156_a_publishers_week_never_breaks_a_host(
         nginx: Nginx, served_feed: Feed, tmp_path: Path) -> None:
     feed = served_feed
     dist = tmp_path / "dist"
-    old = Host(tmp_path / "old-host")
-    old.base.mkdir()
-    old.follow(nginx, feed)
+    old = _host(tmp_path, "old-host", nginx, feed)
+    daemons = [old]
+    try:
+        _a_publishers_week(nginx, feed, dist, tmp_path, daemons)
+    finally:
+        for d in daemons:
+            d.stop()
+
+
+def _a_publishers_week(nginx: Nginx, feed: Feed, dist: Path, tmp_path: Path,
+                       daemons: list[Daemon]) -> None:
+    old = daemons[0]
     # 1. two versions from the same CI file name: each keeps its own bytes
     for version in ("1.0.0", "1.1.0"):
         r = _publish(feed, version, _ci_build(dist, version))
@@ -68,7 +98,9 @@ def test_h155_h156_a_publishers_week_never_breaks_a_host(
         assert f"linux-x86_64: hello-{version}-linux-x86_64.tar.gz" in r.stdout
     assert (feed.folder / "hello-1.0.0-linux-x86_64.tar.gz").exists()
     assert not (feed.folder / "hello-linux-x86_64.tar.gz").exists()
-    _hosts_all_follow([old], ["1.0.0", "1.1.0"])
+    old.start()
+    old.wait_for(lambda: old.app()["current"] == "1.1.0", what="the old host on 1.1.0")
+    _daemons_all_follow([old], ["1.0.0", "1.1.0"])
     # 2. 1.1.0 again with other bytes (a rebuild): refused, nothing touched
     before = _snapshot(feed.folder)
     rebuilt = make_tar(dist / "hello-linux-x86_64.tar.gz",
@@ -104,16 +136,17 @@ def test_h155_h156_a_publishers_week_never_breaks_a_host(
     r = run_updaterd("rotate-keys", "--feed", feed.folder, "--app", "hello", "--new-key",
                      new_pub, "--sign", feed.key, "--sign", new_key)
     assert r.returncode == 0, r.stderr
-    _hosts_all_follow([old], ["1.0.0", "1.1.0"])
-    # 4. the old key can no longer publish; the new one can, and a host pinned to it follows
+    _daemons_all_follow([old], ["1.0.0", "1.1.0"])
+    # 4. the old key can no longer publish; the new one can, and a host set up after the
+    # rotation, trusting the new key alone, follows
     r = _publish(feed, "1.2.0", _ci_build(dist, "1.2.0"))
     assert r.returncode == 1 and "add --key for" in r.stderr, r.stderr
     r = _publish(feed, "1.2.0", _ci_build(dist, "1.2.0"), key=new_key)
     assert r.returncode == 0, r.stderr
-    fresh = Host(tmp_path / "new-host")
-    fresh.base.mkdir()
-    fresh.follow(nginx, feed, public_keys=[new_line])
-    _hosts_all_follow([old, fresh], ["1.0.0", "1.1.0", "1.2.0"])
+    fresh = _host(tmp_path, "new-host", nginx, feed, public_keys=[new_line])
+    daemons.append(fresh.start())
+    fresh.wait_for(lambda: fresh.app()["current"] == "1.2.0", what="the new host on 1.2.0")
+    _daemons_all_follow([old, fresh], ["1.0.0", "1.1.0", "1.2.0"])
     # 5. a re-signature on a timer: a new serial and expiry, nothing else
     serial = json.loads((feed.folder / "manifest.json").read_text())["serial"]
     r = run_updaterd("feed", "resign", "--feed", feed.folder, "--key", new_key,
@@ -122,7 +155,40 @@ def test_h155_h156_a_publishers_week_never_breaks_a_host(
     listed = json.loads(run_updaterd("feed", "list", "--feed", feed.folder, "--json").stdout)
     assert [r["version"] for r in listed["releases"]] == ["1.0.0", "1.1.0", "1.2.0"]
     assert listed["keys"]["version"] == 1
-    _hosts_all_follow([old, fresh], ["1.0.0", "1.2.0"])
+    _daemons_all_follow([old, fresh], ["1.0.0", "1.2.0"])
+    # 6. 1.2.0 turns out bad: yanked; the hosts on it say why, none installs it by itself
+    r = _yank(feed, "1.2.0", "--why", WHY, key=new_key)
+    assert r.returncode == 0, r.stderr
+    for d in (old, fresh):
+        assert d.ctl("check", "hello").returncode == 0
+        assert d.app()["current"] == "1.2.0" and d.app()["yanked"] == WHY
+        d.ctl("update", "hello", "--version", "1.1.0", check=True)
+        assert "1.2.0: yanked by the publisher" in d.ctl("check", "hello", check=True).stdout
+    _daemons_all_follow([old, fresh], ["1.2.0", "1.0.0", "1.1.0"])
+    # 7. the fix goes to beta first, then is promoted; both hosts take it
+    r = _publish(feed, "1.2.1", _ci_build(dist, "1.2.1"), "--channel", "beta", key=new_key)
+    assert r.returncode == 0, r.stderr
+    for d in (old, fresh):
+        assert d.ctl("check", "hello").returncode == 0 and d.app()["available"] is None
+    r = run_updaterd("feed", "promote", "--feed", feed.folder, "--key", new_key, "--channel",
+                     "stable", "1.2.1")
+    assert r.returncode == 0, r.stderr
+    for d in (old, fresh):
+        out = d.ctl("update", "hello", check=True).stdout
+        assert "installed 1.2.1 (was 1.1.0)" in out, out
+    # 8. pruned to the newest two of each channel: 1.0.0 goes, 1.1.0 stays (1.2.0 is yanked)
+    r = run_updaterd("feed", "prune", "--feed", feed.folder, "--key", new_key, "--keep", "2")
+    assert r.returncode == 0 and "pruned 1.0.0" in r.stdout, r.stdout + r.stderr
+    assert not (feed.folder / "hello-1.0.0-linux-x86_64.tar.gz").exists()
+    _daemons_all_follow([old, fresh], ["1.1.0", "1.2.0", "1.2.1"])
+    # 9. what the CDN serves is what was signed, until a file is changed behind our back
+    url = nginx.url(f"{feed.folder.name}/")
+    r = run_updaterd("feed", "check", url, "--public-key", new_pub)
+    assert r.returncode == 0 and "0 problems" in r.stdout, r.stdout + r.stderr
+    art = feed.folder / "hello-1.1.0-linux-x86_64.tar.gz"
+    art.write_bytes(art.read_bytes()[:-1] + b"X")
+    r = run_updaterd("feed", "check", url, "--public-key", new_pub)
+    assert r.returncode == 1 and "1.1.0 linux-x86_64:" in r.stderr, r.stdout + r.stderr
 
 
 def test_h155_a_version_spelled_otherwise_is_the_same_version(feed: Feed, tmp_path: Path) -> None:
@@ -160,7 +226,8 @@ def test_h155_a_half_written_publish_is_finished_by_the_next(feed: Feed, tmp_pat
 
 @pytest.mark.parametrize("command", [["publish"], ["rotate-keys"], ["feed", "list"],
                                      ["feed", "resign"], ["feed", "promote"], ["feed", "prune"],
-                                     ["feed", "check"]])
+                                     ["feed", "yank"], ["feed", "unyank"], ["feed", "check"],
+                                     ["keygen"]])
 def test_every_option_of_the_publishers_commands_has_help(command: list[str]) -> None:
     r = run_updaterd(*command, "--help")
     assert r.returncode == 0
@@ -251,14 +318,6 @@ def test_feed_check_finds_a_tampered_file_on_nginx_and_in_a_folder(
     r = run_updaterd("feed", "check", url, "--public-key", other_line)
     assert r.returncode == 1 and "signature refused" in r.stderr, r.stderr
 
-
-BEFORE_YANK = "236bd39"  # the last commit whose daemon knows nothing of yanking
-WHY = "corrupts its cache on start; 1.1.1 fixes it"
-
-
-def _yank(feed: Feed, version: str, *extra: str) -> subprocess.CompletedProcess[str]:
-    return run_updaterd("feed", "yank", "--feed", feed.folder, "--key", feed.key, version,
-                        *extra)
 
 
 def test_a_yanked_release_is_never_installed_by_itself_and_a_host_on_it_says_why(
@@ -383,3 +442,25 @@ def test_prune_never_removes_the_release_a_rollout_holds_hosts_back_to(
     r = run_updaterd("feed", "prune", "--feed", feed.folder, "--key", feed.key, "--keep", "1")
     assert r.returncode == 0 and "nothing to change" in r.stdout, r.stdout + r.stderr
     assert (feed.folder / "hello-1.1.0-linux-x86_64.tar.gz").exists()
+
+
+def test_a_missing_artifact_is_said_at_every_write_and_the_next_release_still_goes_out(
+        feed: Feed, tmp_path: Path) -> None:
+    dist = tmp_path / "dist"
+    assert _publish(feed, "1.0.0", _ci_build(dist, "1.0.0")).returncode == 0
+    lost = feed.folder / "hello-1.0.0-linux-x86_64.tar.gz"
+    kept = lost.read_bytes()
+    lost.unlink()
+    said = f"{lost} is missing: hosts cannot install hello 1.0.0 from this feed"
+    r = _publish(feed, "1.1.0", _ci_build(dist, "1.1.0"))
+    assert r.returncode == 0 and said in r.stderr, r.stderr
+    r = run_updaterd("feed", "resign", "--feed", feed.folder, "--key", feed.key)
+    assert r.returncode == 0 and said in r.stderr, r.stderr
+    lost.write_bytes(kept[:-10])
+    r = run_updaterd("feed", "resign", "--feed", feed.folder, "--key", feed.key)
+    assert f"{lost} holds {len(kept) - 10} bytes, not {len(kept)}" in r.stderr, r.stderr
+    lost.write_bytes(kept)
+    r = run_updaterd("feed", "resign", "--feed", feed.folder, "--key", feed.key)
+    assert r.returncode == 0 and "cannot install" not in r.stderr, r.stderr
+    check = run_updaterd("feed", "check", str(feed.folder), "--public-key", feed.pub)
+    assert check.returncode == 0, check.stdout + check.stderr

@@ -54,6 +54,7 @@ def _rewrite(feed_dir: Path, key_path: Sequence[Path], change: Callable[[Manifes
     if manifest is None:
         raise FeedError(_NO_FEED.format(path=feed_dir / feed.MANIFEST))
     before = manifest.serial
+    publish.warn_missing(feed_dir, manifest)
     what = change(manifest)
     if not what:
         return Rewritten(manifest, "nothing to change")

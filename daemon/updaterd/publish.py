@@ -350,6 +350,29 @@ def _check_names(feed_dir: Path, manifest: Manifest, entries: list[tuple[Path, A
                             "promises; refusing to overwrite it")
 
 
+def warn_missing(feed_dir: Path, manifest: Manifest) -> list[str]:
+    """Files the signed manifest names that the folder lacks or holds at another size: hosts
+    cannot install those releases. Said, not refused: the publish at hand (often the fix)
+    must not be held up by an old loss, but nobody should learn of it from a host."""
+    found = []
+    for r in manifest.releases:
+        for a in r.artifacts:
+            if yank.is_marker(a) or "://" in a.url:
+                continue
+            try:
+                size = (feed_dir / a.url).stat().st_size
+            except OSError:
+                size = None
+            if size != a.size:
+                what = "is missing" if size is None else f"holds {size} bytes, not {a.size}"
+                found.append(f"{feed_dir / a.url} {what}: hosts cannot install "
+                             f"{manifest.app} {r.version} from this feed: put the published "
+                             "file back (`updaterd feed check` lists every such file)")
+    for line in found:
+        log.warning("%s", line)
+    return found
+
+
 def verify_as_hosts(raw: bytes, signature: bytes, trust: Trust | None, app: str,
                     serial: int | None, now: datetime) -> None:
     """The manifest about to be written, checked by the hosts' own `verify_manifest` as a
@@ -400,6 +423,7 @@ def publish(*, feed_dir: Path, key_path: Path | Sequence[Path], app: str, versio
     else:
         manifest = Manifest(schema=1, app=app, serial=0, expires=now, releases=[])
     old, added = _check_immutable(manifest, version, entries)
+    warn_missing(feed_dir, manifest)
     if old is not None and yank.reason(old) is not None and rollout is not None:
         raise FeedError(f"{app} {old.version} is yanked: `updaterd feed unyank` it before "
                         "changing its rollout")
