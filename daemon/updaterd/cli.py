@@ -7,9 +7,7 @@ import contextlib
 import json
 import logging
 import os
-import platform
 import sys
-import tarfile
 from pathlib import Path
 from typing import ClassVar
 
@@ -322,10 +320,6 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"installed updaterd {version} in {args.prefix}; run {args.prefix}/launcher")
         return EXIT_OK
     cfg = config_mod.load(args.config)
-    if not hasattr(tarfile, "data_filter"):
-        log.warning("this Python (%s) has no tarfile.data_filter: every tar archive will be "
-                    "refused (without it a hostile archive could write outside the release); "
-                    "use Python 3.11.4 or newer", platform.python_version())
     if args.command == "check-config":
         n = len(cfg.apps)
         print(f"{args.config}: OK ({n} app{'' if n == 1 else 's'})")

@@ -67,8 +67,8 @@ def build_image(work: Path) -> Path:
     """The guest's disk: the root file system, the host's Python, updaterd, a signed feed."""
     tree = work / "tree"
     subprocess.run(["cp", "-a", str(ROOTFS), str(tree)], check=True)
-    # the host's Python at its own path (its library path is built into the binary); Debian
-    # 12's own python3 has no tarfile.data_filter, without which updaterd refuses tar
+    # the host's Python at its own path (its library path is built into the binary): the one
+    # the packages in /opt/updaterd/lib are installed for (the package test uses Debian's own)
     base = Path(sys.base_prefix)
     skip = ["site-packages", "test", "idlelib", "tkinter", "ensurepip", "turtledemo",
             "config-3*"]
