@@ -574,29 +574,39 @@ def test_writeback_is_a_hint_that_may_be_missing(tmp_path: Path,
 def test_every_client_shares_one_tls_context_per_ca_setting(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A client is made for each check of each app; building a TLS context reads the whole CA
-    bundle (time, and 1-2 MiB each), so they share one, and a new one comes only with other
-    CA settings."""
-    from updaterd import netguard
+    store (time, and 1-2 MiB each), so they share one, and a new one comes only with other
+    CA settings or a store changed on disk (a CA added: no restart needed)."""
+    import ssl
+
+    from updaterd import tlstrust
 
     built: list[str | None] = []
-    real = httpx.create_ssl_context
+    real = tlstrust._build
 
-    def counting(**kwargs: Any) -> Any:
-        built.append(os.environ.get("SSL_CERT_FILE"))
-        return real(**kwargs)
+    def counting(ca_file: str | None, paths: ssl.DefaultVerifyPaths) -> ssl.SSLContext:
+        built.append(ca_file or os.environ.get("SSL_CERT_FILE"))
+        return real(ca_file, paths)
 
-    monkeypatch.setattr(netguard, "_CONTEXTS", {})
-    monkeypatch.setattr(httpx, "create_ssl_context", counting)
+    monkeypatch.setattr(tlstrust, "_CONTEXTS", {})
+    monkeypatch.setattr(tlstrust, "_build", counting)
     monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    bundle = tmp_path / "ca.pem"
+    bundle.write_bytes(Path(ssl.get_default_verify_paths().openssl_cafile).read_bytes()
+                       if Path(ssl.get_default_verify_paths().openssl_cafile).is_file()
+                       else Path("/etc/ssl/certs/ca-certificates.crt").read_bytes())
 
-    async def clients() -> None:
+    async def clients(ca_file: str | None = None) -> None:
         for _ in range(3):
-            await Fetcher(FAST).aclose()
+            await Fetcher(FAST, ca_file=ca_file).aclose()
 
     trio.run(clients)
     assert built == [None]
-    import certifi
-
-    monkeypatch.setenv("SSL_CERT_FILE", certifi.where())
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
     trio.run(clients)
-    assert built == [None, certifi.where()]
+    assert built == [None, str(bundle)]
+    monkeypatch.delenv("SSL_CERT_FILE")
+    trio.run(clients, str(bundle))
+    assert built == [None, str(bundle), str(bundle)]
+    os.utime(bundle, ns=(1, 1))  # the bundle changed on disk
+    trio.run(clients, str(bundle))
+    assert len(built) == 4

@@ -149,6 +149,8 @@ class AppConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     # manifest, the feed's host and the hosts its signed manifest names; github, any
     allowed_hosts: list[str] | None = None
     allow_insecure: bool = False
+    # a PEM bundle trusted for this app's TLS in place of the system's store
+    ca_file: str | None = None
     # `self = true`: this app is updaterd's own installation (see updaterd.selfupdate)
     self_update: bool = msgspec.field(default=False, name="self")
 
@@ -333,6 +335,11 @@ def _validate_app(name: str, app: AppConfig, where: str, problems: list[str],
         bad("health_url", "must be an http:// or https:// URL")
     if app.proxy is not None and urlsplit(app.proxy).scheme not in ("http", "https", "socks5"):
         bad("proxy", "must be an http://, https:// or socks5:// URL")
+    if app.ca_file is not None:
+        from updaterd.tlstrust import check_ca_file
+
+        if why := check_ca_file(app.ca_file):
+            bad("ca_file", why)
     if app.health_notify and app.unit is None and not _restart_unit(app.restart):
         bad("health_notify", "needs unit = \"NAME.service\" (or restart = [\"systemctl\", "
             "\"restart\", \"NAME.service\"])")

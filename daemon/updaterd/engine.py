@@ -149,7 +149,7 @@ class Engine:
         if self.global_rate is not None:
             caps.append(self.global_rate)
         fetcher = Fetcher(self.config.limits, allow_insecure=run.cfg.allow_insecure,
-                          proxy=run.cfg.proxy, rate_caps=caps)
+                          proxy=run.cfg.proxy, rate_caps=caps, ca_file=run.cfg.ca_file)
         fetcher.on_retry = lambda text: run.phase(run.step, text)  # same phase, says why
         try:
             yield make_source(run.name, run.cfg, self.config.limits, fetcher, run.state_folder)

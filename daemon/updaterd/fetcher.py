@@ -31,12 +31,12 @@ import msgspec
 import trio
 
 from updaterctl._version import __version__
-from updaterd import cachefile, failpoints, fsutil, logtext, urlpolicy
+from updaterd import cachefile, failpoints, fsutil, logtext, tlstrust, urlpolicy
 from updaterd.cachefile import Expected, ProgressFn
 from updaterd.config import Limits
 from updaterd.digests import Digests
 from updaterd.errors import DigestMismatch, DownloadError, RateLimited, Retryable
-from updaterd.netguard import GuardedTransport, shared_ssl_context
+from updaterd.netguard import GuardedTransport
 from updaterd.ratecap import TokenBucket
 from updaterd.units import parse_duration, parse_size
 
@@ -115,7 +115,7 @@ class Fetcher:
                  proxy: str | None = None, rng: random.Random | None = None,
                  transport: httpx.AsyncBaseTransport | None = None,
                  rate_caps: list[TokenBucket] | None = None,
-                 allowed_hosts: set[str] | None = None) -> None:
+                 allowed_hosts: set[str] | None = None, ca_file: str | None = None) -> None:
         self.limits = limits
         self.rate_caps = rate_caps or []
         self.allow_insecure = allow_insecure
@@ -130,7 +130,8 @@ class Fetcher:
             # *_proxy variables, which httpx honours only with its own transport) the proxy
             # connects, and the URL policy is what applies.
             # Under a rate cap, large reads would arrive as bursts the cap then sleeps off.
-            transport = GuardedTransport(large_reads=not self.rate_caps)
+            transport = GuardedTransport(context=tlstrust.context(ca_file),
+                                         large_reads=not self.rate_caps)
         self.rng = rng or random.Random()
         connect = parse_duration(limits.connect_timeout)
         read = parse_duration(limits.read_timeout)
@@ -141,7 +142,7 @@ class Fetcher:
             proxy=proxy,
             trust_env=proxy is None,
             transport=transport,
-            verify=shared_ssl_context(proxy is None),  # for a proxy's transport too
+            verify=tlstrust.context(ca_file),  # for a proxy's transport too
         )
 
     async def aclose(self) -> None:

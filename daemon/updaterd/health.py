@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from updaterd import tlstrust
 from updaterd.errors import HealthCheckFailed
 
 if TYPE_CHECKING:
@@ -22,7 +23,8 @@ _TAIL = 2048
 PROBE_BODY_CAP = 64 * 1024  # what a health probe reads of an answer at most (row 148)
 
 
-async def probe_url(url: str, timeout: float, every: float = 0.5) -> None:
+async def probe_url(url: str, timeout: float, every: float = 0.5,
+                    ca_file: str | None = None) -> None:
     """GET `url` until it answers 2xx, for at most `timeout` seconds.
 
     Only the status decides: at most PROBE_BODY_CAP bytes of a body are read before the
@@ -31,8 +33,8 @@ async def probe_url(url: str, timeout: float, every: float = 0.5) -> None:
 
     last = "no answer"
     with trio.move_on_after(timeout):
-        async with httpx.AsyncClient(timeout=max(min(timeout, 10.0), 0.1),
-                                     trust_env=False) as client:
+        async with httpx.AsyncClient(timeout=max(min(timeout, 10.0), 0.1), trust_env=False,
+                                     verify=tlstrust.context(ca_file)) as client:
             while True:
                 try:
                     async with client.stream("GET", url) as r:

@@ -10,7 +10,6 @@ the name in the URL: httpcore passes that name as the server name, whatever addr
 
 from __future__ import annotations
 
-import os
 import socket
 import ssl
 from collections.abc import Iterable
@@ -104,27 +103,11 @@ class CheckedBackend(httpcore.AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
-_CONTEXTS: dict[tuple[bool, str | None, str | None], ssl.SSLContext] = {}
-
-
-def shared_ssl_context(trust_env: bool = True) -> ssl.SSLContext:
-    """One verifying TLS context for every client with the same CA settings (SSL_CERT_FILE,
-    SSL_CERT_DIR when the environment is trusted): building one reads the whole CA bundle,
-    and a client is made for each check of each app. Contexts are made to be shared."""
-    key = (trust_env, os.environ.get("SSL_CERT_FILE") if trust_env else None,
-           os.environ.get("SSL_CERT_DIR") if trust_env else None)
-    context = _CONTEXTS.get(key)
-    if context is None:
-        context = _CONTEXTS[key] = httpx.create_ssl_context(trust_env=trust_env)
-    return context
-
-
 class GuardedTransport(httpx.AsyncHTTPTransport):
     """httpx's own transport (request and error mapping unchanged) over a connection pool
     whose network backend is `CheckedBackend`; proxies are not used through it."""
 
-    def __init__(self, *, trust_env: bool = True, large_reads: bool = True) -> None:
-        context = shared_ssl_context(trust_env)
-        super().__init__(verify=context, trust_env=trust_env)  # its own pool is replaced
+    def __init__(self, *, context: ssl.SSLContext, large_reads: bool = True) -> None:
+        super().__init__(verify=context)  # its own pool is replaced
         self._pool = httpcore.AsyncConnectionPool(
             ssl_context=context, network_backend=CheckedBackend(large_reads))

@@ -290,7 +290,7 @@ async def finish_update(run: AppRun, from_version: str | None, version: str) -> 
             await health.unit_active(unit, timeout)
         if run.cfg.health_url:
             run.phase("health_check", f"probing {run.cfg.health_url}", version)
-            await health.probe_url(run.cfg.health_url, timeout)
+            await health.probe_url(run.cfg.health_url, timeout, ca_file=run.cfg.ca_file)
         failpoints.hit("health.after")
     except HealthCheckFailed as e:
         back_to = await _intact_rollback_target(run, version, from_version)

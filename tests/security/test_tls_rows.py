@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import os
+import shutil
+import ssl
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.conftest import Host
-from tests.helpers import Feed, run_updaterd
+from tests.helpers import BIN, Feed, run_updaterd
 from tests.servers.nginx import Nginx, running_nginx
 from updaterd.config import Limits
 from updaterd.errors import DownloadError
@@ -131,3 +135,73 @@ def test_d96_daemon_refuses_a_feed_behind_an_expired_certificate(
                    public_keys=[feed.pub])
     r = run_updaterd("--config", host.config, "--once", env={"SSL_CERT_FILE": str(ca)})
     assert r.returncode == 0 and host.current() == "1.0.0", r.stderr
+
+
+# -- the host's trust store, and an app's own ca_file (issue 28, point 3) -------------------
+
+def _no_ssl_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in ("SSL_CERT_FILE", "SSL_CERT_DIR",
+                                                            "UPDATERD_FAILPOINTS")}
+
+
+def test_a_ca_added_to_the_systems_store_is_trusted_with_no_setting(
+        tls: tuple[Nginx, Path], host: Host, tmp_path: Path) -> None:
+    """What `update-ca-certificates` does, seen by updaterd only: the system bundle with the
+    private CA appended, at the path OpenSSL reads by default (bound over it in a private mount
+    namespace, so the machine's own store is never touched). No SSL_CERT_* variable is set."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare for a private mount namespace")
+    nginx, ca = tls
+    system = Path(ssl.get_default_verify_paths().cafile or "/etc/ssl/certs/ca-certificates.crt")
+    if not system.is_file():
+        pytest.skip(f"no system CA bundle at {system}")
+    bundle = tmp_path / "ca-certificates.crt"
+    bundle.write_bytes(system.read_bytes() + b"\n" + ca.read_bytes())
+    feed = Feed(folder=nginx.root / "store", work=tmp_path / "work")
+    feed.release("1.0.0")
+    host.configure(source="manifest", url=nginx.tls_url("good", "store/manifest.json"),
+                   public_keys=[feed.pub])
+    once = [str(BIN / "updaterd"), "--config", str(host.config), "--once"]
+    r = subprocess.run(once, env=_no_ssl_env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in r.stderr, r.stderr
+    r = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                        'mount --bind "$1" "$2" && shift 2 && exec "$@"', "sh", str(bundle),
+                        str(system), *once], env=_no_ssl_env(), capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0 and host.current() == "1.0.0", r.stderr
+
+
+def test_an_apps_ca_file_is_trusted_for_its_connections_alone(
+        tls: tuple[Nginx, Path], host: Host, tmp_path: Path) -> None:
+    nginx, ca = tls
+    feed = Feed(folder=nginx.root / "cafile", work=tmp_path / "work")
+    feed.release("1.0.0")
+    url = nginx.tls_url("good", "cafile/manifest.json")
+    host.configure(source="manifest", url=url, public_keys=[feed.pub], ca_file=str(ca))
+    r = run_updaterd("--config", host.config, "--once", env=_no_ssl_env())
+    assert r.returncode == 0 and host.current() == "1.0.0", r.stderr
+    # the app's bundle replaces the store: a server the store trusts is not trusted here
+    feed.release("1.1.0")
+    host.configure(source="manifest", url=nginx.tls_url("self-signed", "cafile/manifest.json"),
+                   public_keys=[feed.pub], ca_file=str(ca))
+    r = run_updaterd("--config", host.config, "--once", env={"SSL_CERT_FILE": str(ca)})
+    assert r.returncode == 1 and "self-signed certificate" in r.stderr, r.stderr
+    assert host.current() == "1.0.0"
+
+
+@pytest.mark.parametrize(("value", "why"), [
+    ("relative.pem", "must be an absolute path"), ("/nonexistent/ca.pem", "does not exist"),
+    ("BAD", "is not a PEM bundle of CA certificates"),
+    ("EMPTY", "is not a PEM bundle of CA certificates"), ("LEAF", "holds no CA certificate")])
+def test_check_config_refuses_a_ca_file_tls_cannot_use(
+        tls: tuple[Nginx, Path], host: Host, tmp_path: Path, value: str, why: str) -> None:
+    bad = tmp_path / "bad.pem"
+    bad.write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+    empty = tmp_path / "empty.pem"
+    empty.write_text("# nothing here\n")
+    leaf = tls[1].parent / "good.pem"  # a server's certificate, not a CA's
+    path = {"BAD": str(bad), "EMPTY": str(empty), "LEAF": str(leaf)}.get(value, value)
+    host.configure(source="manifest", url="https://updates.example.com/m.json",
+                   public_keys=[], verify="skip", ca_file=path)
+    r = run_updaterd("--config", host.config, "check-config")
+    assert r.returncode != 0 and "apps.hello.ca_file" in r.stderr and why in r.stderr, r.stderr
