@@ -112,7 +112,7 @@ def test_unit_has_the_directives_an_operator_expects() -> None:
     for directive in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "ExecReload=",
                       "ProtectSystem=strict", "ReadWritePaths=", "PrivateTmp=yes",
                       "NoNewPrivileges=yes", "RuntimeDirectory=updaterd",
-                      "StateDirectory=updaterd", "CacheDirectory=updaterd"):
+                      "StateDirectory=updaterd", "CacheDirectory=updaterd", "KillMode=mixed"):
         assert re.search(rf"^{re.escape(directive)}", text, re.M), directive
 
 

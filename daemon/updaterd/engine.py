@@ -73,10 +73,12 @@ class Engine:
     def __init__(self, config: Config, emit: Callable[[Event], None] = _log_event, *,
                  before_switch: Callable[[str, bool], Awaitable[None]] | None = None,
                  hand_over: Callable[[Path], None] | None = None,
-                 sources: Callable[[str, AppConfig], Source] | None = None) -> None:
+                 sources: Callable[[str, AppConfig], Source] | None = None,
+                 stopping: Callable[[], bool] | None = None) -> None:
         self.config = config
         self.emit = emit
         self.before_switch = before_switch
+        self.stopping = stopping  # the daemon was told to stop (row 157)
         self.hand_over = hand_over
         self.sources = sources  # where each app's feed comes from; None: its `source` key
         self.download_limiter = trio.CapacityLimiter(config.daemon.max_parallel_downloads)
@@ -117,6 +119,8 @@ class Engine:
             if cfg.self_update:  # the configuration allows it with releases only
                 lifecycle = SelfHandOver(layout.prefix, self.hand_over)
         hooks = Hooks(download_limiter=self.download_limiter)
+        if self.stopping is not None:
+            hooks.stopping = self.stopping
         if self.before_switch is not None:
             hook = self.before_switch
             hooks.before_switch = lambda: hook(app, ignore_window)

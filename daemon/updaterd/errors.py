@@ -90,7 +90,12 @@ class LayoutError(UpdaterError):
 
 
 class HealthCheckFailed(UpdaterError):
-    """The restart command or the health check of a new version failed."""
+    """The restart command or the health check of a new version failed (`signal`: the signal
+    that ended its process, when one did)."""
+
+    def __init__(self, message: str, signal: int | None = None) -> None:
+        super().__init__(message)
+        self.signal = signal
 
 
 class LockHeld(UpdaterError):

@@ -124,5 +124,6 @@ async def run(what: str, argv: list[str], *, cwd: Path, timeout: float,
         if result.returncode != 0:
             how = (f"killed by signal {-result.returncode}" if result.returncode < 0
                    else f"exit status {result.returncode}")
-            raise HealthCheckFailed(f"{what}: {how}" + (f": {tail[0]}" if tail[0] else ""))
+            raise HealthCheckFailed(f"{what}: {how}" + (f": {tail[0]}" if tail[0] else ""),
+                                    signal=-result.returncode if result.returncode < 0 else None)
         return tail[0]

@@ -55,8 +55,13 @@ class Operation:
         except (UpdaterError, OSError) as e:  # a full disk must not hide the outcome itself
             log.error("%s: cannot record the outcome: %s", self.run.name, e)
 
+    def began(self) -> None:
+        outcome.began(self.run.state, self.kind)
+        self._save()
+
     def succeeded(self, result: Outcome, message: str = "", version: str | None = None) -> None:
         outcome.succeeded(self.run.state)
+        outcome.ended(self.run.state)
         self._save()
         self.ended = True
         if message:
@@ -69,6 +74,7 @@ class Operation:
             f"internal error ({type(error).__name__}: {error}); see the log"
         message = f"{self.version}: {text}" if self.version else text
         outcome.failed(self.run.state, message)
+        outcome.ended(self.run.state)
         if self.kind == "update" and self.version is not None:
             self.run.remember("failed", self.version, self.before, text)
         self._save()
@@ -81,9 +87,11 @@ class Operation:
     def cancelled(self, why: str) -> None:
         self.ended = True
         what = f"{self.kind} of {self.version}" if self.version else self.kind
+        if not self.run.hooks.stopping():  # an operator's cancel: nothing to resume
+            outcome.ended(self.run.state)
         if self.version is not None:  # a check stopped at shutdown is no news for history
             self.run.remember("cancelled", self.version, self.before, why)
-            self._save()
+        self._save()
         self._emit("result", "cancelled", f"{what} cancelled at {self.step}: {why}",
                    self.version)
         self.run.phase("idle", version=self.version)
@@ -94,6 +102,7 @@ async def operation(run: AppRun, kind: Kind) -> AsyncIterator[Operation]:
     """Run the body as one operation: however it ends, the outcome is recorded once."""
     op = Operation(run, kind)
     run.step = "idle"
+    op.began()
     try:
         yield op
     except trio.Cancelled:

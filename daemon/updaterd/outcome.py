@@ -43,6 +43,22 @@ def checked(st: AppState, *, serial: int, digest: str, available: str | None,
     st.last_check, st.last_error = at, None
 
 
+def began(st: AppState, kind: str) -> None:
+    """An operation starts: until it ends, a start of the daemon finds it cut."""
+    st.in_progress = kind
+
+
+def ended(st: AppState) -> None:
+    """An operation ended, however: nothing to resume."""
+    st.in_progress, st.cuts = None, 0
+
+
+def found_cut(st: AppState) -> int:
+    """At a start: the operation left in progress was cut; how many starts in a row say so."""
+    st.cuts += 1
+    return st.cuts
+
+
 def check_attempted(st: AppState, at: float) -> None:
     """A check that failed still counts for the schedule (the failure itself: `failed`)."""
     st.last_check = at

@@ -22,7 +22,7 @@ import trio
 
 from updaterctl.protocol import Event, Phase
 from updaterd import config as config_mod
-from updaterd import failpoints, rpc, selfupdate
+from updaterd import failpoints, outcome, rpc, selfupdate
 from updaterd.api import ControlApi
 from updaterd.config import AppConfig, Config
 from updaterd.engine import Engine
@@ -35,6 +35,7 @@ from updaterd.units import parse_duration
 from updaterd.view import Counters
 
 log = logging.getLogger("updaterd")
+MAX_RESUMES = 3  # starts in a row that resume a cut operation at once
 
 
 class Notifier:
@@ -137,7 +138,31 @@ class AppWorker:
                     await self.daemon.engine.recover(self.name)
                 except UpdaterError as e:
                     log.error("%s: recovery failed: %s", self.name, e)
+                self._resume_what_was_cut()
             await self.schedule.run()
+
+    def _resume_what_was_cut(self) -> None:
+        """An operation the last run left in progress (a stop, a crash, a power cut) goes on
+        at once instead of at the next scheduled check, hours away; not when the same one was
+        cut MAX_RESUMES starts in a row (it may be what brings the daemon down)."""
+        st = self.state()
+        if st.in_progress is None:
+            return
+        cut = st.in_progress
+        cuts = 0
+
+        def count(s: AppState, _limit: int) -> None:
+            nonlocal cuts
+            cuts = outcome.found_cut(s)
+
+        self.daemon.engine.edit_state(self.name, count)
+        if cuts > MAX_RESUMES:
+            log.warning("%s: the last %s was cut at %d starts in a row; it waits for the next "
+                        "scheduled check", self.name, cut, cuts)
+            return
+        log.info("%s: the last %s was cut (a stop, a crash or a power cut); checking now",
+                 self.name, cut)
+        self.schedule.wake_in = 0.0
 
     def observe(self, event: Event) -> None:
         """Keep what `status` and `metrics` show in step with the engine's events."""
@@ -181,8 +206,9 @@ class Daemon:
         self.rng = random.Random()
         self.bus = EventBus()
         self.inhibitors = Inhibitors()
+        self.stopping = False  # SIGTERM or SIGINT came: what dies by a signal now died with us
         self.engine = Engine(config, self.on_event, before_switch=self.before_switch,
-                             hand_over=self.hand_over)
+                             hand_over=self.hand_over, stopping=lambda: self.stopping)
         self.workers: dict[str, AppWorker] = {}
         self.api = ControlApi(self)
         self._nursery: trio.Nursery | None = None
@@ -301,6 +327,7 @@ class Daemon:
                     self.notifier.send("READY=1")
                     continue
                 log.info("stopping (signal %d)", signum)
+                self.stopping = True
                 self.notifier.send("STOPPING=1")
                 nursery.cancel_scope.cancel()
                 return

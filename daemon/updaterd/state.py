@@ -88,6 +88,11 @@ class AppState(Struct, kw_only=True):
     downloads: list[str] = []
     # the releases the feed says are yanked, and why (a host running one says so in status)
     yanked: dict[str, str] = {}
+    # the operation under way ("check", "update"...): still set at a start, it was cut (a stop,
+    # a crash, a power cut), and the app is checked at once; `cuts`: how many starts in a row
+    # found one, so that an operation that brings the daemon down is not retried for ever
+    in_progress: str | None = None
+    cuts: int = 0
 
 
 def app_dir(state_dir: Path, app: str) -> Path:

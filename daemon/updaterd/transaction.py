@@ -49,6 +49,10 @@ Emit = Callable[[Event], None]
 Plan = Literal["full", "delta"]
 
 
+def _never() -> bool:
+    return False
+
+
 async def _no_wait() -> None:
     return None
 
@@ -59,6 +63,8 @@ class Hooks:
 
     before_switch: Callable[[], Awaitable[None]] = _no_wait
     download_limiter: trio.CapacityLimiter | None = None
+    # the daemon was told to stop: a check killed by a signal now went down with it (row 157)
+    stopping: Callable[[], bool] = _never
 
 
 @dataclass
@@ -254,6 +260,10 @@ async def apply_update(run: AppRun, source: Source, release: Release, artifact: 
         run.layout.switch_to(staged, failpoint="switch")
         failpoints.hit("switch.after_bin_links")
         result = await finish_update(run, from_version, version)
+    if result == "interrupted":  # the disk is consistent again: the stop's cancel may land
+        await trio.lowlevel.checkpoint()
+        raise OperationCancelled(f"{version}: stopped with updaterd during its health check; "
+                                 "the check runs again at the next start")
     with contextlib.suppress(FileNotFoundError):
         (run.cache / artifact.url.rsplit("/", 1)[-1]).unlink()
     return result
@@ -293,6 +303,13 @@ async def finish_update(run: AppRun, from_version: str | None, version: str) -> 
             await health.probe_url(run.cfg.health_url, timeout, ca_file=run.cfg.ca_file)
         failpoints.hit("health.after")
     except HealthCheckFailed as e:
+        if e.signal is not None and run.hooks.stopping():
+            # Killed with updaterd itself (a unit without KillMode=mixed, a stop signal to the
+            # whole group): the release was not judged. The journal stays, and the next start
+            # restarts the app and runs the check again (row 157).
+            log.warning("%s %s: %s as updaterd stopped: not a failure; the release stays "
+                        "switched and is checked again at the next start", run.name, version, e)
+            return "interrupted"
         back_to = await _intact_rollback_target(run, version, from_version)
         log.warning("%s %s: %s; rolling back to %s", run.name, version, e,
                     back_to or "nothing")
