@@ -4,7 +4,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: test test-long test-systemd test-power mutate mutate-quick demo bench bench-quick lint clean venv deps
+.PHONY: test test-long test-systemd test-power mutate mutate-quick demo bench bench-quick lint clean venv deps deb
 
 # The runtime: what `pip install updaterd` gives an operator, and all that `make demo` needs.
 $(BIN)/updaterd: pyproject.toml
@@ -35,10 +35,11 @@ deps:
 test: deps $(VENV)/.test-extras
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# The shipped units under systemd as PID 1: a Debian 12 container (systemd-nspawn), the README's
-# install steps, then the service as an operator drives it (tests/systemd).
+# The package and the units under systemd as PID 1: a stock Debian 12 container (systemd-nspawn),
+# the README's install steps (make deb here, apt install there), then the service as an operator
+# drives it (tests/systemd).
 test-systemd: $(VENV)/.test-extras
-	UPDATERD_EXTRA_DEPS="systemd-nspawn:systemd-container debootstrap:debootstrap" bash scripts/deps.sh
+	UPDATERD_EXTRA_DEPS="systemd-nspawn:systemd-container debootstrap:debootstrap lintian:lintian" bash scripts/deps.sh
 	bash scripts/nspawn-rootfs.sh
 	UPDATERD_TEST_SYSTEMD=1 $(BIN)/python -m pytest tests/systemd $(PYTEST_ARGS)
 
@@ -61,6 +62,10 @@ mutate: deps $(VENV)/.mutate-extras
 
 mutate-quick: deps $(VENV)/.mutate-extras
 	$(BIN)/python scripts/mutate.py --of-the-day
+
+# The Debian package for the release this machine runs: dist/updaterd_VERSION_ARCH.deb (SPEC 12).
+deb:
+	bash scripts/build-deb.sh
 
 demo: venv
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh

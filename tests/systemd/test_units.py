@@ -1,8 +1,8 @@
-"""The shipped units under systemd as PID 1 (real-host issue, section 2): a Debian 12 container
-booted with systemd-nspawn, updaterd installed exactly as the README's "Install as a service"
-says, then driven as an operator would: sysusers and tmpfiles, Type=notify, STATUS=, the
-watchdog, the hardening, reload, stop during a download, the admin group, the timer and the
-journal's priorities.
+"""The shipped units under systemd as PID 1 (real-host issue, section 2; issue 28): a stock
+Debian 12 container booted with systemd-nspawn, updaterd's package installed exactly as the
+README's "Install as a service" says, on the system's own python3, then driven as an operator
+would: sysusers and tmpfiles, Type=notify, STATUS=, the watchdog, the hardening, reload, stop
+during a download or a health check, the admin group, the timer and the journal's priorities.
 
 Run by `make test-systemd` (UPDATERD_TEST_SYSTEMD=1), not by `make test`: it needs root,
 systemd-nspawn and a debootstrapped root file system (scripts/nspawn-rootfs.sh).
@@ -10,6 +10,7 @@ systemd-nspawn and a debootstrapped root file system (scripts/nspawn-rootfs.sh).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -21,76 +22,20 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import app_script, make_tar, write_config
+from tests.systemd.container import (
+    ROOTFS,
+    Container,
+    configure,
+    feed_into,
+    install_package,
+    journal,
+    readme_install_block,
+    wait_until,
+)
 from updaterd.publish import keygen, publish
 
 pytestmark = pytest.mark.skipif(os.environ.get("UPDATERD_TEST_SYSTEMD") != "1",
                                 reason="`make test-systemd` runs these (systemd-nspawn)")
-REPO = Path(__file__).resolve().parent.parent.parent
-ROOTFS = REPO / "build" / "nspawn" / "rootfs"
-# The host's Python, bound in at its own path (its library path is built into the binary); in
-# this throwaway container /root is opened (0711) so that other users can run it too.
-PYTHON = sys.base_prefix
-
-
-class Container:
-    """A booted container; `sh` runs a command inside it (nsenter into every namespace)."""
-
-    def __init__(self, root: Path, log: Path) -> None:
-        self.root, self.log = root, log
-        self.proc = subprocess.Popen(
-            ["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "--console=passive",
-             "-D", str(root), f"--bind-ro={REPO}:/mnt/host",
-             # the container shares the host's network, so it trusts what the host trusts
-             # there (a proxy's CA included): pip reaches the package index the same way
-             "--bind-ro=/etc/ssl/certs/ca-certificates.crt",
-             # Debian 12's python3 (3.11.2) has no tarfile.data_filter, without which updaterd
-             # refuses tar archives (catalogue row 54): the host's 3.11.7 stands in for the
-             # newer Python the README asks for
-             f"--bind-ro={PYTHON}", "--boot"],
-            stdin=subprocess.DEVNULL, stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
-        self.leader = self._leader()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            state = self.sh("systemctl is-system-running", check=False).stdout.strip()
-            if state in ("running", "degraded"):
-                return
-            time.sleep(0.2)
-        raise RuntimeError(f"the container did not boot: {state}\n{log.read_text()}")
-
-    def _leader(self) -> int:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
-            for pid in children.read_text().split() if children.exists() else []:
-                if Path(f"/proc/{pid}/comm").read_text().strip() == "systemd":
-                    return int(pid)
-            time.sleep(0.05)
-        raise RuntimeError(f"no systemd in the container\n{self.log.read_text()}")
-
-    def sh(self, script: str, check: bool = True, timeout: float = 120,
-           user: str | None = None) -> subprocess.CompletedProcess[str]:
-        prefix = ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups"] \
-            if user else []
-        env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-               "LANG": "C.UTF-8"}
-        # the host's way to the package index (its CA bundle is bound in at the same path)
-        env.update({k: v for k, v in os.environ.items() if k in ("PIP_CERT", "SSL_CERT_FILE",
-                                                                 "PIP_DEFAULT_TIMEOUT")})
-        r = subprocess.run(["nsenter", "-t", str(self.leader), "-a", *prefix,
-                            "/bin/bash", "-c", script], capture_output=True, text=True,
-                           timeout=timeout, env=env)
-        if check and r.returncode != 0:
-            raise AssertionError(f"{script}\n--- {r.returncode}\n{r.stdout}\n{r.stderr}")
-        return r
-
-    def stop(self) -> None:
-        self.sh("systemctl poweroff", check=False, timeout=30)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -106,74 +51,26 @@ def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
         c.stop()
 
 
-def feed_into(root: Path, versions: list[tuple[str, bool]], big: int = 0,
-              app: str = "hello") -> str:
-    """A signed feed of `app` in the container's /srv/feed (/srv/feed-APP for another app);
-    returns its public key."""
-    name = "feed" if app == "hello" else f"feed-{app}"
-    feed, work = root / "srv" / name, root / "srv" / "work"
-    work.mkdir(parents=True, exist_ok=True)
-    key_file = work / "feed.key"
-    if not key_file.exists():
-        keygen(str(work / "feed"))
-    for version, healthy in versions:
-        art = work / f"hello-{version}-linux-x86_64.tar.gz"
-        files = {"bin/hello": (app_script(version, healthy), 0o755)}
-        if big:
-            files["share/blob"] = (os.urandom(big), 0o644)
-        make_tar(art, files, top=f"hello-{version}")
-        publish(feed_dir=feed, key_path=key_file, app=app, version=version,
-                artifacts=[art], platform="linux-x86_64")
-    return (work / "feed.pub").read_text().splitlines()[1]
-
-
-def configure(box: Container, pub: str, **extra: dict[str, object]) -> None:
-    apps: dict[str, dict[str, object]] = {"hello": {
-        "source": "directory", "path": "/srv/feed", "public_keys": [pub],
-        "prefix": "/opt/hello", "health_check": ["bin/hello"], "check_interval": "1h",
-        "jitter": "0s"}}
-    apps.update(extra)
-    path = box.root / "etc" / "updaterd" / "updaterd.toml"
-    write_config(path, {"platform": "linux-x86_64"}, apps)
-    path.chmod(0o644)
-
-
-def journal(box: Container, unit: str, priority: str = "debug") -> str:
-    return box.sh(f"journalctl -u {unit} -p {priority} -o cat --no-pager", check=False).stdout
-
-
-def wait_until(box: Container, condition: str, what: str, seconds: int = 20) -> None:
-    """Poll a shell condition inside the container; on time-out, show the daemon's journal."""
-    r = box.sh(f"for i in $(seq {seconds * 5}); do {condition} && exit 0; sleep 0.2; done; "
-               "exit 1", check=False, timeout=seconds + 30)
-    assert r.returncode == 0, f"timed out waiting for {what}\n{journal(box, 'updaterd')}"
-
-
 # -- the README's steps ---------------------------------------------------------------------------
 
-def readme_install_block() -> str:
-    text = (REPO / "README.md").read_text()
-    rest = text[text.index("## Install as a service"):]
-    m = re.search(r"^```sh\n(.*?)^```", rest, re.M | re.S)
-    assert m
-    return m.group(1)
-
-
-def test_install_as_the_readme_says(box: Container) -> None:
+def test_install_as_the_readme_says(box: Container, deb: Path) -> None:
+    """`make deb` here, `apt install ./dist/updaterd_*.deb` in a stock Debian 12 with its own
+    python3 (3.11.2, no tarfile.data_filter: row 54), the config edited, the last line as
+    written; a tar release installs."""
     steps = readme_install_block()
-    # the one change: the package comes from this checkout, not PyPI
-    steps = steps.replace("/opt/updaterd-venv/bin/pip install updaterd",
-                          "/opt/updaterd-venv/bin/pip install -q /tmp/src")
-    steps = steps.replace("python3 -m venv", f"{PYTHON}/bin/python3 -m venv")
-    box.sh("cp -a /mnt/host /tmp/src && rm -rf /tmp/src/.venv /tmp/src/build "
-           "/tmp/src/*.egg-info && chmod 0711 /root", timeout=120)
-    pub = feed_into(box.root, [("1.0.0", True)])
-    # the config the README's `install` line copies, edited by the operator
-    edit = steps.index("updaterd check-config")
-    box.sh(f"cd /tmp/src && set -e\n{steps[:edit]}", timeout=600)
-    configure(box, pub)
-    box.sh(f"cd /tmp/src && set -e\n{steps[edit:]}", timeout=120)
+    install_package(box, deb)
     assert box.sh("systemctl is-active updaterd").stdout.strip() == "active"
+    assert box.sh("systemctl is-enabled updaterd").stdout.strip() == "enabled"
+    assert "0 apps" in box.sh("systemctl show updaterd -p StatusText --value").stdout
+    assert box.sh("readlink -f /usr/lib/updaterd/bin/python3").stdout.strip() == \
+        "/usr/bin/python3.11"
+    assert box.sh("/usr/lib/updaterd/bin/python3 -c 'import tarfile; "
+                  "print(hasattr(tarfile, \"data_filter\"))'").stdout.strip() == "False"
+    pub = feed_into(box.root, [("1.0.0", True)])
+    configure(box, pub)  # what the editor line stands for
+    last = steps[-1]
+    assert last.startswith("updaterd check-config"), steps
+    box.sh(f"set -e\n{last}", timeout=120)
     # sysusers made the group, tmpfiles the folders, with the owners and modes they list
     assert box.sh("getent group updaterd").returncode == 0
     stats = box.sh("stat -c '%n %a %U:%G' /run/updaterd /run/updaterd/updaterd.sock "
@@ -294,6 +191,27 @@ def test_the_timer_unit_runs_an_update_and_the_journal_has_priorities(box: Conta
     assert "installed 1.2.0" not in errors
 
 
+def test_h157_a_restart_during_a_health_check_keeps_a_good_release(box: Container) -> None:
+    """`systemctl restart updaterd` while an 8 s health check runs: the check is not killed
+    with the daemon (KillMode=mixed), the release is installed, nothing is blocked."""
+    pub = feed_into(box.root, [("1.4.0", True)])
+    configure(box, pub)
+    path = box.root / "etc" / "updaterd" / "updaterd.toml"
+    path.write_text(path.read_text().replace('health_check = ["bin/hello"]',
+                                             'health_check = ["sh", "-c", "sleep 8; bin/hello"]'
+                                             '\nhealth_timeout = "60s"', 1))
+    # (the stop of the test before cut an update: the start may already resume it, busy)
+    box.sh("systemctl restart updaterd && { updaterctl update hello --no-wait || true; }")
+    wait_until(box, "updaterctl status | grep -q health", "the health check of 1.4.0")
+    box.sh("systemctl restart updaterd", timeout=120)
+    wait_until(box, "updaterctl status hello | grep -q '1.4.0.*idle'", "1.4.0 installed", 60)
+    assert (box.root / "opt" / "hello" / "current").resolve().name == "1.4.0"
+    status = json.loads(box.sh("updaterctl --json status hello").stdout)
+    assert "1.4.0" not in status["apps"][0]["blocked"], status
+    assert "rolling back" not in journal(box, "updaterd")
+    box.sh("systemctl stop updaterd")  # the timer's test next takes the lock
+
+
 def test_security_exposure_is_reported(box: Container) -> None:
     r = box.sh("systemd-analyze security updaterd --no-pager", check=False)
     line = next((x for x in r.stdout.splitlines() if "Overall exposure level" in x), "")
@@ -311,9 +229,9 @@ def test_self_update_through_the_launcher_under_restart_on_failure(box: Containe
     from tests.helpers import self_build
     work = box.root / "srv" / "self"
     work.mkdir(parents=True, exist_ok=True)
-    box.sh("systemctl stop updaterd-once.timer; /opt/updaterd-venv/bin/updaterd self-install "
+    box.sh("systemctl stop updaterd-once.timer; updaterd self-install "
            "--prefix /opt/updaterd && install -D -m 0644 "
-           "/tmp/src/contrib/systemd/updaterd.service.d/self-update.conf "
+           "/mnt/host/contrib/systemd/updaterd.service.d/self-update.conf "
            "-t /etc/systemd/system/updaterd.service.d/")
     pub_file, key = keygen(str(work / "self"))
     pub = pub_file.read_text().splitlines()[1]
