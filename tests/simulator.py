@@ -27,8 +27,7 @@ import trio
 import zstandard
 
 from tests.helpers import release_files, write_config
-from updaterd import config as config_mod
-from updaterd import delta, fsutil, minisign
+from updaterd import configfile, delta, fsutil, minisign
 from updaterd.cachefile import Expected, ProgressFn, fresh_part, verify_expected
 from updaterd.config import AppConfig, Config
 from updaterd.digests import Digests
@@ -208,7 +207,7 @@ class SimHost:
                   "socket": str(self.base / "updaterd.sock"), "host_id": "test-host",
                   "platform": PLATFORM}
         path = write_config(self.base / "updaterd.toml", daemon, {"hello": table})
-        return config_mod.load(path)
+        return configfile.load(path)
 
     def engine(self, **app: Any) -> Engine:
         return Engine(self.configure(**app), self.events.append, sources=self.sim.source)

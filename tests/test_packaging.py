@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from updaterctl.cli import COMMANDS
+from updaterctl.output import COMMANDS
 from updaterd.config import documented_keys
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,14 +11,21 @@ command lives in commands.py, which loads msgspec and the typed client.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import time
 from typing import Any
 
 from updaterctl import wire
 from updaterctl._version import __version__
+from updaterctl.output import (
+    EXIT_FAILED,
+    EXIT_NOT_PERMITTED,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    ago,
+    print_json,
+    table,
+)
 from updaterctl.terminal import Escaping
 from updaterctl.wire import (
     DEFAULT_SOCKET,
@@ -27,10 +34,6 @@ from updaterctl.wire import (
     NotAllowedToConnect,
     RemoteError,
 )
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_NOT_PERMITTED = 0, 1, 2, 3, 4
-COMMANDS = ("status", "check", "update", "rollback", "list-backups", "history", "skip", "unskip",
-            "pause", "resume", "cancel", "watch", "inhibit", "reload", "metrics")
 
 
 def _positive(text: str) -> int:
@@ -145,38 +148,6 @@ def _main(argv: list[str] | None = None) -> int:
         # (and none again when the interpreter flushes stdout at exit).
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
-
-
-def print_json(value: Any) -> None:
-    """Every --json output: plain JSON values, indented by two, UTF-8 as is."""
-    print(json.dumps(value, indent=2, ensure_ascii=False))
-
-
-def ago(t: float | None) -> str:
-    """'3m ago' for a past time, 'in 3h' for a future one."""
-    if t is None:
-        return "never"
-    d = time.time() - t
-    span = f"{int(abs(d))}s"
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if abs(d) >= size:
-            span = f"{int(abs(d) // size)}{unit}"
-            break
-    return f"{span} ago" if d >= 0 else f"in {span}"
-
-
-def table(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-                     for r in rows)
-
-
-def human_size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 # -- status ------------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ from typing import Any, TextIO
 
 import msgspec
 
-from updaterctl.cli import (
+from updaterctl.client import Client, ClientError, Connection, DaemonUnreachable, RemoteError
+from updaterctl.output import (
     COMMANDS,
     EXIT_FAILED,
     EXIT_OK,
@@ -27,7 +28,6 @@ from updaterctl.cli import (
     print_json,
     table,
 )
-from updaterctl.client import Client, ClientError, Connection, DaemonUnreachable, RemoteError
 from updaterctl.protocol import (
     CLI_RESULTS,
     JSON_SCHEMA_VERSION,

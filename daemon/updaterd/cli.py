@@ -15,6 +15,7 @@ import trio
 
 from updaterctl._version import __version__
 from updaterd import config as config_mod
+from updaterd import configfile
 from updaterd.errors import ConfigError, LockHeld, UpdaterError
 from updaterd.lock import ProcessLock
 from updaterd.logtext import OneLine
@@ -319,7 +320,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         version = selfupdate.self_install(Path(args.prefix).absolute(), args.python)
         print(f"installed updaterd {version} in {args.prefix}; run {args.prefix}/launcher")
         return EXIT_OK
-    cfg = config_mod.load(args.config)
+    cfg = configfile.load(args.config)
     if args.command == "check-config":
         n = len(cfg.apps)
         print(f"{args.config}: OK ({n} app{'' if n == 1 else 's'})")

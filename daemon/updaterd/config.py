@@ -11,7 +11,6 @@ import platform
 import re
 import tomllib
 from collections.abc import Iterable
-from pathlib import Path
 from types import UnionType
 from typing import (
     TYPE_CHECKING,
@@ -443,30 +442,6 @@ def _overlaps(daemon: DaemonConfig, apps: dict[str, AppConfig], path: str) -> li
                             "needs a place of its own (they would take each other's versions "
                             "for their own)")
     return problems
-
-
-def load(path: str | Path) -> Config:
-    """Read and validate the configuration file at `path`, and the safety of every path it
-    names (catalogue rows 127, 128, 145): a file or folder another user could change is
-    refused here, so at start, reload and `check-config` alike."""
-    from updaterd import pathtrust
-
-    p = Path(path)
-    unsafe = pathtrust.problem(p, "configuration file")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError([f"{p}: cannot read: {e.strerror or e}"]) from None
-    except UnicodeDecodeError as e:
-        raise ConfigError([f"{p}: not UTF-8 text ({e.reason} at byte {e.start})"]) from None
-    try:
-        config = parse(text, str(p))
-    except ConfigError as e:
-        raise ConfigError(([unsafe] if unsafe else []) + e.problems) from None
-    problems = ([unsafe] if unsafe else []) + pathtrust.setup_problems(config)
-    if problems:
-        raise ConfigError(problems)
-    return config
 
 
 def documented_keys() -> dict[str, list[str]]:

@@ -16,6 +16,7 @@ import trio
 
 from updaterctl.protocol import CheckResult, Event, RollbackResult, UpdateResult
 from updaterd import outcome, state, tokens, treehash, versions, yank
+from updaterd.apprun import AppRun, Hooks, Lifecycle
 from updaterd.config import AppConfig, Config, host_platform
 from updaterd.errors import (
     FeedError,
@@ -30,13 +31,11 @@ from updaterd.feed import Artifact, Release, TrustedFeed
 from updaterd.gate import WindowGate
 from updaterd.inplace import InplaceLayout, file_digest
 from updaterd.layout import InstallLayout, Kept, Layout
-from updaterd.lifecycle import AppRestart, Lifecycle, SelfHandOver
+from updaterd.lifecycle import AppRestart, SelfHandOver
 from updaterd.operation import Operation, operation
 from updaterd.ratecap import TokenBucket
 from updaterd.sources import Source, local_folder, make_source
 from updaterd.transaction import (
-    AppRun,
-    Hooks,
     apply_update,
     drop_unwanted_downloads,
     fetch_artifact,

@@ -13,48 +13,13 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
 
 from updaterd import failpoints, health, selfupdate
+from updaterd.apprun import AppRun
 from updaterd.errors import HealthCheckFailed
-
-if TYPE_CHECKING:
-    from updaterd.transaction import AppRun
 
 log = logging.getLogger("updaterd.transaction")
 HandOver = Callable[[Path], None]
-
-
-class Lifecycle(Protocol):
-    """The steps of a transaction that differ between an app and updaterd itself."""
-
-    def running(self) -> str | None:
-        """The version whose code runs this process (updaterd itself); None for an app."""
-        ...
-
-    async def start(self, run: AppRun, from_version: str | None, version: str,
-                    env: dict[str, str], timeout: float) -> bool:
-        """After the switch: make `version` run. False when it was handed over: the new
-        code finishes the transaction."""
-        ...
-
-    async def restart_back(self, run: AppRun, to_version: str, env: dict[str, str],
-                           timeout: float) -> None:
-        """After switching back to `to_version`. A failure is logged; the rollback stands."""
-        ...
-
-    def committed(self, run: AppRun) -> None:
-        """The new version passed its checks and the state says so."""
-        ...
-
-    def rolled_back(self, run: AppRun, to_version: str | None) -> None:
-        """The state says `to_version` again."""
-        ...
-
-    def gave_up(self) -> dict[str, str]:
-        """The version given up on since the last start without this process knowing
-        (updaterd's launcher went back), and why; said once."""
-        ...
 
 
 class AppRestart:

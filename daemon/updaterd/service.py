@@ -21,8 +21,7 @@ import sdnotify
 import trio
 
 from updaterctl.protocol import Event, Phase
-from updaterd import config as config_mod
-from updaterd import failpoints, outcome, rpc, selfupdate
+from updaterd import configfile, failpoints, outcome, rpc, selfupdate
 from updaterd.api import ControlApi
 from updaterd.config import AppConfig, Config
 from updaterd.engine import Engine
@@ -346,7 +345,7 @@ class Daemon:
         """Re-read the configuration file; raises ConfigError (old config kept) when invalid,
         after logging each problem, whether SIGHUP or `updaterctl reload` asked."""
         try:
-            new = config_mod.load(self.config_path)
+            new = configfile.load(self.config_path)
         except ConfigError as e:
             for line in e.problems:
                 log.error("reload refused: %s", line)

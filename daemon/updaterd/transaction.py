@@ -13,90 +13,35 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Literal
 
 import trio
 
-from updaterctl.protocol import Event, Phase
+from updaterctl.protocol import Event
 from updaterd import (
     archive,
     delta,
     failpoints,
     fsutil,
     health,
-    logtext,
     outcome,
     pathtrust,
-    state,
     treehash,
     versions,
 )
+from updaterd.apprun import AppRun
 from updaterd.cachefile import Expected, keep_only
-from updaterd.config import AppConfig, Config, app_unit
+from updaterd.config import app_unit
 from updaterd.errors import HealthCheckFailed, LayoutError, OperationCancelled, UpdaterError
 from updaterd.feed import Artifact, Release
-from updaterd.layout import InstallLayout, Kept, Layout, Staged
-from updaterd.lifecycle import AppRestart, Lifecycle
+from updaterd.layout import Kept, Layout, Staged
 from updaterd.sources import Source
-from updaterd.state import AppState, Transaction
+from updaterd.state import Transaction
 from updaterd.units import parse_duration
 
 log = logging.getLogger("updaterd.transaction")
-Emit = Callable[[Event], None]
 Plan = Literal["full", "delta"]
-
-
-def _never() -> bool:
-    return False
-
-
-async def _no_wait() -> None:
-    return None
-
-
-@dataclass
-class Hooks:
-    """What the daemon plugs into a transaction: inhibitors and the download limit."""
-
-    before_switch: Callable[[], Awaitable[None]] = _no_wait
-    download_limiter: trio.CapacityLimiter | None = None
-    # the daemon was told to stop: a check killed by a signal now went down with it (row 157)
-    stopping: Callable[[], bool] = _never
-
-
-@dataclass
-class AppRun:
-    """One app's configuration, paths and loaded state for the length of an operation."""
-
-    name: str
-    cfg: AppConfig
-    config: Config
-    layout: InstallLayout
-    state_folder: Path
-    cache: Path
-    state: AppState
-    emit: Emit
-    hooks: Hooks = field(default_factory=Hooks)
-    lifecycle: Lifecycle = field(default_factory=AppRestart)
-    step: Phase = "idle"  # the last working phase reached, for failure reports
-    plan: str = ""  # how the new release was fetched, when not as its full artifact
-
-    def save(self) -> None:
-        state.save(self.state_folder.parent, self.name, self.state)
-
-    def phase(self, phase: Phase, message: str = "", version: str | None = None) -> None:
-        if phase not in ("idle", "failed"):
-            self.step = phase
-        self.emit(Event(app=self.name, kind="phase", phase=phase,
-                        message=logtext.clean(message), version=version, at=time.time()))
-
-    def remember(self, action: str, version: str, from_version: str | None = None,
-                 reason: str = "") -> None:
-        outcome.remember(self.state, action, version, from_version, reason,
-                         self.config.limits.history_length)
 
 
 def _env(run: AppRun, version: str | None, previous: str | None) -> dict[str, str]:
