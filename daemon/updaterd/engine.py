@@ -29,7 +29,7 @@ from updaterd.errors import (
 )
 from updaterd.feed import Artifact, Release, TrustedFeed
 from updaterd.gate import WindowGate
-from updaterd.inplace import InplaceLayout, file_digest
+from updaterd.inplace import InplaceLayout
 from updaterd.layout import InstallLayout, Kept, Layout
 from updaterd.lifecycle import AppRestart, SelfHandOver
 from updaterd.operation import Operation, operation
@@ -221,15 +221,7 @@ class Engine:
         """What a rollback can return to, each with whether it is what runs now (inplace: the
         backup that is, byte for byte, what the target holds)."""
         run = self.open_app(app)
-        layout = run.layout
-        if not isinstance(layout, InplaceLayout):
-            return [(k, k.version == run.state.installed) for k in layout.kept()]
-        now = await trio.to_thread.run_sync(file_digest, layout.target)
-        found = []
-        for k in layout.kept():
-            same = now is not None and await trio.to_thread.run_sync(file_digest, k.path) == now
-            found.append((k, same))
-        return found
+        return await trio.to_thread.run_sync(run.layout.kept_and_current, run.state.installed)
 
     def edit_state(self, app: str, edit: Callable[[state.AppState, int], None]) -> None:
         """An operator's edit of the stored state (see `outcome`), saved at once. No lock: the
@@ -402,7 +394,7 @@ class Engine:
         """Re-hash every kept release of `app` against its recorded tree: (version, problems),
         problems None when the release has no record (installed before records were kept)."""
         run = self.open_app(app)
-        if not isinstance(run.layout, Layout):
+        if not run.layout.keeps_trees:
             raise PolicyError(f"{app}: verify covers install = \"releases\" apps")
         out: list[tuple[str, list[str] | None]] = []
         for kept in run.layout.kept():

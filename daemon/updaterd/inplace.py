@@ -39,6 +39,7 @@ class InplaceLayout:
     """Paths and operations of one `inplace` app."""
 
     knows_version = False  # the file does not say which version it is; the state does
+    keeps_trees = False  # a backup is one file
 
     def __init__(self, app: str, target: Path, backups: Path) -> None:
         self.app = app
@@ -212,6 +213,11 @@ class InplaceLayout:
                 out.append(Kept(version=version, path=p, installed_at=p.stat().st_mtime))
         out.sort(key=lambda k: (k.installed_at or 0, k.path.name), reverse=True)
         return out
+
+    def kept_and_current(self, installed: str | None) -> list[tuple[Kept, bool]]:
+        """The backup that is, byte for byte, what the target holds, is the current one."""
+        now = file_digest(self.target)
+        return [(k, now is not None and file_digest(k.path) == now) for k in self.kept()]
 
     def find_kept(self, wanted: str) -> Kept | None:
         """The newest backup of a version, or a backup named by its path (inside backups/)."""

@@ -53,6 +53,9 @@ class InstallLayout(Protocol):
     # True when the disk says which version is installed (`current`); False when only the
     # state knows (one executable carries no version): the engine then trusts the state.
     knows_version: bool
+    # True when every version is a folder whose tree is recorded (treehash): it can be
+    # re-hashed (`updaterd verify`) and a delta can build from it.
+    keeps_trees: bool
 
     @property
     def space_folder(self) -> Path:
@@ -98,6 +101,10 @@ class InstallLayout(Protocol):
     def find_kept(self, wanted: str) -> Kept | None:
         """One of them, by version (or, inplace, by the path of a backup)."""
 
+    def kept_and_current(self, installed: str | None) -> list[tuple[Kept, bool]]:
+        """Each kept version, with whether it is what runs now (may read files: call it in a
+        thread)."""
+
     def prune(self, current: str | None, previous: str | None, retain: int) -> list[str]:
         """Keep `retain` of them; returns what was removed."""
 
@@ -110,6 +117,7 @@ class Layout:
     InstallLayout, with the release folders, `current` and `bin/` links besides."""
 
     knows_version = True  # `current` says which version is installed
+    keeps_trees = True
 
     def __init__(self, prefix: Path) -> None:
         self.prefix = prefix
@@ -311,6 +319,9 @@ class Layout:
 
     def find_kept(self, wanted: str) -> Kept | None:
         return next((k for k in self.kept() if k.version == wanted), None)
+
+    def kept_and_current(self, installed: str | None) -> list[tuple[Kept, bool]]:
+        return [(k, k.version == installed) for k in self.kept()]
 
     def clean_leftovers(self) -> list[str]:
         """What a crash leaves: staging folders and temp links. Returns what was removed."""

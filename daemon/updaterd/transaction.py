@@ -109,7 +109,7 @@ async def _stage_from_delta(run: AppRun, source: Source, release: Release,
     that fits a release on disk; None when there is none, or when using it failed (the reason
     is logged, nothing is left behind, and the caller fetches the full artifact)."""
     layout = run.layout
-    if not isinstance(layout, Layout):
+    if not isinstance(layout, Layout):  # (only `Layout` stages from files of its own)
         return None  # deltas build release folders; an in-place executable is fetched whole
     wanted = delta.descriptor_platform(artifact.platform)
     described = next((a for a in release.artifacts if a.platform == wanted), None)
