@@ -47,9 +47,11 @@ def test_h157_a_check_killed_with_the_daemon_is_no_failure_and_runs_again_at_the
     marks = tmp_path / "marks"
     marks.mkdir()
     client = _installed_with_a_check_running(host, nginx, served_feed, daemon, marks)
-    # what a stop does under systemd's default KillMode: SIGTERM to the daemon and to the check
-    daemon.signal(signal.SIGTERM)
+    # what a stop does under systemd's default KillMode: SIGTERM to the daemon and to the check,
+    # in any order (here the check's death comes first, as it may)
     os.kill(_checks_of(marks, "1.1.0")[0], signal.SIGTERM)
+    time.sleep(0.3)
+    daemon.signal(signal.SIGTERM)
     assert daemon.proc is not None and daemon.proc.wait(30) == 0
     client.wait(10)
     st = host.state()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import time
 from pathlib import Path
 from typing import BinaryIO, Literal
@@ -248,7 +249,7 @@ async def finish_update(run: AppRun, from_version: str | None, version: str) -> 
             await health.probe_url(run.cfg.health_url, timeout, ca_file=run.cfg.ca_file)
         failpoints.hit("health.after")
     except HealthCheckFailed as e:
-        if e.signal is not None and run.hooks.stopping():
+        if e.signal in _STOP_SIGNALS and await _stopping_soon(run):
             # Killed with updaterd itself (a unit without KillMode=mixed, a stop signal to the
             # whole group): the release was not judged. The journal stays, and the next start
             # restarts the app and runs the check again (row 157).
@@ -272,6 +273,24 @@ async def finish_update(run: AppRun, from_version: str | None, version: str) -> 
     prune(run)
     run.phase("idle", f"{version} installed", version)
     return "installed"
+
+
+# What a service manager sends a unit's processes when it stops them (systemd: SIGTERM, then
+# SIGKILL; SIGHUP with SendSIGHUP=); not what a crashing app dies of (SIGSEGV, SIGABRT).
+_STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGKILL})
+STOP_GRACE = 2.0  # seconds a check killed by a stop signal waits for the daemon's own stop
+
+
+async def _stopping_soon(run: AppRun) -> bool:
+    """Whether updaterd is stopping, waiting STOP_GRACE for it: a stop signal reaches every
+    process of the unit at once, and the check's death may be seen before the daemon's own
+    signal is (row 157)."""
+    deadline = trio.current_time() + STOP_GRACE
+    while not run.hooks.stopping():
+        if trio.current_time() >= deadline:
+            return False
+        await trio.sleep(0.05)
+    return True
 
 
 def drop_unwanted_downloads(run: AppRun) -> None:
