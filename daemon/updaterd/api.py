@@ -17,7 +17,6 @@ import trio
 
 from updaterctl._version import __version__
 from updaterctl.protocol import (
-    PAST_SWITCH,
     AppParams,
     AppStatus,
     Backup,
@@ -26,7 +25,6 @@ from updaterctl.protocol import (
     CheckResult,
     DaemonInfo,
     ErrorCode,
-    Event,
     HistoryItem,
     HistoryParams,
     InhibitParams,
@@ -47,7 +45,16 @@ from updaterctl.protocol import (
     clock,
 )
 from updaterd import metrics, outcome, rpc, versions
-from updaterd.errors import ConfigError, NoSuchVersion, PolicyError, UnknownApp, UpdaterError
+from updaterd.errors import (
+    Busy,
+    CancelledByOperator,
+    ConfigError,
+    NoSuchVersion,
+    PolicyError,
+    TakeOverFailed,
+    UnknownApp,
+    UpdaterError,
+)
 from updaterd.rpc import Connection, Handler, RpcError
 from updaterd.state import AppState
 
@@ -91,12 +98,22 @@ class ControlApi:
 
     @asynccontextmanager
     async def _engine_errors(self, worker: WorkerView) -> AsyncIterator[None]:
+        """The worker's and the engine's errors as the codes of SPEC section 7."""
         try:
             yield
         except UnknownApp as e:
             raise RpcError(ErrorCode.UNKNOWN_APP, str(e)) from None
         except (NoSuchVersion, PolicyError) as e:
             raise RpcError(ErrorCode.NO_SUCH_VERSION, str(e)) from None
+        except Busy as e:
+            raise RpcError(ErrorCode.BUSY, str(e), {"phase": e.phase, "since": e.since}) \
+                from None
+        except CancelledByOperator as e:
+            raise RpcError(ErrorCode.UPDATE_FAILED, str(e),
+                           {"phase": worker.phase, "reason": "cancelled"}) from None
+        except TakeOverFailed as e:
+            raise RpcError(ErrorCode.UPDATE_FAILED, str(e),
+                           {"phase": worker.phase, "reason": e.reason}) from None
         except UpdaterError as e:
             # What the operation recorded (with the version it was installing), app named.
             last = worker.state().last_error
@@ -104,22 +121,6 @@ class ControlApi:
             raise RpcError(ErrorCode.UPDATE_FAILED, f"{worker.name}: {reason}",
                            {"phase": worker.phase, "step": worker.failed_step,
                             "reason": reason}) from None
-
-    @asynccontextmanager
-    async def _exclusive(self, worker: WorkerView) -> AsyncIterator[trio.CancelScope]:
-        """An operation for a client: never waits behind another one (it answers `busy` at
-        once, with the phase and since when), and runs in a scope `cancel` can reach."""
-        if worker.lock.locked():
-            since = worker.busy_since or time.time()
-            took = clock(time.time() - since)
-            raise RpcError(ErrorCode.BUSY,
-                           f"{worker.name} is busy: {worker.phase} for {took} (since "
-                           f"{time.strftime('%H:%M:%S', time.localtime(since))}); "
-                           f"`updaterctl cancel {worker.name}` stops it",
-                           {"phase": worker.phase, "since": since})
-        async with worker.lock:
-            with worker.running() as scope:
-                yield scope
 
     # -- read ----------------------------------------------------------------------------
 
@@ -217,9 +218,8 @@ class ControlApi:
 
     async def check(self, p: CheckParams, conn: Connection) -> CheckResult:
         w = self._worker(p.app)
-        async with self._exclusive(w), self._engine_errors(w):
-            return await self.daemon.engine.check(p.app, force=p.force)
-        raise _cancelled(w)  # reached only when `cancel` stopped it
+        async with self._engine_errors(w):
+            return await w.check(p.force)
 
     async def update(self, p: UpdateParams, conn: Connection) -> UpdateResult:
         w = self._worker(p.app)
@@ -227,12 +227,8 @@ class ControlApi:
         if p.version is not None and installed is not None and \
                 _is_downgrade(p.version, installed):
             self._require_downgrade_right(conn, f"update to the older {p.version}")
-        if p.now and p.version is None and w.lock.locked() and w.phase == "waiting_window":
-            return await self._take_over(w)
-        async with self._exclusive(w) as scope, self._engine_errors(w):
-            result = await self.daemon.engine.update(p.app, p.version, ignore_window=p.now)
-        if scope.cancelled_caught:
-            raise _cancelled(w)
+        async with self._engine_errors(w):
+            result = await w.update(p.version, p.now)
         if result.result == "rolled_back":
             raise RpcError(ErrorCode.UPDATE_FAILED,
                            f"{p.app}: {result.to_version} was rolled back to "
@@ -240,22 +236,6 @@ class ControlApi:
                            {"phase": "health_check", "reason": result.reason,
                             "from": result.from_version, "to": result.to_version})
         return result
-
-    async def _take_over(self, w: WorkerView) -> UpdateResult:
-        """`update --now` while an update waits for its window: that update goes on at once
-        (it is the same one), and this answer waits for its end."""
-        before, version = w.state().installed, w.phase_version
-        w.take_over.set()
-        async with w.lock:  # the waiting update ends, one way or the other
-            pass
-        st = w.state()
-        if version is not None and st.installed == version:
-            return UpdateResult(from_version=before, to_version=version, result="installed",
-                                reason="the update that waited for its window, taken over")
-        raise RpcError(ErrorCode.UPDATE_FAILED,
-                       f"{w.name}: the update that waited for its window did not install "
-                       f"{version}: {st.last_error or 'see `updaterctl history ' + w.name + '`'}",
-                       {"phase": w.phase, "reason": st.last_error})
 
     def _require_downgrade_right(self, conn: Connection, what: str) -> None:
         """With `downgrade_group` set, going back needs root or that group too."""
@@ -268,9 +248,8 @@ class ControlApi:
     async def rollback(self, p: RollbackParams, conn: Connection) -> RollbackResult:
         w = self._worker(p.app)
         self._require_downgrade_right(conn, "rollback")
-        async with self._exclusive(w), self._engine_errors(w):
-            return await self.daemon.engine.rollback(p.app, p.to)
-        raise _cancelled(w)  # reached only when `cancel` stopped it
+        async with self._engine_errors(w):
+            return await w.rollback(p.to)
 
     async def _edit_state(self, app: str, edit: Callable[[AppState, int], None]) -> Ok:
         """Apply an operator's edit to the stored state (see `outcome`), saved at once."""
@@ -320,26 +299,7 @@ class ControlApi:
     async def cancel(self, p: AppParams, conn: Connection) -> CancelResult:
         """Stop a check, a download or a wait for the window, at once; never what is past
         the switch (it finishes or rolls back)."""
-        w = self._worker(p.app)
-        phase = w.phase
-        if w.op_scope is not None and phase not in PAST_SWITCH:
-            w.op_scope.cancel()
-            return CancelResult(cancelled=True, phase=phase,
-                                message=f"{p.app}: cancelled while {phase}; nothing changed")
-        if w.op_scope is not None:
-            return CancelResult(cancelled=False, phase=phase,
-                                message=f"{p.app} is past its switch ({phase}): it finishes "
-                                        "or rolls back, and cannot be cancelled")
-        if phase == "waiting_window":
-            w.schedule.wake_in = None  # the scheduler's wait for the window, not an operation
-            w.schedule.poke()
-            self.daemon.on_event(Event(app=p.app, kind="phase", phase="idle", at=time.time(),
-                                       message="the wait for the window was cancelled; the "
-                                               "next check finds the version again"))
-            return CancelResult(cancelled=True, phase=phase,
-                                message=f"{p.app}: the wait for the window was cancelled")
-        return CancelResult(cancelled=False, phase=phase,
-                            message=f"{p.app} is {phase}: nothing to cancel")
+        return self._worker(p.app).cancel()
 
     async def reload(self, p: NoParams, conn: Connection) -> Ok:
         try:
@@ -349,12 +309,6 @@ class ControlApi:
                            e.problems) from None
         return Ok()
 
-
-
-def _cancelled(w: WorkerView) -> RpcError:
-    """The answer to a client whose operation `cancel` stopped."""
-    return RpcError(ErrorCode.UPDATE_FAILED, f"{w.name}: cancelled by the operator",
-                    {"phase": w.phase, "reason": "cancelled"})
 
 
 def _is_downgrade(version: str, installed: str) -> bool:

@@ -113,3 +113,27 @@ class UnsafePath(UpdaterError):
 
 class OperationCancelled(UpdaterError):
     """An operation was called off before its switch (by the operator, or a skip)."""
+
+
+class Busy(UpdaterError):
+    """The app is already in an operation: a client is told at once, never kept waiting."""
+
+    def __init__(self, message: str, phase: str, since: float) -> None:
+        super().__init__(message)
+        self.phase, self.since = phase, since
+
+
+class CancelledByOperator(UpdaterError):
+    """A client's operation that `updaterctl cancel` stopped."""
+
+    def __init__(self, app: str) -> None:
+        super().__init__(f"{app}: cancelled by the operator")
+
+
+class TakeOverFailed(UpdaterError):
+    """`update --now` took over the update that waited for its window, and it did not
+    install its version; `reason` is what the app's state says."""
+
+    def __init__(self, message: str, reason: str | None) -> None:
+        super().__init__(message)
+        self.reason = reason

@@ -14,27 +14,23 @@ import os
 import random
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import sdnotify
 import trio
 
-from updaterctl.protocol import Event, Phase
-from updaterd import configfile, failpoints, outcome, rpc, selfupdate
+from updaterctl.protocol import Event
+from updaterd import configfile, failpoints, rpc, selfupdate
 from updaterd.api import ControlApi
-from updaterd.config import AppConfig, Config
+from updaterd.config import Config
 from updaterd.engine import Engine
 from updaterd.errors import ConfigError, UpdaterError
 from updaterd.events import EventBus
 from updaterd.inhibitors import Inhibitors
-from updaterd.scheduler import Schedule
-from updaterd.state import AppState
 from updaterd.units import parse_duration
-from updaterd.view import Counters
+from updaterd.worker import AppWorker
 
 log = logging.getLogger("updaterd")
-MAX_RESUMES = 3  # starts in a row that resume a cut operation at once
 
 
 class Notifier:
@@ -68,128 +64,6 @@ class Notifier:
             if self.dropped == 1 or self.dropped % 1000 == 0:
                 log.warning("notify socket: %s; %d messages to systemd dropped so far",
                             e.strerror or e, self.dropped)
-
-
-class AppWorker:
-    """One app: its lock (operations are serialised), its schedule and what it is doing now."""
-
-    def __init__(self, name: str, daemon: Daemon) -> None:
-        self.name = name
-        self.daemon = daemon
-        self.lock = trio.Lock()
-        self.schedule = Schedule(self, rng=daemon.rng)
-        self.phase: Phase = "idle"
-        self.message = ""
-        self.progress: tuple[int, int] | None = None
-        self.counters = Counters()
-        self.scope = trio.CancelScope()
-        self.busy_since = 0.0  # when the running operation left idle
-        self.failed_step: str | None = None  # where the last failed operation stopped
-        self.op_scope: trio.CancelScope | None = None  # the running operation, for `cancel`
-        self.take_over = trio.Event()  # set: an update waiting for its window goes on now
-        self.phase_version: str | None = None  # the version of the last phase with one
-
-    @contextlib.contextmanager
-    def running(self) -> Iterator[trio.CancelScope]:
-        """The scope of one operation (the scheduler's or a client's); `cancel` cancels it.
-        The steps past the switch are shielded inside it, so they finish either way."""
-        with trio.CancelScope() as scope:
-            self.op_scope = scope
-            try:
-                yield scope
-            finally:
-                self.op_scope = None
-
-    def config(self) -> AppConfig:
-        return self.daemon.config.apps[self.name]
-
-    def state(self) -> AppState:
-        return self.daemon.engine.load_state(self.name)
-
-    async def run_cycle(self) -> float | None:
-        """Check and update; outside the maintenance window only download, and come back when
-        it opens (without holding the lock, so `updaterctl update --now` is not kept waiting)."""
-        engine = self.daemon.engine
-        async with self.lock:
-            with self.running():
-                if not self.config().auto_update:
-                    await engine.prefetch(self.name)
-                    return None
-                gate = engine.gate(self.name)
-                if gate.wait() <= 0:
-                    await engine.update(self.name)
-                    return None
-                check = await engine.prefetch(self.name)
-                if check.available is None:
-                    return None
-                self.daemon.on_event(Event(
-                    app=self.name, kind="phase", phase="waiting_window",
-                    version=check.available, at=time.time(),
-                    message=f"{check.available} waits for the window ({gate.opens_in()})"))
-                return gate.wait() + 1
-        return None  # cancelled (`updaterctl cancel`): the next check comes as scheduled
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        with self.scope:
-            task_status.started()
-            async with self.lock:
-                try:
-                    await self.daemon.engine.recover(self.name)
-                except UpdaterError as e:
-                    log.error("%s: recovery failed: %s", self.name, e)
-                self._resume_what_was_cut()
-            await self.schedule.run()
-
-    def _resume_what_was_cut(self) -> None:
-        """An operation the last run left in progress (a stop, a crash, a power cut) goes on
-        at once instead of at the next scheduled check, hours away; not when the same one was
-        cut MAX_RESUMES starts in a row (it may be what brings the daemon down)."""
-        st = self.state()
-        if st.in_progress is None:
-            return
-        cut = st.in_progress
-        cuts = 0
-
-        def count(s: AppState, _limit: int) -> None:
-            nonlocal cuts
-            cuts = outcome.found_cut(s)
-
-        self.daemon.engine.edit_state(self.name, count)
-        if cuts > MAX_RESUMES:
-            log.warning("%s: the last %s was cut at %d starts in a row; it waits for the next "
-                        "scheduled check", self.name, cut, cuts)
-            return
-        log.info("%s: the last %s was cut (a stop, a crash or a power cut); checking now",
-                 self.name, cut)
-        self.schedule.wake_in = 0.0
-
-    def observe(self, event: Event) -> None:
-        """Keep what `status` and `metrics` show in step with the engine's events."""
-        if event.kind == "phase":
-            if self.phase in ("idle", "failed") and event.phase not in ("idle", "failed"):
-                self.busy_since = time.time()
-            self.phase, self.message = event.phase, event.message
-            if event.version is not None:
-                self.phase_version = event.version  # the version the operation is about
-            if event.phase == "checking":
-                self.counters.checks += 1
-            if event.phase != "downloading":
-                self.progress = None
-        elif event.kind == "progress" and event.done is not None and event.total is not None:
-            c = self.counters
-            more = event.done - c._last_done if event.done >= c._last_done else event.done
-            c.downloaded_bytes += more
-            if event.plan == "delta":
-                c.delta_bytes += more
-            c._last_done = event.done if event.done < event.total else 0
-            self.progress = (event.done, event.total)
-        elif event.kind == "notice" and event.plan == "full":
-            self.counters.delta_fallbacks += 1
-        elif event.kind == "error" and event.outcome == "failed":
-            self.counters.failures += 1
-            self.failed_step = event.step
-        elif event.kind == "result" and event.outcome == "rolled_back":
-            self.counters.rollbacks += 1
 
 
 class Daemon:
@@ -312,7 +186,7 @@ class Daemon:
 
     async def _start_worker(self, name: str) -> None:
         assert self._nursery is not None
-        worker = AppWorker(name, self)
+        worker = AppWorker(name, self, self.rng)
         self.workers[name] = worker
         await self._nursery.start(worker.run)
 

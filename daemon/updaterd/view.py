@@ -7,14 +7,18 @@ against them, so that neither needs the service (which builds on both).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    import trio
-
-    from updaterctl.protocol import Event, Phase
+    from updaterctl.protocol import (
+        CancelResult,
+        CheckResult,
+        Event,
+        Phase,
+        RollbackResult,
+        UpdateResult,
+    )
     from updaterd.config import AppConfig, Config
     from updaterd.engine import Engine
     from updaterd.events import EventBus
@@ -35,7 +39,8 @@ class Counters:
 
 
 class WorkerView(Protocol):
-    """One app's worker: what it is doing, its lock, its schedule, its counters."""
+    """One app's worker: what it is doing, its schedule, its counters, and the operations
+    clients ask of it (each one at a time: `Busy` at once when another runs)."""
 
     @property
     def name(self) -> str: ...
@@ -52,22 +57,14 @@ class WorkerView(Protocol):
     @property
     def failed_step(self) -> str | None: ...
     @property
-    def phase_version(self) -> str | None: ...
-    @property
-    def lock(self) -> trio.Lock: ...
-    @property
     def schedule(self) -> Schedule: ...
-    @property
-    def take_over(self) -> trio.Event: ...
-    @property
-    def op_scope(self) -> trio.CancelScope | None: ...
-
-    def running(self) -> AbstractContextManager[trio.CancelScope]:
-        """The scope of one operation, which `cancel` can reach."""
-        ...
 
     def state(self) -> AppState: ...
     def config(self) -> AppConfig: ...
+    async def check(self, force: bool) -> CheckResult: ...
+    async def update(self, version: str | None, now: bool) -> UpdateResult: ...
+    async def rollback(self, to: str | None) -> RollbackResult: ...
+    def cancel(self) -> CancelResult: ...
 
 
 class DaemonView(Protocol):

@@ -1,0 +1,231 @@
+"""One app's worker: the one owner of its operations. A check, an update, a rollback or a
+cancel, whether the scheduler or a client asks, goes through here: the app's lock (one
+operation at a time, and a client is told `busy` at once instead of waiting), the cancel scope
+`cancel` reaches, and the take-over of an update that waits for its window. What it is doing
+(phase, progress, counters) is kept in step with the engine's events for `status` and metrics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import trio
+
+from updaterctl.protocol import (
+    PAST_SWITCH,
+    CancelResult,
+    CheckResult,
+    Event,
+    Phase,
+    RollbackResult,
+    UpdateResult,
+    clock,
+)
+from updaterd import outcome
+from updaterd.config import AppConfig
+from updaterd.errors import Busy, CancelledByOperator, TakeOverFailed, UpdaterError
+from updaterd.scheduler import Schedule
+from updaterd.state import AppState
+from updaterd.view import Counters, DaemonView
+
+log = logging.getLogger("updaterd")
+MAX_RESUMES = 3  # starts in a row that resume a cut operation at once
+
+
+class AppWorker:
+    """One app: its lock (operations are serialised), its schedule and what it is doing now."""
+
+    def __init__(self, name: str, daemon: DaemonView, rng: random.Random) -> None:
+        self.name = name
+        self.daemon = daemon
+        self.lock = trio.Lock()
+        self.schedule = Schedule(self, rng=rng)
+        self.phase: Phase = "idle"
+        self.message = ""
+        self.progress: tuple[int, int] | None = None
+        self.counters = Counters()
+        self.scope = trio.CancelScope()
+        self.busy_since = 0.0  # when the running operation left idle
+        self.failed_step: str | None = None  # where the last failed operation stopped
+        self.op_scope: trio.CancelScope | None = None  # the running operation, for `cancel`
+        self.take_over = trio.Event()  # set: an update waiting for its window goes on now
+        self.phase_version: str | None = None  # the version of the last phase with one
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[trio.CancelScope]:
+        """The scope of one operation (the scheduler's or a client's); `cancel` cancels it.
+        The steps past the switch are shielded inside it, so they finish either way."""
+        with trio.CancelScope() as scope:
+            self.op_scope = scope
+            try:
+                yield scope
+            finally:
+                self.op_scope = None
+
+    def config(self) -> AppConfig:
+        return self.daemon.config.apps[self.name]
+
+    # -- what clients ask: one operation at a time, `busy` at once, cancel reaches it -------
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[trio.CancelScope]:
+        """An operation for a client: never waits behind another one (Busy at once, with the
+        phase and since when), and runs in a scope `cancel` can reach."""
+        if self.lock.locked():
+            since = self.busy_since or time.time()
+            raise Busy(f"{self.name} is busy: {self.phase} for {clock(time.time() - since)} "
+                       f"(since {time.strftime('%H:%M:%S', time.localtime(since))}); "
+                       f"`updaterctl cancel {self.name}` stops it", self.phase, since)
+        async with self.lock:
+            with self.running() as scope:
+                yield scope
+
+    async def check(self, force: bool) -> CheckResult:
+        async with self.exclusive():
+            return await self.daemon.engine.check(self.name, force=force)
+        raise CancelledByOperator(self.name)  # reached only when `cancel` stopped it
+
+    async def update(self, version: str | None, now: bool) -> UpdateResult:
+        """Install the available (or `version`) now; with `now`, an update that waits for
+        its window is taken over instead (it is the same one)."""
+        if now and version is None and self.lock.locked() and self.phase == "waiting_window":
+            return await self._take_over()
+        async with self.exclusive() as scope:
+            result = await self.daemon.engine.update(self.name, version, ignore_window=now)
+        if scope.cancelled_caught:
+            raise CancelledByOperator(self.name)
+        return result
+
+    async def _take_over(self) -> UpdateResult:
+        before, version = self.state().installed, self.phase_version
+        self.take_over.set()
+        async with self.lock:  # the waiting update ends, one way or the other
+            pass
+        st = self.state()
+        if version is not None and st.installed == version:
+            return UpdateResult(from_version=before, to_version=version, result="installed",
+                                reason="the update that waited for its window, taken over")
+        raise TakeOverFailed(
+            f"{self.name}: the update that waited for its window did not install {version}: "
+            f"{st.last_error or 'see `updaterctl history ' + self.name + '`'}", st.last_error)
+
+    async def rollback(self, to: str | None) -> RollbackResult:
+        async with self.exclusive():
+            return await self.daemon.engine.rollback(self.name, to)
+        raise CancelledByOperator(self.name)  # reached only when `cancel` stopped it
+
+    def cancel(self) -> CancelResult:
+        """Stop a check, a download or a wait for the window, at once; never what is past
+        the switch (it finishes or rolls back)."""
+        phase = self.phase
+        if self.op_scope is not None and phase not in PAST_SWITCH:
+            self.op_scope.cancel()
+            return CancelResult(cancelled=True, phase=phase,
+                                message=f"{self.name}: cancelled while {phase}; nothing changed")
+        if self.op_scope is not None:
+            return CancelResult(cancelled=False, phase=phase,
+                                message=f"{self.name} is past its switch ({phase}): it "
+                                        "finishes or rolls back, and cannot be cancelled")
+        if phase == "waiting_window":
+            self.schedule.wake_in = None  # the scheduler's wait for the window, not an op
+            self.schedule.poke()
+            self.daemon.on_event(Event(app=self.name, kind="phase", phase="idle",
+                                       at=time.time(),
+                                       message="the wait for the window was cancelled; the "
+                                               "next check finds the version again"))
+            return CancelResult(cancelled=True, phase=phase,
+                                message=f"{self.name}: the wait for the window was cancelled")
+        return CancelResult(cancelled=False, phase=phase,
+                            message=f"{self.name} is {phase}: nothing to cancel")
+
+    def state(self) -> AppState:
+        return self.daemon.engine.load_state(self.name)
+
+    async def run_cycle(self) -> float | None:
+        """Check and update; outside the maintenance window only download, and come back when
+        it opens (without holding the lock, so `updaterctl update --now` is not kept waiting)."""
+        engine = self.daemon.engine
+        async with self.lock:
+            with self.running():
+                if not self.config().auto_update:
+                    await engine.prefetch(self.name)
+                    return None
+                gate = engine.gate(self.name)
+                if gate.wait() <= 0:
+                    await engine.update(self.name)
+                    return None
+                check = await engine.prefetch(self.name)
+                if check.available is None:
+                    return None
+                self.daemon.on_event(Event(
+                    app=self.name, kind="phase", phase="waiting_window",
+                    version=check.available, at=time.time(),
+                    message=f"{check.available} waits for the window ({gate.opens_in()})"))
+                return gate.wait() + 1
+        return None  # cancelled (`updaterctl cancel`): the next check comes as scheduled
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with self.scope:
+            task_status.started()
+            async with self.lock:
+                try:
+                    await self.daemon.engine.recover(self.name)
+                except UpdaterError as e:
+                    log.error("%s: recovery failed: %s", self.name, e)
+                self._resume_what_was_cut()
+            await self.schedule.run()
+
+    def _resume_what_was_cut(self) -> None:
+        """An operation the last run left in progress (a stop, a crash, a power cut) goes on
+        at once instead of at the next scheduled check, hours away; not when the same one was
+        cut MAX_RESUMES starts in a row (it may be what brings the daemon down)."""
+        st = self.state()
+        if st.in_progress is None:
+            return
+        cut = st.in_progress
+        cuts = 0
+
+        def count(s: AppState, _limit: int) -> None:
+            nonlocal cuts
+            cuts = outcome.found_cut(s)
+
+        self.daemon.engine.edit_state(self.name, count)
+        if cuts > MAX_RESUMES:
+            log.warning("%s: the last %s was cut at %d starts in a row; it waits for the next "
+                        "scheduled check", self.name, cut, cuts)
+            return
+        log.info("%s: the last %s was cut (a stop, a crash or a power cut); checking now",
+                 self.name, cut)
+        self.schedule.wake_in = 0.0
+
+    def observe(self, event: Event) -> None:
+        """Keep what `status` and `metrics` show in step with the engine's events."""
+        if event.kind == "phase":
+            if self.phase in ("idle", "failed") and event.phase not in ("idle", "failed"):
+                self.busy_since = time.time()
+            self.phase, self.message = event.phase, event.message
+            if event.version is not None:
+                self.phase_version = event.version  # the version the operation is about
+            if event.phase == "checking":
+                self.counters.checks += 1
+            if event.phase != "downloading":
+                self.progress = None
+        elif event.kind == "progress" and event.done is not None and event.total is not None:
+            c = self.counters
+            more = event.done - c._last_done if event.done >= c._last_done else event.done
+            c.downloaded_bytes += more
+            if event.plan == "delta":
+                c.delta_bytes += more
+            c._last_done = event.done if event.done < event.total else 0
+            self.progress = (event.done, event.total)
+        elif event.kind == "notice" and event.plan == "full":
+            self.counters.delta_fallbacks += 1
+        elif event.kind == "error" and event.outcome == "failed":
+            self.counters.failures += 1
+            self.failed_step = event.step
+        elif event.kind == "result" and event.outcome == "rolled_back":
+            self.counters.rollbacks += 1

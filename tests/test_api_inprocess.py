@@ -1,0 +1,196 @@
+"""The control-socket methods in-process against a fake worker (issue 29): params, one call to
+the app's worker, then a result, or the worker's error as the code of SPEC section 7. The real
+worker's locking, take-over and cancel are the daemon tests' (test_daemon, test_operations,
+test_maintenance_window); here only what `api` adds."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import pytest
+import trio
+
+from updaterctl.protocol import (
+    AppParams,
+    CancelResult,
+    CheckParams,
+    CheckResult,
+    ErrorCode,
+    Event,
+    Phase,
+    RollbackParams,
+    RollbackResult,
+    UpdateParams,
+    UpdateResult,
+)
+from updaterd.api import ControlApi
+from updaterd.config import AppConfig, Config, DaemonConfig
+from updaterd.engine import Engine
+from updaterd.errors import Busy, CancelledByOperator, TakeOverFailed, UpdaterError
+from updaterd.events import EventBus
+from updaterd.inhibitors import Inhibitors
+from updaterd.rpc import Connection, Peer, RpcError
+from updaterd.scheduler import Schedule
+from updaterd.state import AppState
+from updaterd.view import Counters, DaemonView, WorkerView
+
+
+@dataclass
+class FakeWorker:
+    """A worker whose answers the test sets: a result, or an error to raise."""
+
+    name: str = "demo"
+    phase: Phase = "idle"
+    message: str = ""
+    progress: tuple[int, int] | None = None
+    counters: Counters = field(default_factory=Counters)
+    busy_since: float = 0.0
+    failed_step: str | None = None
+    phase_version: str | None = None
+    answer: Any = None
+    calls: list[tuple[str, Any]] = field(default_factory=list)
+    app_state: AppState = field(default_factory=AppState)
+
+    @property
+    def schedule(self) -> Schedule:
+        raise AssertionError("not used by these methods")
+
+    def state(self) -> AppState:
+        return self.app_state
+
+    def config(self) -> AppConfig:
+        return AppConfig(source="directory", path="/srv/feed", prefix="/opt/demo")
+
+    def _give(self, call: str, *args: Any) -> Any:
+        self.calls.append((call, args))
+        if isinstance(self.answer, BaseException):
+            raise self.answer
+        return self.answer
+
+    async def check(self, force: bool) -> CheckResult:
+        return cast(CheckResult, self._give("check", force))
+
+    async def update(self, version: str | None, now: bool) -> UpdateResult:
+        return cast(UpdateResult, self._give("update", version, now))
+
+    async def rollback(self, to: str | None) -> RollbackResult:
+        return cast(RollbackResult, self._give("rollback", to))
+
+    def cancel(self) -> CancelResult:
+        return cast(CancelResult, self._give("cancel"))
+
+
+@dataclass
+class FakeDaemon:
+    workers: Mapping[str, WorkerView]
+    config: Config = field(default_factory=Config)
+    config_path: str = "/etc/updaterd/updaterd.toml"
+    started_at: float = field(default_factory=time.time)
+    bus: EventBus = field(default_factory=EventBus)
+    inhibitors: Inhibitors = field(default_factory=Inhibitors)
+
+    @property
+    def engine(self) -> Engine:
+        raise AssertionError("the methods under test go through the worker, not the engine")
+
+    async def reload(self) -> None:
+        return None
+
+    def on_event(self, event: Event) -> None:
+        return None
+
+
+@dataclass
+class FakeConnection:
+    peer: Peer
+
+
+def _api(worker: FakeWorker, downgrade_group: str | None = None) -> ControlApi:
+    daemon = FakeDaemon(workers={worker.name: worker},
+                        config=Config(daemon=DaemonConfig(downgrade_group=downgrade_group)))
+    return ControlApi(cast(DaemonView, daemon))
+
+
+def _call(api: ControlApi, method: str, params: Any, uid: int = 0) -> Any:
+    conn = cast(Connection, FakeConnection(Peer(pid=1, uid=uid, gid=uid, admin=True)))
+    handler = api.handlers()[method]
+    return trio.run(handler, params, conn)
+
+
+def _error(api: ControlApi, method: str, params: Any, uid: int = 0) -> RpcError:
+    with pytest.raises(RpcError) as e:
+        _call(api, method, params, uid)
+    return e.value
+
+
+def test_each_operation_is_one_call_to_the_apps_worker() -> None:
+    w = FakeWorker()
+    api = _api(w)
+    w.answer = CheckResult(current="1.0.0", available="1.1.0", checked_at=1.0)
+    assert _call(api, "check", CheckParams(app="demo", force=True)).available == "1.1.0"
+    w.answer = UpdateResult(from_version="1.0.0", to_version="1.1.0", result="installed")
+    assert _call(api, "update", UpdateParams(app="demo", now=True)).result == "installed"
+    w.answer = RollbackResult(from_version="1.1.0", to_version="1.0.0")
+    assert _call(api, "rollback", RollbackParams(app="demo", to="1.0.0")).to_version == "1.0.0"
+    w.answer = CancelResult(cancelled=True, phase="downloading", message="m")
+    assert _call(api, "cancel", AppParams(app="demo")).cancelled
+    assert w.calls == [("check", (True,)), ("update", (None, True)), ("rollback", ("1.0.0",)),
+                       ("cancel", ())]
+
+
+def test_an_unknown_app_is_error_1_and_no_worker_is_asked() -> None:
+    w = FakeWorker()
+    e = _error(_api(w), "update", UpdateParams(app="other"))
+    assert e.code == ErrorCode.UNKNOWN_APP and e.message == "unknown app: other"
+    assert w.calls == []
+
+
+def test_a_busy_worker_is_error_2_with_its_phase_and_since() -> None:
+    w = FakeWorker(answer=Busy("demo is busy: downloading for 3s", "downloading", 12.0))
+    e = _error(_api(w), "check", CheckParams(app="demo"))
+    assert (e.code, e.message, e.data) == (ErrorCode.BUSY, "demo is busy: downloading for 3s",
+                                           {"phase": "downloading", "since": 12.0})
+
+
+def test_a_cancelled_or_failed_operation_is_error_5_saying_why() -> None:
+    w = FakeWorker(phase="idle", answer=CancelledByOperator("demo"))
+    e = _error(_api(w), "rollback", RollbackParams(app="demo"))
+    assert (e.code, e.message, e.data) == (ErrorCode.UPDATE_FAILED,
+                                           "demo: cancelled by the operator",
+                                           {"phase": "idle", "reason": "cancelled"})
+    w.answer = TakeOverFailed("demo: the update that waited did not install 1.1.0: x", "x")
+    e = _error(_api(w), "update", UpdateParams(app="demo", now=True))
+    assert e.code == ErrorCode.UPDATE_FAILED and e.data == {"phase": "idle", "reason": "x"}
+    # a failure the operation recorded: the recorded text, with the version it was installing
+    w.answer = UpdaterError("disk full")
+    w.failed_step, w.phase = "staging", "failed"
+    w.app_state = AppState(last_error="1.1.0: disk full")
+    e = _error(_api(w), "update", UpdateParams(app="demo"))
+    assert (e.code, e.message, e.data) == (ErrorCode.UPDATE_FAILED, "demo: 1.1.0: disk full",
+                                           {"phase": "failed", "step": "staging",
+                                            "reason": "1.1.0: disk full"})
+
+
+def test_a_rolled_back_update_is_error_5_with_both_versions() -> None:
+    w = FakeWorker(answer=UpdateResult(from_version="1.0.0", to_version="1.1.0",
+                                       result="rolled_back", reason="health check: exit 1"))
+    e = _error(_api(w), "update", UpdateParams(app="demo"))
+    assert e.code == ErrorCode.UPDATE_FAILED
+    assert e.message == "demo: 1.1.0 was rolled back to 1.0.0: health check: exit 1"
+    assert e.data == {"phase": "health_check", "reason": "health check: exit 1",
+                      "from": "1.0.0", "to": "1.1.0"}
+
+
+def test_going_back_needs_the_downgrade_group_before_the_worker_is_asked() -> None:
+    w = FakeWorker(app_state=AppState(installed="2.0.0"))
+    api = _api(w, downgrade_group="nonexistent-group-for-tests")
+    for method, params in (("update", UpdateParams(app="demo", version="1.0.0")),
+                           ("rollback", RollbackParams(app="demo"))):
+        e = _error(api, method, params, uid=65534)
+        assert e.code == ErrorCode.NOT_PERMITTED, e.message
+    assert w.calls == []
+    w.answer = UpdateResult(from_version="2.0.0", to_version="2.1.0", result="installed")
+    assert _call(api, "update", UpdateParams(app="demo", version="2.1.0"), uid=65534)
