@@ -3,9 +3,11 @@ package and units: the container, a command run inside it, a feed in its /srv, i
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from tests.helpers import app_script, make_tar, write_config
@@ -66,6 +68,19 @@ class Container:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+@contextlib.contextmanager
+def booted(base: Path) -> Iterator[Container]:
+    """A fresh copy of the stock root file system under `base`, booted, and stopped after."""
+    assert ROOTFS.is_dir(), "scripts/nspawn-rootfs.sh builds it (make test-systemd does)"
+    root = base / "root"
+    subprocess.run(["cp", "-a", str(ROOTFS), str(root)], check=True)
+    c = Container(root, base / "console.log")
+    try:
+        yield c
+    finally:
+        c.stop()
 
 
 def feed_into(root: Path, versions: list[tuple[str, bool]], big: int = 0,

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from tests.helpers import Feed, write_config
 from tests.security.test_tls_rows import _cert, _write
 from tests.servers.nginx import Nginx, running_nginx
-from tests.systemd.container import ROOTFS, Container, install_package, journal, wait_until
+from tests.systemd.container import Container, booted, install_package, journal, wait_until
 
 pytestmark = pytest.mark.skipif(os.environ.get("UPDATERD_TEST_SYSTEMD") != "1",
                                 reason="`make test-systemd` runs these (systemd-nspawn)")
@@ -32,16 +32,9 @@ pytestmark = pytest.mark.skipif(os.environ.get("UPDATERD_TEST_SYSTEMD") != "1",
 
 @pytest.fixture(scope="module")
 def box(tmp_path_factory: pytest.TempPathFactory, deb: Path) -> Iterator[Container]:
-    assert ROOTFS.is_dir(), "scripts/nspawn-rootfs.sh builds it (make test-systemd does)"
-    base = tmp_path_factory.mktemp("nspawn-package")
-    root = base / "root"
-    subprocess.run(["cp", "-a", str(ROOTFS), str(root)], check=True)
-    c = Container(root, base / "console.log")
-    try:
+    with booted(tmp_path_factory.mktemp("nspawn-package")) as c:
         install_package(c, deb)
         yield c
-    finally:
-        c.stop()
 
 
 @pytest.fixture(scope="module")

@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 
 from tests.systemd.container import (
-    ROOTFS,
     Container,
+    booted,
     configure,
     feed_into,
     install_package,
@@ -40,15 +40,8 @@ pytestmark = pytest.mark.skipif(os.environ.get("UPDATERD_TEST_SYSTEMD") != "1",
 
 @pytest.fixture(scope="module")
 def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
-    assert ROOTFS.is_dir(), "scripts/nspawn-rootfs.sh builds it (make test-systemd does)"
-    base = tmp_path_factory.mktemp("nspawn")
-    root = base / "root"
-    subprocess.run(["cp", "-a", str(ROOTFS), str(root)], check=True)
-    c = Container(root, base / "console.log")
-    try:
+    with booted(tmp_path_factory.mktemp("nspawn")) as c:
         yield c
-    finally:
-        c.stop()
 
 
 # -- the README's steps ---------------------------------------------------------------------------
