@@ -269,3 +269,17 @@ def test_orderable_is_true_for_semantic_versions_only() -> None:
     assert versions.orderable("1.2.3") and versions.orderable("v1.2.3-rc.1")
     assert not versions.orderable("nightly-42") and not versions.orderable("tool-1.0.0")
     assert not versions.orderable("")
+
+
+def test_a_yanked_release_is_passed_over_with_the_publishers_reason() -> None:
+    """Even the newest, at a full rollout; the next one down is chosen instead. A yanked
+    tag is passed over for the same reason, not as a tag."""
+    offers = [Offer("1.1.0", "stable"), Offer("1.2.0", "stable", 100, "breaks the cache"),
+              Offer("nightly-3", "stable", 100, "a bad night")]
+    choice = versions.choose(offers, "1.0.0", P)
+    assert choice.version == "1.1.0"
+    assert choice.passed_over == {"1.2.0": "yanked by the publisher: breaks the cache"}
+    choice = versions.choose(offers, "1.2.0", P)
+    assert choice.version is None
+    assert choice.passed_over["nightly-3"] == "yanked by the publisher: a bad night"
+    assert versions.choose([Offer("1.3.0", "stable", 100, None)], "1.2.0", P).version == "1.3.0"
