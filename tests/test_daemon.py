@@ -486,3 +486,29 @@ def test_auto_update_off_downloads_but_waits_for_update(host: Host, nginx: Nginx
     daemon.ctl("update", "hello", check=True)
     assert host.current() == "1.0.0"
     assert [r for r in nginx.requests() if r["uri"] == uri] == fetched, "not downloaded twice"
+
+
+def test_a_socket_path_as_long_as_unix_allows_works_and_a_longer_one_is_refused(
+        host: Host, feed: Feed, tmp_path: Path) -> None:
+    """107 bytes is sun_path's limit; the socket is bound under a longer temp name first,
+    which must not be what fails (it did, for paths of 86 bytes and more)."""
+    feed.release("1.0.0")
+    host.configure(source="directory", path=str(feed.folder), public_keys=[feed.pub],
+                   check_interval="1h", jitter="0s")
+    base = str(tmp_path / "run") + "/"
+    run_dir = Path(base + "r" * (107 - len(base) - len("/updaterd.sock")))
+    run_dir.mkdir(parents=True)
+    d = Daemon(host)
+    d.socket = host.open_socket_in(run_dir)
+    assert len(str(d.socket).encode()) == 107
+    d.start()
+    try:
+        d.wait_for(lambda: d.app()["current"] == "1.0.0", what="an install over that socket")
+    finally:
+        d.stop()
+    longer = Path(str(run_dir) + "r")
+    longer.mkdir()
+    host.open_socket_in(longer)
+    r = run_updaterd("--config", host.config, "check-config")
+    assert r.returncode != 0 and "daemon.socket: 108 bytes; a Unix socket's path holds at " \
+        "most 107" in r.stderr, r.stderr

@@ -368,6 +368,9 @@ def app_unit(app: AppConfig) -> str | None:
     return app.unit or _restart_unit(app.restart)
 
 
+MAX_SOCKET_PATH = 107  # sun_path is 108 bytes with its NUL
+
+
 def parse(text: str, path: str) -> Config:
     """Decode and validate configuration text; raises ConfigError with one line per problem."""
     try:
@@ -406,6 +409,10 @@ def parse(text: str, path: str) -> Config:
             apps[name] = app
     if daemon is not None:
         problems += _overlaps(daemon, apps, path)
+        if len(daemon.socket.encode()) > MAX_SOCKET_PATH:
+            problems.append(f"{path}: daemon.socket: {len(daemon.socket.encode())} bytes; a "
+                            f"Unix socket's path holds at most {MAX_SOCKET_PATH} (clients could "
+                            "not connect to a longer one)")
     if problems:
         raise ConfigError(problems)
     assert daemon is not None and limits is not None

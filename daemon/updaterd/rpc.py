@@ -211,9 +211,15 @@ def create_socket(path: Path, mode: int, group: str) -> trio.socket.SocketType:
     tmp = fsutil.temp_name(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o177)
+    dir_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        sock.bind(str(tmp))
+        # The temp name is longer than the path: near sun_path's 108 bytes, bind through the
+        # folder's descriptor (/proc/self/fd/N/NAME, resolved by the kernel) instead.
+        short = f"/proc/self/fd/{dir_fd}/{tmp.name}"
+        too_long = len(str(tmp).encode()) > 107 and os.path.isdir(f"/proc/self/fd/{dir_fd}")
+        sock.bind(short if too_long else str(tmp))
     finally:
+        os.close(dir_fd)
         os.umask(old)
     set_socket_access(tmp, mode, group)
     sock.listen(socket.SOMAXCONN)  # a burst of clients waits for accept, never refused
