@@ -121,6 +121,8 @@ HOSTILE: dict[str, Callable[[], bytes]] = {
     "a link out of the stripped top folder": lambda: tar_of([f("a/t", b"t"),
                                                              sym("a/b/l", "../../a/t")]),
     "a link to the stripped top folder": lambda: tar_of([f("a/t"), sym("a/l", "..")]),
+    "a link that steps down, then climbs out of the top folder": lambda: tar_of([
+        f("a/t"), d("a/x"), sym("a/l", "x/../../a/t")]),
 }
 
 
@@ -145,6 +147,9 @@ GOOD: dict[str, tuple[Callable[[], bytes], dict[str, str]]] = {
     "a link inside the stripped top folder": (lambda: tar_of([f("top/t", b"t"),
                                                              sym("top/b/l", ".././t")]),
                                               {"t": "file:t", "b": "dir", "b/l": "link:.././t"}),
+    "a link through a sibling inside the top folder": (lambda: tar_of([
+        f("top/t", b"t"), d("top/c"), sym("top/b/l", "../c/../t")]),
+        {"t": "file:t", "b": "dir", "c": "dir", "b/l": "link:../c/../t"}),
 }
 
 
