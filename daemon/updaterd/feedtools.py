@@ -102,7 +102,7 @@ def yank_release(*, feed_dir: Path, key_path: Sequence[Path], version: str, why:
 
     def change(m: Manifest) -> str:
         release = _find(m, version)
-        if yank.reason(release) == " ".join(why.split()):
+        if yank.reason(release) == yank.normalised(why):
             return ""
         yank.apply(release, why)
         return f"yanked {m.app} {release.version}"

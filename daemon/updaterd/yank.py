@@ -28,9 +28,14 @@ def is_marker(artifact: Artifact) -> bool:
     return artifact.platform == PLATFORM
 
 
+def normalised(reason: str) -> str:
+    """A reason as the marker carries it: on one line, single-spaced."""
+    return " ".join(reason.split())
+
+
 def marker(reason: str, rollout: int) -> Artifact:
     """The entry that says a release is yanked, why, and its rollout before the yank."""
-    text = " ".join(reason.split())
+    text = normalised(reason)
     if not text:
         raise FeedError("--why must say why the release is yanked (hosts show it)")
     raw = text.encode()
@@ -43,13 +48,19 @@ def marker(reason: str, rollout: int) -> Artifact:
                     sha256=hashlib.sha256(raw).hexdigest())
 
 
+def _marker_of(release: Release) -> tuple[Artifact | None, re.Match[str] | None]:
+    """The release's yank marker, and its name parsed (None when there is none, or it cannot
+    be read)."""
+    found = next((a for a in release.artifacts if is_marker(a)), None)
+    return found, _MARKER.fullmatch(found.url) if found is not None else None
+
+
 def reason(release: Release) -> str | None:
     """Why `release` is yanked (None: it is not). A marker this daemon cannot read still
     yanks: the publisher meant it."""
-    found = next((a for a in release.artifacts if is_marker(a)), None)
+    found, m = _marker_of(release)
     if found is None:
         return None
-    m = _MARKER.fullmatch(found.url)
     if m is None:
         return "(the reason cannot be read)"
     try:
@@ -61,8 +72,7 @@ def reason(release: Release) -> str | None:
 
 def rollout_before(release: Release) -> int:
     """The rollout the release had before it was yanked (its own when it is not yanked)."""
-    found = next((a for a in release.artifacts if is_marker(a)), None)
-    m = _MARKER.fullmatch(found.url) if found is not None else None
+    _found, m = _marker_of(release)
     return min(int(m.group(1)), 100) if m is not None else release.rollout
 
 
