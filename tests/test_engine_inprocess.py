@@ -255,3 +255,40 @@ def test_every_event_of_an_update_names_the_app_and_ends_idle(host: SimHost,
         assert step in phases
     assert {e.app for e in host.events} == {"hello"}
     assert os.path.realpath(host.prefix / "current") == str(host.prefix / "releases" / "1.0.0")
+
+
+class RecordingGate:
+    """A gate that says whether it defers, and records what ran when it was passed."""
+
+    def __init__(self, host: SimHost, defers: str | None = None) -> None:
+        self.host, self.reason = host, defers
+        self.passed_with: list[str | None] = []
+
+    def defers(self) -> str | None:
+        return self.reason
+
+    async def passage(self) -> None:
+        self.passed_with.append(self.host.current())
+
+
+def test_the_gate_handed_to_update_is_passed_once_just_before_the_switch(
+        host: SimHost, sim: FeedSimulator) -> None:
+    sim.release("1.0.0")
+    engine = host.engine()
+    run(lambda: engine.update("hello"))
+    sim.release("1.1.0")
+    gate = RecordingGate(host)
+    result = run(lambda: engine.update("hello", gate=gate))
+    assert result.result == "installed" and gate.passed_with == ["1.0.0"]
+
+
+def test_a_gate_that_defers_downloads_and_does_not_switch(host: SimHost,
+                                                           sim: FeedSimulator) -> None:
+    sim.release("1.0.0")
+    gate = RecordingGate(host, defers="waiting for window (opens in 2h)")
+    engine = host.engine()
+    result = run(lambda: engine.update("hello", gate=gate))
+    assert (result.result, result.to_version, result.reason) == \
+        ("deferred", "1.0.0", "waiting for window (opens in 2h)")
+    assert gate.passed_with == [] and host.current() is None
+    assert sim.requests["hello-1.0.0-linux-x86_64.tar.gz"] == 1

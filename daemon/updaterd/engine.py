@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -28,7 +28,7 @@ from updaterd.errors import (
     UpdaterError,
 )
 from updaterd.feed import Artifact, Release, TrustedFeed
-from updaterd.gate import WindowGate
+from updaterd.gate import DeferringGate, SwitchGate, WindowGate
 from updaterd.inplace import InplaceLayout
 from updaterd.layout import InstallLayout, Kept, Layout
 from updaterd.lifecycle import AppRestart, SelfHandOver
@@ -70,13 +70,11 @@ class Engine:
     """The whole update flow for every configured app."""
 
     def __init__(self, config: Config, emit: Callable[[Event], None] = _log_event, *,
-                 before_switch: Callable[[str, bool], Awaitable[None]] | None = None,
                  hand_over: Callable[[Path], None] | None = None,
                  sources: Callable[[str, AppConfig], Source] | None = None,
                  stopping: Callable[[], bool] | None = None) -> None:
         self.config = config
         self.emit = emit
-        self.before_switch = before_switch
         self.stopping = stopping  # the daemon was told to stop (row 157)
         self.hand_over = hand_over
         self.sources = sources  # where each app's feed comes from; None: its `source` key
@@ -103,7 +101,7 @@ class Engine:
         except KeyError:
             raise UnknownApp(f"no app named {app!r} in {self.config.path}") from None
 
-    def open_app(self, app: str, ignore_window: bool = False) -> AppRun:
+    def open_app(self, app: str, gate: SwitchGate | None = None) -> AppRun:
         cfg = self._cfg(app)
         state_dir = Path(self.config.daemon.state_dir)
         folder = state.app_dir(state_dir, app)
@@ -120,9 +118,8 @@ class Engine:
         hooks = Hooks(download_limiter=self.download_limiter)
         if self.stopping is not None:
             hooks.stopping = self.stopping
-        if self.before_switch is not None:
-            hook = self.before_switch
-            hooks.before_switch = lambda: hook(app, ignore_window)
+        if gate is not None:
+            hooks.before_switch = gate.passage
         return AppRun(name=app, cfg=cfg, config=self.config, layout=layout,
                       state_folder=folder,
                       cache=Path(self.config.daemon.cache_dir) / app,
@@ -277,27 +274,27 @@ class Engine:
                     op.version = None  # downloaded: nothing failed to install
         return result
 
-    def gate(self, app: str) -> WindowGate:
-        """The app's maintenance window, as the one gate every switch asks."""
+    def window(self, app: str) -> WindowGate:
+        """The app's maintenance window."""
         return WindowGate(app, self._cfg(app).window)
 
     async def update(self, app: str, version: str | None = None,
-                     ignore_window: bool = False) -> UpdateResult:
+                     gate: SwitchGate | None = None) -> UpdateResult:
         """Install the available version, or `version` on purpose (even older or blocked).
 
-        Outside the maintenance window (and not `ignore_window`), a run without a daemon to
-        wait in downloads and verifies the version, and defers the switch.
+        `gate` is asked before the switch (the daemon's waits); without one, the window
+        defers: outside it, a run without a daemon to wait in downloads and verifies the
+        version, and defers the switch.
         """
-        run = self.open_app(app, ignore_window)
+        gate = gate or DeferringGate(self.window(app))
+        run = self.open_app(app, gate)
         async with operation(run, "update") as op:
             await recover(run)
-            gate = self.gate(app)
-            if not ignore_window and self.before_switch is None and gate.wait() > 0:
+            if (why := gate.defers()) is not None:
                 check = await self._prefetch(run, op)
                 done = UpdateResult(from_version=check.current, to_version=check.available,
                                     result="up_to_date" if check.available is None
-                                    else "deferred",
-                                    reason=f"waiting for window ({gate.opens_in()})")
+                                    else "deferred", reason=why)
                 op.succeeded(done.result, done.describe(""), check.available)
                 return done
             done = await self._update(run, op, version)

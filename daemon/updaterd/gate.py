@@ -1,12 +1,17 @@
-"""An app's maintenance window as one gate, asked by everything that may switch or restart it:
-the scheduler (download now, come back when it opens), the daemon before a switch (wait, unless
-`updaterctl update --now` takes the waiting update over), and `updaterd --once` (defer)."""
+"""What may hold a switch back, as the one gate every switch asks.
+
+`WindowGate` is an app's maintenance window: the scheduler asks it (download now, come back when
+it opens). A `SwitchGate` is what one update hands the engine: the daemon's waits (the window,
+unless `updaterctl update --now` takes the waiting update over, then the inhibitors), or, for
+`updaterd --once` with no daemon to wait in, a gate that defers the switch instead of waiting.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
+from typing import Protocol
 
 import trio
 
@@ -45,3 +50,51 @@ class WindowGate:
             waiting(f"waiting for window ({self.opens_in()})")
             with trio.move_on_after(min(wait, 60)):
                 await take_over.wait()
+
+
+class SwitchGate(Protocol):
+    """What the engine asks of one update before it switches."""
+
+    def defers(self) -> str | None:
+        """Why the switch is put off now, before anything is downloaded (the update then only
+        downloads); None: go on, and pass the gate before the switch."""
+        ...
+
+    async def passage(self) -> None:
+        """Return when the switch may happen."""
+        ...
+
+
+class DeferringGate:
+    """`updaterd --once` and the offline verbs: no daemon to wait in, so outside the window the
+    update downloads and defers; `ignore_window` opens it."""
+
+    def __init__(self, window_gate: WindowGate, ignore_window: bool = False) -> None:
+        self.window, self.ignore_window = window_gate, ignore_window
+
+    def defers(self) -> str | None:
+        if self.ignore_window or self.window.wait() <= 0:
+            return None
+        return f"waiting for window ({self.window.opens_in()})"
+
+    async def passage(self) -> None:
+        return None
+
+
+class WaitingGate:
+    """The daemon's gate: before the switch, wait for the window (unless `ignore_window`, or
+    until `take_over` is set), then while inhibitors are held."""
+
+    def __init__(self, window_gate: WindowGate, *, ignore_window: bool, take_over: trio.Event,
+                 waiting: Callable[[str], None],
+                 inhibitors: Callable[[], Awaitable[None]]) -> None:
+        self.window, self.ignore_window = window_gate, ignore_window
+        self.take_over, self.waiting, self.inhibitors = take_over, waiting, inhibitors
+
+    def defers(self) -> str | None:
+        return None
+
+    async def passage(self) -> None:
+        if not self.ignore_window:
+            await self.window.passage(self.waiting, self.take_over)
+        await self.inhibitors()

@@ -27,7 +27,6 @@ from updaterd.engine import Engine
 from updaterd.errors import ConfigError, UpdaterError
 from updaterd.events import EventBus
 from updaterd.inhibitors import Inhibitors
-from updaterd.units import parse_duration
 from updaterd.worker import AppWorker
 
 log = logging.getLogger("updaterd")
@@ -80,8 +79,8 @@ class Daemon:
         self.bus = EventBus()
         self.inhibitors = Inhibitors()
         self.stopping = False  # SIGTERM or SIGINT came: what dies by a signal now died with us
-        self.engine = Engine(config, self.on_event, before_switch=self.before_switch,
-                             hand_over=self.hand_over, stopping=lambda: self.stopping)
+        self.engine = Engine(config, self.on_event, hand_over=self.hand_over,
+                             stopping=lambda: self.stopping)
         self.workers: dict[str, AppWorker] = {}
         self.api = ControlApi(self)
         self._nursery: trio.Nursery | None = None
@@ -108,33 +107,6 @@ class Daemon:
         if text != self._status:
             self._status = text
             self.notifier.send(f"STATUS={text}")
-
-    async def before_switch(self, app: str, ignore_window: bool) -> None:
-        """Wait for the maintenance window (unless told not to, or until an operator's
-        `update --now` takes the waiting update over), then for inhibitors."""
-        worker = self.workers.get(app)
-        take_over = trio.Event()
-        if worker is not None:
-            worker.take_over = take_over
-        if not ignore_window:
-            await self.engine.gate(app).passage(
-                lambda text: self.on_event(Event(app=app, kind="phase", phase="waiting_window",
-                                                 at=time.time(), message=text)), take_over)
-        await self._wait_inhibitors(app)
-
-    async def _wait_inhibitors(self, app: str) -> None:
-        """Wait while local programs hold inhibitors for `app`, at most `max_inhibit`."""
-        if not self.inhibitors.held.get(app):
-            return
-        limit = parse_duration(self.config.apps[app].max_inhibit)
-        with trio.move_on_after(limit) as scope:
-            while holds := self.inhibitors.held.get(app):
-                who = ", ".join(f"{h.who} ({h.why})" for h in holds)
-                self.on_event(Event(app=app, kind="phase", phase="waiting_inhibitors",
-                                    message=f"waiting for inhibitors: {who}", at=time.time()))
-                await self.inhibitors.released()
-        if scope.cancelled_caught:
-            log.warning("%s: inhibitors still held after max_inhibit; going ahead", app)
 
     def hand_over(self, prefix: Path) -> None:
         """updaterd itself was switched: stop serving and, once out of trio, re-execute into

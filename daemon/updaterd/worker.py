@@ -28,8 +28,10 @@ from updaterctl.protocol import (
 from updaterd import outcome
 from updaterd.config import AppConfig
 from updaterd.errors import Busy, CancelledByOperator, TakeOverFailed, UpdaterError
+from updaterd.gate import WaitingGate
 from updaterd.scheduler import Schedule
 from updaterd.state import AppState
+from updaterd.units import parse_duration
 from updaterd.view import Counters, DaemonView
 
 log = logging.getLogger("updaterd")
@@ -95,10 +97,38 @@ class AppWorker:
         if now and version is None and self.lock.locked() and self.phase == "waiting_window":
             return await self._take_over()
         async with self.exclusive() as scope:
-            result = await self.daemon.engine.update(self.name, version, ignore_window=now)
+            result = await self.daemon.engine.update(self.name, version, self.gate(now))
         if scope.cancelled_caught:
             raise CancelledByOperator(self.name)
         return result
+
+    def gate(self, ignore_window: bool = False) -> WaitingGate:
+        """The one gate an update of this app passes before its switch: the window (which
+        `update --now` opens, or takes a waiting update over), then the inhibitors."""
+        self.take_over = trio.Event()
+        return WaitingGate(self.daemon.engine.window(self.name), ignore_window=ignore_window,
+                           take_over=self.take_over, waiting=self._waiting_window,
+                           inhibitors=self._wait_inhibitors)
+
+    def _waiting_window(self, text: str) -> None:
+        self.daemon.on_event(Event(app=self.name, kind="phase", phase="waiting_window",
+                                   at=time.time(), message=text))
+
+    async def _wait_inhibitors(self) -> None:
+        """Wait while local programs hold inhibitors for the app, at most `max_inhibit`."""
+        held = self.daemon.inhibitors.held
+        if not held.get(self.name):
+            return
+        with trio.move_on_after(parse_duration(self.config().max_inhibit)) as scope:
+            while holds := held.get(self.name):
+                who = ", ".join(f"{h.who} ({h.why})" for h in holds)
+                self.daemon.on_event(Event(app=self.name, kind="phase",
+                                           phase="waiting_inhibitors",
+                                           message=f"waiting for inhibitors: {who}",
+                                           at=time.time()))
+                await self.daemon.inhibitors.released()
+        if scope.cancelled_caught:
+            log.warning("%s: inhibitors still held after max_inhibit; going ahead", self.name)
 
     async def _take_over(self) -> UpdateResult:
         before, version = self.state().installed, self.phase_version
@@ -154,9 +184,9 @@ class AppWorker:
                 if not self.config().auto_update:
                     await engine.prefetch(self.name)
                     return None
-                gate = engine.gate(self.name)
-                if gate.wait() <= 0:
-                    await engine.update(self.name)
+                window = engine.window(self.name)
+                if window.wait() <= 0:
+                    await engine.update(self.name, gate=self.gate())
                     return None
                 check = await engine.prefetch(self.name)
                 if check.available is None:
@@ -164,8 +194,8 @@ class AppWorker:
                 self.daemon.on_event(Event(
                     app=self.name, kind="phase", phase="waiting_window",
                     version=check.available, at=time.time(),
-                    message=f"{check.available} waits for the window ({gate.opens_in()})"))
-                return gate.wait() + 1
+                    message=f"{check.available} waits for the window ({window.opens_in()})"))
+                return window.wait() + 1
         return None  # cancelled (`updaterctl cancel`): the next check comes as scheduled
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
