@@ -1,7 +1,8 @@
-"""FeedSimulator: an in-memory signed feed that the engine uses as its source, for in-process
-tests of the engine and the transaction that run in milliseconds (as python-tuf's
-RepositorySimulator). It builds releases, signs the manifest with its own key, hands the engine
-the feed and the artifacts through the `Source` protocol, and counts what was asked of it.
+"""FeedSimulator: an in-memory signed feed that the engine reads through its own refresh, for
+in-process tests of the engine and the transaction that run in milliseconds (as python-tuf's
+RepositorySimulator). It builds releases, signs the manifest with its own key, serves the feed
+and the artifacts as a transport (below the sources: the engine's `refresh`, kept copy, "not
+modified" answers and key rotations all run), and counts what was asked of it.
 
 The real-process tests (nginx, the daemon, kill -9) stay the end-to-end proof; these test one
 behaviour of the engine at a time.
@@ -27,16 +28,14 @@ import trio
 import zstandard
 
 from tests.helpers import release_files, write_config
-from updaterd import configfile, delta, fsutil, minisign
-from updaterd.cachefile import Expected, ProgressFn, fresh_part, verify_expected
+from updaterd import configfile, delta, minisign
+from updaterd.cachefile import Expected, ProgressFn, write_verified
 from updaterd.config import AppConfig, Config
-from updaterd.digests import Digests
 from updaterd.engine import Engine
 from updaterd.errors import FeedError
-from updaterd.feed import Artifact, Manifest, Release, TrustedFeed
+from updaterd.feed import MANIFEST, SIGNATURE, Artifact, Manifest, Release
 from updaterd.publish import delta_files
-from updaterd.sources import trust
-from updaterd.state import AppState
+from updaterd.sources.refresh import Document, Validators
 
 PLATFORM = "linux-x86_64"
 
@@ -64,6 +63,9 @@ class FeedSimulator:
     releases: list[Release] = field(default_factory=list)
     blobs: dict[str, bytes] = field(default_factory=dict)
     requests: Counter[str] = field(default_factory=Counter)
+    documents: dict[str, bytes] = field(default_factory=dict)  # beside the manifest: keys.json
+    documents_asked: Counter[str] = field(default_factory=Counter)
+    not_modified: int = 0  # manifest requests answered "not modified"
     raw: bytes = b""
     signature: bytes = b""
 
@@ -133,54 +135,61 @@ class FeedSimulator:
         comment = f"timestamp:0\tfile:manifest.json\tapp:{self.app}"
         self.signature = (key or self.key).sign(self.raw, comment).encode()
 
-    # -- the Source protocol ------------------------------------------------------------------
+    def etag(self) -> str:
+        """What a web server would send as the manifest's ETag: it changes with its bytes."""
+        return '"' + hashlib.sha256(self.raw).hexdigest()[:16] + '"'
 
-    def source(self, app: str, cfg: AppConfig) -> SimulatedSource:
-        """What the engine's `sources` hook returns for an app."""
-        return SimulatedSource(self, app, cfg)
+    # -- the Transport protocol -----------------------------------------------------------------
+
+    def transport(self, app: str, cfg: AppConfig) -> SimulatedTransport:
+        """What the engine's `transports` hook returns for an app."""
+        return SimulatedTransport(self)
 
 
 @dataclass
-class SimulatedSource:
+class SimulatedTransport:
+    """The simulator as a web server would serve its feed: the manifest and its signature
+    (answering "not modified" to the ETag of the same bytes), documents beside it (a key set
+    in `sim.documents`), and the artifacts. Everything the engine does with a real feed
+    (`refresh`, the kept copy, key rotations) runs on it."""
+
     sim: FeedSimulator
-    app: str
-    cfg: AppConfig
+    remote = True
 
-    async def fetch(self, state: AppState, cache: Path, cycle_start_ts: float) -> TrustedFeed:
-        self.sim.requests["manifest"] += 1
+    async def document(self, name: str, cap: int, *, missing_ok: bool = False,
+                       validators: Validators | None = None) -> Document:
         await trio.lowlevel.checkpoint()
-        return trust.verify_feed(self.app, self.cfg, state, self.sim.raw, self.sim.signature,
-                                 cycle_start_ts, True)
+        if name == MANIFEST:
+            self.sim.requests["manifest"] += 1
+            if validators is not None and validators[0] == self.sim.etag():
+                self.sim.not_modified += 1
+                return Document(not_modified=True, etag=validators[0])
+            return Document(self.sim.raw, etag=self.sim.etag())
+        self.sim.documents_asked[name] += 1
+        body = self.sim.signature if name == SIGNATURE else self.sim.documents.get(name)
+        if body is None:
+            if missing_ok:
+                return Document(missing=True)
+            raise FeedError(f"{name}: not in the simulated feed")
+        if len(body) > cap:
+            raise FeedError(f"{name}: more than {cap} bytes")
+        return Document(body)
 
-    def describe(self, artifact: Artifact) -> str:
-        return f"the simulator's {artifact.url}"
+    def describe(self, name: str) -> str:
+        return f"the simulator's {name}"
 
-    async def fetch_artifact(self, artifact: Artifact, dest: Path, expected: Expected,
-                             progress: ProgressFn | None) -> BinaryIO:
-        """The bytes held for this artifact, through the same fresh `.part` and the same
-        checks as a real download."""
-        self.sim.requests[artifact.url] += 1
+    async def file(self, name: str, dest: Path, expected: Expected,
+                   progress: ProgressFn | None) -> BinaryIO:
+        """The bytes held for this artifact, written and checked as a real download is."""
+        self.sim.requests[name] += 1
         await trio.lowlevel.checkpoint()
-        data = self.sim.blobs.get(artifact.url)
+        data = self.sim.blobs.get(name)
         if data is None:
-            raise FeedError(f"{artifact.url}: not in the simulated feed")
-        part = dest.with_name(dest.name + ".part")
-        fd = fresh_part(part)
-        try:
-            digests = Digests(expected.signature is not None)
-            digests.update(data)
-            fsutil.write_all(fd, data)
-            verify_expected(dest.name, digests, expected)
-            os.fsync(fd)
-            os.replace(part, dest)
-        except BaseException:
-            os.close(fd)
-            part.unlink(missing_ok=True)
-            raise
+            raise FeedError(f"{name}: not in the simulated feed")
+        f = write_verified([data], dest, expected, name)
         if progress is not None:
             progress(len(data), len(data))
-        os.lseek(fd, 0, os.SEEK_SET)
-        return os.fdopen(fd, "rb")
+        return f
 
 
 @dataclass
@@ -210,7 +219,7 @@ class SimHost:
         return configfile.load(path)
 
     def engine(self, **app: Any) -> Engine:
-        return Engine(self.configure(**app), self.events.append, sources=self.sim.source)
+        return Engine(self.configure(**app), self.events.append, transports=self.sim.transport)
 
     def current(self) -> str | None:
         link = self.prefix / "current"

@@ -204,15 +204,15 @@ def test_a_pack_that_cannot_be_fetched_whole_falls_back(
     engine = installed_on_delta(host, sim, tmp_path)
     pack = sim.descriptor("1.1.0").packs[0]
     if fault == "timeout":
-        from tests.simulator import SimulatedSource
-        real = SimulatedSource.fetch_artifact
+        from tests.simulator import SimulatedTransport
+        real = SimulatedTransport.file
 
-        async def stalled(self: Any, artifact: Any, *args: Any) -> Any:
-            if artifact.url == pack.url:
+        async def stalled(self: Any, name: str, *args: Any) -> Any:
+            if name == pack.url:
                 raise DownloadError(f"{pack.url}: no data for 30 s (read timeout)")
-            return await real(self, artifact, *args)
+            return await real(self, name, *args)
 
-        monkeypatch.setattr(SimulatedSource, "fetch_artifact", stalled)
+        monkeypatch.setattr(SimulatedTransport, "file", stalled)
     elif fault == "truncated":
         sim.blobs[pack.url] = sim.blobs[pack.url][:-10]
     else:

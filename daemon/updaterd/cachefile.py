@@ -3,7 +3,9 @@ partial file is created so that nothing planted in the cache is written through,
 of the finished bytes against the promise.
 
 Every source uses these, the HTTP ones through `fetcher` and the local folder directly; none of
-it needs an HTTP client, so a daemon whose feeds are all local never loads one.
+it needs an HTTP client, so a daemon whose feeds are all local never loads one. `commit` is the
+one step that makes a verified file of the cache: every writer (a download, a resumed one, a
+copy from a folder or from the tests' simulator) ends in it.
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ import contextlib
 import logging
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from updaterd import failpoints, fsutil
 from updaterd.digests import Digests
 from updaterd.errors import DigestMismatch, DownloadError
 
@@ -118,3 +121,38 @@ def open_verified(path: Path, expected: Expected) -> BinaryIO | None:
         return None
     os.lseek(fd, 0, os.SEEK_SET)
     return os.fdopen(fd, "rb")
+
+
+def commit(fd: int, part: Path, dest: Path, leftovers: Iterable[Path] = ()) -> BinaryIO:
+    """The partial file `fd` at `part`, its bytes verified (`verify_expected`) and on disk
+    (fsync), becomes `dest`; its `leftovers` (a download's record) are removed. Returned open
+    at its start: the very descriptor that was hashed."""
+    os.replace(part, dest)
+    for path in leftovers:
+        discard(path)
+    failpoints.hit("download.after_verify")
+    os.lseek(fd, 0, os.SEEK_SET)
+    return os.fdopen(fd, "rb")
+
+
+def write_verified(chunks: Iterable[bytes], dest: Path, expected: Expected,
+                   name: str) -> BinaryIO:
+    """Write `chunks` to `dest` through a fresh partial file, hashing in the same pass and
+    never past the promised size (`name` says where the bytes came from, in errors). Raises
+    DigestMismatch, or OSError; nothing of a failed copy is left."""
+    part = dest.with_name(dest.name + ".part")
+    out = fresh_part(part)
+    try:
+        digests = Digests(expected.signature is not None)
+        for chunk in chunks:
+            if digests.size + len(chunk) > expected.size:
+                raise DigestMismatch(f"{name}: longer than the signed {expected.size} bytes")
+            digests.update(chunk)
+            fsutil.write_all(out, chunk)
+        verify_expected(dest.name, digests, expected)
+        os.fsync(out)
+        return commit(out, part, dest)
+    except BaseException:
+        os.close(out)
+        discard(part)
+        raise

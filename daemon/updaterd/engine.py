@@ -35,6 +35,7 @@ from updaterd.lifecycle import AppRestart, SelfHandOver
 from updaterd.operation import Operation, operation
 from updaterd.ratecap import TokenBucket
 from updaterd.sources import Source, local_folder, make_source
+from updaterd.sources.refresh import FeedSource, Transport
 from updaterd.transaction import (
     apply_update,
     drop_unwanted_downloads,
@@ -71,13 +72,14 @@ class Engine:
 
     def __init__(self, config: Config, emit: Callable[[Event], None] = _log_event, *,
                  hand_over: Callable[[Path], None] | None = None,
-                 sources: Callable[[str, AppConfig], Source] | None = None,
+                 transports: Callable[[str, AppConfig], Transport] | None = None,
                  stopping: Callable[[], bool] | None = None) -> None:
         self.config = config
         self.emit = emit
         self.stopping = stopping  # the daemon was told to stop (row 157)
         self.hand_over = hand_over
-        self.sources = sources  # where each app's feed comes from; None: its `source` key
+        # where each app's signed feed comes from (tests: FeedSimulator); None: its `source` key
+        self.transports = transports
         self.download_limiter = trio.CapacityLimiter(config.daemon.max_parallel_downloads)
         self.global_rate: TokenBucket | None = None
         self._states: dict[str, state.AppState] = {}
@@ -137,8 +139,9 @@ class Engine:
 
     @asynccontextmanager
     async def _source(self, run: AppRun) -> AsyncIterator[Source]:
-        if self.sources is not None:  # a source given by the caller (tests: FeedSimulator)
-            yield self.sources(run.name, run.cfg)
+        if self.transports is not None:
+            yield FeedSource(run.name, run.cfg, self.config.limits,
+                             self.transports(run.name, run.cfg), run.state_folder)
             return
         if local_folder(run.cfg) is not None:
             yield make_source(run.name, run.cfg, self.config.limits, None, run.state_folder)
@@ -170,7 +173,7 @@ class Engine:
         cycle_start = time.time()
         run.phase("checking")
         try:
-            trusted = await source.fetch(run.state, run.cache, cycle_start)
+            trusted = await source.fetch(run.state, cycle_start)
         except RateLimited as e:
             outcome.rate_limited(run.state, e.until)
             outcome.check_attempted(run.state, cycle_start)

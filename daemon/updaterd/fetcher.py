@@ -31,7 +31,7 @@ import msgspec
 import trio
 
 from updaterctl._version import __version__
-from updaterd import cachefile, failpoints, fsutil, logtext, tlstrust, urlpolicy
+from updaterd import cachefile, fsutil, logtext, tlstrust, urlpolicy
 from updaterd.cachefile import Expected, ProgressFn
 from updaterd.config import Limits
 from updaterd.digests import Digests
@@ -352,12 +352,9 @@ class Fetcher:
                                 f"{expected.size} bytes")
             cachefile.verify_expected(dest.name, digests, expected)
             await trio.to_thread.run_sync(os.fsync, fd)
-            os.replace(part, dest)
-            cachefile.discard(meta_path)
-            failpoints.hit("download.after_verify")
-            os.lseek(fd, 0, os.SEEK_SET)
+            done = cachefile.commit(fd, part, dest, [meta_path])
             keep_fd = True
-            return os.fdopen(fd, "rb")
+            return done
         except DigestMismatch:
             # Nothing that failed verification is kept; a resumed file gets one fresh try.
             cachefile.discard(part)

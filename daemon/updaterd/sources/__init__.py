@@ -1,7 +1,9 @@
 """Release sources: each fetches a feed, proves it trusted, and fetches its artifacts.
 
-`make_source` picks the module for an app's `source` key. Every source returns a
-`feed.TrustedFeed` (or raises FeedError) and downloads into a verified, open file.
+`make_source` picks one for an app's `source` key: a signed feed (on the web or in a folder)
+is a `refresh.FeedSource` over that place's transport; GitHub Releases is an adapter that
+makes a manifest of the API's answer. Every source returns a `feed.TrustedFeed` (or raises
+FeedError) and downloads into a verified, open file.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ if TYPE_CHECKING:  # the HTTP client is loaded only for an app whose feed is on 
 class Source(Protocol):
     """What the engine needs from any source."""
 
-    async def fetch(self, state: AppState, cache: Path, cycle_start_ts: float) -> TrustedFeed:
+    async def fetch(self, state: AppState, cycle_start_ts: float) -> TrustedFeed:
         """The feed, verified; a 304 re-verifies the cached copy."""
         ...
 
@@ -50,16 +52,19 @@ def local_folder(cfg: AppConfig) -> Path | None:
 def make_source(app: str, cfg: AppConfig, limits: Limits, fetcher: Fetcher | None,
                 state_folder: Path) -> Source:
     """The source of `app`; `fetcher` may be None only when `local_folder(cfg)` is a folder."""
+    from updaterd.sources.refresh import FeedSource
+
     folder = local_folder(cfg)
     if folder is not None:
-        from updaterd.sources.local import LocalSource
+        from updaterd.sources.local import FolderTransport
 
-        return LocalSource(app, cfg, limits, folder, state_folder)
+        return FeedSource(app, cfg, limits, FolderTransport(folder), state_folder)
     assert fetcher is not None, f"{app}: a network source needs an HTTP client"
     if cfg.source == "manifest":
-        from updaterd.sources.manifest import ManifestSource
+        from updaterd.sources.manifest import HttpTransport
 
-        return ManifestSource(app, cfg, limits, fetcher, state_folder)
+        http = HttpTransport(cfg, fetcher)
+        return FeedSource(app, cfg, limits, http, state_folder, http.admit_named_hosts)
     from updaterd.sources.github import GitHubSource
 
     return GitHubSource(app, cfg, limits, fetcher, state_folder)

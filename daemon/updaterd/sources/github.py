@@ -121,7 +121,7 @@ class GitHubSource:
                                                                    "application/octet-stream"))
         return doc.body
 
-    async def fetch(self, state: AppState, cache: Path, cycle_start_ts: float) -> TrustedFeed:
+    async def fetch(self, state: AppState, cycle_start_ts: float) -> TrustedFeed:
         if state.rate_limited_until and state.rate_limited_until > time.time():
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(state.rate_limited_until))
             raise RateLimited(f"GitHub rate limit: no request until {when} (`updaterctl "

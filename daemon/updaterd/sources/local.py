@@ -14,15 +14,11 @@ from typing import BinaryIO
 
 import trio
 
-from updaterd import failpoints, fsutil, keys, minisign
-from updaterd.cachefile import Expected, ProgressFn, fresh_part, verify_expected
-from updaterd.config import AppConfig, Limits
-from updaterd.digests import Digests
-from updaterd.errors import DigestMismatch, DownloadError, FeedError
-from updaterd.feed import MANIFEST, SAFE_FILE_NAME, SIGNATURE, Artifact, TrustedFeed
-from updaterd.sources import trust
-from updaterd.state import AppState
-from updaterd.units import parse_size
+from updaterd import fsutil
+from updaterd.cachefile import Expected, ProgressFn, write_verified
+from updaterd.errors import DownloadError, FeedError
+from updaterd.feed import SAFE_FILE_NAME
+from updaterd.sources.refresh import Document, Validators
 
 
 def _open_plain(path: Path) -> int | None:
@@ -63,76 +59,47 @@ async def _read_capped(path: Path, cap: int) -> bytes | None:
     return await trio.to_thread.run_sync(_read_capped_now, path, cap)
 
 
-class LocalSource:
-    """A feed folder on this host."""
+class FolderTransport:
+    """A feed folder on this host: read whole at each refresh (no kept copy), and a manifest
+    without keys configured needs no signature."""
 
-    def __init__(self, app: str, cfg: AppConfig, limits: Limits, folder: Path,
-                 state_folder: Path) -> None:
-        self.app, self.cfg, self.limits, self.folder = app, cfg, limits, folder
-        self.state_folder = state_folder
+    remote = False
 
-    async def _optional(self, name: str) -> tuple[bytes, bytes | None] | None:
-        """A document beside the manifest (keys.json) and its signature, or None."""
-        raw = await _read_capped(self.folder / name, keys.MAX_KEYS_SIZE)
-        if raw is None:
-            return None
-        return raw, await _read_capped(self.folder / f"{name}.minisig",
-                                       minisign.MAX_SIGNATURE_FILE)
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
 
-    async def fetch(self, state: AppState, cache: Path, cycle_start_ts: float) -> TrustedFeed:
-        cap = parse_size(self.limits.max_manifest_size)
-        await keys.refresh(self.app, self.cfg, state, self._optional)
-        raw = await _read_capped(self.folder / MANIFEST, cap)
-        if raw is None:
-            raise FeedError(f"no {MANIFEST} in {self.folder}")
-        sig = await _read_capped(self.folder / SIGNATURE, minisign.MAX_SIGNATURE_FILE)
-        return trust.verify_feed(self.app, self.cfg, state, raw, sig, cycle_start_ts, False)
+    async def document(self, name: str, cap: int, *, missing_ok: bool = False,
+                       validators: Validators | None = None) -> Document:
+        raw = await _read_capped(self.folder / name, cap)
+        if raw is not None:
+            return Document(raw)
+        if missing_ok:
+            return Document(missing=True)
+        raise FeedError(f"no {name} in {self.folder}")
 
-    def _path(self, artifact: Artifact) -> Path:
-        if not SAFE_FILE_NAME.fullmatch(artifact.url):
-            raise FeedError(f"artifact {artifact.url!r}: a local feed names files in its folder")
-        return self.folder / artifact.url
+    def _path(self, name: str) -> Path:
+        if not SAFE_FILE_NAME.fullmatch(name):
+            raise FeedError(f"artifact {name!r}: a local feed names files in its folder")
+        return self.folder / name
 
-    def describe(self, artifact: Artifact) -> str:
-        return str(self._path(artifact))
+    def describe(self, name: str) -> str:
+        return str(self._path(name))
 
-    async def fetch_artifact(self, artifact: Artifact, dest: Path, expected: Expected,
-                       progress: ProgressFn | None) -> BinaryIO:
-        src = self._path(artifact)
-        return await trio.to_thread.run_sync(_copy_verified, src, dest, expected)
+    async def file(self, name: str, dest: Path, expected: Expected,
+                   progress: ProgressFn | None) -> BinaryIO:
+        return await trio.to_thread.run_sync(_copy_verified, self._path(name), dest, expected)
 
 
 def _copy_verified(src: Path, dest: Path, expected: Expected) -> BinaryIO:
-    """Copy with hashing in one pass, through a fresh `.part` (never a link planted in the
-    cache) and the download's own checks; the verified copy is returned open."""
-    part = dest.with_name(dest.name + ".part")
+    """Copy with hashing in one pass, as a download is written (`cachefile.write_verified`:
+    never through a link planted in the cache); the verified copy is returned open."""
     try:
-        out = fresh_part(part)
-    except OSError as e:
-        raise DownloadError(f"{dest.parent}: {e.strerror or e} while copying "
-                            f"{src.name}") from None
-    try:
-        digests = Digests(expected.signature is not None)
         fd = _open_plain(src)
         if fd is None:
             raise FeedError(f"{src}: missing from the feed folder")
         with os.fdopen(fd, "rb") as f:
-            while chunk := f.read(fsutil.COPY_CHUNK):
-                if digests.size + len(chunk) > expected.size:
-                    raise DigestMismatch(f"{src}: longer than the signed {expected.size} bytes")
-                digests.update(chunk)
-                fsutil.write_all(out, chunk)
-        verify_expected(src.name, digests, expected)
-        os.fsync(out)
-        os.replace(part, dest)
-        failpoints.hit("download.after_verify")
-        os.lseek(out, 0, os.SEEK_SET)
-        return os.fdopen(out, "rb")
-    except BaseException as e:
-        os.close(out)
-        if part.exists():
-            part.unlink()
-        if isinstance(e, OSError):
-            raise DownloadError(f"{dest.parent}: {e.strerror or e} while copying "
-                                f"{src.name}") from None
-        raise
+            return write_verified(iter(lambda: f.read(fsutil.COPY_CHUNK), b""), dest, expected,
+                                  str(src))
+    except OSError as e:
+        raise DownloadError(f"{dest.parent}: {e.strerror or e} while copying "
+                            f"{src.name}") from None

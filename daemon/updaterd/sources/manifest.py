@@ -6,69 +6,42 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urljoin, urlsplit
 
-import msgspec
-
-from updaterd import keys, minisign
 from updaterd.cachefile import Expected, ProgressFn
-from updaterd.config import AppConfig, Limits
+from updaterd.config import AppConfig
 from updaterd.errors import FeedError
-from updaterd.feed import Artifact, TrustedFeed
+from updaterd.feed import MANIFEST, SIGNATURE, TrustedFeed
 from updaterd.fetcher import Fetcher
-from updaterd.sources import trust
-from updaterd.state import AppState
-from updaterd.units import parse_size
+from updaterd.sources.refresh import Document, Validators
 
 
-class ManifestSource:
-    """A feed at `url`, its signature at `url + ".minisig"`, artifacts relative to it."""
+class HttpTransport:
+    """A feed at `url`, its signature at `url + ".minisig"`, every other file relative to it."""
 
-    def __init__(self, app: str, cfg: AppConfig, limits: Limits, fetcher: Fetcher,
-                 state_folder: Path) -> None:
+    remote = True
+
+    def __init__(self, cfg: AppConfig, fetcher: Fetcher) -> None:
         assert cfg.url is not None
-        self.app, self.cfg, self.limits, self.fetcher = app, cfg, limits, fetcher
-        self.url = cfg.url
-        self.state_folder = state_folder
+        self.url, self.fetcher = cfg.url, fetcher
         feed_host = urlsplit(cfg.url).hostname or ""
         fetcher.allowed_hosts = {feed_host, *(cfg.allowed_hosts or [])}
         self.named_hosts = cfg.allowed_hosts is None  # the signed manifest adds its hosts
 
-    async def _optional(self, name: str) -> tuple[bytes, bytes | None] | None:
-        """A document beside the manifest (keys.json) and its signature, or None."""
-        url = urljoin(self.url, name)
-        doc = await self.fetcher.fetch_small(url, max_bytes=keys.MAX_KEYS_SIZE, missing_ok=True)
-        if doc.missing:
-            return None
-        sig = await self.fetcher.fetch_small(url + ".minisig",
-                                             max_bytes=minisign.MAX_SIGNATURE_FILE,
-                                             missing_ok=True)
-        return doc.body, None if sig.missing else sig.body
+    def _url(self, name: str) -> str:
+        if name == MANIFEST:
+            return self.url
+        if name == SIGNATURE:
+            return self.url + ".minisig"
+        return urljoin(self.url, name)
 
-    async def fetch(self, state: AppState, cache: Path, cycle_start_ts: float) -> TrustedFeed:
-        cap = parse_size(self.limits.max_manifest_size)
-        cached = trust.load_copy(self.state_folder)
-        use_validators = cached is not None and state.serial is not None
-        doc = await self.fetcher.fetch_small(
-            self.url, max_bytes=cap,
-            etag=state.etag if use_validators else None,
-            last_modified=state.last_modified if use_validators else None)
-        if doc.not_modified:
-            assert cached is not None
-            raw, sig = cached
-            return self._allow_named_hosts(
-                trust.verify_feed(self.app, self.cfg, state, raw, sig, cycle_start_ts, True))
-        # New manifest bytes: follow the feed's key rotations first (a 304 costs nothing more).
-        await keys.refresh(self.app, self.cfg, state, self._optional)
-        sig = None
-        if self.cfg.public_keys and self.cfg.verify == "required":
-            sig_doc = await self.fetcher.fetch_small(self.url + ".minisig",
-                                                     max_bytes=minisign.MAX_SIGNATURE_FILE)
-            sig = sig_doc.body
-        trusted = trust.verify_feed(self.app, self.cfg, state, doc.body, sig, cycle_start_ts, True)
-        trust.keep_copy(self.state_folder, doc.body, sig)
-        return self._allow_named_hosts(msgspec.structs.replace(
-            trusted, validators=(doc.etag, doc.last_modified)))
+    async def document(self, name: str, cap: int, *, missing_ok: bool = False,
+                       validators: Validators | None = None) -> Document:
+        etag, last_modified = validators or (None, None)
+        doc = await self.fetcher.fetch_small(self._url(name), max_bytes=cap, etag=etag,
+                                             last_modified=last_modified,
+                                             missing_ok=missing_ok)
+        return Document(doc.body, doc.missing, doc.not_modified, doc.etag, doc.last_modified)
 
-    def _allow_named_hosts(self, trusted: TrustedFeed) -> TrustedFeed:
+    def admit_named_hosts(self, trusted: TrustedFeed) -> None:
         """Without `allowed_hosts`, artifacts may come from the hosts the signed manifest
         names, and from no other (redirects included)."""
         if self.named_hosts and self.fetcher.allowed_hosts is not None:
@@ -77,14 +50,13 @@ class ManifestSource:
                     host = urlsplit(urljoin(self.url, artifact.url)).hostname
                     if host:
                         self.fetcher.allowed_hosts.add(host)
-        return trusted
 
-    def describe(self, artifact: Artifact) -> str:
-        return urljoin(self.url, artifact.url)
+    def describe(self, name: str) -> str:
+        return urljoin(self.url, name)
 
-    async def fetch_artifact(self, artifact: Artifact, dest: Path, expected: Expected,
-                       progress: ProgressFn | None) -> BinaryIO:
-        url = urljoin(self.url, artifact.url)
+    async def file(self, name: str, dest: Path, expected: Expected,
+                   progress: ProgressFn | None) -> BinaryIO:
+        url = urljoin(self.url, name)
         if not url.startswith(("https://", "http://")):
             raise FeedError(f"artifact URL {url!r} is not http(s)")
         return await self.fetcher.fetch_file(url, dest, expected, progress)

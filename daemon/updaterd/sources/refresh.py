@@ -1,0 +1,127 @@
+"""One refresh of a signed feed, read top to bottom (as python-tuf's `Updater.refresh`):
+
+1. the copy kept from the last refresh, whose validators make the fetch conditional;
+2. the manifest: a "not modified" answer re-verifies the kept copy, and that is all;
+3. new bytes: the feed's key rotations are followed from the keys in use;
+4. the manifest's signature;
+5. every trust check of `feed.verify_manifest`, against the stored high-water mark;
+6. the verified copy is kept for the next "not modified".
+
+It stores nothing in the app's state: the engine records what the refresh proved
+(`outcome.checked`). The feed's files come through a `Transport` of two methods, which the
+HTTP feed, the local folder and the tests' FeedSimulator implement alike; `FeedSource` is
+the engine's `Source` over any of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+import msgspec
+
+from updaterd import keys, minisign
+from updaterd.cachefile import Expected, ProgressFn
+from updaterd.config import AppConfig, Limits
+from updaterd.feed import MANIFEST, SIGNATURE, Artifact, TrustedFeed
+from updaterd.sources import trust
+from updaterd.state import AppState
+from updaterd.units import parse_size
+
+Validators = tuple[str | None, str | None]  # ETag, Last-Modified
+
+
+@dataclass(frozen=True)
+class Document:
+    """A small file of the feed: its bytes, or `missing`, or `not_modified` (the validators
+    sent still hold), with the validators to send next time."""
+
+    body: bytes = b""
+    missing: bool = False
+    not_modified: bool = False
+    etag: str | None = None
+    last_modified: str | None = None
+
+
+class Transport(Protocol):
+    """Where a feed's files come from. `remote`: over a network, so the manifest must be
+    signed and is fetched conditionally against the kept copy (a folder is read whole)."""
+
+    remote: bool
+
+    async def document(self, name: str, cap: int, *, missing_ok: bool = False,
+                       validators: Validators | None = None) -> Document:
+        """A small file of at most `cap` bytes; with `missing_ok`, an absent one is
+        `missing` instead of an error."""
+        ...
+
+    async def file(self, name: str, dest: Path, expected: Expected,
+                   progress: ProgressFn | None) -> BinaryIO:
+        """The file `name` (as the manifest lists it) at `dest`, verified, open for reading."""
+        ...
+
+    def describe(self, name: str) -> str:
+        """Where `name` comes from, for messages."""
+        ...
+
+
+async def refresh(app: str, cfg: AppConfig, limits: Limits, state: AppState,
+                  transport: Transport, state_folder: Path, cycle_start: float) -> TrustedFeed:
+    """The feed of `app`, verified (FeedError naming the reason otherwise)."""
+    kept = trust.load_copy(state_folder) if transport.remote else None
+    conditional = kept is not None and state.serial is not None
+    doc = await transport.document(
+        MANIFEST, parse_size(limits.max_manifest_size),
+        validators=(state.etag, state.last_modified) if conditional else None)
+    if doc.not_modified:
+        assert kept is not None, "a transport answers 'not modified' only to validators"
+        return trust.verify_feed(app, cfg, state, *kept, cycle_start, transport.remote)
+    await keys.refresh(app, cfg, state, lambda name: _signed_document(transport, name))
+    signature = None
+    if cfg.public_keys and cfg.verify == "required":
+        sig = await transport.document(SIGNATURE, minisign.MAX_SIGNATURE_FILE,
+                                       missing_ok=not transport.remote)
+        signature = None if sig.missing else sig.body
+    trusted = trust.verify_feed(app, cfg, state, doc.body, signature, cycle_start,
+                                transport.remote)
+    if not transport.remote:
+        return trusted
+    trust.keep_copy(state_folder, doc.body, signature)
+    return msgspec.structs.replace(trusted, validators=(doc.etag, doc.last_modified))
+
+
+async def _signed_document(transport: Transport, name: str) -> tuple[bytes, bytes | None] | None:
+    """A document beside the manifest (keys.json) and its signature, or None when absent."""
+    doc = await transport.document(name, keys.MAX_KEYS_SIZE, missing_ok=True)
+    if doc.missing:
+        return None
+    sig = await transport.document(f"{name}.minisig", minisign.MAX_SIGNATURE_FILE,
+                                   missing_ok=True)
+    return doc.body, None if sig.missing else sig.body
+
+
+class FeedSource:
+    """The engine's `Source` for a signed feed behind any transport. `trusted` is told of
+    each verified feed (the HTTP feed admits the hosts its manifest names)."""
+
+    def __init__(self, app: str, cfg: AppConfig, limits: Limits, transport: Transport,
+                 state_folder: Path,
+                 trusted: Callable[[TrustedFeed], None] | None = None) -> None:
+        self.app, self.cfg, self.limits, self.transport = app, cfg, limits, transport
+        self.state_folder, self.trusted = state_folder, trusted
+
+    async def fetch(self, state: AppState, cycle_start_ts: float) -> TrustedFeed:
+        feed = await refresh(self.app, self.cfg, self.limits, state, self.transport,
+                             self.state_folder, cycle_start_ts)
+        if self.trusted is not None:
+            self.trusted(feed)
+        return feed
+
+    def describe(self, artifact: Artifact) -> str:
+        return self.transport.describe(artifact.url)
+
+    async def fetch_artifact(self, artifact: Artifact, dest: Path, expected: Expected,
+                             progress: ProgressFn | None) -> BinaryIO:
+        return await self.transport.file(artifact.url, dest, expected, progress)
