@@ -41,6 +41,9 @@ class InplaceLayout:
     knows_version = False  # the file does not say which version it is; the state does
     keeps_trees = False  # a backup is one file
 
+    def release_folders(self) -> None:
+        return None  # deltas build release folders; an in-place executable is fetched whole
+
     def __init__(self, app: str, target: Path, backups: Path) -> None:
         self.app = app
         self.target = target

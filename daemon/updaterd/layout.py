@@ -98,6 +98,10 @@ class InstallLayout(Protocol):
     def kept(self) -> list[Kept]:
         """The versions a rollback can return to."""
 
+    def release_folders(self) -> Layout | None:
+        """The layout of release folders, through which a release is built from a kept one
+        and a delta; None when this mode keeps no folders (an in-place executable)."""
+
     def find_kept(self, wanted: str) -> Kept | None:
         """One of them, by version (or, inplace, by the path of a backup)."""
 
@@ -250,6 +254,9 @@ class Layout:
         remove_tree(grave)
 
     # -- the interface shared with InplaceLayout ---------------------------------------------
+
+    def release_folders(self) -> Layout:
+        return self
 
     @property
     def space_folder(self) -> Path:

@@ -36,7 +36,7 @@ from updaterd.cachefile import Expected, keep_only
 from updaterd.config import app_unit
 from updaterd.errors import HealthCheckFailed, LayoutError, OperationCancelled, UpdaterError
 from updaterd.feed import Artifact, Release
-from updaterd.layout import Kept, Layout, Staged
+from updaterd.layout import Kept, Staged
 from updaterd.sources import Source
 from updaterd.state import Transaction
 from updaterd.units import parse_duration
@@ -109,9 +109,9 @@ async def _stage_from_delta(run: AppRun, source: Source, release: Release,
     """Build the release from a kept one and a pack of what changed, when the feed offers one
     that fits a release on disk; None when there is none, or when using it failed (the reason
     is logged, nothing is left behind, and the caller fetches the full artifact)."""
-    layout = run.layout
-    if not isinstance(layout, Layout):  # (only `Layout` stages from files of its own)
-        return None  # deltas build release folders; an in-place executable is fetched whole
+    layout = run.layout.release_folders()
+    if layout is None:
+        return None
     wanted = delta.descriptor_platform(artifact.platform)
     described = next((a for a in release.artifacts if a.platform == wanted), None)
     records = {k.version: rec for k in layout.kept()
