@@ -13,9 +13,9 @@ from pathlib import Path
 
 import trio
 
-from updaterd.cachefile import Expected
 from updaterd.config import Limits
-from updaterd.fetcher import Fetcher
+from updaterd.net.cachefile import Expected
+from updaterd.net.fetcher import Fetcher
 
 
 async def main(url: str, dest: str, size: int, sha256: str, blake3: str) -> None:

@@ -25,7 +25,8 @@ from typing import Any
 import trio
 
 from tests.servers.nginx import running_nginx
-from updaterd import archive, digests, fsutil
+from updaterd import fsutil
+from updaterd.trust import archive, digests
 
 BIN = Path(sys.executable).parent
 HERE = Path(__file__).resolve().parent
@@ -224,7 +225,7 @@ def bench_install(tmp: Path, size: int, small_files: int, runs: int) -> list[Row
 
 def _feed(nginx_root: Path, work: Path, artifact: Path, version: str) -> tuple[str, str]:
     """Publish `artifact` into a signed feed under nginx; returns (feed folder name, pubkey)."""
-    from updaterd.publish import keygen, publish
+    from updaterd.release.publish import keygen, publish
 
     pub, key = keygen(str(work / "bench-key"), force=True)
     folder = nginx_root / "feed"
@@ -344,7 +345,7 @@ def _delta_update(work: Path, nginx: Any, label: str, old: Path, new: Path,
                   runs: int) -> list[Row]:
     """Whole update from `old` to `new` (artifacts): with the feed's delta, and with the full
     artifact only, each from the same host state (old installed); and the bytes each fetched."""
-    from updaterd.publish import keygen, publish
+    from updaterd.release.publish import keygen, publish
 
     times: dict[str, float] = {}
     served: dict[str, float] = {}
@@ -419,7 +420,7 @@ def _daemon_update_time(cfg: Path, sock: Path, runs: int,
 
 def _patch_from_bytes(work: Path, old_dir: Path, new_dir: Path) -> tuple[int, int]:
     """`zstd -19 --patch-from` old tar -> new tar, and our descriptor + pack, in bytes."""
-    from updaterd.publish import keygen, publish
+    from updaterd.release.publish import keygen, publish
 
     tars = work / "tars"
     tars.mkdir()
@@ -517,7 +518,7 @@ def bench_fleet(tmp: Path, hosts: int, spread: float, steady: int = 10) -> list[
     `steady` more each, spread over `spread` seconds, send its ETag while nothing is published.
     The steady state is what a fleet costs its feed's server day after day."""
     from updaterd.config import Limits
-    from updaterd.fetcher import Fetcher
+    from updaterd.net.fetcher import Fetcher
 
     work = tmp / "fleet"
     work.mkdir()
@@ -575,7 +576,7 @@ def bench_fleet(tmp: Path, hosts: int, spread: float, steady: int = 10) -> list[
 # -- 5. switch and rollback --------------------------------------------------------------------
 
 def bench_switch(tmp: Path, runs: int) -> list[Row]:
-    from updaterd.layout import Layout
+    from updaterd.install.layout import Layout
 
     layout = Layout(tmp / "prefix")
     layout.preflight()

@@ -60,7 +60,11 @@ class Module:
 
     @property
     def path(self) -> str:
-        return f"daemon/updaterd/{self.name}.py"
+        """The module's file, in whichever layer folder it sits."""
+        found = sorted((REPO / "daemon" / "updaterd").rglob(f"{self.name}.py"))
+        if len(found) != 1:
+            raise SystemExit(f"{self.name}: {len(found)} modules of that name")
+        return found[0].relative_to(REPO).as_posix()
 
 
 MODULES = [

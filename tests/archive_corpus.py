@@ -16,8 +16,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from updaterd import archive
 from updaterd.errors import ArchiveError
+from updaterd.trust import archive
 
 LIMITS = archive.ExtractLimits(max_members=1000, max_total=10 << 20, max_file=5 << 20)
 Member = tuple[tarfile.TarInfo, bytes | None]

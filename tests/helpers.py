@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import zstandard
 
-from updaterd.publish import keygen, publish
+from updaterd.release.publish import keygen, publish
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parent.parent
@@ -163,7 +163,7 @@ class Feed:
     def republish_by_hand(self, version: str, art: Path) -> None:
         """What `publish` refuses (row 155): `version` pointed at other bytes under a new
         serial, as a hostile or older publisher would write it."""
-        from updaterd import digests
+        from updaterd.trust import digests
         m = self.manifest()
         d = digests.of_file(str(art))
         for release in m["releases"]:
@@ -177,7 +177,7 @@ class Feed:
 
     def resign(self) -> None:
         """Sign the manifest as it is now (for tests that edit it on purpose)."""
-        from updaterd import minisign
+        from updaterd.trust import minisign
         secret = minisign.SecretKey.parse(self.key.read_text())
         raw = (self.folder / "manifest.json").read_bytes()
         (self.folder / "manifest.json.minisig").write_text(secret.sign(raw, "test"))
@@ -229,12 +229,14 @@ def rpc_as(uid: int | str, gid: int | str, sock: Path, payload: str,
 
 def self_build(out: Path, version: str, patch: dict[str, tuple[str, str]] | None = None) -> Path:
     """`updaterd self-build` as `version` into `out`; `patch` maps a file of the release
-    (`lib/updaterd/service.py`) to (old text, new text): how the tests make broken builds."""
+    (`lib/updaterd/service/service.py`) to (old text, new text): how the tests make broken
+    builds. A file named that the release does not have fails the test (not a working build)."""
     r = run_updaterd("self-build", "--out", out, "--version", version)
     assert r.returncode == 0, r.stderr
     archive = out / f"updaterd-{version}.tar.gz"
     if patch:
         members: list[tuple[tarfile.TarInfo, bytes | None]] = []
+        patched: set[str] = set()
         with tarfile.open(archive) as tar:
             for m in tar.getmembers():
                 f = tar.extractfile(m)
@@ -248,5 +250,7 @@ def self_build(out: Path, version: str, patch: dict[str, tuple[str, str]] | None
                     assert old in text, (rel, old)
                     data = text.replace(old, new, 1).encode()
                     m.size = len(data)
+                    patched.add(rel)
                 tar.addfile(m, io.BytesIO(data) if data is not None else None)
+        assert patched == set(patch), f"not in the release: {sorted(set(patch) - patched)}"
     return archive

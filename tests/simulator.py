@@ -28,14 +28,16 @@ import trio
 import zstandard
 
 from tests.helpers import release_files, write_config
-from updaterd import configfile, delta, minisign
-from updaterd.cachefile import Expected, ProgressFn, write_verified
+from updaterd import configfile
 from updaterd.config import AppConfig, Config
-from updaterd.engine import Engine
+from updaterd.engine.engine import Engine
 from updaterd.errors import FeedError
-from updaterd.feed import MANIFEST, SIGNATURE, Artifact, Manifest, Release
-from updaterd.publish import delta_files
+from updaterd.install import delta
+from updaterd.net.cachefile import Expected, ProgressFn, write_verified
+from updaterd.release.publish import delta_files
 from updaterd.sources.refresh import Document, Validators
+from updaterd.trust import minisign
+from updaterd.trust.feed import MANIFEST, SIGNATURE, Artifact, Manifest, Release
 
 PLATFORM = "linux-x86_64"
 

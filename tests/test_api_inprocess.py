@@ -26,16 +26,16 @@ from updaterctl.protocol import (
     UpdateParams,
     UpdateResult,
 )
-from updaterd.api import ControlApi
 from updaterd.config import AppConfig, Config, DaemonConfig
-from updaterd.engine import Engine
+from updaterd.engine.engine import Engine
 from updaterd.errors import Busy, CancelledByOperator, TakeOverFailed, UpdaterError
-from updaterd.events import EventBus
-from updaterd.inhibitors import Inhibitors
-from updaterd.rpc import Connection, Peer, RpcError
-from updaterd.scheduler import Schedule
+from updaterd.service.api import ControlApi
+from updaterd.service.events import EventBus
+from updaterd.service.inhibitors import Inhibitors
+from updaterd.service.rpc import Connection, Peer, RpcError
+from updaterd.service.scheduler import Schedule
+from updaterd.service.view import Counters, DaemonView, WorkerView
 from updaterd.state import AppState
-from updaterd.view import Counters, DaemonView, WorkerView
 
 
 @dataclass

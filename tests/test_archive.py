@@ -25,8 +25,8 @@ from hypothesis import strategies as st
 
 from tests import archive_corpus
 from tests.helpers import make_tar, make_zip
-from updaterd import archive
 from updaterd.errors import ArchiveError
+from updaterd.trust import archive
 
 LIMITS = archive.ExtractLimits(max_members=1000, max_total=10 << 20, max_file=5 << 20)
 
@@ -481,7 +481,7 @@ def test_b47_zip_quoted_overlap_bomb(box: Box) -> None:
     ("a//b", "an empty component"), ("a/./b", "'.'"), ("a/../b", "'..'"),
     ("\udcff", "not valid UTF-8")])
 def test_check_name_refusals(name: str, why: str) -> None:
-    from updaterd.archive import member_parts
+    from updaterd.trust.archive import member_parts
 
     with pytest.raises(ArchiveError, match=re.escape(why)):
         member_parts(name)
@@ -492,13 +492,13 @@ def test_check_name_refusals(name: str, why: str) -> None:
     (":x", (":x",)), ("C", ("C",)), ("./././a/", ("a",)), ("./", ()), (".", ()), ("", ()),
     ("dir/", ("dir",)), ("x" * 255, ("x" * 255,)), ("é" * 127, ("é" * 127,))])
 def test_check_name_accepts(name: str, parts: tuple[str, ...]) -> None:
-    from updaterd.archive import member_parts
+    from updaterd.trust.archive import member_parts
 
     assert member_parts(name) == parts
 
 
 def test_check_name_limits_are_in_bytes_at_the_edges() -> None:
-    from updaterd.archive import MAX_PATH, member_parts
+    from updaterd.trust.archive import MAX_PATH, member_parts
 
     deep = "/".join(["x" * 254] * 16) + "/" + "y" * (MAX_PATH - 16 * 255)
     assert len(deep.encode()) == MAX_PATH and len(member_parts(deep)) == 17
@@ -514,7 +514,7 @@ def test_check_name_limits_are_in_bytes_at_the_edges() -> None:
     ("a\x1fb", "control characters"), ("a\x7fb", "control characters"), ("a\\b", "backslash"),
     ("", "absolute or empty"), ("/x", "absolute or empty"), ("a\0b", "absolute or empty")])
 def test_link_targets_refused(tmp_path: Path, target: str, why: str) -> None:
-    from updaterd.archive import ExtractLimits, Tree
+    from updaterd.trust.archive import ExtractLimits, Tree
 
     tree = Tree(tmp_path, ExtractLimits(10, 10, 10))
     with pytest.raises(ArchiveError, match=re.escape(why)):
@@ -688,7 +688,7 @@ def test_a_member_must_hold_exactly_its_declared_size(tmp_path: Path, data: byte
 
 
 def test_long_names_are_cut_to_64_characters_in_messages() -> None:
-    from updaterd.archive import member_parts
+    from updaterd.trust.archive import member_parts
 
     name = "abcdefgh" * 600
     for bad in (name, "x" * 300):

@@ -13,8 +13,8 @@ from pathlib import Path
 import blake3
 import pytest
 
-from updaterd import checksums, treehash
 from updaterd.errors import FeedError
+from updaterd.trust import checksums, treehash
 
 A, B = "a" * 64, "b" * 64
 

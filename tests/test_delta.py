@@ -23,10 +23,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.simulator import PLATFORM, FeedSimulator, SimHost, tar_gz
-from updaterd import archive, delta, treehash
 from updaterd.errors import DownloadError
-from updaterd.feed import Artifact
-from updaterd.publish import _extract_for_delta
+from updaterd.install import delta
+from updaterd.release.publish import _extract_for_delta
+from updaterd.trust import archive, treehash
+from updaterd.trust.feed import Artifact
 
 T = TypeVar("T")
 
@@ -425,7 +426,7 @@ def test_a_descriptor_that_expands_past_its_cap_falls_back(
 def test_an_artifact_that_does_not_extract_is_published_without_deltas(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Deltas save bytes; they never stop a publish (the hosts judge the archive)."""
-    from updaterd.publish import keygen, publish
+    from updaterd.release.publish import keygen, publish
 
     _, key = keygen(str(tmp_path / "k"))
     feed_dir = tmp_path / "feed"

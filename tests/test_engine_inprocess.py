@@ -14,9 +14,10 @@ import pytest
 import trio
 
 from tests.simulator import FeedSimulator, SimHost
-from updaterd import failpoints, minisign
+from updaterd import failpoints
 from updaterd.errors import DigestMismatch, FeedError, NoSuchVersion
-from updaterd.feed import Release
+from updaterd.trust import minisign
+from updaterd.trust.feed import Release
 
 T = TypeVar("T")
 

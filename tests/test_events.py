@@ -5,7 +5,7 @@ from __future__ import annotations
 import trio
 
 from updaterctl.protocol import Event
-from updaterd.events import EventBus
+from updaterd.service.events import EventBus
 
 
 def test_slow_subscriber_never_blocks_and_gets_a_notice() -> None:

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from updaterd import feed, minisign
 from updaterd.errors import FeedError
-from updaterd.publish import keygen
+from updaterd.release.publish import keygen
+from updaterd.trust import feed, minisign
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 DIGEST = "ab" * 32
@@ -160,7 +160,7 @@ def test_unsigned_feed_refused_when_signature_required() -> None:
 
 def test_publishing_twice_in_a_second_still_changes_the_validators(tmp_path: Path) -> None:
     """nginx's ETag is mtime (seconds) and size: two quick publishes must not look the same."""
-    from updaterd.publish import publish
+    from updaterd.release.publish import publish
 
     _, key = keygen(str(tmp_path / "k"))
     art = tmp_path / "a-linux-x86_64.tar.gz"

@@ -17,11 +17,11 @@ import pytest
 import trio
 
 from tests.conftest import FaultServer
-from updaterd.cachefile import Expected
 from updaterd.config import Limits
-from updaterd.digests import Digests
 from updaterd.errors import DigestMismatch, DownloadError
-from updaterd.fetcher import Fetcher, parse_retry_after
+from updaterd.net.cachefile import Expected
+from updaterd.net.fetcher import Fetcher, parse_retry_after
+from updaterd.trust.digests import Digests
 
 FAST = Limits(backoff_base="10ms", backoff_cap="50ms", retries=3)
 SIZE = 3 << 20
@@ -313,7 +313,7 @@ def test_d95_authorization_not_forwarded_across_hosts() -> None:
     "https://169.254.169.254/latest", "https://metadata.google.internal/x",
     "https://[fe80::1]/x", "https://example.com/a\r\nb"])
 def test_a21_url_policy_refuses(url: str) -> None:
-    from updaterd import urlpolicy
+    from updaterd.trust import urlpolicy
 
     with pytest.raises(DownloadError, match="refusing"):
         urlpolicy.require_allowed(url, allow_insecure=True)
@@ -419,7 +419,7 @@ def test_f123_artifact_swapped_after_verification_is_not_used(
     """The descriptor returned by fetch_file() is the one that was hashed; replacing the file
     by name afterwards (a race with another writer) changes nothing for the extraction."""
     from tests.helpers import make_tar, release_files
-    from updaterd import archive
+    from updaterd.trust import archive
 
     art = make_tar(fault_server.root / "good.tar.gz", release_files("1.0.0"), top="hello")
     d = Digests()
@@ -578,7 +578,7 @@ def test_every_client_shares_one_tls_context_per_ca_setting(
     CA settings or a store changed on disk (a CA added: no restart needed)."""
     import ssl
 
-    from updaterd import tlstrust
+    from updaterd.trust import tlstrust
 
     built: list[str | None] = []
     real = tlstrust._build

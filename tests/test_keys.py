@@ -9,10 +9,11 @@ from typing import Any
 import pytest
 import trio
 
-from updaterd import keys, minisign
 from updaterd.config import AppConfig
 from updaterd.errors import FeedError
+from updaterd.sources import keys
 from updaterd.state import AppState, TrustRoot
+from updaterd.trust import minisign
 
 K = [minisign.SecretKey.generate() for _ in range(5)]
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from updaterd import minisign
 from updaterd.errors import SignatureError
-from updaterd.publish import keygen
+from updaterd.release.publish import keygen
+from updaterd.trust import minisign
 
 
 def tool(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:

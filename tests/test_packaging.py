@@ -97,7 +97,7 @@ def test_unit_files_verify(unit: str, tmp_path: Path) -> None:
 
 
 def test_self_update_drop_in_runs_the_launcher_and_restarts_on_failure() -> None:
-    from updaterd import selfupdate
+    from updaterd.install import selfupdate
 
     text = (ROOT / "contrib" / "systemd" / "updaterd.service.d" / "self-update.conf").read_text()
     assert re.search(rf"^ExecStart=/opt/updaterd/{selfupdate.LAUNCHER} ", text, re.M)

@@ -13,8 +13,8 @@ import pytest
 import trio
 
 from tests.simulator import FeedSimulator, SimHost
-from updaterd import minisign
 from updaterd.errors import FeedError
+from updaterd.trust import minisign
 
 T = TypeVar("T")
 

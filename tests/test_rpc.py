@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from tests.helpers import as_nobody
 from updaterctl.protocol import StatusParams
-from updaterd.rpc import Connection, Limits, Peer, RpcError, Server
+from updaterd.service.rpc import Connection, Limits, Peer, RpcError, Server
 
 
 async def status(p: StatusParams, conn: Connection) -> dict[str, Any]:
@@ -132,7 +132,7 @@ def test_boolean_id_rejected(line: bytes) -> None:
 # -- who is admin: the process's own groups, as the kernel reports them (row 137) ----------------
 
 def test_root_is_admin_whatever_its_groups() -> None:
-    from updaterd.rpc import is_admin
+    from updaterd.service.rpc import is_admin
 
     assert is_admin(0, 12345, (), "no-such-group-here")
 
@@ -140,7 +140,7 @@ def test_root_is_admin_whatever_its_groups() -> None:
 def test_admin_by_primary_or_supplementary_group_only() -> None:
     import grp
 
-    from updaterd.rpc import is_admin
+    from updaterd.service.rpc import is_admin
 
     gid = grp.getgrnam("daemon").gr_gid
     assert is_admin(1000, gid, (), "daemon")
@@ -152,7 +152,7 @@ def test_admin_by_primary_or_supplementary_group_only() -> None:
 
 
 def test_every_changing_method_needs_admin_and_every_reading_one_does_not() -> None:
-    from updaterd.rpc import READ_METHODS
+    from updaterd.service.rpc import READ_METHODS
 
     async def ok(p: Any, conn: Connection) -> str:
         return "done"
@@ -184,7 +184,7 @@ def _groups_of_a_peer_with(groups: list[int], folder: Path) -> tuple[int, ...]:
     import socket
     import subprocess
 
-    from updaterd.rpc import peer_groups
+    from updaterd.service.rpc import peer_groups
 
     path = folder / "s"
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -221,7 +221,7 @@ def test_a_peer_in_more_groups_than_can_be_read_shows_none(public_dir: Path) -> 
 def test_the_socket_folder_is_made_0755(tmp_path: Path) -> None:
     import stat as st
 
-    from updaterd.rpc import create_socket
+    from updaterd.service.rpc import create_socket
 
     async def make() -> None:
         create_socket(tmp_path / "run" / "u.sock", 0o660, "no-such-group-here").close()
@@ -252,7 +252,7 @@ def test_a_stream_cannot_be_batched_but_can_be_called_alone() -> None:
 def test_the_socket_takes_the_admin_group_when_it_exists(tmp_path: Path) -> None:
     import grp
 
-    from updaterd.rpc import set_socket_access
+    from updaterd.service.rpc import set_socket_access
 
     f = tmp_path / "sock"
     f.write_text("")
@@ -267,7 +267,7 @@ def test_the_socket_takes_the_admin_group_when_it_exists(tmp_path: Path) -> None
 
 def test_an_ordinary_users_socket_keeps_its_owner(public_dir: Path) -> None:
     """The owner is never changed (-1): chown to root would fail for an ordinary user."""
-    from updaterd.rpc import set_socket_access
+    from updaterd.service.rpc import set_socket_access
 
     f = public_dir / "sock"
     f.write_text("")
@@ -305,7 +305,7 @@ def test_params_are_not_coerced() -> None:
 
 
 def test_the_socket_folder_is_made_with_its_parents(tmp_path: Path) -> None:
-    from updaterd.rpc import create_socket
+    from updaterd.service.rpc import create_socket
 
     async def make() -> None:
         create_socket(tmp_path / "run" / "updaterd" / "u.sock", 0o660, "nogroup").close()
@@ -317,7 +317,7 @@ def test_the_socket_folder_is_made_with_its_parents(tmp_path: Path) -> None:
 def test_an_ordinary_users_daemon_never_replaces_roots_socket(public_dir: Path) -> None:
     import socket
 
-    from updaterd.rpc import create_socket
+    from updaterd.service.rpc import create_socket
 
     folder = public_dir / "run"
     folder.mkdir()

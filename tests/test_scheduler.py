@@ -10,7 +10,7 @@ import trio.testing
 
 from updaterd.config import AppConfig
 from updaterd.errors import DownloadError
-from updaterd.scheduler import Schedule
+from updaterd.service.scheduler import Schedule
 from updaterd.state import AppState
 
 BASE = 1_800_000_000.0  # wall time at trio time 0

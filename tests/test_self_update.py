@@ -24,8 +24,9 @@ from typing import Any
 import pytest
 
 from tests.helpers import BIN, run_updaterd, self_build, write_config
-from updaterd import failpoints, selfupdate
-from updaterd.publish import keygen, publish
+from updaterd import failpoints
+from updaterd.install import selfupdate
+from updaterd.release.publish import keygen, publish
 
 
 def _make_venv(path: Path) -> Path:
@@ -261,7 +262,7 @@ def test_failed_health_check_of_the_new_daemon_restores_the_old(self_host: SelfH
 def test_new_version_that_cannot_start_is_abandoned_by_the_launcher(self_host: SelfHost) -> None:
     h = self_host
     # 0.4.0 answers --version and check-config, but the daemon dies as it starts
-    _running_020_then_update_to(h, "0.4.0", {"lib/updaterd/service.py": (
+    _running_020_then_update_to(h, "0.4.0", {"lib/updaterd/service/service.py": (
         '    daemon = Daemon(config, str(Path(config_path).absolute()))\n',
         '    raise SystemExit(70)\n')})
     h.wait_for(lambda: h.state()["blocked"] == ["0.4.0"] and h.settled_on("0.2.0"),

@@ -39,8 +39,8 @@ def test_c60_a_release_is_synced_before_its_rename(tmp_path: Path,
     import io
     import tarfile
 
-    from updaterd import archive
-    from updaterd.layout import Layout
+    from updaterd.install.layout import Layout
+    from updaterd.trust import archive
     calls: list[str] = []
     real_syncfs, real_rename, real_fsync_dir = fsutil._libc_syncfs(), os.rename, fsutil.fsync_dir
     assert real_syncfs is not None, "glibc has syncfs(2)"

@@ -7,8 +7,8 @@ import ipaddress
 
 import pytest
 
-from updaterd import urlpolicy
 from updaterd.errors import DownloadError
+from updaterd.trust import urlpolicy
 
 
 def refused(url: str, allow_insecure: bool = False,

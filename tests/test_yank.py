@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from updaterd import feed, versions, yank
-from updaterd.feed import Artifact, Release
+from updaterd import versions
+from updaterd.trust import feed, yank
+from updaterd.trust.feed import Artifact, Release
 
 
 def _release(rollout: int = 40) -> Release:

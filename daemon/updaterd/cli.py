@@ -17,9 +17,9 @@ from updaterctl._version import __version__
 from updaterd import config as config_mod
 from updaterd import configfile
 from updaterd.errors import ConfigError, LockHeld, UpdaterError
-from updaterd.lock import ProcessLock
 from updaterd.logtext import OneLine
-from updaterd.yank import MAX_REASON as MAX_YANK_REASON
+from updaterd.service.lock import ProcessLock
+from updaterd.trust.yank import MAX_REASON as MAX_YANK_REASON
 
 log = logging.getLogger("updaterd")
 
@@ -228,7 +228,7 @@ def _feed_writer(feed_sub: argparse._SubParsersAction[argparse.ArgumentParser], 
 
 def _feed(args: argparse.Namespace) -> int:
     """`updaterd feed COMMAND`: the publisher's commands on a feed folder."""
-    from updaterd import feedtools
+    from updaterd.release import feedtools
 
     if args.feed_command == "list":
         listed = feedtools.listing(Path(args.feed))
@@ -261,7 +261,7 @@ def _feed(args: argparse.Namespace) -> int:
 
 
 def _feed_check(args: argparse.Namespace) -> int:
-    from updaterd import feedcheck
+    from updaterd.release import feedcheck
 
     keys = []
     for given in args.public_key:
@@ -279,13 +279,13 @@ def _feed_check(args: argparse.Namespace) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "keygen":
-        from updaterd.publish import keygen
+        from updaterd.release.publish import keygen
 
         pub, key = keygen(args.out, force=args.force)
         print(f"wrote {pub} and {key}")
         return EXIT_OK
     if args.command == "publish":
-        from updaterd.publish import publish
+        from updaterd.release.publish import publish
 
         notes = Path(args.notes_file).read_text() if args.notes_file else None
         done = publish(feed_dir=Path(args.feed), key_path=[Path(k) for k in args.key],
@@ -297,7 +297,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         print("\n".join(done.lines))
         return EXIT_OK
     if args.command == "rotate-keys":
-        from updaterd.publish import rotate_keys
+        from updaterd.release.publish import rotate_keys
 
         ks = rotate_keys(feed_dir=Path(args.feed), app=args.app,
                          new_keys=[Path(k) for k in args.new_key],
@@ -310,12 +310,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "feed":
         return _feed(args)
     if args.command == "self-build":
-        from updaterd import selfupdate
+        from updaterd.install import selfupdate
 
         print(f"wrote {selfupdate.build(Path(args.out), args.release_version)}")
         return EXIT_OK
     if args.command == "self-install":
-        from updaterd import selfupdate
+        from updaterd.install import selfupdate
 
         version = selfupdate.self_install(Path(args.prefix).absolute(), args.python)
         print(f"installed updaterd {version} in {args.prefix}; run {args.prefix}/launcher")
@@ -336,7 +336,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     with lock:
         if args.command in ("rollback", "update") or args.once:
             return _offline(cfg, args)
-        from updaterd.service import serve
+        from updaterd.service.service import serve
 
         serve(cfg, args.config)
     return EXIT_OK
@@ -344,7 +344,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _rehash(cfg: config_mod.Config, apps: list[str]) -> int:
     """`updaterd verify`: reads only, so it needs no lock and runs beside the daemon."""
-    from updaterd.engine import Engine
+    from updaterd.engine.engine import Engine
 
     engine = Engine(cfg)
     names = apps or [n for n, a in cfg.apps.items() if a.install == "releases"]
@@ -365,7 +365,7 @@ def _rehash(cfg: config_mod.Config, apps: list[str]) -> int:
 
 def _offline(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     """One-shot work without the daemon: `--once`, `update`, `rollback`."""
-    from updaterd.engine import Engine
+    from updaterd.engine.engine import Engine
 
     engine = Engine(cfg)
     if args.command == "rollback":
@@ -391,7 +391,7 @@ def _daemonize(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     from daemon import DaemonContext  # type: ignore[attr-defined]
 
     from updaterd import fsutil, pathtrust
-    from updaterd.service import serve
+    from updaterd.service.service import serve
 
     lock = ProcessLock(Path(cfg.daemon.lock_file))
     with lock:

@@ -29,11 +29,11 @@ import msgspec
 from msgspec import Meta, Struct
 
 from updaterd.errors import ConfigError
+from updaterd.trust.urlpolicy import HTTP_RULE, http_allowed
 from updaterd.units import DURATION_PATTERN, RATE_PATTERN, SIZE_PATTERN, parse_duration, parse_size
-from updaterd.urlpolicy import HTTP_RULE, http_allowed
 
 if TYPE_CHECKING:
-    from updaterd import archive
+    from updaterd.trust import archive
 
 DEFAULT_CONFIG = "/etc/updaterd/updaterd.toml"
 
@@ -75,7 +75,7 @@ class Limits(Struct, forbid_unknown_fields=True, kw_only=True):
 
     def extraction(self) -> archive.ExtractLimits:
         """The bounds an archive (or a delta) is built within."""
-        from updaterd import archive  # tarfile and zstandard: loaded with the first archive
+        from updaterd.trust import archive  # tarfile and zstandard: loaded with the first archive
 
         return archive.ExtractLimits(max_members=self.max_archive_members,
                                      max_total=parse_size(self.max_extracted_size),
@@ -335,14 +335,14 @@ def _validate_app(name: str, app: AppConfig, where: str, problems: list[str],
     if app.proxy is not None and urlsplit(app.proxy).scheme not in ("http", "https", "socks5"):
         bad("proxy", "must be an http://, https:// or socks5:// URL")
     if app.ca_file is not None:
-        from updaterd.tlstrust import check_ca_file
+        from updaterd.trust.tlstrust import check_ca_file
 
         if why := check_ca_file(app.ca_file):
             bad("ca_file", why)
     if app.health_notify and app.unit is None and not _restart_unit(app.restart):
         bad("health_notify", "needs unit = \"NAME.service\" (or restart = [\"systemctl\", "
             "\"restart\", \"NAME.service\"])")
-    from updaterd.minisign import PublicKey
+    from updaterd.trust.minisign import PublicKey
 
     distinct = set()
     for i, key in enumerate(app.public_keys):

@@ -12,10 +12,10 @@ import pytest
 import trio
 
 from tests.conftest import Nginx
-from updaterd.cachefile import Expected
 from updaterd.config import Limits
-from updaterd.feed import Artifact
-from updaterd.fetcher import Fetcher
+from updaterd.net.cachefile import Expected
+from updaterd.net.fetcher import Fetcher
+from updaterd.trust.feed import Artifact
 
 SIZE = (4 << 30) + 1
 

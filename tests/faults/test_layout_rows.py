@@ -13,7 +13,7 @@ from tests.conftest import Host, Nginx
 from tests.faults.test_disk_full import small_fs
 from tests.helpers import Feed, run_updaterd
 from tests.test_failpoints import assert_consistent
-from updaterd.layout import Layout
+from updaterd.install.layout import Layout
 
 
 def test_c59_reader_polling_current_never_sees_enoent(tmp_path: Path) -> None:

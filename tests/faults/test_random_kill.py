@@ -23,7 +23,7 @@ import pytest
 from tests.conftest import Host, Nginx
 from tests.helpers import BIN, Feed, make_tar, release_files, run_updaterd
 from tests.test_failpoints import assert_consistent, release_is_complete
-from updaterd import treehash
+from updaterd.trust import treehash
 
 TRIALS = int(os.environ.get("UPDATERD_KILL_TRIALS", "12"))
 

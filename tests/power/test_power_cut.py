@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import make_tar, write_config
-from updaterd.publish import keygen, publish
+from updaterd.release.publish import keygen, publish
 
 pytestmark = pytest.mark.skipif(os.environ.get("UPDATERD_TEST_POWER") != "1",
                                 reason="`make test-power` runs these (qemu)")

@@ -714,8 +714,8 @@ METADATA_SPELLINGS = ["2852039166", "0xa9fea9fe", "0251.0376.0251.0376", "169.25
 
 @pytest.mark.parametrize("host_text", METADATA_SPELLINGS)
 def test_g138_every_spelling_of_the_metadata_address_is_refused(host_text: str) -> None:
-    from updaterd import urlpolicy
     from updaterd.errors import DownloadError
+    from updaterd.trust import urlpolicy
     with pytest.raises(DownloadError, match=r"metadata|link-local|unspecified"):
         urlpolicy.require_allowed(f"https://{host_text}/feed/manifest.json", allow_insecure=False)
 
@@ -910,7 +910,7 @@ def _feed_files(feed: Feed) -> dict[str, bytes]:
 
 def test_g144_publish_with_another_key_is_refused_and_touches_nothing(feed: Feed,
                                                                        tmp_path: Path) -> None:
-    from updaterd.publish import keygen
+    from updaterd.release.publish import keygen
     feed.release("1.0.0")
     before = _feed_files(feed)
     _, other = keygen(str(tmp_path / "other"))

@@ -12,12 +12,13 @@ import pytest
 
 from tests.conftest import Host, Nginx
 from tests.helpers import Feed, run_updaterd
-from updaterd import keys, minisign
 from updaterd.config import AppConfig
 from updaterd.errors import FeedError, SignatureError
-from updaterd.feed import MANIFEST, SIGNATURE
-from updaterd.publish import keygen, publish, rotate_keys
+from updaterd.release.publish import keygen, publish, rotate_keys
+from updaterd.sources import keys
 from updaterd.state import AppState
+from updaterd.trust import minisign
+from updaterd.trust.feed import MANIFEST, SIGNATURE
 
 
 def _key(tmp_path: Path, name: str) -> tuple[Path, Path, minisign.SecretKey]:
@@ -133,8 +134,8 @@ def _first_rotation(feed: Path, new: Path, sign_with: list[Path],
                     app: str = "x") -> tuple[bytes, bytes]:
     """keys.json version 1 (and its signature) to `new`, signed by `sign_with`, written by
     hand: `rotate-keys` itself refuses a set that hosts would refuse (row 156)."""
-    from updaterd import feed as feed_mod
-    from updaterd.keys import KeySet
+    from updaterd.sources.keys import KeySet
+    from updaterd.trust import feed as feed_mod
     (feed / keys.KEYS).unlink(missing_ok=True)
     pub = minisign.PublicKey.parse(new.read_text()).to_base64()
     raw = feed_mod.encode(KeySet(schema=1, app=app, version=1, keys=[pub], threshold=1))

@@ -340,7 +340,7 @@ def test_h151_a_pack_that_needs_a_large_window_is_not_used(
     """An older (or careless) publisher's pack whose window is past the cap: the host fetches
     the archive instead of holding the window and reference in memory."""
     from tests.test_delta_e2e import publish_cli
-    from updaterd import delta
+    from updaterd.install import delta
     host.follow(nginx, served_feed)
     publish_cli(served_feed, "1.0.0", "lib/part000.txt")
     assert run_updaterd("--config", host.config, "--once").returncode == 0

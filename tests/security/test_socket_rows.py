@@ -19,8 +19,8 @@ import trio
 
 from tests.conftest import Daemon, Host, Nginx
 from tests.helpers import Feed, rpc_as, run_updaterd
-from updaterd import rpc
 from updaterd.errors import UpdaterError
+from updaterd.service import rpc
 
 
 def _create(path: Path, check: Any = None) -> None:

@@ -25,7 +25,7 @@ from tests.helpers import BIN, Feed, run_updaterd
 from tests.servers.nginx import Nginx, running_nginx
 from updaterd.config import Limits
 from updaterd.errors import DownloadError
-from updaterd.fetcher import Fetcher
+from updaterd.net.fetcher import Fetcher
 
 NOW = dt.datetime.now(dt.UTC)
 

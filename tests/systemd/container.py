@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tests.helpers import app_script, make_tar, write_config
-from updaterd.publish import keygen, publish
+from updaterd.release.publish import keygen, publish
 
 REPO = Path(__file__).resolve().parent.parent.parent
 ROOTFS = REPO / "build" / "nspawn" / "rootfs"

@@ -32,7 +32,7 @@ from tests.systemd.container import (
     readme_install_block,
     wait_until,
 )
-from updaterd.publish import keygen, publish
+from updaterd.release.publish import keygen, publish
 
 pytestmark = pytest.mark.skipif(os.environ.get("UPDATERD_TEST_SYSTEMD") != "1",
                                 reason="`make test-systemd` runs these (systemd-nspawn)")
@@ -228,7 +228,7 @@ def test_self_update_through_the_launcher_under_restart_on_failure(box: Containe
            "-t /etc/systemd/system/updaterd.service.d/")
     pub_file, key = keygen(str(work / "self"))
     pub = pub_file.read_text().splitlines()[1]
-    for version, patch in (("0.2.0", None), ("0.3.0", {"lib/updaterd/service.py": (
+    for version, patch in (("0.2.0", None), ("0.3.0", {"lib/updaterd/service/service.py": (
             "    daemon = Daemon(config, str(Path(config_path).absolute()))\n",
             "    raise SystemExit(70)\n")})):
         publish(feed_dir=box.root / "srv" / "feed-updaterd", key_path=key, app="updaterd",

@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 from urllib.parse import unquote, urlsplit
 
-from updaterd.cachefile import Expected, ProgressFn
 from updaterd.config import AppConfig, Limits
-from updaterd.feed import Artifact, TrustedFeed
+from updaterd.net.cachefile import Expected, ProgressFn
 from updaterd.state import AppState
+from updaterd.trust.feed import Artifact, TrustedFeed
 
 if TYPE_CHECKING:  # the HTTP client is loaded only for an app whose feed is on the network
-    from updaterd.fetcher import Fetcher
+    from updaterd.net.fetcher import Fetcher
 
 
 class Source(Protocol):

@@ -20,14 +20,16 @@ from typing import Annotated, BinaryIO
 import msgspec
 import trio
 
-from updaterd import checksums, minisign, tokens, urlpolicy, versions
-from updaterd.cachefile import Expected, ProgressFn
+from updaterd import versions
 from updaterd.config import AppConfig, Limits
 from updaterd.errors import DigestMismatch, FeedError, RateLimited, SignatureError
-from updaterd.feed import SAFE_FILE_NAME, Artifact, Manifest, Release, TrustedFeed
-from updaterd.fetcher import Fetcher
-from updaterd.sources import trust
+from updaterd.net import tokens
+from updaterd.net.cachefile import Expected, ProgressFn
+from updaterd.net.fetcher import Fetcher
+from updaterd.sources import verified
 from updaterd.state import AppState
+from updaterd.trust import checksums, minisign, urlpolicy
+from updaterd.trust.feed import SAFE_FILE_NAME, Artifact, Manifest, Release, TrustedFeed
 from updaterd.units import parse_size
 
 CACHED = "github.json"
@@ -93,7 +95,7 @@ class GitHubSource:
         self.app, self.cfg, self.limits, self.fetcher = app, cfg, limits, fetcher
         self.state_folder = state_folder
         self.base = f"{cfg.api_url.rstrip('/')}/repos/{cfg.repo}"
-        self.keys = trust.keys_of(cfg) if cfg.verify == "required" else []
+        self.keys = verified.keys_of(cfg) if cfg.verify == "required" else []
         if cfg.allowed_hosts is not None:  # the API host, and the storage hosts listed
             fetcher.allowed_hosts = {urlpolicy.origin(cfg.api_url)[1], *cfg.allowed_hosts}
         self.assets: dict[str, GitHubAsset] = {}
@@ -128,7 +130,7 @@ class GitHubSource:
                               f"check {self.app} --force` asks again now)",
                               state.rate_limited_until)
         url = self.base + ("/releases?per_page=30" if self.cfg.prerelease else "/releases/latest")
-        copy = trust.load_copy(self.state_folder, CACHED)
+        copy = verified.load_copy(self.state_folder, CACHED)
         cached = copy[0] if copy is not None else None
         doc = await self.fetcher.fetch_small(
             url, max_bytes=parse_size(self.limits.max_manifest_size),
@@ -149,7 +151,7 @@ class GitHubSource:
             raise FeedError(f"tag {release.tag_name!r} cannot name a release folder")
         self.release = release
         if not doc.not_modified:
-            trust.keep_copy(self.state_folder, body, None, CACHED)
+            verified.keep_copy(self.state_folder, body, None, CACHED)
         published = _parse_time(release.published_at)
         manifest = Manifest(schema=1, app=self.app, serial=0,
                             expires=datetime.now(UTC) + timedelta(days=3650),

@@ -15,10 +15,10 @@ from typing import BinaryIO
 import trio
 
 from updaterd import fsutil
-from updaterd.cachefile import Expected, ProgressFn, write_verified
 from updaterd.errors import DownloadError, FeedError
-from updaterd.feed import SAFE_FILE_NAME
+from updaterd.net.cachefile import Expected, ProgressFn, write_verified
 from updaterd.sources.refresh import Document, Validators
+from updaterd.trust.feed import SAFE_FILE_NAME
 
 
 def _open_plain(path: Path) -> int | None:

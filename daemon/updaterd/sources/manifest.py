@@ -6,12 +6,12 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urljoin, urlsplit
 
-from updaterd.cachefile import Expected, ProgressFn
 from updaterd.config import AppConfig
 from updaterd.errors import FeedError
-from updaterd.feed import MANIFEST, SIGNATURE, TrustedFeed
-from updaterd.fetcher import Fetcher
+from updaterd.net.cachefile import Expected, ProgressFn
+from updaterd.net.fetcher import Fetcher
 from updaterd.sources.refresh import Document, Validators
+from updaterd.trust.feed import MANIFEST, SIGNATURE, TrustedFeed
 
 
 class HttpTransport:

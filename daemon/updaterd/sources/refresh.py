@@ -22,12 +22,12 @@ from typing import BinaryIO, Protocol
 
 import msgspec
 
-from updaterd import keys, minisign
-from updaterd.cachefile import Expected, ProgressFn
 from updaterd.config import AppConfig, Limits
-from updaterd.feed import MANIFEST, SIGNATURE, Artifact, TrustedFeed
-from updaterd.sources import trust
+from updaterd.net.cachefile import Expected, ProgressFn
+from updaterd.sources import keys, verified
 from updaterd.state import AppState
+from updaterd.trust import minisign
+from updaterd.trust.feed import MANIFEST, SIGNATURE, Artifact, TrustedFeed
 from updaterd.units import parse_size
 
 Validators = tuple[str | None, str | None]  # ETag, Last-Modified
@@ -70,25 +70,25 @@ class Transport(Protocol):
 async def refresh(app: str, cfg: AppConfig, limits: Limits, state: AppState,
                   transport: Transport, state_folder: Path, cycle_start: float) -> TrustedFeed:
     """The feed of `app`, verified (FeedError naming the reason otherwise)."""
-    kept = trust.load_copy(state_folder) if transport.remote else None
+    kept = verified.load_copy(state_folder) if transport.remote else None
     conditional = kept is not None and state.serial is not None
     doc = await transport.document(
         MANIFEST, parse_size(limits.max_manifest_size),
         validators=(state.etag, state.last_modified) if conditional else None)
     if doc.not_modified:
         assert kept is not None, "a transport answers 'not modified' only to validators"
-        return trust.verify_feed(app, cfg, state, *kept, cycle_start, transport.remote)
+        return verified.verify_feed(app, cfg, state, *kept, cycle_start, transport.remote)
     await keys.refresh(app, cfg, state, lambda name: _signed_document(transport, name))
     signature = None
     if cfg.public_keys and cfg.verify == "required":
         sig = await transport.document(SIGNATURE, minisign.MAX_SIGNATURE_FILE,
                                        missing_ok=not transport.remote)
         signature = None if sig.missing else sig.body
-    trusted = trust.verify_feed(app, cfg, state, doc.body, signature, cycle_start,
+    trusted = verified.verify_feed(app, cfg, state, doc.body, signature, cycle_start,
                                 transport.remote)
     if not transport.remote:
         return trusted
-    trust.keep_copy(state_folder, doc.body, signature)
+    verified.keep_copy(state_folder, doc.body, signature)
     return msgspec.structs.replace(trusted, validators=(doc.etag, doc.last_modified))
 
 

@@ -16,10 +16,13 @@ from pathlib import Path
 
 import msgspec
 
-from updaterd import feed, keys, logtext, publish, versions, yank
+from updaterd import logtext, versions
 from updaterd.errors import FeedError
-from updaterd.feed import Manifest, Release
-from updaterd.keys import KeySet
+from updaterd.release import publish
+from updaterd.sources import keys
+from updaterd.sources.keys import KeySet
+from updaterd.trust import feed, yank
+from updaterd.trust.feed import Manifest, Release
 
 _NO_FEED = "{path}: no feed here (`updaterd publish` creates one)"
 

@@ -28,8 +28,9 @@ import blake3
 import msgspec
 from msgspec import Meta, Struct
 
-from updaterd import archive, feed, fsutil, treehash
+from updaterd import fsutil
 from updaterd.errors import ArchiveError, FeedError, UpdaterError
+from updaterd.trust import archive, feed, treehash
 
 SUFFIX = ".delta"  # the descriptor's platform: `<platform>.delta`
 MAX_WINDOW_LOG = 31  # zstd's largest window (2 GiB); the reference and the payload fit in it

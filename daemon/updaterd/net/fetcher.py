@@ -31,13 +31,15 @@ import msgspec
 import trio
 
 from updaterctl._version import __version__
-from updaterd import cachefile, fsutil, logtext, tlstrust, urlpolicy
-from updaterd.cachefile import Expected, ProgressFn
+from updaterd import fsutil, logtext
 from updaterd.config import Limits
-from updaterd.digests import Digests
 from updaterd.errors import DigestMismatch, DownloadError, RateLimited, Retryable
-from updaterd.netguard import GuardedTransport
-from updaterd.ratecap import TokenBucket
+from updaterd.net import cachefile
+from updaterd.net.cachefile import Expected, ProgressFn
+from updaterd.net.netguard import GuardedTransport
+from updaterd.net.ratecap import TokenBucket
+from updaterd.trust import tlstrust, urlpolicy
+from updaterd.trust.digests import Digests
 from updaterd.units import parse_duration, parse_size
 
 log = logging.getLogger("updaterd.fetcher")

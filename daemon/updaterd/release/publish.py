@@ -24,22 +24,14 @@ from pathlib import Path
 
 import msgspec
 
-from updaterd import (
-    archive,
-    delta,
-    digests,
-    failpoints,
-    feed,
-    fsutil,
-    keys,
-    minisign,
-    versions,
-    yank,
-)
+from updaterd import failpoints, fsutil, versions
 from updaterd.config import host_platform
 from updaterd.errors import FeedError, SignatureError, UpdaterError
-from updaterd.feed import Artifact, Manifest, Release
-from updaterd.keys import KeySet
+from updaterd.install import delta
+from updaterd.sources import keys
+from updaterd.sources.keys import KeySet
+from updaterd.trust import archive, digests, feed, minisign, yank
+from updaterd.trust.feed import Artifact, Manifest, Release
 from updaterd.units import parse_duration
 
 log = logging.getLogger("updaterd.publish")

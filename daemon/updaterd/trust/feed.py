@@ -15,8 +15,9 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-from updaterd import minisign, versions
+from updaterd import versions
 from updaterd.errors import FeedError, SignatureError
+from updaterd.trust import minisign
 
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.json.minisig"

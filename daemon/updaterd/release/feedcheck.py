@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urljoin
 
-from updaterd import delta, digests, feed, fsutil, minisign, yank
+from updaterd import fsutil
 from updaterd.errors import DigestMismatch, FeedError, SignatureError, UpdaterError
+from updaterd.install import delta
+from updaterd.trust import digests, feed, minisign, yank
 
 WARN_BEFORE = timedelta(days=7)
 MAX_MANIFEST = 4 << 20

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from updaterd import tlstrust
 from updaterd.errors import HealthCheckFailed
+from updaterd.trust import tlstrust
 
 if TYPE_CHECKING:
     import httpx

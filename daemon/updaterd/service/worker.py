@@ -27,12 +27,12 @@ from updaterctl.protocol import (
 )
 from updaterd import outcome
 from updaterd.config import AppConfig
+from updaterd.engine.gate import WaitingGate
 from updaterd.errors import Busy, CancelledByOperator, TakeOverFailed, UpdaterError
-from updaterd.gate import WaitingGate
-from updaterd.scheduler import Schedule
+from updaterd.service.scheduler import Schedule
+from updaterd.service.view import Counters, DaemonView
 from updaterd.state import AppState
 from updaterd.units import parse_duration
-from updaterd.view import Counters, DaemonView
 
 log = logging.getLogger("updaterd")
 MAX_RESUMES = 3  # starts in a row that resume a cut operation at once

@@ -16,7 +16,7 @@ import hashlib
 import re
 
 from updaterd.errors import FeedError
-from updaterd.feed import Artifact, Release
+from updaterd.trust.feed import Artifact, Release
 
 PLATFORM = "yanked"  # the marker's platform: reserved, never an artifact's
 # A safe file name is at most 255 characters: "yanked.100." leaves 244 for base64, 183 bytes.

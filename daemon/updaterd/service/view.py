@@ -20,10 +20,10 @@ if TYPE_CHECKING:
         UpdateResult,
     )
     from updaterd.config import AppConfig, Config
-    from updaterd.engine import Engine
-    from updaterd.events import EventBus
-    from updaterd.inhibitors import Inhibitors
-    from updaterd.scheduler import Schedule
+    from updaterd.engine.engine import Engine
+    from updaterd.service.events import EventBus
+    from updaterd.service.inhibitors import Inhibitors
+    from updaterd.service.scheduler import Schedule
     from updaterd.state import AppState
 
 

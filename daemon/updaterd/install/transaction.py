@@ -20,25 +20,17 @@ from typing import BinaryIO, Literal
 import trio
 
 from updaterctl.protocol import Event
-from updaterd import (
-    archive,
-    delta,
-    failpoints,
-    fsutil,
-    health,
-    outcome,
-    pathtrust,
-    treehash,
-    versions,
-)
-from updaterd.apprun import AppRun
-from updaterd.cachefile import Expected, keep_only
+from updaterd import failpoints, fsutil, outcome, pathtrust, versions
 from updaterd.config import app_unit
 from updaterd.errors import HealthCheckFailed, LayoutError, OperationCancelled, UpdaterError
-from updaterd.feed import Artifact, Release
-from updaterd.layout import Kept, Staged
+from updaterd.install import delta, health
+from updaterd.install.apprun import AppRun
+from updaterd.install.layout import Kept, Staged
+from updaterd.net.cachefile import Expected, keep_only
 from updaterd.sources import Source
 from updaterd.state import Transaction
+from updaterd.trust import archive, treehash
+from updaterd.trust.feed import Artifact, Release
 from updaterd.units import parse_duration
 
 log = logging.getLogger("updaterd.transaction")

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, get_args
 from updaterctl.protocol import Phase
 
 if TYPE_CHECKING:
-    from updaterd.view import DaemonView
+    from updaterd.service.view import DaemonView
 
 PHASES: tuple[Phase, ...] = get_args(Phase)
 

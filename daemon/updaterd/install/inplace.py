@@ -19,10 +19,11 @@ from typing import BinaryIO
 
 import blake3
 
-from updaterd import archive, digests, failpoints, fsutil
+from updaterd import failpoints, fsutil
 from updaterd.errors import ArchiveError, LayoutError
-from updaterd.layout import Kept, Staged, remove_tree
+from updaterd.install.layout import Kept, Staged, remove_tree
 from updaterd.state import Transaction
+from updaterd.trust import archive, digests
 
 _STAMP = re.compile(r"-(\d{8}T\d{6}Z)(?:\.\d+)?$")
 

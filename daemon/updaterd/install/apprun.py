@@ -17,7 +17,7 @@ import trio
 from updaterctl.protocol import Event, Phase
 from updaterd import logtext, outcome, state
 from updaterd.config import AppConfig, Config
-from updaterd.layout import InstallLayout
+from updaterd.install.layout import InstallLayout
 from updaterd.state import AppState
 
 Emit = Callable[[Event], None]

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from updaterd import failpoints, fsutil
-from updaterd.digests import Digests
 from updaterd.errors import DigestMismatch, DownloadError
+from updaterd.trust.digests import Digests
 
 log = logging.getLogger("updaterd.fetcher")  # the logger these lines had in fetcher.py: unchanged
 

@@ -20,14 +20,16 @@ import sdnotify
 import trio
 
 from updaterctl.protocol import Event
-from updaterd import configfile, failpoints, rpc, selfupdate
-from updaterd.api import ControlApi
+from updaterd import configfile, failpoints
 from updaterd.config import Config
-from updaterd.engine import Engine
+from updaterd.engine.engine import Engine
 from updaterd.errors import ConfigError, UpdaterError
-from updaterd.events import EventBus
-from updaterd.inhibitors import Inhibitors
-from updaterd.worker import AppWorker
+from updaterd.install import selfupdate
+from updaterd.service import rpc
+from updaterd.service.api import ControlApi
+from updaterd.service.events import EventBus
+from updaterd.service.inhibitors import Inhibitors
+from updaterd.service.worker import AppWorker
 
 log = logging.getLogger("updaterd")
 

@@ -35,9 +35,10 @@ from pathlib import Path
 import updaterctl
 import updaterd
 from updaterctl._version import __version__
-from updaterd import failpoints, fsutil, tokens, versions
+from updaterd import failpoints, fsutil, versions
 from updaterd.errors import HealthCheckFailed, LayoutError, UpdaterError
-from updaterd.layout import Layout
+from updaterd.install.layout import Layout
+from updaterd.net import tokens
 
 MAX_TRIAL_STARTS = 3
 TRIAL = ".self-trial"
@@ -211,7 +212,7 @@ def take_failed(prefix: Path) -> str | None:
 
 async def try_release(run_dir: Path, version: str, config_path: str, timeout: float) -> None:
     """Before handing over: the new release must say its version and accept our config."""
-    from updaterd import health
+    from updaterd.install import health
 
     exe = run_dir / "bin" / "updaterd"
     said = await health.run("updaterd --version", [str(exe), "--version"], cwd=run_dir,

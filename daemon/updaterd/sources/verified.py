@@ -6,10 +6,12 @@ import contextlib
 from datetime import UTC, datetime
 from pathlib import Path
 
-from updaterd import feed, fsutil, keys, minisign
+from updaterd import fsutil
 from updaterd.config import AppConfig
 from updaterd.errors import StateError
+from updaterd.sources import keys
 from updaterd.state import AppState
+from updaterd.trust import feed, minisign
 
 CACHED = "feed.json"
 

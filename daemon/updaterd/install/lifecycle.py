@@ -14,9 +14,10 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from updaterd import failpoints, health, selfupdate
-from updaterd.apprun import AppRun
+from updaterd import failpoints
 from updaterd.errors import HealthCheckFailed
+from updaterd.install import health, selfupdate
+from updaterd.install.apprun import AppRun
 
 log = logging.getLogger("updaterd.transaction")
 HandOver = Callable[[Path], None]

@@ -44,7 +44,7 @@ from updaterctl.protocol import (
     VersionParams,
     clock,
 )
-from updaterd import metrics, outcome, rpc, versions
+from updaterd import outcome, versions
 from updaterd.errors import (
     Busy,
     CancelledByOperator,
@@ -55,11 +55,12 @@ from updaterd.errors import (
     UnknownApp,
     UpdaterError,
 )
-from updaterd.rpc import Connection, Handler, RpcError
+from updaterd.service import metrics, rpc
+from updaterd.service.rpc import Connection, Handler, RpcError
 from updaterd.state import AppState
 
 if TYPE_CHECKING:
-    from updaterd.view import DaemonView, WorkerView
+    from updaterd.service.view import DaemonView, WorkerView
 
 
 def _tree_size(path: str) -> int:

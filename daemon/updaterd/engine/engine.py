@@ -15,9 +15,10 @@ from pathlib import Path
 import trio
 
 from updaterctl.protocol import CheckResult, Event, RollbackResult, UpdateResult
-from updaterd import outcome, state, tokens, treehash, versions, yank
-from updaterd.apprun import AppRun, Hooks, Lifecycle
+from updaterd import outcome, state, versions
 from updaterd.config import AppConfig, Config, host_platform
+from updaterd.engine.gate import DeferringGate, SwitchGate, WindowGate
+from updaterd.engine.operation import Operation, operation
 from updaterd.errors import (
     FeedError,
     LayoutError,
@@ -27,16 +28,11 @@ from updaterd.errors import (
     UnknownApp,
     UpdaterError,
 )
-from updaterd.feed import Artifact, Release, TrustedFeed
-from updaterd.gate import DeferringGate, SwitchGate, WindowGate
-from updaterd.inplace import InplaceLayout
-from updaterd.layout import InstallLayout, Kept, Layout
-from updaterd.lifecycle import AppRestart, SelfHandOver
-from updaterd.operation import Operation, operation
-from updaterd.ratecap import TokenBucket
-from updaterd.sources import Source, local_folder, make_source
-from updaterd.sources.refresh import FeedSource, Transport
-from updaterd.transaction import (
+from updaterd.install.apprun import AppRun, Hooks, Lifecycle
+from updaterd.install.inplace import InplaceLayout
+from updaterd.install.layout import InstallLayout, Kept, Layout
+from updaterd.install.lifecycle import AppRestart, SelfHandOver
+from updaterd.install.transaction import (
     apply_update,
     drop_unwanted_downloads,
     fetch_artifact,
@@ -44,7 +40,13 @@ from updaterd.transaction import (
     recover,
     roll_back,
 )
-from updaterd.transaction import damage as transaction_damage
+from updaterd.install.transaction import damage as transaction_damage
+from updaterd.net import tokens
+from updaterd.net.ratecap import TokenBucket
+from updaterd.sources import Source, local_folder, make_source
+from updaterd.sources.refresh import FeedSource, Transport
+from updaterd.trust import treehash, yank
+from updaterd.trust.feed import Artifact, Release, TrustedFeed
 from updaterd.units import parse_rate
 
 log = logging.getLogger("updaterd.engine")
@@ -146,7 +148,7 @@ class Engine:
         if local_folder(run.cfg) is not None:
             yield make_source(run.name, run.cfg, self.config.limits, None, run.state_folder)
             return
-        from updaterd.fetcher import Fetcher  # httpx is loaded by the first network feed
+        from updaterd.net.fetcher import Fetcher  # httpx is loaded by the first network feed
 
         caps = [TokenBucket(parse_rate(run.cfg.max_rate))] if run.cfg.max_rate else []
         if self.global_rate is not None:

@@ -20,8 +20,8 @@ import trio
 
 from updaterctl.protocol import Event, Outcome, Phase
 from updaterd import logtext, outcome
-from updaterd.apprun import AppRun
 from updaterd.errors import OperationCancelled, UpdaterError
+from updaterd.install.apprun import AppRun
 
 log = logging.getLogger("updaterd.operation")
 Kind = Literal["check", "update", "rollback"]

@@ -20,11 +20,12 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-from updaterd import minisign, outcome
+from updaterd import outcome
 from updaterd.config import AppConfig
 from updaterd.errors import FeedError, SignatureError
-from updaterd.feed import reject_duplicate_keys
 from updaterd.state import AppState, TrustRoot
+from updaterd.trust import minisign
+from updaterd.trust.feed import reject_duplicate_keys
 
 log = logging.getLogger("updaterd.keys")
 

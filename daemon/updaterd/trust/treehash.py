@@ -16,7 +16,8 @@ from typing import Literal
 import msgspec
 from msgspec import Struct
 
-from updaterd import digests, fsutil, versions
+from updaterd import fsutil, versions
+from updaterd.trust import digests
 
 
 class TreeRecord(Struct, kw_only=True):

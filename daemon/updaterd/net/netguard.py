@@ -19,8 +19,8 @@ import httpcore
 import httpx
 import trio
 
-from updaterd import urlpolicy
 from updaterd.errors import DownloadError
+from updaterd.trust import urlpolicy
 
 SocketOption = (tuple[int, int, int] | tuple[int, int, bytes | bytearray]
                 | tuple[int, int, None, int])  # httpcore's SOCKET_OPTION

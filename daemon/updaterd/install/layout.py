@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from updaterd import archive, failpoints, fsutil, treehash, versions
+from updaterd import failpoints, fsutil, versions
 from updaterd.errors import LayoutError
 from updaterd.state import Transaction
+from updaterd.trust import archive, treehash
 
 log = logging.getLogger("updaterd.layout")
 
