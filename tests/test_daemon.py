@@ -91,14 +91,14 @@ def test_a_host_whose_feeds_are_local_never_loads_the_http_client(
     assert r.returncode == 0, r.stderr[-2000:]
     assert host.current() == "1.0.0"
     loaded = _imported(r.stderr)
-    assert "updaterd.transaction" in loaded
-    assert not {"httpx", "httpcore", "h11", "updaterd.fetcher"} & loaded
+    assert "updaterd.install.transaction" in loaded
+    assert not {"httpx", "httpcore", "h11", "updaterd.net.fetcher"} & loaded
 
     served_feed.release("1.1.0")
     host.follow(nginx, served_feed)
     r = run_updaterd("--config", host.config, "--once", env={"PYTHONPROFILEIMPORTTIME": "1"})
     assert r.returncode == 0, r.stderr[-2000:]
-    assert {"httpx", "updaterd.fetcher"} <= _imported(r.stderr)
+    assert {"httpx", "updaterd.net.fetcher"} <= _imported(r.stderr)
     assert host.current() == "1.1.0"
 
 
