@@ -29,6 +29,7 @@ from updaterctl.protocol import (
 from updaterd.config import AppConfig, Config, DaemonConfig
 from updaterd.engine.engine import Engine
 from updaterd.errors import Busy, CancelledByOperator, TakeOverFailed, UpdaterError
+from updaterd.reports import Checked, RolledBack, Updated
 from updaterd.service.api import ControlApi
 from updaterd.service.events import EventBus
 from updaterd.service.inhibitors import Inhibitors
@@ -70,14 +71,14 @@ class FakeWorker:
             raise self.answer
         return self.answer
 
-    async def check(self, force: bool) -> CheckResult:
-        return cast(CheckResult, self._give("check", force))
+    async def check(self, force: bool) -> Checked:
+        return cast(Checked, self._give("check", force))
 
-    async def update(self, version: str | None, now: bool) -> UpdateResult:
-        return cast(UpdateResult, self._give("update", version, now))
+    async def update(self, version: str | None, now: bool) -> Updated:
+        return cast(Updated, self._give("update", version, now))
 
-    async def rollback(self, to: str | None) -> RollbackResult:
-        return cast(RollbackResult, self._give("rollback", to))
+    async def rollback(self, to: str | None) -> RolledBack:
+        return cast(RolledBack, self._give("rollback", to))
 
     def cancel(self) -> CancelResult:
         return cast(CancelResult, self._give("cancel"))
@@ -129,12 +130,15 @@ def _error(api: ControlApi, method: str, params: Any, uid: int = 0) -> RpcError:
 def test_each_operation_is_one_call_to_the_apps_worker() -> None:
     w = FakeWorker()
     api = _api(w)
-    w.answer = CheckResult(current="1.0.0", available="1.1.0", checked_at=1.0)
-    assert _call(api, "check", CheckParams(app="demo", force=True)).available == "1.1.0"
-    w.answer = UpdateResult(from_version="1.0.0", to_version="1.1.0", result="installed")
-    assert _call(api, "update", UpdateParams(app="demo", now=True)).result == "installed"
-    w.answer = RollbackResult(from_version="1.1.0", to_version="1.0.0")
-    assert _call(api, "rollback", RollbackParams(app="demo", to="1.0.0")).to_version == "1.0.0"
+    w.answer = Checked(current="1.0.0", available="1.1.0", checked_at=1.0)
+    assert _call(api, "check", CheckParams(app="demo", force=True)) == \
+        CheckResult(current="1.0.0", available="1.1.0", checked_at=1.0)  # the wire's type
+    w.answer = Updated(from_version="1.0.0", to_version="1.1.0", result="installed")
+    assert _call(api, "update", UpdateParams(app="demo", now=True)) == \
+        UpdateResult(from_version="1.0.0", to_version="1.1.0", result="installed")
+    w.answer = RolledBack(from_version="1.1.0", to_version="1.0.0")
+    assert _call(api, "rollback", RollbackParams(app="demo", to="1.0.0")) == \
+        RollbackResult(from_version="1.1.0", to_version="1.0.0")
     w.answer = CancelResult(cancelled=True, phase="downloading", message="m")
     assert _call(api, "cancel", AppParams(app="demo")).cancelled
     assert w.calls == [("check", (True,)), ("update", (None, True)), ("rollback", ("1.0.0",)),
@@ -175,8 +179,8 @@ def test_a_cancelled_or_failed_operation_is_error_5_saying_why() -> None:
 
 
 def test_a_rolled_back_update_is_error_5_with_both_versions() -> None:
-    w = FakeWorker(answer=UpdateResult(from_version="1.0.0", to_version="1.1.0",
-                                       result="rolled_back", reason="health check: exit 1"))
+    w = FakeWorker(answer=Updated(from_version="1.0.0", to_version="1.1.0",
+                                  result="rolled_back", reason="health check: exit 1"))
     e = _error(_api(w), "update", UpdateParams(app="demo"))
     assert e.code == ErrorCode.UPDATE_FAILED
     assert e.message == "demo: 1.1.0 was rolled back to 1.0.0: health check: exit 1"
@@ -192,5 +196,5 @@ def test_going_back_needs_the_downgrade_group_before_the_worker_is_asked() -> No
         e = _error(api, method, params, uid=65534)
         assert e.code == ErrorCode.NOT_PERMITTED, e.message
     assert w.calls == []
-    w.answer = UpdateResult(from_version="2.0.0", to_version="2.1.0", result="installed")
+    w.answer = Updated(from_version="2.0.0", to_version="2.1.0", result="installed")
     assert _call(api, "update", UpdateParams(app="demo", version="2.1.0"), uid=65534)

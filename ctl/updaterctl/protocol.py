@@ -12,37 +12,24 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
+from updaterctl.vocabulary import (
+    PAST_SWITCH,
+    Outcome,
+    Phase,
+    UpdateOutcome,
+    clock,
+    describe_rollback,
+    describe_update,
+)
 from updaterctl.wire import DEFAULT_SOCKET, MAX_MESSAGE, ErrorCode
 
-__all__ = ["DEFAULT_SOCKET", "MAX_MESSAGE", "ErrorCode"]  # re-exported: the protocol in one place
+# re-exported: the protocol in one place
+__all__ = ["DEFAULT_SOCKET", "MAX_MESSAGE", "PAST_SWITCH", "ErrorCode", "Outcome", "Phase",
+           "UpdateOutcome", "clock"]
 
 MAX_WHO, MAX_WHY = 128, 512  # an inhibitor's label and reason, as they reach the log
 
-Phase = Literal["idle", "checking", "downloading", "staging", "waiting_window",
-                "switching", "waiting_inhibitors", "restarting", "health_check", "committing",
-                "rolling_back", "failed"]
-# failed: the last operation failed (until the next one starts)
-# downloading covers the digests too: they are computed as the bytes arrive, not after
-# Phases past the switch: an operation in one of them finishes or rolls back, never cancelled.
-PAST_SWITCH: frozenset[str] = frozenset({"switching", "restarting", "health_check",
-                                         "committing", "rolling_back"})
-# restarting: updaterd itself was switched and hands over to the new version, which finishes
-Outcome = Literal["installed", "up_to_date", "rolled_back", "failed", "deferred", "restarting",
-                  "cancelled", "checked"]
-# What an update call returns; a failure or a cancel is an error reply, never a result.
-UpdateOutcome = Literal["installed", "up_to_date", "rolled_back", "deferred", "restarting"]
 RequestId = int | str | None
-
-
-def clock(seconds: float) -> str:
-    """`45s`, `16m31s`, `2h05m`: a duration as people read it (updaterctl and the daemon's
-    messages say durations the same way)."""
-    s = max(int(seconds), 0)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 # -- envelopes ---------------------------------------------------------------------------------
@@ -198,21 +185,9 @@ class UpdateResult(Struct, kw_only=True):
     reason: str = ""
 
     def describe(self, app: str) -> str:
-        """One line for a person: what an update did (`app` "" in an event, which names the
-        app already); updaterd logs it and updaterctl prints it."""
-        name = f"{app}: " if app else ""
-        if self.result == "installed":
-            how = f" {self.reason}" if self.reason else ""  # as a delta, and what it saved
-            return f"{name}installed {self.to_version} (was {self.from_version or 'nothing'})" \
-                   f"{how}"
-        if self.result == "up_to_date":
-            return f"{name}up to date at {self.from_version or 'nothing'}"
-        if self.result == "deferred":
-            return f"{name}{self.to_version} is downloaded and {self.reason}"
-        if self.result == "restarting":
-            return f"{name}{self.to_version} is in place; {self.reason}"
-        return (f"{name}{self.to_version} was rolled back, still on "
-                f"{self.from_version or 'nothing'}: {self.reason}")
+        """One line for a person: what an update did (`vocabulary.describe_update`)."""
+        return describe_update(app, self.from_version, self.to_version, self.result,
+                               self.reason)
 
 
 class RollbackResult(Struct, kw_only=True):
@@ -221,9 +196,8 @@ class RollbackResult(Struct, kw_only=True):
     forward: bool = False  # `rollback --to` a kept version newer than the current one
 
     def describe(self, app: str) -> str:
-        """One line for a person (`app` "" in an event, which names the app already)."""
-        how = "went forward" if self.forward else "rolled back"
-        return f"{app + ': ' if app else ''}{how} from {self.from_version} to {self.to_version}"
+        """One line for a person (`vocabulary.describe_rollback`)."""
+        return describe_rollback(app, self.from_version, self.to_version, self.forward)
 
 
 class Backup(Struct, kw_only=True):

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import trio
 
-from updaterctl.protocol import CheckResult, Event, RollbackResult, UpdateResult
 from updaterd import outcome, state, versions
 from updaterd.config import AppConfig, Config, host_platform
 from updaterd.engine.gate import DeferringGate, SwitchGate, WindowGate
@@ -43,6 +42,7 @@ from updaterd.install.transaction import (
 from updaterd.install.transaction import damage as transaction_damage
 from updaterd.net import tokens
 from updaterd.net.ratecap import TokenBucket
+from updaterd.reports import Checked, Event, RolledBack, Updated
 from updaterd.sources import Source, local_folder, make_source
 from updaterd.sources.refresh import FeedSource, Transport
 from updaterd.trust import treehash, yank
@@ -167,7 +167,7 @@ class Engine:
                                blocked=frozenset(run.state.blocked))
 
     async def _refresh(self, run: AppRun, source: Source,
-                       wanted: str | None = None) -> tuple[TrustedFeed, CheckResult]:
+                       wanted: str | None = None) -> tuple[TrustedFeed, Checked]:
         """Fetch and verify the feed, persist what it proved, decide what is available.
 
         The cache keeps the files of the available version and of `wanted` (a version asked
@@ -205,7 +205,7 @@ class Engine:
         drop_unwanted_downloads(run)
         found = f"{choice.version} is available" if choice.version else "nothing new"
         run.phase("idle", found)
-        return trusted, CheckResult(current=run.state.installed, available=choice.version,
+        return trusted, Checked(current=run.state.installed, available=choice.version,
                                     checked_at=cycle_start, passed_over=choice.passed_over)
 
     def _artifact(self, release: Release) -> Artifact | None:
@@ -239,7 +239,7 @@ class Engine:
         """Finish or undo what a crash left for `app`."""
         await recover(self.open_app(app))
 
-    async def check(self, app: str, force: bool = False) -> CheckResult:
+    async def check(self, app: str, force: bool = False) -> Checked:
         """Fetch the feed and report what an automatic update would install.
 
         `force` drops the stored validators (and a server's wait) so that the whole feed is
@@ -255,7 +255,7 @@ class Engine:
             op.succeeded("checked")
         return result
 
-    async def prefetch(self, app: str) -> CheckResult:
+    async def prefetch(self, app: str) -> Checked:
         """Check, and download and verify the available version without installing it."""
         run = self.open_app(app)
         async with operation(run, "check") as op:
@@ -264,7 +264,7 @@ class Engine:
             op.succeeded("checked", version=result.available)
         return result
 
-    async def _prefetch(self, run: AppRun, op: Operation) -> CheckResult:
+    async def _prefetch(self, run: AppRun, op: Operation) -> Checked:
         async with self._source(run) as source:
             trusted, result = await self._refresh(run, source)
             if result.available is not None:
@@ -284,7 +284,7 @@ class Engine:
         return WindowGate(app, self._cfg(app).window)
 
     async def update(self, app: str, version: str | None = None,
-                     gate: SwitchGate | None = None) -> UpdateResult:
+                     gate: SwitchGate | None = None) -> Updated:
         """Install the available version, or `version` on purpose (even older or blocked).
 
         `gate` is asked before the switch (the daemon's waits); without one, the window
@@ -297,7 +297,7 @@ class Engine:
             await recover(run)
             if (why := gate.defers()) is not None:
                 check = await self._prefetch(run, op)
-                done = UpdateResult(from_version=check.current, to_version=check.available,
+                done = Updated(from_version=check.current, to_version=check.available,
                                     result="up_to_date" if check.available is None
                                     else "deferred", reason=why)
                 op.succeeded(done.result, done.describe(""), check.available)
@@ -306,7 +306,7 @@ class Engine:
             op.succeeded(done.result, done.describe(""), done.to_version)
         return done
 
-    async def _update(self, run: AppRun, op: Operation, version: str | None) -> UpdateResult:
+    async def _update(self, run: AppRun, op: Operation, version: str | None) -> Updated:
         app, before = run.name, run.state.installed
         async with self._source(run) as source:
             trusted, result = await self._refresh(run, source, wanted=version)
@@ -317,12 +317,12 @@ class Engine:
                     raise NoSuchVersion(f"{app}: the feed has no version {version!r}")
             else:
                 if result.available is None:
-                    return UpdateResult(from_version=before, to_version=before,
+                    return Updated(from_version=before, to_version=before,
                                         result="up_to_date")
                 release = trusted.manifest.release(result.available, run.cfg.channel)
                 assert release is not None
             if release.version == before:
-                return UpdateResult(from_version=before, to_version=before, result="up_to_date")
+                return Updated(from_version=before, to_version=before, result="up_to_date")
             artifact = self._artifact(release)
             if artifact is None:
                 raise FeedError(f"{app} {release.version}: no artifact for {self.platform}")
@@ -336,10 +336,10 @@ class Engine:
             reason = ("updaterd re-executes into it and finishes the health check"
                       if self.hand_over is not None else
                       "the next start of updaterd finishes its health check")
-        return UpdateResult(from_version=before, to_version=release.version,
+        return Updated(from_version=before, to_version=release.version,
                             result=ended, reason=reason)  # type: ignore[arg-type]
 
-    async def rollback(self, app: str, to: str | None = None) -> RollbackResult:
+    async def rollback(self, app: str, to: str | None = None) -> RolledBack:
         """Go back to the previous (or a named) kept version; the version left is skipped.
 
         `to` is a version, or (inplace) the path of one of the app's backups; any other path
@@ -374,7 +374,7 @@ class Engine:
                                 else backup, skip_left=not forward)
             if not run.layout.knows_version:
                 prune(run)
-            done = RollbackResult(from_version=current, to_version=kept.version,
+            done = RolledBack(from_version=current, to_version=kept.version,
                                   forward=forward)
             op.succeeded("rolled_back", done.describe(""), kept.version)
         return done

@@ -18,10 +18,11 @@ from typing import Literal
 
 import trio
 
-from updaterctl.protocol import Event, Outcome, Phase
+from updaterctl.vocabulary import Outcome, Phase
 from updaterd import logtext, outcome
 from updaterd.errors import OperationCancelled, UpdaterError
 from updaterd.install.apprun import AppRun
+from updaterd.reports import Event
 
 log = logging.getLogger("updaterd.operation")
 Kind = Literal["check", "update", "rollback"]

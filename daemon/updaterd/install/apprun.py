@@ -14,10 +14,11 @@ from typing import Protocol
 
 import trio
 
-from updaterctl.protocol import Event, Phase
+from updaterctl.vocabulary import Phase
 from updaterd import logtext, outcome, state
 from updaterd.config import AppConfig, Config
 from updaterd.install.layout import InstallLayout
+from updaterd.reports import Event
 from updaterd.state import AppState
 
 Emit = Callable[[Event], None]

@@ -19,7 +19,6 @@ from typing import BinaryIO, Literal
 
 import trio
 
-from updaterctl.protocol import Event
 from updaterd import failpoints, fsutil, outcome, pathtrust, versions
 from updaterd.config import app_unit
 from updaterd.errors import HealthCheckFailed, LayoutError, OperationCancelled, UpdaterError
@@ -27,6 +26,7 @@ from updaterd.install import delta, health
 from updaterd.install.apprun import AppRun
 from updaterd.install.layout import Kept, Staged
 from updaterd.net.cachefile import Expected, keep_only
+from updaterd.reports import Event
 from updaterd.sources import Source
 from updaterd.state import Transaction
 from updaterd.trust import archive, treehash

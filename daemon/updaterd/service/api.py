@@ -55,7 +55,7 @@ from updaterd.errors import (
     UnknownApp,
     UpdaterError,
 )
-from updaterd.service import metrics, rpc
+from updaterd.service import answers, metrics, rpc
 from updaterd.service.rpc import Connection, Handler, RpcError
 from updaterd.state import AppState
 
@@ -220,7 +220,7 @@ class ControlApi:
     async def check(self, p: CheckParams, conn: Connection) -> CheckResult:
         w = self._worker(p.app)
         async with self._engine_errors(w):
-            return await w.check(p.force)
+            return answers.checked(await w.check(p.force))
 
     async def update(self, p: UpdateParams, conn: Connection) -> UpdateResult:
         w = self._worker(p.app)
@@ -236,7 +236,7 @@ class ControlApi:
                            f"{result.from_version or 'nothing'}: {result.reason}",
                            {"phase": "health_check", "reason": result.reason,
                             "from": result.from_version, "to": result.to_version})
-        return result
+        return answers.updated(result)
 
     def _require_downgrade_right(self, conn: Connection, what: str) -> None:
         """With `downgrade_group` set, going back needs root or that group too."""
@@ -250,7 +250,7 @@ class ControlApi:
         w = self._worker(p.app)
         self._require_downgrade_right(conn, "rollback")
         async with self._engine_errors(w):
-            return await w.rollback(p.to)
+            return answers.rolled_back(await w.rollback(p.to))
 
     async def _edit_state(self, app: str, edit: Callable[[AppState, int], None]) -> Ok:
         """Apply an operator's edit to the stored state (see `outcome`), saved at once."""

@@ -19,13 +19,13 @@ from pathlib import Path
 import sdnotify
 import trio
 
-from updaterctl.protocol import Event
 from updaterd import configfile, failpoints
 from updaterd.config import Config
 from updaterd.engine.engine import Engine
 from updaterd.errors import ConfigError, UpdaterError
 from updaterd.install import selfupdate
-from updaterd.service import rpc
+from updaterd.reports import Event
+from updaterd.service import answers, rpc
 from updaterd.service.api import ControlApi
 from updaterd.service.events import EventBus
 from updaterd.service.inhibitors import Inhibitors
@@ -99,7 +99,7 @@ class Daemon:
             worker.observe(event)
         if event.kind in ("phase", "result", "error") and event.message:
             log.info("%s: %s", event.app, event.message)
-        self.bus.publish(event)
+        self.bus.publish(answers.event(event))
         if event.kind != "progress":
             self._notify_status()
 

@@ -11,16 +11,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from updaterctl.protocol import (
-        CancelResult,
-        CheckResult,
-        Event,
-        Phase,
-        RollbackResult,
-        UpdateResult,
-    )
+    from updaterctl.protocol import CancelResult, Phase
     from updaterd.config import AppConfig, Config
     from updaterd.engine.engine import Engine
+    from updaterd.reports import Checked, Event, RolledBack, Updated
     from updaterd.service.events import EventBus
     from updaterd.service.inhibitors import Inhibitors
     from updaterd.service.scheduler import Schedule
@@ -61,9 +55,9 @@ class WorkerView(Protocol):
 
     def state(self) -> AppState: ...
     def config(self) -> AppConfig: ...
-    async def check(self, force: bool) -> CheckResult: ...
-    async def update(self, version: str | None, now: bool) -> UpdateResult: ...
-    async def rollback(self, to: str | None) -> RollbackResult: ...
+    async def check(self, force: bool) -> Checked: ...
+    async def update(self, version: str | None, now: bool) -> Updated: ...
+    async def rollback(self, to: str | None) -> RolledBack: ...
     def cancel(self) -> CancelResult: ...
 
 

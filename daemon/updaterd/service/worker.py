@@ -15,20 +15,12 @@ from collections.abc import AsyncIterator, Iterator
 
 import trio
 
-from updaterctl.protocol import (
-    PAST_SWITCH,
-    CancelResult,
-    CheckResult,
-    Event,
-    Phase,
-    RollbackResult,
-    UpdateResult,
-    clock,
-)
+from updaterctl.protocol import PAST_SWITCH, CancelResult, Phase, clock
 from updaterd import outcome
 from updaterd.config import AppConfig
 from updaterd.engine.gate import WaitingGate
 from updaterd.errors import Busy, CancelledByOperator, TakeOverFailed, UpdaterError
+from updaterd.reports import Checked, Event, RolledBack, Updated
 from updaterd.service.scheduler import Schedule
 from updaterd.service.view import Counters, DaemonView
 from updaterd.state import AppState
@@ -86,12 +78,12 @@ class AppWorker:
             with self.running() as scope:
                 yield scope
 
-    async def check(self, force: bool) -> CheckResult:
+    async def check(self, force: bool) -> Checked:
         async with self.exclusive():
             return await self.daemon.engine.check(self.name, force=force)
         raise CancelledByOperator(self.name)  # reached only when `cancel` stopped it
 
-    async def update(self, version: str | None, now: bool) -> UpdateResult:
+    async def update(self, version: str | None, now: bool) -> Updated:
         """Install the available (or `version`) now; with `now`, an update that waits for
         its window is taken over instead (it is the same one)."""
         if now and version is None and self.lock.locked() and self.phase == "waiting_window":
@@ -130,20 +122,20 @@ class AppWorker:
         if scope.cancelled_caught:
             log.warning("%s: inhibitors still held after max_inhibit; going ahead", self.name)
 
-    async def _take_over(self) -> UpdateResult:
+    async def _take_over(self) -> Updated:
         before, version = self.state().installed, self.phase_version
         self.take_over.set()
         async with self.lock:  # the waiting update ends, one way or the other
             pass
         st = self.state()
         if version is not None and st.installed == version:
-            return UpdateResult(from_version=before, to_version=version, result="installed",
+            return Updated(from_version=before, to_version=version, result="installed",
                                 reason="the update that waited for its window, taken over")
         raise TakeOverFailed(
             f"{self.name}: the update that waited for its window did not install {version}: "
             f"{st.last_error or 'see `updaterctl history ' + self.name + '`'}", st.last_error)
 
-    async def rollback(self, to: str | None) -> RollbackResult:
+    async def rollback(self, to: str | None) -> RolledBack:
         async with self.exclusive():
             return await self.daemon.engine.rollback(self.name, to)
         raise CancelledByOperator(self.name)  # reached only when `cancel` stopped it

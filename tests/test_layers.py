@@ -1,0 +1,75 @@
+"""The daemon's layers, as its folders show them: a module imports only from its own folder and
+the folders below it, and only the control socket's layer (`service/`) knows the wire format.
+Read from the source (every import, deferred and TYPE_CHECKING ones included), so a shortcut
+that would draw a circle fails here before it is used."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+DAEMON = Path(__file__).resolve().parent.parent / "daemon" / "updaterd"
+# bottom to top. The top folder's own modules sit on three floors: the ground every layer
+# stands on, configuration and the app's state (above trust/, whose checks they use), and the
+# entry points that start everything.
+GROUND = {"errors", "units", "logtext", "failpoints", "fsutil", "versions", "window", "reports"}
+ENTRY = {"cli", "__main__"}
+FOLDERS = ["trust", "net", "sources", "install", "engine", "release", "service"]
+LAYERS = ["(ground)", "trust", "(config, state)", *FOLDERS[1:], "(entry)"]
+
+
+def layer_of(module: str) -> str:
+    """`updaterd.install.layout` -> "install"; `updaterd.errors` -> "(ground)"."""
+    parts = module.split(".")
+    if len(parts) > 2 or (len(parts) == 2 and parts[1] in FOLDERS):
+        return parts[1]
+    name = parts[-1]
+    return "(ground)" if name in GROUND else "(entry)" if name in ENTRY else "(config, state)"
+
+
+def rank(module: str) -> int:
+    return LAYERS.index(layer_of(module))
+
+
+def imports(path: Path) -> list[str]:
+    """The updaterd and updaterctl modules `path` imports (a name imported from a package is
+    a module of it when such a file exists)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            base = node.module
+            for alias in node.names:
+                sub = DAEMON.parent / Path(*f"{base}.{alias.name}".split("."))
+                is_module = sub.with_suffix(".py").is_file() or sub.is_dir()
+                found.append(f"{base}.{alias.name}" if is_module else base)
+        elif isinstance(node, ast.Import):
+            found += [a.name for a in node.names]
+    return [m for m in found if m.split(".")[0] in ("updaterd", "updaterctl")]
+
+
+def modules() -> list[tuple[str, Path]]:
+    out = []
+    for path in sorted(DAEMON.rglob("*.py")):
+        rel = path.relative_to(DAEMON.parent).with_suffix("")
+        out.append((".".join(rel.parts).removesuffix(".__init__"), path))
+    return out
+
+
+def test_the_layers_are_the_folders_there_are() -> None:
+    folders = {p.name for p in DAEMON.iterdir() if (p / "__init__.py").is_file()}
+    assert folders == set(FOLDERS)
+
+
+@pytest.mark.parametrize("module,path", modules(), ids=[m for m, _ in modules()])
+def test_no_module_imports_from_a_layer_above_its_own(module: str, path: Path) -> None:
+    above = [m for m in imports(path)
+             if m.startswith("updaterd.") and rank(m) > rank(module)]
+    assert not above, f"{module} ({layer_of(module)}) imports from above: {above}"
+
+
+@pytest.mark.parametrize("module,path", modules(), ids=[m for m, _ in modules()])
+def test_only_the_control_sockets_layer_knows_the_wire(module: str, path: Path) -> None:
+    wire = [m for m in imports(path) if m.startswith("updaterctl.protocol")]
+    assert not wire or layer_of(module) == "service", f"{module} imports the wire: {wire}"
