@@ -73,3 +73,33 @@ def test_no_module_imports_from_a_layer_above_its_own(module: str, path: Path) -
 def test_only_the_control_sockets_layer_knows_the_wire(module: str, path: Path) -> None:
     wire = [m for m in imports(path) if m.startswith("updaterctl.protocol")]
     assert not wire or layer_of(module) == "service", f"{module} imports the wire: {wire}"
+
+
+def test_the_engines_reports_reach_the_wire_whole() -> None:
+    """The engine's own types and the wire's carry the same fields, and `answers` converts
+    each: a field added on one side only would be dropped at the socket, silently."""
+    import dataclasses
+
+    from updaterctl import protocol
+    from updaterd import reports
+    from updaterd.service import answers
+
+    pairs = [(reports.Event, protocol.Event, answers.event,
+              reports.Event(app="a", kind="error", phase="failed", message="m", version="1.0.0",
+                            done=1, total=2, at=3.0, outcome="failed", step="staging",
+                            plan="delta")),
+             (reports.Checked, protocol.CheckResult, answers.checked,
+              reports.Checked(current="1", available="2", checked_at=3.0,
+                              passed_over={"3": "pinned"})),
+             (reports.Updated, protocol.UpdateResult, answers.updated,
+              reports.Updated(from_version="1", to_version="2", result="deferred", reason="r")),
+             (reports.RolledBack, protocol.RollbackResult, answers.rolled_back,
+              reports.RolledBack(from_version="2", to_version="1", forward=True))]
+    for ours, wire, convert, sample in pairs:
+        names = [f.name for f in dataclasses.fields(ours)]
+        assert names == list(wire.__struct_fields__), ours
+        converted = convert(sample)
+        assert {n: getattr(converted, n) for n in names} == dataclasses.asdict(sample)
+    assert reports.Updated(from_version="1", to_version="2", result="installed").describe("a") \
+        == protocol.UpdateResult(from_version="1", to_version="2",
+                                 result="installed").describe("a")
