@@ -122,7 +122,7 @@ def load(state_dir: Path, app: str) -> AppState:
         aside = path.with_name(f"state.json.corrupt-{stamp}")
         os.replace(path, aside)
         fsutil.fsync_dir(path.parent)
-        log.warning("%s: state file %s is corrupt (%s); moved to %s; automatic updates are "
+        log.error("%s: state file %s is corrupt (%s); moved to %s; automatic updates are "
                     "paused until `updaterctl resume %s`", app, path, e, aside, app)
         # Paused: the blocked and skipped versions were in the lost file, so an automatic
         # update now could reinstall a version that failed; an operator looks first.

@@ -205,6 +205,29 @@ def test_h157_a_restart_during_a_health_check_keeps_a_good_release(box: Containe
     box.sh("systemctl stop updaterd")  # the timer's test next takes the lock
 
 
+def test_the_daemons_journal_files_failures_as_errors_and_refusals_change_nothing(
+        box: Container) -> None:
+    """Issue 30: a release rolled back after its health check is found by `journalctl -p err`
+    (it was filed at info); a mistyped request is refused and changes no state (row 158)."""
+    pub = feed_into(box.root, [("1.5.0", False)])
+    configure(box, pub)
+    box.sh("systemctl start updaterd")
+    wait_until(box, "updaterctl status hello >/dev/null 2>&1", "the daemon's socket")
+    box.sh("updaterctl update hello", check=False)  # (or the first scheduled check does it)
+    wait_until(box, "journalctl -u updaterd -p err -o cat | grep -q 'rolled back'",
+               "the rollback of 1.5.0 in the journal's errors", 60)
+    errors = journal(box, "updaterd", "err")
+    assert "1.5.0" in errors and "rolled back" in errors, errors
+    before = json.loads(box.sh("updaterctl --json status hello").stdout)["apps"][0]
+    r = box.sh("updaterctl rollback hello --to 9.9.9", check=False)
+    assert r.returncode != 0 and "9.9.9" in r.stderr
+    after = json.loads(box.sh("updaterctl --json status hello").stdout)["apps"][0]
+    assert (after["phase"], after.get("last_error"), after.get("next_check")) == \
+        (before["phase"], before.get("last_error"), before.get("next_check"))
+    assert "9.9.9" not in journal(box, "updaterd", "warning")
+    box.sh("systemctl stop updaterd")
+
+
 def test_security_exposure_is_reported(box: Container) -> None:
     r = box.sh("systemd-analyze security updaterd --no-pager", check=False)
     line = next((x for x in r.stdout.splitlines() if "Overall exposure level" in x), "")

@@ -6,6 +6,10 @@ recorded in the app's state (failure counter, last error, last success; history 
 update), one `result` or `error` event with a typed outcome, and the phase left `idle` or
 `failed`, never `checking`. The daemon logs the event and counts it in the metrics; the
 scheduler's retry backoff reads the failure counter (catalogue row 142).
+
+A request refused for its input (a version that is not there or not allowed, a path that is
+not a backup: `PolicyError`) is not a failure: nothing was changed, so nothing is recorded as
+failed, no failure is counted, no backoff starts, and the phase stays what it was (row 158).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import trio
 
 from updaterctl.vocabulary import Outcome, Phase
 from updaterd import logtext, outcome
-from updaterd.errors import OperationCancelled, UpdaterError
+from updaterd.errors import OperationCancelled, PolicyError, UpdaterError
 from updaterd.install.apprun import AppRun
 from updaterd.reports import Event
 
@@ -85,6 +89,15 @@ class Operation:
         self.run.phase("failed", version=self.version)
         return message
 
+    def refused(self, error: PolicyError) -> None:
+        """The request was refused for its input, before anything changed (row 158)."""
+        self.ended = True
+        outcome.ended(self.run.state)
+        self._save()
+        log.info("%s: %s refused: %s", self.run.name, self.kind, error)
+        if self.step != "idle":  # a check ran first (update --version): it ended well
+            self.run.phase("idle")
+
     def cancelled(self, why: str) -> None:
         self.ended = True
         what = f"{self.kind} of {self.version}" if self.version else self.kind
@@ -113,6 +126,10 @@ async def operation(run: AppRun, kind: Kind) -> AsyncIterator[Operation]:
     except OperationCancelled as e:
         if not op.ended:
             op.cancelled(str(e))
+        raise
+    except PolicyError as e:
+        if not op.ended:
+            op.refused(e)
         raise
     except Exception as e:
         if not op.ended:

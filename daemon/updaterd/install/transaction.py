@@ -249,8 +249,7 @@ async def finish_update(run: AppRun, from_version: str | None, version: str) -> 
                         "switched and is checked again at the next start", run.name, version, e)
             return "interrupted"
         back_to = await _intact_rollback_target(run, version, from_version)
-        log.warning("%s %s: %s; rolling back to %s", run.name, version, e,
-                    back_to or "nothing")
+        log.error("%s %s: %s; rolling back to %s", run.name, version, e, back_to or "nothing")
         backup = run.state.pending.backup if run.state.pending else ""
         await roll_back(run, from_version=version, to_version=back_to, block=True,
                         reason=str(e), backup=backup)

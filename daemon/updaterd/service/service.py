@@ -34,6 +34,14 @@ from updaterd.service.worker import AppWorker
 log = logging.getLogger("updaterd")
 
 
+def _priority(event: Event) -> int:
+    """The journal's priority of an event, by what it means: an operation that failed, or an
+    update that had to be rolled back, is an error (`journalctl -p err` finds it); the rest
+    is routine."""
+    failed = event.kind == "error" or (event.kind == "result" and event.outcome == "rolled_back")
+    return logging.ERROR if failed else logging.INFO
+
+
 class Notifier:
     """sd_notify when NOTIFY_SOCKET is set; silent otherwise.
 
@@ -98,7 +106,7 @@ class Daemon:
         if worker is not None:
             worker.observe(event)
         if event.kind in ("phase", "result", "error") and event.message:
-            log.info("%s: %s", event.app, event.message)
+            log.log(_priority(event), "%s: %s", event.app, event.message)
         self.bus.publish(answers.event(event))
         if event.kind != "progress":
             self._notify_status()

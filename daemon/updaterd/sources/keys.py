@@ -110,7 +110,7 @@ def apply(app: str, cfg: AppConfig, state: AppState, raw: bytes, sig: bytes | No
     outcome.trust_rotated(state, TrustRoot(origin=origin_of(cfg), version=new.version,
                                            keys=[k.to_base64() for k in new_keys],
                                            threshold=new.threshold))
-    log.warning("%s: key rotation to version %d accepted (%d keys, threshold %d); the serial "
+    log.info("%s: key rotation to version %d accepted (%d keys, threshold %d); the serial "
                 "high-water mark starts again", app, new.version, len(new_keys), new.threshold)
     return True
 
