@@ -1,5 +1,6 @@
 """What `status` and `metrics` tell an operator: why an available version is not being installed
-(rollout share, window, pause, pin, skip, block), and metrics that parse as Prometheus text."""
+(rollout share, window, pause, pin, skip, block, channel), and metrics that parse as Prometheus
+text."""
 
 from __future__ import annotations
 
@@ -45,6 +46,25 @@ def test_status_explains_every_reason_a_version_waits(host: Host, nginx: Nginx,
         assert reason in notes, reason
     human = daemon.ctl("status", "hello").stdout
     assert "outside pin" in human and "blocked" in human
+
+
+def test_a_beta_host_takes_the_final_release_and_is_told_of_other_channels(
+        host: Host, nginx: Nginx, served_feed: Feed, daemon: Daemon) -> None:
+    """Issue 30: channels are a ladder (SPEC section 3). A beta host on 1.2.0-beta.1 was `up
+    to date` when 1.2.0 came out on stable; a newer release on a channel it does not follow is
+    named with its channel."""
+    served_feed.release("1.2.0-beta.1", channel="beta")
+    host.follow(nginx, served_feed, channel="beta")
+    daemon.start()
+    daemon.wait_for(lambda: daemon.app()["current"] == "1.2.0-beta.1", what="the beta")
+    served_feed.release("1.2.0")
+    served_feed.release("1.3.0-alpha.1", channel="alpha")
+    out = json.loads(daemon.ctl("--json", "check", "hello", check=True).stdout)["hello"]
+    assert out["available"] == "1.2.0"
+    assert out["passed_over"] == {"1.3.0-alpha.1": "on the alpha channel; this host follows beta"}
+    assert "installed 1.2.0" in daemon.ctl("update", "hello", check=True).stdout
+    assert "1.3.0-alpha.1: on the alpha channel; this host follows beta" in \
+        daemon.app()["notes"]
 
 
 def test_metrics_parse_with_prometheus_client(running: Daemon) -> None:

@@ -32,7 +32,8 @@ def test_pin_skip_blocked_channel() -> None:
     pinned = Policy(app="demo", host_id="h", pin=">=1.4,<2")
     choice = versions.choose(offers, "1.0.0", pinned)
     assert choice.version == "1.5.0"
-    assert choice.passed_over == {"2.0.0": "outside pin '>=1.4,<2'"}
+    assert choice.passed_over == {"2.0.0": "outside pin '>=1.4,<2'",
+                                  "2.1.0": "on the beta channel; this host follows stable"}
     skip = Policy(app="demo", host_id="h", skipped=frozenset({"2.0.0"}),
                   blocked=frozenset({"1.5.0"}))
     choice = versions.choose(offers, "1.0.0", skip)
@@ -283,3 +284,37 @@ def test_a_yanked_release_is_passed_over_with_the_publishers_reason() -> None:
     assert choice.version is None
     assert choice.passed_over["nightly-3"] == "yanked by the publisher: a bad night"
     assert versions.choose([Offer("1.3.0", "stable", 100, None)], "1.2.0", P).version == "1.3.0"
+
+
+@pytest.mark.parametrize("channel,offered,taken", [
+    ("stable", "stable", True), ("stable", "beta", False), ("stable", "alpha", False),
+    ("beta", "stable", True), ("beta", "beta", True), ("beta", "alpha", False),
+    ("alpha", "stable", True), ("alpha", "beta", True), ("alpha", "alpha", True),
+    ("alpha", "nightly", False), ("nightly", "beta", True), ("nightly", "alpha", False)])
+def test_channels_are_a_ladder(channel: str, offered: str, taken: bool) -> None:
+    """SPEC section 3: stable follows stable; beta follows beta and stable; any other name
+    follows itself, beta and stable."""
+    assert versions.follows(channel, offered) is taken
+
+
+def test_a_beta_host_takes_the_final_release_of_its_beta() -> None:
+    """Issue 30: a host on 1.2.0-beta.1 (channel beta) was told `up to date` when 1.2.0 came
+    out on stable, and passed_over was empty."""
+    beta = Policy(app="demo", host_id="h", channel="beta")
+    offers = [Offer("1.2.0-beta.1", "beta"), Offer("1.2.0", "stable")]
+    assert versions.choose(offers, "1.2.0-beta.1", beta).version == "1.2.0"
+    alpha = Policy(app="demo", host_id="h", channel="alpha")
+    offers += [Offer("1.3.0-beta.1", "beta"), Offer("1.4.0-alpha.1", "alpha")]
+    assert versions.choose(offers, "1.2.0", alpha).version == "1.4.0-alpha.1"
+    choice = versions.choose(offers, "1.2.0", beta)
+    assert choice.version == "1.3.0-beta.1"
+    assert choice.passed_over == {"1.4.0-alpha.1": "on the alpha channel; this host follows beta"}
+
+
+def test_a_newer_release_on_a_channel_not_followed_is_explained() -> None:
+    choice = versions.choose([Offer("1.1.0", "stable"), Offer("1.2.0-beta.1", "beta")], "1.0.0",
+                             P)
+    assert choice.version == "1.1.0"
+    assert choice.passed_over == {"1.2.0-beta.1": "on the beta channel; this host follows stable"}
+    older = versions.choose([Offer("0.9.0-beta.1", "beta")], "1.0.0", P)
+    assert older == versions.Choice(version=None), "only newer versions are news"

@@ -152,6 +152,15 @@ def orderable(text: str) -> bool:
     return True
 
 
+def follows(channel: str, offered: str) -> bool:
+    """Whether a host on `channel` takes a release `offered` on that channel. Channels are a
+    ladder (SPEC section 3): `stable` follows stable; `beta` follows beta and stable; any other
+    name follows itself, beta and stable. A beta host so reaches the final release of its beta."""
+    if offered in (channel, "stable"):
+        return True
+    return offered == "beta" and channel != "stable"
+
+
 def choose(offers: Iterable[Offer], installed: str | None, policy: Policy) -> Choice:
     """The newest offer an automatic update may install, never older than `installed`.
 
@@ -168,13 +177,14 @@ def choose(offers: Iterable[Offer], installed: str | None, policy: Policy) -> Ch
     best: semver.Version | None = None
     tags: dict[str, str] = {}
     for offer in offers:
-        if offer.channel != policy.channel or offer.version == installed:
+        if offer.version == installed:
             continue
         try:
             v = parse(offer.version)
-        except ValueError:
-            tags[offer.version] = _refusal(offer, policy, semantic=False) or \
-                explicit_only(offer.version)
+        except ValueError:  # a tag is never newer: another channel's is not this host's news
+            if follows(policy.channel, offer.channel):
+                tags[offer.version] = _refusal(offer, policy, semantic=False) or \
+                    explicit_only(offer.version)
             continue
         if current is not None and v <= current:
             continue
@@ -193,6 +203,8 @@ def choose(offers: Iterable[Offer], installed: str | None, policy: Policy) -> Ch
 
 
 def _refusal(offer: Offer, policy: Policy, semantic: bool = True) -> str:
+    if not follows(policy.channel, offer.channel):
+        return f"on the {offer.channel} channel; this host follows {policy.channel}"
     if offer.yanked is not None:
         return f"yanked by the publisher: {offer.yanked}"
     if offer.version in policy.blocked:

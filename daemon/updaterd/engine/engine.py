@@ -46,7 +46,7 @@ from updaterd.reports import Checked, Event, RolledBack, Updated
 from updaterd.sources import Source, local_folder, make_source
 from updaterd.sources.refresh import FeedSource, Transport
 from updaterd.trust import treehash, yank
-from updaterd.trust.feed import Artifact, Release, TrustedFeed
+from updaterd.trust.feed import Artifact, Manifest, Release, TrustedFeed
 from updaterd.units import parse_rate
 
 log = logging.getLogger("updaterd.engine")
@@ -208,6 +208,12 @@ class Engine:
         return trusted, Checked(current=run.state.installed, available=choice.version,
                                     checked_at=cycle_start, passed_over=choice.passed_over)
 
+    @staticmethod
+    def _followed(manifest: Manifest, version: str, run: AppRun) -> Release | None:
+        """The release `version` on a channel the app follows (the channel ladder)."""
+        return next((r for r in manifest.releases if r.version == version
+                     and versions.follows(run.cfg.channel, r.channel)), None)
+
     def _artifact(self, release: Release) -> Artifact | None:
         for a in release.artifacts:
             if a.platform == self.platform:
@@ -268,7 +274,7 @@ class Engine:
         async with self._source(run) as source:
             trusted, result = await self._refresh(run, source)
             if result.available is not None:
-                release = trusted.manifest.release(result.available, run.cfg.channel)
+                release = self._followed(trusted.manifest, result.available, run)
                 artifact = self._artifact(release) if release else None
                 if release is not None and artifact is not None:
                     op.version = release.version
@@ -311,7 +317,7 @@ class Engine:
         async with self._source(run) as source:
             trusted, result = await self._refresh(run, source, wanted=version)
             if version is not None:
-                release = trusted.manifest.release(version, run.cfg.channel) or \
+                release = self._followed(trusted.manifest, version, run) or \
                     trusted.manifest.release(version)
                 if release is None:
                     raise NoSuchVersion(f"{app}: the feed has no version {version!r}")
@@ -319,7 +325,7 @@ class Engine:
                 if result.available is None:
                     return Updated(from_version=before, to_version=before,
                                         result="up_to_date")
-                release = trusted.manifest.release(result.available, run.cfg.channel)
+                release = self._followed(trusted.manifest, result.available, run)
                 assert release is not None
             if release.version == before:
                 return Updated(from_version=before, to_version=before, result="up_to_date")
