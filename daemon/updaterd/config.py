@@ -150,8 +150,34 @@ class AppConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     allow_insecure: bool = False
     # a PEM bundle trusted for this app's TLS in place of the system's store
     ca_file: str | None = None
+    # paths the app writes at run time, kept in PREFIX/shared/ and linked into each release
+    shared: list[str] = []
     # `self = true`: this app is updaterd's own installation (see updaterd.selfupdate)
     self_update: bool = msgspec.field(default=False, name="self")
+
+
+def shared_problems(app: AppConfig) -> list[str]:
+    """What is wrong with an app's `shared` paths: each is relative, below the release, named
+    once, and none is inside another (row 159). A release-folder app's key only."""
+    if not app.shared:
+        return []
+    if app.install != "releases" or app.self_update:
+        return ["only an app installed as release folders keeps shared paths (an in-place "
+                "executable has no folder of its own to keep data in)"]
+    problems = []
+    for path in app.shared:
+        parts = path.split("/")
+        if path.startswith("/") or any(p in ("", ".", "..") for p in parts) or \
+                any(ord(c) < 32 or c == "\x7f" for c in path) or len(path) > 1024:
+            problems.append(f"{path!r} must be a relative path below the release, without "
+                            "'.', '..' or empty parts (e.g. \"data\" or \"etc/app.conf\")")
+    if len(set(app.shared)) != len(app.shared):
+        problems.append("a path is named twice")
+    for a in app.shared:
+        for b in app.shared:
+            if a != b and b.startswith(a + "/"):
+                problems.append(f"{b!r} is inside {a!r}, which is shared already")
+    return problems
 
 
 class Config(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -308,6 +334,8 @@ def _validate_app(name: str, app: AppConfig, where: str, problems: list[str],
         bad("prefix", "required when install = \"releases\"")
     if app.install == "inplace" and not app.target:
         bad("target", "required when install = \"inplace\"")
+    for problem in shared_problems(app):
+        bad("shared", problem)
     if app.self_update and app.install != "releases":
         bad("self", "updaterd updates itself with install = \"releases\" (a prefix made by "
             "`updaterd self-install`)")

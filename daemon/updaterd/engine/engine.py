@@ -116,7 +116,7 @@ class Engine:
             layout = InplaceLayout(app, Path(cfg.target), folder / "backups")
         else:
             assert cfg.prefix is not None
-            layout = Layout(Path(cfg.prefix))
+            layout = Layout(Path(cfg.prefix), tuple(cfg.shared))
             if cfg.self_update:  # the configuration allows it with releases only
                 lifecycle = SelfHandOver(layout.prefix, self.hand_over)
         hooks = Hooks(download_limiter=self.download_limiter)

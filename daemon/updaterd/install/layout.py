@@ -20,6 +20,7 @@ from typing import BinaryIO, Protocol
 
 from updaterd import failpoints, fsutil, versions
 from updaterd.errors import LayoutError
+from updaterd.install.shared import link_into as link_shared
 from updaterd.state import Transaction
 from updaterd.trust import archive, treehash
 
@@ -124,8 +125,9 @@ class Layout:
     knows_version = True  # `current` says which version is installed
     keeps_trees = True
 
-    def __init__(self, prefix: Path) -> None:
+    def __init__(self, prefix: Path, shared: tuple[str, ...] = ()) -> None:
         self.prefix = prefix
+        self.shared = shared  # paths kept in prefix/shared/, linked into each release
         self.releases = prefix / "releases"
         self.current = prefix / "current"
         self.bin = prefix / "bin"
@@ -286,11 +288,19 @@ class Layout:
             if expected is not None and tree.entries != expected:
                 raise LayoutError(f"{version} as built differs from its description: "
                                   f"{treehash.compare(tree.entries, expected, added=True)[0]}")
+            if self.shared:  # after the check: a delta builds the release as published
+                link_shared(root, self.prefix, version, self.shared, tree.entries, remove_tree,
+                            self._running_release())
             dest = self.place_release(root, version)
             failpoints.hit("release.after_rename")
             return Staged(version=version, path=str(dest), tree=tree)
         finally:
             remove_tree(staging)
+
+    def _running_release(self) -> Path | None:
+        """The folder `current` points at, when it is one of the releases."""
+        version = self.installed()
+        return self.release(version) if version is not None else None
 
     def backup(self, version: str | None) -> str:
         return ""  # the release folder of the current version is the backup
