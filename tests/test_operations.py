@@ -78,7 +78,7 @@ def test_g142_a_failure_agrees_in_status_history_events_log_and_metrics(
         from tests.faults.test_disk_full import small_fs
         with small_fs(running.host.base / "cache", "1m"):
             slow_release(served_feed, "1.1.0", size=3 << 20)
-            _g142_agreement(running, watch, "downloading", "bytes free")
+            _g142_agreement(running, watch, "downloading", "MiB free")
         return
     art = served_feed.release("1.1.0")
     if fault == "bad signature":

@@ -65,6 +65,8 @@ def test_a_beta_host_takes_the_final_release_and_is_told_of_other_channels(
     assert "installed 1.2.0" in daemon.ctl("update", "hello", check=True).stdout
     assert "1.3.0-alpha.1: on the alpha channel; this host follows beta" in \
         daemon.app()["notes"]
+    kept = json.loads(daemon.ctl("--json", "list-backups", "hello", check=True).stdout)
+    assert [b["version"] for b in kept] == ["1.2.0-beta.1", "1.2.0"]  # as versions, not text
 
 
 def test_metrics_parse_with_prometheus_client(running: Daemon) -> None:

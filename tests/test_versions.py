@@ -318,3 +318,21 @@ def test_a_newer_release_on_a_channel_not_followed_is_explained() -> None:
     assert choice.passed_over == {"1.2.0-beta.1": "on the beta channel; this host follows stable"}
     older = versions.choose([Offer("0.9.0-beta.1", "beta")], "1.0.0", P)
     assert older == versions.Choice(version=None), "only newer versions are news"
+
+
+@pytest.mark.parametrize("pin,version,allowed", [
+    ("<1.2", "1.2.0-beta.1", False), ("<1.2", "1.1.9", True), ("<1.2", "1.1.0-rc.1", False),
+    (">=1.2.0-beta.1,<1.3", "1.2.0-beta.2", True), (">=1.2.0-beta.1,<1.3", "1.2.1-beta.1", False),
+    (">=1.2.0-beta.1,<1.3", "1.2.0", True), ("==1.2.0-rc.1", "1.2.0-rc.1", True),
+    (">=1.0", "2.0.0-alpha.1", False)])
+def test_a_pin_lets_a_pre_release_through_only_when_a_bound_names_one(
+        pin: str, version: str, allowed: bool) -> None:
+    """Issue 30: `pin = "<1.2"` let 1.2.0-beta.1 through (it sorts below 1.2.0); cargo and npm
+    exclude it unless a bound is a pre-release of the same major.minor.patch."""
+    assert versions.pin_allows(pin, version) is allowed
+
+
+def test_versions_are_ordered_as_versions_and_tags_last() -> None:
+    """Issue 30: `list-backups` put 1.2.0 before 1.2.0-beta.1 (and 1.10.0 before 1.9.0)."""
+    assert versions.ordered(["1.2.0", "nightly-7", "1.10.0", "1.2.0-beta.1", "1.9.0", "a-tag"]) \
+        == ["1.2.0-beta.1", "1.2.0", "1.9.0", "1.10.0", "a-tag", "nightly-7"]

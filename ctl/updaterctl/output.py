@@ -9,6 +9,10 @@ import json
 import time
 from typing import Any
 
+from updaterctl.vocabulary import human_size
+
+__all__ = ["human_size"]  # re-exported: the printing helpers in one place
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_NOT_PERMITTED = 0, 1, 2, 3, 4
 COMMANDS = ("status", "check", "update", "rollback", "list-backups", "history", "skip", "unskip",
             "pause", "resume", "cancel", "watch", "inhibit", "reload", "metrics")
@@ -38,9 +42,3 @@ def table(rows: list[list[str]]) -> str:
                      for r in rows)
 
 
-def human_size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"

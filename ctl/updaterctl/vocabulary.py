@@ -33,6 +33,15 @@ def clock(seconds: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
+def human_size(n: float) -> str:
+    """`512 B`, `20.0 MiB`, `3.2 GiB`: a size as people read it (both sides say sizes so)."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
 def describe_update(app: str, from_version: str | None, to_version: str | None,
                     result: UpdateOutcome, reason: str) -> str:
     """One line for a person: what an update did (`app` "" in an event, which names the app

@@ -42,6 +42,18 @@ def key(text: str) -> semver.Version:
     return parse(text)
 
 
+def ordered(texts: Iterable[str]) -> list[str]:
+    """Oldest first by semantic version (1.2.0-beta.1 before 1.2.0, 1.10.0 after 1.9.0); tags
+    that cannot be ordered come last, by name."""
+    def order(text: str) -> tuple[int, semver.Version | str]:
+        try:
+            return (0, parse(text))
+        except ValueError:
+            return (1, text)
+
+    return sorted(texts, key=order)
+
+
 Pin = list[tuple[Callable[[semver.Version, semver.Version], bool], semver.Version]]
 
 
@@ -62,10 +74,17 @@ def parse_pin(text: str) -> Pin:
 
 
 def pin_allows(pin: str | None, version: str) -> bool:
+    """Whether `version` is within `pin`. As in npm and cargo, a pre-release is within a pin
+    only when one of its bounds is a pre-release of the same major.minor.patch: `<1.2` does
+    not let 1.2.0-beta.1 through, though it sorts below 1.2.0."""
     if pin is None:
         return True
     v = parse(version)
-    return all(op(v, bound) for op, bound in parse_pin(pin))
+    bounds = parse_pin(pin)
+    if v.prerelease and not any(b.prerelease and b.finalize_version() == v.finalize_version()
+                                for _, b in bounds):
+        return False
+    return all(op(v, bound) for op, bound in bounds)
 
 
 def rollout_bucket(host_id: str, app: str, version: str) -> int:

@@ -63,7 +63,8 @@ def test_d98_too_little_space_is_refused_before_downloading(
         art = big_release(served_feed, "1.0.0", 3 << 20)
         host.follow(nginx, served_feed)
         r = run_updaterd("--config", host.config, "--once")
-        assert r.returncode == 1 and re.search(r"1048576 bytes free; \d+ are needed", r.stderr)
+        assert r.returncode == 1 and re.search(
+            r"has 1\.0 MiB free; \d+\.\d MiB are needed \(1,048,576 and [\d,]+ bytes\)", r.stderr)
         no_traceback(r)
         uri = f"/{served_feed.folder.name}/{art.name}"
         assert not [q for q in nginx.requests() if q["uri"] == uri]

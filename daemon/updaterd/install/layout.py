@@ -223,8 +223,8 @@ class Layout:
 
     def versions_on_disk(self) -> list[str]:
         try:
-            return sorted(p.name for p in self.releases.iterdir()
-                          if p.is_dir() and not p.is_symlink())
+            return versions.ordered(p.name for p in self.releases.iterdir()
+                                    if p.is_dir() and not p.is_symlink())
         except FileNotFoundError:
             return []
 

@@ -19,6 +19,7 @@ from typing import BinaryIO, Literal
 
 import trio
 
+from updaterctl.vocabulary import human_size
 from updaterd import failpoints, fsutil, outcome, pathtrust, versions
 from updaterd.config import app_unit
 from updaterd.errors import HealthCheckFailed, LayoutError, OperationCancelled, UpdaterError
@@ -52,7 +53,8 @@ def _require_free_space(run: AppRun, artifact: Artifact) -> None:
         st = os.statvfs(folder)
         free = st.f_bavail * st.f_frsize
         if free < need:
-            raise LayoutError(f"{folder} has {free} bytes free; {need} are needed")
+            raise LayoutError(f"{folder} has {human_size(free)} free; {human_size(need)} are "
+                              f"needed ({free:,} and {need:,} bytes)")
 
 
 async def _stage(run: AppRun, f: BinaryIO, artifact: Artifact, version: str) -> Staged:
