@@ -24,7 +24,7 @@ _updaterctl() {
     local cur prev cmd i
     cur=${COMP_WORDS[COMP_CWORD]}
     prev=${COMP_WORDS[COMP_CWORD-1]}
-    local commands="status check update rollback list-backups history skip unskip pause resume cancel watch inhibit reload metrics"
+    local commands="status check update rollback list-backups history skip unskip pause resume cancel watch inhibit reload metrics reset-failed prune"
     cmd=""
     for ((i = 1; i < COMP_CWORD; i++)); do
         case ${COMP_WORDS[i]} in
@@ -58,7 +58,7 @@ _updaterctl() {
         return
     fi
     case $cmd in
-        status|check|update|rollback|list-backups|history|skip|unskip|pause|resume|cancel|watch|inhibit)
+        status|check|update|rollback|list-backups|history|skip|unskip|pause|resume|cancel|watch|inhibit|reset-failed|prune)
             case $cur in
                 -*)
                     local opts=""
@@ -68,6 +68,7 @@ _updaterctl() {
                         rollback) opts="--to" ;;
                         history) opts="--limit" ;;
                         inhibit) opts="--why" ;;
+                        prune) opts="--keep --force" ;;
                     esac
                     COMPREPLY=($(compgen -W "$opts --help" -- "$cur"))
                     ;;

@@ -43,6 +43,13 @@ def _positive(text: str) -> int:
     return int(text)
 
 
+def _count(text: str) -> int:
+    """An argparse type: a whole number from 0 to 100 (how many releases to keep)."""
+    if not text.isdigit() or int(text) > 100:
+        raise argparse.ArgumentTypeError(f"--keep must be 0 to 100, not {text!r}")
+    return int(text)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="updaterctl", description="Control and query updaterd over its socket.",
@@ -92,6 +99,15 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("app")
     s.add_argument("--why", required=True, metavar="TEXT")
     s.usage = "updaterctl inhibit APP --why TEXT -- CMD..."
+    s = sub.add_parser("reset-failed", help="clear APP's (or every app's) failure record: "
+                       "the failed phase, the failure count and its retry backoff")
+    s.add_argument("app", nargs="?", help="default: every app")
+    s = sub.add_parser("prune", help="remove kept releases of APP beyond --keep")
+    s.add_argument("app")
+    s.add_argument("--keep", type=_count, metavar="N",
+                   help="releases kept besides the current one (default: the app's retain)")
+    s.add_argument("--force", action="store_true",
+                   help="the rollback target may go too (never the current release)")
     sub.add_parser("reload", help="re-read the configuration")
     sub.add_parser("metrics", help="Prometheus text exposition")
     return p

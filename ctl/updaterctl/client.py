@@ -25,6 +25,7 @@ from updaterctl.protocol import (
     CheckResult,
     Event,
     HistoryItem,
+    PruneResult,
     RollbackResult,
     StatusResult,
     UpdateResult,
@@ -142,6 +143,19 @@ class Client:
 
     def resume(self, app: str) -> None:
         self.call("resume", {"app": app})
+
+    def reset_failed(self, app: str | None = None) -> list[str]:
+        """Clear the failure record (phase, counter, last error, backoff) of `app` or of every
+        app; returns the apps cleared."""
+        return self.call("reset_failed", {"app": app} if app else {}, list[str])
+
+    def prune(self, app: str, keep: int | None = None, force: bool = False) -> PruneResult:
+        """Remove kept releases beyond `keep` (default: the app's `retain`); never the current
+        one, nor the rollback target unless `force`."""
+        params: dict[str, object] = {"app": app, "force": force}
+        if keep is not None:
+            params["keep"] = keep
+        return self.call("prune", params, PruneResult)
 
     def reload(self) -> None:
         self.call("reload")

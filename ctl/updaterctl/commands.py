@@ -368,6 +368,28 @@ def print_json_schema() -> None:
     print_json(doc)
 
 
+def cmd_reset_failed(args: argparse.Namespace) -> int:
+    with Client(args.socket) as c:
+        cleared = c.reset_failed(args.app)
+    if args.json:
+        emit_json(cleared)
+        return EXIT_OK
+    for app in cleared:
+        print(f"{app}: failure record cleared; the next check comes at its interval")
+    return EXIT_OK
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    with Client(args.socket) as c:
+        r = c.prune(args.app, args.keep, args.force)
+    if args.json:
+        emit_json(r)
+        return EXIT_OK
+    done = f"removed {', '.join(r.removed)}" if r.removed else "nothing to remove"
+    print(f"{args.app}: {done}; kept {', '.join(r.kept) or 'nothing'}")
+    return EXIT_OK
+
+
 COMMAND_FUNCS: dict[str, Callable[[argparse.Namespace], int]] = {
     "check": cmd_check, "update": cmd_update, "rollback": cmd_rollback,
     "list-backups": cmd_list_backups, "history": cmd_history,
@@ -377,5 +399,6 @@ COMMAND_FUNCS: dict[str, Callable[[argparse.Namespace], int]] = {
     "resume": _simple("resume", lambda a: f"{a.app}: resumed"),
     "reload": _simple("reload", lambda a: "configuration reloaded"),
     "watch": cmd_watch, "inhibit": cmd_inhibit, "metrics": cmd_metrics, "cancel": cmd_cancel,
+    "reset-failed": cmd_reset_failed, "prune": cmd_prune,
 }
 assert set(COMMAND_FUNCS) | {"status"} == set(COMMANDS)

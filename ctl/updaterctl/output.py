@@ -15,7 +15,8 @@ __all__ = ["human_size"]  # re-exported: the printing helpers in one place
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_NOT_PERMITTED = 0, 1, 2, 3, 4
 COMMANDS = ("status", "check", "update", "rollback", "list-backups", "history", "skip", "unskip",
-            "pause", "resume", "cancel", "watch", "inhibit", "reload", "metrics")
+            "pause", "resume", "cancel", "watch", "inhibit", "reload", "metrics", "reset-failed",
+            "prune")
 
 
 def print_json(value: Any) -> None:

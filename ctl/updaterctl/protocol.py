@@ -125,6 +125,16 @@ class VersionParams(Struct, forbid_unknown_fields=True):
     version: str
 
 
+class ResetParams(Struct, forbid_unknown_fields=True):
+    app: str | None = None  # every app when None
+
+
+class PruneParams(Struct, forbid_unknown_fields=True):
+    app: str
+    keep: Annotated[int, Meta(ge=0, le=100)] | None = None  # default: the app's `retain`
+    force: bool = False  # the rollback target may go too
+
+
 class SubscribeParams(Struct, forbid_unknown_fields=True):
     apps: list[str] | None = None
 
@@ -220,6 +230,13 @@ class Ok(Struct):
     ok: bool = True
 
 
+class PruneResult(Struct, kw_only=True):
+    """What `prune` removed, and the versions still kept (oldest first)."""
+
+    removed: list[str]
+    kept: list[str]
+
+
 class CancelResult(Struct, kw_only=True):
     """What `cancel` did: `cancelled` false when nothing ran, or when the operation was past
     its switch (it then finishes or rolls back); `message` says which, for people."""
@@ -263,7 +280,7 @@ CLI_RESULTS: dict[str, Any] = {
     "update": UpdateResult, "rollback": RollbackResult, "list-backups": list[Backup],
     "history": list[HistoryItem], "cancel": CancelResult, "metrics": list[Metric],
     "watch": Event, "skip": Ok, "unskip": Ok, "pause": Ok, "resume": Ok, "reload": Ok,
-    "error": ErrorObject,
+    "reset-failed": list[str], "prune": PruneResult, "error": ErrorObject,
 }
 
 # Which params each method takes; the daemon and the client both read this table.
@@ -272,7 +289,8 @@ PARAMS: dict[str, type[Struct]] = {
     "rollback": RollbackParams, "list_backups": AppParams, "history": HistoryParams,
     "skip": VersionParams, "unskip": VersionParams, "pause": AppParams, "resume": AppParams,
     "subscribe": SubscribeParams, "inhibit": InhibitParams, "reload": NoParams,
-    "metrics": NoParams, "cancel": AppParams,
+    "metrics": NoParams, "cancel": AppParams, "reset_failed": ResetParams,
+    "prune": PruneParams,
 }
 # Methods anyone who can connect may call; the rest need root or the admin group.
 READ_METHODS = frozenset({"status", "list_backups", "history", "subscribe", "metrics"})

@@ -195,5 +195,11 @@ def unskipped(st: AppState, version: str, limit: int) -> None:
     remember(st, "unskipped", version, None, "by the operator", limit)
 
 
+def failure_cleared(st: AppState) -> None:
+    """`updaterctl reset-failed`: the operator has seen the failure; no backoff, no error."""
+    st.consecutive_failures = 0
+    st.last_error = None
+
+
 def paused(st: AppState, paused: bool) -> None:
     st.paused = paused

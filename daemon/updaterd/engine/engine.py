@@ -35,6 +35,7 @@ from updaterd.install.transaction import (
     apply_update,
     drop_unwanted_downloads,
     fetch_artifact,
+    forget_pruned,
     prune,
     recover,
     roll_back,
@@ -230,6 +231,21 @@ class Engine:
         backup that is, byte for byte, what the target holds)."""
         run = self.open_app(app)
         return await trio.to_thread.run_sync(run.layout.kept_and_current, run.state.installed)
+
+    async def prune(self, app: str, keep: int | None = None,
+                    force: bool = False) -> tuple[list[str], list[str]]:
+        """`updaterctl prune`: remove kept versions beyond `keep` (default: `retain`) besides
+        the current one, which stays; so does the rollback target unless `force`. Returns
+        (removed, still kept)."""
+        run = self.open_app(app)
+        await recover(run)
+        previous = None if force else run.state.previous
+        retain = run.cfg.retain if keep is None else keep
+        removed = await trio.to_thread.run_sync(run.layout.prune, run.state.installed,
+                                                previous, retain)
+        forget_pruned(run, removed)
+        kept = [k.version for k in await trio.to_thread.run_sync(run.layout.kept)]
+        return versions.ordered(removed), kept
 
     def edit_state(self, app: str, edit: Callable[[state.AppState, int], None]) -> None:
         """An operator's edit of the stored state (see `outcome`), saved at once. No lock: the

@@ -361,6 +361,11 @@ async def complete_rollback(run: AppRun, tx: Transaction) -> None:
 
 def prune(run: AppRun) -> None:
     removed = run.layout.prune(run.state.installed, run.state.previous, run.cfg.retain)
+    forget_pruned(run, removed)
+
+
+def forget_pruned(run: AppRun, removed: list[str]) -> None:
+    """What the state and the tree records said of versions no longer on disk."""
     outcome.pruned(run.state, removed)
     for v in removed:
         treehash.drop(run.state_folder, v)

@@ -33,6 +33,9 @@ from updaterctl.protocol import (
     Notification,
     Ok,
     Progress,
+    PruneParams,
+    PruneResult,
+    ResetParams,
     RollbackParams,
     RollbackResult,
     StatusParams,
@@ -88,7 +91,7 @@ class ControlApi:
             "history": self.history, "skip": self.skip, "unskip": self.unskip,
             "pause": self.pause, "resume": self.resume, "subscribe": self.subscribe,
             "inhibit": self.inhibit, "reload": self.reload, "metrics": self.metrics,
-            "cancel": self.cancel,
+            "cancel": self.cancel, "reset_failed": self.reset_failed, "prune": self.prune,
         }
 
     def _worker(self, app: str) -> WorkerView:
@@ -276,6 +279,20 @@ class ControlApi:
                            f"{p.app} {p.version} is neither skipped nor blocked")
         return await self._edit_state(
             p.app, lambda st, limit: outcome.unskipped(st, p.version, limit))
+
+    async def reset_failed(self, p: ResetParams, conn: Connection) -> list[str]:
+        """Clear the failure record of one app, or of every app."""
+        names = [p.app] if p.app is not None else list(self.daemon.workers)
+        workers = [self._worker(name) for name in names]  # an unknown app: nothing changes
+        for w in workers:
+            w.reset_failed()
+        return names
+
+    async def prune(self, p: PruneParams, conn: Connection) -> PruneResult:
+        w = self._worker(p.app)
+        async with self._engine_errors(w):
+            removed, kept = await w.prune(p.keep, p.force)
+        return PruneResult(removed=removed, kept=kept)
 
     async def pause(self, p: AppParams, conn: Connection) -> Ok:
         return await self._edit_state(p.app, lambda st, _limit: outcome.paused(st, True))

@@ -140,6 +140,23 @@ class AppWorker:
             return await self.daemon.engine.rollback(self.name, to)
         raise CancelledByOperator(self.name)  # reached only when `cancel` stopped it
 
+    async def prune(self, keep: int | None, force: bool) -> tuple[list[str], list[str]]:
+        """Remove kept releases (`updaterctl prune`), between operations: never under one."""
+        async with self.exclusive():
+            return await self.daemon.engine.prune(self.name, keep, force)
+        raise CancelledByOperator(self.name)  # reached only when `cancel` stopped it
+
+    def reset_failed(self) -> None:
+        """`updaterctl reset-failed`: the failure record goes (the counter its backoff reads,
+        the last error), and a `failed` phase becomes `idle`; the next check comes at its
+        interval."""
+        self.daemon.engine.edit_state(self.name, lambda st, _limit: outcome.failure_cleared(st))
+        self.failed_step = None
+        if self.phase == "failed":
+            self.daemon.on_event(Event(app=self.name, kind="phase", phase="idle", at=time.time(),
+                                       message="the failure record was cleared by the operator"))
+        self.schedule.poke()
+
     def cancel(self) -> CancelResult:
         """Stop a check, a download or a wait for the window, at once; never what is past
         the switch (it finishes or rolls back)."""
