@@ -81,3 +81,36 @@ def test_update_now_takes_over_an_update_waiting_for_its_window(
     out, err = waiting.communicate(timeout=30)
     assert waiting.returncode == 0 and "installed 1.0.0" in out, err
     assert host.current() == "1.0.0"
+
+
+def test_status_says_when_the_window_lets_an_available_version_install(
+        host: Host, nginx: Nginx, served_feed: Feed, daemon: Daemon) -> None:
+    """Issue 30: after a check, status said "installs at the next check, in 59m" while the
+    version waited for a window two days away; it names the window's opening."""
+    served_feed.release("1.0.0")
+    host.follow(nginx, served_feed, window=closed_window())
+    daemon.start()
+    daemon.wait_for(lambda: daemon.app()["phase"] == "waiting_window", what="window wait")
+    daemon.ctl("check", "hello", check=True)
+    app = daemon.app()
+    assert app["phase"] == "idle", app
+    note = next(n for n in app["notes"] if n.startswith("1.0.0 installs"))
+    assert note.startswith("1.0.0 installs when the window opens, in ") and \
+        f"({closed_window()}); `updaterctl update hello --now` installs it now" in note, note
+    opens_in = note.split("opens, in ")[1].split(" ")[0]
+    assert "d" in opens_in or int(opens_in.split("h")[0]) > 1, note
+
+
+def test_check_names_how_to_install_a_version_passed_over(
+        host: Host, nginx: Nginx, served_feed: Feed, daemon: Daemon) -> None:
+    """Issue 30: a host outside a rollout was told "up to date" with no word of the command
+    that installs the version on purpose."""
+    served_feed.release("1.0.0")
+    host.follow(nginx, served_feed)
+    daemon.start()
+    daemon.wait_for(lambda: daemon.app()["current"] == "1.0.0", what="1.0.0")
+    served_feed.release("1.1.0", rollout=0)
+    out = daemon.ctl("check", "hello", check=True).stdout.splitlines()
+    assert out == ["hello: up to date at 1.0.0",
+                   "  1.1.0: available to 0% of hosts, not this one yet",
+                   "  (`updaterctl update hello --version V` installs one of these on purpose)"]

@@ -22,11 +22,11 @@ from updaterctl.output import (
     EXIT_NOT_PERMITTED,
     EXIT_OK,
     EXIT_UNREACHABLE,
+    Look,
     ago,
     print_json,
-    table,
 )
-from updaterctl.terminal import Escaping
+from updaterctl.terminal import Escaping, escape
 from updaterctl.wire import (
     DEFAULT_SOCKET,
     ClientError,
@@ -65,7 +65,7 @@ def parser() -> argparse.ArgumentParser:
                    help=argparse.SUPPRESS)  # for the shell completions
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     s = sub.add_parser("status", help="daemon and apps: versions, phase, checks, errors")
-    s.add_argument("app", nargs="?")
+    s.add_argument("app", nargs="*", help="these apps (default: every app)")
     s = sub.add_parser("check", help="check the feed now")
     s.add_argument("app", nargs="?", help="default: every app")
     s.add_argument("--force", action="store_true", help="fetch the whole feed (no ETag)")
@@ -169,7 +169,15 @@ def _main(argv: list[str] | None = None) -> int:
 # -- status ------------------------------------------------------------------------------------
 
 def cmd_status(args: argparse.Namespace) -> int:
-    result = wire.call(args.socket, "status", {"app": args.app})
+    names = list(dict.fromkeys(args.app))  # in the order asked, each once
+    result = wire.call(args.socket, "status", {"app": names[0]} if len(names) == 1 else {})
+    if len(names) > 1:
+        by_name = {a["name"]: a for a in result["apps"]}
+        unknown = [n for n in names if n not in by_name]
+        if unknown:  # as the daemon says it of one app
+            print(f"updaterctl: unknown app: {', '.join(unknown)}", file=sys.stderr)
+            return EXIT_FAILED
+        result["apps"] = [by_name[n] for n in names]
     if args.json:
         print_json(result)
     else:
@@ -177,26 +185,52 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+PHASE_COLOURS = {"idle": "green", "failed": "red"}  # a working phase: yellow
+
+
 def print_status(result: dict[str, Any]) -> None:
     """The daemon line, one row per app, then each app's error and notes (every skipped and
-    blocked version, with the command that undoes it). `result` is StatusResult as JSON."""
+    blocked version, with the command that undoes it). `result` is StatusResult as JSON.
+    On a terminal: the phase and errors in colour, the notes fitted to its width."""
+    raw = sys.stdout.raw if isinstance(sys.stdout, Escaping) else sys.stdout
+    look = Look.of(raw)
+
+    def say(text: str) -> None:  # `text` is escaped already, colour codes are ours
+        raw.write(text + "\n")
+
     d = result["daemon"]
     up = ago(d["started_at"]).removesuffix(" ago")
-    print(f"updaterd {d['version']}, pid {d['pid']}, up {up}, config {d['config']}")
+    for part in look.fit(escape(f"updaterd {d['version']}, pid {d['pid']}, up {up}, "
+                                f"config {d['config']}")):
+        say(part)
     apps = result["apps"]
     if not apps:
-        print("no apps configured")
+        say("no apps configured")
         return
     rows = [["APP", "CURRENT", "AVAILABLE", "PHASE", "LAST CHECK", "NEXT CHECK"]]
     for a in apps:
         phase: str = a["phase"]
         if (progress := a.get("progress")) and progress["total"]:
             phase += f" {100 * progress['done'] // progress['total']}%"
-        rows.append([a["name"], a["current"] or "-", a["available"] or "-", phase,
-                     ago(a.get("last_check")),
-                     "paused" if a.get("paused") else ago(a.get("next_check"))])
-    print(table(rows))
+        rows.append([escape(str(c)) for c in (
+            a["name"], a["current"] or "-", a["available"] or "-", phase,
+            ago(a.get("last_check")), "paused" if a.get("paused") else ago(a.get("next_check")))])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for i, row in enumerate(rows):
+        cells = [c.ljust(w) for c, w in zip(row, widths, strict=True)]
+        plain = "  ".join(cells).rstrip()
+        if look.width is not None and len(plain) > look.width:  # wrapped, like the notes
+            for part in look.fit(plain):
+                say(part)
+        elif i == 0:
+            say(look.paint(plain, "dim"))
+        else:
+            cells[3] = look.paint(cells[3], PHASE_COLOURS.get(apps[i - 1]["phase"], "yellow"))
+            say("  ".join(cells).rstrip())
     for a in apps:
-        error = [f"error: {a['last_error']}"] if a.get("last_error") else []
-        for line in error + a.get("notes", []):
-            print(f"  {a['name']}: {line}")
+        lines: list[tuple[str, str | None]] = [(n, None) for n in a.get("notes", [])]
+        if a.get("last_error"):
+            lines.insert(0, (f"error: {a['last_error']}", "red"))
+        for text, paint in lines:
+            for part in look.fit(escape(f"  {a['name']}: {text}")):
+                say(look.paint(part, paint))

@@ -83,9 +83,10 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(f"{app}: {r.available} is available (current {r.current or 'nothing'})")
         else:
             print(f"{app}: up to date at {r.current or 'nothing'}")
-        if not isinstance(r, dict):
+        if not isinstance(r, dict) and r.passed_over:
             for v, why in r.passed_over.items():
                 print(f"  {v}: {why}")
+            print(f"  (`updaterctl update {app} --version V` installs one of these on purpose)")
     return EXIT_FAILED if failed else EXIT_OK
 
 

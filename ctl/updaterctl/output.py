@@ -6,8 +6,12 @@ too; commands.py imports it rather than the command line.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import textwrap
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TextIO
 
 from updaterctl.vocabulary import human_size
 
@@ -43,3 +47,31 @@ def table(rows: list[list[str]]) -> str:
                      for r in rows)
 
 
+@dataclass(frozen=True)
+class Look:
+    """How to print to a stream: colour and lines fitted to the width on a terminal; plain
+    lines, as long as they are, through a pipe or with NO_COLOR or TERM=dumb (no colour)."""
+
+    colour: bool
+    width: int | None
+
+    @classmethod
+    def of(cls, stream: TextIO) -> Look:
+        if not stream.isatty():
+            return cls(False, None)
+        plain = bool(os.environ.get("NO_COLOR")) or os.environ.get("TERM") == "dumb"
+        return cls(not plain, max(shutil.get_terminal_size().columns, 40))
+
+    def paint(self, text: str, colour: str | None) -> str:
+        """`text` in `colour` (red, green, yellow, dim) when colour is on."""
+        codes = {"red": "31", "green": "32", "yellow": "33", "dim": "2"}
+        if not self.colour or colour is None:
+            return text
+        return f"\x1b[{codes[colour]}m{text}\x1b[0m"
+
+    def fit(self, line: str, indent: str = "    ") -> list[str]:
+        """`line` wrapped to the terminal's width (continuations indented), or as it is."""
+        if self.width is None or len(line) <= self.width:
+            return [line]
+        return textwrap.wrap(line, self.width, subsequent_indent=indent,
+                             break_on_hyphens=False) or [line]

@@ -155,3 +155,27 @@ def test_c72_read_only_releases_fail_at_preflight_before_any_download(
     uri = f"/{served_feed.folder.name}/{art.name}"
     assert not [q for q in nginx.requests() if q["uri"] == uri], "refused before downloading"
     assert host.current() == "1.0.0"
+
+
+def test_a_full_install_disk_drops_the_oldest_kept_release_before_refusing(
+        host: Host, nginx: Nginx, served_feed: Feed) -> None:
+    """Issue 30: retention drops the oldest kept release (never the current one or the
+    rollback target) when the install folder's disk cannot hold the next release, instead of
+    refusing the update while old releases fill the disk."""
+    with small_fs(host.prefix, "9m"):
+        host.follow(nginx, served_feed, retain=5)
+        for version in ("1.0.0", "1.1.0", "1.2.0"):
+            big_release(served_feed, version, 2 << 20)
+            r = run_updaterd("--config", host.config, "--once")
+            assert r.returncode == 0, r.stderr
+        assert sorted(p.name for p in (host.prefix / "releases").iterdir()) == \
+            ["1.0.0", "1.1.0", "1.2.0"]
+        big_release(served_feed, "1.3.0", 3 << 20)
+        r = run_updaterd("--config", host.config, "--once")
+        assert r.returncode == 0, r.stderr
+        no_traceback(r)
+        assert "removed the oldest kept release 1.0.0" in r.stderr
+        assert host.current() == "1.3.0"
+        kept = sorted(p.name for p in (host.prefix / "releases").iterdir())
+        assert "1.2.0" in kept and "1.0.0" not in kept, kept  # the rollback target stays
+        assert "1.0.0" not in host.state()["release_digests"]

@@ -47,14 +47,41 @@ def _env(run: AppRun, version: str | None, previous: str | None) -> dict[str, st
     return env
 
 
+def _free(folder: Path) -> int:
+    st = os.statvfs(folder)
+    return st.f_bavail * st.f_frsize
+
+
 def _require_free_space(run: AppRun, artifact: Artifact) -> None:
-    """Refuse before downloading when the cache or the install folder cannot hold it."""
-    for folder, need in ((run.cache, artifact.size), (run.layout.space_folder, artifact.size)):
-        st = os.statvfs(folder)
-        free = st.f_bavail * st.f_frsize
+    """Refuse before downloading when the cache or the install folder cannot hold it; on the
+    install folder's file system, the oldest kept releases go first (never the current one or
+    the rollback target), as retention would have removed them at the next install anyway."""
+    space = run.layout.space_folder
+    for folder, need in ((run.cache, artifact.size), (space, artifact.size)):
+        free = _free(folder)
+        same_disk = os.stat(folder).st_dev == os.stat(space).st_dev
+        while free < need and same_disk and (gone := _drop_oldest_kept(run)) is not None:
+            log.warning("%s: %s free in %s, %s needed: removed the oldest kept release %s",
+                        run.name, human_size(free), folder, human_size(need), gone)
+            free = _free(folder)
         if free < need:
             raise LayoutError(f"{folder} has {human_size(free)} free; {human_size(need)} are "
                               f"needed ({free:,} and {need:,} bytes)")
+
+
+def _drop_oldest_kept(run: AppRun) -> str | None:
+    """Remove the oldest kept release that is neither current nor the rollback target; None
+    when there is none (or the install mode keeps no release folders)."""
+    layout = run.layout.release_folders()
+    if layout is None:
+        return None
+    protected = {run.state.installed, run.state.previous}
+    spare = [v for v in layout.versions_on_disk() if v not in protected]
+    if not spare:
+        return None
+    layout.retire(layout.release(spare[0]), failpoint="prune.after_rename")
+    forget_pruned(run, [spare[0]])
+    return spare[0]
 
 
 async def _stage(run: AppRun, f: BinaryIO, artifact: Artifact, version: str) -> Staged:

@@ -153,9 +153,7 @@ class ControlApi:
                          f"`updaterctl update {name}` installs it")
         elif st.available and not st.paused and w.phase in ("idle", "failed") \
                 and w.schedule.next_check is not None:
-            wait = clock(max(w.schedule.next_check - time.time(), 0))
-            notes.append(f"{st.available} installs at the next check, in {wait}; "
-                         f"`updaterctl update {name}` installs it now")
+            notes.append(self._when_it_installs(name, st.available, w.schedule.next_check))
         notes += [f"{v}: {why}" for v, why in st.passed_over.items()]
         if w.phase in ("waiting_inhibitors", "waiting_window"):
             notes.append(w.message)
@@ -176,6 +174,21 @@ class ControlApi:
             last_check=st.last_check, next_check=w.schedule.next_check,
             last_error=st.last_error, paused=st.paused, auto_update=cfg.auto_update,
             blocked=st.blocked, skipped=st.skipped, notes=notes, yanked=yanked)
+
+    def _when_it_installs(self, name: str, version: str, next_check: float) -> str:
+        """When an available version installs by itself: at the next check, or when the
+        maintenance window opens if that is later (the check then only downloads)."""
+        check_in = max(next_check - time.time(), 0)
+        try:
+            window_in = self.daemon.engine.window(name).wait()
+        except PolicyError as e:
+            return f"{version} never installs by itself: {e}"
+        if window_in > check_in:
+            spec = self.daemon.config.apps[name].window
+            return (f"{version} installs when the window opens, in {clock(window_in)} "
+                    f"({spec}); `updaterctl update {name} --now` installs it now")
+        return (f"{version} installs at the next check, in {clock(check_in)}; "
+                f"`updaterctl update {name}` installs it now")
 
     async def list_backups(self, p: AppParams, conn: Connection) -> list[Backup]:
         """Releases kept on disk (releases mode) or backup copies (inplace), with sizes."""
