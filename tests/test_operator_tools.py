@@ -6,8 +6,11 @@ from __future__ import annotations
 import json
 import os
 
+import msgspec
+
 from tests.conftest import Daemon, Host, Nginx
 from tests.helpers import Feed
+from updaterctl.protocol import CLI_RESULTS
 
 
 def test_reset_failed_clears_the_failure_its_count_and_backoff(
@@ -25,8 +28,9 @@ def test_reset_failed_clears_the_failure_its_count_and_backoff(
     st = host.state()
     assert (st["consecutive_failures"], st["last_error"]) == (0, None)
     assert host.current() == "1.0.0" and st["history"], "nothing else changed"
-    everyone = json.loads(running.ctl("--json", "reset-failed", check=True).stdout)
-    assert everyone == ["hello"]
+    out = running.ctl("--json", "reset-failed", check=True).stdout
+    assert json.loads(out) == ["hello"]
+    msgspec.json.decode(out, type=CLI_RESULTS["reset-failed"])  # as --json-schema says
     r = running.ctl("reset-failed", "nosuch")
     assert r.returncode == 1 and "unknown app: nosuch" in r.stderr
 
@@ -42,8 +46,9 @@ def test_prune_keeps_the_current_release_and_the_rollback_target_unless_forced(
         daemon.ctl("update", "hello", check=True)
     r = daemon.ctl("prune", "hello", "--keep", "0", check=True)
     assert r.stdout.strip() == "hello: removed 1.0.0, 1.1.0; kept 1.2.0, 1.3.0"
-    r = json.loads(daemon.ctl("--json", "prune", "hello", "--keep", "0", check=True).stdout)
-    assert r == {"removed": [], "kept": ["1.2.0", "1.3.0"]}
+    out = daemon.ctl("--json", "prune", "hello", "--keep", "0", check=True).stdout
+    assert json.loads(out) == {"removed": [], "kept": ["1.2.0", "1.3.0"]}
+    msgspec.json.decode(out, type=CLI_RESULTS["prune"])  # the shape --json-schema gives
     r = daemon.ctl("prune", "hello", "--keep", "0", "--force", check=True)
     assert r.stdout.strip() == "hello: removed 1.2.0; kept 1.3.0"
     assert sorted(p.name for p in (host.prefix / "releases").iterdir()) == ["1.3.0"]

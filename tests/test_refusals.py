@@ -34,7 +34,11 @@ def test_h158_refused_requests_change_no_state(running: Daemon, host: Host) -> N
                ("update", "hello", "--version", "9.9.9"),  # not in the feed
                ("update", "nosuch"),  # no such app
                ("skip", "hello", "not-a-version"),
-               ("check", "nosuch")]
+               ("unskip", "hello", "1.9.9"),  # neither skipped nor blocked
+               ("check", "nosuch"), ("pause", "nosuch"), ("cancel", "nosuch"),
+               ("history", "hello", "--limit", "0"), ("prune", "nosuch"),
+               ("prune", "hello", "--keep", "101"), ("reset-failed", "nosuch"),
+               ("inhibit", "nosuch", "--why", "x", "--", "true")]
     for argv in refused:
         r = running.ctl(*argv)
         assert r.returncode != 0, (argv, r.stdout)

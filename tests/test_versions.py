@@ -336,3 +336,10 @@ def test_versions_are_ordered_as_versions_and_tags_last() -> None:
     """Issue 30: `list-backups` put 1.2.0 before 1.2.0-beta.1 (and 1.10.0 before 1.9.0)."""
     assert versions.ordered(["1.2.0", "nightly-7", "1.10.0", "1.2.0-beta.1", "1.9.0", "a-tag"]) \
         == ["1.2.0-beta.1", "1.2.0", "1.9.0", "1.10.0", "a-tag", "nightly-7"]
+
+
+def test_what_is_passed_over_is_listed_in_version_order() -> None:
+    offers = [Offer("2.0.0", "stable", rollout=0), Offer("1.10.0", "stable", rollout=0),
+              Offer("1.9.0", "stable", rollout=0), Offer("1.10.0-rc.1", "beta")]
+    choice = versions.choose(offers, "1.0.0", Policy(app="demo", host_id=_host_in_bucket(99)))
+    assert list(choice.passed_over) == ["1.9.0", "1.10.0-rc.1", "1.10.0", "2.0.0"]

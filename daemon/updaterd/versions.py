@@ -218,6 +218,7 @@ def choose(offers: Iterable[Offer], installed: str | None, policy: Policy) -> Ch
                               if parse(k) > best}  # only semantic versions are in it here
     else:
         choice.passed_over.update(tags)
+    choice.passed_over = {v: choice.passed_over[v] for v in ordered(choice.passed_over)}
     return choice
 
 
