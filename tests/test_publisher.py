@@ -464,3 +464,12 @@ def test_a_missing_artifact_is_said_at_every_write_and_the_next_release_still_go
     assert r.returncode == 0 and "cannot install" not in r.stderr, r.stderr
     check = run_updaterd("feed", "check", str(feed.folder), "--public-key", feed.pub)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_feed_list_shows_releases_in_version_order(feed: Feed, tmp_path: Path) -> None:
+    """Issue 30: every list of versions sorts as versions; a fix of an older line published
+    last is listed in its place."""
+    for version in ("1.10.0", "1.9.0", "1.10.0-rc.1"):
+        feed.release(version)
+    listed = json.loads(run_updaterd("feed", "list", "--feed", feed.folder, "--json").stdout)
+    assert [r["version"] for r in listed["releases"]] == ["1.9.0", "1.10.0-rc.1", "1.10.0"]

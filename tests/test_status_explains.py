@@ -80,3 +80,16 @@ def test_metrics_parse_with_prometheus_client(running: Daemon) -> None:
     assert families["updaterd_checks"].samples[0].value >= 1
     phases = {s.labels["phase"]: s.value for s in families["updaterd_phase"].samples}
     assert phases["idle"] == 1 and sum(phases.values()) == 1
+
+
+def test_a_pin_keeps_the_pre_releases_of_its_bound_out(
+        host: Host, nginx: Nginx, served_feed: Feed, daemon: Daemon) -> None:
+    """Issue 30: `pin = "<1.2"` let 1.2.0-beta.1 through on a beta host (npm and cargo do
+    not)."""
+    served_feed.release("1.1.0")
+    host.follow(nginx, served_feed, channel="beta", pin="<1.2")
+    daemon.start()
+    daemon.wait_for(lambda: daemon.app()["current"] == "1.1.0", what="1.1.0")
+    served_feed.release("1.2.0-beta.1", channel="beta")
+    out = json.loads(daemon.ctl("--json", "check", "hello", check=True).stdout)["hello"]
+    assert (out["available"], out["passed_over"]) == (None, {"1.2.0-beta.1": "outside pin '<1.2'"})

@@ -177,6 +177,12 @@ def _newest_first(releases: list[Release]) -> list[Release]:
     return ordered + tags
 
 
+def _oldest_first(releases: list[Release]) -> list[Release]:
+    """In version order, as every list of versions is shown (tags last, as published)."""
+    order = versions.ordered(r.version for r in releases)
+    return sorted(releases, key=lambda r: order.index(r.version))
+
+
 def _find(m: Manifest, version: str) -> Release:
     found = next((r for r in m.releases if versions.same(r.version, version)), None)
     if found is None:
@@ -196,7 +202,7 @@ def listing(feed_dir: Path) -> dict[str, object]:
     return {"app": manifest.app, "serial": manifest.serial,
             "expires": manifest.expires.isoformat(),
             "keys": msgspec.to_builtins(keyset) if keyset is not None else None,
-            "releases": [_listed(r) for r in manifest.releases]}
+            "releases": [_listed(r) for r in _oldest_first(manifest.releases)]}
 
 
 def _listed(release: Release) -> dict[str, object]:
