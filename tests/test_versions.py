@@ -290,7 +290,8 @@ def test_a_yanked_release_is_passed_over_with_the_publishers_reason() -> None:
     ("stable", "stable", True), ("stable", "beta", False), ("stable", "alpha", False),
     ("beta", "stable", True), ("beta", "beta", True), ("beta", "alpha", False),
     ("alpha", "stable", True), ("alpha", "beta", True), ("alpha", "alpha", True),
-    ("alpha", "nightly", False), ("nightly", "beta", True), ("nightly", "alpha", False)])
+    ("alpha", "nightly", False), ("nightly", "beta", True), ("nightly", "alpha", False),
+    ("testing", "beta", True), ("testing", "stable", True)])  # a name after "stable" too
 def test_channels_are_a_ladder(channel: str, offered: str, taken: bool) -> None:
     """SPEC section 3: stable follows stable; beta follows beta and stable; any other name
     follows itself, beta and stable."""
@@ -324,7 +325,8 @@ def test_a_newer_release_on_a_channel_not_followed_is_explained() -> None:
     ("<1.2", "1.2.0-beta.1", False), ("<1.2", "1.1.9", True), ("<1.2", "1.1.0-rc.1", False),
     (">=1.2.0-beta.1,<1.3", "1.2.0-beta.2", True), (">=1.2.0-beta.1,<1.3", "1.2.1-beta.1", False),
     (">=1.2.0-beta.1,<1.3", "1.2.0", True), ("==1.2.0-rc.1", "1.2.0-rc.1", True),
-    (">=1.0", "2.0.0-alpha.1", False)])
+    (">=1.0", "2.0.0-alpha.1", False), ("<1.3.0-rc.1", "1.2.0-beta.1", False),
+    ("<1.3.0-rc.1", "1.3.0-beta.1", True)])
 def test_a_pin_lets_a_pre_release_through_only_when_a_bound_names_one(
         pin: str, version: str, allowed: bool) -> None:
     """Issue 30: `pin = "<1.2"` let 1.2.0-beta.1 through (it sorts below 1.2.0); cargo and npm
