@@ -34,8 +34,8 @@ from updaterd.engine.engine import Engine
 from updaterd.errors import FeedError
 from updaterd.install import delta
 from updaterd.net.cachefile import Expected, ProgressFn, write_verified
+from updaterd.net.document import Document, Validators
 from updaterd.release.publish import delta_files
-from updaterd.sources.refresh import Document, Validators
 from updaterd.trust import minisign
 from updaterd.trust.feed import MANIFEST, SIGNATURE, Artifact, Manifest, Release
 

@@ -20,7 +20,6 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC
 from pathlib import Path
 from typing import BinaryIO, TypeVar
@@ -36,6 +35,7 @@ from updaterd.config import Limits
 from updaterd.errors import DigestMismatch, DownloadError, RateLimited, Retryable
 from updaterd.net import cachefile
 from updaterd.net.cachefile import Expected, ProgressFn
+from updaterd.net.document import Document
 from updaterd.net.netguard import GuardedTransport
 from updaterd.net.ratecap import TokenBucket
 from updaterd.trust import tlstrust, urlpolicy
@@ -46,17 +46,6 @@ log = logging.getLogger("updaterd.fetcher")
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
-
-
-@dataclass(frozen=True)
-class Small:
-    """A small fetched document (a manifest), or a 304 Not Modified."""
-
-    not_modified: bool
-    body: bytes
-    etag: str | None
-    last_modified: str | None
-    missing: bool = False  # 404 or 410, when the caller said the document is optional
 
 
 class _PartMeta(msgspec.Struct):
@@ -241,7 +230,7 @@ class Fetcher:
     async def fetch_small(self, url: str, *, max_bytes: int, etag: str | None = None,
                           last_modified: str | None = None,
                           headers: dict[str, str] | None = None,
-                          missing_ok: bool = False) -> Small:
+                          missing_ok: bool = False) -> Document:
         """GET a document of at most `max_bytes`, conditionally when validators are given;
         with `missing_ok`, a 404 or 410 answers `missing` instead of raising."""
         headers = dict(headers or {})
@@ -250,12 +239,12 @@ class Fetcher:
         if last_modified:
             headers["If-Modified-Since"] = last_modified
 
-        async def attempt(_n: int) -> Small:
+        async def attempt(_n: int) -> Document:
             async with self._open(url, headers) as r:
                 if r.status_code == 304:
-                    return Small(True, b"", etag, last_modified)
+                    return Document(not_modified=True, etag=etag, last_modified=last_modified)
                 if missing_ok and r.status_code in (404, 410):
-                    return Small(False, b"", None, None, missing=True)
+                    return Document(missing=True)
                 if r.status_code != 200:
                     raise self._status_error(url, r, await _error_detail(r))
                 declared = r.headers.get("content-length")
@@ -269,8 +258,8 @@ class Fetcher:
                             raise DownloadError(f"{url}: more than {max_bytes} bytes; aborted")
                 except httpx.TransportError as e:
                     raise Retryable(f"{url}: {type(e).__name__}: {e}") from None
-                return Small(False, bytes(body), r.headers.get("etag"),
-                             r.headers.get("last-modified"))
+                return Document(bytes(body), etag=r.headers.get("etag"),
+                                last_modified=r.headers.get("last-modified"))
 
         return await self._retrying(url, attempt)
 

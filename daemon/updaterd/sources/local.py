@@ -17,7 +17,7 @@ import trio
 from updaterd import fsutil
 from updaterd.errors import DownloadError, FeedError
 from updaterd.net.cachefile import Expected, ProgressFn, write_verified
-from updaterd.sources.refresh import Document, Validators
+from updaterd.net.document import Document, Validators
 from updaterd.trust.feed import SAFE_FILE_NAME
 
 

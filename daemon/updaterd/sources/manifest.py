@@ -9,8 +9,8 @@ from urllib.parse import urljoin, urlsplit
 from updaterd.config import AppConfig
 from updaterd.errors import FeedError
 from updaterd.net.cachefile import Expected, ProgressFn
+from updaterd.net.document import Document, Validators
 from updaterd.net.fetcher import Fetcher
-from updaterd.sources.refresh import Document, Validators
 from updaterd.trust.feed import MANIFEST, SIGNATURE, TrustedFeed
 
 
@@ -36,10 +36,8 @@ class HttpTransport:
     async def document(self, name: str, cap: int, *, missing_ok: bool = False,
                        validators: Validators | None = None) -> Document:
         etag, last_modified = validators or (None, None)
-        doc = await self.fetcher.fetch_small(self._url(name), max_bytes=cap, etag=etag,
-                                             last_modified=last_modified,
-                                             missing_ok=missing_ok)
-        return Document(doc.body, doc.missing, doc.not_modified, doc.etag, doc.last_modified)
+        return await self.fetcher.fetch_small(self._url(name), max_bytes=cap, etag=etag,
+                                              last_modified=last_modified, missing_ok=missing_ok)
 
     def admit_named_hosts(self, trusted: TrustedFeed) -> None:
         """Without `allowed_hosts`, artifacts may come from the hosts the signed manifest

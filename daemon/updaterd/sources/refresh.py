@@ -16,7 +16,6 @@ the engine's `Source` over any of them.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -24,25 +23,12 @@ import msgspec
 
 from updaterd.config import AppConfig, Limits
 from updaterd.net.cachefile import Expected, ProgressFn
+from updaterd.net.document import Document, Validators
 from updaterd.sources import keys, verified
 from updaterd.state import AppState
 from updaterd.trust import minisign
 from updaterd.trust.feed import MANIFEST, SIGNATURE, Artifact, TrustedFeed
 from updaterd.units import parse_size
-
-Validators = tuple[str | None, str | None]  # ETag, Last-Modified
-
-
-@dataclass(frozen=True)
-class Document:
-    """A small file of the feed: its bytes, or `missing`, or `not_modified` (the validators
-    sent still hold), with the validators to send next time."""
-
-    body: bytes = b""
-    missing: bool = False
-    not_modified: bool = False
-    etag: str | None = None
-    last_modified: str | None = None
 
 
 class Transport(Protocol):
