@@ -207,7 +207,7 @@ class Engine:
         found = f"{choice.version} is available" if choice.version else "nothing new"
         run.phase("idle", found)
         return trusted, Checked(current=run.state.installed, available=choice.version,
-                                    checked_at=cycle_start, passed_over=choice.passed_over)
+                                checked_at=cycle_start, passed_over=choice.passed_over)
 
     @staticmethod
     def _followed(manifest: Manifest, version: str, run: AppRun) -> Release | None:
@@ -320,8 +320,8 @@ class Engine:
             if (why := gate.defers()) is not None:
                 check = await self._prefetch(run, op)
                 done = Updated(from_version=check.current, to_version=check.available,
-                                    result="up_to_date" if check.available is None
-                                    else "deferred", reason=why)
+                               result="up_to_date" if check.available is None else "deferred",
+                               reason=why)
                 op.succeeded(done.result, done.describe(""), check.available)
                 return done
             done = await self._update(run, op, version)
@@ -339,8 +339,7 @@ class Engine:
                     raise NoSuchVersion(f"{app}: the feed has no version {version!r}")
             else:
                 if result.available is None:
-                    return Updated(from_version=before, to_version=before,
-                                        result="up_to_date")
+                    return Updated(from_version=before, to_version=before, result="up_to_date")
                 release = self._followed(trusted.manifest, result.available, run)
                 assert release is not None
             if release.version == before:
@@ -359,7 +358,7 @@ class Engine:
                       if self.hand_over is not None else
                       "the next start of updaterd finishes its health check")
         return Updated(from_version=before, to_version=release.version,
-                            result=ended, reason=reason)  # type: ignore[arg-type]
+                       result=ended, reason=reason)  # type: ignore[arg-type]
 
     async def rollback(self, app: str, to: str | None = None) -> RolledBack:
         """Go back to the previous (or a named) kept version; the version left is skipped.
@@ -396,8 +395,7 @@ class Engine:
                                 else backup, skip_left=not forward)
             if not run.layout.knows_version:
                 prune(run)
-            done = RolledBack(from_version=current, to_version=kept.version,
-                                  forward=forward)
+            done = RolledBack(from_version=current, to_version=kept.version, forward=forward)
             op.succeeded("rolled_back", done.describe(""), kept.version)
         return done
 

@@ -67,13 +67,13 @@ class SwitchGate(Protocol):
 
 class DeferringGate:
     """`updaterd --once` and the offline verbs: no daemon to wait in, so outside the window the
-    update downloads and defers; `ignore_window` opens it."""
+    update downloads and defers."""
 
-    def __init__(self, window_gate: WindowGate, ignore_window: bool = False) -> None:
-        self.window, self.ignore_window = window_gate, ignore_window
+    def __init__(self, window_gate: WindowGate) -> None:
+        self.window = window_gate
 
     def defers(self) -> str | None:
-        if self.ignore_window or self.window.wait() <= 0:
+        if self.window.wait() <= 0:
             return None
         return f"waiting for window ({self.window.opens_in()})"
 

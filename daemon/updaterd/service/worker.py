@@ -102,9 +102,13 @@ class AppWorker:
                            take_over=self.take_over, waiting=self._waiting_window,
                            inhibitors=self._wait_inhibitors)
 
+    def _phase(self, phase: Phase, message: str, version: str | None = None) -> None:
+        """A phase the worker itself is in (waiting, or idle again), told as the engine's are."""
+        self.daemon.on_event(Event(app=self.name, kind="phase", phase=phase, message=message,
+                                   version=version, at=time.time()))
+
     def _waiting_window(self, text: str) -> None:
-        self.daemon.on_event(Event(app=self.name, kind="phase", phase="waiting_window",
-                                   at=time.time(), message=text))
+        self._phase("waiting_window", text)
 
     async def _wait_inhibitors(self) -> None:
         """Wait while local programs hold inhibitors for the app, at most `max_inhibit`."""
@@ -114,10 +118,7 @@ class AppWorker:
         with trio.move_on_after(parse_duration(self.config().max_inhibit)) as scope:
             while holds := held.get(self.name):
                 who = ", ".join(f"{h.who} ({h.why})" for h in holds)
-                self.daemon.on_event(Event(app=self.name, kind="phase",
-                                           phase="waiting_inhibitors",
-                                           message=f"waiting for inhibitors: {who}",
-                                           at=time.time()))
+                self._phase("waiting_inhibitors", f"waiting for inhibitors: {who}")
                 await self.daemon.inhibitors.released()
         if scope.cancelled_caught:
             log.warning("%s: inhibitors still held after max_inhibit; going ahead", self.name)
@@ -130,7 +131,7 @@ class AppWorker:
         st = self.state()
         if version is not None and st.installed == version:
             return Updated(from_version=before, to_version=version, result="installed",
-                                reason="the update that waited for its window, taken over")
+                           reason="the update that waited for its window, taken over")
         raise TakeOverFailed(
             f"{self.name}: the update that waited for its window did not install {version}: "
             f"{st.last_error or 'see `updaterctl history ' + self.name + '`'}", st.last_error)
@@ -153,8 +154,7 @@ class AppWorker:
         self.daemon.engine.edit_state(self.name, lambda st, _limit: outcome.failure_cleared(st))
         self.failed_step = None
         if self.phase == "failed":
-            self.daemon.on_event(Event(app=self.name, kind="phase", phase="idle", at=time.time(),
-                                       message="the failure record was cleared by the operator"))
+            self._phase("idle", "the failure record was cleared by the operator")
         self.schedule.poke()
 
     def cancel(self) -> CancelResult:
@@ -172,10 +172,8 @@ class AppWorker:
         if phase == "waiting_window":
             self.schedule.wake_in = None  # the scheduler's wait for the window, not an op
             self.schedule.poke()
-            self.daemon.on_event(Event(app=self.name, kind="phase", phase="idle",
-                                       at=time.time(),
-                                       message="the wait for the window was cancelled; the "
-                                               "next check finds the version again"))
+            self._phase("idle", "the wait for the window was cancelled; the next check finds "
+                                "the version again")
             return CancelResult(cancelled=True, phase=phase,
                                 message=f"{self.name}: the wait for the window was cancelled")
         return CancelResult(cancelled=False, phase=phase,
@@ -200,10 +198,9 @@ class AppWorker:
                 check = await engine.prefetch(self.name)
                 if check.available is None:
                     return None
-                self.daemon.on_event(Event(
-                    app=self.name, kind="phase", phase="waiting_window",
-                    version=check.available, at=time.time(),
-                    message=f"{check.available} waits for the window ({window.opens_in()})"))
+                self._phase("waiting_window",
+                            f"{check.available} waits for the window ({window.opens_in()})",
+                            check.available)
                 return window.wait() + 1
         return None  # cancelled (`updaterctl cancel`): the next check comes as scheduled
 
