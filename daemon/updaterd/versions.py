@@ -42,16 +42,18 @@ def key(text: str) -> semver.Version:
     return parse(text)
 
 
+def order_key(text: str) -> tuple[int, semver.Version | str]:
+    """Sort key of `ordered`: semantic versions in their order, then tags by name."""
+    try:
+        return (0, parse(text))
+    except ValueError:
+        return (1, text)
+
+
 def ordered(texts: Iterable[str]) -> list[str]:
     """Oldest first by semantic version (1.2.0-beta.1 before 1.2.0, 1.10.0 after 1.9.0); tags
     that cannot be ordered come last, by name."""
-    def order(text: str) -> tuple[int, semver.Version | str]:
-        try:
-            return (0, parse(text))
-        except ValueError:
-            return (1, text)
-
-    return sorted(texts, key=order)
+    return sorted(texts, key=order_key)
 
 
 Pin = list[tuple[Callable[[semver.Version, semver.Version], bool], semver.Version]]

@@ -178,9 +178,8 @@ def _newest_first(releases: list[Release]) -> list[Release]:
 
 
 def _oldest_first(releases: list[Release]) -> list[Release]:
-    """In version order, as every list of versions is shown (tags last, as published)."""
-    order = versions.ordered(r.version for r in releases)
-    return sorted(releases, key=lambda r: order.index(r.version))
+    """In version order, as every list of versions is shown (tags last, by name)."""
+    return sorted(releases, key=lambda r: versions.order_key(r.version))
 
 
 def _find(m: Manifest, version: str) -> Release:
