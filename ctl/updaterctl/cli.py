@@ -24,6 +24,7 @@ from updaterctl.output import (
     EXIT_UNREACHABLE,
     Look,
     ago,
+    padded,
     print_json,
 )
 from updaterctl.terminal import Escaping, escape
@@ -215,9 +216,7 @@ def print_status(result: dict[str, Any]) -> None:
         rows.append([escape(str(c)) for c in (
             a["name"], a["current"] or "-", a["available"] or "-", phase,
             ago(a.get("last_check")), "paused" if a.get("paused") else ago(a.get("next_check")))])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for i, row in enumerate(rows):
-        cells = [c.ljust(w) for c, w in zip(row, widths, strict=True)]
+    for i, cells in enumerate(padded(rows)):
         plain = "  ".join(cells).rstrip()
         if look.width is not None and len(plain) > look.width:  # wrapped, like the notes
             for part in look.fit(plain):

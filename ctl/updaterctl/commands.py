@@ -214,42 +214,38 @@ def _raw_stdout() -> TextIO:
     return out.raw if isinstance(out, Escaping) else out
 
 
+def _reply(args: argparse.Namespace, result: Any, text: Callable[[], str]) -> int:
+    """A command's answer: the result as JSON with --json, else `text()` for people (no line
+    when it is empty)."""
+    if args.json:
+        emit_json(result)
+    elif said := text():
+        print(said)
+    return EXIT_OK
+
+
 def cmd_rollback(args: argparse.Namespace) -> int:
     with Client(args.socket) as c:
         r = c.rollback(args.app, args.to)
-    if args.json:
-        emit_json(r)
-    else:
-        print(r.describe(args.app))
-    return EXIT_OK
+    return _reply(args, r, lambda: r.describe(args.app))
 
 
 def cmd_list_backups(args: argparse.Namespace) -> int:
     with Client(args.socket) as c:
         backups = c.list_backups(args.app)
-    if args.json:
-        emit_json(backups)
-        return EXIT_OK
     rows = [["VERSION", "CURRENT", "INSTALLED", "SIZE", "PATH"]]
-    for b in backups:
-        rows.append([b.version, "*" if b.current else "", ago(b.installed_at),
-                     human_size(b.size), b.path])
-    print(table(rows))
-    return EXIT_OK
+    rows += [[b.version, "*" if b.current else "", ago(b.installed_at), human_size(b.size),
+              b.path] for b in backups]
+    return _reply(args, backups, lambda: table(rows))
 
 
 def cmd_history(args: argparse.Namespace) -> int:
     with Client(args.socket) as c:
         items = c.history(args.app, args.limit)
-    if args.json:
-        emit_json(items)
-        return EXIT_OK
     rows = [["WHEN", "ACTION", "VERSION", "FROM", "REASON"]]
-    for h in items:
-        rows.append([time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(h.at)), h.action,
-                     h.version or "-", h.from_version or "-", h.reason])
-    print(table(rows))
-    return EXIT_OK
+    rows += [[time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(h.at)), h.action,
+              h.version or "-", h.from_version or "-", h.reason] for h in items]
+    return _reply(args, items, lambda: table(rows))
 
 
 def _simple(method: str, done: Callable[[argparse.Namespace], str]) -> Callable[
@@ -259,11 +255,7 @@ def _simple(method: str, done: Callable[[argparse.Namespace], str]) -> Callable[
                   "version": getattr(args, "app_version", None)}
         with Client(args.socket) as c:
             result: Any = c.call(method, {k: v for k, v in params.items() if v is not None})
-        if args.json:
-            emit_json(result)
-        else:
-            print(done(args))
-        return EXIT_OK
+        return _reply(args, result, lambda: done(args))
     return run
 
 
@@ -372,23 +364,16 @@ def print_json_schema() -> None:
 def cmd_reset_failed(args: argparse.Namespace) -> int:
     with Client(args.socket) as c:
         cleared = c.reset_failed(args.app)
-    if args.json:
-        emit_json(cleared)
-        return EXIT_OK
-    for app in cleared:
-        print(f"{app}: failure record cleared; the next check comes at its interval")
-    return EXIT_OK
+    return _reply(args, cleared, lambda: "\n".join(
+        f"{app}: failure record cleared; the next check comes at its interval"
+        for app in cleared))
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
     with Client(args.socket) as c:
         r = c.prune(args.app, args.keep, args.force)
-    if args.json:
-        emit_json(r)
-        return EXIT_OK
     done = f"removed {', '.join(r.removed)}" if r.removed else "nothing to remove"
-    print(f"{args.app}: {done}; kept {', '.join(r.kept) or 'nothing'}")
-    return EXIT_OK
+    return _reply(args, r, lambda: f"{args.app}: {done}; kept {', '.join(r.kept) or 'nothing'}")
 
 
 COMMAND_FUNCS: dict[str, Callable[[argparse.Namespace], int]] = {

@@ -41,10 +41,14 @@ def ago(t: float | None) -> str:
     return f"{span} ago" if d >= 0 else f"in {span}"
 
 
-def table(rows: list[list[str]]) -> str:
+def padded(rows: list[list[str]]) -> list[list[str]]:
+    """Every cell padded to its column's width."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-                     for r in rows)
+    return [[c.ljust(w) for c, w in zip(r, widths, strict=True)] for r in rows]
+
+
+def table(rows: list[list[str]]) -> str:
+    return "\n".join("  ".join(r).rstrip() for r in padded(rows))
 
 
 @dataclass(frozen=True)
