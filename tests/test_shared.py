@@ -65,12 +65,17 @@ def test_h159_data_written_before_the_path_was_shared_is_kept(
     daemon.start()
     daemon.wait_for(lambda: daemon.app()["current"] == "1.0.0", what="1.0.0")
     assert (host.prefix / "releases" / "1.0.0" / "data" / "runs").read_text() == "1.0.0\n"
+    for path in ((host.prefix / "releases" / "1.0.0" / "data"),
+                 (host.prefix / "releases" / "1.0.0" / "data" / "runs")):
+        os.chown(path, 65534, 65534)  # the app runs as its own user: its files stay its own
     host.follow(nginx, served_feed, health_check=APP, shared=["data", "cache", "etc/notes.conf"])
     daemon.ctl("reload", check=True)
     ship(served_feed, "1.1.0", conf=False)
     daemon.ctl("update", "hello", check=True)
     shared = host.prefix / "shared"
     assert (shared / "data" / "runs").read_text() == "1.0.0\n1.1.0\n"
+    copied = (shared / "data", shared / "data" / "runs")
+    assert [(p.stat().st_uid, p.stat().st_gid) for p in copied] == [(65534, 65534)] * 2
     assert (shared / "etc" / "notes.conf").read_text() == "written-by-the-app\n"
     assert (shared / "cache").is_dir() and not any((shared / "cache").iterdir())
 

@@ -79,8 +79,9 @@ def _real_folders_exist(base: Path | None, *parts: str) -> bool:
 
 
 def _copy(src: Path, dest: Path) -> None:
-    """Copy the app's own files, links as links; anything else (a FIFO, a socket, a device)
-    is left out, never opened."""
+    """Copy the app's own files, links as links, each with its owner (an app that runs as its
+    own user keeps writing them); anything else (a FIFO, a socket, a device) is left out,
+    never opened."""
 
     def regular_only(s: str, d: str) -> object:
         if stat.S_ISREG(os.lstat(s).st_mode):
@@ -93,7 +94,24 @@ def _copy(src: Path, dest: Path) -> None:
         shutil.copy2(src, dest)
     else:
         os.mkdir(dest, 0o755)
+    _same_owners(src, dest)
     fsutil.make_durable(dest.parent)  # the copy is on disk before any release links to it
+
+
+def _same_owners(src: Path, dest: Path) -> None:
+    """Give every entry of the copy at `dest` the owner of its original (never through a
+    link); what the app removed meanwhile stays root's."""
+    names = [""]
+    if dest.is_dir() and not dest.is_symlink():
+        for folder, dirs, files in os.walk(dest):
+            rel = os.path.relpath(folder, dest)
+            names += [os.path.normpath(os.path.join(rel, n)) for n in dirs + files]
+    for name in names:
+        try:
+            st = os.lstat(src / name)
+        except FileNotFoundError:
+            continue
+        os.lchown(dest / name, st.st_uid, st.st_gid)
 
 
 def _real_folders(base: Path, *parts: str) -> list[str]:
