@@ -45,8 +45,11 @@ def test_h158_refused_requests_change_no_state(running: Daemon, host: Host) -> N
         assert r.stderr.strip(), f"{argv}: refused without saying why"
     after = _snapshot(running, host)
     assert after == before
+    r = running.ctl("rollback", "hello", "--to", "9.9.9")  # the refusal names the next command
+    assert "`updaterctl list-backups hello` lists what is" in r.stderr, r.stderr
     log = running.log.read_text()
     assert "rollback failed" not in log and "update failed" not in log, log
+    assert "hello: rollback refused: version 9.9.9 is not kept" in log, log  # the app once
 
 
 def test_the_journal_files_failures_as_errors_and_routine_as_info(

@@ -380,7 +380,8 @@ class Engine:
             except LayoutError as e:
                 raise PolicyError(str(e)) from None
             if kept is None:
-                raise NoSuchVersion(f"{app}: version {wanted} is not kept")
+                raise NoSuchVersion(f"{app}: version {wanted} is not kept; `updaterctl "
+                                    f"list-backups {app}` lists what is")
             if kept.version == current and run.layout.knows_version:
                 raise NoSuchVersion(f"{app}: {kept.version} is already the current version")
             if run.layout.knows_version:

@@ -94,7 +94,8 @@ class Operation:
         self.ended = True
         outcome.ended(self.run.state)
         self._save()
-        log.info("%s: %s refused: %s", self.run.name, self.kind, error)
+        log.info("%s: %s refused: %s", self.run.name, self.kind,
+                 str(error).removeprefix(f"{self.run.name}: "))
         if self.step != "idle":  # a check ran first (update --version): it ended well
             self.run.phase("idle")
 
