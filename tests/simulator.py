@@ -37,7 +37,7 @@ from updaterd.net.cachefile import Expected, ProgressFn, write_verified
 from updaterd.net.document import Document, Validators
 from updaterd.release.publish import delta_files
 from updaterd.trust import minisign
-from updaterd.trust.feed import MANIFEST, SIGNATURE, Artifact, Manifest, Release
+from updaterd.trust.feed import MANIFEST, SIGNATURE, Artifact, Manifest, Release, is_marker
 
 PLATFORM = "linux-x86_64"
 
@@ -90,7 +90,8 @@ class FeedSimulator:
             folder = Path(tmp)
             for r in self.releases:
                 for a in r.artifacts:
-                    (folder / a.url).write_bytes(self.blobs[a.url])
+                    if not is_marker(a):
+                        (folder / a.url).write_bytes(self.blobs[a.url])
             (folder / name).write_bytes(data)
             for blob, raw in delta_files(folder, self.app, version, artifact, self.releases,
                                      deltas):

@@ -8,6 +8,8 @@ import json
 import logging
 import os
 import sys
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import ClassVar
 
@@ -77,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
                           "re-configured; `rotate-keys` moves hosts over by themselves)")
     pub.add_argument("--delta-from", type=int, default=2, metavar="N",
                      help="write delta packs from the N releases before this one (0: none)")
+    pub.add_argument("--rollout-key", action="append", default=[], metavar="KEY",
+                     help="a rollout key (ROLLOUT.pub or its base64 line) that steers the "
+                          "release through rollout.json (`updaterd rollout`); repeatable")
     pub.add_argument("--dry-run", action="store_true",
                      help="check everything and say what would change; write nothing")
     pub.add_argument("artifacts", nargs="*", metavar="ARTIFACT",
@@ -121,6 +126,11 @@ def _parser() -> argparse.ArgumentParser:
                                          "and their files")
     fx.add_argument("--keep", required=True, type=int, metavar="N",
                     help="releases kept in each channel (1 or more)")
+    fg = _feed_writer(feed_sub, "guard", "let a rollout key steer a release: hosts take it "
+                                         "as the signed rollout.json allows")
+    fg.add_argument("--rollout-key", required=True, action="append", metavar="KEY",
+                    help="the rollout key: ROLLOUT.pub or its base64 line; repeatable")
+    fg.add_argument("release_version", metavar="VERSION", help="the release to guard")
     fc = feed_sub.add_parser("check", help="read a served feed as a host would and check "
                                            "every artifact, descriptor and pack")
     fc.add_argument("target", metavar="URL|DIR", help="the feed's URL (its folder, or its "
@@ -129,6 +139,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="a public key file (PREFIX.pub) or its base64 line; repeatable")
     fc.add_argument("--threshold", type=int, default=1, metavar="N",
                     help="signatures by distinct keys needed (default 1)")
+    _rollout_parser(sub)
     sb = sub.add_parser("self-build", help="write the running updaterd as a release archive")
     sb.add_argument("--out", required=True, metavar="DIR")
     sb.add_argument("--version", dest="release_version", metavar="V",
@@ -214,6 +225,75 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _rollout_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    ro = sub.add_parser("rollout", help="guarded rollout: widen a release while the fleet's "
+                                        "metrics hold; halt, resume, recall by hand")
+    ro_sub = ro.add_subparsers(dest="rollout_command", metavar="COMMAND", required=True)
+    run = ro_sub.add_parser("run", help="widen a release step by step while every gate "
+                                        "holds; halt or recall at the first breach")
+    st = ro_sub.add_parser("status", help="what rollout.json says of each guarded release")
+    st.add_argument("--feed", required=True, metavar="DIR", help="the feed folder")
+    writers = [run]
+    for name, text in (("halt", "stop a release where it is: no new host takes it"),
+                       ("resume", "let a halted or recalled release go on from its share"),
+                       ("recall", "hosts on the release go back to their newest kept "
+                                  "release that is not recalled"),
+                       ("resign", "a new serial and expiry, the entries as they are (a "
+                                  "timer keeps a finished rollout's document fresh)")):
+        p = ro_sub.add_parser(name, help=text)
+        if name != "resign":
+            p.add_argument("release_version", metavar="VERSION")
+        if name in ("halt", "recall"):
+            p.add_argument("--why", default="", metavar="TEXT", help="the reason hosts show")
+        if name == "resume":
+            p.add_argument("--share", type=int, metavar="N", help="the share to go on from "
+                                                                  "(default: the one it had)")
+        writers.append(p)
+    for p in writers:
+        p.add_argument("--feed", required=True, metavar="DIR", help="the feed folder")
+        p.add_argument("--key", required=True, metavar="ROLLOUT.key",
+                       help="the rollout key's secret key (not the feed's signing key)")
+        if p is not run:
+            p.add_argument("--expires", default="1d", metavar="DURATION",
+                           help="how long hosts accept rollout.json (default 1d)")
+    run.add_argument("--plan", required=True, metavar="plan.toml",
+                     help="version, steps, soak, min_hosts, on_fail and the [[gate]]s")
+    run.add_argument("--prometheus", required=True, metavar="URL",
+                     help="the Prometheus that scrapes the fleet (http://host:9090)")
+
+
+def _rollout(args: argparse.Namespace) -> int:
+    """`updaterd rollout COMMAND`."""
+    from updaterd.release import controller, publish
+
+    feed_dir = Path(args.feed)
+    if args.rollout_command == "status":
+        print("\n".join(controller.describe(feed_dir)))
+        return EXIT_OK
+    key = publish.signing_keys(Path(args.key))[0]
+    if args.rollout_command == "run":
+        plan = controller.load_plan(Path(args.plan))
+
+        def say(line: str) -> None:
+            print(f"{time.strftime('%H:%M:%S')} {line}", flush=True)
+
+        try:
+            controller.run(feed_dir, key, plan, controller.Prometheus(args.prometheus), say)
+        except controller.Halted as e:
+            print(f"updaterd: {e}", file=sys.stderr)
+            return EXIT_FAILED
+        return EXIT_OK
+    if args.rollout_command == "resign":
+        doc = controller.resign(feed_dir, key, args.expires, datetime.now(UTC))
+        print(f"rollout.json serial {doc.serial}, expires {doc.expires:%Y-%m-%d %H:%M} UTC")
+        return EXIT_OK
+    state = {"halt": "halted", "resume": "active", "recall": "recalled"}[args.rollout_command]
+    print(controller.set_state(feed_dir, key, args.release_version, state,  # type: ignore[arg-type]
+                               getattr(args, "why", ""), args.expires,
+                               getattr(args, "share", None)))
+    return EXIT_OK
+
+
 def _feed_writer(feed_sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str,
                  text: str) -> argparse.ArgumentParser:
     """A `feed` command that re-signs the feed: its folder, its keys, --dry-run."""
@@ -248,6 +328,10 @@ def _feed(args: argparse.Namespace) -> int:
         done = feedtools.yank_release(feed_dir=Path(args.feed), key_path=keys,
                                       version=args.release_version, why=args.why,
                                       dry_run=args.dry_run)
+    elif args.feed_command == "guard":
+        done = feedtools.guard_release(feed_dir=Path(args.feed), key_path=keys,
+                                       version=args.release_version,
+                                       rollout_keys=args.rollout_key, dry_run=args.dry_run)
     elif args.feed_command == "unyank":
         done = feedtools.unyank_release(feed_dir=Path(args.feed), key_path=keys,
                                         version=args.release_version, dry_run=args.dry_run)
@@ -293,7 +377,8 @@ def _dispatch(args: argparse.Namespace) -> int:
                        artifacts=[Path(a) for a in args.artifacts], channel=args.channel,
                        notes=notes, expires=args.expires, rollout=args.rollout,
                        platform=args.platform, new_key=args.new_key,
-                       delta_from=args.delta_from, dry_run=args.dry_run)
+                       delta_from=args.delta_from, dry_run=args.dry_run,
+                       rollout_keys=args.rollout_key)
         print("\n".join(done.lines))
         return EXIT_OK
     if args.command == "rotate-keys":
@@ -309,6 +394,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.command == "feed":
         return _feed(args)
+    if args.command == "rollout":
+        return _rollout(args)
     if args.command == "self-build":
         from updaterd.install import selfupdate
 

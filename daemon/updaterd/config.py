@@ -6,6 +6,7 @@ run reports every problem (one line each) instead of stopping at the first.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import platform
 import re
@@ -97,6 +98,8 @@ class DaemonConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     host_id: str | None = None  # for rollout; default /etc/machine-id
     platform: str | None = None  # default linux-<machine>
     max_rate: Rate | None = None  # a cap on all downloads together
+    # serve the metrics on plain HTTP GET /metrics here (HOST:PORT), for a Prometheus to scrape
+    metrics_listen: str | None = None
 
 
 class AppConfig(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -437,6 +440,8 @@ def parse(text: str, path: str) -> Config:
             apps[name] = app
     if daemon is not None:
         problems += _overlaps(daemon, apps, path)
+        if daemon.metrics_listen is not None:
+            problems += _listen_problems(daemon.metrics_listen, path)
         if len(daemon.socket.encode()) > MAX_SOCKET_PATH:
             problems.append(f"{path}: daemon.socket: {len(daemon.socket.encode())} bytes; a "
                             f"Unix socket's path holds at most {MAX_SOCKET_PATH} (clients could "
@@ -445,6 +450,29 @@ def parse(text: str, path: str) -> Config:
         raise ConfigError(problems)
     assert daemon is not None and limits is not None
     return Config(daemon=daemon, limits=limits, apps=apps, path=path)
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """`127.0.0.1:9137` or `[::1]:9137` -> (host, port); ValueError names the problem."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError("expected HOST:PORT, such as 127.0.0.1:9137 or [::1]:9137")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not 1 <= int(port) <= 65535:
+        raise ValueError(f"port {port} is not between 1 and 65535")
+    return host, int(port)
+
+
+def _listen_problems(listen: str, path: str) -> list[str]:
+    """`metrics_listen` must be an address literal and a port: a name would be resolved at
+    every start, and could quietly move the metrics to another interface."""
+    try:
+        host, _port = parse_listen(listen)
+        ipaddress.ip_address(host)
+    except ValueError as e:
+        return [f"{path}: daemon.metrics_listen: {listen!r}: {e}"]
+    return []
 
 
 def _overlaps(daemon: DaemonConfig, apps: dict[str, AppConfig], path: str) -> list[str]:

@@ -13,6 +13,7 @@ import time
 
 from updaterd import logtext, versions
 from updaterd.state import AppState, HistoryEntry, Transaction, TrustRoot, record
+from updaterd.trust.feed import RolloutMark
 
 
 def _text(text: str) -> str:
@@ -33,10 +34,16 @@ def remember(st: AppState, action: str, version: str, from_version: str | None, 
 
 def checked(st: AppState, *, serial: int, digest: str, available: str | None,
             passed_over: dict[str, str], at: float, downloads: list[str],
-            yanked: dict[str, str] | None = None) -> None:
+            yanked: dict[str, str] | None = None, rollout_mark: RolloutMark | None = None,
+            rollout_buckets: dict[str, int] | None = None) -> None:
     """The feed passed every check: its serial is the new high-water mark, and the cache is
-    for `downloads` only. `yanked`: the releases the publisher withdrew, and why."""
+    for `downloads` only. `yanked`: the releases the publisher withdrew, and why.
+    `rollout_mark`: the rollout.json accepted (None: none was, and the last one stays the
+    mark); `rollout_buckets`: this host's place in each guarded rollout."""
     st.serial, st.manifest_digest = serial, digest
+    if rollout_mark is not None:
+        st.rollout_mark = rollout_mark
+    st.rollout_buckets = dict(rollout_buckets or {})
     st.available, st.downloads = available, downloads
     st.passed_over = {_text(v): _text(why) for v, why in passed_over.items()}
     st.yanked = {_text(v): _text(why) for v, why in (yanked or {}).items()}
@@ -135,6 +142,10 @@ def switched_back(st: AppState, tx: Transaction, to_version: str | None, limit: 
     left = tx.from_version
     st.installed = to_version
     st.pending = None
+    if left is not None:
+        _count(st.rollbacks_from, left)
+        if tx.block and not tx.recall:
+            _count(st.failed_checks, left)
     if left is not None and st.available == left:
         st.available = None  # blocked or skipped now: not on offer any more
     if to_version is not None and to_version in st.skipped:
@@ -151,6 +162,15 @@ def switched_back(st: AppState, tx: Transaction, to_version: str | None, limit: 
             st.skipped.append(left)
         st.last_error = None  # the operator's move succeeded; the old error is past
         remember(st, "rolled_back", to_version or "", left, tx.reason, limit)
+
+
+MAX_COUNTED = 32  # versions whose rollbacks are counted; the oldest counted goes first
+
+
+def _count(counts: dict[str, int], version: str) -> None:
+    counts[version] = counts.pop(version, 0) + 1  # the newest counted last
+    while len(counts) > MAX_COUNTED:
+        del counts[next(iter(counts))]
 
 
 def found_on_disk(st: AppState, on_disk: str | None, limit: int) -> bool:

@@ -18,6 +18,7 @@ from msgspec import Struct
 
 from updaterd import fsutil
 from updaterd.errors import StateError
+from updaterd.trust.feed import RolloutMark
 
 log = logging.getLogger("updaterd.state")
 SCHEMA = 1
@@ -35,6 +36,7 @@ class Transaction(Struct, kw_only=True):
     to_digest: str = ""  # inplace: BLAKE3 of the new file, to recognise it after a crash
     backup: str = ""  # inplace: the copy of the file being replaced
     skip_left: bool = True  # rollback by the operator: skip the version left (not forward)
+    recall: bool = False  # rollback: the rollout key recalled the version left (it did not fail)
 
 
 class TrustRoot(Struct, kw_only=True):
@@ -93,6 +95,14 @@ class AppState(Struct, kw_only=True):
     # found one, so that an operation that brings the daemon down is not retried for ever
     in_progress: str | None = None
     cuts: int = 0
+    # guarded rollout (trust/rollout.py): the newest rollout.json accepted, and this host's
+    # place in the rollout of each guarded release it does not run yet (the metrics show it)
+    rollout_mark: RolloutMark | None = None
+    rollout_buckets: dict[str, int] = {}
+    # per version left: rollbacks of any kind, and those after failed checks (the metrics a
+    # rollout's gates read; kept across restarts so that a counter never falls back)
+    rollbacks_from: dict[str, int] = {}
+    failed_checks: dict[str, int] = {}
 
 
 def app_dir(state_dir: Path, app: str) -> Path:

@@ -103,6 +103,7 @@ class Offer:
     channel: str
     rollout: int = 100
     yanked: str | None = None  # the publisher's reason: never installed automatically
+    held: str | None = None  # why its guarded rollout lets no new host take it (halt, recall)
 
 
 @dataclass(frozen=True)
@@ -229,6 +230,8 @@ def _refusal(offer: Offer, policy: Policy, semantic: bool = True) -> str:
         return f"on the {offer.channel} channel; this host follows {policy.channel}"
     if offer.yanked is not None:
         return f"yanked by the publisher: {offer.yanked}"
+    if offer.held is not None:
+        return offer.held
     if offer.version in policy.blocked:
         return "blocked after a failed health check"
     if offer.version in policy.skipped:

@@ -46,8 +46,8 @@ from updaterd.net.ratecap import TokenBucket
 from updaterd.reports import Checked, Event, RolledBack, Updated
 from updaterd.sources import Source, local_folder, make_source
 from updaterd.sources.refresh import FeedSource, Transport
-from updaterd.trust import treehash, yank
-from updaterd.trust.feed import Artifact, Manifest, Release, TrustedFeed
+from updaterd.trust import rollout, treehash, yank
+from updaterd.trust.feed import Artifact, Manifest, Release, TrustedFeed, is_marker
 from updaterd.units import parse_rate
 
 log = logging.getLogger("updaterd.engine")
@@ -185,7 +185,11 @@ class Engine:
             outcome.check_attempted(run.state, cycle_start)  # the operation records the failure
             raise
         manifest = trusted.manifest
-        offers = [versions.Offer(r.version, r.channel, r.rollout, yank.reason(r))
+        governed = {r.version: rollout.govern(r, trusted.rollout, trusted.rollout_signer,
+                                              trusted.rollout_problem)
+                    for r in manifest.releases}
+        offers = [versions.Offer(r.version, r.channel, governed[r.version].share,
+                                 yank.reason(r), governed[r.version].held)
                   for r in manifest.releases if self._artifact(r) is not None]
         baseline = run.state.installed
         if run.cfg.source == "github":  # no signed serial: the newest version ever installed
@@ -196,18 +200,31 @@ class Engine:
         outcome.rate_limited(run.state, None)
         downloads = sorted({a.url.rsplit("/", 1)[-1] for r in manifest.releases
                             if r.version in (choice.version, wanted) for a in r.artifacts
-                            if not yank.is_marker(a)})
+                            if not is_marker(a)})
         yanked = {r.version: why for r in manifest.releases
                   if (why := yank.reason(r)) is not None}
         outcome.checked(run.state, serial=manifest.serial, digest=trusted.digest,
                         available=choice.version, passed_over=choice.passed_over,
-                        at=cycle_start, downloads=downloads, yanked=yanked)
+                        at=cycle_start, downloads=downloads, yanked=yanked,
+                        rollout_mark=trusted.rollout_mark,
+                        rollout_buckets=self._places(run, manifest))
         run.save()
         drop_unwanted_downloads(run)
         found = f"{choice.version} is available" if choice.version else "nothing new"
         run.phase("idle", found)
         return trusted, Checked(current=run.state.installed, available=choice.version,
                                 checked_at=cycle_start, passed_over=choice.passed_over)
+
+    def _places(self, run: AppRun, manifest: Manifest) -> dict[str, int]:
+        """This host's place (0-99) in the rollout of each guarded release newer than what
+        it runs, on a channel it follows: it takes the release once the share is above it.
+        The metrics show it, so that a controller can tell how many hosts a share reaches."""
+        current = run.state.installed
+        return {r.version: versions.rollout_bucket(self.host_id, run.name, r.version)
+                for r in manifest.releases
+                if rollout.is_guarded(r) and versions.follows(run.cfg.channel, r.channel)
+                and versions.orderable(r.version)
+                and (current is None or versions.is_newer(r.version, current))}
 
     @staticmethod
     def _followed(manifest: Manifest, version: str, run: AppRun) -> Release | None:
@@ -338,6 +355,9 @@ class Engine:
                 if release is None:
                     raise NoSuchVersion(f"{app}: the feed has no version {version!r}")
             else:
+                recalls = self._recalls(trusted)
+                if before in recalls:
+                    return await self._leave_recalled(run, op, before, recalls)
                 if result.available is None:
                     return Updated(from_version=before, to_version=before, result="up_to_date")
                 release = self._followed(trusted.manifest, result.available, run)
@@ -359,6 +379,39 @@ class Engine:
                       "the next start of updaterd finishes its health check")
         return Updated(from_version=before, to_version=release.version,
                        result=ended, reason=reason)  # type: ignore[arg-type]
+
+    @staticmethod
+    def _recalls(trusted: TrustedFeed) -> dict[str, str]:
+        """The releases the rollout key recalled, and why."""
+        return {r.version: why for r in trusted.manifest.releases
+                if (why := rollout.govern(r, trusted.rollout, trusted.rollout_signer,
+                                          trusted.rollout_problem).recalled) is not None}
+
+    async def _leave_recalled(self, run: AppRun, op: Operation, current: str | None,
+                              recalls: dict[str, str]) -> Updated:
+        """Go back from a recalled release to the newest kept release that is not recalled
+        (the recalled one is blocked, as after a failed check); stay when none is kept."""
+        assert current is not None
+        reason = f"recalled by its rollout: {recalls[current]}"
+        target = next((k for k in sorted((k for k in run.layout.kept()
+                                          if k.version not in recalls
+                                          and versions.orderable(k.version)),
+                                         key=lambda k: versions.key(k.version), reverse=True)),
+                      None)
+        if target is None or not run.layout.knows_version:
+            log.error("%s: %s is %s; no other release is kept to go back to, so it stays",
+                      run.name, current, reason)
+            return Updated(from_version=current, to_version=current, result="up_to_date",
+                           reason=reason)
+        await self._refuse_damaged(run, target)
+        log.error("%s: %s is %s; going back to %s", run.name, current, reason, target.version)
+        op.version = current
+        await run.hooks.before_switch()  # the window and the inhibitors, as any switch
+        with trio.CancelScope(shield=True):
+            await roll_back(run, from_version=current, to_version=target.version, block=True,
+                            reason=reason, recall=True)
+        return Updated(from_version=current, to_version=target.version, result="rolled_back",
+                       reason=reason)
 
     async def rollback(self, app: str, to: str | None = None) -> RolledBack:
         """Go back to the previous (or a named) kept version; the version left is skipped.

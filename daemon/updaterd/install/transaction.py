@@ -353,13 +353,14 @@ async def _intact_rollback_target(run: AppRun, failed: str, previous: str | None
 
 
 async def roll_back(run: AppRun, *, from_version: str, to_version: str | None, block: bool,
-                    reason: str, backup: str = "", skip_left: bool = True) -> None:
+                    reason: str, backup: str = "", skip_left: bool = True,
+                    recall: bool = False) -> None:
     """Journal, switch back, restart; block the version left when it failed its checks, or
     skip it when the operator went back from it (`skip_left`)."""
     run.phase("rolling_back", reason, from_version)
     tx = Transaction(kind="rollback", from_version=from_version, to_version=to_version or "",
                      started_at=time.time(), reason=reason, block=block, backup=backup,
-                     skip_left=skip_left)
+                     skip_left=skip_left, recall=recall)
     outcome.journaled(run.state, tx)
     run.save()
     failpoints.hit("rollback.after_journal")

@@ -18,7 +18,7 @@ from urllib.parse import urljoin
 from updaterd import fsutil
 from updaterd.errors import DigestMismatch, FeedError, SignatureError, UpdaterError
 from updaterd.install import delta
-from updaterd.trust import digests, feed, minisign, yank
+from updaterd.trust import digests, feed, minisign
 
 WARN_BEFORE = timedelta(days=7)
 MAX_MANIFEST = 4 << 20
@@ -140,7 +140,7 @@ def check(target: str, public_keys: list[str], threshold: int = 1,
                                "hosts refuse it then (`updaterd feed resign`)")
     for release in m.releases:
         for a in release.artifacts:
-            if yank.is_marker(a):  # no file: the reason itself (only `feed list` shows it)
+            if feed.is_marker(a):  # no file: a yank or a rollout key (`feed list` shows them)
                 continue
             name = a.url
             what = f"{release.version} {a.platform}: {place.where(name)}"

@@ -21,7 +21,7 @@ from updaterd.errors import FeedError
 from updaterd.release import publish
 from updaterd.sources import keys
 from updaterd.sources.keys import KeySet
-from updaterd.trust import feed, yank
+from updaterd.trust import feed, rollout, yank
 from updaterd.trust.feed import Manifest, Release
 
 _NO_FEED = "{path}: no feed here (`updaterd publish` creates one)"
@@ -109,6 +109,28 @@ def yank_release(*, feed_dir: Path, key_path: Sequence[Path], version: str, why:
             return ""
         yank.apply(release, why)
         return f"yanked {m.app} {release.version}"
+
+    return _rewrite(feed_dir, key_path, change, dry_run=dry_run)
+
+
+def guard_release(*, feed_dir: Path, key_path: Sequence[Path], version: str,
+                  rollout_keys: Sequence[str], dry_run: bool = False) -> Rewritten:
+    """Let a rollout key steer a release (`rollout.json`): from now on hosts take the smaller
+    of its share and the manifest's, and none at all until the rollout starts."""
+    markers = [rollout.marker(k) for k in publish.read_public_keys(rollout_keys)]
+
+    def change(m: Manifest) -> str:
+        release = _find(m, version)
+        new = [g for g in markers if g not in release.artifacts]
+        if not new:
+            return ""
+        release.artifacts = [*release.artifacts, *new]
+        return (f"{m.app} {release.version} is guarded by rollout key"
+                f"{'s' if len(new) > 1 else ''} "
+                + ", ".join(k.id_hex for g in new for k in rollout.keys_of(
+                    Release(version=release.version, published=release.published,
+                            artifacts=[g])))
+                + ": hosts take it as rollout.json allows")
 
     return _rewrite(feed_dir, key_path, change, dry_run=dry_run)
 
@@ -210,7 +232,8 @@ def _listed(release: Release) -> dict[str, object]:
     out: dict[str, object] = msgspec.to_builtins(release)
     out["yanked"] = yank.reason(release)
     out["rollout"] = yank.rollout_before(release)
-    out["artifacts"] = [msgspec.to_builtins(a) for a in release.artifacts if not yank.is_marker(a)]
+    out["artifacts"] = [msgspec.to_builtins(a) for a in release.artifacts if not feed.is_marker(a)]
+    out["rollout_keys"] = [k.to_base64() for k in rollout.keys_of(release)]
     return out
 
 
@@ -228,6 +251,8 @@ def describe(listed: dict[str, object]) -> str:
                    f"{r['published']}")
         if r["yanked"] is not None:
             out.append(f"  YANKED: {logtext.clean(str(r['yanked']))}")
+        for k in r["rollout_keys"]:
+            out.append(f"  guarded by rollout key {k} (rollout.json steers it)")
         for a in r["artifacts"]:
             out.append(f"  {a['platform']}: {a['url']} ({a['size']} bytes)")
     return "\n".join(out)

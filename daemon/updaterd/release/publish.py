@@ -31,6 +31,7 @@ from updaterd.install import delta
 from updaterd.sources import keys
 from updaterd.sources.keys import KeySet
 from updaterd.trust import archive, digests, feed, minisign, yank
+from updaterd.trust import rollout as rollout_guard
 from updaterd.trust.feed import Artifact, Manifest, Release
 from updaterd.units import parse_duration
 
@@ -214,9 +215,9 @@ def _artifact_entries(artifacts: list[Path], platform: str | None, app: str,
             raise FeedError(f"{path}: no such file" if not path.exists() else
                             f"{path}: not a regular file")
         where = platform_of(path.name, platform)
-        if where == yank.PLATFORM or where.endswith(delta.SUFFIX):
-            raise FeedError(f"platform {where!r} is reserved: it marks a yank or a delta "
-                            "descriptor, which no host installs")
+        if where in feed.MARKER_PLATFORMS or where.endswith(delta.SUFFIX):
+            raise FeedError(f"platform {where!r} is reserved: it marks a yank, a rollout key "
+                            "or a delta descriptor, which no host installs")
         if any(a.platform == where for _, a in entries):
             raise FeedError(f"two artifacts for platform {where}: {entries[0][0]} and {path} "
                             "(name each platform in the file name, or publish them one by one "
@@ -349,7 +350,7 @@ def warn_missing(feed_dir: Path, manifest: Manifest) -> list[str]:
     found = []
     for r in manifest.releases:
         for a in r.artifacts:
-            if yank.is_marker(a) or "://" in a.url:
+            if feed.is_marker(a) or "://" in a.url:
                 continue
             try:
                 size = (feed_dir / a.url).stat().st_size
@@ -380,11 +381,24 @@ def verify_as_hosts(raw: bytes, signature: bytes, trust: Trust | None, app: str,
                         "nothing was written") from None
 
 
+def read_public_keys(given: Sequence[str]) -> list[minisign.PublicKey]:
+    """Public keys named as a `.pub` file or as its base64 line."""
+    found = []
+    for text in given:
+        path = Path(text)
+        try:
+            found.append(minisign.PublicKey.parse(path.read_text() if path.is_file() else text))
+        except (OSError, ValueError) as e:
+            raise FeedError(f"{text}: {e}") from None
+    return found
+
+
 def publish(*, feed_dir: Path, key_path: Path | Sequence[Path], app: str, version: str,
             artifacts: list[Path], channel: str = "stable", notes: str | None = None,
             expires: str = "30d", rollout: int | None = None, platform: str | None = None,
             now: datetime | None = None, new_key: bool = False,
-            delta_from: int = 2, dry_run: bool = False) -> Published:
+            delta_from: int = 2, dry_run: bool = False,
+            rollout_keys: Sequence[str] = ()) -> Published:
     """Add `version` to the feed at `feed_dir` and re-sign it.
 
     A published version is immutable: the same bytes again change nothing, other bytes are
@@ -392,7 +406,9 @@ def publish(*, feed_dir: Path, key_path: Path | Sequence[Path], app: str, versio
     after the other, for hosts with a `threshold` above 1. Everything is checked, and the new
     manifest verified as the hosts would verify it, before the feed folder is touched; at every
     instant the folder holds a manifest that its signature file verifies (row 144). Each
-    archive gets a delta descriptor and packs from the `delta_from` releases before it."""
+    archive gets a delta descriptor and packs from the `delta_from` releases before it.
+    `rollout_keys` (key files or base64 lines) may steer the release through rollout.json."""
+    guards = [rollout_guard.marker(k) for k in read_public_keys(rollout_keys)]
     try:
         versions.parse(version)
     except ValueError as e:
@@ -427,6 +443,9 @@ def publish(*, feed_dir: Path, key_path: Path | Sequence[Path], app: str, versio
         edits.append(f"rollout {old.rollout}% -> {rollout}%")
     if old is not None and notes is not None and notes != old.notes:
         edits.append("new notes")
+    guards = [g for g in guards if old is None or g not in old.artifacts]
+    if old is not None and guards:
+        edits.append("guarded by a rollout key")
     if old is not None and not added and not edits:
         where = "" if old.channel == channel else \
             f"; it stays on {old.channel} (`updaterd feed promote` moves it)"
@@ -446,11 +465,14 @@ def publish(*, feed_dir: Path, key_path: Path | Sequence[Path], app: str, versio
         release.notes = old.notes if notes is None else notes
         release.rollout = old.rollout if rollout is None else rollout
     new_entries = [(p, a) for p, a in entries if old is None or a.platform in added]
-    release.artifacts = [*release.artifacts, *(a for _, a in new_entries)]
+    release.artifacts = [*release.artifacts, *(a for _, a in new_entries), *guards]
     lines = [f"{app} {version}: {release.channel}, rollout {release.rollout}%, serial "
              f"{manifest.serial}, expires {manifest.expires:%Y-%m-%d %H:%M} UTC"
              + (f" ({', '.join(edits)})" if edits else "")]
     lines += [f"  {a.platform}: {a.url} ({_size(a.size)}, from {p})" for p, a in new_entries]
+    lines += [f"  guarded by rollout key {k.to_base64()}: hosts take it as rollout.json allows"
+              for g in guards for k in rollout_guard.keys_of(Release(
+                  version=version, published=now, artifacts=[g]))]
     if dry_run:
         return Published(manifest, False, ["would publish " + lines[0], *lines[1:]])
     feed_dir.mkdir(parents=True, exist_ok=True)
@@ -504,11 +526,12 @@ def _size(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
-def write_signed(feed_dir: Path, manifest_path: Path, raw: bytes, signature: bytes) -> None:
-    """Replace the manifest and its signature so that at every instant the folder holds a
-    manifest its signature file verifies."""
+def write_signed(feed_dir: Path, manifest_path: Path, raw: bytes, signature: bytes,
+                 sig_path: Path | None = None) -> None:
+    """Replace the manifest (or another signed document: rollout.json and `sig_path`) and its
+    signature so that at every instant the folder holds a document its signature verifies."""
     old_mtime = manifest_path.stat().st_mtime if manifest_path.exists() else None
-    sig_path = feed_dir / feed.SIGNATURE
+    sig_path = sig_path or feed_dir / feed.SIGNATURE
     # Two renames cannot be one: for the instant between them the signature file carries the
     # new blocks and the old ones, so the old and the new manifest both verify.
     with contextlib.suppress(FileNotFoundError):

@@ -35,6 +35,16 @@ def render(daemon: DaemonView) -> str:
          "Deltas given up (a problem with the descriptor, the pack or the kept release) for "
          "the full artifact.", []),
         ("updaterd_phase", "gauge", "1 for the phase each app is in.", []),
+        ("updaterd_release_rollbacks_total", "counter",
+         "Rollbacks away from each version, of any kind (kept across restarts).", []),
+        ("updaterd_release_failed_checks_total", "counter",
+         "Rollbacks away from each version after it failed its restart or health check "
+         "(kept across restarts).", []),
+        ("updaterd_last_switch_timestamp_seconds", "gauge",
+         "When the app last changed version: an update committed or a rollback.", []),
+        ("updaterd_rollout_place", "gauge",
+         "This host's place (0-99) in the guarded rollout of each newer release: it takes "
+         "the release once the rollout's share is above it.", []),
     ]
     rows = {name: lines for name, _t, _h, lines in families}
     for name, w in daemon.workers.items():
@@ -56,6 +66,18 @@ def render(daemon: DaemonView) -> str:
             f'{{{app},plan="full"}} {c.downloaded_bytes - c.delta_bytes}')
         rows["updaterd_downloaded_bytes_total"].append(f'{{{app},plan="delta"}} {c.delta_bytes}')
         rows["updaterd_delta_fallbacks_total"].append(f"{{{app}}} {c.delta_fallbacks}")
+        for version, n in st.rollbacks_from.items():
+            rows["updaterd_release_rollbacks_total"].append(
+                f'{{{app},version="{_label(version)}"}} {n}')
+        for version, n in st.failed_checks.items():
+            rows["updaterd_release_failed_checks_total"].append(
+                f'{{{app},version="{_label(version)}"}} {n}')
+        switched = [h.at for h in st.history if h.action in ("installed", "rolled_back")]
+        if switched:
+            rows["updaterd_last_switch_timestamp_seconds"].append(f"{{{app}}} {max(switched)}")
+        for version, place in st.rollout_buckets.items():
+            rows["updaterd_rollout_place"].append(
+                f'{{{app},version="{_label(version)}"}} {place}')
         for phase in PHASES:
             rows["updaterd_phase"].append(
                 f'{{{app},phase="{phase}"}} {1 if w.phase == phase else 0}')

@@ -25,7 +25,7 @@ from updaterd.engine.engine import Engine
 from updaterd.errors import ConfigError, UpdaterError
 from updaterd.install import selfupdate
 from updaterd.reports import Event
-from updaterd.service import answers, rpc
+from updaterd.service import answers, metrics, metrics_http, rpc
 from updaterd.service.api import ControlApi
 from updaterd.service.events import EventBus
 from updaterd.service.inhibitors import Inhibitors
@@ -153,6 +153,9 @@ class Daemon:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 await nursery.start(server.serve, sock)
+                if self.config.daemon.metrics_listen is not None:
+                    await nursery.start(metrics_http.serve, self.config.daemon.metrics_listen,
+                                        lambda: metrics.render(self))
                 for name in self.config.apps:
                     await self._start_worker(name)
                 self.notifier.send("READY=1")

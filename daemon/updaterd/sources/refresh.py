@@ -5,7 +5,9 @@
 3. new bytes: the feed's key rotations are followed from the keys in use;
 4. the manifest's signature;
 5. every trust check of `feed.verify_manifest`, against the stored high-water mark;
-6. the verified copy is kept for the next "not modified".
+6. the verified copy is kept for the next "not modified";
+7. when its releases name rollout keys, `rollout.json` (fetched every time, however the
+   manifest answered: it changes on its own), whose problems are logged, never raised.
 
 It stores nothing in the app's state: the engine records what the refresh proved
 (`outcome.checked`). The feed's files come through a `Transport` of two methods, which the
@@ -15,20 +17,25 @@ the engine's `Source` over any of them.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
 import msgspec
 
 from updaterd.config import AppConfig, Limits
+from updaterd.errors import DownloadError, FeedError
 from updaterd.net.cachefile import Expected, ProgressFn
 from updaterd.net.document import Document, Validators
 from updaterd.sources import keys, verified
 from updaterd.state import AppState
-from updaterd.trust import minisign
+from updaterd.trust import minisign, rollout
 from updaterd.trust.feed import MANIFEST, SIGNATURE, Artifact, TrustedFeed
 from updaterd.units import parse_size
+
+log = logging.getLogger("updaterd.rollout")
 
 
 class Transport(Protocol):
@@ -56,6 +63,12 @@ class Transport(Protocol):
 async def refresh(app: str, cfg: AppConfig, limits: Limits, state: AppState,
                   transport: Transport, state_folder: Path, cycle_start: float) -> TrustedFeed:
     """The feed of `app`, verified (FeedError naming the reason otherwise)."""
+    trusted = await _manifest(app, cfg, limits, state, transport, state_folder, cycle_start)
+    return await _with_rollout(app, state, transport, trusted, cycle_start)
+
+
+async def _manifest(app: str, cfg: AppConfig, limits: Limits, state: AppState,
+                    transport: Transport, state_folder: Path, cycle_start: float) -> TrustedFeed:
     kept = verified.load_copy(state_folder) if transport.remote else None
     conditional = kept is not None and state.serial is not None
     doc = await transport.document(
@@ -78,9 +91,34 @@ async def refresh(app: str, cfg: AppConfig, limits: Limits, state: AppState,
     return msgspec.structs.replace(trusted, validators=(doc.etag, doc.last_modified))
 
 
-async def _signed_document(transport: Transport, name: str) -> tuple[bytes, bytes | None] | None:
-    """A document beside the manifest (keys.json) and its signature, or None when absent."""
-    doc = await transport.document(name, keys.MAX_KEYS_SIZE, missing_ok=True)
+async def _with_rollout(app: str, state: AppState, transport: Transport, trusted: TrustedFeed,
+                        cycle_start: float) -> TrustedFeed:
+    """The verified feed with its rollout.json, when its releases name rollout keys. Any
+    problem is logged and kept as the reason: guarded releases then reach no new host."""
+    keys = rollout.declared(trusted.manifest)
+    guarded = any(rollout.is_guarded(r) for r in trusted.manifest.releases)
+    if not guarded:
+        return trusted
+    try:
+        if not keys:
+            raise FeedError("no rollout key the manifest names can be read")
+        found = await _signed_document(transport, rollout.DOCUMENT, rollout.MAX_DOCUMENT)
+        raw, sig = found if found is not None else (None, None)
+        accepted = rollout.verify(raw, sig, keys, app=app, mark=state.rollout_mark,
+                                  cycle_start=datetime.fromtimestamp(cycle_start, UTC))
+    except (FeedError, DownloadError) as e:  # a fetch that fails is no rollout.json either
+        log.warning("%s: %s; guarded releases reach no new host and no host moves", app, e)
+        return msgspec.structs.replace(trusted, rollout_problem=str(e))
+    return msgspec.structs.replace(trusted, rollout=accepted.doc,
+                                   rollout_signer=accepted.signer.to_base64(),
+                                   rollout_mark=accepted.mark)
+
+
+async def _signed_document(transport: Transport, name: str,
+                           cap: int = keys.MAX_KEYS_SIZE) -> tuple[bytes, bytes | None] | None:
+    """A document beside the manifest (keys.json, rollout.json) and its signature, or None
+    when absent."""
+    doc = await transport.document(name, cap, missing_ok=True)
     if doc.missing:
         return None
     sig = await transport.document(f"{name}.minisig", minisign.MAX_SIGNATURE_FILE,

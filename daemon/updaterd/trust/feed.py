@@ -24,6 +24,9 @@ SIGNATURE = "manifest.json.minisig"
 Hex64 = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
 # Artifact file names as they may appear in a feed: no path separators, no leading dot.
 SAFE_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,254}$")
+# Artifact entries that are not files: a yank (trust/yank.py) and a rollout key
+# (trust/rollout.py) travel as entries of these platforms, which no host installs.
+MARKER_PLATFORMS = frozenset({"yanked", "rollout-key"})
 
 
 class Artifact(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -63,6 +66,43 @@ class Manifest(Struct, forbid_unknown_fields=True, kw_only=True):
         return None
 
 
+def is_marker(artifact: Artifact) -> bool:
+    """An entry that marks the release (a yank, a rollout key), not a file to download."""
+    return artifact.platform in MARKER_PLATFORMS
+
+
+RolloutState = Literal["active", "halted", "recalled"]
+
+
+class RolloutEntry(Struct, forbid_unknown_fields=True, kw_only=True):
+    """What the rollout key says of one release: its share, and whether it is halted (no
+    new host takes it) or recalled (hosts on it go back)."""
+
+    share: Annotated[int, Meta(ge=0, le=100)]
+    state: RolloutState = "active"
+    since: datetime  # when the share or the state was last changed: the controller's clock
+    why: Annotated[str, Meta(max_length=500)] = ""
+
+
+class RolloutDoc(Struct, forbid_unknown_fields=True, kw_only=True):
+    """`rollout.json`, schema 1, signed by a rollout key the manifest declares."""
+
+    schema: Literal[1]
+    app: str
+    serial: Annotated[int, Meta(ge=0, le=2**63 - 1)]
+    expires: datetime
+    releases: Annotated[dict[str, RolloutEntry], Meta(max_length=256)] = {}
+
+
+class RolloutMark(Struct, kw_only=True):
+    """The newest `rollout.json` a host accepted, for the keys that signed it: an older
+    serial, or the same serial with other bytes, is refused (a replayed document)."""
+
+    keys: str  # fingerprint of the declared rollout keys; new keys start the mark again
+    serial: int
+    digest: str
+
+
 class TrustedFeed(Struct, frozen=True):
     """A manifest that passed every check, with the facts to persist about it."""
 
@@ -70,6 +110,12 @@ class TrustedFeed(Struct, frozen=True):
     digest: str  # sha256 of the raw manifest bytes
     unchanged: bool  # same serial and bytes as the stored high-water mark
     validators: tuple[str | None, str | None] | None = None  # new (etag, last-modified)
+    # rollout.json when the manifest declares rollout keys: the document and who signed it,
+    # or why none is used (then guarded releases reach no new host, and no host moves)
+    rollout: RolloutDoc | None = None
+    rollout_signer: str | None = None  # the base64 of the rollout key that signed it
+    rollout_mark: RolloutMark | None = None
+    rollout_problem: str | None = None
 
 
 def reject_duplicate_keys(raw: bytes, what: str = "manifest") -> None:

@@ -1,0 +1,341 @@
+"""`updaterd rollout`: the publisher's side of a guarded rollout (SPEC section 11).
+
+`run` widens one release step by step while every gate of the plan (a PromQL query over the
+fleet's `updaterd_*` metrics, and the most it may return) holds, and signs a halt or a recall
+at the first breach. It keeps no state but the feed's `rollout.json`: killed at any instant,
+it picks up from the share and the time that file says. Whatever it cannot judge (Prometheus
+unreachable, a gate with no value, too few hosts on the release yet) holds the rollout where
+it is: it never widens on missing evidence. `status`, `halt`, `resume`, `recall` and `resign`
+do the same by hand.
+"""
+
+from __future__ import annotations
+
+import math
+import string
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+from updaterd import logtext
+from updaterd.errors import FeedError, UpdaterError
+from updaterd.release import feedtools, publish
+from updaterd.trust import feed, minisign, rollout
+from updaterd.trust.feed import Release, RolloutDoc, RolloutEntry, RolloutState
+from updaterd.units import DURATION_PATTERN, parse_duration
+
+Duration = Annotated[str, Meta(pattern=DURATION_PATTERN)]
+Share = Annotated[int, Meta(ge=1, le=100)]
+
+
+class Gate(Struct, forbid_unknown_fields=True, kw_only=True):
+    """One `[[gate]]`: a PromQL query (`$app` and `$version` are filled in) and the most it
+    may return; a breach is any returned value above `max`."""
+
+    name: Annotated[str, Meta(min_length=1, max_length=80)]
+    query: Annotated[str, Meta(min_length=1, max_length=4000)]
+    max: float
+
+
+class Plan(Struct, forbid_unknown_fields=True, kw_only=True):
+    """`plan.toml`."""
+
+    version: Annotated[str, Meta(min_length=1, max_length=128)]
+    steps: Annotated[list[Share], Meta(min_length=1, max_length=20)]
+    soak: Duration
+    min_hosts: Annotated[int, Meta(ge=0, le=100_000)] = 1
+    on_fail: Literal["halt", "recall"] = "halt"
+    interval: Duration = "5s"  # how often Prometheus is asked
+    expires: Duration = "1d"  # how long hosts accept a rollout.json; re-signed at half that
+    gate: Annotated[list[Gate], Meta(min_length=1)]
+
+
+def load_plan(path: Path) -> Plan:
+    """The plan, with every problem named (FeedError)."""
+    try:
+        data = tomllib.loads(path.read_text())
+        plan = msgspec.convert(data, Plan, strict=True)
+    except OSError as e:
+        raise FeedError(f"{path}: {e.strerror}") from None
+    except (tomllib.TOMLDecodeError, msgspec.ValidationError) as e:
+        raise FeedError(f"{path}: {e}") from None
+    if plan.steps != sorted(set(plan.steps)):
+        raise FeedError(f"{path}: steps must grow, each larger than the one before")
+    if plan.steps[-1] != 100:
+        raise FeedError(f"{path}: the last step must be 100 (a rollout ends with every host)")
+    for g in plan.gate:
+        try:
+            string.Template(g.query).substitute(app="x", version="x")
+        except (KeyError, ValueError) as e:
+            raise FeedError(f"{path}: gate {g.name!r}: only $app and $version may be filled "
+                            f"in ({e})") from None
+    return plan
+
+
+# -- the feed's side: rollout.json, read and signed --------------------------------------------
+
+
+def read(feed_dir: Path) -> RolloutDoc | None:
+    """rollout.json as the folder holds it (the controller's own: not re-verified)."""
+    path = feed_dir / rollout.DOCUMENT
+    try:
+        return msgspec.json.decode(path.read_bytes(), type=RolloutDoc)
+    except FileNotFoundError:
+        return None
+    except msgspec.DecodeError as e:
+        raise FeedError(f"{path} cannot be read ({e}): sign a new one with `updaterd rollout "
+                        "halt` or `resume`") from None
+
+
+def guarded_release(feed_dir: Path, version: str, key: minisign.SecretKey) -> Release:
+    """The release, which must name this rollout key (else hosts would ignore what is signed)."""
+    manifest = feedtools.load(feed_dir)
+    release = manifest.release(version)
+    if release is None:
+        raise FeedError(f"the feed has no version {version!r}")
+    if key.public.raw not in {k.raw for k in rollout.keys_of(release)}:
+        raise FeedError(f"{manifest.app} {version} does not name rollout key "
+                        f"{key.public.id_hex}: publish it with `--rollout-key`, or "
+                        "`updaterd feed guard` it")
+    return release
+
+
+def write(feed_dir: Path, key: minisign.SecretKey, version: str, *, share: int,
+          state: RolloutState, why: str, expires: str, now: datetime) -> RolloutDoc:
+    """Sign rollout.json with one release's entry changed; the serial grows by one."""
+    manifest = feedtools.load(feed_dir)
+    doc = read(feed_dir) or RolloutDoc(schema=1, app=manifest.app, serial=0, expires=now)
+    doc.releases = {v: e for v, e in doc.releases.items() if manifest.release(v) is not None}
+    doc.releases[version] = RolloutEntry(share=share, state=state, since=now.replace(
+        microsecond=0), why=logtext.clean(why)[:500])
+    return _sign(feed_dir, key, doc, expires, now)
+
+
+def resign(feed_dir: Path, key: minisign.SecretKey, expires: str, now: datetime) -> RolloutDoc:
+    """A new serial and expiry, the entries as they are (a timer keeps a finished rollout's
+    document fresh, so hosts coming online later still take the release)."""
+    doc = read(feed_dir)
+    if doc is None:
+        raise FeedError(f"{feed_dir / rollout.DOCUMENT} does not exist: nothing to re-sign")
+    return _sign(feed_dir, key, doc, expires, now)
+
+
+def _sign(feed_dir: Path, key: minisign.SecretKey, doc: RolloutDoc, expires: str,
+          now: datetime) -> RolloutDoc:
+    doc.serial += 1
+    doc.expires = publish.expiry(now, expires)
+    raw = feed.encode(doc)
+    signature = key.sign(raw, f"rollout {doc.app} serial {doc.serial}").encode()
+    rollout.verify(raw, signature, [key.public], app=doc.app, mark=None,
+                   cycle_start=now)  # as hosts will, before a byte is written
+    publish.write_signed(feed_dir, feed_dir / rollout.DOCUMENT, raw, signature,
+                         feed_dir / rollout.SIGNATURE)
+    return doc
+
+
+def set_state(feed_dir: Path, key: minisign.SecretKey, version: str, state: RolloutState,
+              why: str, expires: str = "1d", share: int | None = None,
+              now: datetime | None = None) -> str:
+    """`rollout halt | resume | recall`: one signed change, said in one line."""
+    now = now or datetime.now(UTC)
+    release = guarded_release(feed_dir, version, key)
+    doc = read(feed_dir)
+    entry = doc.releases.get(version) if doc is not None else None
+    held = entry.share if entry is not None else 0
+    new_share = held if share is None else share
+    write(feed_dir, key, version, share=new_share, state=state, why=why, expires=expires,
+          now=now)
+    cap = f" (the manifest caps it at {release.rollout}%)" if new_share > release.rollout else ""
+    return f"{version}: {state} at {new_share}%{cap}" + (f": {why}" if why else "")
+
+
+def describe(feed_dir: Path) -> list[str]:
+    """`rollout status`: each release rollout.json steers, as hosts would read it."""
+    doc = read(feed_dir)
+    if doc is None:
+        return [f"{feed_dir / rollout.DOCUMENT}: none yet; guarded releases reach no host"]
+    now = datetime.now(UTC)
+    left = doc.expires - now
+    out = [f"{doc.app}: rollout.json serial {doc.serial}, expires "
+           f"{doc.expires:%Y-%m-%d %H:%M:%S} UTC"
+           + (" (EXPIRED: hosts ignore it; `updaterd rollout resign`)" if left.total_seconds()
+              <= 0 else "")]
+    for version, e in sorted(doc.releases.items()):
+        why = f": {e.why}" if e.why else ""
+        out.append(f"{version}  {e.state}  {e.share}%  since {e.since:%Y-%m-%d %H:%M:%S} "
+                   f"UTC{why}")
+    return out
+
+
+# -- the fleet's side: Prometheus --------------------------------------------------------------
+
+
+class NoVerdict(Exception):
+    """Prometheus cannot say (unreachable, an error, no value): nothing widens."""
+
+
+@dataclass
+class Prometheus:
+    """The instant-query API of a Prometheus server (`/api/v1/query`)."""
+
+    url: str
+    timeout: float = 5.0
+
+    def query(self, promql: str) -> list[tuple[dict[str, str], float]]:
+        import httpx
+
+        try:
+            r = httpx.get(self.url.rstrip("/") + "/api/v1/query", params={"query": promql},
+                          timeout=self.timeout)
+            body = r.json()
+        except (httpx.HTTPError, ValueError) as e:
+            raise NoVerdict(f"Prometheus at {self.url} cannot be asked: {e}") from None
+        if r.status_code != 200 or not isinstance(body, dict) or body.get("status") != \
+                "success":
+            error = body.get("error") if isinstance(body, dict) else None
+            raise NoVerdict(f"Prometheus refused the query ({r.status_code}): "
+                            f"{logtext.clean(str(error or r.text))[:300]}")
+        data = body.get("data") or {}
+        if data.get("resultType") == "scalar":
+            return [({}, float(data["result"][1]))]
+        if data.get("resultType") != "vector":
+            raise NoVerdict(f"the query returns a {data.get('resultType')}, not an instant "
+                            "vector")
+        return [(s.get("metric", {}), float(s["value"][1])) for s in data.get("result", [])]
+
+
+def gate_values(prom: Prometheus, plan: Plan, app: str) -> list[tuple[Gate, float]]:
+    """Each gate's value now (the largest the query returns); NoVerdict when any has none."""
+    out = []
+    for g in plan.gate:
+        query = string.Template(g.query).substitute(app=app, version=plan.version)
+        samples = [v for _, v in prom.query(query) if not math.isnan(v)]
+        if not samples:
+            raise NoVerdict(f"gate {g.name!r} has no value (a count that may be absent needs "
+                            "`or vector(0)`)")
+        out.append((g, max(samples)))
+    return out
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """How many hosts run the release, and the places of those that do not yet."""
+
+    on_release: int
+    places: list[int]
+
+    def share_for(self, hosts: int) -> int:
+        """The smallest share that offers the release to `hosts` hosts in all."""
+        more = hosts - self.on_release
+        if more <= 0:
+            return 1
+        ranked = sorted(self.places)
+        if more > len(ranked):
+            return 100
+        return min(ranked[more - 1] + 1, 100)
+
+
+def fleet(prom: Prometheus, app: str, version: str) -> Fleet:
+    on = prom.query(f'count(updaterd_app_info{{app="{app}",installed="{version}"}})')
+    places = prom.query(f'updaterd_rollout_place{{app="{app}",version="{version}"}}')
+    return Fleet(on_release=int(on[0][1]) if on else 0,
+                 places=[int(v) for _, v in places if not math.isnan(v)])
+
+
+# -- run ---------------------------------------------------------------------------------------
+
+
+class Halted(UpdaterError):
+    """A gate was breached and the rollout halted or recalled; or it was already."""
+
+
+def run(feed_dir: Path, key: minisign.SecretKey, plan: Plan, prom: Prometheus,
+        say: Callable[[str], None] = print, clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep) -> None:
+    """Widen `plan.version` to 100% step by step; raises Halted on a breach."""
+    app = feedtools.load(feed_dir).app
+    soak, every = parse_duration(plan.soak), parse_duration(plan.interval)
+    renew = parse_duration(plan.expires) / 2
+    release = guarded_release(feed_dir, plan.version, key)
+    doc = read(feed_dir)
+    entry = doc.releases.get(plan.version) if doc is not None else None
+    if entry is not None and entry.state != "active":
+        raise Halted(f"{plan.version} is {entry.state} at {entry.share}%"
+                     + (f" ({entry.why})" if entry.why else "")
+                     + f": `updaterd rollout resume {plan.version}` first")
+    if entry is not None:
+        say(f"{plan.version}: picking up at {entry.share}% (since {entry.since:%H:%M:%S} UTC)")
+    if release.rollout < 100:
+        say(f"{plan.version}: the manifest offers it to {release.rollout}% at most; hosts "
+            "take the smaller share")
+    holding = Holding(say, plan.version)
+
+    def now() -> datetime:
+        return datetime.fromtimestamp(clock(), UTC)
+
+    def widen(step: int) -> RolloutEntry:
+        share = max(plan.steps[step], fleet(prom, app, plan.version).share_for(plan.min_hosts))
+        signed = write(feed_dir, key, plan.version, share=share, state="active", why="",
+                       expires=plan.expires, now=now()).releases[plan.version]
+        say(f"{plan.version}: share {signed.share}% (step {step + 1} of {len(plan.steps)}), "
+            f"soak {plan.soak}")
+        return signed
+
+    while True:
+        try:
+            if entry is None:
+                entry = widen(0)
+            for g, value in gate_values(prom, plan, app):
+                if value > g.max:
+                    _breach(feed_dir, key, plan, entry, f"gate {g.name!r}: {value:g} > "
+                                                        f"{g.max:g}", now(), say)
+            if clock() - entry.since.timestamp() >= soak:
+                step = sum(1 for s in plan.steps if s <= entry.share)
+                if step >= len(plan.steps):
+                    break
+                on = fleet(prom, app, plan.version).on_release
+                if on < plan.min_hosts:
+                    raise NoVerdict(f"{on} host{'s' if on != 1 else ''} run it; the plan "
+                                    f"wants {plan.min_hosts} before it widens")
+                entry = widen(step)
+            holding.clear()
+        except NoVerdict as e:
+            holding.say(str(e))
+        latest = read(feed_dir)
+        if latest is not None and latest.expires.timestamp() - clock() < renew:
+            resign(feed_dir, key, plan.expires, now())  # hosts ignore an expired document
+        sleep(every)
+    say(f"{plan.version}: rollout complete: 100% for {plan.soak} with every gate holding")
+
+
+def _breach(feed_dir: Path, key: minisign.SecretKey, plan: Plan, entry: RolloutEntry,
+            why: str, now: datetime, say: Callable[[str], None]) -> None:
+    state: RolloutState = "halted" if plan.on_fail == "halt" else "recalled"
+    write(feed_dir, key, plan.version, share=entry.share, state=state, why=why,
+          expires=plan.expires, now=now)
+    say(f"{plan.version}: {state} at {entry.share}%: {why}")
+    raise Halted(f"{plan.version} {state} at {entry.share}%: {why}")
+
+
+class Holding:
+    """Says once why the rollout holds where it is, and again when the reason changes."""
+
+    def __init__(self, say: Callable[[str], None], version: str) -> None:
+        self.out, self.version, self.why = say, version, ""
+
+    def say(self, why: str) -> None:
+        if why != self.why:
+            self.out(f"{self.version}: holding (no widening): {why}")
+        self.why = why
+
+    def clear(self) -> None:
+        if self.why:
+            self.out(f"{self.version}: the fleet answers again")
+        self.why = ""

@@ -1,0 +1,137 @@
+"""Catalogue group I: guarded rollout. Each refusal of a rollout.json leaves the host where it
+was and offers a guarded release to no new host; the host's state and disk are compared before
+and after. In this process on the FeedSimulator (the real daemons, nginx and Prometheus prove
+the whole in tests/fleet)."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.simulator import FeedSimulator, SimHost
+from tests.test_rollout import Guarded, run
+from updaterd.trust import minisign, rollout
+
+
+@pytest.fixture
+def sim() -> FeedSimulator:
+    return FeedSimulator()
+
+
+@pytest.fixture
+def host(tmp_path: Path, sim: FeedSimulator) -> SimHost:
+    return SimHost(tmp_path, sim)
+
+
+@pytest.fixture
+def guarded(sim: FeedSimulator) -> Guarded:
+    return Guarded(sim)
+
+
+def on_guarded_1_1_0(host: SimHost, guarded: Guarded) -> Any:
+    """A host on 1.0.0 that went on to the guarded 1.1.0; 1.2.0 is published, guarded too."""
+    guarded.sim.release("1.0.0")
+    engine = host.engine()
+    run(lambda: engine.update("hello"))
+    guarded.release("1.1.0")
+    guarded.steer({"1.1.0": (100, "active")})
+    assert run(lambda: engine.update("hello")).to_version == "1.1.0"
+    guarded.release("1.2.0")
+    return engine
+
+
+def nothing_moves(host: SimHost, engine: Any, reason: str) -> None:
+    """An automatic update neither installs 1.2.0 nor leaves 1.1.0, and says why."""
+    result = run(lambda: engine.update("hello"))
+    assert result.result == "up_to_date", result
+    assert host.current() == "1.1.0" and host.releases() == ["1.0.0", "1.1.0"]
+    st = engine.load_state("hello")
+    assert reason in st.passed_over["1.2.0"], st.passed_over
+    assert st.blocked == [] and st.rollbacks_from == {}
+
+
+def test_i160_a_missing_rollout_json_never_widens_and_never_moves(
+        host: SimHost, guarded: Guarded, caplog: pytest.LogCaptureFixture) -> None:
+    engine = on_guarded_1_1_0(host, guarded)
+    del guarded.sim.documents[rollout.DOCUMENT]
+    nothing_moves(host, engine, "rollout.json is missing")
+    assert "hello: rollout.json is missing; guarded releases reach no new host and no host " \
+           "moves" in caplog.text
+
+
+def test_i161_a_forged_rollout_json_is_ignored_and_logged(
+        host: SimHost, guarded: Guarded, caplog: pytest.LogCaptureFixture) -> None:
+    engine = on_guarded_1_1_0(host, guarded)
+    forger = minisign.SecretKey.generate()
+    guarded.steer({"1.1.0": (100, "recalled"), "1.2.0": (100, "active")}, key=forger)
+    nothing_moves(host, engine, "not signed by a rollout key the manifest names")
+    assert "not signed by a rollout key" in caplog.text
+    # the same with the signature of the right key over other bytes
+    raw = guarded.steer({"1.2.0": (1, "active")})
+    guarded.sim.documents[rollout.DOCUMENT] = raw.replace(b'"share": 1', b'"share": 100')
+    nothing_moves(host, engine, "not signed by a rollout key")
+
+
+def test_i161_another_releases_rollout_key_steers_nothing_here(host: SimHost,
+                                                               guarded: Guarded) -> None:
+    engine = on_guarded_1_1_0(host, guarded)
+    other = minisign.SecretKey.generate()
+    guarded.sim.release("0.9.0")  # an old release that names another rollout key
+    guarded.sim.releases[-1].artifacts.append(rollout.marker(other.public))
+    guarded.sim.sign()
+    guarded.steer({"1.1.0": (100, "recalled"), "1.2.0": (100, "active")}, key=other)
+    nothing_moves(host, engine, "has not started")
+
+
+def test_i162_an_expired_rollout_json_is_ignored(host: SimHost, guarded: Guarded) -> None:
+    engine = on_guarded_1_1_0(host, guarded)
+    guarded.steer({"1.1.0": (100, "recalled"), "1.2.0": (100, "active")},
+                  expires=timedelta(seconds=-1))
+    nothing_moves(host, engine, "rollout.json expired at")
+
+
+def test_i163_a_replayed_rollout_json_cannot_undo_a_halt(host: SimHost,
+                                                         guarded: Guarded) -> None:
+    engine = on_guarded_1_1_0(host, guarded)
+    guarded.steer({"1.1.0": (100, "active"), "1.2.0": (5, "active")})
+    before_halt = dict(guarded.sim.documents)
+    guarded.steer({"1.1.0": (100, "active"), "1.2.0": (5, "halted")})
+    nothing_moves(host, engine, "rollout halted at 5%")
+    guarded.sim.documents.update(before_halt)  # an attacker serves the older, wider one
+    nothing_moves(host, engine, "serial 2 is below 3 already seen")
+    # the same serial with other bytes
+    guarded.steer({"1.1.0": (100, "active"), "1.2.0": (100, "active")}, serial=3)
+    nothing_moves(host, engine, "serial 3 was seen before with different content")
+
+
+def test_i164_rollout_json_never_raises_a_share_nor_names_an_artifact(
+        host: SimHost, guarded: Guarded) -> None:
+    engine = on_guarded_1_1_0(host, guarded)
+    guarded.sim.releases[-1].rollout = 0  # the manifest holds 1.2.0 back
+    guarded.sim.sign()
+    guarded.steer({"1.1.0": (100, "active"), "1.2.0": (100, "active")})
+    nothing_moves(host, engine, "available to 0% of hosts")
+    doc = json.loads(guarded.steer({"1.2.0": (100, "active")}))
+    doc["releases"]["1.2.0"]["artifacts"] = [{"url": "evil.tar.gz"}]
+    raw = json.dumps(doc).encode()
+    guarded.sim.documents[rollout.DOCUMENT] = raw
+    guarded.sim.documents[rollout.SIGNATURE] = guarded.key.sign(raw, "t").encode()
+    guarded.sim.releases[-1].rollout = 100
+    guarded.sim.sign()
+    nothing_moves(host, engine, "does not match schema 1")
+
+
+def test_i165_only_a_valid_recall_moves_a_host_and_only_to_a_release_as_installed(
+        host: SimHost, guarded: Guarded) -> None:
+    engine = on_guarded_1_1_0(host, guarded)
+    guarded.steer({"1.1.0": (100, "recalled")}, expires=timedelta(seconds=-1))
+    nothing_moves(host, engine, "expired")
+    (host.prefix / "releases" / "1.0.0" / "bin" / "hello").write_text("#!/bin/sh\nexit 0\n")
+    guarded.steer({"1.1.0": (100, "recalled")})
+    with pytest.raises(Exception, match="1.0.0 on disk is not what was installed"):
+        run(lambda: engine.update("hello"))
+    assert host.current() == "1.1.0", "a recall never switches to a damaged release"
