@@ -132,6 +132,6 @@ def test_i165_only_a_valid_recall_moves_a_host_and_only_to_a_release_as_installe
     nothing_moves(host, engine, "expired")
     (host.prefix / "releases" / "1.0.0" / "bin" / "hello").write_text("#!/bin/sh\nexit 0\n")
     guarded.steer({"1.1.0": (100, "recalled")})
-    with pytest.raises(Exception, match="1.0.0 on disk is not what was installed"):
+    with pytest.raises(Exception, match=r"1\.0\.0 on disk is not what was installed"):
         run(lambda: engine.update("hello"))
     assert host.current() == "1.1.0", "a recall never switches to a damaged release"

@@ -302,8 +302,9 @@ def run(feed_dir: Path, key: minisign.SecretKey, plan: Plan, prom: Prometheus,
                     break
                 on = fleet(prom, app, plan.version).on_release
                 if on < plan.min_hosts:
-                    raise NoVerdict(f"{on} host{'s' if on != 1 else ''} run it; the plan "
-                                    f"wants {plan.min_hosts} before it widens")
+                    runs = "1 host runs" if on == 1 else f"{on} hosts run"
+                    raise NoVerdict(f"{runs} it; the plan wants {plan.min_hosts} before it "
+                                    "widens")
                 entry = widen(step)
             holding.clear()
         except NoVerdict as e:

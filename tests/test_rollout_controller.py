@@ -1,0 +1,283 @@
+"""`updaterd rollout`: the controller's decisions on a real feed folder, with Prometheus stood in
+by a table of answers and time by a counter (its one job is to read Prometheus; the real one,
+nginx and 60 daemons are in tests/fleet). Catalogue row I166: it never widens on missing
+evidence."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import Feed, run_updaterd
+from updaterd.errors import FeedError
+from updaterd.release import controller
+from updaterd.release.controller import NoVerdict, Plan
+from updaterd.trust import minisign, rollout
+
+GATE = 'sum(updaterd_release_failed_checks_total{app="$app",version="$version"}) or vector(0)'
+
+
+@dataclass
+class Fleet:
+    """What Prometheus answers: hosts on the release, the places of the others, gate values."""
+
+    places: list[int] = field(default_factory=lambda: list(range(0, 100, 2)))  # 50 hosts
+    on_release: int = 0
+    failures: float = 0.0
+    down: bool = False
+    asked: list[str] = field(default_factory=list)
+
+    def query(self, promql: str) -> list[tuple[dict[str, str], float]]:
+        self.asked.append(promql)
+        if self.down:
+            raise NoVerdict("Prometheus at http://127.0.0.1:9 cannot be asked: refused")
+        if promql.startswith("count(updaterd_app_info"):
+            return [({}, float(self.on_release))] if self.on_release else []
+        if promql.startswith("updaterd_rollout_place"):
+            return [({}, float(p)) for p in self.places]
+        assert 'version="1.1.0"' in promql and 'app="hello"' in promql, promql
+        return [({}, self.failures)]
+
+
+class Clock:
+    """Time that moves only when the controller sleeps; `on_sleep` lets a test act between."""
+
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+        self.on_sleep: Callable[[float], None] = lambda t: None
+
+    def time(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        self.on_sleep(self.now)
+
+
+@pytest.fixture
+def guarded_feed(tmp_path: Path) -> tuple[Feed, minisign.SecretKey]:
+    feed = Feed(folder=tmp_path / "feed", work=tmp_path / "work")
+    key = minisign.SecretKey.generate()
+    feed.release("1.0.0")
+    feed.release("1.1.0", rollout_keys=[key.public.to_base64()])
+    return feed, key
+
+
+def plan(**kw: Any) -> Plan:
+    base: dict[str, Any] = {"version": "1.1.0", "steps": [10, 50, 100], "soak": "60s",
+                            "min_hosts": 3, "interval": "1s",
+                            "gate": [{"name": "failed checks", "query": GATE, "max": 0}]}
+    base.update(kw)
+    import msgspec
+    return msgspec.convert(base, Plan)
+
+
+def shares(feed: Feed) -> tuple[int, str, str]:
+    doc = controller.read(feed.folder)
+    assert doc is not None
+    e = doc.releases["1.1.0"]
+    return e.share, e.state, e.why
+
+
+def start(feed: Feed, key: minisign.SecretKey, p: Plan, fleet: Fleet, clock: Clock,
+          said: list[str]) -> None:
+    controller.run(feed.folder, key, p, fleet, said.append, clock.time,  # type: ignore[arg-type]
+                   clock.sleep)
+
+
+def test_a_good_release_widens_step_by_step_and_ends_after_the_last_soak(
+        guarded_feed: tuple[Feed, minisign.SecretKey]) -> None:
+    feed, key = guarded_feed
+    fleet, clock, said = Fleet(), Clock(), []
+    signed: list[int] = []
+
+    def hosts_follow(now: float) -> None:  # the hosts in the share take the release
+        share = shares(feed)[0]
+        if not signed or signed[-1] != share:
+            signed.append(share)
+        fleet.on_release = sum(1 for p in range(0, 100, 2) if p < share)
+
+    clock.on_sleep = hosts_follow
+    began = clock.now
+    start(feed, key, plan(), fleet, clock, said)
+    assert signed == [10, 50, 100]
+    assert clock.now - began == pytest.approx(180, abs=1.5), "steps x soak, no more"
+    assert said[-1] == "1.1.0: rollout complete: 100% for 60s with every gate holding"
+
+
+def test_the_first_share_holds_at_least_min_hosts_by_their_places(
+        guarded_feed: tuple[Feed, minisign.SecretKey]) -> None:
+    feed, key = guarded_feed
+    fleet = Fleet(places=[3, 7, 9, 40, 41, 77], failures=1)
+    with pytest.raises(controller.Halted):
+        start(feed, key, plan(steps=[1, 5, 100]), fleet, Clock(), [])
+    assert shares(feed)[0] == 10, "the third-lowest place is 9: a share of 10 holds 3 hosts"
+
+
+def test_a_breach_signs_a_halt_naming_the_gate_and_value(
+        guarded_feed: tuple[Feed, minisign.SecretKey]) -> None:
+    feed, key = guarded_feed
+    fleet, clock, said = Fleet(), Clock(), []
+
+    def fail_later(now: float) -> None:
+        fleet.on_release = 3
+        fleet.failures = 2 if now > clock_start + 5 else 0
+
+    clock_start = clock.now
+    clock.on_sleep = fail_later
+    with pytest.raises(controller.Halted, match=r"halted at 10%: gate .failed checks.: 2 > 0"):
+        start(feed, key, plan(), fleet, clock, said)
+    assert shares(feed) == (10, "halted", "gate 'failed checks': 2 > 0")
+    assert clock.now - clock_start <= 7, "the gate is asked every interval"
+    with pytest.raises(controller.Halted, match=r"resume 1\.1\.0` first"):
+        start(feed, key, plan(), fleet, clock, said)
+    assert "1.1.0: active at 10%" in controller.set_state(feed.folder, key, "1.1.0", "active",
+                                                          "")
+
+
+def test_on_fail_recall_signs_a_recall(guarded_feed: tuple[Feed, minisign.SecretKey]) -> None:
+    feed, key = guarded_feed
+    with pytest.raises(controller.Halted, match="recalled at 10%"):
+        start(feed, key, plan(on_fail="recall"), Fleet(failures=1), Clock(), [])
+    assert shares(feed)[1] == "recalled"
+
+
+def test_i166_no_widening_while_prometheus_cannot_be_asked_or_has_no_value(
+        guarded_feed: tuple[Feed, minisign.SecretKey]) -> None:
+    feed, key = guarded_feed
+    fleet, clock, said = Fleet(on_release=3), Clock(), []
+    began = clock.now
+
+    class Enough(Exception):
+        pass
+
+    def prometheus_goes_away(now: float) -> None:
+        if now - began > 30:
+            fleet.down = True
+        if now - began > 600:
+            raise Enough
+
+    clock.on_sleep = prometheus_goes_away
+    with pytest.raises(Enough):
+        start(feed, key, plan(), fleet, clock, said)
+    assert shares(feed)[:2] == (10, "active"), "ten soaks long, and never widened"
+    assert said.count("1.1.0: holding (no widening): Prometheus at http://127.0.0.1:9 cannot "
+                      "be asked: refused") == 1, said
+
+
+def test_i166_no_widening_without_a_gate_value_or_enough_hosts(
+        guarded_feed: tuple[Feed, minisign.SecretKey]) -> None:
+    feed, key = guarded_feed
+
+    class NoValue(Fleet):
+        def query(self, promql: str) -> list[tuple[dict[str, str], float]]:
+            return [] if "failed_checks" in promql else super().query(promql)
+
+    class Enough(Exception):
+        pass
+
+    clock, said = Clock(), []
+    began = clock.now
+
+    def stop(now: float) -> None:
+        if now - began > 300:
+            raise Enough
+
+    clock.on_sleep = stop
+    with pytest.raises(Enough):
+        start(feed, key, plan(), NoValue(on_release=3), clock, said)
+    assert shares(feed)[0] == 10
+    assert any("gate 'failed checks' has no value" in s for s in said), said
+    began = clock.now
+    with pytest.raises(Enough):
+        start(feed, key, plan(), Fleet(on_release=1), clock, said)
+    assert shares(feed)[0] == 10
+    assert said[-1] == "1.1.0: holding (no widening): 1 host runs it; the plan wants 3 " \
+                       "before it widens", said
+
+
+def test_killed_mid_step_it_picks_up_from_rollout_json(
+        guarded_feed: tuple[Feed, minisign.SecretKey]) -> None:
+    feed, key = guarded_feed
+    fleet, clock = Fleet(on_release=60), Clock()
+    began = clock.now
+
+    class Killed(BaseException):
+        pass
+
+    def kill_in_step_two(now: float) -> None:
+        if now - began > 90:
+            raise Killed
+
+    clock.on_sleep = kill_in_step_two
+    with pytest.raises(Killed):
+        start(feed, key, plan(), fleet, clock, [])
+    assert shares(feed)[0] == 50
+    serial = controller.read(feed.folder).serial  # type: ignore[union-attr]
+    clock.on_sleep = lambda now: None
+    said: list[str] = []
+    start(feed, key, plan(), fleet, clock, said)
+    assert said[0].startswith("1.1.0: picking up at 50%")
+    assert clock.now - began == pytest.approx(180, abs=2.5)
+    assert controller.read(feed.folder).serial == serial + 1  # type: ignore[union-attr]
+
+
+def test_a_release_that_does_not_name_the_key_is_refused(tmp_path: Path) -> None:
+    feed = Feed(folder=tmp_path / "feed", work=tmp_path / "work")
+    feed.release("1.1.0")
+    with pytest.raises(FeedError, match=r"does not name rollout key .*--rollout-key"):
+        start(feed, minisign.SecretKey.generate(), plan(), Fleet(), Clock(), [])
+    assert not (feed.folder / rollout.DOCUMENT).exists()
+
+
+@pytest.mark.parametrize(("change", "problem"), [
+    ({"steps": [50, 10, 100]}, "steps must grow"),
+    ({"steps": [10, 50]}, "the last step must be 100"),
+    ({"soak": "ten minutes"}, "soak"),
+    ({"gate": [{"name": "g", "query": "up{job=\"$job\"}", "max": 0}]}, "only $app and $version"),
+    ({"on_fail": "panic"}, "on_fail"),
+])
+def test_a_bad_plan_is_refused_naming_the_problem(tmp_path: Path, change: dict[str, Any],
+                                                  problem: str) -> None:
+    base: dict[str, Any] = {"version": "1.1.0", "steps": [10, 50, 100], "soak": "60s",
+                            "gate": [{"name": "g", "query": GATE, "max": 0}]}
+    base.update(change)
+    lines = []
+    for k, v in base.items():
+        if k != "gate":
+            lines.append(f"{k} = {v!r}".replace("'", '"'))
+    for g in base["gate"]:
+        lines += ["[[gate]]", f"name = {g['name']!r}", f"query = '{g['query']}'",
+                  f"max = {g['max']}"]
+    path = tmp_path / "plan.toml"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(FeedError, match=problem.replace("$", r"\$")):
+        controller.load_plan(path)
+
+
+def test_by_hand_halt_resume_recall_status_and_resign(
+        guarded_feed: tuple[Feed, minisign.SecretKey], tmp_path: Path) -> None:
+    feed, key = guarded_feed
+    key_file = tmp_path / "rollout.key"
+    key_file.write_text(key.to_file())
+
+    def cli(*args: str) -> str:
+        r = run_updaterd("rollout", *args, "--feed", feed.folder,
+                         *(["--key", key_file] if args[0] != "status" else []))
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    assert "none yet; guarded releases reach no host" in cli("status")
+    assert cli("resume", "1.1.0", "--share", "5").strip() == "1.1.0: active at 5%"
+    assert cli("halt", "1.1.0", "--why", "looking into #42").strip() == \
+        "1.1.0: halted at 5%: looking into #42"
+    assert cli("recall", "1.1.0", "--why", "bad").strip() == "1.1.0: recalled at 5%: bad"
+    out = cli("status")
+    assert "rollout.json serial 3" in out and "1.1.0  recalled  5%" in out and ": bad" in out
+    assert "serial 4" in cli("resign")
+    r = run_updaterd("rollout", "halt", "1.1.0", "--feed", feed.folder, "--key", feed.key)
+    assert r.returncode == 1 and "does not name rollout key" in r.stderr, r.stderr
