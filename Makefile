@@ -4,7 +4,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: test test-long test-systemd test-power mutate mutate-quick demo bench bench-quick lint clean venv deps deb
+.PHONY: test test-long test-systemd test-power test-fleet mutate mutate-quick demo bench bench-quick lint clean venv deps deb
 
 # The runtime: what `pip install updaterd` gives an operator, and all that `make demo` needs.
 $(BIN)/updaterd: pyproject.toml
@@ -50,6 +50,12 @@ test-power: $(VENV)/.test-extras
 	bash scripts/nspawn-rootfs.sh
 	bash scripts/power-kernel.sh
 	UPDATERD_TEST_POWER=1 $(BIN)/python -m pytest -s tests/power $(PYTEST_ARGS)
+
+# Guarded rollout on a fleet (tests/fleet): 60 real daemons, nginx, Debian's Prometheus (unpacked
+# into .fleet/, no service started) and the real `updaterd rollout` controller; about 6 min.
+test-fleet: deps $(VENV)/.test-extras
+	bash scripts/prometheus.sh
+	UPDATERD_TEST_FLEET=1 $(BIN)/python -m pytest -s tests/fleet $(PYTEST_ARGS)
 
 # The full counts of the randomized crash tests (catalogue row 57: 50 random kills).
 test-long: deps $(VENV)/.test-extras

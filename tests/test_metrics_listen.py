@@ -110,3 +110,19 @@ def test_a_bad_metrics_listen_is_refused_by_check_config(host: Host, feed: Feed)
         r = run_updaterd("--config", host.config, "check-config")
         assert r.returncode == 2 and f"daemon.metrics_listen: {bad!r}: " in r.stderr \
             and why in r.stderr, r.stderr
+
+
+def test_a_taken_metrics_port_is_logged_and_updates_go_on(
+        host: Host, nginx: Nginx, served_feed: Feed, daemon: Daemon) -> None:
+    served_feed.release("1.0.0")
+    url = listening(host, nginx, served_feed)
+    port = int(url.rsplit(":", 1)[1])
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        daemon.start()
+        daemon.wait_for(lambda: daemon.app()["current"] == "1.0.0", what="the install")
+        log = daemon.log.read_text()
+        assert f"metrics_listen 127.0.0.1:{port}: Address already in use; the metrics are " \
+               "not served there (trying again in 30s)" in log, log
+        assert "Traceback" not in log

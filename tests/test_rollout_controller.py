@@ -5,6 +5,7 @@ evidence."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,8 +36,10 @@ class Fleet:
         self.asked.append(promql)
         if self.down:
             raise NoVerdict("Prometheus at http://127.0.0.1:9 cannot be asked: refused")
-        if promql.startswith("count(updaterd_app_info"):
+        if promql.startswith('count(updaterd_app_info{app="hello",installed='):
             return [({}, float(self.on_release))] if self.on_release else []
+        if promql.startswith(("count(updaterd_app_info", "count(updaterd_last_check")):
+            return [({}, float(self.on_release + len(self.places)))]
         if promql.startswith("updaterd_rollout_place"):
             return [({}, float(p)) for p in self.places]
         assert 'version="1.1.0"' in promql and 'app="hello"' in promql, promql
@@ -47,7 +50,7 @@ class Clock:
     """Time that moves only when the controller sleeps; `on_sleep` lets a test act between."""
 
     def __init__(self) -> None:
-        self.now = 1_800_000_000.0
+        self.now = time.time()  # the feed was published just now
         self.on_sleep: Callable[[float], None] = lambda t: None
 
     def time(self) -> float:
@@ -281,3 +284,62 @@ def test_by_hand_halt_resume_recall_status_and_resign(
     assert "serial 4" in cli("resign")
     r = run_updaterd("rollout", "halt", "1.1.0", "--feed", feed.folder, "--key", feed.key)
     assert r.returncode == 1 and "does not name rollout key" in r.stderr, r.stderr
+
+
+def test_i166_no_share_is_signed_before_min_hosts_report_their_place(
+        guarded_feed: tuple[Feed, minisign.SecretKey]) -> None:
+    feed, key = guarded_feed
+    fleet, clock, said = Fleet(places=[4, 9]), Clock(), []
+
+    class Enough(Exception):
+        pass
+
+    def hosts_check_in(now: float) -> None:
+        if now - clock_start > 5:
+            fleet.places = [4, 9, 20]
+        if shares_signed():
+            raise Enough
+
+    def shares_signed() -> bool:
+        return controller.read(feed.folder) is not None
+
+    clock_start = clock.now
+    clock.on_sleep = hosts_check_in
+    with pytest.raises(Enough):
+        start(feed, key, plan(), fleet, clock, said)
+    assert said[0] == "1.1.0: holding (no widening): 2 hosts report their place in this " \
+                      "rollout; the plan wants 3 in its first share"
+    assert shares(feed)[0] == 21 and clock.now - clock_start > 5
+
+
+def test_i166_the_first_share_waits_for_every_host_to_check_in(
+        guarded_feed: tuple[Feed, minisign.SecretKey]) -> None:
+    feed, key = guarded_feed
+    clock, said = Clock(), []
+    clock_start = clock.now
+
+    class CheckingIn(Fleet):
+        """Only the hosts with the highest places have checked since the publish."""
+
+        def query(self, promql: str) -> list[tuple[dict[str, str], float]]:
+            late = clock.now - clock_start < 5
+            if promql.startswith("count(updaterd_last_check"):
+                return [({}, 3.0 if late else 6.0)]
+            if promql.startswith("updaterd_rollout_place"):
+                return [({}, float(p)) for p in ([50, 60, 70] if late else
+                                                 [3, 7, 9, 50, 60, 70])]
+            return super().query(promql)
+
+    class Enough(Exception):
+        pass
+
+    def stop_once_signed(now: float) -> None:
+        if controller.read(feed.folder) is not None:
+            raise Enough
+
+    clock.on_sleep = stop_once_signed
+    with pytest.raises(Enough):
+        start(feed, key, plan(), CheckingIn(places=[0] * 6), clock, said)
+    assert said[0] == "1.1.0: holding (no widening): 3 of 6 hosts checked the feed since the " \
+                      "release was published; waiting for their places in the rollout", said
+    assert shares(feed)[0] == 10, "the three lowest places, 3 7 9, not the first to report"

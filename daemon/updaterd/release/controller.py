@@ -113,8 +113,8 @@ def write(feed_dir: Path, key: minisign.SecretKey, version: str, *, share: int,
     manifest = feedtools.load(feed_dir)
     doc = read(feed_dir) or RolloutDoc(schema=1, app=manifest.app, serial=0, expires=now)
     doc.releases = {v: e for v, e in doc.releases.items() if manifest.release(v) is not None}
-    doc.releases[version] = RolloutEntry(share=share, state=state, since=now.replace(
-        microsecond=0), why=logtext.clean(why)[:500])
+    doc.releases[version] = RolloutEntry(share=share, state=state, since=now,
+                                         why=logtext.clean(why)[:500])
     return _sign(feed_dir, key, doc, expires, now)
 
 
@@ -226,27 +226,42 @@ def gate_values(prom: Prometheus, plan: Plan, app: str) -> list[tuple[Gate, floa
 
 @dataclass(frozen=True)
 class Fleet:
-    """How many hosts run the release, and the places of those that do not yet."""
+    """How many hosts run the app and the release, how many checked the feed since the
+    release was published, and the places of those that may take it but do not run it yet."""
 
     on_release: int
     places: list[int]
+    hosts: int = 0
+    checked: int = 0
 
-    def share_for(self, hosts: int) -> int:
-        """The smallest share that offers the release to `hosts` hosts in all."""
+    def share_for(self, hosts: int, settled: bool) -> int:
+        """The smallest share that offers the release to `hosts` hosts in all. Until every
+        host checked the feed since the publish (or `settled`: a soak has passed since), the
+        places known are not all there are, and no share is chosen from them."""
         more = hosts - self.on_release
         if more <= 0:
             return 1
+        if self.checked < self.hosts and not settled:
+            raise NoVerdict(f"{self.checked} of {self.hosts} hosts checked the feed since the "
+                            "release was published; waiting for their places in the rollout")
         ranked = sorted(self.places)
-        if more > len(ranked):
-            return 100
+        if more > len(ranked):  # a fleet smaller than the plan wants
+            raise NoVerdict(f"{len(ranked) + self.on_release} hosts report their place in "
+                            f"this rollout; the plan wants {hosts} in its first share")
         return min(ranked[more - 1] + 1, 100)
 
 
-def fleet(prom: Prometheus, app: str, version: str) -> Fleet:
-    on = prom.query(f'count(updaterd_app_info{{app="{app}",installed="{version}"}})')
+def fleet(prom: Prometheus, app: str, version: str, published: float = 0.0) -> Fleet:
+    def count(promql: str) -> int:
+        found = prom.query(f"count({promql})")
+        return int(found[0][1]) if found else 0
+
     places = prom.query(f'updaterd_rollout_place{{app="{app}",version="{version}"}}')
-    return Fleet(on_release=int(on[0][1]) if on else 0,
-                 places=[int(v) for _, v in places if not math.isnan(v)])
+    return Fleet(on_release=count(f'updaterd_app_info{{app="{app}",installed="{version}"}}'),
+                 places=[int(v) for _, v in places if not math.isnan(v)],
+                 hosts=count(f'updaterd_app_info{{app="{app}"}}'),
+                 checked=count(f'updaterd_last_check_timestamp_seconds{{app="{app}"}} > '
+                               f'{published:.3f}'))
 
 
 # -- run ---------------------------------------------------------------------------------------
@@ -281,7 +296,10 @@ def run(feed_dir: Path, key: minisign.SecretKey, plan: Plan, prom: Prometheus,
         return datetime.fromtimestamp(clock(), UTC)
 
     def widen(step: int) -> RolloutEntry:
-        share = max(plan.steps[step], fleet(prom, app, plan.version).share_for(plan.min_hosts))
+        published = release.published.timestamp()
+        counted = fleet(prom, app, plan.version, published)
+        share = max(plan.steps[step], counted.share_for(plan.min_hosts,
+                                                        settled=clock() - published >= soak))
         signed = write(feed_dir, key, plan.version, share=share, state="active", why="",
                        expires=plan.expires, now=now()).releases[plan.version]
         say(f"{plan.version}: share {signed.share}% (step {step + 1} of {len(plan.steps)}), "
@@ -312,7 +330,8 @@ def run(feed_dir: Path, key: minisign.SecretKey, plan: Plan, prom: Prometheus,
         latest = read(feed_dir)
         if latest is not None and latest.expires.timestamp() - clock() < renew:
             resign(feed_dir, key, plan.expires, now())  # hosts ignore an expired document
-        sleep(every)
+        soaked = entry.since.timestamp() + soak - clock() if entry is not None else every
+        sleep(min(every, soaked) if soaked > 0.05 else every)  # wake when the soak ends
     say(f"{plan.version}: rollout complete: 100% for {plan.soak} with every gate holding")
 
 

@@ -23,6 +23,7 @@ MAX_REQUEST = 8 * 1024  # a scrape's request is a few hundred bytes
 REQUEST_TIMEOUT = 5.0  # the whole request, from the connection on
 SEND_TIMEOUT = 10.0
 MAX_CONNECTIONS = 16
+RETRY_BIND = 30  # seconds between tries when the address is taken
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -30,7 +31,15 @@ async def serve(listen: str, render: Callable[[], str], *,
                 task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve `render()` at `GET /metrics` on `listen` until cancelled."""
     host, port = parse_listen(listen)
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    task_status.started()  # updates go on whether or not the port can be had
+    while True:
+        try:
+            listeners = await trio.open_tcp_listeners(port, host=host)
+            break
+        except OSError as e:
+            log.error("metrics_listen %s: %s; the metrics are not served there (trying again "
+                      "in %ds)", listen, e.strerror or e, RETRY_BIND)
+            await trio.sleep(RETRY_BIND)
     slots = trio.Semaphore(MAX_CONNECTIONS)
     log.info("metrics on http://%s/metrics", listen)
 
@@ -43,7 +52,6 @@ async def serve(listen: str, render: Callable[[], str], *,
                                      h11.ProtocolError):
                 await _answer(stream, render)
 
-    task_status.started()
     await trio.serve_listeners(handle, listeners)
 
 
