@@ -4,7 +4,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: test test-long test-systemd test-power test-fleet mutate mutate-quick demo bench bench-quick lint clean venv deps deb
+.PHONY: test test-long test-systemd test-power test-fleet fleet-figures mutate mutate-quick demo bench bench-quick lint clean venv deps deb
 
 # The runtime: what `pip install updaterd` gives an operator, and all that `make demo` needs.
 $(BIN)/updaterd: pyproject.toml
@@ -56,6 +56,13 @@ test-power: $(VENV)/.test-extras
 test-fleet: deps $(VENV)/.test-extras
 	bash scripts/prometheus.sh
 	UPDATERD_TEST_FLEET=1 $(BIN)/python -m pytest -s tests/fleet $(PYTEST_ARGS)
+
+# The fleet suite with its timeline kept, drawn into bench/rollout-fleet.png and .md (which
+# `make bench` appends to bench/results.md).
+fleet-figures: deps $(VENV)/.bench-extras
+	bash scripts/prometheus.sh
+	UPDATERD_TEST_FLEET=1 UPDATERD_FLEET_TIMELINE=bench/results/fleet-timeline.json $(BIN)/python -m pytest -s tests/fleet $(PYTEST_ARGS)
+	$(BIN)/python -m bench.fleet_plot bench/results/fleet-timeline.json
 
 # The full counts of the randomized crash tests (catalogue row 57: 50 random kills).
 test-long: deps $(VENV)/.test-extras

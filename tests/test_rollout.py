@@ -5,6 +5,7 @@ missing: never widened, never moved) are catalogue rows I160-I165 (tests/securit
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -139,6 +140,7 @@ def test_a_recall_takes_the_host_back_to_its_newest_kept_release_not_recalled(
     assert host.current() == "1.0.0"
     st = engine.load_state("hello")
     assert "1.2.0" in st.blocked
+    assert st.last_error == "left 1.2.0: recalled by its rollout: gate 'failed checks': 3 > 0"
     assert st.history[-2].action == "rolled_back" and \
         "recalled by its rollout: gate 'failed checks': 3 > 0" in st.history[-2].reason
     assert st.failed_checks == {}, "a recall is not a failed check: gates would feed on it"
@@ -183,3 +185,60 @@ def test_an_unguarded_release_ignores_rollout_json(host: SimHost, guarded: Guard
     assert run(lambda: engine.update("hello")).to_version == "1.1.0"
     assert guarded.sim.documents_asked[rollout.DOCUMENT] == 0, \
         "a feed with no guarded release is not asked for rollout.json"
+
+
+BEFORE_ROLLOUT = "3bcc962"  # the last commit whose daemon knows nothing of rollout keys
+
+
+def test_a_daemon_from_before_guarded_rollout_accepts_a_guarded_feed(
+        tmp_path: Path) -> None:
+    """SPEC section 11: the manifest's schema is strict, so the rollout key travels where an
+    older daemon looks away. It accepts the feed and follows the manifest's own share (the
+    publisher holds those back with --rollout); today's daemon waits for rollout.json."""
+    import subprocess
+    import sys
+
+    from tests.conftest import Host
+    from tests.helpers import Feed, code_of_commit, run_updaterd
+    from tests.servers.nginx import running_nginx
+
+    env = code_of_commit(BEFORE_ROLLOUT, tmp_path / "old")
+    rollout_pub = tmp_path / "rollout"
+    assert run_updaterd("keygen", "--out", rollout_pub).returncode == 0
+    with running_nginx(tmp_path / "nginx") as nginx:
+        feed = Feed(folder=nginx.root / "hello", work=tmp_path / "work")
+        feed.release("1.0.0")
+        old_host, new_host = Host(tmp_path / "old-host"), Host(tmp_path / "new-host")
+        for h in (old_host, new_host):
+            h.base.mkdir()
+            h.follow(nginx, feed)
+        feed.release("1.1.0", rollout_keys=[str(rollout_pub) + ".pub"])
+        assert "rollout-key" in json.dumps(feed.manifest())
+        r = subprocess.run([sys.executable, "-m", "updaterd", "--config", str(old_host.config),
+                            "--once"], env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0 and old_host.current() == "1.1.0", r.stderr
+        r = run_updaterd("--config", new_host.config, "--once")
+        assert r.returncode == 0 and new_host.current() == "1.0.0", r.stderr
+        assert "rollout.json is missing; guarded releases reach no new host" in r.stderr
+        r = run_updaterd("rollout", "resume", "1.1.0", "--share", "100", "--feed",
+                         feed.folder, "--key", str(rollout_pub) + ".key")
+        assert r.returncode == 0, r.stderr
+        r = run_updaterd("--config", new_host.config, "--once")
+        assert r.returncode == 0 and new_host.current() == "1.1.0", r.stderr
+
+
+def test_with_auto_update_off_a_recall_is_said_and_update_acts_on_it(
+        host: SimHost, guarded: Guarded, caplog: pytest.LogCaptureFixture) -> None:
+    engine = on_1_0_0(host, guarded)
+    guarded.release("1.1.0")
+    guarded.steer({"1.1.0": (100, "active")})
+    assert run(lambda: engine.update("hello")).to_version == "1.1.0"
+    guarded.steer({"1.1.0": (100, "recalled")}, why="gate 'failed checks': 1 > 0")
+    engine = host.engine(auto_update=False)
+    run(lambda: engine.prefetch("hello"))  # what the daemon does with auto_update off
+    assert host.current() == "1.1.0"
+    assert "1.1.0, which runs here, is recalled by its rollout: gate 'failed checks': 1 > 0 " \
+           "(an automatic update goes back; with auto_update off, `updaterctl update hello` " \
+           "does)" in caplog.text
+    assert run(lambda: engine.update("hello")).to_version == "1.0.0"
+    assert host.current() == "1.0.0"

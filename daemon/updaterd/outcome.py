@@ -153,7 +153,8 @@ def switched_back(st: AppState, tx: Transaction, to_version: str | None, limit: 
     if tx.block and left is not None:
         if left not in st.blocked:
             st.blocked.append(left)
-        st.last_error = _text(f"{left} failed: {tx.reason}")
+        st.last_error = _text(f"left {left}: {tx.reason}" if tx.recall else
+                              f"{left} failed: {tx.reason}")
         remember(st, "rolled_back", to_version or "", left, tx.reason, limit)
         remember(st, "blocked", left, to_version, tx.reason, limit)
     else:

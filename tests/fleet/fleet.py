@@ -205,7 +205,10 @@ class Recorder:
     pids: list[int]
     began: float = field(default_factory=time.time)
     samples: list[tuple[float, dict[str, int]]] = field(default_factory=list)
+    # hosts that ever ran each version (now, or rolled back from it), sampled with the rest
+    reached: list[tuple[float, dict[str, int]]] = field(default_factory=list)
     marks: list[tuple[float, str]] = field(default_factory=list)
+    figures: dict[str, str] = field(default_factory=dict)  # what the scenarios measured
     peak_kib: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
 
@@ -215,6 +218,12 @@ class Recorder:
     def counts(self) -> Counter[str]:
         return Counter(h.current() or "none" for h in self.hosts)
 
+    def ever(self) -> Counter[str]:
+        found: Counter[str] = Counter()
+        for h in self.hosts:
+            found.update({h.current() or "none", *h.state().get("rollbacks_from", {})})
+        return found
+
     @contextlib.contextmanager
     def running(self) -> Iterator[Recorder]:
         def loop() -> None:
@@ -223,6 +232,7 @@ class Recorder:
                 self.samples.append((time.time() - self.began, dict(self.counts())))
                 n += 1
                 if n % 2 == 0:
+                    self.reached.append((time.time() - self.began, dict(self.ever())))
                     pids = [h.proc.pid for h in self.hosts if h.proc is not None] + self.pids
                     self.peak_kib = max(self.peak_kib, sum(rss_kib(p) for p in pids))
 
@@ -235,6 +245,9 @@ class Recorder:
             t.join()
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps({"samples": self.samples, "marks": self.marks,
-                                    "peak_kib": self.peak_kib,
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"samples": self.samples, "reached": self.reached,
+                                    "marks": self.marks,
+                                    "figures": self.figures, "peak_kib": self.peak_kib,
+                                    "hosts": len(self.hosts),
                                     "seconds": time.time() - self.began}))

@@ -142,6 +142,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
                 h.stop()
             prom.stop()
             timeline = Path(os.environ.get("UPDATERD_FLEET_TIMELINE", base / "timeline.json"))
+            recorder.figures["whole run; peak memory (daemons, Prometheus, nginx)"] = \
+                f"{time.time() - began:.0f} s; {recorder.peak_kib / 1024:.0f} MiB"
             recorder.save(timeline)
             print(f"\nfleet: whole run {time.time() - began:.0f}s, peak memory "
                   f"{recorder.peak_kib / 1024:.0f} MiB (daemons, Prometheus, nginx); "
@@ -168,6 +170,8 @@ def test_a_good_release_reaches_every_host_in_steps_times_soak_through_a_kill(
     said = fleet.said(plan)
     print(f"\nfleet: good release 1.1.0 complete {took:.1f}s after its first share was signed "
           f"(3 steps x 20s soak = 60s)")
+    fleet.recorder.figures["good release, 3 steps x 20 s soak, controller killed (SIGKILL) in "
+                           "step 2: first share to complete"] = f"{took:.1f} s (60 s planned)"
     assert "picking up at" in said and "halted" not in said, said
     assert 60 <= took <= 62, f"steps x soak is 60s; took {took:.1f}s\n{said}"
     assert len(fleet.on("1.1.0")) == HOSTS, "every host runs it when the last soak ends"
@@ -191,6 +195,10 @@ def test_a_release_failing_everywhere_reaches_at_most_3_hosts_and_halts_within_5
     latency = entry.since.timestamp() - first_seen
     print(f"\nfleet: bad release 1.2.0 reached {len(reached)} of {HOSTS} hosts at share "
           f"{entry.share}%; halt signed {latency:.2f}s after Prometheus first saw a failure")
+    fleet.recorder.figures["bad release (health check fails everywhere): hosts reached"] = \
+        f"{len(reached)} of {HOSTS} (share {entry.share}%)"
+    fleet.recorder.figures["bad release: halt signed after Prometheus first saw a failure"] = \
+        f"{latency:.2f} s"
     assert 1 <= len(reached) <= 3, [h.host_id for h in reached]
     assert latency <= 5.0
     assert all(h.current() == "1.1.0" for h in fleet.hosts)
@@ -218,6 +226,8 @@ def test_a_recall_leaves_no_host_on_the_release_within_two_check_intervals(
     after = time.time() - entry.since.timestamp()
     print(f"\nfleet: recall of 1.3.0: {most} hosts ran it, {still} at the recall; none left "
           f"{after:.1f}s after it was signed (two check intervals: {2 * CHECK_INTERVAL:g}s)")
+    fleet.recorder.figures["recall: hosts on the release at the recall; none left after"] = \
+        f"{still}; {after:.1f} s (two check intervals: {2 * CHECK_INTERVAL:g} s)"
     assert most >= 1, "a host ran the release before the recall (else nothing is proved)"
     assert after <= 2 * CHECK_INTERVAL + 1.0, gone  # + the 1s jitter of a check
     back = {h.current() for h in fleet.hosts}
@@ -267,6 +277,10 @@ def test_prometheus_stopped_forged_or_expired_rollout_json_never_widen(fleet: Fl
     statuses = {r["status"] for r in requests}
     print(f"\nfleet: nginx served {len(requests)} requests: methods {sorted(methods)}, "
           f"statuses {sorted(statuses)}")
+    fleet.recorder.figures["Prometheus stopped for 25 s (2.5 soaks), then a forged and an "
+                           "expired rollout.json offering 100%"] = "share held; no host moved"
+    fleet.recorder.figures["nginx: requests, methods"] = \
+        f"{len(requests)}, {' '.join(sorted(methods))}"
     assert methods == {"GET"}, methods
     assert statuses <= {200, 206, 304, 404}, statuses
     assert all(r["uri"].startswith("/hello/") for r in requests)

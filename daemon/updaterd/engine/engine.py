@@ -188,6 +188,11 @@ class Engine:
         governed = {r.version: rollout.govern(r, trusted.rollout, trusted.rollout_signer,
                                               trusted.rollout_problem)
                     for r in manifest.releases}
+        current = governed.get(run.state.installed or "")
+        if current is not None and current.recalled is not None:
+            log.error("%s: %s, which runs here, is recalled by its rollout: %s (an automatic "
+                      "update goes back; with auto_update off, `updaterctl update %s` does)",
+                      run.name, run.state.installed, current.recalled, run.name)
         offers = [versions.Offer(r.version, r.channel, governed[r.version].share,
                                  yank.reason(r), governed[r.version].held)
                   for r in manifest.releases if self._artifact(r) is not None]

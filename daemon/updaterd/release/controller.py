@@ -108,12 +108,14 @@ def guarded_release(feed_dir: Path, version: str, key: minisign.SecretKey) -> Re
 
 
 def write(feed_dir: Path, key: minisign.SecretKey, version: str, *, share: int,
-          state: RolloutState, why: str, expires: str, now: datetime) -> RolloutDoc:
-    """Sign rollout.json with one release's entry changed; the serial grows by one."""
+          state: RolloutState, why: str, expires: str, now: datetime,
+          since: datetime | None = None) -> RolloutDoc:
+    """Sign rollout.json with one release's entry changed (`since`: when that change took
+    effect, by default `now`); the serial grows by one."""
     manifest = feedtools.load(feed_dir)
     doc = read(feed_dir) or RolloutDoc(schema=1, app=manifest.app, serial=0, expires=now)
     doc.releases = {v: e for v, e in doc.releases.items() if manifest.release(v) is not None}
-    doc.releases[version] = RolloutEntry(share=share, state=state, since=now,
+    doc.releases[version] = RolloutEntry(share=share, state=state, since=since or now,
                                          why=logtext.clean(why)[:500])
     return _sign(feed_dir, key, doc, expires, now)
 
@@ -295,13 +297,17 @@ def run(feed_dir: Path, key: minisign.SecretKey, plan: Plan, prom: Prometheus,
     def now() -> datetime:
         return datetime.fromtimestamp(clock(), UTC)
 
-    def widen(step: int) -> RolloutEntry:
-        published = release.published.timestamp()
-        counted = fleet(prom, app, plan.version, published)
+    published = release.published.timestamp()
+
+    def widen(step: int, counted: Fleet, on_time: float | None = None) -> RolloutEntry:
+        """Sign the next step. A step that follows a soak on time begins where the soak
+        ended (the Prometheus round trips of this turn do not add up over the steps)."""
         share = max(plan.steps[step], counted.share_for(plan.min_hosts,
                                                         settled=clock() - published >= soak))
+        began = on_time if on_time is not None and clock() - on_time < every else clock()
         signed = write(feed_dir, key, plan.version, share=share, state="active", why="",
-                       expires=plan.expires, now=now()).releases[plan.version]
+                       expires=plan.expires, now=now(),
+                       since=datetime.fromtimestamp(began, UTC)).releases[plan.version]
         say(f"{plan.version}: share {signed.share}% (step {step + 1} of {len(plan.steps)}), "
             f"soak {plan.soak}")
         return signed
@@ -309,7 +315,7 @@ def run(feed_dir: Path, key: minisign.SecretKey, plan: Plan, prom: Prometheus,
     while True:
         try:
             if entry is None:
-                entry = widen(0)
+                entry = widen(0, fleet(prom, app, plan.version, published))
             for g, value in gate_values(prom, plan, app):
                 if value > g.max:
                     _breach(feed_dir, key, plan, entry, f"gate {g.name!r}: {value:g} > "
@@ -318,12 +324,12 @@ def run(feed_dir: Path, key: minisign.SecretKey, plan: Plan, prom: Prometheus,
                 step = sum(1 for s in plan.steps if s <= entry.share)
                 if step >= len(plan.steps):
                     break
-                on = fleet(prom, app, plan.version).on_release
-                if on < plan.min_hosts:
+                counted = fleet(prom, app, plan.version, published)
+                if (on := counted.on_release) < plan.min_hosts:
                     runs = "1 host runs" if on == 1 else f"{on} hosts run"
                     raise NoVerdict(f"{runs} it; the plan wants {plan.min_hosts} before it "
                                     "widens")
-                entry = widen(step)
+                entry = widen(step, counted, on_time=entry.since.timestamp() + soak)
             holding.clear()
         except NoVerdict as e:
             holding.say(str(e))

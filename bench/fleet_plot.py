@@ -1,0 +1,77 @@
+"""Draw a `make test-fleet` run: hosts per version over time, with the controller's moments (a
+halt, a recall, a kill) marked, and write the run's figures beside it.
+
+    python -m bench.fleet_plot TIMELINE.json
+
+writes bench/rollout-fleet.png and bench/rollout-fleet.md, which `make bench` appends to
+bench/results.md (`make fleet-figures` runs the suite and this in one go).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+PNG = HERE / "rollout-fleet.png"
+MARKDOWN = HERE / "rollout-fleet.md"
+
+
+def plot(run: dict, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    samples = run["samples"]
+    versions = {v for _t, counts in samples for v in counts if v != "none"}
+    top = run["hosts"]
+    fig, ax = plt.subplots(figsize=(11, 4.8))
+    times = [t for t, _c in samples]
+    reached = run.get("reached", [])
+    versions = sorted(versions | {v for _t, c in reached for v in c if v != "none"})
+    for v in versions:
+        line, = ax.plot(times, [c.get(v, 0) for _t, c in samples], label=f"{v}: running",
+                        linewidth=1.6)
+        ever = [c.get(v, 0) for _t, c in reached]
+        if ever and max(ever) < top:  # a release that stopped short: how far it ever got
+            ax.plot([t for t, _c in reached], ever, linestyle=":", color=line.get_color(),
+                    label=f"{v}: ever ran it (rolled back included)")
+    for t, what in run["marks"]:
+        if what.startswith(("published", f"{top} hosts")):
+            continue
+        colour = "red" if "halted" in what or "recalled" in what else "grey"
+        ax.axvline(t, color=colour, linestyle="--", linewidth=0.8)
+        ax.text(t, top * 1.02, what, rotation=90, fontsize=7, va="bottom", ha="right",
+                color=colour)
+    ax.set_ylim(0, top * 1.45)
+    ax.set_xlabel("seconds since the fleet started")
+    ax.set_ylabel("hosts running the version")
+    ax.set_title(f"Guarded rollout on {top} real daemons, scraped by Prometheus each second")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+
+
+def markdown(run: dict) -> str:
+    lines = ["## Guarded rollout on a fleet (`make test-fleet`)", "",
+             f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: {run['hosts']} "
+             "real daemons (check every 3 s, 1 s jitter), nginx, Debian's Prometheus 2.42 "
+             "scraping each daemon every second, the real `updaterd rollout run`.", "",
+             "| scenario | figure |", "|---|---|"]
+    lines += [f"| {what} | {figure} |" for what, figure in run["figures"].items()]
+    lines += ["", f"![hosts per version over time]({PNG.name})", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    run = json.loads(Path(sys.argv[1]).read_text())
+    plot(run, PNG)
+    MARKDOWN.write_text(markdown(run))
+    print(f"wrote {PNG} and {MARKDOWN}")
+
+
+if __name__ == "__main__":
+    main()
