@@ -163,3 +163,26 @@ def test_example_configs_are_valid(example: str) -> None:
                         str(ROOT / "contrib" / "config" / example), "check-config"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_every_updaterd_command_and_option_is_in_updaterd_8() -> None:
+    """The man page keeps step with `updaterd --help` and every subcommand's."""
+    import argparse
+
+    from updaterd.cli import _parser as build_parser
+
+    text = (MAN / "updaterd.8").read_text().replace("\\-", "-").replace("\\fR|\\fB", " ")
+    missing = []
+
+    def walk(p: argparse.ArgumentParser, path: str) -> None:
+        for action in p._actions:
+            missing.extend(f"{path} {o}".strip() for o in action.option_strings
+                           if o.startswith("--") and o != "--help" and o not in text)
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    if name not in text:
+                        missing.append(f"{path} {name}".strip())
+                    walk(sub, f"{path} {name}")
+
+    walk(build_parser(), "")
+    assert missing == []
