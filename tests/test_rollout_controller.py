@@ -343,3 +343,53 @@ def test_i166_the_first_share_waits_for_every_host_to_check_in(
     assert said[0] == "1.1.0: holding (no widening): 3 of 6 hosts checked the feed since the " \
                       "release was published; waiting for their places in the rollout", said
     assert shares(feed)[0] == 10, "the three lowest places, 3 7 9, not the first to report"
+
+
+def test_a_halt_by_hand_stops_a_running_controller_and_is_never_overwritten(
+        guarded_feed: tuple[Feed, minisign.SecretKey]) -> None:
+    """An operator's `rollout halt` while `run` soaks: the controller must not sign the next
+    step over it (it reads rollout.json again every turn, and writes under a lock)."""
+    feed, key = guarded_feed
+    fleet, clock, said = Fleet(on_release=60), Clock(), []
+    began = clock.now
+
+    def operator_halts(now: float) -> None:
+        if now - began > 30 and shares(feed)[1] == "active":
+            controller.set_state(feed.folder, key, "1.1.0", "halted", "looking into it")
+
+    clock.on_sleep = operator_halts
+    with pytest.raises(controller.Halted, match=r"halted at 10% by hand: looking into it"):
+        start(feed, key, plan(), fleet, clock, said)
+    assert shares(feed) == (10, "halted", "looking into it")
+
+
+def test_two_controllers_of_one_feed_never_lose_each_others_entries(
+        guarded_feed: tuple[Feed, minisign.SecretKey]) -> None:
+    import threading
+
+    feed, key = guarded_feed
+    feed.release("1.2.0", rollout_keys=[key.public.to_base64()])
+    from datetime import UTC, datetime
+
+    def writes(version: str) -> None:
+        for share in range(1, 41):
+            controller.write(feed.folder, key, version, share=share, state="active", why="",
+                             expires="1h", now=datetime.now(UTC))
+
+    threads = [threading.Thread(target=writes, args=(v,)) for v in ("1.1.0", "1.2.0")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    doc = controller.read(feed.folder)
+    assert doc is not None and doc.serial == 80
+    assert {v: e.share for v, e in doc.releases.items()} == {"1.1.0": 40, "1.2.0": 40}
+
+
+def test_a_yanked_release_is_not_rolled_out(guarded_feed: tuple[Feed, minisign.SecretKey]) -> None:
+    feed, key = guarded_feed
+    r = run_updaterd("feed", "yank", "--feed", feed.folder, "--key", feed.key, "1.1.0", "--why",
+                     "bad")
+    assert r.returncode == 0, r.stderr
+    with pytest.raises(FeedError, match=r"1\.1\.0 is yanked"):
+        start(feed, key, plan(), Fleet(), Clock(), [])

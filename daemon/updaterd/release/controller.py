@@ -11,11 +11,14 @@ do the same by hand.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import math
+import os
 import string
 import time
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,7 +30,7 @@ from msgspec import Meta, Struct
 from updaterd import logtext
 from updaterd.errors import FeedError, UpdaterError
 from updaterd.release import feedtools, publish
-from updaterd.trust import feed, minisign, rollout
+from updaterd.trust import feed, minisign, rollout, yank
 from updaterd.trust.feed import Release, RolloutDoc, RolloutEntry, RolloutState
 from updaterd.units import DURATION_PATTERN, parse_duration
 
@@ -104,29 +107,65 @@ def guarded_release(feed_dir: Path, version: str, key: minisign.SecretKey) -> Re
         raise FeedError(f"{manifest.app} {version} does not name rollout key "
                         f"{key.public.id_hex}: publish it with `--rollout-key`, or "
                         "`updaterd feed guard` it")
+    if (why := yank.reason(release)) is not None:
+        raise FeedError(f"{manifest.app} {version} is yanked ({why}): no rollout widens it "
+                        "(`updaterd feed unyank` first, if that is meant)")
     return release
+
+
+LOCK = ".rollout.lock"  # in the feed folder: one change of rollout.json at a time
+
+
+@contextlib.contextmanager
+def _locked(feed_dir: Path) -> Iterator[None]:
+    """Hold the feed's rollout lock: two controllers (two releases at once) and an operator's
+    `rollout halt` read, change and sign rollout.json one after the other, so that no change
+    is lost (a halt overwritten by a widening signed from an older read)."""
+    fd = os.open(feed_dir / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def change(feed_dir: Path, key: minisign.SecretKey, version: str,
+           edit: Callable[[RolloutEntry | None], RolloutEntry], *, expires: str,
+           now: datetime) -> RolloutEntry:
+    """Sign rollout.json with one release's entry as `edit` makes it from the entry signed
+    now (read under the lock); the serial grows by one. `edit` may raise to change nothing."""
+    with _locked(feed_dir):
+        manifest = feedtools.load(feed_dir)
+        doc = read(feed_dir) or RolloutDoc(schema=1, app=manifest.app, serial=0, expires=now)
+        doc.releases = {v: e for v, e in doc.releases.items() if manifest.release(v) is not None}
+        entry = edit(doc.releases.get(version))
+        entry.why = logtext.clean(entry.why)[:500]
+        doc.releases[version] = entry
+        _sign(feed_dir, key, doc, expires, now)
+        return entry
 
 
 def write(feed_dir: Path, key: minisign.SecretKey, version: str, *, share: int,
           state: RolloutState, why: str, expires: str, now: datetime,
           since: datetime | None = None) -> RolloutDoc:
-    """Sign rollout.json with one release's entry changed (`since`: when that change took
+    """Sign rollout.json with one release's entry set (`since`: when that change took
     effect, by default `now`); the serial grows by one."""
-    manifest = feedtools.load(feed_dir)
-    doc = read(feed_dir) or RolloutDoc(schema=1, app=manifest.app, serial=0, expires=now)
-    doc.releases = {v: e for v, e in doc.releases.items() if manifest.release(v) is not None}
-    doc.releases[version] = RolloutEntry(share=share, state=state, since=since or now,
-                                         why=logtext.clean(why)[:500])
-    return _sign(feed_dir, key, doc, expires, now)
+    change(feed_dir, key, version, lambda _old: RolloutEntry(
+        share=share, state=state, since=since or now, why=why), expires=expires, now=now)
+    doc = read(feed_dir)
+    assert doc is not None
+    return doc
 
 
 def resign(feed_dir: Path, key: minisign.SecretKey, expires: str, now: datetime) -> RolloutDoc:
     """A new serial and expiry, the entries as they are (a timer keeps a finished rollout's
     document fresh, so hosts coming online later still take the release)."""
-    doc = read(feed_dir)
-    if doc is None:
-        raise FeedError(f"{feed_dir / rollout.DOCUMENT} does not exist: nothing to re-sign")
-    return _sign(feed_dir, key, doc, expires, now)
+    with _locked(feed_dir):
+        doc = read(feed_dir)
+        if doc is None:
+            raise FeedError(f"{feed_dir / rollout.DOCUMENT} does not exist: nothing to "
+                            "re-sign")
+        return _sign(feed_dir, key, doc, expires, now)
 
 
 def _sign(feed_dir: Path, key: minisign.SecretKey, doc: RolloutDoc, expires: str,
@@ -146,16 +185,14 @@ def set_state(feed_dir: Path, key: minisign.SecretKey, version: str, state: Roll
               why: str, expires: str = "1d", share: int | None = None,
               now: datetime | None = None) -> str:
     """`rollout halt | resume | recall`: one signed change, said in one line."""
-    now = now or datetime.now(UTC)
+    when = now or datetime.now(UTC)
     release = guarded_release(feed_dir, version, key)
-    doc = read(feed_dir)
-    entry = doc.releases.get(version) if doc is not None else None
-    held = entry.share if entry is not None else 0
-    new_share = held if share is None else share
-    write(feed_dir, key, version, share=new_share, state=state, why=why, expires=expires,
-          now=now)
-    cap = f" (the manifest caps it at {release.rollout}%)" if new_share > release.rollout else ""
-    return f"{version}: {state} at {new_share}%{cap}" + (f": {why}" if why else "")
+    done = change(feed_dir, key, version, lambda old: RolloutEntry(
+        share=share if share is not None else old.share if old is not None else 0,
+        state=state, since=when, why=why), expires=expires, now=when)
+    cap = f" (the manifest caps it at {release.rollout}%)" if done.share > release.rollout \
+        else ""
+    return f"{version}: {state} at {done.share}%{cap}" + (f": {why}" if why else "")
 
 
 def describe(feed_dir: Path) -> list[str]:
@@ -305,14 +342,25 @@ def run(feed_dir: Path, key: minisign.SecretKey, plan: Plan, prom: Prometheus,
         share = max(plan.steps[step], counted.share_for(plan.min_hosts,
                                                         settled=clock() - published >= soak))
         began = on_time if on_time is not None and clock() - on_time < every else clock()
-        signed = write(feed_dir, key, plan.version, share=share, state="active", why="",
-                       expires=plan.expires, now=now(),
-                       since=datetime.fromtimestamp(began, UTC)).releases[plan.version]
+
+        def still_active(old: RolloutEntry | None) -> RolloutEntry:
+            if old is not None and old.state != "active":
+                raise _by_hand(plan.version, old)
+            return RolloutEntry(share=share, state="active",
+                                since=datetime.fromtimestamp(began, UTC))
+
+        signed = change(feed_dir, key, plan.version, still_active, expires=plan.expires,
+                        now=now())
         say(f"{plan.version}: share {signed.share}% (step {step + 1} of {len(plan.steps)}), "
             f"soak {plan.soak}")
         return signed
 
     while True:
+        signed_now = read(feed_dir)  # an operator may have changed it since the last turn
+        now_entry = signed_now.releases.get(plan.version) if signed_now is not None else None
+        if now_entry is not None and now_entry.state != "active":
+            raise _by_hand(plan.version, now_entry)
+        entry = now_entry or entry
         try:
             if entry is None:
                 entry = widen(0, fleet(prom, app, plan.version, published))
@@ -344,10 +392,22 @@ def run(feed_dir: Path, key: minisign.SecretKey, plan: Plan, prom: Prometheus,
 def _breach(feed_dir: Path, key: minisign.SecretKey, plan: Plan, entry: RolloutEntry,
             why: str, now: datetime, say: Callable[[str], None]) -> None:
     state: RolloutState = "halted" if plan.on_fail == "halt" else "recalled"
-    write(feed_dir, key, plan.version, share=entry.share, state=state, why=why,
-          expires=plan.expires, now=now)
-    say(f"{plan.version}: {state} at {entry.share}%: {why}")
-    raise Halted(f"{plan.version} {state} at {entry.share}%: {why}")
+
+    def stop(old: RolloutEntry | None) -> RolloutEntry:
+        if old is not None and old.state == "recalled":
+            raise _by_hand(plan.version, old)  # a recall by hand is never turned into a halt
+        return RolloutEntry(share=old.share if old is not None else entry.share, state=state,
+                            since=now, why=why)
+
+    done = change(feed_dir, key, plan.version, stop, expires=plan.expires, now=now)
+    say(f"{plan.version}: {state} at {done.share}%: {why}")
+    raise Halted(f"{plan.version} {state} at {done.share}%: {why}")
+
+
+def _by_hand(version: str, entry: RolloutEntry) -> Halted:
+    why = f": {entry.why}" if entry.why else ""
+    return Halted(f"{version} is {entry.state} at {entry.share}% by hand{why}; "
+                  f"`updaterd rollout resume {version}` and run again to go on")
 
 
 class Holding:
@@ -363,5 +423,5 @@ class Holding:
 
     def clear(self) -> None:
         if self.why:
-            self.out(f"{self.version}: the fleet answers again")
+            self.out(f"{self.version}: going on")
         self.why = ""
