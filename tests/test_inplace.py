@@ -85,7 +85,7 @@ def test_failed_health_check_restores_the_backup_and_blocks(tool: Tool) -> None:
     assert tool.once("--once").returncode == 0
     tool.publish("1.1.0", healthy=False)
     r = tool.once("--once")
-    assert r.returncode == 1 and "1.1.0 was rolled back, still on 1.0.0" in r.stderr
+    assert r.returncode == 1 and "1.1.0 was rolled back to 1.0.0" in r.stderr
     assert tool.says() == "hello 1.0.0"
     assert tool.host.state()["blocked"] == ["1.1.0"]
     assert tool.leftovers() == []

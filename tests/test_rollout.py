@@ -136,7 +136,10 @@ def test_a_recall_takes_the_host_back_to_its_newest_kept_release_not_recalled(
     guarded.steer({"1.1.0": (100, "recalled"), "1.2.0": (100, "recalled")},
                   why="gate 'failed checks': 3 > 0")
     result = run(lambda: engine.update("hello"))
-    assert (result.result, result.to_version) == ("rolled_back", "1.0.0"), result
+    assert (result.result, result.from_version, result.to_version) == \
+        ("rolled_back", "1.0.0", "1.2.0"), result
+    assert result.describe("hello") == "hello: 1.2.0 was rolled back to 1.0.0: recalled by " \
+                                       "its rollout: gate 'failed checks': 3 > 0"
     assert host.current() == "1.0.0"
     st = engine.load_state("hello")
     assert "1.2.0" in st.blocked
@@ -240,5 +243,5 @@ def test_with_auto_update_off_a_recall_is_said_and_update_acts_on_it(
     assert "1.1.0, which runs here, is recalled by its rollout: gate 'failed checks': 1 > 0 " \
            "(an automatic update goes back; with auto_update off, `updaterctl update hello` " \
            "does)" in caplog.text
-    assert run(lambda: engine.update("hello")).to_version == "1.0.0"
+    assert run(lambda: engine.update("hello")).from_version == "1.0.0"
     assert host.current() == "1.0.0"

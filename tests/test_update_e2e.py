@@ -83,7 +83,7 @@ def test_c64_failed_health_check_rolls_back_and_blocks(host: Host, nginx: Nginx,
     served_feed.release("1.1.0", healthy=False)
     r = once(host)
     assert r.returncode == 1
-    assert "1.1.0 was rolled back, still on 1.0.0" in r.stderr
+    assert "1.1.0 was rolled back to 1.0.0" in r.stderr
     assert "hello: rolled back to 1.0.0" in r.stderr
     assert host.current() == "1.0.0"
     assert hello(host) == "hello 1.0.0"

@@ -56,7 +56,7 @@ def describe_update(app: str, from_version: str | None, to_version: str | None,
         return f"{name}{to_version} is downloaded and {reason}"
     if result == "restarting":
         return f"{name}{to_version} is in place; {reason}"
-    return f"{name}{to_version} was rolled back, still on {from_version or 'nothing'}: {reason}"
+    return f"{name}{to_version} was rolled back to {from_version or 'nothing'}: {reason}"
 
 
 def describe_rollback(app: str, from_version: str | None, to_version: str | None,

@@ -415,7 +415,8 @@ class Engine:
         with trio.CancelScope(shield=True):
             await roll_back(run, from_version=current, to_version=target.version, block=True,
                             reason=reason, recall=True)
-        return Updated(from_version=current, to_version=target.version, result="rolled_back",
+        # as an update that rolled back says it: the version left, and the one it runs now
+        return Updated(from_version=target.version, to_version=current, result="rolled_back",
                        reason=reason)
 
     async def rollback(self, app: str, to: str | None = None) -> RolledBack:
