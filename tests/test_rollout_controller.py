@@ -393,3 +393,12 @@ def test_a_yanked_release_is_not_rolled_out(guarded_feed: tuple[Feed, minisign.S
     assert r.returncode == 0, r.stderr
     with pytest.raises(FeedError, match=r"1\.1\.0 is yanked"):
         start(feed, key, plan(), Fleet(), Clock(), [])
+
+
+def test_a_bad_plan_exits_2_before_anything_is_read_or_signed(tmp_path: Path) -> None:
+    plan_file = tmp_path / "plan.toml"
+    plan_file.write_text('version = "1.1.0"\nsteps = [50, 10, 100]\nsoak = "1m"\n[[gate]]\n'
+                         'name = "g"\nquery = "up"\nmax = 0\n')
+    r = run_updaterd("rollout", "run", "--feed", tmp_path, "--key", tmp_path / "no.key",
+                     "--plan", plan_file, "--prometheus", "http://127.0.0.1:9")
+    assert r.returncode == 2 and "steps must grow" in r.stderr, r.stderr

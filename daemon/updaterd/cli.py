@@ -18,7 +18,7 @@ import trio
 from updaterctl._version import __version__
 from updaterd import config as config_mod
 from updaterd import configfile
-from updaterd.errors import ConfigError, LockHeld, UpdaterError
+from updaterd.errors import ConfigError, FeedError, LockHeld, UpdaterError
 from updaterd.logtext import OneLine
 from updaterd.service.lock import ProcessLock
 from updaterd.trust.yank import MAX_REASON as MAX_YANK_REASON
@@ -270,9 +270,14 @@ def _rollout(args: argparse.Namespace) -> int:
     if args.rollout_command == "status":
         print("\n".join(controller.describe(feed_dir)))
         return EXIT_OK
+    if args.rollout_command == "run":
+        try:
+            plan = controller.load_plan(Path(args.plan))
+        except FeedError as e:  # a bad plan is a usage error: nothing was signed
+            print(f"updaterd: {e}", file=sys.stderr)
+            return EXIT_USAGE
     key = publish.signing_keys(Path(args.key))[0]
     if args.rollout_command == "run":
-        plan = controller.load_plan(Path(args.plan))
 
         def say(line: str) -> None:
             print(f"{time.strftime('%H:%M:%S')} {line}", flush=True)
