@@ -404,3 +404,44 @@ def test_schema_bounds_at_their_edges(key: minisign.SecretKey, field: str, good:
 def test_a_release_without_rollout_goes_to_every_host(key: minisign.SecretKey) -> None:
     t = check(key, raw_of(_release_with(rollout=None)))
     assert t.manifest.releases[0].rollout == 100
+
+
+def test_rollout_json_bounds_are_held_by_its_schema() -> None:
+    """rollout.json (guarded rollout): every bound of the schema, at and past its edge."""
+    import msgspec
+
+    def doc(**over: Any) -> bytes:
+        entry = {"share": 100, "state": "active", "since": "2026-12-04T10:00:00Z", "why": ""}
+        entry.update(over.pop("entry", {}))
+        base = {"schema": 1, "app": "demo", "serial": 0, "expires": "2026-12-05T10:00:00Z",
+                "releases": {"1.0.0": entry}}
+        base.update(over)
+        return json.dumps(base).encode()
+
+    def ok(raw: bytes) -> bool:
+        try:
+            msgspec.json.decode(raw, type=feed.RolloutDoc, strict=True)
+        except msgspec.ValidationError:
+            return False
+        return True
+
+    assert ok(doc()) and ok(doc(entry={"share": 0})) and ok(doc(serial=2**63 - 1))
+    assert not ok(doc(entry={"share": 101})) and not ok(doc(entry={"share": -1}))
+    assert ok(doc(entry={"why": "x" * 500})) and not ok(doc(entry={"why": "x" * 501}))
+    assert not ok(doc(serial=-1)) and not ok(doc(serial=2**63)) and not ok(doc(schema=2))
+    assert not ok(doc(entry={"state": "paused"})) and not ok(doc(entry={"url": "x"}))
+    many = {f"1.0.{i}": {"share": 1, "since": "2026-12-04T10:00:00Z"} for i in range(256)}
+    assert ok(doc(releases=many))
+    many["1.1.0"] = many["1.0.0"]
+    assert not ok(doc(releases=many))
+    assert msgspec.json.decode(doc(entry={"state": None}).replace(b', "state": null', b""),
+                               type=feed.RolloutDoc).releases["1.0.0"].state == "active"
+
+
+def test_marker_entries_are_the_yank_and_the_rollout_key_alone() -> None:
+    def entry(platform: str) -> feed.Artifact:
+        return feed.Artifact(platform=platform, url="x", size=0, sha256="0" * 64)
+
+    assert feed.is_marker(entry("yanked")) and feed.is_marker(entry("rollout-key"))
+    assert not feed.is_marker(entry("linux-x86_64"))
+    assert not feed.is_marker(entry("linux-x86_64.delta"))

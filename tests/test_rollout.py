@@ -245,3 +245,16 @@ def test_with_auto_update_off_a_recall_is_said_and_update_acts_on_it(
            "does)" in caplog.text
     assert run(lambda: engine.update("hello")).from_version == "1.0.0"
     assert host.current() == "1.0.0"
+
+
+def test_a_host_that_would_not_take_a_release_reports_no_place_in_its_rollout(
+        host: SimHost, guarded: Guarded) -> None:
+    """The controller counts hosts by their places: a pinned, skipping or other-channel host
+    must not stand in for one that will run the release."""
+    guarded.sim.release("1.0.0")
+    guarded.release("1.1.0")
+    guarded.release("2.0.0")
+    engine = host.engine(pin="<2")
+    run(lambda: engine.update("hello"))
+    assert engine.load_state("hello").rollout_buckets == {
+        "1.1.0": versions.rollout_bucket("test-host", "hello", "1.1.0")}

@@ -345,3 +345,26 @@ def test_what_is_passed_over_is_listed_in_version_order() -> None:
               Offer("1.9.0", "stable", rollout=0), Offer("1.10.0-rc.1", "beta")]
     choice = versions.choose(offers, "1.0.0", Policy(app="demo", host_id=_host_in_bucket(99)))
     assert list(choice.passed_over) == ["1.9.0", "1.10.0-rc.1", "1.10.0", "2.0.0"]
+
+
+def test_a_held_offer_is_passed_over_with_its_reason_after_a_yank() -> None:
+    """A guarded rollout that holds a release (halted, recalled, not started) says why; a yank
+    is said first."""
+    policy = Policy(app="demo", host_id="h")
+    held = [Offer("1.1.0", "stable", held="rollout halted at 5%: gate 'x': 1 > 0")]
+    assert versions.choose(held, "1.0.0", policy).passed_over == \
+        {"1.1.0": "rollout halted at 5%: gate 'x': 1 > 0"}
+    both = [Offer("1.1.0", "stable", yanked="bad", held="halted")]
+    assert versions.choose(both, "1.0.0", policy).passed_over == \
+        {"1.1.0": "yanked by the publisher: bad"}
+    assert versions.choose([Offer("1.1.0", "stable")], "1.0.0", policy).version == "1.1.0"
+
+
+def test_would_take_is_every_refusal_but_the_share() -> None:
+    policy = Policy(app="demo", host_id="h", pin="<2", skipped=frozenset({"1.2.0"}))
+    assert versions.would_take(Offer("1.1.0", "stable", rollout=0), policy)
+    assert not versions.would_take(Offer("2.0.0", "stable"), policy)
+    assert not versions.would_take(Offer("1.2.0", "stable"), policy)
+    assert not versions.would_take(Offer("1.1.0", "beta"), policy)
+    assert not versions.would_take(Offer("1.1.0", "stable", yanked="bad"), policy)
+    assert versions.would_take(Offer("1.1.0", "stable", held="halted"), policy)

@@ -10,7 +10,7 @@ import hashlib
 import operator
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import semver
 
@@ -223,6 +223,12 @@ def choose(offers: Iterable[Offer], installed: str | None, policy: Policy) -> Ch
         choice.passed_over.update(tags)
     choice.passed_over = {v: choice.passed_over[v] for v in ordered(choice.passed_over)}
     return choice
+
+
+def would_take(offer: Offer, policy: Policy) -> bool:
+    """Whether this host takes `offer` once its rollout reaches it: nothing but its share
+    (or a guarded rollout's hold) refuses it."""
+    return not _refusal(replace(offer, rollout=100, held=None), policy)
 
 
 def _refusal(offer: Offer, policy: Policy, semantic: bool = True) -> str:

@@ -221,15 +221,17 @@ class Engine:
                                 checked_at=cycle_start, passed_over=choice.passed_over)
 
     def _places(self, run: AppRun, manifest: Manifest) -> dict[str, int]:
-        """This host's place (0-99) in the rollout of each guarded release newer than what
-        it runs, on a channel it follows: it takes the release once the share is above it.
+        """This host's place (0-99) in the rollout of each guarded release it would take
+        but for the share (newer than what it runs, on a channel it follows, inside its pin,
+        neither skipped nor blocked): it takes the release once the share is above its place.
         The metrics show it, so that a controller can tell how many hosts a share reaches."""
-        current = run.state.installed
+        current, policy = run.state.installed, self._policy(run)
         return {r.version: versions.rollout_bucket(self.host_id, run.name, r.version)
                 for r in manifest.releases
-                if rollout.is_guarded(r) and versions.follows(run.cfg.channel, r.channel)
-                and versions.orderable(r.version)
-                and (current is None or versions.is_newer(r.version, current))}
+                if rollout.is_guarded(r) and versions.orderable(r.version)
+                and (current is None or versions.is_newer(r.version, current))
+                and versions.would_take(versions.Offer(r.version, r.channel,
+                                                       yanked=yank.reason(r)), policy)}
 
     @staticmethod
     def _followed(manifest: Manifest, version: str, run: AppRun) -> Release | None:
