@@ -368,3 +368,13 @@ def test_would_take_is_every_refusal_but_the_share() -> None:
     assert not versions.would_take(Offer("1.1.0", "beta"), policy)
     assert not versions.would_take(Offer("1.1.0", "stable", yanked="bad"), policy)
     assert versions.would_take(Offer("1.1.0", "stable", held="halted"), policy)
+
+
+def test_would_take_ignores_the_share_even_for_the_last_place() -> None:
+    """Host h228's place in demo 1.1.0 is 99, the last: only a full share reaches it, and
+    would_take must not ask the lottery at all."""
+    assert versions.rollout_bucket("h228", "demo", "1.1.0") == 99
+    policy = Policy(app="demo", host_id="h228")
+    assert versions.would_take(Offer("1.1.0", "stable", rollout=0), policy)
+    assert versions.choose([Offer("1.1.0", "stable", rollout=99)], "1.0.0", policy).version \
+        is None
