@@ -430,6 +430,7 @@ def test_rollout_json_bounds_are_held_by_its_schema() -> None:
     assert ok(doc(entry={"why": "x" * 500})) and not ok(doc(entry={"why": "x" * 501}))
     assert not ok(doc(serial=-1)) and not ok(doc(serial=2**63)) and not ok(doc(schema=2))
     assert not ok(doc(entry={"state": "paused"})) and not ok(doc(entry={"url": "x"}))
+    assert not ok(doc(artifacts=[{"url": "evil.tar.gz"}])), "no field but its own, anywhere"
     many = {f"1.0.{i}": {"share": 1, "since": "2026-12-04T10:00:00Z"} for i in range(256)}
     assert ok(doc(releases=many))
     many["1.1.0"] = many["1.0.0"]
