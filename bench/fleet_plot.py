@@ -20,37 +20,47 @@ MARKDOWN = HERE / "rollout-fleet.md"
 
 
 def plot(run: dict, png: Path) -> None:
+    """Two panels on one time axis: every host (above), and the few a guarded release reached
+    before its halt or recall (below, to scale)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    samples = run["samples"]
-    versions = {v for _t, counts in samples for v in counts if v != "none"}
-    top = run["hosts"]
-    fig, ax = plt.subplots(figsize=(11, 4.8))
+    samples, reached, top = run["samples"], run.get("reached", []), run["hosts"]
+    versions = sorted({v for _t, c in [*samples, *reached] for v in c if v != "none"})
+    fig, (whole, few) = plt.subplots(2, 1, figsize=(11, 7), sharex=True,
+                                     gridspec_kw={"height_ratios": [3, 2]})
     times = [t for t, _c in samples]
-    reached = run.get("reached", [])
-    versions = sorted(versions | {v for _t, c in reached for v in c if v != "none"})
+    stopped_short = []
     for v in versions:
-        line, = ax.plot(times, [c.get(v, 0) for _t, c in samples], label=f"{v}: running",
-                        linewidth=1.6)
+        running = [c.get(v, 0) for _t, c in samples]
+        line, = whole.plot(times, running, label=f"{v}: running", linewidth=1.6)
         ever = [c.get(v, 0) for _t, c in reached]
         if ever and max(ever) < top:  # a release that stopped short: how far it ever got
-            ax.plot([t for t, _c in reached], ever, linestyle=":", color=line.get_color(),
-                    label=f"{v}: ever ran it (rolled back included)")
-    for t, what in run["marks"]:
-        if what.startswith(("published", f"{top} hosts")):
-            continue
-        colour = "red" if "halted" in what or "recalled" in what else "grey"
-        ax.axvline(t, color=colour, linestyle="--", linewidth=0.8)
-        ax.text(t, top * 1.02, what, rotation=90, fontsize=7, va="bottom", ha="right",
-                color=colour)
-    ax.set_ylim(0, top * 1.45)
-    ax.set_xlabel("seconds since the fleet started")
-    ax.set_ylabel("hosts running the version")
-    ax.set_title(f"Guarded rollout on {top} real daemons, scraped by Prometheus each second")
-    ax.legend(loc="upper left", fontsize=8)
+            stopped_short.append(v)
+            few.plot(times, running, color=line.get_color(), linewidth=1.6,
+                     label=f"{v}: running")
+            few.plot([t for t, _c in reached], ever, linestyle=":", color=line.get_color(),
+                     linewidth=1.8, label=f"{v}: ever ran it (rolled back included)")
+    for ax, label_at in ((whole, top * 1.02), (few, None)):
+        for t, what in run["marks"]:
+            if what.startswith(("published", f"{top} hosts")):
+                continue
+            colour = "red" if "halted" in what or "recalled" in what else "grey"
+            ax.axvline(t, color=colour, linestyle="--", linewidth=0.8)
+            if label_at is not None:
+                ax.text(t, label_at, what, rotation=90, fontsize=7, va="bottom",
+                        ha="right", color=colour)
+    whole.set_ylim(0, top * 1.45)
+    whole.set_ylabel("hosts running the version")
+    whole.set_title(f"Guarded rollout on {top} real daemons, scraped by Prometheus each second")
+    whole.legend(loc="upper left", fontsize=7, ncol=2)
+    few.set_ylim(0, 8)
+    few.set_ylabel("hosts (releases stopped short)")
+    few.set_xlabel("seconds since the fleet started")
+    if stopped_short:
+        few.legend(loc="upper left", fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(png, dpi=110)
 
