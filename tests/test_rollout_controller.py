@@ -402,3 +402,17 @@ def test_a_bad_plan_exits_2_before_anything_is_read_or_signed(tmp_path: Path) ->
     r = run_updaterd("rollout", "run", "--feed", tmp_path, "--key", tmp_path / "no.key",
                      "--plan", plan_file, "--prometheus", "http://127.0.0.1:9")
     assert r.returncode == 2 and "steps must grow" in r.stderr, r.stderr
+
+
+def test_only_checks_from_the_second_after_the_publish_count_as_checked_in(
+        guarded_feed: tuple[Feed, minisign.SecretKey]) -> None:
+    """The manifest's `published` has whole seconds: a check in that same second may have read
+    the feed before the release was in it (the fleet suite met it: a host without a place
+    counted as checked in, and the first share held one host more than min_hosts)."""
+    feed, key = guarded_feed
+    published = controller.feedtools.load(feed.folder).release("1.1.0").published  # type: ignore[union-attr]
+    fleet, clock = Fleet(failures=1), Clock()
+    with pytest.raises(controller.Halted):
+        start(feed, key, plan(), fleet, clock, [])
+    checked = [q for q in fleet.asked if q.startswith("count(updaterd_last_check")]
+    assert checked and all(q.endswith(f"> {published.timestamp() + 1:.3f})") for q in checked)

@@ -334,7 +334,9 @@ def run(feed_dir: Path, key: minisign.SecretKey, plan: Plan, prom: Prometheus,
     def now() -> datetime:
         return datetime.fromtimestamp(clock(), UTC)
 
-    published = release.published.timestamp()
+    # `published` has whole seconds: a host that checked within that second may have read
+    # the feed before the release was in it, so only checks from the next second on count
+    published = release.published.timestamp() + 1
 
     def widen(step: int, counted: Fleet, on_time: float | None = None) -> RolloutEntry:
         """Sign the next step. A step that follows a soak on time begins where the soak
