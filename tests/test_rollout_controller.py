@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import Feed, run_updaterd
+from tests.helpers import Feed, make_tar, release_files, run_updaterd
 from updaterd.errors import FeedError
-from updaterd.release import controller
+from updaterd.release import controller, feedtools
 from updaterd.release.controller import NoVerdict, Plan
 from updaterd.trust import minisign, rollout
 
@@ -416,3 +416,38 @@ def test_only_checks_from_the_second_after_the_publish_count_as_checked_in(
         start(feed, key, plan(), fleet, clock, [])
     checked = [q for q in fleet.asked if q.startswith("count(updaterd_last_check")]
     assert checked and all(q.endswith(f"> {published.timestamp() + 1:.3f})") for q in checked)
+
+
+def test_feed_guard_and_publish_rollout_key_name_the_key_and_say_so(tmp_path: Path) -> None:
+    feed = Feed(folder=tmp_path / "feed", work=tmp_path / "work")
+    feed.release("1.0.0")
+    r = run_updaterd("keygen", "--out", tmp_path / "rollout")
+    assert r.returncode == 0, r.stderr
+    pub = tmp_path / "rollout.pub"
+    key = minisign.PublicKey.parse(pub.read_text())
+
+    def guard(*extra: str) -> str:
+        r = run_updaterd("feed", "guard", "--feed", feed.folder, "--key", feed.key,
+                         "--rollout-key", pub, *extra, "1.0.0")
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    before = (feed.folder / "manifest.json").read_bytes()
+    assert "would" in guard("--dry-run")
+    assert (feed.folder / "manifest.json").read_bytes() == before
+    assert f"hello 1.0.0 is guarded by rollout key {key.id_hex}: hosts take it as " \
+           "rollout.json allows" in guard()
+    release = feedtools.load(feed.folder).release("1.0.0")
+    assert release is not None and rollout.keys_of(release) == [key]
+    assert "guarded by" not in guard(), "guarding twice changes nothing"
+    listed = run_updaterd("feed", "list", "--feed", feed.folder).stdout
+    assert f"guarded by rollout key {key.to_base64()}" in listed
+    art = feed.work / "hello-1.1.0-linux-x86_64.tar.gz"
+    make_tar(art, release_files("1.1.0"), top="hello-1.1.0")
+    r = run_updaterd("publish", "--feed", feed.folder, "--key", feed.key, "--app", "hello",
+                     "--version", "1.1.0", "--rollout-key", pub, art)
+    assert r.returncode == 0, r.stderr
+    assert f"  guarded by rollout key {key.to_base64()}: hosts take it as rollout.json " \
+           "allows" in r.stdout
+    new = feedtools.load(feed.folder).release("1.1.0")
+    assert new is not None and rollout.keys_of(new) == [key]

@@ -117,19 +117,16 @@ def guard_release(*, feed_dir: Path, key_path: Sequence[Path], version: str,
                   rollout_keys: Sequence[str], dry_run: bool = False) -> Rewritten:
     """Let a rollout key steer a release (`rollout.json`): from now on hosts take the smaller
     of its share and the manifest's, and none at all until the rollout starts."""
-    markers = [rollout.marker(k) for k in publish.read_public_keys(rollout_keys)]
+    markers = [(k, rollout.marker(k)) for k in publish.read_public_keys(rollout_keys)]
 
     def change(m: Manifest) -> str:
         release = _find(m, version)
-        new = [g for g in markers if g not in release.artifacts]
+        new = [(k, g) for k, g in markers if g not in release.artifacts]
         if not new:
             return ""
-        release.artifacts = [*release.artifacts, *new]
+        release.artifacts = [*release.artifacts, *(g for _k, g in new)]
         return (f"{m.app} {release.version} is guarded by rollout key"
-                f"{'s' if len(new) > 1 else ''} "
-                + ", ".join(k.id_hex for g in new for k in rollout.keys_of(
-                    Release(version=release.version, published=release.published,
-                            artifacts=[g])))
+                f"{'s' if len(new) > 1 else ''} " + ", ".join(k.id_hex for k, _g in new)
                 + ": hosts take it as rollout.json allows")
 
     return _rewrite(feed_dir, key_path, change, dry_run=dry_run)

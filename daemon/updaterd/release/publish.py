@@ -408,7 +408,7 @@ def publish(*, feed_dir: Path, key_path: Path | Sequence[Path], app: str, versio
     instant the folder holds a manifest that its signature file verifies (row 144). Each
     archive gets a delta descriptor and packs from the `delta_from` releases before it.
     `rollout_keys` (key files or base64 lines) may steer the release through rollout.json."""
-    guards = [rollout_guard.marker(k) for k in read_public_keys(rollout_keys)]
+    guards = [(k, rollout_guard.marker(k)) for k in read_public_keys(rollout_keys)]
     try:
         versions.parse(version)
     except ValueError as e:
@@ -443,7 +443,7 @@ def publish(*, feed_dir: Path, key_path: Path | Sequence[Path], app: str, versio
         edits.append(f"rollout {old.rollout}% -> {rollout}%")
     if old is not None and notes is not None and notes != old.notes:
         edits.append("new notes")
-    guards = [g for g in guards if old is None or g not in old.artifacts]
+    guards = [(k, g) for k, g in guards if old is None or g not in old.artifacts]
     if old is not None and guards:
         edits.append("guarded by a rollout key")
     if old is not None and not added and not edits:
@@ -465,14 +465,14 @@ def publish(*, feed_dir: Path, key_path: Path | Sequence[Path], app: str, versio
         release.notes = old.notes if notes is None else notes
         release.rollout = old.rollout if rollout is None else rollout
     new_entries = [(p, a) for p, a in entries if old is None or a.platform in added]
-    release.artifacts = [*release.artifacts, *(a for _, a in new_entries), *guards]
+    release.artifacts = [*release.artifacts, *(a for _, a in new_entries),
+                         *(g for _, g in guards)]
     lines = [f"{app} {version}: {release.channel}, rollout {release.rollout}%, serial "
              f"{manifest.serial}, expires {manifest.expires:%Y-%m-%d %H:%M} UTC"
              + (f" ({', '.join(edits)})" if edits else "")]
     lines += [f"  {a.platform}: {a.url} ({_size(a.size)}, from {p})" for p, a in new_entries]
     lines += [f"  guarded by rollout key {k.to_base64()}: hosts take it as rollout.json allows"
-              for g in guards for k in rollout_guard.keys_of(Release(
-                  version=version, published=now, artifacts=[g]))]
+              for k, _g in guards]
     if dry_run:
         return Published(manifest, False, ["would publish " + lines[0], *lines[1:]])
     feed_dir.mkdir(parents=True, exist_ok=True)
