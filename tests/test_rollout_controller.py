@@ -18,6 +18,7 @@ from updaterd.errors import FeedError
 from updaterd.release import controller, feedtools
 from updaterd.release.controller import NoVerdict, Plan
 from updaterd.trust import minisign, rollout
+from updaterd.trust.feed import RolloutEntry
 
 GATE = 'sum(updaterd_release_failed_checks_total{app="$app",version="$version"}) or vector(0)'
 
@@ -373,8 +374,10 @@ def test_two_controllers_of_one_feed_never_lose_each_others_entries(
 
     def writes(version: str) -> None:
         for share in range(1, 41):
-            controller.write(feed.folder, key, version, share=share, state="active", why="",
-                             expires="1h", now=datetime.now(UTC))
+            now = datetime.now(UTC)
+            controller.change(feed.folder, key, version, lambda _old, share=share, now=now:
+                              RolloutEntry(share=share, state="active", since=now),
+                              expires="1h", now=now)
 
     threads = [threading.Thread(target=writes, args=(v,)) for v in ("1.1.0", "1.2.0")]
     for t in threads:

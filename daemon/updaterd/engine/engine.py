@@ -185,9 +185,7 @@ class Engine:
             outcome.check_attempted(run.state, cycle_start)  # the operation records the failure
             raise
         manifest = trusted.manifest
-        governed = {r.version: rollout.govern(r, trusted.rollout, trusted.rollout_signer,
-                                              trusted.rollout_problem)
-                    for r in manifest.releases}
+        governed = rollout.governed(trusted)
         current = governed.get(run.state.installed or "")
         if current is not None and current.recalled is not None:
             log.error("%s: %s, which runs here, is recalled by its rollout: %s (an automatic "
@@ -390,9 +388,8 @@ class Engine:
     @staticmethod
     def _recalls(trusted: TrustedFeed) -> dict[str, str]:
         """The releases the rollout key recalled, and why."""
-        return {r.version: why for r in trusted.manifest.releases
-                if (why := rollout.govern(r, trusted.rollout, trusted.rollout_signer,
-                                          trusted.rollout_problem).recalled) is not None}
+        return {v: g.recalled for v, g in rollout.governed(trusted).items()
+                if g.recalled is not None}
 
     async def _leave_recalled(self, run: AppRun, op: Operation, current: str | None,
                               recalls: dict[str, str]) -> Updated:

@@ -145,18 +145,6 @@ def change(feed_dir: Path, key: minisign.SecretKey, version: str,
         return entry
 
 
-def write(feed_dir: Path, key: minisign.SecretKey, version: str, *, share: int,
-          state: RolloutState, why: str, expires: str, now: datetime,
-          since: datetime | None = None) -> RolloutDoc:
-    """Sign rollout.json with one release's entry set (`since`: when that change took
-    effect, by default `now`); the serial grows by one."""
-    change(feed_dir, key, version, lambda _old: RolloutEntry(
-        share=share, state=state, since=since or now, why=why), expires=expires, now=now)
-    doc = read(feed_dir)
-    assert doc is not None
-    return doc
-
-
 def resign(feed_dir: Path, key: minisign.SecretKey, expires: str, now: datetime) -> RolloutDoc:
     """A new serial and expiry, the entries as they are (a timer keeps a finished rollout's
     document fresh, so hosts coming online later still take the release)."""

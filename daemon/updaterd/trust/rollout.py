@@ -28,6 +28,7 @@ from updaterd.trust.feed import (
     Release,
     RolloutDoc,
     RolloutMark,
+    TrustedFeed,
     reject_duplicate_keys,
 )
 
@@ -156,3 +157,9 @@ def govern(release: Release, doc: RolloutDoc | None, signer: str | None,
     if entry.state == "halted":
         return Governed(0, held=f"rollout halted at {min(entry.share, release.rollout)}%{why}")
     return Governed(min(entry.share, release.rollout))
+
+
+def governed(trusted: TrustedFeed) -> dict[str, Governed]:
+    """`govern` of every release of a verified feed, by version."""
+    return {r.version: govern(r, trusted.rollout, trusted.rollout_signer,
+                              trusted.rollout_problem) for r in trusted.manifest.releases}
