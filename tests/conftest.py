@@ -196,6 +196,7 @@ class Daemon:
         env = {k: v for k, v in os.environ.items() if k != "UPDATERD_FAILPOINTS"}
         env.update(self.env)
         self.logfile = open(self.log, "ab")  # noqa: SIM115 - closed in stop()
+        self._ready_before = self._ready_lines()
         self.proc = subprocess.Popen([str(BIN / "updaterd"), "--config", str(self.host.config),
                                       *extra], stdout=self.logfile, stderr=subprocess.STDOUT,
                                      env=env)
@@ -205,6 +206,15 @@ class Daemon:
                 raise RuntimeError(f"updaterd did not start:\n{self.log.read_text()}")
             time.sleep(0.02)
         return self
+
+    def _ready_lines(self) -> int:
+        return self.log.read_text(errors="replace").count(" apps, socket ") \
+            if self.log.exists() else 0
+
+    def wait_ready(self, timeout: float = 20) -> None:
+        """Until this start logged its "ready" line (after the sockets and the workers)."""
+        self.wait_for(lambda: self._ready_lines() > self._ready_before, timeout,
+                      what="the daemon's ready line")
 
     def ctl(self, *args: str, check: bool = False,
             timeout: float = 60) -> subprocess.CompletedProcess[str]:

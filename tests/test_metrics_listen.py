@@ -51,6 +51,7 @@ def test_i167_the_series_a_rollout_reads_are_served_on_http(
     assert time.time() - 60 < switched <= time.time()
     daemon.stop()
     daemon.start()  # the per-version counters are kept across a restart: they never fall back
+    daemon.wait_ready()  # and the port is served by then: no retry here
     m = scrape(url)
     assert m["updaterd_release_failed_checks"] == [({"app": "hello", "version": "1.1.0"}, 1.0)]
 
@@ -60,6 +61,7 @@ def test_i167_only_get_metrics_and_no_client_holds_it_for_long(
     served_feed.release("1.0.0")
     url = listening(host, nginx, served_feed)
     daemon.start()
+    daemon.wait_ready()
     for path, method, code in (("/", "GET", 404), ("/metrics/../etc", "GET", 404),
                                ("/metrics", "POST", 405), ("/metrics", "DELETE", 405)):
         req = urllib.request.Request(url + path, method=method, data=b"x" if method == "POST"

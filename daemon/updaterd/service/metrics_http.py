@@ -29,17 +29,24 @@ CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
 async def serve(listen: str, render: Callable[[], str], *,
                 task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """Serve `render()` at `GET /metrics` on `listen` until cancelled."""
+    """Serve `render()` at `GET /metrics` on `listen` until cancelled.
+
+    The first bind is tried before `started()`: when the address is free, the daemon says it is
+    ready (READY=1, the "ready" log line) only once a scrape can be answered. A taken address
+    does not hold the start: updates go on and the bind is tried again every RETRY_BIND s.
+    """
     host, port = parse_listen(listen)
-    task_status.started()  # updates go on whether or not the port can be had
-    while True:
+    listeners = None
+    while listeners is None:
         try:
             listeners = await trio.open_tcp_listeners(port, host=host)
-            break
         except OSError as e:
             log.error("metrics_listen %s: %s; the metrics are not served there (trying again "
                       "in %ds)", listen, e.strerror or e, RETRY_BIND)
+            task_status.started()
+            task_status = trio.TASK_STATUS_IGNORED
             await trio.sleep(RETRY_BIND)
+    task_status.started()
     slots = trio.Semaphore(MAX_CONNECTIONS)
     log.info("metrics on http://%s/metrics", listen)
 
