@@ -180,6 +180,10 @@ def served_feed(nginx: Nginx, tmp_path: Path) -> Feed:
     return Feed(folder=sub, work=tmp_path / "work")
 
 
+class AppNotListed(LookupError):
+    """`Daemon.app(name)` found no such app in the status."""
+
+
 class Daemon:
     """The real `updaterd` process on a temporary config; `ctl(...)` runs the real updaterctl."""
 
@@ -231,13 +235,21 @@ class Daemon:
         return json.loads(out)
 
     def app(self, name: str = "hello") -> dict[str, Any]:
-        return next(a for a in self.status()["apps"] if a["name"] == name)
+        for a in self.status()["apps"]:
+            if a["name"] == name:
+                return a
+        raise AppNotListed(f"status lists no app {name!r}")
 
     def wait_for(self, predicate: Any, timeout: float = 20, what: str = "") -> None:
+        """Until `predicate()`; an app not listed yet (a start whose workers are still starting:
+        the control socket answers before them) counts as not yet."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if predicate():
-                return
+            try:
+                if predicate():
+                    return
+            except AppNotListed:
+                pass
             time.sleep(0.05)
         raise AssertionError(f"timed out waiting for {what}\n{self.log.read_text()}")
 
