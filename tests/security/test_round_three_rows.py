@@ -202,6 +202,39 @@ def test_h148_a_health_url_answer_of_512_mib_is_not_read_into_memory(
     assert peak < 128, f"peak RSS {peak:.0f} MiB: the answer was read whole"
 
 
+def _largest_unlinked_file(pid: int) -> int:
+    """The size of the largest deleted file `pid` holds open (where a command's output goes)."""
+    largest = 0
+    fds = Path(f"/proc/{pid}/fd")
+    for fd in fds.iterdir() if fds.exists() else ():
+        try:
+            if os.readlink(fd).endswith("(deleted)"):
+                largest = max(largest, fd.stat().st_size)
+        except OSError:
+            pass  # closed meanwhile
+    return largest
+
+
+def test_h148_a_health_command_that_writes_without_end_never_fills_the_disk(
+        host: Host, feed: Feed) -> None:
+    """1.5 GB of output from a health check: the daemon keeps its last line, not the bytes
+    (1.9 GB on disk before; now its cap plus what the command writes in 10 ms)."""
+    feed.release("1.0.0")
+    _directory_app(host, feed, health_check=[
+        "sh", "-c", "head -c 1500000000 /dev/zero; echo; echo the-last-words; exit 1"])
+    proc = subprocess.Popen([str(BIN / "updaterd"), "--config", str(host.config), "--once"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, _largest_unlinked_file(proc.pid))
+        time.sleep(0.002)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, err
+    assert "health check: exit status 1: the-last-words" in err, err
+    assert peak < 512 << 20, f"the output took {peak >> 20} MiB on disk"
+    assert host.current() is None
+
+
 def test_h148_a_huge_asset_name_is_refused_and_never_stalls_the_daemon(
         host: Host, github: GitHub, daemon: Daemon) -> None:
     name = _gh_release(github, "1.0.0")

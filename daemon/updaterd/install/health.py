@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
 import subprocess
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
     import httpx
 
 _TAIL = 2048
+OUTPUT_CAP = 1024 * 1024  # a command's output is emptied past this while it runs (row 148)
+_WATCH_EVERY = 0.01  # how often the output's size is looked at, while a command runs
 PROBE_BODY_CAP = 64 * 1024  # what a health probe reads of an answer at most (row 148)
 
 
@@ -101,29 +104,57 @@ async def run(what: str, argv: list[str], *, cwd: Path, timeout: float,
     """Run `argv` with `command_env(env, passed)`; raise HealthCheckFailed naming `what` on
     failure, signal or timeout.
 
-    Returns the last line of its output."""
+    Returns the last line of its output. The output goes to an unlinked file (a file, not a
+    pipe, so a process the command leaves behind is not killed by SIGPIPE when updaterd stops
+    reading) that is emptied whenever it passes OUTPUT_CAP: a command that writes without end
+    for its whole timeout holds OUTPUT_CAP plus what it writes in _WATCH_EVERY on disk, not
+    its whole output (row 148)."""
     full_env = command_env(env, passed)
     with tempfile.TemporaryFile() as out:
-
-        async def kill_group(p: trio.Process) -> None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, signal.SIGKILL)
-
+        fd = out.fileno()
+        # O_APPEND is shared with the command (one open file description): after a truncation
+        # its next write lands at the start again, not past a hole at its old offset
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
+        cut: list[bytes] = []
         try:
-            with trio.move_on_after(timeout) as scope:
-                result = await trio.run_process(
-                    argv, cwd=str(cwd), env=full_env, stdin=subprocess.DEVNULL, stdout=out,
-                    stderr=subprocess.STDOUT, check=False, start_new_session=True,
-                    deliver_cancel=kill_group)
+            proc = await trio.lowlevel.open_process(
+                argv, cwd=str(cwd), env=full_env, stdin=subprocess.DEVNULL, stdout=out,
+                stderr=subprocess.STDOUT, start_new_session=True)
         except OSError as e:
             raise HealthCheckFailed(f"{what}: cannot run {argv[0]!r}: {e.strerror}") from None
+        try:
+            # one task, no nursery: a cancel reaches the caller as a plain trio.Cancelled
+            with trio.move_on_after(timeout) as scope:
+                while proc.returncode is None:
+                    with trio.move_on_after(_WATCH_EVERY):
+                        await proc.wait()
+                    _cap_output(fd, cut)
+        finally:
+            if proc.returncode is None:  # the timeout, or a cancel: the whole group goes
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                with trio.CancelScope(shield=True):
+                    await proc.wait()
         if scope.cancelled_caught:
             raise HealthCheckFailed(f"{what}: no answer within {timeout:g}s; process group killed")
-        out.seek(max(out.seek(0, os.SEEK_END) - _TAIL, 0))
-        tail = out.read().decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
-        if result.returncode != 0:
-            how = (f"killed by signal {-result.returncode}" if result.returncode < 0
-                   else f"exit status {result.returncode}")
+        size = os.fstat(fd).st_size
+        last = (cut[-1] if cut else b"") + os.pread(fd, _TAIL, max(size - _TAIL, 0))
+        os.ftruncate(fd, 0)  # what a process left behind wrote so far is freed now
+        tail = last[-_TAIL:].decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
+        code = proc.returncode
+        assert code is not None  # waited for above
+        if code != 0:
+            how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
             raise HealthCheckFailed(f"{what}: {how}" + (f": {tail[0]}" if tail[0] else ""),
-                                    signal=-result.returncode if result.returncode < 0 else None)
+                                    signal=-code if code < 0 else None)
         return tail[0]
+
+
+def _cap_output(fd: int, cut: list[bytes]) -> None:
+    """When a running command's output has passed OUTPUT_CAP: keep its last _TAIL bytes in
+    `cut` and empty the file. What is written between the two is lost; only the last line is
+    ever shown."""
+    size = os.fstat(fd).st_size
+    if size > OUTPUT_CAP:
+        cut[:] = [os.pread(fd, _TAIL, size - _TAIL)]
+        os.ftruncate(fd, 0)
