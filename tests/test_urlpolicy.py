@@ -150,3 +150,31 @@ def test_forbidden_address_reasons() -> None:
     ("https://[::1]:444/", ("https", "::1", 444))])
 def test_origin_fills_in_the_default_port(url: str, expected: tuple[str, str, int]) -> None:
     assert urlpolicy.origin(url) == expected
+
+
+@pytest.mark.parametrize(("url", "location", "expected"), [
+    ("https://a.example/f/m.json", "/g/m.json", "https://a.example/g/m.json"),
+    ("https://a.example/f/m.json", "n.json", "https://a.example/f/n.json"),
+    ("https://a.example/f/m.json", "https://b.example/m.json", "https://b.example/m.json"),
+    ("http://127.0.0.1:8/m.json", "http://127.0.0.2:8/m.json", "http://127.0.0.2:8/m.json"),
+    ("http://127.0.0.1:8/m.json", "https://b.example/m.json", "https://b.example/m.json")])
+def test_redirect_target_joins_the_location(url: str, location: str, expected: str) -> None:
+    assert urlpolicy.redirect_target(url, location) == expected
+
+
+@pytest.mark.parametrize(("location", "why"), [
+    ("", "redirect with a bad Location header"),
+    ("/x\r\nSet-Cookie: a=b", "redirect with a bad Location header"),
+    ("/x\nmore", "redirect with a bad Location header"),
+    ("http://a.example/m.json", "refusing redirect from https to http://a.example/m.json"),
+    ("ftp://a.example/m.json", "refusing redirect from https to ftp://a.example/m.json"),
+    ("//a.example/m.json", None)])
+def test_redirect_target_refuses_a_bad_location_and_a_step_down(location: str,
+                                                                  why: str | None) -> None:
+    url = "https://a.example/f/m.json"
+    if why is None:  # scheme-relative: stays on https
+        assert urlpolicy.redirect_target(url, location) == "https://a.example/m.json"
+        return
+    with pytest.raises(DownloadError) as e:
+        urlpolicy.redirect_target(url, location)
+    assert str(e.value) == f"{url}: {why}"

@@ -81,7 +81,10 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Nginx, Path]
     servers["self-signed"] = _write(folder, "self-signed",
                                     _cert("self", own_key, "self", own_key, san=loopback),
                                     own_key)
-    with running_nginx(folder / "nginx", tls=servers) as nginx:
+    # a CDN that sends https clients on to plain http
+    to_plain = ("location /to-plain/ { rewrite ^/to-plain/(.*)$ "
+                "http://127.0.0.1:{plain_port}/$1 redirect; }")
+    with running_nginx(folder / "nginx", tls=servers, tls_extra=to_plain) as nginx:
         (nginx.root / "m.json").write_text("{}")
         yield nginx, folder / "ca.pem"
 
@@ -135,6 +138,30 @@ def test_d96_daemon_refuses_a_feed_behind_an_expired_certificate(
                    public_keys=[feed.pub])
     r = run_updaterd("--config", host.config, "--once", env={"SSL_CERT_FILE": str(ca)})
     assert r.returncode == 0 and host.current() == "1.0.0", r.stderr
+
+
+def test_d92_feed_check_refuses_the_redirect_to_plain_http_a_host_refuses(
+        tls: tuple[Nginx, Path], host: Host, tmp_path: Path) -> None:
+    """A CDN that sends https clients on to plain http: every host refuses the feed, so
+    `feed check` must not call it good (it followed the redirect and said 0 problems)."""
+    nginx, ca = tls
+    feed = Feed(folder=nginx.root / "d92", work=tmp_path / "work")
+    feed.release("1.0.0")
+    env = {"SSL_CERT_FILE": str(ca)}
+    good = run_updaterd("feed", "check", nginx.tls_url("good", "d92/"), "--public-key",
+                        feed.pub, env=env)
+    assert good.returncode == 0 and good.stdout.endswith("0 problems\n"), good.stderr
+    url = nginx.tls_url("good", "to-plain/d92/")
+    plain = f"http://127.0.0.1:{nginx.port}/d92/manifest.json"
+    r = run_updaterd("feed", "check", url, "--public-key", feed.pub, env=env)
+    assert r.returncode == 1 and r.stdout.endswith("1 problem\n"), (r.stdout, r.stderr)
+    assert r.stderr == f"{url}manifest.json: refusing redirect from https to {plain}\n"
+    host.configure(source="manifest", url=url + "manifest.json", public_keys=[feed.pub],
+                   allow_insecure=True)
+    r = run_updaterd("--config", host.config, "--once", env=env)
+    assert r.returncode == 1 and f"refusing redirect from https to {plain}" in r.stderr, \
+        r.stderr
+    assert host.current() is None
 
 
 # -- the host's trust store, and an app's own ca_file (issue 28, point 3) -------------------

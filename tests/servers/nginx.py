@@ -62,10 +62,11 @@ class Nginx:
 
 
 @contextlib.contextmanager
-def running_nginx(base: Path,
-                  tls: dict[str, tuple[Path, Path]] | None = None) -> Iterator[Nginx]:
+def running_nginx(base: Path, tls: dict[str, tuple[Path, Path]] | None = None,
+                  tls_extra: str = "") -> Iterator[Nginx]:
     """nginx with its root at `base/www`, logging each request as JSON to `base/access.log`;
-    `tls` adds an https server per name, with its (certificate, key)."""
+    `tls` adds an https server per name, with its (certificate, key), and `tls_extra` in each
+    of them (`{plain_port}` in it is the port of the plain http server)."""
     if shutil.which("nginx") is None:
         raise RuntimeError("nginx is not installed (.ci/run installs nginx-light)")
     root = base / "www"
@@ -81,6 +82,7 @@ def running_nginx(base: Path,
         ssl_certificate {cert};
         ssl_certificate_key {key};
         root {root};
+        {tls_extra.replace("{plain_port}", str(port))}
     }}""" for name, (cert, key) in (tls or {}).items())
     conf = base / "nginx.conf"
     conf.write_text(f"""

@@ -23,7 +23,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC
 from pathlib import Path
 from typing import BinaryIO, TypeVar
-from urllib.parse import urljoin, urlsplit
 
 import httpx
 import msgspec
@@ -44,7 +43,6 @@ from updaterd.units import parse_duration, parse_size
 
 log = logging.getLogger("updaterd.fetcher")
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
-REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
 
@@ -162,18 +160,14 @@ class Fetcher:
                     raise DownloadError(f"{url}: TLS certificate refused "
                                         f"(CERTIFICATE_VERIFY_FAILED): {cert}") from None
                 raise Retryable(f"{url}: {type(e).__name__}: {_why(e)}") from None
-            if response.status_code not in REDIRECT_STATUS:
+            if response.status_code not in urlpolicy.REDIRECT_STATUS:
                 break
             location = response.headers.get("location", "")
             await response.aclose()
             hops += 1
             if hops > self.limits.max_redirects:
                 raise DownloadError(f"{url}: more than {self.limits.max_redirects} redirects")
-            if not location or any(c in location for c in "\r\n"):
-                raise DownloadError(f"{url}: redirect with a bad Location header")
-            target = urljoin(url, location)
-            if urlsplit(url).scheme == "https" and urlsplit(target).scheme != "https":
-                raise DownloadError(f"{url}: refusing redirect from https to {target}")
+            target = urlpolicy.redirect_target(url, location)
             if urlpolicy.origin(target) != origin:
                 headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
             url = target

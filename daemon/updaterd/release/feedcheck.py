@@ -12,13 +12,23 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urljoin
 
 from updaterd import fsutil
-from updaterd.errors import DigestMismatch, FeedError, SignatureError, UpdaterError
+from updaterd.config import Limits
+from updaterd.errors import (
+    DigestMismatch,
+    DownloadError,
+    FeedError,
+    SignatureError,
+    UpdaterError,
+)
 from updaterd.install import delta
-from updaterd.trust import digests, feed, minisign
+from updaterd.trust import digests, feed, minisign, tlstrust, urlpolicy
+
+if TYPE_CHECKING:
+    import httpx
 
 WARN_BEFORE = timedelta(days=7)
 MAX_MANIFEST = 4 << 20
@@ -48,11 +58,17 @@ class _Folder:
 
 
 class _Web:
+    """A served feed, fetched as hosts fetch it: the host's trust store, redirects followed by
+    hand with every hop under the URL policy, so a CDN that sends hosts to plain http, a
+    metadata address or round in circles is a problem here too, not a pass."""
+
     def __init__(self, base: str) -> None:
         import httpx  # only a check of a served feed needs it
 
         self.base = base if base.endswith("/") else base + "/"
-        self.client = httpx.Client(timeout=30, follow_redirects=True)
+        self.client = httpx.Client(timeout=30, follow_redirects=False,
+                                   verify=tlstrust.context())
+        self.max_redirects = Limits().max_redirects
 
     def where(self, name: str) -> str:
         return urljoin(self.base, name)
@@ -63,7 +79,7 @@ class _Web:
 
         url = self.where(name)
         try:
-            with self.client.stream("GET", url) as r:
+            with self._get(url) as r:
                 if r.status_code == 404:
                     raise FileNotFoundError(url)
                 if r.status_code != 200:
@@ -71,6 +87,21 @@ class _Web:
                 yield _Stream(r.iter_raw(fsutil.COPY_CHUNK))
         except httpx.HTTPError as e:
             raise OSError(f"{url}: {e}") from None
+        except DownloadError as e:  # the URL policy's word, as a host would log it
+            raise OSError(str(e).removeprefix(f"{url}: ")) from None
+
+    @contextmanager
+    def _get(self, url: str) -> Iterator[httpx.Response]:
+        # plain http passes only to loopback, as on a host with allow_insecure = true
+        for _hop in range(self.max_redirects + 1):
+            urlpolicy.require_allowed(url, allow_insecure=True)
+            with self.client.stream("GET", url) as r:
+                if r.status_code not in urlpolicy.REDIRECT_STATUS:
+                    yield r
+                    return
+                location = r.headers.get("location", "")
+            url = urlpolicy.redirect_target(url, location)
+        raise DownloadError(f"{url}: more than {self.max_redirects} redirects")
 
 
 class _Stream:

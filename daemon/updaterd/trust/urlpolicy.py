@@ -14,7 +14,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Collection
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 from updaterd.errors import DownloadError
 
@@ -79,6 +79,8 @@ def is_loopback(host: str) -> bool:
     return normal_host(host) == "localhost"
 
 
+REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
+
 HTTP_RULE = "plain http:// is allowed only to loopback, with allow_insecure = true"
 
 
@@ -110,6 +112,18 @@ def require_allowed(url: str, allow_insecure: bool,
     if allowed_hosts is not None and host not in {normal_host(h) for h in allowed_hosts}:
         raise DownloadError(f"refusing {url}: {host} is not in this app's allowed_hosts "
                             f"({', '.join(sorted(allowed_hosts))})")
+
+
+def redirect_target(url: str, location: str) -> str:
+    """Where a redirect from `url` with this Location leads: DownloadError for an empty or
+    broken Location, or a step down from https. The target still goes through
+    `require_allowed` before it is fetched."""
+    if not location or any(c in location for c in "\r\n"):
+        raise DownloadError(f"{url}: redirect with a bad Location header")
+    target = urljoin(url, location)
+    if urlsplit(url).scheme == "https" and urlsplit(target).scheme != "https":
+        raise DownloadError(f"{url}: refusing redirect from https to {target}")
+    return target
 
 
 def origin(url: str) -> tuple[str, str, int | None]:
