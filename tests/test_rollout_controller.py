@@ -5,6 +5,7 @@ evidence."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -276,12 +277,18 @@ def test_by_hand_halt_resume_recall_status_and_resign(
         return r.stdout
 
     assert "none yet; guarded releases reach no host" in cli("status")
+    assert json.loads(cli("status", "--json")) is None
     assert cli("resume", "1.1.0", "--share", "5").strip() == "1.1.0: active at 5%"
     assert cli("halt", "1.1.0", "--why", "looking into #42").strip() == \
         "1.1.0: halted at 5%: looking into #42"
     assert cli("recall", "1.1.0", "--why", "bad").strip() == "1.1.0: recalled at 5%: bad"
     out = cli("status")
     assert "rollout.json serial 3" in out and "1.1.0  recalled  5%" in out and ": bad" in out
+    doc = json.loads(cli("status", "--json"))
+    assert (doc["serial"], doc["expired"], doc["app"]) == (3, False, "hello")
+    entry = doc["releases"]["1.1.0"]
+    assert (entry["share"], entry["state"], entry["why"]) == (5, "recalled", "bad")
+    assert doc["expires"].endswith("Z") and entry["since"].endswith("Z"), doc
     assert "serial 4" in cli("resign")
     r = run_updaterd("rollout", "halt", "1.1.0", "--feed", feed.folder, "--key", feed.key)
     assert r.returncode == 1 and "does not name rollout key" in r.stderr, r.stderr

@@ -233,6 +233,8 @@ def _rollout_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                                         "holds; halt or recall at the first breach")
     st = ro_sub.add_parser("status", help="what rollout.json says of each guarded release")
     st.add_argument("--feed", required=True, metavar="DIR", help="the feed folder")
+    st.add_argument("--json", action="store_true",
+                    help="print rollout.json as JSON, with `expired`; null when none yet")
     writers = [run]
     for name, text in (("halt", "stop a release where it is: no new host takes it"),
                        ("resume", "let a halted or recalled release go on from its share"),
@@ -268,7 +270,8 @@ def _rollout(args: argparse.Namespace) -> int:
 
     feed_dir = Path(args.feed)
     if args.rollout_command == "status":
-        print("\n".join(controller.describe(feed_dir)))
+        print(controller.status_json(feed_dir).decode() if args.json else
+              "\n".join(controller.describe(feed_dir)))
         return EXIT_OK
     if args.rollout_command == "run":
         try:

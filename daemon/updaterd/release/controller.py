@@ -183,6 +183,17 @@ def set_state(feed_dir: Path, key: minisign.SecretKey, version: str, state: Roll
     return f"{version}: {state} at {done.share}%{cap}" + (f": {why}" if why else "")
 
 
+def status_json(feed_dir: Path, now: datetime | None = None) -> bytes:
+    """`rollout status --json`: rollout.json as the folder holds it, with `expired` (whether
+    hosts ignore it now); `null` when there is none yet. For a CI job or a dashboard."""
+    doc = read(feed_dir)
+    if doc is None:
+        return b"null"
+    body = msgspec.to_builtins(doc)
+    body["expired"] = doc.expires <= (now or datetime.now(UTC))
+    return msgspec.json.format(msgspec.json.encode(body), indent=2)
+
+
 def describe(feed_dir: Path) -> list[str]:
     """`rollout status`: each release rollout.json steers, as hosts would read it."""
     doc = read(feed_dir)
