@@ -168,6 +168,7 @@ def test_redirect_target_joins_the_location(url: str, location: str, expected: s
     ("/x\nmore", "redirect with a bad Location header"),
     ("http://a.example/m.json", "refusing redirect from https to http://a.example/m.json"),
     ("ftp://a.example/m.json", "refusing redirect from https to ftp://a.example/m.json"),
+    ("wss://a.example/m.json", "refusing redirect from https to wss://a.example/m.json"),
     ("//a.example/m.json", None)])
 def test_redirect_target_refuses_a_bad_location_and_a_step_down(location: str,
                                                                   why: str | None) -> None:
@@ -178,3 +179,18 @@ def test_redirect_target_refuses_a_bad_location_and_a_step_down(location: str,
     with pytest.raises(DownloadError) as e:
         urlpolicy.redirect_target(url, location)
     assert str(e.value) == f"{url}: {why}"
+
+
+def test_redirect_target_leaves_other_schemes_to_require_allowed() -> None:
+    """Only a step down from https is refused here; any other scheme (where it goes, where
+    it came from) is `require_allowed`'s to refuse, before the target is fetched."""
+    assert urlpolicy.redirect_target("wss://a.example/x", "ftp://b.example/y") == \
+        "ftp://b.example/y"
+    assert urlpolicy.redirect_target("http://127.0.0.1/x", "ftp://b.example/y") == \
+        "ftp://b.example/y"
+
+
+def test_the_redirects_followed_are_the_five_that_carry_a_location() -> None:
+    """300 (a choice for a person to make) and 304 (not modified: the cached copy is the
+    answer) are not followed; nor is any other status."""
+    assert urlpolicy.REDIRECT_STATUS == {301, 302, 303, 307, 308}
