@@ -193,4 +193,4 @@ def test_redirect_target_leaves_other_schemes_to_require_allowed() -> None:
 def test_the_redirects_followed_are_the_five_that_carry_a_location() -> None:
     """300 (a choice for a person to make) and 304 (not modified: the cached copy is the
     answer) are not followed; nor is any other status."""
-    assert urlpolicy.REDIRECT_STATUS == {301, 302, 303, 307, 308}
+    assert sorted(urlpolicy.REDIRECT_STATUS) == [301, 302, 303, 307, 308]
