@@ -41,6 +41,7 @@ test: deps $(VENV)/.test-extras
 test-systemd: $(VENV)/.test-extras
 	UPDATERD_EXTRA_DEPS="systemd-nspawn:systemd-container debootstrap:debootstrap lintian:lintian" bash scripts/deps.sh
 	bash scripts/nspawn-rootfs.sh
+	bash scripts/nspawn-rootfs.sh trixie
 	UPDATERD_TEST_SYSTEMD=1 $(BIN)/python -m pytest tests/systemd $(PYTEST_ARGS)
 
 # Power cuts (catalogue row 58): a Debian 12 guest under qemu (TCG) updates an app while the
@@ -48,6 +49,7 @@ test-systemd: $(VENV)/.test-extras
 test-power: $(VENV)/.test-extras
 	UPDATERD_EXTRA_DEPS="debootstrap:debootstrap qemu-system-x86_64:qemu-system-x86 busybox:busybox-static mkfs.ext4:e2fsprogs" bash scripts/deps.sh
 	bash scripts/nspawn-rootfs.sh
+	bash scripts/nspawn-rootfs.sh trixie
 	bash scripts/power-kernel.sh
 	UPDATERD_TEST_POWER=1 $(BIN)/python -m pytest -s tests/power $(PYTEST_ARGS)
 

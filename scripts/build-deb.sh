@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 
 PY=${DEB_PYTHON:-/usr/bin/python3}
 work=${DEB_WORK:-build/deb}
-UPDATERD_EXTRA_DEPS="strip:binutils objdump:binutils dpkg-deb:dpkg" bash scripts/deps.sh
+UPDATERD_DEPS_ONLY=1 UPDATERD_EXTRA_DEPS="strip:binutils objdump:binutils dpkg-deb:dpkg" \
+    bash scripts/deps.sh
 if ! "$PY" -c 'import ensurepip' 2>/dev/null; then
     if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
         echo "make deb: installing python3-venv (apt-get)" >&2
@@ -46,7 +47,7 @@ for f in "$venv"/bin/*; do
 done
 # only updaterd's own commands (the dependencies' httpx, idna, pysemver... are not needed)
 find "$venv/bin" -type f ! -name updaterd ! -name updaterctl -delete
-rm -f "$venv/lib64"
+rm -f "$venv/lib64" "$venv/.gitignore"  # Python 3.13's venv writes a .gitignore
 # the venv's interpreter: the system's, by a relative link (usr/lib/updaterd/bin -> usr/bin)
 ln -sfn ../../../bin/python3 "$venv/bin/python3"
 sed -i "/^command = /d" "$venv/pyvenv.cfg"

@@ -42,7 +42,13 @@ def _cert(subject: str, key: ec.EllipticCurvePrivateKey, issuer: str,
     b = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(_name(issuer))
          .public_key(key.public_key()).serial_number(x509.random_serial_number())
          .not_valid_before(start).not_valid_after(end)
-         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+         # what every real CA writes, and what Python 3.13's strict verification (Debian 13)
+         # requires: without them its own certificates are refused
+         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                        critical=False)
+         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+             issuer_key.public_key()), critical=False))
     if san is not None:
         b = b.add_extension(x509.SubjectAlternativeName([san]), critical=False)
     if ca:

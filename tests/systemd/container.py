@@ -1,5 +1,6 @@
-"""A stock Debian 12 booted with systemd as PID 1 (systemd-nspawn), for the tests of updaterd's
-package and units: the container, a command run inside it, a feed in its /srv, its config."""
+"""A stock Debian 12 (or 13) booted with systemd as PID 1 (systemd-nspawn), for the tests of
+updaterd's package and units: the container, a command run inside it, a feed in its /srv, its
+config, and the package built on the release it is for."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from updaterd.release.publish import keygen, publish
 
 REPO = Path(__file__).resolve().parent.parent.parent
 ROOTFS = REPO / "build" / "nspawn" / "rootfs"
+# the stock root file systems scripts/nspawn-rootfs.sh makes: Debian 12 and Debian 13
+ROOTFS_OF = {"bookworm": ROOTFS, "trixie": REPO / "build" / "nspawn" / "rootfs-trixie"}
 
 
 class Container:
@@ -71,11 +74,13 @@ class Container:
 
 
 @contextlib.contextmanager
-def booted(base: Path) -> Iterator[Container]:
-    """A fresh copy of the stock root file system under `base`, booted, and stopped after."""
-    assert ROOTFS.is_dir(), "scripts/nspawn-rootfs.sh builds it (make test-systemd does)"
+def booted(base: Path, suite: str = "bookworm") -> Iterator[Container]:
+    """A fresh copy of the stock root file system of Debian `suite` under `base`, booted, and
+    stopped after."""
+    stock = ROOTFS_OF[suite]
+    assert stock.is_dir(), f"scripts/nspawn-rootfs.sh {suite} builds it (make test-systemd does)"
     root = base / "root"
-    subprocess.run(["cp", "-a", str(ROOTFS), str(root)], check=True)
+    subprocess.run(["cp", "-a", str(stock), str(root)], check=True)
     c = Container(root, base / "console.log")
     try:
         yield c
@@ -145,6 +150,34 @@ def build_package() -> Path:
                        timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     return REPO / r.stdout.strip().splitlines()[-1]
+
+
+def build_package_on(suite: str, base: Path) -> Path:
+    """The README's first line, `make deb`, on a stock Debian `suite` (its own python3): run in
+    a copy of that release's root file system with this work tree in /root/src, as an operator
+    on that release would. The package is for that release alone (its python3 and libc)."""
+    root = base / "build-root"
+    subprocess.run(["cp", "-a", str(ROOTFS_OF[suite]), str(root)], check=True)
+    src = root / "root" / "src"
+    src.mkdir(parents=True)
+    subprocess.run(f"tar -C {REPO} --exclude=./.venv --exclude=./build --exclude=./dist "
+                   f"--exclude=./.fleet --exclude=./.git -cf - . | tar -C {src} -xf -",
+                   shell=True, check=True)
+    stamp = subprocess.run(["git", "-C", str(REPO), "log", "-1", "--format=%ct"],
+                           capture_output=True, text=True).stdout.strip()
+    # the host's way to the package index: its CA bundle, its time-out
+    ca = os.environ.get("PIP_CERT", "/etc/ssl/certs/ca-certificates.crt")
+    r = subprocess.run(
+        ["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "--pipe", "-D", str(root),
+         f"--bind-ro={ca}:/run/host-ca.crt", "--setenv=PIP_CERT=/run/host-ca.crt",
+         "--setenv=PIP_DEFAULT_TIMEOUT=180", f"--setenv=SOURCE_DATE_EPOCH={stamp}",
+         "--chdir=/root/src", "/bin/bash", "-c", "bash scripts/build-deb.sh"],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, f"make deb on {suite}:\n{r.stdout}\n{r.stderr}"
+    built = src / r.stdout.strip().splitlines()[-1]
+    out = base / built.name
+    subprocess.run(["cp", str(built), str(out)], check=True)
+    return out
 
 
 def install_package(box: Container, deb: Path) -> None:

@@ -1,4 +1,5 @@
-"""updaterd's Debian package on a stock Debian 12 (issue 28, SPEC section 12): installed with apt
+"""updaterd's Debian package on a stock Debian 12 and a stock Debian 13, each package built on
+its own release (issue 28, SPEC section 12): installed with apt
 on the system's own python3, it fetches a tar.gz and a tar.zst release over HTTPS from nginx
 with a private CA added the Debian way (update-ca-certificates), `man` and `updaterctl <TAB>`
 work, an upgrade keeps the configuration and the apps, `apt remove` keeps the configuration and
@@ -24,16 +25,40 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from tests.helpers import Feed, write_config
 from tests.security.test_tls_rows import _cert, _write
 from tests.servers.nginx import Nginx, running_nginx
-from tests.systemd.container import Container, booted, install_package, journal, wait_until
+from tests.systemd.container import (
+    Container,
+    booted,
+    build_package_on,
+    install_package,
+    journal,
+    wait_until,
+)
 
 pytestmark = pytest.mark.skipif(os.environ.get("UPDATERD_TEST_SYSTEMD") != "1",
                                 reason="`make test-systemd` runs these (systemd-nspawn)")
 
 
+@pytest.fixture(scope="module", params=["bookworm", "trixie"])
+def suite(request: pytest.FixtureRequest) -> str:
+    """Debian 12 and Debian 13, each as it ships: every test below runs on both."""
+    return str(request.param)
+
+
 @pytest.fixture(scope="module")
-def box(tmp_path_factory: pytest.TempPathFactory, deb: Path) -> Iterator[Container]:
-    with booted(tmp_path_factory.mktemp("nspawn-package")) as c:
-        install_package(c, deb)
+def package(suite: str, request: pytest.FixtureRequest,
+            tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The package for that release: on Debian 12 this host's `make deb`; for Debian 13 the same
+    build on a stock Debian 13 (its python3 is 3.13)."""
+    if suite == "bookworm":  # this host's release
+        return Path(request.getfixturevalue("deb"))
+    return build_package_on(suite, tmp_path_factory.mktemp(f"deb-{suite}"))
+
+
+@pytest.fixture(scope="module")
+def box(tmp_path_factory: pytest.TempPathFactory, suite: str,
+        package: Path) -> Iterator[Container]:
+    with booted(tmp_path_factory.mktemp(f"nspawn-package-{suite}"), suite) as c:
+        install_package(c, package)
         yield c
 
 
@@ -64,11 +89,11 @@ def _configure(box: Container, url: str, pub: str) -> None:
 
 
 def test_a_tar_gz_then_a_tar_zst_over_https_with_a_ca_added_the_debian_way(
-        box: Container, https: tuple[Nginx, Path], tmp_path: Path) -> None:
+        box: Container, suite: str, https: tuple[Nginx, Path], tmp_path: Path) -> None:
     nginx, ca = https
-    feed = Feed(folder=nginx.root / "feed", work=tmp_path / "work")
+    feed = Feed(folder=nginx.root / f"feed-{suite}", work=tmp_path / "work")
     feed.release("1.0.0", fmt="tar.gz")
-    _configure(box, nginx.tls_url("feeds", "feed/manifest.json"), feed.pub)
+    _configure(box, nginx.tls_url("feeds", f"feed-{suite}/manifest.json"), feed.pub)
     box.sh("systemctl reload updaterd")
     wait_until(box, "updaterctl status hello | grep -q CERTIFICATE_VERIFY_FAILED",
                "the refusal of a CA nobody trusts yet", 30)
@@ -117,11 +142,11 @@ def _repacked(deb: Path, version: str, into: Path) -> Path:
 
 
 def test_an_upgrade_keeps_the_configuration_and_the_apps_and_restarts_the_daemon(
-        box: Container, deb: Path, tmp_path: Path) -> None:
+        box: Container, package: Path, tmp_path: Path) -> None:
     config = box.root / "etc/updaterd/updaterd.toml"
     before = hashlib.sha256(config.read_bytes()).hexdigest()
     pid = box.sh("systemctl show updaterd -p MainPID --value").stdout.strip()
-    install_package(box, _repacked(deb, "99.0.0", tmp_path))
+    install_package(box, _repacked(package, "99.0.0", tmp_path))
     assert "99.0.0" in box.sh("dpkg-query -W -f '${Version}' updaterd").stdout
     assert box.sh("systemctl is-active updaterd").stdout.strip() == "active"
     assert box.sh("systemctl show updaterd -p MainPID --value").stdout.strip() != pid
@@ -146,9 +171,9 @@ def test_remove_keeps_the_configuration_and_state_and_purge_removes_them_not_the
                                     check=False).stdout
 
 
-def test_lintian_finds_nothing_but_what_the_overrides_explain(deb: Path) -> None:
+def test_lintian_finds_nothing_but_what_the_overrides_explain(package: Path) -> None:
     r = subprocess.run(["lintian", "--fail-on", "warning", "--tag-display-limit", "0",
-                        str(deb)], capture_output=True, text=True, timeout=600)
+                        str(package)], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     tags = [line for line in r.stdout.splitlines() if line[:2] in ("E:", "W:", "I:")]
     assert tags == [], tags
