@@ -153,9 +153,10 @@ def build_package() -> Path:
 
 
 def build_package_on(suite: str, base: Path) -> Path:
-    """The README's first line, `make deb`, on a stock Debian `suite` (its own python3): run in
-    a copy of that release's root file system with this work tree in /root/src, as an operator
-    on that release would. The package is for that release alone (its python3 and libc)."""
+    """What the README's first line, `make deb`, runs (scripts/build-deb.sh: a stock Debian has
+    no make) on a stock Debian `suite` (its own python3): in a copy of that release's root file
+    system with this work tree in /root/src, as an operator on that release would. The package
+    is for that release alone (its python3 and libc)."""
     root = base / "build-root"
     subprocess.run(["cp", "-a", str(ROOTFS_OF[suite]), str(root)], check=True)
     src = root / "root" / "src"
