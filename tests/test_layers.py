@@ -14,7 +14,8 @@ DAEMON = Path(__file__).resolve().parent.parent / "daemon" / "updaterd"
 # bottom to top. The top folder's own modules sit on three floors: the ground every layer
 # stands on, configuration and the app's state (above trust/, whose checks they use), and the
 # entry points that start everything.
-GROUND = {"errors", "units", "logtext", "failpoints", "fsutil", "versions", "window", "reports"}
+GROUND = {"errors", "units", "logtext", "failpoints", "fsutil", "fdtree", "versions", "window",
+          "reports"}
 ENTRY = {"cli", "__main__"}
 FOLDERS = ["trust", "net", "sources", "install", "engine", "release", "service"]
 LAYERS = ["(ground)", "trust", "(config, state)", *FOLDERS[1:], "(entry)"]

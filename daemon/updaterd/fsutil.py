@@ -169,13 +169,22 @@ def make_durable(root: Path) -> None:
         return
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        if syncfs(fd) != 0:
-            import ctypes
-
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err), str(root))
+        sync_filesystem(fd, str(root))
     finally:
         os.close(fd)
+
+
+def sync_filesystem(fd: int, shown: str) -> None:
+    """syncfs(2) of the file system `fd` is on (fsync of `fd` alone where it is missing)."""
+    syncfs = _libc_syncfs()
+    if syncfs is None:
+        os.fsync(fd)
+        return
+    if syncfs(fd) != 0:
+        import ctypes
+
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), shown)
 
 
 def fsync_tree(root: Path) -> None:

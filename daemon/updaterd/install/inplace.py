@@ -19,9 +19,9 @@ from typing import BinaryIO
 
 import blake3
 
-from updaterd import failpoints, fsutil
+from updaterd import failpoints, fdtree, fsutil
 from updaterd.errors import ArchiveError, LayoutError
-from updaterd.install.layout import Kept, Staged, remove_tree
+from updaterd.install.layout import Kept, Staged
 from updaterd.state import Transaction
 from updaterd.trust import archive, digests
 
@@ -113,7 +113,7 @@ class InplaceLayout:
             failpoints.hit("stage.after_fsync")
             return Staged(version=version, path=str(staged), digest=h.hexdigest())
         finally:
-            remove_tree(scratch)
+            fdtree.remove_tree(scratch)
 
     @staticmethod
     def _choose(root: Path, executable: str | None, kind: archive.Kind) -> Path:
@@ -254,7 +254,7 @@ class InplaceLayout:
                     removed.append(str(p))
             for p in self.scratch.iterdir():
                 if p.name.startswith(".staging-") and p.is_dir():
-                    remove_tree(p)
+                    fdtree.remove_tree(p)
                     removed.append(str(p))
         removed += [str(p) for p in fsutil.clean_temp_files(self.backups)]
         return removed

@@ -11,14 +11,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from updaterd import failpoints, fsutil, versions
+from updaterd import failpoints, fdtree, fsutil, versions
 from updaterd.errors import LayoutError
 from updaterd.install.shared import link_into as link_shared
 from updaterd.state import Transaction
@@ -239,22 +238,31 @@ class Layout:
         spare = max(retain - len(protected - {current}), 0)
         removed = others[spare:]
         for v in removed:
-            self.retire(self.releases / v, failpoint="prune.after_rename")
+            self.retire(self.releases / v, failpoint="prune.after_rename", finish=False)
         return removed
 
-    def retire(self, path: Path, failpoint: str = "") -> None:
+    def retire(self, path: Path, failpoint: str = "", finish: bool = True) -> None:
         """Take a folder out of `releases/` with one rename into `.staging`, then delete it.
 
         Deleting in place would let a kill half-way leave a release with files missing that
         `verify`, `list-backups` and a rollback still see; moved first, a kill leaves a
-        leftover that the next start removes, and the release is whole or gone."""
+        leftover that the next start removes, and the release is whole or gone. What the app
+        made in it is removed by descriptor (row 169); when that is refused, the release is
+        gone all the same and the rest waits in `.staging`, logged with the reason (`finish`
+        False), or the error is raised (`finish` True)."""
         fsutil.ensure_private_dir(self.staging)
         grave = Path(tempfile.mkdtemp(prefix="retired-", dir=self.staging))
         os.rename(path, grave / path.name)
         fsutil.fsync_dir(path.parent)
         if failpoint:
             failpoints.hit(failpoint)
-        remove_tree(grave)
+        try:
+            fdtree.remove_tree(grave)
+        except fdtree.TreeError as e:
+            if finish:
+                raise
+            log.error("%s; %s is no longer kept, what is left of it stays in %s", e,
+                      path.name, grave)
 
     # -- the interface shared with InplaceLayout ---------------------------------------------
 
@@ -289,13 +297,13 @@ class Layout:
                 raise LayoutError(f"{version} as built differs from its description: "
                                   f"{treehash.compare(tree.entries, expected, added=True)[0]}")
             if self.shared:  # after the check: a delta builds the release as published
-                link_shared(root, self.prefix, version, self.shared, tree.entries, remove_tree,
+                link_shared(root, self.prefix, version, self.shared, tree.entries,
                             self._running_release())
             dest = self.place_release(root, version)
             failpoints.hit("release.after_rename")
             return Staged(version=version, path=str(dest), tree=tree)
         finally:
-            remove_tree(staging)
+            fdtree.remove_tree(staging)
 
     def _running_release(self) -> Path | None:
         """The folder `current` points at, when it is one of the releases."""
@@ -329,7 +337,7 @@ class Layout:
             self.unswitch()
 
     def discard(self, version: str) -> None:
-        with contextlib.suppress(OSError, LayoutError):
+        with contextlib.suppress(OSError, LayoutError, fdtree.TreeError):
             self.retire(self.release(version))
 
     def kept(self) -> list[Kept]:
@@ -346,26 +354,12 @@ class Layout:
         removed = []
         if self.staging.is_dir():
             for entry in self.staging.iterdir():
-                remove_tree(entry)
+                try:
+                    fdtree.remove_tree(entry)
+                except fdtree.TreeError as e:
+                    log.error("a leftover of a crash stays: %s", e)
+                    continue
                 removed.append(str(entry))
         for folder in (self.prefix, self.bin, self.releases):
             removed += [str(p) for p in fsutil.clean_temp_files(folder)]
         return removed
-
-
-def remove_tree(path: Path) -> None:
-    """Remove a folder (or a file or link) that updaterd owns; tolerant of 0000 modes."""
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-        return
-
-    def make_writable(func: object, p: str, exc: object) -> None:
-        parent = os.path.dirname(p)
-        os.chmod(parent, 0o755)
-        if os.path.isdir(p) and not os.path.islink(p):
-            os.chmod(p, 0o755)
-            shutil.rmtree(p)
-        else:
-            os.unlink(p)
-
-    shutil.rmtree(path, onerror=make_writable)

@@ -7,9 +7,11 @@ protocol Struct, or raises RpcError with one of the codes of SPEC section 7.
 from __future__ import annotations
 
 import os
+import stat
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -47,7 +49,7 @@ from updaterctl.protocol import (
     VersionParams,
     clock,
 )
-from updaterd import outcome, versions
+from updaterd import fdtree, outcome, versions
 from updaterd.errors import (
     Busy,
     CancelledByOperator,
@@ -67,15 +69,14 @@ if TYPE_CHECKING:
 
 
 def _tree_size(path: str) -> int:
-    """Bytes under a folder, or of a single file."""
+    """Bytes under a folder (a kept release the app may write in: walked by descriptor), or
+    of a single file."""
     if os.path.isfile(path):
         return os.lstat(path).st_size
-    total = 0
-    for dirpath, _dirs, files in os.walk(path):
-        for name in files:
-            with suppress(OSError):
-                total += os.lstat(os.path.join(dirpath, name)).st_size
-    return total
+    with suppress(OSError, UpdaterError):
+        return sum(e.st.st_size for e in fdtree.walk(Path(path), contents=False)
+                   if stat.S_ISREG(e.st.st_mode))
+    return 0
 
 
 class ControlApi:

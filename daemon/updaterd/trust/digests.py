@@ -71,11 +71,20 @@ class Digests:
 
 def blake3_of_file(path: str | os.PathLike[str]) -> str:
     """BLAKE3 of a file (links are not followed); raises OSError when it cannot be read."""
-    h = blake3.blake3()
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    with os.fdopen(fd, "rb") as f:
-        while chunk := f.read(COPY_CHUNK):
-            h.update(chunk)
+    try:
+        return blake3_of_fd(fd)
+    finally:
+        os.close(fd)
+
+
+def blake3_of_fd(fd: int) -> str:
+    """BLAKE3 of what an open file holds, read from its start."""
+    h = blake3.blake3()
+    offset = 0
+    while chunk := os.pread(fd, COPY_CHUNK, offset):
+        h.update(chunk)
+        offset += len(chunk)
     return h.hexdigest()
 
 

@@ -8,7 +8,6 @@ against it, as `ostree fsck` does, to prove that no crash or stray write left a 
 from __future__ import annotations
 
 import contextlib
-import os
 import stat
 from pathlib import Path
 from typing import Literal
@@ -16,7 +15,7 @@ from typing import Literal
 import msgspec
 from msgspec import Struct
 
-from updaterd import fsutil, versions
+from updaterd import fdtree, fsutil, versions
 from updaterd.trust import digests
 
 
@@ -28,26 +27,22 @@ class TreeRecord(Struct, kw_only=True):
     entries: dict[str, str]
 
 
-def _describe(path: str, st: os.stat_result) -> str:
+def _describe(entry: fdtree.Entry) -> str:
+    st = entry.st
     mode = f"{stat.S_IMODE(st.st_mode):o}"
     if stat.S_ISLNK(st.st_mode):
-        return f"l:{os.readlink(path)}"
+        return f"l:{entry.link}"
     if stat.S_ISDIR(st.st_mode):
         return f"d:{mode}"
     if stat.S_ISREG(st.st_mode):
-        return f"f:{mode}:{digests.blake3_of_file(path)}"
+        return f"f:{mode}:{digests.blake3_of_fd(entry.fd)}"
     return f"?:{stat.S_IFMT(st.st_mode):o}"
 
 
 def scan(root: Path) -> dict[str, str]:
-    """Describe every entry under `root` (links are not followed)."""
-    entries: dict[str, str] = {}
-    base = str(root)
-    for dirpath, dirnames, filenames in os.walk(base):
-        for name in dirnames + filenames:
-            path = os.path.join(dirpath, name)
-            entries[os.path.relpath(path, base)] = _describe(path, os.lstat(path))
-    return entries
+    """Describe every entry under `root`, by descriptor (the app may write in a kept release:
+    a link or a FIFO swapped in is described, never followed or opened)."""
+    return {entry.name: _describe(entry) for entry in fdtree.walk(root)}
 
 
 def record(root: Path, version: str) -> TreeRecord:
