@@ -29,9 +29,9 @@ from msgspec import Meta, Struct
 
 from updaterd import logtext
 from updaterd.errors import FeedError, UpdaterError
-from updaterd.release import feedtools, publish
+from updaterd.release import feedfolder, feedtools, publish
 from updaterd.trust import feed, minisign, rollout, yank
-from updaterd.trust.feed import Release, RolloutDoc, RolloutEntry, RolloutState
+from updaterd.trust.feed import Manifest, Release, RolloutDoc, RolloutEntry, RolloutState
 from updaterd.units import DURATION_PATTERN, parse_duration
 
 Duration = Annotated[str, Meta(pattern=DURATION_PATTERN)]
@@ -86,15 +86,37 @@ def load_plan(path: Path) -> Plan:
 
 
 def read(feed_dir: Path) -> RolloutDoc | None:
-    """rollout.json as the folder holds it (the controller's own: not re-verified)."""
+    """rollout.json as the folder holds it, for `rollout status` (shown, never signed again:
+    what is signed again is read by `read_verified`)."""
     path = feed_dir / rollout.DOCUMENT
-    try:
-        return msgspec.json.decode(path.read_bytes(), type=RolloutDoc)
-    except FileNotFoundError:
+    raw = feedfolder.read(feed_dir, rollout.DOCUMENT, rollout.MAX_DOCUMENT)
+    if raw is None:
         return None
-    except msgspec.DecodeError as e:
-        raise FeedError(f"{path} cannot be read ({e}): sign a new one with `updaterd rollout "
-                        "halt` or `resume`") from None
+    try:
+        return msgspec.json.decode(raw, type=RolloutDoc)
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        raise FeedError(f"{path} cannot be read ({e}): restore the copy the controller "
+                        "signed") from None
+
+
+def read_verified(feed_dir: Path, manifest: Manifest,
+                  key: minisign.SecretKey) -> RolloutDoc | None:
+    """rollout.json as hosts would check it (a rollout key the manifest names, or the one
+    given, signed these very bytes; strict schema; this app), before anything in it is signed
+    again (row 172): a hand edit or a planted document is refused, never laundered. Its age
+    is no reason: re-signing an expired document is what `resign` is for."""
+    raw = feedfolder.read(feed_dir, rollout.DOCUMENT, rollout.MAX_DOCUMENT)
+    if raw is None:
+        return None
+    signature = feedfolder.read(feed_dir, rollout.SIGNATURE, feedfolder.SIGNATURE_CAP)
+    keys = [*rollout.declared(manifest), key.public]
+    try:
+        return rollout.verify(raw, signature, keys, app=manifest.app, mark=None,
+                              cycle_start=datetime.fromtimestamp(0, UTC)).doc
+    except FeedError as e:
+        raise FeedError(f"{feed_dir / rollout.DOCUMENT} does not verify ({e}); refusing to "
+                        "sign it again (edited by hand, or planted?). Restore the copy the "
+                        "controller signed") from None
 
 
 def guarded_release(feed_dir: Path, version: str, key: minisign.SecretKey) -> Release:
@@ -136,7 +158,8 @@ def change(feed_dir: Path, key: minisign.SecretKey, version: str,
     now (read under the lock); the serial grows by one. `edit` may raise to change nothing."""
     with _locked(feed_dir):
         manifest = feedtools.load(feed_dir)
-        doc = read(feed_dir) or RolloutDoc(schema=1, app=manifest.app, serial=0, expires=now)
+        doc = read_verified(feed_dir, manifest, key) or \
+            RolloutDoc(schema=1, app=manifest.app, serial=0, expires=now)
         doc.releases = {v: e for v, e in doc.releases.items() if manifest.release(v) is not None}
         entry = edit(doc.releases.get(version))
         entry.why = logtext.clean(entry.why)[:500]
@@ -149,7 +172,7 @@ def resign(feed_dir: Path, key: minisign.SecretKey, expires: str, now: datetime)
     """A new serial and expiry, the entries as they are (a timer keeps a finished rollout's
     document fresh, so hosts coming online later still take the release)."""
     with _locked(feed_dir):
-        doc = read(feed_dir)
+        doc = read_verified(feed_dir, feedtools.load(feed_dir), key)
         if doc is None:
             raise FeedError(f"{feed_dir / rollout.DOCUMENT} does not exist: nothing to "
                             "re-sign")
@@ -215,6 +238,9 @@ def describe(feed_dir: Path) -> list[str]:
 # -- the fleet's side: Prometheus --------------------------------------------------------------
 
 
+MAX_FLEET = 10_000_000  # more hosts than any count Prometheus could honestly return
+
+
 class NoVerdict(Exception):
     """Prometheus cannot say (unreachable, an error, no value): nothing widens."""
 
@@ -240,13 +266,30 @@ class Prometheus:
             error = body.get("error") if isinstance(body, dict) else None
             raise NoVerdict(f"Prometheus refused the query ({r.status_code}): "
                             f"{logtext.clean(str(error or r.text))[:300]}")
-        data = body.get("data") or {}
-        if data.get("resultType") == "scalar":
-            return [({}, float(data["result"][1]))]
-        if data.get("resultType") != "vector":
-            raise NoVerdict(f"the query returns a {data.get('resultType')}, not an instant "
-                            "vector")
-        return [(s.get("metric", {}), float(s["value"][1])) for s in data.get("result", [])]
+        try:
+            return _samples(body.get("data") or {})
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
+            raise NoVerdict(f"Prometheus answered a malformed result ({type(e).__name__}: "
+                            f"{logtext.clean(str(e))[:200]}); nothing is judged on it") from None
+
+
+def _samples(data: dict[str, object]) -> list[tuple[dict[str, str], float]]:
+    """The samples of an instant query's `data`; raises on any shape it does not have."""
+    if data.get("resultType") == "scalar":
+        result = data["result"]
+        if not isinstance(result, list):
+            raise TypeError("a scalar result is not a [time, value] pair")
+        return [({}, float(result[1]))]
+    if data.get("resultType") != "vector":
+        raise NoVerdict(f"the query returns a {data.get('resultType')}, not an instant "
+                        "vector")
+    out = []
+    for s in data.get("result") or []:  # type: ignore[attr-defined]
+        metric = s.get("metric", {})
+        if not isinstance(metric, dict):
+            raise TypeError("a sample's labels are not an object")
+        out.append((metric, float(s["value"][1])))
+    return out
 
 
 def gate_values(prom: Prometheus, plan: Plan, app: str) -> list[tuple[Gate, float]]:
@@ -292,11 +335,24 @@ class Fleet:
 def fleet(prom: Prometheus, app: str, version: str, published: float = 0.0) -> Fleet:
     def count(promql: str) -> int:
         found = prom.query(f"count({promql})")
-        return int(found[0][1]) if found else 0
+        if not found:
+            return 0
+        value = found[0][1]
+        if not (value.is_integer() and 0 <= value <= MAX_FLEET):
+            raise NoVerdict(f"Prometheus counts {value:g} for {promql}: not a number of "
+                            "hosts; nothing widens on it")
+        return int(value)
 
-    places = prom.query(f'updaterd_rollout_place{{app="{app}",version="{version}"}}')
+    places = []
+    for _, value in prom.query(f'updaterd_rollout_place{{app="{app}",version="{version}"}}'):
+        if math.isnan(value):
+            continue
+        if not (value.is_integer() and 0 <= value <= 99):  # row 176: a host's place is 0-99
+            raise NoVerdict(f"a host reports place {value:g} in the rollout of {version}, "
+                            "outside 0-99 (a forged or broken sample); nothing widens on it")
+        places.append(int(value))
     return Fleet(on_release=count(f'updaterd_app_info{{app="{app}",installed="{version}"}}'),
-                 places=[int(v) for _, v in places if not math.isnan(v)],
+                 places=places,
                  hosts=count(f'updaterd_app_info{{app="{app}"}}'),
                  checked=count(f'updaterd_last_check_timestamp_seconds{{app="{app}"}} > '
                                f'{published:.3f}'))
@@ -317,7 +373,12 @@ def run(feed_dir: Path, key: minisign.SecretKey, plan: Plan, prom: Prometheus,
     soak, every = parse_duration(plan.soak), parse_duration(plan.interval)
     renew = parse_duration(plan.expires) / 2
     release = guarded_release(feed_dir, plan.version, key)
-    doc = read(feed_dir)
+
+    def signed_now() -> RolloutDoc | None:
+        """rollout.json as hosts would take it: a forged or edited one steers nothing here."""
+        return read_verified(feed_dir, feedtools.load(feed_dir), key)
+
+    doc = signed_now()
     entry = doc.releases.get(plan.version) if doc is not None else None
     if entry is not None and entry.state != "active":
         raise Halted(f"{plan.version} is {entry.state} at {entry.share}%"
@@ -352,13 +413,18 @@ def run(feed_dir: Path, key: minisign.SecretKey, plan: Plan, prom: Prometheus,
 
         signed = change(feed_dir, key, plan.version, still_active, expires=plan.expires,
                         now=now())
-        say(f"{plan.version}: share {signed.share}% (step {step + 1} of {len(plan.steps)}), "
-            f"soak {plan.soak}")
+        raised = ""
+        if signed.share > plan.steps[step]:
+            skipped = [f"{s}%" for s in plan.steps[step + 1:] if s <= signed.share]
+            raised = (f", raised from {plan.steps[step]}% so that {plan.min_hosts} hosts take "
+                      f"it" + (f" (skipping {', '.join(skipped)})" if skipped else ""))
+        say(f"{plan.version}: share {signed.share}% (step {step + 1} of {len(plan.steps)}"
+            f"{raised}), soak {plan.soak}")
         return signed
 
     while True:
-        signed_now = read(feed_dir)  # an operator may have changed it since the last turn
-        now_entry = signed_now.releases.get(plan.version) if signed_now is not None else None
+        current = signed_now()  # an operator may have changed it since the last turn
+        now_entry = current.releases.get(plan.version) if current is not None else None
         if now_entry is not None and now_entry.state != "active":
             raise _by_hand(plan.version, now_entry)
         entry = now_entry or entry
@@ -382,7 +448,7 @@ def run(feed_dir: Path, key: minisign.SecretKey, plan: Plan, prom: Prometheus,
             holding.clear()
         except NoVerdict as e:
             holding.say(str(e))
-        latest = read(feed_dir)
+        latest = signed_now()
         if latest is not None and latest.expires.timestamp() - clock() < renew:
             resign(feed_dir, key, plan.expires, now())  # hosts ignore an expired document
         soaked = entry.since.timestamp() + soak - clock() if entry is not None else every

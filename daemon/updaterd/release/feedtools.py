@@ -18,7 +18,7 @@ import msgspec
 
 from updaterd import logtext, versions
 from updaterd.errors import FeedError
-from updaterd.release import publish
+from updaterd.release import feedfolder, publish
 from updaterd.sources import keys
 from updaterd.sources.keys import KeySet
 from updaterd.trust import feed, rollout, yank
@@ -30,10 +30,10 @@ _NO_FEED = "{path}: no feed here (`updaterd publish` creates one)"
 def load(feed_dir: Path) -> Manifest:
     """The feed's manifest as it is in the folder (its signature is checked when re-signed)."""
     path = feed_dir / feed.MANIFEST
-    try:
-        return publish.decode_manifest(path.read_bytes(), path)
-    except FileNotFoundError:
-        raise FeedError(_NO_FEED.format(path=path)) from None
+    raw = feedfolder.read(feed_dir, feed.MANIFEST, feedfolder.MANIFEST_CAP)
+    if raw is None:
+        raise FeedError(_NO_FEED.format(path=path))
+    return publish.decode_manifest(raw, path)
 
 
 @dataclass
@@ -212,9 +212,9 @@ def listing(feed_dir: Path) -> dict[str, object]:
     """Everything `feed list` shows, as plain values (its --json)."""
     manifest = load(feed_dir)
     keyset = None
-    if (feed_dir / keys.KEYS).exists():
+    if (keyset_raw := feedfolder.read(feed_dir, keys.KEYS, feedfolder.SMALL_CAP)) is not None:
         try:
-            keyset = msgspec.json.decode((feed_dir / keys.KEYS).read_bytes(), type=KeySet)
+            keyset = msgspec.json.decode(keyset_raw, type=KeySet)
         except (msgspec.DecodeError, msgspec.ValidationError) as e:
             raise FeedError(f"{feed_dir / keys.KEYS}: cannot read the key set: {e}") from None
     return {"app": manifest.app, "serial": manifest.serial,

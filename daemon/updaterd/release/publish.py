@@ -28,6 +28,7 @@ from updaterd import failpoints, fsutil, versions
 from updaterd.config import host_platform
 from updaterd.errors import FeedError, SignatureError, UpdaterError
 from updaterd.install import delta
+from updaterd.release import feedfolder
 from updaterd.sources import keys
 from updaterd.sources.keys import KeySet
 from updaterd.trust import archive, digests, feed, minisign, yank
@@ -94,18 +95,19 @@ def current_trust(feed_dir: Path, signers: list[minisign.SecretKey]) -> Trust | 
     when the feed rotated; else the keys that signed the manifest there, all of which must be
     among `signers` (their public halves are what the publisher has)."""
     keyset_path = feed_dir / keys.KEYS
-    if keyset_path.exists():
+    if (keyset_raw := feedfolder.read(feed_dir, keys.KEYS, feedfolder.SMALL_CAP)) is not None:
         try:
-            keyset = msgspec.json.decode(keyset_path.read_bytes(), type=KeySet)
+            keyset = msgspec.json.decode(keyset_raw, type=KeySet)
             listed = [minisign.PublicKey.parse(k) for k in keyset.keys]
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as e:
             raise FeedError(f"{keyset_path}: cannot read the feed's key set: {e}") from None
         return Trust(listed, keyset.threshold,
                      f"the key set in {keyset_path}, threshold {keyset.threshold}")
-    try:
-        ids = set(minisign.signer_ids((feed_dir / feed.SIGNATURE).read_bytes()))
-    except FileNotFoundError:
+    signature = feedfolder.read(feed_dir, feed.SIGNATURE, feedfolder.SIGNATURE_CAP)
+    if signature is None:
         return None
+    try:
+        ids = set(minisign.signer_ids(signature))
     except SignatureError as e:
         raise FeedError(f"{feed_dir / feed.SIGNATURE}: {e}") from None
     mine = {s.public.id_hex: s.public for s in signers}
@@ -123,13 +125,11 @@ def require_signed_as_is(feed_dir: Path, known: list[minisign.PublicKey]) -> byt
     """The manifest in the folder, refused when a key we know signed it and it no longer
     verifies: someone edited it by hand, and re-signing it would launder the edit to every
     host. None when there is no manifest yet."""
-    try:
-        raw = (feed_dir / feed.MANIFEST).read_bytes()
-    except FileNotFoundError:
+    raw = feedfolder.read(feed_dir, feed.MANIFEST, feedfolder.MANIFEST_CAP)
+    if raw is None:
         return None
-    try:
-        sig = (feed_dir / feed.SIGNATURE).read_bytes()
-    except FileNotFoundError:
+    sig = feedfolder.read(feed_dir, feed.SIGNATURE, feedfolder.SIGNATURE_CAP)
+    if sig is None:
         return raw  # an unsigned feed: nothing to launder
     by_id = {k.id_hex: k for k in known}
     try:
@@ -533,9 +533,10 @@ def write_signed(feed_dir: Path, manifest_path: Path, raw: bytes, signature: byt
     old_mtime = manifest_path.stat().st_mtime if manifest_path.exists() else None
     sig_path = sig_path or feed_dir / feed.SIGNATURE
     # Two renames cannot be one: for the instant between them the signature file carries the
-    # new blocks and the old ones, so the old and the new manifest both verify.
-    with contextlib.suppress(FileNotFoundError):
-        fsutil.atomic_write(sig_path, signature + sig_path.read_bytes())
+    # new blocks and the old ones, so the old and the new manifest both verify. Of the old file
+    # only what parses as signatures is carried (row 171: never bytes read through a link).
+    if old := feedfolder.signature_blocks(sig_path.parent, sig_path.name):
+        fsutil.atomic_write(sig_path, signature + old)
     failpoints.hit("publish.after_signature")
     fsutil.atomic_write(manifest_path, raw)
     fsutil.atomic_write(sig_path, signature)
@@ -575,9 +576,9 @@ def rotate_keys(*, feed_dir: Path, app: str, new_keys: list[Path], sign_with: li
                             "was written")
     keyset_path = feed_dir / keys.KEYS
     version = 1
-    if keyset_path.exists():
+    if (keyset_raw := feedfolder.read(feed_dir, keys.KEYS, feedfolder.SMALL_CAP)) is not None:
         try:
-            version = msgspec.json.decode(keyset_path.read_bytes(), type=KeySet).version + 1
+            version = msgspec.json.decode(keyset_raw, type=KeySet).version + 1
         except (msgspec.DecodeError, msgspec.ValidationError) as e:
             raise FeedError(f"{keyset_path}: cannot read the existing key set: {e}") from None
     keyset = KeySet(schema=1, app=app, version=version, keys=pubs, threshold=threshold)
@@ -604,7 +605,8 @@ def current_trust_for_rotation(feed_dir: Path,
     except FeedError as e:
         if (feed_dir / keys.KEYS).exists():
             raise
-        ids = ", ".join(sorted(minisign.signer_ids((feed_dir / feed.SIGNATURE).read_bytes())))
+        signature = feedfolder.read(feed_dir, feed.SIGNATURE, feedfolder.SIGNATURE_CAP) or b""
+        ids = ", ".join(sorted(minisign.signer_ids(signature)))
         raise FeedError(f"{feed_dir}'s manifest is signed by key {ids}, which hosts trust now: "
                         f"it must sign the new key set too: add --sign for key {ids}; nothing "
                         "was written") from e

@@ -259,6 +259,24 @@ def _verify_block(block: _Block, data: bytes | None, prehash: bytes | None,
     raise SignatureError(f"signature by key {_key_id_hex(block.key_id)} does not verify")
 
 
+def valid_blocks(signature: bytes) -> bytes:
+    """Only the blocks of a signature file that parse as minisign signatures (at most
+    MAX_SIGNATURES), as text: what a publisher may carry over from an old file, never other
+    bytes it held."""
+    lines = [ln for ln in signature.decode("utf-8", "replace").splitlines() if ln.strip()]
+    kept: list[str] = []
+    i = 0
+    while i + 4 <= len(lines) and len(kept) < 4 * MAX_SIGNATURES:
+        try:
+            _block(lines[i:i + 4])
+        except SignatureError:
+            i += 1
+            continue
+        kept += lines[i:i + 4]
+        i += 4
+    return "".join(line + "\n" for line in kept).encode()
+
+
 def signer_ids(signature: bytes) -> list[str]:
     """The key ids (as minisign prints them) of every block of a signature file."""
     return [_key_id_hex(b.key_id) for b in _blocks(signature)]

@@ -1,0 +1,208 @@
+"""Rows 171, 172 and 176: the publisher's commands held to the daemon's standards. They never
+read through a link or carry over bytes they did not parse, never sign again what does not
+verify, and the rollout controller bounds what Prometheus tells it. The real `updaterd`
+commands on real feed folders; Prometheus as a table of answers, and once as a real HTTP
+server that answers nonsense."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+
+from tests.helpers import Feed, run_updaterd
+from tests.test_rollout_controller import Clock, Fleet, plan, shares, start
+from updaterd.errors import FeedError
+from updaterd.release import controller, feedfolder
+from updaterd.release.controller import NoVerdict, Prometheus
+from updaterd.trust import minisign, rollout
+
+
+@pytest.fixture
+def guarded(tmp_path: Path) -> tuple[Feed, minisign.SecretKey, Path]:
+    feed = Feed(folder=tmp_path / "feed", work=tmp_path / "work")
+    key = minisign.SecretKey.generate()
+    feed.release("1.0.0")
+    feed.release("1.1.0", rollout_keys=[key.public.to_base64()])
+    key_file = tmp_path / "rollout.key"
+    key_file.write_text(key.to_file())
+    os.chmod(key_file, 0o600)
+    return feed, key, key_file
+
+
+def rollout_cli(feed: Feed, key_file: Path, *args: str) -> tuple[int, str]:
+    r = run_updaterd("rollout", *args, "--feed", feed.folder, "--key", key_file)
+    return r.returncode, r.stdout + r.stderr
+
+
+def test_j171_a_signature_file_linked_to_the_secret_key_is_refused_and_the_key_never_copied(
+        guarded: tuple[Feed, minisign.SecretKey, Path]) -> None:
+    feed, _, key_file = guarded
+    assert rollout_cli(feed, key_file, "resume", "1.1.0", "--share", "5")[0] == 0
+    sig = feed.folder / rollout.SIGNATURE
+    sig.unlink()
+    sig.symlink_to(key_file)  # planted by someone who can write in the feed folder
+    secret = key_file.read_bytes()
+    code, out = rollout_cli(feed, key_file, "halt", "1.1.0", "--why", "x")
+    assert code != 0 and f"{sig} is a symbolic link" in out, out
+    everything = b"".join(p.read_bytes() for p in feed.folder.iterdir()
+                          if p.is_file() and not p.is_symlink())
+    assert secret.splitlines()[1] not in everything
+    assert key_file.read_bytes() == secret and sig.is_symlink()
+    # the manifest's own signature, and a feed folder that is a link, are refused as well
+    (feed.folder / "manifest.json.minisig").rename(feed.work / "kept.minisig")
+    (feed.folder / "manifest.json.minisig").symlink_to(feed.key)
+    r = run_updaterd("feed", "resign", "--feed", feed.folder, "--key", feed.key)
+    assert r.returncode != 0 and "manifest.json.minisig is a symbolic link" in r.stderr, \
+        r.stderr
+    linked = feed.work / "linked-feed"
+    linked.symlink_to(feed.folder)
+    r = run_updaterd("feed", "resign", "--feed", linked, "--key", feed.key)
+    assert r.returncode != 0 and f"{linked} is a symbolic link" in r.stderr, r.stderr
+
+
+def test_j171_a_feed_file_of_another_user_or_with_two_names_is_named_and_refused(
+        guarded: tuple[Feed, minisign.SecretKey, Path]) -> None:
+    feed, _, _ = guarded
+    manifest = feed.folder / "manifest.json"
+    os.chown(manifest, 65534, 65534)
+    r = run_updaterd("feed", "resign", "--feed", feed.folder, "--key", feed.key)
+    assert r.returncode != 0 and f"{manifest} belongs to uid 65534" in r.stderr, r.stderr
+    os.chown(manifest, 0, 0)
+    os.link(manifest, feed.work / "second-name")
+    r = run_updaterd("feed", "resign", "--feed", feed.folder, "--key", feed.key)
+    assert r.returncode != 0 and "has 2 names" in r.stderr, r.stderr
+    (feed.work / "second-name").unlink()
+    assert run_updaterd("feed", "resign", "--feed", feed.folder, "--key", feed.key) \
+        .returncode == 0
+
+
+def test_j171_only_blocks_that_parse_as_signatures_are_carried_over(
+        guarded: tuple[Feed, minisign.SecretKey, Path]) -> None:
+    feed, _, _ = guarded
+    sig = feed.folder / "manifest.json.minisig"
+    signed = sig.read_bytes()
+    sig.write_bytes(b"untrusted comment: x\nRWQ-not-a-key\n" + signed + b"SECRET bytes\n\xff\n")
+    assert feedfolder.signature_blocks(feed.folder, sig.name) == signed
+    assert minisign.valid_blocks(b"\xff\xfe") == b""
+    assert minisign.valid_blocks(signed * 20).count(b"untrusted comment") == \
+        minisign.MAX_SIGNATURES
+
+
+def test_j172_a_rollout_json_edited_by_hand_is_never_signed_again(
+        guarded: tuple[Feed, minisign.SecretKey, Path]) -> None:
+    feed, key, key_file = guarded
+    assert rollout_cli(feed, key_file, "halt", "1.1.0", "--why", "looking")[0] == 0
+    doc_path = feed.folder / rollout.DOCUMENT
+    doc = json.loads(doc_path.read_text())
+    doc["releases"]["1.1.0"].update(share=100, state="active")  # someone's edit
+    doc_path.write_text(json.dumps(doc))
+    for args in (["resign"], ["resume", "1.1.0"], ["recall", "1.1.0"]):
+        code, out = rollout_cli(feed, key_file, *args)
+        assert code != 0 and "does not verify" in out and "refusing to sign it again" in out, \
+            (args, out)
+    assert json.loads(doc_path.read_text()) == doc  # nothing laundered, nothing written
+    fleet, clock, said = Fleet(), Clock(), []
+    with pytest.raises(FeedError, match="does not verify"):  # nor by the controller
+        start(feed, key, plan(), fleet, clock, said)
+    # a document signed by a key the release does not name is no better than an edited one
+    other = minisign.SecretKey.generate()
+    (feed.folder / rollout.SIGNATURE).write_text(other.sign(doc_path.read_bytes(), "x"))
+    with pytest.raises(FeedError, match="does not verify"):
+        controller.resign(feed.folder, key, "1d", clock_now())
+
+
+def clock_now() -> controller.datetime:
+    return controller.datetime.now(controller.UTC)
+
+
+class Enough(Exception):
+    """Ends a controller run from its sleep."""
+
+
+def stop_after(clock: Clock, seconds: float) -> None:
+    began = clock.now
+
+    def maybe_stop(now: float) -> None:
+        if now - began > seconds:
+            raise Enough
+
+    clock.on_sleep = maybe_stop
+
+
+def test_j176_a_place_outside_0_99_or_a_bad_count_never_widens(
+        guarded: tuple[Feed, minisign.SecretKey, Path]) -> None:
+    feed, key, _ = guarded
+    for places in ([4, 150, 9], [4, -1], [4, 7.5], [4, float("inf")]):
+        fleet, clock, said = Fleet(places=places), Clock(), []  # type: ignore[arg-type]
+        stop_after(clock, 30)
+        with pytest.raises(Enough):
+            start(feed, key, plan(), fleet, clock, said)
+        assert controller.read(feed.folder) is None, places  # nothing signed
+        assert any("outside 0-99" in s for s in said), said
+    fleet, clock, said = Fleet(on_release=-3), Clock(), []
+    stop_after(clock, 30)
+    with pytest.raises(Enough):
+        start(feed, key, plan(), fleet, clock, said)
+    assert controller.read(feed.folder) is None and any("not a number of hosts" in s
+                                                        for s in said), said
+
+
+def test_j176_a_raised_first_step_says_so_and_which_steps_it_skips(
+        guarded: tuple[Feed, minisign.SecretKey, Path]) -> None:
+    feed, key, _ = guarded
+    fleet, clock, said = Fleet(places=[3, 40, 60, 80]), Clock(), []
+    stop_after(clock, 0)
+    with pytest.raises(Enough):
+        start(feed, key, plan(steps=[5, 25, 50, 100]), fleet, clock, said)
+    assert shares(feed)[0] == 61
+    assert any("share 61% (step 1 of 4, raised from 5% so that 3 hosts take it (skipping "
+               "25%, 50%))" in s for s in said), said
+
+
+class _Nonsense(BaseHTTPRequestHandler):
+    bodies: ClassVar[list[bytes]] = []
+
+    def do_GET(self) -> None:
+        body = self.bodies.pop(0)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        return None
+
+
+@pytest.fixture
+def nonsense() -> Iterator[tuple[str, list[bytes]]]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Nonsense)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", _Nonsense.bodies
+    finally:
+        server.shutdown()
+
+
+@pytest.mark.parametrize("data", [
+    {"resultType": "vector", "result": [{"metric": {}, "value": [1]}]},
+    {"resultType": "vector", "result": [{"metric": {}, "value": [1, "many"]}]},
+    {"resultType": "vector", "result": [{"metric": [], "value": [1, "1"]}]},
+    {"resultType": "vector", "result": ["x"]},
+    {"resultType": "scalar", "result": "x"},
+    {"resultType": "vector", "result": {"a": 1}},
+])
+def test_j176_a_malformed_sample_from_prometheus_is_no_verdict_never_a_traceback(
+        nonsense: tuple[str, list[bytes]], data: dict[str, object]) -> None:
+    url, bodies = nonsense
+    bodies.append(json.dumps({"status": "success", "data": data}).encode())
+    with pytest.raises(NoVerdict, match=r"malformed|not an instant"):
+        Prometheus(url).query("up")
