@@ -5,6 +5,7 @@ reads: the installed version, rollbacks and failed checks per version, the last 
 from __future__ import annotations
 
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -128,3 +129,54 @@ def test_a_taken_metrics_port_is_logged_and_updates_go_on(
         assert f"metrics_listen 127.0.0.1:{port}: Address already in use; the metrics are " \
                "not served there (trying again in 30s)" in log, log
         assert "Traceback" not in log
+
+
+def test_j174_one_peer_flooding_silent_connections_never_hides_the_host_from_another(
+        host: Host, nginx: Nginx, served_feed: Feed, daemon: Daemon) -> None:
+    """A peer at 127.0.0.1 keeps 24 silent connections open, opening new ones as the old are
+    dropped; Prometheus at 127.0.0.2 scrapes every 0.3 s meanwhile and is answered each time."""
+    served_feed.release("1.0.0")
+    url = listening(host, nginx, served_feed)
+    daemon.start()
+    daemon.wait_ready()
+    port = int(url.rsplit(":", 1)[1])
+    stop = threading.Event()
+
+    def flood() -> None:
+        held: list[socket.socket] = []
+        while not stop.is_set():
+            alive = []
+            for s in held:  # a dropped one reads as b"" at once
+                s.setblocking(False)
+                try:
+                    if s.recv(1) == b"":
+                        s.close()
+                        continue
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    s.close()
+                    continue
+                alive.append(s)
+            held = alive
+            while len(held) < 24:
+                held.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+            time.sleep(0.05)
+        for s in held:
+            s.close()
+
+    flooder = threading.Thread(target=flood, daemon=True)
+    flooder.start()
+    try:
+        time.sleep(1)
+        for _ in range(20):
+            with socket.create_connection(("127.0.0.1", port), timeout=5,
+                                          source_address=("127.0.0.2", 0)) as s:
+                s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                s.settimeout(5)
+                answer = s.recv(100)
+            assert answer.startswith(b"HTTP/1.1 200"), answer
+            time.sleep(0.3)
+    finally:
+        stop.set()
+        flooder.join(10)

@@ -3,7 +3,8 @@ scrape. Nothing else is served there, and nothing is changed through it.
 
 HTTP is parsed by h11 (httpx's own HTTP/1.1 engine, already installed with it). Every peer is a
 stranger: its request must arrive whole within a few seconds and a few KiB, connections are few
-at once, and one answer closes the connection, so a slow or noisy client holds nothing for long.
+at once and fewer still from one address (row 174: one peer never takes every slot), and one
+answer closes the connection, so a slow or noisy client holds nothing for long.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ MAX_REQUEST = 8 * 1024  # a scrape's request is a few hundred bytes
 REQUEST_TIMEOUT = 5.0  # the whole request, from the connection on
 SEND_TIMEOUT = 10.0
 MAX_CONNECTIONS = 16
+MAX_PER_PEER = 4  # from one address: a flood from one peer leaves 12 slots to the others
 RETRY_BIND = 30  # seconds between tries when the address is taken
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
@@ -48,18 +50,35 @@ async def serve(listen: str, render: Callable[[], str], *,
             await trio.sleep(RETRY_BIND)
     task_status.started()
     slots = trio.Semaphore(MAX_CONNECTIONS)
+    per_peer: dict[str, int] = {}
     log.info("metrics on http://%s/metrics", listen)
 
     async def handle(stream: trio.SocketStream) -> None:
-        if slots.value == 0:  # full: this one is closed at once instead of waiting
+        peer = _peer(stream)
+        # full, or this peer holds its share: closed at once instead of waiting
+        if slots.value == 0 or per_peer.get(peer, 0) >= MAX_PER_PEER:
             await stream.aclose()
             return
-        async with slots, stream:
-            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError,
-                                     h11.ProtocolError):
-                await _answer(stream, render)
+        per_peer[peer] = per_peer.get(peer, 0) + 1
+        try:
+            async with slots, stream:
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError,
+                                         h11.ProtocolError):
+                    await _answer(stream, render)
+        finally:
+            per_peer[peer] -= 1
+            if not per_peer[peer]:
+                del per_peer[peer]
 
     await trio.serve_listeners(handle, listeners)
+
+
+def _peer(stream: trio.SocketStream) -> str:
+    """The address a connection comes from (its port left out: one peer, many ports)."""
+    try:
+        return str(stream.socket.getpeername()[0])
+    except OSError:
+        return ""
 
 
 async def _answer(stream: trio.SocketStream, render: Callable[[], str]) -> None:
