@@ -202,13 +202,15 @@ def test_h148_a_health_url_answer_of_512_mib_is_not_read_into_memory(
     assert peak < 128, f"peak RSS {peak:.0f} MiB: the answer was read whole"
 
 
-def _largest_unlinked_file(pid: int) -> int:
-    """The size of the largest deleted file `pid` holds open (where a command's output goes)."""
+def _largest_output_file(pid: int, named: str = "command-output") -> int:
+    """The size of the largest deleted file `pid` holds open, or of its file called `named`
+    (where a command's output goes)."""
     largest = 0
     fds = Path(f"/proc/{pid}/fd")
     for fd in fds.iterdir() if fds.exists() else ():
         try:
-            if os.readlink(fd).endswith("(deleted)"):
+            target = os.readlink(fd)
+            if target.endswith("(deleted)") or target.endswith("/" + named):
                 largest = max(largest, fd.stat().st_size)
         except OSError:
             pass  # closed meanwhile
@@ -226,7 +228,7 @@ def test_h148_a_health_command_that_writes_without_end_never_fills_the_disk(
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     peak = 0
     while proc.poll() is None:
-        peak = max(peak, _largest_unlinked_file(proc.pid))
+        peak = max(peak, _largest_output_file(proc.pid))
         time.sleep(0.002)
     _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 1, err

@@ -6,9 +6,10 @@ import contextlib
 import fcntl
 import os
 import signal
+import stat
 import subprocess
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,9 @@ if TYPE_CHECKING:
 _TAIL = 2048
 OUTPUT_CAP = 1024 * 1024  # a command's output is emptied past this while it runs (row 148)
 _WATCH_EVERY = 0.01  # how often the output's size is looked at, while a command runs
+OUTPUT_FILE = "command-output"  # in the app's state folder: where its commands write (row 175)
+TEND_EVERY = 1.0  # how often the daemon empties output files past OUTPUT_CAP between commands
+_tended: set[Path] = set()  # the output files this process gave to commands
 PROBE_BODY_CAP = 64 * 1024  # what a health probe reads of an answer at most (row 148)
 
 
@@ -99,26 +103,71 @@ def resolve(argv: list[str], release: Path) -> list[str]:
     return list(argv)
 
 
+@contextlib.contextmanager
+def _output(path: Path | None) -> Iterator[int]:
+    """The file a command writes to, empty, opened with O_APPEND (shared with the command: one
+    open file description, so after a truncation its next write lands at the start again, not
+    past a hole at its old offset). A named one (`path`) stays tended after the command
+    (`tend_outputs`): a process the command left running (`nohup app &`) keeps writing to it
+    for as long as it lives, and it must neither grow without bound nor hide (row 175). None:
+    an unlinked file, for commands that leave nothing behind (updaterd's own checks)."""
+    if path is None:
+        with tempfile.TemporaryFile() as out:
+            fd = out.fileno()
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
+            yield fd
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600)
+    try:
+        os.ftruncate(fd, 0)
+        _tended.add(path)
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def tend_outputs() -> None:
+    """Empty each named output file that has passed OUTPUT_CAP since it was last looked at:
+    what processes left behind by restart commands write is bounded while the daemon runs."""
+    for path in list(_tended):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            _tended.discard(path)  # gone with its app
+            continue
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISREG(st.st_mode) and st.st_size > OUTPUT_CAP:
+                os.ftruncate(fd, 0)
+        finally:
+            os.close(fd)
+
+
+async def tend_outputs_forever(every: float = TEND_EVERY) -> None:
+    """The daemon's task for `tend_outputs`."""
+    while True:
+        await trio.to_thread.run_sync(tend_outputs)
+        await trio.sleep(every)
+
+
 async def run(what: str, argv: list[str], *, cwd: Path, timeout: float,
-              env: Mapping[str, str], passed: Sequence[str] = ()) -> str:
+              env: Mapping[str, str], passed: Sequence[str] = (),
+              output: Path | None = None) -> str:
     """Run `argv` with `command_env(env, passed)`; raise HealthCheckFailed naming `what` on
     failure, signal or timeout.
 
-    Returns the last line of its output. The output goes to an unlinked file (a file, not a
-    pipe, so a process the command leaves behind is not killed by SIGPIPE when updaterd stops
-    reading) that is emptied whenever it passes OUTPUT_CAP: a command that writes without end
-    for its whole timeout holds OUTPUT_CAP plus what it writes in _WATCH_EVERY on disk, not
-    its whole output (row 148)."""
+    Returns the last line of its output. The output goes to a file (`output`, or an unlinked
+    one; a file, not a pipe, so a process the command leaves behind is not killed by SIGPIPE
+    when updaterd stops reading) that is emptied whenever it passes OUTPUT_CAP: a command that
+    writes without end for its whole timeout holds OUTPUT_CAP plus what it writes in
+    _WATCH_EVERY on disk, not its whole output (row 148)."""
     full_env = command_env(env, passed)
-    with tempfile.TemporaryFile() as out:
-        fd = out.fileno()
-        # O_APPEND is shared with the command (one open file description): after a truncation
-        # its next write lands at the start again, not past a hole at its old offset
-        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
+    with _output(output) as fd:
         cut: list[bytes] = []
         try:
             proc = await trio.lowlevel.open_process(
-                argv, cwd=str(cwd), env=full_env, stdin=subprocess.DEVNULL, stdout=out,
+                argv, cwd=str(cwd), env=full_env, stdin=subprocess.DEVNULL, stdout=fd,
                 stderr=subprocess.STDOUT, start_new_session=True)
         except OSError as e:
             raise HealthCheckFailed(f"{what}: cannot run {argv[0]!r}: {e.strerror}") from None

@@ -34,7 +34,8 @@ class AppRestart:
         if run.cfg.restart:
             run.phase("restarting", version=version)
             await health.run("restart", run.cfg.restart, cwd=run.layout.run_dir(version),
-                             timeout=timeout, env=env, passed=run.cfg.pass_environment)
+                             timeout=timeout, env=env, passed=run.cfg.pass_environment,
+                             output=run.state_folder / health.OUTPUT_FILE)
         return True
 
     async def restart_back(self, run: AppRun, to_version: str, env: dict[str, str],
@@ -43,7 +44,8 @@ class AppRestart:
             return
         try:
             await health.run("restart", run.cfg.restart, cwd=run.layout.run_dir(to_version),
-                             timeout=timeout, env=env, passed=run.cfg.pass_environment)
+                             timeout=timeout, env=env, passed=run.cfg.pass_environment,
+                             output=run.state_folder / health.OUTPUT_FILE)
         except HealthCheckFailed as e:
             log.error("%s: restart after rolling back to %s failed: %s", run.name, to_version, e)
 

@@ -260,7 +260,8 @@ async def finish_update(run: AppRun, from_version: str | None, version: str) -> 
                 raise HealthCheckFailed(f"health check not run: {unsafe}")
             await health.run("health check", health.resolve(run.cfg.health_check, run_dir),
                              cwd=run_dir, timeout=timeout, env=env,
-                             passed=run.cfg.pass_environment)
+                             passed=run.cfg.pass_environment,
+                             output=run.state_folder / health.OUTPUT_FILE)
         unit = app_unit(run.cfg)
         if run.cfg.health_notify and unit is not None:
             run.phase("health_check", f"waiting for {unit} to be active", version)

@@ -23,7 +23,7 @@ from updaterd import configfile, failpoints
 from updaterd.config import Config
 from updaterd.engine.engine import Engine
 from updaterd.errors import ConfigError, UpdaterError
-from updaterd.install import selfupdate
+from updaterd.install import health, selfupdate
 from updaterd.reports import Event
 from updaterd.service import answers, metrics, metrics_http, rpc
 from updaterd.service.api import ControlApi
@@ -162,6 +162,7 @@ class Daemon:
                 self._notify_status()
                 log.info("ready: %d apps, socket %s", len(self.workers), sock_path)
                 nursery.start_soon(self._watchdog)
+                nursery.start_soon(health.tend_outputs_forever)
                 task_status.started()
                 await self._signals(nursery)
         finally:
