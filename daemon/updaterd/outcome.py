@@ -153,6 +153,8 @@ def switched_back(st: AppState, tx: Transaction, to_version: str | None, limit: 
     if tx.block and left is not None:
         if left not in st.blocked:
             st.blocked.append(left)
+            if tx.recall:
+                st.recall_blocked.append(left)
         st.last_error = _text(f"left {left}: {tx.reason}" if tx.recall else
                               f"{left} failed: {tx.reason}")
         remember(st, "rolled_back", to_version or "", left, tx.reason, limit)
@@ -163,6 +165,18 @@ def switched_back(st: AppState, tx: Transaction, to_version: str | None, limit: 
             st.skipped.append(left)
         st.last_error = None  # the operator's move succeeded; the old error is past
         remember(st, "rolled_back", to_version or "", left, tx.reason, limit)
+
+
+def recalls_lifted(st: AppState, active: set[str]) -> list[str]:
+    """The versions a recall blocked that their rollout sets active again: unblocked (row 173;
+    a block after a failed check is never lifted this way). Returns them."""
+    lifted = [v for v in st.recall_blocked if v in active]
+    for v in lifted:
+        st.recall_blocked.remove(v)
+        if v in st.blocked:
+            st.blocked.remove(v)
+    st.recall_blocked = [v for v in st.recall_blocked if v in st.blocked]
+    return lifted
 
 
 MAX_COUNTED = 32  # versions whose rollbacks are counted; the oldest counted goes first

@@ -99,6 +99,9 @@ class AppState(Struct, kw_only=True):
     # place in the rollout of each guarded release it does not run yet (the metrics show it)
     rollout_mark: RolloutMark | None = None
     rollout_buckets: dict[str, int] = {}
+    # the versions in `blocked` that a recall blocked: a rollout key that sets one active again
+    # lifts its block (row 173); a block after a failed check stays
+    recall_blocked: list[str] = []
     # per version left: rollbacks of any kind, and those after failed checks (the metrics a
     # rollout's gates read; kept across restarts so that a counter never falls back)
     rollbacks_from: dict[str, int] = {}

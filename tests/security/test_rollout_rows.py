@@ -14,7 +14,7 @@ import pytest
 
 from tests.simulator import FeedSimulator, SimHost
 from tests.test_rollout import Guarded, run
-from updaterd.trust import minisign, rollout
+from updaterd.trust import minisign, rollout, yank
 
 
 @pytest.fixture
@@ -135,3 +135,53 @@ def test_i165_only_a_valid_recall_moves_a_host_and_only_to_a_release_as_installe
     with pytest.raises(Exception, match=r"1\.0\.0 on disk is not what was installed"):
         run(lambda: engine.update("hello"))
     assert host.current() == "1.1.0", "a recall never switches to a damaged release"
+
+
+def on_guarded_1_2_0_with_1_1_0_yanked(host: SimHost, guarded: Guarded) -> Any:
+    engine = on_guarded_1_1_0(host, guarded)
+    guarded.steer({"1.1.0": (100, "active"), "1.2.0": (100, "active")})
+    assert run(lambda: engine.update("hello")).to_version == "1.2.0"
+    assert host.releases() == ["1.0.0", "1.1.0", "1.2.0"]
+    yank.apply(guarded.sim.releases[1], "eats data")
+    guarded.sim.sign()
+    return engine
+
+
+def test_j173_a_recall_never_moves_a_host_onto_a_yanked_release_and_active_again_unblocks(
+        host: SimHost, guarded: Guarded) -> None:
+    engine = on_guarded_1_2_0_with_1_1_0_yanked(host, guarded)
+    guarded.steer({"1.1.0": (100, "active"), "1.2.0": (100, "recalled")}, why="slow")
+    done = run(lambda: engine.update("hello"))
+    assert (done.result, done.from_version, host.current()) == ("rolled_back", "1.0.0", "1.0.0")
+    st = engine.load_state("hello")
+    assert st.blocked == ["1.2.0"] and st.recall_blocked == ["1.2.0"]
+    # the rollout key sets it active again: the block the recall placed goes, and it is taken
+    guarded.steer({"1.1.0": (100, "active"), "1.2.0": (100, "active")})
+    assert run(lambda: engine.update("hello")).to_version == "1.2.0"
+    st = engine.load_state("hello")
+    assert host.current() == "1.2.0" and st.blocked == [] and st.recall_blocked == []
+
+
+def test_j173_with_no_kept_release_a_host_may_run_it_stays_and_says_why(
+        host: SimHost, guarded: Guarded, caplog: pytest.LogCaptureFixture) -> None:
+    engine = on_guarded_1_2_0_with_1_1_0_yanked(host, guarded)
+    engine.edit_state("hello", lambda st, _limit: st.skipped.append("1.0.0"))  # left once
+    guarded.steer({"1.1.0": (100, "active"), "1.2.0": (100, "recalled")})
+    done = run(lambda: engine.update("hello"))
+    assert (done.result, host.current()) == ("up_to_date", "1.2.0")
+    assert "1.2.0 is recalled by its rollout: recalled by its rollout; it stays: 1.0.0 is " \
+           "skipped here; 1.1.0 is yanked (eats data)" in caplog.text, caplog.text
+
+
+def test_j173_a_block_after_a_failed_check_is_not_lifted_by_a_rollout(
+        host: SimHost, guarded: Guarded) -> None:
+    guarded.sim.release("1.0.0")
+    engine = host.engine()
+    run(lambda: engine.update("hello"))
+    guarded.release("1.1.0", healthy=False)
+    guarded.steer({"1.1.0": (100, "active")})
+    assert run(lambda: engine.update("hello")).result == "rolled_back"
+    guarded.steer({"1.1.0": (100, "active")})
+    run(lambda: engine.update("hello"))
+    st = engine.load_state("hello")
+    assert host.current() == "1.0.0" and st.blocked == ["1.1.0"] and st.recall_blocked == []

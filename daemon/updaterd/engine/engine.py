@@ -186,6 +186,10 @@ class Engine:
             raise
         manifest = trusted.manifest
         governed = rollout.governed(trusted)
+        active = {v for v, g in governed.items() if g.recalled is None and g.held is None}
+        for v in outcome.recalls_lifted(run.state, active):
+            log.warning("%s: %s is active in its rollout again; the block its recall placed is "
+                        "lifted", run.name, v)
         current = governed.get(run.state.installed or "")
         if current is not None and current.recalled is not None:
             log.error("%s: %s, which runs here, is recalled by its rollout: %s (an automatic "
@@ -362,7 +366,7 @@ class Engine:
             else:
                 recalls = self._recalls(trusted)
                 if before in recalls:
-                    return await self._leave_recalled(run, op, before, recalls)
+                    return await self._leave_recalled(run, op, before, recalls, trusted)
                 if result.available is None:
                     return Updated(from_version=before, to_version=before, result="up_to_date")
                 release = self._followed(trusted.manifest, result.available, run)
@@ -392,19 +396,35 @@ class Engine:
                 if g.recalled is not None}
 
     async def _leave_recalled(self, run: AppRun, op: Operation, current: str | None,
-                              recalls: dict[str, str]) -> Updated:
-        """Go back from a recalled release to the newest kept release that is not recalled
-        (the recalled one is blocked, as after a failed check); stay when none is kept."""
+                              recalls: dict[str, str], trusted: TrustedFeed) -> Updated:
+        """Go back from a recalled release to the newest kept release a host may run (the
+        recalled one is blocked, as after a failed check): not recalled, not yanked by the
+        signed manifest, not blocked or skipped here (row 173). Stay when none is kept, and
+        say why each kept one is not taken."""
         assert current is not None
         reason = f"recalled by its rollout: {recalls[current]}"
-        target = next((k for k in sorted((k for k in run.layout.kept()
-                                          if k.version not in recalls
-                                          and versions.orderable(k.version)),
-                                         key=lambda k: versions.key(k.version), reverse=True)),
-                      None)
+        listed = {r.version: r for r in trusted.manifest.releases}
+        refused: list[str] = []
+
+        def why_not(version: str) -> str | None:
+            release = listed.get(version)
+            why = ("recalled too" if version in recalls
+                   else "cannot be ordered" if not versions.orderable(version)
+                   else f"yanked ({yank.reason(release)})" if release is not None
+                   and yank.reason(release) is not None
+                   else "blocked here" if version in run.state.blocked
+                   else "skipped here" if version in run.state.skipped else None)
+            if why is not None:
+                refused.append(f"{version} is {why}")
+            return why
+
+        candidates = [k for k in run.layout.kept() if k.version != current]
+        usable = [k for k in candidates if why_not(k.version) is None]
+        target = max(usable, key=lambda k: versions.key(k.version), default=None)
         if target is None or not run.layout.knows_version:
-            log.error("%s: %s is %s; no other release is kept to go back to, so it stays",
-                      run.name, current, reason)
+            why = "; ".join(refused) if refused else "no other release is kept"
+            log.error("%s: %s is %s; it stays: %s", run.name, current, reason,
+                      why if run.layout.knows_version else "this install mode keeps none")
             return Updated(from_version=current, to_version=current, result="up_to_date",
                            reason=reason)
         await self._refuse_damaged(run, target)
