@@ -4,9 +4,12 @@ state and disk in agreement with no leftovers (catalogue rows 56, 61, 66, 73).""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
+import time
+from pathlib import Path
 
 import pytest
 
@@ -99,6 +102,43 @@ def test_c57_kill_after_an_old_release_left_releases(
     assert_consistent(host, "1.2.0")
     r = run_updaterd("--config", host.config, "verify", "hello")
     assert r.returncode == 0 and r.stdout.count(": intact") == 2, r.stdout + r.stderr
+
+
+def _stopped(pid: int) -> bool:
+    """Whether `pid` is stopped (SIGSTOP by its own failpoint)."""
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+    return False
+
+
+def test_c66_a_stop_as_the_daemon_starts_still_lets_a_recovery_finish(
+        host: Host, nginx: Nginx, served_feed: Feed, daemon: Daemon) -> None:
+    """A SIGTERM that reaches the daemon while its first step finishes a journaled rollback
+    (stopped at its switch, right after the start) is a stop like any other: the rollback
+    ends, the daemon exits 0. The signal receiver was opened after the workers started, and a
+    SIGTERM before it killed the daemon (seen under load as an exit of -15); three starts,
+    since which task runs first after a start is trio's choice."""
+    host.follow(nginx, served_feed)
+    served_feed.release("1.0.0")
+    assert run_updaterd("--config", host.config, "--once").returncode == 0
+    for bad in ("1.1.0", "1.2.0", "1.3.0"):
+        served_feed.release(bad, healthy=False)
+        crash_at(host, "rollback.after_journal")
+        assert host.state()["pending"]["kind"] == "rollback"
+        daemon.env["UPDATERD_FAILPOINTS"] = "rollback.after_rename=stop"
+        daemon.start()
+        assert daemon.proc is not None
+        deadline = time.monotonic() + 20
+        while not _stopped(daemon.proc.pid):
+            assert time.monotonic() < deadline and daemon.proc.poll() is None, \
+                daemon.log.read_text()
+            time.sleep(0.01)
+        daemon.proc.send_signal(signal.SIGTERM)
+        daemon.proc.send_signal(signal.SIGCONT)
+        assert daemon.stop() == 0, daemon.log.read_text()
+        state = host.state()
+        assert state["pending"] is None and state["installed"] == "1.0.0", state
+        assert bad in state["blocked"] and host.current() == "1.0.0"
 
 
 def test_c66_a_stop_during_the_recovery_of_a_rollback_waits_for_it(

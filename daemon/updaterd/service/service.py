@@ -14,6 +14,7 @@ import os
 import random
 import signal
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import sdnotify
@@ -150,21 +151,27 @@ class Daemon:
                                      self.config.daemon.admin_group)
         self._sock = sock
         try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                await nursery.start(server.serve, sock)
-                if self.config.daemon.metrics_listen is not None:
-                    await nursery.start(metrics_http.serve, self.config.daemon.metrics_listen,
-                                        lambda: metrics.render(self))
-                for name in self.config.apps:
-                    await self._start_worker(name)
-                self.notifier.send("READY=1")
-                self._notify_status()
-                log.info("ready: %d apps, socket %s", len(self.workers), sock_path)
-                nursery.start_soon(self._watchdog)
-                nursery.start_soon(health.tend_outputs_forever)
-                task_status.started()
-                await self._signals(nursery)
+            # the signals are ours before any work starts: a worker's first step may finish a
+            # journaled rollback, and a SIGTERM before the receiver is open would end the daemon
+            # in the middle of it (Python's default action) instead of letting it finish
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT,
+                                           signal.SIGHUP) as signals:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    await nursery.start(server.serve, sock)
+                    if self.config.daemon.metrics_listen is not None:
+                        await nursery.start(metrics_http.serve,
+                                            self.config.daemon.metrics_listen,
+                                            lambda: metrics.render(self))
+                    for name in self.config.apps:
+                        await self._start_worker(name)
+                    self.notifier.send("READY=1")
+                    self._notify_status()
+                    log.info("ready: %d apps, socket %s", len(self.workers), sock_path)
+                    nursery.start_soon(self._watchdog)
+                    nursery.start_soon(health.tend_outputs_forever)
+                    task_status.started()
+                    await self._signals(nursery, signals)
         finally:
             with contextlib.suppress(OSError):
                 if self.handover is None and sock_path.is_socket():
@@ -176,20 +183,20 @@ class Daemon:
         self.workers[name] = worker
         await self._nursery.start(worker.run)
 
-    async def _signals(self, nursery: trio.Nursery) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-            async for signum in signals:
-                if signum == signal.SIGHUP:
-                    self.notifier.send(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
-                    with contextlib.suppress(ConfigError):  # reload() logged why
-                        await self.reload()
-                    self.notifier.send("READY=1")
-                    continue
-                log.info("stopping (signal %d)", signum)
-                self.stopping = True
-                self.notifier.send("STOPPING=1")
-                nursery.cancel_scope.cancel()
-                return
+    async def _signals(self, nursery: trio.Nursery, signals: AsyncIterator[int]) -> None:
+        """SIGHUP reloads; SIGTERM and SIGINT stop (those that came during the start too)."""
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                self.notifier.send(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+                with contextlib.suppress(ConfigError):  # reload() logged why
+                    await self.reload()
+                self.notifier.send("READY=1")
+                continue
+            log.info("stopping (signal %d)", signum)
+            self.stopping = True
+            self.notifier.send("STOPPING=1")
+            nursery.cancel_scope.cancel()
+            return
 
     async def _watchdog(self) -> None:
         usec = os.environ.get("WATCHDOG_USEC")
