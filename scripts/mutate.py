@@ -77,6 +77,10 @@ MODULES = [
     Module("pathtrust", ["tests/test_pathtrust.py"]),
     Module("checksums", ["tests/test_checksums.py"]),
     Module("treehash", ["tests/test_checksums.py"]),
+    # root's only way into trees another user can write (rows 168-170)
+    Module("fdtree", ["tests/test_fdtree.py", "tests/security/test_tree_rows.py"]),
+    # the publisher's reads of its feed folder (row 171)
+    Module("feedfolder", ["tests/security/test_publisher_rows.py"], [], 120),
     Module("rpc", ["tests/test_rpc.py", "tests/security/test_socket_rows.py"],
            ["is_admin", "peer_groups", "set_socket_access", "create_socket", "_call"], 150, True),
     Module("transaction", ["tests/test_failpoints.py", "tests/test_update_e2e.py",

@@ -316,3 +316,18 @@ def test_c70_lock_file_planted_as_symlink_is_refused(host: Host, nginx: Nginx,
     r = once(host)
     assert r.returncode == 1
     assert "lock file" in r.stderr and "symbolic link" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_304_to_a_request_without_validators_is_a_clear_feed_error(
+        host: Host, fault_server: FaultServer, tmp_path: Path) -> None:
+    """A broken server or cache that answers 304 Not Modified to the first request (no ETag was
+    sent, no copy is kept) gets a message naming it, not an AssertionError."""
+    feed = Feed(folder=fault_server.root, work=tmp_path / "work")
+    feed.release("1.0.0")
+    host.configure(source="manifest", url=fault_server.url("always304", "manifest.json"),
+                   public_keys=[feed.pub], allow_insecure=True)
+    r = once(host)
+    assert r.returncode == 1, r.stderr
+    assert "answered 304 Not Modified to a request that carried no validator" in r.stderr
+    assert "Traceback" not in r.stderr and "AssertionError" not in r.stderr
+    assert host.current() is None

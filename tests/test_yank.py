@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pytest
+
 from updaterd import versions
+from updaterd.errors import FeedError
 from updaterd.trust import feed, yank
 from updaterd.trust.feed import Artifact, Release
 
@@ -41,3 +44,38 @@ def test_a_marker_that_cannot_be_read_still_yanks() -> None:
     choice = versions.choose([offer], "1.0.0", policy)
     assert choice.version is None
     assert choice.passed_over == {"1.2.0": "yanked by the publisher: (the reason cannot be read)"}
+
+
+def _marked(url: str, rollout: int = 0) -> Release:
+    r = _release(rollout)
+    r.artifacts.append(Artifact(platform="yanked", url=url, size=0, sha256="0" * 64))
+    return r
+
+
+def test_a_marker_whose_base64_is_broken_still_yanks_with_its_rollout() -> None:
+    r = _marked("yanked.100.A")  # one base64 character: no whole byte
+    assert yank.reason(r) == "(the reason cannot be read)"
+    assert yank.rollout_before(r) == 100
+    r = _marked("yanked.30.__8")  # decodes, but not to UTF-8
+    assert yank.reason(r) == "(the reason cannot be read)"
+    assert yank.rollout_before(r) == 30
+
+
+def test_a_rollout_above_100_in_a_marker_unyanks_to_100() -> None:
+    r = _marked("yanked.250.eA")
+    assert yank.reason(r) == "x"
+    yank.undo(r)
+    assert r.rollout == 100 and yank.reason(r) is None
+    r = _marked("yanked.1000.eA")  # four digits: not a marker this daemon reads
+    assert yank.reason(r) == "(the reason cannot be read)" and yank.rollout_before(r) == 0
+
+
+def test_a_reason_of_180_bytes_is_taken_and_181_refused() -> None:
+    r = _release()
+    yank.apply(r, "é" * 90)  # 180 bytes in 90 characters
+    assert yank.reason(r) == "é" * 90
+    feed.validate_release(r)
+    with pytest.raises(FeedError, match="181 bytes; a yank reason holds at most 180"):
+        yank.apply(_release(), "x" * 181)
+    with pytest.raises(FeedError, match="must say why"):
+        yank.apply(_release(), " \n\t ")

@@ -14,6 +14,7 @@ GET /<mode>/<file> serves FAULT_ROOT/<file> with ETag and Range support, misbeha
   to-http    redirects to http://127.0.0.1/... (used behind https tests)
   redirect   redirects to /plain/<file>
   offhost    redirects to http://127.0.0.2:<same port>/plain/<file> (another host)
+  always304  304 Not Modified to every request, validators or not (a broken cache)
 Every request is appended to FAULT_LOG as one JSON line.
 """
 
@@ -90,7 +91,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if mode == "r429" and first:
             await respond(429, [("retry-after", "1"), ("content-length", "0")])
             return
-        if headers.get("if-none-match") == etag:
+        if mode == "always304" or headers.get("if-none-match") == etag:
             await respond(304, [("etag", etag)])
             return
         start = 0

@@ -75,7 +75,10 @@ async def _manifest(app: str, cfg: AppConfig, limits: Limits, state: AppState,
         MANIFEST, parse_size(limits.max_manifest_size),
         validators=(state.etag, state.last_modified) if conditional else None)
     if doc.not_modified:
-        assert kept is not None, "a transport answers 'not modified' only to validators"
+        if not conditional or kept is None:  # bad input from a server: a message, no assert
+            raise FeedError(f"{transport.describe(MANIFEST)}: the server answered 304 Not "
+                            "Modified to a request that carried no validator (a broken "
+                            "server or cache in between); nothing was changed")
         return verified.verify_feed(app, cfg, state, *kept, cycle_start, transport.remote)
     await keys.refresh(app, cfg, state, lambda name: _signed_document(transport, name))
     signature = None
