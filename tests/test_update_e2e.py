@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -331,3 +332,19 @@ def test_a_304_to_a_request_without_validators_is_a_clear_feed_error(
     assert "answered 304 Not Modified to a request that carried no validator" in r.stderr
     assert "Traceback" not in r.stderr and "AssertionError" not in r.stderr
     assert host.current() is None
+
+
+def test_without_allowed_hosts_an_artifact_on_a_host_the_signed_manifest_names_is_fetched(
+        host: Host, nginx: Nginx, served_feed: Feed) -> None:
+    """The feed at 127.0.0.1 names its artifact at localhost (another host, the same nginx):
+    with no `allowed_hosts`, the hosts the signed manifest names are admitted."""
+    served_feed.release("1.0.0")
+    m = served_feed.manifest()
+    entry = m["releases"][0]["artifacts"][0]
+    entry["url"] = f"http://localhost:{nginx.port}/{served_feed.folder.name}/{entry['url']}"
+    (served_feed.folder / "manifest.json").write_text(json.dumps(m))
+    served_feed.resign()
+    host.follow(nginx, served_feed)
+    r = once(host)
+    assert r.returncode == 0, r.stderr
+    assert hello(host) == "hello 1.0.0"

@@ -1,0 +1,63 @@
+"""One refresh of a signed feed (sources/refresh.py), at its edges: what it fetches when the
+kept copy is gone, what `verify = "skip"` asks for, and a folder feed without its signature.
+In this process: the FeedSimulator as a web server, and a real feed folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import Feed
+from tests.simulator import FeedSimulator, SimHost
+from tests.test_rollout import run
+from updaterd.engine.engine import Engine
+from updaterd.errors import FeedError
+from updaterd.sources import verified
+from updaterd.trust.feed import SIGNATURE
+
+
+@pytest.fixture
+def sim() -> FeedSimulator:
+    return FeedSimulator()
+
+
+@pytest.fixture
+def host(tmp_path: Path, sim: FeedSimulator) -> SimHost:
+    return SimHost(tmp_path, sim)
+
+
+def test_with_the_kept_copy_gone_but_its_etag_kept_the_manifest_is_fetched_whole(
+        host: SimHost, sim: FeedSimulator) -> None:
+    sim.release("1.0.0")
+    engine = host.engine()
+    run(lambda: engine.check("hello"))
+    run(lambda: engine.check("hello"))
+    assert sim.not_modified == 1  # the kept copy answers the second
+    kept = host.base / "state" / "hello" / verified.CACHED
+    assert engine.load_state("hello").etag is not None and kept.exists()
+    kept.unlink()
+    checked = run(lambda: engine.check("hello"))
+    assert sim.not_modified == 1 and sim.requests["manifest"] == 3  # asked whole, not 304
+    assert checked.available == "1.0.0" and kept.exists()
+
+
+def test_with_verify_skip_no_signature_is_asked_for(host: SimHost, sim: FeedSimulator) -> None:
+    sim.release("1.0.0")
+    sim.signature = b"not a signature"
+    engine = host.engine(verify="skip")
+    assert run(lambda: engine.update("hello")).to_version == "1.0.0"
+    assert sim.documents_asked[SIGNATURE] == 0
+
+
+def test_a_folder_feed_without_its_signature_is_refused_by_name(tmp_path: Path,
+                                                                sim: FeedSimulator) -> None:
+    feed = Feed(folder=tmp_path / "feed", work=tmp_path / "work")
+    feed.release("1.0.0")
+    (feed.folder / SIGNATURE).unlink()
+    host = SimHost(tmp_path / "host", sim)
+    engine = Engine(host.configure(path=str(feed.folder), public_keys=[feed.pub]),
+                    host.events.append)
+    with pytest.raises(FeedError, match="manifest signature is missing"):
+        run(lambda: engine.check("hello"))
+    assert host.current() is None
