@@ -84,14 +84,16 @@ def _peer(stream: trio.SocketStream) -> str:
 async def _answer(stream: trio.SocketStream, render: Callable[[], str]) -> None:
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST)
     request: h11.Request | None = None
+    received = 0
     with trio.move_on_after(REQUEST_TIMEOUT):
         while request is None:
             event = conn.next_event()
             if event is h11.NEED_DATA:
                 data = await stream.receive_some(MAX_REQUEST)
-                conn.receive_data(data)
-                if not data:
+                received += len(data)
+                if not data or received > MAX_REQUEST:  # the whole request within the cap
                     return
+                conn.receive_data(data)
             elif isinstance(event, h11.Request):
                 request = event
             else:
