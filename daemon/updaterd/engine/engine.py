@@ -422,9 +422,10 @@ class Engine:
         usable = [k for k in candidates if why_not(k.version) is None]
         target = max(usable, key=lambda k: versions.key(k.version), default=None)
         if target is None or not run.layout.knows_version:
-            why = "; ".join(refused) if refused else "no other release is kept"
-            log.error("%s: %s is %s; it stays: %s", run.name, current, reason,
-                      why if run.layout.knows_version else "this install mode keeps none")
+            why = f"none of the kept releases may run here ({'; '.join(refused)})" \
+                if refused and run.layout.knows_version else \
+                "no other release is kept to go back to"
+            log.error("%s: %s is %s; %s, so it stays", run.name, current, reason, why)
             return Updated(from_version=current, to_version=current, result="up_to_date",
                            reason=reason)
         await self._refuse_damaged(run, target)
