@@ -147,7 +147,8 @@ def tend_outputs() -> None:
 async def tend_outputs_forever(every: float = TEND_EVERY) -> None:
     """The daemon's task for `tend_outputs`."""
     while True:
-        await trio.to_thread.run_sync(tend_outputs)
+        if _tended:  # an idle daemon that ran no command yet has nothing to look at
+            await trio.to_thread.run_sync(tend_outputs)
         await trio.sleep(every)
 
 
