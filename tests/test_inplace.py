@@ -262,3 +262,30 @@ def test_a_successful_manual_rollback_clears_the_last_error(tool: Tool) -> None:
     assert tool.host.state()["last_error"]
     assert tool.once("rollback", "hello", "--to", "1.0.0").returncode == 0
     assert tool.host.state()["last_error"] is None
+
+
+def test_j177_a_recall_moves_an_inplace_app_back_to_its_kept_backup(tool: Tool) -> None:
+    """The 3 a.m. path for one executable: 1.1.0 (guarded, passing its health check) is
+    recalled; the next check puts the 1.0.0 backup back and blocks 1.1.0. It used to log that
+    nothing was kept while `list-backups` listed 1.0.0."""
+    from updaterd.release import controller
+    from updaterd.trust import minisign
+
+    key = minisign.SecretKey.generate()
+    tool.publish("1.0.0")
+    assert tool.once("--once").returncode == 0
+    art = tool.feed.work / "tool-1.1.0-linux-x86_64"
+    art.write_bytes(app_script("1.1.0"))
+    tool.feed.publish("1.1.0", [art], rollout_keys=[key.public.to_base64()])
+    controller.set_state(tool.feed.folder, key, "1.1.0", "active", "", share=100)
+    assert tool.once("--once").returncode == 0 and tool.says() == "hello 1.1.0"
+    controller.set_state(tool.feed.folder, key, "1.1.0", "recalled", "corrupts data")
+    r = tool.once("--once")
+    assert r.returncode == 1, r.stderr  # as for any update that ended rolled back
+    assert "1.1.0 is recalled by its rollout: corrupts data; going back to 1.0.0" in r.stderr
+    assert tool.says() == "hello 1.0.0"
+    state = tool.host.state()
+    assert state["installed"] == "1.0.0" and state["blocked"] == ["1.1.0"]
+    assert state["recall_blocked"] == ["1.1.0"] and state["pending"] is None
+    assert tool.once("--once").returncode == 0 and tool.says() == "hello 1.0.0"  # it stays
+    assert not tool.leftovers()

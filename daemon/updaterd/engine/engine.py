@@ -420,21 +420,30 @@ class Engine:
 
         candidates = [k for k in run.layout.kept() if k.version != current]
         usable = [k for k in candidates if why_not(k.version) is None]
+        # the newest version; of an in-place app's backups of it (newest first), the newest
         target = max(usable, key=lambda k: versions.key(k.version), default=None)
-        if target is None or not run.layout.knows_version:
+        if target is None:
             why = f"none of the kept releases may run here ({'; '.join(refused)})" \
-                if refused and run.layout.knows_version else \
-                "no other release is kept to go back to"
+                if refused else "no other release is kept to go back to"
             log.error("%s: %s is %s; %s, so it stays", run.name, current, reason, why)
             return Updated(from_version=current, to_version=current, result="up_to_date",
                            reason=reason)
-        await self._refuse_damaged(run, target)
+        if run.layout.knows_version:
+            await self._refuse_damaged(run, target)
         log.error("%s: %s is %s; going back to %s", run.name, current, reason, target.version)
         op.version = current
         await run.hooks.before_switch()  # the window and the inhibitors, as any switch
         with trio.CancelScope(shield=True):
+            # in-place (row 177): the backup file is what goes back, and what is left is kept
+            # as a rollback by hand keeps it (a recall may be lifted)
+            backup = ""
+            if not run.layout.knows_version:
+                run.layout.backup(current)
+                backup = str(target.path)
             await roll_back(run, from_version=current, to_version=target.version, block=True,
-                            reason=reason, recall=True)
+                            reason=reason, recall=True, backup=backup)
+        if not run.layout.knows_version:
+            prune(run)
         # as an update that rolled back says it: the version left, and the one it runs now
         return Updated(from_version=target.version, to_version=current, result="rolled_back",
                        reason=reason)
