@@ -80,7 +80,8 @@ MODULES = [
     # root's only way into trees another user can write (rows 168-170)
     Module("fdtree", ["tests/test_fdtree.py", "tests/security/test_tree_rows.py"]),
     # the publisher's reads of its feed folder (row 171)
-    Module("feedfolder", ["tests/security/test_publisher_rows.py"], [], 120),
+    Module("feedfolder", ["tests/test_feedfolder.py", "tests/security/test_publisher_rows.py"],
+           [], 120),
     Module("rollout", ["tests/test_rollout_document.py", "tests/test_rollout.py",
                        "tests/security/test_rollout_rows.py"]),
     Module("yank", ["tests/test_yank.py"]),

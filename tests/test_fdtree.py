@@ -4,11 +4,13 @@ at the worst instant) are rows 168-170 in tests/security/test_tree_rows.py."""
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,10 +30,17 @@ def a_tree(root: Path) -> Path:
     return root
 
 
-def as_app_user(job: Callable[[], None]) -> int:
+def as_app_user(job: Callable[[], object]) -> int:
     """Run `job` in a child process as the app's user; its exit status (0: it returned)."""
+    return as_app_user_said(job)[0]
+
+
+def as_app_user_said(job: Callable[[], object]) -> tuple[int, str]:
+    """`as_app_user`, with what the error said ("" when none)."""
+    read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
+        os.close(read)
         code = 1
         try:
             os.setgroups([])
@@ -39,12 +48,17 @@ def as_app_user(job: Callable[[], None]) -> int:
             os.setuid(APP_UID)
             job()
             code = 0
-        except BaseException as e:  # reported through the exit status
-            os.write(2, f"{type(e).__name__}: {e}\n".encode())
+        except BaseException as e:  # reported through the exit status and the pipe
+            os.write(write, str(e).encode())
             code = 3 if isinstance(e, fdtree.TreeError) else 2
         finally:
             os._exit(code)
-    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    os.close(write)
+    said = b""
+    while chunk := os.read(read, 4096):
+        said += chunk
+    os.close(read)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), said.decode()
 
 
 def test_open_folder_follows_no_link_on_the_way_and_says_which_part(tmp_path: Path) -> None:
@@ -109,14 +123,14 @@ def test_walk_refuses_a_root_that_is_a_link_and_a_tree_too_deep(tmp_path: Path) 
 
 def test_walk_skips_an_entry_removed_while_it_is_listed(tmp_path: Path) -> None:
     (tmp_path / "t").mkdir()
-    for name in ("a", "b"):
+    for name in ("a", "b", "c"):
         (tmp_path / "t" / name).write_text(name)
     names = []
     for e in fdtree.walk(tmp_path / "t"):
         names.append(e.name)
         if e.name == "a":
             (tmp_path / "t" / "b").unlink()
-    assert names == ["a"]
+    assert names == ["a", "c"]
 
 
 def test_copy_entry_copies_files_folders_and_links_with_their_owners_and_modes(
@@ -213,3 +227,151 @@ def test_remove_tree_of_a_parent_that_cannot_be_opened_names_it(tmp_path: Path) 
     os.symlink(tmp_path, tmp_path / "up")
     with pytest.raises(fdtree.TreeError, match=f"cannot remove {tmp_path / 'up' / 'x'}"):
         fdtree.remove_tree(tmp_path / "up" / "x")
+
+
+def chain(root: Path, folders: int) -> Path:
+    """`root` holding a chain of `folders` nested folders (root/d/d/...), a file at the end."""
+    deepest = root.joinpath(*["d"] * folders)
+    deepest.mkdir(parents=True)
+    (deepest / "f").write_text("x")
+    return root
+
+
+def test_the_depth_limit_is_256_folders_below_what_is_removed_copied_or_walked(
+        tmp_path: Path) -> None:
+    """255 nested folders below the entry are removed, copied and walked; 256 are refused
+    before anything is done to the deepest."""
+    assert fdtree.MAX_DEPTH == 256
+    fits, deep = chain(tmp_path / "fits", 255), chain(tmp_path / "deep", 256)
+    (tmp_path / "out").mkdir()
+    with fdtree.opened(fdtree.open_folder(tmp_path)) as top, \
+            fdtree.opened(fdtree.open_folder(tmp_path / "out")) as out:
+        assert fdtree.copy_entry(top, "fits", out, "fits", "fits")
+        with pytest.raises(fdtree.TreeError, match="more than 256 folders deep"):
+            fdtree.copy_entry(top, "deep", out, "deep", "deep")
+    assert (tmp_path / "out" / "fits").joinpath(*["d"] * 255, "f").read_text() == "x"
+    assert len(list(fdtree.walk(fits))) == 256  # 255 folders and the file
+    with pytest.raises(fdtree.TreeError, match="more than 256 folders deep"):
+        list(fdtree.walk(chain(tmp_path / "deeper", 257)))
+    fdtree.remove_tree(fits)
+    assert not fits.exists()
+    with pytest.raises(fdtree.TreeError, match="more than 256 folders deep"):
+        fdtree.remove_tree(deep)
+    assert deep.joinpath(*["d"] * 256, "f").exists()
+
+
+def test_an_unlink_refused_for_another_reason_than_a_folder_is_named(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "f").write_text("x")
+    real = os.unlink
+
+    def unlink(path: str, *, dir_fd: int | None = None) -> None:
+        if path == "f":
+            raise OSError(errno.EROFS, "Read-only file system", path)
+        real(path, dir_fd=dir_fd)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    with pytest.raises(fdtree.TreeError, match=f"cannot remove {tmp_path}/t/f: Read-only file "
+                                               "system; refusing"):
+        fdtree.remove_tree(tmp_path / "t")
+
+
+def test_a_folder_swapped_for_a_link_between_its_unlink_and_its_opening_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "t").mkdir()
+    os.symlink("/etc", tmp_path / "t" / "sub")
+    real = os.unlink
+
+    def unlink(path: str, *, dir_fd: int | None = None) -> None:
+        if path == "sub":  # it was a folder when unlink(2) looked
+            raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
+        real(path, dir_fd=dir_fd)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    with pytest.raises(fdtree.TreeError, match=f"cannot remove {tmp_path}/t/sub: it is a link "
+                                               "or not a folder"):
+        fdtree.remove_tree(tmp_path / "t")
+    assert os.path.isdir("/etc/ssl") or os.path.isdir("/etc")
+
+
+def test_a_shut_folder_of_another_user_is_refused_as_it_was_denied(reachable: Path) -> None:
+    """As the app's user: a 0000 folder owned by root, or by a user numbered above it, is
+    never opened up (the denial is what is said); its own is opened to 0700 and no wider."""
+    mine = reachable / "mine"
+    mine.mkdir()
+    os.chown(mine, APP_UID, APP_UID)
+    for owner in (0, APP_UID + 1000):
+        shut = mine / f"shut-{owner}"
+        (shut / "x").mkdir(parents=True)
+        os.chown(shut, owner, owner)
+        os.chmod(shut, 0)
+        code, said = as_app_user_said(lambda shut=shut: fdtree.remove_tree(shut))
+        assert code == 3 and "Permission denied" in said, (owner, said)
+        assert stat.S_IMODE(shut.stat().st_mode) == 0
+    own = mine / "own"
+    (own / "roots").mkdir(parents=True)
+    (own / "roots" / "f").write_text("root's")
+    os.chown(own, APP_UID, APP_UID)
+    os.chmod(own, 0)
+    code, said = as_app_user_said(lambda: fdtree.remove_tree(own))
+    assert code == 3 and f"{own}/roots/f" in said, said  # root's folder inside stops it
+    assert stat.S_IMODE(own.stat().st_mode) == 0o700
+
+
+def test_what_cannot_be_opened_or_read_while_copied_is_named(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = a_tree(tmp_path / "src")
+    (tmp_path / "out").mkdir()
+    real_open, real_reopen = os.open, fdtree._reopen
+
+    def refuse_open(path: str, flags: int, mode: int = 0o777, *,
+                    dir_fd: int | None = None) -> int:
+        if path == "a":
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+        return real_open(path, flags, mode, dir_fd=dir_fd)
+
+    def refuse_reopen(handle: int, flags: int) -> int:
+        if flags & os.O_DIRECTORY == bool(refuse_folders) * os.O_DIRECTORY:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real_reopen(handle, flags)
+
+    with fdtree.opened(fdtree.open_folder(tmp_path)) as top, \
+            fdtree.opened(fdtree.open_folder(tmp_path / "out")) as out:
+        with monkeypatch.context() as m:
+            m.setattr(os, "open", refuse_open)
+            with pytest.raises(fdtree.TreeError, match=f"cannot copy {src.name}/a: Permission"):
+                fdtree.copy_entry(top, "src", out, "one", src.name)
+        for refuse_folders, what in ((False, "src/a"), (True, "src")):
+            with monkeypatch.context() as m:
+                m.setattr(fdtree, "_reopen", refuse_reopen)
+                with pytest.raises(fdtree.TreeError, match=f"cannot read {what}: Permission"):
+                    fdtree.copy_entry(top, "src", out, f"two-{refuse_folders}", "src")
+
+
+def test_a_copy_is_root_s_and_private_while_it_is_filled(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = a_tree(tmp_path / "src")
+    os.chmod(src, 0o755)
+    os.chmod(src / "a", 0o644)
+    (tmp_path / "out").mkdir()
+    seen: list[tuple[str, int]] = []
+    real_copy, real_entry = fdtree.fsutil.clone_or_copy, fdtree.copy_entry
+
+    def clone_or_copy(source: int, dest: int, size: int) -> int:
+        seen.append(("file", stat.S_IMODE(os.fstat(dest).st_mode)))
+        return real_copy(source, dest, size)
+
+    def copy_entry(src_dir: int, name: str, dest_dir: int, *rest: Any) -> bool:
+        seen.append(("folder", stat.S_IMODE(os.fstat(dest_dir).st_mode)))
+        return real_entry(src_dir, name, dest_dir, *rest)
+
+    monkeypatch.setattr(fdtree.fsutil, "clone_or_copy", clone_or_copy)
+    monkeypatch.setattr(fdtree, "copy_entry", copy_entry)
+    with fdtree.opened(fdtree.open_folder(tmp_path)) as top, \
+            fdtree.opened(fdtree.open_folder(tmp_path / "out")) as out:
+        assert real_entry(top, "src", out, "copy", "src")
+    assert ("file", 0o600) in seen and ("folder", 0o700) in seen
+    assert {mode for kind, mode in seen if kind == "file"} == {0o600}
+    assert {mode for kind, mode in seen if kind == "folder" and mode != 0o755} <= {0o700}
+    assert stat.S_IMODE((tmp_path / "out" / "copy" / "a").stat().st_mode) == 0o644

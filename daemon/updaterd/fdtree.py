@@ -23,8 +23,9 @@ from pathlib import Path
 from updaterd import fsutil
 from updaterd.errors import UnsafePath
 
-# Folders deeper than this are refused: each level holds one descriptor while it is walked,
-# and a tree made to exhaust them must fail with a message, not with EMFILE somewhere else.
+# Folders nested this deep below the entry acted on are refused: each level holds one
+# descriptor while it is walked, and a tree made to exhaust them must fail with a message, not
+# with EMFILE somewhere else. The same count for removing, copying and walking.
 MAX_DEPTH = 256
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -115,10 +116,9 @@ def remove_entry(dir_fd: int, name: str, shown: str, depth: int = 0) -> None:
     except FileNotFoundError:
         return
     except IsADirectoryError:
-        pass
+        pass  # Linux's answer for a folder: emptied below, then removed
     except OSError as e:
-        if e.errno != errno.EPERM:  # EPERM: unlink(2) of a folder on some systems
-            raise _fail(shown, e, "remove") from None
+        raise _fail(shown, e, "remove") from None
     if depth >= MAX_DEPTH:
         raise TreeError(f"cannot remove {shown}: more than {MAX_DEPTH} folders deep; remove "
                         "it by hand")
@@ -210,8 +210,6 @@ def copy_entry(src_dir: int, name: str, dest_dir: int, dest_name: str, shown: st
     mode are those of the very inode read (its descriptor's `fstat`), so a file the app's user
     could not read stays unreadable to it. Anything else (a FIFO, a socket, a device) is left
     out and never opened; returns False for it."""
-    if depth >= MAX_DEPTH:
-        raise TreeError(f"cannot copy {shown}: more than {MAX_DEPTH} folders deep")
     try:
         handle = os.open(name, _PATH, dir_fd=src_dir)
     except FileNotFoundError:
@@ -265,6 +263,8 @@ def _copy_file(handle: int, dest_dir: int, dest_name: str, st: os.stat_result,
 
 def _copy_folder(handle: int, dest_dir: int, dest_name: str, st: os.stat_result, shown: str,
                  depth: int) -> None:
+    if depth >= MAX_DEPTH:
+        raise TreeError(f"cannot copy {shown}: more than {MAX_DEPTH} folders deep")
     try:
         src = _reopen(handle, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as e:
