@@ -413,3 +413,17 @@ def test_any_wrong_checksum_is_refused(secret: minisign.SecretKey, chk: bytes) -
     body = _secret_body(secret)
     with pytest.raises(SignatureError, match="checksum does not match"):
         minisign.SecretKey.parse(_secret_file(body[:126] + chk))
+
+
+def test_valid_blocks_keeps_every_block_wherever_it_stands_and_nothing_else() -> None:
+    """What a publisher carries over from an old signature file (row 171): each block that
+    parses, at the start, after one stray line or after several, up to MAX_SIGNATURES."""
+    ms = minisign
+    one, two = (ms.SecretKey.generate().sign(b"x", "t").encode() for _ in range(2))
+    assert ms.valid_blocks(one) == one  # alone, from the first line to the last
+    assert ms.valid_blocks(b"stray\n" + one) == one  # one line before it
+    assert ms.valid_blocks(b"a\nb\nc\n" + one + b"d\n" + two) == one + two
+    assert ms.valid_blocks(one + two) == one + two
+    assert ms.valid_blocks(b"") == b"" and ms.valid_blocks(one[:-20]) == b""
+    many = ms.valid_blocks(one * (ms.MAX_SIGNATURES + 3))
+    assert many == one * ms.MAX_SIGNATURES

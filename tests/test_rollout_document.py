@@ -123,6 +123,9 @@ def test_only_rollout_key_entries_with_their_prefix_name_a_key() -> None:
     garbled = Artifact(platform=rollout.PLATFORM, url="rollout-key.not-a-key", size=0,
                        sha256=good.sha256)
     assert rollout.keys_of(_release(good)) == [KEY.public]
+    first = Artifact(platform="linux-x86_64", url="a.tar.gz", size=1, sha256="0" * 64)
+    second = rollout.marker(OTHER.public)
+    assert rollout.keys_of(_release(first, garbled, good, second)) == [KEY.public, OTHER.public]
     assert rollout.keys_of(_release(unprefixed, other_platform, garbled)) == []
     assert rollout.is_guarded(_release(garbled))  # meant to be guarded: held, never widened
     assert not rollout.is_guarded(_release(other_platform))

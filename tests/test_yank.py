@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import msgspec
 import pytest
 
 from updaterd import versions
@@ -79,3 +80,17 @@ def test_a_reason_of_180_bytes_is_taken_and_181_refused() -> None:
         yank.apply(_release(), "x" * 181)
     with pytest.raises(FeedError, match="must say why"):
         yank.apply(_release(), " \n\t ")
+
+
+def test_only_the_yanked_platform_is_a_marker_and_a_marker_holds_no_bytes() -> None:
+    after = Artifact(platform="zos-s390x", url="a.bin", size=1, sha256="0" * 64)
+    assert not yank.is_marker(after)  # a platform that sorts after "yanked" is a platform
+    m = yank.marker("bad", 40)
+    assert yank.is_marker(m) and m.size == 0
+    r = _release()
+    yank.apply(r, "bad")
+    r.artifacts.insert(0, after)
+    raw = feed.encode(feed.Manifest(schema=1, app="a", serial=1,
+                                    expires=datetime(2027, 1, 1, tzinfo=UTC), releases=[r]))
+    decoded = msgspec.json.decode(raw, type=feed.Manifest)  # as every host decodes it
+    assert yank.reason(decoded.releases[0]) == "bad"
