@@ -186,3 +186,54 @@ def test_j173_a_block_after_a_failed_check_is_not_lifted_by_a_rollout(
     run(lambda: engine.update("hello"))
     st = engine.load_state("hello")
     assert host.current() == "1.0.0" and st.blocked == ["1.1.0"] and st.recall_blocked == []
+
+
+def test_j178_a_yanked_release_is_recalled_and_a_recalled_one_yanked_in_either_order(
+        tmp_path: Path) -> None:
+    """The publisher's side, with the real commands: `rollout recall` of a release already
+    yanked (it refused: 'no rollout widens it, feed unyank first'), and `feed yank` of one
+    already recalled; `rollout resume` of a yanked release is still refused."""
+    from tests.helpers import Feed, run_updaterd
+
+    feed = Feed(folder=tmp_path / "feed", work=tmp_path / "work")
+    key = minisign.SecretKey.generate()
+    key_file = tmp_path / "rollout.key"
+    key_file.write_text(key.to_file())
+    feed.release("1.0.0")
+    for v in ("1.1.0", "1.2.0"):
+        feed.release(v, rollout_keys=[key.public.to_base64()])
+
+    def cli(*args: str) -> str:
+        is_feed = args[0] == "feed"
+        r = run_updaterd(*args, "--feed", feed.folder, "--key", feed.key if is_feed
+                         else key_file)
+        assert r.returncode == 0, (args, r.stderr)
+        return r.stdout
+
+    cli("rollout", "resume", "1.1.0", "--share", "100")
+    cli("rollout", "resume", "1.2.0", "--share", "100")
+    cli("feed", "yank", "1.1.0", "--why", "eats data")  # yank first, then recall
+    assert cli("rollout", "recall", "1.1.0", "--why", "eats data").strip() == \
+        "1.1.0: recalled at 100% (yanked too: eats data): eats data"
+    cli("rollout", "recall", "1.2.0", "--why", "slow")  # recall first, then yank
+    cli("feed", "yank", "1.2.0", "--why", "slow")
+    doc = json.loads(run_updaterd("rollout", "status", "--json", "--feed", feed.folder).stdout)
+    assert {v: e["state"] for v, e in doc["releases"].items()} == {"1.1.0": "recalled",
+                                                                  "1.2.0": "recalled"}
+    r = run_updaterd("rollout", "resume", "1.1.0", "--feed", feed.folder, "--key", key_file)
+    assert r.returncode != 0 and "is yanked (eats data): no rollout widens it" in r.stderr
+
+
+def test_j178_a_host_on_a_yanked_release_goes_back_when_it_is_recalled_and_never_takes_it(
+        host: SimHost, guarded: Guarded) -> None:
+    engine = on_guarded_1_1_0(host, guarded)
+    yank.apply(guarded.sim.releases[1], "eats data")
+    guarded.sim.sign()
+    assert run(lambda: engine.update("hello")).result == "up_to_date"
+    assert host.current() == "1.1.0"  # a yank alone moves no host
+    guarded.steer({"1.1.0": (100, "recalled")}, why="eats data")
+    assert run(lambda: engine.update("hello")).result == "rolled_back"
+    assert host.current() == "1.0.0"
+    for _ in range(2):  # yanked and recalled: never offered again
+        assert run(lambda: engine.update("hello")).result == "up_to_date"
+        assert host.current() == "1.0.0"

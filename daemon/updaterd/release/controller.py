@@ -119,8 +119,11 @@ def read_verified(feed_dir: Path, manifest: Manifest,
                         "controller signed") from None
 
 
-def guarded_release(feed_dir: Path, version: str, key: minisign.SecretKey) -> Release:
-    """The release, which must name this rollout key (else hosts would ignore what is signed)."""
+def guarded_release(feed_dir: Path, version: str, key: minisign.SecretKey,
+                    widening: bool = True) -> Release:
+    """The release, which must name this rollout key (else hosts would ignore what is signed).
+    A yanked release is never widened; it can always be halted or recalled (row 178: the bad
+    release found at 3 a.m. may have been yanked first)."""
     manifest = feedtools.load(feed_dir)
     release = manifest.release(version)
     if release is None:
@@ -129,7 +132,7 @@ def guarded_release(feed_dir: Path, version: str, key: minisign.SecretKey) -> Re
         raise FeedError(f"{manifest.app} {version} does not name rollout key "
                         f"{key.public.id_hex}: publish it with `--rollout-key`, or "
                         "`updaterd feed guard` it")
-    if (why := yank.reason(release)) is not None:
+    if widening and (why := yank.reason(release)) is not None:
         raise FeedError(f"{manifest.app} {version} is yanked ({why}): no rollout widens it "
                         "(`updaterd feed unyank` first, if that is meant)")
     return release
@@ -197,12 +200,13 @@ def set_state(feed_dir: Path, key: minisign.SecretKey, version: str, state: Roll
               now: datetime | None = None) -> str:
     """`rollout halt | resume | recall`: one signed change, said in one line."""
     when = now or datetime.now(UTC)
-    release = guarded_release(feed_dir, version, key)
+    release = guarded_release(feed_dir, version, key, widening=state == "active")
     done = change(feed_dir, key, version, lambda old: RolloutEntry(
         share=share if share is not None else old.share if old is not None else 0,
         state=state, since=when, why=why), expires=expires, now=when)
-    cap = f" (the manifest caps it at {release.rollout}%)" if done.share > release.rollout \
-        else ""
+    yanked = yank.reason(release)
+    cap = f" (yanked too: {yanked})" if yanked is not None else \
+        f" (the manifest caps it at {release.rollout}%)" if done.share > release.rollout else ""
     return f"{version}: {state} at {done.share}%{cap}" + (f": {why}" if why else "")
 
 
