@@ -30,7 +30,6 @@ NOTES = {
       "remain (issue 38)",
  179: "todo: the 3 a.m. path (issue 38)",
  180: "todo: the 3 a.m. path (issue 38)",
- 181: "todo: the 3 a.m. path (issue 38)",
  182: "todo: the transparency log (issue 42)",
  183: "todo: streaming installs (issue 41)",
  184: "todo: the 3 a.m. path (issue 38)",

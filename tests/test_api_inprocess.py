@@ -198,3 +198,49 @@ def test_going_back_needs_the_downgrade_group_before_the_worker_is_asked() -> No
     assert w.calls == []
     w.answer = Updated(from_version="2.0.0", to_version="2.1.0", result="installed")
     assert _call(api, "update", UpdateParams(app="demo", version="2.1.0"), uid=65534)
+
+
+@dataclass
+class StatusWorker(FakeWorker):
+    """A worker whose status is read: no check is scheduled."""
+
+    @property
+    def schedule(self) -> Schedule:
+        return cast(Schedule, type("NoCheck", (), {"next_check": None})())
+
+
+def _notes(state: AppState, auto_update: bool = True) -> list[str]:
+    worker = StatusWorker(app_state=state)
+    if not auto_update:
+        worker.config = lambda: AppConfig(  # type: ignore[method-assign]
+            source="directory", path="/srv/feed", prefix="/opt/demo", auto_update=False)
+    return ControlApi(cast(DaemonView, FakeDaemon(workers={"demo": worker}))) \
+        .app_status(cast(WorkerView, worker)).notes
+
+
+def test_j181_a_block_or_skip_is_noted_while_it_matters_and_gone_once_the_host_moved_on() -> None:
+    from updaterd.state import HistoryEntry
+
+    back = HistoryEntry(at=1.0, action="rolled_back", version="1.0.0", from_version="1.1.0",
+                        reason="recalled by its rollout: bad")
+    on_old = AppState(installed="1.0.0", blocked=["1.1.0"], skipped=["1.2.0"], history=[back])
+    assert _notes(on_old) == [
+        "rolled back from 1.1.0 to 1.0.0: recalled by its rollout: bad; `updaterctl unskip "
+        "demo 1.1.0` allows it again",
+        "1.2.0 is skipped: `updaterctl unskip demo 1.2.0` allows it again"]
+    moved_on = AppState(installed="1.3.0", blocked=["1.1.0", "2.0.0", "nightly"],
+                        skipped=["1.2.0"], history=[back])
+    assert _notes(moved_on) == [
+        "2.0.0 is blocked after a failed update; `updaterctl unskip demo 2.0.0` allows it again",
+        "nightly is blocked after a failed update; `updaterctl unskip demo nightly` allows it "
+        "again"]
+
+
+def test_j181_a_host_still_on_a_recalled_release_says_so_and_what_moves_it() -> None:
+    st = AppState(installed="1.1.0", recalled={"1.1.0": "eats data", "0.9.0": "old"})
+    assert _notes(st) == ["1.1.0, running now, is recalled by its rollout: eats data; no kept "
+                          "release can take its place; `updaterctl list-backups demo`"]
+    assert _notes(st, auto_update=False) == [
+        "1.1.0, running now, is recalled by its rollout: eats data; `updaterctl update demo` "
+        "goes back"]
+    assert _notes(AppState(installed="1.0.0", recalled={"1.1.0": "eats data"})) == []

@@ -35,11 +35,13 @@ def remember(st: AppState, action: str, version: str, from_version: str | None, 
 def checked(st: AppState, *, serial: int, digest: str, available: str | None,
             passed_over: dict[str, str], at: float, downloads: list[str],
             yanked: dict[str, str] | None = None, rollout_mark: RolloutMark | None = None,
-            rollout_buckets: dict[str, int] | None = None) -> None:
+            rollout_buckets: dict[str, int] | None = None,
+            recalled: dict[str, str] | None = None) -> None:
     """The feed passed every check: its serial is the new high-water mark, and the cache is
     for `downloads` only. `yanked`: the releases the publisher withdrew, and why.
     `rollout_mark`: the rollout.json accepted (None: none was, and the last one stays the
-    mark); `rollout_buckets`: this host's place in each guarded rollout."""
+    mark); `rollout_buckets`: this host's place in each guarded rollout; `recalled`: the
+    releases the rollout key recalls, and why."""
     st.serial, st.manifest_digest = serial, digest
     if rollout_mark is not None:
         st.rollout_mark = rollout_mark
@@ -47,6 +49,7 @@ def checked(st: AppState, *, serial: int, digest: str, available: str | None,
     st.available, st.downloads = available, downloads
     st.passed_over = {_text(v): _text(why) for v, why in passed_over.items()}
     st.yanked = {_text(v): _text(why) for v, why in (yanked or {}).items()}
+    st.recalled = {_text(v): _text(why) for v, why in (recalled or {}).items()}
     st.last_check, st.last_error = at, None
 
 

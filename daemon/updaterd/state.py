@@ -90,6 +90,8 @@ class AppState(Struct, kw_only=True):
     downloads: list[str] = []
     # the releases the feed says are yanked, and why (a host running one says so in status)
     yanked: dict[str, str] = {}
+    # the releases a valid rollout.json recalls, and why (the same, for a recall)
+    recalled: dict[str, str] = {}
     # the operation under way ("check", "update"...): still set at a start, it was cut (a stop,
     # a crash, a power cut), and the app is checked at once; `cuts`: how many starts in a row
     # found one, so that an operation that brings the daemon down is not retried for ever

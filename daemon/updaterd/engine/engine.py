@@ -214,7 +214,9 @@ class Engine:
                         available=choice.version, passed_over=choice.passed_over,
                         at=cycle_start, downloads=downloads, yanked=yanked,
                         rollout_mark=trusted.rollout_mark,
-                        rollout_buckets=self._places(run, manifest))
+                        rollout_buckets=self._places(run, manifest),
+                        recalled={v: g.recalled for v, g in governed.items()
+                                  if g.recalled is not None})
         run.save()
         drop_unwanted_downloads(run)
         found = f"{choice.version} is available" if choice.version else "nothing new"

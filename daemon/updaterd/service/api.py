@@ -147,6 +147,12 @@ class ControlApi:
                 f"`updaterctl update {name} --version V` moves to another release"
             notes.append(f"{st.installed}, running now, was yanked by the publisher: "
                          f"{yanked}; {then}")
+        recalled = st.recalled.get(st.installed) if st.installed else None
+        if recalled is not None:  # still on it: auto_update off, or nothing to go back to
+            then = f"`updaterctl update {name}` goes back" if not cfg.auto_update else \
+                f"no kept release can take its place; `updaterctl list-backups {name}`"
+            notes.append(f"{st.installed}, running now, is recalled by its rollout: "
+                         f"{recalled}; {then}")
         if st.paused:
             notes.append(f"paused: `updaterctl resume {name}` to go on")
         if st.available and not cfg.auto_update:
@@ -159,13 +165,15 @@ class ControlApi:
         if w.phase in ("waiting_inhibitors", "waiting_window"):
             notes.append(w.message)
         rolled_back = {h.from_version: h for h in st.history if h.action == "rolled_back"}
-        for v in st.blocked:
+        # a block or a skip is said while it keeps a version from this host: once the host runs
+        # something newer it could never be offered again, and the note would be noise (row 181)
+        for v in [v for v in st.blocked if self._still_matters(v, st.installed)]:
             h = rolled_back.get(v)
             why = f"rolled back from {v} to {h.version or 'nothing'}: {h.reason}" if h \
                 else f"{v} is blocked after a failed update"
             notes.append(f"{why}; `updaterctl unskip {name} {v}` allows it again")
         notes += [f"{v} is skipped: `updaterctl unskip {name} {v}` allows it again"
-                  for v in st.skipped]
+                  for v in st.skipped if self._still_matters(v, st.installed)]
         last = next((h for h in reversed(st.history) if h.action == "installed"), None)
         if last is not None and last.version == st.installed and last.reason:
             notes.append(f"{last.version} was installed {last.reason}")  # a delta: what it saved
@@ -175,6 +183,12 @@ class ControlApi:
             last_check=st.last_check, next_check=w.schedule.next_check,
             last_error=st.last_error, paused=st.paused, auto_update=cfg.auto_update,
             blocked=st.blocked, skipped=st.skipped, notes=notes, yanked=yanked)
+
+    @staticmethod
+    def _still_matters(version: str, installed: str | None) -> bool:
+        """Whether a version blocked or skipped could be offered to this host at all: not when
+        what runs is newer (a version that cannot be ordered always matters)."""
+        return installed is None or not versions.is_newer(installed, version)
 
     def _when_it_installs(self, name: str, version: str, next_check: float) -> str:
         """When an available version installs by itself: at the next check, or when the
