@@ -28,7 +28,6 @@ NOTES = {
  108: "note: rollback --to PATH (issue 5) accepts only a path inside the app's backups folder",
  177: "note: releases and in-place apps; a self update's recall and what status says "
       "remain (issue 38)",
- 179: "todo: the 3 a.m. path (issue 38)",
  180: "todo: the 3 a.m. path (issue 38)",
  182: "todo: the transparency log (issue 42)",
  183: "todo: streaming installs (issue 41)",

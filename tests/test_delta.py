@@ -362,6 +362,20 @@ def test_a_base_recorded_differently_is_not_even_tried(host: SimHost, sim: FeedS
     pack = sim.descriptor("1.1.0").packs[0]
     run(lambda: engine.update("hello"))
     assert sim.requests[pack.url] == 0 and host.current() == "1.1.0"
+    given_up = [e for e in host.events if e.kind == "notice" and e.plan == "full"]
+    assert [e.reason for e in given_up] == ["mismatch"]  # counted by its reason (row 179)
+    assert "the delta to 1.1.0 was not used (from 1.0.0: " in given_up[0].message
+
+
+def test_j179_a_delta_with_no_pack_from_a_kept_release_is_counted_as_no_base(
+        host: SimHost, sim: FeedSimulator, tmp_path: Path) -> None:
+    engine = installed_on_delta(host, sim, tmp_path)
+    sim.release("1.2.0", files=many_files("1.2.0", "lib/part008.txt"), deltas=1)  # from 1.1.0
+    run(lambda: engine.update("hello", version="1.2.0"))
+    given_up = [e for e in host.events if e.kind == "notice" and e.plan == "full"]
+    assert [(e.version, e.reason) for e in given_up] == [("1.2.0", "no-base")]
+    assert "no pack from a release kept here" in given_up[0].message
+    assert host.current() == "1.2.0"
 
 
 def sim_file(sim: FeedSimulator, version: str, name: str) -> bytes:
@@ -437,3 +451,65 @@ def test_an_artifact_that_does_not_extract_is_published_without_deltas(
                     artifacts=[art]).manifest
     assert [a.platform for a in m.releases[-1].artifacts] == ["linux-x86_64"]
     assert "a-1.1.0-linux-x86_64.tar.gz: no delta packs: it does not extract" in caplog.text
+
+
+def with_shared(version: str, changed: str = "", conf: str = "shipped") -> dict[str,
+                                                                               tuple[bytes, int]]:
+    files = many_files(version, changed)
+    files["etc/notes.conf"] = (f"{conf}\n".encode(), 0o644)
+    files["data/seed.txt"] = (b"seed\n", 0o644)
+    return files
+
+
+def test_j179_an_app_with_shared_paths_takes_deltas_and_keeps_its_data(
+        host: SimHost, sim: FeedSimulator, tmp_path: Path) -> None:
+    """The README's own layout: `shared = ["data", "etc/notes.conf"]`. Every update fell back
+    to the full archive ('... is not the tree the descriptor names'): the kept release is
+    recorded with links where it shipped those paths. Now the pack is planned against the
+    release as published and builds all but the shared paths, which the links replace."""
+    sim.release("1.0.0", files=with_shared("1.0.0"))
+    engine = host.engine(shared=["data", "etc/notes.conf"])
+    run(lambda: engine.update("hello"))
+    shared = host.prefix / "shared"
+    (shared / "etc" / "notes.conf").write_text("the operator's\n")
+    (shared / "data" / "written").write_text("the app's\n")
+    # 1.2.0 changes the file it ships at a shared path: its pack reads the old one, which
+    # this host no longer has (it is the operator's now), so 1.2.0 comes whole; 1.3.0 does not
+    for version, conf, as_delta in (("1.1.0", "shipped", True), ("1.2.0", "changed", False),
+                                    ("1.3.0", "changed", True)):
+        sim.release(version, files=with_shared(version, "lib/part007.txt", conf), deltas=2)
+        sim.requests.clear()
+        result = run(lambda: engine.update("hello"))
+        assert (result.result, host.current()) == ("installed", version)
+        full = f"hello-{version}-{PLATFORM}.tar.gz"
+        assert (full not in sim.requests) == as_delta, sim.requests
+        assert ("as a delta from" in result.describe("hello")) == as_delta
+        given_up = [e for e in host.events if e.kind == "notice" and e.plan == "full"
+                    and e.version == version]
+        assert [e.reason for e in given_up] == ([] if as_delta else ["shared"]), given_up
+        rec = treehash.load(host.base / "state" / "hello", version)
+        assert rec is not None and treehash.as_published(rec) == \
+            full_tree(sim, version, tmp_path)
+        assert not treehash.differences(host.prefix / "releases" / version, rec)
+        release = host.prefix / "releases" / version
+        assert os.readlink(release / "data") == "../../shared/data"
+        assert (release / "etc" / "notes.conf").read_text() == "the operator's\n"
+        assert (release / "data" / "written").read_text() == "the app's\n"
+    assert host.leftovers() == []
+
+
+def test_j179_a_pack_that_reads_a_shared_path_is_refused_before_it_is_fetched(
+        host: SimHost, sim: FeedSimulator, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO")
+    sim.release("1.0.0", files=with_shared("1.0.0"))
+    engine = host.engine(shared=["data", "etc/notes.conf"])
+    run(lambda: engine.update("hello"))
+    sim.release("1.1.0", files=with_shared("1.1.0", conf="shipped, a line more"), deltas=2)
+    pack = sim.descriptor("1.1.0").pack_from("1.0.0")
+    assert pack is not None and "etc/notes.conf" in [n for n, _ in pack.reference]
+    sim.requests.clear()
+    result = run(lambda: engine.update("hello"))
+    assert (result.result, host.current()) == ("installed", "1.1.0")
+    assert pack.url not in sim.requests  # known before the pack is downloaded
+    assert "no delta from 1.0.0: the pack reads etc/notes.conf, which this host keeps in " \
+           "shared/" in caplog.text

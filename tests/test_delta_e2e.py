@@ -105,7 +105,8 @@ def test_the_daemon_counts_delta_bytes_and_fallbacks_and_history_says_what_was_s
     (served_feed.folder / f"{art.name}.from-1.0.0.delta").unlink()
     daemon.ctl("update", "hello", check=True)
     assert host.current() == "1.2.0"
-    assert metric(daemon, "updaterd_delta_fallbacks_total", 'app="hello"') == 1
+    assert metric(daemon, "updaterd_delta_fallbacks_total", 'app="hello",reason="failed"') == 1
+    assert metric(daemon, "updaterd_delta_fallbacks_total", 'app="hello",reason="mismatch"') == 0
     assert metric(daemon, "updaterd_downloaded_bytes_total", 'app="hello",plan="full"') > full
     log = daemon.log.read_text()
     assert "was not used" in log and "fetching the full artifact" in log

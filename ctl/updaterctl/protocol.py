@@ -75,8 +75,10 @@ class Event(Struct, kw_only=True):
     outcome: Outcome | None = None
     step: str | None = None
     # progress: what is being fetched, the full artifact or a delta; a notice with "full":
-    # a delta was given up and the full artifact is fetched instead
+    # a delta was given up and the full artifact is fetched instead, `reason` says why in one
+    # word (no-base, mismatch, costly, shared, failed)
     plan: Literal["full", "delta"] | None = None
+    reason: str | None = None
 
 
 class Notification(Struct, kw_only=True):

@@ -31,6 +31,14 @@ class Event:
     step: str | None = None
     # progress: the full artifact or a delta; a notice with "full": a delta was given up
     plan: Literal["full", "delta"] | None = None
+    # a notice with plan "full": why, in one word (FALLBACK_REASONS), for the metric
+    reason: str | None = None
+
+
+# Why a delta the feed offered was not used: no pack from a release kept here, the kept release
+# is not as the pack expects, the pack costs too much, it needs a shared path's old content (or
+# one is not seeded yet), or fetching or building it failed.
+FALLBACK_REASONS = ("no-base", "mismatch", "costly", "shared", "failed")
 
 
 @dataclass(frozen=True, kw_only=True)

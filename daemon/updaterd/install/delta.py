@@ -30,6 +30,7 @@ from msgspec import Meta, Struct
 
 from updaterd import fsutil
 from updaterd.errors import ArchiveError, FeedError, UpdaterError
+from updaterd.install import shared as shared_paths
 from updaterd.trust import archive, feed, treehash
 
 SUFFIX = ".delta"  # the descriptor's platform: `<platform>.delta`
@@ -206,15 +207,21 @@ def make_pack(new_root: Path, entries: dict[str, str], base_root: Path, base: st
 
 # -- the client -------------------------------------------------------------------------------
 
-def plan(desc: Descriptor, pack: Pack, base_record: treehash.TreeRecord) -> dict[str, str]:
+def plan(desc: Descriptor, pack: Pack, base_record: treehash.TreeRecord,
+         shared: tuple[str, ...] = ()) -> dict[str, str]:
     """The tree the pack makes from the kept release recorded as `base_record`, known to be
-    the descriptor's before anything more is downloaded; DeltaError when it is not."""
+    the descriptor's before anything more is downloaded; DeltaError when it is not. The kept
+    release is taken as published (its `shared` paths are links on disk, row 179), and the
+    pack may read none of them: what is there is the app's data, not the release's."""
+    base = treehash.as_published(base_record)
     for name, b3 in pack.reference:
-        if _content(base_record.entries.get(name, "")) != b3:
+        if shared_paths.under(name, shared):
+            raise DeltaError(f"the pack reads {name}, which this host keeps in shared/")
+        if _content(base.get(name, "")) != b3:
             raise DeltaError(f"{pack.base} as installed does not have {name} as the pack "
                              "expects")
     removed = set(pack.removed)
-    entries = {n: e for n, e in base_record.entries.items() if n not in removed}
+    entries = {n: e for n, e in base.items() if n not in removed}
     entries.update(pack.changed)
     if tree_digest(entries) != desc.tree:
         raise DeltaError(f"{pack.base} as recorded, with the pack's changes, is not the tree "
@@ -255,6 +262,11 @@ class _Exactly:
             raise DeltaError(f"the pack ends inside {self.name}")
         self.left -= len(data)
         return data
+
+
+def _drain(source: _Exactly) -> None:
+    while source.read(fsutil.COPY_CHUNK):
+        pass
 
 
 def _open_base(base_root: Path, name: str) -> IO[bytes]:
@@ -320,6 +332,9 @@ def build(staging: Path, entries: dict[str, str], pack: Pack, pack_file: IO[byte
     try:
         with decompressor.stream_reader(pack_file, read_across_frames=False) as stream:
             for name, size in pack.files:
+                if name not in claimed:  # at a shared path (left out by the caller): the
+                    _drain(_Exactly(stream, size, name))  # link takes its place
+                    continue
                 tree.add_size(name, size)
                 tree.write_file(name, claimed[name], _Exactly(stream, size, name),
                                 _mode(entries[name]) == "755", size)

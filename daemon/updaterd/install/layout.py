@@ -283,9 +283,12 @@ class Layout:
                                                                raw_name), version)
 
     def stage_with(self, make: Callable[[Path], Path], version: str,
-                   expected: dict[str, str] | None = None) -> Staged:
+                   expected: dict[str, str] | None = None,
+                   shipped: dict[str, str] | None = None) -> Staged:
         """Make the release in a fresh staging folder (`make` returns its root), fsync it, and
-        move it to releases/<version>; with `expected`, only when its tree is exactly that."""
+        move it to releases/<version>; with `expected`, only when its tree is exactly that.
+        `shipped`: what the release ships at its shared paths, when `make` left them out (a
+        delta's build), for the record."""
         staging = self.new_staging()
         try:
             root = make(staging)
@@ -297,8 +300,9 @@ class Layout:
                 raise LayoutError(f"{version} as built differs from its description: "
                                   f"{treehash.compare(tree.entries, expected, added=True)[0]}")
             if self.shared:  # after the check: a delta builds the release as published
-                link_shared(root, self.prefix, version, self.shared, tree.entries,
-                            self._running_release())
+                removed, tree.linked = link_shared(root, self.prefix, version, self.shared,
+                                                   tree.entries, self._running_release())
+                tree.shared = removed if shipped is None else shipped
             dest = self.place_release(root, version)
             failpoints.hit("release.after_rename")
             return Staged(version=version, path=str(dest), tree=tree)

@@ -30,11 +30,15 @@ FOLDER = "shared"
 
 
 def link_into(root: Path, prefix: Path, version: str, paths: Iterable[str],
-              entries: dict[str, str], running: Path | None = None) -> None:
+              entries: dict[str, str],
+              running: Path | None = None) -> tuple[dict[str, str], list[str]]:
     """Replace each shared path of the staged release at `root` (to become
     `prefix/releases/version`) by a relative link to `prefix/shared/PATH`, seeding that from
     the release when it does not exist yet. `entries` (the staged tree's record) follows;
-    `running` is the folder of the release that runs now, if any."""
+    `running` is the folder of the release that runs now, if any. Returns what changed in
+    `entries`: those removed (the release's own, as staged) and the names added."""
+    removed: dict[str, str] = {}
+    added: list[str] = []
     for path in paths:
         parents, name = Path(path).parent.parts, Path(path).name
         created: list[str] = []
@@ -49,10 +53,17 @@ def link_into(root: Path, prefix: Path, version: str, paths: Iterable[str],
             os.symlink(link, name, dir_fd=staged)
             os.fsync(staged)
         for entry in [n for n in entries if n == path or n.startswith(path + "/")]:
-            del entries[entry]
+            removed[entry] = entries.pop(entry)
         for folder in created:
             entries[folder] = f"d:{stat.S_IMODE(os.lstat(root / folder).st_mode):o}"
         entries[path] = f"l:{link}"
+        added += [*created, path]
+    return removed, added
+
+
+def under(name: str, paths: Iterable[str]) -> bool:
+    """Whether the entry `name` is a shared path or inside one."""
+    return any(name == p or name.startswith(p + "/") for p in paths)
 
 
 def _seed(shared: int, staged: int, name: str, path: str, running: Path | None) -> None:

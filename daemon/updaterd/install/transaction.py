@@ -24,6 +24,7 @@ from updaterd import failpoints, fsutil, outcome, pathtrust, versions
 from updaterd.config import app_unit
 from updaterd.errors import HealthCheckFailed, LayoutError, OperationCancelled, UpdaterError
 from updaterd.install import delta, health
+from updaterd.install import shared as shared_paths
 from updaterd.install.apprun import AppRun
 from updaterd.install.layout import Kept, Staged
 from updaterd.net.cachefile import Expected, keep_only
@@ -140,6 +141,10 @@ async def _stage_from_delta(run: AppRun, source: Source, release: Release,
     if described is None or not records or described.size > delta.MAX_DESCRIPTOR or \
             described.size >= artifact.size:  # the description alone costs more than it saves
         return None
+    unseeded = [p for p in layout.shared if not os.path.lexists(layout.prefix / "shared" / p)]
+    if unseeded:  # a first seed may come from the release's own copy: only the archive has it
+        _delta_given_up(run, release, "shared", f"shared path {unseeded[0]} is not seeded yet")
+        return None
     fetched: list[Path] = []
     try:
         f = await fetch_artifact(run, source, release, described, "delta")
@@ -147,19 +152,26 @@ async def _stage_from_delta(run: AppRun, source: Source, release: Release,
         with f:
             desc = delta.decode(f.read(described.size + 1), run.name, release.version,
                                 artifact)
-        fits = []
+        fits, refused = [], []
         for candidate in desc.packs:
             if candidate.base not in records:
                 continue
             why = delta.unusable(candidate, described.size, artifact.size)
             if why:
                 log.info("%s: no delta from %s: %s", run.name, candidate.base, why)
+                refused.append(("costly", f"from {candidate.base}: {why}"))
                 continue
             try:
-                fits.append((candidate, delta.plan(desc, candidate, records[candidate.base])))
+                fits.append((candidate, delta.plan(desc, candidate, records[candidate.base],
+                                                   layout.shared)))
             except delta.DeltaError as e:  # known before the pack is downloaded
                 log.info("%s: no delta from %s: %s", run.name, candidate.base, e)
+                refused.append(("shared" if "keeps in shared/" in str(e) else "mismatch",
+                                f"from {candidate.base}: {e}"))
         if not fits:
+            reason, why = refused[0] if refused else \
+                ("no-base", "no pack from a release kept here")
+            _delta_given_up(run, release, reason, why)
             return None
         pack, entries = min(fits, key=lambda fit: fit[0].size)
         log.info("%s: %s from %s as a delta of %d bytes instead of %d", run.name,
@@ -170,27 +182,35 @@ async def _stage_from_delta(run: AppRun, source: Source, release: Release,
         run.phase("staging", f"building {release.version} from {pack.base} and its delta",
                   release.version)
         base_root, limits = layout.release(pack.base), run.config.limits.extraction()
+        # what the release ships at its shared paths is not built: the links take its place
+        built = {n: e for n, e in entries.items() if not shared_paths.under(n, layout.shared)}
+        shipped = {n: e for n, e in entries.items() if n not in built}
         with pack_file:
             staged = await trio.to_thread.run_sync(
-                layout.stage_with,
-                lambda staging: delta.build(staging, entries, pack, pack_file, base_root,
-                                            records[pack.base], limits),
-                release.version, entries)
+                lambda: layout.stage_with(
+                    lambda staging: delta.build(staging, built, pack, pack_file, base_root,
+                                                records[pack.base], limits),
+                    release.version, built, shipped))
         fetched_bytes = described.size + pack.size  # what the delta cost: descriptor and pack
         run.plan = f"as a delta from {pack.base}: {fetched_bytes:,} bytes instead of " \
                    f"{artifact.size:,}"
         return staged
     except (UpdaterError, OSError) as e:
         why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        run.emit(Event(app=run.name, kind="notice", phase=run.step, version=release.version,
-                       plan="full", at=time.time(), message=f"the delta to {release.version} "
-                       f"was not used ({why}); fetching the full artifact"))
-        log.warning("%s: the delta to %s was not used (%s); fetching the full artifact",
-                    run.name, release.version, why)
+        _delta_given_up(run, release, "failed", why)
         return None
     finally:
         for path in fetched:
             path.unlink(missing_ok=True)
+
+
+def _delta_given_up(run: AppRun, release: Release, reason: str, why: str) -> None:
+    """A delta the feed offered is not used: said (a notice, the log) and counted by `reason`
+    (updaterd_delta_fallbacks_total, row 179); the caller fetches the full artifact."""
+    message = f"the delta to {release.version} was not used ({why}); fetching the full artifact"
+    run.emit(Event(app=run.name, kind="notice", phase=run.step, version=release.version,
+                   plan="full", reason=reason, at=time.time(), message=message))
+    (log.warning if reason == "failed" else log.info)("%s: %s", run.name, message)
 
 
 async def apply_update(run: AppRun, source: Source, release: Release, artifact: Artifact) -> str:

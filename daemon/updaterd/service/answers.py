@@ -10,7 +10,7 @@ from updaterd import reports
 def event(e: reports.Event) -> Event:
     return Event(app=e.app, kind=e.kind, phase=e.phase, message=e.message, version=e.version,
                  done=e.done, total=e.total, at=e.at, outcome=e.outcome, step=e.step,
-                 plan=e.plan)
+                 plan=e.plan, reason=e.reason)
 
 
 def checked(c: reports.Checked) -> CheckResult:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, get_args
 
 from updaterctl.protocol import Phase
+from updaterd.reports import FALLBACK_REASONS
 
 if TYPE_CHECKING:
     from updaterd.service.view import DaemonView
@@ -32,8 +33,8 @@ def render(daemon: DaemonView) -> str:
         ("updaterd_downloaded_bytes_total", "counter",
          "Bytes downloaded for updates: full artifacts, or delta descriptors and packs.", []),
         ("updaterd_delta_fallbacks_total", "counter",
-         "Deltas given up (a problem with the descriptor, the pack or the kept release) for "
-         "the full artifact.", []),
+         "Deltas the feed offered and that were given up for the full artifact, by reason: "
+         "no-base, mismatch, costly, shared, failed.", []),
         ("updaterd_phase", "gauge", "1 for the phase each app is in.", []),
         ("updaterd_release_rollbacks_total", "counter",
          "Rollbacks away from each version, of any kind (kept across restarts).", []),
@@ -65,7 +66,9 @@ def render(daemon: DaemonView) -> str:
         rows["updaterd_downloaded_bytes_total"].append(
             f'{{{app},plan="full"}} {c.downloaded_bytes - c.delta_bytes}')
         rows["updaterd_downloaded_bytes_total"].append(f'{{{app},plan="delta"}} {c.delta_bytes}')
-        rows["updaterd_delta_fallbacks_total"].append(f"{{{app}}} {c.delta_fallbacks}")
+        for why in FALLBACK_REASONS:  # every reason, 0 too: a rate query needs the series
+            rows["updaterd_delta_fallbacks_total"].append(
+                f'{{{app},reason="{why}"}} {c.delta_fallbacks.get(why, 0)}')
         for version, n in st.rollbacks_from.items():
             rows["updaterd_release_rollbacks_total"].append(
                 f'{{{app},version="{_label(version)}"}} {n}')

@@ -7,7 +7,7 @@ against them, so that neither needs the service (which builds on both).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -28,7 +28,8 @@ class Counters:
     rollbacks: int = 0
     downloaded_bytes: int = 0
     delta_bytes: int = 0  # of downloaded_bytes, those of delta descriptors and packs
-    delta_fallbacks: int = 0  # deltas given up for the full artifact
+    # deltas given up for the full artifact, by reason (reports.FALLBACK_REASONS)
+    delta_fallbacks: dict[str, int] = field(default_factory=dict)
     _last_done: int = 0
 
 

@@ -259,7 +259,8 @@ class AppWorker:
             c._last_done = event.done if event.done < event.total else 0
             self.progress = (event.done, event.total)
         elif event.kind == "notice" and event.plan == "full":
-            self.counters.delta_fallbacks += 1
+            why = event.reason or "failed"
+            self.counters.delta_fallbacks[why] = self.counters.delta_fallbacks.get(why, 0) + 1
         elif event.kind == "error" and event.outcome == "failed":
             self.counters.failures += 1
             self.failed_step = event.step

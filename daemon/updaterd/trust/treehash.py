@@ -20,11 +20,24 @@ from updaterd.trust import digests
 
 
 class TreeRecord(Struct, kw_only=True):
-    """Every entry of a release: `f:<mode>:<blake3>`, `l:<target>` or `d:<mode>`."""
+    """Every entry of a release: `f:<mode>:<blake3>`, `l:<target>` or `d:<mode>`.
+
+    With `shared` paths, what linking them changed: `shared` holds the entries the release
+    shipped there (gone from the disk), `linked` the names linking added (the links, and
+    folders made for them), so that the release as published can be told (`as_published`:
+    what a delta is made against)."""
 
     schema: Literal[1] = 1
     version: str
     entries: dict[str, str]
+    shared: dict[str, str] = {}
+    linked: list[str] = []
+
+
+def as_published(rec: TreeRecord) -> dict[str, str]:
+    """The release's tree as its artifact holds it, before its shared paths were linked."""
+    added = set(rec.linked)
+    return {**{n: e for n, e in rec.entries.items() if n not in added}, **rec.shared}
 
 
 def _describe(entry: fdtree.Entry) -> str:
