@@ -375,3 +375,20 @@ def test_a_copy_is_root_s_and_private_while_it_is_filled(
     assert {mode for kind, mode in seen if kind == "file"} == {0o600}
     assert {mode for kind, mode in seen if kind == "folder" and mode != 0o755} <= {0o700}
     assert stat.S_IMODE((tmp_path / "out" / "copy" / "a").stat().st_mode) == 0o644
+
+
+def test_a_folder_that_cannot_be_listed_is_named(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "t" / "sub").mkdir(parents=True)
+    real = os.listdir
+    sub = os.stat(tmp_path / "t" / "sub").st_ino
+
+    def listdir(arg: Any = ".") -> list[str]:
+        if isinstance(arg, int) and os.fstat(arg).st_ino == sub:
+            raise OSError(errno.EIO, "Input/output error")
+        return real(arg)
+
+    monkeypatch.setattr(os, "listdir", listdir)
+    with pytest.raises(fdtree.TreeError, match=f"cannot list {tmp_path}/t/sub: Input/output "
+                                               "error \\(owned by uid 0\\)"):
+        fdtree.remove_tree(tmp_path / "t")

@@ -91,3 +91,13 @@ def test_a_refusal_leaves_no_descriptor_open(tmp_path: Path) -> None:
     os.symlink("/etc", tmp_path / "link")
     with pytest.raises(FeedError, match="is a symbolic link or not a folder"):
         feedfolder.read(tmp_path / "link", "passwd", 100)
+
+
+def test_a_socket_in_the_feed_folder_is_named_for_what_opening_it_says(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(tmp_path / "manifest.json"))
+        with pytest.raises(FeedError) as e:
+            feedfolder.read(tmp_path, "manifest.json", 100)
+    assert str(e.value) == f"{tmp_path / 'manifest.json'}: No such device or address"

@@ -6,10 +6,12 @@ tests/test_metrics_listen.py."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 from collections.abc import Awaitable, Callable
 
 import h11
+import pytest
 import trio
 import trio.testing
 
@@ -50,9 +52,10 @@ def head_of(size: int, path: bytes = b"/metrics", method: bytes = b"GET") -> byt
 
 
 def test_a_request_of_exactly_the_cap_is_answered_and_a_longer_one_is_not() -> None:
-    assert answer_to(head_of(MAX_REQUEST)).startswith(b"HTTP/1.1 200 ")
-    assert answer_to(head_of(MAX_REQUEST + 1)) == b""
-    assert answer_to(head_of(4 * MAX_REQUEST)) == b""
+    assert MAX_REQUEST == 8192
+    assert answer_to(head_of(8192)).startswith(b"HTTP/1.1 200 ")
+    assert answer_to(head_of(8193)) == b""
+    assert answer_to(head_of(4 * 8192)) == b""
 
 
 def test_only_a_405_carries_allow() -> None:
@@ -66,6 +69,8 @@ def test_only_a_405_carries_allow() -> None:
     assert b"allow:" not in ok.lower()
     assert head.startswith(b"HTTP/1.1 200 ") and head.endswith(b"\r\n\r\n")  # no body
     assert answer_to(b"") == b"" and answer_to(b"garbage\r\n\r\n") == b""
+    assert answer_to(head_of(100, path=b"/metrics?x=1")).startswith(b"HTTP/1.1 200 ")
+    assert answer_to(head_of(100, path=b"/a")).startswith(b"HTTP/1.1 404 ")  # sorts before
 
 
 async def _connect(port: int, source: str) -> trio.socket.SocketType:
@@ -118,7 +123,76 @@ def test_the_17th_connection_is_closed_at_once_and_the_5th_from_one_address() ->
         assert not await _closed_at_once(same_peer[0])
         other = await _connect(port, "127.0.0.11")
         assert not await _closed_at_once(other)
-        for s in [*same_peer, other, seventeenth]:
+        again = await _connect(port, "127.0.0.2")  # its four were closed: its slots are free
+        assert not await _closed_at_once(again)
+        for s in [*same_peer, other, seventeenth, again]:
             s.close()
 
     with_listener(body)
+
+
+def _timed(job: Callable[[], Awaitable[None]]) -> float:
+    """How long `job` takes on trio's clock that jumps ahead whenever everything waits."""
+    clock = trio.testing.MockClock(autojump_threshold=0)
+
+    async def go() -> float:
+        await job()
+        return trio.current_time()
+
+    return trio.run(go, clock=clock)
+
+
+def test_a_silent_client_is_let_go_after_5_s_and_one_that_never_reads_after_10_s() -> None:
+    assert (metrics_http.REQUEST_TIMEOUT, metrics_http.SEND_TIMEOUT) == (5.0, 10.0)
+
+    async def silent() -> None:
+        _client, server = trio.testing.memory_stream_pair()
+        await metrics_http._answer(server, lambda: "up 1\n")  # type: ignore[arg-type]
+
+    assert _timed(silent) == 5.0
+
+    async def never_reads() -> None:
+        client, server = trio.testing.lockstep_stream_pair()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.send_all, head_of(100))
+            await metrics_http._answer(server, lambda: "up 1\n" * 10)  # type: ignore[arg-type]
+
+    assert _timed(never_reads) == 10.0
+
+
+def test_a_taken_address_is_logged_and_tried_again_every_30_s(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO")
+    tries: list[float] = []
+    real = trio.open_tcp_listeners
+
+    async def taken_twice(port: int, *, host: str | None = None) -> list[trio.SocketListener]:
+        tries.append(trio.current_time())
+        if len(tries) < 3:
+            raise OSError(errno.EADDRINUSE, "Address already in use")
+        return await real(0, host="127.0.0.1")
+
+    monkeypatch.setattr(trio, "open_tcp_listeners", taken_twice)
+
+    async def serve() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(metrics_http.serve, "127.0.0.1:9", lambda: "up 1\n")
+            while len(tries) < 3:
+                await trio.sleep(1)
+            await trio.sleep(1)
+            nursery.cancel_scope.cancel()
+
+    _timed(serve)
+    assert tries == [0.0, 30.0, 60.0]
+    assert caplog.messages.count("metrics_listen 127.0.0.1:9: Address already in use; the "
+                                 "metrics are not served there (trying again in 30s)") == 2
+    assert "metrics on http://127.0.0.1:9/metrics" in caplog.messages
+
+
+def test_a_connection_whose_peer_cannot_be_named_counts_as_one_peer() -> None:
+    class Gone:
+        def getpeername(self) -> tuple[str, int]:
+            raise OSError(errno.ENOTCONN, "Transport endpoint is not connected")
+
+    stream = type("Stream", (), {"socket": Gone()})()
+    assert metrics_http._peer(stream) == ""  # type: ignore[arg-type]

@@ -61,3 +61,29 @@ def test_a_folder_feed_without_its_signature_is_refused_by_name(tmp_path: Path,
     with pytest.raises(FeedError, match="manifest signature is missing"):
         run(lambda: engine.check("hello"))
     assert host.current() is None
+
+
+def test_a_304_to_a_request_without_validators_is_refused_even_with_a_copy_kept(
+        host: SimHost, sim: FeedSimulator) -> None:
+    """A copy is kept, but the state holds no serial (so nothing was asked conditionally): a
+    304 then is the server's error, never a reason to use the copy."""
+    from tests.simulator import SimulatedTransport
+    from updaterd.net.document import Document
+
+    sim.release("1.0.0")
+    engine = host.engine()
+    run(lambda: engine.check("hello"))
+    engine.edit_state("hello", lambda st, _limit: setattr(st, "serial", None))
+
+    class Always304(SimulatedTransport):
+        async def document(self, name: str, cap: int, *, missing_ok: bool = False,
+                           validators: object = None) -> Document:
+            if name == "manifest.json":
+                return Document(not_modified=True)
+            return await super().document(name, cap, missing_ok=missing_ok)
+
+    engine = Engine(host.configure(), host.events.append,
+                    transports=lambda app, cfg: Always304(sim))
+    with pytest.raises(FeedError, match="304 Not Modified to a request that carried no "
+                                        "validator"):
+        run(lambda: engine.check("hello"))
