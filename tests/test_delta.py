@@ -488,10 +488,14 @@ def test_j179_an_app_with_shared_paths_takes_deltas_and_keeps_its_data(
                     and e.version == version]
         assert [e.reason for e in given_up] == ([] if as_delta else ["shared"]), given_up
         rec = treehash.load(host.base / "state" / "hello", version)
-        assert rec is not None and treehash.as_published(rec) == \
-            full_tree(sim, version, tmp_path)
+        published = full_tree(sim, version, tmp_path)
+        assert rec is not None and treehash.as_published(rec) == published
         assert not treehash.differences(host.prefix / "releases" / version, rec)
         release = host.prefix / "releases" / version
+        on_disk = {n: e for n, e in treehash.scan(release).items()
+                   if n not in ("data", "etc/notes.conf")}
+        assert on_disk == {n: e for n, e in published.items()
+                           if not n.startswith("data") and n != "etc/notes.conf"}
         assert os.readlink(release / "data") == "../../shared/data"
         assert (release / "etc" / "notes.conf").read_text() == "the operator's\n"
         assert (release / "data" / "written").read_text() == "the app's\n"

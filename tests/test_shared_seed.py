@@ -92,3 +92,54 @@ def test_a_fifo_at_the_path_in_the_running_release_is_never_opened(tmp_path: Pat
     os.mkfifo(layout.release("1.0.0") / "run")
     stage(layout, "1.1.0", {"bin/app": "x"})  # opening the FIFO would block here
     assert (layout.prefix / "shared" / "run").is_dir()
+
+
+def test_under_is_a_shared_path_or_inside_one_and_nothing_else() -> None:
+    from updaterd.install.shared import under
+
+    paths = ("data", "etc/notes.conf")
+    inside = ["data", "data/x", "data/x/y", "etc/notes.conf", "etc/notes.conf/z"]
+    outside = ["dat", "database", "data.old", "a", "z", "etc", "etc/notes", "etc/notes.confx",
+               "bin/data", ""]
+    assert [n for n in inside if under(n, paths)] == inside
+    assert [n for n in outside if under(n, paths)] == []
+    assert not under("data", ())
+
+
+def test_the_record_holds_the_link_and_keeps_what_the_release_shipped_there(
+        tmp_path: Path) -> None:
+    layout = a_prefix(tmp_path, ("data",), {})
+    entries = stage(layout, "1.1.0", {"data/x": "shipped\n", "data/sub/y": "y\n",
+                                      "bin/app": "x"})
+    assert entries["data"] == "l:../../shared/data"
+    assert not [n for n in entries if n.startswith("data/")]
+    from updaterd.trust import treehash
+
+    rec = treehash.record(layout.release("1.1.0"), "1.1.0")
+    assert rec.entries == entries
+
+
+def test_a_folder_made_for_a_path_nothing_ships_is_0755_whatever_the_umask(
+        tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        layout = a_prefix(tmp_path, ("cache",), {})
+        stage(layout, "1.1.0", {"bin/app": "x"})
+    finally:
+        os.umask(old)
+    made = layout.prefix / "shared" / "cache"
+    assert made.is_dir() and (made.stat().st_mode & 0o777) == 0o755
+
+
+def test_a_link_on_the_way_into_shared_is_named_exactly(tmp_path: Path) -> None:
+    from updaterd.errors import LayoutError
+
+    layout = a_prefix(tmp_path, ("etc/app/notes.conf",), {})
+    (layout.prefix / "shared").mkdir()
+    (layout.prefix / "shared" / "etc").symlink_to(tmp_path)
+    try:
+        stage(layout, "1.1.0", {"bin/app": "x"})
+        raise AssertionError("staged through a link")
+    except LayoutError as e:
+        assert str(e).startswith(f"{layout.prefix / 'shared' / 'etc'} is not a folder (a link "
+                                 "or a file)"), e
