@@ -172,6 +172,15 @@ def host(tmp_path: Path, sim: FeedSimulator) -> SimHost:
     return SimHost(tmp_path, sim)
 
 
+def on_1_0_0_with_1_1_0_guarded(host: SimHost, sim: FeedSimulator) -> tuple[Guarded, Any]:
+    guarded = Guarded(sim)
+    sim.release("1.0.0")
+    engine = host.engine()
+    run(lambda: engine.update("hello"))
+    guarded.release("1.1.0")
+    return guarded, engine
+
+
 def padded_to(guarded: Guarded, size: int) -> None:
     """Serve a valid rollout.json of exactly `size` bytes (trailing spaces), signed."""
     guarded.serial += 1
@@ -187,11 +196,7 @@ def padded_to(guarded: Guarded, size: int) -> None:
 
 def test_a_document_of_exactly_64_kib_is_read_and_one_byte_more_is_refused(
         host: SimHost, sim: FeedSimulator) -> None:
-    guarded = Guarded(sim)
-    sim.release("1.0.0")
-    engine = host.engine()
-    run(lambda: engine.update("hello"))
-    guarded.release("1.1.0")
+    guarded, engine = on_1_0_0_with_1_1_0_guarded(host, sim)
     padded_to(guarded, rollout.MAX_DOCUMENT + 1)
     assert run(lambda: engine.update("hello")).result == "up_to_date"
     assert engine.load_state("hello").passed_over["1.1.0"] == \
@@ -202,11 +207,7 @@ def test_a_document_of_exactly_64_kib_is_read_and_one_byte_more_is_refused(
 
 def test_a_document_served_without_its_signature_holds_guarded_releases(
         host: SimHost, sim: FeedSimulator) -> None:
-    guarded = Guarded(sim)
-    sim.release("1.0.0")
-    engine = host.engine()
-    run(lambda: engine.update("hello"))
-    guarded.release("1.1.0")
+    guarded, engine = on_1_0_0_with_1_1_0_guarded(host, sim)
     guarded.steer({"1.1.0": (100, "active")})
     del sim.documents[rollout.SIGNATURE]
     assert run(lambda: engine.update("hello")).result == "up_to_date"
