@@ -139,3 +139,26 @@ def test_the_code_map_names_every_module_and_only_modules_that_exist() -> None:
     unknown = {n for n in named if n not in modules and n not in in_sources and n not in ctl
                and not (daemon / n).exists()}
     assert not unknown, f"the code map names modules that do not exist: {sorted(unknown)}"
+
+
+def test_the_bad_release_runbook_runs_as_written(tmp_path: Path) -> None:
+    """docs/bad-release.md's commands on a feed whose 1.4.0 is guarded and out to every host:
+    recalled, then yanked, then shown."""
+    runbook = (README.parent / "docs" / "bad-release.md").read_text()
+    script = re.search(r"^```sh\n(.*?)^```", runbook, re.M | re.S)
+    assert script is not None
+    www = tmp_path / "srv" / "www"
+    run_block("updaterd keygen --out release-key && updaterd keygen --out rollout", tmp_path)
+    feed = www / "demo"
+    for version, extra in (("1.3.0", ""), ("1.4.0", " --rollout-key rollout.pub")):
+        art = make_tar(tmp_path / f"demo-{version}-linux-x86_64.tar.gz",
+                       release_files(version), top=f"demo-{version}")
+        run_block(f"updaterd publish --feed {feed} --key release-key.key --app demo "
+                  f"--version {version}{extra} {art}", tmp_path)
+    run_block(f"updaterd rollout resume 1.4.0 --share 100 --feed {feed} --key rollout.key",
+              tmp_path)
+    out = run_block(script.group(1).replace("/srv/www", str(www)), tmp_path)
+    assert "1.4.0: recalled at 100%: corrupts notes on save; 1.4.1 fixes it" in out
+    assert "1.4.0  recalled  100%" in out
+    manifest = (feed / "manifest.json").read_text()
+    assert '"platform":"yanked"' in manifest.replace(" ", "")
