@@ -206,3 +206,64 @@ def test_j176_a_malformed_sample_from_prometheus_is_no_verdict_never_a_traceback
     bodies.append(json.dumps({"status": "success", "data": data}).encode())
     with pytest.raises(NoVerdict, match=r"malformed|not an instant"):
         Prometheus(url).query("up")
+
+
+@pytest.mark.parametrize("data,samples", [
+    ({"resultType": "vector", "result": [{"metric": {"app": "hello"}, "value": [1, "3"]},
+                                         {"metric": {}, "value": [1, "NaN"]}]},
+     [({"app": "hello"}, 3.0)]),
+    ({"resultType": "vector", "result": []}, []),
+    ({"resultType": "scalar", "result": [1, "0.5"]}, [({}, 0.5)]),
+])
+def test_j176_a_well_formed_answer_is_read(nonsense: tuple[str, list[bytes]],
+                                           data: dict[str, object],
+                                           samples: list[tuple[dict[str, str], float]]) -> None:
+    url, bodies = nonsense
+    bodies.append(json.dumps({"status": "success", "data": data}).encode())
+    got = Prometheus(url).query("up")
+    assert [(labels, v) for labels, v in got if v == v] == samples  # NaN != NaN
+
+
+class Counts:
+    """Prometheus answering counts and places as given."""
+
+    def __init__(self, on: float, hosts: float, checked: float, places: list[float]) -> None:
+        self.on, self.hosts, self.checked, self.places = on, hosts, checked, places
+
+    def query(self, promql: str) -> list[tuple[dict[str, str], float]]:
+        if promql.startswith('count(updaterd_app_info{app="hello",installed='):
+            return [({}, self.on)]
+        if promql.startswith("count(updaterd_app_info"):
+            return [({}, self.hosts)]
+        if promql.startswith("count(updaterd_last_check"):
+            return [({}, self.checked)]
+        return [({}, p) for p in self.places]
+
+
+def test_j176_counts_are_bounded_to_a_number_of_hosts() -> None:
+    big = controller.MAX_FLEET
+    assert big == 10_000_000
+    counted = controller.fleet(Counts(0, big, big, [5.0]), "hello", "1.1.0", 0.0)  # type: ignore
+    assert (counted.on_release, counted.hosts, counted.checked, counted.places) == \
+        (0, big, big, [5])
+    for bad in (big + 1, -1.0, 2.5, float("nan"), float("inf")):
+        with pytest.raises(NoVerdict, match="not a number of hosts"):
+            controller.fleet(Counts(0, bad, 1, []), "hello", "1.1.0", 0.0)  # type: ignore
+
+
+def test_j176_more_hosts_checked_in_than_listed_is_no_reason_to_wait() -> None:
+    """A host that left keeps its last check in Prometheus for a while: all listed hosts have
+    checked in, so the share is chosen."""
+    fleet = controller.Fleet(on_release=0, places=[10, 50, 90], hosts=3, checked=5)
+    assert fleet.share_for(2, settled=False) == 51
+    with pytest.raises(NoVerdict, match="2 of 3 hosts checked the feed"):
+        controller.Fleet(on_release=0, places=[10, 50], hosts=3, checked=2).share_for(
+            2, settled=False)
+
+
+def test_a_plan_with_a_share_written_as_text_is_refused(tmp_path: Path) -> None:
+    plan_file = tmp_path / "plan.toml"
+    plan_file.write_text('version = "1.1.0"\nsteps = ["5", 100]\nsoak = "1m"\n'
+                         '[[gate]]\nname = "g"\nquery = "up"\nmax = 0\n')
+    with pytest.raises(FeedError, match="Expected `int`, got `str`"):
+        controller.load_plan(plan_file)

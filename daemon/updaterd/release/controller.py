@@ -336,19 +336,23 @@ class Fleet:
         return min(ranked[more - 1] + 1, 100)
 
 
-def fleet(prom: Prometheus, app: str, version: str, published: float = 0.0) -> Fleet:
+def fleet(prom: Prometheus, app: str, version: str, published: float) -> Fleet:
+    """What Prometheus says of the fleet for `version`, each number bounded (row 176): hosts
+    on it, hosts in all, hosts that checked the feed since `published`, the places of the
+    others."""
     def count(promql: str) -> int:
         found = prom.query(f"count({promql})")
         if not found:
             return 0
-        value = found[0][1]
+        value = float(found[0][1])
         if not (value.is_integer() and 0 <= value <= MAX_FLEET):
             raise NoVerdict(f"Prometheus counts {value:g} for {promql}: not a number of "
                             "hosts; nothing widens on it")
         return int(value)
 
     places = []
-    for _, value in prom.query(f'updaterd_rollout_place{{app="{app}",version="{version}"}}'):
+    for _, sample in prom.query(f'updaterd_rollout_place{{app="{app}",version="{version}"}}'):
+        value = float(sample)
         if math.isnan(value):
             continue
         if not (value.is_integer() and 0 <= value <= 99):  # row 176: a host's place is 0-99
