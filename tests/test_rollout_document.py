@@ -4,6 +4,7 @@ says. Bytes in, verdict out; two through the engine on the FeedSimulator."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from datetime import UTC, datetime, timedelta, timezone
@@ -61,6 +62,7 @@ def test_a_document_without_its_signature_is_refused_by_name() -> None:
     (raw_of(document(releases={"1.1.0": {"share": "50", "since": "2026-12-07T11:00:00Z"}})),
      "Expected `int`, got `str`"),
     (raw_of(document(app="other")), "is for app 'other', not 'hello'"),
+    (raw_of(document(app="aaa")), "is for app 'aaa', not 'hello'"),
     (raw_of(document(releases={"../x": {"share": 5, "since": "2026-12-07T11:00:00Z"}})),
      "names a version '../x' that is not a safe name"),
     (raw_of(document(releases={"1.1.0": {"share": 101, "since": "2026-12-07T11:00:00Z"}})),
@@ -95,6 +97,10 @@ def test_the_replay_mark_holds_for_the_same_keys_and_restarts_with_new_ones() ->
         verify(raw_of(document(serial=4)), mark=mark)
     with pytest.raises(FeedError, match="serial 5 was seen before with different content"):
         verify(raw_of(document(serial=5, releases={})), mark=mark)
+    # the mark of other keys binds nothing, whichever way their fingerprints sort
+    for other_keys in ("0" * 64, "f" * 64):
+        foreign = RolloutMark(keys=other_keys, serial=99, digest="x")
+        assert verify(raw_of(document(serial=5)), mark=foreign).doc.serial == 5
     # a new rollout key: the mark of the old keys does not bind it
     lower = raw_of(document(serial=1))
     accepted = verify(lower, signed(lower, OTHER), keys=[OTHER.public], mark=mark)
@@ -129,6 +135,10 @@ def test_only_rollout_key_entries_with_their_prefix_name_a_key() -> None:
     assert rollout.keys_of(_release(unprefixed, other_platform, garbled)) == []
     assert rollout.is_guarded(_release(garbled))  # meant to be guarded: held, never widened
     assert not rollout.is_guarded(_release(other_platform))
+    after = Artifact(platform="zos-s390x", url=good.url, size=0, sha256=good.sha256)
+    assert rollout.keys_of(_release(after)) == []  # a platform sorting after it is a platform
+    assert not rollout.is_guarded(_release(after))
+    assert good.size == 0  # a marker holds no bytes
 
 
 def test_a_halt_or_a_recall_given_no_reason_says_so_plainly() -> None:
@@ -150,6 +160,11 @@ def test_a_halt_or_a_recall_given_no_reason_says_so_plainly() -> None:
     other = rollout.govern(release, governed_doc(), OTHER.public.to_base64(), None)
     assert other.share == 0 and "has not started" in (other.held or "")
     missing = rollout.govern(release, None, None, "rollout.json is missing")
+    assert missing.share == 0 and rollout.govern(release, None, None, None).share == 0
+    with pytest.raises(dataclasses.FrozenInstanceError):  # a verdict is not changed later
+        missing.share = 100  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        verify(raw_of(document())).doc = None  # type: ignore[misc]
     assert missing.held == "guarded by a rollout key, and rollout.json is missing; no new host " \
                            "takes it"
 
