@@ -473,3 +473,27 @@ def test_feed_list_shows_releases_in_version_order(feed: Feed, tmp_path: Path) -
         feed.release(version)
     listed = json.loads(run_updaterd("feed", "list", "--feed", feed.folder, "--json").stdout)
     assert [r["version"] for r in listed["releases"]] == ["1.9.0", "1.10.0-rc.1", "1.10.0"]
+
+
+def test_prune_keeps_what_hosts_went_back_to_from_a_recalled_or_halted_release(
+        feed: Feed, tmp_path: Path) -> None:
+    """A guarded release recalled (or halted, or short of 100%) reaches no host, or not all:
+    the release before it stays in the feed until one kept reaches every host. `feed prune
+    --keep 1` counted the recalled release as the one to keep and dropped 1.1.0."""
+    from updaterd.release import controller
+    from updaterd.trust import minisign
+
+    key = minisign.SecretKey.generate()
+    pub = tmp_path / "rollout.pub"
+    pub.write_text(key.public.to_file())
+    dist = tmp_path / "dist"
+    for version, extra in (("1.0.0", []), ("1.1.0", []), ("1.2.0", ["--rollout-key", str(pub)])):
+        assert _publish(feed, version, _ci_build(dist, version), *extra).returncode == 0
+    for state, share in (("recalled", 100), ("halted", 100), ("active", 40)):
+        controller.set_state(feed.folder, key, "1.2.0", state, "", share=share)
+        r = run_updaterd("feed", "prune", "--feed", feed.folder, "--key", feed.key, "--keep",
+                         "1", "--dry-run")
+        assert r.returncode == 0 and "would have: pruned 1.0.0;" in r.stdout, (state, r.stdout)
+    controller.set_state(feed.folder, key, "1.2.0", "active", "", share=100)
+    r = run_updaterd("feed", "prune", "--feed", feed.folder, "--key", feed.key, "--keep", "1")
+    assert r.returncode == 0 and "pruned 1.1.0, 1.0.0;" in r.stdout, r.stdout + r.stderr

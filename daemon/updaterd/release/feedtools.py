@@ -22,7 +22,7 @@ from updaterd.release import feedfolder, publish
 from updaterd.sources import keys
 from updaterd.sources.keys import KeySet
 from updaterd.trust import feed, rollout, yank
-from updaterd.trust.feed import Manifest, Release
+from updaterd.trust.feed import Manifest, Release, RolloutDoc
 
 _NO_FEED = "{path}: no feed here (`updaterd publish` creates one)"
 
@@ -153,13 +153,14 @@ def prune(*, feed_dir: Path, key_path: Sequence[Path], keep: int,
     if keep < 1:
         raise FeedError("--keep must be 1 or more")
     gone: list[Release] = []
+    steered = _rollout_as_written(feed_dir)
 
     def change(m: Manifest) -> str:
         by_channel: dict[str, list[Release]] = {}
         for r in m.releases:
             by_channel.setdefault(r.channel, []).append(r)
         for releases in by_channel.values():
-            gone.extend(_beyond_keep(_newest_first(releases), keep))
+            gone.extend(_beyond_keep(_newest_first(releases), keep, steered))
         m.releases = [r for r in m.releases if r not in gone]
         return f"pruned {', '.join(r.version for r in gone)}" if gone else ""
 
@@ -176,13 +177,36 @@ def prune(*, feed_dir: Path, key_path: Sequence[Path], keep: int,
     return done
 
 
-def _beyond_keep(newest_first: list[Release], keep: int) -> list[Release]:
+def _rollout_as_written(feed_dir: Path) -> RolloutDoc | None:
+    """rollout.json as the folder holds it, to keep more releases, never fewer: unverified, and
+    None when it cannot be read."""
+    try:
+        raw = feedfolder.read(feed_dir, rollout.DOCUMENT, rollout.MAX_DOCUMENT)
+        return msgspec.json.decode(raw, type=RolloutDoc) if raw is not None else None
+    except (FeedError, msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
+def _reaches_every_host(release: Release, steered: RolloutDoc | None) -> bool:
+    """Offered to every host: at 100%, not yanked, and when guarded, active at 100% in
+    rollout.json (a halted, recalled or partly rolled-out release leaves hosts behind)."""
+    if release.rollout < 100 or yank.reason(release) is not None:
+        return False
+    if not rollout.is_guarded(release):
+        return True
+    entry = steered.releases.get(release.version) if steered is not None else None
+    return entry is not None and entry.state == "active" and entry.share >= 100
+
+
+def _beyond_keep(newest_first: list[Release], keep: int,
+                 steered: RolloutDoc | None = None) -> list[Release]:
     """The releases past the newest `keep`, less those a rollout still holds hosts back to:
-    while the oldest kept release is not offered to every host (a partial rollout, a yank),
-    the hosts it leaves out run an older one, which stays until one kept reaches them all."""
+    while the oldest kept release is not offered to every host (a partial rollout, a yank, a
+    guarded release halted, recalled or short of 100%), the hosts it leaves out run an older
+    one, which stays until one kept reaches them all."""
     kept = newest_first[:keep]
     rest = newest_first[keep:]
-    while rest and (kept[-1].rollout < 100 or yank.reason(kept[-1]) is not None):
+    while rest and not _reaches_every_host(kept[-1], steered):
         kept.append(rest.pop(0))
     return rest
 
