@@ -424,6 +424,7 @@ def test_valid_blocks_keeps_every_block_wherever_it_stands_and_nothing_else() ->
     assert ms.valid_blocks(b"stray\n" + one) == one  # one line before it
     assert ms.valid_blocks(b"a\nb\nc\n" + one + b"d\n" + two) == one + two
     assert ms.valid_blocks(one + two) == one + two
+    assert ms.valid_blocks(one + b"a\nb\nc\n") == one  # three lines left: no block in them
     assert ms.valid_blocks(b"") == b"" and ms.valid_blocks(one[:-20]) == b""
     many = ms.valid_blocks(one * (ms.MAX_SIGNATURES + 3))
     assert many == one * ms.MAX_SIGNATURES
