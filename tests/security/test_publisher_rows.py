@@ -184,7 +184,8 @@ class _Nonsense(BaseHTTPRequestHandler):
 @pytest.fixture
 def nonsense() -> Iterator[tuple[str, list[bytes]]]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Nonsense)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02},
+                              daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}", _Nonsense.bodies
