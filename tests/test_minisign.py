@@ -425,6 +425,8 @@ def test_valid_blocks_keeps_every_block_wherever_it_stands_and_nothing_else() ->
     assert ms.valid_blocks(b"a\nb\nc\n" + one + b"d\n" + two) == one + two
     assert ms.valid_blocks(one + two) == one + two
     assert ms.valid_blocks(one + b"a\nb\nc\n") == one  # three lines left: no block in them
+    cut = b"".join(line + b"\n" for line in two.splitlines()[:3])  # a block without its end
+    assert ms.valid_blocks(one + cut) == one
     assert ms.valid_blocks(b"") == b"" and ms.valid_blocks(one[:-20]) == b""
     many = ms.valid_blocks(one * (ms.MAX_SIGNATURES + 3))
     assert many == one * ms.MAX_SIGNATURES
