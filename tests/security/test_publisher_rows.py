@@ -139,7 +139,7 @@ def stop_after(clock: Clock, seconds: float) -> None:
 def test_j176_a_place_outside_0_99_or_a_bad_count_never_widens(
         guarded: tuple[Feed, minisign.SecretKey, Path]) -> None:
     feed, key, _ = guarded
-    for places in ([4, 150, 9], [4, -1], [4, 7.5], [4, float("inf")]):
+    for places in ([4, 150, 9], [4, 100], [4, -1], [4, 7.5], [4, float("inf")]):
         fleet, clock, said = Fleet(places=places), Clock(), []  # type: ignore[arg-type]
         stop_after(clock, 30)
         with pytest.raises(Enough):
@@ -268,3 +268,45 @@ def test_a_plan_with_a_share_written_as_text_is_refused(tmp_path: Path) -> None:
                          '[[gate]]\nname = "g"\nquery = "up"\nmax = 0\n')
     with pytest.raises(FeedError, match="Expected `int`, got `str`"):
         controller.load_plan(plan_file)
+
+
+@pytest.mark.parametrize("data,said", [
+    ({"resultType": "matrix", "result": [{"metric": {}, "values": [[1, "1"]]}]},
+     "the query returns a matrix, not an instant vector"),
+    ({"resultType": "zeta", "result": []}, "the query returns a zeta, not an instant vector"),
+])
+def test_j176_an_answer_that_is_not_an_instant_vector_is_named(
+        nonsense: tuple[str, list[bytes]], data: dict[str, object], said: str) -> None:
+    url, bodies = nonsense
+    bodies.append(json.dumps({"status": "success", "data": data}).encode())
+    with pytest.raises(NoVerdict) as e:
+        Prometheus(url).query("up")
+    assert str(e.value) == said
+
+
+def test_j176_an_answer_that_is_not_json_and_a_long_error_are_no_verdict_in_bounds(
+        nonsense: tuple[str, list[bytes]]) -> None:
+    url, bodies = nonsense
+    bodies.append(b"<html>a proxy's error page</html>")
+    with pytest.raises(NoVerdict, match=f"Prometheus at {url} cannot be asked"):
+        Prometheus(url).query("up")
+    bodies.append(json.dumps({"status": "success", "data": {"resultType": "vector", "result": [
+        {"metric": {}, "value": [1, "x" * 500]}]}}).encode())
+    with pytest.raises(NoVerdict) as e:
+        Prometheus(url).query("up")
+    quoted = str(e.value).split("(ValueError: ", 1)[1].split("); nothing is judged", 1)[0]
+    assert len(quoted) == 200 and quoted.startswith("could not convert string to float")
+
+
+def test_j178_a_yanked_release_is_halted_and_recalled_but_never_resumed(
+        guarded: tuple[Feed, minisign.SecretKey, Path]) -> None:
+    feed, key, _ = guarded
+    controller.set_state(feed.folder, key, "1.1.0", "active", "", share=50)
+    r = run_updaterd("feed", "yank", "1.1.0", "--why", "bad", "--feed", feed.folder, "--key",
+                     feed.key)
+    assert r.returncode == 0, r.stderr
+    for state in ("halted", "recalled"):
+        said = controller.set_state(feed.folder, key, "1.1.0", state, "bad")  # type: ignore
+        assert said == f"1.1.0: {state} at 50% (yanked too: bad): bad"
+    with pytest.raises(FeedError, match="is yanked \\(bad\\): no rollout widens it"):
+        controller.set_state(feed.folder, key, "1.1.0", "active", "")
