@@ -26,7 +26,7 @@ import trio
 
 from tests.servers.nginx import running_nginx
 from updaterd import fsutil
-from updaterd.trust import archive, digests
+from updaterd.trust import archive, digests, treehash
 
 BIN = Path(sys.executable).parent
 HERE = Path(__file__).resolve().parent
@@ -219,6 +219,25 @@ def bench_install(tmp: Path, size: int, small_files: int, runs: int) -> list[Row
     for art in arts.values():
         art.unlink()
     return rows
+
+
+# -- 3b. re-hash a kept release (`updaterd verify`, a rollback's check, a release's record) ----
+
+def bench_rehash(tmp: Path, size: int, small_files: int, runs: int) -> list[Row]:
+    """treehash.scan, which walks by descriptor (fdtree: an O_PATH open and a fstat per entry),
+    beside b3sum over the same files."""
+    root = tmp / "rehash" / "app"
+    release_tree(root, size, small_files)
+    files = tmp / "rehash" / "files"
+    sh("sh", "-c", f"cd {root} && find . -type f > {files}")
+
+    def theirs() -> None:
+        sh("sh", "-c", f"cd {root} && xargs -a {files} -d '\\n' b3sum > /dev/null")
+
+    mine, other = paired_times(lambda: treehash.scan(root), theirs, runs)
+    shutil.rmtree(tmp / "rehash")
+    return [Row("re-hash", f"a release ({size // MIB} MiB, {small_files} small files)", mine,
+                "find; b3sum", other)]
 
 
 # -- 4. a whole update, and 7b. its peak memory ------------------------------------------------
@@ -773,6 +792,7 @@ def main() -> None:
                 ("download", lambda: bench_download(tmp, dl_size, runs)),
                 ("verify", lambda: bench_verify(tmp, dl_size, runs)),
                 ("install", lambda: bench_install(tmp, inst_size, small, runs)),
+                ("re-hash", lambda: bench_rehash(tmp, inst_size, small, runs)),
                 ("update", lambda: bench_whole_update(tmp, inst_size, small, runs,
                                                       (128 if quick else 4096) * MIB)),
                 ("switch", lambda: bench_switch(tmp, runs)),
