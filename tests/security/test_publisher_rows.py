@@ -244,9 +244,10 @@ class Counts:
 def test_j176_counts_are_bounded_to_a_number_of_hosts() -> None:
     big = controller.MAX_FLEET
     assert big == 10_000_000
-    counted = controller.fleet(Counts(0, big, big, [5.0]), "hello", "1.1.0", 0.0)  # type: ignore
+    counted = controller.fleet(Counts(0, big, big, [5.0, float("nan"), 0.0, 99.0]),  # type: ignore
+                               "hello", "1.1.0", 0.0)
     assert (counted.on_release, counted.hosts, counted.checked, counted.places) == \
-        (0, big, big, [5])
+        (0, big, big, [5, 0, 99])  # a host with no place yet (NaN) is passed over
     for bad in (big + 1, -1.0, 2.5, float("nan"), float("inf")):
         with pytest.raises(NoVerdict, match="not a number of hosts"):
             controller.fleet(Counts(0, bad, 1, []), "hello", "1.1.0", 0.0)  # type: ignore
@@ -257,6 +258,9 @@ def test_j176_more_hosts_checked_in_than_listed_is_no_reason_to_wait() -> None:
     checked in, so the share is chosen."""
     fleet = controller.Fleet(on_release=0, places=[10, 50, 90], hosts=3, checked=5)
     assert fleet.share_for(2, settled=False) == 51
+    one_more = controller.Fleet(on_release=2, places=[30, 70], hosts=4, checked=4)
+    assert one_more.share_for(3, settled=False) == 31  # one host more: the first place
+    assert one_more.share_for(2, settled=False) == 1  # enough on it already
     with pytest.raises(NoVerdict, match="2 of 3 hosts checked the feed"):
         controller.Fleet(on_release=0, places=[10, 50], hosts=3, checked=2).share_for(
             2, settled=False)
@@ -310,3 +314,42 @@ def test_j178_a_yanked_release_is_halted_and_recalled_but_never_resumed(
         assert said == f"1.1.0: {state} at 50% (yanked too: bad): bad"
     with pytest.raises(FeedError, match="is yanked \\(bad\\): no rollout widens it"):
         controller.set_state(feed.folder, key, "1.1.0", "active", "")
+
+
+class _Status(BaseHTTPRequestHandler):
+    """Prometheus refusing a query: a status and an error body, as given."""
+
+    answers: ClassVar[list[tuple[int, bytes]]] = []
+
+    def do_GET(self) -> None:
+        status, body = self.answers.pop(0)
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        return None
+
+
+def test_j176_a_refused_query_says_why_in_at_most_300_characters() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Status)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02},
+                     daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        _Status.answers += [
+            (400, json.dumps({"status": "error", "error": "parse error at char 3"}).encode()),
+            (200, json.dumps({"status": "error", "error": "e" * 500}).encode()),
+            (503, b"x" * 500)]
+        with pytest.raises(NoVerdict) as e:
+            Prometheus(url).query("up(")
+        assert str(e.value) == "Prometheus refused the query (400): parse error at char 3"
+        with pytest.raises(NoVerdict) as e:
+            Prometheus(url).query("up")
+        assert str(e.value) == "Prometheus refused the query (200): " + "e" * 300
+        with pytest.raises(NoVerdict, match=f"Prometheus at {url} cannot be asked"):
+            Prometheus(url).query("up")  # not JSON at all
+    finally:
+        server.shutdown()
