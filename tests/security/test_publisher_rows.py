@@ -261,6 +261,8 @@ def test_j176_more_hosts_checked_in_than_listed_is_no_reason_to_wait() -> None:
     one_more = controller.Fleet(on_release=2, places=[30, 70], hosts=4, checked=4)
     assert one_more.share_for(3, settled=False) == 31  # one host more: the first place
     assert one_more.share_for(2, settled=False) == 1  # enough on it already
+    last = controller.Fleet(on_release=0, places=[99], hosts=1, checked=1)
+    assert last.share_for(1, settled=False) == 100  # the last place takes all of it
     with pytest.raises(NoVerdict, match="2 of 3 hosts checked the feed"):
         controller.Fleet(on_release=0, places=[10, 50], hosts=3, checked=2).share_for(
             2, settled=False)
@@ -339,10 +341,13 @@ def test_j176_a_refused_query_says_why_in_at_most_300_characters() -> None:
                      daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}"
     try:
+        ok = {"status": "success", "data": {"resultType": "vector", "result": []}}
         _Status.answers += [
             (400, json.dumps({"status": "error", "error": "parse error at char 3"}).encode()),
             (200, json.dumps({"status": "error", "error": "e" * 500}).encode()),
-            (503, b"x" * 500)]
+            (503, b"x" * 500),
+            (203, json.dumps(ok).encode()),  # success said, but not a 200: not Prometheus's
+            (200, json.dumps({**ok, "status": "warnings"}).encode())]
         with pytest.raises(NoVerdict) as e:
             Prometheus(url).query("up(")
         assert str(e.value) == "Prometheus refused the query (400): parse error at char 3"
@@ -351,5 +356,30 @@ def test_j176_a_refused_query_says_why_in_at_most_300_characters() -> None:
         assert str(e.value) == "Prometheus refused the query (200): " + "e" * 300
         with pytest.raises(NoVerdict, match=f"Prometheus at {url} cannot be asked"):
             Prometheus(url).query("up")  # not JSON at all
+        for status in (203, 200):
+            with pytest.raises(NoVerdict, match=f"Prometheus refused the query \\({status}\\)"):
+                Prometheus(url).query("up")
     finally:
         server.shutdown()
+
+
+def test_a_plan_whose_steps_repeat_is_refused(tmp_path: Path) -> None:
+    plan_file = tmp_path / "plan.toml"
+    plan_file.write_text('version = "1.1.0"\nsteps = [5, 5, 100]\nsoak = "1m"\n'
+                         '[[gate]]\nname = "g"\nquery = "up"\nmax = 0\n')
+    with pytest.raises(FeedError, match="steps must grow, each larger than the one before"):
+        controller.load_plan(plan_file)
+
+
+def test_by_hand_what_is_said_and_signed_at_its_edges(
+        guarded: tuple[Feed, minisign.SecretKey, Path]) -> None:
+    """A halt before any step holds the release at 0%; a share equal to the manifest's is no
+    cap to speak of; a reason is kept to 500 characters, as hosts accept it."""
+    feed, key, _ = guarded
+    assert controller.set_state(feed.folder, key, "1.1.0", "halted", "") == \
+        "1.1.0: halted at 0%"
+    assert controller.set_state(feed.folder, key, "1.1.0", "active", "", share=100) == \
+        "1.1.0: active at 100%"
+    controller.set_state(feed.folder, key, "1.1.0", "halted", "w" * 600)
+    doc = controller.read(feed.folder)
+    assert doc is not None and doc.releases["1.1.0"].why == "w" * 500
