@@ -1,6 +1,7 @@
 """Trees another user can write (an app's old releases, its `shared/` data), acted on by
 descriptor only: the one place where root walks, copies or removes them (catalogue rows
-168-170; `tests/test_fdtree.py` fails on such an operation by path anywhere else).
+168-170; `tests/security/test_tree_rows.py` fails on such an operation by path anywhere
+else).
 
 A path names whatever is there when it is resolved; the app can swap a folder for a link
 between two calls, and root then acts on the host. So every folder is opened with
@@ -36,19 +37,18 @@ class TreeError(UnsafePath):
     """An operation inside a tree another user can write that could not be done safely."""
 
 
-def _owner(fd_or_none: int | None, shown: str) -> str:
-    if fd_or_none is None:
-        return ""
-    with contextlib.suppress(OSError):
-        return f" (owned by uid {os.fstat(fd_or_none).st_uid})"
+def _owner(fd: int | None) -> str:
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            return f" (owned by uid {os.fstat(fd).st_uid})"
     return ""
 
 
 def _fail(shown: str, e: OSError, what: str, fd: int | None = None) -> TreeError:
     why = "it is a link or not a folder" if e.errno in (errno.ELOOP, errno.ENOTDIR) \
         else (e.strerror or str(e))
-    return TreeError(f"cannot {what} {shown}: {why}{_owner(fd, shown)}; refusing to act "
-                     "on it by name")
+    return TreeError(f"cannot {what} {shown}: {why}{_owner(fd)}; refusing to act on it by "
+                     "name")
 
 
 @contextlib.contextmanager
