@@ -17,7 +17,6 @@ descriptor and never through a link, and the seed is copied by `fdtree` (rows 16
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
 from collections.abc import Iterable
@@ -52,7 +51,7 @@ def link_into(root: Path, prefix: Path, version: str, paths: Iterable[str],
                                    prefix / "releases" / version / Path(path).parent)
             os.symlink(link, name, dir_fd=staged)
             os.fsync(staged)
-        for entry in [n for n in entries if n == path or n.startswith(path + "/")]:
+        for entry in [n for n in entries if under(n, (path,))]:
             removed[entry] = entries.pop(entry)
         for folder in created:
             entries[folder] = f"d:{stat.S_IMODE(os.lstat(root / folder).st_mode):o}"
@@ -70,16 +69,8 @@ def _seed(shared: int, staged: int, name: str, path: str, running: Path | None) 
     """The first content of `shared/PATH`: the running release's copy (what the app wrote
     before the path was shared: copied, so the running app keeps it until its restart), else
     the new release's (moved), else an empty folder."""
-    before = _running_folder(running, Path(path).parent.parts)
-    with fdtree.opened(before) if before is not None else contextlib.nullcontext():
-        if before is not None and fdtree.kind(before, name) not in (None, stat.S_IFLNK):
-            temp = fsutil.temp_name(Path(name)).name
-            assert running is not None
-            if fdtree.copy_entry(before, name, shared, temp, str(running / path)):
-                fsutil.sync_filesystem(shared, path)  # on disk before any release links it
-                os.rename(temp, name, src_dir_fd=shared, dst_dir_fd=shared)
-                os.fsync(shared)
-                return
+    if running is not None and _copy_from_running(shared, name, path, running):
+        return
     if fdtree.kind(staged, name) not in (None, stat.S_IFLNK):
         os.rename(name, name, src_dir_fd=staged, dst_dir_fd=shared)  # the first release
     else:                                                            # that ships it seeds it
@@ -87,15 +78,23 @@ def _seed(shared: int, staged: int, name: str, path: str, running: Path | None) 
     os.fsync(shared)
 
 
-def _running_folder(running: Path | None, parents: tuple[str, ...]) -> int | None:
-    """A descriptor of the folder in the running release that holds the path, when that is a
-    chain of real folders (no link on the way)."""
-    if running is None:
-        return None
+def _copy_from_running(shared: int, name: str, path: str, running: Path) -> bool:
+    """Copy the running release's own `path` into `shared/` (under a private name, then one
+    rename), when it has one under a chain of real folders and it is no link; whether it
+    did."""
     try:
-        return fdtree.open_folder(running, *parents)
+        before = fdtree.open_folder(running, *Path(path).parent.parts)
     except (FileNotFoundError, fdtree.TreeError):
-        return None
+        return False
+    temp = fsutil.temp_name(Path(name)).name
+    with fdtree.opened(before):
+        if fdtree.kind(before, name) in (None, stat.S_IFLNK) or \
+                not fdtree.copy_entry(before, name, shared, temp, str(running / path)):
+            return False
+    fsutil.sync_filesystem(shared, path)  # on disk before any release links it
+    os.rename(temp, name, src_dir_fd=shared, dst_dir_fd=shared)
+    os.fsync(shared)
+    return True
 
 
 def _real_folders(base: Path, created: list[str], *parts: str) -> int:
