@@ -47,7 +47,17 @@ Entry = Annotated[str, Meta(max_length=8192)]
 
 
 class DeltaError(UpdaterError):
-    """A delta cannot be used; the full artifact is fetched instead."""
+    """A delta cannot be used; the full artifact is fetched instead. `reason`: why, in the
+    one word the fallback metric counts (reports.FALLBACK_REASONS)."""
+
+    reason = "mismatch"
+
+
+class SharedPathRead(DeltaError):
+    """The pack needs what the release shipped at a shared path: the host keeps the app's data
+    there now."""
+
+    reason = "shared"
 
 
 class Pack(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -216,7 +226,7 @@ def plan(desc: Descriptor, pack: Pack, base_record: treehash.TreeRecord,
     base = treehash.as_published(base_record)
     for name, b3 in pack.reference:
         if shared_paths.under(name, shared):
-            raise DeltaError(f"the pack reads {name}, which this host keeps in shared/")
+            raise SharedPathRead(f"the pack reads {name}, which this host keeps in shared/")
         if _content(base.get(name, "")) != b3:
             raise DeltaError(f"{pack.base} as installed does not have {name} as the pack "
                              "expects")

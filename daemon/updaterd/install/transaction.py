@@ -141,7 +141,8 @@ async def _stage_from_delta(run: AppRun, source: Source, release: Release,
     if described is None or not records or described.size > delta.MAX_DESCRIPTOR or \
             described.size >= artifact.size:  # the description alone costs more than it saves
         return None
-    unseeded = [p for p in layout.shared if not os.path.lexists(layout.prefix / "shared" / p)]
+    unseeded = [p for p in layout.shared
+                if not os.path.lexists(layout.prefix / shared_paths.FOLDER / p)]
     if unseeded:  # a first seed may come from the release's own copy: only the archive has it
         _delta_given_up(run, release, "shared", f"shared path {unseeded[0]} is not seeded yet")
         return None
@@ -166,8 +167,7 @@ async def _stage_from_delta(run: AppRun, source: Source, release: Release,
                                                    layout.shared)))
             except delta.DeltaError as e:  # known before the pack is downloaded
                 log.info("%s: no delta from %s: %s", run.name, candidate.base, e)
-                refused.append(("shared" if "keeps in shared/" in str(e) else "mismatch",
-                                f"from {candidate.base}: {e}"))
+                refused.append((e.reason, f"from {candidate.base}: {e}"))
         if not fits:
             reason, why = refused[0] if refused else \
                 ("no-base", "no pack from a release kept here")
