@@ -88,15 +88,7 @@ def load_plan(path: Path) -> Plan:
 def read(feed_dir: Path) -> RolloutDoc | None:
     """rollout.json as the folder holds it, for `rollout status` (shown, never signed again:
     what is signed again is read by `read_verified`)."""
-    path = feed_dir / rollout.DOCUMENT
-    raw = feedfolder.read(feed_dir, rollout.DOCUMENT, rollout.MAX_DOCUMENT)
-    if raw is None:
-        return None
-    try:
-        return msgspec.json.decode(raw, type=RolloutDoc)
-    except (msgspec.DecodeError, msgspec.ValidationError) as e:
-        raise FeedError(f"{path} cannot be read ({e}): restore the copy the controller "
-                        "signed") from None
+    return feedtools.rollout_as_written(feed_dir)
 
 
 def read_verified(feed_dir: Path, manifest: Manifest,

@@ -153,7 +153,7 @@ def prune(*, feed_dir: Path, key_path: Sequence[Path], keep: int,
     if keep < 1:
         raise FeedError("--keep must be 1 or more")
     gone: list[Release] = []
-    steered = _rollout_as_written(feed_dir)
+    steered = _rollout_for_prune(feed_dir)
 
     def change(m: Manifest) -> str:
         by_channel: dict[str, list[Release]] = {}
@@ -177,13 +177,27 @@ def prune(*, feed_dir: Path, key_path: Sequence[Path], keep: int,
     return done
 
 
-def _rollout_as_written(feed_dir: Path) -> RolloutDoc | None:
-    """rollout.json as the folder holds it, to keep more releases, never fewer: unverified, and
-    None when it cannot be read."""
+def rollout_as_written(feed_dir: Path) -> RolloutDoc | None:
+    """rollout.json as the folder holds it, unverified: for what is shown (`rollout status`)
+    and what can only keep more (prune), never for what is signed again. None when there is
+    none; FeedError when it cannot be read."""
+    path = feed_dir / rollout.DOCUMENT
+    raw = feedfolder.read(feed_dir, rollout.DOCUMENT, rollout.MAX_DOCUMENT)
+    if raw is None:
+        return None
     try:
-        raw = feedfolder.read(feed_dir, rollout.DOCUMENT, rollout.MAX_DOCUMENT)
-        return msgspec.json.decode(raw, type=RolloutDoc) if raw is not None else None
-    except (FeedError, msgspec.DecodeError, msgspec.ValidationError):
+        return msgspec.json.decode(raw, type=RolloutDoc)
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        raise FeedError(f"{path} cannot be read ({e}): restore the copy the controller "
+                        "signed") from None
+
+
+def _rollout_for_prune(feed_dir: Path) -> RolloutDoc | None:
+    """rollout.json as written, or None when it cannot be read: prune then keeps by the
+    manifest alone."""
+    try:
+        return rollout_as_written(feed_dir)
+    except FeedError:
         return None
 
 
