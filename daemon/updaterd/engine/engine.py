@@ -406,22 +406,11 @@ class Engine:
         assert current is not None
         reason = f"recalled by its rollout: {recalls[current]}"
         listed = {r.version: r for r in trusted.manifest.releases}
-        refused: list[str] = []
-
-        def why_not(version: str) -> str | None:
-            release = listed.get(version)
-            why = ("recalled too" if version in recalls
-                   else "cannot be ordered" if not versions.orderable(version)
-                   else f"yanked ({yank.reason(release)})" if release is not None
-                   and yank.reason(release) is not None
-                   else "blocked here" if version in run.state.blocked
-                   else "skipped here" if version in run.state.skipped else None)
-            if why is not None:
-                refused.append(f"{version} is {why}")
-            return why
-
         candidates = [k for k in run.layout.kept() if k.version != current]
-        usable = [k for k in candidates if why_not(k.version) is None]
+        why_not = {k.version: self._not_to_go_back_to(k.version, recalls, listed, run.state)
+                   for k in candidates}
+        refused = [f"{v} is {why}" for v, why in why_not.items() if why is not None]
+        usable = [k for k in candidates if why_not[k.version] is None]
         # the newest version; of an in-place app's backups of it (newest first), the newest
         target = max(usable, key=lambda k: versions.key(k.version), default=None)
         if target is None:
@@ -449,6 +438,18 @@ class Engine:
         # as an update that rolled back says it: the version left, and the one it runs now
         return Updated(from_version=target.version, to_version=current, result="rolled_back",
                        reason=reason)
+
+    @staticmethod
+    def _not_to_go_back_to(version: str, recalls: dict[str, str], listed: dict[str, Release],
+                           st: state.AppState) -> str | None:
+        """Why a recall must not move a host onto the kept `version` (None: it may)."""
+        release = listed.get(version)
+        yanked = yank.reason(release) if release is not None else None
+        return ("recalled too" if version in recalls
+                else "cannot be ordered" if not versions.orderable(version)
+                else f"yanked ({yanked})" if yanked is not None
+                else "blocked here" if version in st.blocked
+                else "skipped here" if version in st.skipped else None)
 
     async def rollback(self, app: str, to: str | None = None) -> RolledBack:
         """Go back to the previous (or a named) kept version; the version left is skipped.
