@@ -1,8 +1,8 @@
 """Rows 171, 172 and 176: the publisher's commands held to the daemon's standards. They never
 read through a link or carry over bytes they did not parse, never sign again what does not
 verify, and the rollout controller bounds what Prometheus tells it. The real `updaterd`
-commands on real feed folders; Prometheus as a table of answers, and once as a real HTTP
-server that answers nonsense."""
+commands on real feed folders; Prometheus as a table of answers, and as a real HTTP server
+that answers what each test gives it."""
 
 from __future__ import annotations
 
@@ -166,12 +166,14 @@ def test_j176_a_raised_first_step_says_so_and_which_steps_it_skips(
                "25%, 50%))" in s for s in said), said
 
 
-class _Nonsense(BaseHTTPRequestHandler):
-    bodies: ClassVar[list[bytes]] = []
+class _Canned(BaseHTTPRequestHandler):
+    """A stand-in Prometheus answering each GET with the next (status, body) given."""
+
+    answers: ClassVar[list[tuple[int, bytes]]] = []
 
     def do_GET(self) -> None:
-        body = self.bodies.pop(0)
-        self.send_response(200)
+        status, body = self.answers.pop(0)
+        self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -182,15 +184,20 @@ class _Nonsense(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def nonsense() -> Iterator[tuple[str, list[bytes]]]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Nonsense)
+def canned() -> Iterator[tuple[str, list[tuple[int, bytes]]]]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Canned)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02},
                               daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", _Nonsense.bodies
+        yield f"http://127.0.0.1:{server.server_address[1]}", _Canned.answers
     finally:
         server.shutdown()
+        _Canned.answers.clear()
+
+
+def success(data: dict[str, object]) -> tuple[int, bytes]:
+    return 200, json.dumps({"status": "success", "data": data}).encode()
 
 
 @pytest.mark.parametrize("data", [
@@ -202,9 +209,9 @@ def nonsense() -> Iterator[tuple[str, list[bytes]]]:
     {"resultType": "vector", "result": {"a": 1}},
 ])
 def test_j176_a_malformed_sample_from_prometheus_is_no_verdict_never_a_traceback(
-        nonsense: tuple[str, list[bytes]], data: dict[str, object]) -> None:
-    url, bodies = nonsense
-    bodies.append(json.dumps({"status": "success", "data": data}).encode())
+        canned: tuple[str, list[tuple[int, bytes]]], data: dict[str, object]) -> None:
+    url, answers = canned
+    answers.append(success(data))
     with pytest.raises(NoVerdict, match=r"malformed|not an instant"):
         Prometheus(url).query("up")
 
@@ -216,11 +223,11 @@ def test_j176_a_malformed_sample_from_prometheus_is_no_verdict_never_a_traceback
     ({"resultType": "vector", "result": []}, []),
     ({"resultType": "scalar", "result": [1, "0.5"]}, [({}, 0.5)]),
 ])
-def test_j176_a_well_formed_answer_is_read(nonsense: tuple[str, list[bytes]],
+def test_j176_a_well_formed_answer_is_read(canned: tuple[str, list[tuple[int, bytes]]],
                                            data: dict[str, object],
                                            samples: list[tuple[dict[str, str], float]]) -> None:
-    url, bodies = nonsense
-    bodies.append(json.dumps({"status": "success", "data": data}).encode())
+    url, answers = canned
+    answers.append(success(data))
     got = Prometheus(url).query("up")
     assert [(labels, v) for labels, v in got if v == v] == samples  # NaN != NaN
 
@@ -282,22 +289,23 @@ def test_a_plan_with_a_share_written_as_text_is_refused(tmp_path: Path) -> None:
     ({"resultType": "zeta", "result": []}, "the query returns a zeta, not an instant vector"),
 ])
 def test_j176_an_answer_that_is_not_an_instant_vector_is_named(
-        nonsense: tuple[str, list[bytes]], data: dict[str, object], said: str) -> None:
-    url, bodies = nonsense
-    bodies.append(json.dumps({"status": "success", "data": data}).encode())
+        canned: tuple[str, list[tuple[int, bytes]]], data: dict[str, object],
+        said: str) -> None:
+    url, answers = canned
+    answers.append(success(data))
     with pytest.raises(NoVerdict) as e:
         Prometheus(url).query("up")
     assert str(e.value) == said
 
 
 def test_j176_an_answer_that_is_not_json_and_a_long_error_are_no_verdict_in_bounds(
-        nonsense: tuple[str, list[bytes]]) -> None:
-    url, bodies = nonsense
-    bodies.append(b"<html>a proxy's error page</html>")
+        canned: tuple[str, list[tuple[int, bytes]]]) -> None:
+    url, answers = canned
+    answers.append((200, b"<html>a proxy's error page</html>"))
     with pytest.raises(NoVerdict, match=f"Prometheus at {url} cannot be asked"):
         Prometheus(url).query("up")
-    bodies.append(json.dumps({"status": "success", "data": {"resultType": "vector", "result": [
-        {"metric": {}, "value": [1, "x" * 500]}]}}).encode())
+    answers.append(success({"resultType": "vector", "result": [
+        {"metric": {}, "value": [1, "x" * 500]}]}))
     with pytest.raises(NoVerdict) as e:
         Prometheus(url).query("up")
     quoted = str(e.value).split("(ValueError: ", 1)[1].split("); nothing is judged", 1)[0]
@@ -318,49 +326,27 @@ def test_j178_a_yanked_release_is_halted_and_recalled_but_never_resumed(
         controller.set_state(feed.folder, key, "1.1.0", "active", "")
 
 
-class _Status(BaseHTTPRequestHandler):
-    """Prometheus refusing a query: a status and an error body, as given."""
-
-    answers: ClassVar[list[tuple[int, bytes]]] = []
-
-    def do_GET(self) -> None:
-        status, body = self.answers.pop(0)
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        return None
-
-
-def test_j176_a_refused_query_says_why_in_at_most_300_characters() -> None:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Status)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02},
-                     daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
-        ok = {"status": "success", "data": {"resultType": "vector", "result": []}}
-        _Status.answers += [
-            (400, json.dumps({"status": "error", "error": "parse error at char 3"}).encode()),
-            (200, json.dumps({"status": "error", "error": "e" * 500}).encode()),
-            (503, b"x" * 500),
-            (203, json.dumps(ok).encode()),  # success said, but not a 200: not Prometheus's
-            (200, json.dumps({**ok, "status": "warnings"}).encode())]
-        with pytest.raises(NoVerdict) as e:
-            Prometheus(url).query("up(")
-        assert str(e.value) == "Prometheus refused the query (400): parse error at char 3"
-        with pytest.raises(NoVerdict) as e:
+def test_j176_a_refused_query_says_why_in_at_most_300_characters(
+        canned: tuple[str, list[tuple[int, bytes]]]) -> None:
+    url, answers = canned
+    ok = {"status": "success", "data": {"resultType": "vector", "result": []}}
+    answers += [
+        (400, json.dumps({"status": "error", "error": "parse error at char 3"}).encode()),
+        (200, json.dumps({"status": "error", "error": "e" * 500}).encode()),
+        (503, b"x" * 500),
+        (203, json.dumps(ok).encode()),  # success said, but not a 200: not Prometheus's
+        (200, json.dumps({**ok, "status": "warnings"}).encode())]
+    with pytest.raises(NoVerdict) as e:
+        Prometheus(url).query("up(")
+    assert str(e.value) == "Prometheus refused the query (400): parse error at char 3"
+    with pytest.raises(NoVerdict) as e:
+        Prometheus(url).query("up")
+    assert str(e.value) == "Prometheus refused the query (200): " + "e" * 300
+    with pytest.raises(NoVerdict, match=f"Prometheus at {url} cannot be asked"):
+        Prometheus(url).query("up")  # not JSON at all
+    for status in (203, 200):
+        with pytest.raises(NoVerdict, match=f"Prometheus refused the query \\({status}\\)"):
             Prometheus(url).query("up")
-        assert str(e.value) == "Prometheus refused the query (200): " + "e" * 300
-        with pytest.raises(NoVerdict, match=f"Prometheus at {url} cannot be asked"):
-            Prometheus(url).query("up")  # not JSON at all
-        for status in (203, 200):
-            with pytest.raises(NoVerdict, match=f"Prometheus refused the query \\({status}\\)"):
-                Prometheus(url).query("up")
-    finally:
-        server.shutdown()
 
 
 def test_a_plan_whose_steps_repeat_is_refused(tmp_path: Path) -> None:
