@@ -126,9 +126,12 @@ class Host:
         return write_config(self.config, self.daemon_table(), {"hello": table}, limits)
 
     def follow(self, nginx: Nginx, feed: Feed, **app: Any) -> Path:
-        """Configure the app to follow `feed` as served by nginx (checked hourly, no jitter)."""
+        """Configure the app to follow `feed` as served by nginx (checked hourly, no jitter,
+        no looks between checks unless the test asks: each test decides when a host sees a
+        change)."""
         app.setdefault("check_interval", "1h")
         app.setdefault("jitter", "0s")
+        app.setdefault("watch_interval", "0")
         app.setdefault("public_keys", [feed.pub])
         return self.configure(source="manifest",
                               url=nginx.url(f"{feed.folder.name}/manifest.json"),

@@ -67,6 +67,7 @@ class FeedSimulator:
     requests: Counter[str] = field(default_factory=Counter)
     documents: dict[str, bytes] = field(default_factory=dict)  # beside the manifest: keys.json
     documents_asked: Counter[str] = field(default_factory=Counter)
+    documents_not_modified: Counter[str] = field(default_factory=Counter)
     not_modified: int = 0  # manifest requests answered "not modified"
     raw: bytes = b""
     signature: bytes = b""
@@ -176,7 +177,11 @@ class SimulatedTransport:
             raise FeedError(f"{name}: not in the simulated feed")
         if len(body) > cap:
             raise FeedError(f"{name}: more than {cap} bytes")
-        return Document(body)
+        etag = '"' + hashlib.sha256(body).hexdigest()[:16] + '"'
+        if validators is not None and validators[0] == etag:
+            self.sim.documents_not_modified[name] += 1
+            return Document(not_modified=True, etag=etag)
+        return Document(body, etag=etag)
 
     def describe(self, name: str) -> str:
         return f"the simulator's {name}"

@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 DEFAULT_CONFIG = "/etc/updaterd/updaterd.toml"
 
 Duration = Annotated[str, Meta(pattern=DURATION_PATTERN)]
+WatchInterval = Annotated[str, Meta(pattern=r"^\s*0\s*$|" + DURATION_PATTERN)]
+MIN_WATCH_INTERVAL = 1.0  # seconds: a look more often is a mistake (a fleet's requests)
 Size = Annotated[str, Meta(pattern=SIZE_PATTERN)]
 Rate = Annotated[str, Meta(pattern=RATE_PATTERN)]
 AppName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
@@ -129,6 +131,8 @@ class AppConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     executable: str | None = None
     check_interval: Duration = "4h"
     jitter: Duration = "10m"
+    # signed feeds: between checks, a conditional look for recalls, yanks and halts ("0": off)
+    watch_interval: WatchInterval = "2m"
     auto_update: bool = True
     retain: Annotated[int, Meta(ge=0, le=100)] = 3
     pin: str | None = None
@@ -193,6 +197,14 @@ class Config(Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 S = TypeVar("S", bound=Struct)
+
+
+def watch_seconds(app: AppConfig) -> float | None:
+    """How often the app's feed is looked at between checks; None: never (`"0"`, or GitHub
+    Releases, which have no signed feed whose recalls and yanks a look could find)."""
+    if app.source == "github" or app.watch_interval.strip() == "0":
+        return None
+    return parse_duration(app.watch_interval)
 
 
 def host_platform() -> str:
@@ -289,6 +301,10 @@ def _validate_app(name: str, app: AppConfig, where: str, problems: list[str],
             parse_duration(getattr(app, key))
         except ValueError as e:
             bad(key, str(e))
+    if app.watch_interval.strip() != "0" and \
+            parse_duration(app.watch_interval) < MIN_WATCH_INTERVAL:
+        bad("watch_interval", f"{app.watch_interval!r} is under {MIN_WATCH_INTERVAL:g}s; "
+            "each look is a request from every host (\"0\": off)")
     for key in ("asset", "checksums"):
         pattern = getattr(app, key)
         if pattern is not None:

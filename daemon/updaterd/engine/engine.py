@@ -44,7 +44,7 @@ from updaterd.install.transaction import damage as transaction_damage
 from updaterd.net import tokens
 from updaterd.net.ratecap import TokenBucket
 from updaterd.reports import Checked, Event, RolledBack, Updated
-from updaterd.sources import Source, local_folder, make_source
+from updaterd.sources import Source, local_folder, make_source, watch
 from updaterd.sources.refresh import FeedSource, Transport
 from updaterd.trust import rollout, treehash, yank
 from updaterd.trust.feed import Artifact, Manifest, Release, TrustedFeed, is_marker
@@ -141,7 +141,9 @@ class Engine:
         return self._states[app]
 
     @asynccontextmanager
-    async def _source(self, run: AppRun) -> AsyncIterator[Source]:
+    async def _source(self, run: AppRun, quiet: bool = False) -> AsyncIterator[Source]:
+        """The app's source for one operation; `quiet`: its retries are not told as phases
+        (a look between checks is no operation)."""
         if self.transports is not None:
             yield FeedSource(run.name, run.cfg, self.config.limits,
                              self.transports(run.name, run.cfg), run.state_folder)
@@ -156,7 +158,10 @@ class Engine:
             caps.append(self.global_rate)
         fetcher = Fetcher(self.config.limits, allow_insecure=run.cfg.allow_insecure,
                           proxy=run.cfg.proxy, rate_caps=caps, ca_file=run.cfg.ca_file)
-        fetcher.on_retry = lambda text: run.phase(run.step, text)  # same phase, says why
+        if quiet:
+            fetcher.on_retry = lambda text: log.debug("%s: %s", run.name, text)
+        else:
+            fetcher.on_retry = lambda text: run.phase(run.step, text)  # same phase, says why
         try:
             yield make_source(run.name, run.cfg, self.config.limits, fetcher, run.state_folder)
         finally:
@@ -304,6 +309,18 @@ class Engine:
                 _, result = await self._refresh(run, source)
             op.succeeded("checked")
         return result
+
+    async def look(self, app: str, seen: watch.Seen) -> str | None:
+        """Between checks (`watch_interval`): why the feed must be checked now, or None. Costs
+        one or two conditional requests; records nothing, so it needs no lock; a feed that
+        cannot be reached is no news here (the scheduled check reports it)."""
+        run = self.open_app(app)
+        if run.state.serial is None:  # never checked: the first check is scheduled anyway
+            return None
+        async with self._source(run, quiet=True) as source:
+            if not isinstance(source, FeedSource):
+                return None
+            return await watch.changed(source.transport, run.state, self.config.limits, seen)
 
     async def prefetch(self, app: str) -> Checked:
         """Check, and download and verify the available version without installing it."""

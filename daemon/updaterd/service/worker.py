@@ -17,17 +17,19 @@ import trio
 
 from updaterctl.protocol import PAST_SWITCH, CancelResult, Phase, clock
 from updaterd import outcome
-from updaterd.config import AppConfig
+from updaterd.config import AppConfig, watch_seconds
 from updaterd.engine.gate import WaitingGate
 from updaterd.errors import Busy, CancelledByOperator, TakeOverFailed, UpdaterError
 from updaterd.reports import Checked, Event, RolledBack, Updated
 from updaterd.service.scheduler import Schedule
 from updaterd.service.view import Counters, DaemonView
+from updaterd.sources import watch
 from updaterd.state import AppState
 from updaterd.units import parse_duration
 
 log = logging.getLogger("updaterd")
 MAX_RESUMES = 3  # starts in a row that resume a cut operation at once
+OFF_RECHECK = 60.0  # seconds: how soon a reload that turns the watch on is seen
 
 
 class AppWorker:
@@ -48,6 +50,9 @@ class AppWorker:
         self.op_scope: trio.CancelScope | None = None  # the running operation, for `cancel`
         self.take_over = trio.Event()  # set: an update waiting for its window goes on now
         self.phase_version: str | None = None  # the version of the last phase with one
+        self.rng = rng
+        self.seen = watch.Seen()  # what the looks between checks remember
+        self.looking = False  # the operation under the lock is a look's check
 
     @contextlib.contextmanager
     def running(self) -> Iterator[trio.CancelScope]:
@@ -69,6 +74,9 @@ class AppWorker:
     async def exclusive(self) -> AsyncIterator[trio.CancelScope]:
         """An operation for a client: never waits behind another one (Busy at once, with the
         phase and since when), and runs in a scope `cancel` can reach."""
+        if self.lock.locked() and self.looking:  # a look's check: a second or so
+            async with self.lock:
+                pass
         if self.lock.locked():
             since = self.busy_since or time.time()
             raise Busy(f"{self.name} is busy: {self.phase} for {clock(time.time() - since)} "
@@ -213,7 +221,66 @@ class AppWorker:
                 except UpdaterError as e:
                     log.error("%s: recovery failed: %s", self.name, e)
                 self._resume_what_was_cut()
-            await self.schedule.run()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self.schedule.run)
+                nursery.start_soon(self._watch)
+
+    async def _watch(self) -> None:
+        """Look at the feed every `watch_interval` between checks (SPEC 3, row 180): a recall
+        moves the host back at once (through the usual gate: the scheduler's cycle), a yank
+        or a halt is recorded at once by a check, and a new release is taken at a check
+        drawn within `jitter`, so that publishing never starts a download herd. The first
+        look is drawn within one interval, so hosts started together do not look together."""
+        first = True
+        while True:
+            every = watch_seconds(self.config())
+            if every is None:  # off (or GitHub): see again after a reload
+                await trio.sleep(OFF_RECHECK)
+                continue
+            await trio.sleep(self.rng.uniform(0, every) if first else every)
+            first = False
+            if watch_seconds(self.config()) is not None:
+                await self.look()
+
+    async def look(self) -> None:
+        """One look, and what it calls for. Skipped while an operation runs (it fetches the
+        feed itself) or while the app is paused."""
+        st = self.state()
+        if self.lock.locked() or st.paused:
+            return
+        try:
+            why = await self.daemon.engine.look(self.name, self.seen)
+        except UpdaterError as e:  # the scheduled check reports a feed it cannot reach
+            log.debug("%s: a look at the feed failed: %s", self.name, e)
+            return
+        if why is None or self.lock.locked():
+            return
+        before = (self.phase, self.message, self.phase_version)
+        log.info("%s: %s since the last check; checking now", self.name, why)
+        was_available = st.available
+        try:
+            async with self.lock:
+                self.looking = True
+                try:
+                    with self.running():
+                        checked = await self.daemon.engine.check(self.name)
+                finally:
+                    self.looking = False
+        except UpdaterError:  # the operation has logged and recorded it
+            return
+        st = self.state()
+        if before[0] == "waiting_window" and st.available == before[2]:
+            self._phase("waiting_window", before[1], before[2])  # still waiting for it
+        if checked.current is not None and checked.current in st.recalled:
+            self.schedule.wake_in = 0.0  # the usual cycle moves it back (gate, inhibitors)
+            self.schedule.poke()
+        elif checked.available is not None and checked.available != was_available:
+            draw = self.rng.uniform(0, parse_duration(self.config().jitter))
+            log.info("%s: %s waits for a check in %s (jitter: a fleet does not download "
+                     "it all at once)", self.name, checked.available, clock(draw))
+            waking = self.schedule.wake_in
+            self.schedule.wake_in = draw if waking is None else min(waking, draw)
+            self.schedule.poke()
 
     def _resume_what_was_cut(self) -> None:
         """An operation the last run left in progress (a stop, a crash, a power cut) goes on
