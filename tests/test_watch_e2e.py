@@ -69,6 +69,21 @@ def test_j180_a_recall_reaches_a_host_in_seconds_whatever_its_check_interval(
     print(f"recall signed -> host on 1.0.0: {took:.2f} s (watch_interval {LOOK})")
 
 
+def test_j180_back_from_a_recall_a_host_takes_the_fix_within_its_jitter(
+        host: Host, nginx: Nginx, served_feed: Feed, daemon: Daemon) -> None:
+    """The on-call recalls 1.1.0 and publishes 1.1.1 at once; one look finds both. The host
+    goes back first (a recall never waits), then takes the fix at a check drawn within jitter;
+    it used to wait for the next check, hours away."""
+    _, key = on_1_1_0(host, nginx, served_feed, daemon, "3s")
+    host.follow(nginx, served_feed, check_interval="4h", jitter="2s", watch_interval="3s")
+    daemon.ctl("reload", check=True)
+    recall(served_feed, key, "1.1.0", "corrupts data")
+    served_feed.release("1.1.1")
+    daemon.wait_for(lambda: host.current() == "1.1.1", timeout=20, what="the fix")
+    text = daemon.log.read_text()
+    assert text.index("going back to 1.0.0") < text.index("installed 1.1.1 (was 1.0.0)")
+
+
 def test_j180_without_the_look_the_same_host_waits_for_its_check(
         host: Host, nginx: Nginx, served_feed: Feed, daemon: Daemon) -> None:
     """The control: `watch_interval = "0"`, and the recall waits for the check, hours away."""

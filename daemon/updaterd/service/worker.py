@@ -201,7 +201,13 @@ class AppWorker:
                     return None
                 window = engine.window(self.name)
                 if window.wait() <= 0:
+                    leaving = self.state().installed in self.state().recalled
                     await engine.update(self.name, gate=self.gate())
+                    st = self.state()
+                    if leaving and st.available not in (None, st.installed):
+                        # back from a recalled release, with the fix already published: it
+                        # is taken as a look's new release is, not at the next check
+                        return self._within_jitter(st.available)
                     return None
                 check = await engine.prefetch(self.name)
                 if check.available is None:
@@ -275,12 +281,18 @@ class AppWorker:
             self.schedule.wake_in = 0.0  # the usual cycle moves it back (gate, inhibitors)
             self.schedule.poke()
         elif checked.available is not None and checked.available != was_available:
-            draw = self.rng.uniform(0, parse_duration(self.config().jitter))
-            log.info("%s: %s waits for a check in %s (jitter: a fleet does not download "
-                     "it all at once)", self.name, checked.available, clock(draw))
+            draw = self._within_jitter(checked.available)
             waking = self.schedule.wake_in
             self.schedule.wake_in = draw if waking is None else min(waking, draw)
             self.schedule.poke()
+
+    def _within_jitter(self, version: str | None) -> float:
+        """When a release found between checks is taken: a check drawn within `jitter`, so
+        that a fleet does not download it all at once."""
+        draw = self.rng.uniform(0, parse_duration(self.config().jitter))
+        log.info("%s: %s waits for a check in %s (jitter: a fleet does not download it all "
+                 "at once)", self.name, version, clock(draw))
+        return draw
 
     def _resume_what_was_cut(self) -> None:
         """An operation the last run left in progress (a stop, a crash, a power cut) goes on
