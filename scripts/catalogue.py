@@ -26,9 +26,10 @@ NOTES = {
  105: "note: credentials are read at accept, before any request",
  106: "note: only SO_PEERCRED decides; `who` in inhibit is a label",
  108: "note: rollback --to PATH (issue 5) accepts only a path inside the app's backups folder",
- 177: "note: releases and in-place apps; a self update's recall and what status says "
-      "remain (issue 38)",
- 180: "todo: the 3 a.m. path (issue 38)",
+ 177: "note: releases, in-place and self-update apps, on the real daemon; with the watch "
+      "(row 180) at once",
+ 180: "note: on 60 real daemons at the default intervals by `make test-fleet` "
+      "(tests/fleet/test_three_am.py)",
  182: "todo: the transparency log (issue 42)",
  183: "todo: streaming installs (issue 41)",
  184: "todo: the 3 a.m. path (issue 38)",

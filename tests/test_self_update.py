@@ -65,17 +65,21 @@ class SelfHost:
         r = run_updaterd("self-install", "--prefix", self.prefix, "--python", self.python)
         assert r.returncode == 0, r.stderr
         pub, self.key = keygen(str(self.base / "feed-key"))
+        self.pub = pub.read_text().splitlines()[1]
         (self.base / "run").mkdir()
+        self.configure()
+
+    def configure(self, **app: Any) -> None:
         write_config(self.base / "updaterd.toml", {
             "socket": str(self.socket), "state_dir": str(self.base / "state"),
             "cache_dir": str(self.base / "cache"), "lock_file": str(self.base / "run" / "lock"),
         }, {"updaterd": {
             "source": "manifest", "url": f"file://{self.feed}/manifest.json",
-            "public_keys": [pub.read_text().splitlines()[1]], "prefix": str(self.prefix),
+            "public_keys": [self.pub], "prefix": str(self.prefix),
             "self": True, "auto_update": False, "health_timeout": "20s", "retain": 5,
             # as documented: the new release's own updaterctl reaches the new daemon on the
             # configured (here not the default) socket through UPDATERD_SOCKET
-            "health_check": ["bin/updaterctl", "status"],
+            "health_check": ["bin/updaterctl", "status"], **app,
         }})
 
     def build(self, version: str, patch: dict[str, tuple[str, str]] | None = None) -> Path:
@@ -312,6 +316,34 @@ def test_rollback_of_updaterd_re_executes_the_older_version(self_host: SelfHost)
     assert r.returncode == 0, r.stderr
     h.wait_for(lambda: h.settled_on("0.2.0"), "the move forward to 0.2.0")
     assert h.status()["daemon"]["pid"] == pid  # type: ignore[index]
+
+
+def test_j177_a_recall_of_updaterd_re_executes_the_release_it_ran_before(
+        self_host: SelfHost) -> None:
+    """The 3 a.m. path for updaterd itself: 0.2.0 (guarded, passing its checks) is recalled;
+    the next look finds it, and the daemon goes back to 0.1.0 by re-executing, blocks 0.2.0
+    and stays there."""
+    from updaterd.release import controller
+    from updaterd.trust import minisign
+
+    h = self_host
+    secret = minisign.SecretKey.generate()
+    h.configure(auto_update=True, watch_interval="1s", jitter="1h")
+    publish(feed_dir=h.feed, key_path=h.key, app="updaterd", version="0.2.0",
+            artifacts=[h.build("0.2.0")], rollout_keys=[secret.public.to_base64()])
+    controller.set_state(h.feed, secret, "0.2.0", "active", "", share=100)
+    h.start()
+    pid = h.status()["daemon"]["pid"]  # type: ignore[index]
+    assert _update(h, "0.2.0").returncode == 0
+    h.wait_for(lambda: h.settled_on("0.2.0"), "0.2.0")
+    controller.set_state(h.feed, secret, "0.2.0", "recalled", "corrupts data")
+    h.wait_for(lambda: h.settled_on("0.1.0"), "the recall back to 0.1.0")
+    assert h.status()["daemon"]["pid"] == pid  # type: ignore[index]
+    assert h.state()["blocked"] == ["0.2.0"] and h.state()["recall_blocked"] == ["0.2.0"]
+    assert "0.2.0 is recalled by its rollout: corrupts data; going back to 0.1.0" in \
+        h.log.read_text()
+    time.sleep(2)  # further looks: it stays
+    assert h.settled_on("0.1.0")
 
 
 def test_launcher_counts_starts_and_goes_back(tmp_path: Path, venv_python: Path) -> None:
