@@ -32,7 +32,6 @@ NOTES = {
       "(tests/fleet/test_three_am.py)",
  182: "todo: the transparency log (issue 42)",
  183: "todo: streaming installs (issue 41)",
- 184: "todo: the 3 a.m. path (issue 38)",
  129: "note: the prefix check of row 128 makes the race impossible; the release is checked "
       "again (owner and modes up to /) right before the health check",
 }

@@ -33,6 +33,7 @@ class Fleet:
     failures: float = 0.0
     down: bool = False
     asked: list[str] = field(default_factory=list)
+    identities: list[tuple[str, str]] = field(default_factory=list)  # (instance, id)
 
     def query(self, promql: str) -> list[tuple[dict[str, str], float]]:
         self.asked.append(promql)
@@ -44,6 +45,8 @@ class Fleet:
             return [({}, float(self.on_release + len(self.places)))]
         if promql.startswith("updaterd_rollout_place"):
             return [({}, float(p)) for p in self.places]
+        if promql == "updaterd_rollout_identity":
+            return [({"instance": i, "id": ident}, 1.0) for i, ident in self.identities]
         assert 'version="1.1.0"' in promql and 'app="hello"' in promql, promql
         return [({}, self.failures)]
 
@@ -461,3 +464,50 @@ def test_feed_guard_and_publish_rollout_key_name_the_key_and_say_so(tmp_path: Pa
            "allows" in r.stdout
     new = feedtools.load(feed.folder).release("1.1.0")
     assert new is not None and rollout.keys_of(new) == [key]
+
+
+def test_j184_hosts_sharing_a_machine_id_are_named_before_a_share_is_chosen(
+        guarded_feed: tuple[Feed, minisign.SecretKey]) -> None:
+    """Cloned images: three hosts report one rollout identity, two others another; the
+    controller names them at each share it signs (they draw one place and move together)."""
+    from updaterd import versions
+
+    feed, key = guarded_feed
+    same, other = versions.rollout_identity("cloned"), versions.rollout_identity("clone-2")
+    fleet, clock, said = Fleet(), Clock(), []
+    fleet.identities = [("h3:9137", same), ("h1:9137", same), ("h2:9137", same),
+                        ("h4:9137", other), ("h5:9137", other),
+                        ("h6:9137", versions.rollout_identity("own")), ("h7:9137", "")]
+    clock.on_sleep = lambda now: setattr(fleet, "on_release", 50)
+    start(feed, key, plan(), fleet, clock, said)
+    named = [s for s in said if "share a rollout identity" in s]
+    assert len(named) == 3  # once before each of the three shares it signed
+    assert all(s.startswith("1.1.0: 5 hosts share a rollout identity with another (")
+               for s in named), named[0]
+    assert "h1:9137, h2:9137, h3:9137" in named[0] and "h4:9137, h5:9137" in named[0]
+    assert "h6" not in named[0] and "h7" not in named[0]  # its own; no identity at all
+    assert "systemd-machine-id-setup" in named[0] and "[daemon] host_id" in named[0]
+    assert said.index(named[0]) < next(i for i, s in enumerate(said) if "share 10%" in s)
+
+
+def test_j184_no_clones_no_word(guarded_feed: tuple[Feed, minisign.SecretKey]) -> None:
+    feed, key = guarded_feed
+    from updaterd import versions
+
+    fleet, clock, said = Fleet(), Clock(), []
+    fleet.identities = [(f"h{i}:9137", versions.rollout_identity(f"host-{i}"))
+                        for i in range(50)]
+    clock.on_sleep = lambda now: setattr(fleet, "on_release", 50)
+    start(feed, key, plan(), fleet, clock, said)
+    assert not [s for s in said if "rollout identity" in s]
+    assert "updaterd_rollout_identity" in fleet.asked
+
+
+def test_j184_the_identity_is_a_digest_not_the_machine_id() -> None:
+    from updaterd import versions
+
+    machine_id = "0123456789abcdef0123456789abcdef"
+    ident = versions.rollout_identity(machine_id)
+    assert len(ident) == 16 and machine_id[:8] not in ident
+    assert ident == versions.rollout_identity(machine_id)
+    assert ident != versions.rollout_identity(machine_id[:-1] + "0")

@@ -95,6 +95,13 @@ def rollout_bucket(host_id: str, app: str, version: str) -> int:
     return int.from_bytes(digest[:8], "big") % 100
 
 
+def rollout_identity(host_id: str) -> str:
+    """What a host says of the identity its rollout places are drawn from, without saying it
+    (a machine id is not for the network): hosts with the same one are clones that draw the
+    same place in every rollout and move together (row 184)."""
+    return hashlib.sha256(f"updaterd rollout identity\0{host_id}".encode()).hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class Offer:
     """One release as the policy sees it."""

@@ -310,6 +310,19 @@ class Fleet:
     places: list[int]
     hosts: int = 0
     checked: int = 0
+    # hosts (Prometheus instances) that report one rollout identity: cloned machine ids
+    clones: tuple[tuple[str, ...], ...] = ()
+
+    def clones_said(self, version: str) -> str | None:
+        """The clones named, before a share is chosen (row 184), or None."""
+        if not self.clones:
+            return None
+        groups = "; ".join(", ".join(g) for g in self.clones)
+        n = sum(len(g) for g in self.clones)
+        return (f"{version}: {n} hosts share a rollout identity with another ({groups}): "
+                "cloned images with one /etc/machine-id draw the same place in every "
+                "rollout and move together. Give each its own (remove /etc/machine-id and run "
+                "`systemd-machine-id-setup`) or set [daemon] host_id")
 
     def share_for(self, hosts: int, settled: bool) -> int:
         """The smallest share that offers the release to `hosts` hosts in all. Until every
@@ -352,10 +365,20 @@ def fleet(prom: Prometheus, app: str, version: str, published: float) -> Fleet:
                             "outside 0-99 (a forged or broken sample); nothing widens on it")
         places.append(int(value))
     return Fleet(on_release=count(f'updaterd_app_info{{app="{app}",installed="{version}"}}'),
-                 places=places,
+                 places=places, clones=_clones(prom),
                  hosts=count(f'updaterd_app_info{{app="{app}"}}'),
                  checked=count(f'updaterd_last_check_timestamp_seconds{{app="{app}"}} > '
                                f'{published:.3f}'))
+
+
+def _clones(prom: Prometheus) -> tuple[tuple[str, ...], ...]:
+    """The hosts, by Prometheus instance, that report the same rollout identity."""
+    by_id: dict[str, list[str]] = {}
+    for labels, _value in prom.query("updaterd_rollout_identity"):
+        ident = labels.get("id")
+        if ident:
+            by_id.setdefault(ident, []).append(labels.get("instance", "?"))
+    return tuple(tuple(sorted(g)) for _i, g in sorted(by_id.items()) if len(g) > 1)
 
 
 # -- run ---------------------------------------------------------------------------------------
@@ -401,6 +424,8 @@ def run(feed_dir: Path, key: minisign.SecretKey, plan: Plan, prom: Prometheus,
     def widen(step: int, counted: Fleet, on_time: float | None = None) -> RolloutEntry:
         """Sign the next step. A step that follows a soak on time begins where the soak
         ended (the Prometheus round trips of this turn do not add up over the steps)."""
+        if (clones := counted.clones_said(plan.version)) is not None:
+            say(clones)
         share = max(plan.steps[step], counted.share_for(plan.min_hosts,
                                                         settled=clock() - published >= soak))
         began = on_time if on_time is not None and clock() - on_time < every else clock()

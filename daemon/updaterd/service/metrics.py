@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, get_args
 
 from updaterctl.protocol import Phase
+from updaterd import versions
 from updaterd.reports import FALLBACK_REASONS
 
 if TYPE_CHECKING:
@@ -43,11 +44,16 @@ def render(daemon: DaemonView) -> str:
          "(kept across restarts).", []),
         ("updaterd_last_switch_timestamp_seconds", "gauge",
          "When the app last changed version: an update committed or a rollback.", []),
+        ("updaterd_rollout_identity", "gauge",
+         "A digest of the identity this host's rollout places are drawn from (/etc/machine-id "
+         "or [daemon] host_id): hosts with the same one are clones that move together.", []),
         ("updaterd_rollout_place", "gauge",
          "This host's place (0-99) in the guarded rollout of each newer release: it takes "
          "the release once the rollout's share is above it.", []),
     ]
     rows = {name: lines for name, _t, _h, lines in families}
+    rows["updaterd_rollout_identity"].append(
+        f'{{id="{versions.rollout_identity(daemon.engine.host_id)}"}} 1')
     for name, w in daemon.workers.items():
         st = w.state()
         app = f'app="{_label(name)}"'
