@@ -592,6 +592,98 @@ def bench_fleet(tmp: Path, hosts: int, spread: float, steady: int = 10) -> list[
                 100 * nginx_cpu / elapsed, unit="%")]
 
 
+def bench_watch(tmp: Path, hosts: int, spread: float, looks: int = 10) -> list[Row]:
+    """`hosts` daemons look at one guarded feed between checks (`watch_interval`), each with
+    the daemon's own `watch.changed` over the real HTTP transport: the first look after a
+    start reads rollout.json whole, the `looks` after it are conditional. Nothing changes
+    meanwhile: this is what the watch costs the feed's server every hour of every day."""
+    import hashlib
+
+    from updaterd.config import AppConfig, Limits
+    from updaterd.net.fetcher import Fetcher
+    from updaterd.release import controller
+    from updaterd.release.publish import keygen, publish
+    from updaterd.sources import watch
+    from updaterd.sources.manifest import HttpTransport
+    from updaterd.state import AppState
+    from updaterd.trust import minisign
+    from updaterd.trust.feed import RolloutMark
+
+    work = tmp / "watch"
+    work.mkdir()
+    art = work / "app-1.0.0-linux-x86_64.tar.gz"
+    art.write_bytes(os.urandom(1024))
+    rollout_key = minisign.SecretKey.generate()
+    with running_nginx(work / "nginx") as nginx:
+        pub, key = keygen(str(work / "bench-key"), force=True)
+        folder = nginx.root / "feed"
+        publish(feed_dir=folder, key_path=key, app="app", version="1.0.0", artifacts=[art],
+                platform="linux-x86_64", rollout_keys=[rollout_key.public.to_base64()])
+        controller.set_state(folder, rollout_key, "1.0.0", "active", "", share=100)
+        url = nginx.url("feed/manifest.json")
+        manifest = (folder / "manifest.json").read_bytes()
+        rollout_doc = (folder / "rollout.json").read_bytes()
+        cfg = AppConfig(source="manifest", url=url, allow_insecure=True,
+                        public_keys=[pub.read_text().splitlines()[1]])
+        mark = len(nginx.requests())
+
+        async def fleet() -> tuple[float, int]:
+            import random
+
+            rng = random.Random(7)
+            limiter = trio.CapacityLimiter(256)  # sockets this one process may hold at once
+            fetchers = [Fetcher(Limits(), allow_insecure=True) for _ in range(32)]
+            first = await fetchers[0].fetch_small(url, max_bytes=1 << 20)
+            gap = spread / (looks + 1)
+            changed = 0
+
+            async def host(i: int) -> None:
+                nonlocal changed
+                transport = HttpTransport(cfg, fetchers[i % 32])
+                st = AppState(serial=1, etag=first.etag, last_modified=first.last_modified,
+                              manifest_digest=hashlib.sha256(manifest).hexdigest(),
+                              rollout_mark=RolloutMark(keys="k", serial=1, digest=hashlib
+                                                       .sha256(rollout_doc).hexdigest()))
+                seen = watch.Seen()
+                await trio.sleep(rng.uniform(0, gap))
+                for n in range(looks + 1):
+                    if n:
+                        await trio.sleep(rng.uniform(0.5 * gap, 1.5 * gap))
+                    async with limiter:
+                        changed += await watch.changed(transport, st, Limits(), seen) is not None
+
+            start = trio.current_time()
+            async with trio.open_nursery() as n:
+                for i in range(hosts):
+                    n.start_soon(host, i)
+            for f in fetchers:
+                await f.aclose()
+            return float(trio.current_time() - start), changed
+
+        cpu_before = tree_cpu_seconds(nginx.pid)
+        elapsed, changed = trio.run(fleet)
+        nginx_cpu = tree_cpu_seconds(nginx.pid) - cpu_before
+        reqs = nginx.requests()[mark + 1:]
+    assert changed == 0, f"{changed} looks saw a change in a feed nobody touched"
+    conditional = [r for r in reqs if r["inm"]]  # every look's manifest, later rollout.json
+    per_look_requests = (len(conditional) - hosts) / (hosts * looks)  # less each first look's
+    per_look = sum(r["sent"] for r in conditional) / len(conditional) * per_look_requests
+    return [Row("watch", f"{hosts} hosts x (1 + {looks}) looks over {spread:.0f} s: "
+                "requests/s at nginx", len(reqs) / elapsed, unit="req/s"),
+            Row("watch", "requests per look (manifest, and rollout.json once accepted)",
+                per_look_requests, unit="req"),
+            Row("watch", "share of 304 Not Modified among conditional requests",
+                100 * sum(r["status"] == 304 for r in conditional) / len(conditional),
+                unit="%"),
+            Row("watch", "bytes sent per look (headers and body)", per_look, unit="B"),
+            Row("watch", "bytes per host per hour at watch_interval 2m (30 looks)",
+                30 * per_look, unit="B"),
+            Row("watch", f"{hosts} hosts at watch_interval 2m: requests/s a feed serves",
+                hosts * per_look_requests / 120, unit="req/s"),
+            Row("watch", "nginx CPU (master and worker), share of one core",
+                100 * nginx_cpu / elapsed, unit="%")]
+
+
 # -- 5. switch and rollback --------------------------------------------------------------------
 
 def bench_switch(tmp: Path, runs: int) -> list[Row]:
@@ -777,7 +869,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small sizes, one run: for CI")
     ap.add_argument("--only", action="append", metavar="PART",
                     help="run only this part (download, verify, install, update, switch, "
-                         "socket, footprint, fleet, delta); printed, the results files "
+                         "socket, footprint, fleet, watch, delta); printed, the results files "
                          "untouched")
     args = ap.parse_args()
     quick = args.quick
@@ -799,6 +891,8 @@ def main() -> None:
                 ("socket", lambda: bench_socket(tmp, runs, quick)),
                 ("footprint", lambda: bench_footprint(tmp, quick)),
                 ("fleet", lambda: bench_fleet(tmp, 200 if quick else 2000,
+                                              5.0 if quick else 20.0)),
+                ("watch", lambda: bench_watch(tmp, 200 if quick else 2000,
                                               5.0 if quick else 20.0)),
                 ("delta", lambda: bench_delta(tmp, inst_size, small, runs))):
             if args.only and label not in args.only:

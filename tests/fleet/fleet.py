@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import BIN, REPO, make_tar
+from tests.helpers import BIN, REPO, make_tar, toml_value
 from tests.servers.nginx import free_port
 
 
@@ -68,15 +68,27 @@ class FleetHost:
     host_id: str
     port: int
     proc: subprocess.Popen[bytes] | None = None
+    install: str = "releases"  # or "inplace": bin/hello replaced by one rename
+    # the app's schedule: [apps.hello] lines; None: the defaults (check_interval 4h ...)
+    schedule: dict[str, str] | None = field(
+        default_factory=lambda: {"check_interval": f"{CHECK_INTERVAL:g}s", "jitter": "1s"})
 
     @property
     def prefix(self) -> Path:
         return self.base / "opt" / "hello"
 
+    @property
+    def target(self) -> Path:
+        return self.base / "bin" / "hello"
+
     def current(self) -> str | None:
+        """The version this host runs: its `current` link, or the in-place executable's own
+        line (`# hello VERSION`)."""
         try:
+            if self.install == "inplace":
+                return self.target.read_text().splitlines()[1].split()[-1]
             return os.readlink(self.prefix / "current").split("/")[-1]
-        except OSError:
+        except (OSError, IndexError):
             return None
 
     def state(self) -> dict[str, Any]:
@@ -91,6 +103,15 @@ class FleetHost:
     def configure(self, feed_url: str, feed_pub: str) -> None:
         (self.base / "opt").mkdir(parents=True, exist_ok=True)
         b = self.base
+        if self.install == "inplace":
+            self.target.parent.mkdir(parents=True, exist_ok=True)
+            install = {"install": "inplace", "target": str(self.target),
+                       "executable": "hello", "health_check": [str(self.target)]}
+        else:
+            install = {"prefix": str(self.prefix), "health_check": ["bin/hello"]}
+        app = {"source": "manifest", "url": feed_url, "allow_insecure": True,
+               "public_keys": [feed_pub], **install, **(self.schedule or {}),
+               "health_timeout": "20s", "retain": 4}
         (b / "updaterd.toml").write_text(f"""[daemon]
 state_dir = "{b}/state"
 cache_dir = "{b}/cache"
@@ -101,17 +122,7 @@ platform = "linux-x86_64"
 metrics_listen = "127.0.0.1:{self.port}"
 
 [apps.hello]
-source = "manifest"
-url = "{feed_url}"
-allow_insecure = true
-public_keys = ["{feed_pub}"]
-prefix = "{self.prefix}"
-check_interval = "{CHECK_INTERVAL:g}s"
-jitter = "1s"
-health_check = ["bin/hello"]
-health_timeout = "20s"
-retain = 4
-""")
+""" + "".join(f"{k} = {toml_value(v)}\n" for k, v in app.items()))
 
     def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if k != "UPDATERD_FAILPOINTS"}
