@@ -128,10 +128,11 @@ class Host:
     def follow(self, nginx: Nginx, feed: Feed, **app: Any) -> Path:
         """Configure the app to follow `feed` as served by nginx (checked hourly, no jitter,
         no looks between checks unless the test asks: each test decides when a host sees a
-        change)."""
+        change; `watch_interval=None` leaves the key out, for a daemon from before it)."""
         app.setdefault("check_interval", "1h")
         app.setdefault("jitter", "0s")
-        app.setdefault("watch_interval", "0")
+        if app.setdefault("watch_interval", "0") is None:
+            del app["watch_interval"]
         app.setdefault("public_keys", [feed.pub])
         return self.configure(source="manifest",
                               url=nginx.url(f"{feed.folder.name}/manifest.json"),

@@ -77,8 +77,8 @@ class FakeWorker:
     async def update(self, version: str | None, now: bool) -> Updated:
         return cast(Updated, self._give("update", version, now))
 
-    async def rollback(self, to: str | None) -> RolledBack:
-        return cast(RolledBack, self._give("rollback", to))
+    async def rollback(self, to: str | None, with_data: bool = False) -> RolledBack:
+        return cast(RolledBack, self._give("rollback", to, with_data))
 
     def cancel(self) -> CancelResult:
         return cast(CancelResult, self._give("cancel"))
@@ -139,9 +139,13 @@ def test_each_operation_is_one_call_to_the_apps_worker() -> None:
     w.answer = RolledBack(from_version="1.1.0", to_version="1.0.0")
     assert _call(api, "rollback", RollbackParams(app="demo", to="1.0.0")) == \
         RollbackResult(from_version="1.1.0", to_version="1.0.0")
+    w.answer = RolledBack(from_version="1.1.0", to_version="1.0.0", with_data=True)
+    assert _call(api, "rollback", RollbackParams(app="demo", with_data=True)) == \
+        RollbackResult(from_version="1.1.0", to_version="1.0.0", with_data=True)
     w.answer = CancelResult(cancelled=True, phase="downloading", message="m")
     assert _call(api, "cancel", AppParams(app="demo")).cancelled
-    assert w.calls == [("check", (True,)), ("update", (None, True)), ("rollback", ("1.0.0",)),
+    assert w.calls == [("check", (True,)), ("update", (None, True)),
+                       ("rollback", ("1.0.0", False)), ("rollback", (None, True)),
                        ("cancel", ())]
 
 

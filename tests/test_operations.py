@@ -372,6 +372,8 @@ def test_completion_offers_versions_where_a_version_goes(running: Daemon,
     running.ctl("skip", "hello", "1.2.0", check=True)
     assert _complete(running, ["unskip", "hello", ""]) == ["1.2.0"]
     assert sorted(_complete(running, ["rollback", "hello", "--to", ""])) == ["1.0.0", "1.1.0"]
+    assert sorted(_complete(running, ["rollback", "hello", "--"])) == ["--help", "--to",
+                                                                    "--with-data"]
     assert "hello" in _complete(running, ["skip", ""]), "the app comes first"
 
 

@@ -381,7 +381,7 @@ def test_a_daemon_from_before_yanking_accepts_a_yank_and_never_installs_it_by_it
     feed = served_feed
     dist = tmp_path / "dist"
     assert _publish(feed, "1.0.0", _ci_build(dist, "1.0.0")).returncode == 0
-    host.follow(nginx, feed)
+    host.follow(nginx, feed, watch_interval=None)  # a key the old daemon does not know
 
     def old(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "updaterd", "--config", str(host.config),

@@ -214,7 +214,7 @@ def test_a_daemon_from_before_guarded_rollout_accepts_a_guarded_feed(
         old_host, new_host = Host(tmp_path / "old-host"), Host(tmp_path / "new-host")
         for h in (old_host, new_host):
             h.base.mkdir()
-            h.follow(nginx, feed)
+            h.follow(nginx, feed, watch_interval=None)  # a key the old daemon does not know
         feed.release("1.1.0", rollout_keys=[str(rollout_pub) + ".pub"])
         assert "rollout-key" in json.dumps(feed.manifest())
         r = subprocess.run([sys.executable, "-m", "updaterd", "--config", str(old_host.config),

@@ -65,7 +65,7 @@ _updaterctl() {
                     case $cmd in
                         check) opts="--force" ;;
                         update) opts="--version --now --no-wait" ;;
-                        rollback) opts="--to" ;;
+                        rollback) opts="--to --with-data" ;;
                         history) opts="--limit" ;;
                         inhibit) opts="--why" ;;
                         prune) opts="--keep --force" ;;

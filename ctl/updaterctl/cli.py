@@ -79,6 +79,8 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("rollback", help="go back to the previous or a kept version")
     s.add_argument("app")
     s.add_argument("--to", metavar="V")
+    s.add_argument("--with-data", action="store_true",
+                   help="put back the data the version left too (data_snapshots)")
     s = sub.add_parser("list-backups", help="the versions kept on disk")
     s.add_argument("app")
     s = sub.add_parser("history", help="what was installed, rolled back, blocked")

@@ -119,8 +119,12 @@ class Client:
     def update(self, app: str, version: str | None = None) -> UpdateResult:
         return self.call("update", {"app": app, "version": version}, UpdateResult)
 
-    def rollback(self, app: str, to: str | None = None) -> RollbackResult:
-        return self.call("rollback", {"app": app, "to": to}, RollbackResult)
+    def rollback(self, app: str, to: str | None = None,
+                 with_data: bool = False) -> RollbackResult:
+        params: dict[str, object] = {"app": app, "to": to}
+        if with_data:  # only when asked: a daemon from before it refuses the field
+            params["with_data"] = True
+        return self.call("rollback", params, RollbackResult)
 
     def list_backups(self, app: str) -> list[Backup]:
         return self.call("list_backups", {"app": app}, list[Backup])

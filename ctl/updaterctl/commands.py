@@ -226,7 +226,7 @@ def _reply(args: argparse.Namespace, result: Any, text: Callable[[], str]) -> in
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     with Client(args.socket) as c:
-        r = c.rollback(args.app, args.to)
+        r = c.rollback(args.app, args.to, args.with_data)
     return _reply(args, r, lambda: r.describe(args.app))
 
 
@@ -236,6 +236,10 @@ def cmd_list_backups(args: argparse.Namespace) -> int:
     rows = [["VERSION", "CURRENT", "INSTALLED", "SIZE", "PATH"]]
     rows += [[b.version, "*" if b.current else "", ago(b.installed_at), human_size(b.size),
               b.path] for b in backups]
+    if any(b.data_snapshot is not None for b in backups):  # `data_snapshots`: a column more
+        for row, b in zip(rows, [None, *backups], strict=True):
+            row.insert(4, "DATA" if b is None else "" if b.data_snapshot is None
+                       else human_size(b.data_snapshot))
     return _reply(args, backups, lambda: table(rows))
 
 

@@ -115,6 +115,7 @@ class UpdateParams(Struct, forbid_unknown_fields=True):
 class RollbackParams(Struct, forbid_unknown_fields=True):
     app: str
     to: str | None = None
+    with_data: bool = False  # the data snapshot of the target replaces shared/ too
 
 
 class HistoryParams(Struct, forbid_unknown_fields=True):
@@ -206,10 +207,12 @@ class RollbackResult(Struct, kw_only=True):
     from_version: str | None = msgspec.field(name="from")
     to_version: str | None = msgspec.field(name="to")
     forward: bool = False  # `rollback --to` a kept version newer than the current one
+    with_data: bool = False  # its data snapshot was put back too
 
     def describe(self, app: str) -> str:
         """One line for a person (`vocabulary.describe_rollback`)."""
-        return describe_rollback(app, self.from_version, self.to_version, self.forward)
+        return describe_rollback(app, self.from_version, self.to_version, self.forward,
+                                 self.with_data)
 
 
 class Backup(Struct, kw_only=True):
@@ -218,6 +221,7 @@ class Backup(Struct, kw_only=True):
     installed_at: float | None
     size: int
     current: bool
+    data_snapshot: int | None = None  # bytes of the data kept with it (`data_snapshots`)
 
 
 class HistoryItem(Struct, kw_only=True):

@@ -60,7 +60,9 @@ def describe_update(app: str, from_version: str | None, to_version: str | None,
 
 
 def describe_rollback(app: str, from_version: str | None, to_version: str | None,
-                      forward: bool) -> str:
+                      forward: bool, with_data: bool = False) -> str:
     """One line for a person (`app` "" in an event, which names the app already)."""
     how = "went forward" if forward else "rolled back"
-    return f"{app + ': ' if app else ''}{how} from {from_version} to {to_version}"
+    data = f" with the data {to_version} left (the data of {from_version} is kept as its " \
+        "snapshot)" if with_data else ""
+    return f"{app + ': ' if app else ''}{how} from {from_version} to {to_version}{data}"

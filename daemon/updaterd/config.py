@@ -159,6 +159,8 @@ class AppConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     ca_file: str | None = None
     # paths the app writes at run time, kept in PREFIX/shared/ and linked into each release
     shared: list[str] = []
+    # a snapshot of shared/ before each update's switch, for `rollback --with-data`
+    data_snapshots: bool = False
     # `self = true`: this app is updaterd's own installation (see updaterd.selfupdate)
     self_update: bool = msgspec.field(default=False, name="self")
 
@@ -355,6 +357,8 @@ def _validate_app(name: str, app: AppConfig, where: str, problems: list[str],
         bad("target", "required when install = \"inplace\"")
     for problem in shared_problems(app):
         bad("shared", problem)
+    if app.data_snapshots and not app.shared:
+        bad("data_snapshots", "keeps snapshots of the app's shared paths; set `shared` too")
     if app.self_update and app.install != "releases":
         bad("self", "updaterd updates itself with install = \"releases\" (a prefix made by "
             "`updaterd self-install`)")

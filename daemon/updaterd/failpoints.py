@@ -41,6 +41,9 @@ ALL = (
 # Removing an old release (`retain`): after it left `releases/`, before its files are deleted.
 PRUNE = ("prune.after_rename",)
 
+# `rollback --with-data`: the restored data made, and the old data moved out (before the swap).
+DATA = ("data.after_copy", "data.after_left")
+
 # The daemon's watchdog ping (`watchdog.ping=hang`: a daemon that stops feeding it).
 WATCHDOG = ("watchdog.ping",)
 

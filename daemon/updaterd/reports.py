@@ -73,6 +73,8 @@ class RolledBack:
     from_version: str | None
     to_version: str | None
     forward: bool = False
+    with_data: bool = False
 
     def describe(self, app: str) -> str:
-        return describe_rollback(app, self.from_version, self.to_version, self.forward)
+        return describe_rollback(app, self.from_version, self.to_version, self.forward,
+                                 self.with_data)

@@ -37,6 +37,7 @@ class Transaction(Struct, kw_only=True):
     backup: str = ""  # inplace: the copy of the file being replaced
     skip_left: bool = True  # rollback by the operator: skip the version left (not forward)
     recall: bool = False  # rollback: the rollout key recalled the version left (it did not fail)
+    with_data: bool = False  # rollback: the data snapshot of to_version replaces shared/
 
 
 class TrustRoot(Struct, kw_only=True):

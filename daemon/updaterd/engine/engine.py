@@ -6,6 +6,7 @@ Both `updaterd --once` and the daemon drive this class; it owns no lock and no s
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
@@ -27,6 +28,7 @@ from updaterd.errors import (
     UnknownApp,
     UpdaterError,
 )
+from updaterd.install import snapshots
 from updaterd.install.apprun import AppRun, Hooks, Lifecycle
 from updaterd.install.inplace import InplaceLayout
 from updaterd.install.layout import InstallLayout, Kept, Layout
@@ -468,11 +470,13 @@ class Engine:
                 else "blocked here" if version in st.blocked
                 else "skipped here" if version in st.skipped else None)
 
-    async def rollback(self, app: str, to: str | None = None) -> RolledBack:
+    async def rollback(self, app: str, to: str | None = None,
+                       with_data: bool = False) -> RolledBack:
         """Go back to the previous (or a named) kept version; the version left is skipped.
 
         `to` is a version, or (inplace) the path of one of the app's backups; any other path
-        is refused.
+        is refused. `with_data`: the data snapshot of that version replaces `shared/` (what
+        is there now is kept as the snapshot of the version left).
         """
         run = self.open_app(app)
         async with operation(run, "rollback") as op:
@@ -492,6 +496,8 @@ class Engine:
                                     f"list-backups {app}` lists what is")
             if kept.version == current and run.layout.knows_version:
                 raise NoSuchVersion(f"{app}: {kept.version} is already the current version")
+            if with_data:
+                self._require_data_snapshot(run, kept.version)
             if run.layout.knows_version:
                 await self._refuse_damaged(run, kept)
             forward = versions.is_newer(kept.version, current)
@@ -501,12 +507,36 @@ class Engine:
                                 block=False, reason="switched forward by the operator"
                                 if forward else "rolled back by the operator",
                                 backup=str(kept.path) if not run.layout.knows_version
-                                else backup, skip_left=not forward)
+                                else backup, skip_left=not forward, with_data=with_data)
             if not run.layout.knows_version:
                 prune(run)
-            done = RolledBack(from_version=current, to_version=kept.version, forward=forward)
+            done = RolledBack(from_version=current, to_version=kept.version, forward=forward,
+                              with_data=with_data)
             op.succeeded("rolled_back", done.describe(""), kept.version)
         return done
+
+    @staticmethod
+    def _require_data_snapshot(run: AppRun, version: str) -> None:
+        """`rollback --with-data` only where the data `version` left is kept."""
+        if run.cfg.install != "releases" or not run.cfg.shared:
+            raise PolicyError(f"{run.name}: --with-data puts back the app's `shared` paths; "
+                              "it has none")
+        assert run.cfg.prefix is not None
+        if not snapshots.has(Path(run.cfg.prefix), version):
+            why = "" if run.cfg.data_snapshots else \
+                " (data_snapshots is off in the configuration)"
+            raise NoSuchVersion(f"{run.name}: no data snapshot of {version} is kept{why}; "
+                                f"`updaterctl list-backups {run.name}` shows which are")
+
+    def data_snapshots(self, app: str) -> dict[str, int]:
+        """Bytes of each data snapshot kept for `app`, by version."""
+        cfg = self._cfg(app)
+        if cfg.install != "releases" or not cfg.shared or cfg.prefix is None:
+            return {}
+        folder = Path(cfg.prefix) / snapshots.FOLDER
+        names = sorted(os.listdir(folder)) if folder.is_dir() else []
+        return {v: snapshots.size(Path(cfg.prefix), v) for v in names
+                if not v.startswith(".") and snapshots.has(Path(cfg.prefix), v)}
 
     @staticmethod
     async def _refuse_damaged(run: AppRun, kept: Kept) -> None:

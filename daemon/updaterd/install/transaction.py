@@ -20,10 +20,10 @@ from typing import BinaryIO, Literal
 import trio
 
 from updaterctl.vocabulary import human_size
-from updaterd import failpoints, fsutil, outcome, pathtrust, versions
+from updaterd import failpoints, fdtree, fsutil, outcome, pathtrust, versions
 from updaterd.config import app_unit
 from updaterd.errors import HealthCheckFailed, LayoutError, OperationCancelled, UpdaterError
-from updaterd.install import delta, health
+from updaterd.install import delta, health, snapshots
 from updaterd.install import shared as shared_paths
 from updaterd.install.apprun import AppRun
 from updaterd.install.layout import Kept, Staged
@@ -235,6 +235,8 @@ async def apply_update(run: AppRun, source: Source, release: Release, artifact: 
     if version not in skipped_before and (version in run.state.skipped
                                           or version in run.state.blocked):
         raise OperationCancelled(f"{version} was skipped while it was being downloaded")
+    if from_version is not None and run.cfg.data_snapshots:
+        await _take_snapshot(run, from_version, version)
     # From here on the disk changes what the app sees: journal first, and never be torn.
     with trio.CancelScope(shield=True):
         backup = run.layout.backup(from_version)
@@ -254,6 +256,46 @@ async def apply_update(run: AppRun, source: Source, release: Release, artifact: 
     with contextlib.suppress(FileNotFoundError):
         (run.cache / artifact.url.rsplit("/", 1)[-1]).unlink()
     return result
+
+
+async def _take_snapshot(run: AppRun, leaving: str, version: str) -> None:
+    """`data_snapshots`: `shared/` as `leaving` leaves it, before anything is switched (a
+    failure here ends the update with nothing changed)."""
+    prefix = _releases_prefix(run)
+    if prefix is None:
+        return
+    run.phase("switching", f"keeping a snapshot of the data {leaving} leaves", version)
+    try:
+        took = await trio.to_thread.run_sync(snapshots.take, prefix, leaving)
+    except OSError as e:
+        raise LayoutError(f"{run.name}: the data snapshot of {leaving} failed: "
+                          f"{e.strerror or e}; nothing was switched") from None
+    if took:
+        log.info("%s: data snapshot of %s kept in %s", run.name, leaving,
+                 prefix / snapshots.FOLDER / leaving)
+
+
+def _releases_prefix(run: AppRun) -> Path | None:
+    """The prefix of a `releases` app with shared paths (where snapshots live), else None."""
+    if run.cfg.install != "releases" or not run.cfg.shared or run.cfg.prefix is None:
+        return None
+    return Path(run.cfg.prefix)
+
+
+def tidy_snapshots(run: AppRun) -> None:
+    """After a transaction is recorded: the snapshots of versions no longer kept go, and the
+    data a restore took out."""
+    prefix = _releases_prefix(run)
+    if prefix is None:
+        return
+    kept = {k.version for k in run.layout.kept()}
+    try:
+        removed = snapshots.tidy(prefix, kept)
+    except (OSError, fdtree.TreeError) as e:  # the next transaction tries again
+        log.warning("%s: tidying data snapshots: %s", run.name, e)
+        return
+    if removed:
+        log.info("%s: removed the data snapshots of %s", run.name, ", ".join(removed))
 
 
 async def finish_update(run: AppRun, from_version: str | None, version: str) -> str:
@@ -375,13 +417,14 @@ async def _intact_rollback_target(run: AppRun, failed: str, previous: str | None
 
 async def roll_back(run: AppRun, *, from_version: str, to_version: str | None, block: bool,
                     reason: str, backup: str = "", skip_left: bool = True,
-                    recall: bool = False) -> None:
+                    recall: bool = False, with_data: bool = False) -> None:
     """Journal, switch back, restart; block the version left when it failed its checks, or
-    skip it when the operator went back from it (`skip_left`)."""
+    skip it when the operator went back from it (`skip_left`). `with_data`: the data
+    snapshot of `to_version` replaces `shared/` before the restart."""
     run.phase("rolling_back", reason, from_version)
     tx = Transaction(kind="rollback", from_version=from_version, to_version=to_version or "",
                      started_at=time.time(), reason=reason, block=block, backup=backup,
-                     skip_left=skip_left, recall=recall)
+                     skip_left=skip_left, recall=recall, with_data=with_data)
     outcome.journaled(run.state, tx)
     run.save()
     failpoints.hit("rollback.after_journal")
@@ -392,6 +435,10 @@ async def complete_rollback(run: AppRun, tx: Transaction) -> None:
     """The idempotent part of a rollback; `recover` calls it again after a crash."""
     to_version = tx.to_version or None
     run.layout.restore(to_version, tx.backup, failpoint="rollback")
+    prefix = _releases_prefix(run)
+    if tx.with_data and to_version is not None and prefix is not None:
+        run.phase("rolling_back", f"putting back the data {to_version} left", tx.from_version)
+        snapshots.restore(prefix, to_version, leaving=tx.from_version)
     if to_version is not None:
         await run.lifecycle.restart_back(run, to_version, _env(run, to_version, tx.from_version),
                                          parse_duration(run.cfg.health_timeout))
@@ -404,7 +451,9 @@ async def complete_rollback(run: AppRun, tx: Transaction) -> None:
     if tx.block and left is not None and left not in (to_version, run.state.previous, running):
         run.layout.discard(left)
         treehash.drop(run.state_folder, left)
-    run.phase("idle", f"rolled back to {to_version or 'nothing'}", to_version)
+    tidy_snapshots(run)
+    run.phase("idle", f"rolled back to {to_version or 'nothing'}"
+              + (" with its data" if tx.with_data else ""), to_version)
     run.lifecycle.rolled_back(run, to_version)
 
 
@@ -418,6 +467,7 @@ def forget_pruned(run: AppRun, removed: list[str]) -> None:
     outcome.pruned(run.state, removed)
     for v in removed:
         treehash.drop(run.state_folder, v)
+    tidy_snapshots(run)
     if removed:
         log.info("%s: removed old versions %s", run.name, ", ".join(removed))
         run.save()
@@ -437,6 +487,7 @@ async def recover(run: AppRun) -> None:
     gave_up = run.lifecycle.gave_up()
     tx = run.state.pending
     if tx is None:
+        tidy_snapshots(run)
         on_disk = run.layout.installed()
         if run.layout.knows_version and run.state.installed != on_disk:
             said = run.state.installed

@@ -25,4 +25,4 @@ def updated(u: reports.Updated) -> UpdateResult:
 
 def rolled_back(r: reports.RolledBack) -> RollbackResult:
     return RollbackResult(from_version=r.from_version, to_version=r.to_version,
-                          forward=r.forward)
+                          forward=r.forward, with_data=r.with_data)

@@ -213,11 +213,13 @@ class ControlApi:
             if h.action == "installed":
                 installed_at[h.version] = h.at
         backups = []
+        data = await trio.to_thread.run_sync(self.daemon.engine.data_snapshots, p.app)
         for k, current in await self.daemon.engine.kept(p.app):
             size = await trio.to_thread.run_sync(_tree_size, str(k.path))
             backups.append(Backup(version=k.version, path=str(k.path),
                                   installed_at=k.installed_at or installed_at.get(k.version),
-                                  size=size, current=current))
+                                  size=size, current=current,
+                                  data_snapshot=data.get(k.version)))
         return backups
 
     async def history(self, p: HistoryParams, conn: Connection) -> list[HistoryItem]:
@@ -281,7 +283,7 @@ class ControlApi:
         w = self._worker(p.app)
         self._require_downgrade_right(conn, "rollback")
         async with self._engine_errors(w):
-            return answers.rolled_back(await w.rollback(p.to))
+            return answers.rolled_back(await w.rollback(p.to, p.with_data))
 
     async def _edit_state(self, app: str, edit: Callable[[AppState, int], None]) -> Ok:
         """Apply an operator's edit to the stored state (see `outcome`), saved at once."""

@@ -144,9 +144,9 @@ class AppWorker:
             f"{self.name}: the update that waited for its window did not install {version}: "
             f"{st.last_error or 'see `updaterctl history ' + self.name + '`'}", st.last_error)
 
-    async def rollback(self, to: str | None) -> RolledBack:
+    async def rollback(self, to: str | None, with_data: bool = False) -> RolledBack:
         async with self.exclusive():
-            return await self.daemon.engine.rollback(self.name, to)
+            return await self.daemon.engine.rollback(self.name, to, with_data)
         raise CancelledByOperator(self.name)  # reached only when `cancel` stopped it
 
     async def prune(self, keep: int | None, force: bool) -> tuple[list[str], list[str]]:
