@@ -208,6 +208,52 @@ def test_watch_streams_events(running: Daemon, served_feed: Feed) -> None:
     assert "installed 1.1.0" in events[-1]["message"]
 
 
+def test_watch_goes_on_across_a_restart_of_the_daemon(running: Daemon,
+                                                      served_feed: Feed) -> None:
+    """Issue 38: `updaterctl watch` ended when updaterd restarted (a package upgrade,
+    `systemctl restart`); it says the daemon went away and watches again when it is back."""
+    from tests.helpers import BIN
+
+    watcher = subprocess.Popen([str(BIN / "updaterctl"), "--socket", str(running.socket),
+                                "watch", "hello"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.5)
+        assert running.stop() == 0
+        time.sleep(1)
+        assert watcher.poll() is None, f"watch ended with the daemon: {watcher.stderr.read()}"
+        running.start().wait_ready()
+        time.sleep(0.5)
+        served_feed.release("1.1.0")
+        running.ctl("update", "hello", check=True)
+        assert watcher.stdout is not None
+        for line in watcher.stdout:
+            if "installed 1.1.0" in line:
+                break
+    finally:
+        watcher.terminate()
+        _, err = watcher.communicate(timeout=10)
+    assert "closed the connection; waiting for it to come back (Ctrl-C stops)" in err, err
+    assert "updaterd is back; watching again" in err, err
+
+
+def test_watch_into_a_pipe_closed_early_ends_quietly(running: Daemon,
+                                                     served_feed: Feed) -> None:
+    """`updaterctl --json watch | head -1`: no broken-pipe error, exit 0."""
+    from tests.helpers import BIN
+
+    served_feed.release("1.1.0")
+    shell = subprocess.Popen(
+        ["bash", "-c", 'set -o pipefail; "$0" --socket "$1" --json watch hello | head -1',
+         str(BIN / "updaterctl"), str(running.socket)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    running.ctl("update", "hello", check=True)
+    out, err = shell.communicate(timeout=30)
+    assert json.loads(out)["app"] == "hello"
+    assert err == "" and shell.returncode == 0, (shell.returncode, err)
+
+
 def test_inhibit_holds_the_switch_until_the_command_ends(running: Daemon, served_feed: Feed,
                                                          tmp_path: Path) -> None:
     from tests.helpers import BIN

@@ -511,3 +511,21 @@ def test_j184_the_identity_is_a_digest_not_the_machine_id() -> None:
     assert len(ident) == 16 and machine_id[:8] not in ident
     assert ident == versions.rollout_identity(machine_id)
     assert ident != versions.rollout_identity(machine_id[:-1] + "0")
+
+
+def test_going_on_after_a_hold_says_what_held_it(
+        guarded_feed: tuple[Feed, minisign.SecretKey]) -> None:
+    """Issue 38: "going on" alone left the on-call guessing what had changed."""
+    feed, key = guarded_feed
+    fleet, clock, said = Fleet(on_release=50), Clock(), []
+    began = clock.now
+
+    def prometheus_blinks(now: float) -> None:
+        fleet.down = 30 < now - began < 40
+
+    clock.on_sleep = prometheus_blinks
+    start(feed, key, plan(), fleet, clock, said)
+    held = said.index("1.1.0: holding (no widening): Prometheus at http://127.0.0.1:9 cannot "
+                      "be asked: refused")
+    assert said[held + 1] == ("1.1.0: going on: what held it is gone (Prometheus at "
+                              "http://127.0.0.1:9 cannot be asked: refused)")

@@ -11,7 +11,7 @@ No trio, no httpx: it costs one socket and msgspec.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -167,11 +167,14 @@ class Client:
     def metrics(self) -> str:
         return self.call("metrics", None, str)
 
-    def subscribe(self, apps: list[str] | None = None) -> Iterator[Event]:
-        """Events until the caller stops iterating (a connection of its own)."""
+    def subscribe(self, apps: list[str] | None = None,
+                  subscribed: Callable[[], None] = lambda: None) -> Iterator[Event]:
+        """Events until the caller stops iterating (a connection of its own); `subscribed`
+        is called once the daemon took the subscription."""
         conn = Connection(self.path, None)
         try:
             conn.reply(conn.send("subscribe", {"apps": apps}))
+            subscribed()
             while True:
                 env = conn.read()
                 if env.method == "event":

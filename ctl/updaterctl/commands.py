@@ -12,7 +12,7 @@ import select
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Any, TextIO
 
 import msgspec
@@ -263,11 +263,42 @@ def _simple(method: str, done: Callable[[argparse.Namespace], str]) -> Callable[
     return run
 
 
+RECONNECT_EVERY = 0.5  # seconds between tries while the daemon is away
+
+
+def _events_across_restarts(socket: str,
+                            apps: list[str] | None) -> Generator[Event, None, None]:
+    """The daemon's events for as long as the caller reads: a connection lost after the
+    subscription (a restart, a package upgrade) is said on stderr and made again until the
+    daemon is back. A daemon that cannot be reached at all at first is an error, as for
+    every command."""
+    ever = lost = False
+
+    def subscribed() -> None:
+        nonlocal ever, lost
+        if lost:
+            print("updaterctl: updaterd is back; watching again", file=sys.stderr, flush=True)
+        ever, lost = True, False
+
+    while True:
+        try:
+            with Client(socket) as c:  # connects: the daemon may be away yet
+                yield from c.subscribe(apps, subscribed)
+        except DaemonUnreachable as e:
+            if not ever:
+                raise
+            if not lost:
+                print(f"updaterctl: {e}; waiting for it to come back (Ctrl-C stops)",
+                      file=sys.stderr, flush=True)
+            lost = True
+            time.sleep(RECONNECT_EVERY)
+
+
 def cmd_watch(args: argparse.Namespace) -> int:
-    c = Client(args.socket)
     meters: dict[str, Meter] = collections.defaultdict(Meter)
+    events = _events_across_restarts(args.socket, [args.app] if args.app else None)
     try:
-        for event in c.subscribe([args.app] if args.app else None):
+        for event in events:
             if args.json:
                 print(msgspec.json.encode(event).decode(), flush=True)
                 continue
@@ -279,7 +310,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
                 text = f"{head}: {event.message}" if event.message else head
             print(f"{when} {event.app}: {text}", flush=True)
     finally:
-        c.close()
+        events.close()
     return EXIT_OK
 
 

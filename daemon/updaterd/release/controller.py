@@ -515,5 +515,5 @@ class Holding:
 
     def clear(self) -> None:
         if self.why:
-            self.out(f"{self.version}: going on")
+            self.out(f"{self.version}: going on: what held it is gone ({self.why})")
         self.why = ""
