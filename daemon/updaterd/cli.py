@@ -417,6 +417,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         return EXIT_OK
     cfg = configfile.load(args.config)
     if args.command == "check-config":
+        from updaterd import sandbox
+
+        unwritable = sandbox.unit_problems(cfg)
+        for problem in unwritable:
+            print(f"{args.config}: {problem}", file=sys.stderr)
+        if unwritable:
+            return EXIT_FAILED
         n = len(cfg.apps)
         print(f"{args.config}: OK ({n} app{'' if n == 1 else 's'})")
         return EXIT_OK

@@ -120,7 +120,17 @@ def test_a_prefix_outside_read_write_paths_names_the_directive(box: Container) -
     pub = feed_into(box.root, [("1.0.0", True)], app="outside")
     configure(box, pub, outside={"source": "directory", "path": "/srv/feed-outside",
                                  "public_keys": [pub], "prefix": "/srv/outside",
-                                 "health_check": ["bin/hello"], "auto_update": False})
+                                 "health_check": ["bin/hello"], "auto_update": False},
+              tool={"source": "directory", "path": "/srv/feed-outside", "public_keys": [pub],
+                    "install": "inplace", "target": "/usr/local/bin/tool",
+                    "auto_update": False})
+    # check-config runs outside the sandbox, and says it before the first update (issue 38)
+    r = box.sh("updaterd check-config", check=False)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "apps.outside.prefix /srv/outside: updaterd.service cannot write it " \
+        "(ProtectSystem=strict; ReadWritePaths= lists /opt)" in r.stderr, r.stderr
+    assert "apps.tool.target's folder /usr/local/bin: updaterd.service cannot write it" \
+        in r.stderr and "ReadWritePaths=/usr/local/bin" in r.stderr, r.stderr
     box.sh("systemctl reload updaterd")
     r = box.sh("updaterctl update outside", check=False)
     assert r.returncode == 1
