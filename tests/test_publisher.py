@@ -121,7 +121,7 @@ def _a_publishers_week(nginx: Nginx, feed: Feed, dist: Path, tmp_path: Path,
                      new_pub, "--sign", feed.key)
     assert r.returncode == 1
     new_id = new_pub.read_text().split()[-2]
-    assert f"add --sign for key {new_id}" in r.stderr, r.stderr
+    assert f"add --sign for key {new_id} ({new_key})" in r.stderr, r.stderr
     assert _snapshot(feed.folder) == before
     # signed by the new key only: refused too, naming the key hosts trust now
     r = run_updaterd("rotate-keys", "--feed", feed.folder, "--app", "hello", "--new-key",
@@ -136,6 +136,7 @@ def _a_publishers_week(nginx: Nginx, feed: Feed, dist: Path, tmp_path: Path,
     r = run_updaterd("rotate-keys", "--feed", feed.folder, "--app", "hello", "--new-key",
                      new_pub, "--sign", feed.key, "--sign", new_key)
     assert r.returncode == 0, r.stderr
+    assert r.stderr == "", r.stderr  # a host's "rotation accepted" line is not the publisher's
     _daemons_all_follow([old], ["1.0.0", "1.1.0"])
     # 4. the old key can no longer publish; the new one can, and a host set up after the
     # rotation, trusting the new key alone, follows
@@ -185,6 +186,10 @@ def _a_publishers_week(nginx: Nginx, feed: Feed, dist: Path, tmp_path: Path,
     url = nginx.url(f"{feed.folder.name}/")
     r = run_updaterd("feed", "check", url, "--public-key", new_pub)
     assert r.returncode == 0 and "0 problems" in r.stdout, r.stdout + r.stderr
+    # with the key in use before the rotation: as the old host, which follows it (issue 38)
+    r = run_updaterd("feed", "check", url, "--public-key", feed.pub)
+    assert r.returncode == 0 and "0 problems" in r.stdout, r.stdout + r.stderr
+    assert "keys.json: the keys given rotate to version 1 (1 keys, threshold 1)" in r.stdout
     art = feed.folder / "hello-1.1.0-linux-x86_64.tar.gz"
     art.write_bytes(art.read_bytes()[:-1] + b"X")
     r = run_updaterd("feed", "check", url, "--public-key", new_pub)
@@ -317,6 +322,13 @@ def test_feed_check_finds_a_tampered_file_on_nginx_and_in_a_folder(
     _pub, _key, other_line = _keys(tmp_path, "other")
     r = run_updaterd("feed", "check", url, "--public-key", other_line)
     assert r.returncode == 1 and "signature refused" in r.stderr, r.stderr
+    # a link planted in the folder is not followed (hosts read plain files only)
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"root's own")
+    (feed.folder / "hello-1.0.0-linux-x86_64.tar.gz").symlink_to(secret)
+    r = run_updaterd("feed", "check", str(feed.folder), "--public-key", feed.pub)
+    assert "hello-1.0.0-linux-x86_64.tar.gz: a symbolic link; hosts read plain files only" \
+        in r.stderr, r.stderr
 
 
 

@@ -139,6 +139,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="a public key file (PREFIX.pub) or its base64 line; repeatable")
     fc.add_argument("--threshold", type=int, default=1, metavar="N",
                     help="signatures by distinct keys needed (default 1)")
+    fc.add_argument("--ca-file", metavar="PEM",
+                    help="trust this CA bundle for https, in place of the system's store "
+                         "(as a host's ca_file)")
     _rollout_parser(sub)
     sb = sub.add_parser("self-build", help="write the running updaterd as a release archive")
     sb.add_argument("--out", required=True, metavar="DIR")
@@ -360,7 +363,7 @@ def _feed_check(args: argparse.Namespace) -> int:
         path = Path(given)
         keys.append(path.read_text().splitlines()[1].strip() if path.is_file() else given)
     target = args.target.removesuffix("manifest.json")
-    report = feedcheck.check(target, keys, args.threshold)
+    report = feedcheck.check(target, keys, args.threshold, ca_file=args.ca_file)
     for line in report.notes:
         print(line)
     for line in report.problems:

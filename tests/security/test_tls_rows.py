@@ -170,6 +170,27 @@ def test_d92_feed_check_refuses_the_redirect_to_plain_http_a_host_refuses(
     assert host.current() is None
 
 
+def test_feed_check_trusts_a_ca_file_as_a_host_with_ca_file_does(
+        tls: tuple[Nginx, Path], tmp_path: Path) -> None:
+    """Issue 38: a feed behind a private CA could be checked only by setting SSL_CERT_FILE;
+    `--ca-file` is a host's `ca_file`. A missing file names its URL once."""
+    nginx, ca = tls
+    feed = Feed(folder=nginx.root / "ca-file", work=tmp_path / "work")
+    feed.release("1.0.0")
+    url = nginx.tls_url("good", "ca-file/")
+    env = _no_ssl_env()
+    r = run_updaterd("feed", "check", url, "--public-key", feed.pub, env=env)
+    assert r.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in r.stderr, r.stderr
+    r = run_updaterd("feed", "check", url, "--public-key", feed.pub, "--ca-file", str(ca),
+                     env=env)
+    assert r.returncode == 0 and r.stdout.endswith("0 problems\n"), r.stdout + r.stderr
+    (feed.folder / "hello-1.0.0-linux-x86_64.tar.gz").unlink()
+    r = run_updaterd("feed", "check", url, "--public-key", feed.pub, "--ca-file", str(ca),
+                     env=env)
+    line = f"1.0.0 linux-x86_64: {url}hello-1.0.0-linux-x86_64.tar.gz: missing\n"
+    assert r.returncode == 1 and r.stderr == line, r.stderr
+
+
 # -- the host's trust store, and an app's own ca_file (issue 28, point 3) -------------------
 
 def _no_ssl_env() -> dict[str, str]:

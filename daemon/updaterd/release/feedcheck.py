@@ -7,6 +7,10 @@ its signed size and digests. One line per problem; nothing is written anywhere.
 
 from __future__ import annotations
 
+import errno
+import logging
+import os
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -45,6 +49,8 @@ class Report:
 
 
 class _Folder:
+    """A feed folder, read as hosts read one: plain files only, never through a link."""
+
     def __init__(self, root: Path) -> None:
         self.root = root
 
@@ -53,7 +59,17 @@ class _Folder:
 
     @contextmanager
     def open(self, name: str) -> Iterator[Readable]:
-        with open(self.root / name, "rb") as f:
+        try:
+            fd = os.open(self.root / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+                         | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise FileNotFoundError("missing") from None
+        except OSError as e:
+            why = "a symbolic link" if e.errno == errno.ELOOP else e.strerror
+            raise OSError(f"{why}; hosts read plain files only") from None
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError("not a plain file; hosts read plain files only")
             yield f
 
 
@@ -62,12 +78,12 @@ class _Web:
     hand with every hop under the URL policy, so a CDN that sends hosts to plain http, a
     metadata address or round in circles is a problem here too, not a pass."""
 
-    def __init__(self, base: str) -> None:
+    def __init__(self, base: str, ca_file: str | None = None) -> None:
         import httpx  # only a check of a served feed needs it
 
         self.base = base if base.endswith("/") else base + "/"
         self.client = httpx.Client(timeout=30, follow_redirects=False,
-                                   verify=tlstrust.context())
+                                   verify=tlstrust.context(ca_file))
         self.max_redirects = Limits().max_redirects
 
     def where(self, name: str) -> str:
@@ -79,14 +95,14 @@ class _Web:
 
         url = self.where(name)
         try:
-            with self._get(url) as r:
-                if r.status_code == 404:
-                    raise FileNotFoundError(url)
+            with self._get(url) as r:  # the caller names the URL: the errors do not
+                if r.status_code in (404, 410):
+                    raise FileNotFoundError(f"missing (HTTP {r.status_code})")
                 if r.status_code != 200:
-                    raise OSError(f"{url}: HTTP {r.status_code}")
+                    raise OSError(f"HTTP {r.status_code}")
                 yield _Stream(r.iter_raw(fsutil.COPY_CHUNK))
         except httpx.HTTPError as e:
-            raise OSError(f"{url}: {e}") from None
+            raise OSError(str(e) or type(e).__name__) from None
         except DownloadError as e:  # the URL policy's word, as a host would log it
             raise OSError(str(e).removeprefix(f"{url}: ")) from None
 
@@ -139,11 +155,14 @@ def _hash(place: _Folder | _Web, name: str, limit: int) -> digests.Digests:
 
 
 def check(target: str, public_keys: list[str], threshold: int = 1,
-          now: datetime | None = None) -> Report:
-    """Every problem a host would meet with the feed at `target` (a URL or a folder)."""
+          now: datetime | None = None, ca_file: str | None = None) -> Report:
+    """Every problem a host would meet with the feed at `target` (a URL or a folder), for a
+    host trusting `public_keys`: the feed's key rotations are followed from them, as a host
+    configured with them follows them."""
     now = now or datetime.now(UTC)
     report = Report()
-    place: _Folder | _Web = _Web(target) if "://" in target else _Folder(Path(target))
+    place: _Folder | _Web = _Web(target, ca_file) if "://" in target else \
+        _Folder(Path(target))
     try:
         keys = [minisign.PublicKey.parse(k) for k in public_keys]
     except ValueError as e:
@@ -152,6 +171,7 @@ def check(target: str, public_keys: list[str], threshold: int = 1,
     try:
         raw = _read(place, feed.MANIFEST, MAX_MANIFEST)
         sig = _read(place, feed.SIGNATURE, 64 << 10)
+        keys, threshold = _rotated(place, _app(raw), keys, threshold, report)
         minisign.verify_threshold(raw, sig, keys, threshold)  # before anything is decoded
         trusted = feed.verify_manifest(raw, sig, keys=keys, threshold=threshold, app=_app(raw),
                                        stored_serial=None, stored_digest=None,
@@ -206,6 +226,44 @@ def _check_packs(place: _Folder | _Web, version: str, app: str, name: str,
             report.problems.append(f"{what}: missing")
         except (OSError, DigestMismatch) as e:
             report.problems.append(str(e) if isinstance(e, DigestMismatch) else f"{what}: {e}")
+
+
+def _rotated(place: _Folder | _Web, app: str, keys: list[minisign.PublicKey], threshold: int,
+             report: Report) -> tuple[list[minisign.PublicKey], int]:
+    """The keys a host that trusts `keys` verifies the manifest with: `keys.json` and the
+    rotations before it, walked by the hosts' own code (`sources.keys.refresh`); a rotation
+    a host would refuse is a problem here."""
+    import trio
+
+    from updaterd.config import AppConfig
+    from updaterd.sources import keys as rotation
+    from updaterd.state import AppState
+
+    cfg = AppConfig(source="directory", path=".", public_keys=[k.to_base64() for k in keys],
+                    threshold=threshold)
+    state = AppState()
+
+    async def fetch(name: str) -> tuple[bytes, bytes | None] | None:
+        try:
+            doc = _read(place, name, rotation.MAX_KEYS_SIZE)
+        except FileNotFoundError:
+            return None
+        try:
+            sig: bytes | None = _read(place, f"{name}.minisig", minisign.MAX_SIGNATURE_FILE)
+        except FileNotFoundError:
+            sig = None
+        return doc, sig
+
+    with rotation.said_aside() as said:
+        trio.run(rotation.refresh, app, cfg, state, fetch)
+    report.problems += [f"{place.where(rotation.KEYS)}: "
+                        + r.getMessage().removeprefix(f"{app}: ")
+                        for r in said if r.levelno >= logging.WARNING]
+    use = rotation.in_use(cfg, state)
+    if use.version:
+        report.notes.append(f"{rotation.KEYS}: the keys given rotate to version {use.version} "
+                            f"({len(use.keys)} keys, threshold {use.threshold}), as on a host")
+    return use.keys, use.threshold
 
 
 def _app(raw: bytes) -> str:

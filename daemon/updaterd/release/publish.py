@@ -569,10 +569,14 @@ def rotate_keys(*, feed_dir: Path, app: str, new_keys: list[Path], sign_with: li
         raise FeedError(f"threshold {threshold} is more than the {len(set(pubs))} keys given")
     current = current_trust_for_rotation(feed_dir, signers)
     new = Trust(listed, threshold, f"the new key set (threshold {threshold})")
+    files = {k.id_hex: p for k, p in zip(listed, new_keys, strict=True)}
     for trust in (t for t in (current, new) if t is not None):
         if missing := missing_signers(trust, signers):
+            named = ", ".join(f"{i} ({_secret_beside(files[i])})" if i in files else
+                              f"{i} (a key the feed is signed with now)"
+                              for i in missing.split(", "))
             raise FeedError(f"{trust.where} must sign the new key set, {trust.threshold} of "
-                            f"its keys, and too few do: add --sign for key {missing}; nothing "
+                            f"its keys, and too few do: add --sign for key {named}; nothing "
                             "was written")
     keyset_path = feed_dir / keys.KEYS
     version = 1
@@ -594,6 +598,12 @@ def rotate_keys(*, feed_dir: Path, app: str, new_keys: list[Path], sign_with: li
         fsutil.atomic_write(feed_dir / f"{name}.minisig", sig)
         fsutil.atomic_write(feed_dir / name, raw)
     return keyset
+
+
+def _secret_beside(public: Path) -> str:
+    """The secret key file that goes with a public one (keygen writes PREFIX.pub and .key)."""
+    return str(public.with_suffix(".key")) if public.suffix == ".pub" else \
+        f"the secret key of {public}"
 
 
 def current_trust_for_rotation(feed_dir: Path,
@@ -620,7 +630,8 @@ def _verify_rotation_as_host(app: str, trust: Trust, raw: bytes, sig: bytes) -> 
     host = AppConfig(source="directory", path="/", threshold=trust.threshold,
                      public_keys=[k.to_base64() for k in trust.keys])
     try:
-        keys.apply(app, host, AppState(), raw, sig)
+        with keys.said_aside():  # a host's log lines; the command says what it did
+            keys.apply(app, host, AppState(), raw, sig)
     except FeedError as e:
         raise FeedError(f"hosts trusting {trust.where} would refuse this key set ({e}); "
                         "nothing was written") from None

@@ -11,9 +11,10 @@ through `keys-<N>.json`, as TUF clients walk `N.root.json`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
@@ -113,6 +114,27 @@ def apply(app: str, cfg: AppConfig, state: AppState, raw: bytes, sig: bytes | No
     log.info("%s: key rotation to version %d accepted (%d keys, threshold %d); the serial "
                 "high-water mark starts again", app, new.version, len(new_keys), new.threshold)
     return True
+
+
+@contextlib.contextmanager
+def said_aside() -> Iterator[list[logging.LogRecord]]:
+    """What this module logs, collected instead of logged: the publisher's commands run the
+    hosts' own code and say what it found in their own words (a host's "rotation accepted"
+    line on the publisher's terminal said nothing to them)."""
+    records: list[logging.LogRecord] = []
+
+    class _Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    keep, propagate = _Keep(), log.propagate
+    log.addHandler(keep)
+    log.propagate = False
+    try:
+        yield records
+    finally:
+        log.removeHandler(keep)
+        log.propagate = propagate
 
 
 Fetch = Callable[[str], Awaitable[tuple[bytes, bytes | None] | None]]
