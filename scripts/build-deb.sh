@@ -69,7 +69,9 @@ install -d "$root/usr/bin"
 ln -s "../lib/updaterd/bin/updaterd" "$root/usr/bin/updaterd"
 ln -s "../lib/updaterd/bin/updaterctl" "$root/usr/bin/updaterctl"
 install -d "$root/usr/lib/systemd/system"
-for unit in updaterd.service updaterd-once.service updaterd-once.timer; do
+for unit in updaterd.service updaterd-once.service updaterd-once.timer \
+        updaterd-feed-resign@.service updaterd-feed-resign@.timer \
+        updaterd-rollout-resign@.service updaterd-rollout-resign@.timer; do
     sed 's|/usr/local/bin/updaterd|/usr/bin/updaterd|g' "contrib/systemd/$unit" \
         > "$root/usr/lib/systemd/system/$unit"
     chmod 0644 "$root/usr/lib/systemd/system/$unit"

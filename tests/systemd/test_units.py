@@ -283,3 +283,44 @@ def test_self_update_through_the_launcher_under_restart_on_failure(box: Containe
     wait_until(box, "updaterctl status | grep -q 'updaterd 0.2.0'", "0.2.0 back", 60)
     assert os.readlink(box.root / "opt" / "updaterd" / "current") == "releases/0.2.0"
     assert box.sh("systemctl is-active updaterd").stdout.strip() == "active"
+
+
+def test_the_publishers_timers_keep_a_feed_and_its_rollout_json_fresh(box: Container) -> None:
+    """Issue 38: `feed resign` and `rollout resign` had no units; the package ships templated
+    ones whose instance is the publishing user, run here under a real PID 1 as that user."""
+    box.sh("id publisher >/dev/null 2>&1 || useradd -m publisher")
+    setup = r"""set -e
+cd ~ && rm -rf x pub && mkdir -p x/hello-1.0.0/bin pub
+printf '#!/bin/sh\necho hello\n' > x/hello-1.0.0/bin/hello && chmod +x x/hello-1.0.0/bin/hello
+tar czf hello-1.0.0-linux-x86_64.tar.gz -C x hello-1.0.0
+updaterd keygen --out pub/release --force >/dev/null
+updaterd keygen --out pub/rollout --force >/dev/null
+updaterd publish --feed ~/feed --key pub/release.key --app hello --version 1.0.0 \
+    --rollout-key pub/rollout.pub hello-1.0.0-linux-x86_64.tar.gz >/dev/null
+updaterd rollout halt 1.0.0 --feed ~/feed --key pub/rollout.key >/dev/null
+"""
+    box.sh(setup, user="publisher")
+    box.sh("install -d /etc/updaterd/publish && printf 'FEED=/home/publisher/feed\\n"
+           "KEY=/home/publisher/pub/release.key\\nEXPIRES=30d\\n"
+           "ROLLOUT_KEY=/home/publisher/pub/rollout.key\\nROLLOUT_EXPIRES=1d\\n' "
+           "> /etc/updaterd/publish/publisher.conf")
+
+    def serials() -> tuple[int, int]:
+        out = box.sh("cd /home/publisher/feed && python3 -c 'import json; print(json.load("
+                     "open(\"manifest.json\"))[\"serial\"], json.load(open(\"rollout.json\"))"
+                     "[\"serial\"])'").stdout.split()
+        return int(out[0]), int(out[1])
+
+    before = serials()
+    for unit in ("updaterd-feed-resign@publisher", "updaterd-rollout-resign@publisher"):
+        box.sh(f"systemctl start {unit}.service")
+        assert box.sh(f"systemctl show -p Result --value {unit}.service").stdout.strip() \
+            == "success", journal(box, unit)
+        box.sh(f"systemctl enable --now {unit}.timer")
+    assert serials() == (before[0] + 1, before[1] + 1)
+    timers = box.sh("systemctl list-timers --all --no-pager").stdout
+    assert "updaterd-feed-resign@publisher.timer" in timers
+    assert "updaterd-rollout-resign@publisher.timer" in timers
+    owners = box.sh("stat -c %U /home/publisher/feed/manifest.json "
+                    "/home/publisher/feed/rollout.json.minisig").stdout.split()
+    assert owners == ["publisher", "publisher"]  # signed as the publisher, not as root
