@@ -509,3 +509,28 @@ def test_prune_keeps_what_hosts_went_back_to_from_a_recalled_or_halted_release(
     controller.set_state(feed.folder, key, "1.2.0", "active", "", share=100)
     r = run_updaterd("feed", "prune", "--feed", feed.folder, "--key", feed.key, "--keep", "1")
     assert r.returncode == 0 and "pruned 1.1.0, 1.0.0;" in r.stdout, r.stdout + r.stderr
+
+
+def test_a_pruned_release_leaves_rollout_json_at_its_next_resign(
+        feed: Feed, tmp_path: Path) -> None:
+    """Issue 38: rollout.json kept the entries of pruned releases for ever. Prune cannot sign
+    it (the rollout key is not the release key): it says so, and `rollout resign` drops them."""
+    from updaterd.release import controller
+    from updaterd.trust import minisign
+
+    key = minisign.SecretKey.generate()
+    pub, key_file = tmp_path / "rollout.pub", tmp_path / "rollout.key"
+    pub.write_text(key.public.to_file())
+    key_file.write_text(key.to_file())
+    dist = tmp_path / "dist"
+    for version in ("1.0.0", "1.1.0"):
+        assert _publish(feed, version, _ci_build(dist, version), "--rollout-key",
+                        str(pub)).returncode == 0
+        controller.set_state(feed.folder, key, version, "active", "", share=100)
+    r = run_updaterd("feed", "prune", "--feed", feed.folder, "--key", feed.key, "--keep", "1")
+    assert r.returncode == 0 and "pruned 1.0.0" in r.stdout, r.stdout + r.stderr
+    assert "rollout.json still names 1.0.0 until the rollout key signs it again" in r.stdout
+    r = run_updaterd("rollout", "resign", "--feed", feed.folder, "--key", key_file)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads((feed.folder / "rollout.json").read_text())
+    assert sorted(doc["releases"]) == ["1.1.0"]

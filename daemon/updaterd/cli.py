@@ -352,6 +352,8 @@ def _feed(args: argparse.Namespace) -> int:
     print(done.line)
     for name in done.removed:
         print(f"  {'would remove' if args.dry_run else 'removed'} {name}")
+    for note in done.notes:
+        print(note)
     return EXIT_OK
 
 

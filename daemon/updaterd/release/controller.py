@@ -165,12 +165,15 @@ def change(feed_dir: Path, key: minisign.SecretKey, version: str,
 
 def resign(feed_dir: Path, key: minisign.SecretKey, expires: str, now: datetime) -> RolloutDoc:
     """A new serial and expiry, the entries as they are (a timer keeps a finished rollout's
-    document fresh, so hosts coming online later still take the release)."""
+    document fresh, so hosts coming online later still take the release), less those of
+    releases the manifest no longer lists (`feed prune` removed them)."""
     with _locked(feed_dir):
-        doc = read_verified(feed_dir, feedtools.load(feed_dir), key)
+        manifest = feedtools.load(feed_dir)
+        doc = read_verified(feed_dir, manifest, key)
         if doc is None:
             raise FeedError(f"{feed_dir / rollout.DOCUMENT} does not exist: nothing to "
                             "re-sign")
+        doc.releases = {v: e for v, e in doc.releases.items() if manifest.release(v) is not None}
         return _sign(feed_dir, key, doc, expires, now)
 
 

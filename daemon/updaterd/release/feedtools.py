@@ -43,6 +43,7 @@ class Rewritten:
     manifest: Manifest
     line: str
     removed: list[str] = field(default_factory=list)  # files gone with pruned releases
+    notes: list[str] = field(default_factory=list)  # what the operator should do next
 
 
 def _rewrite(feed_dir: Path, key_path: Sequence[Path], change: Callable[[Manifest], str],
@@ -165,6 +166,12 @@ def prune(*, feed_dir: Path, key_path: Sequence[Path], keep: int,
         return f"pruned {', '.join(r.version for r in gone)}" if gone else ""
 
     done = _rewrite(feed_dir, key_path, change, dry_run=dry_run)
+    named = sorted(v for v in (steered.releases if steered is not None else {})
+                   if v in {r.version for r in gone})
+    if named:  # signed by the rollout key, which prune does not hold
+        done.notes.append(f"rollout.json still names {', '.join(named)} until the rollout key "
+                          "signs it again (`updaterd rollout resign`, or its timer), which "
+                          "drops them; hosts ignore entries of releases the manifest lacks")
     kept = {a.url for r in done.manifest.releases for a in r.artifacts}
     for r in gone:
         for a in r.artifacts:
