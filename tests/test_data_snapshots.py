@@ -70,6 +70,27 @@ def test_rollback_with_data_puts_code_and_data_back_and_keeps_what_it_replaced(
     assert history[-1]["action"] == "rolled_back"
 
 
+def test_after_a_recall_with_data_puts_back_the_data_alone(
+        host: Host, nginx: Nginx, served_feed: Feed, daemon: Daemon) -> None:
+    """The 3 a.m. order: the recall moved the code back and left the data; then
+    `rollback --to 1.0.0 --with-data` on the version it runs puts the data back, restarts
+    it, counts no rollback away from 1.0.0 and skips nothing."""
+    on_1_1_0(host, nginx, served_feed, daemon)
+    daemon.ctl("rollback", "hello", check=True)  # the code goes back (as a recall does)
+    st = host.state()
+    r = daemon.ctl("rollback", "hello", "--to", "1.0.0", "--with-data", check=True)
+    assert r.stdout.strip() == "hello: put back the data 1.0.0 left (what it replaced is kept)"
+    assert runs(host) == "1.0.0\n" and host.current() == "1.0.0"
+    replaced = host.prefix / "snapshots" / ".replaced-1.0.0" / "data"
+    assert (replaced / "corrupted-by-1.1.0").exists()
+    after = host.state()
+    assert after["rollbacks_from"] == st["rollbacks_from"]
+    assert (after["skipped"], after["previous"]) == (st["skipped"], st["previous"])
+    assert after["history"][-1]["reason"] == "its data put back by the operator"
+    r = daemon.ctl("rollback", "hello", "--to", "1.0.0")
+    assert r.returncode != 0 and "already the current version" in r.stderr
+
+
 def test_a_recall_or_a_plain_rollback_never_touches_data(
         host: Host, nginx: Nginx, served_feed: Feed, daemon: Daemon) -> None:
     on_1_1_0(host, nginx, served_feed, daemon)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Daemon, Host
-from tests.helpers import BIN, Feed, make_tar, release_files
+from tests.helpers import BIN, Feed, make_tar, release_files, write_config
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -143,22 +143,49 @@ def test_the_code_map_names_every_module_and_only_modules_that_exist() -> None:
 
 def test_the_bad_release_runbook_runs_as_written(tmp_path: Path) -> None:
     """docs/bad-release.md's commands on a feed whose 1.4.0 is guarded and out to every host:
-    recalled, then yanked, then shown."""
+    recalled, then yanked, then shown (the publisher's block); then, on a real daemon the
+    recall moved back to 1.3.0, the data put back as 1.3.0 left it (the host's block)."""
     runbook = (README.parent / "docs" / "bad-release.md").read_text()
-    script = re.search(r"^```sh\n(.*?)^```", runbook, re.M | re.S)
-    assert script is not None
+    publisher, on_host = re.findall(r"^```sh\n(.*?)^```", runbook, re.M | re.S)[:2]
     www = tmp_path / "srv" / "www"
     run_block("updaterd keygen --out release-key && updaterd keygen --out rollout", tmp_path)
     feed = www / "demo"
-    for version, extra in (("1.3.0", ""), ("1.4.0", " --rollout-key rollout.pub")):
-        art = make_tar(tmp_path / f"demo-{version}-linux-x86_64.tar.gz",
-                       release_files(version), top=f"demo-{version}")
-        run_block(f"updaterd publish --feed {feed} --key release-key.key --app demo "
-                  f"--version {version}{extra} {art}", tmp_path)
-    run_block(f"updaterd rollout resume 1.4.0 --share 100 --feed {feed} --key rollout.key",
-              tmp_path)
-    out = run_block(script.group(1).replace("/srv/www", str(www)), tmp_path)
-    assert "1.4.0: recalled at 100%: corrupts notes on save; 1.4.1 fixes it" in out
-    assert "1.4.0  recalled  100%" in out
-    manifest = (feed / "manifest.json").read_text()
-    assert '"platform":"yanked"' in manifest.replace(" ", "")
+    host = Host(tmp_path / "host")
+    host.base.mkdir()
+    pub = (tmp_path / "release-key.pub").read_text().splitlines()[1]
+    write_config(host.config, host.daemon_table(), {"demo": {
+        "source": "directory", "path": str(feed), "public_keys": [pub],
+        "prefix": str(host.base / "opt" / "demo"), "shared": ["data"], "data_snapshots": True,
+        "health_check": ["sh", "-c", "mkdir -p data && echo $UPDATERD_VERSION >> data/runs"],
+        "check_interval": "1h", "jitter": "0s", "watch_interval": "0"}})
+    daemon = Daemon(host)
+    env = {"UPDATERD_SOCKET": str(daemon.socket)}
+    try:
+        for version, extra in (("1.3.0", ""), ("1.4.0", " --rollout-key rollout.pub")):
+            art = make_tar(tmp_path / f"demo-{version}-linux-x86_64.tar.gz",
+                           release_files(version), top=f"demo-{version}")
+            run_block(f"updaterd publish --feed {feed} --key release-key.key --app demo "
+                      f"--version {version}{extra} {art}", tmp_path)
+            if version == "1.3.0":
+                daemon.start()
+                daemon.wait_for(lambda: daemon.app("demo")["current"] == "1.3.0",
+                                what="1.3.0")
+        run_block(f"updaterd rollout resume 1.4.0 --share 100 --feed {feed} --key rollout.key",
+                  tmp_path)
+        run_block("updaterctl update demo", tmp_path, env)
+        data = host.base / "opt" / "demo" / "shared" / "data" / "runs"
+        assert data.read_text() == "1.3.0\n1.4.0\n"
+        out = run_block(publisher.replace("/srv/www", str(www)), tmp_path)
+        assert "1.4.0: recalled at 100%: corrupts notes on save; 1.4.1 fixes it" in out
+        assert "1.4.0  recalled  100%" in out
+        manifest = (feed / "manifest.json").read_text()
+        assert '"platform":"yanked"' in manifest.replace(" ", "")
+        # the recall, as a look acts on it (an update that ends rolled back exits 1)
+        run_block("updaterctl update demo || test $? = 1", tmp_path, env)
+        assert daemon.app("demo")["current"] == "1.3.0"
+        assert data.read_text() == "1.3.0\n1.4.0\n"  # the recall moved code, not data
+        out = run_block(on_host, tmp_path, env)
+        assert "DATA" in out and "put back the data 1.3.0 left" in out, out
+        assert data.read_text() == "1.3.0\n"
+    finally:
+        daemon.stop()

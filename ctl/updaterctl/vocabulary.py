@@ -62,7 +62,10 @@ def describe_update(app: str, from_version: str | None, to_version: str | None,
 def describe_rollback(app: str, from_version: str | None, to_version: str | None,
                       forward: bool, with_data: bool = False) -> str:
     """One line for a person (`app` "" in an event, which names the app already)."""
+    who = app + ": " if app else ""
+    if with_data and from_version == to_version:  # a recall had moved the code back already
+        return f"{who}put back the data {to_version} left (what it replaced is kept)"
     how = "went forward" if forward else "rolled back"
     data = f" with the data {to_version} left (the data of {from_version} is kept as its " \
         "snapshot)" if with_data else ""
-    return f"{app + ': ' if app else ''}{how} from {from_version} to {to_version}{data}"
+    return f"{who}{how} from {from_version} to {to_version}{data}"

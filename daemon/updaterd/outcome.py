@@ -145,6 +145,10 @@ def switched_back(st: AppState, tx: Transaction, to_version: str | None, limit: 
     left = tx.from_version
     st.installed = to_version
     st.pending = None
+    if tx.with_data and left == to_version:  # only the data went back: no version was left
+        st.last_error = None
+        remember(st, "rolled_back", to_version or "", left, tx.reason, limit)
+        return
     if left is not None:
         _count(st.rollbacks_from, left)
         if tx.block and not tx.recall:

@@ -476,7 +476,8 @@ class Engine:
 
         `to` is a version, or (inplace) the path of one of the app's backups; any other path
         is refused. `with_data`: the data snapshot of that version replaces `shared/` (what
-        is there now is kept as the snapshot of the version left).
+        is there now is kept as the snapshot of the version left); to the current version,
+        only the data goes back (after a recall moved the code) and the app restarts.
         """
         run = self.open_app(app)
         async with operation(run, "rollback") as op:
@@ -494,7 +495,8 @@ class Engine:
             if kept is None:
                 raise NoSuchVersion(f"{app}: version {wanted} is not kept; `updaterctl "
                                     f"list-backups {app}` lists what is")
-            if kept.version == current and run.layout.knows_version:
+            data_only = kept.version == current and with_data  # a recall moved the code back
+            if kept.version == current and run.layout.knows_version and not data_only:
                 raise NoSuchVersion(f"{app}: {kept.version} is already the current version")
             if with_data:
                 self._require_data_snapshot(run, kept.version)
@@ -505,9 +507,11 @@ class Engine:
                 backup = run.layout.backup(current)  # inplace: keep what we leave, to go on
                 await roll_back(run, from_version=current, to_version=kept.version,
                                 block=False, reason="switched forward by the operator"
-                                if forward else "rolled back by the operator",
+                                if forward else "its data put back by the operator"
+                                if data_only else "rolled back by the operator",
                                 backup=str(kept.path) if not run.layout.knows_version
-                                else backup, skip_left=not forward, with_data=with_data)
+                                else backup, skip_left=not forward and not data_only,
+                                with_data=with_data)
             if not run.layout.knows_version:
                 prune(run)
             done = RolledBack(from_version=current, to_version=kept.version, forward=forward,

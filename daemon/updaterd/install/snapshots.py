@@ -28,6 +28,7 @@ from updaterd.install.shared import FOLDER as SHARED
 
 FOLDER = "snapshots"
 TEMP = ".new-"  # a snapshot being made: `snapshots/.new-VERSION`
+REPLACED = ".replaced-"  # the data a restore of the running version's own snapshot replaced
 RESTORING = ".shared-restoring"  # the restored data, before the swap (in the prefix)
 LEFT = ".shared-left"  # the data the swap took out, removed after it
 
@@ -79,8 +80,8 @@ def restore(prefix: Path, version: str, leaving: str | None) -> None:
             return
         if not has(prefix, version):
             raise LayoutError(f"no data snapshot of {version} is kept in {prefix / FOLDER}")
-        if leaving is not None and leaving != version:
-            take(prefix, leaving)
+        if leaving is not None:  # data back under the same code: its snapshot stays as it is
+            take(prefix, leaving if leaving != version else REPLACED + version)
         fdtree.remove_entry(top, RESTORING, str(prefix / RESTORING))
         with fdtree.opened(_snapshots(prefix)) as snaps:
             fdtree.copy_entry(snaps, version, top, RESTORING, str(prefix / FOLDER / version))
@@ -109,9 +110,9 @@ def tidy(prefix: Path, kept: set[str]) -> list[str]:
     removed = []
     with fdtree.opened(_snapshots(prefix)) as snaps:
         for name in sorted(os.listdir(snaps)):
-            if name.startswith(TEMP) or name not in kept:
+            if name.startswith(TEMP) or name.removeprefix(REPLACED) not in kept:
                 fdtree.remove_entry(snaps, name, str(prefix / FOLDER / name))
-                if not name.startswith(TEMP):
+                if not name.startswith((TEMP, REPLACED)):
                     removed.append(name)
     return removed
 
