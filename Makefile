@@ -65,6 +65,7 @@ fleet-figures: deps $(VENV)/.bench-extras
 	bash scripts/prometheus.sh
 	UPDATERD_TEST_FLEET=1 UPDATERD_FLEET_TIMELINE=bench/results/fleet-timeline.json $(BIN)/python -m pytest -s tests/fleet $(PYTEST_ARGS)
 	$(BIN)/python -m bench.fleet_plot bench/results/fleet-timeline.json
+	$(BIN)/python -m bench.fleet_plot bench/results/three-am-timeline.json
 
 # The full counts of the randomized crash tests (catalogue row 57: 50 random kills).
 test-long: deps $(VENV)/.test-extras

@@ -3,7 +3,8 @@ halt, a recall, a kill) marked, and write the run's figures beside it.
 
     python -m bench.fleet_plot TIMELINE.json
 
-writes bench/rollout-fleet.png and bench/rollout-fleet.md, which `make bench` appends to
+writes bench/rollout-fleet.png and bench/rollout-fleet.md (for the 3 a.m. scenario's
+three-am-timeline.json: bench/three-am-fleet.png and .md), which `make bench` appends to
 bench/results.md (`make fleet-figures` runs the suite and this in one go).
 """
 
@@ -17,9 +18,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 PNG = HERE / "rollout-fleet.png"
 MARKDOWN = HERE / "rollout-fleet.md"
+NIGHT_PNG = HERE / "three-am-fleet.png"
+NIGHT_MARKDOWN = HERE / "three-am-fleet.md"
 
 
-def plot(run: dict, png: Path) -> None:
+def plot(run: dict, png: Path, title: str | None = None) -> None:
     """Two panels on one time axis: every host (above), and the few a guarded release reached
     before its halt or recall (below, to scale)."""
     import matplotlib
@@ -54,7 +57,8 @@ def plot(run: dict, png: Path) -> None:
                         ha="right", color=colour)
     whole.set_ylim(0, top * 1.45)
     whole.set_ylabel("hosts running the version")
-    whole.set_title(f"Guarded rollout on {top} real daemons, scraped by Prometheus each second")
+    whole.set_title(title or f"Guarded rollout on {top} real daemons, scraped by Prometheus "
+                    "each second")
     whole.legend(loc="upper left", fontsize=7, ncol=2)
     few.set_ylim(0, 8)
     few.set_ylabel("hosts (releases stopped short)")
@@ -76,11 +80,31 @@ def markdown(run: dict) -> str:
     return "\n".join(lines)
 
 
+def night_markdown(run: dict) -> str:
+    lines = ["## The 3 a.m. path on a fleet (`make test-fleet`)", "",
+             f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: {run['hosts']} "
+             "real daemons at the default `check_interval` (4h) and `watch_interval` (2m), "
+             "jitter 20 s, a third of them in-place apps; nginx; the recall, the yank and the "
+             "fix by the publisher's commands (tests/fleet/test_three_am.py).", "",
+             "| scenario | figure |", "|---|---|"]
+    lines += [f"| {what} | {figure} |" for what, figure in run["figures"].items()]
+    lines += ["", f"![hosts per version over time]({NIGHT_PNG.name})", ""]
+    return "\n".join(lines)
+
+
 def main() -> None:
-    run = json.loads(Path(sys.argv[1]).read_text())
-    plot(run, PNG)
-    MARKDOWN.write_text(markdown(run))
-    print(f"wrote {PNG} and {MARKDOWN}")
+    path = Path(sys.argv[1])
+    run = json.loads(path.read_text())
+    if path.name.startswith("three-am"):
+        png, md = NIGHT_PNG, NIGHT_MARKDOWN
+        plot(run, png, f"A bad release leaving {run['hosts']} real daemons at the default "
+                       "intervals")
+        md.write_text(night_markdown(run))
+    else:
+        png, md = PNG, MARKDOWN
+        plot(run, png)
+        md.write_text(markdown(run))
+    print(f"wrote {png} and {md}")
 
 
 if __name__ == "__main__":

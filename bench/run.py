@@ -835,9 +835,9 @@ def write_results(rows: list[Row], quick: bool, started: float) -> str:
         lines.append(f"| {r.section} | {r.what} | {ours} | {r.theirs_name or '-'} | "
                      f"{theirs} | {ratio} |")
     text = "\n".join(lines) + "\n"
-    fleet = HERE / "rollout-fleet.md"  # `make fleet-figures` (bench/fleet_plot.py) writes it
-    if not quick and fleet.exists():
-        text += "\n" + fleet.read_text()
+    for fleet in (HERE / "rollout-fleet.md", HERE / "three-am-fleet.md"):
+        if not quick and fleet.exists():  # `make fleet-figures` (bench/fleet_plot.py)
+            text += "\n" + fleet.read_text()
     (HERE / ("results-quick.md" if quick else "results.md")).write_text(text)
     return text
 
