@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from pathlib import Path
 
 import pytest
 
@@ -143,16 +142,3 @@ def test_data_snapshots_needs_shared_paths(host: Host, nginx: Nginx, served_feed
     assert r.returncode != 0
     assert "data_snapshots: keeps snapshots of the app's shared paths; set `shared` too" \
         in r.stderr + r.stdout
-
-
-def test_snapshot_folder_is_root_only_even_if_made_loose(tmp_path: Path) -> None:
-    from updaterd.install import snapshots
-
-    prefix = tmp_path / "opt"
-    (prefix / "shared" / "data").mkdir(parents=True)
-    (prefix / "snapshots").mkdir(mode=0o755)
-    assert snapshots.take(prefix, "1.0.0")
-    assert (prefix / "snapshots").stat().st_mode & 0o777 == 0o700
-    assert (prefix / "snapshots" / "1.0.0").stat().st_mode & 0o777 == 0o700
-    (tmp_path / "elsewhere").mkdir()
-    assert not snapshots.take(tmp_path / "elsewhere", "1.0.0")  # no shared/ yet: nothing kept

@@ -9,7 +9,8 @@ has them (btrfs, XFS: near free), else a full copy: the cost is `shared/`'s size
 disk at every update.
 
 `shared/` is the app's to write, so it is read and removed only by descriptor (`fdtree`);
-`snapshots/` is root's, mode 0700, so the app cannot reach into a snapshot to change it.
+`snapshots/` is root's, mode 0700, so the app cannot reach into a snapshot to change it (each
+snapshot keeps the owners and modes of `shared/` itself, so that a restore gives them back).
 A snapshot is made under a temporary name and renamed into place; the restore builds the
 new `shared/` beside the old one and swaps them with two renames in the prefix, so a crash
 leaves either the old data or the restored data, and running it again finishes it.
@@ -52,17 +53,18 @@ def take(prefix: Path, version: str) -> bool:
     """Copy `shared/` as the data `version` leaves behind; False when there is no `shared/`
     yet (nothing to keep)."""
     with fdtree.opened(fdtree.open_folder(prefix)) as top:
-        if fdtree.kind(top, SHARED) is None:
+        kind = fdtree.kind(top, SHARED)
+        if kind is None:
             return False
+        if kind != stat.S_IFDIR:  # a link in its place: never followed, never kept
+            raise LayoutError(f"{prefix / SHARED} is not a folder; no data snapshot taken")
         with fdtree.opened(_snapshots(prefix)) as snaps:
             temp = TEMP + version
             fdtree.remove_entry(snaps, temp, str(prefix / FOLDER / temp))
-            if not fdtree.copy_entry(top, SHARED, snaps, temp, str(prefix / SHARED)):
-                raise LayoutError(f"{prefix / SHARED} is not a folder; no data snapshot taken")
+            fdtree.copy_entry(top, SHARED, snaps, temp, str(prefix / SHARED))
             os.fsync(snaps)
             fdtree.remove_entry(snaps, version, str(prefix / FOLDER / version))
             os.rename(temp, version, src_dir_fd=snaps, dst_dir_fd=snaps)
-            os.chmod(version, 0o700, dir_fd=snaps, follow_symlinks=False)
             os.fsync(snaps)
     return True
 
