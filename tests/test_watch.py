@@ -167,3 +167,49 @@ def test_a_bad_watch_interval_is_refused_by_name(host: SimHost, value: str, why:
 def test_github_releases_are_never_looked_at() -> None:
     cfg = AppConfig(source="github", repo="o/r", watch_interval="1m")
     assert watch_seconds(cfg) is None
+
+
+def changed_now(sim: FeedSimulator, st: Any, seen: watch.Seen) -> str | None:
+    from updaterd.config import Limits
+
+    return run(lambda: watch.changed(sim.transport("hello", None), st,  # type: ignore[arg-type]
+                                     Limits(), seen))
+
+
+@pytest.mark.parametrize("stored", ["0" * 64, "f" * 64])
+def test_any_other_digest_is_a_change_whichever_way_it_compares(
+        sim: FeedSimulator, stored: str) -> None:
+    from updaterd.state import AppState
+
+    sim.release("1.0.0")
+    st = AppState(serial=1, manifest_digest=stored)
+    assert changed_now(sim, st, watch.Seen()) == "the manifest changed"
+
+
+def test_without_an_accepted_serial_the_validators_are_not_sent(sim: FeedSimulator) -> None:
+    """Validators stand for a manifest the host accepted; with none (no serial), the look
+    reads the manifest whole."""
+    from updaterd.state import AppState
+
+    sim.release("1.0.0")
+    st = AppState(serial=None, etag=sim.etag())
+    assert changed_now(sim, st, watch.Seen()) == "the manifest changed"
+    assert sim.not_modified == 0
+
+
+def test_the_last_two_changes_examined_are_remembered_and_no_more(sim: FeedSimulator) -> None:
+    from updaterd.state import AppState
+
+    seen = watch.Seen()
+    st = AppState(serial=1, manifest_digest="0" * 64)
+    served = []
+    for version in ("1.0.0", "1.1.0", "1.2.0"):
+        sim.release(version)
+        served.append(sim.raw)
+        assert changed_now(sim, st, seen) == "the manifest changed"
+    assert len(seen.examined) == 2
+    sim.raw = served[1]  # examined, and among the last two: no news
+    assert changed_now(sim, st, seen) is None
+    sim.raw = served[0]  # examined before those two: forgotten, so a change again
+    assert changed_now(sim, st, seen) == "the manifest changed"
+    assert changed_now(sim, st, seen) is None  # ... examined once
