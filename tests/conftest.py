@@ -121,18 +121,18 @@ class Host:
     def configure(self, **app: Any) -> Path:
         limits = app.pop("limits", {"backoff_base": "50ms", "backoff_cap": "200ms",
                                     "retries": 3})
+        # no looks between checks unless the test asks: each test decides when a host sees a
+        # change (`watch_interval=None` leaves the key out, for a daemon from before it)
+        if app.setdefault("watch_interval", "0") is None:
+            del app["watch_interval"]
         table = {"prefix": str(self.prefix), "health_check": ["bin/hello"],
                  "health_timeout": "10s", **app}
         return write_config(self.config, self.daemon_table(), {"hello": table}, limits)
 
     def follow(self, nginx: Nginx, feed: Feed, **app: Any) -> Path:
-        """Configure the app to follow `feed` as served by nginx (checked hourly, no jitter,
-        no looks between checks unless the test asks: each test decides when a host sees a
-        change; `watch_interval=None` leaves the key out, for a daemon from before it)."""
+        """Configure the app to follow `feed` as served by nginx (checked hourly, no jitter)."""
         app.setdefault("check_interval", "1h")
         app.setdefault("jitter", "0s")
-        if app.setdefault("watch_interval", "0") is None:
-            del app["watch_interval"]
         app.setdefault("public_keys", [feed.pub])
         return self.configure(source="manifest",
                               url=nginx.url(f"{feed.folder.name}/manifest.json"),
