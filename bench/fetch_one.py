@@ -13,7 +13,7 @@ from pathlib import Path
 
 import trio
 
-from updaterd.config import Limits
+from updaterd.host.config import Limits
 from updaterd.net.cachefile import Expected
 from updaterd.net.fetcher import Fetcher
 

@@ -536,7 +536,7 @@ def bench_fleet(tmp: Path, hosts: int, spread: float, steady: int = 10) -> list[
     """`hosts` simulated daemons follow one feed: a first check gets the manifest, then
     `steady` more each, spread over `spread` seconds, send its ETag while nothing is published.
     The steady state is what a fleet costs its feed's server day after day."""
-    from updaterd.config import Limits
+    from updaterd.host.config import Limits
     from updaterd.net.fetcher import Fetcher
 
     work = tmp / "fleet"
@@ -599,13 +599,13 @@ def bench_watch(tmp: Path, hosts: int, spread: float, looks: int = 10) -> list[R
     meanwhile: this is what the watch costs the feed's server every hour of every day."""
     import hashlib
 
-    from updaterd.config import AppConfig, Limits
+    from updaterd.host.config import AppConfig, Limits
+    from updaterd.host.state import AppState
     from updaterd.net.fetcher import Fetcher
     from updaterd.release import controller
     from updaterd.release.publish import keygen, publish
     from updaterd.sources import watch
     from updaterd.sources.manifest import HttpTransport
-    from updaterd.state import AppState
     from updaterd.trust import minisign
     from updaterd.trust.feed import RolloutMark
 

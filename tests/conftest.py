@@ -19,6 +19,13 @@ import pytest
 from tests.helpers import Feed, write_config
 from tests.servers.asgi import running_asgi
 from tests.servers.nginx import Nginx, read_log, running_nginx
+from tests.simulator import FeedSimulator
+
+
+@pytest.fixture
+def sim() -> FeedSimulator:
+    """A signed feed in memory (tests/simulator.py), for the engine in this process."""
+    return FeedSimulator()
 
 
 @pytest.fixture(scope="session")

@@ -28,10 +28,10 @@ import trio
 import zstandard
 
 from tests.helpers import release_files, write_config
-from updaterd import configfile
-from updaterd.config import AppConfig, Config
 from updaterd.engine.engine import Engine
 from updaterd.errors import FeedError
+from updaterd.host import configfile
+from updaterd.host.config import AppConfig, Config
 from updaterd.install import delta
 from updaterd.net.cachefile import Expected, ProgressFn, write_verified
 from updaterd.net.document import Document, Validators

@@ -26,9 +26,10 @@ from updaterctl.protocol import (
     UpdateParams,
     UpdateResult,
 )
-from updaterd.config import AppConfig, Config, DaemonConfig
 from updaterd.engine.engine import Engine
 from updaterd.errors import Busy, CancelledByOperator, TakeOverFailed, UpdaterError
+from updaterd.host.config import AppConfig, Config, DaemonConfig
+from updaterd.host.state import AppState
 from updaterd.reports import Checked, RolledBack, Updated
 from updaterd.service.api import ControlApi
 from updaterd.service.events import EventBus
@@ -36,7 +37,6 @@ from updaterd.service.inhibitors import Inhibitors
 from updaterd.service.rpc import Connection, Peer, RpcError
 from updaterd.service.scheduler import Schedule
 from updaterd.service.view import Counters, DaemonView, WorkerView
-from updaterd.state import AppState
 
 
 @dataclass
@@ -223,7 +223,7 @@ def _notes(state: AppState, auto_update: bool = True) -> list[str]:
 
 
 def test_j181_a_block_or_skip_is_noted_while_it_matters_and_gone_once_the_host_moved_on() -> None:
-    from updaterd.state import HistoryEntry
+    from updaterd.host.state import HistoryEntry
 
     back = HistoryEntry(at=1.0, action="rolled_back", version="1.0.0", from_version="1.1.0",
                         reason="recalled by its rollout: bad")

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import run_updaterd
-from updaterd import config
 from updaterd.errors import ConfigError
+from updaterd.host import config
 
 GOOD = """
 [daemon]
@@ -104,8 +104,8 @@ def test_refuses_to_start_on_bad_config(tmp_path: Path) -> None:
 
 def test_errors_read_as_a_person_would_write_them(tmp_path: Path) -> None:
     """No regular expression and no msgspec wording: what is wrong, and what would be right."""
-    from updaterd.config import parse
     from updaterd.errors import ConfigError
+    from updaterd.host.config import parse
     text = ('[daemon]\nsocket_mode = "rw"\n[apps.demo]\nsource = "manifst"\n'
             'prefix = "/opt/demo"\ncheck_intervall = "4h"\ncheck_interval = "4 hours"\n'
             'max_rate = "fast"\n')
@@ -125,8 +125,8 @@ def test_errors_read_as_a_person_would_write_them(tmp_path: Path) -> None:
 
 
 def test_types_and_ranges_read_plainly() -> None:
-    from updaterd.config import parse
     from updaterd.errors import ConfigError
+    from updaterd.host.config import parse
     text = ('[daemon]\nmax_parallel_downloads = 100\nsocket = 5\n[apps.x]\n'
             'source = "directory"\npath = "/f"\nprefix = "/p"\nauto_update = "yes"\n'
             'health_check = "bin/x"\nretain = -1\n')

@@ -49,11 +49,6 @@ def many_files(version: str, changed: str = "", count: int = 200) -> dict[str, t
 
 
 @pytest.fixture
-def sim() -> FeedSimulator:
-    return FeedSimulator()
-
-
-@pytest.fixture
 def host(tmp_path: Path, sim: FeedSimulator) -> SimHost:
     return SimHost(tmp_path / "host", sim)
 

@@ -28,11 +28,6 @@ def run(call: Callable[[], Awaitable[T]]) -> T:
 
 
 @pytest.fixture
-def sim() -> FeedSimulator:
-    return FeedSimulator()
-
-
-@pytest.fixture
 def host(tmp_path: Path, sim: FeedSimulator) -> SimHost:
     return SimHost(tmp_path, sim)
 

@@ -17,8 +17,8 @@ import pytest
 import trio
 
 from tests.conftest import FaultServer
-from updaterd.config import Limits
 from updaterd.errors import DigestMismatch, DownloadError
+from updaterd.host.config import Limits
 from updaterd.net.cachefile import Expected
 from updaterd.net.fetcher import Fetcher, parse_retry_after
 from updaterd.trust.digests import Digests

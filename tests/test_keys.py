@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 import trio
 
-from updaterd.config import AppConfig
 from updaterd.errors import FeedError
+from updaterd.host.config import AppConfig
+from updaterd.host.state import AppState, TrustRoot
 from updaterd.sources import keys
-from updaterd.state import AppState, TrustRoot
 from updaterd.trust import minisign
 
 K = [minisign.SecretKey.generate() for _ in range(5)]

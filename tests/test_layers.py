@@ -11,14 +11,11 @@ from pathlib import Path
 import pytest
 
 DAEMON = Path(__file__).resolve().parent.parent / "daemon" / "updaterd"
-# bottom to top. The top folder's own modules sit on three floors: the ground every layer
-# stands on, configuration and the app's state (above trust/, whose checks they use), and the
-# entry points that start everything.
-GROUND = {"errors", "units", "logtext", "failpoints", "fsutil", "fdtree", "versions", "window",
-          "reports"}
+# bottom to top. The top folder holds the ground every layer stands on, and the entry points
+# that start everything (above all folders); each folder is a layer of its own.
 ENTRY = {"cli", "__main__"}
-FOLDERS = ["trust", "net", "sources", "install", "engine", "release", "service"]
-LAYERS = ["(ground)", "trust", "(config, state)", *FOLDERS[1:], "(entry)"]
+FOLDERS = ["trust", "host", "net", "sources", "install", "engine", "release", "service"]
+LAYERS = ["(ground)", *FOLDERS, "(entry)"]
 
 
 def layer_of(module: str) -> str:
@@ -26,8 +23,7 @@ def layer_of(module: str) -> str:
     parts = module.split(".")
     if len(parts) > 2 or (len(parts) == 2 and parts[1] in FOLDERS):
         return parts[1]
-    name = parts[-1]
-    return "(ground)" if name in GROUND else "(entry)" if name in ENTRY else "(config, state)"
+    return "(entry)" if parts[-1] in ENTRY else "(ground)"
 
 
 def rank(module: str) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from updaterctl.output import COMMANDS
-from updaterd.config import documented_keys
+from updaterd.host.config import documented_keys
 
 ROOT = Path(__file__).resolve().parent.parent
 MAN = ROOT / "man"

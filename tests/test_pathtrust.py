@@ -11,9 +11,9 @@ import msgspec
 import pytest
 
 from tests.helpers import NOBODY, as_nobody
-from updaterd import pathtrust
-from updaterd.config import AppConfig, Config
 from updaterd.errors import UnsafePath
+from updaterd.host import pathtrust
+from updaterd.host.config import AppConfig, Config
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
 OTHER = 64123  # a uid and gid with no name here

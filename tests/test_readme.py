@@ -46,7 +46,7 @@ def run_block(script: str, cwd: Path, env: dict[str, str] | None = None) -> str:
 
 
 def test_every_toml_block_is_a_configuration_updaterd_accepts(feed: Feed) -> None:
-    from updaterd import config
+    from updaterd.host import config
     found = blocks("toml")
     assert len(found) >= 5
     for text in found:

@@ -58,11 +58,6 @@ class Guarded:
 
 
 @pytest.fixture
-def sim() -> FeedSimulator:
-    return FeedSimulator()
-
-
-@pytest.fixture
 def host(tmp_path: Path, sim: FeedSimulator) -> SimHost:
     return SimHost(tmp_path, sim)
 

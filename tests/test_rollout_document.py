@@ -178,11 +178,6 @@ def governed_doc() -> RolloutDoc:
 
 
 @pytest.fixture
-def sim() -> FeedSimulator:
-    return FeedSimulator()
-
-
-@pytest.fixture
 def host(tmp_path: Path, sim: FeedSimulator) -> SimHost:
     return SimHost(tmp_path, sim)
 

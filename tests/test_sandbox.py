@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from updaterd import sandbox
+from updaterd.host import sandbox
 
 PACKAGED = ("LoadState=loaded\nUnitFileState=enabled\nActiveState=active\n"
             "ProtectSystem=strict\nReadWritePaths=/opt -/srv/apps\n")

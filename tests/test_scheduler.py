@@ -8,10 +8,10 @@ import random
 import trio
 import trio.testing
 
-from updaterd.config import AppConfig
 from updaterd.errors import DownloadError
+from updaterd.host.config import AppConfig
+from updaterd.host.state import AppState
 from updaterd.service.scheduler import Schedule
-from updaterd.state import AppState
 
 BASE = 1_800_000_000.0  # wall time at trio time 0
 
@@ -132,7 +132,7 @@ def test_d77_backoff_survives_a_restart(tmp_path: object) -> None:
     waits the third backoff step (240 s after the last check), not the interval or nothing."""
     from pathlib import Path
 
-    from updaterd import state
+    from updaterd.host import state
 
     folder = Path(str(tmp_path))
     before = FakeApp(cfg(check_interval="1h", jitter="0s"), AppState(),

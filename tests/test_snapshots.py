@@ -162,3 +162,34 @@ def test_tidy_without_snapshots_is_nothing(tmp_path: Path) -> None:
     (tmp_path / "opt").mkdir()
     assert snapshots.tidy(tmp_path / "opt", set()) == []
     assert list((tmp_path / "opt").iterdir()) == []
+
+
+def test_a_fifo_in_place_of_shared_is_refused_never_opened(tmp_path: Path) -> None:
+    prefix = tmp_path / "opt"
+    prefix.mkdir()
+    os.mkfifo(prefix / "shared")
+    with pytest.raises(LayoutError, match="not a folder; no data snapshot taken"):
+        snapshots.take(prefix, "1.0.0")
+
+
+def test_forward_with_data_keeps_the_data_left_as_the_older_versions(prefix: Path) -> None:
+    """rollback --to a newer kept version --with-data: what shared/ held is the snapshot of
+    the version left, whichever way the two versions compare."""
+    snapshots.take(prefix, "1.1.0")
+    (prefix / "shared" / "conf").write_text("a=old\n")
+    left = tree(prefix / "shared")
+    snapshots.restore(prefix, "1.1.0", leaving="1.0.0")
+    assert tree(prefix / "snapshots" / "1.0.0") == left
+    assert not (prefix / "snapshots" / ".replaced-1.1.0").exists()
+
+
+def test_tidy_removes_a_restore_left_over_only_beside_the_data(prefix: Path) -> None:
+    (prefix / ".shared-restoring").mkdir()
+    (prefix / ".shared-left").mkdir()
+    snapshots.tidy(prefix, set())
+    assert sorted(p.name for p in prefix.iterdir()) == ["shared"]
+    # without shared/, those may be the only copy of the data: left for the journal
+    (prefix / "shared").rename(prefix / ".shared-restoring")
+    (prefix / ".shared-left").mkdir()
+    snapshots.tidy(prefix, set())
+    assert sorted(p.name for p in prefix.iterdir()) == [".shared-left", ".shared-restoring"]

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from updaterd import fsutil, state
+from updaterd import fsutil
 from updaterd.errors import StateError
+from updaterd.host import state
 
 
 def test_c60_write_order_is_fsync_rename_fsync_dir(tmp_path: Path,

@@ -13,17 +13,12 @@ import pytest
 
 from tests.simulator import FeedSimulator, SimHost
 from tests.test_rollout import Guarded, run
-from updaterd.config import AppConfig, watch_seconds
 from updaterd.engine.engine import Engine
 from updaterd.errors import ConfigError
+from updaterd.host.config import AppConfig, watch_seconds
 from updaterd.sources import watch
 from updaterd.trust import minisign, rollout
 from updaterd.trust.feed import SIGNATURE
-
-
-@pytest.fixture
-def sim() -> FeedSimulator:
-    return FeedSimulator()
 
 
 @pytest.fixture
@@ -170,7 +165,7 @@ def test_github_releases_are_never_looked_at() -> None:
 
 
 def changed_now(sim: FeedSimulator, st: Any, seen: watch.Seen) -> str | None:
-    from updaterd.config import Limits
+    from updaterd.host.config import Limits
 
     return run(lambda: watch.changed(sim.transport("hello", None), st,  # type: ignore[arg-type]
                                      Limits(), seen))
@@ -179,7 +174,7 @@ def changed_now(sim: FeedSimulator, st: Any, seen: watch.Seen) -> str | None:
 @pytest.mark.parametrize("stored", ["0" * 64, "f" * 64])
 def test_any_other_digest_is_a_change_whichever_way_it_compares(
         sim: FeedSimulator, stored: str) -> None:
-    from updaterd.state import AppState
+    from updaterd.host.state import AppState
 
     sim.release("1.0.0")
     st = AppState(serial=1, manifest_digest=stored)
@@ -189,7 +184,7 @@ def test_any_other_digest_is_a_change_whichever_way_it_compares(
 def test_without_an_accepted_serial_the_validators_are_not_sent(sim: FeedSimulator) -> None:
     """Validators stand for a manifest the host accepted; with none (no serial), the look
     reads the manifest whole."""
-    from updaterd.state import AppState
+    from updaterd.host.state import AppState
 
     sim.release("1.0.0")
     st = AppState(serial=None, etag=sim.etag())
@@ -198,7 +193,7 @@ def test_without_an_accepted_serial_the_validators_are_not_sent(sim: FeedSimulat
 
 
 def test_the_last_two_changes_examined_are_remembered_and_no_more(sim: FeedSimulator) -> None:
-    from updaterd.state import AppState
+    from updaterd.host.state import AppState
 
     seen = watch.Seen()
     st = AppState(serial=1, manifest_digest="0" * 64)

@@ -16,9 +16,9 @@ from typing import ClassVar
 import trio
 
 from updaterctl._version import __version__
-from updaterd import config as config_mod
-from updaterd import configfile
 from updaterd.errors import ConfigError, FeedError, LockHeld, UpdaterError
+from updaterd.host import config as config_mod
+from updaterd.host import configfile
 from updaterd.logtext import OneLine
 from updaterd.service.lock import ProcessLock
 from updaterd.trust.yank import MAX_REASON as MAX_YANK_REASON
@@ -422,7 +422,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return EXIT_OK
     cfg = configfile.load(args.config)
     if args.command == "check-config":
-        from updaterd import sandbox
+        from updaterd.host import sandbox
 
         unwritable = sandbox.unit_problems(cfg)
         for problem in unwritable:
@@ -497,7 +497,8 @@ def _daemonize(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     # namespace package of that name (the regular package wins at run time).
     from daemon import DaemonContext  # type: ignore[attr-defined]
 
-    from updaterd import fsutil, pathtrust
+    from updaterd import fsutil
+    from updaterd.host import pathtrust
     from updaterd.service.service import serve
 
     lock = ProcessLock(Path(cfg.daemon.lock_file))

@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from tests.conftest import Nginx
-from updaterd.config import Limits
+from updaterd.host.config import Limits
 from updaterd.net.cachefile import Expected
 from updaterd.net.fetcher import Fetcher
 from updaterd.trust.feed import Artifact

@@ -12,11 +12,11 @@ import pytest
 
 from tests.conftest import Host, Nginx
 from tests.helpers import Feed, run_updaterd
-from updaterd.config import AppConfig
 from updaterd.errors import FeedError, SignatureError
+from updaterd.host.config import AppConfig
+from updaterd.host.state import AppState
 from updaterd.release.publish import keygen, publish, rotate_keys
 from updaterd.sources import keys
-from updaterd.state import AppState
 from updaterd.trust import minisign
 from updaterd.trust.feed import MANIFEST, SIGNATURE
 

@@ -18,11 +18,6 @@ from updaterd.trust import minisign, rollout, yank
 
 
 @pytest.fixture
-def sim() -> FeedSimulator:
-    return FeedSimulator()
-
-
-@pytest.fixture
 def host(tmp_path: Path, sim: FeedSimulator) -> SimHost:
     return SimHost(tmp_path, sim)
 

@@ -23,8 +23,8 @@ from cryptography.x509.oid import NameOID
 from tests.conftest import Host
 from tests.helpers import BIN, Feed, run_updaterd
 from tests.servers.nginx import Nginx, running_nginx
-from updaterd.config import Limits
 from updaterd.errors import DownloadError
+from updaterd.host.config import Limits
 from updaterd.net.fetcher import Fetcher
 
 NOW = dt.datetime.now(dt.UTC)

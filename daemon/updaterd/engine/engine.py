@@ -15,8 +15,7 @@ from pathlib import Path
 
 import trio
 
-from updaterd import outcome, state, versions
-from updaterd.config import AppConfig, Config, host_platform
+from updaterd import versions
 from updaterd.engine.gate import DeferringGate, SwitchGate, WindowGate
 from updaterd.engine.operation import Operation, operation
 from updaterd.errors import (
@@ -28,6 +27,8 @@ from updaterd.errors import (
     UnknownApp,
     UpdaterError,
 )
+from updaterd.host import outcome, state
+from updaterd.host.config import AppConfig, Config, host_platform
 from updaterd.install import snapshots
 from updaterd.install.apprun import AppRun, Hooks, Lifecycle
 from updaterd.install.inplace import InplaceLayout

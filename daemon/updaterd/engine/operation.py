@@ -23,8 +23,9 @@ from typing import Literal
 import trio
 
 from updaterctl.vocabulary import Outcome, Phase
-from updaterd import logtext, outcome
+from updaterd import logtext
 from updaterd.errors import OperationCancelled, PolicyError, UpdaterError
+from updaterd.host import outcome
 from updaterd.install.apprun import AppRun
 from updaterd.reports import Event
 

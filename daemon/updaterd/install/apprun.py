@@ -15,11 +15,12 @@ from typing import Protocol
 import trio
 
 from updaterctl.vocabulary import Phase
-from updaterd import logtext, outcome, state
-from updaterd.config import AppConfig, Config
+from updaterd import logtext
+from updaterd.host import outcome, state
+from updaterd.host.config import AppConfig, Config
+from updaterd.host.state import AppState
 from updaterd.install.layout import InstallLayout
 from updaterd.reports import Event
-from updaterd.state import AppState
 
 Emit = Callable[[Event], None]
 

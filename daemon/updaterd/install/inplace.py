@@ -21,8 +21,8 @@ import blake3
 
 from updaterd import failpoints, fdtree, fsutil
 from updaterd.errors import ArchiveError, LayoutError
+from updaterd.host.state import Transaction
 from updaterd.install.layout import Kept, Staged
-from updaterd.state import Transaction
 from updaterd.trust import archive, digests
 
 _STAMP = re.compile(r"-(\d{8}T\d{6}Z)(?:\.\d+)?$")

@@ -19,8 +19,8 @@ from typing import BinaryIO, Protocol
 
 from updaterd import failpoints, fdtree, fsutil, versions
 from updaterd.errors import LayoutError
+from updaterd.host.state import Transaction
 from updaterd.install.shared import link_into as link_shared
-from updaterd.state import Transaction
 from updaterd.trust import archive, treehash
 
 log = logging.getLogger("updaterd.layout")

@@ -104,8 +104,8 @@ def tidy(prefix: Path, kept: set[str]) -> list[str]:
     longer kept (retention bounds them as it bounds releases) and any half-made one; returns
     the versions whose snapshots were removed."""
     with fdtree.opened(fdtree.open_folder(prefix)) as top:
-        fdtree.remove_entry(top, LEFT, str(prefix / LEFT))
-        if fdtree.kind(top, RESTORING) is not None and fdtree.kind(top, SHARED) is not None:
+        if fdtree.kind(top, SHARED) is not None:  # else those may be the only copy of the data
+            fdtree.remove_entry(top, LEFT, str(prefix / LEFT))
             fdtree.remove_entry(top, RESTORING, str(prefix / RESTORING))
     if not os.path.isdir(prefix / FOLDER):
         return []

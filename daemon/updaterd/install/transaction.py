@@ -20,9 +20,11 @@ from typing import BinaryIO, Literal
 import trio
 
 from updaterctl.vocabulary import human_size
-from updaterd import failpoints, fdtree, fsutil, outcome, pathtrust, versions
-from updaterd.config import app_unit
+from updaterd import failpoints, fdtree, fsutil, versions
 from updaterd.errors import HealthCheckFailed, LayoutError, OperationCancelled, UpdaterError
+from updaterd.host import outcome, pathtrust
+from updaterd.host.config import app_unit
+from updaterd.host.state import Transaction
 from updaterd.install import delta, health, snapshots
 from updaterd.install import shared as shared_paths
 from updaterd.install.apprun import AppRun
@@ -30,7 +32,6 @@ from updaterd.install.layout import Kept, Staged
 from updaterd.net.cachefile import Expected, keep_only
 from updaterd.reports import Event
 from updaterd.sources import Source
-from updaterd.state import Transaction
 from updaterd.trust import archive, treehash
 from updaterd.trust.feed import Artifact, Release
 from updaterd.units import parse_duration

@@ -30,8 +30,8 @@ import trio
 
 from updaterctl._version import __version__
 from updaterd import fsutil, logtext
-from updaterd.config import Limits
 from updaterd.errors import DigestMismatch, DownloadError, RateLimited, Retryable
+from updaterd.host.config import Limits
 from updaterd.net import cachefile
 from updaterd.net.cachefile import Expected, ProgressFn
 from updaterd.net.document import Document

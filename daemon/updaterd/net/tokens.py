@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from updaterd.errors import FeedError
 
 if TYPE_CHECKING:
-    from updaterd.config import AppConfig, Config
+    from updaterd.host.config import AppConfig, Config
 
 MAX_TOKEN_FILE = 64 << 10
 _from_env: dict[str, str] = {}

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urljoin
 
 from updaterd import fsutil
-from updaterd.config import Limits
 from updaterd.errors import (
     DigestMismatch,
     DownloadError,
@@ -28,6 +27,7 @@ from updaterd.errors import (
     SignatureError,
     UpdaterError,
 )
+from updaterd.host.config import Limits
 from updaterd.install import delta
 from updaterd.trust import digests, feed, minisign, tlstrust, urlpolicy
 
@@ -235,9 +235,9 @@ def _rotated(place: _Folder | _Web, app: str, keys: list[minisign.PublicKey], th
     a host would refuse is a problem here."""
     import trio
 
-    from updaterd.config import AppConfig
+    from updaterd.host.config import AppConfig
+    from updaterd.host.state import AppState
     from updaterd.sources import keys as rotation
-    from updaterd.state import AppState
 
     cfg = AppConfig(source="directory", path=".", public_keys=[k.to_base64() for k in keys],
                     threshold=threshold)

@@ -25,8 +25,8 @@ from pathlib import Path
 import msgspec
 
 from updaterd import failpoints, fsutil, versions
-from updaterd.config import host_platform
 from updaterd.errors import FeedError, SignatureError, UpdaterError
+from updaterd.host.config import host_platform
 from updaterd.install import delta
 from updaterd.release import feedfolder
 from updaterd.sources import keys
@@ -239,7 +239,7 @@ def _same_bytes(a: Artifact, b: Artifact) -> bool:
 def _extract_for_delta(path: Path, into: Path) -> Path:
     """A release as our extractor makes it on a host (with the default limits), from its full
     artifact."""
-    from updaterd.config import Limits
+    from updaterd.host.config import Limits
 
     into.mkdir()
     with open(path, "rb") as f:
@@ -624,8 +624,8 @@ def current_trust_for_rotation(feed_dir: Path,
 
 def _verify_rotation_as_host(app: str, trust: Trust, raw: bytes, sig: bytes) -> None:
     """`keys.apply`, the hosts' own code, on the new key set, by a host trusting `trust`."""
-    from updaterd.config import AppConfig
-    from updaterd.state import AppState
+    from updaterd.host.config import AppConfig
+    from updaterd.host.state import AppState
 
     host = AppConfig(source="directory", path="/", threshold=trust.threshold,
                      public_keys=[k.to_base64() for k in trust.keys])

@@ -49,7 +49,7 @@ from updaterctl.protocol import (
     VersionParams,
     clock,
 )
-from updaterd import fdtree, outcome, versions
+from updaterd import fdtree, versions
 from updaterd.errors import (
     Busy,
     CancelledByOperator,
@@ -60,9 +60,10 @@ from updaterd.errors import (
     UnknownApp,
     UpdaterError,
 )
+from updaterd.host import outcome
+from updaterd.host.state import AppState
 from updaterd.service import answers, metrics, rpc
 from updaterd.service.rpc import Connection, Handler, RpcError
-from updaterd.state import AppState
 
 if TYPE_CHECKING:
     from updaterd.service.view import DaemonView, WorkerView

@@ -8,8 +8,8 @@ import fcntl
 import os
 from pathlib import Path
 
-from updaterd import pathtrust
 from updaterd.errors import LockHeld, UpdaterError
+from updaterd.host import pathtrust
 
 
 class ProcessLock:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import h11
 import trio
 
-from updaterd.config import parse_listen
+from updaterd.host.config import parse_listen
 
 log = logging.getLogger("updaterd.metrics")
 

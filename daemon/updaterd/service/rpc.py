@@ -33,8 +33,8 @@ from updaterctl.protocol import (
     Response,
 )
 from updaterd import fsutil
-from updaterd.config import Limits as ConfigLimits
 from updaterd.errors import UpdaterError
+from updaterd.host.config import Limits as ConfigLimits
 from updaterd.units import parse_duration
 
 log = logging.getLogger("updaterd.rpc")

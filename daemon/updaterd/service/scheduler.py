@@ -12,9 +12,9 @@ from typing import Protocol
 
 import trio
 
-from updaterd.config import AppConfig
 from updaterd.errors import UpdaterError
-from updaterd.state import AppState
+from updaterd.host.config import AppConfig
+from updaterd.host.state import AppState
 from updaterd.units import parse_duration
 
 log = logging.getLogger("updaterd.scheduler")

@@ -20,10 +20,11 @@ from pathlib import Path
 import sdnotify
 import trio
 
-from updaterd import configfile, failpoints
-from updaterd.config import Config
+from updaterd import failpoints
 from updaterd.engine.engine import Engine
 from updaterd.errors import ConfigError, UpdaterError
+from updaterd.host import configfile
+from updaterd.host.config import Config
 from updaterd.install import health, selfupdate
 from updaterd.reports import Event
 from updaterd.service import answers, metrics, metrics_http, rpc

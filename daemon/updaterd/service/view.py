@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from updaterctl.protocol import CancelResult, Phase
-    from updaterd.config import AppConfig, Config
     from updaterd.engine.engine import Engine
+    from updaterd.host.config import AppConfig, Config
+    from updaterd.host.state import AppState
     from updaterd.reports import Checked, Event, RolledBack, Updated
     from updaterd.service.events import EventBus
     from updaterd.service.inhibitors import Inhibitors
     from updaterd.service.scheduler import Schedule
-    from updaterd.state import AppState
 
 
 @dataclass

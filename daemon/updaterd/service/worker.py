@@ -16,15 +16,15 @@ from collections.abc import AsyncIterator, Iterator
 import trio
 
 from updaterctl.protocol import PAST_SWITCH, CancelResult, Phase, clock
-from updaterd import outcome
-from updaterd.config import AppConfig, watch_seconds
 from updaterd.engine.gate import WaitingGate
 from updaterd.errors import Busy, CancelledByOperator, TakeOverFailed, UpdaterError
+from updaterd.host import outcome
+from updaterd.host.config import AppConfig, watch_seconds
+from updaterd.host.state import AppState
 from updaterd.reports import Checked, Event, RolledBack, Updated
 from updaterd.service.scheduler import Schedule
 from updaterd.service.view import Counters, DaemonView
 from updaterd.sources import watch
-from updaterd.state import AppState
 from updaterd.units import parse_duration
 
 log = logging.getLogger("updaterd")

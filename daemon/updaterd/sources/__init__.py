@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 from urllib.parse import unquote, urlsplit
 
-from updaterd.config import AppConfig, Limits
+from updaterd.host.config import AppConfig, Limits
+from updaterd.host.state import AppState
 from updaterd.net.cachefile import Expected, ProgressFn
-from updaterd.state import AppState
 from updaterd.trust.feed import Artifact, TrustedFeed
 
 if TYPE_CHECKING:  # the HTTP client is loaded only for an app whose feed is on the network

@@ -21,13 +21,13 @@ import msgspec
 import trio
 
 from updaterd import versions
-from updaterd.config import AppConfig, Limits
 from updaterd.errors import DigestMismatch, FeedError, RateLimited, SignatureError
+from updaterd.host.config import AppConfig, Limits
+from updaterd.host.state import AppState
 from updaterd.net import tokens
 from updaterd.net.cachefile import Expected, ProgressFn
 from updaterd.net.fetcher import Fetcher
 from updaterd.sources import verified
-from updaterd.state import AppState
 from updaterd.trust import checksums, minisign, urlpolicy
 from updaterd.trust.feed import SAFE_FILE_NAME, Artifact, Manifest, Release, TrustedFeed
 from updaterd.units import parse_size

@@ -21,10 +21,10 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-from updaterd import outcome
-from updaterd.config import AppConfig
 from updaterd.errors import FeedError, SignatureError
-from updaterd.state import AppState, TrustRoot
+from updaterd.host import outcome
+from updaterd.host.config import AppConfig
+from updaterd.host.state import AppState, TrustRoot
 from updaterd.trust import minisign
 from updaterd.trust.feed import reject_duplicate_keys
 

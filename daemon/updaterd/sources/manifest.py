@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urljoin, urlsplit
 
-from updaterd.config import AppConfig
 from updaterd.errors import FeedError
+from updaterd.host.config import AppConfig
 from updaterd.net.cachefile import Expected, ProgressFn
 from updaterd.net.document import Document, Validators
 from updaterd.net.fetcher import Fetcher

@@ -25,12 +25,12 @@ from typing import BinaryIO, Protocol
 
 import msgspec
 
-from updaterd.config import AppConfig, Limits
 from updaterd.errors import DownloadError, FeedError
+from updaterd.host.config import AppConfig, Limits
+from updaterd.host.state import AppState
 from updaterd.net.cachefile import Expected, ProgressFn
 from updaterd.net.document import Document, Validators
 from updaterd.sources import keys, verified
-from updaterd.state import AppState
 from updaterd.trust import minisign, rollout
 from updaterd.trust.feed import MANIFEST, SIGNATURE, Artifact, TrustedFeed
 from updaterd.units import parse_size

@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from updaterd import fsutil
-from updaterd.config import AppConfig
 from updaterd.errors import StateError
+from updaterd.host.config import AppConfig
+from updaterd.host.state import AppState
 from updaterd.sources import keys
-from updaterd.state import AppState
 from updaterd.trust import feed, minisign
 
 CACHED = "feed.json"

@@ -14,10 +14,10 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from updaterd.config import Limits
+from updaterd.host.config import Limits
+from updaterd.host.state import AppState
 from updaterd.net.document import Validators
 from updaterd.sources.refresh import Transport
-from updaterd.state import AppState
 from updaterd.trust import rollout
 from updaterd.trust.feed import MANIFEST
 from updaterd.units import parse_size

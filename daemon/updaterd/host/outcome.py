@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 
 from updaterd import logtext, versions
-from updaterd.state import AppState, HistoryEntry, Transaction, TrustRoot, record
+from updaterd.host.state import AppState, HistoryEntry, Transaction, TrustRoot, record
 from updaterd.trust.feed import RolloutMark
 
 

@@ -11,7 +11,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from updaterd.config import Config
+from updaterd.host.config import Config
 
 UNIT = "updaterd.service"
 PROPERTIES = ("LoadState", "UnitFileState", "ActiveState", "ProtectSystem", "ReadWritePaths")

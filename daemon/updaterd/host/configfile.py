@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from updaterd import pathtrust
-from updaterd.config import Config, parse
 from updaterd.errors import ConfigError
+from updaterd.host import pathtrust
+from updaterd.host.config import Config, parse
 
 
 def load(path: str | Path) -> Config:

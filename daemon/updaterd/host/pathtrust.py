@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 from updaterd.errors import UnsafePath
 
 if TYPE_CHECKING:
-    from updaterd.config import AppConfig, Config, DaemonConfig
+    from updaterd.host.config import AppConfig, Config, DaemonConfig
 
 
 def _owner_name(uid: int) -> str:
