@@ -16,6 +16,8 @@ from pathlib import Path
 import trio
 
 from updaterd import versions
+from updaterd.engine import acquire
+from updaterd.engine.acquire import drop_unwanted_downloads, fetch_artifact
 from updaterd.engine.gate import DeferringGate, SwitchGate, WindowGate
 from updaterd.engine.operation import Operation, operation
 from updaterd.errors import (
@@ -27,7 +29,7 @@ from updaterd.errors import (
     UnknownApp,
     UpdaterError,
 )
-from updaterd.host import outcome, state
+from updaterd.host import outcome, state, tokens
 from updaterd.host.config import AppConfig, Config, host_platform
 from updaterd.install import snapshots
 from updaterd.install.apprun import AppRun, Hooks, Lifecycle
@@ -35,16 +37,13 @@ from updaterd.install.inplace import InplaceLayout
 from updaterd.install.layout import InstallLayout, Kept, Layout
 from updaterd.install.lifecycle import AppRestart, SelfHandOver
 from updaterd.install.transaction import (
-    apply_update,
-    drop_unwanted_downloads,
-    fetch_artifact,
+    apply_staged,
     forget_pruned,
     prune,
-    recover,
     roll_back,
 )
 from updaterd.install.transaction import damage as transaction_damage
-from updaterd.net import tokens
+from updaterd.install.transaction import recover as recover_transaction
 from updaterd.net.ratecap import TokenBucket
 from updaterd.reports import Checked, Event, RolledBack, Updated
 from updaterd.sources import Source, local_folder, make_source, watch
@@ -54,6 +53,13 @@ from updaterd.trust.feed import Artifact, Manifest, Release, TrustedFeed, is_mar
 from updaterd.units import parse_rate
 
 log = logging.getLogger("updaterd.engine")
+
+
+async def recover(run: AppRun) -> None:
+    """Every operation starts here: the app's folders proved ours, what a crash left finished
+    or undone (`install.transaction.recover`), and the cache tidied."""
+    await recover_transaction(run)
+    acquire.tidy_cache(run)
 ANY_PLATFORM = frozenset({"any", "noarch"})
 
 
@@ -402,7 +408,11 @@ class Engine:
                 log.warning("%s: installing %s on purpose although the publisher yanked it: %s",
                             app, release.version, why)
             op.version = release.version
-            ended = await apply_update(run, source, release, artifact)
+            skipped_before = set(run.state.skipped) | set(run.state.blocked)
+            staged = await acquire.acquire(run, source, release, artifact)
+            ended = await apply_staged(run, release.version, staged,
+                                       artifact.blake3 or artifact.sha256 or "", skipped_before)
+            acquire.discard_download(run, artifact)
         reason = run.state.last_error or "" if ended == "rolled_back" else run.plan
         if ended == "restarting":
             reason = ("updaterd re-executes into it and finishes the health check"

@@ -37,8 +37,8 @@ import updaterd
 from updaterctl._version import __version__
 from updaterd import failpoints, fsutil, versions
 from updaterd.errors import HealthCheckFailed, LayoutError, UpdaterError
+from updaterd.host import tokens
 from updaterd.install.layout import Layout
-from updaterd.net import tokens
 
 MAX_TRIAL_STARTS = 3
 TRIAL = ".self-trial"

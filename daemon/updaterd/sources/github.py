@@ -22,9 +22,9 @@ import trio
 
 from updaterd import versions
 from updaterd.errors import DigestMismatch, FeedError, RateLimited, SignatureError
+from updaterd.host import tokens
 from updaterd.host.config import AppConfig, Limits
 from updaterd.host.state import AppState
-from updaterd.net import tokens
 from updaterd.net.cachefile import Expected, ProgressFn
 from updaterd.net.fetcher import Fetcher
 from updaterd.sources import verified
