@@ -1,4 +1,4 @@
-"""Hostile and good tar archives for the extractor (catalogue group B, row 54), on the standard
+"""Hostile and good tar archives for the extractor (catalogue group B, B54), on the standard
 library alone: `make test` runs them with the checkout's virtual environment (test_archive) and
 again with the system's own python3 (`python3 tests/archive_corpus.py`, PYTHONPATH=daemon:ctl),
 which on Debian 12 has no `tarfile.data_filter`. Every hostile archive must be refused with an

@@ -161,7 +161,7 @@ class Feed:
         return json.loads((self.folder / "manifest.json").read_text())
 
     def republish_by_hand(self, version: str, art: Path) -> None:
-        """What `publish` refuses (row 155): `version` pointed at other bytes under a new
+        """What `publish` refuses (H155): `version` pointed at other bytes under a new
         serial, as a hostile or older publisher would write it."""
         from updaterd.trust import digests
         m = self.manifest()

@@ -880,7 +880,7 @@ def test_data_filter_is_never_asked(box: Box, monkeypatch: pytest.MonkeyPatch) -
     assert asked == []
 
 
-# -- what a delta build asks of the tree (row 150) --------------------------------------------
+# -- what a delta build asks of the tree (H150) --------------------------------------------
 
 @pytest.mark.parametrize(("name", "suffix"), [
     ("a.tar.gz", ".tar.gz"), ("A.TGZ", ".tgz"), ("a.tar.zst", ".tar.zst"), ("a.zip", ".zip"),

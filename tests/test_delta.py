@@ -129,7 +129,7 @@ def test_a_delta_that_would_cost_more_than_the_archive_is_not_fetched(
         host: SimHost, sim: FeedSimulator, monkeypatch: pytest.MonkeyPatch) -> None:
     """The plan counts signed bytes: when the one file of a release changes entirely, the
     descriptor and the pack cost more than the archive: the pack is never fetched (the
-    descriptor, small, is what says so). Today's publish writes no such pack (row 151): an
+    descriptor, small, is what says so). Today's publish writes no such pack (H151): an
     older publisher's is made here."""
     sim.release("1.0.0", files=_all_new("1.0.0"))
     engine = host.engine()
@@ -358,7 +358,7 @@ def test_a_base_recorded_differently_is_not_even_tried(host: SimHost, sim: FeedS
     run(lambda: engine.update("hello"))
     assert sim.requests[pack.url] == 0 and host.current() == "1.1.0"
     given_up = [e for e in host.events if e.kind == "notice" and e.plan == "full"]
-    assert [e.reason for e in given_up] == ["mismatch"]  # counted by its reason (row 179)
+    assert [e.reason for e in given_up] == ["mismatch"]  # counted by its reason (J179)
     assert "the delta to 1.1.0 was not used (from 1.0.0: " in given_up[0].message
 
 

@@ -1,6 +1,6 @@
 """Crash safety: kill -9 at every failpoint of the update and rollback transactions, then show
 that the app was on exactly one complete version at the crash, and that the next run leaves
-state and disk in agreement with no leftovers (catalogue rows 56, 61, 66, 73)."""
+state and disk in agreement with no leftovers (catalogue C56, C61, C66, C73)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """fdtree, one operation at a time: what each meets (a file, a folder, a link, a FIFO, a missing
 name, a tree too deep) and what it does with it. The attacks on it (a folder swapped for a link
-at the worst instant) are rows 168-170 in tests/security/test_tree_rows.py."""
+at the worst instant) are J168-J170 in tests/security/test_tree_rows.py."""
 
 from __future__ import annotations
 

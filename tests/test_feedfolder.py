@@ -1,6 +1,6 @@
 """release/feedfolder.py at its edges: its caps to the byte, a missing folder or file, the
 owner check as another user than root, an open refused for another reason than a link, and no
-descriptor left behind by a refusal. The attacks (a link to the secret key) are row 171 in
+descriptor left behind by a refusal. The attacks (a link to the secret key) are J171 in
 tests/security/test_publisher_rows.py."""
 
 from __future__ import annotations

@@ -416,7 +416,7 @@ def test_any_wrong_checksum_is_refused(secret: minisign.SecretKey, chk: bytes) -
 
 
 def test_valid_blocks_keeps_every_block_wherever_it_stands_and_nothing_else() -> None:
-    """What a publisher carries over from an old signature file (row 171): each block that
+    """What a publisher carries over from an old signature file (J171): each block that
     parses, at the start, after one stray line or after several, up to MAX_SIGNATURES."""
     ms = minisign
     one, two = (ms.SecretKey.generate().sign(b"x", "t").encode() for _ in range(2))

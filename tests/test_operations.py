@@ -1,5 +1,5 @@
 """Operations an operator can steer (issue 15): every outcome recorded the same way whoever
-started it (catalogue row 142), busy answered at once, edits that do not wait, `cancel`.
+started it (catalogue G142), busy answered at once, edits that do not wait, `cancel`.
 The real daemon and updaterctl, a feed on nginx, slow downloads through `max_rate`."""
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def wait_phase(daemon: Daemon, phase: str, timeout: float = 20) -> None:
     daemon.wait_for(lambda: daemon.app()["phase"] == phase, timeout, f"phase {phase}")
 
 
-# -- row 142: every kind of failure, told the same way everywhere --------------------------------
+# -- G142: every kind of failure, told the same way everywhere --------------------------------
 
 @pytest.mark.parametrize("fault", ["bad signature", "404", "digest mismatch", "disk full"])
 def test_g142_a_failure_agrees_in_status_history_events_log_and_metrics(

@@ -174,7 +174,7 @@ def test_app_folders_for_each_install_mode_and_unsigned_feed() -> None:
     assert pathtrust.app_folders(inplace, "a", daemon) == [
         *base, ("backups folder", Path("/var/lib/u/a/backups")),
         ("target folder", Path("/usr/local/bin")),
-        ("target", Path("/usr/local/bin/tool"))]  # row 147: root runs the target itself
+        ("target", Path("/usr/local/bin/tool"))]  # H147: root runs the target itself
     file_feed = app(source="manifest", path=None, url="file:///srv/m/manifest.json",
                     prefix="/opt/a")
     assert pathtrust.app_folders(file_feed, "a", daemon)[-1] == \

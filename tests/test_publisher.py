@@ -1,4 +1,4 @@
-"""The publisher's side as a publisher uses it (issue 27, rows 155-156): a CI job that writes its
+"""The publisher's side as a publisher uses it (issue 27, H155-H156): a CI job that writes its
 artifact under a fixed name, an overwrite by mistake, a key rotation done wrong then right, a
 re-signature on a timer, a yank, a promotion, a prune, a file changed on the server; real
 `updaterd publish`, `rotate-keys` and `feed` commands, a feed served by nginx, and real daemons

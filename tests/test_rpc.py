@@ -129,7 +129,7 @@ def test_boolean_id_rejected(line: bytes) -> None:
     assert call(line)["error"]["code"] == -32600
 
 
-# -- who is admin: the process's own groups, as the kernel reports them (row 137) ----------------
+# -- who is admin: the process's own groups, as the kernel reports them (G137) ----------------
 
 def test_root_is_admin_whatever_its_groups() -> None:
     from updaterd.service.rpc import is_admin

@@ -80,7 +80,7 @@ def test_metrics_parse_with_prometheus_client(running: Daemon) -> None:
     assert families["updaterd_checks"].samples[0].value >= 1
     phases = {s.labels["phase"]: s.value for s in families["updaterd_phase"].samples}
     assert phases["idle"] == 1 and sum(phases.values()) == 1
-    # row 184: the identity its places are drawn from, as a digest (one per daemon)
+    # J184: the identity its places are drawn from, as a digest (one per daemon)
     from updaterd import versions
     [identity] = families["updaterd_rollout_identity"].samples
     assert identity.labels == {"id": versions.rollout_identity("test-host")}

@@ -209,7 +209,7 @@ def test_highest() -> None:
     assert versions.highest("1.0.0", "1.1.0") == "1.1.0"
     assert versions.highest("1.1.0", "1.0.0") == "1.1.0"
     assert versions.highest("1.0.0", "v1.0.0") == "1.0.0"
-    assert versions.highest("nightly", "1.0.0") == "1.0.0"  # row 146: the orderable one
+    assert versions.highest("nightly", "1.0.0") == "1.0.0"  # H146: the orderable one
     assert versions.highest("1.0.0", "nightly") == "1.0.0"
 
 

@@ -117,7 +117,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The command line; what it prints is escaped (row 152)."""
+    """The command line; what it prints is escaped (H152)."""
     out, err = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = Escaping(out), Escaping(err)
     try:
@@ -157,7 +157,7 @@ def _main(argv: list[str] | None = None) -> int:
             error: dict[str, Any] = {"code": e.code, "message": e.message}
             print_json(error if e.data is None else {**error, "data": e.data})
         return EXIT_NOT_PERMITTED if e.not_permitted else EXIT_FAILED
-    except ClientError as e:  # a reply past the protocol's cap, or not JSON (row 152)
+    except ClientError as e:  # a reply past the protocol's cap, or not JSON (H152)
         print(f"updaterctl: {e}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

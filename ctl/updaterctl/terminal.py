@@ -1,5 +1,5 @@
 """What updaterctl prints is escaped: text from servers, feeds and apps reaches the terminal as
-text, never as a control sequence (catalogue row 152).
+text, never as a control sequence (catalogue H152).
 
 A tag name, an asset name or an app's health output can carry ESC, CSI or a carriage return;
 printed raw, it could rewrite the screen, the title or the lines above it. Every character below

@@ -203,7 +203,7 @@ def _setup_logging(verbose: bool, quiet: bool = False) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     # Whatever the caller's umask (000 from a careless shell or unit), nothing updaterd creates
-    # is writable by others unless a mode says so explicitly (row 140).
+    # is writable by others unless a mode says so explicitly (G140).
     os.umask(0o022)
     args = _parser().parse_args(argv)
     _setup_logging(args.verbose, args.quiet)
@@ -505,7 +505,7 @@ def _daemonize(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     with lock:
         pass
     pidfile = Path(args.pidfile).absolute()
-    pathtrust.require_trusted(pidfile, "pid file")  # planted by another user (row 145)
+    pathtrust.require_trusted(pidfile, "pid file")  # planted by another user (G145)
     detach = contextlib.nullcontext() if args.reexec else \
         DaemonContext(working_directory="/", umask=0o022)
     with detach:

@@ -1,4 +1,4 @@
-"""Log lines stay one line each, whatever a client or a server sent (catalogue row 143).
+"""Log lines stay one line each, whatever a client or a server sent (catalogue G143).
 
 Strings from outside (an inhibitor's `who` and `why`, an app name or method in a request, a
 server's error text) can reach the log. Every record is cleaned once, in a filter on the

@@ -98,7 +98,7 @@ def rollout_bucket(host_id: str, app: str, version: str) -> int:
 def rollout_identity(host_id: str) -> str:
     """What a host says of the identity its rollout places are drawn from, without saying it
     (a machine id is not for the network): hosts with the same one are clones that draw the
-    same place in every rollout and move together (row 184)."""
+    same place in every rollout and move together (J184)."""
     return hashlib.sha256(f"updaterd rollout identity\0{host_id}".encode()).hexdigest()[:16]
 
 
@@ -143,7 +143,7 @@ def explicit_only(version: str) -> str:
 
 def highest(a: str | None, b: str | None) -> str | None:
     """The newer of two versions (either may be None). A version that can be ordered wins over
-    one that cannot, so a tag installed by hand never lowers the floor (catalogue row 146)."""
+    one that cannot, so a tag installed by hand never lowers the floor (catalogue H146)."""
     if a is None or b is None:
         return a or b
     try:
@@ -195,7 +195,7 @@ def choose(offers: Iterable[Offer], installed: str | None, policy: Policy) -> Ch
 
     Only semantic versions are installed automatically: a tag like `nightly-42` or
     `tool-1.0.0` cannot be ordered, so a hostile feed or API could use one to move a host back
-    to an old signed release (catalogue row 146). Such a tag is passed over with the command
+    to an old signed release (catalogue H146). Such a tag is passed over with the command
     that installs it on purpose. An installed tag gives no floor: semantic versions go through.
     """
     try:

@@ -22,7 +22,7 @@ from tests.helpers import Feed, app_script, make_tar, run_updaterd
 @contextlib.contextmanager
 def small_fs(path: Path, size: str) -> Iterator[Path]:
     path.mkdir(parents=True, exist_ok=True)
-    # mode=0755: a tmpfs root is 1777 by default, a shared folder updaterd refuses (row 128)
+    # mode=0755: a tmpfs root is 1777 by default, a shared folder updaterd refuses (G128)
     r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs",
                         str(path)],
                        capture_output=True, text=True)

@@ -1,4 +1,4 @@
-"""catalogue row 57: kill -9 at a random instant of a whole update, again and again.
+"""catalogue C57: kill -9 at a random instant of a whole update, again and again.
 
 As OSTree's destructive test does: measure one update cycle, then for each trial publish a new
 version, start `updaterd --once`, kill it with SIGKILL after a delay drawn from [0, 1.1 x the

@@ -1,7 +1,7 @@
 """Runs inside the qemu guest of `make test-power` (started by /power/init, standard library only).
 
 At every boot it first reports the kernel's ext4 lines (the journal replay after a power cut),
-then, when an earlier boot left an update in flight, checks the invariant of catalogue row 58
+then, when an earlier boot left an update in flight, checks the invariant of catalogue C58
 as an operator would find it: what is on disk at the cut, then `updaterd --once` and `updaterd
 verify`, then exactly one complete current version, state agreeing with the disk, no leftovers.
 Then it updates the app one release at a time (a `pin` written to the config, `updaterd --once`)

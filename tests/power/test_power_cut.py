@@ -1,4 +1,4 @@
-"""catalogue row 58: power cuts, in a qemu virtual machine (real-host issue, section 3).
+"""catalogue C58: power cuts, in a qemu virtual machine (real-host issue, section 3).
 
 A Debian 12 guest (the nspawn root file system of `make test-systemd`, with the host's Python at
 its own path and updaterd installed from this checkout) boots from an ext4 image made with
@@ -44,7 +44,7 @@ RELEASES = 6 * CYCLES + 8  # enough that the loop is still updating when the pow
 FILES = 2000
 # After the random cuts, one cut at each of these steps, with updaterd stopped there: files
 # written but not synced, a release renamed in before its folder's fsync, the link swapped before
-# its folder's fsync (the instants row 58 names), the state's temp file written before its rename.
+# its folder's fsync (the instants C58 names), the state's temp file written before its rename.
 HOLDS = ("stage.after_extract", "release.after_rename", "switch.after_rename",
          "state.after_tmp_write")
 
@@ -180,7 +180,7 @@ def test_c58_power_cut_at_a_random_instant(tmp_path: Path) -> None:
     for cycle, hold in enumerate(plan):
         if hold is None:
             boot.wait_for("loop")
-            # an instant anywhere in the next two updates, as row 57 draws from the cycle
+            # an instant anywhere in the next two updates, as C57 draws from the cycle
             delay = rng.uniform(0, 2 * step)
             time.sleep(delay)
             how = f"cut {delay:5.1f}s into the loop"

@@ -1,4 +1,4 @@
-"""Group G of the catalogue (rows 127-145): what other local users and hostile servers can do to
+"""Group G of the catalogue (G127-G145): what other local users and hostile servers can do to
 a root daemon on a shared host. Every attack is made for real: files and folders owned by
 `nobody` (uid 65534), other users' processes through `setpriv`, the real daemon and commands."""
 

@@ -1,4 +1,4 @@
-"""Group H of the catalogue (rows 146-154), hostile input: a GitHub API or feed server without the
+"""Group H of the catalogue (H146-H154), hostile input: a GitHub API or feed server without the
 signing key, another local user, a buggy app and an operator's mistake, against the real
 updaterd."""
 

@@ -98,7 +98,7 @@ def test_a05_threshold_feed_end_to_end(host: Host, nginx: Nginx, served_feed: Fe
     assert "signed by 1 distinct trusted keys, 2 needed" in r.stderr
     assert host.current() is None
     # the same release signed by both: a re-signature (publishing the same bytes again is a
-    # no-op since row 155)
+    # no-op since H155)
     assert art.exists()
     r = run_updaterd("feed", "resign", "--feed", served_feed.folder, "--key", served_feed.key,
                      "--key", kb)
@@ -133,7 +133,7 @@ def _cfg(pubs: list[str], threshold: int = 1) -> AppConfig:
 def _first_rotation(feed: Path, new: Path, sign_with: list[Path],
                     app: str = "x") -> tuple[bytes, bytes]:
     """keys.json version 1 (and its signature) to `new`, signed by `sign_with`, written by
-    hand: `rotate-keys` itself refuses a set that hosts would refuse (row 156)."""
+    hand: `rotate-keys` itself refuses a set that hosts would refuse (H156)."""
     from updaterd.sources.keys import KeySet
     from updaterd.trust import feed as feed_mod
     (feed / keys.KEYS).unlink(missing_ok=True)

@@ -28,7 +28,7 @@ def test_a17_cached_artifact_from_an_older_serial_is_not_trusted(
     files = release_files("1.0.0")
     files["share/VERSION"] = (b"1.0.0 rebuilt\n", 0o644)
     make_tar(art, files, top="hello-1.0.0")
-    served_feed.republish_by_hand("1.0.0", art)  # `publish` itself refuses this (row 155)
+    served_feed.republish_by_hand("1.0.0", art)  # `publish` itself refuses this (H155)
     r = run_updaterd("--config", host.config, "--once", "-v")
     assert r.returncode == 0, r.stderr
     assert "cached copy does not verify" in r.stderr

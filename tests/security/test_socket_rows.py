@@ -111,7 +111,7 @@ def test_e103_world_writable_socket_folder_refuses_to_start(host: Host, public_d
     public_dir.chmod(0o777)
     host.open_socket_in(public_dir)
     r = run_updaterd("--config", host.config, timeout=30)
-    assert r.returncode == 2  # refused with the configuration, naming the fix (row 145)
+    assert r.returncode == 2  # refused with the configuration, naming the fix (G145)
     assert f"socket folder {public_dir}: {public_dir} is writable by group and others" \
         in r.stderr and f"chmod go-w {public_dir}" in r.stderr
     assert not (public_dir / "updaterd.sock").exists()

@@ -266,7 +266,7 @@ def test_j169_a_link_a_file_and_a_folder_without_modes_are_removed_as_themselves
     assert not os.path.lexists(tmp_path / "a-link")
 
 
-# -- row 170: one module acts by descriptor, and nothing else acts by path ---------------------
+# -- J170: one module acts by descriptor, and nothing else acts by path ---------------------
 
 DAEMON = Path(__file__).resolve().parents[2] / "daemon" / "updaterd"
 # What `fdtree` offers: the only way daemon code walks, copies or removes inside a tree another
@@ -282,7 +282,7 @@ BY_PATH_ALLOWED = {
     ("fsutil", "ensure_private_dir", "os.chmod"): "a folder just checked to be root's own",
     ("fsutil", "atomic_write", "os.unlink"): "its own temp file (O_EXCL, O_NOFOLLOW)",
     ("fsutil", "clean_temp_files", ".unlink"): "temp files in updaterd's own folders",
-    ("install.inplace", "prune", ".unlink"): "backups: root's folder (row 147)",
+    ("install.inplace", "prune", ".unlink"): "backups: root's folder (H147)",
     ("install.inplace", "restore", ".unlink"): "the target, whose folder no one else writes",
     ("install.inplace", "clean_leftovers", ".unlink"): "temp files beside the target",
     ("install.layout", "place_release", "os.chmod"): "the staged root, in private .staging",
@@ -299,8 +299,8 @@ BY_PATH_ALLOWED = {
     ("engine.acquire", "_stage_from_delta", ".unlink"): "the download cache (root's)",
     ("net.cachefile", "fresh_part", ".unlink"): "the download cache (root's)",
     ("net.cachefile", "discard", ".unlink"): "the download cache (root's)",
-    ("release.feedtools", "prune", ".unlink"): "the publisher's own feed folder (row 171)",
-    ("release.publish", "publish", ".unlink"): "the publisher's own feed folder (row 171)",
+    ("release.feedtools", "prune", ".unlink"): "the publisher's own feed folder (J171)",
+    ("release.publish", "publish", ".unlink"): "the publisher's own feed folder (J171)",
     ("release.publish", "publish", "shutil.copyfile"): "into the publisher's own feed folder",
     ("service.rpc", "set_socket_access", "os.chmod"): "the control socket in /run (root's)",
     ("service.rpc", "set_socket_access", "os.chown"): "the control socket in /run (root's)",

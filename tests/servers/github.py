@@ -3,7 +3,7 @@
 State lives in GH_ROOT/api.json: {"releases": [{"tag_name", "draft", "prerelease",
 "published_at", "assets": [names], "announce": {name: size}, "odd_assets": [name]}...] newest
 first (`announce` overrides a listed size, `odd_assets` are names listed first with no file
-behind them: a hostile API, rows 148-149), "rate_limited": N, "reset_at": T,
+behind them: a hostile API, H148-H149), "rate_limited": N, "reset_at": T,
 "asset_host": H,
 "require_token": T} (asset URLs on host H instead of the API's own; 401 Bad credentials
 without `Authorization: Bearer T`); asset bytes are in
@@ -88,7 +88,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         owner, repo = parts[1], parts[2]
         ids = _asset_ids(state)
 
-        # "asset_host": a hostile API names asset URLs on another host (row 134)
+        # "asset_host": a hostile API names asset URLs on another host (G134)
         asset_base = base.replace(host.rsplit(":", 1)[0], state["asset_host"]) \
             if state.get("asset_host") else base
 

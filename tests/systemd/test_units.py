@@ -48,7 +48,7 @@ def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
 
 def test_install_as_the_readme_says(box: Container, deb: Path) -> None:
     """`make deb` here, `apt install ./dist/updaterd_*.deb` in a stock Debian 12 with its own
-    python3 (3.11.2, no tarfile.data_filter: row 54), the config edited, the last line as
+    python3 (3.11.2, no tarfile.data_filter: B54), the config edited, the last line as
     written; a tar release installs."""
     steps = readme_install_block()
     install_package(box, deb)
@@ -218,7 +218,7 @@ def test_h157_a_restart_during_a_health_check_keeps_a_good_release(box: Containe
 def test_the_daemons_journal_files_failures_as_errors_and_refusals_change_nothing(
         box: Container) -> None:
     """Issue 30: a release rolled back after its health check is found by `journalctl -p err`
-    (it was filed at info); a mistyped request is refused and changes no state (row 158)."""
+    (it was filed at info); a mistyped request is refused and changes no state (H158)."""
     pub = feed_into(box.root, [("1.5.0", False)])
     configure(box, pub)
     box.sh("systemctl start updaterd")

@@ -1,6 +1,6 @@
 """Acquiring a release: everything before the switch that reaches out for bytes. The free
 space first (the oldest kept releases go if the disk needs it), then a delta from a kept release
-when the feed offers one that fits (every fall-back counted by its reason, row 179), else the
+when the feed offers one that fits (every fall-back counted by its reason, J179), else the
 full artifact, fetched into the cache, verified as it arrives and staged. `install/` takes the
 staged release from here and never fetches anything; the cache keeps only what the last check
 wants.
@@ -219,7 +219,7 @@ async def _stage_from_delta(run: AppRun, source: Source, release: Release,
 
 def _delta_given_up(run: AppRun, release: Release, reason: str, why: str) -> None:
     """A delta the feed offered is not used: said (a notice, the log) and counted by `reason`
-    (updaterd_delta_fallbacks_total, row 179); the caller fetches the full artifact."""
+    (updaterd_delta_fallbacks_total, J179); the caller fetches the full artifact."""
     message = f"the delta to {release.version} was not used ({why}); fetching the full artifact"
     run.emit(Event(app=run.name, kind="notice", phase=run.step, version=release.version,
                    plan="full", reason=reason, at=time.time(), message=message))
@@ -227,7 +227,7 @@ def _delta_given_up(run: AppRun, release: Release, reason: str, why: str) -> Non
 
 
 def drop_unwanted_downloads(run: AppRun) -> None:
-    """The cache keeps only the files the last check wants (`state.downloads`, row 149)."""
+    """The cache keeps only the files the last check wants (`state.downloads`, H149)."""
     removed = keep_only(run.cache, run.state.downloads)
     if removed:
         log.info("%s: removed %s from the cache: no longer wanted", run.name, ", ".join(removed))

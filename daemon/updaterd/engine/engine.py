@@ -88,7 +88,7 @@ class Engine:
                  stopping: Callable[[], bool] | None = None) -> None:
         self.config = config
         self.emit = emit
-        self.stopping = stopping  # the daemon was told to stop (row 157)
+        self.stopping = stopping  # the daemon was told to stop (H157)
         self.hand_over = hand_over
         # where each app's signed feed comes from (tests: FeedSimulator); None: its `source` key
         self.transports = transports
@@ -431,7 +431,7 @@ class Engine:
                               recalls: dict[str, str], trusted: TrustedFeed) -> Updated:
         """Go back from a recalled release to the newest kept release a host may run (the
         recalled one is blocked, as after a failed check): not recalled, not yanked by the
-        signed manifest, not blocked or skipped here (row 173). Stay when none is kept, and
+        signed manifest, not blocked or skipped here (J173). Stay when none is kept, and
         say why each kept one is not taken."""
         assert current is not None
         reason = f"recalled by its rollout: {recalls[current]}"
@@ -455,7 +455,7 @@ class Engine:
         op.version = current
         await run.hooks.before_switch()  # the window and the inhibitors, as any switch
         with trio.CancelScope(shield=True):
-            # in-place (row 177): the backup file is what goes back, and what is left is kept
+            # in-place (J177): the backup file is what goes back, and what is left is kept
             # as a rollback by hand keeps it (a recall may be lifted)
             backup = ""
             if not run.layout.knows_version:

@@ -5,11 +5,11 @@ a bug. Each ends the same way, whoever started it (the scheduler or `updaterctl`
 recorded in the app's state (failure counter, last error, last success; history for a failed
 update), one `result` or `error` event with a typed outcome, and the phase left `idle` or
 `failed`, never `checking`. The daemon logs the event and counts it in the metrics; the
-scheduler's retry backoff reads the failure counter (catalogue row 142).
+scheduler's retry backoff reads the failure counter (catalogue G142).
 
 A request refused for its input (a version that is not there or not allowed, a path that is
 not a backup: `PolicyError`) is not a failure: nothing was changed, so nothing is recorded as
-failed, no failure is counted, no backoff starts, and the phase stays what it was (row 158).
+failed, no failure is counted, no backoff starts, and the phase stays what it was (H158).
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ class Operation:
         return message
 
     def refused(self, error: PolicyError) -> None:
-        """The request was refused for its input, before anything changed (row 158)."""
+        """The request was refused for its input, before anything changed (H158)."""
         self.ended = True
         outcome.ended(self.run.state)
         self._save()

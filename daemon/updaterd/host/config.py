@@ -70,7 +70,7 @@ class Limits(Struct, forbid_unknown_fields=True, kw_only=True):
     client_idle_timeout: Duration = "60s"  # no request for this long: dropped
     client_line_timeout: Duration = "10s"  # a started line must end within this
     client_send_timeout: Duration = "10s"  # a reply or event not taken within this: dropped
-    # subscribe and inhibit hold memory for as long as a connection stays open (row 136)
+    # subscribe and inhibit hold memory for as long as a connection stays open (G136)
     max_subscriptions_per_client: Annotated[int, Meta(ge=1)] = 16
     max_subscriptions: Annotated[int, Meta(ge=1)] = 1024
     max_inhibitors_per_client: Annotated[int, Meta(ge=1)] = 16
@@ -139,7 +139,7 @@ class AppConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     health_check: list[str] = []
     health_timeout: Duration = "30s"
     restart: list[str] = []
-    # variables of the daemon's environment that restart and health_check also get (row 132)
+    # variables of the daemon's environment that restart and health_check also get (G132)
     pass_environment: list[Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]] = []
     max_inhibit: Duration = "1h"
     verify: Literal["required", "skip"] = "required"
@@ -148,10 +148,10 @@ class AppConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     unit: str | None = None  # the systemd unit of the app, for health_notify
     window: str | None = None
     max_rate: Rate | None = None
-    # where the size is not signed (github): no artifact larger than this is fetched (row 149)
+    # where the size is not signed (github): no artifact larger than this is fetched (H149)
     max_artifact_size: Size = "4GiB"
     proxy: str | None = None
-    # hosts that feeds and artifacts may come from, redirects included (row 138); default:
+    # hosts that feeds and artifacts may come from, redirects included (G138); default:
     # manifest, the feed's host and the hosts its signed manifest names; github, any
     allowed_hosts: list[str] | None = None
     allow_insecure: bool = False
@@ -167,7 +167,7 @@ class AppConfig(Struct, forbid_unknown_fields=True, kw_only=True):
 
 def shared_problems(app: AppConfig) -> list[str]:
     """What is wrong with an app's `shared` paths: each is relative, below the release, named
-    once, and none is inside another (row 159). A release-folder app's key only."""
+    once, and none is inside another (H159). A release-folder app's key only."""
     if not app.shared:
         return []
     if app.install != "releases" or app.self_update:
@@ -498,7 +498,7 @@ def _listen_problems(listen: str, path: str) -> list[str]:
 def _overlaps(daemon: DaemonConfig, apps: dict[str, AppConfig], path: str) -> list[str]:
     """Two apps whose folders or targets are the same, or one inside the other, or inside the
     daemon's state or cache: each would read the other's `current` or file as its own version
-    and adopt it (row 153). One line per pair."""
+    and adopt it (H153). One line per pair."""
     areas: list[tuple[str, str, str]] = [  # (owner, what, where)
         ("daemon", "daemon.state_dir", daemon.state_dir),
         ("daemon", "daemon.cache_dir", daemon.cache_dir)]

@@ -1,5 +1,5 @@
 """The configuration file as read from disk: the file's own safety, then `config.parse`, then the
-safety of every path it names (catalogue rows 127, 128, 145). Apart from `config`, which only
+safety of every path it names (catalogue G127, G128, G145). Apart from `config`, which only
 reads text, because the path checks need the parsed configuration and `config` must not need
 them.
 """
@@ -15,7 +15,7 @@ from updaterd.host.config import Config, parse
 
 def load(path: str | Path) -> Config:
     """Read and validate the configuration file at `path`, and the safety of every path it
-    names (catalogue rows 127, 128, 145): a file or folder another user could change is
+    names (catalogue G127, G128, G145): a file or folder another user could change is
     refused here, so at start, reload and `check-config` alike."""
     p = Path(path)
     unsafe = pathtrust.problem(p, "configuration file")

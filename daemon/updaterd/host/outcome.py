@@ -18,7 +18,7 @@ from updaterd.trust.feed import RolloutMark
 
 def _text(text: str) -> str:
     """Text from a server, a feed or an app (a tag, an error, a health check's output) as it
-    may enter the state: one line, control characters escaped, capped (row 152)."""
+    may enter the state: one line, control characters escaped, capped (H152)."""
     return logtext.clean(text)
 
 
@@ -175,7 +175,7 @@ def switched_back(st: AppState, tx: Transaction, to_version: str | None, limit: 
 
 
 def recalls_lifted(st: AppState, active: set[str]) -> list[str]:
-    """The versions a recall blocked that their rollout sets active again: unblocked (row 173;
+    """The versions a recall blocked that their rollout sets active again: unblocked (J173;
     a block after a failed check is never lifted this way). Returns them."""
     lifted = [v for v in st.recall_blocked if v in active]
     for v in lifted:

@@ -1,4 +1,4 @@
-"""Is this path ours and safe? The one place that decides it (catalogue rows 127, 128, 145).
+"""Is this path ours and safe? The one place that decides it (catalogue G127, G128, G145).
 
 updaterd runs as root and acts on what it finds at configured paths: it reads its config and
 tokens, runs commands from releases it installed, restores backups from its state folder. A
@@ -131,7 +131,7 @@ def require_trusted(path: str | Path, what: str) -> None:
 
 def app_folders(cfg: AppConfig, name: str, daemon: DaemonConfig) -> list[tuple[str, Path]]:
     """Every folder of one app that updaterd writes as root, or runs or restores from, and the
-    in-place target itself: root runs the new version from there (row 147)."""
+    in-place target itself: root runs the new version from there (H147)."""
     state_folder = Path(daemon.state_dir) / name
     folders = [("state folder", state_folder), ("cache folder", Path(daemon.cache_dir) / name)]
     if cfg.install == "inplace" and cfg.target is not None:

@@ -87,7 +87,7 @@ class AppState(Struct, kw_only=True):
     trust: TrustRoot | None = None  # keys from a rotation in the feed, in place of public_keys
     # the newest version ever committed: for `github`, automatic updates never go below it
     highest_installed: str | None = None
-    # the artifact names the last check still wants in the cache; the rest is removed (row 149)
+    # the artifact names the last check still wants in the cache; the rest is removed (H149)
     downloads: list[str] = []
     # the releases the feed says are yanked, and why (a host running one says so in status)
     yanked: dict[str, str] = {}
@@ -103,7 +103,7 @@ class AppState(Struct, kw_only=True):
     rollout_mark: RolloutMark | None = None
     rollout_buckets: dict[str, int] = {}
     # the versions in `blocked` that a recall blocked: a rollout key that sets one active again
-    # lifts its block (row 173); a block after a failed check stays
+    # lifts its block (J173); a block after a failed check stays
     recall_blocked: list[str] = []
     # per version left: rollbacks of any kind, and those after failed checks (the metrics a
     # rollout's gates read; kept across restarts so that a counter never falls back)

@@ -2,7 +2,7 @@
 
 A token named by `token_env` is removed from the process environment as soon as it is read, so
 no command updaterd runs (restart, health check, a self-update trial) can inherit it, and one
-app's command never sees another app's token (catalogue row 132). A `token_file` is read at
+app's command never sees another app's token (catalogue G132). A `token_file` is read at
 the same moments, so the file may stay readable by root alone and a reload picks up a new one.
 """
 

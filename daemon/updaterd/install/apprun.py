@@ -72,7 +72,7 @@ class Hooks:
 
     before_switch: Callable[[], Awaitable[None]] = _no_wait
     download_limiter: trio.CapacityLimiter | None = None
-    # the daemon was told to stop: a check killed by a signal now went down with it (row 157)
+    # the daemon was told to stop: a check killed by a signal now went down with it (H157)
     stopping: Callable[[], bool] = _never
 
 

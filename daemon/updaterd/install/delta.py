@@ -38,7 +38,7 @@ MAX_WINDOW_LOG = 31  # zstd's largest window (2 GiB); the reference and the payl
 MAX_DESCRIPTOR = 64 << 20  # bytes
 # What a host holds in memory to build from a pack is about its reference plus its window
 # (reference and payload together): at most 2 x 16 MiB here, whatever the release's size
-# (row 151). A pack that needs more is neither published nor used: the archive is fetched.
+# (H151). A pack that needs more is neither published nor used: the archive is fetched.
 MAX_USABLE_WINDOW_LOG = 24
 MIN_SAVING = 0.10  # a pack (with its descriptor) must save at least this share of the archive
 Hex64 = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
@@ -166,7 +166,7 @@ def describe(root: Path, app: str, version: str,
 
 def unusable(pack: Pack, descriptor_size: int, artifact_size: int) -> str:
     """Why a host does not build from `pack` (empty: it may): one that needs more memory than
-    MAX_USABLE_WINDOW_LOG allows, or saves less than MIN_SAVING of the archive (row 151)."""
+    MAX_USABLE_WINDOW_LOG allows, or saves less than MIN_SAVING of the archive (H151)."""
     if pack.window_log > MAX_USABLE_WINDOW_LOG:
         return (f"{pack.url} needs a window of 2^{pack.window_log} bytes, more than "
                 f"2^{MAX_USABLE_WINDOW_LOG}")
@@ -221,7 +221,7 @@ def plan(desc: Descriptor, pack: Pack, base_record: treehash.TreeRecord,
          shared: tuple[str, ...] = ()) -> dict[str, str]:
     """The tree the pack makes from the kept release recorded as `base_record`, known to be
     the descriptor's before anything more is downloaded; DeltaError when it is not. The kept
-    release is taken as published (its `shared` paths are links on disk, row 179), and the
+    release is taken as published (its `shared` paths are links on disk, J179), and the
     pack may read none of them: what is there is the app's data, not the release's."""
     base = treehash.as_published(base_record)
     for name, b3 in pack.reference:
@@ -307,7 +307,7 @@ def build(staging: Path, entries: dict[str, str], pack: Pack, pack_file: IO[byte
     A file the kept release has as it is (same content and mode, as recorded) is reflinked
     from it where the filesystem can, else copied in the kernel: never hard-linked, since an
     app that rewrites one of its files in place would then rewrite the kept release too, and
-    the automatic rollback would land on it (row 150). A file that only changed its mode is
+    the automatic rollback would land on it (H150). A file that only changed its mode is
     copied through the pack's checks."""
     if any(staging.iterdir()):
         raise ArchiveError(f"staging folder {staging} is not empty; refusing to build in it")

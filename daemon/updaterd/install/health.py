@@ -22,12 +22,12 @@ if TYPE_CHECKING:
     import httpx
 
 _TAIL = 2048
-OUTPUT_CAP = 1024 * 1024  # a command's output is emptied past this while it runs (row 148)
+OUTPUT_CAP = 1024 * 1024  # a command's output is emptied past this while it runs (H148)
 _WATCH_EVERY = 0.01  # how often the output's size is looked at, while a command runs
-OUTPUT_FILE = "command-output"  # in the app's state folder: where its commands write (row 175)
+OUTPUT_FILE = "command-output"  # in the app's state folder: where its commands write (J175)
 TEND_EVERY = 1.0  # how often the daemon empties output files past OUTPUT_CAP between commands
 _tended: set[Path] = set()  # the output files this process gave to commands
-PROBE_BODY_CAP = 64 * 1024  # what a health probe reads of an answer at most (row 148)
+PROBE_BODY_CAP = 64 * 1024  # what a health probe reads of an answer at most (H148)
 
 
 async def probe_url(url: str, timeout: float, every: float = 0.5,
@@ -86,7 +86,7 @@ KEPT = ("PATH", "LANG")
 
 
 def command_env(extra: Mapping[str, str], passed: Sequence[str] = ()) -> dict[str, str]:
-    """The whole environment of a command updaterd runs (row 132): PATH and LANG, the
+    """The whole environment of a command updaterd runs (G132): PATH and LANG, the
     variables the app's `pass_environment` names, and `extra` (the UPDATERD_* ones); never the
     rest of the daemon's environment (NOTIFY_SOCKET, another app's token ...)."""
     env = {name: os.environ[name] for name in (*KEPT, *passed) if name in os.environ}
@@ -109,7 +109,7 @@ def _output(path: Path | None) -> Iterator[int]:
     open file description, so after a truncation its next write lands at the start again, not
     past a hole at its old offset). A named one (`path`) stays tended after the command
     (`tend_outputs`): a process the command left running (`nohup app &`) keeps writing to it
-    for as long as it lives, and it must neither grow without bound nor hide (row 175). None:
+    for as long as it lives, and it must neither grow without bound nor hide (J175). None:
     an unlinked file, for commands that leave nothing behind (updaterd's own checks)."""
     if path is None:
         with tempfile.TemporaryFile() as out:
@@ -162,7 +162,7 @@ async def run(what: str, argv: list[str], *, cwd: Path, timeout: float,
     one; a file, not a pipe, so a process the command leaves behind is not killed by SIGPIPE
     when updaterd stops reading) that is emptied whenever it passes OUTPUT_CAP: a command that
     writes without end for its whole timeout holds OUTPUT_CAP plus what it writes in
-    _WATCH_EVERY on disk, not its whole output (row 148)."""
+    _WATCH_EVERY on disk, not its whole output (H148)."""
     full_env = command_env(env, passed)
     with _output(output) as fd:
         cut: list[bytes] = []

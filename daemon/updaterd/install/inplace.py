@@ -2,7 +2,7 @@
 
 The new file is staged next to the target (a temp name updaterd recognises after a crash), given
 the target's mode and group but updaterd's own owner (never another user's, who could rewrite it
-before root's health check runs it: row 147), and fsynced. Before the swap the current file is
+before root's health check runs it: H147), and fsynced. Before the swap the current file is
 copied to `<state_dir>/<app>/backups/<app>-<version>-<UTC time>`; a rollback copies a backup next
 to the target and renames it over. Nothing else in the target's folder is touched.
 """
@@ -190,7 +190,7 @@ class InplaceLayout:
         fsutil.fsync_dir(self.folder)
 
     def _own_backup(self, backup: str) -> Path:
-        """The journal names the backup to restore; it is data, not authority (row 130): only
+        """The journal names the backup to restore; it is data, not authority (G130): only
         a plain file directly in this app's backups folder is accepted."""
         path = Path(backup)
         if path.parent != self.backups or not path.name.startswith(f"{self.app}-") or \
@@ -262,8 +262,8 @@ class InplaceLayout:
 
 def _copy_file(src: Path, dest: Path, group: int | None = None) -> None:
     """Copy a plain file (never through a link) to a new `dest`, fsynced, with its mode less
-    the setuid and setgid bits (row 130) and any write bit for others than its owner, which is
-    updaterd's user (row 147), and `group` when given."""
+    the setuid and setgid bits (G130) and any write bit for others than its owner, which is
+    updaterd's user (H147), and `group` when given."""
     fd_in = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         st = os.fstat(fd_in)

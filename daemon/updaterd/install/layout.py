@@ -247,7 +247,7 @@ class Layout:
         Deleting in place would let a kill half-way leave a release with files missing that
         `verify`, `list-backups` and a rollback still see; moved first, a kill leaves a
         leftover that the next start removes, and the release is whole or gone. What the app
-        made in it is removed by descriptor (row 169); when that is refused, the release is
+        made in it is removed by descriptor (J169); when that is refused, the release is
         gone all the same and the rest waits in `.staging`, logged with the reason (`finish`
         False), or the error is raised (`finish` True)."""
         fsutil.ensure_private_dir(self.staging)

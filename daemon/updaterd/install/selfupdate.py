@@ -127,7 +127,7 @@ def release_tree(dest: Path, version: str) -> None:
 
 def _explicit_modes(root: Path) -> None:
     """Folders 0755, files 0644 (0755 when executable): what the caller's umask would have
-    left writable to others is not (catalogue row 140)."""
+    left writable to others is not (catalogue G140)."""
     for dirpath, _dirnames, filenames in os.walk(root):
         os.chmod(dirpath, 0o755)
         for name in filenames:

@@ -1,6 +1,6 @@
 """An app's shared paths (`shared = ["data", "etc/app.conf"]`): what it writes at run time lives
 in `PREFIX/shared/`, outside every release, and each release gets a link to it in its place
-(catalogue row 159; Capistrano's `shared/` and `linked_dirs`).
+(catalogue H159; Capistrano's `shared/` and `linked_dirs`).
 
 A path missing from `shared/` is seeded once: from the running release when that holds its
 own copy (what the app wrote before the path was shared: copied, so the running app keeps
@@ -12,7 +12,7 @@ is part of the release's recorded tree, so `updaterd verify` counts nothing writ
 
 Nothing is read or written through a link: the app may own what is in `shared/` and in the
 running release, and may swap a folder for a link at any instant, so every folder is opened by
-descriptor and never through a link, and the seed is copied by `fdtree` (rows 168-170).
+descriptor and never through a link, and the seed is copied by `fdtree` (J168-J170).
 """
 
 from __future__ import annotations

@@ -136,7 +136,7 @@ async def finish_update(run: AppRun, from_version: str | None, version: str) -> 
         if run.cfg.health_check:
             run.phase("health_check", version=version)
             # What root is about to run must be the tree it verified: nobody else can have
-            # changed anything from the prefix down to the release (row 129).
+            # changed anything from the prefix down to the release (G129).
             unsafe = pathtrust.problem(run_dir, f"{run.name} release")
             if unsafe is not None:
                 raise HealthCheckFailed(f"health check not run: {unsafe}")
@@ -156,7 +156,7 @@ async def finish_update(run: AppRun, from_version: str | None, version: str) -> 
         if e.signal in _STOP_SIGNALS and await _stopping_soon(run):
             # Killed with updaterd itself (a unit without KillMode=mixed, a stop signal to the
             # whole group): the release was not judged. The journal stays, and the next start
-            # restarts the app and runs the check again (row 157).
+            # restarts the app and runs the check again (H157).
             log.warning("%s %s: %s as updaterd stopped: not a failure; the release stays "
                         "switched and is checked again at the next start", run.name, version, e)
             return "interrupted"
@@ -187,7 +187,7 @@ STOP_GRACE = 2.0  # seconds a check killed by a stop signal waits for the daemon
 async def _stopping_soon(run: AppRun) -> bool:
     """Whether updaterd is stopping, waiting STOP_GRACE for it: a stop signal reaches every
     process of the unit at once, and the check's death may be seen before the daemon's own
-    signal is (row 157)."""
+    signal is (H157)."""
     deadline = trio.current_time() + STOP_GRACE
     while not run.hooks.stopping():
         if trio.current_time() >= deadline:
@@ -207,7 +207,7 @@ async def damage(run: AppRun, kept: Kept) -> list[str]:
 
 async def _intact_rollback_target(run: AppRun, failed: str, previous: str | None) -> str | None:
     """Where an automatic rollback goes: `previous` when it is as installed, else the newest
-    other kept release that is (row 150: it is re-hashed first, as an operator's rollback is).
+    other kept release that is (H150: it is re-hashed first, as an operator's rollback is).
     When none is, `previous` all the same: the version that failed its checks is worse."""
     if previous is None or not run.layout.knows_version:
         return previous

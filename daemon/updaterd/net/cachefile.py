@@ -78,7 +78,7 @@ def keep_only(cache: Path, wanted: list[str]) -> list[str]:
     """Remove every file of the cache that belongs to no artifact in `wanted`: an artifact
     `NAME` owns `NAME` and `NAME.*` (its partial file, its partial's record, its delta files).
     Returns what was removed. Without this a server could grow the cache without bound by
-    failing downloads of ever new names (row 149)."""
+    failing downloads of ever new names (H149)."""
     removed = []
     try:
         entries = list(os.scandir(cache))

@@ -208,7 +208,7 @@ class Fetcher:
             reset = h.get("x-ratelimit-reset", "")
             if reset.isdigit():
                 until = max(until if "retry-after" in h else 0.0, float(reset))
-            # A server's word is capped: one answer must not stop the app for years (row 139).
+            # A server's word is capped: one answer must not stop the app for years (G139).
             until = min(until, now + parse_duration(self.limits.retry_after_cap))
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(until))
             return RateLimited(f"{url}: rate limited (HTTP {status}); no request until {when} "

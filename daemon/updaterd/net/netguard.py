@@ -1,5 +1,5 @@
 """updaterd's network backend for httpx: the address a connection really reaches is checked
-(catalogue row 138), and the socket is read in large pieces.
+(catalogue G138), and the socket is read in large pieces.
 
 The URL policy reads host names as written; a name can still resolve to a link-local or cloud
 metadata address. This httpx transport resolves every name itself, refuses the connection when

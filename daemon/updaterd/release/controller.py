@@ -95,7 +95,7 @@ def read_verified(feed_dir: Path, manifest: Manifest,
                   key: minisign.SecretKey) -> RolloutDoc | None:
     """rollout.json as hosts would check it (a rollout key the manifest names, or the one
     given, signed these very bytes; strict schema; this app), before anything in it is signed
-    again (row 172): a hand edit or a planted document is refused, never laundered. Its age
+    again (J172): a hand edit or a planted document is refused, never laundered. Its age
     is no reason: re-signing an expired document is what `resign` is for."""
     raw = feedfolder.read(feed_dir, rollout.DOCUMENT, rollout.MAX_DOCUMENT)
     if raw is None:
@@ -114,7 +114,7 @@ def read_verified(feed_dir: Path, manifest: Manifest,
 def guarded_release(feed_dir: Path, version: str, key: minisign.SecretKey,
                     widening: bool = True) -> Release:
     """The release, which must name this rollout key (else hosts would ignore what is signed).
-    A yanked release is never widened; it can always be halted or recalled (row 178: the bad
+    A yanked release is never widened; it can always be halted or recalled (J178: the bad
     release found at 3 a.m. may have been yanked first)."""
     manifest = feedtools.load(feed_dir)
     release = manifest.release(version)
@@ -317,7 +317,7 @@ class Fleet:
     clones: tuple[tuple[str, ...], ...] = ()
 
     def clones_said(self, version: str) -> str | None:
-        """The clones named, before a share is chosen (row 184), or None."""
+        """The clones named, before a share is chosen (J184), or None."""
         if not self.clones:
             return None
         groups = "; ".join(", ".join(g) for g in self.clones)
@@ -345,7 +345,7 @@ class Fleet:
 
 
 def fleet(prom: Prometheus, app: str, version: str, published: float) -> Fleet:
-    """What Prometheus says of the fleet for `version`, each number bounded (row 176): hosts
+    """What Prometheus says of the fleet for `version`, each number bounded (J176): hosts
     on it, hosts in all, hosts that checked the feed since `published`, the places of the
     others."""
     def count(promql: str) -> int:
@@ -363,7 +363,7 @@ def fleet(prom: Prometheus, app: str, version: str, published: float) -> Fleet:
         value = float(sample)
         if math.isnan(value):
             continue
-        if not (value.is_integer() and 0 <= value <= 99):  # row 176: a host's place is 0-99
+        if not (value.is_integer() and 0 <= value <= 99):  # J176: a host's place is 0-99
             raise NoVerdict(f"a host reports place {value:g} in the rollout of {version}, "
                             "outside 0-99 (a forged or broken sample); nothing widens on it")
         places.append(int(value))

@@ -1,4 +1,4 @@
-"""The publisher's feed folder, read as carefully as a host reads a feed (row 171).
+"""The publisher's feed folder, read as carefully as a host reads a feed (J171).
 
 A feed folder is often shared (a web root, a group of publishers), and whoever can write in it
 can plant a link: `rollout.json.minisig -> ~/.keys/release.key` would have the next signing

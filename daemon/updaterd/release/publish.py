@@ -3,8 +3,8 @@
 Publishing copies the artifacts in under names of its own (`APP-VERSION-PLATFORM.EXT`),
 computes sizes and digests, raises the serial and rewrites and re-signs the manifest
 atomically (the signature first, then the manifest, so a reader that sees the new manifest finds
-a signature for it). A published version never changes (row 155), and nothing is written that
-a host trusting the feed's keys would refuse (row 156): the result is verified first, with the
+a signature for it). A published version never changes (H155), and nothing is written that
+a host trusting the feed's keys would refuse (H156): the result is verified first, with the
 hosts' own checks.
 """
 
@@ -198,7 +198,7 @@ def missing_signers(trust: Trust, signers: list[minisign.SecretKey]) -> str:
 def canonical_name(app: str, version: str, platform: str, given: str) -> str:
     """`APP-VERSION-PLATFORM.EXT`: the name an artifact is stored under in the feed, whatever
     the file was called (a CI job's fixed `dist/app.tar.gz` included), so no two versions
-    ever share a file (row 155). EXT is the archive's own suffix; a raw executable has none."""
+    ever share a file (H155). EXT is the archive's own suffix; a raw executable has none."""
     name = f"{app}-{version}-{platform}{archive.suffix_of(given)}"
     if not feed.SAFE_FILE_NAME.fullmatch(name):
         raise FeedError(f"artifact name {name!r} (app, version, platform) is not a safe file "
@@ -369,7 +369,7 @@ def warn_missing(feed_dir: Path, manifest: Manifest) -> list[str]:
 def verify_as_hosts(raw: bytes, signature: bytes, trust: Trust | None, app: str,
                     serial: int | None, now: datetime) -> None:
     """The manifest about to be written, checked by the hosts' own `verify_manifest` as a
-    host trusting `trust` would (row 156); FeedError says why a host would refuse it."""
+    host trusting `trust` would (H156); FeedError says why a host would refuse it."""
     if trust is None:
         return
     try:
@@ -405,7 +405,7 @@ def publish(*, feed_dir: Path, key_path: Path | Sequence[Path], app: str, versio
     refused; an artifact for a platform the release lacks may be added. Several keys sign one
     after the other, for hosts with a `threshold` above 1. Everything is checked, and the new
     manifest verified as the hosts would verify it, before the feed folder is touched; at every
-    instant the folder holds a manifest that its signature file verifies (row 144). Each
+    instant the folder holds a manifest that its signature file verifies (G144). Each
     archive gets a delta descriptor and packs from the `delta_from` releases before it.
     `rollout_keys` (key files or base64 lines) may steer the release through rollout.json."""
     guards = [(k, rollout_guard.marker(k)) for k in read_public_keys(rollout_keys)]
@@ -534,7 +534,7 @@ def write_signed(feed_dir: Path, manifest_path: Path, raw: bytes, signature: byt
     sig_path = sig_path or feed_dir / feed.SIGNATURE
     # Two renames cannot be one: for the instant between them the signature file carries the
     # new blocks and the old ones, so the old and the new manifest both verify. Of the old file
-    # only what parses as signatures is carried (row 171: never bytes read through a link).
+    # only what parses as signatures is carried (J171: never bytes read through a link).
     if old := feedfolder.signature_blocks(sig_path.parent, sig_path.name):
         fsutil.atomic_write(sig_path, signature + old)
     failpoints.hit("publish.after_signature")
@@ -553,7 +553,7 @@ def rotate_keys(*, feed_dir: Path, app: str, new_keys: list[Path], sign_with: li
     signed by `sign_with`: enough of the keys in use and enough of the new ones.
 
     Before a byte is written the set is checked as the hosts check it (`keys.apply`): as a
-    host trusting the keys in use, and as one trusting only the new keys (row 156). A set
+    host trusting the keys in use, and as one trusting only the new keys (H156). A set
     that either would refuse is refused here, naming the --sign that is missing."""
     signers = signing_keys(sign_with)
     try:

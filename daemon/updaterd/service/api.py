@@ -167,7 +167,7 @@ class ControlApi:
             notes.append(w.message)
         rolled_back = {h.from_version: h for h in st.history if h.action == "rolled_back"}
         # a block or a skip is said while it keeps a version from this host: once the host runs
-        # something newer it could never be offered again, and the note would be noise (row 181)
+        # something newer it could never be offered again, and the note would be noise (J181)
         for v in [v for v in st.blocked if self._still_matters(v, st.installed)]:
             h = rolled_back.get(v)
             why = f"rolled back from {v} to {h.version or 'nothing'}: {h.reason}" if h \

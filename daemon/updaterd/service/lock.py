@@ -20,7 +20,7 @@ class ProcessLock:
         self.fd: int | None = None
 
     def acquire(self) -> None:
-        # a lock planted by another user (row 145)
+        # a lock planted by another user (G145)
         pathtrust.require_trusted(self.path, "lock_file")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)

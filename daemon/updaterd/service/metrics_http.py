@@ -3,7 +3,7 @@ scrape. Nothing else is served there, and nothing is changed through it.
 
 HTTP is parsed by h11 (httpx's own HTTP/1.1 engine, already installed with it). Every peer is a
 stranger: its request must arrive whole within a few seconds and a few KiB, connections are few
-at once and fewer still from one address (row 174: one peer never takes every slot), and one
+at once and fewer still from one address (J174: one peer never takes every slot), and one
 answer closes the connection, so a slow or noisy client holds nothing for long.
 """
 

@@ -69,7 +69,7 @@ class Limits:
     max_clients_per_uid: int
     idle_timeout: float  # no complete request for this long: dropped
     line_timeout: float  # a started line must be finished within this
-    send_timeout: float = 10.0  # a reply or event the client does not take: dropped (row 154)
+    send_timeout: float = 10.0  # a reply or event the client does not take: dropped (H154)
     max_streams_per_client: dict[str, int] = field(default_factory=dict)  # subscribe, inhibit
     max_streams: dict[str, int] = field(default_factory=dict)
 
@@ -100,7 +100,7 @@ class Connection:
 
     async def send(self, payload: bytes) -> None:
         """Send one line; a client that does not take it within `send_timeout` is dropped
-        (its connection closed, its slots freed: row 154), so it can hold nothing for ever."""
+        (its connection closed, its slots freed: H154), so it can hold nothing for ever."""
         async with self.send_lock:
             with trio.move_on_after(self.send_timeout) as scope:
                 await self.stream.send_all(payload + b"\n")
@@ -142,7 +142,7 @@ _MAX_GROUPS_BYTES = 1024
 
 def peer_groups(sock: trio.socket.SocketType) -> tuple[int, ...]:
     """The supplementary groups the connecting process had when it connected: what the
-    kernel says, not what the user database says (row 137)."""
+    kernel says, not what the user database says (G137)."""
     size = 64 * 4
     while True:
         try:
@@ -380,7 +380,7 @@ class Server:
 
     def _require_stream_room(self, method: str, conn: Connection) -> None:
         """subscribe and inhibit hold a task and a buffer until the client hangs up: capped
-        per connection and in all (row 136), so a flood costs the daemon a bounded amount."""
+        per connection and in all (G136), so a flood costs the daemon a bounded amount."""
         mine = conn.streams.get(method, 0)
         per_client = self.limits.max_streams_per_client.get(method)
         if per_client is not None and mine >= per_client:

@@ -49,7 +49,7 @@ class Notifier:
 
     The socket is non-blocking: when its queue is full (systemd busy, or a notify socket nobody
     reads; Linux queues 10 datagrams by default) a message is dropped, never waited for, so the
-    daemon keeps serving (catalogue row 141). The next STATUS= says the truth again.
+    daemon keeps serving (catalogue G141). The next STATUS= says the truth again.
     """
 
     def __init__(self) -> None:

@@ -34,7 +34,7 @@ from updaterd.units import parse_size
 
 CACHED = "github.json"
 SMALL = 1 << 20  # checksum files and signatures
-# Caps on what the API says (row 148): GitHub itself allows 1,000 assets a release and names
+# Caps on what the API says (H148): GitHub itself allows 1,000 assets a release and names
 # of 255 characters; a longer one is never matched against the operator's pattern.
 MAX_ASSETS = 1000
 MAX_NAME = 1024
@@ -64,10 +64,10 @@ class GitHubRelease(msgspec.Struct):
 def binds_version(text: str, tag: str) -> bool:
     """Whether signed text (a trusted comment, an asset name from a signed checksum file) names
     this release by its version token: the tag less a leading `v`, starting with a digit, found
-    as a whole token, so `1.0.0` is not found in `11.0.0`, `1.0.0.1` or `1.0.0rc1` (row 133).
+    as a whole token, so `1.0.0` is not found in `11.0.0`, `1.0.0.1` or `1.0.0rc1` (G133).
 
     The rest of a tag binds nothing: the API chooses tags, so a tag `tool-1.0.0` (or one spelled
-    as a whole asset name) would otherwise be "named" by any old signed asset (row 146)."""
+    as a whole asset name) would otherwise be "named" by any old signed asset (H146)."""
     version = version_token(tag)
     if version is None:
         return False
@@ -107,7 +107,7 @@ class GitHubSource:
 
     def _headers(self, url: str, accept: str = "application/vnd.github+json") -> dict[str, str]:
         """The token goes to the configured API origin only, whatever URL the API's JSON
-        names for an asset (row 134)."""
+        names for an asset (G134)."""
         headers = {"Accept": accept, "X-GitHub-Api-Version": "2022-11-28"}
         token = self._token()
         if token and urlpolicy.origin(url) == urlpolicy.origin(self.cfg.api_url):
@@ -139,7 +139,7 @@ class GitHubSource:
             headers=self._headers(url))
         body = cached if doc.not_modified and cached is not None else doc.body
         release = self._pick(body)
-        # the operator's pattern may be slow on odd names: never on the event loop (row 148)
+        # the operator's pattern may be slow on odd names: never on the event loop (H148)
         asset = await trio.to_thread.run_sync(self._choose_asset, release)
         cap = parse_size(self.cfg.max_artifact_size)
         if asset.size > cap:
@@ -206,7 +206,7 @@ class GitHubSource:
                               asset: GitHubAsset) -> tuple[str | None, str | None]:
         """The asset's digest from a (signed) checksum file, and/or its signature fetched.
 
-        Signed material must name this release's tag or version (row 133)."""
+        Signed material must name this release's tag or version (G133)."""
         sha256 = blake3 = None
         signed = False
         if self.cfg.checksums:

@@ -23,7 +23,7 @@ from updaterd.trust.feed import SAFE_FILE_NAME
 
 def _open_plain(path: Path) -> int | None:
     """Open a feed file for reading, refusing anything but a plain file, without blocking: a
-    FIFO, device, socket or symlink planted in the folder is an error, never a hang (row 135).
+    FIFO, device, socket or symlink planted in the folder is an error, never a hang (G135).
     None when the file does not exist."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -55,7 +55,7 @@ def _read_capped_now(path: Path, cap: int) -> bytes | None:
 
 
 async def _read_capped(path: Path, cap: int) -> bytes | None:
-    """A small feed file, read on a worker thread: no file I/O on the event loop (row 135)."""
+    """A small feed file, read on a worker thread: no file I/O on the event loop (G135)."""
     return await trio.to_thread.run_sync(_read_capped_now, path, cap)
 
 

@@ -1,6 +1,6 @@
 """Safe extraction of release archives into a fresh, empty staging folder.
 
-Every member is checked here, on every Python (catalogue row 54: Debian 12's own 3.11.2 has no
+Every member is checked here, on every Python (catalogue B54: Debian 12's own 3.11.2 has no
 `tarfile.data_filter`, and its first backports refused good links, cpython gh-107845): names by
 `member_parts`; a member naming the release root must be a folder; no devices, fifos, setuid or
 setgid; duplicates and case clashes refused; nothing written through a link; hard links only to
@@ -186,7 +186,7 @@ class Tree:
     def copy_file(self, member: str, parts: tuple[str, ...], source: str, executable: bool,
                   size: int) -> None:
         """A new file holding what the plain file `source` holds (a reflink or a copy, never
-        a hard link: no two releases share a writable inode, row 150)."""
+        a hard link: no two releases share a writable inode, H150)."""
         self.make_dirs(parts[:-1])
         mode = 0o755 if executable else 0o644
         src = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)

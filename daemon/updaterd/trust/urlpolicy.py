@@ -2,7 +2,7 @@
 allowed, never link-local or cloud metadata addresses, never userinfo, and only the hosts of an
 app's allow-list when it has one. Pure: no resolution, no I/O.
 
-Hosts are read the way the resolver reads them (catalogue row 138): `2852039166`,
+Hosts are read the way the resolver reads them (catalogue G138): `2852039166`,
 `0xa9fea9fe`, `0251.0376.0251.0376` and `169.254.43518` are all 169.254.169.254 to
 inet_aton(3), IPv6 can carry an IPv4 address (`::ffff:a.b.c.d`, NAT64 `64:ff9b::/96`, 6to4),
 and `name.` is `name`. The address a connection actually reaches is checked again by
@@ -128,7 +128,7 @@ def redirect_target(url: str, location: str) -> str:
 
 def origin(url: str) -> tuple[str, str, int | None]:
     """(scheme, host, port) with the scheme's default port filled in: credentials go only to
-    the origin they were configured for (catalogue row 134)."""
+    the origin they were configured for (catalogue G134)."""
     parts = urlsplit(url)
     try:
         port = parts.port
