@@ -19,19 +19,20 @@ KINDS = ["tested", "covered", "partly", "implemented", "by design", "decision",
          "not applicable", "not possible here", "todo"]
 
 NOTES = {
- 18: "note: unsigned checksum files are accepted when no public_keys are set (SPEC 6)",
+ 18: "note: unsigned checksum files are accepted when no public_keys are set "
+     "(updaterd.toml(5), public_keys)",
  52: "note: a decision: several roots are kept as they are; an entrypoint is not required",
  58: "note: under qemu by `make test-power` (tests/power), killing qemu at random instants",
  64: "note: blocked until `unskip` or an explicit update, not until a newer serial",
  105: "note: credentials are read at accept, before any request",
  106: "note: only SO_PEERCRED decides; `who` in inhibit is a label",
- 108: "note: rollback --to PATH (issue 5) accepts only a path inside the app's backups folder",
+ 108: "note: rollback --to PATH accepts only a path inside the app's backups folder",
  177: "note: releases, in-place and self-update apps, on the real daemon; with the watch "
       "(row 180) at once",
  180: "note: on 60 real daemons at the default intervals by `make test-fleet` "
       "(tests/fleet/test_three_am.py)",
- 182: "todo: the transparency log (issue 42)",
- 183: "todo: streaming installs (issue 41)",
+ 182: "todo: the transparency log",
+ 183: "todo: streaming installs",
  129: "note: the prefix check of row 128 makes the race impossible; the release is checked "
       "again (owner and modes up to /) right before the health check",
 }

@@ -91,11 +91,11 @@ MODULES = [
     Module("shared", ["tests/test_shared_seed.py", "tests/security/test_tree_rows.py",
                       "tests/test_shared.py"], [], 120),
     Module("metrics_http", ["tests/test_metrics_http.py"], [], 90),
-    # what each event means for the stored state (issue 39: in-process at last)
+    # what each event means for the stored state (in-process at last)
     Module("outcome", ["tests/test_outcome.py"]),
     # the look between checks (row 180): what it asks, which changes it reports
     Module("watch", ["tests/test_watch.py"]),
-    # data snapshots: a copy of what the app writes, put back by root (issue 38)
+    # data snapshots: a copy of what the app writes, put back by root
     Module("snapshots", ["tests/test_snapshots.py", "tests/test_data_snapshots.py"], [], 120),
     # what the controller reads, believes and signs (rows 172, 176); its loop (`run`) is the
     # fleet suite's, and mutating it against real commands takes an hour. Even so about 25 min

@@ -1,5 +1,6 @@
-"""The control-socket methods in-process against a fake worker (issue 29): params, one call to
-the app's worker, then a result, or the worker's error as the code of SPEC section 7. The real
+"""The control-socket methods in-process against a fake worker: params, one call to the app's
+worker, then a result, or the worker's error as its code (updaterd(8), CONTROL SOCKET
+PROTOCOL). The real
 worker's locking, take-over and cancel are the daemon tests' (test_daemon, test_operations,
 test_maintenance_window); here only what `api` adds."""
 

@@ -1,5 +1,5 @@
 """Every command, given bad input, answers with a clear line and an exit code, never a
-traceback or a raw errno (issue 15, point 9); and a closed pipe is not an error."""
+traceback or a raw errno; and a closed pipe is not an error."""
 
 from __future__ import annotations
 

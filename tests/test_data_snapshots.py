@@ -1,4 +1,4 @@
-"""Data that can come back (issue 38, `data_snapshots`): the real daemon keeps a copy of the
+"""Data that can come back (`data_snapshots`): the real daemon keeps a copy of the
 app's `shared/` just before each update switches away from a version, bounded by `retain`;
 `updaterctl rollback APP --with-data` puts code and data back together, keeping what it
 replaces; a recall puts back code only. A kill -9 in the middle of the data swap is finished

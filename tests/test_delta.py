@@ -1,4 +1,4 @@
-"""Delta updates (issue 16): a release built from a kept one and a pack of what changed.
+"""Delta updates: a release built from a kept one and a pack of what changed.
 
 In-process through the FeedSimulator: the plan (a pack when its base is on disk, else the full
 artifact), the same tree as a full install, and a hostile feed, where every case ends in a clean

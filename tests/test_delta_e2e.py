@@ -1,6 +1,6 @@
 """Delta updates end to end: the real `updaterd publish` writes the packs, the real `updaterd
 --once` fetches them from nginx; and a daemon built from the commit before deltas existed still
-installs from a feed published with them (issue 16, point 5)."""
+installs from a feed published with them."""
 
 from __future__ import annotations
 

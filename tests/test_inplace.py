@@ -205,7 +205,7 @@ def test_leftover_staged_file_is_recognised_and_cleaned(tool: Tool) -> None:
     os.unlink(other)
 
 
-# -- owner, mode and backups as an operator sees them (issue 19, points 2 and 7) -----------------
+# -- owner, mode and backups as an operator sees them -----------------
 
 def test_restores_keep_the_targets_group_and_mode_and_root_owns_them(tool: Tool) -> None:
     # Row 147 changed this test: the owner was kept too, which let that user rewrite the file

@@ -1,4 +1,4 @@
-"""Operations an operator can steer (issue 15): every outcome recorded the same way whoever
+"""Operations an operator can steer: every outcome recorded the same way whoever
 started it (catalogue G142), busy answered at once, edits that do not wait, `cancel`.
 The real daemon and updaterctl, a feed on nginx, slow downloads through `max_rate`."""
 

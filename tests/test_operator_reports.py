@@ -1,4 +1,4 @@
-"""The less-travelled paths (issue 19): archive layouts, in-place owners and backups, GitHub
+"""The less-travelled paths: archive layouts, in-place owners and backups, GitHub
 without a token, `--once` from a timer, history and messages. Each reproduces an operator's
 report against the real updaterd."""
 

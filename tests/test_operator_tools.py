@@ -1,4 +1,4 @@
-"""`updaterctl reset-failed` and `updaterctl prune` through the real daemon (issue 30): an
+"""`updaterctl reset-failed` and `updaterctl prune` through the real daemon: an
 operator clears a failure they have seen, and drops kept releases by hand."""
 
 from __future__ import annotations

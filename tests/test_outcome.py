@@ -1,5 +1,5 @@
 """host/outcome.py in this process: what each event means for the stored state, one function at
-a time (issue 39: until now only the end-to-end suites held it). The rollback endings are one
+a time (until now only the end-to-end suites held it). The rollback endings are one
 table: a failed check, a recall, an operator going back or forward, data alone."""
 
 from __future__ import annotations

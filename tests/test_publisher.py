@@ -1,4 +1,4 @@
-"""The publisher's side as a publisher uses it (issue 27, H155-H156): a CI job that writes its
+"""The publisher's side as a publisher uses it (H155-H156): a CI job that writes its
 artifact under a fixed name, an overwrite by mistake, a key rotation done wrong then right, a
 re-signature on a timer, a yank, a promotion, a prune, a file changed on the server; real
 `updaterd publish`, `rotate-keys` and `feed` commands, a feed served by nginx, and real daemons
@@ -186,7 +186,7 @@ def _a_publishers_week(nginx: Nginx, feed: Feed, dist: Path, tmp_path: Path,
     url = nginx.url(f"{feed.folder.name}/")
     r = run_updaterd("feed", "check", url, "--public-key", new_pub)
     assert r.returncode == 0 and "0 problems" in r.stdout, r.stdout + r.stderr
-    # with the key in use before the rotation: as the old host, which follows it (issue 38)
+    # with the key in use before the rotation: as the old host, which follows it
     r = run_updaterd("feed", "check", url, "--public-key", feed.pub)
     assert r.returncode == 0 and "0 problems" in r.stdout, r.stdout + r.stderr
     assert "keys.json: the keys given rotate to version 1 (1 keys, threshold 1)" in r.stdout

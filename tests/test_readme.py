@@ -1,4 +1,4 @@
-"""The README's command blocks, run as written (issue 19, point 10), so that the README cannot
+"""The README's command blocks, run as written, so that the README cannot
 drift from what updaterd does. Paths an operator would use (/srv/www, /opt, /etc/systemd,
 /run/updaterd) are moved into a temporary folder; nothing else is changed.
 

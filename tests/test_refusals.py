@@ -1,7 +1,7 @@
 """Row 158: a request refused for its input (an unknown app or version, a path that is not a
 backup, a mistyped command) changes no state, through the real daemon and updaterctl: no
 `failed` phase, no failure counted, no backoff, no error recorded. And what does fail reaches
-the journal as an error (issue 30)."""
+the journal as an error."""
 
 from __future__ import annotations
 

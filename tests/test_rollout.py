@@ -1,4 +1,4 @@
-"""Guarded rollout, the host's side (SPEC section 11), in this process on a FeedSimulator: a
+"""Guarded rollout, the host's side (docs/rollout.md), in this process on a FeedSimulator: a
 release that names a rollout key reaches a host only as a signed `rollout.json` allows; a halt
 keeps new hosts off it, a recall takes hosts back. The refusals (forged, expired, replayed,
 missing: never widened, never moved) are catalogue rows I160-I165 (tests/security)."""
@@ -190,7 +190,7 @@ BEFORE_ROLLOUT = "3bcc962"  # the last commit whose daemon knows nothing of roll
 
 def test_a_daemon_from_before_guarded_rollout_accepts_a_guarded_feed(
         tmp_path: Path) -> None:
-    """SPEC section 11: the manifest's schema is strict, so the rollout key travels where an
+    """docs/rollout.md: the manifest's schema is strict, so the rollout key travels where an
     older daemon looks away. It accepts the feed and follows the manifest's own share (the
     publisher holds those back with --rollout); today's daemon waits for rollout.json."""
     import subprocess

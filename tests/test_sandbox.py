@@ -1,4 +1,4 @@
-"""`updaterd check-config` against the installed unit's sandbox (issue 38): a folder the
+"""`updaterd check-config` against the installed unit's sandbox: a folder the
 packaged updaterd.service cannot write (ProtectSystem=strict, ReadWritePaths=/opt) is said
 before the first update fails on it. The judgement on systemd's own words; the real unit
 under a real PID 1 is in tests/systemd/test_units.py."""

@@ -1,6 +1,6 @@
 """Row 159: what an app writes at run time survives updates, rollbacks and retention. Its
 `shared` paths live in PREFIX/shared/ and each release links to them (the real daemon,
-updaterctl and `updaterd verify`; issue 30)."""
+updaterctl and `updaterd verify`)."""
 
 from __future__ import annotations
 

@@ -50,7 +50,7 @@ def test_status_explains_every_reason_a_version_waits(host: Host, nginx: Nginx,
 
 def test_a_beta_host_takes_the_final_release_and_is_told_of_other_channels(
         host: Host, nginx: Nginx, served_feed: Feed, daemon: Daemon) -> None:
-    """Issue 30: channels are a ladder (SPEC section 3). A beta host on 1.2.0-beta.1 was `up
+    """Issue 30: channels are a ladder (updaterd.toml(5)). A beta host on 1.2.0-beta.1 was `up
     to date` when 1.2.0 came out on stable; a newer release on a channel it does not follow is
     named with its channel."""
     served_feed.release("1.2.0-beta.1", channel="beta")

@@ -1,4 +1,4 @@
-"""Stops and starts of the real daemon (issue 28): a stop during a health check never fails a
+"""Stops and starts of the real daemon: a stop during a health check never fails a
 good release (catalogue H157), and an operation a stop, a crash or a power cut left in
 progress goes on at the next start instead of at the next scheduled check, hours away."""
 

@@ -92,7 +92,7 @@ def test_c64_failed_health_check_rolls_back_and_blocks(host: Host, nginx: Nginx,
     assert state["installed"] == "1.0.0"
     assert state["blocked"] == ["1.1.0"]
     assert state["available"] is None, "a blocked version is no longer on offer"
-    # the rollback and the block, each recorded (issue 15, point 4)
+    # the rollback and the block, each recorded
     assert [h["action"] for h in state["history"]] == ["installed", "rolled_back", "blocked"]
     assert not (host.prefix / "releases" / "1.1.0").exists()
     assert_clean(host)

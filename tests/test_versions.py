@@ -293,7 +293,7 @@ def test_a_yanked_release_is_passed_over_with_the_publishers_reason() -> None:
     ("alpha", "nightly", False), ("nightly", "beta", True), ("nightly", "alpha", False),
     ("testing", "beta", True), ("testing", "stable", True)])  # a name after "stable" too
 def test_channels_are_a_ladder(channel: str, offered: str, taken: bool) -> None:
-    """SPEC section 3: stable follows stable; beta follows beta and stable; any other name
+    """updaterd.toml(5): stable follows stable; beta follows beta and stable; any other name
     follows itself, beta and stable."""
     assert versions.follows(channel, offered) is taken
 

@@ -1,4 +1,4 @@
-"""The look between checks (`watch_interval`, SPEC 3, J180), in this process on a
+"""The look between checks (`watch_interval`, updaterd.toml(5), J180), in this process on a
 FeedSimulator: what it asks of the feed (conditional requests, rollout.json only where one was
 accepted), which changes it reports, and that a change already examined is not reported at
 every look. The daemon acting on a look (a recall at once, a new release within jitter) is

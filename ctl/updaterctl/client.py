@@ -91,7 +91,7 @@ class Connection:
 
 
 class Client:
-    """The methods of SPEC section 7 as typed calls, over one connection."""
+    """The methods of updaterd(8) CONTROL SOCKET PROTOCOL as typed calls, over one connection."""
 
     def __init__(self, path: str = DEFAULT_SOCKET, timeout: float | None = None) -> None:
         self.path, self.timeout = path, timeout

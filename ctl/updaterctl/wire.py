@@ -19,7 +19,7 @@ MAX_MESSAGE = 1 << 20
 
 
 class ErrorCode(IntEnum):
-    """JSON-RPC's own codes, then updaterd's (SPEC section 7)."""
+    """JSON-RPC's own codes, then updaterd's (updaterd(8) CONTROL SOCKET PROTOCOL)."""
 
     PARSE_ERROR = -32700
     INVALID_REQUEST = -32600

@@ -183,7 +183,7 @@ def orderable(text: str) -> bool:
 
 def follows(channel: str, offered: str) -> bool:
     """Whether a host on `channel` takes a release `offered` on that channel. Channels are a
-    ladder (SPEC section 3): `stable` follows stable; `beta` follows beta and stable; any other
+    ladder (updaterd.toml(5)): `stable` follows stable; `beta` follows beta and stable; any other
     name follows itself, beta and stable. A beta host so reaches the final release of its beta."""
     if offered in (channel, "stable"):
         return True

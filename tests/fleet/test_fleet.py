@@ -1,4 +1,4 @@
-"""Guarded rollout on a real fleet (SPEC section 11, issue #31): 60 real daemons, nginx serving
+"""Guarded rollout on a real fleet (docs/rollout.md): 60 real daemons, nginx serving
 the feed, Debian's Prometheus scraping every daemon each second, and the real `updaterd rollout`
 controller. The scenarios run in order on the same fleet, each with a release of its own:
 

@@ -1,4 +1,4 @@
-"""The 3 a.m. path on a real fleet (issue 38, J177-J180): 60 real daemons at the default
+"""The 3 a.m. path on a real fleet (J177-J180): 60 real daemons at the default
 `check_interval` (4h) and `watch_interval` (2m), a third of them `inplace` apps, nginx serving
 the feed. A release that passes its health checks but is bad reaches half the fleet through
 the hosts' own looks; the on-call recalls it, yanks it and publishes the fix with the

@@ -261,7 +261,7 @@ def test_e108_no_method_takes_a_path_url_command_or_key() -> None:
              for f in msgspec.structs.fields(struct) if suspicious.search(f.name)}
     assert found == set(), found
     fields = {f.name for f in msgspec.structs.fields(PARAMS["rollback"])}
-    assert fields == {"app", "to", "with_data"}  # with_data: a bool (issue 38), never a path
+    assert fields == {"app", "to", "with_data"}  # with_data: a bool, never a path
     assert msgspec.structs.fields(PARAMS["rollback"])[2].type is bool
 
 

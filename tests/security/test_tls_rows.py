@@ -191,7 +191,7 @@ def test_feed_check_trusts_a_ca_file_as_a_host_with_ca_file_does(
     assert r.returncode == 1 and r.stderr == line, r.stderr
 
 
-# -- the host's trust store, and an app's own ca_file (issue 28, point 3) -------------------
+# -- the host's trust store, and an app's own ca_file -------------------
 
 def _no_ssl_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in ("SSL_CERT_FILE", "SSL_CERT_DIR",

@@ -1,5 +1,5 @@
 """updaterd's Debian package on a stock Debian 12 and a stock Debian 13, each package built on
-its own release (issue 28, SPEC section 12): installed with apt
+its own release (README: Install as a service): installed with apt
 on the system's own python3, it fetches a tar.gz and a tar.zst release over HTTPS from nginx
 with a private CA added the Debian way (update-ca-certificates), `man` and `updaterctl <TAB>`
 work, an upgrade keeps the configuration and the apps, `apt remove` keeps the configuration and

@@ -1,4 +1,4 @@
-"""The shipped units under systemd as PID 1 (real-host issue, section 2; issue 28): a stock
+"""The shipped units under systemd as PID 1 (real-host issue, section 2): a stock
 Debian 12 container booted with systemd-nspawn, updaterd's package installed exactly as the
 README's "Install as a service" says, on the system's own python3, then driven as an operator
 would: sysusers and tmpfiles, Type=notify, STATUS=, the watchdog, the hardening, reload, stop
@@ -124,7 +124,7 @@ def test_a_prefix_outside_read_write_paths_names_the_directive(box: Container) -
               tool={"source": "directory", "path": "/srv/feed-outside", "public_keys": [pub],
                     "install": "inplace", "target": "/usr/local/bin/tool",
                     "auto_update": False})
-    # check-config runs outside the sandbox, and says it before the first update (issue 38)
+    # check-config runs outside the sandbox, and says it before the first update
     r = box.sh("updaterd check-config", check=False)
     assert r.returncode == 1, r.stdout + r.stderr
     assert "apps.outside.prefix /srv/outside: updaterd.service cannot write it " \

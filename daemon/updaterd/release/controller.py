@@ -1,4 +1,4 @@
-"""`updaterd rollout`: the publisher's side of a guarded rollout (SPEC section 11).
+"""`updaterd rollout`: the publisher's side of a guarded rollout (docs/rollout.md).
 
 `run` widens one release step by step while every gate of the plan (a PromQL query over the
 fleet's `updaterd_*` metrics, and the most it may return) holds, and signs a halt or a recall

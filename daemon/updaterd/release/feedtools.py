@@ -1,4 +1,4 @@
-"""`updaterd feed ...`: the publisher's day-to-day commands on a feed folder (SPEC section 10).
+"""`updaterd feed ...`: the publisher's day-to-day commands on a feed folder (docs/feed.md).
 
 Each command that writes reads the feed as it is, changes the manifest, signs it with the keys
 given, verifies the result as the hosts would (`publish.verify_as_hosts`) and writes it the one

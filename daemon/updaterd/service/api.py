@@ -1,7 +1,7 @@
 """What each control-socket method does, over the engine and the daemon's workers.
 
 Authorization and framing happen in rpc.py; here every method gets typed params and returns a
-protocol Struct, or raises RpcError with one of the codes of SPEC section 7.
+protocol Struct, or raises RpcError with one of the codes of updaterd(8) CONTROL SOCKET PROTOCOL.
 """
 
 from __future__ import annotations
@@ -104,7 +104,8 @@ class ControlApi:
 
     @asynccontextmanager
     async def _engine_errors(self, worker: WorkerView) -> AsyncIterator[None]:
-        """The worker's and the engine's errors as the codes of SPEC section 7."""
+        """The worker's and the engine's errors as the codes of the protocol (updaterd(8),
+        CONTROL SOCKET PROTOCOL)."""
         try:
             yield
         except UnknownApp as e:

@@ -232,7 +232,7 @@ class AppWorker:
                 nursery.start_soon(self._watch)
 
     async def _watch(self) -> None:
-        """Look at the feed every `watch_interval` between checks (SPEC 3, J180): a recall
+        """Look at the feed every `watch_interval` between checks (updaterd.toml(5), J180): a recall
         moves the host back at once (through the usual gate: the scheduler's cycle), a yank
         or a halt is recorded at once by a check, and a new release is taken at a check
         drawn within `jitter`, so that publishing never starts a download herd. The first

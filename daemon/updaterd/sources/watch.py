@@ -53,7 +53,7 @@ async def changed(transport: Transport, state: AppState, limits: Limits,
         return None
     found = await transport.document(rollout.DOCUMENT, rollout.MAX_DOCUMENT, missing_ok=True,
                                      validators=seen.rollout_validators)
-    if found.not_modified or found.missing:  # a missing one moves no host (SPEC 11)
+    if found.not_modified or found.missing:  # a missing one moves no host (docs/rollout.md)
         return None
     digest = _digest(found.body)
     if digest == mark.digest:

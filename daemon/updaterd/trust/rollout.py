@@ -1,4 +1,4 @@
-"""Guarded rollout, the host's side (SPEC section 11): which share of hosts a release reaches
+"""Guarded rollout, the host's side (docs/rollout.md): which share of hosts a release reaches
 when a rollout key steers it, and whether it is halted or recalled. Pure: bytes in, verdict out.
 
 The publisher's key delegates, release by release: a release names the rollout keys that may

@@ -1,4 +1,4 @@
-"""How a yank travels in a manifest that every daemon, old or new, accepts (SPEC section 10).
+"""How a yank travels in a manifest that every daemon, old or new, accepts (docs/feed.md).
 
 The manifest's schema is strict: a new `yanked` field would make every daemon older than yanking
 refuse the whole feed, so a yank is written where those daemons already look away, as deltas
