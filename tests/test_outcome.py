@@ -84,6 +84,10 @@ def test_a_commit_makes_the_version_installed_and_remembers_the_highest() -> Non
     assert (st.installed, st.previous, st.pending, st.available) == ("1.2.0", "1.0.0", None,
                                                                      None)
     assert st.highest_installed == "1.5.0" and st.last_error is None
+    for other in ("1.1.0", "1.3.0"):  # another version on offer stays on offer
+        st = on("1.0.0", None, available=other)
+        outcome.committed(st, "1.2.0", "1.0.0")
+        assert st.available == other
 
 
 # one row per way a rollback ends: (transaction, installed, previous, blocked, skipped,
@@ -99,7 +103,12 @@ ENDINGS = {
                                   "1.0.0", [], [], [], {"1.0.0": 1}, {}, False),
     "data alone": (tx(frm="1.1.0", to="1.1.0", with_data=True, skip_left=False), "1.1.0",
                    "1.0.0", [], [], [], {}, {}, False),
+    "back with data": (tx(with_data=True), "1.0.0", "1.1.0", [], ["1.1.0"], [], {"1.1.0": 1},
+                       {}, False),
+    "forward with data": (tx(frm="1.0.0", to="1.1.0", skip_left=False, with_data=True),
+                          "1.1.0", "1.0.0", [], [], [], {"1.0.0": 1}, {}, False),
 }
+ERRORS = {"failed its check": "1.1.0 failed: exit 1", "recalled": "left 1.1.0: corrupts"}
 
 
 @pytest.mark.parametrize("name", list(ENDINGS))
@@ -119,6 +128,7 @@ def test_each_way_a_rollback_ends(name: str) -> None:
     assert (st.blocked, st.recall_blocked) == (blocked, recall_blocked)
     assert (st.rollbacks_from, st.failed_checks) == (counted, failed)
     assert (st.last_error is not None) == error
+    assert st.last_error == ERRORS.get(name)
     assert st.history[-1].action == ("blocked" if t.block else "rolled_back")
 
 
@@ -133,7 +143,7 @@ def test_rollbacks_are_counted_for_the_newest_32_versions() -> None:
     st = on()
     for i in range(40):
         outcome.switched_back(st, tx(frm=f"1.{i}.0", to="1.0.0"), "1.0.0", LIMIT)
-    assert len(st.rollbacks_from) == outcome.MAX_COUNTED
+    assert len(st.rollbacks_from) == 32
     assert "1.39.0" in st.rollbacks_from and "1.0.0" not in st.rollbacks_from
 
 
@@ -151,6 +161,25 @@ def test_found_on_disk_is_a_first_sighting_only_once() -> None:
     assert outcome.found_on_disk(st, "0.1.0", LIMIT) is True
     assert st.history[-1].action == "found" and st.installed == "0.1.0"
     assert outcome.found_on_disk(st, "0.2.0", LIMIT) is False and st.installed == "0.2.0"
+    assert outcome.found_on_disk(AppState(installed="0.1.0"), "0.2.0", LIMIT) is False
+    st = AppState()
+    assert outcome.found_on_disk(st, None, LIMIT) is True and st.history[-1].version == ""
+
+
+def test_a_failed_first_install_rolls_back_to_nothing_and_says_so() -> None:
+    st = AppState()
+    t = Transaction(kind="rollback", from_version="1.0.0", to_version="", started_at=0.0,
+                    block=True, reason="exit 1")
+    outcome.switched_back(st, t, None, LIMIT)
+    assert st.installed is None and st.blocked == ["1.0.0"]
+    assert [(h.action, h.version) for h in st.history] == [("rolled_back", ""),
+                                                           ("blocked", "1.0.0")]
+
+
+def test_a_rollback_keeps_another_version_on_offer() -> None:
+    st = on(available="1.2.0")
+    outcome.switched_back(st, tx(), "1.0.0", LIMIT)
+    assert st.available == "1.2.0"
 
 
 def test_skip_and_unskip() -> None:
