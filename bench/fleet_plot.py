@@ -69,26 +69,22 @@ def plot(run: dict, png: Path, title: str | None = None) -> None:
     fig.savefig(png, dpi=110)
 
 
-def markdown(run: dict) -> str:
-    lines = ["## Guarded rollout on a fleet (`make test-fleet`)", "",
-             f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: {run['hosts']} "
-             "real daemons (check every 3 s, 1 s jitter), nginx, Debian's Prometheus 2.42 "
-             "scraping each daemon every second, the real `updaterd rollout run`.", "",
-             "| scenario | figure |", "|---|---|"]
-    lines += [f"| {what} | {figure} |" for what, figure in run["figures"].items()]
-    lines += ["", f"![hosts per version over time]({PNG.name})", ""]
-    return "\n".join(lines)
+ROLLOUT = ("Guarded rollout on a fleet",
+           "real daemons (check every 3 s, 1 s jitter), nginx, Debian's Prometheus 2.42 "
+           "scraping each daemon every second, the real `updaterd rollout run`.")
+NIGHT = ("The 3 a.m. path on a fleet",
+         "real daemons at the default `check_interval` (4h) and `watch_interval` (2m), jitter "
+         "20 s, a third of them in-place apps; nginx; the recall, the yank and the fix by the "
+         "publisher's commands (tests/fleet/test_three_am.py).")
 
 
-def night_markdown(run: dict) -> str:
-    lines = ["## The 3 a.m. path on a fleet (`make test-fleet`)", "",
+def markdown(run: dict, what: tuple[str, str], png: Path) -> str:
+    title, setting = what
+    lines = [f"## {title} (`make test-fleet`)", "",
              f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: {run['hosts']} "
-             "real daemons at the default `check_interval` (4h) and `watch_interval` (2m), "
-             "jitter 20 s, a third of them in-place apps; nginx; the recall, the yank and the "
-             "fix by the publisher's commands (tests/fleet/test_three_am.py).", "",
-             "| scenario | figure |", "|---|---|"]
+             f"{setting}", "", "| scenario | figure |", "|---|---|"]
     lines += [f"| {what} | {figure} |" for what, figure in run["figures"].items()]
-    lines += ["", f"![hosts per version over time]({NIGHT_PNG.name})", ""]
+    lines += ["", f"![hosts per version over time]({png.name})", ""]
     return "\n".join(lines)
 
 
@@ -96,14 +92,13 @@ def main() -> None:
     path = Path(sys.argv[1])
     run = json.loads(path.read_text())
     if path.name.startswith("three-am"):
-        png, md = NIGHT_PNG, NIGHT_MARKDOWN
+        png, md, what = NIGHT_PNG, NIGHT_MARKDOWN, NIGHT
         plot(run, png, f"A bad release leaving {run['hosts']} real daemons at the default "
                        "intervals")
-        md.write_text(night_markdown(run))
     else:
-        png, md = PNG, MARKDOWN
+        png, md, what = PNG, MARKDOWN, ROLLOUT
         plot(run, png)
-        md.write_text(markdown(run))
+    md.write_text(markdown(run, what, png))
     print(f"wrote {png} and {md}")
 
 

@@ -14,7 +14,7 @@ import time
 import urllib.parse
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,6 +139,25 @@ metrics_listen = "127.0.0.1:{self.port}"
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+class Hosts:
+    """What the scenarios ask of the fleet: who runs a version, and waiting for the fleet."""
+
+    hosts: list[FleetHost]
+
+    def on(self, version: str) -> list[FleetHost]:
+        return [h for h in self.hosts if h.current() == version]
+
+    def wait(self, predicate: Callable[[], object], timeout: float, what: str) -> float:
+        """Seconds until `predicate()`; on time-out, says what each host runs."""
+        began = time.monotonic()
+        while time.monotonic() - began < timeout:
+            if predicate():
+                return time.monotonic() - began
+            time.sleep(0.2)
+        counts = Counter(h.current() for h in self.hosts)
+        raise AssertionError(f"timed out after {timeout:g}s waiting for {what}: {counts}")
 
 
 @dataclass

@@ -33,6 +33,7 @@ from tests.fleet.fleet import (
     CHECK_INTERVAL,
     PROMETHEUS,
     FleetHost,
+    Hosts,
     Prometheus,
     Recorder,
     build,
@@ -59,7 +60,7 @@ max = 0
 
 
 @dataclass
-class Fleet:
+class Fleet(Hosts):
     hosts: list[FleetHost]
     nginx: Nginx
     feed: Feed
@@ -73,17 +74,6 @@ class Fleet:
         self.feed.publish(version, [build(self.feed.work, version, mode)],
                           rollout_keys=[self.secret.public.to_base64()])
         self.recorder.mark(f"published {version} ({mode})")
-
-    def on(self, version: str) -> list[FleetHost]:
-        return [h for h in self.hosts if h.current() == version]
-
-    def wait(self, predicate: object, timeout: float, what: str) -> float:
-        began = time.monotonic()
-        while time.monotonic() - began < timeout:
-            if predicate():  # type: ignore[operator]
-                return time.monotonic() - began
-            time.sleep(0.2)
-        raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
 
     def entry(self, version: str) -> RolloutEntry | None:
         doc = controller.read(self.feed.folder)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fleet.fleet import FleetHost, Recorder, build, listen_ports
+from tests.fleet.fleet import FleetHost, Hosts, Recorder, build, listen_ports
 from tests.helpers import Feed, run_updaterd
 from tests.servers.nginx import Nginx, running_nginx
 from updaterd import versions
@@ -38,25 +38,13 @@ GOAL = 180.0  # seconds from the recall to no host on the bad release
 
 
 @dataclass
-class Night:
+class Night(Hosts):
     hosts: list[FleetHost]
     nginx: Nginx
     feed: Feed
     rollout_key: Path
     secret: minisign.SecretKey
     recorder: Recorder
-
-    def on(self, version: str) -> list[FleetHost]:
-        return [h for h in self.hosts if h.current() == version]
-
-    def wait(self, predicate: object, timeout: float, what: str) -> float:
-        began = time.monotonic()
-        while time.monotonic() - began < timeout:
-            if predicate():  # type: ignore[operator]
-                return time.monotonic() - began
-            time.sleep(0.2)
-        counts = Counter(h.current() for h in self.hosts)
-        raise AssertionError(f"timed out after {timeout:g}s waiting for {what}: {counts}")
 
     def cli(self, *args: str | Path) -> str:
         r = run_updaterd(*args)
