@@ -17,7 +17,12 @@
     ├── LayoutError              the prefix or target cannot be used
     ├── HealthCheckFailed        restart or health check: rolls back
     ├── LockHeld
-    └── OperationCancelled       called off before the switch
+    ├── OperationCancelled       called off before the switch
+    ├── Busy                     the app is in an operation: said at once
+    ├── CancelledByOperator      a client's operation `updaterctl cancel` stopped
+    └── TakeOverFailed           `update --now` took over, and the version did not install
+
+(tests/test_errors.py holds this drawing to the classes below.)
 """
 
 
