@@ -13,7 +13,7 @@ import pytest
 DAEMON = Path(__file__).resolve().parent.parent / "daemon" / "updaterd"
 # bottom to top. The top folder holds the ground every layer stands on, and the entry points
 # that start everything (above all folders); each folder is a layer of its own.
-ENTRY = {"cli", "__main__"}
+ENTRY = {"cli", "publishing", "__main__"}
 FOLDERS = ["trust", "host", "net", "sources", "install", "engine", "release", "service"]
 LAYERS = ["(ground)", *FOLDERS, "(entry)"]
 
