@@ -74,8 +74,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                          "the set is refused, naming what is missing, when too few sign")
     rk.add_argument("--dry-run", action="store_true",
                     help="check the new key set as hosts would; write nothing")
-    fd = sub.add_parser("feed", help="look after a feed: list, yank, unyank, promote, resign, guard, "
-                                     "prune, check")
+    fd = sub.add_parser("feed", help="look after a feed: list, yank, unyank, promote, resign, "
+                                     "guard, prune, check")
     feed_sub = fd.add_subparsers(dest="feed_command", metavar="COMMAND", required=True)
     fl = feed_sub.add_parser("list", help="every release, its channel, rollout and artifacts; "
                                           "the serial, expiry and key set")
