@@ -106,7 +106,8 @@ MODULES = [
             "query", "_samples", "gate_values", "share_for", "fleet"], 150, True),
     Module("rpc", ["tests/test_rpc.py", "tests/security/test_socket_rows.py"],
            ["is_admin", "peer_groups", "set_socket_access", "create_socket", "_call"], 150, True),
-    Module("transaction", ["tests/test_failpoints.py", "tests/test_update_e2e.py",
+    Module("transaction", ["tests/test_transaction.py", "tests/test_failpoints.py",
+                           "tests/test_update_e2e.py",
                            "tests/test_operator_reports.py", "tests/test_self_update.py"],
            ["recover", "complete_rollback"], 600, True),
     # updaterd's own hand-over and an app's restart, as the transaction calls them
