@@ -208,3 +208,60 @@ def test_the_last_two_changes_examined_are_remembered_and_no_more(sim: FeedSimul
     sim.raw = served[0]  # examined before those two: forgotten, so a change again
     assert changed_now(sim, st, seen) == "the manifest changed"
     assert changed_now(sim, st, seen) is None  # ... examined once
+
+
+class _Daemon:
+    """Just enough of the daemon for one worker in this process."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine, self.config = engine, engine.config
+        self.workers: dict[str, Any] = {}
+
+    def on_event(self, event: Any) -> None:
+        worker = self.workers.get(event.app)
+        if worker is not None:
+            worker.observe(event)
+
+
+def test_a_look_whose_check_is_cancelled_ends_quietly(host: SimHost, sim: FeedSimulator) -> None:
+    """`updaterctl cancel` during the check a look started: the look ends, nothing is left
+    half done, and the worker goes on (it raised on an unset result and took the daemon's
+    nursery down with it)."""
+    import random
+
+    import trio
+
+    from updaterd.service.worker import AppWorker
+
+    engine = on_1_0_0(host, sim)
+    sim.release("1.1.0")
+    daemon = _Daemon(engine)
+    worker = AppWorker("hello", daemon, random.Random(1))  # type: ignore[arg-type]
+    daemon.workers["hello"] = worker
+    real = sim.transport("hello", None)  # type: ignore[arg-type]
+
+    class Slow:
+        remote = True
+
+        async def document(self, name: str, cap: int, **kw: Any) -> Any:
+            if name.endswith(".minisig"):  # only the check asks for the signature
+                await trio.sleep(30)
+            return await real.document(name, cap, **kw)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+    engine.transports = lambda app, cfg: Slow()  # type: ignore[assignment,return-value]
+
+    async def main() -> None:
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(worker.look)
+                while not worker.looking:
+                    await trio.sleep(0.01)
+                await trio.sleep(0.05)
+                assert worker.cancel().cancelled
+        assert not worker.lock.locked() and not worker.looking
+
+    trio.run(main)
+    assert host.current() == "1.0.0"

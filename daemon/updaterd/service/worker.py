@@ -268,11 +268,13 @@ class AppWorker:
             async with self.lock:
                 self.looking = True
                 try:
-                    with self.running():
+                    with self.running() as scope:
                         checked = await self.daemon.engine.check(self.name)
                 finally:
                     self.looking = False
         except UpdaterError:  # the operation has logged and recorded it
+            return
+        if scope.cancelled_caught:  # `updaterctl cancel`: the next look or check sees it
             return
         st = self.state()
         if before[0] == "waiting_window" and st.available == before[2]:
