@@ -41,7 +41,7 @@ def test_a_snapshot_is_a_root_only_copy_with_the_apps_owners_and_modes(prefix: P
     runs = (snap / "data" / "runs").stat()
     assert (runs.st_uid, runs.st_mode & 0o777) == (65534, 0o640)
     assert snapshots.has(prefix, "1.0.0") and not snapshots.has(prefix, "1.1.0")
-    assert snapshots.size(prefix, "1.0.0") == len("1.0.0\n") + len("a=1\n")
+    assert snapshots.sizes(prefix) == {"1.0.0": len("1.0.0\n") + len("a=1\n")}
     assert not [p for p in (prefix / "snapshots").iterdir() if p.name.startswith(".")]
 
 

@@ -6,7 +6,6 @@ Both `updaterd --once` and the daemon drive this class; it owns no lock and no s
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
@@ -533,11 +532,11 @@ class Engine:
     @staticmethod
     def _require_data_snapshot(run: AppRun, version: str) -> None:
         """`rollback --with-data` only where the data `version` left is kept."""
-        if run.cfg.install != "releases" or not run.cfg.shared:
+        prefix = snapshots.home(run.cfg)
+        if prefix is None:
             raise PolicyError(f"{run.name}: --with-data puts back the app's `shared` paths; "
                               "it has none")
-        assert run.cfg.prefix is not None
-        if not snapshots.has(Path(run.cfg.prefix), version):
+        if not snapshots.has(prefix, version):
             why = "" if run.cfg.data_snapshots else \
                 " (data_snapshots is off in the configuration)"
             raise NoSuchVersion(f"{run.name}: no data snapshot of {version} is kept{why}; "
@@ -545,13 +544,8 @@ class Engine:
 
     def data_snapshots(self, app: str) -> dict[str, int]:
         """Bytes of each data snapshot kept for `app`, by version."""
-        cfg = self._cfg(app)
-        if cfg.install != "releases" or not cfg.shared or cfg.prefix is None:
-            return {}
-        folder = Path(cfg.prefix) / snapshots.FOLDER
-        names = sorted(os.listdir(folder)) if folder.is_dir() else []
-        return {v: snapshots.size(Path(cfg.prefix), v) for v in names
-                if not v.startswith(".") and snapshots.has(Path(cfg.prefix), v)}
+        prefix = snapshots.home(self._cfg(app))
+        return {} if prefix is None else snapshots.sizes(prefix)
 
     @staticmethod
     async def _refuse_damaged(run: AppRun, kept: Kept) -> None:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from updaterd import failpoints, fdtree
 from updaterd.errors import LayoutError
+from updaterd.host.config import AppConfig
 from updaterd.install.shared import FOLDER as SHARED
 
 FOLDER = "snapshots"
@@ -32,6 +33,14 @@ TEMP = ".new-"  # a snapshot being made: `snapshots/.new-VERSION`
 REPLACED = ".replaced-"  # the data a restore of the running version's own snapshot replaced
 RESTORING = ".shared-restoring"  # the restored data, before the swap (in the prefix)
 LEFT = ".shared-left"  # the data the swap took out, removed after it
+
+
+def home(cfg: AppConfig) -> Path | None:
+    """Where an app's snapshots live (its prefix): a `releases` app with shared paths; None
+    for any other, which has no data of its own to keep."""
+    if cfg.install != "releases" or not cfg.shared or cfg.prefix is None:
+        return None
+    return Path(cfg.prefix)
 
 
 def _snapshots(prefix: Path) -> int:
@@ -119,7 +128,9 @@ def tidy(prefix: Path, kept: set[str]) -> list[str]:
     return removed
 
 
-def size(prefix: Path, version: str) -> int:
-    """Bytes the snapshot of `version` holds (what `list-backups` shows)."""
-    return sum(e.st.st_size for e in fdtree.walk(prefix / FOLDER / version)
-               if stat.S_ISREG(e.st.st_mode))
+def sizes(prefix: Path) -> dict[str, int]:
+    """Bytes each kept snapshot holds, by version (what `list-backups` shows)."""
+    folder = prefix / FOLDER
+    names = sorted(os.listdir(folder)) if folder.is_dir() else []
+    return {v: sum(e.st.st_size for e in fdtree.walk(folder / v) if stat.S_ISREG(e.st.st_mode))
+            for v in names if not v.startswith(".") and has(prefix, v)}

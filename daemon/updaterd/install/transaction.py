@@ -13,8 +13,6 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from pathlib import Path
-from typing import Literal
 
 import trio
 
@@ -30,7 +28,6 @@ from updaterd.trust import treehash
 from updaterd.units import parse_duration
 
 log = logging.getLogger("updaterd.transaction")
-Plan = Literal["full", "delta"]
 
 
 def _env(run: AppRun, version: str | None, previous: str | None) -> dict[str, str]:
@@ -81,7 +78,7 @@ async def apply_staged(run: AppRun, version: str, staged: Staged, digest: str,
 async def _take_snapshot(run: AppRun, leaving: str, version: str) -> None:
     """`data_snapshots`: `shared/` as `leaving` leaves it, before anything is switched (a
     failure here ends the update with nothing changed)."""
-    prefix = _releases_prefix(run)
+    prefix = snapshots.home(run.cfg)
     if prefix is None:
         return
     run.phase("switching", f"keeping a snapshot of the data {leaving} leaves", version)
@@ -95,17 +92,10 @@ async def _take_snapshot(run: AppRun, leaving: str, version: str) -> None:
                  prefix / snapshots.FOLDER / leaving)
 
 
-def _releases_prefix(run: AppRun) -> Path | None:
-    """The prefix of a `releases` app with shared paths (where snapshots live), else None."""
-    if run.cfg.install != "releases" or not run.cfg.shared or run.cfg.prefix is None:
-        return None
-    return Path(run.cfg.prefix)
-
-
 def tidy_snapshots(run: AppRun) -> None:
     """After a transaction is recorded: the snapshots of versions no longer kept go, and the
     data a restore took out."""
-    prefix = _releases_prefix(run)
+    prefix = snapshots.home(run.cfg)
     if prefix is None:
         return
     kept = {k.version for k in run.layout.kept()}
@@ -248,7 +238,7 @@ async def complete_rollback(run: AppRun, tx: Transaction) -> None:
     """The idempotent part of a rollback; `recover` calls it again after a crash."""
     to_version = tx.to_version or None
     run.layout.restore(to_version, tx.backup, failpoint="rollback")
-    prefix = _releases_prefix(run)
+    prefix = snapshots.home(run.cfg)
     if tx.with_data and to_version is not None and prefix is not None:
         run.phase("rolling_back", f"putting back the data {to_version} left", tx.from_version)
         snapshots.restore(prefix, to_version, leaving=tx.from_version)
