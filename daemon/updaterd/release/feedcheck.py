@@ -235,12 +235,10 @@ def _rotated(place: _Folder | _Web, app: str, keys: list[minisign.PublicKey], th
     a host would refuse is a problem here."""
     import trio
 
-    from updaterd.host.config import AppConfig
     from updaterd.host.state import AppState
     from updaterd.sources import keys as rotation
 
-    cfg = AppConfig(source="directory", path=".", public_keys=[k.to_base64() for k in keys],
-                    threshold=threshold)
+    cfg = rotation.host_trusting(keys, threshold)
     state = AppState()
 
     async def fetch(name: str) -> tuple[bytes, bytes | None] | None:

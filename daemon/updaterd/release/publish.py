@@ -624,11 +624,9 @@ def current_trust_for_rotation(feed_dir: Path,
 
 def _verify_rotation_as_host(app: str, trust: Trust, raw: bytes, sig: bytes) -> None:
     """`keys.apply`, the hosts' own code, on the new key set, by a host trusting `trust`."""
-    from updaterd.host.config import AppConfig
     from updaterd.host.state import AppState
 
-    host = AppConfig(source="directory", path="/", threshold=trust.threshold,
-                     public_keys=[k.to_base64() for k in trust.keys])
+    host = keys.host_trusting(trust.keys, trust.threshold)
     try:
         with keys.said_aside():  # a host's log lines; the command says what it did
             keys.apply(app, host, AppState(), raw, sig)

@@ -65,6 +65,13 @@ def _parse_keys(texts: list[str], where: str) -> list[minisign.PublicKey]:
         raise FeedError(f"{where}: {e}") from None
 
 
+def host_trusting(keys: list[minisign.PublicKey], threshold: int) -> AppConfig:
+    """An app configured with exactly these keys: how the publisher's commands run the hosts'
+    own rotation checks as a host on those keys would."""
+    return AppConfig(source="directory", path=".", public_keys=[k.to_base64() for k in keys],
+                     threshold=threshold)
+
+
 def origin_of(cfg: AppConfig) -> str:
     """Which configured keys a stored rotation descends from."""
     keys = sorted(minisign.PublicKey.parse(k).to_base64() for k in cfg.public_keys)
