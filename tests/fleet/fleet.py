@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import BIN, REPO, make_tar, toml_value
-from tests.servers.nginx import free_port
+from tests.helpers import BIN, REPO, Feed, make_tar, toml_value
+from tests.servers.nginx import Nginx, free_port
+from updaterd.trust import minisign
 
 
 def listen_ports(n: int) -> list[int]:
@@ -139,6 +140,25 @@ metrics_listen = "127.0.0.1:{self.port}"
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+@dataclass
+class GuardedFeed:
+    """The feed a fleet follows, served by nginx, with 1.0.0 published, and a rollout key."""
+
+    feed: Feed
+    secret: minisign.SecretKey
+    rollout_key: Path  # the secret key's file, for the publisher's commands
+    url: str
+
+
+def guarded_feed(base: Path, nginx: Nginx) -> GuardedFeed:
+    feed = Feed(folder=nginx.root / "hello", work=base / "work")
+    secret = minisign.SecretKey.generate()
+    rollout_key = base / "rollout.key"
+    rollout_key.write_text(secret.to_file())
+    feed.publish("1.0.0", [build(feed.work, "1.0.0", "good")])
+    return GuardedFeed(feed, secret, rollout_key, nginx.url("hello/manifest.json"))
 
 
 class Hosts:

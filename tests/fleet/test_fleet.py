@@ -37,6 +37,7 @@ from tests.fleet.fleet import (
     Prometheus,
     Recorder,
     build,
+    guarded_feed,
     listen_ports,
 )
 from tests.helpers import BIN, Feed
@@ -103,12 +104,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     base = tmp_path_factory.mktemp("fleet")
     began = time.time()
     with running_nginx(base / "nginx") as nginx:
-        feed = Feed(folder=nginx.root / "hello", work=base / "work")
-        secret = minisign.SecretKey.generate()
-        rollout_key = base / "rollout.key"
-        rollout_key.write_text(secret.to_file())
-        feed.publish("1.0.0", [build(feed.work, "1.0.0", "good")])
-        url = nginx.url("hello/manifest.json")
+        g = guarded_feed(base, nginx)
+        feed, secret, rollout_key, url = g.feed, g.secret, g.rollout_key, g.url
         hosts = [FleetHost(base / f"h{i:02d}", f"fleet-host-{i:02d}", port)
                  for i, port in enumerate(listen_ports(HOSTS))]
         for h in hosts:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fleet.fleet import FleetHost, Hosts, Recorder, build, listen_ports
+from tests.fleet.fleet import FleetHost, Hosts, Recorder, build, guarded_feed, listen_ports
 from tests.helpers import Feed, run_updaterd
 from tests.servers.nginx import Nginx, running_nginx
 from updaterd import versions
@@ -57,12 +57,8 @@ def night(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Night]:
     base = tmp_path_factory.mktemp("night")
     began = time.time()
     with running_nginx(base / "nginx") as nginx:
-        feed = Feed(folder=nginx.root / "hello", work=base / "work")
-        secret = minisign.SecretKey.generate()
-        rollout_key = base / "rollout.key"
-        rollout_key.write_text(secret.to_file())
-        feed.publish("1.0.0", [build(feed.work, "1.0.0", "good")])
-        url = nginx.url("hello/manifest.json")
+        g = guarded_feed(base, nginx)
+        feed, secret, rollout_key, url = g.feed, g.secret, g.rollout_key, g.url
         hosts = [FleetHost(base / f"h{i:02d}", f"night-host-{i:02d}", port,
                            install="inplace" if i % 3 == 0 else "releases",
                            schedule={"jitter": f"{JITTER:g}s"})  # interval, watch: defaults
