@@ -68,12 +68,20 @@ class Module:
 
 
 MODULES = [
-    Module("feed", ["tests/test_feed.py", "tests/security/test_keys_rows.py"]),
+    Module("feed", ["tests/test_feed.py", "tests/test_trusted_set.py",
+                    "tests/security/test_keys_rows.py"]),
     Module("versions", ["tests/test_versions.py"]),
     Module("urlpolicy", ["tests/test_urlpolicy.py"]),
     Module("archive", ["tests/test_archive.py"]),
     Module("minisign", ["tests/test_minisign.py"]),
+    # one refresh's trust: the recipe every signed document passes, key rotation, the set
+    # that takes them in order, the walk that fetches rotations, and the keys a host uses
+    Module("signed", ["tests/test_trusted_set.py", "tests/test_feed.py",
+                      "tests/test_rollout_document.py"]),
+    Module("rotation", ["tests/test_trusted_set.py"]),
+    Module("trustedset", ["tests/test_trusted_set.py"]),
     Module("keys", ["tests/test_keys.py", "tests/security/test_keys_rows.py"]),
+    Module("trustroot", ["tests/test_keys.py", "tests/security/test_keys_rows.py"]),
     Module("pathtrust", ["tests/test_pathtrust.py"]),
     Module("checksums", ["tests/test_checksums.py"]),
     Module("treehash", ["tests/test_checksums.py"]),

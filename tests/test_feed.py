@@ -12,7 +12,7 @@ import pytest
 
 from updaterd.errors import FeedError
 from updaterd.release.publish import keygen
-from updaterd.trust import feed, minisign
+from updaterd.trust import feed, minisign, signed
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 DIGEST = "ab" * 32
@@ -229,8 +229,8 @@ def test_broken_json_is_named_before_the_schema(key: minisign.SecretKey, raw: by
 
 def test_duplicate_keys_are_refused_at_any_depth_and_named() -> None:
     with pytest.raises(FeedError, match="checksums has the key 'a' twice"):
-        feed.reject_duplicate_keys(b'{"x": [{"a": 1, "a": 2}]}', "checksums")
-    feed.reject_duplicate_keys(b'{"a": {"a": 1}, "b": [{"a": 2}]}')
+        signed.reject_duplicate_keys(b'{"x": [{"a": 1, "a": 2}]}', "checksums")
+    signed.reject_duplicate_keys(b'{"a": {"a": 1}, "b": [{"a": 2}]}')
 
 
 def test_expiry_is_exclusive_and_a_naive_time_is_utc(key: minisign.SecretKey) -> None:

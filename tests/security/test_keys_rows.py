@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -13,10 +14,10 @@ import pytest
 from tests.conftest import Host, Nginx
 from tests.helpers import Feed, run_updaterd
 from updaterd.errors import FeedError, SignatureError
+from updaterd.host import trustroot
 from updaterd.host.config import AppConfig
 from updaterd.host.state import AppState
 from updaterd.release.publish import keygen, publish, rotate_keys
-from updaterd.sources import keys
 from updaterd.trust import minisign
 from updaterd.trust.feed import MANIFEST, SIGNATURE
 
@@ -130,13 +131,23 @@ def _cfg(pubs: list[str], threshold: int = 1) -> AppConfig:
                      threshold=threshold)
 
 
+def _apply(app: str, cfg: AppConfig, state: AppState, raw: bytes, sig: bytes | None) -> bool:
+    """One rotation taken as a host's refresh takes it: by the trusted set the engine opens
+    from the app's state, and kept in the state as the engine keeps it."""
+    trust = trustroot.trusted_set(app, cfg, state, time.time())
+    try:
+        return trust.rotate(raw, sig)
+    finally:
+        trustroot.keep(cfg, state, trust)
+
+
 def _first_rotation(feed: Path, new: Path, sign_with: list[Path],
                     app: str = "x") -> tuple[bytes, bytes]:
     """keys.json version 1 (and its signature) to `new`, signed by `sign_with`, written by
     hand: `rotate-keys` itself refuses a set that hosts would refuse (H156)."""
-    from updaterd.sources.keys import KeySet
     from updaterd.trust import feed as feed_mod
-    (feed / keys.KEYS).unlink(missing_ok=True)
+    from updaterd.trust.rotation import KEYS, KeySet
+    (feed / KEYS).unlink(missing_ok=True)
     pub = minisign.PublicKey.parse(new.read_text()).to_base64()
     raw = feed_mod.encode(KeySet(schema=1, app=app, version=1, keys=[pub], threshold=1))
     sig = "".join(minisign.SecretKey.parse(k.read_text()).sign(raw, "test")
@@ -150,18 +161,18 @@ def test_a24_rotation_signed_by_the_new_key_only_is_rejected(tmp_path: Path) -> 
     cfg, state = _cfg([_pub_line(p1)]), AppState(serial=7)
     feed = tmp_path / "feed"
     with pytest.raises(FeedError, match="not signed by the keys in use"):
-        keys.apply("x", cfg, state, *_first_rotation(feed, p2, [k2]))
+        _apply("x", cfg, state, *_first_rotation(feed, p2, [k2]))
     assert state.trust is None and state.serial == 7
     # signed by the old key only: the new keys never agreed to it
     with pytest.raises(FeedError, match="not signed by its own new keys"):
-        keys.apply("x", cfg, state, *_first_rotation(feed, p2, [k1]))
+        _apply("x", cfg, state, *_first_rotation(feed, p2, [k1]))
     assert state.trust is None and state.serial == 7
     # signed by both: accepted, serial high-water mark reset
     raw, sig = _first_rotation(feed, p2, [k1, k2])
-    assert keys.apply("x", cfg, state, raw, sig)
+    assert _apply("x", cfg, state, raw, sig)
     assert state.trust is not None and state.trust.version == 1 and state.serial is None
-    assert [k.to_base64() for k in keys.in_use(cfg, state).keys] == [_pub_line(p2)]
-    assert not keys.apply("x", cfg, state, raw, sig), "the same rotation again is a no-op"
+    assert [k.to_base64() for k in trustroot.in_use(cfg, state).keys] == [_pub_line(p2)]
+    assert not _apply("x", cfg, state, raw, sig), "the same rotation again is a no-op"
 
 
 def test_a24_rotation_for_another_app_or_malformed_is_rejected(tmp_path: Path) -> None:
@@ -170,13 +181,13 @@ def test_a24_rotation_for_another_app_or_malformed_is_rejected(tmp_path: Path) -
     cfg = _cfg([_pub_line(p1)])
     raw, sig = _first_rotation(tmp_path / "f", p2, [k1, k2], app="other")
     with pytest.raises(FeedError, match="for app 'other'"):
-        keys.apply("x", cfg, AppState(), raw, sig)
+        _apply("x", cfg, AppState(), raw, sig)
     doubled = b'{"schema": 1, "app": "x", "version": 1, "version": 2, "keys": []}'
     both = (s1.sign(doubled, "t") + s2.sign(doubled, "t")).encode()
     with pytest.raises(FeedError, match="twice"):
-        keys.apply("x", cfg, AppState(), doubled, both)
+        _apply("x", cfg, AppState(), doubled, both)
     with pytest.raises(FeedError, match="signature is missing"):
-        keys.apply("x", cfg, AppState(), raw, None)
+        _apply("x", cfg, AppState(), raw, None)
 
 
 def test_a23_stolen_key_huge_serial_is_recovered_by_a_rotation(
@@ -269,9 +280,9 @@ def test_re_pinning_in_the_configuration_starts_the_chain_again(tmp_path: Path) 
     p2, k2, _ = _key(tmp_path, "k2")
     p3, _, _ = _key(tmp_path, "k3")
     state = AppState()
-    keys.apply("x", _cfg([_pub_line(p1)]), state, *_first_rotation(tmp_path / "f", p2, [k1, k2]))
-    assert keys.in_use(_cfg([_pub_line(p1)]), state).version == 1
-    repinned = keys.in_use(_cfg([_pub_line(p3)]), state)
+    _apply("x", _cfg([_pub_line(p1)]), state, *_first_rotation(tmp_path / "f", p2, [k1, k2]))
+    assert trustroot.in_use(_cfg([_pub_line(p1)]), state).version == 1
+    repinned = trustroot.in_use(_cfg([_pub_line(p3)]), state)
     assert repinned.version == 0 and [k.to_base64() for k in repinned.keys] == [_pub_line(p3)]
 
 

@@ -28,7 +28,7 @@ from updaterd.errors import (
     UnknownApp,
     UpdaterError,
 )
-from updaterd.host import outcome, state, tokens
+from updaterd.host import outcome, state, tokens, trustroot
 from updaterd.host.config import AppConfig, Config, host_platform
 from updaterd.install import snapshots
 from updaterd.install.apprun import AppRun, Hooks, Lifecycle
@@ -189,7 +189,7 @@ class Engine:
         cycle_start = time.time()
         run.phase("checking")
         try:
-            trusted = await source.fetch(run.state, cycle_start)
+            trusted = await self._fetch(run, source, cycle_start)
         except RateLimited as e:
             outcome.rate_limited(run.state, e.until)
             outcome.check_attempted(run.state, cycle_start)
@@ -236,6 +236,17 @@ class Engine:
         run.phase("idle", found)
         return trusted, Checked(current=run.state.installed, available=choice.version,
                                 checked_at=cycle_start, passed_over=choice.passed_over)
+
+    @staticmethod
+    async def _fetch(run: AppRun, source: Source, cycle_start: float) -> TrustedFeed:
+        """The feed as `source` fetched it and this refresh's trusted set accepted it. A key
+        rotation the set accepted is kept even when the manifest after it is refused: a key
+        it revoked stays revoked."""
+        trust = trustroot.trusted_set(run.name, run.cfg, run.state, cycle_start)
+        try:
+            return await source.fetch(run.state, trust)
+        finally:
+            trustroot.keep(run.cfg, run.state, trust)
 
     def _places(self, run: AppRun, manifest: Manifest) -> dict[str, int]:
         """This host's place (0-99) in the rollout of each guarded release it would take

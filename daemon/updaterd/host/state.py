@@ -41,7 +41,7 @@ class Transaction(Struct, kw_only=True):
 
 
 class TrustRoot(Struct, kw_only=True):
-    """Keys adopted through a rotation (updaterd.keys), and the configured keys they descend
+    """Keys adopted through a rotation (trust/rotation.py), and the configured keys they descend
     from (a fingerprint: when the configuration changes, the configured keys rule again)."""
 
     origin: str

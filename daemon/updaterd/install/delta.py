@@ -31,7 +31,7 @@ from msgspec import Meta, Struct
 from updaterd import fsutil
 from updaterd.errors import ArchiveError, FeedError, UpdaterError
 from updaterd.install import shared as shared_paths
-from updaterd.trust import archive, feed, treehash
+from updaterd.trust import archive, feed, signed, treehash
 
 SUFFIX = ".delta"  # the descriptor's platform: `<platform>.delta`
 MAX_WINDOW_LOG = 31  # zstd's largest window (2 GiB); the reference and the payload fit in it
@@ -129,7 +129,7 @@ def decode(data: bytes, app: str, version: str,
     given), decompressed within a cap and strictly decoded (a duplicate key is refused)."""
     raw = _decompress(data)
     try:
-        feed.reject_duplicate_keys(raw, "delta descriptor")
+        signed.reject_duplicate_keys(raw, "delta descriptor")
         d = msgspec.json.decode(raw, type=Descriptor)
     except (FeedError, msgspec.DecodeError) as e:
         raise DeltaError(f"delta descriptor: {e}") from None

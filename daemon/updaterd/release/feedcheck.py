@@ -8,7 +8,6 @@ its signed size and digests. One line per problem; nothing is written anywhere.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import stat
 from collections.abc import Iterator
@@ -231,19 +230,21 @@ def _check_packs(place: _Folder | _Web, version: str, app: str, name: str,
 def _rotated(place: _Folder | _Web, app: str, keys: list[minisign.PublicKey], threshold: int,
              report: Report) -> tuple[list[minisign.PublicKey], int]:
     """The keys a host that trusts `keys` verifies the manifest with: `keys.json` and the
-    rotations before it, walked by the hosts' own code (`sources.keys.refresh`); a rotation
-    a host would refuse is a problem here."""
+    rotations before it, walked as a host walks them (`sources.keys.follow` into a trusted
+    set); a rotation a host would refuse is a problem here."""
+    from datetime import UTC, datetime
+
     import trio
 
-    from updaterd.host.state import AppState
-    from updaterd.sources import keys as rotation
+    from updaterd.sources import keys as rotations
+    from updaterd.trust.rotation import KEYS, MAX_KEYS_SIZE, Keys
+    from updaterd.trust.trustedset import TrustedSet
 
-    cfg = rotation.host_trusting(keys, threshold)
-    state = AppState()
+    trust = TrustedSet(app, Keys(keys, threshold, 0), now=datetime.now(UTC))
 
     async def fetch(name: str) -> tuple[bytes, bytes | None] | None:
         try:
-            doc = _read(place, name, rotation.MAX_KEYS_SIZE)
+            doc = _read(place, name, MAX_KEYS_SIZE)
         except FileNotFoundError:
             return None
         try:
@@ -252,14 +253,13 @@ def _rotated(place: _Folder | _Web, app: str, keys: list[minisign.PublicKey], th
             sig = None
         return doc, sig
 
-    with rotation.said_aside() as said:
-        trio.run(rotation.refresh, app, cfg, state, fetch)
-    report.problems += [f"{place.where(rotation.KEYS)}: "
-                        + r.getMessage().removeprefix(f"{app}: ")
-                        for r in said if r.levelno >= logging.WARNING]
-    use = rotation.in_use(cfg, state)
+    walk = trio.run(rotations.follow, trust, fetch)
+    if walk.stopped is not None:
+        report.problems.append(f"{place.where(KEYS)}: {walk.stopped}")
+    use = trust.keys
+    assert use is not None  # a set opened with keys keeps keys
     if use.version:
-        report.notes.append(f"{rotation.KEYS}: the keys given rotate to version {use.version} "
+        report.notes.append(f"{KEYS}: the keys given rotate to version {use.version} "
                             f"({len(use.keys)} keys, threshold {use.threshold}), as on a host")
     return use.keys, use.threshold
 

@@ -19,9 +19,7 @@ import msgspec
 from updaterd import logtext, versions
 from updaterd.errors import FeedError
 from updaterd.release import feedfolder, publish
-from updaterd.sources import keys
-from updaterd.sources.keys import KeySet
-from updaterd.trust import feed, rollout, yank
+from updaterd.trust import feed, rollout, rotation, yank
 from updaterd.trust.feed import Manifest, Release, RolloutDoc
 
 _NO_FEED = "{path}: no feed here (`updaterd publish` creates one)"
@@ -257,11 +255,11 @@ def listing(feed_dir: Path) -> dict[str, object]:
     """Everything `feed list` shows, as plain values (its --json)."""
     manifest = load(feed_dir)
     keyset = None
-    if (keyset_raw := feedfolder.read(feed_dir, keys.KEYS, feedfolder.SMALL_CAP)) is not None:
+    if (keyset_raw := feedfolder.read(feed_dir, rotation.KEYS, feedfolder.SMALL_CAP)) is not None:
         try:
-            keyset = msgspec.json.decode(keyset_raw, type=KeySet)
+            keyset = msgspec.json.decode(keyset_raw, type=rotation.KeySet)
         except (msgspec.DecodeError, msgspec.ValidationError) as e:
-            raise FeedError(f"{feed_dir / keys.KEYS}: cannot read the key set: {e}") from None
+            raise FeedError(f"{feed_dir / rotation.KEYS}: cannot read the key set: {e}") from None
     return {"app": manifest.app, "serial": manifest.serial,
             "expires": manifest.expires.isoformat(),
             "keys": msgspec.to_builtins(keyset) if keyset is not None else None,

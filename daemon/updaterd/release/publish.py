@@ -29,9 +29,7 @@ from updaterd.errors import FeedError, SignatureError, UpdaterError
 from updaterd.host.config import host_platform
 from updaterd.install import delta
 from updaterd.release import feedfolder
-from updaterd.sources import keys
-from updaterd.sources.keys import KeySet
-from updaterd.trust import archive, digests, feed, minisign, yank
+from updaterd.trust import archive, digests, feed, minisign, rotation, yank
 from updaterd.trust import rollout as rollout_guard
 from updaterd.trust.feed import Artifact, Manifest, Release
 from updaterd.units import parse_duration
@@ -94,10 +92,10 @@ def current_trust(feed_dir: Path, signers: list[minisign.SecretKey]) -> Trust | 
     """What hosts trust for the feed at `feed_dir` (None: a new feed). The latest `keys.json`
     when the feed rotated; else the keys that signed the manifest there, all of which must be
     among `signers` (their public halves are what the publisher has)."""
-    keyset_path = feed_dir / keys.KEYS
-    if (keyset_raw := feedfolder.read(feed_dir, keys.KEYS, feedfolder.SMALL_CAP)) is not None:
+    keyset_path = feed_dir / rotation.KEYS
+    if (keyset_raw := feedfolder.read(feed_dir, rotation.KEYS, feedfolder.SMALL_CAP)) is not None:
         try:
-            keyset = msgspec.json.decode(keyset_raw, type=KeySet)
+            keyset = msgspec.json.decode(keyset_raw, type=rotation.KeySet)
             listed = [minisign.PublicKey.parse(k) for k in keyset.keys]
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as e:
             raise FeedError(f"{keyset_path}: cannot read the feed's key set: {e}") from None
@@ -548,11 +546,11 @@ def write_signed(feed_dir: Path, manifest_path: Path, raw: bytes, signature: byt
 
 
 def rotate_keys(*, feed_dir: Path, app: str, new_keys: list[Path], sign_with: list[Path],
-                threshold: int = 1, dry_run: bool = False) -> KeySet:
+                threshold: int = 1, dry_run: bool = False) -> rotation.KeySet:
     """Write the feed's next `keys.json` (and `keys-<N>.json`, for hosts that missed some),
     signed by `sign_with`: enough of the keys in use and enough of the new ones.
 
-    Before a byte is written the set is checked as the hosts check it (`keys.apply`): as a
+    Before a byte is written the set is checked as the hosts check it (`rotation.rotate`): as a
     host trusting the keys in use, and as one trusting only the new keys (H156). A set
     that either would refuse is refused here, naming the --sign that is missing."""
     signers = signing_keys(sign_with)
@@ -578,23 +576,23 @@ def rotate_keys(*, feed_dir: Path, app: str, new_keys: list[Path], sign_with: li
             raise FeedError(f"{trust.where} must sign the new key set, {trust.threshold} of "
                             f"its keys, and too few do: add --sign for key {named}; nothing "
                             "was written")
-    keyset_path = feed_dir / keys.KEYS
+    keyset_path = feed_dir / rotation.KEYS
     version = 1
-    if (keyset_raw := feedfolder.read(feed_dir, keys.KEYS, feedfolder.SMALL_CAP)) is not None:
+    if (keyset_raw := feedfolder.read(feed_dir, rotation.KEYS, feedfolder.SMALL_CAP)) is not None:
         try:
-            version = msgspec.json.decode(keyset_raw, type=KeySet).version + 1
+            version = msgspec.json.decode(keyset_raw, type=rotation.KeySet).version + 1
         except (msgspec.DecodeError, msgspec.ValidationError) as e:
             raise FeedError(f"{keyset_path}: cannot read the existing key set: {e}") from None
-    keyset = KeySet(schema=1, app=app, version=version, keys=pubs, threshold=threshold)
+    keyset = rotation.KeySet(schema=1, app=app, version=version, keys=pubs, threshold=threshold)
     raw = feed.encode(keyset)
-    comment = f"timestamp:{int(time.time())}\tfile:{keys.KEYS}\tapp:{app}\tversion:{version}"
+    comment = f"timestamp:{int(time.time())}\tfile:{rotation.KEYS}\tapp:{app}\tversion:{version}"
     sig = sign(raw, comment, signers)
     for trust in (t for t in (current, new) if t is not None):
         _verify_rotation_as_host(app, trust, raw, sig)
     if dry_run:
         return keyset
     feed_dir.mkdir(parents=True, exist_ok=True)
-    for name in (keys.versioned(version), keys.KEYS):
+    for name in (rotation.versioned(version), rotation.KEYS):
         fsutil.atomic_write(feed_dir / f"{name}.minisig", sig)
         fsutil.atomic_write(feed_dir / name, raw)
     return keyset
@@ -613,7 +611,7 @@ def current_trust_for_rotation(feed_dir: Path,
     try:
         return current_trust(feed_dir, signers)
     except FeedError as e:
-        if (feed_dir / keys.KEYS).exists():
+        if (feed_dir / rotation.KEYS).exists():
             raise
         signature = feedfolder.read(feed_dir, feed.SIGNATURE, feedfolder.SIGNATURE_CAP) or b""
         ids = ", ".join(sorted(minisign.signer_ids(signature)))
@@ -623,13 +621,10 @@ def current_trust_for_rotation(feed_dir: Path,
 
 
 def _verify_rotation_as_host(app: str, trust: Trust, raw: bytes, sig: bytes) -> None:
-    """`keys.apply`, the hosts' own code, on the new key set, by a host trusting `trust`."""
-    from updaterd.host.state import AppState
-
-    host = keys.host_trusting(trust.keys, trust.threshold)
+    """`rotation.rotate`, the hosts' own decision, on the new key set, by a host trusting
+    `trust`."""
     try:
-        with keys.said_aside():  # a host's log lines; the command says what it did
-            keys.apply(app, host, AppState(), raw, sig)
+        rotation.rotate(app, rotation.Keys(trust.keys, trust.threshold, 0), raw, sig)
     except FeedError as e:
         raise FeedError(f"hosts trusting {trust.where} would refuse this key set ({e}); "
                         "nothing was written") from None

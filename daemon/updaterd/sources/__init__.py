@@ -16,6 +16,7 @@ from updaterd.host.config import AppConfig, Limits
 from updaterd.host.state import AppState
 from updaterd.net.cachefile import Expected, ProgressFn
 from updaterd.trust.feed import Artifact, TrustedFeed
+from updaterd.trust.trustedset import TrustedSet
 
 if TYPE_CHECKING:  # the HTTP client is loaded only for an app whose feed is on the network
     from updaterd.net.fetcher import Fetcher
@@ -24,8 +25,9 @@ if TYPE_CHECKING:  # the HTTP client is loaded only for an app whose feed is on 
 class Source(Protocol):
     """What the engine needs from any source."""
 
-    async def fetch(self, state: AppState, cycle_start_ts: float) -> TrustedFeed:
-        """The feed, verified; a 304 re-verifies the cached copy."""
+    async def fetch(self, state: AppState, trust: TrustedSet) -> TrustedFeed:
+        """The feed, verified by `trust` (a signed feed's; GitHub's has its own checks); a
+        304 re-verifies the cached copy."""
         ...
 
     def describe(self, artifact: Artifact) -> str:

@@ -30,6 +30,7 @@ from updaterd.net.fetcher import Fetcher
 from updaterd.sources import verified
 from updaterd.trust import checksums, minisign, urlpolicy
 from updaterd.trust.feed import SAFE_FILE_NAME, Artifact, Manifest, Release, TrustedFeed
+from updaterd.trust.trustedset import TrustedSet
 from updaterd.units import parse_size
 
 CACHED = "github.json"
@@ -95,7 +96,8 @@ class GitHubSource:
         self.app, self.cfg, self.limits, self.fetcher = app, cfg, limits, fetcher
         self.state_folder = state_folder
         self.base = f"{cfg.api_url.rstrip('/')}/repos/{cfg.repo}"
-        self.keys = verified.keys_of(cfg) if cfg.verify == "required" else []
+        self.keys = [minisign.PublicKey.parse(k) for k in cfg.public_keys] \
+            if cfg.verify == "required" else []
         if cfg.allowed_hosts is not None:  # the API host, and the storage hosts listed
             fetcher.allowed_hosts = {urlpolicy.origin(cfg.api_url)[1], *cfg.allowed_hosts}
         self.assets: dict[str, GitHubAsset] = {}
@@ -123,7 +125,10 @@ class GitHubSource:
                                                                    "application/octet-stream"))
         return doc.body
 
-    async def fetch(self, state: AppState, cycle_start_ts: float) -> TrustedFeed:
+    async def fetch(self, state: AppState, trust: TrustedSet) -> TrustedFeed:
+        """The newest release as a one-release manifest. `trust` is not used: a release here
+        has no signed manifest, serial or rotation; its checksums and signatures are checked
+        with the configured keys when its artifact is fetched."""
         if state.rate_limited_until and state.rate_limited_until > time.time():
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(state.rate_limited_until))
             raise RateLimited(f"GitHub rate limit: no request until {when} (`updaterctl "

@@ -3,23 +3,21 @@
 1. the copy kept from the last refresh, whose validators make the fetch conditional;
 2. the manifest: a "not modified" answer re-verifies the kept copy, and that is all;
 3. new bytes: the feed's key rotations are followed from the keys in use;
-4. the manifest's signature;
-5. every trust check of `feed.verify_manifest`, against the stored high-water mark;
-6. the verified copy is kept for the next "not modified";
-7. when its releases name rollout keys, `rollout.json` (fetched every time, however the
+4. the manifest's signature, and every check on the manifest;
+5. the verified copy is kept for the next "not modified";
+6. when its releases name rollout keys, `rollout.json` (fetched every time, however the
    manifest answered: it changes on its own), whose problems are logged, never raised.
 
-It stores nothing in the app's state: the engine records what the refresh proved
-(`outcome.checked`). The feed's files come through a `Transport` of two methods, which the
-HTTP feed, the local folder and the tests' FeedSimulator implement alike; `FeedSource` is
-the engine's `Source` over any of them.
+Every decision is the trusted set's (trust/trustedset.py), which the engine opens from the
+app's state and keeps what it accepted: this module only fetches and keeps copies. The feed's
+files come through a `Transport` of two methods, which the HTTP feed, the local folder and the
+tests' FeedSimulator implement alike; `FeedSource` is the engine's `Source` over any of them.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -33,6 +31,8 @@ from updaterd.net.document import Document, Validators
 from updaterd.sources import keys, verified
 from updaterd.trust import minisign, rollout
 from updaterd.trust.feed import MANIFEST, SIGNATURE, Artifact, TrustedFeed
+from updaterd.trust.rotation import MAX_KEYS_SIZE
+from updaterd.trust.trustedset import TrustedSet
 from updaterd.units import parse_size
 
 log = logging.getLogger("updaterd.rollout")
@@ -60,15 +60,15 @@ class Transport(Protocol):
         ...
 
 
-async def refresh(app: str, cfg: AppConfig, limits: Limits, state: AppState,
-                  transport: Transport, state_folder: Path, cycle_start: float) -> TrustedFeed:
-    """The feed of `app`, verified (FeedError naming the reason otherwise)."""
-    trusted = await _manifest(app, cfg, limits, state, transport, state_folder, cycle_start)
-    return await _with_rollout(app, state, transport, trusted, cycle_start)
+async def refresh(app: str, trust: TrustedSet, limits: Limits, state: AppState,
+                  transport: Transport, state_folder: Path) -> TrustedFeed:
+    """The feed of `app`, verified by `trust` (FeedError naming the reason otherwise)."""
+    trusted = await _manifest(app, trust, limits, state, transport, state_folder)
+    return await _with_rollout(app, trust, transport, trusted)
 
 
-async def _manifest(app: str, cfg: AppConfig, limits: Limits, state: AppState,
-                    transport: Transport, state_folder: Path, cycle_start: float) -> TrustedFeed:
+async def _manifest(app: str, trust: TrustedSet, limits: Limits, state: AppState,
+                    transport: Transport, state_folder: Path) -> TrustedFeed:
     kept = verified.load_copy(state_folder) if transport.remote else None
     conditional = kept is not None and state.serial is not None
     doc = await transport.document(
@@ -79,36 +79,37 @@ async def _manifest(app: str, cfg: AppConfig, limits: Limits, state: AppState,
             raise FeedError(f"{transport.describe(MANIFEST)}: the server answered 304 Not "
                             "Modified to a request that carried no validator (a broken "
                             "server or cache in between); nothing was changed")
-        return verified.verify_feed(app, cfg, state, *kept, cycle_start, transport.remote)
-    await keys.refresh(app, cfg, state, lambda name: _signed_document(transport, name))
+        return trust.manifest(*kept, remote=transport.remote)
+    walk = await keys.follow(trust, lambda name: _signed_document(transport, name))
+    for rotated in walk.accepted:
+        log.info("%s: key rotation to version %d accepted (%d keys, threshold %d); the serial "
+                 "high-water mark starts again", app, rotated.version, len(rotated.keys),
+                 rotated.threshold)
+    if walk.stopped is not None:
+        log.warning("%s: %s", app, walk.stopped)
     signature = None
-    if cfg.public_keys and cfg.verify == "required":
+    if trust.has_keys:
         sig = await transport.document(SIGNATURE, minisign.MAX_SIGNATURE_FILE,
                                        missing_ok=not transport.remote)
         signature = None if sig.missing else sig.body
-    trusted = verified.verify_feed(app, cfg, state, doc.body, signature, cycle_start,
-                                transport.remote)
+    trusted = trust.manifest(doc.body, signature, remote=transport.remote)
     if not transport.remote:
         return trusted
     verified.keep_copy(state_folder, doc.body, signature)
     return msgspec.structs.replace(trusted, validators=(doc.etag, doc.last_modified))
 
 
-async def _with_rollout(app: str, state: AppState, transport: Transport, trusted: TrustedFeed,
-                        cycle_start: float) -> TrustedFeed:
+async def _with_rollout(app: str, trust: TrustedSet, transport: Transport,
+                        trusted: TrustedFeed) -> TrustedFeed:
     """The verified feed with its rollout.json, when its releases name rollout keys. Any
     problem is logged and kept as the reason: guarded releases then reach no new host."""
-    keys = rollout.declared(trusted.manifest)
-    guarded = any(rollout.is_guarded(r) for r in trusted.manifest.releases)
-    if not guarded:
+    if not any(rollout.is_guarded(r) for r in trusted.manifest.releases):
         return trusted
     try:
-        if not keys:
+        if not rollout.declared(trusted.manifest):  # nothing to verify with: no fetch
             raise FeedError("no rollout key the manifest names can be read")
         found = await _signed_document(transport, rollout.DOCUMENT, rollout.MAX_DOCUMENT)
-        raw, sig = found if found is not None else (None, None)
-        accepted = rollout.verify(raw, sig, keys, app=app, mark=state.rollout_mark,
-                                  cycle_start=datetime.fromtimestamp(cycle_start, UTC))
+        accepted = trust.rollout(*(found if found is not None else (None, None)))
     except (FeedError, DownloadError) as e:  # a fetch that fails is no rollout.json either
         log.warning("%s: %s; guarded releases reach no new host and no host moves", app, e)
         return msgspec.structs.replace(trusted, rollout_problem=str(e))
@@ -118,7 +119,7 @@ async def _with_rollout(app: str, state: AppState, transport: Transport, trusted
 
 
 async def _signed_document(transport: Transport, name: str,
-                           cap: int = keys.MAX_KEYS_SIZE) -> tuple[bytes, bytes | None] | None:
+                           cap: int = MAX_KEYS_SIZE) -> tuple[bytes, bytes | None] | None:
     """A document beside the manifest (keys.json, rollout.json) and its signature, or None
     when absent."""
     doc = await transport.document(name, cap, missing_ok=True)
@@ -139,9 +140,9 @@ class FeedSource:
         self.app, self.cfg, self.limits, self.transport = app, cfg, limits, transport
         self.state_folder, self.trusted = state_folder, trusted
 
-    async def fetch(self, state: AppState, cycle_start_ts: float) -> TrustedFeed:
-        feed = await refresh(self.app, self.cfg, self.limits, state, self.transport,
-                             self.state_folder, cycle_start_ts)
+    async def fetch(self, state: AppState, trust: TrustedSet) -> TrustedFeed:
+        feed = await refresh(self.app, trust, self.limits, state, self.transport,
+                             self.state_folder)
         if self.trusted is not None:
             self.trusted(feed)
         return feed

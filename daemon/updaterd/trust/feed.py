@@ -1,23 +1,23 @@
 """The signed feed: manifest Structs and the trust checks on it (pure: bytes in, verdict out).
 
-Order matters: the signature is checked over the raw bytes before anything is decoded; then the
-strict decode; then app, expiry (against the fixed start time of the check cycle) and serial.
+A manifest passes the checks of every signed document (`signed`: signature over the raw bytes
+before anything is decoded, strict decode, app), then expiry (against the fixed start time of
+the check cycle) and serial, then the names its releases give to files.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta, Struct
 
 from updaterd import versions
-from updaterd.errors import FeedError, SignatureError
-from updaterd.trust import minisign
+from updaterd.errors import FeedError
+from updaterd.trust import minisign, signed
 
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.json.minisig"
@@ -118,23 +118,10 @@ class TrustedFeed(Struct, frozen=True):
     rollout_problem: str | None = None
 
 
-def reject_duplicate_keys(raw: bytes, what: str = "manifest") -> None:
-    """msgspec keeps the last of duplicate keys; a signed document with duplicates is refused."""
-
-    def pairs(items: list[tuple[str, object]]) -> dict[str, object]:
-        seen: dict[str, object] = {}
-        for k, v in items:
-            if k in seen:
-                raise FeedError(f"{what} has the key {k!r} twice")
-            seen[k] = v
-        return seen
-
-    try:
-        json.loads(raw, object_pairs_hook=pairs)
-    except RecursionError:
-        raise FeedError(f"{what} is nested too deeply") from None
-    except ValueError as e:
-        raise FeedError(f"{what} is not valid JSON: {e}") from None
+MANIFEST_KIND = signed.Kind(MANIFEST.removesuffix(".json"), Manifest,
+                            missing="manifest signature is missing",
+                            stale="freeze attack or stale feed",
+                            replayed="rollback attack or stale mirror")
 
 
 def verify_manifest(
@@ -149,39 +136,16 @@ def verify_manifest(
     cycle_start: datetime,
     require_signature: bool,
 ) -> TrustedFeed:
-    """Every trust decision about one fetched manifest; raises FeedError naming the reason."""
-    if keys:
-        if signature is None:
-            raise FeedError("manifest signature is missing")
-        try:
-            minisign.verify_threshold(raw, signature, keys, threshold)
-        except SignatureError as e:
-            raise FeedError(f"manifest signature refused: {e}") from None
-    elif require_signature:
+    """Every trust decision about one fetched manifest; raises FeedError naming the reason.
+    Without `keys` the signature is not checked, unless `require_signature`: then refused."""
+    if not keys and require_signature:
         raise FeedError("no public_keys configured, and this feed must be signed")
-    reject_duplicate_keys(raw)
-    try:
-        manifest = msgspec.json.decode(raw, type=Manifest, strict=True)
-    except msgspec.ValidationError as e:
-        raise FeedError(f"manifest does not match schema 1: {e}") from None
-    except msgspec.DecodeError as e:
-        raise FeedError(f"manifest is not valid JSON: {e}") from None
-    if manifest.app != app:
-        raise FeedError(f"manifest is for app {manifest.app!r}, not {app!r}")
-    expires = manifest.expires if manifest.expires.tzinfo else manifest.expires.replace(tzinfo=UTC)
-    if expires <= cycle_start:
-        raise FeedError(f"manifest expired at {expires.isoformat()} (freeze attack or stale feed)")
+    manifest, _ = signed.open_signed(MANIFEST_KIND, raw, signature, keys or None, threshold,
+                                     app=app, refused="manifest signature refused")
+    signed.fresh(MANIFEST_KIND, manifest.expires, cycle_start)
     digest = hashlib.sha256(raw).hexdigest()
-    unchanged = False
-    if stored_serial is not None:
-        if manifest.serial < stored_serial:
-            raise FeedError(f"manifest serial {manifest.serial} is below {stored_serial} "
-                            "already seen (rollback attack or stale mirror)")
-        if manifest.serial == stored_serial:
-            if stored_digest is not None and digest != stored_digest:
-                raise FeedError(f"manifest serial {manifest.serial} was seen before "
-                                "with different content")
-            unchanged = True
+    unchanged = signed.not_replayed(MANIFEST_KIND, manifest.serial, digest, stored_serial,
+                                    stored_digest)
     for release in manifest.releases:
         validate_release(release)
     return TrustedFeed(manifest=manifest, digest=digest, unchanged=unchanged)

@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import UTC, datetime
-
-import msgspec
+from datetime import datetime
 
 from updaterd import versions
-from updaterd.errors import FeedError, SignatureError
-from updaterd.trust import minisign
+from updaterd.errors import FeedError
+from updaterd.trust import minisign, signed
 from updaterd.trust.feed import (
     Artifact,
     Manifest,
@@ -29,7 +27,6 @@ from updaterd.trust.feed import (
     RolloutDoc,
     RolloutMark,
     TrustedFeed,
-    reject_duplicate_keys,
 )
 
 PLATFORM = "rollout-key"
@@ -85,44 +82,30 @@ class Accepted:
     mark: RolloutMark
 
 
+KIND = signed.Kind(DOCUMENT, RolloutDoc, missing=f"{DOCUMENT}: signature is missing",
+                   stale="the controller stopped re-signing it, or it is replayed",
+                   replayed="replayed or a stale mirror")
+
+
 def verify(raw: bytes | None, signature: bytes | None, keys: list[minisign.PublicKey], *,
            app: str, mark: RolloutMark | None, cycle_start: datetime) -> Accepted:
     """Every check on a fetched rollout.json; FeedError names why it is not used."""
     if raw is None:
         raise FeedError(f"{DOCUMENT} is missing")
-    if signature is None:
-        raise FeedError(f"{DOCUMENT}: signature is missing")
-    try:
-        # several blocks: while the controller replaces the document, its signature file
-        # holds the old and the new document's (as the manifest's does while it is published)
-        signer = minisign.verify_threshold(raw, signature, keys, 1)[0].key
-    except SignatureError as e:
-        raise FeedError(f"{DOCUMENT}: not signed by a rollout key the manifest names: "
-                        f"{e}") from None
-    reject_duplicate_keys(raw, DOCUMENT)
-    try:
-        doc = msgspec.json.decode(raw, type=RolloutDoc, strict=True)
-    except (msgspec.ValidationError, msgspec.DecodeError) as e:
-        raise FeedError(f"{DOCUMENT} does not match schema 1: {e}") from None
-    if doc.app != app:
-        raise FeedError(f"{DOCUMENT} is for app {doc.app!r}, not {app!r}")
-    expires = doc.expires if doc.expires.tzinfo else doc.expires.replace(tzinfo=UTC)
-    if expires <= cycle_start:
-        raise FeedError(f"{DOCUMENT} expired at {expires.isoformat()} (the controller stopped "
-                        "re-signing it, or it is replayed)")
+    # one rollout key suffices; several blocks: while the controller replaces the document,
+    # its signature file holds the old and the new document's (as the manifest's does)
+    doc, signers = signed.open_signed(
+        KIND, raw, signature, keys, 1, app=app,
+        refused=f"{DOCUMENT}: not signed by a rollout key the manifest names")
+    signed.fresh(KIND, doc.expires, cycle_start)
     keys_fp = fingerprint(keys)
     digest = hashlib.sha256(raw).hexdigest()
     if mark is not None and mark.keys == keys_fp:
-        if doc.serial < mark.serial:
-            raise FeedError(f"{DOCUMENT} serial {doc.serial} is below {mark.serial} already "
-                            "seen (replayed or a stale mirror)")
-        if doc.serial == mark.serial and digest != mark.digest:
-            raise FeedError(f"{DOCUMENT} serial {doc.serial} was seen before with different "
-                            "content")
+        signed.not_replayed(KIND, doc.serial, digest, mark.serial, mark.digest)
     for version in doc.releases:
         if not versions.is_safe_name(version):
             raise FeedError(f"{DOCUMENT} names a version {version!r} that is not a safe name")
-    return Accepted(doc=doc, signer=signer,
+    return Accepted(doc=doc, signer=signers[0].key,
                     mark=RolloutMark(keys=keys_fp, serial=doc.serial, digest=digest))
 
 
