@@ -40,6 +40,7 @@ def keep(cfg: AppConfig, state: AppState, trust: TrustedSet) -> None:
 
 def trusted_set(app: str, cfg: AppConfig, state: AppState, cycle_start: float) -> TrustedSet:
     """One refresh's trusted set: the keys in use and the marks this host keeps."""
-    return TrustedSet(app, in_use(cfg, state) if cfg.verify == "required" else None,
-                      now=datetime.fromtimestamp(cycle_start, UTC), serial=state.serial,
-                      digest=state.manifest_digest, rollout_mark=state.rollout_mark)
+    keys = in_use(cfg, state) if cfg.verify == "required" else None
+    return TrustedSet(app, keys, now=datetime.fromtimestamp(cycle_start, UTC),
+                      serial=state.serial, digest=state.manifest_digest,
+                      rollout_mark=state.rollout_mark)
