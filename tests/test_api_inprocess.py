@@ -35,7 +35,8 @@ from updaterd.reports import Checked, RolledBack, Updated
 from updaterd.service.api import ControlApi
 from updaterd.service.events import EventBus
 from updaterd.service.inhibitors import Inhibitors
-from updaterd.service.rpc import Connection, Peer, RpcError
+from updaterd.service.jsonrpc import RpcError
+from updaterd.service.rpc import Connection, Peer
 from updaterd.service.scheduler import Schedule
 from updaterd.service.view import Counters, DaemonView, WorkerView
 

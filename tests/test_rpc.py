@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from tests.helpers import as_nobody
 from updaterctl.protocol import StatusParams
-from updaterd.service.rpc import Connection, Limits, Peer, RpcError, Server
+from updaterd.service.jsonrpc import RpcError
+from updaterd.service.rpc import Connection, Limits, Peer, Server
 
 
 async def status(p: StatusParams, conn: Connection) -> dict[str, Any]:
@@ -152,7 +153,7 @@ def test_admin_by_primary_or_supplementary_group_only() -> None:
 
 
 def test_every_changing_method_needs_admin_and_every_reading_one_does_not() -> None:
-    from updaterd.service.rpc import READ_METHODS
+    from updaterctl.protocol import READ_METHODS
 
     async def ok(p: Any, conn: Connection) -> str:
         return "done"

@@ -158,11 +158,13 @@ def test_rotations_chain_each_against_the_last() -> None:
     assert trust.keys == Keys([K[2].public], 1, 2)
 
 
-def test_the_keys_in_use_are_a_value() -> None:
+def test_the_keys_in_use_and_the_kinds_of_document_are_values() -> None:
     import dataclasses
 
     with pytest.raises(dataclasses.FrozenInstanceError):
         in_use(0).version = 9  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        rotation.KIND.name = "manifest"  # type: ignore[misc]
 
 
 def test_versioned_names() -> None:

@@ -63,7 +63,8 @@ from updaterd.errors import (
 from updaterd.host import outcome
 from updaterd.host.state import AppState
 from updaterd.service import answers, metrics, rpc
-from updaterd.service.rpc import Connection, Handler, RpcError
+from updaterd.service.jsonrpc import RpcError
+from updaterd.service.rpc import Connection, Handler
 
 if TYPE_CHECKING:
     from updaterd.service.view import DaemonView, WorkerView

@@ -1,8 +1,10 @@
 """The control socket: JSON-RPC 2.0 over a Unix stream socket, one message per line.
 
-This module does framing, identity (SO_PEERCRED), authorization and dispatch; what the methods
-do lives in `api.py`. A malformed, oversized, slow or flooding client gets an error or is
-dropped; the daemon and its other clients carry on.
+This module is the socket's trio edge: the socket itself, who is on the other end
+(SO_PEERCRED, SO_PEERGROUPS), the limits on clients and time, and the handlers run; the
+framing and the JSON-RPC rules are `jsonrpc.py`'s (no I/O), what the methods do is `api.py`'s.
+A malformed, oversized, slow or flooding client gets an error or is dropped; the daemon and
+its other clients carry on.
 """
 
 from __future__ import annotations
@@ -20,34 +22,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import trio
 
-from updaterctl.protocol import (
-    MAX_MESSAGE,
-    PARAMS,
-    READ_METHODS,
-    ErrorCode,
-    ErrorObject,
-    Request,
-    Response,
-)
+from updaterctl.protocol import ErrorCode
 from updaterd import fsutil
 from updaterd.errors import UpdaterError
 from updaterd.host.config import Limits as ConfigLimits
+from updaterd.service import jsonrpc
+from updaterd.service.jsonrpc import RpcError
 from updaterd.units import parse_duration
 
 log = logging.getLogger("updaterd.rpc")
-MAX_BATCH = 100
-STREAMS = frozenset({"subscribe", "inhibit"})  # methods that hold something until hang-up
-
-
-class RpcError(Exception):
-    """An error answer: a code from `ErrorCode`, a message, optional data."""
-
-    def __init__(self, code: int, message: str, data: Any = None) -> None:
-        super().__init__(message)
-        self.code, self.message, self.data = int(code), message, data
 
 
 @dataclass(frozen=True)
@@ -87,7 +72,7 @@ class Limits:
 class Connection:
     """One client: its identity and a lock so that replies and events never interleave."""
 
-    def __init__(self, stream: trio.SocketStream, peer: Peer,
+    def __init__(self, stream: trio.abc.Stream, peer: Peer,
                  totals: dict[str, int] | None = None, send_timeout: float = 10.0) -> None:
         self.stream = stream
         self.send_timeout = send_timeout
@@ -228,7 +213,8 @@ def create_socket(path: Path, mode: int, group: str) -> trio.socket.SocketType:
 
 
 class Server:
-    """Accepts clients, frames their lines and dispatches requests to handlers."""
+    """The trio edge of the control socket: accepts clients, moves their bytes through
+    `jsonrpc` and runs the handlers it admits, within the limits on clients and time."""
 
     def __init__(self, handlers: dict[str, Handler], admin_group: Callable[[], str],
                  limits: Limits) -> None:
@@ -240,58 +226,58 @@ class Server:
         self.streams: dict[str, int] = {}  # subscribe/inhibit -> how many are held in all
 
     async def serve(self, sock: trio.socket.SocketType, *,
-                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        listener = trio.SocketListener(sock)
-        async with trio.open_nursery() as nursery:
-            task_status.started()
-            while True:
-                try:
-                    stream = await listener.accept()
-                except OSError as e:
-                    if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                        log.warning("accept failed: %s; pausing", e)
-                        await trio.sleep(0.1)
-                        continue
-                    raise
-                nursery.start_soon(self._client, stream)
+                    task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve clients until cancelled (trio's accept loop: a lack of descriptors or memory
+        pauses it briefly, it never ends it)."""
+        await trio.serve_listeners(self._client, [trio.SocketListener(sock)],
+                                   task_status=task_status)
 
     async def _client(self, stream: trio.SocketStream) -> None:
+        """Who the kernel says the client is, then its session (serve_listeners closes the
+        stream of a client that leaves earlier)."""
+        try:
+            pid, uid, gid = peer_credentials(stream.socket)
+            groups = peer_groups(stream.socket)
+        except OSError:
+            return
+        peer = Peer(pid, uid, gid, is_admin(uid, gid, groups, self.admin_group()), groups)
+        await self.session(stream, peer)
+
+    async def session(self, stream: trio.abc.Stream, peer: Peer) -> None:
+        """One client on any stream: admitted within the limits on clients, served until it
+        hangs up, goes silent or misbehaves; its stream is closed when it ends."""
         async with stream:
-            try:
-                pid, uid, gid = peer_credentials(stream.socket)
-            except OSError:
-                return
-            if uid != 0 and (self.total >= self.limits.max_clients
-                             or self.clients.get(uid, 0) >= self.limits.max_clients_per_uid):
-                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                    await stream.send_all(_error(None, ErrorCode.BUSY, "too many clients") + b"\n")
-                return
-            self.total += 1
-            self.clients[uid] = self.clients.get(uid, 0) + 1
-            try:
-                groups = peer_groups(stream.socket)
-                peer = Peer(pid, uid, gid, is_admin(uid, gid, groups, self.admin_group()),
-                            groups)
-                async with trio.open_nursery() as nursery:
-                    conn = Connection(stream, peer, self.streams, self.limits.send_timeout)
-                    conn.nursery = nursery
-                    await self._read_loop(conn)
-                    nursery.cancel_scope.cancel()
-            except* (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass  # the client went away; nothing to answer
-            except* Exception:
-                # One client's trouble must never take the server down with it.
-                log.exception("client pid %d uid %d: unexpected error; connection dropped",
-                              pid, uid)
-            finally:
-                self.total -= 1
-                self.clients[uid] -= 1
+            await self._serve(stream, peer)
+
+    async def _serve(self, stream: trio.abc.Stream, peer: Peer) -> None:
+        if peer.uid != 0 and (self.total >= self.limits.max_clients
+                              or self.clients.get(peer.uid, 0) >= self.limits.max_clients_per_uid):
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await stream.send_all(jsonrpc.TOO_MANY_CLIENTS + b"\n")
+            return
+        self.total += 1
+        self.clients[peer.uid] = self.clients.get(peer.uid, 0) + 1
+        try:
+            async with trio.open_nursery() as nursery:
+                conn = Connection(stream, peer, self.streams, self.limits.send_timeout)
+                conn.nursery = nursery
+                await self._read_loop(conn)
+                nursery.cancel_scope.cancel()
+        except* (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the client went away; nothing to answer
+        except* Exception:
+            # One client's trouble must never take the server down with it.
+            log.exception("client pid %d uid %d: unexpected error; connection dropped",
+                          peer.pid, peer.uid)
+        finally:
+            self.total -= 1
+            self.clients[peer.uid] -= 1
 
     async def _read_loop(self, conn: Connection) -> None:
-        buffer = bytearray()
+        lines = jsonrpc.Lines()
         while True:
-            timeout = self.limits.line_timeout if buffer else self.limits.idle_timeout
-            if conn.streaming and not buffer:
+            timeout = self.limits.line_timeout if lines.started else self.limits.idle_timeout
+            if conn.streaming and not lines.started:
                 timeout = float("inf")
             with trio.move_on_after(timeout) as scope:
                 data = await conn.stream.receive_some(65536)
@@ -300,83 +286,38 @@ class Server:
                 return
             if not data:
                 return
-            buffer += data
-            while (end := buffer.find(b"\n")) >= 0:
-                line = bytes(buffer[:end])
-                del buffer[: end + 1]
-                if len(line) > MAX_MESSAGE:
-                    await conn.send(_error(None, ErrorCode.INVALID_REQUEST,
-                                           "message larger than 1 MiB"))
-                    return
-                if line.strip():
+            lines.feed(data)
+            try:
+                while (line := lines.next_line()) is not None:
                     reply = await self.handle_line(line, conn)
                     if reply is not None:
                         await conn.send(reply)
-            if len(buffer) > MAX_MESSAGE:
-                await conn.send(_error(None, ErrorCode.INVALID_REQUEST,
-                                       "message larger than 1 MiB"))
+            except jsonrpc.MessageTooLarge:
+                await conn.send(jsonrpc.TOO_LARGE)
                 return
 
     async def handle_line(self, line: bytes, conn: Connection) -> bytes | None:
         """The reply to one line (None when it held only notifications)."""
-        try:
-            message = msgspec.json.decode(line)
-        except (msgspec.DecodeError, RecursionError):
-            return _error(None, ErrorCode.PARSE_ERROR, "parse error: not valid JSON")
-        if isinstance(message, list):
-            if not message:
-                return _error(None, ErrorCode.INVALID_REQUEST, "empty batch")
-            if len(message) > MAX_BATCH:
-                return _error(None, ErrorCode.INVALID_REQUEST,
-                              f"batch larger than {MAX_BATCH} requests")
-            replies = [r for r in [await self._one(m, conn, batched=True) for m in message]
-                       if r is not None]
-            return b"[" + b",".join(replies) + b"]" if replies else None
-        return await self._one(message, conn, batched=False)
+        message = jsonrpc.parse(line)
+        if isinstance(message, bytes):
+            return message
+        answers = [item if isinstance(item, bytes) else await self._run(item, conn)
+                   for item in message.items]
+        return jsonrpc.answer(message, answers)
 
-    async def _one(self, message: Any, conn: Connection, *, batched: bool) -> bytes | None:
+    async def _run(self, call: jsonrpc.Call, conn: Connection) -> bytes | None:
         try:
-            req = msgspec.convert(message, Request, strict=True)
-        except msgspec.ValidationError as e:
-            return _error(None, ErrorCode.INVALID_REQUEST, f"invalid request: {e}")
-        if req.jsonrpc != "2.0":
-            return _error(None, ErrorCode.INVALID_REQUEST, 'invalid request: jsonrpc must be "2.0"')
-        notification = req.id is msgspec.UNSET
-        rid = None if isinstance(req.id, msgspec.UnsetType) else req.id
-        if isinstance(rid, bool):
-            return _error(None, ErrorCode.INVALID_REQUEST, "invalid request: bad id")
-        try:
-            result = await self._call(req, conn, batched)
+            jsonrpc.admit(call, admin=conn.peer.admin, admin_group=self.admin_group(),
+                          served=self.handlers)
+            if call.method in jsonrpc.STREAMS:
+                self._require_stream_room(call.method, conn)
+            result = await self.handlers[call.method](jsonrpc.params_of(call), conn)
         except RpcError as e:
-            return None if notification else _error(rid, e.code, e.message, e.data)
+            return jsonrpc.refusal(call, e)
         except Exception:
-            log.exception("internal error in %s", req.method)
-            return None if notification else _error(rid, ErrorCode.INTERNAL_ERROR,
-                                                    "internal error")
-        if notification:
-            return None
-        return msgspec.json.encode(Response(id=rid, result=result))
-
-    async def _call(self, req: Request, conn: Connection, batched: bool) -> Any:
-        handler = self.handlers.get(req.method)
-        if handler is None or req.method not in PARAMS:
-            raise RpcError(ErrorCode.METHOD_NOT_FOUND, f"method not found: {req.method}")
-        if req.method not in READ_METHODS and not conn.peer.admin:
-            raise RpcError(ErrorCode.NOT_PERMITTED,
-                           f"{req.method} needs root or the admin group "
-                           f"{self.admin_group()!r}")
-        if req.method in STREAMS:
-            if batched:
-                raise RpcError(ErrorCode.INVALID_REQUEST, f"{req.method} cannot be batched")
-            self._require_stream_room(req.method, conn)
-        raw = {} if isinstance(req.params, msgspec.UnsetType) else req.params
-        if isinstance(raw, list):
-            raise RpcError(ErrorCode.INVALID_PARAMS, "params must be an object (named)")
-        try:
-            params = msgspec.convert(raw, PARAMS[req.method], strict=True)
-        except msgspec.ValidationError as e:
-            raise RpcError(ErrorCode.INVALID_PARAMS, f"invalid params: {e}") from None
-        return await handler(params, conn)
+            log.exception("internal error in %s", call.method)
+            return jsonrpc.refusal(call, None)
+        return jsonrpc.reply(call, result)
 
     def _require_stream_room(self, method: str, conn: Connection) -> None:
         """subscribe and inhibit hold a task and a buffer until the client hangs up: capped
@@ -391,7 +332,3 @@ class Server:
         if overall is not None and total >= overall and conn.peer.uid != 0:
             raise RpcError(ErrorCode.BUSY, f"{method}: the daemon already serves {total}, "
                                            "the most it takes; try again later")
-
-
-def _error(rid: Any, code: int, message: str, data: Any = None) -> bytes:
-    return msgspec.json.encode(Response(id=rid, error=ErrorObject(int(code), message, data)))
