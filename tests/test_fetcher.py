@@ -610,3 +610,67 @@ def test_every_client_shares_one_tls_context_per_ca_setting(
     os.utime(bundle, ns=(1, 1))  # the bundle changed on disk
     trio.run(clients, str(bundle))
     assert len(built) == 4
+
+
+# -- caches and odd servers: validators and encodings ----------------------------------------------
+
+def test_a_weak_etag_is_never_sent_in_if_range_the_date_is(
+        fault_server: FaultServer, artifact: tuple[str, bytes, Expected], cache: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Behind Varnish with mod_deflate every ETag is weak: sent in If-Range it never matches
+    (RFC 9110), so every resume started over. The Last-Modified date resumes."""
+    name, data, expected = artifact
+    assert fetch(fault_server.url("weakdrop", name), cache / name, expected) == data
+    first, second = served(fault_server, "weakdrop")
+    assert first["range"] is None and second["range"] == f"bytes={first['sent']}-"
+    assert second["if_range"] == "Mon, 07 Dec 2026 10:00:00 GMT" and second["status"] == 206
+    assert first["sent"] + second["sent"] == len(data), "only the rest was sent again"
+    assert "ignored the range" not in caplog.text
+
+
+def test_a_range_ignored_says_why(fault_server: FaultServer,
+                                  artifact: tuple[str, bytes, Expected], cache: Path,
+                                  caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    name, data, expected = artifact
+    caplog.set_level(logging.INFO, logger="updaterd.fetcher")
+    url = fault_server.url("plain", name)
+    plant_partial(cache / name, data, expected, url, '"an-old-etag"')
+    assert fetch(url, cache / name, expected) == data
+    assert "the server ignored the range (the file changed since: If-Range \"an-old-etag\" " \
+        "no longer matches); starting over" in caplog.text
+    url = fault_server.url("norange", name)
+    (cache / name).unlink()
+    plant_partial(cache / name, data, expected, url, server_etag(data))
+    assert fetch(url, cache / name, expected) == data
+    assert "answers ranges with the whole file" in caplog.text
+
+
+def test_a_file_whose_encoding_a_cache_changed_is_named_as_such(
+        fault_server: FaultServer, cache: Path) -> None:
+    """Varnish gunzipped a .tar.gz that Apache labelled Content-Encoding: gzip: the size no
+    longer matched the signed one, and the message did not say why."""
+    import gzip
+
+    for inside, why in ((os.urandom(1000) * 200, "more than the signed"),  # a tar: larger
+                        (os.urandom(200_000), "the answer ended at 200000 of the signed")):
+        raw = gzip.compress(inside, mtime=0)
+        (fault_server.root / "app.tar.gz").write_bytes(raw)
+        d = Digests()
+        d.update(raw)
+        with pytest.raises(DigestMismatch) as e:
+            fetch(fault_server.url("gunzipped", "app.tar.gz"), cache / "app.tar.gz",
+                  Expected(len(raw), d.sha256, d.blake3))
+        assert why in str(e.value)
+        assert "labelled Content-Encoding: gzip" in str(e.value)
+        assert "changed the file's encoding" in str(e.value) and "docs/feed.md" in str(e.value)
+        assert not list(cache.iterdir()), "nothing of it is kept"
+
+
+def test_an_identity_answer_that_fails_verification_says_nothing_of_encodings(
+        fault_server: FaultServer, artifact: tuple[str, bytes, Expected], cache: Path) -> None:
+    name, _, expected = artifact
+    with pytest.raises(DigestMismatch) as e:
+        fetch(fault_server.url("bigger", name), cache / name, expected)
+    assert "Content-Encoding" not in str(e.value)

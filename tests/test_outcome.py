@@ -41,6 +41,29 @@ def test_a_check_records_what_it_proved_and_clears_the_last_error() -> None:
     assert st.yanked == {} and st.recalled == {} and st.rollout_buckets == {}
 
 
+@pytest.mark.parametrize("of,stays", [("check", False), (None, False), ("update", True),
+                                      ("rollback", True)])
+def test_a_good_check_clears_a_checks_error_only(of: str | None, stays: bool) -> None:
+    """An install that failed (a download a cache changed, a release that failed its health
+    check) stays in `status` through the good checks after it, until an install succeeds."""
+    st = on(last_error="it failed", last_error_of=of)
+    outcome.checked(st, serial=1, digest="m", available="1.2.0", passed_over={}, at=5.0,
+                    downloads=[])
+    assert st.last_error == ("it failed" if stays else None)
+    assert st.last_error_of == (of if stays else None)
+    outcome.committed(st, "1.2.0", "1.0.0")
+    assert (st.last_error, st.last_error_of) == (None, None)
+
+
+def test_a_release_that_failed_its_checks_is_an_updates_error() -> None:
+    st = on("1.0.0", None)
+    outcome.switched_back(st, tx("update", "1.1.0", "1.0.0", block=True, reason="health"),
+                          "1.0.0", 10)
+    assert (st.last_error, st.last_error_of) == ("1.1.0 failed: health", "update")
+    outcome.interrupted(st, tx("update", "1.0.0", "1.2.0"), "gave up", 10)
+    assert (st.last_error, st.last_error_of) == ("gave up", "update")
+
+
 def test_a_rotation_starts_the_high_water_mark_again() -> None:
     st = on(serial=90, manifest_digest="d", etag='"e"', last_modified="lm")
     root = TrustRoot(origin="o", version=2, keys=["k"], threshold=1)
@@ -51,12 +74,13 @@ def test_a_rotation_starts_the_high_water_mark_again() -> None:
 
 def test_failures_count_and_a_success_or_the_operator_clears_them() -> None:
     st = on()
-    outcome.failed(st, "one")
-    outcome.failed(st, "two\nlines")
+    outcome.failed(st, "one", "check")
+    outcome.failed(st, "two\nlines", "update")
     assert st.consecutive_failures == 2 and st.last_error == "two\\nlines"
+    assert st.last_error_of == "update"
     outcome.failure_cleared(st)
-    assert (st.consecutive_failures, st.last_error) == (0, None)
-    outcome.failed(st, "three")
+    assert (st.consecutive_failures, st.last_error, st.last_error_of) == (0, None, None)
+    outcome.failed(st, "three", "check")
     outcome.succeeded(st)
     assert st.consecutive_failures == 0 and st.last_success is not None
     assert st.last_error == "three"  # a success of a check says nothing about the last error

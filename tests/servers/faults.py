@@ -15,11 +15,19 @@ GET /<mode>/<file> serves FAULT_ROOT/<file> with ETag and Range support, misbeha
   redirect   redirects to /plain/<file>
   offhost    redirects to http://127.0.0.2:<same port>/plain/<file> (another host)
   always304  304 Not Modified to every request, validators or not (a broken cache)
+  weakdrop   as drop, with a weak ETag and a Last-Modified date: an If-Range with the weak
+             ETag gets the whole file (RFC 9110, as Varnish in front of mod_deflate does), one
+             with the date gets the range
+  gunzipped  the file gunzipped but still labelled Content-Encoding: gzip (a cache that
+             decompressed what the origin labelled gzip, as Varnish does)
+  stalesig   a signature (*.minisig) from FILE.stale, unless the request says Cache-Control:
+             no-cache (a cache that kept an old signature beside a new manifest)
 Every request is appended to FAULT_LOG as one JSON line.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -54,7 +62,8 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     first = seen[key] == 1
     entry = {"path": scope["path"], "mode": mode, "range": headers.get("range"),
              "if_range": headers.get("if-range"), "inm": headers.get("if-none-match"),
-             "accept_encoding": headers.get("accept-encoding"), "status": 0, "sent": 0}
+             "accept_encoding": headers.get("accept-encoding"),
+             "cache_control": headers.get("cache-control"), "status": 0, "sent": 0}
 
     async def respond(status: int, hdrs: list[tuple[str, str]], body: bytes = b"",
                       more: bool = False) -> None:
@@ -82,7 +91,15 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             await respond(404, [("content-length", "0")])
             return
         data = path.read_bytes()
+        stale = path.with_name(path.name + ".stale")
+        if mode == "stalesig" and stale.is_file() and headers.get("cache-control") != "no-cache":
+            data = stale.read_bytes()
         etag = '"' + hashlib.sha256(data).hexdigest()[:16] + '"'
+        modified = "Mon, 07 Dec 2026 10:00:00 GMT"
+        if mode == "weakdrop":
+            etag = "W/" + etag
+        if mode == "gunzipped":
+            data = gzip.decompress(data)
         if mode == "etagflip":
             etag = f'"{seen[key]}"'
         if mode == "always500" or (mode == "fail500" and first):
@@ -97,7 +114,10 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         start = 0
         rng = headers.get("range")
         if_range = headers.get("if-range")
-        if rng and mode not in ("norange",) and (if_range is None or if_range == etag):
+        strong = not etag.startswith("W/")
+        matches = if_range is None or (if_range == etag and strong) or (
+            mode == "weakdrop" and if_range == modified)
+        if rng and mode not in ("norange",) and matches:
             start = int(rng.split("=")[1].split("-")[0])
             if start >= len(data):
                 await respond(416, [("content-range", f"bytes */{len(data)}"),
@@ -105,6 +125,10 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
                 return
         body = data[start:]
         base = [("etag", etag), ("accept-ranges", "bytes")]
+        if mode == "weakdrop":
+            base.append(("last-modified", modified))
+        if mode == "gunzipped":
+            base.append(("content-encoding", "gzip"))
         status = 206 if start else 200
         if start:
             cr = f"bytes {start}-{len(data) - 1}/{len(data)}"
@@ -127,7 +151,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
                             "more_body": i + 1 < len(body)})
                 entry["sent"] += 1
             return
-        if mode == "drop" and first:
+        if mode in ("drop", "weakdrop") and first:
             half = len(body) // 2
             await respond(status, [*base, ("content-length", str(len(body)))], body[:half],
                           more=True)

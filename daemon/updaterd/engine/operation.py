@@ -79,7 +79,7 @@ class Operation:
         text = str(error) if isinstance(error, UpdaterError) else \
             f"internal error ({type(error).__name__}: {error}); see the log"
         message = f"{self.version}: {text}" if self.version else text
-        outcome.failed(self.run.state, message)
+        outcome.failed(self.run.state, message, self.kind)
         outcome.ended(self.run.state)
         if self.kind == "update" and self.version is not None:
             self.run.remember("failed", self.version, self.before, text)

@@ -50,7 +50,9 @@ def checked(st: AppState, *, serial: int, digest: str, available: str | None,
     st.passed_over = {_text(v): _text(why) for v, why in passed_over.items()}
     st.yanked = {_text(v): _text(why) for v, why in (yanked or {}).items()}
     st.recalled = {_text(v): _text(why) for v, why in (recalled or {}).items()}
-    st.last_check, st.last_error = at, None
+    st.last_check = at
+    if st.last_error_of in (None, "check"):  # an install's failure outlives a good check
+        st.last_error = st.last_error_of = None
 
 
 def began(st: AppState, kind: str) -> None:
@@ -104,10 +106,11 @@ def succeeded(st: AppState) -> None:
     st.last_success = time.time()
 
 
-def failed(st: AppState, message: str) -> None:
-    """Counted for the scheduler's backoff, shown by `status`."""
+def failed(st: AppState, message: str, of: str) -> None:
+    """Counted for the scheduler's backoff, shown by `status`; `of`: the operation that
+    failed (a check, an update, a rollback)."""
     st.consecutive_failures += 1
-    st.last_error = _text(message)
+    st.last_error, st.last_error_of = _text(message), of
 
 
 # -- the transaction --------------------------------------------------------------------------
@@ -136,7 +139,7 @@ def committed(st: AppState, version: str, from_version: str | None) -> None:
     st.pending = None
     if st.available == version:
         st.available = None
-    st.last_error = None
+    st.last_error = st.last_error_of = None
 
 
 def switched_back(st: AppState, tx: Transaction, to_version: str | None, limit: int) -> None:
@@ -146,7 +149,7 @@ def switched_back(st: AppState, tx: Transaction, to_version: str | None, limit: 
     st.installed = to_version
     st.pending = None
     if tx.with_data and left == to_version:  # only the data went back: no version was left
-        st.last_error = None
+        st.last_error = st.last_error_of = None
         remember(st, "rolled_back", to_version or "", left, tx.reason, limit)
         return
     if left is not None:
@@ -164,13 +167,14 @@ def switched_back(st: AppState, tx: Transaction, to_version: str | None, limit: 
                 st.recall_blocked.append(left)
         st.last_error = _text(f"left {left}: {tx.reason}" if tx.recall else
                               f"{left} failed: {tx.reason}")
+        st.last_error_of = tx.kind
         remember(st, "rolled_back", to_version or "", left, tx.reason, limit)
         remember(st, "blocked", left, to_version, tx.reason, limit)
     else:
         st.previous = left
         if tx.skip_left and left is not None and left not in st.skipped:
             st.skipped.append(left)
-        st.last_error = None  # the operator's move succeeded; the old error is past
+        st.last_error = st.last_error_of = None  # the operator's move succeeded
         remember(st, "rolled_back", to_version or "", left, tx.reason, limit)
 
 
@@ -213,7 +217,7 @@ def interrupted(st: AppState, tx: Transaction, gave_up_why: str | None, limit: i
     st.pending = None
     if gave_up_why is not None:
         st.blocked.append(tx.to_version)
-        st.last_error = _text(gave_up_why)
+        st.last_error, st.last_error_of = _text(gave_up_why), tx.kind
         remember(st, "blocked", tx.to_version, tx.from_version, gave_up_why, limit)
     else:
         remember(st, "interrupted", tx.to_version, tx.from_version,
@@ -240,7 +244,7 @@ def unskipped(st: AppState, version: str, limit: int) -> None:
 def failure_cleared(st: AppState) -> None:
     """`updaterctl reset-failed`: the operator has seen the failure; no backoff, no error."""
     st.consecutive_failures = 0
-    st.last_error = None
+    st.last_error = st.last_error_of = None
 
 
 def paused(st: AppState, paused: bool) -> None:

@@ -74,6 +74,9 @@ class AppState(Struct, kw_only=True):
     last_success: float | None = None
     consecutive_failures: int = 0
     last_error: str | None = None
+    # what the last error came from: a check's is cleared by the next good check; an update's
+    # (or a rollback's) stays in `status` until an update installs or the operator clears it
+    last_error_of: str | None = None
     skipped: list[str] = []
     blocked: list[str] = []
     paused: bool = False

@@ -289,11 +289,12 @@ class Fetcher:
         fd = cachefile.open_partial(part)
         keep_fd = False
         offset = 0
+        encoding = "identity"
         try:
             offset = os.fstat(fd).st_size
             same = meta is not None and (meta.size, meta.sha256, meta.blake3) == (
                 wanted.size, wanted.sha256, wanted.blake3)
-            validator = (meta.etag or meta.last_modified) if meta and same else None
+            validator = _range_validator(meta) if meta and same else None
             if offset and (not same or offset > expected.size or not validator):
                 log.info("%s: discarding partial download of %d bytes", dest.name, offset)
                 os.ftruncate(fd, 0)
@@ -316,7 +317,8 @@ class Fetcher:
                                         f"{r.headers.get('content-range')!r}; partial discarded")
                 elif r.status_code == 200:
                     if offset:
-                        log.info("%s: server ignored the range; starting over", dest.name)
+                        log.info("%s: the server ignored the range (%s); starting over",
+                                 dest.name, _why_no_range(r, validator))
                         os.ftruncate(fd, 0)
                         offset = 0
                         digests = Digests(prehash)
@@ -324,6 +326,7 @@ class Fetcher:
                     raise self._status_error(url, r, await _error_detail(r))
                 wanted.etag = r.headers.get("etag")
                 wanted.last_modified = r.headers.get("last-modified")
+                encoding = r.headers.get("content-encoding", "identity").strip().lower()
                 _save_meta(meta_path, wanted)
                 if r.status_code != 416:
                     declared = r.headers.get("content-length")
@@ -332,6 +335,9 @@ class Fetcher:
                                              f"bytes, more than the signed {expected.size}")
                     os.lseek(fd, offset, os.SEEK_SET)
                     await self._receive(url, r, fd, digests, expected, progress)
+            if digests.size < expected.size and encoding not in ("identity", ""):
+                raise DigestMismatch(f"{url}: the answer ended at {digests.size} of the signed "
+                                     f"{expected.size} bytes")
             if digests.size < expected.size:
                 raise Retryable(f"{url}: connection closed at {digests.size} of "
                                 f"{expected.size} bytes")
@@ -340,13 +346,19 @@ class Fetcher:
             done = cachefile.commit(fd, part, dest, [meta_path])
             keep_fd = True
             return done
-        except DigestMismatch:
+        except DigestMismatch as e:
             # Nothing that failed verification is kept; a resumed file gets one fresh try.
             cachefile.discard(part)
             cachefile.discard(meta_path)
             if offset and attempt == 0:
                 raise Retryable(f"{url}: resumed file failed verification; "
                                 "starting over") from None
+            if encoding not in ("identity", ""):
+                raise DigestMismatch(
+                    f"{e}; the answer was labelled Content-Encoding: {encoding}: the server, "
+                    "or a cache or proxy in between, changed the file's encoding (updaterd "
+                    "asks for the file as it is, Accept-Encoding: identity). Serve artifacts "
+                    "without an encoding label (docs/feed.md, Serving a feed)") from None
             raise
         except OSError as e:
             # A full or failing disk: not worth retrying now, and the partial only takes space.
@@ -442,6 +454,29 @@ class _Sink:
                 await trio.to_thread.run_sync(self.pending.popleft().result)
         finally:
             self.pool.shutdown(wait=True)  # a cancelled close still leaves an in-order prefix
+
+
+def _range_validator(meta: _PartMeta) -> str | None:
+    """What `If-Range` may carry to resume: a strong ETag, else the Last-Modified date, else
+    nothing (no resume). A weak ETag never matches there (RFC 9110 13.1.5): a server or
+    cache then answers the whole file every time, and a download on a link that keeps
+    breaking never finishes."""
+    if meta.etag and not meta.etag.startswith("W/"):
+        return meta.etag
+    return meta.last_modified
+
+
+def _why_no_range(response: httpx.Response, validator: str | None) -> str:
+    """Why a resume got the whole file, as far as the answer tells."""
+    ranges = response.headers.get("accept-ranges", "").strip().lower()
+    etag, modified = response.headers.get("etag"), response.headers.get("last-modified")
+    if ranges == "none":
+        return "it serves no ranges: Accept-Ranges: none"
+    if validator is not None and validator not in (etag, modified):
+        return f"the file changed since: If-Range {validator} no longer matches"
+    if etag is not None and etag.startswith("W/") and not modified:
+        return f"it gives only a weak ETag {etag}, which If-Range cannot carry"
+    return "the server or a cache in between answers ranges with the whole file"
 
 
 def _content_range_ok(value: str | None, offset: int, size: int) -> bool:
