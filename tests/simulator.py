@@ -161,7 +161,7 @@ class SimulatedTransport:
     remote = True
 
     async def document(self, name: str, cap: int, *, missing_ok: bool = False,
-                       validators: Validators | None = None) -> Document:
+                       validators: Validators | None = None, fresh: bool = False) -> Document:
         await trio.lowlevel.checkpoint()
         if name == MANIFEST:
             self.sim.requests["manifest"] += 1

@@ -6,6 +6,7 @@
     ├── StateError
     ├── SignatureError
     ├── FeedError
+    │   └── SignatureRefused     its signature missing, or not by the keys in use
     ├── PolicyError              not allowed: pinned out, a downgrade ...
     │   └── NoSuchVersion        not in the feed, not kept on disk
     ├── UnknownApp
@@ -48,6 +49,12 @@ class SignatureError(UpdaterError):
 
 class FeedError(UpdaterError):
     """A release feed was refused: signature, expiry, serial, schema or content."""
+
+
+class SignatureRefused(FeedError):
+    """A signed document of the feed without its signature, or with one the keys in use did
+    not make: the one refusal a cache can cause by pairing a document with another
+    version's signature, so the one worth asking again past the cache."""
 
 
 class PolicyError(UpdaterError):

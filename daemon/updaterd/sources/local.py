@@ -69,7 +69,7 @@ class FolderTransport:
         self.folder = folder
 
     async def document(self, name: str, cap: int, *, missing_ok: bool = False,
-                       validators: Validators | None = None) -> Document:
+                       validators: Validators | None = None, fresh: bool = False) -> Document:
         raw = await _read_capped(self.folder / name, cap)
         if raw is not None:
             return Document(raw)

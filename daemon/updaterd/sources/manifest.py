@@ -13,6 +13,10 @@ from updaterd.net.document import Document, Validators
 from updaterd.net.fetcher import Fetcher
 from updaterd.trust.feed import MANIFEST, SIGNATURE, TrustedFeed
 
+# asked of every cache on the way: revalidate with the origin before answering (no-cache),
+# and the same for HTTP/1.0 caches (Pragma)
+FRESH = {"Cache-Control": "no-cache", "Pragma": "no-cache"}
+
 
 class HttpTransport:
     """A feed at `url`, its signature at `url + ".minisig"`, every other file relative to it."""
@@ -34,10 +38,11 @@ class HttpTransport:
         return urljoin(self.url, name)
 
     async def document(self, name: str, cap: int, *, missing_ok: bool = False,
-                       validators: Validators | None = None) -> Document:
+                       validators: Validators | None = None, fresh: bool = False) -> Document:
         etag, last_modified = validators or (None, None)
         return await self.fetcher.fetch_small(self._url(name), max_bytes=cap, etag=etag,
-                                              last_modified=last_modified, missing_ok=missing_ok)
+                                              last_modified=last_modified, missing_ok=missing_ok,
+                                              headers=FRESH if fresh else None)
 
     def admit_named_hosts(self, trusted: TrustedFeed) -> None:
         """Without `allowed_hosts`, artifacts may come from the hosts the signed manifest

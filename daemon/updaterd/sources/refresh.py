@@ -23,7 +23,7 @@ from typing import BinaryIO, Protocol
 
 import msgspec
 
-from updaterd.errors import DownloadError, FeedError
+from updaterd.errors import DownloadError, FeedError, SignatureRefused
 from updaterd.host.config import AppConfig, Limits
 from updaterd.host.state import AppState
 from updaterd.net.cachefile import Expected, ProgressFn
@@ -45,9 +45,9 @@ class Transport(Protocol):
     remote: bool
 
     async def document(self, name: str, cap: int, *, missing_ok: bool = False,
-                       validators: Validators | None = None) -> Document:
+                       validators: Validators | None = None, fresh: bool = False) -> Document:
         """A small file of at most `cap` bytes; with `missing_ok`, an absent one is
-        `missing` instead of an error."""
+        `missing` instead of an error; `fresh`: every cache on the way revalidates it."""
         ...
 
     async def file(self, name: str, dest: Path, expected: Expected,
@@ -87,16 +87,52 @@ async def _manifest(app: str, trust: TrustedSet, limits: Limits, state: AppState
                  rotated.threshold)
     if walk.stopped is not None:
         log.warning("%s: %s", app, walk.stopped)
-    signature = None
-    if trust.has_keys:
-        sig = await transport.document(SIGNATURE, minisign.MAX_SIGNATURE_FILE,
-                                       missing_ok=not transport.remote)
-        signature = None if sig.missing else sig.body
-    trusted = trust.manifest(doc.body, signature, remote=transport.remote)
+    signature = await _signature(trust, transport)
+    try:
+        trusted = trust.manifest(doc.body, signature, remote=transport.remote)
+    except SignatureRefused as refused:
+        if not transport.remote:
+            raise
+        doc, signature, trusted = await _past_the_caches(app, trust, limits, transport, doc,
+                                                         signature, refused)
     if not transport.remote:
         return trusted
     verified.keep_copy(state_folder, doc.body, signature)
     return msgspec.structs.replace(trusted, validators=(doc.etag, doc.last_modified))
+
+
+async def _signature(trust: TrustedSet, transport: Transport,
+                     fresh: bool = False) -> bytes | None:
+    """The manifest's signature, when the feed is verified with keys (None: absent)."""
+    if not trust.has_keys:
+        return None
+    sig = await transport.document(SIGNATURE, minisign.MAX_SIGNATURE_FILE,
+                                   missing_ok=not transport.remote, fresh=fresh)
+    return None if sig.missing else sig.body
+
+
+async def _past_the_caches(app: str, trust: TrustedSet, limits: Limits, transport: Transport,
+                           doc: Document, signature: bytes | None,
+                           refused: SignatureRefused) -> tuple[Document, bytes | None,
+                                                               TrustedFeed]:
+    """A manifest whose signature was refused, asked again with its signature past every
+    cache (Cache-Control: no-cache): a cache that purged one of the two files, or kept them
+    from different publishes, pairs a new manifest with an old signature, for every host."""
+    again = await transport.document(MANIFEST, parse_size(limits.max_manifest_size), fresh=True)
+    signature_again = await _signature(trust, transport, fresh=True)
+    try:
+        trusted = trust.manifest(again.body, signature_again, remote=True)
+    except SignatureRefused as e:
+        if (again.body, signature_again) == (doc.body, signature):
+            raise SignatureRefused(f"{e} (asked again past any cache with Cache-Control: "
+                                   "no-cache: the same answer, so the feed itself is signed "
+                                   "so)") from None
+        raise
+    log.warning("%s: %s, as a cache in front of the feed served them; asked again past it "
+                "(Cache-Control: no-cache), the manifest and its signature go together: the "
+                "cache pairs files of different publishes (purge manifest.json and its "
+                ".minisig together: docs/feed.md, Serving a feed)", app, refused)
+    return again, signature_again, trusted
 
 
 async def _with_rollout(app: str, trust: TrustedSet, transport: Transport,

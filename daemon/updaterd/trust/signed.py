@@ -21,7 +21,7 @@ from typing import Generic, Protocol, TypeVar
 
 import msgspec
 
-from updaterd.errors import FeedError, SignatureError
+from updaterd.errors import FeedError, SignatureError, SignatureRefused
 from updaterd.trust import minisign
 
 
@@ -72,11 +72,11 @@ def open_signed(kind: Kind[T], raw: bytes, signature: bytes | None,
     signers: list[minisign.Verified] = []
     if keys is not None:
         if signature is None:
-            raise FeedError(kind.missing)
+            raise SignatureRefused(kind.missing)
         try:
             signers = minisign.verify_threshold(raw, signature, keys, threshold)
         except SignatureError as e:
-            raise FeedError(f"{refused}: {e}") from None
+            raise SignatureRefused(f"{refused}: {e}") from None
     reject_duplicate_keys(raw, kind.name)
     try:
         doc = msgspec.json.decode(raw, type=kind.schema, strict=True)
