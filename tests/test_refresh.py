@@ -82,3 +82,47 @@ def test_a_304_to_a_request_without_validators_is_refused_even_with_a_copy_kept(
     with pytest.raises(FeedError, match="304 Not Modified to a request that carried no "
                                         "validator"):
         run(lambda: engine.check("hello"))
+
+
+# -- rollout.json, asked conditionally (the bulk of a fleet's steady traffic) -----------------
+
+
+def test_an_unchanged_rollout_json_costs_one_conditional_request_and_no_signature(
+        host: SimHost, sim: FeedSimulator) -> None:
+    """It was fetched whole with its signature at every check: three requests where one does."""
+    from tests.test_rollout import Guarded
+    from updaterd.trust import rollout
+
+    guarded = Guarded(sim)
+    guarded.release("1.0.0")
+    guarded.steer({"1.0.0": (100, "active")})
+    engine = host.engine()
+    run(lambda: engine.check("hello"))
+    sig = f"{rollout.DOCUMENT}.minisig"
+    asked, signatures = sim.documents_asked[rollout.DOCUMENT], sim.documents_asked[sig]
+    kept = host.base / "state" / "hello" / rollout.DOCUMENT
+    assert kept.exists() and engine.load_state("hello").rollout_etag is not None
+    for _ in range(2):
+        checked = run(lambda: engine.check("hello"))
+        assert checked.available == "1.0.0"  # the kept copy, re-verified, still steers it
+    assert sim.documents_asked[rollout.DOCUMENT] - asked == 2
+    assert sim.documents_not_modified[rollout.DOCUMENT] == 2
+    assert sim.documents_asked[sig] == signatures, "no signature for an unchanged document"
+    guarded.steer({"1.0.0": (100, "halted")})  # a change is fetched whole, with its signature
+    checked = run(lambda: engine.check("hello"))
+    assert checked.available is None and sim.documents_asked[sig] == signatures + 1
+
+
+def test_without_the_kept_copy_rollout_json_is_asked_whole(host: SimHost,
+                                                           sim: FeedSimulator) -> None:
+    from tests.test_rollout import Guarded
+    from updaterd.trust import rollout
+
+    guarded = Guarded(sim)
+    guarded.release("1.0.0")
+    guarded.steer({"1.0.0": (100, "active")})
+    engine = host.engine()
+    run(lambda: engine.check("hello"))
+    (host.base / "state" / "hello" / rollout.DOCUMENT).unlink()
+    assert run(lambda: engine.check("hello")).available == "1.0.0"
+    assert sim.documents_not_modified[rollout.DOCUMENT] == 0

@@ -34,6 +34,7 @@ def lines_of(*chunks: bytes) -> list[bytes]:
 def test_lines_are_framed_whatever_the_chunks() -> None:
     assert lines_of(b'{"a":1}\n{"b"', b':2}\n', b"\n  \n{") == [b'{"a":1}', b'{"b":2}']
     assert lines_of(b"x", b"y", b"\n") == [b"xy"]
+    assert lines_of(b"\n\nfirst\n") == [b"first"], "a blank line first is passed over"
 
 
 def test_a_line_begun_is_started_until_it_ends() -> None:
@@ -75,6 +76,15 @@ def decoded(reply: bytes | None) -> Any:
     return None if reply is None else json.loads(reply)
 
 
+def test_calls_and_messages_are_values() -> None:
+    import dataclasses
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        call("status").method = "update"  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Message([], batch=False).batch = True  # type: ignore[misc]
+
+
 def test_a_request_becomes_a_call() -> None:
     message = jsonrpc.parse(b'{"jsonrpc":"2.0","id":7,"method":"status","params":{"app":"a"}}')
     assert message == Message([Call("status", {"app": "a"}, 7, False, False)], batch=False)
@@ -113,6 +123,8 @@ def test_a_batch_of_exactly_the_most_requests_is_taken() -> None:
     (b'{"jsonrpc":"2.0","id":true,"method":"status"}', "got `bool` - at `$.id`"),
     (b'{"jsonrpc":"2.0","id":false,"method":"status"}', "got `bool` - at `$.id`"),
     (b'{"jsonrpc":"2.0","id":1.5,"method":"status"}', "at `$.id`"),
+    (b'{"jsonrpc":"2.0","id":1.0,"method":"status"}', "got `float`"),  # never coerced
+    (b'{"jsonrpc":"3.0","id":1,"method":"status"}', 'jsonrpc must be "2.0"'),
     (b'{"jsonrpc":"2.0","id":1,"method":"status","extra":1}', "invalid request: "),
 ])
 def test_an_item_that_is_no_request_is_answered_with_a_null_id(item: bytes, why: str) -> None:

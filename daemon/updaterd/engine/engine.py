@@ -227,6 +227,7 @@ class Engine:
                         available=choice.version, passed_over=choice.passed_over,
                         at=cycle_start, downloads=downloads, yanked=yanked,
                         rollout_mark=trusted.rollout_mark,
+                        rollout_validators=trusted.rollout_validators,
                         rollout_buckets=self._places(run, manifest),
                         recalled={v: g.recalled for v, g in governed.items()
                                   if g.recalled is not None})

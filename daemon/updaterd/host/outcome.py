@@ -36,15 +36,19 @@ def checked(st: AppState, *, serial: int, digest: str, available: str | None,
             passed_over: dict[str, str], at: float, downloads: list[str],
             yanked: dict[str, str] | None = None, rollout_mark: RolloutMark | None = None,
             rollout_buckets: dict[str, int] | None = None,
-            recalled: dict[str, str] | None = None) -> None:
+            recalled: dict[str, str] | None = None,
+            rollout_validators: tuple[str | None, str | None] | None = None) -> None:
     """The feed passed every check: its serial is the new high-water mark, and the cache is
     for `downloads` only. `yanked`: the releases the publisher withdrew, and why.
     `rollout_mark`: the rollout.json accepted (None: none was, and the last one stays the
-    mark); `rollout_buckets`: this host's place in each guarded rollout; `recalled`: the
-    releases the rollout key recalls, and why."""
+    mark), `rollout_validators` the server's for it when it came whole; `rollout_buckets`:
+    this host's place in each guarded rollout; `recalled`: the releases the rollout key
+    recalls, and why."""
     st.serial, st.manifest_digest = serial, digest
     if rollout_mark is not None:
         st.rollout_mark = rollout_mark
+    if rollout_validators is not None:  # fetched whole: the copy kept has these validators
+        st.rollout_etag, st.rollout_last_modified = rollout_validators
     st.rollout_buckets = dict(rollout_buckets or {})
     st.available, st.downloads = available, downloads
     st.passed_over = {_text(v): _text(why) for v, why in passed_over.items()}
@@ -84,6 +88,7 @@ def validators(st: AppState, etag: str | None, last_modified: str | None) -> Non
 def forced(st: AppState) -> None:
     """`check --force`: the whole feed again, whatever the server said about waiting."""
     st.etag = st.last_modified = None
+    st.rollout_etag = st.rollout_last_modified = None
     st.rate_limited_until = None
 
 

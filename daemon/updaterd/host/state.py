@@ -104,6 +104,10 @@ class AppState(Struct, kw_only=True):
     # guarded rollout (trust/rollout.py): the newest rollout.json accepted, and this host's
     # place in the rollout of each guarded release it does not run yet (the metrics show it)
     rollout_mark: RolloutMark | None = None
+    # the server's validators of that rollout.json (its copy is kept beside feed.json): the
+    # next check and every look ask for it conditionally
+    rollout_etag: str | None = None
+    rollout_last_modified: str | None = None
     rollout_buckets: dict[str, int] = {}
     # the versions in `blocked` that a recall blocked: a rollout key that sets one active again
     # lifts its block (J173); a block after a failed check stays

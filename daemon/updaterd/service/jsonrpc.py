@@ -173,6 +173,7 @@ def refusal(call: Call, e: RpcError | None) -> bytes | None:
 def answer(message: Message, answers: list[bytes | None]) -> bytes | None:
     """What goes back for the whole line (None: only notifications)."""
     if not message.batch:
-        return answers[0]
+        (only,) = answers
+        return only
     kept = [a for a in answers if a is not None]
     return b"[" + b",".join(kept) + b"]" if kept else None

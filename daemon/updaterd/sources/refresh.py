@@ -64,7 +64,7 @@ async def refresh(app: str, trust: TrustedSet, limits: Limits, state: AppState,
                   transport: Transport, state_folder: Path) -> TrustedFeed:
     """The feed of `app`, verified by `trust` (FeedError naming the reason otherwise)."""
     trusted = await _manifest(app, trust, limits, state, transport, state_folder)
-    return await _with_rollout(app, trust, transport, trusted)
+    return await _with_rollout(app, trust, state, transport, state_folder, trusted)
 
 
 async def _manifest(app: str, trust: TrustedSet, limits: Limits, state: AppState,
@@ -135,35 +135,55 @@ async def _past_the_caches(app: str, trust: TrustedSet, limits: Limits, transpor
     return again, signature_again, trusted
 
 
-async def _with_rollout(app: str, trust: TrustedSet, transport: Transport,
-                        trusted: TrustedFeed) -> TrustedFeed:
-    """The verified feed with its rollout.json, when its releases name rollout keys. Any
-    problem is logged and kept as the reason: guarded releases then reach no new host."""
+async def _with_rollout(app: str, trust: TrustedSet, state: AppState, transport: Transport,
+                        state_folder: Path, trusted: TrustedFeed) -> TrustedFeed:
+    """The verified feed with its rollout.json, when its releases name rollout keys: asked
+    for conditionally against the copy kept of the one accepted last (a 304 re-verifies the
+    copy, and the signature is fetched only with new bytes). Any problem is logged and kept
+    as the reason: guarded releases then reach no new host."""
     if not any(rollout.is_guarded(r) for r in trusted.manifest.releases):
         return trusted
+    validators = None
     try:
         if not rollout.declared(trusted.manifest):  # nothing to verify with: no fetch
             raise FeedError("no rollout key the manifest names can be read")
-        found = await _signed_document(transport, rollout.DOCUMENT, rollout.MAX_DOCUMENT)
-        accepted = trust.rollout(*(found if found is not None else (None, None)))
+        kept = verified.load_copy(state_folder, ROLLOUT_COPY) if transport.remote else None
+        asked = (state.rollout_etag, state.rollout_last_modified)
+        doc = await transport.document(rollout.DOCUMENT, rollout.MAX_DOCUMENT, missing_ok=True,
+                                       validators=asked if kept and any(asked) else None)
+        raw, sig = kept if doc.not_modified and kept else (None, None)
+        if doc.not_modified and not kept:  # bad input from a server: a message, no assert
+            raise FeedError(f"{transport.describe(rollout.DOCUMENT)}: the server answered 304 "
+                            "Not Modified to a request that carried no validator")
+        if not doc.not_modified and not doc.missing:
+            raw, sig = doc.body, await _signature_of(transport, rollout.DOCUMENT)
+            validators = (doc.etag, doc.last_modified) if transport.remote else None
+        accepted = trust.rollout(raw, sig)
+        if validators is not None:
+            verified.keep_copy(state_folder, doc.body, sig, ROLLOUT_COPY)
     except (FeedError, DownloadError) as e:  # a fetch that fails is no rollout.json either
         log.warning("%s: %s; guarded releases reach no new host and no host moves", app, e)
         return msgspec.structs.replace(trusted, rollout_problem=str(e))
     return msgspec.structs.replace(trusted, rollout=accepted.doc,
                                    rollout_signer=accepted.signer.to_base64(),
-                                   rollout_mark=accepted.mark)
+                                   rollout_mark=accepted.mark, rollout_validators=validators)
 
 
-async def _signed_document(transport: Transport, name: str,
-                           cap: int = MAX_KEYS_SIZE) -> tuple[bytes, bytes | None] | None:
-    """A document beside the manifest (keys.json, rollout.json) and its signature, or None
-    when absent."""
-    doc = await transport.document(name, cap, missing_ok=True)
+ROLLOUT_COPY = rollout.DOCUMENT  # the copy kept in the state folder, beside feed.json
+
+
+async def _signed_document(transport: Transport, name: str) -> tuple[bytes, bytes | None] | None:
+    """A key rotation beside the manifest and its signature, or None when absent."""
+    doc = await transport.document(name, MAX_KEYS_SIZE, missing_ok=True)
     if doc.missing:
         return None
+    return doc.body, await _signature_of(transport, name)
+
+
+async def _signature_of(transport: Transport, name: str) -> bytes | None:
     sig = await transport.document(f"{name}.minisig", minisign.MAX_SIGNATURE_FILE,
                                    missing_ok=True)
-    return doc.body, None if sig.missing else sig.body
+    return None if sig.missing else sig.body
 
 
 class FeedSource:

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 from updaterd.host.config import Limits
 from updaterd.host.state import AppState
-from updaterd.net.document import Validators
 from updaterd.sources.refresh import Transport
 from updaterd.trust import rollout
 from updaterd.trust.feed import MANIFEST
@@ -25,11 +24,9 @@ from updaterd.units import parse_size
 
 @dataclass
 class Seen:
-    """What the looks of one app remember (in memory: a restart costs one full fetch of
-    rollout.json): the validators of the rollout.json this host accepted, and the digests of
-    the last changes already handed to a check."""
+    """What the looks of one app remember (in memory): the digests of the last changes
+    already handed to a check. The validators are the state's, from the last check."""
 
-    rollout_validators: Validators | None = None
     examined: tuple[str, ...] = ()
 
 
@@ -51,16 +48,13 @@ async def changed(transport: Transport, state: AppState, limits: Limits,
     mark = state.rollout_mark
     if mark is None:  # no rollout.json was ever accepted: nothing it could recall or halt
         return None
+    asked = (state.rollout_etag, state.rollout_last_modified)
     found = await transport.document(rollout.DOCUMENT, rollout.MAX_DOCUMENT, missing_ok=True,
-                                     validators=seen.rollout_validators)
+                                     validators=asked if any(asked) else None)
     if found.not_modified or found.missing:  # a missing one moves no host (docs/rollout.md)
         return None
     digest = _digest(found.body)
-    if digest == mark.digest:
-        seen.rollout_validators = (found.etag, found.last_modified)
-        return None
-    seen.rollout_validators = None
-    if digest in seen.examined:
+    if digest == mark.digest or digest in seen.examined:
         return None
     return _examine(seen, digest, "rollout.json changed")
 

@@ -116,6 +116,8 @@ class TrustedFeed(Struct, frozen=True):
     rollout_signer: str | None = None  # the base64 of the rollout key that signed it
     rollout_mark: RolloutMark | None = None
     rollout_problem: str | None = None
+    # the validators of a rollout.json fetched whole this time (None: it was not, or 304)
+    rollout_validators: tuple[str | None, str | None] | None = None
 
 
 MANIFEST_KIND = signed.Kind(MANIFEST.removesuffix(".json"), Manifest,
