@@ -73,7 +73,7 @@ class FakeWorker:
             raise self.answer
         return self.answer
 
-    async def check(self, force: bool) -> Checked:
+    async def check(self, force: bool, fresh: bool = False) -> Checked:
         return cast(Checked, self._give("check", force))
 
     async def update(self, version: str | None, now: bool) -> Updated:

@@ -9,7 +9,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from tests.conftest import FaultServer, Host
+from tests.conftest import Daemon, FaultServer, Host
 from tests.helpers import Feed, run_updaterd
 
 
@@ -63,3 +63,25 @@ def test_a_good_feed_is_asked_once_whatever_the_cache(host: Host, fault_server: 
     assert r.returncode == 0, r.stderr
     assert not [q for q in fault_server.requests() if q["cache_control"]]
     assert "asked again" not in r.stderr
+
+
+def test_check_fresh_asks_every_cache_to_revalidate_with_the_origin(
+        host: Host, fault_server: FaultServer, tmp_path: Path, daemon: Daemon) -> None:
+    """A stale cache reads as "nothing new" for as long as it likes (Squid: hours);
+    `updaterctl check --fresh` asks for a revalidated answer, every document of the check."""
+    feed = Feed(folder=fault_server.root, work=tmp_path / "work")
+    feed.release("1.0.0")
+    host.configure(source="manifest", url=fault_server.url("plain", "manifest.json"),
+                   public_keys=[feed.pub], allow_insecure=True, auto_update=False)
+    daemon.start()
+    assert daemon.ctl("check", "hello").returncode == 0
+    assert not [q for q in fault_server.requests() if q["cache_control"]]
+    r = daemon.ctl("check", "hello", "--fresh")
+    assert r.returncode == 0, r.stderr
+    fresh = [q["path"].rsplit("/", 1)[-1] for q in fault_server.requests()
+             if q["cache_control"] == "no-cache"]
+    assert "manifest.json" in fresh
+    plain = daemon.ctl("check", "hello")
+    assert plain.returncode == 0
+    assert [q["path"].rsplit("/", 1)[-1] for q in fault_server.requests()
+            if q["cache_control"] == "no-cache"] == fresh, "only the check that asked"

@@ -63,7 +63,7 @@ _updaterctl() {
                 -*)
                     local opts=""
                     case $cmd in
-                        check) opts="--force" ;;
+                        check) opts="--force --fresh" ;;
                         update) opts="--version --now --no-wait" ;;
                         rollback) opts="--to --with-data" ;;
                         history) opts="--limit" ;;

@@ -70,6 +70,8 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("check", help="check the feed now")
     s.add_argument("app", nargs="?", help="default: every app")
     s.add_argument("--force", action="store_true", help="fetch the whole feed (no ETag)")
+    s.add_argument("--fresh", action="store_true",
+                   help="ask every cache on the way to revalidate with the feed's origin")
     s = sub.add_parser("update", help="install the available (or a given) version now")
     s.add_argument("app")
     s.add_argument("--version", dest="to_version", metavar="V",

@@ -113,8 +113,11 @@ class Client:
     def status(self, app: str | None = None) -> StatusResult:
         return self.call("status", {"app": app}, StatusResult)
 
-    def check(self, app: str, force: bool = False) -> CheckResult:
-        return self.call("check", {"app": app, "force": force}, CheckResult)
+    def check(self, app: str, force: bool = False, fresh: bool = False) -> CheckResult:
+        params: dict[str, object] = {"app": app, "force": force}
+        if fresh:  # only when asked: a daemon from before it refuses the field
+            params["fresh"] = True
+        return self.call("check", params, CheckResult)
 
     def update(self, app: str, version: str | None = None) -> UpdateResult:
         return self.call("update", {"app": app, "version": version}, UpdateResult)

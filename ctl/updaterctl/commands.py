@@ -66,7 +66,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         apps = [args.app] if args.app else [a.name for a in c.status().apps]
         for app in apps:
             try:
-                results[app] = c.check(app, args.force)
+                results[app] = c.check(app, args.force, args.fresh)
             except RemoteError as e:
                 if e.not_permitted:
                     raise

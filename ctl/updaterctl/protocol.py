@@ -104,6 +104,7 @@ class AppParams(Struct, forbid_unknown_fields=True):
 class CheckParams(Struct, forbid_unknown_fields=True):
     app: str
     force: bool = False
+    fresh: bool = False  # every cache on the way revalidates the feed's files with the origin
 
 
 class UpdateParams(Struct, forbid_unknown_fields=True):

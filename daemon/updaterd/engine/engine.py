@@ -149,9 +149,10 @@ class Engine:
         return self._states[app]
 
     @asynccontextmanager
-    async def _source(self, run: AppRun, quiet: bool = False) -> AsyncIterator[Source]:
+    async def _source(self, run: AppRun, quiet: bool = False,
+                      fresh: bool = False) -> AsyncIterator[Source]:
         """The app's source for one operation; `quiet`: its retries are not told as phases
-        (a look between checks is no operation)."""
+        (a look between checks is no operation); `fresh`: caches revalidate its documents."""
         if self.transports is not None:
             yield FeedSource(run.name, run.cfg, self.config.limits,
                              self.transports(run.name, run.cfg), run.state_folder)
@@ -171,7 +172,8 @@ class Engine:
         else:
             fetcher.on_retry = lambda text: run.phase(run.step, text)  # same phase, says why
         try:
-            yield make_source(run.name, run.cfg, self.config.limits, fetcher, run.state_folder)
+            yield make_source(run.name, run.cfg, self.config.limits, fetcher, run.state_folder,
+                              fresh)
         finally:
             await fetcher.aclose()
 
@@ -314,18 +316,18 @@ class Engine:
         """Finish or undo what a crash left for `app`."""
         await recover(self.open_app(app))
 
-    async def check(self, app: str, force: bool = False) -> Checked:
+    async def check(self, app: str, force: bool = False, fresh: bool = False) -> Checked:
         """Fetch the feed and report what an automatic update would install.
 
         `force` drops the stored validators (and a server's wait) so that the whole feed is
-        fetched again.
+        fetched again; `fresh` asks every cache on the way to revalidate it with the origin.
         """
         run = self.open_app(app)
         async with operation(run, "check") as op:
             await recover(run)
             if force:  # the operator asks: the validators and a server's wait are dropped
                 outcome.forced(run.state)
-            async with self._source(run) as source:
+            async with self._source(run, fresh=fresh) as source:
                 _, result = await self._refresh(run, source)
             op.succeeded("checked")
         return result

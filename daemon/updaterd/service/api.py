@@ -256,7 +256,7 @@ class ControlApi:
     async def check(self, p: CheckParams, conn: Connection) -> CheckResult:
         w = self._worker(p.app)
         async with self._engine_errors(w):
-            return answers.checked(await w.check(p.force))
+            return answers.checked(await w.check(p.force, p.fresh))
 
     async def update(self, p: UpdateParams, conn: Connection) -> UpdateResult:
         w = self._worker(p.app)

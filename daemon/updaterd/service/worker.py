@@ -86,9 +86,9 @@ class AppWorker:
             with self.running() as scope:
                 yield scope
 
-    async def check(self, force: bool) -> Checked:
+    async def check(self, force: bool, fresh: bool = False) -> Checked:
         async with self.exclusive():
-            return await self.daemon.engine.check(self.name, force=force)
+            return await self.daemon.engine.check(self.name, force=force, fresh=fresh)
         raise CancelledByOperator(self.name)  # reached only when `cancel` stopped it
 
     async def update(self, version: str | None, now: bool) -> Updated:

@@ -52,8 +52,9 @@ def local_folder(cfg: AppConfig) -> Path | None:
 
 
 def make_source(app: str, cfg: AppConfig, limits: Limits, fetcher: Fetcher | None,
-                state_folder: Path) -> Source:
-    """The source of `app`; `fetcher` may be None only when `local_folder(cfg)` is a folder."""
+                state_folder: Path, fresh: bool = False) -> Source:
+    """The source of `app`; `fetcher` may be None only when `local_folder(cfg)` is a folder.
+    `fresh`: every cache on the way revalidates the feed's documents (`check --fresh`)."""
     from updaterd.sources.refresh import FeedSource
 
     folder = local_folder(cfg)
@@ -65,7 +66,7 @@ def make_source(app: str, cfg: AppConfig, limits: Limits, fetcher: Fetcher | Non
     if cfg.source == "manifest":
         from updaterd.sources.manifest import HttpTransport
 
-        http = HttpTransport(cfg, fetcher)
+        http = HttpTransport(cfg, fetcher, fresh)
         return FeedSource(app, cfg, limits, http, state_folder, http.admit_named_hosts)
     from updaterd.sources.github import GitHubSource
 

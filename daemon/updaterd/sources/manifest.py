@@ -23,9 +23,9 @@ class HttpTransport:
 
     remote = True
 
-    def __init__(self, cfg: AppConfig, fetcher: Fetcher) -> None:
+    def __init__(self, cfg: AppConfig, fetcher: Fetcher, fresh: bool = False) -> None:
         assert cfg.url is not None
-        self.url, self.fetcher = cfg.url, fetcher
+        self.url, self.fetcher, self.fresh = cfg.url, fetcher, fresh
         feed_host = urlsplit(cfg.url).hostname or ""
         fetcher.allowed_hosts = {feed_host, *(cfg.allowed_hosts or [])}
         self.named_hosts = cfg.allowed_hosts is None  # the signed manifest adds its hosts
@@ -42,7 +42,7 @@ class HttpTransport:
         etag, last_modified = validators or (None, None)
         return await self.fetcher.fetch_small(self._url(name), max_bytes=cap, etag=etag,
                                               last_modified=last_modified, missing_ok=missing_ok,
-                                              headers=FRESH if fresh else None)
+                                              headers=FRESH if fresh or self.fresh else None)
 
     def admit_named_hosts(self, trusted: TrustedFeed) -> None:
         """Without `allowed_hosts`, artifacts may come from the hosts the signed manifest
