@@ -85,3 +85,21 @@ def test_check_fresh_asks_every_cache_to_revalidate_with_the_origin(
     assert plain.returncode == 0
     assert [q["path"].rsplit("/", 1)[-1] for q in fault_server.requests()
             if q["cache_control"] == "no-cache"] == fresh, "only the check that asked"
+
+
+def test_a_feed_moved_for_good_is_asked_at_its_new_address_and_said_once(
+        host: Host, fault_server: FaultServer, tmp_path: Path, daemon: Daemon) -> None:
+    """A 301 was followed on every request, never remembered or reported."""
+    feed = Feed(folder=fault_server.root, work=tmp_path / "work")
+    feed.release("1.0.0")
+    host.configure(source="manifest", url=fault_server.url("moved", "manifest.json"),
+                   public_keys=[feed.pub], allow_insecure=True, auto_update=False)
+    daemon.start()
+    for _ in range(3):
+        assert daemon.ctl("check", "hello").returncode == 0
+    moved = [q for q in fault_server.requests() if q["mode"] == "moved"]
+    assert [q["path"] for q in moved] == ["/moved/manifest.json"], "asked there once"
+    log = daemon.log.read_text()
+    assert log.count("moved for good (HTTP 301) to") == 1
+    assert f"{fault_server.url('moved', 'manifest.json')} moved for good (HTTP 301) to " \
+        f"{fault_server.url('plain', 'manifest.json')}" in log

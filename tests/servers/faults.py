@@ -13,6 +13,7 @@ GET /<mode>/<file> serves FAULT_ROOT/<file> with ETag and Range support, misbeha
   etagflip   a new ETag on every request
   to-http    redirects to http://127.0.0.1/... (used behind https tests)
   redirect   redirects to /plain/<file>
+  moved      redirects for good (301) to /plain/<file>
   offhost    redirects to http://127.0.0.2:<same port>/plain/<file> (another host)
   always304  304 Not Modified to every request, validators or not (a broken cache)
   weakdrop   as drop, with a weak ETag and a Last-Modified date: an If-Range with the weak
@@ -75,8 +76,9 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
     try:
         path = ROOT / name
-        if mode == "redirect":
-            await respond(302, [("location", f"/plain/{name}"), ("content-length", "0")])
+        if mode in ("redirect", "moved"):
+            await respond(302 if mode == "redirect" else 301,
+                          [("location", f"/plain/{name}"), ("content-length", "0")])
             return
         if mode == "offhost":
             port = headers.get("host", "").rsplit(":", 1)[-1]

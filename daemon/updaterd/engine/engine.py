@@ -94,6 +94,7 @@ class Engine:
         self.download_limiter = trio.CapacityLimiter(config.daemon.max_parallel_downloads)
         self.global_rate: TokenBucket | None = None
         self._states: dict[str, state.AppState] = {}
+        self.moved: dict[str, str] = {}  # URLs moved for good (301, 308), for this run
         self.reconfigure(config)
 
     def reconfigure(self, config: Config) -> None:
@@ -166,7 +167,8 @@ class Engine:
         if self.global_rate is not None:
             caps.append(self.global_rate)
         fetcher = Fetcher(self.config.limits, allow_insecure=run.cfg.allow_insecure,
-                          proxy=run.cfg.proxy, rate_caps=caps, ca_file=run.cfg.ca_file)
+                          proxy=run.cfg.proxy, rate_caps=caps, ca_file=run.cfg.ca_file,
+                          moved=self.moved)
         if quiet:
             fetcher.on_retry = lambda text: log.debug("%s: %s", run.name, text)
         else:

@@ -104,8 +104,12 @@ class Fetcher:
                  proxy: str | None = None, rng: random.Random | None = None,
                  transport: httpx.AsyncBaseTransport | None = None,
                  rate_caps: list[TokenBucket] | None = None,
-                 allowed_hosts: set[str] | None = None, ca_file: str | None = None) -> None:
+                 allowed_hosts: set[str] | None = None, ca_file: str | None = None,
+                 moved: dict[str, str] | None = None) -> None:
         self.limits = limits
+        # URLs a server moved for good (301, 308) -> where to: asked there at once, by every
+        # fetcher that shares the map (the daemon's, for its run)
+        self.moved = moved if moved is not None else {}
         self.rate_caps = rate_caps or []
         self.allow_insecure = allow_insecure
         # None: any host the URL policy allows; else only these, checked at every hop
@@ -144,6 +148,10 @@ class Fetcher:
         """GET with redirects followed by hand, each hop checked; yields the streaming response."""
         hops = 0
         origin = urlpolicy.origin(url)
+        if (moved := self.moved.get(url)) is not None:
+            url = moved
+            if urlpolicy.origin(moved) != origin:
+                headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
         while True:
             urlpolicy.require_allowed(url, self.allow_insecure, self.allowed_hosts)
             try:
@@ -168,6 +176,11 @@ class Fetcher:
             if hops > self.limits.max_redirects:
                 raise DownloadError(f"{url}: more than {self.limits.max_redirects} redirects")
             target = urlpolicy.redirect_target(url, location)
+            if response.status_code in (301, 308) and self.moved.get(url) != target:
+                self.moved[url] = target
+                log.warning("%s moved for good (HTTP %d) to %s: asked there until updaterd "
+                            "restarts; write the new address in the configuration (url) or "
+                            "the feed", url, response.status_code, target)
             if urlpolicy.origin(target) != origin:
                 headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
             url = target

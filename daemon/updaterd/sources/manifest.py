@@ -30,12 +30,17 @@ class HttpTransport:
         fetcher.allowed_hosts = {feed_host, *(cfg.allowed_hosts or [])}
         self.named_hosts = cfg.allowed_hosts is None  # the signed manifest adds its hosts
 
+    @property
+    def base(self) -> str:
+        """The feed's address: `url`, or where the server moved it for good (this run)."""
+        return self.fetcher.moved.get(self.url, self.url)
+
     def _url(self, name: str) -> str:
         if name == MANIFEST:
             return self.url
         if name == SIGNATURE:
-            return self.url + ".minisig"
-        return urljoin(self.url, name)
+            return self.base + ".minisig"
+        return urljoin(self.base, name)
 
     async def document(self, name: str, cap: int, *, missing_ok: bool = False,
                        validators: Validators | None = None, fresh: bool = False) -> Document:
@@ -50,16 +55,16 @@ class HttpTransport:
         if self.named_hosts and self.fetcher.allowed_hosts is not None:
             for release in trusted.manifest.releases:
                 for artifact in release.artifacts:
-                    host = urlsplit(urljoin(self.url, artifact.url)).hostname
+                    host = urlsplit(urljoin(self.base, artifact.url)).hostname
                     if host:
                         self.fetcher.allowed_hosts.add(host)
 
     def describe(self, name: str) -> str:
-        return urljoin(self.url, name)
+        return urljoin(self.base, name)
 
     async def file(self, name: str, dest: Path, expected: Expected,
                    progress: ProgressFn | None) -> BinaryIO:
-        url = urljoin(self.url, name)
+        url = urljoin(self.base, name)
         if not url.startswith(("https://", "http://")):
             raise FeedError(f"artifact URL {url!r} is not http(s)")
         return await self.fetcher.fetch_file(url, dest, expected, progress)
