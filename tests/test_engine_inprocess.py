@@ -380,3 +380,22 @@ def test_a_manifest_signed_by_an_unannounced_key_is_refused(host: SimHost,
         run(lambda: engine.check("hello"))
     st = engine.load_state("hello")
     assert st.trust is None and st.serial == 1 and kept_copy(host).read_bytes() != sim.raw
+
+
+def test_what_a_check_found_is_said_once_not_again_by_the_update_that_takes_it(
+        host: SimHost, sim: FeedSimulator) -> None:
+    sim.release("1.0.0")
+    engine = host.engine()
+
+    def said() -> list[str]:
+        return [e.message for e in host.events if e.kind == "phase" and e.phase == "idle"
+                and "is available" in e.message]
+
+    run(lambda: engine.check("hello"))
+    assert said() == ["1.0.0 is available"]
+    assert run(lambda: engine.update("hello")).to_version == "1.0.0"
+    assert said() == ["1.0.0 is available"], "the update said it again"
+    run(lambda: engine.check("hello"))
+    sim.release("1.1.0")
+    assert run(lambda: engine.update("hello")).to_version == "1.1.0"
+    assert said() == ["1.0.0 is available", "1.1.0 is available"], "news is said"

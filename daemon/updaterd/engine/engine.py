@@ -202,6 +202,7 @@ class Engine:
             outcome.check_attempted(run.state, cycle_start)  # the operation records the failure
             raise
         manifest = trusted.manifest
+        known = run.state.available  # what the last check found (said then)
         governed = rollout.governed(trusted)
         active = {v for v, g in governed.items() if g.recalled is None and g.held is None}
         for v in outcome.recalls_lifted(run.state, active):
@@ -238,6 +239,9 @@ class Engine:
         run.save()
         drop_unwanted_downloads(run)
         found = f"{choice.version} is available" if choice.version else "nothing new"
+        if run.state.in_progress == "update" and choice.version is not None \
+                and choice.version == known:
+            found = ""  # an update goes on with what the last check found, and said
         run.phase("idle", found)
         return trusted, Checked(current=run.state.installed, available=choice.version,
                                 checked_at=cycle_start, passed_over=choice.passed_over)
