@@ -361,6 +361,8 @@ def test_h151_a_small_change_to_a_large_file_is_not_shipped_as_a_pack_that_needs
         r = run_updaterd("publish", "--feed", served_feed.folder, "--key", served_feed.key,
                          "--app", "hello", "--version", version, art)
         assert r.returncode == 0, r.stderr
+        if version == "1.1.0":  # the publisher is told why there is no pack (it was not)
+            assert "no delta pack from 1.0.0: hosts would need more than 2^" in r.stdout
         host.follow(nginx, served_feed)
         r, peak = _peak_rss_mib("--config", host.config, "--once")
         assert r.returncode == 0 and host.current() == version, r.stderr

@@ -246,10 +246,18 @@ def _extract_for_delta(path: Path, into: Path) -> Path:
 
 
 def delta_files(feed_dir: Path, app: str, version: str, artifact: Artifact,
-            earlier: list[Release], count: int) -> list[tuple[str, bytes]]:
+                earlier: list[Release], count: int,
+                skipped: list[str] | None = None) -> list[tuple[str, bytes]]:
     """The descriptor of `artifact` (in the feed folder) and its packs from the `count`
     releases before it that have an artifact for the same platform: (file name, bytes), the
-    descriptor last. Empty for a single executable, or with nothing to build from."""
+    descriptor last. Empty for a single executable, or with nothing to build from. Each
+    pack not made is said in `skipped` (a line for the publisher), else logged."""
+    def skip(why: str) -> None:
+        if skipped is None:
+            log.warning("%s: %s", artifact.url, why)
+        else:
+            skipped.append(why)
+
     if count <= 0 or archive.kind_of(artifact.url) == "raw":
         return []
     bases: list[tuple[str, Path]] = []
@@ -264,7 +272,7 @@ def delta_files(feed_dir: Path, app: str, version: str, artifact: Artifact,
         try:
             new_root = _extract_for_delta(feed_dir / artifact.url, Path(tmp) / "new")
         except (UpdaterError, OSError) as e:  # deltas save bytes; they never stop a publish
-            log.warning("%s: no delta packs: it does not extract (%s)", artifact.url, e)
+            skip(f"no delta packs: it does not extract ({e})")
             return []
         desc, entries = delta.describe(new_root, app, version, artifact)
         out = []
@@ -272,20 +280,18 @@ def delta_files(feed_dir: Path, app: str, version: str, artifact: Artifact,
             try:
                 base_root = _extract_for_delta(path, Path(tmp) / f"base-{base}")
             except (UpdaterError, OSError) as e:
-                log.warning("%s: no delta pack from %s: %s does not extract (%s)",
-                            artifact.url, base, path.name, e)
+                skip(f"no delta pack from {base}: {path.name} does not extract ({e})")
                 continue
             made = delta.make_pack(new_root, entries, base_root, base,
                                    f"{artifact.url}.from-{base}.delta")
             if made is None:
-                log.info("%s: no delta pack from %s: hosts would need more than 2^%d bytes "
-                         "of memory to build from it", artifact.url, base,
-                         delta.MAX_USABLE_WINDOW_LOG)
+                skip(f"no delta pack from {base}: hosts would need more than "
+                     f"2^{delta.MAX_USABLE_WINDOW_LOG} bytes of memory to build from it")
                 continue
             pack, data = made
             why = delta.unusable(pack, 0, artifact.size)
             if why:
-                log.info("%s: no delta pack from %s: %s", artifact.url, base, why)
+                skip(f"no delta pack from {base}: {why}")
                 continue
             desc.packs.append(pack)
             out.append((pack.url, data))
@@ -486,8 +492,9 @@ def publish(*, feed_dir: Path, key_path: Path | Sequence[Path], app: str, versio
             written.append(target)
         earlier = [r for r in manifest.releases if r.version != version]
         for _path, artifact in new_entries:
+            skipped: list[str] = []
             for name, data in delta_files(feed_dir, app, version, artifact, earlier,
-                                          delta_from):
+                                          delta_from, skipped):
                 fsutil.atomic_write(feed_dir / name, data, mode=0o644)
                 written.append(feed_dir / name)
                 if name.endswith(".delta.zst"):
@@ -500,6 +507,7 @@ def publish(*, feed_dir: Path, key_path: Path | Sequence[Path], app: str, versio
                     base = name.rsplit(".from-", 1)[-1].removesuffix(".delta")
                     lines.append(f"  delta from {base}: {_size(len(data))} "
                                  f"({len(data) / artifact.size:.1%} of the artifact)")
+            lines += [f"  {why}" for why in skipped]
         fsutil.fsync_dir(feed_dir)
         manifest.releases = [r for r in manifest.releases if r.version != version]
         manifest.releases.append(release)
