@@ -348,3 +348,41 @@ def test_without_allowed_hosts_an_artifact_on_a_host_the_signed_manifest_names_i
     r = once(host)
     assert r.returncode == 0, r.stderr
     assert hello(host) == "hello 1.0.0"
+
+
+def test_a_download_killed_on_a_slow_link_keeps_what_arrived_and_resumes_from_it(
+        host: Host, nginx: Nginx, served_feed: Feed, tmp_path: Path) -> None:
+    """At 300 KiB/s a kill -9 after 3 s kept nothing (the writer held 1 MiB batches in memory):
+    every byte received more than a quarter of a second before the kill is on disk."""
+    import signal
+    import time
+
+    from tests.helpers import BIN, make_tar, release_files
+
+    files = release_files("1.0.0")
+    files["share/big.bin"] = (os.urandom(3 << 20), 0o644)
+    art = make_tar(served_feed.work / "hello-1.0.0-linux-x86_64.tar.gz", files,
+                   top="hello-1.0.0")
+    served_feed.publish("1.0.0", [art])
+    host.follow(nginx, served_feed, max_rate="300KiB/s")
+    part = host.base / "cache" / "hello" / f"{art.name}.part"
+    proc = subprocess.Popen([str(BIN / "updaterd"), "--config", str(host.config), "--once"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while not part.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(3)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    kept = part.stat().st_size
+    assert kept >= 600 << 10, f"{kept} bytes kept of about 900 KiB received"
+    r = once(host)
+    assert r.returncode == 0, r.stderr
+    assert hello(host) == "hello 1.0.0"
+    ranges = [q["range"] for q in nginx.requests()
+              if q["uri"].endswith(art.name)]
+    assert ranges[-1] == f"bytes={kept}-", ranges
