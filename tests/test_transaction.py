@@ -161,3 +161,32 @@ def test_a_journaled_rollback_is_finished(tmp_path: Path, block: bool) -> None:
     assert life.calls == [("restart_back", "1.0.0"), ("rolled_back", "1.0.0")]
     assert (st.installed, st.pending) == ("1.0.0", None)
     assert st.blocked == (["1.1.0"] if block else [])
+
+
+@pytest.mark.parametrize(("with_data", "to", "home", "restored"), [
+    (True, "1.0.0", True, True),
+    (False, "1.0.0", True, False),  # the code only
+    (True, "", True, False),  # back to nothing: no data of nothing to put back
+    (True, "1.0.0", False, False),  # no snapshots for this app (no shared paths)
+])
+def test_a_rollback_puts_the_data_back_only_when_asked_and_there_is_a_home(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, with_data: bool, to: str, home: bool,
+        restored: bool) -> None:
+    from updaterd.install import transaction
+
+    done: list[tuple[str, str | None]] = []
+    monkeypatch.setattr(transaction.snapshots, "home",
+                        lambda cfg: tmp_path / "prefix" if home else None)
+    monkeypatch.setattr(transaction.snapshots, "restore",
+                        lambda prefix, version, leaving: done.append((version, leaving)))
+    monkeypatch.setattr(transaction.snapshots, "tidy", lambda prefix, kept: [])
+    phases: list[str] = []
+    layout, life = Recorded(), Lifecycle()
+    st = AppState(installed="1.1.0", pending=journal("rollback", "1.1.0", to,
+                                                     with_data=with_data, reason="asked"))
+    run = a_run(tmp_path, layout, life, st)
+    run.emit = lambda e: phases.append(e.message)  # type: ignore[method-assign]
+    trio.run(recover, run)
+    assert done == ([("1.0.0", "1.1.0")] if restored else [])
+    said = f"rolled back to {to or 'nothing'}" + (" with its data" if with_data else "")
+    assert said in phases
