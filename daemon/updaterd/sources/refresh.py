@@ -126,7 +126,9 @@ async def _past_the_caches(app: str, trust: TrustedSet, limits: Limits, transpor
         if (again.body, signature_again) == (doc.body, signature):
             raise SignatureRefused(f"{e} (asked again past any cache with Cache-Control: "
                                    "no-cache: the same answer, so the feed itself is signed "
-                                   "so)") from None
+                                   "so, or a cache in front of it ignores no-cache, as "
+                                   "Varnish does by default: docs/feed.md, Serving a "
+                                   "feed)") from None
         raise
     log.warning("%s: %s, as a cache in front of the feed served them; asked again past it "
                 "(Cache-Control: no-cache), the manifest and its signature go together: the "
