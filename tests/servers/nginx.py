@@ -63,10 +63,11 @@ class Nginx:
 
 @contextlib.contextmanager
 def running_nginx(base: Path, tls: dict[str, tuple[Path, Path]] | None = None,
-                  tls_extra: str = "") -> Iterator[Nginx]:
+                  tls_extra: str = "", http_extra: str = "") -> Iterator[Nginx]:
     """nginx with its root at `base/www`, logging each request as JSON to `base/access.log`;
     `tls` adds an https server per name, with its (certificate, key), and `tls_extra` in each
-    of them (`{plain_port}` in it is the port of the plain http server)."""
+    of them (`{plain_port}` in it is the port of the plain http server); `http_extra` goes
+    into the plain server (gzip, headers: a server set up as a user would)."""
     if shutil.which("nginx") is None:
         raise RuntimeError("nginx is not installed (.ci/run installs nginx-light)")
     root = base / "www"
@@ -108,6 +109,7 @@ http {{
         listen 127.0.0.1:{port};
         root {root};
         etag on;
+        {http_extra}
     }}{tls_servers}
 }}
 """)

@@ -302,7 +302,7 @@ class Fetcher:
         fd = cachefile.open_partial(part)
         keep_fd = False
         offset = 0
-        encoding = "identity"
+        encoding: str | None = None
         try:
             offset = os.fstat(fd).st_size
             same = meta is not None and (meta.size, meta.sha256, meta.blake3) == (
@@ -339,7 +339,7 @@ class Fetcher:
                     raise self._status_error(url, r, await _error_detail(r))
                 wanted.etag = r.headers.get("etag")
                 wanted.last_modified = r.headers.get("last-modified")
-                encoding = r.headers.get("content-encoding", "identity").strip().lower()
+                encoding = _encoding_of(r)
                 _save_meta(meta_path, wanted)
                 if r.status_code != 416:
                     declared = r.headers.get("content-length")
@@ -348,7 +348,7 @@ class Fetcher:
                                              f"bytes, more than the signed {expected.size}")
                     os.lseek(fd, offset, os.SEEK_SET)
                     await self._receive(url, r, fd, digests, expected, progress)
-            if digests.size < expected.size and encoding not in ("identity", ""):
+            if digests.size < expected.size and encoding is not None:
                 raise DigestMismatch(f"{url}: the answer ended at {digests.size} of the signed "
                                      f"{expected.size} bytes")
             if digests.size < expected.size:
@@ -366,12 +366,12 @@ class Fetcher:
             if offset and attempt == 0:
                 raise Retryable(f"{url}: resumed file failed verification; "
                                 "starting over") from None
-            if encoding not in ("identity", ""):
+            if encoding is not None:
                 raise DigestMismatch(
-                    f"{e}; the answer was labelled Content-Encoding: {encoding}: the server, "
-                    "or a cache or proxy in between, changed the file's encoding (updaterd "
-                    "asks for the file as it is, Accept-Encoding: identity). Serve artifacts "
-                    "without an encoding label (docs/feed.md, Serving a feed)") from None
+                    f"{e}; {encoding}: the server, or a cache or proxy in between, changed "
+                    "the file's encoding (updaterd asks for the file as it is, "
+                    "Accept-Encoding: identity). Serve artifacts without an encoding "
+                    "(docs/feed.md, Serving a feed)") from None
             raise
         except OSError as e:
             # A full or failing disk: not worth retrying now, and the partial only takes space.
@@ -474,6 +474,20 @@ class _Sink:
                 await trio.to_thread.run_sync(self.pending.popleft().result)
         finally:
             self.pool.shutdown(wait=True)  # a cancelled close still leaves an in-order prefix
+
+
+def _encoding_of(response: httpx.Response) -> str | None:
+    """What in an answer says the bytes may have been re-encoded on the way (None: nothing):
+    a Content-Encoding label, or an answer that varies by encoding (Varnish decompresses what
+    its origin compressed, drops the label, and keeps Vary and a weak ETag)."""
+    label = response.headers.get("content-encoding", "").strip().lower()
+    if label not in ("", "identity"):
+        return f"the answer was labelled Content-Encoding: {label}"
+    vary = response.headers.get("vary", "").lower()
+    etag = response.headers.get("etag", "")
+    if "accept-encoding" in vary and etag.startswith("W/"):
+        return f"the answer varies by encoding (Vary: Accept-Encoding, weak ETag {etag})"
+    return None
 
 
 def _range_validator(meta: _PartMeta) -> str | None:
