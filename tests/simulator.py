@@ -69,6 +69,10 @@ class FeedSimulator:
     documents_asked: Counter[str] = field(default_factory=Counter)
     documents_not_modified: Counter[str] = field(default_factory=Counter)
     not_modified: int = 0  # manifest requests answered "not modified"
+    # a cache in front: what it serves for a name (the signature, a document) unless the
+    # request says no-cache; and the names asked with no-cache
+    stale: dict[str, bytes] = field(default_factory=dict)
+    fresh_asked: Counter[str] = field(default_factory=Counter)
     raw: bytes = b""
     signature: bytes = b""
 
@@ -163,6 +167,8 @@ class SimulatedTransport:
     async def document(self, name: str, cap: int, *, missing_ok: bool = False,
                        validators: Validators | None = None, fresh: bool = False) -> Document:
         await trio.lowlevel.checkpoint()
+        if fresh:
+            self.sim.fresh_asked[name] += 1
         if name == MANIFEST:
             self.sim.requests["manifest"] += 1
             if validators is not None and validators[0] == self.sim.etag():
@@ -171,6 +177,8 @@ class SimulatedTransport:
             return Document(self.sim.raw, etag=self.sim.etag())
         self.sim.documents_asked[name] += 1
         body = self.sim.signature if name == SIGNATURE else self.sim.documents.get(name)
+        if name in self.sim.stale and not fresh:
+            body = self.sim.stale[name]
         if body is None:
             if missing_ok:
                 return Document(missing=True)

@@ -126,3 +126,102 @@ def test_without_the_kept_copy_rollout_json_is_asked_whole(host: SimHost,
     (host.base / "state" / "hello" / rollout.DOCUMENT).unlink()
     assert run(lambda: engine.check("hello")).available == "1.0.0"
     assert sim.documents_not_modified[rollout.DOCUMENT] == 0
+
+
+# -- a signature refused: asked again past the caches --------------------------------------------
+
+
+def test_a_signature_a_cache_kept_from_another_publish_is_asked_again_fresh(
+        host: SimHost, sim: FeedSimulator, caplog: pytest.LogCaptureFixture) -> None:
+    sim.release("1.0.0")
+    old_signature = sim.signature
+    sim.release("1.1.0")
+    sim.stale[SIGNATURE] = old_signature  # the cache kept it: it signs 1.0.0's manifest
+    engine = host.engine()
+    assert run(lambda: engine.check("hello")).available == "1.1.0"
+    assert sim.fresh_asked == {"manifest.json": 1, SIGNATURE: 1}
+    assert "asked again past it (Cache-Control: no-cache), the manifest and its signature " \
+        "go together" in caplog.text
+    kept = host.base / "state" / "hello" / verified.CACHED
+    assert (kept.read_bytes(), kept.with_name(kept.name + ".minisig").read_bytes()) == \
+        (sim.raw, sim.signature), "the copy kept is the pair that verified"
+
+
+def test_a_good_feed_is_never_asked_fresh(host: SimHost, sim: FeedSimulator) -> None:
+    sim.release("1.0.0")
+    engine = host.engine()
+    run(lambda: engine.check("hello"))
+    run(lambda: engine.check("hello"))
+    assert sim.fresh_asked == {}
+
+
+def test_the_same_refusal_past_the_caches_says_so(host: SimHost, sim: FeedSimulator) -> None:
+    from updaterd.trust import minisign
+
+    sim.release("1.0.0")
+    sim.sign(key=minisign.SecretKey.generate())
+    engine = host.engine()
+    with pytest.raises(FeedError, match="asked again past any cache with Cache-Control: "
+                                        "no-cache: the same answer"):
+        run(lambda: engine.check("hello"))
+
+
+def test_another_refusal_past_the_caches_is_that_refusal(host: SimHost,
+                                                         sim: FeedSimulator) -> None:
+    from updaterd.trust import minisign
+
+    sim.release("1.0.0")
+    sim.stale[SIGNATURE] = sim.signature.replace(b"A", b"B", 1)  # mangled by the cache
+    sim.sign(key=minisign.SecretKey.generate())  # and the origin's by a key not trusted
+    engine = host.engine()
+    with pytest.raises(FeedError) as e:
+        run(lambda: engine.check("hello"))
+    assert "manifest signature refused" in str(e.value)
+    assert "the same answer" not in str(e.value)
+
+
+# -- key rotations and a missing rollout.json, as a refresh says them ---------------------------
+
+
+def test_a_rotation_taken_and_a_walk_stopped_are_logged(host: SimHost, sim: FeedSimulator,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    import json as json_
+    import logging
+
+    from updaterd.trust import minisign
+
+    caplog.set_level(logging.INFO)
+    sim.release("1.0.0")
+    engine = host.engine()
+    run(lambda: engine.check("hello"))
+    new = minisign.SecretKey.generate()
+    raw = json_.dumps({"schema": 1, "app": "hello", "version": 1,
+                       "keys": [new.public.to_base64()]}).encode()
+    sim.documents["keys.json"] = raw
+    sim.documents["keys.json.minisig"] = (sim.key.sign(raw, "t") + new.sign(raw, "t")).encode()
+    sim.key = new
+    sim.release("1.1.0")
+    assert run(lambda: engine.check("hello")).available == "1.1.0"
+    assert "hello: key rotation to version 1 accepted (1 keys, threshold 1)" in caplog.text
+    bad = json_.dumps({"schema": 1, "app": "hello", "version": 2, "keys": ["RWQbad"]}).encode()
+    sim.documents["keys.json"] = bad
+    sim.documents["keys.json.minisig"] = new.sign(bad, "t").encode()
+    sim.release("1.2.0")
+    run(lambda: engine.check("hello"))
+    assert "hello: keys.json version 2: " in caplog.text
+
+
+def test_a_rollout_json_gone_holds_its_releases_and_says_it_is_missing(
+        host: SimHost, sim: FeedSimulator) -> None:
+    from tests.test_rollout import Guarded
+    from updaterd.trust import rollout
+
+    guarded = Guarded(sim)
+    guarded.release("1.0.0")
+    guarded.steer({"1.0.0": (100, "active")})
+    engine = host.engine()
+    assert run(lambda: engine.check("hello")).available == "1.0.0"
+    del sim.documents[rollout.DOCUMENT]  # the copy kept must not stand in for it
+    checked = run(lambda: engine.check("hello"))
+    assert checked.available is None
+    assert "rollout.json is missing" in checked.passed_over["1.0.0"]

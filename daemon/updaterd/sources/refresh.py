@@ -121,7 +121,7 @@ async def _past_the_caches(app: str, trust: TrustedSet, limits: Limits, transpor
     again = await transport.document(MANIFEST, parse_size(limits.max_manifest_size), fresh=True)
     signature_again = await _signature(trust, transport, fresh=True)
     try:
-        trusted = trust.manifest(again.body, signature_again, remote=True)
+        trusted = trust.manifest(again.body, signature_again, remote=transport.remote)
     except SignatureRefused as e:
         if (again.body, signature_again) == (doc.body, signature):
             raise SignatureRefused(f"{e} (asked again past any cache with Cache-Control: "

@@ -54,7 +54,7 @@ async def changed(transport: Transport, state: AppState, limits: Limits,
     if found.not_modified or found.missing:  # a missing one moves no host (docs/rollout.md)
         return None
     digest = _digest(found.body)
-    if digest == mark.digest or digest in seen.examined:
+    if digest in (mark.digest, *seen.examined):  # the one accepted, or one looked into
         return None
     return _examine(seen, digest, "rollout.json changed")
 
