@@ -17,6 +17,12 @@ def once(host: Host) -> subprocess.CompletedProcess[str]:
     return run_updaterd("--config", host.config, "--once")
 
 
+def behind(host: Host, fault_server: FaultServer, feed: Feed, mode: str, **app: object) -> None:
+    """The host follows the feed the fault server serves, misbehaving as `mode`."""
+    host.configure(source="manifest", url=fault_server.url(mode, "manifest.json"),
+                   public_keys=[feed.pub], allow_insecure=True, **app)
+
+
 def test_a_cache_pairing_a_new_manifest_with_an_old_signature_is_asked_again_past_it(
         host: Host, fault_server: FaultServer, tmp_path: Path) -> None:
     """A cache purged manifest.json alone: every host, new ones too, failed with 'signature by
@@ -25,8 +31,7 @@ def test_a_cache_pairing_a_new_manifest_with_an_old_signature_is_asked_again_pas
     feed.release("1.0.0")
     shutil.copy(feed.folder / "manifest.json.minisig", feed.folder / "manifest.json.minisig.stale")
     feed.release("1.1.0")
-    host.configure(source="manifest", url=fault_server.url("stalesig", "manifest.json"),
-                   public_keys=[feed.pub], allow_insecure=True)
+    behind(host, fault_server, feed, "stalesig")
     r = once(host)
     assert r.returncode == 0, r.stderr
     assert host.current() == "1.1.0"
@@ -43,8 +48,7 @@ def test_a_signature_refused_past_every_cache_too_says_so(
     feed = Feed(folder=fault_server.root, work=tmp_path / "work")
     feed.release("1.0.0")
     other = Feed(folder=tmp_path / "other", work=tmp_path / "other-work")
-    host.configure(source="manifest", url=fault_server.url("stalesig", "manifest.json"),
-                   public_keys=[other.pub], allow_insecure=True)
+    behind(host, fault_server, other, "stalesig")
     r = once(host)
     assert r.returncode == 1
     assert "manifest signature refused" in r.stderr
@@ -57,8 +61,7 @@ def test_a_good_feed_is_asked_once_whatever_the_cache(host: Host, fault_server: 
                                                       tmp_path: Path) -> None:
     feed = Feed(folder=fault_server.root, work=tmp_path / "work")
     feed.release("1.0.0")
-    host.configure(source="manifest", url=fault_server.url("stalesig", "manifest.json"),
-                   public_keys=[feed.pub], allow_insecure=True)
+    behind(host, fault_server, feed, "stalesig")
     r = once(host)
     assert r.returncode == 0, r.stderr
     assert not [q for q in fault_server.requests() if q["cache_control"]]
@@ -71,8 +74,7 @@ def test_check_fresh_asks_every_cache_to_revalidate_with_the_origin(
     `updaterctl check --fresh` asks for a revalidated answer, every document of the check."""
     feed = Feed(folder=fault_server.root, work=tmp_path / "work")
     feed.release("1.0.0")
-    host.configure(source="manifest", url=fault_server.url("plain", "manifest.json"),
-                   public_keys=[feed.pub], allow_insecure=True, auto_update=False)
+    behind(host, fault_server, feed, "plain", auto_update=False)
     daemon.start()
     assert daemon.ctl("check", "hello").returncode == 0
     assert not [q for q in fault_server.requests() if q["cache_control"]]
@@ -92,8 +94,7 @@ def test_a_feed_moved_for_good_is_asked_at_its_new_address_and_said_once(
     """A 301 was followed on every request, never remembered or reported."""
     feed = Feed(folder=fault_server.root, work=tmp_path / "work")
     feed.release("1.0.0")
-    host.configure(source="manifest", url=fault_server.url("moved", "manifest.json"),
-                   public_keys=[feed.pub], allow_insecure=True, auto_update=False)
+    behind(host, fault_server, feed, "moved", auto_update=False)
     daemon.start()
     for _ in range(3):
         assert daemon.ctl("check", "hello").returncode == 0

@@ -5,6 +5,7 @@ In this process: the FeedSimulator as a web server, and a real feed folder."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -84,19 +85,25 @@ def test_a_304_to_a_request_without_validators_is_refused_even_with_a_copy_kept(
         run(lambda: engine.check("hello"))
 
 
+def guarded_feed(host: SimHost, sim: FeedSimulator) -> tuple[Any, Engine]:
+    """1.0.0 guarded by a rollout key, active at 100%, and an engine on the simulator."""
+    from tests.test_rollout import Guarded
+
+    guarded = Guarded(sim)
+    guarded.release("1.0.0")
+    guarded.steer({"1.0.0": (100, "active")})
+    return guarded, host.engine()
+
+
 # -- rollout.json, asked conditionally (the bulk of a fleet's steady traffic) -----------------
 
 
 def test_an_unchanged_rollout_json_costs_one_conditional_request_and_no_signature(
         host: SimHost, sim: FeedSimulator) -> None:
     """It was fetched whole with its signature at every check: three requests where one does."""
-    from tests.test_rollout import Guarded
     from updaterd.trust import rollout
 
-    guarded = Guarded(sim)
-    guarded.release("1.0.0")
-    guarded.steer({"1.0.0": (100, "active")})
-    engine = host.engine()
+    guarded, engine = guarded_feed(host, sim)
     run(lambda: engine.check("hello"))
     sig = f"{rollout.DOCUMENT}.minisig"
     asked, signatures = sim.documents_asked[rollout.DOCUMENT], sim.documents_asked[sig]
@@ -115,13 +122,9 @@ def test_an_unchanged_rollout_json_costs_one_conditional_request_and_no_signatur
 
 def test_without_the_kept_copy_rollout_json_is_asked_whole(host: SimHost,
                                                            sim: FeedSimulator) -> None:
-    from tests.test_rollout import Guarded
     from updaterd.trust import rollout
 
-    guarded = Guarded(sim)
-    guarded.release("1.0.0")
-    guarded.steer({"1.0.0": (100, "active")})
-    engine = host.engine()
+    _, engine = guarded_feed(host, sim)
     run(lambda: engine.check("hello"))
     (host.base / "state" / "hello" / rollout.DOCUMENT).unlink()
     assert run(lambda: engine.check("hello")).available == "1.0.0"
@@ -213,13 +216,9 @@ def test_a_rotation_taken_and_a_walk_stopped_are_logged(host: SimHost, sim: Feed
 
 def test_a_rollout_json_gone_holds_its_releases_and_says_it_is_missing(
         host: SimHost, sim: FeedSimulator) -> None:
-    from tests.test_rollout import Guarded
     from updaterd.trust import rollout
 
-    guarded = Guarded(sim)
-    guarded.release("1.0.0")
-    guarded.steer({"1.0.0": (100, "active")})
-    engine = host.engine()
+    _, engine = guarded_feed(host, sim)
     assert run(lambda: engine.check("hello")).available == "1.0.0"
     del sim.documents[rollout.DOCUMENT]  # the copy kept must not stand in for it
     checked = run(lambda: engine.check("hello"))

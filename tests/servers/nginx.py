@@ -34,6 +34,17 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
     raise RuntimeError(f"{what} did not listen on {port}")
 
 
+def stop(proc: subprocess.Popen[bytes], signum: int = signal.SIGTERM,
+         timeout: float = 10) -> None:
+    """A test server stopped as its own manual says (nginx: SIGQUIT), killed if it lingers."""
+    proc.send_signal(signum)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
 def read_log(path: Path) -> list[dict[str, Any]]:
     """A test server's request log: one JSON object per line (none before the first request)."""
     if not path.exists():
@@ -119,8 +130,4 @@ http {{
         wait_for_port(port, proc, "nginx")
         yield Nginx(root=root, port=port, access_log=log, tls_ports=tls_ports, pid=proc.pid)
     finally:
-        proc.send_signal(signal.SIGQUIT)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc, signal.SIGQUIT)

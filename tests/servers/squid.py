@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import signal
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.servers.nginx import free_port, wait_for_port
+from tests.servers.nginx import free_port, stop, wait_for_port
 
 
 @dataclass
@@ -57,10 +56,5 @@ pinger_enable off
         wait_for_port(port, proc, "squid")
         yield Squid(port=port)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop(proc, timeout=15)
         shutil.rmtree(base, ignore_errors=True)

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import signal
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.servers.nginx import free_port, wait_for_port
+from tests.servers.nginx import free_port, stop, wait_for_port
 
 # docs/feed.md, Serving a feed: a request that asks for no-cache goes to the origin
 HONOUR_NO_CACHE = 'if (req.http.Cache-Control ~ "no-cache") { return (pass); }'
@@ -55,9 +54,4 @@ sub vcl_recv {{ {recv} }}
         wait_for_port(port, proc, "varnishd")
         yield Varnish(port=port, workdir=base / "work")
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop(proc, timeout=10)
