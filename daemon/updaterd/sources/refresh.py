@@ -45,7 +45,8 @@ class Transport(Protocol):
     remote: bool
 
     async def document(self, name: str, cap: int, *, missing_ok: bool = False,
-                       validators: Validators | None = None, fresh: bool = False) -> Document:
+                       validators: Validators | None = None,
+                       fresh: bool = False) -> Document:
         """A small file of at most `cap` bytes; with `missing_ok`, an absent one is
         `missing` instead of an error; `fresh`: every cache on the way revalidates it."""
         ...
