@@ -169,12 +169,13 @@ def test_the_same_refusal_past_the_caches_says_so(host: SimHost, sim: FeedSimula
         run(lambda: engine.check("hello"))
 
 
-def test_another_refusal_past_the_caches_is_that_refusal(host: SimHost,
-                                                         sim: FeedSimulator) -> None:
+@pytest.mark.parametrize("cached", [b"a", b"zz"])  # sorting before and after the origin's
+def test_another_refusal_past_the_caches_is_that_refusal(host: SimHost, sim: FeedSimulator,
+                                                         cached: bytes) -> None:
     from updaterd.trust import minisign
 
     sim.release("1.0.0")
-    sim.stale[SIGNATURE] = sim.signature.replace(b"A", b"B", 1)  # mangled by the cache
+    sim.stale[SIGNATURE] = cached  # whatever the cache holds, not the origin's signature
     sim.sign(key=minisign.SecretKey.generate())  # and the origin's by a key not trusted
     engine = host.engine()
     with pytest.raises(FeedError) as e:
