@@ -396,3 +396,46 @@ def test_a_handler_that_fails_costs_its_client_one_error_and_nothing_more() -> N
             nursery.cancel_scope.cancel()
 
     run(test)
+
+
+def test_the_cap_per_user_holds_while_the_daemon_has_room() -> None:
+    async def test() -> None:
+        srv = Server({"status": status}, lambda: "adm",
+                     Limits(max_clients=50, max_clients_per_uid=2, idle_timeout=60,
+                            line_timeout=5))
+        async with trio.open_nursery() as nursery:
+            for _ in range(2):
+                _, end = trio.testing.memory_stream_pair()
+                nursery.start_soon(srv.session, end, USER)
+            await trio.testing.wait_all_tasks_blocked()
+            client, end = trio.testing.memory_stream_pair()
+            nursery.start_soon(srv.session, end, USER)
+            assert (await receive_line(client))["error"]["message"] == "too many clients"
+            other, end = trio.testing.memory_stream_pair()  # another user still gets in
+            nursery.start_soon(srv.session, end, Peer(3, 1001, 1001, False))
+            await other.send_all(REQUEST)
+            assert (await receive_line(other))["result"] == "ok"
+            nursery.cancel_scope.cancel()
+
+    run(test)
+
+
+def test_streams_past_the_cap_by_root_keep_users_out() -> None:
+    async def test() -> None:
+        srv = Server({"subscribe": subscribe}, lambda: "adm",
+                     Limits(max_clients=50, max_clients_per_uid=5, idle_timeout=60,
+                            line_timeout=5, max_streams={"subscribe": 2}))
+        line = b'{"jsonrpc":"2.0","id":1,"method":"subscribe"}\n'
+        async with trio.open_nursery() as nursery:
+            for _ in range(3):  # root is let in past the cap of 2: 3 held
+                root, end = trio.testing.memory_stream_pair()
+                nursery.start_soon(srv.session, end, ROOT)
+                await root.send_all(line)
+                assert (await receive_line(root))["result"] == "subscribed"
+            user, end = trio.testing.memory_stream_pair()
+            nursery.start_soon(srv.session, end, USER)
+            await user.send_all(line)
+            assert "the daemon already serves 3" in (await receive_line(user))["error"]["message"]
+            nursery.cancel_scope.cancel()
+
+    run(test)
