@@ -3,10 +3,12 @@
 1. the copy kept from the last refresh, whose validators make the fetch conditional;
 2. the manifest: a "not modified" answer re-verifies the kept copy, and that is all;
 3. new bytes: the feed's key rotations are followed from the keys in use;
-4. the manifest's signature, and every check on the manifest;
+4. the manifest's signature, and every check on the manifest; a refused signature is asked
+   again with the manifest past every cache (a cache may pair files of two publishes);
 5. the verified copy is kept for the next "not modified";
-6. when its releases name rollout keys, `rollout.json` (fetched every time, however the
-   manifest answered: it changes on its own), whose problems are logged, never raised.
+6. when its releases name rollout keys, `rollout.json` (asked for however the manifest
+   answered: it changes on its own; conditionally, against the copy kept of the one
+   accepted last), whose problems are logged, never raised.
 
 Every decision is the trusted set's (trust/trustedset.py), which the engine opens from the
 app's state and keeps what it accepted: this module only fetches and keeps copies. The feed's
