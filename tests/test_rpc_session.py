@@ -439,3 +439,39 @@ def test_streams_past_the_cap_by_root_keep_users_out() -> None:
             nursery.cancel_scope.cancel()
 
     run(test)
+
+
+def test_caps_of_one_let_the_first_in() -> None:
+    async def test() -> None:
+        srv = Server({"status": status, "subscribe": subscribe}, lambda: "adm",
+                     Limits(max_clients=1, max_clients_per_uid=1, idle_timeout=60,
+                            line_timeout=5, max_streams={"subscribe": 1}))
+        async with trio.open_nursery() as nursery:
+            first, end = trio.testing.memory_stream_pair()
+            nursery.start_soon(srv.session, end, USER)
+            await first.send_all(b'{"jsonrpc":"2.0","id":1,"method":"subscribe"}\n')
+            assert (await receive_line(first))["result"] == "subscribed"
+            second, end = trio.testing.memory_stream_pair()
+            nursery.start_soon(srv.session, end, Peer(3, 1001, 1001, False))
+            assert (await receive_line(second))["error"]["message"] == "too many clients"
+            nursery.cancel_scope.cancel()
+
+    run(test)
+
+
+def test_clients_let_in_past_the_cap_by_root_keep_users_out() -> None:
+    async def test() -> None:
+        srv = Server({"status": status}, lambda: "adm",
+                     Limits(max_clients=2, max_clients_per_uid=5, idle_timeout=60,
+                            line_timeout=5))
+        async with trio.open_nursery() as nursery:
+            for _ in range(3):  # root always gets in: 3 open, the cap is 2
+                _, end = trio.testing.memory_stream_pair()
+                nursery.start_soon(srv.session, end, ROOT)
+            await trio.testing.wait_all_tasks_blocked()
+            user, end = trio.testing.memory_stream_pair()
+            nursery.start_soon(srv.session, end, USER)
+            assert (await receive_line(user))["error"]["message"] == "too many clients"
+            nursery.cancel_scope.cancel()
+
+    run(test)
