@@ -501,15 +501,14 @@ def _range_validator(meta: _PartMeta) -> str | None:
 
 
 def _why_no_range(response: httpx.Response, validator: str | None) -> str:
-    """Why a resume got the whole file, as far as the answer tells."""
+    """Why a resume (sent only with a validator) got the whole file, as far as the answer
+    tells."""
     ranges = response.headers.get("accept-ranges", "").strip().lower()
     etag, modified = response.headers.get("etag"), response.headers.get("last-modified")
     if ranges == "none":
         return "it serves no ranges: Accept-Ranges: none"
     if validator is not None and validator not in (etag, modified):
         return f"the file changed since: If-Range {validator} no longer matches"
-    if etag is not None and etag.startswith("W/") and not modified:
-        return f"it gives only a weak ETag {etag}, which If-Range cannot carry"
     return "the server or a cache in between answers ranges with the whole file"
 
 
