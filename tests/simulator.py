@@ -163,6 +163,7 @@ class SimulatedTransport:
 
     sim: FeedSimulator
     remote = True
+    origin: str | None = None
 
     async def document(self, name: str, cap: int, *, missing_ok: bool = False,
                        validators: Validators | None = None, fresh: bool = False) -> Document:

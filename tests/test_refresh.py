@@ -225,3 +225,31 @@ def test_a_rollout_json_gone_holds_its_releases_and_says_it_is_missing(
     checked = run(lambda: engine.check("hello"))
     assert checked.available is None
     assert "rollout.json is missing" in checked.passed_over["1.0.0"]
+
+
+def test_validators_are_sent_only_to_the_origin_that_gave_them(host: SimHost,
+                                                               sim: FeedSimulator) -> None:
+    """A feed with mirrors: an ETag or a date is one server's; a stale mirror asked with a
+    newer origin's date would answer 304 and hide what the next origin has."""
+    sim.release("1.0.0")
+    engine = host.engine()
+    asked = ["https://a.example/manifest.json"]
+    make = engine.transports
+    assert make is not None
+
+    def at_origin(app: str, cfg: Any) -> Any:
+        transport = make(app, cfg)
+        transport.origin = asked[0]
+        return transport
+
+    engine.transports = at_origin
+    run(lambda: engine.check("hello"))
+    assert engine.load_state("hello").feed_origin == asked[0]
+    run(lambda: engine.check("hello"))
+    assert sim.not_modified == 1  # the same origin: asked conditionally
+    asked[0] = "https://b.example/manifest.json"
+    run(lambda: engine.check("hello"))
+    assert sim.not_modified == 1 and sim.requests["manifest"] == 3  # another: asked whole
+    assert engine.load_state("hello").feed_origin == asked[0]
+    run(lambda: engine.check("hello"))
+    assert sim.not_modified == 2

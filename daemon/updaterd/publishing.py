@@ -108,8 +108,10 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     fg.add_argument("release_version", metavar="VERSION", help="the release to guard")
     fc = feed_sub.add_parser("check", help="read a served feed as a host would and check "
                                            "every artifact, descriptor and pack")
-    fc.add_argument("target", metavar="URL|DIR", help="the feed's URL (its folder, or its "
-                                                      "manifest.json) or folder")
+    fc.add_argument("target", metavar="URL|DIR", nargs="+",
+                    help="the feed's URL (its folder, or its manifest.json) or folder; "
+                         "several: the origins of one feed (url and mirrors), each checked "
+                         "and compared with the newest")
     fc.add_argument("--public-key", required=True, action="append", metavar="KEY",
                     help="a public key file (PREFIX.pub) or its base64 line; repeatable")
     fc.add_argument("--threshold", type=int, default=1, metavar="N",
@@ -297,11 +299,16 @@ def _feed_check(args: argparse.Namespace) -> int:
     for given in args.public_key:
         path = Path(given)
         keys.append(path.read_text().splitlines()[1].strip() if path.is_file() else given)
-    target = args.target.removesuffix("manifest.json")
-    report = feedcheck.check(target, keys, args.threshold, ca_file=args.ca_file)
-    for line in report.notes:
-        print(line)
-    for line in report.problems:
-        print(line, file=sys.stderr)
-    print(f"{len(report.problems)} problem{'' if len(report.problems) == 1 else 's'}")
-    return EXIT_OK if not report.problems else EXIT_FAILED
+    reports = {t: feedcheck.check(t.removesuffix("manifest.json"), keys, args.threshold,
+                                  ca_file=args.ca_file) for t in args.target}
+    feedcheck.compare_origins(reports)
+    for target, report in reports.items():
+        if len(reports) > 1:
+            print(f"{target}:")
+        for line in report.notes:
+            print(line)
+        for line in report.problems:
+            print(line, file=sys.stderr)
+    found = sum(len(r.problems) for r in reports.values())
+    print(f"{found} problem{'' if found == 1 else 's'}")
+    return EXIT_OK if not found else EXIT_FAILED

@@ -46,6 +46,7 @@ from updaterd.install.transaction import recover as recover_transaction
 from updaterd.net.ratecap import TokenBucket
 from updaterd.reports import Checked, Event, RolledBack, Updated
 from updaterd.sources import Source, local_folder, make_source, watch
+from updaterd.sources.origins import Origins
 from updaterd.sources.refresh import FeedSource, Transport
 from updaterd.trust import rollout, treehash, yank
 from updaterd.trust.feed import Artifact, Manifest, Release, TrustedFeed, is_marker
@@ -95,6 +96,7 @@ class Engine:
         self.global_rate: TokenBucket | None = None
         self._states: dict[str, state.AppState] = {}
         self.moved: dict[str, str] = {}  # URLs moved for good (301, 308), for this run
+        self.origins = Origins()  # how each origin of a feed with mirrors answered, this run
         self.reconfigure(config)
 
     def reconfigure(self, config: Config) -> None:
@@ -175,7 +177,7 @@ class Engine:
             fetcher.on_retry = lambda text: run.phase(run.step, text)  # same phase, says why
         try:
             yield make_source(run.name, run.cfg, self.config.limits, fetcher, run.state_folder,
-                              fresh)
+                              fresh, self.origins)
         finally:
             await fetcher.aclose()
 
@@ -221,7 +223,7 @@ class Engine:
             baseline = versions.highest(baseline, run.state.highest_installed)  # is the floor
         choice = versions.choose(offers, baseline, self._policy(run))
         if trusted.validators is not None:
-            outcome.validators(run.state, *trusted.validators)
+            outcome.validators(run.state, *trusted.validators, trusted.origin)
         outcome.rate_limited(run.state, None)
         downloads = sorted({a.url.rsplit("/", 1)[-1] for r in manifest.releases
                             if r.version in (choice.version, wanted) for a in r.artifacts
@@ -346,6 +348,11 @@ class Engine:
         if run.state.serial is None:  # never checked: the first check is scheduled anyway
             return None
         async with self._source(run, quiet=True) as source:
+            if run.cfg.mirrors and run.cfg.source == "manifest":
+                from updaterd.sources.mirrors import MirroredSource  # loaded with httpx
+
+                if isinstance(source, MirroredSource):
+                    source = source.watched(run.state)
             if not isinstance(source, FeedSource):
                 return None
             return await watch.changed(source.transport, run.state, self.config.limits, seen)

@@ -110,6 +110,8 @@ class AppConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     source: Literal["manifest", "github", "directory"]
     # manifest
     url: str | None = None
+    # further origins of the same feed (mirrors, CDNs), tried in order after `url`
+    mirrors: list[str] = []
     # directory
     path: str | None = None
     public_keys: list[str] = []
@@ -187,6 +189,36 @@ def shared_problems(app: AppConfig) -> list[str]:
             if a != b and b.startswith(a + "/"):
                 problems.append(f"{b!r} is inside {a!r}, which is shared already")
     return problems
+
+
+MAX_MIRRORS = 16
+
+
+def mirror_problems(app: AppConfig) -> list[str]:
+    """What is wrong with an app's `mirrors`: further http(s) origins of a `manifest` feed on
+    the network, each a manifest's URL under the same rule as `url`, each named once."""
+    if not app.mirrors:
+        return []
+    if app.source != "manifest" or urlsplit(app.url or "").scheme not in ("http", "https"):
+        return ["only a feed fetched over the network (source = \"manifest\" with an "
+                "https:// url) has mirrors"]
+    problems = []
+    for mirror in app.mirrors:
+        parts = urlsplit(mirror)
+        if parts.scheme == "http" and not http_allowed(parts.hostname or "", app.allow_insecure):
+            problems.append(f"{mirror!r}: {HTTP_RULE}")
+        elif parts.scheme not in ("http", "https") or not parts.hostname:
+            problems.append(f"{mirror!r} is not an https:// URL of a manifest")
+    if len({app.url, *app.mirrors}) != 1 + len(app.mirrors):
+        problems.append("an origin is named twice (url and mirrors together)")
+    if len(app.mirrors) > MAX_MIRRORS:
+        problems.append(f"{len(app.mirrors)} mirrors; at most {MAX_MIRRORS}")
+    return problems
+
+
+def origins(app: AppConfig) -> list[str]:
+    """Where a manifest feed is asked, in order: `url`, then each of `mirrors`."""
+    return [app.url, *app.mirrors] if app.url is not None else []
 
 
 class Config(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -334,6 +366,8 @@ def _validate_app(name: str, app: AppConfig, where: str, problems: list[str],
             if parts.scheme in ("http", "https") and not app.public_keys and app.verify != "skip":
                 bad("public_keys", "a feed fetched over the network needs public_keys "
                     "(or verify = \"skip\", which is unsafe)")
+    for problem in mirror_problems(app):
+        bad("mirrors", problem)
     if app.source == "directory" and not app.path:
         bad("path", "required when source = \"directory\"")
     if app.source == "github":

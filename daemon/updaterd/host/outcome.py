@@ -80,9 +80,11 @@ def check_attempted(st: AppState, at: float) -> None:
     st.last_check = at
 
 
-def validators(st: AppState, etag: str | None, last_modified: str | None) -> None:
-    """The server's validators for the next conditional request."""
-    st.etag, st.last_modified = etag, last_modified
+def validators(st: AppState, etag: str | None, last_modified: str | None,
+               origin: str | None = None) -> None:
+    """The server's validators for the next conditional request, and which origin gave
+    them (a feed with mirrors asks only that one conditionally)."""
+    st.etag, st.last_modified, st.feed_origin = etag, last_modified, origin
 
 
 def forced(st: AppState) -> None:

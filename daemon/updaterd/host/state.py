@@ -70,6 +70,9 @@ class AppState(Struct, kw_only=True):
     available: str | None = None
     etag: str | None = None
     last_modified: str | None = None
+    # the origin (`url` or one of `mirrors`) these validators and rollout.json's came from:
+    # only that origin is asked conditionally
+    feed_origin: str | None = None
     last_check: float | None = None
     last_success: float | None = None
     consecutive_failures: int = 0

@@ -1,8 +1,9 @@
-"""`updaterd feed check URL|DIR`: read a served feed as a host would, and check every byte.
+"""`updaterd feed check URL|DIR...`: read a served feed as a host would, and check every byte.
 
 For a publisher after an upload or a CDN change: the signature with the keys given, the strict
 schema, the expiry (a warning within 7 days), then every artifact, descriptor and pack against
-its signed size and digests. One line per problem; nothing is written anywhere.
+its signed size and digests; given several origins of one feed (its URL and mirrors), each,
+and then each against the newest. One line per problem; nothing is written anywhere.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ class Readable(Protocol):
 class Report:
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    serial: int | None = None  # of a manifest that verified
+    digest: str | None = None  # sha256 of its bytes
 
 
 class _Folder:
@@ -182,6 +185,7 @@ def check(target: str, public_keys: list[str], threshold: int = 1,
         report.problems.append(f"{place.where(feed.MANIFEST)}: {e}")
         return report
     m = trusted.manifest
+    report.serial, report.digest = m.serial, trusted.digest
     left = m.expires - now
     report.notes.append(f"{m.app}: serial {m.serial}, {len(m.releases)} releases, expires "
                         f"{m.expires:%Y-%m-%d %H:%M} UTC")
@@ -207,6 +211,28 @@ def check(target: str, public_keys: list[str], threshold: int = 1,
             if a.platform.endswith(delta.SUFFIX):
                 _check_packs(place, release.version, m.app, name, report)
     return report
+
+
+def compare_origins(reports: dict[str, Report]) -> None:
+    """The origins of one feed (its URL and mirrors) against each other, as a host that has
+    seen the newest sees them: an origin behind it is passed over (stale), and one with other
+    bytes under the same serial is refused by every host that saw the first. Each problem is
+    added to that origin's report."""
+    serials = {t: r.serial for t, r in reports.items() if r.serial is not None}
+    if not serials:
+        return
+    newest = max(serials.values())
+    ahead = next(t for t, n in serials.items() if n == newest)
+    for target, report in reports.items():
+        if report.serial is None:
+            continue
+        if report.serial < newest:
+            report.problems.append(f"{target}: stale: serial {report.serial}, where {ahead} has "
+                                   f"{newest}; hosts that saw {newest} pass this origin over")
+        elif report.digest != reports[ahead].digest:
+            report.problems.append(f"{target}: serial {newest} with other bytes than {ahead}; "
+                                   "hosts that saw one refuse the other (publish to one place, "
+                                   "then copy)")
 
 
 def _check_packs(place: _Folder | _Web, version: str, app: str, name: str,

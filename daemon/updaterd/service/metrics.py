@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, get_args
 
 from updaterctl.protocol import Phase
 from updaterd import versions
+from updaterd.host.config import origins
 from updaterd.reports import FALLBACK_REASONS
 
 if TYPE_CHECKING:
@@ -50,6 +51,13 @@ def render(daemon: DaemonView) -> str:
         ("updaterd_rollout_place", "gauge",
          "This host's place (0-99) in the guarded rollout of each newer release: it takes "
          "the release once the rollout's share is above it.", []),
+        ("updaterd_origin_answers_total", "counter",
+         "Answers of each origin of a feed with mirrors, by result: served (used), failed "
+         "(not reached, an HTTP error, bytes that did not verify), refused (a stale, expired "
+         "or badly signed feed).", []),
+        ("updaterd_origin_failures_in_a_row", "gauge",
+         "Failures and refusals of each origin of a feed with mirrors since it last served.",
+         []),
     ]
     rows = {name: lines for name, _t, _h, lines in families}
     rows["updaterd_rollout_identity"].append(
@@ -87,6 +95,14 @@ def render(daemon: DaemonView) -> str:
         for version, place in st.rollout_buckets.items():
             rows["updaterd_rollout_place"].append(
                 f'{{{app},version="{_label(version)}"}} {place}')
+        cfg = w.config()
+        for url in origins(cfg) if cfg.source == "manifest" and cfg.mirrors else []:
+            health = daemon.engine.origins.of(name, url)
+            where = f'{app},origin="{_label(url)}"'
+            for result, n in (("served", health.served), ("failed", health.failed),
+                              ("refused", health.refused)):
+                rows["updaterd_origin_answers_total"].append(f'{{{where},result="{result}"}} {n}')
+            rows["updaterd_origin_failures_in_a_row"].append(f"{{{where}}} {health.in_a_row}")
         for phase in PHASES:
             rows["updaterd_phase"].append(
                 f'{{{app},phase="{phase}"}} {1 if w.phase == phase else 0}')

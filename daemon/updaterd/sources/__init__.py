@@ -15,6 +15,7 @@ from urllib.parse import unquote, urlsplit
 from updaterd.host.config import AppConfig, Limits
 from updaterd.host.state import AppState
 from updaterd.net.cachefile import Expected, ProgressFn
+from updaterd.sources.origins import Origins
 from updaterd.trust.feed import Artifact, TrustedFeed
 from updaterd.trust.trustedset import TrustedSet
 
@@ -52,9 +53,11 @@ def local_folder(cfg: AppConfig) -> Path | None:
 
 
 def make_source(app: str, cfg: AppConfig, limits: Limits, fetcher: Fetcher | None,
-                state_folder: Path, fresh: bool = False) -> Source:
+                state_folder: Path, fresh: bool = False,
+                book: Origins | None = None) -> Source:
     """The source of `app`; `fetcher` may be None only when `local_folder(cfg)` is a folder.
-    `fresh`: every cache on the way revalidates the feed's documents (`check --fresh`)."""
+    `fresh`: every cache on the way revalidates the feed's documents (`check --fresh`);
+    `book`: how each origin of a feed with mirrors has answered this run."""
     from updaterd.sources.refresh import FeedSource
 
     folder = local_folder(cfg)
@@ -63,6 +66,11 @@ def make_source(app: str, cfg: AppConfig, limits: Limits, fetcher: Fetcher | Non
 
         return FeedSource(app, cfg, limits, FolderTransport(folder), state_folder)
     assert fetcher is not None, f"{app}: a network source needs an HTTP client"
+    if cfg.source == "manifest" and cfg.mirrors:
+        from updaterd.sources.mirrors import MirroredSource
+
+        return MirroredSource(app, cfg, limits, fetcher, state_folder,
+                              book if book is not None else Origins(), fresh)
     if cfg.source == "manifest":
         from updaterd.sources.manifest import HttpTransport
 

@@ -64,6 +64,7 @@ class FolderTransport:
     without keys configured needs no signature."""
 
     remote = False
+    origin: str | None = None
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder

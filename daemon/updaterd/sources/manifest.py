@@ -7,7 +7,7 @@ from typing import BinaryIO
 from urllib.parse import urljoin, urlsplit
 
 from updaterd.errors import FeedError
-from updaterd.host.config import AppConfig
+from updaterd.host.config import AppConfig, origins
 from updaterd.net.cachefile import Expected, ProgressFn
 from updaterd.net.document import Document, Validators
 from updaterd.net.fetcher import Fetcher
@@ -19,15 +19,21 @@ FRESH = {"Cache-Control": "no-cache", "Pragma": "no-cache"}
 
 
 class HttpTransport:
-    """A feed at `url`, its signature at `url + ".minisig"`, every other file relative to it."""
+    """A feed at `url` (the app's `url` or one of its `mirrors`), its signature at
+    `url + ".minisig"`, every other file relative to it."""
 
     remote = True
 
-    def __init__(self, cfg: AppConfig, fetcher: Fetcher, fresh: bool = False) -> None:
-        assert cfg.url is not None
-        self.url, self.fetcher, self.fresh = cfg.url, fetcher, fresh
-        feed_host = urlsplit(cfg.url).hostname or ""
-        fetcher.allowed_hosts = {feed_host, *(cfg.allowed_hosts or [])}
+    def __init__(self, cfg: AppConfig, fetcher: Fetcher, fresh: bool = False,
+                 url: str | None = None) -> None:
+        self.url = url or cfg.url or ""
+        self.origin: str | None = self.url
+        self.fetcher, self.fresh = fetcher, fresh
+        # every origin's host, whichever is asked: a redirect from one mirror to another
+        # is no surprise, and the hosts the manifest names are added to the same set
+        origin_hosts = {urlsplit(u).hostname or "" for u in origins(cfg)}
+        fetcher.allowed_hosts = {*origin_hosts, *(cfg.allowed_hosts or []),
+                                 *(fetcher.allowed_hosts or ())}
         self.named_hosts = cfg.allowed_hosts is None  # the signed manifest adds its hosts
 
     @property

@@ -45,6 +45,7 @@ class Transport(Protocol):
     signed and is fetched conditionally against the kept copy (a folder is read whole)."""
 
     remote: bool
+    origin: str | None  # the configured URL this transport asks (None: not on a network)
 
     async def document(self, name: str, cap: int, *, missing_ok: bool = False,
                        validators: Validators | None = None,
@@ -73,7 +74,8 @@ async def refresh(app: str, trust: TrustedSet, limits: Limits, state: AppState,
 async def _manifest(app: str, trust: TrustedSet, limits: Limits, state: AppState,
                     transport: Transport, state_folder: Path) -> TrustedFeed:
     kept = verified.load_copy(state_folder) if transport.remote else None
-    conditional = kept is not None and state.serial is not None
+    conditional = kept is not None and state.serial is not None and _validators_hold(
+        state, transport)
     doc = await transport.document(
         MANIFEST, parse_size(limits.max_manifest_size),
         validators=(state.etag, state.last_modified) if conditional else None)
@@ -101,7 +103,15 @@ async def _manifest(app: str, trust: TrustedSet, limits: Limits, state: AppState
     if not transport.remote:
         return trusted
     verified.keep_copy(state_folder, doc.body, signature)
-    return msgspec.structs.replace(trusted, validators=(doc.etag, doc.last_modified))
+    return msgspec.structs.replace(trusted, validators=(doc.etag, doc.last_modified),
+                                   origin=transport.origin)
+
+
+def _validators_hold(state: AppState, transport: Transport) -> bool:
+    """Whether the validators kept are this origin's: an ETag or a date means nothing to
+    another server (a stale mirror would answer 304 to a newer origin's date, and hide what
+    the next origin has). A state from before mirrors names no origin: they hold."""
+    return state.feed_origin is None or state.feed_origin == transport.origin
 
 
 async def _signature(trust: TrustedSet, transport: Transport,
@@ -155,7 +165,8 @@ async def _with_rollout(app: str, trust: TrustedSet, state: AppState, transport:
         kept = verified.load_copy(state_folder, ROLLOUT_COPY) if transport.remote else None
         asked = (state.rollout_etag, state.rollout_last_modified)
         doc = await transport.document(rollout.DOCUMENT, rollout.MAX_DOCUMENT, missing_ok=True,
-                                       validators=asked if kept and any(asked) else None)
+                                       validators=asked if kept and any(asked)
+                                       and _validators_hold(state, transport) else None)
         raw, sig = kept if doc.not_modified and kept else (None, None)
         if doc.not_modified and not kept:  # bad input from a server: a message, no assert
             raise FeedError(f"{transport.describe(rollout.DOCUMENT)}: the server answered 304 "

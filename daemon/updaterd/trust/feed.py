@@ -110,6 +110,7 @@ class TrustedFeed(Struct, frozen=True):
     digest: str  # sha256 of the raw manifest bytes
     unchanged: bool  # same serial and bytes as the stored high-water mark
     validators: tuple[str | None, str | None] | None = None  # new (etag, last-modified)
+    origin: str | None = None  # the origin whose `validators` they are (mirrors)
     # rollout.json when the manifest declares rollout keys: the document and who signed it,
     # or why none is used (then guarded releases reach no new host, and no host moves)
     rollout: RolloutDoc | None = None

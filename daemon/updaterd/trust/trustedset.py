@@ -43,6 +43,12 @@ class TrustedSet:
         rotations followed); not when none are configured, nor with `verify = "skip"`."""
         return self._keys is not None and bool(self._keys.keys)
 
+    def another_origin(self) -> None:
+        """The refresh starts again at another origin of the feed (a mirror), whose
+        manifest replaces any taken so far; rotations accepted stay accepted (a key revoked
+        stays revoked), and so does the mark they left."""
+        self._feed = None
+
     def rotate(self, raw: bytes, signature: bytes | None) -> bool:
         """Take one rotation; False when it is not newer than the keys in use."""
         if self._feed is not None:

@@ -1,0 +1,183 @@
+"""A feed served by several origins (`mirrors`): the real daemon against real nginx, one origin
+down (a closed port), one stale (a mirror restored from an old copy), one good. The host goes
+on from the good one, every byte verified, says why it passed the others over, and asks the
+failing ones after the good one while they back off."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+from tests.conftest import Daemon, Host
+from tests.helpers import Feed, run_updaterd
+from tests.servers.nginx import Nginx, free_port
+
+
+def once(host: Host) -> subprocess.CompletedProcess[str]:
+    return run_updaterd("--config", host.config, "--once")
+
+
+class Site:
+    """This test's folders on the shared nginx: `url("good/x")`, `folder("good")`, and the
+    paths asked of them (without this test's prefix)."""
+
+    def __init__(self, nginx: Nginx, tmp_path: Path) -> None:
+        self.nginx, self.prefix = nginx, tmp_path.name
+
+    def url(self, rel: str) -> str:
+        return self.nginx.url(f"{self.prefix}/{rel}")
+
+    def folder(self, name: str) -> Path:
+        return self.nginx.root / self.prefix / name
+
+    def paths(self) -> list[str]:
+        lead = f"/{self.prefix}"
+        return [q["uri"].removeprefix(lead) for q in self.nginx.requests()
+                if q["uri"].startswith(lead + "/")]
+
+    def mirror(self, feed: Feed, name: str) -> None:
+        """`name/` becomes a copy of the feed as it is now (an rsync'd mirror)."""
+        shutil.rmtree(self.folder(name), ignore_errors=True)
+        shutil.copytree(feed.folder, self.folder(name))
+
+
+def three_origins(host: Host, site: Site, feed: Feed, **app: object) -> tuple[str, str, str]:
+    """The host asks a closed port first, then the mirror `stale/`, then `good/` (the feed)."""
+    down = f"http://127.0.0.1:{free_port()}/feed/manifest.json"
+    stale, good = site.url("stale/manifest.json"), site.url("good/manifest.json")
+    host.configure(source="manifest", url=down, mirrors=[stale, good], public_keys=[feed.pub],
+                   allow_insecure=True, check_interval="1h", jitter="0s", **app)
+    return down, stale, good
+
+
+def test_one_origin_down_one_stale_one_good_the_host_installs_from_the_good_one(
+        host: Host, nginx: Nginx, tmp_path: Path) -> None:
+    site = Site(nginx, tmp_path)
+    feed = Feed(folder=site.folder("good"), work=tmp_path / "work")
+    feed.release("1.0.0")
+    old = tmp_path / "old-copy"
+    shutil.copytree(feed.folder, old)
+    feed.release("1.1.0")
+    site.mirror(feed, "stale")
+    down, stale, good = three_origins(host, site, feed)
+
+    r = once(host)  # the mirror is current yet: the host takes 1.1.0 from it
+    assert r.returncode == 0, r.stderr
+    assert host.current() == "1.1.0"
+    assert f"origin {down} failed (feed)" in r.stderr
+    assert f"the feed is taken from {stale}" in r.stderr
+    assert "/stale/hello-1.1.0-linux-x86_64.tar.gz" in site.paths()
+
+    shutil.rmtree(site.folder("stale"))  # the mirror is restored from an old copy ...
+    shutil.copytree(old, site.folder("stale"))
+    feed.release("1.2.0")  # ... while the feed goes on
+    before = len(site.paths())
+    r = once(host)
+    assert r.returncode == 0, r.stderr
+    assert host.current() == "1.2.0"
+    assert re.search(rf"origin {re.escape(stale)} answered with a feed this host refuses "
+                     r"\(feed\): manifest serial 1 is below 2 .*passed over for the next",
+                     r.stderr), r.stderr
+    assert f"the feed is taken from {good}" in r.stderr
+    asked = site.paths()[before:]
+    assert "/good/hello-1.2.0-linux-x86_64.tar.gz" in asked
+    assert not [p for p in asked if p.startswith("/stale/") and p.endswith(".tar.gz")]
+    assert "/stale/manifest.json.minisig" in asked, "the stale feed was read and refused"
+
+
+def test_the_good_origin_is_asked_first_while_the_others_back_off(
+        host: Host, nginx: Nginx, tmp_path: Path, daemon: Daemon) -> None:
+    site = Site(nginx, tmp_path)
+    feed = Feed(folder=site.folder("good"), work=tmp_path / "work")
+    feed.release("1.0.0")
+    old = tmp_path / "old-copy"
+    shutil.copytree(feed.folder, old)
+    feed.release("1.1.0")
+    site.mirror(feed, "stale")
+    down, stale, good = three_origins(host, site, feed)
+    once(host)  # the host has seen serial 2 (from the mirror, current then) ...
+    assert host.current() == "1.1.0"
+    shutil.rmtree(site.folder("stale"))  # ... which is then restored from an old copy
+    shutil.copytree(old, site.folder("stale"))
+
+    daemon.start()
+    assert daemon.ctl("check", "hello").returncode == 0
+    first = site.paths()
+    assert "/stale/manifest.json" in first
+    assert daemon.ctl("check", "hello").returncode == 0
+    second = site.paths()[len(first):]
+    assert second and all(p.startswith("/good/") for p in second), second
+    metrics = daemon.ctl("metrics", check=True).stdout
+    for origin, served, failed, refused, in_a_row in ((down, 0, 1, 0, 1),
+                                                      (stale, 0, 0, 1, 1),
+                                                      (good, 2, 0, 0, 0)):
+        where = f'app="hello",origin="{origin}"'
+        assert f'updaterd_origin_answers_total{{{where},result="served"}} {served}' in metrics
+        assert f'updaterd_origin_answers_total{{{where},result="failed"}} {failed}' in metrics
+        assert f'updaterd_origin_answers_total{{{where},result="refused"}} {refused}' \
+            in metrics
+        assert f"updaterd_origin_failures_in_a_row{{{where}}} {in_a_row}" in metrics
+
+
+def test_an_artifact_that_does_not_verify_on_one_origin_comes_from_the_next(
+        host: Host, nginx: Nginx, tmp_path: Path) -> None:
+    """The manifest is taken from the first origin, whose copy of the artifact is corrupt (the
+    same size, one byte changed): refused by its digest, fetched whole from the next."""
+    site = Site(nginx, tmp_path)
+    feed = Feed(folder=site.folder("good"), work=tmp_path / "work")
+    art = feed.release("1.0.0")
+    site.mirror(feed, "bad")
+    corrupt = site.folder("bad") / art.name
+    data = bytearray(corrupt.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    corrupt.write_bytes(bytes(data))
+    bad, good = site.url("bad/manifest.json"), site.url("good/manifest.json")
+    host.configure(source="manifest", url=bad, mirrors=[good], public_keys=[feed.pub],
+                   allow_insecure=True)
+    r = once(host)
+    assert r.returncode == 0, r.stderr
+    assert host.current() == "1.0.0"
+    assert f"origin {bad} failed ({art.name})" in r.stderr
+    asked = site.paths()
+    assert f"/bad/{art.name}" in asked and f"/good/{art.name}" in asked
+    assert "/good/manifest.json" not in asked, "the feed itself came from the first origin"
+
+
+def test_every_origin_failing_names_each_and_installs_nothing(
+        host: Host, nginx: Nginx, tmp_path: Path) -> None:
+    site = Site(nginx, tmp_path)
+    feed = Feed(folder=site.folder("good"), work=tmp_path / "work")
+    feed.release("1.0.0")
+    other = Feed(folder=site.folder("other"), work=tmp_path / "other-work")
+    other.release("1.0.0")
+    down = f"http://127.0.0.1:{free_port()}/feed/manifest.json"
+    signed_by_another = site.url("other/manifest.json")
+    host.configure(source="manifest", url=down, mirrors=[signed_by_another],
+                   public_keys=[feed.pub], allow_insecure=True)
+    r = once(host)
+    assert r.returncode == 1
+    assert f"no origin answered: {down}: " in r.stderr
+    assert f"; {signed_by_another}: manifest signature refused" in r.stderr
+    assert host.current() is None
+
+
+def test_feed_check_reads_each_origin_and_names_the_stale_one(
+        nginx: Nginx, tmp_path: Path) -> None:
+    site = Site(nginx, tmp_path)
+    feed = Feed(folder=site.folder("good"), work=tmp_path / "work")
+    feed.release("1.0.0")
+    site.mirror(feed, "stale")
+    feed.release("1.1.0")
+    site.mirror(feed, "copy")
+    good, stale, copy = (site.url(f"{n}/manifest.json") for n in ("good", "stale", "copy"))
+    r = run_updaterd("feed", "check", good, copy, "--public-key", feed.pub)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("serial 2, 2 releases") == 2 and r.stdout.endswith("0 problems\n")
+    r = run_updaterd("feed", "check", good, stale, copy, "--public-key", feed.pub)
+    assert r.returncode == 1
+    assert r.stderr == (f"{stale}: stale: serial 1, where {good} has 2; hosts that saw 2 pass "
+                        "this origin over\n")
+    assert f"{stale}:\nhello: serial 1, 1 releases" in r.stdout
+    assert r.stdout.endswith("1 problem\n")
