@@ -67,6 +67,7 @@ def test_one_origin_down_one_stale_one_good_the_host_installs_from_the_good_one(
     assert r.returncode == 0, r.stderr
     assert host.current() == "1.1.0"
     assert f"origin {down} failed (feed)" in r.stderr
+    assert "retrying" not in r.stderr, "the next origin is the retry"
     assert f"the feed is taken from {stale}" in r.stderr
     assert "/stale/hello-1.1.0-linux-x86_64.tar.gz" in site.paths()
 
@@ -147,6 +148,8 @@ def test_an_artifact_that_does_not_verify_on_one_origin_comes_from_the_next(
 
 def test_every_origin_failing_names_each_and_installs_nothing(
         host: Host, nginx: Nginx, tmp_path: Path) -> None:
+    """The origin asked last is asked with the [limits] retries; here it answers (with a feed
+    signed by another key), so nothing is retried at all."""
     site = Site(nginx, tmp_path)
     feed = Feed(folder=site.folder("good"), work=tmp_path / "work")
     feed.release("1.0.0")
@@ -159,6 +162,7 @@ def test_every_origin_failing_names_each_and_installs_nothing(
     r = once(host)
     assert r.returncode == 1
     assert f"no origin answered: {down}: " in r.stderr
+    assert "retrying in" not in r.stderr
     assert f"; {signed_by_another}: manifest signature refused" in r.stderr
     assert host.current() is None
 
@@ -181,3 +185,17 @@ def test_feed_check_reads_each_origin_and_names_the_stale_one(
                         "this origin over\n")
     assert f"{stale}:\nhello: serial 1, 1 releases" in r.stdout
     assert r.stdout.endswith("1 problem\n")
+
+
+def test_the_origin_asked_last_is_asked_with_the_retries(host: Host, nginx: Nginx,
+                                                         tmp_path: Path) -> None:
+    site = Site(nginx, tmp_path)
+    feed = Feed(folder=site.folder("good"), work=tmp_path / "work")
+    feed.release("1.0.0")
+    down = [f"http://127.0.0.1:{free_port()}/feed/manifest.json" for _ in range(2)]
+    host.configure(source="manifest", url=down[0], mirrors=[down[1]], public_keys=[feed.pub],
+                   allow_insecure=True)
+    r = once(host)
+    assert r.returncode == 1
+    assert f"{down[0]}: ConnectError" in r.stderr and "(gave up after 1 attempt)" in r.stderr
+    assert r.stderr.count("retrying in") == 3 and "(gave up after 4 attempts)" in r.stderr

@@ -107,6 +107,9 @@ class Fetcher:
                  allowed_hosts: set[str] | None = None, ca_file: str | None = None,
                  moved: dict[str, str] | None = None) -> None:
         self.limits = limits
+        # attempts after the first on a Retryable failure (a feed with mirrors asks its
+        # origins once each but the last: the next origin is the retry)
+        self.retries = limits.retries
         # URLs a server moved for good (301, 308) -> where to: asked there at once, by every
         # fetcher that shares the map (the daemon's, for its run)
         self.moved = moved if moved is not None else {}
@@ -199,14 +202,15 @@ class Fetcher:
             try:
                 return await attempt_fn(attempt)
             except Retryable as e:
-                if attempt >= self.limits.retries:
-                    raise DownloadError(f"{e} (gave up after {attempt + 1} attempts)") from None
+                if attempt >= self.retries:
+                    tries = f"{attempt + 1} attempt{'s' if attempt else ''}"
+                    raise DownloadError(f"{e} (gave up after {tries})") from None
                 delay = self.rng.uniform(0, min(cap, base * 2**attempt))
                 if e.retry_after is not None:
                     delay = min(e.retry_after, after_cap)
                 log.debug("%s: %s; retrying in %.1fs", what, e, delay)
                 self.on_retry(f"retrying in {delay:.0f}s (attempt {attempt + 2} of "
-                              f"{self.limits.retries + 1}): {e}")
+                              f"{self.retries + 1}): {e}")
                 await trio.sleep(delay)
                 attempt += 1
 

@@ -6,8 +6,10 @@ so that a mirror's files are never paired with another's; an origin that cannot 
 or whose feed the trusted set refuses (an older serial, an expired or badly signed manifest),
 is passed over with a log line for the next. Every origin's answer meets the same keys, the
 same serial and rollout marks and the same expiry, so a mirror can withhold, never harm.
-Artifacts come first from the origin whose manifest was taken, then from the others (every
-byte is verified against the signed digests, wherever it came from).
+Each origin's feed is asked once, the last one's with the `[limits] retries` (the next origin
+is the retry). Artifacts come first from the origin whose manifest was taken, then from the
+others, each with its retries (a broken download resumes where it is); every byte is verified
+against the signed digests, wherever it came from.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ class MirroredSource:
     def __init__(self, app: str, cfg: AppConfig, limits: Limits, fetcher: Fetcher,
                  state_folder: Path, book: Origins, fresh: bool = False,
                  now: Callable[[], float] = time.time) -> None:
-        self.app, self.book, self.now = app, book, now
+        self.app, self.book, self.now, self.fetcher = app, book, now, fetcher
         self.feeds: dict[str, FeedSource] = {}
         for url in origins(cfg):
             http = HttpTransport(cfg, fetcher, fresh, url)
@@ -54,15 +56,20 @@ class MirroredSource:
 
     async def fetch(self, state: AppState, trust: TrustedSet) -> TrustedFeed:
         failures: list[tuple[str, UpdaterError]] = []
-        for url in self.book.order(self.app, list(self.feeds), self.now()):
+        order = self.book.order(self.app, list(self.feeds), self.now())
+        for url in order:
             if failures:
                 trust.another_origin()
+            # the next origin is the retry: only the last is asked with [limits] retries
+            self.fetcher.retries = self.fetcher.limits.retries if url == order[-1] else 0
             try:
                 feed = await self.feeds[url].fetch(state, trust)
             except (FeedError, DownloadError) as e:
                 self._passed_over(url, e, "feed")
                 failures.append((url, e))
                 continue
+            finally:
+                self.fetcher.retries = self.fetcher.limits.retries
             self.book.served(self.app, url)
             if self.served != url and (failures or url != self.primary):
                 log.info("%s: the feed is taken from %s", self.app, url)
