@@ -199,3 +199,27 @@ def test_the_origin_asked_last_is_asked_with_the_retries(host: Host, nginx: Ngin
     assert r.returncode == 1
     assert f"{down[0]}: ConnectError" in r.stderr and "(gave up after 1 attempt)" in r.stderr
     assert r.stderr.count("retrying in") == 3 and "(gave up after 4 attempts)" in r.stderr
+
+
+def test_j180_a_yank_reaches_a_host_between_checks_when_its_origin_is_down(
+        host: Host, nginx: Nginx, tmp_path: Path, daemon: Daemon) -> None:
+    """The look between checks asks the origin the host took its feed from; that origin gone,
+    it asks the others (whole, by digest), so one origin down does not keep a yank or a
+    recall from a host until its check hours away."""
+    site = Site(nginx, tmp_path)
+    feed = Feed(folder=site.folder("good"), work=tmp_path / "work")
+    feed.release("1.0.0")
+    site.mirror(feed, "first")
+    first, good = site.url("first/manifest.json"), site.url("good/manifest.json")
+    host.configure(source="manifest", url=first, mirrors=[good], public_keys=[feed.pub],
+                   allow_insecure=True, check_interval="4h", jitter="1h", watch_interval="1s")
+    daemon.start()
+    daemon.ctl("update", "hello", check=True)
+    assert host.current() == "1.0.0"
+    shutil.rmtree(site.folder("first"))  # the origin the host took the feed from: 404 now
+    r = run_updaterd("feed", "yank", "--feed", feed.folder, "--key", feed.key, "1.0.0",
+                     "--why", "corrupts data")
+    assert r.returncode == 0, r.stderr
+    daemon.wait_for(lambda: daemon.app()["yanked"] == "corrupts data", timeout=15,
+                    what="the yank in status, through the second origin")
+    assert "/good/manifest.json" in site.paths()

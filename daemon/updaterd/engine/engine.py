@@ -352,7 +352,7 @@ class Engine:
                 from updaterd.sources.mirrors import MirroredSource  # loaded with httpx
 
                 if isinstance(source, MirroredSource):
-                    source = source.watched(run.state)
+                    return await source.look(run.state, self.config.limits, seen)
             if not isinstance(source, FeedSource):
                 return None
             return await watch.changed(source.transport, run.state, self.config.limits, seen)

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -26,6 +27,7 @@ from updaterd.host.config import AppConfig, Limits, origins
 from updaterd.host.state import AppState
 from updaterd.net.cachefile import Expected, ProgressFn
 from updaterd.net.fetcher import Fetcher
+from updaterd.sources import watch
 from updaterd.sources.manifest import HttpTransport
 from updaterd.sources.origins import Origins
 from updaterd.sources.refresh import FeedSource
@@ -50,9 +52,24 @@ class MirroredSource:
         self.primary = next(iter(self.feeds))
         self.served: str | None = None  # the origin whose manifest this operation took
 
-    def watched(self, state: AppState) -> FeedSource:
-        """The origin a look between checks asks: the one whose validators are kept."""
-        return self.feeds.get(state.feed_origin or "", self.feeds[self.primary])
+    async def look(self, state: AppState, limits: Limits, seen: watch.Seen) -> str | None:
+        """A look between checks (`watch.changed`): asked of the origin whose validators are
+        kept, conditionally; when it fails, of the others, whole (their documents compared by
+        digest): one origin down must not keep a recall from a host for hours."""
+        first = state.feed_origin if state.feed_origin in self.feeds else self.primary
+        order = [first, *(u for u in self.book.order(self.app, list(self.feeds), self.now())
+                          if u != first)]
+        failed: UpdaterError | None = None
+        for url in order:
+            try:
+                with self._retried_if_last(url, order):
+                    return await watch.changed(self.feeds[url].transport, state, limits, seen,
+                                               conditional=url == first)
+            except UpdaterError as e:
+                log.debug("%s: a look at %s failed: %s", self.app, url, e)
+                failed = failed or e
+        assert failed is not None
+        raise failed
 
     async def fetch(self, state: AppState, trust: TrustedSet) -> TrustedFeed:
         failures: list[tuple[str, UpdaterError]] = []
@@ -60,22 +77,28 @@ class MirroredSource:
         for url in order:
             if failures:
                 trust.another_origin()
-            # the next origin is the retry: only the last is asked with [limits] retries
-            self.fetcher.retries = self.fetcher.limits.retries if url == order[-1] else 0
             try:
-                feed = await self.feeds[url].fetch(state, trust)
+                with self._retried_if_last(url, order):
+                    feed = await self.feeds[url].fetch(state, trust)
             except (FeedError, DownloadError) as e:
                 self._passed_over(url, e, "feed")
                 failures.append((url, e))
                 continue
-            finally:
-                self.fetcher.retries = self.fetcher.limits.retries
             self.book.served(self.app, url)
             if self.served != url and (failures or url != self.primary):
                 log.info("%s: the feed is taken from %s", self.app, url)
             self.served = url
             return feed
         raise every_origin_failed(failures)
+
+    @contextmanager
+    def _retried_if_last(self, url: str, order: list[str]) -> Iterator[None]:
+        """The next origin is the retry: only the last is asked with the [limits] retries."""
+        self.fetcher.retries = self.fetcher.limits.retries if url == order[-1] else 0
+        try:
+            yield
+        finally:
+            self.fetcher.retries = self.fetcher.limits.retries
 
     def _passed_over(self, url: str, e: UpdaterError, what: str) -> None:
         refused = isinstance(e, FeedError)

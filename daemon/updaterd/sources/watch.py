@@ -35,9 +35,12 @@ def _digest(body: bytes) -> str:
 
 
 async def changed(transport: Transport, state: AppState, limits: Limits,
-                  seen: Seen) -> str | None:
-    """Why the feed must be checked now (None: nothing changed that this host has not seen)."""
-    conditional = state.serial is not None and (state.etag or state.last_modified)
+                  seen: Seen, conditional: bool = True) -> str | None:
+    """Why the feed must be checked now (None: nothing changed that this host has not seen).
+    `conditional` False: the validators kept are another origin's (a mirror asked in its
+    stead), so the documents are asked whole and compared by digest."""
+    conditional = conditional and state.serial is not None and bool(
+        state.etag or state.last_modified)
     doc = await transport.document(
         MANIFEST, parse_size(limits.max_manifest_size),
         validators=(state.etag, state.last_modified) if conditional else None)
@@ -50,7 +53,7 @@ async def changed(transport: Transport, state: AppState, limits: Limits,
         return None
     asked = (state.rollout_etag, state.rollout_last_modified)
     found = await transport.document(rollout.DOCUMENT, rollout.MAX_DOCUMENT, missing_ok=True,
-                                     validators=asked if any(asked) else None)
+                                     validators=asked if conditional and any(asked) else None)
     if found.not_modified or found.missing:  # a missing one moves no host (docs/rollout.md)
         return None
     digest = _digest(found.body)
