@@ -6,7 +6,8 @@ set -euo pipefail
 
 # command:package pairs; the command is what the tests look for on PATH.
 pairs=(nginx:nginx-light minisign:minisign b3sum:b3sum socat:socat mandoc:mandoc
-       curl:curl zstd:zstd zip:zip unzip:unzip varnishd:varnish squid:squid)
+       curl:curl zstd:zstd zip:zip unzip:unzip varnishd:varnish squid:squid
+       apache2:apache2 caddy:caddy)
 # Extra pairs for a target that needs more (make test-systemd adds systemd-nspawn and debootstrap);
 # with UPDATERD_DEPS_ONLY=1 only those (make deb needs none of the tests' tools).
 [ -n "${UPDATERD_DEPS_ONLY:-}" ] && pairs=()
