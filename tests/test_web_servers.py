@@ -145,6 +145,20 @@ def test_a_resume_through_varnish_before_apache_takes_the_range(
         resumes(url.replace("manifest.json", "a.bin"), data, tmp_path, caplog)
 
 
+def test_a_resume_through_varnish_before_apache_compressing_everything_takes_the_range(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 40, point 3, as first seen: mod_deflate on for every file (a common snippet) and
+    Varnish before it give a weak ETag, and an If-Range with it was never met: every resume
+    started over. The Last-Modified date resumes."""
+    with apache_behind_varnish(tmp_path, "SetOutputFilter DEFLATE") as (apache, url):
+        data = os.urandom(1 << 10) * (3 << 10)  # compressible: mod_deflate keeps it gzipped
+        (apache.root / "feed").mkdir()
+        (apache.root / "feed" / "a.bin").write_bytes(data)
+        url = url.replace("manifest.json", "a.bin")
+        assert httpx.head(url).headers["etag"].startswith("W/")  # as it was seen
+        resumes(url, data, tmp_path, caplog)
+
+
 @pytest.fixture
 def caddy(tmp_path: Path) -> Iterator[Caddy]:
     with running_caddy(tmp_path / "caddy", CADDY_LINES) as server:
