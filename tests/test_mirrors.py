@@ -223,3 +223,35 @@ def test_j180_a_yank_reaches_a_host_between_checks_when_its_origin_is_down(
     daemon.wait_for(lambda: daemon.app()["yanked"] == "corrupts data", timeout=15,
                     what="the yank in status, through the second origin")
     assert "/good/manifest.json" in site.paths()
+
+
+def test_feed_check_names_a_mirror_whose_rollout_json_is_behind(nginx: Nginx,
+                                                                tmp_path: Path) -> None:
+    """The 3 a.m. path with mirrors: a recall signed where the feed is published reaches the
+    hosts that ask a mirror only once the mirror has it; feed check names a mirror behind."""
+    from tests.test_watch_e2e import guarded_1_1_0, recall, rollout_key
+
+    site = Site(nginx, tmp_path)
+    feed = Feed(folder=site.folder("good"), work=tmp_path / "work")
+    secret, key = rollout_key(feed)
+    feed.release("1.0.0")
+    feed.release("1.1.0", rollout_keys=[secret.public.to_base64()])
+    guarded_1_1_0(feed, secret)
+    site.mirror(feed, "mirror")
+    good, behind = site.url("good/manifest.json"), site.url("mirror/manifest.json")
+    r = run_updaterd("feed", "check", good, behind, "--public-key", feed.pub)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("rollout.json: serial 1, expires") == 2
+    recall(feed, key, "1.1.0", "corrupts data")
+    r = run_updaterd("feed", "check", good, behind, "--public-key", feed.pub)
+    assert r.returncode == 1
+    assert r.stderr == (f"{behind}: rollout.json serial 1, where {good} has 2: a recall, halt "
+                        "or share signed since reaches the hosts that ask this origin only "
+                        "when it is synced\n")
+    (site.folder("good") / "rollout.json.minisig").write_text(
+        (site.folder("mirror") / "rollout.json.minisig").read_text())
+    r = run_updaterd("feed", "check", good, "--public-key", feed.pub)
+    assert r.returncode == 1
+    assert r.stderr.startswith(f"{site.url('good/rollout.json')}: rollout.json: not signed "
+                               "by a rollout key the manifest names: signature by key ")
+    assert r.stderr.endswith("does not verify (hosts move no release by it)\n")

@@ -2,8 +2,9 @@
 
 For a publisher after an upload or a CDN change: the signature with the keys given, the strict
 schema, the expiry (a warning within 7 days), then every artifact, descriptor and pack against
-its signed size and digests; given several origins of one feed (its URL and mirrors), each,
-and then each against the newest. One line per problem; nothing is written anywhere.
+its signed size and digests, and rollout.json where releases name rollout keys; given several
+origins of one feed (its URL and mirrors), each, and then each against the newest. One line
+per problem; nothing is written anywhere.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from updaterd.errors import (
 )
 from updaterd.host.config import Limits
 from updaterd.install import delta
-from updaterd.trust import digests, feed, minisign, tlstrust, urlpolicy
+from updaterd.trust import digests, feed, minisign, rollout, tlstrust, urlpolicy
 
 if TYPE_CHECKING:
     import httpx
@@ -48,6 +49,7 @@ class Report:
     notes: list[str] = field(default_factory=list)
     serial: int | None = None  # of a manifest that verified
     digest: str | None = None  # sha256 of its bytes
+    rollout_serial: int | None = None  # of a rollout.json that verified
 
 
 class _Folder:
@@ -192,6 +194,7 @@ def check(target: str, public_keys: list[str], threshold: int = 1,
     if left < WARN_BEFORE:
         report.problems.append(f"the manifest expires in {left.days}d {left.seconds // 3600}h: "
                                "hosts refuse it then (`updaterd feed resign`)")
+    _check_rollout(place, m, now, report)
     for release in m.releases:
         for a in release.artifacts:
             if feed.is_marker(a):  # no file: a yank or a rollout key (`feed list` shows them)
@@ -211,6 +214,39 @@ def check(target: str, public_keys: list[str], threshold: int = 1,
             if a.platform.endswith(delta.SUFFIX):
                 _check_packs(place, release.version, m.app, name, report)
     return report
+
+
+def _check_rollout(place: _Folder | _Web, m: feed.Manifest, now: datetime,
+                   report: Report) -> None:
+    """rollout.json, when the manifest's releases name rollout keys: as hosts check it (a
+    missing one is no problem: guarded releases then reach no new host)."""
+    keys = rollout.declared(m)
+    if not keys:
+        return
+    try:
+        raw = _read(place, rollout.DOCUMENT, rollout.MAX_DOCUMENT)
+    except FileNotFoundError:
+        report.notes.append(f"{rollout.DOCUMENT}: none (guarded releases reach no new host)")
+        return
+    except (OSError, UpdaterError) as e:
+        report.problems.append(f"{place.where(rollout.DOCUMENT)}: {e}")
+        return
+    try:
+        sig = _read(place, rollout.DOCUMENT + ".minisig", 64 << 10)
+    except FileNotFoundError:
+        sig = None
+    except (OSError, UpdaterError) as e:
+        report.problems.append(f"{place.where(rollout.DOCUMENT + '.minisig')}: {e}")
+        return
+    try:
+        accepted = rollout.verify(raw, sig, keys, app=m.app, mark=None, cycle_start=now)
+    except (FeedError, SignatureError) as e:
+        report.problems.append(f"{place.where(rollout.DOCUMENT)}: {e} (hosts move no release "
+                               "by it)")
+        return
+    report.rollout_serial = accepted.doc.serial
+    report.notes.append(f"{rollout.DOCUMENT}: serial {accepted.doc.serial}, expires "
+                        f"{accepted.doc.expires:%Y-%m-%d %H:%M} UTC")
 
 
 def compare_origins(reports: dict[str, Report]) -> None:
@@ -233,6 +269,17 @@ def compare_origins(reports: dict[str, Report]) -> None:
             report.problems.append(f"{target}: serial {newest} with other bytes than {ahead}; "
                                    "hosts that saw one refuse the other (publish to one place, "
                                    "then copy)")
+    marks = {t: r.rollout_serial for t, r in reports.items() if r.rollout_serial is not None}
+    if not marks:
+        return
+    newest_mark = max(marks.values())
+    ahead = next(t for t, n in marks.items() if n == newest_mark)
+    for target, n in marks.items():
+        if n < newest_mark:
+            reports[target].problems.append(
+                f"{target}: {rollout.DOCUMENT} serial {n}, where {ahead} has {newest_mark}: "
+                "a recall, halt or share signed since reaches the hosts that ask this origin "
+                "only when it is synced")
 
 
 def _check_packs(place: _Folder | _Web, version: str, app: str, name: str,
