@@ -102,7 +102,10 @@ MODULES = [
     # what each event means for the stored state (in-process at last)
     Module("outcome", ["tests/test_outcome.py"]),
     # the look between checks (row 180): what it asks, which changes it reports
-    Module("watch", ["tests/test_watch.py"]),
+    Module("watch", ["tests/test_watch.py", "tests/test_mirrors.py"], [], 90),
+    # a feed's origins: the order and back-off (no I/O), and the source that walks them
+    Module("origins", ["tests/test_origins.py"]),
+    Module("mirrors", ["tests/test_origins.py", "tests/test_mirrors.py"], [], 120),
     # data snapshots: a copy of what the app writes, put back by root
     Module("snapshots", ["tests/test_snapshots.py", "tests/test_data_snapshots.py"], [], 120),
     # what the controller reads, believes and signs (rows 172, 176); its loop (`run`) is the
@@ -115,7 +118,9 @@ MODULES = [
     # the control socket: its rules without I/O (in the daily run), and its trio edge
     Module("jsonrpc", ["tests/test_rpc_session.py", "tests/test_rpc.py"]),
     Module("rpc", ["tests/test_rpc_session.py", "tests/test_rpc.py",
-                   "tests/security/test_socket_rows.py"],
+                   "tests/security/test_socket_rows.py",
+                   "tests/test_daemon.py::test_a_socket_path_as_long_as_unix_allows_works_and_"
+                   "a_longer_one_is_refused"],
            ["is_admin", "peer_groups", "set_socket_access", "create_socket", "_serve",
             "_read_loop", "_run", "_require_stream_room"], 150, True),
     Module("transaction", ["tests/test_transaction.py", "tests/test_failpoints.py",
