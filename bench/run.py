@@ -358,6 +358,76 @@ ln -sfn releases/1.0.0 {prefix}/current.tmp && mv -T {prefix}/current.tmp {prefi
     return rows
 
 
+# -- 4b. streaming installs: the whole update against the download alone (row 183) ---------
+
+def bench_stream(tmp: Path, size: int, small_files: int, one_file: int, runs: int,
+                 rate: str) -> list[Row]:
+    """The whole update of a tar.gz, which streams (download, hash and unpack in one pass),
+    beside the download alone and `curl | tar` on a link capped at `rate` (nginx's
+    limit_rate: every client alike) and on loopback; then one large file on loopback."""
+    work = tmp / "stream"
+    work.mkdir()
+    prefix, out = work / "opt", work / "out"
+    rows = []
+    with running_nginx(work / "nginx", http_extra=f"location /capped/ {{ limit_rate {rate}; "
+                       "alias " + str(work / "nginx" / "www" / "feed") + "/; }") as nginx:
+        for tree_size, files in ((size, small_files), (one_file, 0)):
+            src = work / "src"
+            if files:
+                release_tree(src / "app-1.0.0", tree_size, files)
+            else:
+                (src / "app-1.0.0" / "bin").mkdir(parents=True)
+                random_file(src / "app-1.0.0" / "blob", tree_size)
+                (src / "app-1.0.0" / "bin" / "app").write_text("#!/bin/sh\n")
+                (src / "app-1.0.0" / "bin" / "app").chmod(0o755)
+            art = work / "app-1.0.0-linux-x86_64.tar.gz"
+            sh("tar", "-C", str(src), "-czf", str(art), "app-1.0.0")
+            shutil.rmtree(src)
+            name, pub = _feed(nginx.root, work, art, "1.0.0")
+            sha = digests.of_file(str(art)).sha256
+            what = f"{tree_size // MIB} MiB, {files} files" if files else \
+                f"{tree_size // MIB} MiB in one file"
+
+            def fresh() -> None:
+                for p in (prefix, work / "state", work / "cache", out, work / "dl"):
+                    shutil.rmtree(p, ignore_errors=True)
+                out.mkdir()
+                os.sync()
+
+            links = (("capped", f"a link capped at {rate}/s"), (name, "loopback")) if files \
+                else ((name, "loopback"),)
+            for folder, where in links:
+                url = nginx.url(f"{folder}/{art.name}")
+                cfg = _config(work, nginx.url(f"{folder}/manifest.json"), pub, prefix)
+                ours = median_time(lambda cfg=cfg: sh(str(BIN / "updaterd"), "--config",
+                                                      str(cfg), "--once"), runs, fresh)
+                pipe = median_time(lambda url=url: sh(
+                    "sh", "-c", f"curl -sf {url} | tar -xzf - -C {out}"), runs, fresh)
+                rows.append(Row("stream", f"whole update, {where} ({what})", ours,
+                                "curl | tar -xzf - (nothing verified)", pipe))
+                if folder == "capped":
+                    alone = median_time(lambda url=url: sh("curl", "-sf", "-o", "/dev/null",
+                                                           url), runs, fresh)
+                    rows.append(Row("stream", f"whole update, {where} ({what})", ours,
+                                    "the download alone (curl -o /dev/null)", alone))
+                else:
+                    script = f"""set -e
+mkdir -p {work}/dl
+curl -sf -o {work}/dl/a.tar.gz {url}
+echo "{sha}  {work}/dl/a.tar.gz" | sha256sum -c --quiet
+tar -xzf {work}/dl/a.tar.gz -C {out}
+"""
+                    three = median_time(lambda script=script: sh("sh", "-c", script), runs,
+                                        fresh)
+                    rows.append(Row("stream", f"whole update, {where} ({what})", ours,
+                                    "curl; sha256sum; tar -xzf", three))
+            fresh()
+            shutil.rmtree(nginx.root / name)
+            art.unlink()
+    shutil.rmtree(work)
+    return rows
+
+
 # -- delta updates: bytes and whole-update time against the full artifact -----------------------
 
 def _delta_update(work: Path, nginx: Any, label: str, old: Path, new: Path,
@@ -868,9 +938,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="small sizes, one run: for CI")
     ap.add_argument("--only", action="append", metavar="PART",
-                    help="run only this part (download, verify, install, update, switch, "
-                         "socket, footprint, fleet, watch, delta); printed, the results files "
-                         "untouched")
+                    help="run only this part (download, verify, install, update, stream, "
+                         "switch, socket, footprint, fleet, watch, delta); printed, the results "
+                         "files untouched")
     args = ap.parse_args()
     quick = args.quick
     started = time.time()
@@ -887,6 +957,10 @@ def main() -> None:
                 ("re-hash", lambda: bench_rehash(tmp, inst_size, small, runs)),
                 ("update", lambda: bench_whole_update(tmp, inst_size, small, runs,
                                                       (128 if quick else 4096) * MIB)),
+                ("stream", lambda: bench_stream(tmp, 20 * MIB if quick else 250 * MIB,
+                                                200 if quick else 2000,
+                                                32 * MIB if quick else 512 * MIB, runs,
+                                                "40m")),
                 ("switch", lambda: bench_switch(tmp, runs)),
                 ("socket", lambda: bench_socket(tmp, runs, quick)),
                 ("footprint", lambda: bench_footprint(tmp, quick)),

@@ -163,22 +163,29 @@ def _snapshot(outside: Path) -> set[str]:
     return found
 
 
-def _extract(data: bytes, outside: Path) -> Path:
-    staging = Path(tempfile.mkdtemp(prefix="stage-", dir=outside))
+def _extract(data: bytes, staging: Path) -> Path:
     with tempfile.TemporaryFile() as fh:
         fh.write(data)
         fh.seek(0)
         return archive.extract(fh, "tar", staging, LIMITS, "app")
 
 
-def check_hostile(name: str, workdir: Path) -> str:
-    """"" when `name` is refused as it must be, else what went wrong."""
+Extract = Callable[[bytes, Path], Path]  # the archive's bytes, an empty staging folder
+
+
+def _staged(data: bytes, outside: Path, extract: Extract) -> Path:
+    return extract(data, Path(tempfile.mkdtemp(prefix="stage-", dir=outside)))
+
+
+def check_hostile(name: str, workdir: Path, extract: Extract = _extract) -> str:
+    """"" when `name` is refused as it must be, else what went wrong; `extract`: how the
+    archive reaches the extractor (a file; tests/test_streaming.py streams it)."""
     outside = workdir / "outside"
     outside.mkdir()
     (outside / "bystander").write_text("untouched")
     before = _snapshot(outside)
     try:
-        _extract(HOSTILE[name](), outside)
+        _staged(HOSTILE[name](), outside, extract)
     except ArchiveError as e:
         if not str(e).startswith("member "):
             return f"refused without naming the member: {e}"
@@ -191,12 +198,12 @@ def check_hostile(name: str, workdir: Path) -> str:
     return ""
 
 
-def check_good(name: str, workdir: Path) -> str:
+def check_good(name: str, workdir: Path, extract: Extract = _extract) -> str:
     outside = workdir / "outside"
     outside.mkdir()
     make, expected = GOOD[name]
     try:
-        root = _extract(make(), outside)
+        root = _staged(make(), outside, extract)
     except Exception as e:
         return f"refused: {e}"
     found: dict[str, str] = {}

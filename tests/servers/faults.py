@@ -23,6 +23,9 @@ GET /<mode>/<file> serves FAULT_ROOT/<file> with ETag and Range support, misbeha
              decompressed what the origin labelled gzip, as Varnish does)
   stalesig   a signature (*.minisig) from FILE.stale, unless the request says Cache-Control:
              no-cache (a cache that kept an old signature beside a new manifest)
+  cuts       the first three requests of a file are cut, each at a random byte of what it
+             asked for (seeded by the path: the same cuts every run); ranges are honoured
+  dropnorange  as drop, then ignores Range (a resume gets the whole file again)
 Every request is appended to FAULT_LOG as one JSON line.
 """
 
@@ -32,6 +35,7 @@ import gzip
 import hashlib
 import json
 import os
+import random
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -119,7 +123,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         strong = not etag.startswith("W/")
         matches = if_range is None or (if_range == etag and strong) or (
             mode == "weakdrop" and if_range == modified)
-        if rng and mode not in ("norange",) and matches:
+        if rng and mode not in ("norange", "dropnorange") and matches:
             start = int(rng.split("=")[1].split("-")[0])
             if start >= len(data):
                 await respond(416, [("content-range", f"bytes */{len(data)}"),
@@ -153,7 +157,12 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
                             "more_body": i + 1 < len(body)})
                 entry["sent"] += 1
             return
-        if mode in ("drop", "weakdrop") and first:
+        if mode == "cuts" and seen[key] <= 3:  # cut three times, each at a random byte
+            cut = random.Random(f"{key}:{seen[key]}").randrange(1, max(len(body), 2))
+            await respond(status, [*base, ("content-length", str(len(body)))], body[:cut],
+                          more=True)
+            raise ConnectionAbortedError("cutting the connection at a random byte")
+        if mode in ("drop", "weakdrop", "dropnorange") and first:
             half = len(body) // 2
             await respond(status, [*base, ("content-length", str(len(body)))], body[:half],
                           more=True)

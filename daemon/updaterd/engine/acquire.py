@@ -19,13 +19,14 @@ import trio
 
 from updaterctl.vocabulary import human_size
 from updaterd import fsutil
+from updaterd.engine import streaming
 from updaterd.errors import LayoutError, UpdaterError
 from updaterd.install import delta
 from updaterd.install import shared as shared_paths
 from updaterd.install.apprun import AppRun
 from updaterd.install.layout import Staged
 from updaterd.install.transaction import forget_pruned
-from updaterd.net.cachefile import Expected, keep_only
+from updaterd.net.cachefile import Expected, ProgressFn, keep_only
 from updaterd.reports import Event
 from updaterd.sources import Source
 from updaterd.trust import archive, treehash
@@ -38,6 +39,8 @@ Plan = Literal["full", "delta"]
 async def acquire(run: AppRun, source: Source, release: Release, artifact: Artifact) -> Staged:
     """`release` staged and ready to switch to: built from a delta, else fetched whole."""
     staged = await _stage_from_delta(run, source, release, artifact)
+    if staged is None:
+        staged = await _stage_as_it_downloads(run, source, release, artifact)
     if staged is not None:
         return staged
     f = await fetch_artifact(run, source, release, artifact)
@@ -66,12 +69,15 @@ def _free(folder: Path) -> int:
     return st.f_bavail * st.f_frsize
 
 
-def _require_free_space(run: AppRun, artifact: Artifact) -> None:
-    """Refuse before downloading when the cache or the install folder cannot hold it; on the
-    install folder's file system, the oldest kept releases go first (never the current one or
-    the rollback target), as retention would have removed them at the next install anyway."""
+def _require_free_space(run: AppRun, artifact: Artifact, cached: bool = True) -> None:
+    """Refuse before downloading when the cache (`cached`: the artifact goes through it) or
+    the install folder cannot hold it; on the install folder's file system, the oldest kept
+    releases go first (never the current one or the rollback target), as retention would
+    have removed them at the next install anyway."""
     space = run.layout.space_folder
-    for folder, need in ((run.cache, artifact.size), (space, artifact.size)):
+    folders = ((run.cache, artifact.size), (space, artifact.size)) if cached else \
+        ((space, artifact.size),)
+    for folder, need in folders:
         free = _free(folder)
         same_disk = os.stat(folder).st_dev == os.stat(space).st_dev
         while free < need and same_disk and (gone := _drop_oldest_kept(run)) is not None:
@@ -123,6 +129,16 @@ async def fetch_artifact(run: AppRun, source: Source, release: Release,
               version)
     expected = Expected(artifact.size, artifact.sha256, artifact.blake3)
     dest = run.cache / artifact.url.rsplit("/", 1)[-1]
+    progress = _progress(run, version, plan)
+    limiter = run.hooks.download_limiter
+    if limiter is None:
+        return await source.fetch_artifact(artifact, dest, expected, progress)
+    async with limiter:
+        return await source.fetch_artifact(artifact, dest, expected, progress)
+
+
+def _progress(run: AppRun, version: str, plan: Plan) -> ProgressFn:
+    """Progress events of a download, four a second at most, and the last one."""
     last = [0.0]
 
     def progress(done: int, total: int) -> None:
@@ -132,11 +148,30 @@ async def fetch_artifact(run: AppRun, source: Source, release: Release,
             run.emit(Event(app=run.name, kind="progress", phase="downloading", version=version,
                            done=done, total=total, at=time.time(), plan=plan))
 
+    return progress
+
+
+async def _stage_as_it_downloads(run: AppRun, source: Source, release: Release,
+                                 artifact: Artifact) -> Staged | None:
+    """The release unpacked from its artifact as it downloads (engine/streaming.py); None
+    when it does not stream, or stopped in a way the cache may get past."""
+    if not streaming.may_stream(run, source, artifact):
+        return None
+    version = release.version
+    run.step = "downloading"
+    run.layout.preflight()
+    fsutil.ensure_private_dir(run.cache)
+    _require_free_space(run, artifact, cached=False)  # the archive is never kept whole
+    run.phase("downloading", f"installing {version} as it downloads from "
+              f"{source.describe(artifact)}", version)
+    progress = _progress(run, version, "full")
     limiter = run.hooks.download_limiter
     if limiter is None:
-        return await source.fetch_artifact(artifact, dest, expected, progress)
+        return await streaming.install_as_it_downloads(run, source, release, artifact,
+                                                       progress)
     async with limiter:
-        return await source.fetch_artifact(artifact, dest, expected, progress)
+        return await streaming.install_as_it_downloads(run, source, release, artifact,
+                                                       progress)
 
 
 async def _stage_from_delta(run: AppRun, source: Source, release: Release,

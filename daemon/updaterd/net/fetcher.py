@@ -10,6 +10,7 @@ hop passes the URL policy, and credentials never cross to another host.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import email.utils
 import logging
 import os
@@ -370,13 +371,7 @@ class Fetcher:
             if offset and attempt == 0:
                 raise Retryable(f"{url}: resumed file failed verification; "
                                 "starting over") from None
-            if encoding is not None:
-                raise DigestMismatch(
-                    f"{e}; {encoding}: the server, or a cache or proxy in between, changed "
-                    "the file's encoding (updaterd asks for the file as it is, "
-                    "Accept-Encoding: identity). Serve artifacts without an encoding "
-                    "(docs/feed.md, Serving a feed)") from None
-            raise
+            raise self._encoded(e, encoding) from None
         except OSError as e:
             # A full or failing disk: not worth retrying now, and the partial only takes space.
             cachefile.discard(part)
@@ -390,18 +385,29 @@ class Fetcher:
     async def _receive(self, url: str, r: httpx.Response, fd: int, digests: Digests,
                        expected: Expected, progress: ProgressFn | None) -> None:
         """Stream the body into `fd`, hashing as it arrives; enforce length and minimum speed."""
+        sink = _Sink(fd, digests)
+        try:
+            # what was hashed before (a resumed partial) plus what arrives
+            await self._body(url, r, digests.size, expected, progress, sink.add)
+        finally:
+            await sink.close()  # everything received is hashed and on disk, in order
+
+    async def _body(self, url: str, r: httpx.Response, received: int, expected: Expected,
+                    progress: ProgressFn | None,
+                    consume: Callable[[bytes], Awaitable[None]]) -> int:
+        """Hand each chunk of the body to `consume`, after `received` bytes already had;
+        enforce the signed size, the rate caps and the minimum speed. Returns the bytes
+        received in all."""
         window = parse_duration(self.limits.min_speed_window)
         min_bytes = parse_size(self.limits.min_speed) * window
         window_start, window_bytes = trio.current_time(), 0
-        received = digests.size  # what was hashed before (a resumed partial) plus what arrives
-        sink = _Sink(fd, digests)
         try:
             async for chunk in r.aiter_raw():
                 if received + len(chunk) > expected.size:
                     raise DigestMismatch(f"{url}: more bytes than the signed {expected.size}; "
                                          "aborted")
                 received += len(chunk)
-                await sink.add(chunk)
+                await consume(chunk)
                 for cap in self.rate_caps:
                     await cap.consume(len(chunk))
                 window_bytes += len(chunk)
@@ -415,8 +421,106 @@ class Fetcher:
                     progress(received, expected.size)
         except httpx.TransportError as e:
             raise Retryable(f"{url}: {type(e).__name__}: {e or 'connection lost'}") from None
-        finally:
-            await sink.close()  # everything received is hashed and on disk, in order
+        return received
+
+    # -- streaming installs ------------------------------------------------------------------
+
+    async def stream(self, url: str, expected: Expected,
+                     consume: Callable[[bytes], Awaitable[None]],
+                     progress: ProgressFn | None = None) -> None:
+        """Hand the artifact's bytes to `consume` in order, once each, as they arrive (a
+        streaming install hashes and unpacks them on the way; nothing is kept here). A cut
+        connection is resumed with Range and If-Range from the byte it stopped at; a server
+        that cannot resume it raises `CannotResume` at once (the consumer has the first bytes
+        already: starting over is the caller's choice)."""
+        if expected.signature is not None:
+            raise CannotResume(f"{url}: a detached signature is checked on the whole file")
+        at = _Stream()
+        deadline = parse_duration(self.limits.download_deadline)
+        with trio.move_on_after(deadline) as scope:
+            await self._retrying(url, lambda _n: self._stream_attempt(url, expected, consume,
+                                                                      progress, at))
+        if scope.cancelled_caught:
+            raise DownloadError(f"{url}: not finished within {self.limits.download_deadline}")
+
+    async def _stream_attempt(self, url: str, expected: Expected,
+                              consume: Callable[[bytes], Awaitable[None]],
+                              progress: ProgressFn | None, at: _Stream) -> None:
+        headers: dict[str, str] = {}
+        if at.received:
+            if at.validator is None:
+                raise CannotResume(f"{url}: cut at {at.received} of {expected.size} bytes, and "
+                                   "the server gave no strong ETag or Last-Modified date to "
+                                   "resume with")
+            headers = {"Range": f"bytes={at.received}-", "If-Range": at.validator}
+        async with self._open(url, headers) as r:
+            if at.received and r.status_code == 200:
+                why = _why_no_range(r, at.validator)
+                raise CannotResume(f"{url}: cut at {at.received} of {expected.size} bytes, and "
+                                   f"the server ignored the range ({why})")
+            if at.received and r.status_code == 206:
+                if not _content_range_ok(r.headers.get("content-range"), at.received,
+                                         expected.size):
+                    raise CannotResume(f"{url}: wrong Content-Range "
+                                       f"{r.headers.get('content-range')!r} on a resume")
+            elif r.status_code != 200:
+                raise self._status_error(url, r, await _error_detail(r))
+            else:
+                at.validator = _range_validator(_PartMeta(
+                    url=url, size=expected.size, sha256=None, blake3=None,
+                    etag=r.headers.get("etag"), last_modified=r.headers.get("last-modified")))
+                at.encoding = _encoding_of(r)
+                declared = r.headers.get("content-length")
+                if declared and declared.isdigit() and int(declared) > expected.size:
+                    raise self._encoded(DigestMismatch(
+                        f"{url}: server announces {declared} bytes, more than the signed "
+                        f"{expected.size}"), at.encoding)
+            try:  # `at.received` counts each chunk consumed: a cut resumes after the last
+                await self._body(url, r, at.received, expected, progress,
+                                 _counting(consume, at))
+            except DigestMismatch as e:
+                raise self._encoded(e, at.encoding) from None
+        if at.received < expected.size:
+            if at.encoding is not None:
+                raise self._encoded(DigestMismatch(
+                    f"{url}: the answer ended at {at.received} of the signed {expected.size} "
+                    "bytes"), at.encoding)
+            raise Retryable(f"{url}: connection closed at {at.received} of {expected.size} "
+                            "bytes")
+
+    @staticmethod
+    def _encoded(e: DigestMismatch, encoding: str | None) -> DigestMismatch:
+        """A size or digest refused, with the encoding on the way named when one was."""
+        if encoding is None:
+            return e
+        return DigestMismatch(
+            f"{e}; {encoding}: the server, or a cache or proxy in between, changed the file's "
+            "encoding (updaterd asks for the file as it is, Accept-Encoding: identity). Serve "
+            "artifacts without an encoding (docs/feed.md, Serving a feed)")
+
+
+class CannotResume(DownloadError):
+    """A streaming install's download was cut, and cannot go on from where it stopped."""
+
+
+@dataclasses.dataclass
+class _Stream:
+    """How far one streaming download is, across its attempts."""
+
+    received: int = 0
+    validator: str | None = None  # what If-Range carries on a resume
+    encoding: str | None = None  # what in the first answer says the bytes may be re-encoded
+
+
+def _counting(consume: Callable[[bytes], Awaitable[None]],
+              at: _Stream) -> Callable[[bytes], Awaitable[None]]:
+    """`consume`, with `at.received` kept up to date chunk by chunk (a cut resumes there)."""
+
+    async def each(chunk: bytes) -> None:
+        await consume(chunk)
+        at.received += len(chunk)
+
+    return each
 
 
 class _Sink:

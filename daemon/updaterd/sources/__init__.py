@@ -8,6 +8,7 @@ FeedError) and downloads into a verified, open file.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 from urllib.parse import unquote, urlsplit
@@ -18,6 +19,8 @@ from updaterd.net.cachefile import Expected, ProgressFn
 from updaterd.sources.origins import Origins
 from updaterd.trust.feed import Artifact, TrustedFeed
 from updaterd.trust.trustedset import TrustedSet
+
+Consume = Callable[[bytes], Awaitable[None]]
 
 if TYPE_CHECKING:  # the HTTP client is loaded only for an app whose feed is on the network
     from updaterd.net.fetcher import Fetcher
@@ -38,6 +41,16 @@ class Source(Protocol):
     async def fetch_artifact(self, artifact: Artifact, dest: Path, expected: Expected,
                        progress: ProgressFn | None) -> BinaryIO:
         """The artifact at `dest`, verified, open for reading."""
+        ...
+
+    def streams(self, artifact: Artifact) -> bool:
+        """Whether `stream_artifact` can hand over this artifact as it downloads."""
+        ...
+
+    async def stream_artifact(self, artifact: Artifact, expected: Expected,
+                              consume: Consume, progress: ProgressFn | None) -> None:
+        """Each byte of the artifact to `consume`, in order, as it arrives; verifying them is
+        the consumer's (engine/streaming.py)."""
         ...
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, BinaryIO
@@ -21,7 +22,7 @@ import msgspec
 import trio
 
 from updaterd import versions
-from updaterd.errors import DigestMismatch, FeedError, RateLimited, SignatureError
+from updaterd.errors import DigestMismatch, DownloadError, FeedError, RateLimited, SignatureError
 from updaterd.host import tokens
 from updaterd.host.config import AppConfig, Limits
 from updaterd.host.state import AppState
@@ -262,6 +263,14 @@ class GitHubSource:
                                 "checksums = 'SHA256SUMS' and/or signature = '{asset}.minisig' "
                                 "with public_keys (or verify = \"skip\", which is unsafe)")
         return sha256, blake3
+
+    def streams(self, artifact: Artifact) -> bool:
+        return False  # the checksums and signature assets are checked on the whole file
+
+    async def stream_artifact(self, artifact: Artifact, expected: Expected,
+                              consume: Callable[[bytes], Awaitable[None]],
+                              progress: ProgressFn | None) -> None:
+        raise DownloadError(f"{self.describe(artifact)}: a GitHub asset is not streamed")
 
     def describe(self, artifact: Artifact) -> str:
         asset = self.assets.get(artifact.url)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urljoin, urlsplit
@@ -70,7 +71,16 @@ class HttpTransport:
 
     async def file(self, name: str, dest: Path, expected: Expected,
                    progress: ProgressFn | None) -> BinaryIO:
+        return await self.fetcher.fetch_file(self._artifact_url(name), dest, expected,
+                                             progress)
+
+    async def stream(self, name: str, expected: Expected,
+                     consume: Callable[[bytes], Awaitable[None]],
+                     progress: ProgressFn | None) -> None:
+        await self.fetcher.stream(self._artifact_url(name), expected, consume, progress)
+
+    def _artifact_url(self, name: str) -> str:
         url = urljoin(self.base, name)
         if not url.startswith(("https://", "http://")):
             raise FeedError(f"artifact URL {url!r} is not http(s)")
-        return await self.fetcher.fetch_file(url, dest, expected, progress)
+        return url

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
@@ -132,6 +132,22 @@ class MirroredSource:
             self.book.served(self.app, url)
             return got
         raise every_origin_failed(failures)
+
+    def streams(self, artifact: Artifact) -> bool:
+        return True
+
+    async def stream_artifact(self, artifact: Artifact, expected: Expected,
+                              consume: Callable[[bytes], Awaitable[None]],
+                              progress: ProgressFn | None) -> None:
+        """From the origin whose manifest was taken only: a stream cannot move to another
+        origin half-way, and a stopped one goes through the cache, which tries them all."""
+        url = self.served or self.primary
+        try:
+            await self.feeds[url].stream_artifact(artifact, expected, consume, progress)
+        except DownloadError as e:
+            self._passed_over(url, e, artifact.url)
+            raise
+        self.book.served(self.app, url)
 
 
 def every_origin_failed(failures: list[tuple[str, UpdaterError]]) -> UpdaterError:

@@ -19,9 +19,9 @@ tests' FeedSimulator implement alike; `FeedSource` is the engine's `Source` over
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, runtime_checkable
 
 import msgspec
 
@@ -225,3 +225,24 @@ class FeedSource:
     async def fetch_artifact(self, artifact: Artifact, dest: Path, expected: Expected,
                              progress: ProgressFn | None) -> BinaryIO:
         return await self.transport.file(artifact.url, dest, expected, progress)
+
+    def streams(self, artifact: Artifact) -> bool:
+        return isinstance(self.transport, StreamingTransport)
+
+    async def stream_artifact(self, artifact: Artifact, expected: Expected,
+                              consume: Callable[[bytes], Awaitable[None]],
+                              progress: ProgressFn | None) -> None:
+        if not isinstance(self.transport, StreamingTransport):
+            raise DownloadError(f"{self.transport.describe(artifact.url)}: not streamed")
+        await self.transport.stream(artifact.url, expected, consume, progress)
+
+
+@runtime_checkable
+class StreamingTransport(Protocol):
+    """A transport over a network, whose files can be handed over as they arrive."""
+
+    async def stream(self, name: str, expected: Expected,
+                     consume: Callable[[bytes], Awaitable[None]],
+                     progress: ProgressFn | None) -> None:
+        """Each byte of `name` to `consume`, in order (a cut resumed where it stopped)."""
+        ...

@@ -389,11 +389,20 @@ def extract(f: BinaryIO, kind: Kind, staging: Path, limits: ExtractLimits,
         _extract_zip(f, tree)
     else:
         _extract_tar(f, kind, tree)
+        _read_to_end(f)
     tree.create_links()
     release = single_top_folder(root)
     if release != root:
         _links_stay_under(tree, release.name)
     return release
+
+
+def _read_to_end(f: BinaryIO) -> None:
+    """What follows the tar's end (its padding, the compressor's trailer) is read too: an
+    archive read as it downloads is verified only when its last byte has passed, and its tree
+    must not become a release before that (engine/streaming.py)."""
+    while f.read(1 << 20):
+        pass
 
 
 def _links_stay_under(tree: Tree, top: str) -> None:
