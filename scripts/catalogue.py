@@ -32,7 +32,6 @@ NOTES = {
  180: "note: on 60 real daemons at the default intervals by `make test-fleet` "
       "(tests/fleet/test_three_am.py)",
  182: "todo: the transparency log",
- 183: "todo: streaming installs",
  129: "note: the prefix check of row 128 makes the race impossible; the release is checked "
       "again (owner and modes up to /) right before the health check",
 }

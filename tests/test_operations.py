@@ -18,16 +18,20 @@ import pytest
 
 import updaterctl
 from tests.conftest import Daemon, Host, Nginx
-from tests.helpers import BIN, Feed, app_script, make_tar
+from tests.helpers import BIN, Feed, app_script, make_tar, make_zip
 
 SLOW = "200KiB/s"
 
 
-def slow_release(feed: Feed, version: str, size: int = 3 << 20) -> Path:
-    """A release with an incompressible blob: several seconds to download at SLOW."""
-    art = feed.work / f"hello-{version}-linux-x86_64.tar.gz"
-    make_tar(art, {"bin/hello": (app_script(version), 0o755),
-                   "share/blob": (os.urandom(size), 0o644)}, top=f"hello-{version}")
+def slow_release(feed: Feed, version: str, size: int = 3 << 20, fmt: str = "tar.gz") -> Path:
+    """A release with an incompressible blob: several seconds to download at SLOW (a tar.gz
+    streams into its staging folder; a zip goes through the download cache)."""
+    art = feed.work / f"hello-{version}-linux-x86_64.{fmt}"
+    files = {"bin/hello": (app_script(version), 0o755), "share/blob": (os.urandom(size), 0o644)}
+    if fmt == "zip":
+        make_zip(art, files, top=f"hello-{version}")
+    else:
+        make_tar(art, files, top=f"hello-{version}")
     feed.publish(version, [art])
     return art
 
@@ -76,8 +80,8 @@ def test_g142_a_failure_agrees_in_status_history_events_log_and_metrics(
         running: Daemon, served_feed: Feed, watch: Watch, fault: str) -> None:
     if fault == "disk full":
         from tests.faults.test_disk_full import small_fs
-        with small_fs(running.host.base / "cache", "1m"):
-            slow_release(served_feed, "1.1.0", size=3 << 20)
+        with small_fs(running.host.base / "cache", "1m"):  # a zip: through the cache
+            slow_release(served_feed, "1.1.0", size=3 << 20, fmt="zip")
             _g142_agreement(running, watch, "downloading", "MiB free")
         return
     art = served_feed.release("1.1.0")

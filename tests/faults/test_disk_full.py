@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Host, Nginx
-from tests.helpers import Feed, app_script, make_tar, run_updaterd
+from tests.helpers import Feed, app_script, make_tar, make_zip, run_updaterd
 
 
 @contextlib.contextmanager
@@ -44,11 +44,16 @@ def fill(folder: Path) -> Path:
     return filler
 
 
-def big_release(feed: Feed, version: str, size: int, zeros: bool = False) -> Path:
-    art = feed.work / f"hello-{version}-linux-x86_64.tar.gz"
+def big_release(feed: Feed, version: str, size: int, zeros: bool = False,
+                fmt: str = "tar.gz") -> Path:
+    """A tar.gz streams into its staging folder; a zip goes through the download cache."""
+    art = feed.work / f"hello-{version}-linux-x86_64.{fmt}"
     blob = bytes(size) if zeros else os.urandom(size)
-    make_tar(art, {"bin/hello": (app_script(version), 0o755), "share/blob": (blob, 0o644)},
-             top=f"hello-{version}")
+    files = {"bin/hello": (app_script(version), 0o755), "share/blob": (blob, 0o644)}
+    if fmt == "zip":
+        make_zip(art, files, top=f"hello-{version}")
+    else:
+        make_tar(art, files, top=f"hello-{version}")
     feed.publish(version, [art])
     return art
 
@@ -57,10 +62,13 @@ def no_traceback(r: subprocess.CompletedProcess[str]) -> None:
     assert "Traceback" not in r.stderr, r.stderr
 
 
+@pytest.mark.parametrize("small,fmt", [("cache", "zip"), ("opt", "tar.gz")],
+                         ids=["the cache, for an artifact that goes through it",
+                              "the install folder, for one that streams"])
 def test_d98_too_little_space_is_refused_before_downloading(
-        host: Host, nginx: Nginx, served_feed: Feed) -> None:
-    with small_fs(host.base / "cache", "1m"):
-        art = big_release(served_feed, "1.0.0", 3 << 20)
+        host: Host, nginx: Nginx, served_feed: Feed, small: str, fmt: str) -> None:
+    with small_fs(host.base / small, "1m"):
+        art = big_release(served_feed, "1.0.0", 3 << 20, fmt=fmt)
         host.follow(nginx, served_feed)
         r = run_updaterd("--config", host.config, "--once")
         assert r.returncode == 1 and re.search(
@@ -74,7 +82,7 @@ def test_d98_too_little_space_is_refused_before_downloading(
 def test_d97_disk_full_mid_download_is_a_clean_error(host: Host, nginx: Nginx,
                                                      served_feed: Feed) -> None:
     with small_fs(host.base / "cache", "6m") as cache:
-        big_release(served_feed, "1.0.0", 4 << 20)
+        big_release(served_feed, "1.0.0", 4 << 20, fmt="zip")  # through the cache
         host.follow(nginx, served_feed, max_rate="1MiB/s")  # slow enough to fill the disk
         proc = subprocess.Popen([str(Path(os.sys.executable).parent / "updaterd"),  # type: ignore[attr-defined]
                                  "--config", str(host.config), "--once"],

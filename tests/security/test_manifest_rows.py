@@ -6,7 +6,7 @@ import subprocess
 from pathlib import Path
 
 from tests.conftest import Daemon, Host, Nginx
-from tests.helpers import Feed, make_tar, release_files, run_updaterd
+from tests.helpers import Feed, make_zip, release_files, run_updaterd
 
 
 def hello(host: Host) -> str:
@@ -16,8 +16,9 @@ def hello(host: Host) -> str:
 
 def test_a17_cached_artifact_from_an_older_serial_is_not_trusted(
         host: Host, nginx: Nginx, served_feed: Feed) -> None:
-    """An artifact downloaded under serial 1 is re-verified against serial 2's digests."""
-    art = served_feed.release("1.0.0")
+    """An artifact downloaded under serial 1 is re-verified against serial 2's digests. (A
+    zip: it goes through the cache; a tar streams and is never kept whole.)"""
+    art = served_feed.release("1.0.0", fmt="zip")
     host.follow(nginx, served_feed)
     r = run_updaterd("--config", host.config, "--once",
                      env={"UPDATERD_FAILPOINTS": "stage.after_extract=exit"})
@@ -27,7 +28,7 @@ def test_a17_cached_artifact_from_an_older_serial_is_not_trusted(
     # serial 2 publishes other bytes under the same name and version
     files = release_files("1.0.0")
     files["share/VERSION"] = (b"1.0.0 rebuilt\n", 0o644)
-    make_tar(art, files, top="hello-1.0.0")
+    make_zip(art, files, top="hello-1.0.0")
     served_feed.republish_by_hand("1.0.0", art)  # `publish` itself refuses this (H155)
     r = run_updaterd("--config", host.config, "--once", "-v")
     assert r.returncode == 0, r.stderr

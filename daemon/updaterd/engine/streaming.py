@@ -19,10 +19,12 @@ from __future__ import annotations
 import io
 import logging
 import queue
-from typing import TYPE_CHECKING, BinaryIO, cast
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, BinaryIO, TypeVar, cast
 
 import trio
 
+from updaterd import failpoints
 from updaterd.errors import DigestMismatch, DownloadError, LayoutError, UpdaterError
 from updaterd.net.cachefile import Expected, ProgressFn, verify_expected
 from updaterd.trust import archive
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
     from updaterd.trust.feed import Artifact, Release
 
 log = logging.getLogger("updaterd.streaming")
+T = TypeVar("T")
 
 STREAMED: frozenset[archive.Kind] = frozenset({"tar", "tar.gz", "tar.xz", "tar.zst",
                                                 "tar.bz2"})
@@ -53,8 +56,13 @@ class Pipe:
     BATCH = 1 << 20
     IN_FLIGHT = 8
 
-    def __init__(self, name: str, expected: Expected) -> None:
-        self.name, self.expected = name, expected
+    def __init__(self, name: str, expected: Expected, token: trio.lowlevel.TrioToken,
+                 on_verified: Callable[[], None] | None = None) -> None:
+        """`token`: the event loop's, which the reading thread tells of each batch taken;
+        `on_verified`: called there once the last byte matched (what follows is the staging
+        of today: fsync, the tree's record, the rename into releases/)."""
+        self.name, self.expected, self.on_verified = name, expected, on_verified
+        self._token = token
         self._queue: queue.SimpleQueue[bytes | _End | BaseException] = queue.SimpleQueue()
         self._credits = trio.Semaphore(self.IN_FLIGHT)
         self._batch: list[bytes] = []
@@ -87,7 +95,7 @@ class Pipe:
         """The next item, from the reading thread; a batch gives its credit back."""
         item = self._queue.get()
         if isinstance(item, bytes):
-            trio.from_thread.run_sync(self._credits.release)
+            self._token.run_sync_soon(self._credits.release)
         return item
 
 
@@ -132,6 +140,9 @@ class PipeReader(io.RawIOBase):
         if isinstance(item, _End):
             verify_expected(self._pipe.name, self.digests, self._pipe.expected)
             self.verified = True
+            failpoints.hit("download.after_verify")  # verified, not yet a release
+            if self._pipe.on_verified is not None:
+                self._pipe._token.run_sync_soon(self._pipe.on_verified)
             return
         self.digests.update(item)
         self._view = memoryview(item)
@@ -165,6 +176,66 @@ def may_stream(run: AppRun, source: Source, artifact: Artifact) -> bool:
         and not cached.exists() and not cached.with_name(name + ".part").exists()
 
 
+async def unpack_as_it_arrives(name: str, expected: Expected,
+                               feed: Callable[[Pipe], Awaitable[None]],
+                               unpack: Callable[[BinaryIO], T],
+                               on_verified: Callable[[], None] | None = None) -> T:
+    """`unpack(reader)` on a thread of its own while `feed(pipe)` puts the bytes; returns what
+    `unpack` returned, or raises what it raised (the feed's own failures reach `unpack` as
+    its reads' errors). The thread is never left running: a feed cancelled (a stop, an
+    operator's cancel) ends the pipe and waits for it, as a staging thread is waited for
+    today; an `unpack` that ends first (a refused member) stops the feed."""
+    token = trio.lowlevel.current_trio_token()
+    pipe = Pipe(name, expected, token, on_verified)
+    done = trio.Event()
+    feeding = trio.CancelScope()
+    result: list[tuple[bool, T | BaseException]] = []
+
+    def job() -> None:
+        try:
+            result.append((True, unpack(cast(BinaryIO, pipe.reader))))
+        except BaseException as e:  # handed to the event loop, raised there
+            result.append((False, e))
+        token.run_sync_soon(finished)
+
+    def finished() -> None:
+        feeding.cancel()
+        done.set()
+
+    trio.lowlevel.start_thread_soon(job, lambda _outcome: None, name=f"updaterd-unpack {name}")
+    try:
+        with feeding:
+            await _feed_until_done(feed, pipe)
+    finally:
+        with trio.CancelScope(shield=True):  # the staging folder is the thread's until it ends
+            await done.wait()
+    ok, value = result[0]
+    if not ok:
+        assert isinstance(value, BaseException)
+        raise value
+    return cast(T, value)
+
+
+async def _feed_until_done(feed: Callable[[Pipe], Awaitable[None]], pipe: Pipe) -> None:
+    """The network side: every byte into the pipe, then its end, or why it stopped (the
+    reading thread raises that at its next read: nothing is raised here but a cancellation)."""
+    ended = False
+    try:
+        await feed(pipe)
+        await pipe.close()
+        ended = True
+    except UpdaterError as e:
+        pipe.fail(e)
+        ended = True
+    except Exception as e:  # a bug on the way must not leave the reading thread waiting
+        log.exception("streaming %s", pipe.name)
+        pipe.fail(StreamStopped(f"{type(e).__name__}: {e}"))
+        ended = True
+    finally:
+        if not ended:  # cancelled: a stop, or the reading thread gave up first
+            pipe.fail(StreamStopped("the download was stopped"))
+
+
 async def install_as_it_downloads(run: AppRun, source: Source, release: Release,
                                   artifact: Artifact, progress: ProgressFn) -> Staged | None:
     """`release` staged from its artifact as the artifact downloads (`may_stream` first);
@@ -173,48 +244,29 @@ async def install_as_it_downloads(run: AppRun, source: Source, release: Release,
     name = artifact.url.rsplit("/", 1)[-1]
     kind = archive.kind_of(name)
     expected = Expected(artifact.size, artifact.sha256, artifact.blake3)
-    pipe = Pipe(name, expected)
     limits, raw_name = run.config.limits.extraction(), run.cfg.executable or run.name
-    failure: BaseException | None = None
-    staged: Staged | None = None
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_download, source, artifact, expected, pipe, progress)
-        try:
-            staged = await trio.to_thread.run_sync(
-                run.layout.stage, cast(BinaryIO, pipe.reader), kind, limits, raw_name,
-                run.cfg.executable, release.version)
-        except (UpdaterError, OSError) as e:
-            failure = e
-            nursery.cancel_scope.cancel()
-    if isinstance(failure, OSError):  # a full disk, most often; the staging is removed
-        raise LayoutError(f"{run.layout.space_folder}: {failure.strerror or failure} while "
-                          f"installing {release.version} as it downloads") from None
-    if isinstance(failure, DownloadError) and not isinstance(failure, DigestMismatch):
+
+    async def feed(pipe: Pipe) -> None:
+        await source.stream_artifact(artifact, expected, pipe.put, progress)
+
+    try:
+        return await unpack_as_it_arrives(
+            name, expected, feed,
+            lambda reader: run.layout.stage(reader, kind, limits, raw_name,
+                                            run.cfg.executable, release.version),
+            lambda: run.phase("staging", version=release.version))
+    except OSError as e:  # a full disk, most often; the staging is removed
+        raise LayoutError(f"{run.layout.space_folder}: {e.strerror or e} while staging "
+                          f"{release.version} as it downloads") from None
+    except DigestMismatch:
+        if not source.stream_refused(artifact):
+            raise
+        log.warning("%s: the bytes of %s streamed from %s did not verify; nothing of them "
+                    "was kept, and the artifact is fetched through the cache from the feed's "
+                    "other origins", run.name, release.version, source.describe(artifact))
+        return None
+    except DownloadError as e:
         log.warning("%s: the streaming install of %s stopped (%s); nothing of it was kept, "
                     "and the artifact is fetched through the cache, which resumes across "
-                    "restarts", run.name, release.version, failure)
+                    "restarts", run.name, release.version, e)
         return None
-    if failure is not None:
-        raise failure
-    return staged
-
-
-async def _download(source: Source, artifact: Artifact, expected: Expected, pipe: Pipe,
-                    progress: ProgressFn) -> None:
-    """The network side: every chunk into the pipe, then its end, or why it stopped (the
-    staging thread raises that at its next read: nothing is raised here)."""
-    done = False
-    try:
-        await source.stream_artifact(artifact, expected, pipe.put, progress)
-        await pipe.close()
-        done = True
-    except UpdaterError as e:
-        pipe.fail(e)
-        done = True
-    except Exception as e:  # a bug on the way must not hang the staging thread
-        log.exception("streaming %s", artifact.url)
-        pipe.fail(StreamStopped(f"{type(e).__name__}: {e}"))
-        done = True
-    finally:
-        if not done:  # cancelled: a stop, or the staging thread gave up first
-            pipe.fail(StreamStopped("the download was stopped"))

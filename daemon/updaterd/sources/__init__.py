@@ -53,6 +53,11 @@ class Source(Protocol):
         the consumer's (engine/streaming.py)."""
         ...
 
+    def stream_refused(self, artifact: Artifact) -> bool:
+        """The bytes `stream_artifact` handed over did not verify: whether another origin
+        may have good ones (then `fetch_artifact` asks the others first)."""
+        ...
+
 
 def local_folder(cfg: AppConfig) -> Path | None:
     """The folder of an app whose feed is on this host (`directory`, or a `file://` manifest):

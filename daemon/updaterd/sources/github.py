@@ -272,6 +272,9 @@ class GitHubSource:
                               progress: ProgressFn | None) -> None:
         raise DownloadError(f"{self.describe(artifact)}: a GitHub asset is not streamed")
 
+    def stream_refused(self, artifact: Artifact) -> bool:
+        return False
+
     def describe(self, artifact: Artifact) -> str:
         asset = self.assets.get(artifact.url)
         return asset.url if asset else artifact.url

@@ -51,6 +51,7 @@ class MirroredSource:
                                          http.admit_named_hosts)
         self.primary = next(iter(self.feeds))
         self.served: str | None = None  # the origin whose manifest this operation took
+        self.refused: set[str] = set()  # origins whose streamed bytes did not verify
 
     async def look(self, state: AppState, limits: Limits, seen: watch.Seen) -> str | None:
         """A look between checks (`watch.changed`): asked of the origin whose validators are
@@ -116,6 +117,8 @@ class MirroredSource:
         first = self.served or self.primary
         order = [first, *(u for u in self.book.order(self.app, list(self.feeds), self.now())
                           if u != first)]
+        order = [u for u in order if u not in self.refused] + \
+            [u for u in order if u in self.refused]  # asked again only when all else fails
         failures: list[tuple[str, UpdaterError]] = []
         asked: set[str] = set()
         for url in order:
@@ -148,6 +151,12 @@ class MirroredSource:
             self._passed_over(url, e, artifact.url)
             raise
         self.book.served(self.app, url)
+
+    def stream_refused(self, artifact: Artifact) -> bool:
+        url = self.served or self.primary
+        self.refused.add(url)
+        self.book.failed(self.app, url, self.now())
+        return len(self.feeds) > 1
 
 
 def every_origin_failed(failures: list[tuple[str, UpdaterError]]) -> UpdaterError:

@@ -236,6 +236,9 @@ class FeedSource:
             raise DownloadError(f"{self.transport.describe(artifact.url)}: not streamed")
         await self.transport.stream(artifact.url, expected, consume, progress)
 
+    def stream_refused(self, artifact: Artifact) -> bool:
+        return False  # one origin: it would send the same bytes again
+
 
 @runtime_checkable
 class StreamingTransport(Protocol):
