@@ -4,8 +4,16 @@ configuration's rules for `mirrors`. The real daemon against real nginx: tests/t
 
 from __future__ import annotations
 
-import pytest
+import hashlib
+import logging
+import time
+from pathlib import Path
 
+import httpx
+import pytest
+import trio
+
+from tests.simulator import FeedSimulator
 from updaterd.errors import (
     DigestMismatch,
     DownloadError,
@@ -15,9 +23,15 @@ from updaterd.errors import (
     SignatureRefused,
     UpdaterError,
 )
-from updaterd.host import config
-from updaterd.sources.mirrors import every_origin_failed
+from updaterd.host import config, outcome, trustroot
+from updaterd.host.config import Limits
+from updaterd.host.state import AppState
+from updaterd.net.cachefile import Expected
+from updaterd.net.fetcher import Fetcher
+from updaterd.sources import watch
+from updaterd.sources.mirrors import MirroredSource, every_origin_failed
 from updaterd.sources.origins import BACKOFF_FIRST, BACKOFF_MAX, Origins
+from updaterd.trust.feed import TrustedFeed
 
 A, B, C = (f"https://{h}.example/app/manifest.json" for h in "abc")
 
@@ -53,10 +67,11 @@ def test_origins_backing_off_are_still_asked_the_soonest_over_first() -> None:
 def test_counts_tell_failures_from_refusals() -> None:
     book = Origins()
     book.failed("x", A, now=0)
+    book.failed("x", A, now=0)
     book.failed("x", A, now=0, refused=True)
     book.served("x", B)
     a, b = book.of("x", A), book.of("x", B)
-    assert (a.failed, a.refused, a.served, a.in_a_row) == (1, 1, 0, 2)
+    assert (a.failed, a.refused, a.served, a.in_a_row) == (2, 1, 0, 3)
     assert (b.failed, b.refused, b.served, b.in_a_row) == (0, 0, 1, 0)
 
 
@@ -130,3 +145,149 @@ def test_feed_check_compares_origins_with_the_newest() -> None:
     nothing = {A: Report(problems=["x"])}
     compare_origins(nothing)
     assert nothing[A].problems == ["x"]
+
+
+# -- MirroredSource in this process: httpx's MockTransport plays the origins ------------------
+
+class Origins3:
+    """Three origins of one feed, each serving a copy (or none: down) of a simulated feed."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.sim = FeedSimulator()
+        self.sim.release("1.0.0")
+        self.urls = [f"http://127.0.0.1:{port}/feed/manifest.json" for port in (81, 82, 83)]
+        self.files: dict[str, dict[str, bytes] | None] = {u: self.copy() for u in self.urls}
+        self.asked: list[tuple[str, str | None]] = []  # (url, If-None-Match)
+        self.state_folder = tmp_path
+        self.book = Origins()
+        self.cfg = config.AppConfig(source="manifest", url=self.urls[0], mirrors=self.urls[1:],
+                                    public_keys=[self.sim.public_key], prefix="/opt/x",
+                                    allow_insecure=True)
+
+    def copy(self) -> dict[str, bytes]:
+        return {"manifest.json": self.sim.raw, "manifest.json.minisig": self.sim.signature,
+                **self.sim.blobs}
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        url = str(request.url)
+        self.asked.append((url, request.headers.get("if-none-match")))
+        base, name = url.rsplit("/", 1)
+        files = self.files[base + "/manifest.json"]
+        if files is None:
+            raise httpx.ConnectError("down on purpose", request=request)
+        if name not in files:
+            return httpx.Response(404)
+        etag = '"' + hashlib.sha256(files[name]).hexdigest()[:16] + '"'
+        if request.headers.get("if-none-match") == etag:
+            return httpx.Response(304, headers={"etag": etag})
+        return httpx.Response(200, stream=httpx.ByteStream(files[name]),
+                              headers={"etag": etag, "content-length": str(len(files[name]))})
+
+    def source(self) -> MirroredSource:
+        fetcher = Fetcher(Limits(retries=1, backoff_base="1ms", backoff_cap="1ms"),
+                          allow_insecure=True, transport=httpx.MockTransport(self.handler))
+        return MirroredSource("hello", self.cfg, Limits(), fetcher, self.state_folder,
+                              self.book, fresh=False, now=lambda: 1000.0)
+
+    def fetch(self, state: AppState) -> tuple[MirroredSource, TrustedFeed]:
+        async def go() -> tuple[MirroredSource, TrustedFeed]:
+            source = self.source()
+            trust = trustroot.trusted_set("hello", self.cfg, state, time.time())
+            feed = await source.fetch(state, trust)
+            outcome.validators(state, *(feed.validators or (None, None)), feed.origin)
+            state.serial, state.manifest_digest = feed.manifest.serial, feed.digest
+            return source, feed  # its client stays open for `artifact`
+
+        return trio.run(go)
+
+    def look(self, state: AppState) -> str | None:
+        async def go() -> str | None:
+            source = self.source()
+            try:
+                return await source.look(state, Limits(), watch.Seen())
+            finally:
+                await source.fetcher.aclose()
+
+        return trio.run(go)
+
+    def artifact(self, source: MirroredSource, tmp_path: Path) -> bytes:
+        art = self.sim.releases[-1].artifacts[0]
+
+        async def go() -> bytes:
+            try:
+                with await source.fetch_artifact(art, tmp_path / art.url, Expected(
+                        art.size, art.sha256, art.blake3), None) as f:
+                    return f.read()
+            finally:
+                await source.fetcher.aclose()
+
+        return trio.run(go)
+
+
+@pytest.fixture
+def three(tmp_path: Path) -> Origins3:
+    return Origins3(tmp_path)
+
+
+def test_the_feed_is_taken_from_the_first_origin_that_answers_and_said_so(
+        three: Origins3, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="updaterd.mirrors")
+    state = AppState()
+    three.fetch(state)
+    assert "taken from" not in caplog.text, "the primary serving is no news"
+    three.files[three.urls[0]] = None
+    source, _ = three.fetch(state)
+    assert source.served == three.urls[1] and state.feed_origin == three.urls[1]
+    assert caplog.text.count(f"the feed is taken from {three.urls[1]}") == 1
+    assert f"origin {three.urls[0]} failed (feed)" in caplog.text
+
+
+def test_the_artifact_comes_from_the_origin_of_the_feed_then_the_others_in_order(
+        three: Origins3, tmp_path: Path) -> None:
+    state = AppState()
+    three.files[three.urls[0]] = None
+    source, _ = three.fetch(state)
+    assert source.served == three.urls[1]
+    name = three.sim.releases[-1].artifacts[0].url
+    assert source.describe(three.sim.releases[-1].artifacts[0]).endswith(f":82/feed/{name}")
+    files = three.files[three.urls[1]]
+    assert files is not None
+    files[name] = b"x" * len(files[name])  # the feed's origin has a bad copy
+    three.files[three.urls[2]] = {}  # the last has none
+    three.files[three.urls[0]] = three.copy()  # the first is back
+    three.asked.clear()
+    assert three.artifact(source, tmp_path) == three.sim.blobs[name]
+    order = [u.rsplit("/", 2)[0] for u, _ in three.asked if u.endswith(name)]
+    assert order == ["http://127.0.0.1:82", "http://127.0.0.1:83", "http://127.0.0.1:81"], \
+        "the feed's origin, then the others: 81 last, as it backs off from its failure"
+
+
+def test_a_look_asks_the_origin_of_the_validators_then_the_others_whole(
+        three: Origins3) -> None:
+    state = AppState()
+    three.files[three.urls[0]] = None
+    three.fetch(state)  # validators from the second origin
+    three.asked.clear()
+    assert three.look(state) is None
+    assert [(u.rsplit("/", 2)[0], inm is not None) for u, inm in three.asked] == \
+        [("http://127.0.0.1:82", True)], "one conditional request to the second origin"
+    three.files[three.urls[1]] = None
+    three.files[three.urls[0]] = three.copy()
+    three.asked.clear()
+    assert three.look(state) is None  # the same bytes elsewhere: nothing new
+    assert three.asked[0][1] is not None
+    assert [(u.rsplit("/", 2)[0], inm) for u, inm in three.asked] == \
+        [("http://127.0.0.1:82", three.asked[0][1]), ("http://127.0.0.1:83", None)], \
+        "the second once (the next origin is the retry), then the third whole (the first " \
+        "backs off)"
+    three.sim.release("1.1.0")
+    three.files[three.urls[2]] = three.copy()
+    assert three.look(state) == "the manifest changed"
+
+
+def test_a_look_with_every_origin_down_raises_the_first_failure(three: Origins3) -> None:
+    state = AppState()
+    three.fetch(state)
+    three.files = dict.fromkeys(three.urls)
+    with pytest.raises(DownloadError, match=r":81/feed/manifest\.json: ConnectError"):
+        three.look(state)

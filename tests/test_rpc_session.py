@@ -475,3 +475,53 @@ def test_clients_let_in_past_the_cap_by_root_keep_users_out() -> None:
             nursery.cancel_scope.cancel()
 
     run(test)
+
+
+def test_caps_lowered_while_clients_are_in_hold_for_the_next_one() -> None:
+    """A reload that lowers a cap below what is open: the next client or stream is refused
+    (what is open stays)."""
+    import dataclasses
+
+    async def test() -> None:
+        srv = Server({"status": status, "subscribe": subscribe}, lambda: "adm",
+                     Limits(max_clients=50, max_clients_per_uid=3, idle_timeout=60,
+                            line_timeout=5, max_streams_per_client={"subscribe": 2}))
+        line = b'{"jsonrpc":"2.0","id":1,"method":"subscribe"}\n'
+        async with trio.open_nursery() as nursery:
+            held, end = trio.testing.memory_stream_pair()
+            nursery.start_soon(srv.session, end, USER)
+            for _ in range(2):
+                await held.send_all(line)
+                assert (await receive_line(held))["result"] == "subscribed"
+            for _ in range(2):
+                _, end = trio.testing.memory_stream_pair()
+                nursery.start_soon(srv.session, end, USER)
+            await trio.testing.wait_all_tasks_blocked()
+            srv.limits = dataclasses.replace(srv.limits, max_clients_per_uid=2,
+                                             max_streams_per_client={"subscribe": 1})
+            late, end = trio.testing.memory_stream_pair()
+            nursery.start_soon(srv.session, end, USER)
+            assert (await receive_line(late))["error"]["message"] == "too many clients"
+            await held.send_all(line)
+            assert "this connection already holds 2" in \
+                (await receive_line(held))["error"]["message"]
+            nursery.cancel_scope.cancel()
+
+    run(test)
+
+
+@pytest.mark.parametrize("cap", [{"max_streams_per_client": {"subscribe": 0}},
+                                 {"max_streams": {"subscribe": 0}}])
+def test_a_stream_cap_of_nought_lets_no_stream_in(cap: dict[str, Any]) -> None:
+    async def test() -> None:
+        srv = Server({"subscribe": subscribe}, lambda: "adm",
+                     Limits(max_clients=50, max_clients_per_uid=5, idle_timeout=60,
+                            line_timeout=5, **cap))
+        async with trio.open_nursery() as nursery:
+            user, end = trio.testing.memory_stream_pair()
+            nursery.start_soon(srv.session, end, USER)
+            await user.send_all(b'{"jsonrpc":"2.0","id":1,"method":"subscribe"}\n')
+            assert "error" in await receive_line(user)
+            nursery.cancel_scope.cancel()
+
+    run(test)

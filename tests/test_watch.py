@@ -266,3 +266,19 @@ def test_a_look_whose_check_is_cancelled_ends_quietly(host: SimHost, sim: FeedSi
 
     trio.run(main)
     assert host.current() == "1.0.0"
+
+
+def test_a_look_at_another_origin_sends_no_validators(host: SimHost,
+                                                      sim: FeedSimulator) -> None:
+    """A feed with mirrors: the validators kept are one origin's; a look that asks another
+    (the first one down) reads both documents whole and compares them by digest."""
+    from updaterd.host.config import Limits
+
+    _, engine = guarded_on_1_0_0(host, sim)
+    st = engine.load_state("hello")
+    assert st.etag and st.rollout_etag and st.rollout_mark is not None
+    before = asked(sim)
+    assert run(lambda: watch.changed(sim.transport("hello", None), st,  # type: ignore[arg-type]
+                                     Limits(), watch.Seen(), conditional=False)) is None
+    m, m304, r, r304 = (a - b for a, b in zip(asked(sim), before, strict=True))
+    assert (m, m304, r, r304) == (1, 0, 1, 0), "both asked whole: nothing new by digest"

@@ -88,7 +88,7 @@ def make_source(app: str, cfg: AppConfig, limits: Limits, fetcher: Fetcher | Non
         from updaterd.sources.mirrors import MirroredSource
 
         return MirroredSource(app, cfg, limits, fetcher, state_folder,
-                              book if book is not None else Origins(), fresh)
+                              book if book is not None else Origins(), fresh=fresh)
     if cfg.source == "manifest":
         from updaterd.sources.manifest import HttpTransport
 

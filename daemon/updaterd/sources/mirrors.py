@@ -41,7 +41,7 @@ class MirroredSource:
     """The engine's `Source` for a manifest feed with mirrors."""
 
     def __init__(self, app: str, cfg: AppConfig, limits: Limits, fetcher: Fetcher,
-                 state_folder: Path, book: Origins, fresh: bool = False,
+                 state_folder: Path, book: Origins, *, fresh: bool,
                  now: Callable[[], float] = time.time) -> None:
         self.app, self.book, self.now, self.fetcher = app, book, now, fetcher
         self.feeds: dict[str, FeedSource] = {}
@@ -75,9 +75,7 @@ class MirroredSource:
     async def fetch(self, state: AppState, trust: TrustedSet) -> TrustedFeed:
         failures: list[tuple[str, UpdaterError]] = []
         order = self.book.order(self.app, list(self.feeds), self.now())
-        for url in order:
-            if failures:
-                trust.another_origin()
+        for url in order:  # a manifest refused is not taken: the set takes the next one's
             try:
                 with self._retried_if_last(url, order):
                     feed = await self.feeds[url].fetch(state, trust)

@@ -43,12 +43,6 @@ class TrustedSet:
         rotations followed); not when none are configured, nor with `verify = "skip"`."""
         return self._keys is not None and bool(self._keys.keys)
 
-    def another_origin(self) -> None:
-        """The refresh starts again at another origin of the feed (a mirror), whose
-        manifest replaces any taken so far; rotations accepted stay accepted (a key revoked
-        stays revoked), and so does the mark they left."""
-        self._feed = None
-
     def rotate(self, raw: bytes, signature: bytes | None) -> bool:
         """Take one rotation; False when it is not newer than the keys in use."""
         if self._feed is not None:
@@ -65,7 +59,7 @@ class TrustedSet:
     def manifest(self, raw: bytes, signature: bytes | None, *, remote: bool) -> TrustedFeed:
         """The manifest, against the keys in use and the mark. `remote`: it came over a
         network, so it must be signed even when no key is configured."""
-        if self._feed is not None:
+        if self._feed is not None:  # a refused one is not taken: the next origin's may be
             raise RuntimeError("one manifest per refresh")
         keys = self._keys
         self._feed = feed.verify_manifest(
