@@ -106,6 +106,9 @@ MODULES = [
     # a feed's origins: the order and back-off (no I/O), and the source that walks them
     Module("origins", ["tests/test_origins.py"]),
     Module("mirrors", ["tests/test_origins.py", "tests/test_mirrors.py"], [], 120),
+    # streaming installs (row 183): the pipe, the reader that checks the last byte, the thread
+    # beside the download; in-process tests first, then the daemon's (not in the daily run)
+    Module("streaming", ["tests/test_streaming.py"], [], 120, True),
     # data snapshots: a copy of what the app writes, put back by root
     Module("snapshots", ["tests/test_snapshots.py", "tests/test_data_snapshots.py"], [], 120),
     # what the controller reads, believes and signs (rows 172, 176); its loop (`run`) is the
