@@ -177,6 +177,14 @@ def release_tree(root: Path, size: int, small_files: int) -> None:
     (root / "bin" / "app").chmod(0o755)
 
 
+def one_file_tree(root: Path, size: int) -> None:
+    """A release of one large incompressible file (and the app's script)."""
+    (root / "bin").mkdir(parents=True)
+    random_file(root / "blob", size)
+    (root / "bin" / "app").write_text("#!/bin/sh\n")
+    (root / "bin" / "app").chmod(0o755)
+
+
 def bench_install(tmp: Path, size: int, small_files: int, runs: int) -> list[Row]:
     src = tmp / "src"
     release_tree(src / "app-1.0", size, small_files)
@@ -341,10 +349,7 @@ ln -sfn releases/1.0.0 {prefix}/current.tmp && mv -T {prefix}/current.tmp {prefi
         shutil.rmtree(nginx.root / name)
         # peak memory while downloading and installing one large artifact
         bigsrc = work / "big"
-        (bigsrc / "app-2.0.0" / "bin").mkdir(parents=True)
-        random_file(bigsrc / "app-2.0.0" / "blob", big)
-        (bigsrc / "app-2.0.0" / "bin" / "app").write_text("#!/bin/sh\n")
-        (bigsrc / "app-2.0.0" / "bin" / "app").chmod(0o755)
+        one_file_tree(bigsrc / "app-2.0.0", big)
         bigart = work / "app-2.0.0-linux-x86_64.tar"
         sh("tar", "-C", str(bigsrc), "-cf", str(bigart), "app-2.0.0")
         shutil.rmtree(bigsrc)
@@ -376,10 +381,7 @@ def bench_stream(tmp: Path, size: int, small_files: int, one_file: int, runs: in
             if files:
                 release_tree(src / "app-1.0.0", tree_size, files)
             else:
-                (src / "app-1.0.0" / "bin").mkdir(parents=True)
-                random_file(src / "app-1.0.0" / "blob", tree_size)
-                (src / "app-1.0.0" / "bin" / "app").write_text("#!/bin/sh\n")
-                (src / "app-1.0.0" / "bin" / "app").chmod(0o755)
+                one_file_tree(src / "app-1.0.0", tree_size)
             art = work / "app-1.0.0-linux-x86_64.tar.gz"
             sh("tar", "-C", str(src), "-czf", str(art), "app-1.0.0")
             shutil.rmtree(src)

@@ -54,8 +54,9 @@ def three_origins(host: Host, site: Site, feed: Feed, **app: object) -> tuple[st
     return down, stale, good
 
 
-def test_one_origin_down_one_stale_one_good_the_host_installs_from_the_good_one(
-        host: Host, nginx: Nginx, tmp_path: Path) -> None:
+def on_1_1_0_with_an_old_copy(nginx: Nginx, tmp_path: Path) -> tuple[Site, Feed, Path]:
+    """The feed at 1.1.0 in `good/`, mirrored as it is in `stale/`; a copy of it at 1.0.0
+    (serial 1) kept aside, to restore a mirror from."""
     site = Site(nginx, tmp_path)
     feed = Feed(folder=site.folder("good"), work=tmp_path / "work")
     feed.release("1.0.0")
@@ -63,6 +64,12 @@ def test_one_origin_down_one_stale_one_good_the_host_installs_from_the_good_one(
     shutil.copytree(feed.folder, old)
     feed.release("1.1.0")
     site.mirror(feed, "stale")
+    return site, feed, old
+
+
+def test_one_origin_down_one_stale_one_good_the_host_installs_from_the_good_one(
+        host: Host, nginx: Nginx, tmp_path: Path) -> None:
+    site, feed, old = on_1_1_0_with_an_old_copy(nginx, tmp_path)
     down, stale, good = three_origins(host, site, feed)
 
     r = once(host)  # the mirror is current yet: the host takes 1.1.0 from it
@@ -93,13 +100,7 @@ def test_one_origin_down_one_stale_one_good_the_host_installs_from_the_good_one(
 
 def test_the_good_origin_is_asked_first_while_the_others_back_off(
         host: Host, nginx: Nginx, tmp_path: Path, daemon: Daemon) -> None:
-    site = Site(nginx, tmp_path)
-    feed = Feed(folder=site.folder("good"), work=tmp_path / "work")
-    feed.release("1.0.0")
-    old = tmp_path / "old-copy"
-    shutil.copytree(feed.folder, old)
-    feed.release("1.1.0")
-    site.mirror(feed, "stale")
+    site, feed, old = on_1_1_0_with_an_old_copy(nginx, tmp_path)
     down, stale, good = three_origins(host, site, feed)
     once(host)  # the host has seen serial 2 (from the mirror, current then) ...
     assert host.current() == "1.1.0"

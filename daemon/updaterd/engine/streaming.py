@@ -54,7 +54,7 @@ class Pipe:
     most IN_FLIGHT batches waiting (a bounded memory, whatever the artifact's size)."""
 
     BATCH = 1 << 20
-    IN_FLIGHT = 8
+    IN_FLIGHT = 4
 
     def __init__(self, name: str, expected: Expected, token: trio.lowlevel.TrioToken,
                  on_verified: Callable[[], None] | None = None) -> None:
