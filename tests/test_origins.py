@@ -152,10 +152,10 @@ def test_feed_check_compares_origins_with_the_newest() -> None:
 class Origins3:
     """Three origins of one feed, each serving a copy (or none: down) of a simulated feed."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, ports: tuple[int, ...] = (81, 82, 83)) -> None:
         self.sim = FeedSimulator()
         self.sim.release("1.0.0")
-        self.urls = [f"http://127.0.0.1:{port}/feed/manifest.json" for port in (81, 82, 83)]
+        self.urls = [f"http://127.0.0.1:{port}/feed/manifest.json" for port in ports]
         self.files: dict[str, dict[str, bytes] | None] = {u: self.copy() for u in self.urls}
         self.asked: list[tuple[str, str | None]] = []  # (url, If-None-Match)
         self.state_folder = tmp_path
@@ -291,3 +291,69 @@ def test_a_look_with_every_origin_down_raises_the_first_failure(three: Origins3)
     three.files = dict.fromkeys(three.urls)
     with pytest.raises(DownloadError, match=r":81/feed/manifest\.json: ConnectError"):
         three.look(state)
+
+
+def test_a_look_reaches_every_origin_before_it_gives_up(three: Origins3) -> None:
+    state = AppState()
+    three.files[three.urls[0]] = None
+    three.fetch(state)  # validators from the second origin; the first backs off
+    three.files = {three.urls[0]: three.copy(), three.urls[1]: None, three.urls[2]: None}
+    three.asked.clear()
+    assert three.look(state) is None
+    assert [(u.rsplit("/", 2)[0], inm) for u, inm in three.asked] == [
+        ("http://127.0.0.1:82", three.asked[0][1]), ("http://127.0.0.1:83", None),
+        ("http://127.0.0.1:81", None)], "the one backing off too, last, whole"
+
+
+def test_every_operation_says_which_mirror_it_took_the_feed_from(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The primary (here the origin whose address sorts last) backing off, an operation that
+    takes the feed from a mirror says so, though no origin failed in it."""
+    caplog.set_level(logging.INFO, logger="updaterd.mirrors")
+    three = Origins3(tmp_path, ports=(89, 81, 82))
+    state = AppState()
+    three.files[three.urls[0]] = None
+    three.fetch(state)
+    three.fetch(state)  # the primary backs off: the mirror is asked first, and answers
+    assert caplog.text.count(f"the feed is taken from {three.urls[1]}") == 2
+    assert caplog.text.count(f"origin {three.urls[0]} failed") == 1
+
+
+def test_bytes_refused_from_a_stream_are_asked_of_that_origin_last(
+        three: Origins3, tmp_path: Path) -> None:
+    state = AppState()
+    three.files[three.urls[0]] = None
+    source, _ = three.fetch(state)
+    three.files[three.urls[0]] = three.copy()
+    art = three.sim.releases[-1].artifacts[0]
+    assert source.stream_refused(art)
+    assert source.refused == {three.urls[1]}
+    three.asked.clear()
+    assert three.artifact(source, tmp_path) == three.sim.blobs[art.url]
+    assert [u.rsplit("/", 2)[0] for u, _ in three.asked] == ["http://127.0.0.1:83"]
+
+
+def test_a_stream_that_fails_counts_against_its_origin(three: Origins3) -> None:
+    state = AppState()
+    three.files[three.urls[0]] = None
+    source, _ = three.fetch(state)
+    files = three.files[three.urls[1]]
+    assert files is not None
+    art = three.sim.releases[-1].artifacts[0]
+    del files[art.url]
+    got: list[bytes] = []
+
+    async def consume(chunk: bytes) -> None:
+        got.append(chunk)
+
+    async def go() -> None:
+        try:
+            await source.stream_artifact(art, Expected(art.size, art.sha256, art.blake3),
+                                         consume, None)
+        finally:
+            await source.fetcher.aclose()
+
+    with pytest.raises(DownloadError, match="HTTP 404"):
+        trio.run(go)
+    health = three.book.of("hello", three.urls[1])
+    assert (health.served, health.failed) == (1, 1) and not got

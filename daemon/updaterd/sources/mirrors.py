@@ -154,7 +154,7 @@ class MirroredSource:
         url = self.served or self.primary
         self.refused.add(url)
         self.book.failed(self.app, url, self.now())
-        return len(self.feeds) > 1
+        return True  # a feed with mirrors has another origin to ask
 
 
 def every_origin_failed(failures: list[tuple[str, UpdaterError]]) -> UpdaterError:
