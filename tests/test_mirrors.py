@@ -203,7 +203,8 @@ def test_the_origin_asked_last_is_asked_with_the_retries(host: Host, nginx: Ngin
     site = Site(nginx, tmp_path)
     feed = Feed(folder=site.folder("good"), work=tmp_path / "work")
     feed.release("1.0.0")
-    down = [f"http://127.0.0.1:{free_port()}/feed/manifest.json" for _ in range(2)]
+    # in the order they sort: the first is no later than the last by any comparison
+    down = sorted(f"http://127.0.0.1:{free_port()}/feed/manifest.json" for _ in range(2))
     host.configure(source="manifest", url=down[0], mirrors=[down[1]], public_keys=[feed.pub],
                    allow_insecure=True)
     r = once(host)
