@@ -53,7 +53,7 @@ class Pipe:
     """Bytes from the event loop to one reading thread, in batches of about BATCH, with at
     most IN_FLIGHT batches waiting (a bounded memory, whatever the artifact's size)."""
 
-    BATCH = 1 << 20
+    BATCH = 256 << 10
     IN_FLIGHT = 4
 
     def __init__(self, name: str, expected: Expected, token: trio.lowlevel.TrioToken,
