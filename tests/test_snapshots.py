@@ -193,3 +193,32 @@ def test_tidy_removes_a_restore_left_over_only_beside_the_data(prefix: Path) -> 
     (prefix / ".shared-left").mkdir()
     snapshots.tidy(prefix, set())
     assert sorted(p.name for p in prefix.iterdir()) == [".shared-left", ".shared-restoring"]
+
+
+@pytest.mark.parametrize("install,shared,prefix,kept", [
+    ("releases", ["data"], "/opt/a", True),
+    ("releases", [], "/opt/a", False),  # no data of its own
+    ("inplace", ["data"], None, False),  # an executable: never a folder of data
+    ("inplace", ["data"], "/opt/a", False),
+    ("releases", ["data"], None, False),
+])
+def test_only_a_release_folder_app_with_shared_paths_keeps_snapshots(
+        install: str, shared: list[str], prefix: str | None, kept: bool) -> None:
+    """`home` on the configuration as built (the file's own rules refuse some of these
+    together; the function does not lean on them)."""
+    from updaterd.host.config import AppConfig
+
+    cfg = AppConfig(source="directory", path="/srv/feed", install=install,  # type: ignore[arg-type]
+                    prefix=prefix, target="/usr/local/bin/a", shared=shared)
+    assert snapshots.home(cfg) == (Path(prefix) if kept and prefix else None)
+
+
+def test_sizes_count_kept_snapshots_only(tmp_path: Path) -> None:
+    """A snapshot being made (`.new-V`) or a stray file in the folder is no kept snapshot."""
+    folder = tmp_path / snapshots.FOLDER
+    (folder / "1.0.0").mkdir(parents=True)
+    (folder / "1.0.0" / "db").write_bytes(b"x" * 10)
+    (folder / f"{snapshots.TEMP}2.0.0").mkdir()
+    (folder / f"{snapshots.TEMP}2.0.0" / "db").write_bytes(b"x" * 20)
+    (folder / "stray").write_bytes(b"x" * 30)
+    assert snapshots.sizes(tmp_path) == {"1.0.0": 10}
