@@ -58,8 +58,7 @@ class MirroredSource:
         kept, conditionally; when it fails, of the others, whole (their documents compared by
         digest): one origin down must not keep a recall from a host for hours."""
         first = state.feed_origin if state.feed_origin in self.feeds else self.primary
-        order = [first, *(u for u in self.book.order(self.app, list(self.feeds), self.now())
-                          if u != first)]
+        order = self._from(first)
         failed: UpdaterError | None = None
         for url in order:
             try:
@@ -90,6 +89,11 @@ class MirroredSource:
             return feed
         raise every_origin_failed(failures)
 
+    def _from(self, first: str) -> list[str]:
+        """Every origin: `first`, then the others in the book's order."""
+        return [first, *(u for u in self.book.order(self.app, list(self.feeds), self.now())
+                         if u != first)]
+
     @contextmanager
     def _retried_if_last(self, url: str, order: list[str]) -> Iterator[None]:
         """The next origin is the retry: only the last is asked with the [limits] retries."""
@@ -112,9 +116,7 @@ class MirroredSource:
 
     async def fetch_artifact(self, artifact: Artifact, dest: Path, expected: Expected,
                              progress: ProgressFn | None) -> BinaryIO:
-        first = self.served or self.primary
-        order = [first, *(u for u in self.book.order(self.app, list(self.feeds), self.now())
-                          if u != first)]
+        order = self._from(self.served or self.primary)
         order = [u for u in order if u not in self.refused] + \
             [u for u in order if u in self.refused]  # asked again only when all else fails
         failures: list[tuple[str, UpdaterError]] = []
